@@ -1,0 +1,262 @@
+"""Defaults, named constants, the backbone table and the class configuration.
+
+Every default lives here once. A YAML file given with ``--config`` may set the class configuration
+(``ALL_CLASSES``, ``LABEL_COLORS_LIST``, ``VIS_LABEL_MAP``) and any command-line flag (by its
+name with underscores, e.g. ``lr`` or ``backbone_lr``); the command line wins over the file.
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from utils import UserError
+
+PATCH_SIZE = 14
+IGNORE_INDEX = 255
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "valid")
+
+DEFAULT_IMGSZ = (640, 640)  # (W, H)
+DEFAULT_DATA_DIR = Path("data/PennFudanPed")
+DEFAULT_OUT_DIR = Path("outputs")
+
+HUB_REPO = "facebookresearch/dinov2"
+WEIGHTS_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+PENN_FUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
+
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One official DINOv2 backbone: its width, depth and the blocks that feed the head."""
+
+    embed_dim: int
+    depth: int
+    timm_name: str  # the same architecture in timm
+    head_blocks: tuple[
+        int, ...
+    ]  # the official "+ms" head's four blocks; --layers N takes the last N
+
+    def blocks(self, layers: int) -> tuple[int, ...]:
+        """The indices of the last ``layers`` of the head blocks."""
+        if not 1 <= layers <= len(self.head_blocks):
+            raise UserError(f"--layers must be between 1 and {len(self.head_blocks)}, not {layers}")
+        return self.head_blocks[-layers:]
+
+
+def _spec(embed_dim: int, depth: int, timm_name: str) -> BackboneSpec:
+    return BackboneSpec(embed_dim, depth, timm_name, tuple(range(depth - 4, depth)))
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "dinov2_vits14": _spec(384, 12, "vit_small_patch14_dinov2"),
+    "dinov2_vitb14": _spec(768, 12, "vit_base_patch14_dinov2"),
+    "dinov2_vitl14": _spec(1024, 24, "vit_large_patch14_dinov2"),
+    "dinov2_vitg14": _spec(1536, 40, "vit_giant_patch14_dinov2"),
+    "dinov2_vits14_reg": _spec(384, 12, "vit_small_patch14_reg4_dinov2"),
+    "dinov2_vitb14_reg": _spec(768, 12, "vit_base_patch14_reg4_dinov2"),
+    "dinov2_vitl14_reg": _spec(1024, 24, "vit_large_patch14_reg4_dinov2"),
+    "dinov2_vitg14_reg": _spec(1536, 40, "vit_giant_patch14_reg4_dinov2"),
+}
+DEFAULT_BACKBONE = "dinov2_vits14"
+
+
+def official_weights_name(backbone: str) -> str:
+    """The file name torch.hub caches official weights under: dinov2_vits14_pretrain.pth."""
+    return backbone.replace("_reg", "_reg4") + "_pretrain.pth"
+
+
+@dataclass(frozen=True)
+class ClassConfig:
+    """The classes: names, the colours that mark them in colour masks, overlay colours."""
+
+    names: tuple[str, ...]  # ALL_CLASSES; index = class id
+    mask_colors: tuple[RGB, ...]  # LABEL_COLORS_LIST
+    vis_colors: tuple[RGB, ...]  # VIS_LABEL_MAP
+
+    def __post_init__(self):
+        n = len(self.names)
+        if n < 2:
+            raise UserError("ALL_CLASSES needs at least two classes (e.g. background and person)")
+        if len(set(self.names)) != n:
+            raise UserError(f"ALL_CLASSES has repeated names: {list(self.names)}")
+        if n > IGNORE_INDEX:
+            raise UserError(f"at most {IGNORE_INDEX} classes are supported, got {n}")
+        for key, colors in (
+            ("LABEL_COLORS_LIST", self.mask_colors),
+            ("VIS_LABEL_MAP", self.vis_colors),
+        ):
+            if len(colors) != n:
+                raise UserError(f"{key} has {len(colors)} colours for {n} classes in ALL_CLASSES")
+        if len(set(self.mask_colors)) != n:
+            raise UserError("LABEL_COLORS_LIST has repeated colours: each class needs its own")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def to_dict(self) -> dict:
+        """The YAML/checkpoint form: the three upper-case keys with plain lists."""
+        return {
+            "ALL_CLASSES": list(self.names),
+            "LABEL_COLORS_LIST": [list(c) for c in self.mask_colors],
+            "VIS_LABEL_MAP": [list(c) for c in self.vis_colors],
+        }
+
+    @classmethod
+    def from_dict(cls, mapping: dict, source: str = "the class config") -> "ClassConfig":
+        missing = [k for k in CLASS_KEYS if k not in mapping]
+        if missing:
+            raise UserError(f"{source} lacks {', '.join(missing)}; it needs all of {CLASS_KEYS}")
+        names = mapping["ALL_CLASSES"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{source}: ALL_CLASSES must be a list of names")
+        return cls(
+            names=tuple(names),
+            mask_colors=_colors(mapping["LABEL_COLORS_LIST"], "LABEL_COLORS_LIST", source),
+            vis_colors=_colors(mapping["VIS_LABEL_MAP"], "VIS_LABEL_MAP", source),
+        )
+
+
+def _colors(value, key: str, source: str) -> tuple[RGB, ...]:
+    def valid(c) -> bool:
+        return (
+            isinstance(c, list | tuple)
+            and len(c) == 3
+            and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        )
+
+    if not isinstance(value, list) or not all(valid(c) for c in value):
+        raise UserError(f"{source}: {key} must be a list of [R, G, B] triples of integers 0-255")
+    return tuple(tuple(c) for c in value)
+
+
+CLASS_KEYS = ("ALL_CLASSES", "LABEL_COLORS_LIST", "VIS_LABEL_MAP")
+DEFAULT_CLASSES = ClassConfig(
+    names=("background", "person"),
+    mask_colors=((0, 0, 0), (0, 255, 0)),
+    vis_colors=((0, 0, 0), (0, 255, 0)),
+)
+
+
+def backbone_flags() -> argparse.ArgumentParser:
+    """Flags that choose and load the backbone, shared by every script."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--backbone", choices=list(BACKBONES), default=DEFAULT_BACKBONE)
+    group.add_argument(
+        "--backbone-source",
+        choices=["hub", "timm"],
+        default=None,
+        help="hub (default): torch.hub.load of the official repository, using the TORCH_HOME "
+        "cache; timm: the same architecture built by timm, with no download. For a checkpoint, "
+        "the default is the source it was trained with",
+    )
+    group.add_argument(
+        "--hub-dir",
+        type=Path,
+        default=None,
+        help="a local clone of facebookresearch/dinov2 to load the hub code from",
+    )
+    group.add_argument(
+        "--weights",
+        default="pretrained",
+        help="'pretrained' (official weights; hub downloads or uses its cache, timm reads the "
+        "torch.hub cache file), an official-format .pth file, or 'random' for smoke tests",
+    )
+    return parser
+
+
+def runtime_flags() -> argparse.ArgumentParser:
+    """Flags that choose where and how fast to run, shared by every script."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    group.add_argument(
+        "--amp",
+        choices=["off", "bf16", "fp16"],
+        default="off",
+        help="mixed precision on CUDA",
+    )
+    group.add_argument(
+        "--imgsz",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        default=None,
+        help=f"input size; default {DEFAULT_IMGSZ[0]} {DEFAULT_IMGSZ[1]} for training, "
+        "the checkpoint's for evaluation and inference",
+    )
+    return parser
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping, turning every failure into one readable message."""
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read config file {path}: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """Parse ``argv`` with the defaults of an optional ``--config`` YAML file underneath.
+
+    The file's flag keys are turned into command-line tokens placed before ``argv``, so argparse
+    checks their types and choices, and a flag given on the command line wins.
+
+    Returns:
+        (args, classes): the namespace, and the ClassConfig (the default unless the file sets one).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    known, _ = pre.parse_known_args(argv)
+    classes = DEFAULT_CLASSES
+    file_argv: list[str] = []
+    if known.config is not None:
+        data = read_yaml(known.config)
+        class_part = {k: v for k, v in data.items() if k in CLASS_KEYS}
+        if class_part:
+            classes = ClassConfig.from_dict(class_part, source=str(known.config))
+        file_argv = _flags_to_argv(parser, data, known.config)
+    args = parser.parse_args(file_argv + argv)
+    return args, classes
+
+
+def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> list[str]:
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    unknown = [k for k in data if k not in CLASS_KEYS and (k not in actions or k == "config")]
+    if unknown:
+        allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
+        raise UserError(
+            f"config file {path} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}"
+        )
+    argv: list[str] = []
+    for key, value in data.items():
+        if key in CLASS_KEYS:
+            continue
+        flag = actions[key].option_strings[-1]
+        if isinstance(actions[key], argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise UserError(f"config file {path}: {key} must be true or false")
+            argv += [flag] if value else []
+        elif value is None:
+            continue
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv

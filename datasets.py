@@ -1,0 +1,354 @@
+"""Reading, pairing, validating and augmenting segmentation data; the Penn-Fudan download.
+
+A dataset folder holds ``train_images/``, ``train_masks/``, ``valid_images/`` and
+``valid_masks/``; an image and its mask share a file stem. A mask is either a class-index image
+(pixel = class id, 255 = ignore), a colour image using the colours of LABEL_COLORS_LIST, or, for
+two classes, an instance-id image (0 background, 1..N objects of the foreground class).
+"""
+
+import logging
+import re
+import shutil
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.error import URLError
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from config import IGNORE_INDEX, IMAGE_EXTENSIONS, PENN_FUDAN_URL, SPLITS, ClassConfig
+from utils import UserError
+
+log = logging.getLogger("dinoseg")
+
+Pair = tuple[Path, Path]  # (image, mask)
+
+
+class DataError(ValueError):
+    """One image or mask that cannot be used; the message says why."""
+
+
+class DatasetError(UserError):
+    """Every problem found in a dataset, reported together."""
+
+    def __init__(self, root: Path, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"the dataset {root} has {len(problems)} problem(s); fix them and run again:\n{lines}"
+        )
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: unreadable or corrupt image ({err})") from err
+    # Phones store rotation in EXIF; apply it so pixels match what viewers (and annotators) see.
+    return ImageOps.exif_transpose(img)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read any common image as (H, W, 3) uint8 RGB with EXIF orientation applied.
+
+    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted.
+    """
+    img = _open(Path(path))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0  # 16-bit data, or 8-bit values stored wide
+        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(W, H) of an image as displayed (EXIF orientation applied), decoding it fully."""
+    return _open(Path(path)).size
+
+
+def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
+    """Read a mask as (H, W) uint8 class ids (255 = ignore), detecting its kind per file.
+
+    Raises:
+        DataError: unreadable file, unknown colours, or values that are not class ids.
+    """
+    path = Path(path)
+    img = _open(path)
+    arr = np.asarray(img)
+    if img.mode in ("RGB", "RGBA"):
+        rgb = arr[..., :3]
+        mapped = _map_colors(rgb, classes)
+        if mapped is not None:
+            return mapped
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+            codes = np.unique(_rgb_codes(rgb))
+            known = {_code(c) for c in classes.mask_colors}
+            unknown = [_decode(c) for c in codes if c not in known]
+            raise DataError(
+                f"{path}: colours {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not in "
+                f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]} (a colour mask saved "
+                "as JPEG? save masks as PNG)"
+            )
+        arr = rgb[..., 0]  # a gray class-index mask stored as RGB
+    elif img.mode == "LA":
+        arr = arr[..., 0]
+    elif arr.ndim != 2:
+        raise DataError(f"{path}: unsupported mask mode {img.mode}")
+    return _check_ids(arr, classes, path)
+
+
+def _code(color) -> int:
+    r, g, b = (int(v) for v in color)
+    return (r << 16) | (g << 8) | b
+
+
+def _decode(code: int) -> list[int]:
+    return [(code >> 16) & 255, (code >> 8) & 255, code & 255]
+
+
+def _rgb_codes(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _map_colors(rgb: np.ndarray, classes: ClassConfig) -> np.ndarray | None:
+    """Class ids for a colour mask, or None if some pixel has a colour outside the config."""
+    codes = _rgb_codes(rgb)
+    palette = np.array([_code(c) for c in classes.mask_colors])
+    order = np.argsort(palette)
+    pos = np.searchsorted(palette[order], codes).clip(0, len(palette) - 1)
+    found = palette[order][pos] == codes
+    if not found.all():
+        return None
+    return order[pos].astype(np.uint8)
+
+
+def _check_ids(arr: np.ndarray, classes: ClassConfig, path: Path) -> np.ndarray:
+    values = np.unique(arr)
+    k = classes.num_classes
+    bad = values[(values >= k) & (values != IGNORE_INDEX)]
+    if bad.size == 0:
+        return arr.astype(np.uint8)
+    if k == 2 and (values >= 0).all() and values.max() < IGNORE_INDEX:
+        # Instance ids (Penn-Fudan style): every object belongs to the one foreground class.
+        return (arr > 0).astype(np.uint8)
+    listed = [int(v) for v in bad[:5]]
+    raise DataError(
+        f"{path}: values {listed}{' ...' if bad.size > 5 else ''} are not class ids "
+        f"0-{k - 1} of {list(classes.names)} or {IGNORE_INDEX} (ignore)"
+    )
+
+
+def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
+    """Pair images with masks by file stem.
+
+    Returns:
+        (pairs sorted by stem, problems: unpaired files, folders missing, stems used twice)
+    """
+    problems = []
+    found = {}
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            problems.append(f"{folder}: folder missing")
+            found[folder] = {}
+            continue
+        by_stem: dict[str, Path] = {}
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+                continue
+            if p.stem in by_stem:
+                problems.append(f"{p}: same stem as {by_stem[p.stem].name}; keep one of them")
+            by_stem[p.stem] = p
+        found[folder] = by_stem
+    images, masks = found[image_dir], found[mask_dir]
+    problems += [
+        f"{images[s]}: image without a mask in {mask_dir}" for s in images if s not in masks
+    ]
+    problems += [
+        f"{masks[s]}: mask without an image in {image_dir}" for s in masks if s not in images
+    ]
+    pairs = [(images[s], masks[s]) for s in sorted(images) if s in masks]
+    return pairs, problems
+
+
+def _check_pair(pair: Pair, classes: ClassConfig) -> list[str]:
+    image_path, mask_path = pair
+    problems = []
+    size = mask = None
+    try:
+        size = image_size(image_path)
+    except DataError as err:
+        problems.append(str(err))
+    try:
+        mask = read_mask(mask_path, classes)
+    except DataError as err:
+        problems.append(str(err))
+    if size is not None and mask is not None and (mask.shape[1], mask.shape[0]) != size:
+        problems.append(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"{image_path.name} is {size[0]}x{size[1]}"
+        )
+    return problems
+
+
+def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list[Pair]]:
+    """Check a whole dataset before training and return its pairs per split.
+
+    Every image and mask is decoded once; all problems are collected and raised together.
+
+    Raises:
+        DatasetError: listing each problem with its file and reason.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"--data {root} is not a folder")
+    problems: list[str] = []
+    pairs_by_split = {}
+    for split in splits:
+        pairs, found = find_pairs(root / f"{split}_images", root / f"{split}_masks")
+        problems += found
+        if not pairs and not any("folder missing" in p for p in found):
+            problems.append(
+                f"{root / f'{split}_images'}: the {split} split has no image-mask pairs"
+            )
+        pairs_by_split[split] = pairs
+    all_pairs = [p for pairs in pairs_by_split.values() for p in pairs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for found in pool.map(lambda p: _check_pair(p, classes), all_pairs):
+            problems += found
+    if problems:
+        raise DatasetError(root, problems)
+    return pairs_by_split
+
+
+def train_transform(imgsz: tuple[int, int]) -> A.Compose:
+    """Flip, scale/crop and colour jitter, ending at (W, H) = imgsz."""
+    w, h = imgsz
+    return A.Compose(
+        [
+            A.RandomResizedCrop(size=(h, w), scale=(0.5, 1.0)),
+            A.HorizontalFlip(p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
+        ]
+    )
+
+
+class SegmentationDataset(Dataset):
+    """Image-mask pairs as tensors.
+
+    Training items are augmented to ``imgsz``. Evaluation items resize the image only and keep
+    the mask at its original resolution, because metrics are computed there.
+
+    Items:
+        image: (3, H, W) uint8 RGB; mask: (h, w) int64 class ids (255 = ignore); index: int.
+    """
+
+    def __init__(
+        self, pairs: list[Pair], classes: ClassConfig, imgsz: tuple[int, int], train: bool
+    ):
+        self.pairs = pairs
+        self.classes = classes
+        self.imgsz = imgsz
+        w, h = imgsz
+        self.transform = train_transform(imgsz) if train else A.Resize(height=h, width=w)
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        mask = read_mask(mask_path, self.classes)
+        if self.train:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        else:
+            image = self.transform(image=image)["image"]
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return image, torch.from_numpy(mask.astype(np.int64)), index
+
+
+def collate_eval(batch):
+    """Stack images (same size) and keep masks (original sizes differ) in a list."""
+    images, masks, indices = zip(*batch, strict=True)
+    return torch.stack(images), list(masks), list(indices)
+
+
+def download_penn_fudan(data_dir: Path) -> None:
+    """Download the Penn-Fudan pedestrian zip and convert it into ``data_dir``."""
+    data_dir = Path(data_dir)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading Penn-Fudan (%s) into %s", PENN_FUDAN_URL, data_dir)
+    with tempfile.TemporaryDirectory(dir=data_dir.parent) as tmp:
+        zip_path = Path(tmp) / "PennFudanPed.zip"
+        try:
+            torch.hub.download_url_to_file(PENN_FUDAN_URL, str(zip_path), progress=True)
+        except (URLError, OSError) as err:
+            raise UserError(
+                f"could not download Penn-Fudan from {PENN_FUDAN_URL} ({err}). Offline: download "
+                f'the zip elsewhere and run  python -c "import datasets; '
+                f"datasets.convert_penn_fudan('PennFudanPed.zip', '{data_dir}')\"  or pass "
+                "--data DIR with your own dataset"
+            ) from err
+        convert_penn_fudan(zip_path, data_dir)
+
+
+def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
+    """Convert the Penn-Fudan zip into our layout with class-index masks (0 background, 1 person).
+
+    The split is fixed: images sorted by name, every fifth one (positions 4, 9, 14, ...) goes
+    to valid, the rest to train; from the 170 images that gives 136 train and 34 valid, mixing
+    the Fudan and Penn halves. The folder appears complete or not at all.
+
+    Returns:
+        the number of images per split.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise UserError(f"{out_dir} already exists; remove it to convert Penn-Fudan again")
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise UserError(f"{zip_path} is not a readable zip file ({err})") from err
+    with zf:
+        names = zf.namelist()
+        images = sorted(n for n in names if re.search(r"(^|/)PNGImages/[^/]+\.png$", n))
+        masks = {Path(n).name: n for n in names if re.search(r"(^|/)PedMasks/[^/]+_mask\.png$", n)}
+        if not images:
+            raise UserError(
+                f"{zip_path} has no PennFudanPed/PNGImages/*.png: not the Penn-Fudan zip"
+            )
+        missing = [n for n in images if f"{Path(n).stem}_mask.png" not in masks]
+        if missing:
+            raise UserError(
+                f"{zip_path}: {len(missing)} images have no PedMasks/*_mask.png, e.g. {missing[0]}"
+            )
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            counts = dict.fromkeys(SPLITS, 0)
+            for i, name in enumerate(images):
+                split = "valid" if i % 5 == 4 else "train"
+                stem = Path(name).stem
+                (tmp / f"{split}_images").mkdir(exist_ok=True)
+                (tmp / f"{split}_masks").mkdir(exist_ok=True)
+                (tmp / f"{split}_images" / f"{stem}.png").write_bytes(zf.read(name))
+                with zf.open(masks[f"{stem}_mask.png"]) as f:
+                    instances = np.asarray(Image.open(f))
+                Image.fromarray((instances > 0).astype(np.uint8)).save(
+                    tmp / f"{split}_masks" / f"{stem}.png"
+                )
+                counts[split] += 1
+            tmp.rename(out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("Penn-Fudan converted into %s: %s", out_dir, counts)
+    return counts

@@ -1,0 +1,56 @@
+"""Segmentation metrics from one confusion matrix accumulated over a whole split."""
+
+import torch
+
+from config import IGNORE_INDEX
+
+
+class ConfusionMatrix:
+    """Counts (target, prediction) pixel pairs over a split; metrics are derived once at the end.
+
+    Averaging per-batch IoUs is biased (small batches weigh as much as large ones, and a class
+    missing from a batch scores 0), so only counts are accumulated.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.mat: torch.Tensor | None = None  # (K, K) int64, rows = target, cols = prediction
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch.
+
+        Args:
+            pred: predicted class indices, any shape.
+            target: ground-truth class indices, same shape; ``ignore_index`` pixels are skipped.
+        """
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        k = self.num_classes
+        keep = target != self.ignore_index
+        idx = target[keep].long() * k + pred[keep].long()
+        counts = torch.bincount(idx, minlength=k * k).reshape(k, k)
+        self.mat = counts if self.mat is None else self.mat + counts.to(self.mat.device)
+
+    def reset(self) -> None:
+        self.mat = None
+
+    def compute(self) -> dict:
+        """Pixel accuracy, per-class IoU and mIoU.
+
+        A class absent from both the predictions and the ground truth has no IoU (NaN) and is
+        left out of the mean rather than counted as 0.
+
+        Returns:
+            {"pixel_accuracy": float, "miou": float, "iou": list[float] (NaN where undefined)}
+        """
+        k = self.num_classes
+        mat = (self.mat if self.mat is not None else torch.zeros(k, k)).double().cpu()
+        tp = mat.diag()
+        union = mat.sum(0) + mat.sum(1) - tp
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        total = mat.sum()
+        acc = (tp.sum() / total).item() if total > 0 else float("nan")
+        valid = ~iou.isnan()
+        miou = iou[valid].mean().item() if valid.any() else float("nan")
+        return {"pixel_accuracy": acc, "miou": miou, "iou": iou.tolist()}

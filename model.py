@@ -1,0 +1,455 @@
+"""The DINOv2 backbone (torch.hub or timm), the BatchNorm head, the segmentor and its checkpoints.
+
+Run ``python model.py`` for a summary of the model: layers, parameter counts, output shapes and
+FLOPs per image.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from config import (
+    BACKBONES,
+    HUB_REPO,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PATCH_SIZE,
+    WEIGHTS_BASE_URL,
+    ClassConfig,
+    backbone_flags,
+    official_weights_name,
+    parse_args,
+)
+from utils import UserError, atomic_path, run_script
+
+log = logging.getLogger("dinoseg")
+
+CHECKPOINT_FORMAT = "dinov2-segmentation/1"
+
+
+def patch_aligned(size: int) -> int:
+    """The multiple of the patch size nearest to ``size`` (at least one patch)."""
+    return max(PATCH_SIZE, round(size / PATCH_SIZE) * PATCH_SIZE)
+
+
+def log_input_size(imgsz: tuple[int, int]) -> None:
+    """Say once how a requested (W, H) reaches the backbone (see Segmentor.patch_logits)."""
+    w, h = imgsz
+    aw, ah = patch_aligned(w), patch_aligned(h)
+    if (aw, ah) != (w, h):
+        log.info(
+            "image size %dx%d is not a multiple of the patch size %d: the backbone sees %dx%d "
+            "and predictions are resized back to %dx%d",
+            w, h, PATCH_SIZE, aw, ah, w, h,
+        )  # fmt: skip
+
+
+def offline_help(backbone: str) -> str:
+    name = official_weights_name(backbone)
+    return (
+        "Offline options: fill the torch.hub cache on a machine with internet "
+        f"(TORCH_HOME/hub/facebookresearch_dinov2_main and TORCH_HOME/hub/checkpoints/{name}); "
+        f"or --hub-dir DIR (a local clone of {HUB_REPO}) with --weights FILE; or "
+        f"--backbone-source timm --weights FILE, where FILE is the official {name} "
+        f"({WEIGHTS_BASE_URL}/{backbone.replace('_reg', '')}/{name}). "
+        "--weights random trains on an untrained backbone (smoke tests only)."
+    )
+
+
+class DinoBackbone(nn.Module):
+    """A DINOv2 ViT (official hub model or timm's copy) returning the head's feature maps.
+
+    Its weights are exchanged in the official checkpoint layout whatever the source, so a
+    checkpoint trained through one source loads through the other.
+    """
+
+    def __init__(self, vit: nn.Module, name: str, source: str, blocks: tuple[int, ...]):
+        super().__init__()
+        self.vit = vit
+        self.name = name
+        self.source = source
+        self.blocks = blocks
+        self.embed_dim = BACKBONES[name].embed_dim
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) normalized, H and W multiples of 14 -> len(blocks) x (B, D, H/14, W/14)."""
+        # Both sources implement DINOv2's get_intermediate_layers: final norm applied, class
+        # and register tokens dropped.
+        feats = self.vit.get_intermediate_layers(x, n=list(self.blocks), reshape=True, norm=True)
+        return list(feats)
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights with the official key names and shapes (dinov2_*_pretrain.pth layout)."""
+        sd = {k: v.detach().clone() for k, v in self.vit.state_dict().items()}
+        if self.source == "hub":
+            return sd
+        return _timm_to_official(sd, self.name)
+
+    def load_official_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load official-layout weights strictly."""
+        if self.source == "timm":
+            from timm.models.vision_transformer import checkpoint_filter_fn
+
+            sd = checkpoint_filter_fn(dict(sd), self.vit)
+        self.vit.load_state_dict(sd, strict=True)
+
+
+def _timm_to_official(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """Invert timm's DINOv2 conversion (timm.models.vision_transformer._convert_dinov2)."""
+    out = {}
+    for key, value in sd.items():
+        if "vitg14" in name:
+            key = key.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.")
+        out[key] = value
+    if "reg_token" in out:
+        # timm folds the class token's position into cls_token and keeps patch positions only;
+        # a zero class position with that cls_token computes the same tokens.
+        out["register_tokens"] = out.pop("reg_token")
+        pos = out["pos_embed"]
+        out["pos_embed"] = torch.cat([pos.new_zeros(1, 1, pos.shape[-1]), pos], dim=1)
+    out["mask_token"] = out["cls_token"].new_zeros(1, out["cls_token"].shape[-1])
+    return out
+
+
+def _build_vit(name: str, source: str, hub_dir: Path | None) -> nn.Module:
+    """The backbone architecture with untrained weights."""
+    if source == "timm":
+        import timm
+
+        return timm.create_model(
+            BACKBONES[name].timm_name,
+            pretrained=False,
+            img_size=518,
+            num_classes=0,
+            dynamic_img_size=True,
+        )
+    return _hub_load(name, hub_dir, pretrained=False)
+
+
+def _hub_load(name: str, hub_dir: Path | None, pretrained: bool) -> nn.Module:
+    if hub_dir is not None and not (hub_dir / "hubconf.py").is_file():
+        raise UserError(f"--hub-dir {hub_dir} has no hubconf.py: point it at a clone of {HUB_REPO}")
+    repo, source = (str(hub_dir), "local") if hub_dir is not None else (HUB_REPO, "github")
+    try:
+        return torch.hub.load(repo, name, source=source, pretrained=pretrained)
+    except (OSError, RuntimeError, URLError) as err:
+        raise UserError(
+            f"could not load {name} through torch.hub ({err}). {offline_help(name)}"
+        ) from err
+
+
+def _read_weights_file(path: Path, expected: dict[str, torch.Tensor], name: str) -> dict:
+    """Read an official-format checkpoint and check it fits ``name`` key by key."""
+    if not path.is_file():
+        raise UserError(f"--weights {path} does not exist. {offline_help(name)}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
+        raise UserError(f"--weights {path} is not a readable PyTorch weights file ({err})") from err
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(
+            f"--weights {path} is not a state dict of tensors like {official_weights_name(name)}"
+        )
+    missing = sorted(expected.keys() - sd.keys())
+    unexpected = sorted(sd.keys() - expected.keys())
+    wrong = [k for k in expected.keys() & sd.keys() if sd[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"{len(wrong)} keys of the wrong shape (e.g. {k}: file {list(sd[k].shape)}, "
+                f"{name} {list(expected[k].shape)})"
+            )
+        guess = _guess_backbone(sd)
+        hint = f" It looks like {guess} weights: pass --backbone {guess}." if guess else ""
+        raise UserError(
+            f"--weights {path} does not fit {name}: {'; '.join(parts)}.{hint} The file must have "
+            f"the official layout of {official_weights_name(name)}."
+        )
+    return sd
+
+
+def _guess_backbone(sd: dict[str, torch.Tensor]) -> str | None:
+    if "cls_token" not in sd:
+        return None
+    dim = sd["cls_token"].shape[-1]
+    depth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("blocks.")), default=-1)
+    reg = "register_tokens" in sd
+    for name, spec in BACKBONES.items():
+        if (spec.embed_dim, spec.depth, name.endswith("_reg")) == (dim, depth, reg):
+            return name
+    return None
+
+
+def load_backbone(
+    name: str,
+    source: str,
+    weights: str | None,
+    hub_dir: Path | None = None,
+    layers: int = 4,
+) -> DinoBackbone:
+    """Build a DINOv2 backbone and load its weights.
+
+    Args:
+        name: an official hub name, a key of config.BACKBONES.
+        source: "hub" (torch.hub.load of the official repository) or "timm".
+        weights: "pretrained" (official weights: hub downloads them or reads its cache; timm reads
+            the torch.hub cache file), a path to an official-format .pth, "random" (untrained,
+            with a warning), or None (untrained, silently: the caller loads weights next).
+        hub_dir: a local clone of the official repository, for source "hub".
+        layers: how many of the last blocks feed the head.
+    """
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    blocks = BACKBONES[name].blocks(layers)
+    if source == "hub" and weights == "pretrained":
+        vit = _hub_load(name, hub_dir, pretrained=True)
+        return _frozen(DinoBackbone(vit, name, source, blocks))
+
+    backbone = DinoBackbone(_build_vit(name, source, hub_dir), name, source, blocks)
+    if weights == "pretrained":  # timm: the file torch.hub would have cached
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / official_weights_name(name)
+        if not cached.is_file():
+            raise UserError(
+                f"--backbone-source timm found no official weights at {cached}. "
+                + offline_help(name)
+            )
+        weights = str(cached)
+    if weights == "random":
+        log.warning(
+            "WARNING: --weights random: the %s backbone is UNTRAINED. Use this for smoke tests "
+            "only; results mean nothing.",
+            name,
+        )
+    elif weights is not None:
+        expected = backbone.official_state_dict()
+        backbone.load_official_state_dict(_read_weights_file(Path(weights), expected, name))
+        log.info("loaded %s weights from %s", name, weights)
+    return _frozen(backbone)
+
+
+def _frozen(backbone: DinoBackbone) -> DinoBackbone:
+    backbone.requires_grad_(False)
+    return backbone.eval()
+
+
+class BNHead(nn.Module):
+    """Concatenate block feature maps, BatchNorm them and classify each patch with a 1x1 conv.
+
+    This is the official DINOv2 linear segmentation head: with one block it is the "linear"
+    protocol, with four the "+ms" head's decoder.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_channels)
+        self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """N x (B, D, h, w) -> (B, num_classes, h, w) logits."""
+        return self.classifier(self.bn(torch.cat(feats, dim=1)))
+
+
+class Segmentor(nn.Module):
+    """DINOv2 backbone + BNHead, taking RGB pixels and returning per-pixel class logits.
+
+    It owns the ImageNet normalization (as buffers) and the patch-size alignment, so callers
+    pass plain images of any size.
+    """
+
+    def __init__(self, backbone: DinoBackbone, num_classes: int, fine_tune: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = BNHead(backbone.embed_dim * len(backbone.blocks), num_classes)
+        self.fine_tune = fine_tune
+        backbone.requires_grad_(fine_tune)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def train(self, mode: bool = True) -> "Segmentor":
+        super().train(mode)
+        if not self.fine_tune:
+            self.backbone.eval()  # a frozen backbone always runs in inference mode
+        return self
+
+    def patch_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in 0..255 (uint8 or float) -> (B, K, h, w) logits on the patch grid.
+
+        H and W need not be multiples of 14: this is the one place where images are resized to
+        the nearest multiple (e.g. 640 -> 644) before the backbone.
+        """
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        aligned = (patch_aligned(h), patch_aligned(w))
+        if aligned != (h, w):
+            x = F.interpolate(x, size=aligned, mode="bilinear", align_corners=False)
+        with torch.set_grad_enabled(self.fine_tune and torch.is_grad_enabled()):
+            feats = self.backbone(x)
+        return self.head(feats)
+
+    def forward(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, 3, H, W) RGB in 0..255 -> (B, K, *size) logits; ``size`` defaults to (H, W)."""
+        logits = self.patch_logits(images)
+        size = tuple(images.shape[-2:]) if size is None else size
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def param_groups(self, lr: float, backbone_lr: float) -> list[dict]:
+        """Optimizer groups: the head at ``lr``; the backbone at ``backbone_lr`` if fine-tuned."""
+        groups = [{"params": list(self.head.parameters()), "lr": lr, "name": "head"}]
+        if self.fine_tune:
+            groups.append(
+                {"params": list(self.backbone.parameters()), "lr": backbone_lr, "name": "backbone"}
+            )
+        return groups
+
+
+def save_checkpoint(path: Path, model: Segmentor, **meta) -> None:
+    """Write a self-describing checkpoint atomically.
+
+    The backbone is stored in the official layout and the head as its state dict, next to
+    ``meta``: classes, image size, backbone name and source, layers, arguments, and for
+    training also optimizer, scheduler, scaler and epoch. Everything is tensors and plain
+    Python values, so it loads with ``torch.load(weights_only=True)``.
+    """
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": {
+            "backbone": model.backbone.official_state_dict(),
+            "head": model.head.state_dict(),
+        },
+        "backbone": model.backbone.name,
+        "backbone_source": model.backbone.source,
+        "layers": len(model.backbone.blocks),
+        "fine_tune": model.fine_tune,
+        **meta,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Read one of our checkpoints safely (weights_only), or fail with a readable message."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"checkpoint {path} does not exist; train one with train.py or pass --model"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
+        raise UserError(f"{path} is not a readable checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{path} is not a checkpoint of this repository (no format {CHECKPOINT_FORMAT!r}); "
+            "pass a best_model_iou.pth, best_model_loss.pth or last_model.pth written by train.py"
+        )
+    return ckpt
+
+
+def load_checkpoint(
+    path: Path,
+    device: torch.device | str = "cpu",
+    backbone_source: str | None = None,
+    hub_dir: Path | None = None,
+) -> tuple[Segmentor, dict]:
+    """Rebuild a Segmentor from a checkpoint: the one loader every script uses.
+
+    Args:
+        path: a checkpoint written by save_checkpoint.
+        device: where to put the model.
+        backbone_source: rebuild the backbone through "hub" or "timm" instead of the source it was
+            trained with; the weights are the checkpoint's either way.
+        hub_dir: a local clone of the official repository, for source "hub".
+
+    Returns:
+        (model in eval mode, the checkpoint dict)
+    """
+    ckpt = read_checkpoint(path)
+    classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
+    source = backbone_source or ckpt["backbone_source"]
+    backbone = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"])
+    model = Segmentor(backbone, classes.num_classes, fine_tune=ckpt["fine_tune"])
+    try:
+        backbone.load_official_state_dict(ckpt["model"]["backbone"])
+        model.head.load_state_dict(ckpt["model"]["head"])
+    except RuntimeError as err:
+        raise UserError(
+            f"checkpoint {path} does not fit its {ckpt['backbone']} model: {err}"
+        ) from err
+    return model.to(device).eval(), ckpt
+
+
+def count_flops(model: nn.Module, images: torch.Tensor) -> int:
+    """Floating-point operations of one forward pass (a multiply-add counts as 2)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    # PyTorch's registry knows the CUDA attention kernels but not the CPU one.
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    mapping = {cpu_attention: cpu_attention_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
+        model(images)
+    return counter.get_total_flops()
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Print a summary of the segmentation model", parents=[backbone_flags()]
+    )
+    parser.set_defaults(weights=None)
+    parser.add_argument("--layers", type=int, default=4, help="blocks that feed the head")
+    parser.add_argument("--num-classes", type=int, default=2)
+    parser.add_argument("--imgsz", type=int, nargs=2, default=(640, 640), metavar=("W", "H"))
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    args.backbone_source = args.backbone_source or "hub"
+    backbone = load_backbone(
+        args.backbone, args.backbone_source, args.weights, args.hub_dir, args.layers
+    )
+    model = Segmentor(backbone, args.num_classes).eval()
+    w, h = args.imgsz
+    images = torch.zeros(1, 3, h, w)
+    log_input_size((w, h))
+    with torch.no_grad():
+        feats = backbone(F.interpolate(images, size=(patch_aligned(h), patch_aligned(w))))
+        head_logits = model.patch_logits(images)
+        logits = model(images)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flops = count_flops(model, images)
+    weights = args.weights or "not loaded (the summary needs only the architecture)"
+    print(f"Backbone: {args.backbone} via {args.backbone_source}, weights {weights}")
+    print(backbone.vit)
+    print(f"Head (blocks {list(backbone.blocks)}):")
+    print(model.head)
+    print(f"Parameters: {frozen:,} frozen (backbone), {trainable:,} trainable (head)")
+    print(f"Input: {tuple(images.shape)}")
+    for block, f in zip(backbone.blocks, feats, strict=True):
+        print(f"  block {block} features: {tuple(f.shape)}")
+    print(f"  head logits: {tuple(head_logits.shape)}")
+    print(f"  output logits: {tuple(logits.shape)}")
+    print(f"FLOPs per {w}x{h} image: {flops / 1e9:.1f} GFLOPs")
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(parse_args(get_args_parser())[0]))

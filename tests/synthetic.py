@@ -1,0 +1,39 @@
+"""Tiny generated segmentation datasets for the tests: a bright blob ("person") on a noisy scene."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_sample(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (H, W, 3) uint8 image and its (H, W) uint8 mask (0 background, 1 person)."""
+    image = rng.integers(40, 140, size=(height, width, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+    ry, rx = rng.uniform(0.15, 0.3) * height, rng.uniform(0.1, 0.25) * width
+    mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.uint8)
+    color = np.array([230, 60, 40]) + rng.integers(-20, 20, size=3)
+    image[mask == 1] = np.clip(color + rng.integers(-15, 15, size=(int(mask.sum()), 3)), 0, 255)
+    return image, mask
+
+
+def make_dataset(
+    root: Path,
+    n_train: int = 8,
+    n_valid: int = 4,
+    sizes: tuple[tuple[int, int], ...] = ((96, 72), (84, 112)),
+    seed: int = 0,
+) -> Path:
+    """Write train/valid images (JPEG and PNG) with class-index PNG masks under ``root``."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        (root / f"{split}_images").mkdir(parents=True, exist_ok=True)
+        (root / f"{split}_masks").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            width, height = sizes[i % len(sizes)]
+            image, mask = make_sample(rng, width, height)
+            ext = ".jpg" if i % 2 else ".png"
+            Image.fromarray(image).save(root / f"{split}_images" / f"img{i:03d}{ext}", quality=95)
+            Image.fromarray(mask).save(root / f"{split}_masks" / f"img{i:03d}.png")
+    return root

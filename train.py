@@ -1,0 +1,344 @@
+"""Train a segmentation head on a frozen DINOv2 backbone, or evaluate a checkpoint.
+
+python train.py                                   # Penn-Fudan persons, downloaded if missing
+python train.py --data DIR --config classes.yaml  # your own data and classes
+python train.py --eval-only --model outputs/best_model_iou.pth --data DIR
+"""
+
+import os
+
+# MPS reads this once, when torch loads: ops it lacks then run on the CPU instead of failing.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+
+import argparse
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_IMGSZ,
+    DEFAULT_OUT_DIR,
+    ClassConfig,
+    backbone_flags,
+    parse_args,
+    runtime_flags,
+)
+from datasets import (
+    SegmentationDataset,
+    check_dataset,
+    collate_eval,
+    download_penn_fudan,
+    read_image,
+)
+from engine import evaluate, train_one_epoch
+from model import (
+    Segmentor,
+    load_backbone,
+    load_checkpoint,
+    log_input_size,
+    read_checkpoint,
+    save_checkpoint,
+)
+from utils import (
+    UserError,
+    atomic_path,
+    autocast_dtype,
+    draw_overlay,
+    pick_device,
+    plot_curves,
+    read_csv,
+    run_script,
+    seed_everything,
+    write_csv,
+    write_json,
+    write_text,
+)
+
+log = logging.getLogger("dinoseg")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a DINOv2 segmentation head, or evaluate a checkpoint (--eval-only).",
+        parents=[backbone_flags(), runtime_flags()],
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML file with ALL_CLASSES, LABEL_COLORS_LIST, VIS_LABEL_MAP and/or flag defaults",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"dataset folder (default {DEFAULT_DATA_DIR}, downloaded when missing)",
+    )
+    data.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--epochs", type=int, default=30)
+    optim.add_argument("--batch", type=int, default=8)
+    optim.add_argument("--lr", type=float, default=1e-4, help="learning rate of the head")
+    optim.add_argument("--weight-decay", type=float, default=1e-2)
+    optim.add_argument("--scheduler", choices=["none", "cosine", "poly"], default="none")
+    optim.add_argument("--layers", type=int, default=4, help="how many last blocks feed the head")
+    optim.add_argument("--fine-tune", action="store_true", help="also train the backbone")
+    optim.add_argument(
+        "--backbone-lr", type=float, default=1e-5, help="backbone lr with --fine-tune"
+    )
+    optim.add_argument("--seed", type=int, default=42)
+    out = parser.add_argument_group("outputs and checkpoints")
+    out.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    out.add_argument("--num-vis", type=int, default=4, help="validation overlays written per epoch")
+    out.add_argument("--resume", type=Path, default=None, help="continue from OUT/last_model.pth")
+    out.add_argument("--eval-only", action="store_true", help="evaluate --model on the valid split")
+    out.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="checkpoint for --eval-only (OUT/best_model_iou.pth)",
+    )
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag in ("epochs", "batch", "num_vis", "workers"):
+        minimum = 1 if flag in ("epochs", "batch") else 0
+        if getattr(args, flag) < minimum:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least {minimum}")
+    for flag in ("lr", "backbone_lr"):
+        if not getattr(args, flag) > 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be positive")
+    if args.imgsz is not None and min(args.imgsz) < 14:
+        raise UserError("--imgsz must be at least 14 14 (one patch)")
+    if args.resume and args.eval_only:
+        raise UserError("--resume and --eval-only do not go together")
+
+
+def resolve_data(args: argparse.Namespace) -> Path:
+    """The dataset folder; Penn-Fudan is downloaded only when --data was not given."""
+    if args.data is not None:
+        return args.data
+    if not DEFAULT_DATA_DIR.is_dir():
+        download_penn_fudan(DEFAULT_DATA_DIR)
+    return DEFAULT_DATA_DIR
+
+
+def make_loader(
+    dataset: SegmentationDataset, args, device: torch.device, train: bool
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(args.seed)
+    dataset.transform.set_random_seed(args.seed)
+    return DataLoader(
+        dataset,
+        batch_size=args.batch,
+        shuffle=train,
+        drop_last=train and len(dataset) > args.batch,  # BatchNorm needs more than one sample
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=None if train else collate_eval,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker holds a copy of the augmentation pipeline; without this they all draw the
+    # same "random" crops. torch gives every worker its own seed, derived from the generator.
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    info.dataset.transform.set_random_seed(seed)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if kind == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=epochs, power=0.9)
+    return None
+
+
+def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
+    """The resolved run settings as plain values: saved to OUT/args.yaml and every checkpoint."""
+    resolved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    resolved["imgsz"] = list(imgsz)
+    return {**resolved, **classes.to_dict()}
+
+
+def write_overlays(out_dir: Path, dataset: SegmentationDataset, kept: dict, classes) -> None:
+    """Save ground truth | prediction side by side for the kept validation images."""
+    folder = out_dir / "valid_preds"
+    for index, pred in kept.items():
+        image_path, _ = dataset.pairs[index]
+        image = read_image(image_path)
+        truth = dataset[index][1].numpy()
+        truth = np.where(truth == 255, 0, truth)
+        panel = np.concatenate(
+            [draw_overlay(image, truth, classes.vis_colors, 0.5),
+             draw_overlay(image, pred, classes.vis_colors, 0.5)],
+            axis=1,
+        )  # fmt: skip
+        with atomic_path(folder / f"{image_path.stem}.jpg") as tmp:
+            Image.fromarray(panel).save(tmp, format="JPEG", quality=90)
+
+
+def run_eval(args, classes, device, amp_dtype) -> None:
+    """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json."""
+    path = args.model or args.out_dir / "best_model_iou.pth"
+    model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir)
+    classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
+    imgsz = tuple(args.imgsz or ckpt["imgsz"])
+    log_input_size(imgsz)
+    pairs = check_dataset(resolve_data(args), classes, splits=("valid",))["valid"]
+    dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
+    metrics, _ = evaluate(model, make_loader(dataset, args, device, False), device,
+                          classes.num_classes, amp_dtype)  # fmt: skip
+    result = {
+        "checkpoint": str(path),
+        "imgsz": list(imgsz),
+        "backbone_source": model.backbone.source,
+        "images": len(dataset),
+        "pixel_accuracy": metrics["acc"],
+        "miou": metrics["miou"],
+        "per_class_iou": {
+            name: None if math.isnan(iou) else iou
+            for name, iou in zip(classes.names, metrics["iou"], strict=True)
+        },
+    }
+    write_json(args.out_dir / "eval_metrics.json", result)
+    print(f"Evaluated {path} on {len(dataset)} valid images at {imgsz[0]}x{imgsz[1]}")
+    print(f"pixel accuracy {metrics['acc']:.4f}  mIoU {metrics['miou']:.4f}")
+    for name, iou in result["per_class_iou"].items():
+        print(f"  IoU {name}: {'absent' if iou is None else f'{iou:.4f}'}")
+    print(f"Wrote {args.out_dir / 'eval_metrics.json'}")
+
+
+def main(args: argparse.Namespace, classes: ClassConfig) -> None:
+    check_args(args)
+    device = pick_device(args.device)
+    amp_dtype = autocast_dtype(args.amp, device)
+    seed_everything(args.seed)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.eval_only:
+        return run_eval(args, classes, device, amp_dtype)
+
+    history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
+    if args.resume:
+        ckpt = read_checkpoint(args.resume)
+        classes = ClassConfig.from_dict(ckpt["classes"], source=str(args.resume))
+        imgsz = tuple(ckpt["imgsz"])
+        start = ckpt["epoch"] + 1
+        best_miou, best_loss = ckpt["best_miou"], ckpt["best_loss"]
+    else:
+        imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
+    # Check the data before loading the backbone, which may mean a download.
+    pairs = check_dataset(resolve_data(args), classes)
+
+    if args.resume:
+        model, _ = load_checkpoint(args.resume, device, args.backbone_source, args.hub_dir)
+        args.backbone_source = model.backbone.source
+        log.info("resuming %s from epoch %d (model, classes and size from the checkpoint)",
+                 args.resume, start)  # fmt: skip
+    else:
+        args.backbone_source = args.backbone_source or "hub"
+        backbone = load_backbone(args.backbone, args.backbone_source, args.weights, args.hub_dir,
+                                 args.layers)  # fmt: skip
+        model = Segmentor(backbone, classes.num_classes, fine_tune=args.fine_tune).to(device)
+    log_input_size(imgsz)
+
+    train_set = SegmentationDataset(pairs["train"], classes, imgsz, train=True)
+    valid_set = SegmentationDataset(pairs["valid"], classes, imgsz, train=False)
+    train_loader = make_loader(train_set, args, device, train=True)
+    valid_loader = make_loader(valid_set, args, device, train=False)
+    log.info("data: %d train, %d valid images; classes %s; device %s",
+             len(train_set), len(valid_set), list(classes.names), device)  # fmt: skip
+
+    optimizer = torch.optim.AdamW(
+        model.param_groups(args.lr, args.backbone_lr), weight_decay=args.weight_decay
+    )
+    scheduler = make_scheduler(optimizer, args.scheduler, args.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16")
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt["scheduler"] is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"] is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        csv_path = args.out_dir / "metrics.csv"
+        history = (
+            [r for r in read_csv(csv_path) if r["epoch"] < start] if csv_path.is_file() else []
+        )
+
+    run_settings = settings(args, classes, imgsz)
+    write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
+    if start > args.epochs:
+        log.info(
+            "nothing to do: the checkpoint already finished epoch %d of %d", start - 1, args.epochs
+        )
+    for epoch in range(start, args.epochs + 1):
+        t0 = time.perf_counter()
+        train = train_one_epoch(model, train_loader, optimizer, device, classes.num_classes,
+                                amp_dtype, scaler, desc=f"train {epoch}/{args.epochs}")  # fmt: skip
+        valid, kept = evaluate(model, valid_loader, device, classes.num_classes, amp_dtype,
+                               keep=args.num_vis, desc=f"valid {epoch}/{args.epochs}")  # fmt: skip
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        row = {
+            "epoch": epoch,
+            "train_loss": train["loss"],
+            "train_acc": train["acc"],
+            "train_miou": train["miou"],
+            "valid_loss": valid["loss"],
+            "valid_acc": valid["acc"],
+            "valid_miou": valid["miou"],
+            "lr": lr,
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        write_csv(args.out_dir / "metrics.csv", history)
+        plot_curves(history, args.out_dir)
+        write_overlays(args.out_dir, valid_set, kept, classes)
+
+        improved_iou = valid["miou"] > best_miou
+        improved_loss = valid["loss"] < best_loss
+        best_miou = max(best_miou, valid["miou"])
+        best_loss = min(best_loss, valid["loss"])
+        meta = {
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "classes": classes.to_dict(),
+            "imgsz": list(imgsz),
+            "args": run_settings,
+            "metrics": row,
+            "best_miou": best_miou,
+            "best_loss": best_loss,
+        }
+        save_checkpoint(args.out_dir / "last_model.pth", model, **meta)
+        if improved_iou:
+            save_checkpoint(args.out_dir / "best_model_iou.pth", model, **meta)
+        if improved_loss:
+            save_checkpoint(args.out_dir / "best_model_loss.pth", model, **meta)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f mIoU %.4f"
+            "%s | %.1f s",
+            epoch, args.epochs, train["loss"], train["acc"], train["miou"], valid["loss"],
+            valid["acc"], valid["miou"], " (best)" if improved_iou else "", row["seconds"],
+        )  # fmt: skip
+    print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}")
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(*parse_args(get_args_parser())))

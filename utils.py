@@ -1,0 +1,165 @@
+"""Helpers every script shares: user errors, atomic writes, device, seeding, plots, overlays."""
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("dinoseg")
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a path, a flag, a file). Scripts print it and exit 2."""
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a script's main, turning user errors and Ctrl-C into one line and an exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; it replaces ``dest`` only if the block succeeds.
+
+    Readers therefore see the old file or the new one, never a half-written one.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(dest: Path, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(dest: Path, obj) -> None:
+    write_text(dest, json.dumps(obj, indent=2) + "\n")
+
+
+def write_csv(dest: Path, rows: Sequence[dict]) -> None:
+    """Write dict rows (all with the keys of the first) as a CSV file, atomically."""
+    with atomic_path(dest) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Read a CSV written by write_csv, with numbers parsed back to float (epoch to int)."""
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in rows]
+
+
+def pick_device(name: str) -> torch.device:
+    """Resolve --device: auto tries CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps was asked for, but this PyTorch build has no MPS support")
+    return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for --amp, or None for full precision; mixed precision is CUDA-only."""
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        raise UserError(f"--amp {amp} needs a CUDA device; this run uses {device.type}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def plot_curves(history: Sequence[dict], out_dir: Path) -> None:
+    """Redraw loss.png, accuracy.png and miou.png (train and valid curves) from metrics rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    for key, title, name in (
+        ("loss", "Loss", "loss.png"),
+        ("acc", "Pixel accuracy", "accuracy.png"),
+        ("miou", "mIoU", "miou.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for split, color in (("train", "tab:blue"), ("valid", "tab:orange")):
+            ax.plot(
+                epochs, [row[f"{split}_{key}"] for row in history], "o-", color=color, label=split
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(title)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(out_dir / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+
+
+def colorize(mask: np.ndarray, colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 RGB; pixels outside the palette stay black."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)
+    return palette[mask]
+
+
+def draw_overlay(
+    image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float
+) -> np.ndarray:
+    """Blend class colours over an image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        mask: (H, W) class indices, same H and W.
+        colors: one RGB colour per class.
+        alpha: weight of the colours; class 0 (background) is left unblended.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    color = colorize(mask, colors).astype(np.float32)
+    out = image.astype(np.float32)
+    fg = mask > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * color[fg]
+    return out.round().clip(0, 255).astype(np.uint8)
