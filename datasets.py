@@ -110,6 +110,7 @@ def _code(color) -> int:
 
 
 def _decode(code: int) -> list[int]:
+    code = int(code)
     return [(code >> 16) & 255, (code >> 8) & 255, code & 255]
 
 

@@ -26,6 +26,7 @@ from config import (
     DEFAULT_DATA_DIR,
     DEFAULT_IMGSZ,
     DEFAULT_OUT_DIR,
+    IGNORE_INDEX,
     ClassConfig,
     backbone_flags,
     parse_args,
@@ -37,6 +38,7 @@ from datasets import (
     collate_eval,
     download_penn_fudan,
     read_image,
+    read_mask,
 )
 from engine import evaluate, train_one_epoch
 from model import (
@@ -179,10 +181,10 @@ def write_overlays(out_dir: Path, dataset: SegmentationDataset, kept: dict, clas
     """Save ground truth | prediction side by side for the kept validation images."""
     folder = out_dir / "valid_preds"
     for index, pred in kept.items():
-        image_path, _ = dataset.pairs[index]
+        image_path, mask_path = dataset.pairs[index]
         image = read_image(image_path)
-        truth = dataset[index][1].numpy()
-        truth = np.where(truth == 255, 0, truth)
+        truth = read_mask(mask_path, classes)
+        truth = np.where(truth == IGNORE_INDEX, 0, truth)
         panel = np.concatenate(
             [draw_overlay(image, truth, classes.vis_colors, 0.5),
              draw_overlay(image, pred, classes.vis_colors, 0.5)],

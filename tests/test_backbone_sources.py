@@ -1,0 +1,104 @@
+"""The hub and timm sources: same official weights, same features, same metrics at 518 px.
+
+The hub side runs tests/fake_dinov2_hub, a minimal stand-in for the official repository
+(this machine has no internet); it follows the official model code, not timm's.
+"""
+
+import json
+from urllib.error import URLError
+
+import pytest
+import torch
+
+import train
+from config import DEFAULT_CLASSES, parse_args
+from conftest import FAKE_HUB, ROOT, official_layout
+from model import Segmentor, load_backbone, save_checkpoint
+from utils import UserError
+
+
+def features(backbone, h: int, w: int) -> list[torch.Tensor]:
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return backbone(x)
+
+
+@pytest.mark.parametrize("name", ["dinov2_vits14", "dinov2_vits14_reg"])
+def test_both_sources_load_official_weights_and_agree_at_518(name, weights_file, reg_weights_file):
+    path = str(reg_weights_file if name.endswith("_reg") else weights_file)
+    hub = load_backbone(name, "hub", path, hub_dir=FAKE_HUB)
+    timm = load_backbone(name, "timm", path)
+    for a, b in zip(features(hub, 518, 518), features(timm, 518, 518), strict=True):
+        assert a.shape == (1, 384, 37, 37)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_sources_at_other_sizes(weights_file, reg_weights_file):
+    """What the README states: registers match everywhere, plain models only at 518."""
+    for name, path, exact in (
+        ("dinov2_vits14_reg", reg_weights_file, True),
+        ("dinov2_vits14", weights_file, False),
+    ):
+        hub = load_backbone(name, "hub", str(path), hub_dir=FAKE_HUB)
+        timm = load_backbone(name, "timm", str(path))
+        a, b = features(hub, 644, 448)[-1], features(timm, 644, 448)[-1]
+        rel = ((a - b).norm() / a.norm()).item()
+        if exact:
+            assert rel < 1e-5
+        else:  # offset-0.1 bicubic vs exact-size antialiased resampling of pos_embed
+            assert 1e-5 < rel < 0.05
+
+
+def test_hub_source_uses_a_prefilled_torch_home_offline(torch_home, monkeypatch, weights_file):
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    hub = load_backbone("dinov2_vits14", "hub", "pretrained")
+    timm = load_backbone("dinov2_vits14", "timm", "pretrained")  # reads the same cache file
+    assert type(hub.vit).__module__.startswith("hubconf")  # really loaded via torch.hub
+    for a, b in zip(features(hub, 518, 518), features(timm, 518, 518), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_hub_dir_without_hubconf_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"has no hubconf\.py"):
+        load_backbone("dinov2_vits14", "hub", "random", hub_dir=tmp_path)
+
+
+def test_checkpoint_evaluates_the_same_through_either_source_at_518(
+    tmp_path, tiny_data, weights_file
+):
+    torch.manual_seed(0)
+    backbone = load_backbone("dinov2_vits14", "hub", str(weights_file), hub_dir=FAKE_HUB, layers=2)
+    model = Segmentor(backbone, 2)
+    model.head.bn.running_mean.normal_()  # an untrained head scores badly but reproducibly
+    ckpt = tmp_path / "ckpt.pth"
+    save_checkpoint(ckpt, model, classes=DEFAULT_CLASSES.to_dict(), imgsz=[518, 518], epoch=0)
+    scores = {}
+    for source in ("hub", "timm"):
+        out = tmp_path / source
+        argv = ["--eval-only", "--model", str(ckpt), "--data", str(tiny_data), "--workers", "0",
+                "--out-dir", str(out), "--backbone-source", source,
+                "--hub-dir", str(FAKE_HUB)]  # fmt: skip
+        train.main(*parse_args(train.get_args_parser(), argv))
+        scores[source] = json.loads((out / "eval_metrics.json").read_text())
+    assert scores["hub"]["backbone_source"] == "hub" and scores["timm"]["backbone_source"] == "timm"
+    for key in ("miou", "pixel_accuracy"):
+        assert scores["hub"][key] == pytest.approx(scores["timm"][key], abs=1e-6)
+
+
+def test_layout_table_matches_the_shared_layout_file():
+    shared = ROOT.parent / "shared" / "dinov2_checkpoint_layout.txt"
+    if not shared.is_file():
+        pytest.skip("shared/ is not beside this checkout")
+    section = shared.read_text().split("## dinov2_vits14:")[1].split("##")[0]
+    listed = {}
+    for line in section.splitlines()[1:]:  # after the header's counts
+        if not line.strip():
+            continue
+        key, shape = line.split("\t")
+        listed[key] = tuple(json.loads(shape))
+    ours = {k: v for k, v in official_layout().items() if not k.startswith("blocks.")}
+    ours.update({k: v for k, v in official_layout().items() if k.startswith("blocks.0.")})
+    assert ours == listed

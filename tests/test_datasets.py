@@ -1,0 +1,237 @@
+import io
+import subprocess
+import sys
+import zipfile
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import datasets
+from config import DEFAULT_CLASSES, ClassConfig
+from conftest import ROOT
+from datasets import (
+    DataError,
+    DatasetError,
+    SegmentationDataset,
+    check_dataset,
+    convert_penn_fudan,
+    read_image,
+    read_mask,
+)
+from utils import UserError
+
+THREE = ClassConfig(
+    names=("background", "person", "car"),
+    mask_colors=((0, 0, 0), (0, 255, 0), (255, 0, 0)),
+    vis_colors=((0, 0, 0), (0, 255, 0), (255, 0, 0)),
+)
+
+
+def save(array: np.ndarray, path, **kwargs):
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+# --- masks ---------------------------------------------------------------------------------
+
+
+def test_index_mask_keeps_ids_and_ignore(tmp_path):
+    mask = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    out = read_mask(save(mask, tmp_path / "m.png"), THREE)
+    assert out.tolist() == [[0, 1], [2, 255]]
+
+
+def test_colour_mask_maps_config_colours(tmp_path):
+    rgb = np.zeros((2, 3, 3), dtype=np.uint8)
+    rgb[0, 1] = (0, 255, 0)
+    rgb[1, 2] = (255, 0, 0)
+    out = read_mask(save(rgb, tmp_path / "m.png"), THREE)
+    assert out.tolist() == [[0, 1, 0], [0, 0, 2]]
+
+
+def test_colour_mask_with_unknown_colour_names_it(tmp_path):
+    rgb = np.zeros((2, 2, 3), dtype=np.uint8)
+    rgb[0, 0] = (10, 20, 30)
+    with pytest.raises(DataError, match=r"\[10, 20, 30\].*LABEL_COLORS_LIST"):
+        read_mask(save(rgb, tmp_path / "m.png"), THREE)
+
+
+def test_gray_index_mask_stored_as_rgb(tmp_path):
+    rgb = np.stack([np.array([[0, 1], [1, 0]], dtype=np.uint8)] * 3, axis=-1)
+    out = read_mask(save(rgb, tmp_path / "m.png"), DEFAULT_CLASSES)
+    assert out.tolist() == [[0, 1], [1, 0]]
+
+
+def test_palette_mask_uses_indices(tmp_path):
+    img = Image.fromarray(np.array([[0, 2], [1, 255]], dtype=np.uint8), mode=None).convert("P")
+    img.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [224, 224, 192] * 253)
+    img.save(tmp_path / "m.png")
+    out = read_mask(tmp_path / "m.png", THREE)
+    assert out.tolist() == [[0, 2], [1, 255]]
+
+
+def test_instance_ids_map_to_person_with_two_classes(tmp_path):
+    mask = np.array([[0, 1], [2, 3]], dtype=np.uint8)  # Penn-Fudan: three people
+    assert read_mask(save(mask, tmp_path / "m.png"), DEFAULT_CLASSES).tolist() == [[0, 1], [1, 1]]
+
+
+def test_values_outside_classes_are_an_error_with_three_classes(tmp_path):
+    mask = np.array([[0, 1], [2, 7]], dtype=np.uint8)
+    with pytest.raises(DataError, match=r"values \[7\] are not class ids 0-2"):
+        read_mask(save(mask, tmp_path / "m.png"), THREE)
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
+def test_read_image_modes_give_rgb(tmp_path, mode):
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb).convert(mode)
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    img.save(path)
+    out = read_image(path)
+    assert out.shape == (5, 7, 3) and out.dtype == np.uint8
+
+
+def test_read_16bit_image_scales_to_8bit(tmp_path):
+    arr = np.array([[0, 65535], [32896, 257]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    out = read_image(tmp_path / "x.png")
+    assert out[..., 0].tolist() == [[0, 255], [128, 1]]
+
+
+def test_read_image_applies_exif_rotation(tmp_path):
+    img = Image.new("RGB", (30, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: displayed 20 wide, 30 high
+    img.save(tmp_path / "x.jpg", exif=exif)
+    assert read_image(tmp_path / "x.jpg").shape == (30, 20, 3)
+
+
+# --- whole-dataset check -------------------------------------------------------------------
+
+
+def test_check_dataset_pairs_by_stem_across_extensions(tiny_data):
+    pairs = check_dataset(tiny_data, DEFAULT_CLASSES)
+    assert len(pairs["train"]) == 8 and len(pairs["valid"]) == 4
+    assert {p[0].suffix for p in pairs["train"]} == {".jpg", ".png"}
+    assert all(img.stem == mask.stem for img, mask in pairs["train"])
+
+
+def test_check_dataset_reports_every_problem_at_once(fresh_data):
+    (fresh_data / "train_masks" / "img000.png").unlink()  # image without mask
+    save(np.zeros((4, 4), np.uint8), fresh_data / "train_masks" / "stray.png")  # mask, no image
+    (fresh_data / "train_images" / "img001.jpg").write_bytes(b"not an image")  # corrupt
+    save(np.zeros((9, 9), np.uint8), fresh_data / "train_masks" / "img002.png")  # wrong size
+    bad = np.full((72, 96), 3, np.uint8)
+    save(bad, fresh_data / "valid_masks" / "img000.png")
+    with pytest.raises(DatasetError) as info:
+        check_dataset(fresh_data, THREE)
+    problems = info.value.problems
+    assert len(problems) == 5, problems
+    text = "\n".join(problems)
+    assert "train_images/img000.png: image without a mask" in text
+    assert "stray.png: mask without an image" in text
+    assert "img001.jpg: unreadable or corrupt image" in text
+    assert "img002.png: mask is 9x9 but its image img002.png is 96x72" in text
+    assert "valid_masks/img000.png: values [3] are not class ids" in text
+
+
+def test_check_dataset_reports_empty_split(fresh_data):
+    for f in (fresh_data / "valid_images").iterdir():
+        f.unlink()
+    for f in (fresh_data / "valid_masks").iterdir():
+        f.unlink()
+    with pytest.raises(DatasetError, match="the valid split has no image-mask pairs"):
+        check_dataset(fresh_data, DEFAULT_CLASSES)
+
+
+def test_train_script_stops_on_bad_dataset_with_exit_2(fresh_data, tmp_path):
+    (fresh_data / "valid_masks" / "img001.png").unlink()
+    (fresh_data / "train_images" / "img000.png").write_bytes(b"junk")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "train.py", "--data", str(fresh_data), "--out-dir", str(out),
+           "--backbone-source", "timm", "--weights", "random"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "2 problem(s)" in proc.stderr
+    assert "img001.jpg: image without a mask" in proc.stderr
+    assert "img000.png: unreadable or corrupt image" in proc.stderr
+    assert not any(out.glob("*.pth")), "nothing may be trained"
+
+
+# --- augmentation --------------------------------------------------------------------------
+
+
+def test_train_items_are_augmented_to_imgsz_and_valid_masks_keep_their_size(tiny_data):
+    pairs = check_dataset(tiny_data, DEFAULT_CLASSES)
+    train = SegmentationDataset(pairs["train"], DEFAULT_CLASSES, (70, 56), train=True)
+    image, mask, _ = train[0]
+    assert image.shape == (3, 56, 70) and image.dtype == torch.uint8
+    assert mask.shape == (56, 70) and set(mask.unique().tolist()) <= {0, 1}
+    valid = SegmentationDataset(pairs["valid"], DEFAULT_CLASSES, (70, 56), train=False)
+    image, mask, _ = valid[1]
+    assert image.shape == (3, 56, 70)
+    assert mask.shape == (112, 84)  # original resolution, for honest metrics
+
+
+# --- Penn-Fudan ----------------------------------------------------------------------------
+
+
+def penn_fudan_zip(path, n=10):
+    """A zip with the structure of PennFudanPed.zip: PNGImages, PedMasks with instance ids."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("PennFudanPed/readme.txt", "test fixture")
+        for i in range(n):
+            stem = f"FudanPed{i + 1:05d}" if i < n // 2 else f"PennPed{i + 1:05d}"
+            image = rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)
+            masks = np.zeros((20, 16), np.uint8)
+            masks[2:8, 2:6], masks[10:18, 8:14] = 1, 2  # two people
+            files = {f"PNGImages/{stem}.png": image, f"PedMasks/{stem}_mask.png": masks}
+            for name, arr in files.items():
+                buf = io.BytesIO()
+                Image.fromarray(arr).save(buf, format="PNG")
+                zf.writestr(f"PennFudanPed/{name}", buf.getvalue())
+            zf.writestr(f"PennFudanPed/Annotation/{stem}.txt", "boxes")
+    return path
+
+
+def test_penn_fudan_conversion(tmp_path):
+    zip_path = penn_fudan_zip(tmp_path / "PennFudanPed.zip")
+    out = tmp_path / "PennFudanPed"
+    counts = convert_penn_fudan(zip_path, out)
+    assert counts == {"train": 8, "valid": 2}
+    # every fifth image, in name order, is a valid image
+    assert sorted(p.name for p in (out / "valid_images").iterdir()) == [
+        "FudanPed00005.png",
+        "PennPed00010.png",
+    ]
+    mask = np.asarray(Image.open(out / "train_masks" / "FudanPed00001.png"))
+    assert set(np.unique(mask)) == {0, 1}  # instance ids became the person class
+    pairs = check_dataset(out, DEFAULT_CLASSES)
+    assert len(pairs["train"]) == 8
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp left"
+
+
+def test_penn_fudan_conversion_refuses_a_non_penn_fudan_zip(tmp_path):
+    with zipfile.ZipFile(tmp_path / "x.zip", "w") as zf:
+        zf.writestr("hello.txt", "hi")
+    with pytest.raises(UserError, match="not the Penn-Fudan zip"):
+        convert_penn_fudan(tmp_path / "x.zip", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_offline_download_fails_with_a_clear_message(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match=r"could not download Penn-Fudan .* --data DIR"):
+        datasets.download_penn_fudan(tmp_path / "data" / "PennFudanPed")
+    assert not (tmp_path / "data" / "PennFudanPed").exists()

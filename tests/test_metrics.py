@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from metrics import ConfusionMatrix
+
+
+def test_hand_computed_case():
+    # target: 0 0 1 1 2 2 ; pred: 0 1 1 1 2 0
+    target = torch.tensor([0, 0, 1, 1, 2, 2])
+    pred = torch.tensor([0, 1, 1, 1, 2, 0])
+    cm = ConfusionMatrix(3)
+    cm.update(pred, target)
+    out = cm.compute()
+    # class 0: tp 1, fp 1 (a 2 predicted 0), fn 1 -> 1/3
+    # class 1: tp 2, fp 1, fn 0 -> 2/3 ; class 2: tp 1, fp 0, fn 1 -> 1/2
+    assert out["iou"] == pytest.approx([1 / 3, 2 / 3, 1 / 2])
+    assert out["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert out["pixel_accuracy"] == pytest.approx(4 / 6)
+
+
+def test_ignore_index_is_skipped():
+    target = torch.tensor([[0, 255], [1, 255]])
+    pred = torch.tensor([[0, 1], [1, 0]])
+    cm = ConfusionMatrix(2)
+    cm.update(pred, target)
+    out = cm.compute()
+    assert out["pixel_accuracy"] == 1.0
+    assert out["miou"] == 1.0
+
+
+def test_absent_class_is_left_out_of_the_mean():
+    # class 2 appears in neither prediction nor target: it must not count as IoU 0
+    target = torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([0, 0, 1, 0])
+    cm = ConfusionMatrix(3)
+    cm.update(pred, target)
+    out = cm.compute()
+    assert math.isnan(out["iou"][2])
+    assert out["miou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_split_level_accumulation_differs_from_batch_average():
+    # batch A: a large image, all correct; batch B: one pixel, class 1 missed.
+    cm = ConfusionMatrix(2)
+    cm.update(torch.zeros(100, dtype=torch.long), torch.zeros(100, dtype=torch.long))
+    cm.update(torch.tensor([0]), torch.tensor([1]))
+    out = cm.compute()
+    # dataset level: class 0 tp 100, fp 1 -> 100/101; class 1 tp 0, fn 1 -> 0
+    assert out["iou"] == pytest.approx([100 / 101, 0.0])
+    assert out["pixel_accuracy"] == pytest.approx(100 / 101)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="differ"):
+        ConfusionMatrix(2).update(torch.zeros(3), torch.zeros(4))

@@ -1,0 +1,154 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, random_official_weights
+from model import DinoBackbone, Segmentor, count_flops, load_backbone, patch_aligned
+from utils import UserError
+
+
+@pytest.fixture(scope="module")
+def vit(weights_file):
+    return load_backbone("dinov2_vits14", "timm", str(weights_file)).vit
+
+
+def with_layers(vit, layers: int = 4) -> DinoBackbone:
+    """A backbone on the shared ViT, feeding the head its last ``layers`` blocks."""
+    return DinoBackbone(vit, "dinov2_vits14", "timm", (8, 9, 10, 11)[-layers:])
+
+
+def test_patch_aligned_rounds_to_the_nearest_multiple_of_14():
+    assert [patch_aligned(s) for s in (640, 644, 100, 518, 7, 20)] == [644, 644, 98, 518, 14, 14]
+
+
+@pytest.mark.parametrize("layers", [1, 4])
+@pytest.mark.parametrize("size", [(56, 56), (98, 70), (100, 60), (61, 45)])
+def test_output_shapes_for_any_size(vit, size, layers):
+    h, w = size
+    model = Segmentor(with_layers(vit, layers), num_classes=3).eval()
+    images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
+    with torch.no_grad():
+        grid = model.patch_logits(images)
+        logits = model(images)
+        resized = model(images, size=(31, 17))
+    assert grid.shape == (2, 3, patch_aligned(h) // 14, patch_aligned(w) // 14)
+    assert logits.shape == (2, 3, h, w)
+    assert resized.shape == (2, 3, 31, 17)
+    assert model.head.bn.num_features == 384 * layers
+
+
+def test_frozen_backbone_stays_in_eval_and_gets_no_gradient(vit):
+    model = Segmentor(with_layers(vit), num_classes=2).train()
+    assert not model.backbone.training and model.head.training
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    groups = model.param_groups(lr=1e-4, backbone_lr=1e-5)
+    assert [g["name"] for g in groups] == ["head"]
+    model(torch.rand(2, 3, 28, 28) * 255).sum().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_fine_tune_trains_the_backbone_at_its_own_lr(weights_file):
+    bb = load_backbone("dinov2_vits14", "timm", str(weights_file), layers=1)
+    model = Segmentor(bb, num_classes=2, fine_tune=True).train()
+    assert model.backbone.training
+    groups = model.param_groups(lr=1e-3, backbone_lr=1e-5)
+    assert [(g["name"], g["lr"]) for g in groups] == [("head", 1e-3), ("backbone", 1e-5)]
+    model(torch.rand(1, 3, 28, 28) * 255).sum().backward()
+    assert model.backbone.vit.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_official_weights_round_trip_through_timm(weights_file, vit):
+    original = torch.load(weights_file, weights_only=True)
+    exported = with_layers(vit).official_state_dict()
+    assert exported.keys() == original.keys()
+    for key in original:
+        if key != "mask_token":  # unused for segmentation; timm drops it
+            torch.testing.assert_close(exported[key], original[key], rtol=0, atol=0)
+
+
+def test_register_weights_round_trip_through_timm(reg_weights_file):
+    bb = load_backbone("dinov2_vits14_reg", "timm", str(reg_weights_file))
+    again = load_backbone("dinov2_vits14_reg", "timm", None)
+    again.load_official_state_dict(bb.official_state_dict())
+    x = torch.randn(1, 3, 56, 84)
+    with torch.no_grad():
+        for a, b in zip(bb(x), again(x), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_weights_of_another_backbone_are_refused_with_a_hint(weights_file):
+    hint = r"does not fit dinov2_vitb14.*pass --backbone dinov2_vits14"
+    with pytest.raises(UserError, match=hint):
+        load_backbone("dinov2_vitb14", "timm", str(weights_file))
+
+
+def test_weights_with_missing_keys_are_refused(tmp_path):
+    sd = random_official_weights()
+    del sd["blocks.3.ls1.gamma"]
+    torch.save(sd, tmp_path / "w.pth")
+    with pytest.raises(UserError, match=r"1 missing keys \(e.g. blocks.3.ls1.gamma\)"):
+        load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
+
+
+def test_weights_that_are_not_a_checkpoint_are_refused(tmp_path):
+    (tmp_path / "w.pth").write_text("hello")
+    with pytest.raises(UserError, match="not a readable PyTorch weights file"):
+        load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
+
+
+def test_missing_weights_file_names_the_offline_options(tmp_path):
+    with pytest.raises(UserError, match=r"does not exist\. Offline options"):
+        load_backbone("dinov2_vits14", "timm", str(tmp_path / "nope.pth"))
+
+
+def test_timm_pretrained_without_cache_fails_loudly(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(UserError, match=r"no official weights at .*dinov2_vits14_pretrain\.pth"):
+        load_backbone("dinov2_vits14", "timm", "pretrained")
+
+
+def test_hub_offline_without_cache_fails_loudly(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        from urllib.error import URLError
+
+        raise URLError("offline")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(UserError, match=r"could not load dinov2_vits14 through torch.hub.*timm"):
+        load_backbone("dinov2_vits14", "hub", "pretrained")
+
+
+def test_random_weights_warn_loudly(caplog):
+    load_backbone("dinov2_vits14", "timm", "random")
+    assert "UNTRAINED" in caplog.text
+
+
+def expected_vits14_flops(h: int, w: int, layers: int, classes: int) -> int:
+    """Matrix-multiply FLOPs of ViT-S/14 + head, counted by hand (a multiply-add is 2)."""
+    d, patches = 384, (h // 14) * (w // 14)
+    n = patches + 1
+    per_block = 2 * n * d * (3 * d + d + 4 * d + 4 * d) + 2 * 2 * n * n * d
+    embed = 2 * patches * d * 3 * 14 * 14
+    head = 2 * patches * d * layers * classes
+    return 12 * per_block + embed + head
+
+
+def test_flop_count_includes_attention(vit):
+    model = Segmentor(with_layers(vit), num_classes=2).eval()
+    flops = count_flops(model, torch.zeros(1, 3, 56, 70))
+    assert flops == pytest.approx(expected_vits14_flops(56, 70, 4, 2), rel=1e-6)
+
+
+def test_model_summary_script():
+    cmd = [sys.executable, "model.py", "--backbone-source", "timm", "--imgsz", "100", "60"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Parameters: 22,056,192 frozen (backbone), 6,146 trainable (head)" in proc.stdout
+    assert "output logits: (1, 2, 60, 100)" in proc.stdout
+    assert "head logits: (1, 2, 4, 7)" in proc.stdout
+    flops = expected_vits14_flops(56, 98, 4, 2) / 1e9
+    assert f"FLOPs per 100x60 image: {flops:.1f} GFLOPs" in proc.stdout

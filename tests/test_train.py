@@ -1,0 +1,173 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from config import DEFAULT_CLASSES, parse_args
+from conftest import ROOT
+from datasets import SegmentationDataset, check_dataset
+from engine import evaluate
+from model import Segmentor, load_backbone, load_checkpoint
+from utils import UserError, read_csv
+
+IMGSZ = ["90", "66"]  # neither a multiple of 14 nor square
+
+
+def run_train(argv: list[str]) -> None:
+    train.main(*parse_args(train.get_args_parser(), argv))
+
+
+def common(data: Path, out: Path, weights: Path) -> list[str]:
+    return ["--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
+            "--weights", str(weights), "--imgsz", *IMGSZ, "--workers", "0", "--batch", "4",
+            "--lr", "3e-3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data, weights_file) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    run_train([*common(tiny_data, out, weights_file), "--epochs", "6"])
+    return out
+
+
+def test_training_lifts_validation_miou_above_the_untrained_model(trained, tiny_data, weights_file):
+    torch.manual_seed(42)  # the seed train.py uses, so the head starts from the same weights
+    backbone = load_backbone("dinov2_vits14", "timm", str(weights_file))
+    untrained = Segmentor(backbone, num_classes=2)
+    valid = SegmentationDataset(
+        check_dataset(tiny_data, DEFAULT_CLASSES)["valid"], DEFAULT_CLASSES, (90, 66), train=False
+    )
+    loader = torch.utils.data.DataLoader(valid, batch_size=4, collate_fn=train.collate_eval)
+    before, _ = evaluate(untrained, loader, torch.device("cpu"), 2)
+    rows = read_csv(trained / "metrics.csv")
+    best = max(r["valid_miou"] for r in rows)
+    assert best > before["miou"] + 0.15, (before["miou"], [r["valid_miou"] for r in rows])
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_training_writes_every_output(trained):
+    rows = read_csv(trained / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert set(rows[0]) >= {"epoch", "train_loss", "train_acc", "train_miou", "valid_loss",
+                            "valid_acc", "valid_miou", "lr", "seconds"}  # fmt: skip
+    for name in ("loss.png", "accuracy.png", "miou.png"):
+        assert (trained / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((trained / "valid_preds").glob("*.jpg"))) == 4
+    settings = yaml.safe_load((trained / "args.yaml").read_text())
+    assert settings["imgsz"] == [90, 66] and settings["ALL_CLASSES"] == ["background", "person"]
+    assert not list(trained.glob(".*.tmp")), "no temporary files may remain"
+
+
+def test_checkpoints_describe_themselves_and_load_safely(trained):
+    best = max(read_csv(trained / "metrics.csv"), key=lambda r: r["valid_miou"])
+    for name in ("best_model_iou.pth", "best_model_loss.pth", "last_model.pth"):
+        ckpt = torch.load(trained / name, weights_only=True)
+        assert ckpt["backbone"] == "dinov2_vits14" and ckpt["backbone_source"] == "timm"
+        assert ckpt["layers"] == 4 and ckpt["imgsz"] == [90, 66]
+        assert ckpt["classes"]["ALL_CLASSES"] == ["background", "person"]
+        assert ckpt["classes"]["VIS_LABEL_MAP"] == [[0, 0, 0], [0, 255, 0]]
+        assert {"optimizer", "scheduler", "epoch", "args"} <= ckpt.keys()
+        assert "blocks.11.mlp.fc2.weight" in ckpt["model"]["backbone"]  # backbone included
+    assert torch.load(trained / "last_model.pth", weights_only=True)["epoch"] == 6
+    assert torch.load(trained / "best_model_iou.pth", weights_only=True)["epoch"] == best["epoch"]
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(trained, weights_file):
+    model, _ = load_checkpoint(trained / "last_model.pth")
+    again, _ = load_checkpoint(trained / "last_model.pth")
+    images = torch.randint(0, 256, (2, 3, 66, 90), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), again(images), rtol=0, atol=0)
+    assert not model.training
+
+
+def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_path):
+    best = max(read_csv(trained / "metrics.csv"), key=lambda r: r["valid_miou"])
+    run_train(["--eval-only", "--model", str(trained / "best_model_iou.pth"), "--data",
+               str(tiny_data), "--out-dir", str(tmp_path), "--workers", "0"])  # fmt: skip
+    result = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert result["miou"] == pytest.approx(best["valid_miou"], abs=1e-9)
+    assert result["pixel_accuracy"] == pytest.approx(best["valid_acc"], abs=1e-9)
+    assert set(result["per_class_iou"]) == {"background", "person"}
+    ious = list(result["per_class_iou"].values())
+    assert sum(ious) / 2 == pytest.approx(result["miou"])
+
+
+def test_resume_continues_from_the_next_epoch(tmp_path, tiny_data, weights_file):
+    args = common(tiny_data, tmp_path, weights_file)
+    run_train([*args, "--epochs", "2", "--scheduler", "cosine"])
+    first = read_csv(tmp_path / "metrics.csv")
+    run_train([*args, "--epochs", "3", "--scheduler", "cosine", "--resume",
+               str(tmp_path / "last_model.pth")])  # fmt: skip
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[:2] == first
+    ckpt = torch.load(tmp_path / "last_model.pth", weights_only=True)
+    assert ckpt["epoch"] == 3
+    steps_per_epoch = 2  # 8 training images, batch 4
+    assert ckpt["optimizer"]["state"][0]["step"] == 3 * steps_per_epoch
+    assert ckpt["scheduler"]["last_epoch"] == 3
+    assert rows[2]["lr"] < rows[0]["lr"]  # the cosine schedule went on, not restarted
+
+
+def test_config_file_sets_classes_and_defaults_and_the_command_line_wins(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "ALL_CLASSES": ["background", "cat", "dog"],
+        "LABEL_COLORS_LIST": [[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+        "VIS_LABEL_MAP": [[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+        "lr": 0.05, "epochs": 7, "imgsz": [112, 56], "fine_tune": True,
+    }))  # fmt: skip
+    args, classes = parse_args(train.get_args_parser(), ["--config", str(cfg), "--epochs", "2"])
+    assert classes.names == ("background", "cat", "dog")
+    assert (args.lr, args.epochs, args.imgsz, args.fine_tune) == (0.05, 2, [112, 56], True)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"learning_rate": 1}, "unknown keys \\['learning_rate'\\]"),
+        ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 0, 0]], "VIS_LABEL_MAP": []},
+         "LABEL_COLORS_LIST has 1 colours for 2 classes"),
+        ({"ALL_CLASSES": ["a", "b"]}, "lacks LABEL_COLORS_LIST, VIS_LABEL_MAP"),
+    ],
+)  # fmt: skip
+def test_bad_config_files_fail_loudly(tmp_path, content, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(content))
+    with pytest.raises(UserError, match=message):
+        parse_args(train.get_args_parser(), ["--config", str(cfg)])
+
+
+def test_bad_choice_in_config_file_is_rejected_by_argparse(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scheduler: linear\n")
+    with pytest.raises(SystemExit):
+        parse_args(train.get_args_parser(), ["--config", str(cfg)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--eval-only", "--model", "README.md"], "is not a readable checkpoint"),
+        (["--eval-only", "--model", "missing.pth"], "checkpoint missing.pth does not exist"),
+        (["--device", "cuda"], "--device cuda was asked for"),
+        (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
+        (["--batch", "0"], "--batch must be at least 1"),
+        (["--data", "no/such/dir", "--weights", "random"], "--data no/such/dir is not a folder"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(argv, message, tmp_path):
+    if argv[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "README.md").write_text("not a checkpoint")
+    cmd = [sys.executable, str(ROOT / "train.py"), *argv, "--out-dir", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr
