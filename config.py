@@ -145,11 +145,20 @@ DEFAULT_CLASSES = ClassConfig(
 )
 
 
-def backbone_flags() -> argparse.ArgumentParser:
-    """Flags that choose and load the backbone, shared by every script."""
+def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
+    """Flags that choose and load the backbone, shared by every script.
+
+    For inference the weights come from the checkpoint: there is no --weights, and --backbone
+    only checks that the checkpoint holds the expected backbone.
+    """
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("backbone")
-    group.add_argument("--backbone", choices=list(BACKBONES), default=DEFAULT_BACKBONE)
+    group.add_argument(
+        "--backbone",
+        choices=list(BACKBONES),
+        default=None if inference else DEFAULT_BACKBONE,
+        help="the checkpoint's backbone must be this one" if inference else None,
+    )
     group.add_argument(
         "--backbone-source",
         choices=["hub", "timm"],
@@ -164,6 +173,8 @@ def backbone_flags() -> argparse.ArgumentParser:
         default=None,
         help="a local clone of facebookresearch/dinov2 to load the hub code from",
     )
+    if inference:
+        return parser
     group.add_argument(
         "--weights",
         default="pretrained",
@@ -193,6 +204,23 @@ def runtime_flags() -> argparse.ArgumentParser:
         help=f"input size; default {DEFAULT_IMGSZ[0]} {DEFAULT_IMGSZ[1]} for training, "
         "the checkpoint's for evaluation and inference",
     )
+    return parser
+
+
+def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
+    """Flags shared by infer_image.py and infer_video.py (which differ only in their I/O loop)."""
+    parser = argparse.ArgumentParser(add_help=False, parents=[backbone_flags(inference=True)])
+    group = parser.add_argument_group("inference")
+    group.add_argument("--model", type=Path, default=DEFAULT_OUT_DIR / "best_model_iou.pth")
+    group.add_argument("--out-dir", type=Path, default=out_dir)
+    group.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0 to 1")
+    group.add_argument(
+        "--batch", type=int, default=4, help="images that go through the model together"
+    )
+    group.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (slow start, faster run)"
+    )
+    group.add_argument("--show", action="store_true", help="show results in a window")
     return parser
 
 

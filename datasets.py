@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.error import URLError
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -229,12 +230,25 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
     return pairs_by_split
 
 
+def resize_image(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> the model's input size (W, H) = imgsz, for evaluation and inference.
+
+    Area averaging when shrinking (no aliasing), bilinear when enlarging; training crops are
+    resized the same way.
+    """
+    w, h = imgsz
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = w * h < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 def train_transform(imgsz: tuple[int, int]) -> A.Compose:
     """Flip, scale/crop and colour jitter, ending at (W, H) = imgsz."""
     w, h = imgsz
     return A.Compose(
         [
-            A.RandomResizedCrop(size=(h, w), scale=(0.5, 1.0)),
+            A.RandomResizedCrop(size=(h, w), scale=(0.5, 1.0), area_for_downscale="image"),
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
         ]
@@ -257,9 +271,7 @@ class SegmentationDataset(Dataset):
         self.pairs = pairs
         self.classes = classes
         self.imgsz = imgsz
-        w, h = imgsz
-        self.transform = train_transform(imgsz) if train else A.Resize(height=h, width=w)
-        self.train = train
+        self.augment = train_transform(imgsz) if train else None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -268,11 +280,11 @@ class SegmentationDataset(Dataset):
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path)
         mask = read_mask(mask_path, self.classes)
-        if self.train:
-            out = self.transform(image=image, mask=mask)
+        if self.augment is not None:
+            out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         else:
-            image = self.transform(image=image)["image"]
+            image = resize_image(image, self.imgsz)
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         return image, torch.from_numpy(mask.astype(np.int64)), index
 

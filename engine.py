@@ -1,6 +1,9 @@
-"""One training epoch and one evaluation over a split."""
+"""Running the model: one training epoch, one evaluation, and the Predictor for inference."""
 
 import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -8,9 +11,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import IGNORE_INDEX
+from config import IGNORE_INDEX, ClassConfig
+from datasets import resize_image
 from metrics import ConfusionMatrix
-from model import Segmentor
+from model import Segmentor, load_checkpoint, log_input_size
+from utils import UserError, autocast_dtype, draw_overlay
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -72,9 +77,8 @@ def evaluate(
     device: torch.device,
     num_classes: int,
     amp_dtype: torch.dtype | None = None,
-    keep: int = 0,
     desc: str = "valid",
-) -> tuple[dict, dict[int, np.ndarray]]:
+) -> dict:
     """Score a split against each mask at its original resolution.
 
     The patch-grid logits are resized straight to each mask's size (as the official evaluation
@@ -82,37 +86,137 @@ def evaluate(
 
     Args:
         loader: yields (images, masks, indices) as collated by datasets.collate_eval.
-        keep: also return the predictions of the items with index < keep.
 
     Returns:
-        (metrics, kept): metrics has "loss", "acc", "miou" and "iou" (per class, NaN where a
-        class is absent from both prediction and ground truth); kept maps index -> (h, w) uint8
-        predicted class ids.
+        {"loss", "acc", "miou", "iou"}: iou per class, NaN where a class is absent from both
+        prediction and ground truth.
     """
     model.eval()
     cm = ConfusionMatrix(num_classes)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     pixels = torch.zeros((), device=device, dtype=torch.int64)
-    kept = {}
-    for images, masks, indices in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, masks, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         with _autocast(device, amp_dtype):
             logits = model.patch_logits(images.to(device, non_blocking=True))
-        for logit, mask, index in zip(logits.float(), masks, indices, strict=True):
+        for logit, mask in zip(logits.float(), masks, strict=True):
             mask = mask.to(device, non_blocking=True)[None]
             up = F.interpolate(
                 logit[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
             )
             loss_sum += F.cross_entropy(up, mask, ignore_index=IGNORE_INDEX, reduction="sum")
             pixels += (mask != IGNORE_INDEX).sum()
-            pred = up.argmax(1)
-            cm.update(pred, mask)
-            if index < keep:
-                kept[index] = pred[0].to(torch.uint8).cpu().numpy()
+            cm.update(up.argmax(1), mask)
     scores = cm.compute()
-    metrics = {
+    return {
         "loss": (loss_sum / pixels.clamp(min=1)).item(),
         "acc": scores["pixel_accuracy"],
         "miou": scores["miou"],
         "iou": scores["iou"],
     }
-    return metrics, kept
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a clock read afterwards measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class Predictor:
+    """Segments images with a trained model: the one inference path of every script.
+
+    Input contract: (H, W, 3) uint8 RGB arrays, any size. Each is resized to ``imgsz`` exactly
+    as in validation, and the logits are resized straight back to the image's own size, so the
+    masks are the ones ``train.py --eval-only`` scores.
+    """
+
+    def __init__(
+        self,
+        model: Segmentor,
+        classes: ClassConfig,
+        imgsz: tuple[int, int],
+        amp_dtype: torch.dtype | None = None,
+        compile: bool = False,
+    ):
+        self.model = model.eval()
+        self.classes = classes
+        self.imgsz = tuple(imgsz)
+        self.device = model.device
+        self.amp_dtype = amp_dtype
+        self._patch_logits = torch.compile(model.patch_logits) if compile else model.patch_logits
+        self.model_seconds = 0.0  # time spent in predict_resized, GPU work included
+        self.model_frames = 0
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: Path,
+        device: torch.device,
+        imgsz: Sequence[int] | None = None,
+        amp: str = "off",
+        compile: bool = False,
+        backbone: str | None = None,
+        backbone_source: str | None = None,
+        hub_dir: Path | None = None,
+    ) -> "Predictor":
+        """Load a checkpoint; ``imgsz`` defaults to its training size.
+
+        Args:
+            backbone: if given, the backbone the caller expects; a checkpoint of another
+                backbone is refused.
+        """
+        model, ckpt = load_checkpoint(path, device, backbone_source, hub_dir)
+        if backbone is not None and backbone != ckpt["backbone"]:
+            raise UserError(
+                f"{path} holds a {ckpt['backbone']} model, not the requested --backbone "
+                f"{backbone}; drop --backbone or pick the matching checkpoint"
+            )
+        imgsz = tuple(imgsz or ckpt["imgsz"])
+        log_input_size(imgsz)
+        classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
+        return cls(model, classes, imgsz, autocast_dtype(amp, device), compile)
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """The model input for one image; thread-safe, so decoding threads can do it."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        return resize_image(image, self.imgsz)
+
+    @torch.inference_mode()
+    def predict_resized(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list:
+        """(B, h, w, 3) uint8 resized images + their original (H, W) -> B (H, W) uint8 masks."""
+        start = time.perf_counter()
+        self.model.eval()  # BatchNorm must use its running statistics, even mid-training
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        with _autocast(self.device, self.amp_dtype):
+            logits = self._patch_logits(x)
+        logits = logits.float()
+        if len(set(sizes)) == 1:  # video frames: resize the whole batch at once
+            up = F.interpolate(logits, size=sizes[0], mode="bilinear", align_corners=False)
+            masks = list(up.argmax(1).to(torch.uint8).cpu().numpy())
+        else:
+            masks = [
+                F.interpolate(lg[None], size=s, mode="bilinear", align_corners=False)
+                .argmax(1)[0]
+                .to(torch.uint8)
+                .cpu()
+                .numpy()
+                for lg, s in zip(logits, sizes, strict=True)
+            ]
+        synchronize(self.device)
+        self.model_seconds += time.perf_counter() - start
+        self.model_frames += len(masks)
+        return masks
+
+    def predict(self, images: np.ndarray | Sequence[np.ndarray]):
+        """One (H, W, 3) image -> (H, W) uint8 class ids; a list of images -> a list of masks."""
+        single = isinstance(images, np.ndarray) and images.ndim == 3
+        images = [images] if single else list(images)
+        batch = np.stack([self.resize(im) for im in images])
+        masks = self.predict_resized(batch, [im.shape[:2] for im in images])
+        return masks[0] if single else masks
+
+    def overlay(self, image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """Blend the classes' VIS_LABEL_MAP colours over an (H, W, 3) uint8 RGB image."""
+        return draw_overlay(image, mask, self.classes.vis_colors, alpha)

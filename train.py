@@ -40,7 +40,7 @@ from datasets import (
     read_image,
     read_mask,
 )
-from engine import evaluate, train_one_epoch
+from engine import Predictor, evaluate, train_one_epoch
 from model import (
     Segmentor,
     load_backbone,
@@ -53,7 +53,6 @@ from utils import (
     UserError,
     atomic_path,
     autocast_dtype,
-    draw_overlay,
     pick_device,
     plot_curves,
     read_csv,
@@ -139,7 +138,8 @@ def make_loader(
     dataset: SegmentationDataset, args, device: torch.device, train: bool
 ) -> DataLoader:
     generator = torch.Generator().manual_seed(args.seed)
-    dataset.transform.set_random_seed(args.seed)
+    if dataset.augment is not None:
+        dataset.augment.set_random_seed(args.seed)
     return DataLoader(
         dataset,
         batch_size=args.batch,
@@ -156,10 +156,11 @@ def make_loader(
 def _seed_worker(worker_id: int) -> None:
     # Each worker holds a copy of the augmentation pipeline; without this they all draw the
     # same "random" crops. torch gives every worker its own seed, derived from the generator.
-    info = torch.utils.data.get_worker_info()
+    dataset = torch.utils.data.get_worker_info().dataset
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
-    info.dataset.transform.set_random_seed(seed)
+    if dataset.augment is not None:
+        dataset.augment.set_random_seed(seed)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
@@ -177,19 +178,15 @@ def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
     return {**resolved, **classes.to_dict()}
 
 
-def write_overlays(out_dir: Path, dataset: SegmentationDataset, kept: dict, classes) -> None:
-    """Save ground truth | prediction side by side for the kept validation images."""
+def write_overlays(out_dir: Path, pairs: list, predictor: Predictor) -> None:
+    """Save ground truth | prediction overlays of validation images, as inference draws them."""
     folder = out_dir / "valid_preds"
-    for index, pred in kept.items():
-        image_path, mask_path = dataset.pairs[index]
+    for image_path, mask_path in pairs:
         image = read_image(image_path)
-        truth = read_mask(mask_path, classes)
+        truth = read_mask(mask_path, predictor.classes)
         truth = np.where(truth == IGNORE_INDEX, 0, truth)
-        panel = np.concatenate(
-            [draw_overlay(image, truth, classes.vis_colors, 0.5),
-             draw_overlay(image, pred, classes.vis_colors, 0.5)],
-            axis=1,
-        )  # fmt: skip
+        pred = predictor.predict(image)
+        panel = np.concatenate([predictor.overlay(image, truth), predictor.overlay(image, pred)], 1)
         with atomic_path(folder / f"{image_path.stem}.jpg") as tmp:
             Image.fromarray(panel).save(tmp, format="JPEG", quality=90)
 
@@ -203,8 +200,8 @@ def run_eval(args, classes, device, amp_dtype) -> None:
     log_input_size(imgsz)
     pairs = check_dataset(resolve_data(args), classes, splits=("valid",))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
-    metrics, _ = evaluate(model, make_loader(dataset, args, device, False), device,
-                          classes.num_classes, amp_dtype)  # fmt: skip
+    metrics = evaluate(model, make_loader(dataset, args, device, False), device,
+                       classes.num_classes, amp_dtype)  # fmt: skip
     result = {
         "checkpoint": str(path),
         "imgsz": list(imgsz),
@@ -265,6 +262,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     log.info("data: %d train, %d valid images; classes %s; device %s",
              len(train_set), len(valid_set), list(classes.names), device)  # fmt: skip
 
+    predictor = Predictor(model, classes, imgsz, amp_dtype)
     optimizer = torch.optim.AdamW(
         model.param_groups(args.lr, args.backbone_lr), weight_decay=args.weight_decay
     )
@@ -291,8 +289,8 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
         t0 = time.perf_counter()
         train = train_one_epoch(model, train_loader, optimizer, device, classes.num_classes,
                                 amp_dtype, scaler, desc=f"train {epoch}/{args.epochs}")  # fmt: skip
-        valid, kept = evaluate(model, valid_loader, device, classes.num_classes, amp_dtype,
-                               keep=args.num_vis, desc=f"valid {epoch}/{args.epochs}")  # fmt: skip
+        valid = evaluate(model, valid_loader, device, classes.num_classes, amp_dtype,
+                         desc=f"valid {epoch}/{args.epochs}")  # fmt: skip
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
@@ -310,7 +308,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
         history.append(row)
         write_csv(args.out_dir / "metrics.csv", history)
         plot_curves(history, args.out_dir)
-        write_overlays(args.out_dir, valid_set, kept, classes)
+        write_overlays(args.out_dir, valid_set.pairs[: args.num_vis], predictor)
 
         improved_iou = valid["miou"] > best_miou
         improved_loss = valid["loss"] < best_loss

@@ -5,10 +5,14 @@ import csv
 import json
 import logging
 import os
+import queue
 import random
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +167,88 @@ def draw_overlay(
     fg = mask > 0
     out[fg] = (1 - alpha) * out[fg] + alpha * color[fg]
     return out.round().clip(0, 255).astype(np.uint8)
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
+
+    Decoding (OpenCV, PIL) releases the GIL, so it runs while the model computes. An exception
+    raised by ``items`` is re-raised here.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            put((end, err))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = q.get()
+            if err is not None:
+                raise err
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class OrderedWriter:
+    """Runs write jobs one at a time, in order, on a background thread.
+
+    At most ``depth`` jobs wait, so a slow disk or encoder slows the producer down instead of
+    filling memory. An exception in a job is re-raised by the next ``submit`` or ``finish``.
+    """
+
+    def __init__(self, depth: int = 4):
+        self.depth = depth
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: deque[Future] = deque()
+
+    def submit(self, fn: Callable, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.depth:
+            self.pending.popleft().result()
+
+    def finish(self) -> None:
+        """Wait for every job; re-raise the first failure."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            for job in self.pending:
+                job.cancel()
+            self.pool.shutdown(wait=True)
+
+
+def check_gui() -> None:
+    """Fail early and clearly when --show cannot open a window."""
+    import cv2
+
+    try:
+        cv2.namedWindow("check")
+        cv2.destroyWindow("check")
+    except cv2.error as err:
+        raise UserError(
+            "--show needs an OpenCV build with windows (pip install opencv-python instead of "
+            "opencv-python-headless) and a display; run without --show"
+        ) from err

@@ -43,7 +43,7 @@ def test_training_lifts_validation_miou_above_the_untrained_model(trained, tiny_
         check_dataset(tiny_data, DEFAULT_CLASSES)["valid"], DEFAULT_CLASSES, (90, 66), train=False
     )
     loader = torch.utils.data.DataLoader(valid, batch_size=4, collate_fn=train.collate_eval)
-    before, _ = evaluate(untrained, loader, torch.device("cpu"), 2)
+    before = evaluate(untrained, loader, torch.device("cpu"), 2)
     rows = read_csv(trained / "metrics.csv")
     best = max(r["valid_miou"] for r in rows)
     assert best > before["miou"] + 0.15, (before["miou"], [r["valid_miou"] for r in rows])

@@ -1,0 +1,139 @@
+"""Segment images: a file, a folder or a glob.
+
+    python infer_image.py --input photos/
+    python infer_image.py --input "shots/**/*.jpg" --model outputs/best_model_iou.pth --alpha 0.6
+
+For each image it writes <stem>_overlay.jpg and <stem>_mask.png (class ids, at the size of the
+image as displayed) to --out-dir.
+"""
+
+import os
+
+# MPS reads this once, when torch loads: ops it lacks then run on the CPU instead of failing.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+
+import argparse
+import glob
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from config import DEFAULT_OUT_DIR, IMAGE_EXTENSIONS, inference_flags, runtime_flags
+from datasets import DataError, read_image
+from engine import Predictor
+from utils import (
+    OrderedWriter,
+    UserError,
+    atomic_path,
+    check_gui,
+    pick_device,
+    prefetch,
+    run_script,
+)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Segment images with a trained checkpoint.",
+        parents=[inference_flags(DEFAULT_OUT_DIR / "inference_results_image"), runtime_flags()],
+    )
+    parser.add_argument("--input", required=True, help="an image file, a folder, or a glob")
+    return parser
+
+
+def check_inference_args(args: argparse.Namespace) -> None:
+    """Checks shared by both inference scripts."""
+    if not 0 <= args.alpha <= 1:
+        raise UserError(f"--alpha must be between 0 and 1, not {args.alpha}")
+    if args.batch < 1:
+        raise UserError("--batch must be at least 1")
+    if args.imgsz is not None and min(args.imgsz) < 14:
+        raise UserError("--imgsz must be at least 14 14 (one patch)")
+    if args.show:
+        check_gui()
+
+
+def find_images(spec: str) -> list[Path]:
+    """The images named by --input: a file, the images of a folder, or a glob's matches."""
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        matches = (Path(p) for p in glob.glob(spec, recursive=True))
+        found = sorted(p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        kinds = " ".join(IMAGE_EXTENSIONS)
+        raise UserError(
+            f"--input {spec}: no images found (give a file, a folder or a glob of {kinds})"
+        )
+    return found
+
+
+def read_batches(paths: list[Path], predictor: Predictor, batch: int):
+    """Yield (paths, images, resized batch, errors) groups; unreadable files become errors."""
+    for start in range(0, len(paths), batch):
+        ok, images, errors = [], [], []
+        for path in paths[start : start + batch]:
+            try:
+                images.append(read_image(path))
+                ok.append(path)
+            except DataError as err:
+                errors.append(str(err))
+        resized = np.stack([predictor.resize(im) for im in images]) if images else None
+        yield ok, images, resized, errors
+
+
+def save_result(out_dir: Path, path: Path, image, mask, predictor: Predictor, alpha: float) -> None:
+    with atomic_path(out_dir / f"{path.stem}_mask.png") as tmp:
+        Image.fromarray(mask).save(tmp, format="PNG")
+    with atomic_path(out_dir / f"{path.stem}_overlay.jpg") as tmp:
+        Image.fromarray(predictor.overlay(image, mask, alpha)).save(tmp, format="JPEG", quality=92)
+
+
+def show(title: str, image, mask, predictor: Predictor, alpha: float, wait_ms: int) -> bool:
+    """Show an overlay; False when the user pressed q or Esc."""
+    import cv2
+
+    cv2.imshow(title, cv2.cvtColor(predictor.overlay(image, mask, alpha), cv2.COLOR_RGB2BGR))
+    return cv2.waitKey(wait_ms) & 0xFF not in (ord("q"), 27)
+
+
+def main(args: argparse.Namespace) -> None:
+    check_inference_args(args)
+    device = pick_device(args.device)
+    paths = find_images(args.input)
+    predictor = Predictor.from_checkpoint(
+        args.model, device, args.imgsz, args.amp, args.compile, args.backbone,
+        args.backbone_source, args.hub_dir,
+    )  # fmt: skip
+    failures, done = [], 0
+    writer = OrderedWriter()
+    start = time.perf_counter()
+    for ok, images, resized, errors in prefetch(read_batches(paths, predictor, args.batch)):
+        failures += errors
+        if not images:
+            continue
+        masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
+        for path, image, mask in zip(ok, images, masks, strict=True):
+            writer.submit(save_result, args.out_dir, path, image, mask, predictor, args.alpha)
+            if args.show and not show("infer_image", image, mask, predictor, args.alpha, 0):
+                args.show = False
+        done += len(images)
+    writer.finish()
+    elapsed = time.perf_counter() - start
+    if done:
+        model_fps = predictor.model_frames / predictor.model_seconds
+        print(f"Segmented {done} image(s) into {args.out_dir}")
+        print(f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS) on {device}")
+        print(f"end to end: {done / elapsed:.2f} images per second (reading, model, writing)")
+    if failures:
+        lines = "\n".join(f"  - {f}" for f in failures)
+        raise UserError(f"{len(failures)} of {len(paths)} image(s) could not be read:\n{lines}")
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(get_args_parser().parse_args()))

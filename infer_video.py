@@ -1,0 +1,173 @@
+"""Segment a video (any file OpenCV reads) or a camera, and report honest frame rates.
+
+    python infer_video.py --input clip.mp4
+    python infer_video.py --input 0 --show          # camera 0; q or Esc stops
+
+Writes <out-dir>/<stem>.mp4 with every frame overlaid: same frame count, size and frame rate.
+Decoding, the model and encoding run on separate threads, --batch frames at a time.
+"""
+
+import os
+
+# MPS reads this once, when torch loads: ops it lacks then run on the CPU instead of failing.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from config import DEFAULT_OUT_DIR, inference_flags, runtime_flags
+from engine import Predictor
+from infer_image import check_inference_args, show
+from utils import OrderedWriter, UserError, pick_device, prefetch, run_script
+
+log = logging.getLogger("dinoseg")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Segment a video or a camera stream with a trained checkpoint.",
+        parents=[inference_flags(DEFAULT_OUT_DIR / "inference_results_video"), runtime_flags()],
+    )
+    parser.add_argument("--input", required=True, help="a video file, or a camera index such as 0")
+    return parser
+
+
+@dataclass
+class VideoSource:
+    capture: cv2.VideoCapture
+    name: str  # output file stem
+    fps: float
+    width: int
+    height: int
+    frames: int | None  # None for cameras and containers that do not say
+    camera: bool
+
+
+def open_video(spec: str) -> VideoSource:
+    """Open a video file or camera, or fail with a message naming it."""
+    camera = spec.isdigit()
+    if not camera and not Path(spec).is_file():
+        raise UserError(f"--input {spec} does not exist")
+    capture = cv2.VideoCapture(int(spec) if camera else spec)
+    if not capture.isOpened():
+        what = f"camera {spec}" if camera else f"{spec}: not a video OpenCV can read, or corrupt"
+        raise UserError(f"cannot open {what}")
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    if not fps or not math.isfinite(fps) or fps <= 0:
+        log.warning("%s does not state its frame rate; writing at 30 FPS", spec)
+        fps = 30.0
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    return VideoSource(
+        capture=capture,
+        name=f"camera{spec}" if camera else Path(spec).stem,
+        fps=fps,
+        width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        frames=count if count > 0 and not camera else None,
+        camera=camera,
+    )
+
+
+def read_batches(source: VideoSource, predictor: Predictor, batch: int):
+    """Yield (RGB frames, resized batch) groups of up to ``batch`` frames."""
+    frames = []
+    while True:
+        ok, bgr = source.capture.read()
+        if ok:
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        if frames and (not ok or len(frames) == batch):
+            yield frames, np.stack([predictor.resize(f) for f in frames])
+            frames = []
+        if not ok:
+            return
+
+
+def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, args) -> dict:
+    """Run the pipeline: decode thread -> model (this thread) -> encode thread.
+
+    The video is written to a temporary name and renamed at the end, so a failed or
+    interrupted run leaves no partial file. A camera stream ends with q/Esc or Ctrl-C.
+
+    Returns:
+        {"frames", "seconds", "model_fps", "fps"}: counts and frame rates.
+    """
+    done = 0
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # VideoWriter picks the container from the file name, so the temporary name ends in .mp4.
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial.mp4")
+    try:
+        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+        video = cv2.VideoWriter(str(tmp), fourcc, source.fps, (source.width, source.height))
+        if not video.isOpened():
+            raise UserError(f"cannot write {out_path}: OpenCV has no mp4v encoder here")
+        writer = OrderedWriter()
+
+        def encode(frames, masks) -> None:
+            for frame, mask in zip(frames, masks, strict=True):
+                overlay = predictor.overlay(frame, mask, args.alpha)
+                video.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+
+        bar = tqdm(total=source.frames, unit="frame", desc=source.name, dynamic_ncols=True)
+        start = time.perf_counter()
+        batches = prefetch(read_batches(source, predictor, args.batch))
+        try:
+            for frames, resized in batches:
+                masks = predictor.predict_resized(resized, [f.shape[:2] for f in frames])
+                writer.submit(encode, frames, masks)
+                done += len(frames)
+                bar.update(len(frames))
+                if args.show and not show(source.name, frames[-1], masks[-1], predictor,
+                                          args.alpha, 1):  # fmt: skip
+                    break
+        except KeyboardInterrupt:
+            if not source.camera:
+                raise
+        finally:
+            batches.close()  # joins the decoding thread before the capture is released
+            bar.close()
+            try:
+                writer.finish()
+            finally:
+                video.release()
+                source.capture.release()
+        seconds = time.perf_counter() - start
+        if done == 0:
+            raise UserError(f"--input {args.input} has no frames OpenCV can decode")
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "frames": done,
+        "seconds": seconds,
+        "model_fps": predictor.model_frames / predictor.model_seconds,
+        "fps": done / seconds,
+    }
+
+
+def main(args: argparse.Namespace) -> None:
+    check_inference_args(args)
+    device = pick_device(args.device)
+    source = open_video(args.input)
+    predictor = Predictor.from_checkpoint(
+        args.model, device, args.imgsz, args.amp, args.compile, args.backbone,
+        args.backbone_source, args.hub_dir,
+    )  # fmt: skip
+    out_path = args.out_dir / f"{source.name}.mp4"
+    stats = segment_video(source, predictor, out_path, args)
+    print(f"Wrote {out_path}: {stats['frames']} frames, {source.width}x{source.height}, "
+          f"{source.fps:.3f} FPS")  # fmt: skip
+    print(f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS) "
+          f"on {device}, batch {args.batch}")  # fmt: skip
+    print(f"end to end: {stats['fps']:.2f} FPS (decoding, model, drawing, encoding)")
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(get_args_parser().parse_args()))
