@@ -15,7 +15,7 @@ from config import IGNORE_INDEX, ClassConfig
 from datasets import resize_image
 from metrics import ConfusionMatrix
 from model import Segmentor, load_checkpoint, log_input_size
-from utils import UserError, autocast_dtype, draw_overlay
+from utils import UserError, amp_dtype, draw_overlay
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -30,7 +30,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     num_classes: int,
-    amp_dtype: torch.dtype | None = None,
+    autocast_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
 ) -> dict:
@@ -47,7 +47,7 @@ def train_one_epoch(
     for images, masks, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with _autocast(device, autocast_dtype):
             logits = model(images)
         # Sum over pixels, then divide by this batch's labelled pixels: the usual mean loss for
         # the step, and an exact per-pixel mean for the epoch.
@@ -76,7 +76,7 @@ def evaluate(
     loader: DataLoader,
     device: torch.device,
     num_classes: int,
-    amp_dtype: torch.dtype | None = None,
+    autocast_dtype: torch.dtype | None = None,
     desc: str = "valid",
 ) -> dict:
     """Score a split against each mask at its original resolution.
@@ -96,7 +96,7 @@ def evaluate(
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     pixels = torch.zeros((), device=device, dtype=torch.int64)
     for images, masks, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        with _autocast(device, amp_dtype):
+        with _autocast(device, autocast_dtype):
             logits = model.patch_logits(images.to(device, non_blocking=True))
         for logit, mask in zip(logits.float(), masks, strict=True):
             mask = mask.to(device, non_blocking=True)[None]
@@ -128,7 +128,8 @@ class Predictor:
 
     Input contract: (H, W, 3) uint8 RGB arrays, any size. Each is resized to ``imgsz`` exactly
     as in validation, and the logits are resized straight back to the image's own size, so the
-    masks are the ones ``train.py --eval-only`` scores.
+    masks are the ones ``train.py --eval-only`` scores. The network runs in its weights' dtype
+    (see from_checkpoint's ``amp``).
     """
 
     def __init__(
@@ -136,14 +137,12 @@ class Predictor:
         model: Segmentor,
         classes: ClassConfig,
         imgsz: tuple[int, int],
-        amp_dtype: torch.dtype | None = None,
         compile: bool = False,
     ):
         self.model = model.eval()
         self.classes = classes
         self.imgsz = tuple(imgsz)
         self.device = model.device
-        self.amp_dtype = amp_dtype
         self._patch_logits = torch.compile(model.patch_logits) if compile else model.patch_logits
         self.model_seconds = 0.0  # time spent in predict_resized, GPU work included
         self.model_frames = 0
@@ -163,6 +162,8 @@ class Predictor:
         """Load a checkpoint; ``imgsz`` defaults to its training size.
 
         Args:
+            amp: "bf16" or "fp16" casts the whole network once (faster than autocast, which
+                re-casts the frozen weights on every call); "off" keeps float32.
             backbone: if given, the backbone the caller expects; a checkpoint of another
                 backbone is refused.
         """
@@ -175,7 +176,10 @@ class Predictor:
         imgsz = tuple(imgsz or ckpt["imgsz"])
         log_input_size(imgsz)
         classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
-        return cls(model, classes, imgsz, autocast_dtype(amp, device), compile)
+        dtype = amp_dtype(amp, device)
+        if dtype is not None:
+            model = model.to(dtype)
+        return cls(model, classes, imgsz, compile)
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """The model input for one image; thread-safe, so decoding threads can do it."""
@@ -189,9 +193,7 @@ class Predictor:
         start = time.perf_counter()
         self.model.eval()  # BatchNorm must use its running statistics, even mid-training
         x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        with _autocast(self.device, self.amp_dtype):
-            logits = self._patch_logits(x)
-        logits = logits.float()
+        logits = self._patch_logits(x).float()
         if len(set(sizes)) == 1:  # video frames: resize the whole batch at once
             up = F.interpolate(logits, size=sizes[0], mode="bilinear", align_corners=False)
             masks = list(up.argmax(1).to(torch.uint8).cpu().numpy())

@@ -282,6 +282,11 @@ class Segmentor(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype: float32, or bfloat16/float16 when cast for inference."""
+        return self.head.classifier.weight.dtype
+
     def train(self, mode: bool = True) -> "Segmentor":
         super().train(mode)
         if not self.fine_tune:
@@ -294,7 +299,8 @@ class Segmentor(nn.Module):
         H and W need not be multiples of 14: this is the one place where images are resized to
         the nearest multiple (e.g. 640 -> 644) before the backbone.
         """
-        x = (images.float() - self.pixel_mean) / self.pixel_std
+        x = (images.float() - self.pixel_mean.float()) / self.pixel_std.float()
+        x = x.to(self.dtype)
         h, w = x.shape[-2:]
         aligned = (patch_aligned(h), patch_aligned(w))
         if aligned != (h, w):

@@ -51,8 +51,8 @@ from model import (
 )
 from utils import (
     UserError,
+    amp_dtype,
     atomic_path,
-    autocast_dtype,
     pick_device,
     plot_curves,
     read_csv,
@@ -191,7 +191,7 @@ def write_overlays(out_dir: Path, pairs: list, predictor: Predictor) -> None:
             Image.fromarray(panel).save(tmp, format="JPEG", quality=90)
 
 
-def run_eval(args, classes, device, amp_dtype) -> None:
+def run_eval(args, classes, device, autocast) -> None:
     """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json."""
     path = args.model or args.out_dir / "best_model_iou.pth"
     model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir)
@@ -201,7 +201,7 @@ def run_eval(args, classes, device, amp_dtype) -> None:
     pairs = check_dataset(resolve_data(args), classes, splits=("valid",))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
     metrics = evaluate(model, make_loader(dataset, args, device, False), device,
-                       classes.num_classes, amp_dtype)  # fmt: skip
+                       classes.num_classes, autocast)  # fmt: skip
     result = {
         "checkpoint": str(path),
         "imgsz": list(imgsz),
@@ -225,11 +225,11 @@ def run_eval(args, classes, device, amp_dtype) -> None:
 def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     check_args(args)
     device = pick_device(args.device)
-    amp_dtype = autocast_dtype(args.amp, device)
+    autocast = amp_dtype(args.amp, device)
     seed_everything(args.seed)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.eval_only:
-        return run_eval(args, classes, device, amp_dtype)
+        return run_eval(args, classes, device, autocast)
 
     history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
     if args.resume:
@@ -262,12 +262,12 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     log.info("data: %d train, %d valid images; classes %s; device %s",
              len(train_set), len(valid_set), list(classes.names), device)  # fmt: skip
 
-    predictor = Predictor(model, classes, imgsz, amp_dtype)
+    predictor = Predictor(model, classes, imgsz)
     optimizer = torch.optim.AdamW(
         model.param_groups(args.lr, args.backbone_lr), weight_decay=args.weight_decay
     )
     scheduler = make_scheduler(optimizer, args.scheduler, args.epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt["scheduler"] is not None:
@@ -288,8 +288,8 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     for epoch in range(start, args.epochs + 1):
         t0 = time.perf_counter()
         train = train_one_epoch(model, train_loader, optimizer, device, classes.num_classes,
-                                amp_dtype, scaler, desc=f"train {epoch}/{args.epochs}")  # fmt: skip
-        valid = evaluate(model, valid_loader, device, classes.num_classes, amp_dtype,
+                                autocast, scaler, desc=f"train {epoch}/{args.epochs}")  # fmt: skip
+        valid = evaluate(model, valid_loader, device, classes.num_classes, autocast,
                          desc=f"valid {epoch}/{args.epochs}")  # fmt: skip
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:

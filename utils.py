@@ -95,12 +95,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for --amp, or None for full precision; mixed precision is CUDA-only."""
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The reduced-precision dtype for --amp, or None for full precision.
+
+    bf16 runs on CUDA and on CPUs (fast where they have AVX-512 BF16 or AMX); fp16 on CUDA and
+    MPS.
+    """
     if amp == "off":
         return None
-    if device.type != "cuda":
-        raise UserError(f"--amp {amp} needs a CUDA device; this run uses {device.type}")
+    supported = {"bf16": ("cuda", "cpu"), "fp16": ("cuda", "mps")}[amp]
+    if device.type not in supported:
+        raise UserError(
+            f"--amp {amp} needs a {' or '.join(supported)} device; this run uses {device.type}"
+        )
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
@@ -162,11 +169,10 @@ def draw_overlay(
     Returns:
         (H, W, 3) uint8 RGB.
     """
-    color = colorize(mask, colors).astype(np.float32)
-    out = image.astype(np.float32)
-    fg = mask > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * color[fg]
-    return out.round().clip(0, 255).astype(np.uint8)
+    import cv2
+
+    blended = cv2.addWeighted(image, 1 - alpha, colorize(mask, colors), alpha, 0.0)
+    return np.where((mask > 0)[..., None], blended, image)
 
 
 def prefetch(items: Iterable, depth: int = 2) -> Iterator:

@@ -108,3 +108,17 @@ def tiny_data(tmp_path_factory) -> Path:
 def fresh_data(tmp_path) -> Path:
     """A dataset the test may break."""
     return make_dataset(tmp_path / "data", n_train=4, n_valid=2)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, tiny_data, weights_file) -> Path:
+    """best_model_iou.pth of a short training run at 90x66 on tiny_data (timm source)."""
+    import train
+    from config import parse_args
+
+    out = tmp_path_factory.mktemp("ckpt")
+    argv = ["--data", str(tiny_data), "--out-dir", str(out), "--backbone-source", "timm",
+            "--weights", str(weights_file), "--imgsz", "90", "66", "--workers", "0",
+            "--batch", "4", "--lr", "3e-3", "--epochs", "2", "--num-vis", "0"]  # fmt: skip
+    train.main(*parse_args(train.get_args_parser(), argv))
+    return out / "best_model_iou.pth"

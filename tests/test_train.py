@@ -157,7 +157,7 @@ def test_bad_choice_in_config_file_is_rejected_by_argparse(tmp_path):
         (["--eval-only", "--model", "README.md"], "is not a readable checkpoint"),
         (["--eval-only", "--model", "missing.pth"], "checkpoint missing.pth does not exist"),
         (["--device", "cuda"], "--device cuda was asked for"),
-        (["--amp", "bf16", "--device", "cpu"], "--amp bf16 needs a CUDA device"),
+        (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a cuda or mps device"),
         (["--batch", "0"], "--batch must be at least 1"),
         (["--data", "no/such/dir", "--weights", "random"], "--data no/such/dir is not a folder"),
     ],

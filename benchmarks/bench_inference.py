@@ -1,0 +1,201 @@
+"""Inference speed: the optimized pipeline against a naive baseline, and against the FLOP floor.
+
+    python benchmarks/bench_inference.py                       # CPU, 644x644, fp32
+    python benchmarks/bench_inference.py --amp bf16            # CPU with AVX-512 BF16 / AMX
+    python benchmarks/bench_inference.py --device cuda --amp bf16 --batch 32 --frames 512
+
+Prints, for the same size and device, in one run:
+- model-only milliseconds per frame and FPS (the network on a ready batch, synchronized);
+- end-to-end FPS on a generated video through infer_video.py's pipeline;
+- peak memory;
+- the FLOP floor: FLOPs per frame / the best matrix-multiply rate measured here, in the dtype
+  the model runs in;
+- the same figures for a naive baseline (frame by frame, eager, fp32, decode -> infer ->
+  encode in sequence), and the ratios.
+
+Without --model the network has official-layout random weights: speed does not depend on the
+values.
+"""
+
+import argparse
+import copy
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2
+import numpy as np
+import torch
+
+from config import BACKBONES, DEFAULT_CLASSES
+from engine import Predictor, synchronize
+from infer_video import open_video, segment_video
+from model import Segmentor, count_flops, load_backbone, load_checkpoint, patch_aligned
+from utils import amp_dtype, pick_device, run_script
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--imgsz", type=int, nargs=2, default=(644, 644), metavar=("W", "H"))
+    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--batch", type=int, default=1, help="frames per model call (fast path)")
+    parser.add_argument("--frames", type=int, default=16, help="length of the test video")
+    parser.add_argument("--video-size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
+    parser.add_argument("--model", type=Path, default=None, help="a checkpoint (default: random)")
+    parser.add_argument("--backbone", choices=list(BACKBONES), default="dinov2_vits14")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions of model-only runs")
+    return parser
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int) -> float:
+    """Best FLOP/s over the model's GEMM shapes and a large square, in ``dtype``."""
+    shapes = [(tokens, dim, 3 * dim), (tokens, dim, 4 * dim), (tokens, 4 * dim, dim)]
+    shapes.append((4096, 4096, 4096) if device.type == "cuda" else (2048, 2048, 2048))
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        reps = 50 if device.type == "cuda" else 5
+        for _ in range(3):
+            a @ b
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        synchronize(device)
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start))
+    return best
+
+
+@torch.inference_mode()
+def model_seconds(model: Segmentor, batch: int, imgsz, device, reps: int, compile: bool) -> float:
+    """Seconds per frame of the network alone on a ready uint8 batch (best of ``reps``)."""
+    w, h = imgsz
+    images = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, device=device)
+    forward = torch.compile(model.patch_logits) if compile else model.patch_logits
+    forward(images)  # warm-up (and compilation)
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(device)
+        start = time.perf_counter()
+        forward(images)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best / batch
+
+
+def make_video(path: Path, frames: int, size) -> None:
+    rng = np.random.default_rng(0)
+    w, h = size
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (w, h))
+    base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    for i in range(frames):
+        video.write(np.roll(base, 4 * i, axis=1))  # moving content, like a real clip
+    video.release()
+
+
+def naive_video(path: Path, out: Path, predictor: Predictor) -> float:
+    """The baseline: one frame at a time, decode -> infer -> draw -> encode, in sequence."""
+    capture = cv2.VideoCapture(str(path))
+    w, h = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    video = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (w, h))
+    frames = 0
+    start = time.perf_counter()
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        mask = predictor.predict(rgb)
+        video.write(cv2.cvtColor(predictor.overlay(rgb, mask), cv2.COLOR_RGB2BGR))
+        frames += 1
+    elapsed = time.perf_counter() - start
+    video.release()
+    capture.release()
+    return frames / elapsed
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss: kilobytes on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def main(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    dtype = amp_dtype(args.amp, device) or torch.float32
+    torch.manual_seed(0)
+    if args.model:
+        base, _ = load_checkpoint(args.model, device)
+    else:
+        base = Segmentor(load_backbone(args.backbone, "timm", None), DEFAULT_CLASSES.num_classes)
+    base = base.to(device).eval()
+    fast = copy.deepcopy(base).to(dtype)
+    w, h = args.imgsz
+    flops = count_flops(copy.deepcopy(base).cpu(), torch.zeros(1, 3, h, w))
+    tokens = (patch_aligned(w) // 14) * (patch_aligned(h) // 14)
+    rate32 = matmul_rate(torch.float32, device, base.backbone.embed_dim, tokens)
+    rate = (
+        rate32
+        if dtype == torch.float32
+        else matmul_rate(dtype, device, base.backbone.embed_dim, tokens)
+    )
+    floor = flops / rate
+    print(f"device {device} ({torch.get_num_threads()} CPU threads), input {w}x{h}, "
+          f"{flops / 1e9:.1f} GFLOPs per frame")  # fmt: skip
+    print(f"matmul rate {rate / 1e12:.3f} TFLOP/s ({str(dtype).removeprefix('torch.')}) -> "
+          f"FLOP floor {floor * 1e3:.1f} ms per frame")  # fmt: skip
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "bench.mp4"
+        make_video(video, args.frames, args.video_size)
+        for name, model, batch, compile in (
+            ("naive", base, 1, False),
+            ("fast", fast, args.batch, args.compile),
+        ):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds = model_seconds(model, batch, args.imgsz, device, args.reps, compile)
+            predictor = Predictor(model, DEFAULT_CLASSES, args.imgsz, compile=compile)
+            if name == "naive":
+                fps = naive_video(video, Path(tmp) / "naive.mp4", predictor)
+            else:
+                predictor.predict(np.zeros((h, w, 3), np.uint8))  # warm-up (and compilation)
+                opts = argparse.Namespace(batch=batch, alpha=0.5, show=False, input=str(video))
+                stats = segment_video(open_video(str(video)), predictor, Path(tmp) / "f.mp4", opts)
+                fps = stats["fps"]
+            rows[name] = (seconds, fps, peak_memory_mb(device))
+
+    print()
+    print(f"{'':28s}{'model ms/frame':>16s}{'model FPS':>12s}{'end-to-end FPS':>16s}"
+          f"{'peak MB':>10s}")  # fmt: skip
+    labels = {
+        "naive": "naive (fp32, batch 1, eager)",
+        "fast": f"fast ({args.amp}, batch {args.batch}{', compiled' if args.compile else ''})",
+    }
+    for name, (seconds, fps, mem) in rows.items():
+        print(f"{labels[name]:28s}{seconds * 1e3:16.1f}{1 / seconds:12.2f}{fps:16.2f}{mem:10.0f}")
+    fast_s, fast_fps, _ = rows["fast"]
+    naive_s, naive_fps, _ = rows["naive"]
+    print()
+    print(f"end to end: fast / naive = {fast_fps / naive_fps:.2f}x")
+    print(f"model: fast / naive = {naive_s / fast_s:.2f}x faster")
+    print(f"model time / FLOP floor = {fast_s / floor:.2f} (fast), "
+          f"{naive_s * rate32 / flops:.2f} (naive, against the fp32 floor)")  # fmt: skip
+    if device.type == "cuda":
+        print(f"peak GPU memory is torch.cuda.max_memory_allocated; {torch.cuda.get_device_name()}")
+    else:
+        print("peak MB is the process's resident high-water mark so far (naive ran first)")
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(get_args_parser().parse_args()))

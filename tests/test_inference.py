@@ -1,0 +1,205 @@
+import json
+import subprocess
+import sys
+from argparse import Namespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import infer_image
+import infer_video
+import train
+from config import DEFAULT_CLASSES, parse_args
+from conftest import ROOT
+from datasets import read_mask
+from engine import Predictor
+from metrics import ConfusionMatrix
+from utils import UserError, check_gui
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(checkpoint, torch.device("cpu"))
+
+
+def cli(parser, **flags) -> Namespace:
+    """Parse flags given as keywords; True stands for a bare switch."""
+    argv = []
+    for key, value in flags.items():
+        flag = f"--{key.replace('_', '-')}"
+        argv += [flag] if value is True else [flag, str(value)]
+    return parser.parse_args(argv)
+
+
+def image_args(**flags) -> Namespace:
+    return cli(infer_image.get_args_parser(), **flags)
+
+
+def video_args(**flags) -> Namespace:
+    return cli(infer_video.get_args_parser(), **flags)
+
+
+def write_clip(path, frames=13, size=(96, 72), fps=30000 / 1001):
+    rng = np.random.default_rng(0)
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for _ in range(frames):
+        video.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    video.release()
+    return path
+
+
+# --- the predictor -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(75, 101, 3), (300, 20, 3), (66, 90, 3), (14, 14, 3)])
+def test_predictor_returns_masks_at_each_input_size(predictor, shape):
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    mask = predictor.predict(image)
+    assert mask.shape == shape[:2] and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 1}
+
+
+def test_predictor_batches_mixed_sizes(predictor):
+    images = [np.zeros((50, 70, 3), np.uint8), np.full((33, 21, 3), 200, np.uint8)]
+    masks = predictor.predict(images)
+    assert [m.shape for m in masks] == [(50, 70), (33, 21)]
+    # batching must not change results
+    assert all((m == predictor.predict(im)).all() for m, im in zip(masks, images, strict=True))
+
+
+def test_predictor_rejects_non_rgb_arrays(predictor):
+    with pytest.raises(ValueError, match="expected \\(H, W, 3\\) uint8 RGB"):
+        predictor.predict(np.zeros((10, 10), np.uint8))
+
+
+def test_overlay_uses_the_checkpoint_colours(predictor):
+    image = np.full((4, 4, 3), 100, np.uint8)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, 0] = 1
+    out = predictor.overlay(image, mask, alpha=1.0)
+    assert out[0, 0].tolist() == [0, 255, 0]  # VIS_LABEL_MAP of person
+    assert out[1, 1].tolist() == [100, 100, 100]  # background untouched
+
+
+# --- infer_image.py ------------------------------------------------------------------------
+
+
+def test_infer_image_handles_odd_files_and_names_failures(tmp_path, checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("L").save(src / "gray.png")
+    Image.fromarray(rgb).convert("RGBA").save(src / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(src / "palette.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(src / "deep16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: displayed 40 wide, 60 high
+    Image.fromarray(rgb).save(src / "rotated.jpg", exif=exif)
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"1 of 6 image\(s\) could not be read:\n.*broken\.jpg"):
+        infer_image.main(image_args(input=src, model=checkpoint, out_dir=out, batch=4))
+    for stem in ("gray", "rgba", "palette", "deep16"):
+        assert Image.open(out / f"{stem}_mask.png").size == (60, 40)
+        assert Image.open(out / f"{stem}_overlay.jpg").size == (60, 40)
+    assert Image.open(out / "rotated_mask.png").size == (40, 60)
+    assert not (out / "broken_mask.png").exists()
+
+
+def test_infer_image_accepts_a_glob(tmp_path, checkpoint, tiny_data):
+    out = tmp_path / "out"
+    pattern = str(tiny_data / "valid_images" / "*.jpg")
+    infer_image.main(image_args(input=pattern, model=checkpoint, out_dir=out))
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["img001_mask.png", "img003_mask.png"]
+
+
+def test_infer_image_without_matches_is_a_user_error(tmp_path, checkpoint):
+    with pytest.raises(UserError, match="no images found"):
+        infer_image.main(image_args(input=tmp_path / "*.png", model=checkpoint))
+
+
+def test_written_masks_score_what_eval_only_scores(tmp_path, checkpoint, tiny_data):
+    train.main(*parse_args(train.get_args_parser(), [
+        "--eval-only", "--model", str(checkpoint), "--data", str(tiny_data),
+        "--out-dir", str(tmp_path / "eval"), "--workers", "0"]))  # fmt: skip
+    expected = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    out = tmp_path / "masks"
+    infer_image.main(image_args(input=tiny_data / "valid_images", model=checkpoint, out_dir=out))
+    cm = ConfusionMatrix(2)
+    for truth_path in sorted((tiny_data / "valid_masks").iterdir()):
+        pred = np.array(Image.open(out / f"{truth_path.stem}_mask.png"))
+        truth = read_mask(truth_path, DEFAULT_CLASSES)
+        cm.update(torch.from_numpy(pred), torch.from_numpy(truth))
+    scores = cm.compute()
+    assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-12)
+    assert scores["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
+
+
+# --- infer_video.py ------------------------------------------------------------------------
+
+
+def test_video_round_trip_keeps_frames_size_and_rate(tmp_path, checkpoint, capsys):
+    clip = write_clip(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=4))
+    result = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(result.get(cv2.CAP_PROP_FRAME_COUNT)) == 13
+    assert (result.get(cv2.CAP_PROP_FRAME_WIDTH), result.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (96, 72)
+    assert result.get(cv2.CAP_PROP_FPS) == pytest.approx(30000 / 1001, abs=1e-3)
+    frames = 0
+    while result.read()[0]:
+        frames += 1
+    assert frames == 13
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"], "no temporary file may remain"
+    printed = capsys.readouterr().out
+    assert "13 frames" in printed and "model:" in printed and "end to end:" in printed
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.mp4", "does not exist"),
+        (lambda d: (d / "junk.mp4").write_bytes(b"\x00" * 2048) and d / "junk.mp4", "cannot open"),
+        (lambda d: write_clip(d / "empty.mp4", frames=0), "(cannot open|has no frames)"),
+    ],
+)
+def test_bad_videos_fail_clearly_and_leave_nothing(tmp_path, checkpoint, make, message):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=message):
+        infer_video.main(video_args(input=make(tmp_path), model=checkpoint, out_dir=out))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_video_from_a_file_that_is_not_our_checkpoint(tmp_path, weights_file):
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    with pytest.raises(UserError, match="is not a checkpoint of this repository"):
+        infer_video.main(video_args(input=clip, model=weights_file, out_dir=tmp_path / "o"))
+
+
+def test_video_with_a_checkpoint_of_another_backbone(tmp_path, checkpoint):
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    with pytest.raises(UserError, match="holds a dinov2_vits14 model, not the requested"):
+        infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "o",
+                                    backbone="dinov2_vitb14"))  # fmt: skip
+
+
+def test_video_script_errors_exit_nonzero_without_traceback(tmp_path, checkpoint):
+    cmd = [sys.executable, "infer_video.py", "--input", str(tmp_path / "nope.mp4"),
+           "--model", str(checkpoint)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_show_without_a_gui_build_is_a_clear_error(tmp_path, checkpoint):
+    try:
+        check_gui()
+    except UserError:
+        pass
+    else:
+        pytest.skip("this OpenCV can open windows")
+    with pytest.raises(UserError, match="--show needs an OpenCV build with windows"):
+        infer_image.main(image_args(input=tmp_path, model=checkpoint, show=True))
