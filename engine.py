@@ -144,6 +144,7 @@ class Predictor:
         self.imgsz = tuple(imgsz)
         self.device = model.device
         self._patch_logits = torch.compile(model.patch_logits) if compile else model.patch_logits
+        self._compiled_batch = 0 if compile else None  # the batch size compiled for
         self.model_seconds = 0.0  # time spent in predict_resized, GPU work included
         self.model_frames = 0
 
@@ -151,7 +152,7 @@ class Predictor:
     def from_checkpoint(
         cls,
         path: Path,
-        device: torch.device,
+        device: torch.device | str,
         imgsz: Sequence[int] | None = None,
         amp: str = "off",
         compile: bool = False,
@@ -167,6 +168,7 @@ class Predictor:
             backbone: if given, the backbone the caller expects; a checkpoint of another
                 backbone is refused.
         """
+        device = torch.device(device)
         model, ckpt = load_checkpoint(path, device, backbone_source, hub_dir)
         if backbone is not None and backbone != ckpt["backbone"]:
             raise UserError(
@@ -192,8 +194,13 @@ class Predictor:
         """(B, h, w, 3) uint8 resized images + their original (H, W) -> B (H, W) uint8 masks."""
         start = time.perf_counter()
         self.model.eval()  # BatchNorm must use its running statistics, even mid-training
+        n = len(batch)
+        if self._compiled_batch is not None:
+            # A new batch size would recompile (tens of seconds): pad a short last batch.
+            self._compiled_batch = max(self._compiled_batch, n)
+            batch = np.concatenate([batch, np.repeat(batch[-1:], self._compiled_batch - n, 0)])
         x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        logits = self._patch_logits(x).float()
+        logits = self._patch_logits(x)[:n].float()
         if len(set(sizes)) == 1:  # video frames: resize the whole batch at once
             up = F.interpolate(logits, size=sizes[0], mode="bilinear", align_corners=False)
             masks = list(up.argmax(1).to(torch.uint8).cpu().numpy())

@@ -112,8 +112,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for flag in ("epochs", "batch", "num_vis", "workers"):
-        minimum = 1 if flag in ("epochs", "batch") else 0
+    for flag, minimum in {"epochs": 1, "batch": 1, "workers": 0, "num_vis": 0}.items():
         if getattr(args, flag) < minimum:
             raise UserError(f"--{flag.replace('_', '-')} must be at least {minimum}")
     for flag in ("lr", "backbone_lr"):
@@ -144,7 +143,8 @@ def make_loader(
         dataset,
         batch_size=args.batch,
         shuffle=train,
-        drop_last=train and len(dataset) > args.batch,  # BatchNorm needs more than one sample
+        # a last batch of one or two images would give the BatchNorm head noisy statistics
+        drop_last=train and len(dataset) > args.batch,
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
         collate_fn=None if train else collate_eval,
@@ -191,7 +191,7 @@ def write_overlays(out_dir: Path, pairs: list, predictor: Predictor) -> None:
             Image.fromarray(panel).save(tmp, format="JPEG", quality=90)
 
 
-def run_eval(args, classes, device, autocast) -> None:
+def run_eval(args, device, autocast) -> None:
     """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json."""
     path = args.model or args.out_dir / "best_model_iou.pth"
     model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir)
@@ -229,7 +229,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     seed_everything(args.seed)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.eval_only:
-        return run_eval(args, classes, device, autocast)
+        return run_eval(args, device, autocast)
 
     history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
     if args.resume:

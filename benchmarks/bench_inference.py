@@ -169,7 +169,7 @@ def main(args: argparse.Namespace) -> None:
             if name == "naive":
                 fps = naive_video(video, Path(tmp) / "naive.mp4", predictor)
             else:
-                predictor.predict(np.zeros((h, w, 3), np.uint8))  # warm-up (and compilation)
+                predictor.predict([np.zeros((h, w, 3), np.uint8)] * batch)  # warm-up, compile
                 opts = argparse.Namespace(batch=batch, alpha=0.5, show=False, input=str(video))
                 stats = segment_video(open_video(str(video)), predictor, Path(tmp) / "f.mp4", opts)
                 fps = stats["fps"]

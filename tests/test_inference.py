@@ -203,3 +203,26 @@ def test_show_without_a_gui_build_is_a_clear_error(tmp_path, checkpoint):
         pytest.skip("this OpenCV can open windows")
     with pytest.raises(UserError, match="--show needs an OpenCV build with windows"):
         infer_image.main(image_args(input=tmp_path, model=checkpoint, show=True))
+
+
+def test_short_batches_are_padded_for_a_compiled_model_without_changing_results(checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    images = [
+        np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8) for i in range(3)
+    ]
+    expected = predictor.predict(images[:1])
+    predictor._compiled_batch = 0  # what compile=True sets, without paying for compilation
+    predictor.predict(images)  # "compiles" for batch 3
+    padded = predictor.predict(images[:1])  # a short last batch: padded to 3, trimmed back
+    assert len(padded) == 1 and (padded[0] == expected[0]).all()
+    assert predictor._compiled_batch == 3
+
+
+def test_benchmark_script_runs_and_reports_the_ratios():
+    cmd = [sys.executable, "benchmarks/bench_inference.py", "--imgsz", "56", "56", "--frames", "3",
+           "--reps", "1", "--video-size", "64", "48", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("FLOP floor", "naive (fp32, batch 1, eager)", "end to end: fast / naive =",
+                 "model time / FLOP floor ="):  # fmt: skip
+        assert text in proc.stdout
