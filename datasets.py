@@ -258,7 +258,9 @@ def train_transform(imgsz: tuple[int, int]) -> A.Compose:
 class SegmentationDataset(Dataset):
     """Image-mask pairs as tensors.
 
-    Training items are augmented to ``imgsz``. Evaluation items resize the image only and keep
+    Training items are augmented to ``imgsz``, each with a seed derived from (seed, epoch,
+    index): an epoch's augmentations do not depend on worker count or on earlier epochs, so a
+    resumed run repeats the uninterrupted one. Evaluation items resize the image only and keep
     the mask at its original resolution, because metrics are computed there.
 
     Items:
@@ -266,12 +268,23 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(
-        self, pairs: list[Pair], classes: ClassConfig, imgsz: tuple[int, int], train: bool
+        self,
+        pairs: list[Pair],
+        classes: ClassConfig,
+        imgsz: tuple[int, int],
+        train: bool,
+        seed: int = 0,
     ):
         self.pairs = pairs
         self.classes = classes
         self.imgsz = imgsz
         self.augment = train_transform(imgsz) if train else None
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose augmentations __getitem__ draws (workers copy this value)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -281,6 +294,8 @@ class SegmentationDataset(Dataset):
         image = read_image(image_path)
         mask = read_mask(mask_path, self.classes)
         if self.augment is not None:
+            # tuples of ints hash the same in every process and run
+            self.augment.set_random_seed(hash((self.seed, self.epoch, index)) % 2**32)
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         else:

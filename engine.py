@@ -18,6 +18,10 @@ from model import Segmentor, load_checkpoint, log_input_size
 from utils import UserError, amp_dtype, draw_overlay
 
 
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -33,8 +37,15 @@ def train_one_epoch(
     autocast_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
+    accum: int = 1,
 ) -> dict:
     """Train over ``loader`` once with pixel-wise cross-entropy (255 ignored).
+
+    Args:
+        accum: accumulate gradients over this many batches per optimizer step.
+
+    Raises:
+        TrainingDiverged: at the first NaN or infinite loss, before the optimizer uses it.
 
     Returns:
         {"loss": mean loss per labelled pixel, "acc": pixel accuracy, "miou": mIoU}, the metrics
@@ -44,7 +55,12 @@ def train_one_epoch(
     cm = ConfusionMatrix(num_classes)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     pixels = torch.zeros((), device=device, dtype=torch.int64)
-    for images, masks, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    use_scaler = scaler is not None and scaler.is_enabled()
+    optimizer.zero_grad(set_to_none=True)
+    steps = len(loader)
+    for step, (images, masks, _) in enumerate(
+        tqdm(loader, desc=desc, leave=False, dynamic_ncols=True), start=1
+    ):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         with _autocast(device, autocast_dtype):
@@ -54,14 +70,16 @@ def train_one_epoch(
         loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
         labelled = (masks != IGNORE_INDEX).sum()
         step_loss = loss / labelled.clamp(min=1)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(step_loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            step_loss.backward()
-            optimizer.step()
+        if not torch.isfinite(step_loss):
+            raise TrainingDiverged(f"the training loss became {step_loss.item()} at step {step}")
+        (scaler.scale(step_loss / accum) if use_scaler else step_loss / accum).backward()
+        if step % accum == 0 or step == steps:
+            if use_scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
         pixels += labelled
         cm.update(logits.detach().argmax(1), masks)

@@ -40,7 +40,7 @@ from datasets import (
     read_image,
     read_mask,
 )
-from engine import Predictor, evaluate, train_one_epoch
+from engine import Predictor, TrainingDiverged, evaluate, train_one_epoch
 from model import (
     Segmentor,
     load_backbone,
@@ -53,6 +53,7 @@ from utils import (
     UserError,
     amp_dtype,
     atomic_path,
+    check_writable,
     pick_device,
     plot_curves,
     read_csv,
@@ -96,6 +97,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument(
         "--backbone-lr", type=float, default=1e-5, help="backbone lr with --fine-tune"
     )
+    optim.add_argument("--accum", type=int, default=1, help="batches per optimizer step")
     optim.add_argument("--seed", type=int, default=42)
     out = parser.add_argument_group("outputs and checkpoints")
     out.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
@@ -112,7 +114,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for flag, minimum in {"epochs": 1, "batch": 1, "workers": 0, "num_vis": 0}.items():
+    for flag, minimum in {"epochs": 1, "batch": 1, "accum": 1, "workers": 0, "num_vis": 0}.items():
         if getattr(args, flag) < minimum:
             raise UserError(f"--{flag.replace('_', '-')} must be at least {minimum}")
     for flag in ("lr", "backbone_lr"):
@@ -136,9 +138,6 @@ def resolve_data(args: argparse.Namespace) -> Path:
 def make_loader(
     dataset: SegmentationDataset, args, device: torch.device, train: bool
 ) -> DataLoader:
-    generator = torch.Generator().manual_seed(args.seed)
-    if dataset.augment is not None:
-        dataset.augment.set_random_seed(args.seed)
     return DataLoader(
         dataset,
         batch_size=args.batch,
@@ -148,19 +147,8 @@ def make_loader(
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
         collate_fn=None if train else collate_eval,
-        worker_init_fn=_seed_worker,
-        generator=generator,
+        generator=torch.Generator().manual_seed(args.seed),
     )
-
-
-def _seed_worker(worker_id: int) -> None:
-    # Each worker holds a copy of the augmentation pipeline; without this they all draw the
-    # same "random" crops. torch gives every worker its own seed, derived from the generator.
-    dataset = torch.utils.data.get_worker_info().dataset
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    if dataset.augment is not None:
-        dataset.augment.set_random_seed(seed)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
@@ -227,7 +215,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     device = pick_device(args.device)
     autocast = amp_dtype(args.amp, device)
     seed_everything(args.seed)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(args.out_dir, needed_bytes=2**20)
     if args.eval_only:
         return run_eval(args, device, autocast)
 
@@ -255,7 +243,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
         model = Segmentor(backbone, classes.num_classes, fine_tune=args.fine_tune).to(device)
     log_input_size(imgsz)
 
-    train_set = SegmentationDataset(pairs["train"], classes, imgsz, train=True)
+    train_set = SegmentationDataset(pairs["train"], classes, imgsz, train=True, seed=args.seed)
     valid_set = SegmentationDataset(pairs["valid"], classes, imgsz, train=False)
     train_loader = make_loader(train_set, args, device, train=True)
     valid_loader = make_loader(valid_set, args, device, train=False)
@@ -280,64 +268,98 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
         )
 
     run_settings = settings(args, classes, imgsz)
+    check_writable(args.out_dir, needed_bytes=3 * checkpoint_bytes(model) + 50 * 2**20)
     write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
     if start > args.epochs:
         log.info(
             "nothing to do: the checkpoint already finished epoch %d of %d", start - 1, args.epochs
         )
-    for epoch in range(start, args.epochs + 1):
-        t0 = time.perf_counter()
-        train = train_one_epoch(model, train_loader, optimizer, device, classes.num_classes,
-                                autocast, scaler, desc=f"train {epoch}/{args.epochs}")  # fmt: skip
-        valid = evaluate(model, valid_loader, device, classes.num_classes, autocast,
-                         desc=f"valid {epoch}/{args.epochs}")  # fmt: skip
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        row = {
-            "epoch": epoch,
-            "train_loss": train["loss"],
-            "train_acc": train["acc"],
-            "train_miou": train["miou"],
-            "valid_loss": valid["loss"],
-            "valid_acc": valid["acc"],
-            "valid_miou": valid["miou"],
-            "lr": lr,
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(row)
-        write_csv(args.out_dir / "metrics.csv", history)
-        plot_curves(history, args.out_dir)
-        write_overlays(args.out_dir, valid_set.pairs[: args.num_vis], predictor)
+    last = args.out_dir / "last_model.pth"
+    epoch = start
+    try:
+        for epoch in range(start, args.epochs + 1):
+            # Every epoch's randomness is a function of (seed, epoch), so --resume repeats it.
+            train_set.set_epoch(epoch)
+            train_loader.generator.manual_seed(args.seed + epoch)
+            t0 = time.perf_counter()
+            train = train_one_epoch(model, train_loader, optimizer, device, classes.num_classes,
+                                    autocast, scaler, f"train {epoch}/{args.epochs}",
+                                    args.accum)  # fmt: skip
+            valid = evaluate(model, valid_loader, device, classes.num_classes, autocast,
+                             desc=f"valid {epoch}/{args.epochs}")  # fmt: skip
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+            row = {
+                "epoch": epoch,
+                "train_loss": train["loss"],
+                "train_acc": train["acc"],
+                "train_miou": train["miou"],
+                "valid_loss": valid["loss"],
+                "valid_acc": valid["acc"],
+                "valid_miou": valid["miou"],
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(row)
+            write_csv(args.out_dir / "metrics.csv", history)
+            plot_curves(history, args.out_dir)
+            write_overlays(args.out_dir, valid_set.pairs[: args.num_vis], predictor)
 
-        improved_iou = valid["miou"] > best_miou
-        improved_loss = valid["loss"] < best_loss
-        best_miou = max(best_miou, valid["miou"])
-        best_loss = min(best_loss, valid["loss"])
-        meta = {
-            "epoch": epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "classes": classes.to_dict(),
-            "imgsz": list(imgsz),
-            "args": run_settings,
-            "metrics": row,
-            "best_miou": best_miou,
-            "best_loss": best_loss,
-        }
-        save_checkpoint(args.out_dir / "last_model.pth", model, **meta)
-        if improved_iou:
-            save_checkpoint(args.out_dir / "best_model_iou.pth", model, **meta)
-        if improved_loss:
-            save_checkpoint(args.out_dir / "best_model_loss.pth", model, **meta)
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f mIoU %.4f"
-            "%s | %.1f s",
-            epoch, args.epochs, train["loss"], train["acc"], train["miou"], valid["loss"],
-            valid["acc"], valid["miou"], " (best)" if improved_iou else "", row["seconds"],
-        )  # fmt: skip
+            improved_iou = valid["miou"] > best_miou
+            improved_loss = valid["loss"] < best_loss
+            best_miou = max(best_miou, valid["miou"])
+            best_loss = min(best_loss, valid["loss"])
+            meta = {
+                "epoch": epoch,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "classes": classes.to_dict(),
+                "imgsz": list(imgsz),
+                "args": run_settings,
+                "metrics": row,
+                "best_miou": best_miou,
+                "best_loss": best_loss,
+            }
+            save_checkpoint(last, model, **meta)
+            if improved_iou:
+                save_checkpoint(args.out_dir / "best_model_iou.pth", model, **meta)
+            if improved_loss:
+                save_checkpoint(args.out_dir / "best_model_loss.pth", model, **meta)
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f "
+                "mIoU %.4f%s | %.1f s",
+                epoch, args.epochs, train["loss"], train["acc"], train["miou"], valid["loss"],
+                valid["acc"], valid["miou"], " (best)" if improved_iou else "", row["seconds"],
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        log.warning("stopped during epoch %d. %s", epoch, kept_message(last, epoch - 1))
+        raise
+    except TrainingDiverged as err:
+        raise UserError(
+            f"{err} of epoch {epoch}; training stopped. {kept_message(last, epoch - 1)} Lower --lr "
+            f"(now {args.lr:g}), or use --amp bf16 rather than fp16."
+        ) from err
+    except OSError as err:
+        raise UserError(
+            f"could not write to {args.out_dir} ({err}). Every file is written whole or not at "
+            f"all, so {kept_message(last, epoch - 1)}"
+        ) from err
     print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}")
+
+
+def kept_message(last: Path, finished: int) -> str:
+    """What an early stop leaves behind when ``finished`` is the last completed epoch."""
+    if finished < 1:
+        return "No epoch finished, so this run wrote no checkpoint."
+    return f"{last} holds epoch {finished}; continue with --resume {last}."
+
+
+def checkpoint_bytes(model: Segmentor) -> int:
+    """About the size of one checkpoint: the model plus AdamW's two moments per trainable value."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return state + 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 if __name__ == "__main__":

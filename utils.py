@@ -7,6 +7,8 @@ import logging
 import os
 import queue
 import random
+import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -25,9 +27,15 @@ class UserError(Exception):
     """A mistake the user can fix (a path, a flag, a file). Scripts print it and exit 2."""
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_script(main: Callable[[], None]) -> None:
-    """Run a script's main, turning user errors and Ctrl-C into one line and an exit code."""
+    """Run a script's main, turning user errors, Ctrl-C and SIGTERM into a message and exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # SIGTERM (kill, schedulers, container stops) takes the same clean path as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except UserError as err:
@@ -54,6 +62,23 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder: Path, needed_bytes: int, flag: str = "--out-dir") -> None:
+    """Fail before any work if ``folder`` cannot be written or lacks ``needed_bytes`` of space."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag} {folder} is not writable: {err.strerror or err}") from err
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise UserError(
+            f"{flag} {folder} has {free / 2**20:.0f} MB free, but this run needs about "
+            f"{needed_bytes / 2**20:.0f} MB for its checkpoints; free some space or choose "
+            "another folder"
+        )
 
 
 def write_text(dest: Path, text: str) -> None:

@@ -1,0 +1,125 @@
+"""Interruption, resume, divergence and disk failures: nothing finished may be lost."""
+
+import collections
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+import utils
+from config import parse_args
+from conftest import ROOT
+from utils import UserError, read_csv
+
+EPOCHS = 5
+
+
+def argv(data, out, weights, epochs=EPOCHS) -> list[str]:
+    return ["--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
+            "--weights", str(weights), "--imgsz", "90", "66", "--workers", "2", "--batch", "4",
+            "--lr", "3e-3", "--epochs", str(epochs), "--scheduler", "cosine",
+            "--num-vis", "1"]  # fmt: skip
+
+
+def run_train(args: list[str]) -> None:
+    train.main(*parse_args(train.get_args_parser(), args))
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_sigterm_then_resume_repeats_the_uninterrupted_run(tmp_path, tiny_data, weights_file):
+    whole = tmp_path / "whole"
+    run_train(argv(tiny_data, whole, weights_file))
+
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "train.py", *argv(tiny_data, cut, weights_file)]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        csv = cut / "metrics.csv"
+        if csv.is_file() and len(read_csv(csv)) >= 2:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "stopped during epoch" in stderr and "continue with --resume" in stderr
+    assert not list(cut.glob(".*")), "no temporary file may remain"
+    finished = torch.load(cut / "last_model.pth", weights_only=True)["epoch"]
+    assert 1 <= finished < EPOCHS
+
+    run_train([*argv(tiny_data, cut, weights_file), "--resume", str(cut / "last_model.pth")])
+    resumed, reference = read_csv(cut / "metrics.csv"), read_csv(whole / "metrics.csv")
+    assert without_time(resumed) == without_time(reference)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(
+    tmp_path, tiny_data, weights_file, monkeypatch
+):
+    real = train.train_one_epoch
+    calls = collections.Counter()
+
+    def poisoned(model, *args, **kwargs):
+        calls["epochs"] += 1
+        if calls["epochs"] == 2:
+            model.head.classifier.weight.data.fill_(math.nan)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", poisoned)
+    with pytest.raises(UserError, match=r"loss became nan at step 1 of epoch 2.*holds epoch 1"):
+        run_train(argv(tiny_data, tmp_path, weights_file))
+    assert torch.load(tmp_path / "last_model.pth", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "best_model_iou.pth", weights_only=True)["epoch"] == 1
+    assert [r["epoch"] for r in read_csv(tmp_path / "metrics.csv")] == [1]
+
+
+def test_unwritable_out_dir_is_reported_before_anything_runs(tmp_path, tiny_data, weights_file):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(UserError, match=r"--out-dir .*file/out is not writable"):
+        run_train(argv(tiny_data, blocker / "out", weights_file))
+
+
+def test_full_disk_is_reported_before_training(tmp_path, tiny_data, weights_file, monkeypatch):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(utils.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 30 * 2**20))
+    with pytest.raises(UserError, match=r"has 30 MB free, but this run needs about \d+ MB"):
+        run_train(argv(tiny_data, tmp_path, weights_file))
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_a_failed_write_mid_run_is_reported_and_keeps_earlier_files(
+    tmp_path, tiny_data, weights_file, monkeypatch
+):
+    real = train.save_checkpoint
+
+    def save(path, model, **meta):
+        if meta["epoch"] == 2:
+            raise OSError(28, "No space left on device")
+        real(path, model, **meta)
+
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    with pytest.raises(UserError, match=r"No space left on device.*holds epoch 1"):
+        run_train(argv(tiny_data, tmp_path, weights_file))
+    assert torch.load(tmp_path / "last_model.pth", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize(("accum", "steps"), [(1, 4), (2, 2), (3, 2)])
+def test_accum_steps_the_optimizer_once_per_k_batches(
+    tmp_path, tiny_data, weights_file, accum, steps
+):
+    # 8 training images, batch 2: 4 batches; the last partial group still steps
+    run_train([*argv(tiny_data, tmp_path, weights_file, epochs=1), "--batch", "2", "--workers", "0",
+               "--accum", str(accum)])  # fmt: skip
+    state = torch.load(tmp_path / "last_model.pth", weights_only=True)["optimizer"]["state"]
+    assert state[0]["step"] == steps
