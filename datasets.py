@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from config import IGNORE_INDEX, IMAGE_EXTENSIONS, PENN_FUDAN_URL, SPLITS, ClassConfig
 from utils import UserError
@@ -302,6 +302,23 @@ class SegmentationDataset(Dataset):
             image = resize_image(image, self.imgsz)
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         return image, torch.from_numpy(mask.astype(np.int64)), index
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, ...: each item goes to exactly one process, none repeated.
+
+    For evaluation under torchrun, where DistributedSampler's padding would count some images
+    twice.
+    """
+
+    def __init__(self, size: int, rank: int, world: int):
+        self.indices = range(rank, size, world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def collate_eval(batch):

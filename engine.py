@@ -15,7 +15,7 @@ from config import IGNORE_INDEX, ClassConfig
 from datasets import resize_image
 from metrics import ConfusionMatrix
 from model import Segmentor, load_checkpoint, log_input_size
-from utils import UserError, amp_dtype, draw_overlay
+from utils import UserError, all_reduce_sum, amp_dtype, draw_overlay, is_main_process
 
 
 class TrainingDiverged(UserError):
@@ -59,7 +59,8 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
     steps = len(loader)
     for step, (images, masks, _) in enumerate(
-        tqdm(loader, desc=desc, leave=False, dynamic_ncols=True), start=1
+        tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process()),
+        start=1,
     ):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
@@ -83,6 +84,8 @@ def train_one_epoch(
         loss_sum += loss.detach()
         pixels += labelled
         cm.update(logits.detach().argmax(1), masks)
+    cm.all_reduce(device)
+    all_reduce_sum(loss_sum, pixels)
     scores = cm.compute()
     loss = (loss_sum / pixels.clamp(min=1)).item()
     return {"loss": loss, "acc": scores["pixel_accuracy"], "miou": scores["miou"]}
@@ -100,7 +103,8 @@ def evaluate(
     """Score a split against each mask at its original resolution.
 
     The patch-grid logits are resized straight to each mask's size (as the official evaluation
-    does), so resizing never changes the ground truth.
+    does), so resizing never changes the ground truth. Under torchrun each process scores its
+    shard and the counts are summed once, so the metrics are those of the whole split.
 
     Args:
         loader: yields (images, masks, indices) as collated by datasets.collate_eval.
@@ -113,7 +117,9 @@ def evaluate(
     cm = ConfusionMatrix(num_classes)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     pixels = torch.zeros((), device=device, dtype=torch.int64)
-    for images, masks, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, masks, _ in tqdm(
+        loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process()
+    ):
         with _autocast(device, autocast_dtype):
             logits = model.patch_logits(images.to(device, non_blocking=True))
         for logit, mask in zip(logits.float(), masks, strict=True):
@@ -124,6 +130,8 @@ def evaluate(
             loss_sum += F.cross_entropy(up, mask, ignore_index=IGNORE_INDEX, reduction="sum")
             pixels += (mask != IGNORE_INDEX).sum()
             cm.update(up.argmax(1), mask)
+    cm.all_reduce(device)
+    all_reduce_sum(loss_sum, pixels)
     scores = cm.compute()
     return {
         "loss": (loss_sum / pixels.clamp(min=1)).item(),

@@ -3,6 +3,7 @@
 import torch
 
 from config import IGNORE_INDEX
+from utils import all_reduce_sum
 
 
 class ConfusionMatrix:
@@ -34,6 +35,13 @@ class ConfusionMatrix:
 
     def reset(self) -> None:
         self.mat = None
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum the counts of every process (a no-op in a single process)."""
+        if self.mat is None:  # a process whose shard was empty still takes part
+            self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        self.mat = self.mat.to(device)
+        all_reduce_sum(self.mat)
 
     def compute(self) -> dict:
         """Pixel accuracy, per-class IoU and mIoU.

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from config import (
     DEFAULT_DATA_DIR,
@@ -34,6 +37,7 @@ from config import (
 )
 from datasets import (
     SegmentationDataset,
+    ShardSampler,
     check_dataset,
     collate_eval,
     download_penn_fudan,
@@ -53,12 +57,14 @@ from utils import (
     UserError,
     amp_dtype,
     atomic_path,
+    broadcast_buffers,
     check_writable,
     pick_device,
     plot_curves,
     read_csv,
     run_script,
     seed_everything,
+    setup_distributed,
     write_csv,
     write_json,
     write_text,
@@ -126,22 +132,34 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--resume and --eval-only do not go together")
 
 
-def resolve_data(args: argparse.Namespace) -> Path:
-    """The dataset folder; Penn-Fudan is downloaded only when --data was not given."""
+def resolve_data(args: argparse.Namespace, main_process: bool = True) -> Path:
+    """The dataset folder; Penn-Fudan is downloaded (by rank 0) only when --data was not given."""
     if args.data is not None:
         return args.data
-    if not DEFAULT_DATA_DIR.is_dir():
+    if main_process and not DEFAULT_DATA_DIR.is_dir():
         download_penn_fudan(DEFAULT_DATA_DIR)
+    if dist.is_initialized():
+        dist.barrier()  # the others wait for rank 0's download
     return DEFAULT_DATA_DIR
 
 
 def make_loader(
-    dataset: SegmentationDataset, args, device: torch.device, train: bool
+    dataset: SegmentationDataset, args, device: torch.device, train: bool, rank=0, world=1
 ) -> DataLoader:
+    """Training shuffles (DistributedSampler under torchrun); evaluation shards without repeats."""
+    if world > 1:
+        sampler = (
+            DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed)
+            if train
+            else ShardSampler(len(dataset), rank, world)
+        )
+    else:
+        sampler = None
     return DataLoader(
         dataset,
         batch_size=args.batch,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         # a last batch of one or two images would give the BatchNorm head noisy statistics
         drop_last=train and len(dataset) > args.batch,
         num_workers=args.workers,
@@ -179,17 +197,19 @@ def write_overlays(out_dir: Path, pairs: list, predictor: Predictor) -> None:
             Image.fromarray(panel).save(tmp, format="JPEG", quality=90)
 
 
-def run_eval(args, device, autocast) -> None:
+def run_eval(args, device, autocast, rank: int = 0, world: int = 1) -> None:
     """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json."""
     path = args.model or args.out_dir / "best_model_iou.pth"
     model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir)
     classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
-    pairs = check_dataset(resolve_data(args), classes, splits=("valid",))["valid"]
+    pairs = check_dataset(resolve_data(args, rank == 0), classes, splits=("valid",))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
-    metrics = evaluate(model, make_loader(dataset, args, device, False), device,
+    metrics = evaluate(model, make_loader(dataset, args, device, False, rank, world), device,
                        classes.num_classes, autocast)  # fmt: skip
+    if rank != 0:
+        return
     result = {
         "checkpoint": str(path),
         "imgsz": list(imgsz),
@@ -212,12 +232,26 @@ def run_eval(args, device, autocast) -> None:
 
 def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     check_args(args)
-    device = pick_device(args.device)
-    autocast = amp_dtype(args.amp, device)
-    seed_everything(args.seed)
-    check_writable(args.out_dir, needed_bytes=2**20)
-    if args.eval_only:
-        return run_eval(args, device, autocast)
+    rank, world, device = setup_distributed(pick_device(args.device))
+    if rank != 0:
+        log.setLevel(logging.WARNING)  # rank 0 alone reports
+    try:
+        autocast = amp_dtype(args.amp, device)
+        seed_everything(args.seed)
+        if rank == 0:
+            check_writable(args.out_dir, needed_bytes=2**20)
+        if args.eval_only:
+            run_eval(args, device, autocast, rank, world)
+        else:
+            fit(args, classes, device, autocast, rank, world)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, world: int) -> None:
+    """Train, evaluate and save every epoch; under torchrun, rank 0 alone writes."""
+    main_process = rank == 0
 
     history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
     if args.resume:
@@ -229,7 +263,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
     # Check the data before loading the backbone, which may mean a download.
-    pairs = check_dataset(resolve_data(args), classes)
+    pairs = check_dataset(resolve_data(args, main_process), classes)
 
     if args.resume:
         model, _ = load_checkpoint(args.resume, device, args.backbone_source, args.hub_dir)
@@ -242,13 +276,22 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
                                  args.layers)  # fmt: skip
         model = Segmentor(backbone, classes.num_classes, fine_tune=args.fine_tune).to(device)
     log_input_size(imgsz)
+    train_model = model
+    if world > 1:
+        if device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # DDP averages the head's gradients; checkpoints are saved from the unwrapped model.
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     train_set = SegmentationDataset(pairs["train"], classes, imgsz, train=True, seed=args.seed)
     valid_set = SegmentationDataset(pairs["valid"], classes, imgsz, train=False)
-    train_loader = make_loader(train_set, args, device, train=True)
-    valid_loader = make_loader(valid_set, args, device, train=False)
-    log.info("data: %d train, %d valid images; classes %s; device %s",
-             len(train_set), len(valid_set), list(classes.names), device)  # fmt: skip
+    train_loader = make_loader(train_set, args, device, True, rank, world)
+    valid_loader = make_loader(valid_set, args, device, False, rank, world)
+    log.info("data: %d train, %d valid images; classes %s; device %s%s",
+             len(train_set), len(valid_set), list(classes.names), device,
+             f"; {world} processes, batch {args.batch} each" if world > 1 else "")  # fmt: skip
 
     predictor = Predictor(model, classes, imgsz)
     optimizer = torch.optim.AdamW(
@@ -268,8 +311,9 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
         )
 
     run_settings = settings(args, classes, imgsz)
-    check_writable(args.out_dir, needed_bytes=3 * checkpoint_bytes(model) + 50 * 2**20)
-    write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
+    if main_process:
+        check_writable(args.out_dir, needed_bytes=3 * checkpoint_bytes(model) + 50 * 2**20)
+        write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
     if start > args.epochs:
         log.info(
             "nothing to do: the checkpoint already finished epoch %d of %d", start - 1, args.epochs
@@ -281,10 +325,16 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
             # Every epoch's randomness is a function of (seed, epoch), so --resume repeats it.
             train_set.set_epoch(epoch)
             train_loader.generator.manual_seed(args.seed + epoch)
+            if world > 1:
+                train_loader.sampler.set_epoch(epoch)
             t0 = time.perf_counter()
-            train = train_one_epoch(model, train_loader, optimizer, device, classes.num_classes,
-                                    autocast, scaler, f"train {epoch}/{args.epochs}",
-                                    args.accum)  # fmt: skip
+            train = train_one_epoch(
+                train_model, train_loader, optimizer, device, classes.num_classes, autocast,
+                scaler, f"train {epoch}/{args.epochs}", args.accum,
+            )  # fmt: skip
+            # Without SyncBatchNorm (CPU) each process's running statistics drifted with its
+            # own batches; evaluate everywhere with rank 0's, the ones the checkpoint saves.
+            broadcast_buffers(model)
             valid = evaluate(model, valid_loader, device, classes.num_classes, autocast,
                              desc=f"valid {epoch}/{args.epochs}")  # fmt: skip
             lr = optimizer.param_groups[0]["lr"]
@@ -302,10 +352,6 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
                 "seconds": time.perf_counter() - t0,
             }
             history.append(row)
-            write_csv(args.out_dir / "metrics.csv", history)
-            plot_curves(history, args.out_dir)
-            write_overlays(args.out_dir, valid_set.pairs[: args.num_vis], predictor)
-
             improved_iou = valid["miou"] > best_miou
             improved_loss = valid["loss"] < best_loss
             best_miou = max(best_miou, valid["miou"])
@@ -322,11 +368,15 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
                 "best_miou": best_miou,
                 "best_loss": best_loss,
             }
-            save_checkpoint(last, model, **meta)
-            if improved_iou:
-                save_checkpoint(args.out_dir / "best_model_iou.pth", model, **meta)
-            if improved_loss:
-                save_checkpoint(args.out_dir / "best_model_loss.pth", model, **meta)
+            if main_process:
+                write_csv(args.out_dir / "metrics.csv", history)
+                plot_curves(history, args.out_dir)
+                write_overlays(args.out_dir, valid_set.pairs[: args.num_vis], predictor)
+                save_checkpoint(last, model, **meta)
+                if improved_iou:
+                    save_checkpoint(args.out_dir / "best_model_iou.pth", model, **meta)
+                if improved_loss:
+                    save_checkpoint(args.out_dir / "best_model_loss.pth", model, **meta)
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f "
                 "mIoU %.4f%s | %.1f s",
@@ -334,7 +384,8 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
                 valid["acc"], valid["miou"], " (best)" if improved_iou else "", row["seconds"],
             )  # fmt: skip
     except KeyboardInterrupt:
-        log.warning("stopped during epoch %d. %s", epoch, kept_message(last, epoch - 1))
+        if main_process:
+            log.warning("stopped during epoch %d. %s", epoch, kept_message(last, epoch - 1))
         raise
     except TrainingDiverged as err:
         raise UserError(
@@ -346,7 +397,8 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
             f"could not write to {args.out_dir} ({err}). Every file is written whole or not at "
             f"all, so {kept_message(last, epoch - 1)}"
         ) from err
-    print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}")
+    if main_process:
+        print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}")
 
 
 def kept_message(last: Path, finished: int) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger("dinoseg")
 
@@ -118,6 +119,44 @@ def pick_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps was asked for, but this PyTorch build has no MPS support")
     return torch.device(name)
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1).
+
+    Returns:
+        (rank, world size, this process's device): NCCL and cuda:LOCAL_RANK on CUDA, gloo on the
+        CPU. A single process returns (0, 1, device) and starts nothing.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if device.type == "mps":
+        raise UserError("torchrun training runs on CUDA or the CPU, not MPS: pass --device cpu")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def is_main_process() -> bool:
+    """True in a single process, and in rank 0 under torchrun: the one that logs and writes."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Sum tensors in place across processes; nothing happens in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        for t in tensors:
+            dist.all_reduce(t)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics), as checkpoints hold."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,53 @@
+"""torchrun training with 2 CPU processes (gloo), on loopback only."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import train
+from config import parse_args
+from conftest import ROOT
+from datasets import ShardSampler
+from synthetic import make_dataset
+from utils import read_csv
+
+
+@pytest.mark.parametrize(("size", "world"), [(5, 2), (4, 2), (1, 3), (0, 2)])
+def test_shard_sampler_counts_each_item_exactly_once(size, world):
+    shards = [list(ShardSampler(size, rank, world)) for rank in range(world)]
+    assert sorted(i for shard in shards for i in shard) == list(range(size))
+    assert [len(ShardSampler(size, rank, world)) for rank in range(world)] == list(map(len, shards))
+
+
+def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weights_file):
+    data = make_dataset(tmp_path / "data", n_train=8, n_valid=5, seed=7)  # 5: uneven over 2
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
+           "--weights", str(weights_file), "--imgsz", "90", "66", "--epochs", "2",
+           "--batch", "2", "--workers", "0", "--lr", "3e-3", "--num-vis", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # rank 0 alone reports and writes
+    assert proc.stdout.count("Best valid mIoU") == 1
+    assert proc.stderr.count("epoch 1/2  train loss") == 1
+    assert proc.stderr.count("epoch 2/2  train loss") == 1
+    assert "2 processes, batch 2 each" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "accuracy.png", "args.yaml", "best_model_iou.pth", "best_model_loss.pth",
+        "last_model.pth", "loss.png", "metrics.csv", "miou.png", "valid_preds"])  # fmt: skip
+    assert len(list((out / "valid_preds").iterdir())) == 2
+    rows = read_csv(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+    # the summed confusion matrix gives the single-process numbers, every image counted once
+    train.main(*parse_args(train.get_args_parser(), [
+        "--eval-only", "--model", str(out / "last_model.pth"), "--data", str(data),
+        "--out-dir", str(tmp_path / "eval"), "--workers", "0"]))  # fmt: skip
+    single = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert single["images"] == 5
+    assert rows[-1]["valid_miou"] == pytest.approx(single["miou"], abs=1e-9)
+    assert rows[-1]["valid_acc"] == pytest.approx(single["pixel_accuracy"], abs=1e-9)
