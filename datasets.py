@@ -7,6 +7,7 @@ two classes, an instance-id image (0 background, 1..N objects of the foreground 
 """
 
 import logging
+import random
 import re
 import shutil
 import tempfile
@@ -243,6 +244,14 @@ def resize_image(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def resize_mask(mask: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
+    """(H, W) class ids -> (W, H) = imgsz by nearest neighbour, so ids stay ids."""
+    w, h = imgsz
+    if mask.shape == (h, w):
+        return mask
+    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
 def train_transform(imgsz: tuple[int, int]) -> A.Compose:
     """Flip, scale/crop and colour jitter, ending at (W, H) = imgsz."""
     w, h = imgsz
@@ -258,10 +267,11 @@ def train_transform(imgsz: tuple[int, int]) -> A.Compose:
 class SegmentationDataset(Dataset):
     """Image-mask pairs as tensors.
 
-    Training items are augmented to ``imgsz``, each with a seed derived from (seed, epoch,
-    index): an epoch's augmentations do not depend on worker count or on earlier epochs, so a
-    resumed run repeats the uninterrupted one. Evaluation items resize the image only and keep
-    the mask at its original resolution, because metrics are computed there.
+    Training items are augmented to ``imgsz`` (or only resized, with augment=False), each with
+    a seed derived from (seed, epoch, index): an epoch's augmentations do not depend on worker
+    count or on earlier epochs, so a resumed run repeats the uninterrupted one. Evaluation items
+    resize the image only and keep the mask at its original resolution, because metrics are
+    computed there.
 
     Items:
         image: (3, H, W) uint8 RGB; mask: (h, w) int64 class ids (255 = ignore); index: int.
@@ -274,11 +284,13 @@ class SegmentationDataset(Dataset):
         imgsz: tuple[int, int],
         train: bool,
         seed: int = 0,
+        augment: bool = True,
     ):
         self.pairs = pairs
         self.classes = classes
         self.imgsz = imgsz
-        self.augment = train_transform(imgsz) if train else None
+        self.train = train
+        self.augment = train_transform(imgsz) if train and augment else None
         self.seed = seed
         self.epoch = 0
 
@@ -300,8 +312,49 @@ class SegmentationDataset(Dataset):
             image, mask = out["image"], out["mask"]
         else:
             image = resize_image(image, self.imgsz)
+            if self.train:
+                mask = resize_mask(mask, self.imgsz)
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         return image, torch.from_numpy(mask.astype(np.int64)), index
+
+
+class CachedFeatureDataset(Dataset):
+    """Like SegmentationDataset, but items carry cached backbone features instead of images.
+
+    Training items use the original or, with augment, the horizontally flipped view (chosen by
+    (seed, epoch, index)) and the mask resized to ``imgsz``, flipped to match. Crops and colour
+    jitter cannot apply: they would change the features. Evaluation items use the original view
+    and keep the mask at its original resolution.
+
+    Items:
+        features: (N*D, h, w) float16; mask: (h', w') int64 class ids; index: int.
+    """
+
+    def __init__(self, pairs, classes, imgsz, cache, train: bool, seed: int = 0, augment=True):
+        self.pairs = pairs
+        self.classes = classes
+        self.imgsz = imgsz
+        self.cache = cache  # anything with load(image_path, view) -> tensor
+        self.train = train
+        self.flips = train and augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        image_path, mask_path = self.pairs[index]
+        flip = self.flips and random.Random(hash((self.seed, self.epoch, index))).random() < 0.5
+        features = self.cache.load(image_path, "flip" if flip else "orig")
+        mask = read_mask(mask_path, self.classes)
+        if self.train:
+            mask = resize_mask(mask, self.imgsz)
+            mask = mask[:, ::-1] if flip else mask
+        return features, torch.from_numpy(mask.astype(np.int64)), index
 
 
 class ShardSampler(Sampler[int]):

@@ -1,6 +1,7 @@
 """Running the model: one training epoch, one evaluation, and the Predictor for inference."""
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,10 +13,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import IGNORE_INDEX, ClassConfig
-from datasets import resize_image
+from datasets import Pair, read_image, resize_image
 from metrics import ConfusionMatrix
 from model import Segmentor, load_checkpoint, log_input_size
-from utils import UserError, all_reduce_sum, amp_dtype, draw_overlay, is_main_process
+from utils import (
+    UserError,
+    all_reduce_sum,
+    amp_dtype,
+    atomic_path,
+    draw_overlay,
+    is_main_process,
+    prefetch,
+)
 
 
 class TrainingDiverged(UserError):
@@ -38,11 +47,13 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
     accum: int = 1,
+    from_features: bool = False,
 ) -> dict:
     """Train over ``loader`` once with pixel-wise cross-entropy (255 ignored).
 
     Args:
         accum: accumulate gradients over this many batches per optimizer step.
+        from_features: the loader yields cached backbone features instead of images.
 
     Raises:
         TrainingDiverged: at the first NaN or infinite loss, before the optimizer uses it.
@@ -65,7 +76,7 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         with _autocast(device, autocast_dtype):
-            logits = model(images)
+            logits = model(images, size=masks.shape[-2:], from_features=from_features)
         # Sum over pixels, then divide by this batch's labelled pixels: the usual mean loss for
         # the step, and an exact per-pixel mean for the epoch.
         loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -99,6 +110,7 @@ def evaluate(
     num_classes: int,
     autocast_dtype: torch.dtype | None = None,
     desc: str = "valid",
+    from_features: bool = False,
 ) -> dict:
     """Score a split against each mask at its original resolution.
 
@@ -121,7 +133,7 @@ def evaluate(
         loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process()
     ):
         with _autocast(device, autocast_dtype):
-            logits = model.patch_logits(images.to(device, non_blocking=True))
+            logits = model.patch_logits(images.to(device, non_blocking=True), from_features)
         for logit, mask in zip(logits.float(), masks, strict=True):
             mask = mask.to(device, non_blocking=True)[None]
             up = F.interpolate(
@@ -226,7 +238,22 @@ class Predictor:
             self._compiled_batch = max(self._compiled_batch, n)
             batch = np.concatenate([batch, np.repeat(batch[-1:], self._compiled_batch - n, 0)])
         x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        logits = self._patch_logits(x)[:n].float()
+        masks = self._masks(self._patch_logits(x)[:n].float(), sizes)
+        synchronize(self.device)
+        self.model_seconds += time.perf_counter() - start
+        self.model_frames += len(masks)
+        return masks
+
+    @torch.inference_mode()
+    def predict_features(self, features: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list:
+        """Cached (B, N*D, h, w) features + the images' (H, W) -> B (H, W) uint8 masks."""
+        self.model.eval()
+        logits = self.model.patch_logits(features.to(self.device), from_features=True)
+        return self._masks(logits.float(), sizes)
+
+    @staticmethod
+    def _masks(logits: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list:
+        """(B, K, h, w) patch logits -> B class-id masks at the given sizes."""
         if len(set(sizes)) == 1:  # video frames: resize the whole batch at once
             up = F.interpolate(logits, size=sizes[0], mode="bilinear", align_corners=False)
             masks = list(up.argmax(1).to(torch.uint8).cpu().numpy())
@@ -239,9 +266,6 @@ class Predictor:
                 .numpy()
                 for lg, s in zip(logits, sizes, strict=True)
             ]
-        synchronize(self.device)
-        self.model_seconds += time.perf_counter() - start
-        self.model_frames += len(masks)
         return masks
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]):
@@ -255,3 +279,99 @@ class Predictor:
     def overlay(self, image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         """Blend the classes' VIS_LABEL_MAP colours over an (H, W, 3) uint8 RGB image."""
         return draw_overlay(image, mask, self.classes.vis_colors, alpha)
+
+
+class FeatureCache:
+    """Frozen-backbone features, computed once per image and view and stored as float16.
+
+    A key covers the backbone, a fingerprint of all its weights, its source and dtype, the
+    image size, the blocks that feed the head, and the image file's path, size and mtime: a
+    changed file or model never meets a stale entry. Entries live in RAM ("memory") or as one
+    file each under ``folder`` ("disk", reused by later runs).
+    """
+
+    def __init__(self, model: Segmentor, imgsz, mode: str, folder: Path | None = None):
+        if mode not in ("memory", "disk"):
+            raise ValueError(f"unknown cache mode {mode!r}")
+        self.mode = mode
+        self.folder = folder
+        self.imgsz = tuple(imgsz)
+        self.memory: dict[str, torch.Tensor] = {}
+        digest = hashlib.sha1()
+        backbone = model.backbone
+        digest.update(f"{backbone.name}|{backbone.source}|{backbone.blocks}|{imgsz}|".encode())
+        digest.update(str(model.dtype).encode())
+        for key, value in sorted(backbone.official_state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.float().numpy().tobytes())
+        self.fingerprint = digest.hexdigest()
+        self.computed = 0
+        self.reused = 0
+        self.bytes_per_view = 0
+
+    def key(self, image_path: Path, view: str) -> str:
+        stat = Path(image_path).stat()
+        text = f"{self.fingerprint}|{Path(image_path).resolve()}|{stat.st_size}|"
+        text += f"{stat.st_mtime_ns}|{view}"
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def _has(self, key: str) -> bool:
+        if self.mode == "memory":
+            return key in self.memory
+        return (self.folder / f"{key}.pt").is_file()
+
+    def load(self, image_path: Path, view: str) -> torch.Tensor:
+        """The (N*D, h, w) float16 features of one image view."""
+        key = self.key(image_path, view)
+        if self.mode == "memory":
+            return self.memory[key]
+        return torch.load(self.folder / f"{key}.pt", weights_only=True)
+
+    def _store(self, key: str, features: torch.Tensor) -> None:
+        self.bytes_per_view = features.numel() * features.element_size()
+        if self.mode == "memory":
+            self.memory[key] = features
+            return
+        with atomic_path(self.folder / f"{key}.pt") as tmp:
+            torch.save(features, tmp)
+
+    @torch.inference_mode()
+    def fill(
+        self,
+        model: Segmentor,
+        pairs: Sequence[Pair],
+        views: Sequence[str],
+        batch: int,
+        autocast_dtype: torch.dtype | None = None,
+        desc: str = "caching features",
+    ) -> None:
+        """Compute the features of every (image, view) not cached yet."""
+        todo = [(p, v) for p, _ in pairs for v in views if not self._has(self.key(p, v))]
+        self.reused += len(pairs) * len(views) - len(todo)
+        if not todo:
+            if pairs and not self.bytes_per_view:
+                cached = self.load(pairs[0][0], views[0])
+                self.bytes_per_view = cached.numel() * cached.element_size()
+            return
+        model.eval()
+        device = model.device
+
+        def batches():
+            for start in range(0, len(todo), batch):
+                chunk = todo[start : start + batch]
+                images = []
+                for path, view in chunk:
+                    image = resize_image(read_image(path), self.imgsz)
+                    images.append(np.ascontiguousarray(image[:, ::-1] if view == "flip" else image))
+                yield chunk, np.stack(images)
+
+        bar = tqdm(total=len(todo), desc=desc, leave=False, disable=not is_main_process())
+        for chunk, images in prefetch(batches()):
+            x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2)
+            with _autocast(device, autocast_dtype):
+                features = model.features(x)
+            for (path, view), f in zip(chunk, features.half().cpu(), strict=True):
+                self._store(self.key(path, view), f.clone())
+            self.computed += len(chunk)
+            bar.update(len(chunk))
+        bar.close()

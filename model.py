@@ -255,9 +255,9 @@ class BNHead(nn.Module):
         self.bn = nn.BatchNorm2d(in_channels)
         self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=1)
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """N x (B, D, h, w) -> (B, num_classes, h, w) logits."""
-        return self.classifier(self.bn(torch.cat(feats, dim=1)))
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N*D, h, w) concatenated block features -> (B, num_classes, h, w) logits."""
+        return self.classifier(self.bn(features))
 
 
 class Segmentor(nn.Module):
@@ -293,8 +293,8 @@ class Segmentor(nn.Module):
             self.backbone.eval()  # a frozen backbone always runs in inference mode
         return self
 
-    def patch_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in 0..255 (uint8 or float) -> (B, K, h, w) logits on the patch grid.
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in 0..255 (uint8 or float) -> (B, N*D, h, w) block features.
 
         H and W need not be multiples of 14: this is the one place where images are resized to
         the nearest multiple (e.g. 640 -> 644) before the backbone.
@@ -306,13 +306,22 @@ class Segmentor(nn.Module):
         if aligned != (h, w):
             x = F.interpolate(x, size=aligned, mode="bilinear", align_corners=False)
         with torch.set_grad_enabled(self.fine_tune and torch.is_grad_enabled()):
-            feats = self.backbone(x)
-        return self.head(feats)
+            return torch.cat(self.backbone(x), dim=1)
 
-    def forward(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(B, 3, H, W) RGB in 0..255 -> (B, K, *size) logits; ``size`` defaults to (H, W)."""
-        logits = self.patch_logits(images)
-        size = tuple(images.shape[-2:]) if size is None else size
+    def patch_logits(self, x: torch.Tensor, from_features: bool = False) -> torch.Tensor:
+        """Images (B, 3, H, W), or features from ``features`` -> (B, K, h, w) patch logits."""
+        features = x.to(self.dtype) if from_features else self.features(x)
+        return self.head(features)
+
+    def forward(
+        self, x: torch.Tensor, size: tuple[int, int] | None = None, from_features: bool = False
+    ) -> torch.Tensor:
+        """Images (B, 3, H, W) RGB in 0..255, or cached features -> (B, K, *size) logits.
+
+        ``size`` defaults to the images' (H, W); with features it must be given.
+        """
+        logits = self.patch_logits(x, from_features)
+        size = tuple(x.shape[-2:]) if size is None else size
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def param_groups(self, lr: float, backbone_lr: float) -> list[dict]:
@@ -437,7 +446,7 @@ def main(args: argparse.Namespace) -> None:
     images = torch.zeros(1, 3, h, w)
     log_input_size((w, h))
     with torch.no_grad():
-        feats = backbone(F.interpolate(images, size=(patch_aligned(h), patch_aligned(w))))
+        blocks = backbone(F.interpolate(images, size=(patch_aligned(h), patch_aligned(w))))
         head_logits = model.patch_logits(images)
         logits = model(images)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -450,7 +459,7 @@ def main(args: argparse.Namespace) -> None:
     print(model.head)
     print(f"Parameters: {frozen:,} frozen (backbone), {trainable:,} trainable (head)")
     print(f"Input: {tuple(images.shape)}")
-    for block, f in zip(backbone.blocks, feats, strict=True):
+    for block, f in zip(backbone.blocks, blocks, strict=True):
         print(f"  block {block} features: {tuple(f.shape)}")
     print(f"  head logits: {tuple(head_logits.shape)}")
     print(f"  output logits: {tuple(logits.shape)}")

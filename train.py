@@ -36,6 +36,7 @@ from config import (
     runtime_flags,
 )
 from datasets import (
+    CachedFeatureDataset,
     SegmentationDataset,
     ShardSampler,
     check_dataset,
@@ -44,7 +45,7 @@ from datasets import (
     read_image,
     read_mask,
 )
-from engine import Predictor, TrainingDiverged, evaluate, train_one_epoch
+from engine import FeatureCache, Predictor, TrainingDiverged, evaluate, train_one_epoch
 from model import (
     Segmentor,
     load_backbone,
@@ -59,6 +60,7 @@ from utils import (
     atomic_path,
     broadcast_buffers,
     check_writable,
+    peak_memory_mb,
     pick_device,
     plot_curves,
     read_csv,
@@ -92,6 +94,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"dataset folder (default {DEFAULT_DATA_DIR}, downloaded when missing)",
     )
     data.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    data.add_argument(
+        "--no-augment", action="store_true", help="train on resized images, without augmentation"
+    )
+    data.add_argument(
+        "--cache-features",
+        choices=["off", "memory", "disk"],
+        default="off",
+        help="compute the frozen backbone's features once per image and view (original and "
+        "flipped) and train the head from them",
+    )
+    data.add_argument(
+        "--cache-dir", type=Path, default=None, help="disk cache folder (OUT/feature_cache)"
+    )
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--epochs", type=int, default=30)
     optim.add_argument("--batch", type=int, default=8)
@@ -130,6 +145,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--imgsz must be at least 14 14 (one patch)")
     if args.resume and args.eval_only:
         raise UserError("--resume and --eval-only do not go together")
+    if args.cache_features != "off" and args.fine_tune:
+        raise UserError("--cache-features needs a frozen backbone: drop --fine-tune or the cache")
 
 
 def resolve_data(args: argparse.Namespace, main_process: bool = True) -> Path:
@@ -143,9 +160,7 @@ def resolve_data(args: argparse.Namespace, main_process: bool = True) -> Path:
     return DEFAULT_DATA_DIR
 
 
-def make_loader(
-    dataset: SegmentationDataset, args, device: torch.device, train: bool, rank=0, world=1
-) -> DataLoader:
+def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=1) -> DataLoader:
     """Training shuffles (DistributedSampler under torchrun); evaluation shards without repeats."""
     if world > 1:
         sampler = (
@@ -162,7 +177,9 @@ def make_loader(
         sampler=sampler,
         # a last batch of one or two images would give the BatchNorm head noisy statistics
         drop_last=train and len(dataset) > args.batch,
-        num_workers=args.workers,
+        # Cached features load in under a millisecond: starting workers every epoch would cost
+        # more than it saves (and a memory cache would be copied into each of them).
+        num_workers=0 if args.cache_features != "off" else args.workers,
         pin_memory=device.type == "cuda",
         collate_fn=None if train else collate_eval,
         generator=torch.Generator().manual_seed(args.seed),
@@ -184,14 +201,18 @@ def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
     return {**resolved, **classes.to_dict()}
 
 
-def write_overlays(out_dir: Path, pairs: list, predictor: Predictor) -> None:
+def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -> None:
     """Save ground truth | prediction overlays of validation images, as inference draws them."""
     folder = out_dir / "valid_preds"
-    for image_path, mask_path in pairs:
+    for index in range(min(count, len(valid_set))):
+        image_path, mask_path = valid_set.pairs[index]
         image = read_image(image_path)
         truth = read_mask(mask_path, predictor.classes)
         truth = np.where(truth == IGNORE_INDEX, 0, truth)
-        pred = predictor.predict(image)
+        if isinstance(valid_set, CachedFeatureDataset):  # no backbone pass: the cache has it
+            pred = predictor.predict_features(valid_set[index][0][None], [image.shape[:2]])[0]
+        else:
+            pred = predictor.predict(image)
         panel = np.concatenate([predictor.overlay(image, truth), predictor.overlay(image, pred)], 1)
         with atomic_path(folder / f"{image_path.stem}.jpg") as tmp:
             Image.fromarray(panel).save(tmp, format="JPEG", quality=90)
@@ -285,8 +306,27 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    train_set = SegmentationDataset(pairs["train"], classes, imgsz, train=True, seed=args.seed)
-    valid_set = SegmentationDataset(pairs["valid"], classes, imgsz, train=False)
+    augment = not args.no_augment
+    from_features = args.cache_features != "off"
+    if from_features:
+        cache = FeatureCache(model, imgsz, args.cache_features,
+                             args.cache_dir or args.out_dir / "feature_cache")  # fmt: skip
+        t0 = time.perf_counter()
+        views = ("orig", "flip") if augment else ("orig",)
+        cache.fill(model, pairs["train"], views, args.batch, autocast, "caching train features")
+        cache.fill(model, pairs["valid"], ("orig",), args.batch, autocast, "caching valid features")
+        log.info(
+            "feature cache (%s): %d views computed in %.1f s, %d reused; %.2f MB per view "
+            "(float16), %.2f MB per training image",
+            args.cache_features, cache.computed, time.perf_counter() - t0, cache.reused,
+            cache.bytes_per_view / 2**20, len(views) * cache.bytes_per_view / 2**20,
+        )  # fmt: skip
+        train_set = CachedFeatureDataset(pairs["train"], classes, imgsz, cache, True, args.seed,
+                                         augment)  # fmt: skip
+        valid_set = CachedFeatureDataset(pairs["valid"], classes, imgsz, cache, False)
+    else:
+        train_set = SegmentationDataset(pairs["train"], classes, imgsz, True, args.seed, augment)
+        valid_set = SegmentationDataset(pairs["valid"], classes, imgsz, train=False)
     train_loader = make_loader(train_set, args, device, True, rank, world)
     valid_loader = make_loader(valid_set, args, device, False, rank, world)
     log.info("data: %d train, %d valid images; classes %s; device %s%s",
@@ -330,13 +370,13 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             t0 = time.perf_counter()
             train = train_one_epoch(
                 train_model, train_loader, optimizer, device, classes.num_classes, autocast,
-                scaler, f"train {epoch}/{args.epochs}", args.accum,
+                scaler, f"train {epoch}/{args.epochs}", args.accum, from_features,
             )  # fmt: skip
             # Without SyncBatchNorm (CPU) each process's running statistics drifted with its
             # own batches; evaluate everywhere with rank 0's, the ones the checkpoint saves.
             broadcast_buffers(model)
             valid = evaluate(model, valid_loader, device, classes.num_classes, autocast,
-                             desc=f"valid {epoch}/{args.epochs}")  # fmt: skip
+                             f"valid {epoch}/{args.epochs}", from_features)  # fmt: skip
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
                 scheduler.step()
@@ -371,7 +411,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             if main_process:
                 write_csv(args.out_dir / "metrics.csv", history)
                 plot_curves(history, args.out_dir)
-                write_overlays(args.out_dir, valid_set.pairs[: args.num_vis], predictor)
+                write_overlays(args.out_dir, valid_set, args.num_vis, predictor)
                 save_checkpoint(last, model, **meta)
                 if improved_iou:
                     save_checkpoint(args.out_dir / "best_model_iou.pth", model, **meta)
@@ -398,7 +438,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             f"all, so {kept_message(last, epoch - 1)}"
         ) from err
     if main_process:
-        print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}")
+        print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}; "
+              f"peak memory {peak_memory_mb(device):.0f} MB")  # fmt: skip
 
 
 def kept_message(last: Path, finished: int) -> str:

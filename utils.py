@@ -7,6 +7,7 @@ import logging
 import os
 import queue
 import random
+import resource
 import shutil
 import signal
 import sys
@@ -157,6 +158,14 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
     if dist.is_available() and dist.is_initialized():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA; otherwise this process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

@@ -19,7 +19,6 @@ values.
 
 import argparse
 import copy
-import resource
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from config import BACKBONES, DEFAULT_CLASSES
 from engine import Predictor, synchronize
 from infer_video import open_video, segment_video
 from model import Segmentor, count_flops, load_backbone, load_checkpoint, patch_aligned
-from utils import amp_dtype, pick_device, run_script
+from utils import amp_dtype, peak_memory_mb, pick_device, run_script
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -119,14 +118,6 @@ def naive_video(path: Path, out: Path, predictor: Predictor) -> float:
     video.release()
     capture.release()
     return frames / elapsed
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss: kilobytes on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def main(args: argparse.Namespace) -> None:

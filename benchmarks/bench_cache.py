@@ -1,0 +1,90 @@
+"""Training with the frozen-feature cache against training without it, at one image size.
+
+    python benchmarks/bench_cache.py                  # 640x640 on this machine's device
+    python benchmarks/bench_cache.py --train 136 --valid 34 --epochs 4
+
+Trains the same generated dataset three times with augmentation off, each in its own process
+(so peak memory is per run): without a cache, with --cache-features memory and with
+--cache-features disk. Prints the epoch times, the speed-up of the epochs after the first, the
+largest difference in validation metrics, the cache size per image and the peak memory.
+Official-layout random weights: speed does not depend on the values.
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import torch
+
+from conftest import random_official_weights
+from synthetic import make_dataset
+from utils import read_csv, run_script
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--imgsz", type=int, nargs=2, default=(640, 640), metavar=("W", "H"))
+    parser.add_argument("--train", type=int, default=24, help="generated training images")
+    parser.add_argument("--valid", type=int, default=6, help="generated validation images")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    return parser
+
+
+def train(data: Path, out: Path, weights: Path, args, *extra: str) -> tuple[list[dict], str]:
+    cmd = [sys.executable, "train.py", "--data", str(data), "--out-dir", str(out),
+           "--backbone-source", "timm", "--weights", str(weights), "--imgsz", *map(str, args.imgsz),
+           "--epochs", str(args.epochs), "--no-augment", "--num-vis", "0", "--workers", "2",
+           "--device", args.device, *extra]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-2000:])
+    return read_csv(out / "metrics.csv"), proc.stdout + proc.stderr
+
+
+def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sizes = ((559, 536), (455, 414), (380, 311))  # like Penn-Fudan's photos
+        data = make_dataset(tmp / "data", args.train, args.valid, sizes=sizes, seed=5)
+        weights = tmp / "dinov2_vits14_pretrain.pth"
+        torch.save(random_official_weights(), weights)
+        runs = {
+            "uncached": train(data, tmp / "plain", weights, args),
+            "memory cache": train(data, tmp / "mem", weights, args, "--cache-features", "memory"),
+            "disk cache": train(data, tmp / "disk", weights, args, "--cache-features", "disk"),
+        }
+        cache_mb = sum(f.stat().st_size for f in (tmp / "disk/feature_cache").glob("*.pt")) / 2**20
+
+    w, h = args.imgsz
+    print(f"{args.train} train + {args.valid} valid images at {w}x{h}, augmentation off, "
+          f"{args.epochs} epochs")  # fmt: skip
+    base_rows = runs["uncached"][0]
+    uncached = sum(r["seconds"] for r in base_rows) / len(base_rows)
+    print(f"{'':14s}{'fill s':>8s}{'epoch 1 s':>11s}{'later epochs s':>16s}{'speed-up':>10s}"
+          f"{'max |d valid mIoU|':>20s}{'peak MB':>9s}")  # fmt: skip
+    for name, (rows, log) in runs.items():
+        fill = re.search(r"views computed in ([\d.]+) s", log)
+        later = sum(r["seconds"] for r in rows[1:]) / max(1, len(rows) - 1)
+        diff = max(
+            abs(a["valid_miou"] - b["valid_miou"]) for a, b in zip(rows, base_rows, strict=True)
+        )
+        peak = float(re.search(r"peak memory (\d+) MB", log).group(1))
+        print(f"{name:14s}{float(fill.group(1)) if fill else 0:8.1f}{rows[0]['seconds']:11.1f}"
+              f"{later:16.2f}{uncached / later:9.1f}x{diff:20.2e}{peak:9.0f}")  # fmt: skip
+    per_image = re.search(r"([\d.]+) MB per training image", runs["memory cache"][1]).group(1)
+    print(f"cache size: {per_image} MB per training image (float16); "
+          f"{cache_mb:.0f} MB on disk for {args.train + args.valid} images")  # fmt: skip
+    print(f"speed-up = uncached epoch ({uncached:.1f} s) / cached epochs after the first")
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(get_args_parser().parse_args()))

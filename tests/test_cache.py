@@ -1,0 +1,87 @@
+"""The frozen-feature cache: hit, invalidated by changes, and faithful to uncached training."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from config import parse_args
+from engine import FeatureCache
+from model import Segmentor, load_backbone
+from synthetic import make_dataset
+from utils import UserError, read_csv
+
+
+def run_train(args: list[str]) -> None:
+    train.main(*parse_args(train.get_args_parser(), args))
+
+
+def argv(data, out, weights, *extra) -> list[str]:
+    return ["--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
+            "--weights", str(weights), "--imgsz", "90", "66", "--epochs", "3", "--batch", "4",
+            "--lr", "3e-3", "--workers", "0", *extra]  # fmt: skip
+
+
+def cache_report(text: str) -> tuple[int, int]:
+    found = re.findall(r"feature cache \(\w+\): (\d+) views computed .*?, (\d+) reused", text)
+    computed, reused = found[-1]
+    return int(computed), int(reused)
+
+
+def test_cached_training_matches_uncached_with_augmentation_off(tmp_path, tiny_data, weights_file):
+    run_train(argv(tiny_data, tmp_path / "plain", weights_file, "--no-augment"))
+    run_train(argv(tiny_data, tmp_path / "cached", weights_file, "--no-augment",
+                   "--cache-features", "memory"))  # fmt: skip
+    plain, cached = (
+        read_csv(tmp_path / "plain/metrics.csv"),
+        read_csv(tmp_path / "cached/metrics.csv"),
+    )
+    for a, b in zip(plain, cached, strict=True):
+        for key in ("valid_miou", "valid_acc", "valid_loss", "train_loss"):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), key  # float16 features
+    assert len(list((tmp_path / "cached/valid_preds").iterdir())) == 4
+
+
+def test_disk_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, weights_file, caplog):
+    data = make_dataset(tmp_path / "data", n_train=4, n_valid=2)
+    args = argv(data, tmp_path / "out", weights_file, "--cache-features", "disk", "--workers", "2")
+    with caplog.at_level("INFO", logger="dinoseg"):
+        run_train(args)
+    assert cache_report(caplog.text) == (4 * 2 + 2, 0)  # original and flipped train views
+    files = sorted((tmp_path / "out/feature_cache").glob("*.pt"))
+    assert len(files) == 10
+    assert torch.load(files[0], weights_only=True).dtype == torch.float16
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dinoseg"):
+        run_train(args)
+    assert cache_report(caplog.text) == (0, 10)
+
+    image = data / "train_images" / "img000.png"
+    Image.fromarray(np.zeros((72, 96, 3), np.uint8)).save(image)  # same name, new content
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dinoseg"):
+        run_train(args)
+    assert cache_report(caplog.text) == (2, 8)  # only that image's two views
+
+
+def test_cache_keys_depend_on_weights_size_and_blocks(tiny_data, weights_file, reg_weights_file):
+    image = next((tiny_data / "train_images").iterdir())
+    base = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file)), 2)
+    other = Segmentor(load_backbone("dinov2_vits14", "timm", None), 2)  # other weights
+    fewer = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file), layers=2), 2)
+    key = FeatureCache(base, (90, 66), "memory").key(image, "orig")
+    assert key == FeatureCache(base, (90, 66), "memory").key(image, "orig")
+    assert key != FeatureCache(base, (90, 66), "memory").key(image, "flip")
+    assert key != FeatureCache(other, (90, 66), "memory").key(image, "orig")
+    assert key != FeatureCache(fewer, (90, 66), "memory").key(image, "orig")
+    assert key != FeatureCache(base, (84, 70), "memory").key(image, "orig")
+
+
+def test_cache_refuses_a_fine_tuned_backbone(tmp_path, tiny_data, weights_file):
+    with pytest.raises(UserError, match="--cache-features needs a frozen backbone"):
+        run_train(argv(tiny_data, tmp_path, weights_file, "--cache-features", "memory",
+                       "--fine-tune"))  # fmt: skip
