@@ -264,7 +264,30 @@ def train_transform(imgsz: tuple[int, int]) -> A.Compose:
     )
 
 
-class SegmentationDataset(Dataset):
+class PairDataset(Dataset):
+    """What both datasets share: image-mask pairs, classes, size, and per-sample seeds."""
+
+    def __init__(self, pairs: list[Pair], classes: ClassConfig, imgsz, train: bool, seed: int):
+        self.pairs = pairs
+        self.classes = classes
+        self.imgsz = imgsz
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose random draws __getitem__ makes (workers copy this value)."""
+        self.epoch = epoch
+
+    def sample_seed(self, index: int) -> int:
+        """A seed from (seed, epoch, index): the same in every process, run and worker."""
+        return hash((self.seed, self.epoch, index)) % 2**32  # int tuples hash stably
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+class SegmentationDataset(PairDataset):
     """Image-mask pairs as tensors.
 
     Training items are augmented to ``imgsz`` (or only resized, with augment=False), each with
@@ -286,28 +309,15 @@ class SegmentationDataset(Dataset):
         seed: int = 0,
         augment: bool = True,
     ):
-        self.pairs = pairs
-        self.classes = classes
-        self.imgsz = imgsz
-        self.train = train
+        super().__init__(pairs, classes, imgsz, train, seed)
         self.augment = train_transform(imgsz) if train and augment else None
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose augmentations __getitem__ draws (workers copy this value)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pairs)
 
     def __getitem__(self, index: int):
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path)
         mask = read_mask(mask_path, self.classes)
         if self.augment is not None:
-            # tuples of ints hash the same in every process and run
-            self.augment.set_random_seed(hash((self.seed, self.epoch, index)) % 2**32)
+            self.augment.set_random_seed(self.sample_seed(index))
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         else:
@@ -318,7 +328,7 @@ class SegmentationDataset(Dataset):
         return image, torch.from_numpy(mask.astype(np.int64)), index
 
 
-class CachedFeatureDataset(Dataset):
+class CachedFeatureDataset(PairDataset):
     """Like SegmentationDataset, but items carry cached backbone features instead of images.
 
     Training items use the original or, with augment, the horizontally flipped view (chosen by
@@ -331,24 +341,13 @@ class CachedFeatureDataset(Dataset):
     """
 
     def __init__(self, pairs, classes, imgsz, cache, train: bool, seed: int = 0, augment=True):
-        self.pairs = pairs
-        self.classes = classes
-        self.imgsz = imgsz
+        super().__init__(pairs, classes, imgsz, train, seed)
         self.cache = cache  # anything with load(image_path, view) -> tensor
-        self.train = train
         self.flips = train and augment
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pairs)
 
     def __getitem__(self, index: int):
         image_path, mask_path = self.pairs[index]
-        flip = self.flips and random.Random(hash((self.seed, self.epoch, index))).random() < 0.5
+        flip = self.flips and random.Random(self.sample_seed(index)).random() < 0.5
         features = self.cache.load(image_path, "flip" if flip else "orig")
         mask = read_mask(mask_path, self.classes)
         if self.train:
