@@ -207,9 +207,35 @@ def runtime_flags() -> argparse.ArgumentParser:
     return parser
 
 
+def tta_flags() -> argparse.ArgumentParser:
+    """Test-time augmentation, shared by train.py --eval-only and the inference scripts."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("test-time augmentation")
+    group.add_argument(
+        "--tta",
+        action="store_true",
+        help="average class probabilities over --tta-scales and horizontal flips",
+    )
+    group.add_argument(
+        "--tta-scales", type=float, nargs="+", default=[0.75, 1.0, 1.25], metavar="S"
+    )
+    return parser
+
+
+def tta_setting(args: argparse.Namespace) -> tuple[list[float], bool] | None:
+    """(scales, flip) for --tta, or None."""
+    if not args.tta:
+        return None
+    if min(args.tta_scales) <= 0:
+        raise UserError(f"--tta-scales must be positive, not {args.tta_scales}")
+    return list(args.tta_scales), True
+
+
 def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
     """Flags shared by infer_image.py and infer_video.py (which differ only in their I/O loop)."""
-    parser = argparse.ArgumentParser(add_help=False, parents=[backbone_flags(inference=True)])
+    parser = argparse.ArgumentParser(
+        add_help=False, parents=[backbone_flags(inference=True), tta_flags()]
+    )
     group = parser.add_argument_group("inference")
     group.add_argument("--model", type=Path, default=DEFAULT_OUT_DIR / "best_model_iou.pth")
     group.add_argument("--out-dir", type=Path, default=out_dir)

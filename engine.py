@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import IGNORE_INDEX, ClassConfig
+from config import IGNORE_INDEX, PATCH_SIZE, ClassConfig
 from datasets import Pair, read_image, resize_image
 from metrics import ConfusionMatrix
 from model import Segmentor, load_checkpoint, log_input_size
@@ -75,17 +75,25 @@ def train_one_epoch(
     ):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        with _autocast(device, autocast_dtype):
-            logits = model(images, size=masks.shape[-2:], from_features=from_features)
-        # Sum over pixels, then divide by this batch's labelled pixels: the usual mean loss for
-        # the step, and an exact per-pixel mean for the epoch.
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
-        labelled = (masks != IGNORE_INDEX).sum()
-        step_loss = loss / labelled.clamp(min=1)
-        if not torch.isfinite(step_loss):
-            raise TrainingDiverged(f"the training loss became {step_loss.item()} at step {step}")
-        (scaler.scale(step_loss / accum) if use_scaler else step_loss / accum).backward()
-        if step % accum == 0 or step == steps:
+        update = step % accum == 0 or step == steps
+        # Under DDP, gradients are averaged across processes only on the batch that updates.
+        no_sync = model.no_sync() if hasattr(model, "no_sync") and not update else None
+        with no_sync or contextlib.nullcontext():
+            with _autocast(device, autocast_dtype):
+                logits = model(images, size=masks.shape[-2:], from_features=from_features)
+            # Sum over pixels, then divide by this batch's labelled pixels: the usual mean loss
+            # for the step, and an exact per-pixel mean for the epoch.
+            loss = F.cross_entropy(
+                logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            labelled = (masks != IGNORE_INDEX).sum()
+            step_loss = loss / labelled.clamp(min=1)
+            if not torch.isfinite(step_loss):
+                raise TrainingDiverged(
+                    f"the training loss became {step_loss.item()} at step {step}"
+                )
+            (scaler.scale(step_loss / accum) if use_scaler else step_loss / accum).backward()
+        if update:
             if use_scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -102,6 +110,33 @@ def train_one_epoch(
     return {"loss": loss, "acc": scores["pixel_accuracy"], "miou": scores["miou"]}
 
 
+def tta_probs(
+    model: Segmentor, images: torch.Tensor, scales: Sequence[float], flip: bool = True
+) -> torch.Tensor:
+    """Multi-scale and flip test-time augmentation.
+
+    Args:
+        images: (B, 3, H, W) RGB in 0..255.
+        scales: factors applied to H and W (each view is then aligned to the patch size).
+        flip: also run the horizontally flipped views (and flip their outputs back).
+
+    Returns:
+        (B, K, H, W) class probabilities: each view's softmax, resized to (H, W), averaged.
+    """
+    h, w = images.shape[-2:]
+    total, views = 0.0, 0
+    for scale in scales:
+        size = (max(PATCH_SIZE, round(h * scale)), max(PATCH_SIZE, round(w * scale)))
+        x = images.float()
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            probs = model(x.flip(-1) if flipped else x, size=(h, w)).float().softmax(1)
+            total = total + (probs.flip(-1) if flipped else probs)
+            views += 1
+    return total / views
+
+
 @torch.no_grad()
 def evaluate(
     model: Segmentor,
@@ -111,6 +146,7 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     desc: str = "valid",
     from_features: bool = False,
+    tta: tuple[Sequence[float], bool] | None = None,
 ) -> dict:
     """Score a split against each mask at its original resolution.
 
@@ -120,6 +156,8 @@ def evaluate(
 
     Args:
         loader: yields (images, masks, indices) as collated by datasets.collate_eval.
+        tta: (scales, flip) for test-time augmentation (see tta_probs); the loss is then the
+            negative log of the averaged probabilities.
 
     Returns:
         {"loss", "acc", "miou", "iou"}: iou per class, NaN where a class is absent from both
@@ -132,14 +170,22 @@ def evaluate(
     for images, masks, _ in tqdm(
         loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process()
     ):
+        images = images.to(device, non_blocking=True)
         with _autocast(device, autocast_dtype):
-            logits = model.patch_logits(images.to(device, non_blocking=True), from_features)
-        for logit, mask in zip(logits.float(), masks, strict=True):
+            if tta is None:
+                outputs = model.patch_logits(images, from_features).float()  # logits
+            else:
+                outputs = tta_probs(model, images, *tta)  # probabilities
+        for output, mask in zip(outputs, masks, strict=True):
             mask = mask.to(device, non_blocking=True)[None]
             up = F.interpolate(
-                logit[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
+                output[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
             )
-            loss_sum += F.cross_entropy(up, mask, ignore_index=IGNORE_INDEX, reduction="sum")
+            if tta is None:
+                loss_sum += F.cross_entropy(up, mask, ignore_index=IGNORE_INDEX, reduction="sum")
+            else:
+                log_probs = up.clamp(min=1e-12).log()
+                loss_sum += F.nll_loss(log_probs, mask, ignore_index=IGNORE_INDEX, reduction="sum")
             pixels += (mask != IGNORE_INDEX).sum()
             cm.update(up.argmax(1), mask)
     cm.all_reduce(device)
@@ -176,8 +222,10 @@ class Predictor:
         classes: ClassConfig,
         imgsz: tuple[int, int],
         compile: bool = False,
+        tta: tuple[Sequence[float], bool] | None = None,
     ):
         self.model = model.eval()
+        self.tta = tta  # (scales, flip) for test-time augmentation, or None
         self.classes = classes
         self.imgsz = tuple(imgsz)
         self.device = model.device
@@ -197,6 +245,7 @@ class Predictor:
         backbone: str | None = None,
         backbone_source: str | None = None,
         hub_dir: Path | None = None,
+        tta: tuple[Sequence[float], bool] | None = None,
     ) -> "Predictor":
         """Load a checkpoint; ``imgsz`` defaults to its training size.
 
@@ -219,7 +268,7 @@ class Predictor:
         dtype = amp_dtype(amp, device)
         if dtype is not None:
             model = model.to(dtype)
-        return cls(model, classes, imgsz, compile)
+        return cls(model, classes, imgsz, compile, tta)
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """The model input for one image; thread-safe, so decoding threads can do it."""
@@ -238,7 +287,11 @@ class Predictor:
             self._compiled_batch = max(self._compiled_batch, n)
             batch = np.concatenate([batch, np.repeat(batch[-1:], self._compiled_batch - n, 0)])
         x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        masks = self._masks(self._patch_logits(x)[:n].float(), sizes)
+        if self.tta is None:
+            scores = self._patch_logits(x)[:n].float()
+        else:
+            scores = tta_probs(self.model, x, *self.tta)[:n]
+        masks = self._masks(scores, sizes)
         synchronize(self.device)
         self.model_seconds += time.perf_counter() - start
         self.model_frames += len(masks)
@@ -253,7 +306,7 @@ class Predictor:
 
     @staticmethod
     def _masks(logits: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list:
-        """(B, K, h, w) patch logits -> B class-id masks at the given sizes."""
+        """(B, K, h, w) logits or probabilities -> B class-id masks at the given sizes."""
         if len(set(sizes)) == 1:  # video frames: resize the whole batch at once
             up = F.interpolate(logits, size=sizes[0], mode="bilinear", align_corners=False)
             masks = list(up.argmax(1).to(torch.uint8).cpu().numpy())

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from config import DEFAULT_OUT_DIR, IMAGE_EXTENSIONS, inference_flags, runtime_flags
+from config import DEFAULT_OUT_DIR, IMAGE_EXTENSIONS, inference_flags, runtime_flags, tta_setting
 from datasets import DataError, read_image
 from engine import Predictor
 from utils import (
@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> None:
     paths = find_images(args.input)
     predictor = Predictor.from_checkpoint(
         args.model, device, args.imgsz, args.amp, args.compile, args.backbone,
-        args.backbone_source, args.hub_dir,
+        args.backbone_source, args.hub_dir, tta_setting(args),
     )  # fmt: skip
     failures, done = [], 0
     writer = OrderedWriter()

@@ -34,6 +34,8 @@ from config import (
     backbone_flags,
     parse_args,
     runtime_flags,
+    tta_flags,
+    tta_setting,
 )
 from datasets import (
     CachedFeatureDataset,
@@ -78,7 +80,7 @@ log = logging.getLogger("dinoseg")
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a DINOv2 segmentation head, or evaluate a checkpoint (--eval-only).",
-        parents=[backbone_flags(), runtime_flags()],
+        parents=[backbone_flags(), runtime_flags(), tta_flags()],
     )
     parser.add_argument(
         "--config",
@@ -219,35 +221,52 @@ def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -
 
 
 def run_eval(args, device, autocast, rank: int = 0, world: int = 1) -> None:
-    """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json."""
+    """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json.
+
+    With --tta the split is scored twice, without and with test-time augmentation.
+    """
     path = args.model or args.out_dir / "best_model_iou.pth"
+    tta = tta_setting(args)
     model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir)
     classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
     pairs = check_dataset(resolve_data(args, rank == 0), classes, splits=("valid",))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
-    metrics = evaluate(model, make_loader(dataset, args, device, False, rank, world), device,
-                       classes.num_classes, autocast)  # fmt: skip
+    loader = make_loader(dataset, args, device, False, rank, world)
+    runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
+    if tta is not None:
+        runs["tta"] = evaluate(model, loader, device, classes.num_classes, autocast, "valid tta",
+                               tta=tta)  # fmt: skip
     if rank != 0:
         return
+
+    def scores(metrics: dict) -> dict:
+        return {
+            "pixel_accuracy": metrics["acc"],
+            "miou": metrics["miou"],
+            "per_class_iou": {
+                name: None if math.isnan(iou) else iou
+                for name, iou in zip(classes.names, metrics["iou"], strict=True)
+            },
+        }
+
     result = {
         "checkpoint": str(path),
         "imgsz": list(imgsz),
         "backbone_source": model.backbone.source,
         "images": len(dataset),
-        "pixel_accuracy": metrics["acc"],
-        "miou": metrics["miou"],
-        "per_class_iou": {
-            name: None if math.isnan(iou) else iou
-            for name, iou in zip(classes.names, metrics["iou"], strict=True)
-        },
+        **scores(runs["plain"]),
     }
+    if tta is not None:
+        result["tta"] = {"scales": tta[0], "flip": tta[1], **scores(runs["tta"])}
     write_json(args.out_dir / "eval_metrics.json", result)
     print(f"Evaluated {path} on {len(dataset)} valid images at {imgsz[0]}x{imgsz[1]}")
-    print(f"pixel accuracy {metrics['acc']:.4f}  mIoU {metrics['miou']:.4f}")
-    for name, iou in result["per_class_iou"].items():
-        print(f"  IoU {name}: {'absent' if iou is None else f'{iou:.4f}'}")
+    for name, metrics in runs.items():
+        label = "" if name == "plain" else f" with TTA (scales {tta[0]}, flips)"
+        print(f"pixel accuracy {metrics['acc']:.4f}  mIoU {metrics['miou']:.4f}{label}")
+        for cls, iou in scores(metrics)["per_class_iou"].items():
+            print(f"  IoU {cls}: {'absent' if iou is None else f'{iou:.4f}'}")
     print(f"Wrote {args.out_dir / 'eval_metrics.json'}")
 
 

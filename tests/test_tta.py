@@ -1,0 +1,69 @@
+"""Multi-scale and flip test-time augmentation in evaluation and inference."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import infer_image
+import train
+from config import DEFAULT_CLASSES, parse_args
+from datasets import read_mask
+from engine import tta_probs
+from metrics import ConfusionMatrix
+from model import load_checkpoint
+
+
+def test_tta_probs_are_averaged_probabilities(checkpoint):
+    model, _ = load_checkpoint(checkpoint)
+    images = torch.randint(0, 256, (2, 3, 66, 90), dtype=torch.uint8)
+    with torch.no_grad():
+        probs = tta_probs(model, images, [0.75, 1.0, 1.25], flip=True)
+        single = tta_probs(model, images, [1.0], flip=False)
+        plain = model(images).softmax(1)
+        flipped = model(images.flip(-1)).softmax(1).flip(-1)
+        both = tta_probs(model, images, [1.0], flip=True)
+    assert probs.shape == (2, 2, 66, 90)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 66, 90))
+    torch.testing.assert_close(single, plain)
+    torch.testing.assert_close(both, (plain + flipped) / 2)
+
+
+def test_eval_only_reports_with_and_without_tta(tmp_path, checkpoint, tiny_data):
+    def evaluate(out, *extra):
+        train.main(*parse_args(train.get_args_parser(), [
+            "--eval-only", "--model", str(checkpoint), "--data", str(tiny_data), "--workers",
+            "0", "--out-dir", str(out), *extra]))  # fmt: skip
+        return json.loads((out / "eval_metrics.json").read_text())
+
+    plain = evaluate(tmp_path / "plain")
+    both = evaluate(tmp_path / "tta", "--tta", "--tta-scales", "0.8", "1.0")
+    assert "tta" not in plain
+    assert both["miou"] == plain["miou"]  # the plain numbers stay where they were
+    assert both["tta"]["scales"] == [0.8, 1.0] and both["tta"]["flip"] is True
+    assert 0 <= both["tta"]["miou"] <= 1 and set(both["tta"]["per_class_iou"]) == {
+        "background",
+        "person",
+    }
+
+    # the inference script's TTA masks score exactly what --eval-only --tta reports
+    out = tmp_path / "masks"
+    infer_image.main(infer_image.get_args_parser().parse_args([
+        "--input", str(tiny_data / "valid_images"), "--model", str(checkpoint),
+        "--out-dir", str(out), "--tta", "--tta-scales", "0.8", "1.0"]))  # fmt: skip
+    cm = ConfusionMatrix(2)
+    for truth_path in sorted((tiny_data / "valid_masks").iterdir()):
+        pred = np.array(Image.open(out / f"{truth_path.stem}_mask.png"))
+        cm.update(torch.from_numpy(pred), torch.from_numpy(read_mask(truth_path, DEFAULT_CLASSES)))
+    assert cm.compute()["miou"] == pytest.approx(both["tta"]["miou"], abs=1e-12)
+
+
+def test_non_positive_tta_scales_are_refused(tmp_path, checkpoint, tiny_data):
+    from utils import UserError
+
+    with pytest.raises(UserError, match="--tta-scales must be positive"):
+        train.main(*parse_args(train.get_args_parser(), [
+            "--eval-only", "--model", str(checkpoint), "--data", str(tiny_data),
+            "--out-dir", str(tmp_path), "--tta", "--tta-scales", "0", "1"]))  # fmt: skip
