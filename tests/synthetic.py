@@ -1,5 +1,7 @@
 """Tiny generated segmentation datasets for the tests: a bright blob ("person") on a noisy scene."""
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +39,22 @@ def make_dataset(
             Image.fromarray(image).save(root / f"{split}_images" / f"img{i:03d}{ext}", quality=95)
             Image.fromarray(mask).save(root / f"{split}_masks" / f"img{i:03d}.png")
     return root
+
+
+def penn_fudan_zip(path, n=10):
+    """A zip with the structure of PennFudanPed.zip: PNGImages, PedMasks with instance ids."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("PennFudanPed/readme.txt", "test fixture")
+        for i in range(n):
+            stem = f"FudanPed{i + 1:05d}" if i < n // 2 else f"PennPed{i + 1:05d}"
+            image = rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)
+            masks = np.zeros((20, 16), np.uint8)
+            masks[2:8, 2:6], masks[10:18, 8:14] = 1, 2  # two people
+            files = {f"PNGImages/{stem}.png": image, f"PedMasks/{stem}_mask.png": masks}
+            for name, arr in files.items():
+                buf = io.BytesIO()
+                Image.fromarray(arr).save(buf, format="PNG")
+                zf.writestr(f"PennFudanPed/{name}", buf.getvalue())
+            zf.writestr(f"PennFudanPed/Annotation/{stem}.txt", "boxes")
+    return path

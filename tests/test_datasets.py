@@ -1,4 +1,3 @@
-import io
 import subprocess
 import sys
 import zipfile
@@ -21,6 +20,7 @@ from datasets import (
     read_image,
     read_mask,
 )
+from synthetic import penn_fudan_zip
 from utils import UserError
 
 THREE = ClassConfig(
@@ -181,25 +181,6 @@ def test_train_items_are_augmented_to_imgsz_and_valid_masks_keep_their_size(tiny
 
 
 # --- Penn-Fudan ----------------------------------------------------------------------------
-
-
-def penn_fudan_zip(path, n=10):
-    """A zip with the structure of PennFudanPed.zip: PNGImages, PedMasks with instance ids."""
-    rng = np.random.default_rng(0)
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("PennFudanPed/readme.txt", "test fixture")
-        for i in range(n):
-            stem = f"FudanPed{i + 1:05d}" if i < n // 2 else f"PennPed{i + 1:05d}"
-            image = rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)
-            masks = np.zeros((20, 16), np.uint8)
-            masks[2:8, 2:6], masks[10:18, 8:14] = 1, 2  # two people
-            files = {f"PNGImages/{stem}.png": image, f"PedMasks/{stem}_mask.png": masks}
-            for name, arr in files.items():
-                buf = io.BytesIO()
-                Image.fromarray(arr).save(buf, format="PNG")
-                zf.writestr(f"PennFudanPed/{name}", buf.getvalue())
-            zf.writestr(f"PennFudanPed/Annotation/{stem}.txt", "boxes")
-    return path
 
 
 def test_penn_fudan_conversion(tmp_path):

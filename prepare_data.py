@@ -1,0 +1,199 @@
+"""Convert public datasets into this repository's layout, with a class config beside them.
+
+    python prepare_data.py pennfudan --zip PennFudanPed.zip --out data/PennFudanPed
+    python prepare_data.py voc --root VOCdevkit/VOC2012 --out data/voc_person --classes person
+    python prepare_data.py coco --annotations annotations/instances_val2017.json \\
+        --images val2017 --out data/coco_person --classes person
+
+Each writes train_images/, train_masks/, valid_images/, valid_masks/ (class-index PNG masks,
+255 = ignore) and classes.yaml, then reports the images and pixels per class. Train with
+``python train.py --data OUT --config OUT/classes.yaml``.
+"""
+
+import argparse
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from config import IGNORE_INDEX, SPLITS, ClassConfig
+from datasets import convert_penn_fudan
+from utils import UserError, run_script
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", type=Path, required=True, help="the dataset folder to create")
+    common.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    sub = parser.add_subparsers(dest="dataset", required=True)
+    penn = sub.add_parser("pennfudan", parents=[common], help="the Penn-Fudan pedestrian zip")
+    penn.add_argument("--zip", type=Path, required=True, help="PennFudanPed.zip")
+    voc = sub.add_parser("voc", parents=[common], help="PASCAL VOC 2012 segmentation")
+    voc.add_argument("--root", type=Path, required=True, help="VOCdevkit/VOC2012")
+    voc.add_argument("--classes", nargs="+", default=["person"], choices=VOC_CLASSES[1:])
+    coco = sub.add_parser("coco", parents=[common], help="COCO-format instance annotations")
+    coco.add_argument("--annotations", type=Path, required=True, help="instances_*.json")
+    coco.add_argument("--images", type=Path, required=True, help="the folder of its images")
+    coco.add_argument("--classes", nargs="+", default=["person"], help="category names to keep")
+    coco.add_argument("--valid-every", type=int, default=5, help="every Nth image goes to valid")
+    return parser
+
+
+def palette(n: int) -> list[list[int]]:
+    """The PASCAL VOC colour map: distinct colours, black for class 0."""
+    colors = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colors.append([r, g, b])
+    return colors
+
+
+@contextlib.contextmanager
+def staging(out: Path, force: bool) -> Iterator[Path]:
+    """A path to build the dataset at; it replaces ``out`` only when the block succeeds."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"--out {out} is not empty; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield holder / "data"
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        (holder / "data").rename(out)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def write_pair(folder: Path, split: str, name: str, image_bytes: bytes, mask: np.ndarray) -> None:
+    (folder / f"{split}_images").mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}_masks").mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}_images" / name).write_bytes(image_bytes)
+    Image.fromarray(mask.astype(np.uint8)).save(
+        folder / f"{split}_masks" / f"{Path(name).stem}.png"
+    )
+
+
+def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
+    """VOC 2012 with its official train/val lists; unchosen classes become background."""
+    lists = root / "ImageSets" / "Segmentation"
+    lut = np.zeros(256, np.uint8)
+    lut[IGNORE_INDEX] = IGNORE_INDEX  # the object borders stay ignored
+    for new_id, name in enumerate(classes, start=1):
+        lut[VOC_CLASSES.index(name)] = new_id
+    for split, listed in (("train", "train.txt"), ("valid", "val.txt")):
+        if not (lists / listed).is_file():
+            raise UserError(f"{lists / listed} is missing: --root must be VOCdevkit/VOC2012")
+        for stem in (lists / listed).read_text().split():
+            image = root / "JPEGImages" / f"{stem}.jpg"
+            mask = root / "SegmentationClass" / f"{stem}.png"
+            if not image.is_file() or not mask.is_file():
+                raise UserError(f"{listed} names {stem}, but {image} or {mask} is missing")
+            indices = np.asarray(Image.open(mask))  # palette PNG: the pixel values are class ids
+            write_pair(out, split, image.name, image.read_bytes(), lut[indices])
+
+
+def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str], every: int):
+    """COCO polygons and RLE for the chosen categories.
+
+    Overlaps: crowd regions are drawn first as ignore (255), then objects from the largest to
+    the smallest, so a smaller object lying on a larger one keeps its pixels. Images with none
+    of the chosen categories are left out; sorted by file name, every ``every``-th image goes to
+    valid.
+    """
+    from pycocotools import mask as mask_utils
+
+    try:
+        data = json.loads(annotations.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read COCO annotations {annotations}: {err}") from err
+    by_name = {c["name"]: c["id"] for c in data["categories"]}
+    unknown = [c for c in classes if c not in by_name]
+    if unknown:
+        raise UserError(f"{annotations} has no categories {unknown}; it has {sorted(by_name)}")
+    class_of = {by_name[name]: i for i, name in enumerate(classes, start=1)}
+    anns: dict[int, list] = {}
+    for ann in data["annotations"]:
+        if ann["category_id"] in class_of:
+            anns.setdefault(ann["image_id"], []).append(ann)
+    kept = sorted(
+        (img for img in data["images"] if img["id"] in anns), key=lambda i: i["file_name"]
+    )
+    for position, img in enumerate(kept):
+        h, w = img["height"], img["width"]
+        mask = np.zeros((h, w), np.uint8)
+        order = sorted(anns[img["id"]], key=lambda a: (not a.get("iscrowd", 0), -a["area"]))
+        for ann in order:
+            seg = ann["segmentation"]
+            if isinstance(seg, list):  # polygons
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg["counts"], list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(seg, h, w)
+            else:  # compressed RLE
+                rle = seg
+            value = IGNORE_INDEX if ann.get("iscrowd", 0) else class_of[ann["category_id"]]
+            mask[mask_utils.decode(rle).astype(bool)] = value
+        source = images / img["file_name"]
+        if not source.is_file():
+            raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
+        split = "valid" if position % every == every - 1 else "train"
+        write_pair(out, split, source.name, source.read_bytes(), mask)
+
+
+def report(folder: Path, names: list[str]) -> None:
+    """Print images and labelled pixels per class and split."""
+    for split in SPLITS:
+        counts = np.zeros(256, np.int64)
+        masks = sorted((folder / f"{split}_masks").glob("*.png"))
+        for path in masks:
+            counts += np.bincount(np.asarray(Image.open(path)).ravel(), minlength=256)
+        pixels = ", ".join(f"{name} {counts[i]:,}" for i, name in enumerate(names))
+        print(f"{split}: {len(masks)} images; pixels: {pixels}; ignored {counts[IGNORE_INDEX]:,}")
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.dataset == "coco" and args.valid_every < 2:
+        raise UserError("--valid-every must be at least 2")
+    names = ["background", *getattr(args, "classes", ["person"])]
+    colors = palette(len(VOC_CLASSES))
+    if args.dataset == "voc":
+        colors = [colors[VOC_CLASSES.index(n)] for n in names]
+    else:
+        colors = [[0, 0, 0], [0, 255, 0], *colors[2:]][: len(names)]
+    classes = ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
+    with staging(args.out, args.force) as stage:
+        if args.dataset == "pennfudan":
+            convert_penn_fudan(args.zip, stage)
+        elif args.dataset == "voc":
+            convert_voc(args.root, stage, args.classes)
+        else:
+            convert_coco(args.annotations, args.images, stage, args.classes, args.valid_every)
+        for split in SPLITS:
+            if not (stage / f"{split}_masks").is_dir():
+                raise UserError(f"the {split} split came out empty; nothing was written")
+        (stage / "classes.yaml").write_text(yaml.safe_dump(classes.to_dict(), sort_keys=False))
+    report(args.out, names)
+    print(f"Wrote {args.out}; train with: python train.py --data {args.out} "
+          f"--config {args.out / 'classes.yaml'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(get_args_parser().parse_args()))

@@ -1,0 +1,142 @@
+"""prepare_data.py on small fixtures of Penn-Fudan, PASCAL VOC and COCO built here."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+import prepare_data
+from config import ClassConfig
+from datasets import check_dataset
+from synthetic import penn_fudan_zip
+from utils import UserError
+
+
+def run(*argv: str) -> None:
+    prepare_data.main(prepare_data.get_args_parser().parse_args(list(argv)))
+
+
+def voc_fixture(root):
+    """Three images: person (15) and dog (12) pixels, a 255 border, official-style lists."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for i in range(3):
+        stem = f"2007_00000{i}"
+        Image.fromarray(np.full((20, 30, 3), 50 * i, np.uint8)).save(
+            root / "JPEGImages" / f"{stem}.jpg"
+        )
+        mask = np.zeros((20, 30), np.uint8)
+        mask[2:10, 2:10] = 15  # person
+        mask[12:18, 12:25] = 12  # dog
+        mask[1, :] = 255  # border
+        img = Image.fromarray(mask, mode=None).convert("P")
+        img.putpalette([v for color in prepare_data.palette(256) for v in color])
+        img.save(root / "SegmentationClass" / f"{stem}.png")
+    lists = root / "ImageSets" / "Segmentation"
+    (lists / "train.txt").write_text("2007_000000\n2007_000001\n")
+    (lists / "val.txt").write_text("2007_000002\n")
+    return root
+
+
+def test_voc_keeps_chosen_classes_and_the_ignore_border(tmp_path, capsys):
+    root = voc_fixture(tmp_path / "VOC2012")
+    out = tmp_path / "voc_person"
+    run("voc", "--root", str(root), "--out", str(out), "--classes", "person")
+    mask = np.asarray(Image.open(out / "train_masks" / "2007_000000.png"))
+    assert mask[5, 5] == 1 and mask[15, 20] == 0 and mask[1, 0] == 255  # person, dog->bg, border
+    assert len(list((out / "valid_images").iterdir())) == 1
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes.names == ("background", "person")
+    assert classes.vis_colors[1] == (192, 128, 128)  # VOC's own person colour
+    assert len(check_dataset(out, classes)["train"]) == 2
+    printed = capsys.readouterr().out
+    assert "train: 2 images; pixels: background" in printed and "person 128" in printed
+
+
+def test_voc_with_two_classes_numbers_them_in_order(tmp_path):
+    root = voc_fixture(tmp_path / "VOC2012")
+    out = tmp_path / "voc2"
+    run("voc", "--root", str(root), "--out", str(out), "--classes", "dog", "person")
+    mask = np.asarray(Image.open(out / "valid_masks" / "2007_000002.png"))
+    assert mask[5, 5] == 2 and mask[15, 20] == 1
+
+
+def coco_fixture(root):
+    """Image a: a big dog polygon with a small person (compressed RLE) inside it and a crowd of
+    people (uncompressed RLE); image b: one person polygon; image c: only a cat."""
+    (root / "images").mkdir(parents=True)
+    images, anns = [], []
+    for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg"], start=1):
+        Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / "images" / name)
+        images.append({"id": i, "file_name": name, "height": 40, "width": 50})
+    small = np.zeros((40, 50), np.uint8, order="F")
+    small[10:15, 10:15] = 1
+    compressed = mask_utils.encode(small)
+    compressed["counts"] = compressed["counts"].decode()
+    crowd = np.zeros((40, 50), np.uint8)
+    crowd[30:35, 40:45] = 1
+    flat = crowd.flatten(order="F")
+    changes = np.flatnonzero(np.diff(np.r_[0, flat, 0])).tolist()  # run boundaries
+    counts = np.diff([0, *changes, flat.size]).tolist()
+    anns += [
+        {"id": 1, "image_id": 1, "category_id": 18, "area": 600, "iscrowd": 0,
+         "segmentation": [[5, 5, 35, 5, 35, 25, 5, 25]]},  # dog box x 5-35, y 5-25
+        {"id": 2, "image_id": 1, "category_id": 1, "area": 25, "iscrowd": 0,
+         "segmentation": compressed},
+        {"id": 3, "image_id": 1, "category_id": 1, "area": 25, "iscrowd": 1,
+         "segmentation": {"size": [40, 50], "counts": counts}},
+        {"id": 4, "image_id": 2, "category_id": 1, "area": 100, "iscrowd": 0,
+         "segmentation": [[20, 20, 30, 20, 30, 30, 20, 30]]},
+        {"id": 5, "image_id": 3, "category_id": 17, "area": 100, "iscrowd": 0,
+         "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},
+    ]  # fmt: skip
+    categories = [{"id": 1, "name": "person"}, {"id": 17, "name": "cat"},
+                  {"id": 18, "name": "dog"}]  # fmt: skip
+    path = root / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    return path
+
+
+def test_coco_polygons_rle_crowds_and_overlaps(tmp_path, capsys):
+    ann = coco_fixture(tmp_path / "coco")
+    out = tmp_path / "coco_out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--classes", "person", "dog", "--valid-every", "2")  # fmt: skip
+    mask = np.asarray(Image.open(out / "train_masks" / "a.png"))
+    assert mask[12, 12] == 1  # the small person stays on top of the big dog
+    assert mask[20, 20] == 2  # dog
+    assert mask[32, 42] == 255  # the crowd is ignored
+    assert mask[38, 2] == 0
+    assert (out / "valid_masks" / "b.png").is_file()  # every 2nd image, by name
+    assert not (out / "train_images" / "c.jpg").exists()  # no chosen category in it
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes.names == ("background", "person", "dog")
+    check_dataset(out, classes)
+    assert "ignored 25" in capsys.readouterr().out
+
+
+def test_coco_unknown_category_is_named(tmp_path):
+    ann = coco_fixture(tmp_path / "coco")
+    with pytest.raises(
+        UserError, match=r"no categories \['zebra'\]; it has \['cat', 'dog', 'person'\]"
+    ):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--classes", "zebra")  # fmt: skip
+
+
+def test_existing_output_needs_force_and_force_replaces_it_whole(tmp_path):
+    zip_path = penn_fudan_zip(tmp_path / "PennFudanPed.zip")
+    out = tmp_path / "pf"
+    out.mkdir()
+    (out / "old.txt").write_text("keep me unless forced")
+    with pytest.raises(UserError, match="is not empty; pass --force"):
+        run("pennfudan", "--zip", str(zip_path), "--out", str(out))
+    assert (out / "old.txt").is_file()
+    run("pennfudan", "--zip", str(zip_path), "--out", str(out), "--force")
+    assert not (out / "old.txt").exists()
+    assert len(list((out / "train_images").iterdir())) == 8
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
