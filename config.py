@@ -237,7 +237,13 @@ def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
         add_help=False, parents=[backbone_flags(inference=True), tta_flags()]
     )
     group = parser.add_argument_group("inference")
-    group.add_argument("--model", type=Path, default=DEFAULT_OUT_DIR / "best_model_iou.pth")
+    group.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_OUT_DIR / "best_model_iou.pth",
+        help="a checkpoint, or with --backend onnxruntime an .onnx file from export.py",
+    )
+    group.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     group.add_argument("--out-dir", type=Path, default=out_dir)
     group.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0 to 1")
     group.add_argument(

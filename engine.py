@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import IGNORE_INDEX, PATCH_SIZE, ClassConfig
+from config import IGNORE_INDEX, PATCH_SIZE, ClassConfig, tta_setting
 from datasets import Pair, read_image, resize_image
 from metrics import ConfusionMatrix
-from model import Segmentor, load_checkpoint, log_input_size
+from model import OnnxSegmentor, Segmentor, load_checkpoint, log_input_size
 from utils import (
     UserError,
     all_reduce_sum,
@@ -428,3 +428,24 @@ class FeatureCache:
             self.computed += len(chunk)
             bar.update(len(chunk))
         bar.close()
+
+
+def predictor_from_args(args, device: torch.device) -> Predictor:
+    """The Predictor the inference scripts' shared flags describe (config.inference_flags)."""
+    tta = tta_setting(args)
+    if args.backend == "torch":
+        return Predictor.from_checkpoint(
+            args.model, device, args.imgsz, args.amp, args.compile, args.backbone,
+            args.backbone_source, args.hub_dir, tta,
+        )  # fmt: skip
+    used = {"--amp": args.amp != "off", "--compile": args.compile, "--tta": tta is not None,
+            "--imgsz": args.imgsz is not None}  # fmt: skip
+    unsupported = [flag for flag, on in used.items() if on]
+    if unsupported:
+        raise UserError(f"{', '.join(unsupported)} do not apply to --backend onnxruntime: the "
+                        "precision and size were fixed by export.py")  # fmt: skip
+    network = OnnxSegmentor.load(args.model, device)
+    if args.backbone is not None and args.backbone != network.backbone:
+        raise UserError(f"{args.model} holds a {network.backbone} model, not {args.backbone}")
+    log_input_size(network.imgsz)
+    return Predictor(network, network.classes, network.imgsz)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from config import DEFAULT_OUT_DIR, IMAGE_EXTENSIONS, inference_flags, runtime_flags, tta_setting
+from config import DEFAULT_OUT_DIR, IMAGE_EXTENSIONS, inference_flags, runtime_flags
 from datasets import DataError, read_image
-from engine import Predictor
+from engine import Predictor, predictor_from_args
 from utils import (
     OrderedWriter,
     UserError,
@@ -106,10 +106,7 @@ def main(args: argparse.Namespace) -> None:
     check_inference_args(args)
     device = pick_device(args.device)
     paths = find_images(args.input)
-    predictor = Predictor.from_checkpoint(
-        args.model, device, args.imgsz, args.amp, args.compile, args.backbone,
-        args.backbone_source, args.hub_dir, tta_setting(args),
-    )  # fmt: skip
+    predictor = predictor_from_args(args, device)
     failures, done = [], 0
     writer = OrderedWriter()
     start = time.perf_counter()

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from config import DEFAULT_OUT_DIR, inference_flags, runtime_flags, tta_setting
-from engine import Predictor
+from config import DEFAULT_OUT_DIR, inference_flags, runtime_flags
+from engine import Predictor, predictor_from_args
 from infer_image import check_inference_args, show
 from utils import OrderedWriter, UserError, pick_device, prefetch, run_script
 
@@ -156,10 +156,7 @@ def main(args: argparse.Namespace) -> None:
     check_inference_args(args)
     device = pick_device(args.device)
     source = open_video(args.input)
-    predictor = Predictor.from_checkpoint(
-        args.model, device, args.imgsz, args.amp, args.compile, args.backbone,
-        args.backbone_source, args.hub_dir, tta_setting(args),
-    )  # fmt: skip
+    predictor = predictor_from_args(args, device)
     out_path = args.out_dir / f"{source.name}.mp4"
     stats = segment_video(source, predictor, out_path, args)
     print(f"Wrote {out_path}: {stats['frames']} frames, {source.width}x{source.height}, "

@@ -5,6 +5,7 @@ FLOPs per image.
 """
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from urllib.error import URLError
@@ -408,6 +409,48 @@ def load_checkpoint(
             f"checkpoint {path} does not fit its {ckpt['backbone']} model: {err}"
         ) from err
     return model.to(device).eval(), ckpt
+
+
+ONNX_FORMAT = "dinov2-segmentation-onnx/1"
+
+
+class OnnxSegmentor:
+    """A model exported by export.py, run by ONNX Runtime, behind the Segmentor methods the
+    Predictor uses (patch_logits on uint8 images at the exported size)."""
+
+    def __init__(self, session, classes: ClassConfig, imgsz, backbone: str):
+        self.session = session  # an onnxruntime.InferenceSession
+        self.classes = classes
+        self.imgsz = tuple(imgsz)
+        self.backbone = backbone
+        self.device = torch.device("cpu")  # inputs and outputs live on the host
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device) -> "OnnxSegmentor":
+        """Open a file written by export.py, on CUDA when asked for and available."""
+        import onnxruntime as ort
+
+        if not Path(path).is_file():
+            raise UserError(f"--model {path} does not exist; write one with export.py")
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as err:  # ONNX Runtime raises its own types for unreadable models
+            raise UserError(f"{path} is not an ONNX model ONNX Runtime can load ({err})") from err
+        meta = session.get_modelmeta().custom_metadata_map
+        if meta.get("format") != ONNX_FORMAT:
+            raise UserError(f"{path} was not written by export.py (no {ONNX_FORMAT} metadata)")
+        classes = ClassConfig.from_dict(json.loads(meta["classes"]), source=str(path))
+        return cls(session, classes, json.loads(meta["imgsz"]), meta["backbone"])
+
+    def eval(self) -> "OnnxSegmentor":
+        return self
+
+    def patch_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 at the exported size -> (B, K, h, w) float32 logits."""
+        return torch.from_numpy(self.session.run(None, {"images": images.cpu().numpy()})[0])
 
 
 def count_flops(model: nn.Module, images: torch.Tensor) -> int:

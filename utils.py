@@ -35,7 +35,8 @@ def _interrupt(signum, frame) -> None:
 
 def run_script(main: Callable[[], None]) -> None:
     """Run a script's main, turning user errors, Ctrl-C and SIGTERM into a message and exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # libraries: warnings only
+    log.setLevel(logging.INFO)
     # SIGTERM (kill, schedulers, container stops) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -61,6 +62,10 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

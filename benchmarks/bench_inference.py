@@ -33,7 +33,14 @@ import torch
 from config import BACKBONES, DEFAULT_CLASSES
 from engine import Predictor, synchronize
 from infer_video import open_video, segment_video
-from model import Segmentor, count_flops, load_backbone, load_checkpoint, patch_aligned
+from model import (
+    OnnxSegmentor,
+    Segmentor,
+    count_flops,
+    load_backbone,
+    load_checkpoint,
+    patch_aligned,
+)
 from utils import amp_dtype, peak_memory_mb, pick_device, run_script
 
 
@@ -49,6 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, default=None, help="a checkpoint (default: random)")
     parser.add_argument("--backbone", choices=list(BACKBONES), default="dinov2_vits14")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions of model-only runs")
+    parser.add_argument(
+        "--onnx", action="store_true", help="add ONNX Runtime rows: fp32 (optimized or not), int8"
+    )
     return parser
 
 
@@ -87,6 +97,42 @@ def model_seconds(model: Segmentor, batch: int, imgsz, device, reps: int, compil
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best / batch
+
+
+def onnx_rows(base: Segmentor, imgsz, frames: list, folder: Path, reps: int) -> list:
+    """ONNX Runtime on the CPU: model ms/frame and agreement with PyTorch fp32 masks."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from export import export
+
+    model = copy.deepcopy(base).cpu().float()
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    meta = {"classes": DEFAULT_CLASSES.to_dict(), "backbone": base.backbone.name}
+    export(model, meta, imgsz, fp32)
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    reference = Predictor(model, DEFAULT_CLASSES, imgsz).predict(frames)
+    w, h = imgsz
+    images = np.random.default_rng(0).integers(0, 256, (1, 3, h, w), dtype=np.uint8)
+    rows = []
+    level = ort.GraphOptimizationLevel
+    for label, path, opt in (("ORT fp32, no graph opts", fp32, level.ORT_DISABLE_ALL),
+                             ("ORT fp32, all graph opts", fp32, level.ORT_ENABLE_ALL),
+                             ("ORT int8 dynamic quant", int8, level.ORT_ENABLE_ALL)):  # fmt: skip
+        options = ort.SessionOptions()
+        options.graph_optimization_level = opt
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session.run(None, {"images": images})
+        best = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            session.run(None, {"images": images})
+            best = min(best, time.perf_counter() - start)
+        network = OnnxSegmentor(session, DEFAULT_CLASSES, imgsz, base.backbone.name)
+        masks = Predictor(network, DEFAULT_CLASSES, imgsz).predict(frames)
+        agree = sum((a == b).sum() for a, b in zip(masks, reference, strict=True))
+        rows.append((label, best, agree / sum(m.size for m in masks)))
+    return rows
 
 
 def make_video(path: Path, frames: int, size) -> None:
@@ -149,6 +195,13 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench.mp4"
         make_video(video, args.frames, args.video_size)
+        ort_rows = []
+        if args.onnx:
+            capture, sample = cv2.VideoCapture(str(video)), []
+            while len(sample) < 4 and (frame := capture.read())[0]:
+                sample.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
+            capture.release()
+            ort_rows = onnx_rows(base, args.imgsz, sample, Path(tmp), args.reps)
         for name, model, batch, compile in (
             ("naive", base, 1, False),
             ("fast", fast, args.batch, args.compile),
@@ -182,6 +235,12 @@ def main(args: argparse.Namespace) -> None:
     print(f"model: fast / naive = {naive_s / fast_s:.2f}x faster")
     print(f"model time / FLOP floor = {fast_s / floor:.2f} (fast), "
           f"{naive_s * rate32 / flops:.2f} (naive, against the fp32 floor)")  # fmt: skip
+    if ort_rows:
+        print()
+        print(f"{'ONNX Runtime (CPU), batch 1':28s}{'model ms/frame':>16s}{'vs naive':>10s}"
+              f"{'masks = PyTorch fp32':>22s}")  # fmt: skip
+        for label, seconds, agree in ort_rows:
+            print(f"{label:28s}{seconds * 1e3:16.1f}{naive_s / seconds:9.2f}x{agree:21.4%}")
     if device.type == "cuda":
         print(f"peak GPU memory is torch.cuda.max_memory_allocated; {torch.cuda.get_device_name()}")
     else:

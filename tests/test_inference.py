@@ -220,9 +220,9 @@ def test_short_batches_are_padded_for_a_compiled_model_without_changing_results(
 
 def test_benchmark_script_runs_and_reports_the_ratios():
     cmd = [sys.executable, "benchmarks/bench_inference.py", "--imgsz", "56", "56", "--frames", "3",
-           "--reps", "1", "--video-size", "64", "48", "--device", "cpu"]  # fmt: skip
+           "--reps", "1", "--video-size", "64", "48", "--device", "cpu", "--onnx"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for text in ("FLOP floor", "naive (fp32, batch 1, eager)", "end to end: fast / naive =",
-                 "model time / FLOP floor ="):  # fmt: skip
+                 "model time / FLOP floor =", "ORT int8 dynamic quant"):  # fmt: skip
         assert text in proc.stdout

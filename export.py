@@ -1,0 +1,122 @@
+"""Export a checkpoint to ONNX (backbone, head and normalization in one graph) and check it.
+
+    python export.py --model outputs/best_model_iou.pth --output model.onnx
+    python export.py --model outputs/best_model_iou.pth --output model.onnx --imgsz 518 518 --int8
+
+The graph takes "images", (B, 3, H, W) uint8 RGB at the exported size (the batch is dynamic),
+and returns "logits", (B, K, H/14, W/14) on the patch grid (sizes rounded to multiples of 14):
+resize them bilinearly to the image's size and take the argmax over K for class ids. The
+classes, colours and size are stored in the model's metadata. After exporting, ONNX Runtime is
+run against PyTorch on a random input and the largest absolute difference is printed; above
+--tolerance the export fails.
+"""
+
+import argparse
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config import backbone_flags
+from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size
+from utils import UserError, atomic_path, run_script
+
+log = logging.getLogger("dinoseg")
+
+
+class OnnxGraph(torch.nn.Module):
+    """What the ONNX file computes: uint8 images -> patch-grid logits."""
+
+    def __init__(self, model: Segmentor):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.patch_logits(images)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[backbone_flags(inference=True)]
+    )
+    parser.add_argument("--model", type=Path, required=True, help="a checkpoint from train.py")
+    parser.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument("--imgsz", type=int, nargs=2, default=None, metavar=("W", "H"),
+                        help="input size (default: the checkpoint's)")  # fmt: skip
+    parser.add_argument("--tolerance", type=float, default=1e-3,
+                        help="largest allowed |ONNX Runtime - PyTorch| logit")  # fmt: skip
+    parser.add_argument("--int8", action="store_true",
+                        help="also write NAME.int8.onnx, int8 dynamic quantization")  # fmt: skip
+    return parser
+
+
+def export(model: Segmentor, ckpt: dict, imgsz, path: Path) -> None:
+    """Write the ONNX graph atomically, with the checkpoint's classes and size as metadata."""
+    import onnx
+
+    w, h = imgsz
+    example = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.onnx.export(
+            OnnxGraph(model).eval(), (example,), input_names=["images"], output_names=["logits"],
+            dynamic_shapes={"images": {0: batch}}, dynamo=True, verbose=False,
+        )  # fmt: skip
+    proto = program.model_proto
+    meta = {"classes": json.dumps(ckpt["classes"]), "imgsz": json.dumps(list(imgsz)),
+            "backbone": ckpt["backbone"], "format": ONNX_FORMAT}  # fmt: skip
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+
+
+def check(model: Segmentor, path: Path, imgsz, tolerance: float) -> float:
+    """Largest |ONNX Runtime - PyTorch| logit on a random batch; fail above ``tolerance``."""
+    import onnxruntime as ort
+
+    w, h = imgsz
+    images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=torch.Generator())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        expected = model.patch_logits(images).numpy()
+    diff = float(np.abs(got - expected).max())
+    print(f"{path}: max |ONNX Runtime - PyTorch| = {diff:.2e} (tolerance {tolerance:g})")
+    if not diff <= tolerance:
+        raise UserError(
+            f"{path} differs from PyTorch by {diff:.2e}, above --tolerance {tolerance:g}"
+        )
+    return diff
+
+
+def main(args: argparse.Namespace) -> None:
+    model, ckpt = load_checkpoint(args.model, "cpu", args.backbone_source, args.hub_dir)
+    if args.backbone is not None and args.backbone != ckpt["backbone"]:
+        raise UserError(f"{args.model} holds a {ckpt['backbone']} model, not {args.backbone}")
+    imgsz = tuple(args.imgsz or ckpt["imgsz"])
+    log_input_size(imgsz)
+    try:
+        export(model, ckpt, imgsz, args.output)
+    except Exception as err:  # the exporter raises many types for graphs it cannot convert
+        raise UserError(
+            f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}); try "
+            "--backbone-source timm, whose model exports cleanly"
+        ) from err
+    check(model, args.output, imgsz, args.tolerance)
+    if args.int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        int8 = args.output.with_suffix(".int8.onnx")
+        with atomic_path(int8) as tmp:
+            quantize_dynamic(str(args.output), str(tmp), weight_type=QuantType.QInt8)
+        print(f"{int8}: int8 dynamic quantization (weights int8, activations quantized per call)")
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(get_args_parser().parse_args()))

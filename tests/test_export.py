@@ -1,0 +1,79 @@
+"""ONNX export, its check against PyTorch, and the onnxruntime inference backend."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+import export
+import infer_image
+from utils import UserError
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory, checkpoint):
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export.main(export.get_args_parser().parse_args(
+        ["--model", str(checkpoint), "--output", str(out), "--int8"]))  # fmt: skip
+    return out, out.with_suffix(".int8.onnx")
+
+
+def masks(folder) -> dict:
+    return {p.name: np.array(Image.open(p)) for p in folder.glob("*_mask.png")}
+
+
+def test_export_writes_a_checked_self_describing_graph(onnx_files, capsys):
+    fp32, int8 = onnx_files
+    proto = onnx.load(str(fp32))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"])["ALL_CLASSES"] == ["background", "person"]
+    assert json.loads(meta["imgsz"]) == [90, 66]
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert int8.is_file() and int8.stat().st_size < fp32.stat().st_size / 2
+    assert oct(fp32.stat().st_mode & 0o777) == "0o644"
+
+
+def test_export_fails_above_the_tolerance(tmp_path, checkpoint):
+    with pytest.raises(UserError, match=r"differs from PyTorch by .* above --tolerance 0"):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx"),
+             "--tolerance", "0"]))  # fmt: skip
+
+
+def test_onnxruntime_masks_agree_with_pytorch(tmp_path, onnx_files, checkpoint, tiny_data):
+    def run(out, *extra):
+        argv = ["--input", str(tiny_data / "valid_images"), "--out-dir", str(out), *extra]
+        infer_image.main(infer_image.get_args_parser().parse_args(argv))
+        return masks(out)
+
+    torch_masks = run(tmp_path / "torch", "--model", str(checkpoint))
+    for model, least in ((onnx_files[0], 0.995), (onnx_files[1], 0.99)):
+        ort_masks = run(tmp_path / model.stem, "--model", str(model), "--backend", "onnxruntime")
+        assert ort_masks.keys() == torch_masks.keys()
+        agree = sum((ort_masks[k] == torch_masks[k]).sum() for k in ort_masks)
+        total = sum(m.size for m in ort_masks.values())
+        assert agree / total >= least, (model.name, agree / total)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tta"], "--tta do not apply to --backend onnxruntime"),
+        (["--amp", "bf16", "--device", "cpu"], "--amp do not apply"),
+    ],
+)
+def test_onnxruntime_refuses_torch_only_flags(tmp_path, onnx_files, tiny_data, extra, message):
+    with pytest.raises(UserError, match=message):
+        infer_image.main(infer_image.get_args_parser().parse_args(
+            ["--input", str(tiny_data / "valid_images"), "--model", str(onnx_files[0]),
+             "--backend", "onnxruntime", "--out-dir", str(tmp_path), *extra]))  # fmt: skip
+
+
+def test_onnxruntime_refuses_a_checkpoint_file(tmp_path, checkpoint, tiny_data):
+    with pytest.raises(UserError, match="is not an ONNX model ONNX Runtime can load"):
+        infer_image.main(infer_image.get_args_parser().parse_args(
+            ["--input", str(tiny_data / "valid_images"), "--model", str(checkpoint),
+             "--backend", "onnxruntime", "--out-dir", str(tmp_path)]))  # fmt: skip
