@@ -3,8 +3,9 @@
     python export.py --model outputs/best_model_iou.pth --output model.onnx
     python export.py --model outputs/best_model_iou.pth --output model.onnx --imgsz 518 518 --int8
 
-The graph takes "images", (B, 3, H, W) uint8 RGB at the exported size (the batch is dynamic),
-and returns "logits", (B, K, H/14, W/14) on the patch grid (sizes rounded to multiples of 14):
+The graph takes "images", (B, 3, H, W) uint8 RGB at the exported size (the batch is dynamic;
+with --dynamic, H and W may be any multiples of 14), and returns "logits", (B, K, H/14, W/14)
+on the patch grid (sizes rounded to multiples of 14):
 resize them bilinearly to the image's size and take the argmax over K for class ids. The
 classes, colours and size are stored in the model's metadata. After exporting, ONNX Runtime is
 run against PyTorch on a random input and the largest absolute difference is printed; above
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from config import backbone_flags
-from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size
+from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size, patch_aligned
 from utils import UserError, atomic_path, run_script
 
 log = logging.getLogger("dinoseg")
@@ -48,23 +49,31 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="input size (default: the checkpoint's)")  # fmt: skip
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest allowed |ONNX Runtime - PyTorch| logit")  # fmt: skip
+    parser.add_argument("--dynamic", action="store_true",
+                        help="let H and W vary (multiples of 14), not only the batch")  # fmt: skip
     parser.add_argument("--int8", action="store_true",
                         help="also write NAME.int8.onnx, int8 dynamic quantization")  # fmt: skip
     return parser
 
 
-def export(model: Segmentor, ckpt: dict, imgsz, path: Path) -> None:
-    """Write the ONNX graph atomically, with the checkpoint's classes and size as metadata."""
+def export(model: Segmentor, ckpt: dict, imgsz, path: Path, dynamic: bool = False) -> None:
+    """Write the ONNX graph atomically, with the checkpoint's classes and size as metadata.
+
+    With ``dynamic``, H and W are symbolic multiples of 14 and ``imgsz`` must be such sizes.
+    """
     import onnx
 
     w, h = imgsz
     example = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    dim = torch.export.Dim
+    shapes = {0: dim("batch", min=1, max=1024)}
+    if dynamic:
+        shapes.update({2: 14 * dim("h", min=1, max=512), 3: 14 * dim("w", min=1, max=512)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(
             OnnxGraph(model).eval(), (example,), input_names=["images"], output_names=["logits"],
-            dynamic_shapes={"images": {0: batch}}, dynamo=True, verbose=False,
+            dynamic_shapes={"images": shapes}, dynamo=True, verbose=False,
         )  # fmt: skip
     proto = program.model_proto
     meta = {"classes": json.dumps(ckpt["classes"]), "imgsz": json.dumps(list(imgsz)),
@@ -100,15 +109,19 @@ def main(args: argparse.Namespace) -> None:
     if args.backbone is not None and args.backbone != ckpt["backbone"]:
         raise UserError(f"{args.model} holds a {ckpt['backbone']} model, not {args.backbone}")
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
+    if args.dynamic:  # the graph then takes multiples of 14: store the aligned size
+        imgsz = (patch_aligned(imgsz[0]), patch_aligned(imgsz[1]))
     log_input_size(imgsz)
     try:
-        export(model, ckpt, imgsz, args.output)
+        export(model, ckpt, imgsz, args.output, args.dynamic)
     except Exception as err:  # the exporter raises many types for graphs it cannot convert
         raise UserError(
             f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}); try "
             "--backbone-source timm, whose model exports cleanly"
         ) from err
     check(model, args.output, imgsz, args.tolerance)
+    if args.dynamic:
+        check(model, args.output, (imgsz[0] + 28, imgsz[1] + 14), args.tolerance)
     if args.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

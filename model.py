@@ -34,8 +34,11 @@ CHECKPOINT_FORMAT = "dinov2-segmentation/1"
 
 
 def patch_aligned(size: int) -> int:
-    """The multiple of the patch size nearest to ``size`` (at least one patch)."""
-    return max(PATCH_SIZE, round(size / PATCH_SIZE) * PATCH_SIZE)
+    """The multiple of the patch size nearest to ``size`` (halves round up; at least one patch).
+
+    Integer arithmetic only, so an exported graph can keep the size symbolic.
+    """
+    return max(PATCH_SIZE, (size + PATCH_SIZE // 2) // PATCH_SIZE * PATCH_SIZE)
 
 
 def log_input_size(imgsz: tuple[int, int]) -> None:

@@ -77,3 +77,14 @@ def test_onnxruntime_refuses_a_checkpoint_file(tmp_path, checkpoint, tiny_data):
         infer_image.main(infer_image.get_args_parser().parse_args(
             ["--input", str(tiny_data / "valid_images"), "--model", str(checkpoint),
              "--backend", "onnxruntime", "--out-dir", str(tmp_path)]))  # fmt: skip
+
+
+def test_dynamic_export_takes_other_sizes(tmp_path, checkpoint):
+    out = tmp_path / "dynamic.onnx"
+    export.main(export.get_args_parser().parse_args(
+        ["--model", str(checkpoint), "--output", str(out), "--dynamic"]))  # fmt: skip
+    proto = onnx.load(str(out))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # B, 3, H, W
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["imgsz"]) == [84, 70]  # 90x66 aligned to multiples of 14

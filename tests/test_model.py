@@ -20,7 +20,8 @@ def with_layers(vit, layers: int = 4) -> DinoBackbone:
 
 
 def test_patch_aligned_rounds_to_the_nearest_multiple_of_14():
-    assert [patch_aligned(s) for s in (640, 644, 100, 518, 7, 20)] == [644, 644, 98, 518, 14, 14]
+    sizes = (640, 644, 100, 518, 7, 20, 35)
+    assert [patch_aligned(s) for s in sizes] == [644, 644, 98, 518, 14, 14, 42]  # 35: half up
 
 
 @pytest.mark.parametrize("layers", [1, 4])
