@@ -391,9 +391,8 @@ def download_penn_fudan(data_dir: Path) -> None:
         except (URLError, OSError) as err:
             raise UserError(
                 f"could not download Penn-Fudan from {PENN_FUDAN_URL} ({err}). Offline: download "
-                f'the zip elsewhere and run  python -c "import datasets; '
-                f"datasets.convert_penn_fudan('PennFudanPed.zip', '{data_dir}')\"  or pass "
-                "--data DIR with your own dataset"
+                "the zip elsewhere and run  python prepare_data.py pennfudan --zip "
+                f"PennFudanPed.zip --out {data_dir}  or pass --data DIR with your own dataset"
             ) from err
         convert_penn_fudan(zip_path, data_dir)
 
