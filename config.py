@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from utils import UserError
+from utils import UserError, check_gui
 
 PATCH_SIZE = 14
 IGNORE_INDEX = 255
@@ -254,6 +254,18 @@ def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
     )
     group.add_argument("--show", action="store_true", help="show results in a window")
     return parser
+
+
+def check_inference_args(args: argparse.Namespace) -> None:
+    """Checks shared by both inference scripts."""
+    if not 0 <= args.alpha <= 1:
+        raise UserError(f"--alpha must be between 0 and 1, not {args.alpha}")
+    if args.batch < 1:
+        raise UserError("--batch must be at least 1")
+    if args.imgsz is not None and min(args.imgsz) < 14:
+        raise UserError("--imgsz must be at least 14 14 (one patch)")
+    if args.show:
+        check_gui()
 
 
 def read_yaml(path: Path) -> dict:

@@ -20,17 +20,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from config import DEFAULT_OUT_DIR, IMAGE_EXTENSIONS, inference_flags, runtime_flags
+from config import (
+    DEFAULT_OUT_DIR,
+    IMAGE_EXTENSIONS,
+    check_inference_args,
+    inference_flags,
+    runtime_flags,
+)
 from datasets import DataError, read_image
 from engine import Predictor, predictor_from_args
 from utils import (
     OrderedWriter,
     UserError,
     atomic_path,
-    check_gui,
     pick_device,
     prefetch,
     run_script,
+    show,
 )
 
 
@@ -41,18 +47,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--input", required=True, help="an image file, a folder, or a glob")
     return parser
-
-
-def check_inference_args(args: argparse.Namespace) -> None:
-    """Checks shared by both inference scripts."""
-    if not 0 <= args.alpha <= 1:
-        raise UserError(f"--alpha must be between 0 and 1, not {args.alpha}")
-    if args.batch < 1:
-        raise UserError("--batch must be at least 1")
-    if args.imgsz is not None and min(args.imgsz) < 14:
-        raise UserError("--imgsz must be at least 14 14 (one patch)")
-    if args.show:
-        check_gui()
 
 
 def find_images(spec: str) -> list[Path]:
@@ -94,14 +88,6 @@ def save_result(out_dir: Path, path: Path, image, mask, predictor: Predictor, al
         Image.fromarray(predictor.overlay(image, mask, alpha)).save(tmp, format="JPEG", quality=92)
 
 
-def show(title: str, image, mask, predictor: Predictor, alpha: float, wait_ms: int) -> bool:
-    """Show an overlay; False when the user pressed q or Esc."""
-    import cv2
-
-    cv2.imshow(title, cv2.cvtColor(predictor.overlay(image, mask, alpha), cv2.COLOR_RGB2BGR))
-    return cv2.waitKey(wait_ms) & 0xFF not in (ord("q"), 27)
-
-
 def main(args: argparse.Namespace) -> None:
     check_inference_args(args)
     device = pick_device(args.device)
@@ -117,8 +103,9 @@ def main(args: argparse.Namespace) -> None:
         masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
         for path, image, mask in zip(ok, images, masks, strict=True):
             writer.submit(save_result, args.out_dir, path, image, mask, predictor, args.alpha)
-            if args.show and not show("infer_image", image, mask, predictor, args.alpha, 0):
-                args.show = False
+            if args.show:
+                overlay = predictor.overlay(image, mask, args.alpha)
+                args.show = show("infer_image", overlay, 0)  # q or Esc stops showing
         done += len(images)
     writer.finish()
     elapsed = time.perf_counter() - start

@@ -23,10 +23,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from config import DEFAULT_OUT_DIR, inference_flags, runtime_flags
+from config import DEFAULT_OUT_DIR, check_inference_args, inference_flags, runtime_flags
 from engine import Predictor, predictor_from_args
-from infer_image import check_inference_args, show
-from utils import OrderedWriter, UserError, pick_device, prefetch, run_script
+from utils import OrderedWriter, UserError, pick_device, prefetch, run_script, show
 
 log = logging.getLogger("dinoseg")
 
@@ -124,9 +123,10 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                 writer.submit(encode, frames, masks)
                 done += len(frames)
                 bar.update(len(frames))
-                if args.show and not show(source.name, frames[-1], masks[-1], predictor,
-                                          args.alpha, 1):  # fmt: skip
-                    break
+                if args.show:
+                    overlay = predictor.overlay(frames[-1], masks[-1], args.alpha)
+                    if not show(source.name, overlay, 1):
+                        break
         except KeyboardInterrupt:
             if not source.camera:
                 raise

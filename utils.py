@@ -336,3 +336,11 @@ def check_gui() -> None:
             "--show needs an OpenCV build with windows (pip install opencv-python instead of "
             "opencv-python-headless) and a display; run without --show"
         ) from err
+
+
+def show(title: str, overlay: np.ndarray, wait_ms: int) -> bool:
+    """Show an (H, W, 3) RGB overlay for --show; False when the user pressed q or Esc."""
+    import cv2
+
+    cv2.imshow(title, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    return cv2.waitKey(wait_ms) & 0xFF not in (ord("q"), 27)
