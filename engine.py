@@ -15,7 +15,7 @@ from tqdm import tqdm
 from config import IGNORE_INDEX, PATCH_SIZE, ClassConfig, tta_setting
 from datasets import Pair, read_image, resize_image
 from metrics import ConfusionMatrix
-from model import OnnxSegmentor, Segmentor, load_checkpoint, log_input_size
+from model import OnnxSegmentor, Segmentor, check_backbone, load_checkpoint, log_input_size
 from utils import (
     UserError,
     all_reduce_sum,
@@ -256,12 +256,7 @@ class Predictor:
                 backbone is refused.
         """
         device = torch.device(device)
-        model, ckpt = load_checkpoint(path, device, backbone_source, hub_dir)
-        if backbone is not None and backbone != ckpt["backbone"]:
-            raise UserError(
-                f"{path} holds a {ckpt['backbone']} model, not the requested --backbone "
-                f"{backbone}; drop --backbone or pick the matching checkpoint"
-            )
+        model, ckpt = load_checkpoint(path, device, backbone_source, hub_dir, backbone)
         imgsz = tuple(imgsz or ckpt["imgsz"])
         log_input_size(imgsz)
         classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
@@ -445,7 +440,6 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
         raise UserError(f"{', '.join(unsupported)} do not apply to --backend onnxruntime: the "
                         "precision and size were fixed by export.py")  # fmt: skip
     network = OnnxSegmentor.load(args.model, device)
-    if args.backbone is not None and args.backbone != network.backbone:
-        raise UserError(f"{args.model} holds a {network.backbone} model, not {args.backbone}")
+    check_backbone(args.model, network.backbone, args.backbone)
     log_input_size(network.imgsz)
     return Predictor(network, network.classes, network.imgsz)

@@ -105,9 +105,8 @@ def check(model: Segmentor, path: Path, imgsz, tolerance: float) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
-    model, ckpt = load_checkpoint(args.model, "cpu", args.backbone_source, args.hub_dir)
-    if args.backbone is not None and args.backbone != ckpt["backbone"]:
-        raise UserError(f"{args.model} holds a {ckpt['backbone']} model, not {args.backbone}")
+    model, ckpt = load_checkpoint(args.model, "cpu", args.backbone_source, args.hub_dir,
+                                  args.backbone)  # fmt: skip
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     if args.dynamic:  # the graph then takes multiples of 14: store the aligned size
         imgsz = (patch_aligned(imgsz[0]), patch_aligned(imgsz[1]))

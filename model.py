@@ -381,11 +381,21 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def check_backbone(path: Path, holds: str, requested: str | None) -> None:
+    """Refuse a model file whose backbone is not the one asked for with --backbone."""
+    if requested is not None and requested != holds:
+        raise UserError(
+            f"{path} holds a {holds} model, not the requested --backbone {requested}; "
+            "drop --backbone or pick the matching file"
+        )
+
+
 def load_checkpoint(
     path: Path,
     device: torch.device | str = "cpu",
     backbone_source: str | None = None,
     hub_dir: Path | None = None,
+    backbone: str | None = None,
 ) -> tuple[Segmentor, dict]:
     """Rebuild a Segmentor from a checkpoint: the one loader every script uses.
 
@@ -395,17 +405,19 @@ def load_checkpoint(
         backbone_source: rebuild the backbone through "hub" or "timm" instead of the source it was
             trained with; the weights are the checkpoint's either way.
         hub_dir: a local clone of the official repository, for source "hub".
+        backbone: if given, the backbone the caller expects; a checkpoint of another is refused.
 
     Returns:
         (model in eval mode, the checkpoint dict)
     """
     ckpt = read_checkpoint(path)
+    check_backbone(path, ckpt["backbone"], backbone)
     classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     source = backbone_source or ckpt["backbone_source"]
-    backbone = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"])
-    model = Segmentor(backbone, classes.num_classes, fine_tune=ckpt["fine_tune"])
+    vit = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"])
+    model = Segmentor(vit, classes.num_classes, fine_tune=ckpt["fine_tune"])
     try:
-        backbone.load_official_state_dict(ckpt["model"]["backbone"])
+        vit.load_official_state_dict(ckpt["model"]["backbone"])
         model.head.load_state_dict(ckpt["model"]["head"])
     except RuntimeError as err:
         raise UserError(
@@ -492,7 +504,7 @@ def main(args: argparse.Namespace) -> None:
     images = torch.zeros(1, 3, h, w)
     log_input_size((w, h))
     with torch.no_grad():
-        blocks = backbone(F.interpolate(images, size=(patch_aligned(h), patch_aligned(w))))
+        blocks = model.features(images).split(backbone.embed_dim, dim=1)
         head_logits = model.patch_logits(images)
         logits = model(images)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
