@@ -13,7 +13,7 @@ import torch
 import train
 from config import DEFAULT_CLASSES, parse_args
 from conftest import FAKE_HUB, ROOT, official_layout
-from model import Segmentor, load_backbone, save_checkpoint
+from model import FusedAttention, Segmentor, load_backbone, save_checkpoint
 from utils import UserError
 
 
@@ -58,6 +58,23 @@ def test_hub_source_uses_a_prefilled_torch_home_offline(torch_home, monkeypatch,
     timm = load_backbone("dinov2_vits14", "timm", "pretrained")  # reads the same cache file
     assert type(hub.vit).__module__.startswith("hubconf")  # really loaded via torch.hub
     for a, b in zip(features(hub, 518, 518), features(timm, 518, 518), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_hub_attention_runs_fused_with_the_official_results(weights_file):
+    """The official layers materialize every (N, N) score matrix; ours must not, yet agree."""
+    fused = load_backbone("dinov2_vits14", "hub", str(weights_file), hub_dir=FAKE_HUB)
+    attention = {type(block.attn) for block in fused.vit.blocks}
+    assert attention == {FusedAttention}
+    official = torch.hub.load(str(FAKE_HUB), "dinov2_vits14", source="local", pretrained=False)
+    official.load_state_dict(torch.load(weights_file, weights_only=True), strict=True)
+    assert type(official.blocks[0].attn).__name__ == "MemEffAttention"
+    assert fused.official_state_dict().keys() == official.state_dict().keys()
+    x = torch.randn(2, 3, 98, 126, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = official.get_intermediate_layers(x, n=list(fused.blocks), reshape=True, norm=True)
+        got = fused(x)
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import train
 from config import parse_args
-from conftest import ROOT
+from conftest import FAKE_HUB, ROOT
 from datasets import ShardSampler
 from synthetic import make_dataset
 from utils import read_csv
@@ -51,3 +51,17 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
     assert single["images"] == 5
     assert rows[-1]["valid_miou"] == pytest.approx(single["miou"], abs=1e-9)
     assert rows[-1]["valid_acc"] == pytest.approx(single["pixel_accuracy"], abs=1e-9)
+
+
+def test_torchrun_fine_tunes_the_official_hub_model(tmp_path, weights_file):
+    """Every trainable parameter must get a gradient under DDP: the official model's mask_token
+    never does, so it has to stay frozen."""
+    data = make_dataset(tmp_path / "data", n_train=4, n_valid=2, seed=3)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--data", str(data), "--out-dir", str(tmp_path / "out"),
+           "--backbone-source", "hub", "--hub-dir", str(FAKE_HUB), "--weights", str(weights_file),
+           "--fine-tune", "--imgsz", "56", "56", "--epochs", "1", "--batch", "1", "--workers", "0",
+           "--num-vis", "0"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Best valid mIoU") == 1

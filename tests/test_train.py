@@ -171,3 +171,52 @@ def test_user_errors_exit_2_without_traceback(argv, message, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_fine_tuning_follows_fp32(dtype, weights_file):
+    """The autocast (+ GradScaler for fp16) step makes the same updates as fp32, within rounding.
+
+    CUDA runs the same code. Plain SGD, unlike Adam, is not invariant to the gradients' scale,
+    so a gradient left scaled by the GradScaler, or a skipped step, would show.
+    """
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 128, (2, 3, 56, 70), dtype=torch.uint8, generator=g)
+    masks = torch.zeros(2, 56, 70, dtype=torch.int64)
+    images[:, :, 10:40, 20:50] += 100
+    masks[:, 10:40, 20:50] = 1
+    loader = [(images, masks, None)] * 3
+    watched = ("head.classifier.weight", "backbone.vit.blocks.11.attn.qkv.weight")
+    runs = {}
+    for amp in (None, dtype):
+        torch.manual_seed(0)
+        backbone = load_backbone("dinov2_vits14", "timm", str(weights_file), layers=2)
+        model = Segmentor(backbone, 2, fine_tune=True)
+        start = {name: p.detach().clone() for name, p in model.named_parameters()}
+        optimizer = torch.optim.SGD(model.param_groups(0.1, 0.01))
+        scaler = torch.amp.GradScaler("cpu", enabled=amp == torch.float16)
+        stats = train.train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2, amp, scaler)
+        updates = {n: p.detach() - start[n] for n, p in model.named_parameters() if n in watched}
+        runs[amp] = (stats["loss"], updates, scaler.get_scale() if scaler.is_enabled() else None)
+    (loss32, updates32, _), (loss, updates, scale) = runs[None], runs[dtype]
+    assert loss == pytest.approx(loss32, rel=0.02)
+    for name in watched:
+        assert updates32[name].norm() > 1e-5 * start[name].norm()  # both parts trained
+        error = (updates[name] - updates32[name]).norm() / updates32[name].norm()
+        assert error < 0.1, (name, error.item())
+    if dtype == torch.float16:
+        assert scale == 2.0**16  # the scaler scaled every step and none overflowed
+
+
+def test_training_benchmark_reports_every_setup_and_precision():
+    cmd = [sys.executable, "benchmarks/bench_train.py", "--imgsz", "56", "56", "--batch", "2",
+           "--steps", "1", "--warmup", "1", "--workers", "0", "--data-images", "4",
+           "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = [line.split() for line in lines if line.startswith(("frozen", "fine-tune"))]
+    assert [row[:2] for row in rows] == [["frozen", "off"], ["frozen", "bf16"],
+                                         ["fine-tune", "off"], ["fine-tune", "bf16"]]  # fmt: skip
+    assert all(float(row[2]) > 0 for row in rows)  # images per second
+    assert "data pipeline:" in proc.stdout

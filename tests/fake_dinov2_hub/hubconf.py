@@ -9,7 +9,8 @@ It reproduces, in plain PyTorch, the hub entry points ``dinov2_vit{s,b,l,g}14`` 
 (so a pre-filled ``$TORCH_HOME/hub/checkpoints/`` is used without network), the token
 layout ``[cls, registers..., patches]``, the positional-embedding interpolation (per-variant
 offset/antialias settings) and ``get_intermediate_layers``. Training-only features
-(drop path, xFormers, nested tensors, block chunking) are left out.
+(drop path, xFormers, nested tensors, block chunking) are left out; attention runs the
+official fallback math without xFormers.
 """
 
 import math
@@ -31,19 +32,32 @@ def _layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6)
 
 
-class _Attention(nn.Module):
+class Attention(nn.Module):
+    """Attention as the official code runs it without xFormers: the full score matrix, then
+    softmax. The names (and those of MemEffAttention) are what model.py recognizes."""
+
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3)
+        self.attn_drop = nn.Dropout(0.0)
         self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N, D)."""
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        scores = (qkv[0] * self.scale) @ qkv[1].transpose(-2, -1)  # (B, heads, N, N)
+        out = self.attn_drop(scores.softmax(dim=-1)) @ qkv[2]
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
+
+
+class MemEffAttention(Attention):
+    def forward(self, x: torch.Tensor, attn_bias=None) -> torch.Tensor:
+        assert attn_bias is None, "nested tensors need xFormers"
+        return super().forward(x)
 
 
 class _Mlp(nn.Module):
@@ -81,7 +95,7 @@ class _Block(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = _layer_norm(dim), _layer_norm(dim)
         self.ls1, self.ls2 = _LayerScale(dim), _LayerScale(dim)
-        self.attn = _Attention(dim, num_heads)
+        self.attn = MemEffAttention(dim, num_heads)
         self.mlp = (_SwiGLU if swiglu else _Mlp)(dim, 4 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,191 @@
+"""Training speed and memory: images per second and peak memory per setup and precision.
+
+    python benchmarks/bench_train.py                                  # this device, 640x640
+    python benchmarks/bench_train.py --device cuda --batch 32 --steps 30
+    python benchmarks/bench_train.py --setups frozen --amp off bf16   # a subset
+
+For each setup (frozen backbone, --fine-tune) and precision (--amp off, bf16, fp16 as the device
+supports them) it runs train.py's training step (engine.train_one_epoch with AdamW, and a
+GradScaler for fp16) on one generated batch that stays on the device, and prints:
+- images per second over --steps steps after --warmup steps, timed with the device synchronized;
+- peak memory (CUDA: allocated by PyTorch; CPU: resident), each run in a process of its own;
+- the loss: every run starts from the same weights and sees the same batch, so a precision that
+  trains wrongly shows up as a loss far from fp32's. "final loss" is measured afterwards in
+  fp32, on the weights that run trained.
+
+It also times the data pipeline alone (train.py's augmented loader over generated images with
+--workers), to show whether the device would wait for data. Official-layout random weights:
+speed does not depend on the values.
+"""
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import torch
+import torch.nn.functional as F
+
+from config import BACKBONES, DEFAULT_CLASSES, IGNORE_INDEX
+from datasets import SegmentationDataset, find_pairs
+from engine import synchronize, train_one_epoch
+from model import Segmentor, load_backbone
+from synthetic import make_dataset
+from train import make_loader
+from utils import amp_dtype, peak_memory_mb, pick_device, run_script
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--imgsz", type=int, nargs=2, default=(640, 640), metavar=("W", "H"))
+    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    parser.add_argument("--backbone", choices=list(BACKBONES), default="dinov2_vits14")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
+    parser.add_argument("--backbone-lr", type=float, default=1e-5)
+    parser.add_argument(
+        "--setups", nargs="+", choices=["frozen", "fine-tune"], default=["frozen", "fine-tune"]
+    )
+    parser.add_argument(
+        "--amp", nargs="+", choices=["off", "bf16", "fp16"], default=None,
+        help="precisions to run (default: every one the device supports)",
+    )  # fmt: skip
+    parser.add_argument("--workers", type=int, default=4, help="data loader processes")
+    parser.add_argument(
+        "--data-images", type=int, default=32, help="generated images for the data pipeline"
+    )
+    return parser
+
+
+def supported_amp(device: torch.device) -> list[str]:
+    modes = ["off"]
+    for amp in ("bf16", "fp16"):
+        try:
+            amp_dtype(amp, device)
+        except Exception:  # UserError: this device has no such precision
+            continue
+        modes.append(amp)
+    return modes
+
+
+def make_batch(batch: int, imgsz, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable batch: noise with one bright rectangle per image, the rectangle is class 1.
+
+    Returns (B, 3, H, W) uint8 images and (B, H, W) int64 masks, on ``device``.
+    """
+    w, h = imgsz
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 128, (batch, 3, h, w), dtype=torch.uint8, generator=g)
+    masks = torch.zeros(batch, h, w, dtype=torch.int64)
+    for i in range(batch):
+        y0, x0 = (int(torch.randint(0, s // 2, (1,), generator=g)) for s in (h, w))
+        y1, x1 = y0 + h // 3, x0 + w // 4
+        images[i, :, y0:y1, x0:x1] += 100
+        masks[i, y0:y1, x0:x1] = 1
+    return images.to(device), masks.to(device)
+
+
+def train_run(args, setup: str, amp: str) -> dict:
+    """Train the start weights for warmup + steps steps; time the last ``steps``.
+
+    Runs in a process of its own, so that peak memory is this run's alone.
+    """
+    device = pick_device(args.device)
+    torch.manual_seed(0)  # the same start weights in every run
+    backbone = load_backbone(args.backbone, "timm", None)
+    model = Segmentor(backbone, DEFAULT_CLASSES.num_classes, fine_tune=setup == "fine-tune")
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.backbone_lr))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    dtype = amp_dtype(amp, device)
+    images, masks = make_batch(args.batch, args.imgsz, device)
+    classes = DEFAULT_CLASSES.num_classes
+
+    def steps(n: int, desc: str) -> dict:
+        loader = [(images, masks, None)] * n
+        return train_one_epoch(model, loader, optimizer, device, classes, dtype, scaler, desc)
+
+    steps(args.warmup, "warm-up")
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    timed = steps(args.steps, f"{setup} {amp}")
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        logits = model(images, size=masks.shape[-2:])
+        final = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX).item()
+    return {
+        "images_per_s": args.steps * images.shape[0] / seconds,
+        "peak_mb": peak_memory_mb(device),
+        "train_loss": timed["loss"],
+        "final_loss": final,
+        "scale": scaler.get_scale() if scaler.is_enabled() else None,
+    }
+
+
+def data_rate(args, folder: Path) -> float:
+    """Images per second from train.py's augmented training loader over generated files."""
+    sizes = ((559, 536), (455, 414), (380, 311))  # like Penn-Fudan's photos
+    make_dataset(folder, args.data_images, 0, sizes=sizes, seed=3)
+    pairs, _ = find_pairs(folder / "train_images", folder / "train_masks")
+    dataset = SegmentationDataset(pairs, DEFAULT_CLASSES, tuple(args.imgsz), train=True)
+    opts = argparse.Namespace(batch=args.batch, workers=args.workers, cache_features="off", seed=0)
+    loader = make_loader(dataset, opts, torch.device("cpu"), True)
+    for _ in loader:  # the first pass also starts the workers
+        pass
+    start, count = time.perf_counter(), 0
+    for images, _, _ in loader:
+        count += len(images)
+    return count / (time.perf_counter() - start)
+
+
+def main(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    modes = args.amp or supported_amp(device)
+    for amp in modes:
+        amp_dtype(amp, device)  # refuse an unsupported precision before any run
+    w, h = args.imgsz
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    print(f"device {name} ({torch.get_num_threads()} CPU threads), {args.backbone}, {w}x{h}, "
+          f"batch {args.batch}, {args.steps} timed steps after {args.warmup}")  # fmt: skip
+    rows = []
+    spawn = multiprocessing.get_context("spawn")
+    for setup in args.setups:
+        for amp in modes:
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                rows.append((setup, amp, pool.submit(train_run, args, setup, amp).result()))
+
+    print()
+    print(f"{'setup':10s}{'amp':>6s}{'images/s':>10s}{'peak MB':>10s}{'train loss':>12s}"
+          f"{'final loss':>12s}{'vs fp32':>9s}")  # fmt: skip
+    for setup, amp, r in rows:
+        ref = next((x for s, a, x in rows if s == setup and a == "off"), None)
+        compared = ref is not None and amp != "off"
+        rel = f"{r['final_loss'] / ref['final_loss'] - 1:+8.1%}" if compared else f"{'-':>8s}"
+        scale = f"  (GradScaler scale {r['scale']:g})" if r["scale"] is not None else ""
+        print(f"{setup:10s}{amp:>6s}{r['images_per_s']:10.2f}{r['peak_mb']:10.0f}"
+              f"{r['train_loss']:12.4f}{r['final_loss']:12.4f} {rel}{scale}")  # fmt: skip
+    kind = "allocated by PyTorch on the GPU" if device.type == "cuda" else "resident memory"
+    print(f"peak MB: {kind}, each run in a process of its own")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rate = data_rate(args, Path(tmp))
+    print()
+    print(f"data pipeline: {rate:.1f} images/s from the augmented loader with {args.workers} "
+          f"workers ({args.data_images} generated images of 380-559 px, half JPEG, half "
+          "PNG)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(get_args_parser().parse_args()))
