@@ -117,6 +117,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         bar = tqdm(total=source.frames, unit="frame", desc=source.name, dynamic_ncols=True)
         start = time.perf_counter()
         batches = prefetch(read_batches(source, predictor, args.batch))
+        stopped = None  # why the user ended the stream early
         try:
             for frames, resized in batches:
                 masks = predictor.predict_resized(resized, [f.shape[:2] for f in frames])
@@ -126,10 +127,12 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                 if args.show:
                     overlay = predictor.overlay(frames[-1], masks[-1], args.alpha)
                     if not show(source.name, overlay, 1):
+                        stopped = "q or Esc"
                         break
         except KeyboardInterrupt:
             if not source.camera:
                 raise
+            stopped = "Ctrl-C"
         finally:
             batches.close()  # joins the decoding thread before the capture is released
             bar.close()
@@ -139,8 +142,15 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                 video.release()
                 source.capture.release()
         seconds = time.perf_counter() - start
+        if done == 0 and stopped == "Ctrl-C":
+            raise KeyboardInterrupt  # nothing to keep: stop as any interrupted run does
         if done == 0:
             raise UserError(f"--input {args.input} has no frames OpenCV can decode")
+        if stopped is not None:
+            of = f" of {source.frames}" if source.frames else ""
+            log.warning(
+                "stopped by %s: %s holds the first %d%s frames", stopped, out_path, done, of
+            )
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)

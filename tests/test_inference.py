@@ -1,6 +1,8 @@
+import _thread
 import json
 import subprocess
 import sys
+import time
 from argparse import Namespace
 
 import cv2
@@ -192,6 +194,66 @@ def test_video_script_errors_exit_nonzero_without_traceback(tmp_path, checkpoint
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+class FakeCamera:
+    """cv2.VideoCapture of a camera: endless 96x72 frames, no frame count, no stated rate.
+
+    After ``interrupt_after`` frames it interrupts the main thread, as Ctrl-C would.
+    """
+
+    def __init__(self, index, interrupt_after=12):
+        assert index == 0
+        self.frames, self.interrupt_after = 0, interrupt_after
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FRAME_WIDTH: 96, cv2.CAP_PROP_FRAME_HEIGHT: 72}.get(prop, 0.0)
+
+    def read(self):
+        self.frames += 1
+        if self.frames == self.interrupt_after:
+            _thread.interrupt_main()
+        time.sleep(0.01)  # a camera delivers frames at its own pace
+        return True, np.full((72, 96, 3), self.frames % 256, np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_camera_stream_ends_with_ctrl_c_and_keeps_the_video(tmp_path, checkpoint, caplog):
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video.cv2, "VideoCapture", FakeCamera)
+        infer_video.main(video_args(input=0, model=checkpoint, out_dir=out, batch=1))
+    assert sorted(p.name for p in out.iterdir()) == ["camera0.mp4"]
+    result = cv2.VideoCapture(str(out / "camera0.mp4"))
+    written = int(result.get(cv2.CAP_PROP_FRAME_COUNT))
+    assert written >= 7  # of 12 read: the decoder runs at most a few frames ahead
+    assert result.get(cv2.CAP_PROP_FPS) == pytest.approx(30)  # the camera stated none
+    assert (
+        f"stopped by Ctrl-C: {out / 'camera0.mp4'} holds the first {written} frames" in caplog.text
+    )
+
+
+def test_show_stops_on_q_and_keeps_the_frames_so_far(tmp_path, checkpoint, caplog):
+    clip = write_clip(tmp_path / "clip.mp4")
+    shown = []
+
+    def fake_show(title, overlay, wait_ms):
+        shown.append(overlay.shape)
+        return len(shown) < 3  # "q" on the third frame
+
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video, "check_inference_args", lambda args: None)  # no GUI here
+        mp.setattr(infer_video, "show", fake_show)
+        infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, show=True, batch=1))
+    assert shown == [(72, 96, 3)] * 3
+    assert int(cv2.VideoCapture(str(out / "clip.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert "stopped by q or Esc" in caplog.text and "the first 3 of 13 frames" in caplog.text
 
 
 def test_show_without_a_gui_build_is_a_clear_error(tmp_path, checkpoint):
