@@ -11,7 +11,8 @@ Prints, for the same size and device, in one run:
 - the FLOP floor: FLOPs per frame / the best matrix-multiply rate measured here, in the dtype
   the model runs in;
 - the same figures for a naive baseline (frame by frame, eager, fp32, decode -> infer ->
-  encode in sequence), and the ratios.
+  encode in sequence), and the ratios;
+- the pipeline's rate without the model (decode, resize, draw, encode): the end-to-end ceiling.
 
 Without --model the network has official-layout random weights: speed does not depend on the
 values.
@@ -166,6 +167,22 @@ def naive_video(path: Path, out: Path, predictor: Predictor) -> float:
     return frames / elapsed
 
 
+class NoModel(Predictor):
+    """The fast pipeline with the network replaced by empty masks: the decode, resize, draw and
+    encode rate alone, which bounds any end-to-end FPS on this machine."""
+
+    def predict_resized(self, batch: np.ndarray, sizes) -> list:
+        return [np.zeros(size, np.uint8) for size in sizes]
+
+
+def io_ceiling(video: Path, out: Path, model: Segmentor, imgsz, batch: int) -> float:
+    """End-to-end FPS of infer_video.py's pipeline without the model."""
+    null = NoModel(model, DEFAULT_CLASSES, imgsz)
+    null.model_seconds, null.model_frames = 1.0, 0  # no model time to report
+    opts = argparse.Namespace(batch=batch, alpha=0.5, show=False, input=str(video))
+    return segment_video(open_video(str(video)), null, out, opts)["fps"]
+
+
 def main(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     dtype = amp_dtype(args.amp, device) or torch.float32
@@ -218,6 +235,7 @@ def main(args: argparse.Namespace) -> None:
                 stats = segment_video(open_video(str(video)), predictor, Path(tmp) / "f.mp4", opts)
                 fps = stats["fps"]
             rows[name] = (seconds, fps, peak_memory_mb(device))
+        ceiling = io_ceiling(video, Path(tmp) / "io.mp4", base, args.imgsz, args.batch)
 
     print()
     print(f"{'':28s}{'model ms/frame':>16s}{'model FPS':>12s}{'end-to-end FPS':>16s}"
@@ -230,6 +248,7 @@ def main(args: argparse.Namespace) -> None:
         print(f"{labels[name]:28s}{seconds * 1e3:16.1f}{1 / seconds:12.2f}{fps:16.2f}{mem:10.0f}")
     fast_s, fast_fps, _ = rows["fast"]
     naive_s, naive_fps, _ = rows["naive"]
+    print(f"{'I/O only (no model)':28s}{'-':>16s}{'-':>12s}{ceiling:16.2f}")
     print()
     print(f"end to end: fast / naive = {fast_fps / naive_fps:.2f}x")
     print(f"model: fast / naive = {naive_s / fast_s:.2f}x faster")

@@ -19,7 +19,7 @@ from conftest import ROOT
 from datasets import read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
-from utils import UserError, check_gui
+from utils import UserError, check_gui, draw_overlay
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,20 @@ def test_overlay_uses_the_checkpoint_colours(predictor):
     out = predictor.overlay(image, mask, alpha=1.0)
     assert out[0, 0].tolist() == [0, 255, 0]  # VIS_LABEL_MAP of person
     assert out[1, 1].tolist() == [100, 100, 100]  # background untouched
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_overlay_blends_class_colours_like_the_formula(alpha):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    mask = rng.integers(0, 3, (33, 47)).astype(np.int64)  # evaluation masks are int64
+    colors = [(9, 9, 9), (255, 0, 0), (10, 200, 30)]
+    out = draw_overlay(image[:, ::-1], mask, colors, alpha)  # a non-contiguous view, too
+    image = image[:, ::-1]
+    want = (1 - alpha) * image + alpha * np.asarray(colors, dtype=np.float64)[mask]
+    want = np.where((mask > 0)[..., None], want, image)  # background keeps the image
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert np.abs(out.astype(np.float64) - want).max() <= 0.5 + 1e-9
 
 
 # --- infer_image.py ------------------------------------------------------------------------
@@ -286,5 +300,6 @@ def test_benchmark_script_runs_and_reports_the_ratios():
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for text in ("FLOP floor", "naive (fp32, batch 1, eager)", "end to end: fast / naive =",
-                 "model time / FLOP floor =", "ORT int8 dynamic quant"):  # fmt: skip
+                 "I/O only (no model)", "model time / FLOP floor =",
+                 "ORT int8 dynamic quant"):  # fmt: skip
         assert text in proc.stdout
