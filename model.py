@@ -7,6 +7,7 @@ FLOPs per image.
 import argparse
 import json
 import logging
+import warnings
 from pathlib import Path
 from urllib.error import URLError
 
@@ -140,7 +141,11 @@ def _hub_load(name: str, hub_dir: Path | None, pretrained: bool) -> nn.Module:
         raise UserError(f"--hub-dir {hub_dir} has no hubconf.py: point it at a clone of {HUB_REPO}")
     repo, source = (str(hub_dir), "local") if hub_dir is not None else (HUB_REPO, "github")
     try:
-        vit = torch.hub.load(repo, name, source=source, pretrained=pretrained)
+        with warnings.catch_warnings():
+            # The official modules warn about xFormers on import; FusedAttention replaces the
+            # layers those warnings are about.
+            warnings.filterwarnings("ignore", message="xFormers is ")
+            vit = torch.hub.load(repo, name, source=source, pretrained=pretrained)
     except (OSError, RuntimeError, URLError) as err:
         raise UserError(
             f"could not load {name} through torch.hub ({err}). {offline_help(name)}"

@@ -5,6 +5,7 @@ The hub side runs tests/fake_dinov2_hub, a minimal stand-in for the official rep
 """
 
 import json
+import warnings
 from urllib.error import URLError
 
 import pytest
@@ -63,10 +64,14 @@ def test_hub_source_uses_a_prefilled_torch_home_offline(torch_home, monkeypatch,
 
 def test_hub_attention_runs_fused_with_the_official_results(weights_file):
     """The official layers materialize every (N, N) score matrix; ours must not, yet agree."""
-    fused = load_backbone("dinov2_vits14", "hub", str(weights_file), hub_dir=FAKE_HUB)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fused = load_backbone("dinov2_vits14", "hub", str(weights_file), hub_dir=FAKE_HUB)
+    assert not [w for w in caught if "xFormers" in str(w.message)]  # nothing to warn about
     attention = {type(block.attn) for block in fused.vit.blocks}
     assert attention == {FusedAttention}
-    official = torch.hub.load(str(FAKE_HUB), "dinov2_vits14", source="local", pretrained=False)
+    with pytest.warns(UserWarning, match="xFormers is not available"):  # as the official code
+        official = torch.hub.load(str(FAKE_HUB), "dinov2_vits14", source="local", pretrained=False)
     official.load_state_dict(torch.load(weights_file, weights_only=True), strict=True)
     assert type(official.blocks[0].attn).__name__ == "MemEffAttention"
     assert fused.official_state_dict().keys() == official.state_dict().keys()

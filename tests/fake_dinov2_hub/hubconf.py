@@ -14,12 +14,16 @@ official fallback math without xFormers.
 """
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 dependencies = ["torch"]
+
+# the official layers modules warn like this when imported without xFormers
+warnings.warn("xFormers is not available (Attention)", stacklevel=1)
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 # letter -> (embed_dim, depth, num_heads)
