@@ -227,10 +227,15 @@ def plot_curves(history: Sequence[dict], out_dir: Path) -> None:
 
 
 def colorize(mask: np.ndarray, colors: Sequence[Sequence[int]]) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 RGB; pixels outside the palette stay black."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)
-    return palette[mask]
+    """(H, W) class indices (< 256) -> (H, W, 3) uint8 RGB; pixels outside the palette stay
+    black."""
+    import cv2
+
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    lut = np.zeros((256, 1, 3), dtype=np.uint8)
+    lut[: len(colors), 0] = np.asarray(colors, dtype=np.uint8)
+    # OpenCV's table look-up: 10x faster than NumPy's fancy indexing on a video frame
+    return cv2.LUT(cv2.merge([mask, mask, mask]), lut)
 
 
 def draw_overlay(
@@ -249,15 +254,12 @@ def draw_overlay(
     """
     import cv2
 
-    # OpenCV's table look-up and masked copy: 0.5 ms for a 640x480 frame where NumPy's fancy
-    # indexing and np.where took 5 ms, which capped a video's end-to-end rate at 150 FPS.
+    # OpenCV throughout: 0.5 ms for a 640x480 frame, where NumPy's indexing and np.where took
+    # 5 ms and capped a video's end-to-end rate at 150 FPS.
     image = np.ascontiguousarray(image)
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    lut = np.zeros((256, 1, 3), dtype=np.uint8)
-    lut[: len(colors), 0] = np.asarray(colors, dtype=np.uint8)
-    color = cv2.LUT(cv2.merge([mask, mask, mask]), lut)
-    out = cv2.addWeighted(image, 1 - alpha, color, alpha, 0.0)
-    cv2.copyTo(image, (mask == 0).view(np.uint8), out)  # background stays as it was
+    out = cv2.addWeighted(image, 1 - alpha, colorize(mask, colors), alpha, 0.0)
+    background = np.ascontiguousarray(np.asarray(mask) == 0).view(np.uint8)
+    cv2.copyTo(image, background, out)  # the background keeps the image's pixels
     return out
 
 

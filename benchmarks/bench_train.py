@@ -38,7 +38,7 @@ from engine import synchronize, train_one_epoch
 from model import Segmentor, load_backbone
 from synthetic import make_dataset
 from train import make_loader
-from utils import amp_dtype, peak_memory_mb, pick_device, run_script
+from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def supported_amp(device: torch.device) -> list[str]:
     for amp in ("bf16", "fp16"):
         try:
             amp_dtype(amp, device)
-        except Exception:  # UserError: this device has no such precision
+        except UserError:  # this device has no such precision
             continue
         modes.append(amp)
     return modes

@@ -92,7 +92,7 @@ def test_overlay_blends_class_colours_like_the_formula(alpha):
     image = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
     mask = rng.integers(0, 3, (33, 47)).astype(np.int64)  # evaluation masks are int64
     colors = [(9, 9, 9), (255, 0, 0), (10, 200, 30)]
-    out = draw_overlay(image[:, ::-1], mask, colors, alpha)  # a non-contiguous view, too
+    out = draw_overlay(image[:, ::-1], mask.T.copy().T, colors, alpha)  # non-C-ordered arrays
     image = image[:, ::-1]
     want = (1 - alpha) * image + alpha * np.asarray(colors, dtype=np.float64)[mask]
     want = np.where((mask > 0)[..., None], want, image)  # background keeps the image
