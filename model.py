@@ -136,7 +136,8 @@ def _build_vit(name: str, source: str, hub_dir: Path | None) -> nn.Module:
     return _hub_load(name, hub_dir, pretrained=False)
 
 
-def _hub_load(name: str, hub_dir: Path | None, pretrained: bool) -> nn.Module:
+def _hub_load(name: str, hub_dir: Path | None, pretrained: bool, fused: bool = True) -> nn.Module:
+    """The official model through torch.hub; ``fused`` swaps in FusedAttention (see there)."""
     if hub_dir is not None and not (hub_dir / "hubconf.py").is_file():
         raise UserError(f"--hub-dir {hub_dir} has no hubconf.py: point it at a clone of {HUB_REPO}")
     repo, source = (str(hub_dir), "local") if hub_dir is not None else (HUB_REPO, "github")
@@ -150,7 +151,7 @@ def _hub_load(name: str, hub_dir: Path | None, pretrained: bool) -> nn.Module:
         raise UserError(
             f"could not load {name} through torch.hub ({err}). {offline_help(name)}"
         ) from err
-    return _with_fused_attention(vit)
+    return _with_fused_attention(vit) if fused else vit
 
 
 class FusedAttention(nn.Module):

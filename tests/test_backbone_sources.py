@@ -5,6 +5,8 @@ The hub side runs tests/fake_dinov2_hub, a minimal stand-in for the official rep
 """
 
 import json
+import subprocess
+import sys
 import warnings
 from urllib.error import URLError
 
@@ -124,3 +126,13 @@ def test_layout_table_matches_the_shared_layout_file():
     ours = {k: v for k, v in official_layout().items() if not k.startswith("blocks.")}
     ours.update({k: v for k, v in official_layout().items() if k.startswith("blocks.0.")})
     assert ours == listed
+
+
+def test_attention_benchmark_compares_both_paths():
+    cmd = [sys.executable, "benchmarks/bench_attention.py", "--hub-dir", str(FAKE_HUB),
+           "--imgsz", "56", "70", "--reps", "1", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "official attention" in proc.stdout and "FusedAttention" in proc.stdout
+    difference = float(proc.stdout.split("max abs difference ")[1].split(",")[0])
+    assert difference < 1e-4

@@ -1,0 +1,92 @@
+"""The official hub model's attention against FusedAttention: time, memory and agreement.
+
+    python benchmarks/bench_attention.py                          # torch.hub cache, 644x644
+    python benchmarks/bench_attention.py --hub-dir ~/dinov2 --amp bf16 --batch 4
+    python benchmarks/bench_attention.py --hub-dir tests/fake_dinov2_hub   # offline stand-in
+
+Loads one DINOv2 model through torch.hub twice with the same official-layout weights: as the
+official code builds it (without xFormers, its attention materializes every score matrix) and as
+model.load_backbone returns it (FusedAttention). Prints the backbone's milliseconds per batch for
+both, peak memory on CUDA, and the largest difference between their features.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import torch
+
+from config import BACKBONES
+from conftest import random_official_weights
+from engine import synchronize
+from model import DinoBackbone, _hub_load, load_backbone
+from utils import amp_dtype, peak_memory_mb, pick_device, run_script
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--imgsz", type=int, nargs=2, default=(644, 644), metavar=("W", "H"))
+    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (best is kept)")
+    parser.add_argument("--hub-dir", type=Path, default=None, help="a local clone of the hub code")
+    return parser
+
+
+@torch.inference_mode()
+def best_seconds(backbone: DinoBackbone, x: torch.Tensor, reps: int) -> float:
+    backbone(x)  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(x.device)
+        start = time.perf_counter()
+        backbone(x)
+        synchronize(x.device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    dtype = amp_dtype(args.amp, device) or torch.float32
+    name = "dinov2_vits14"
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.pth"
+        torch.save(random_official_weights(), weights)
+        fused = load_backbone(name, "hub", str(weights), args.hub_dir)
+        vit = _hub_load(name, args.hub_dir, pretrained=False, fused=False)
+        vit.load_state_dict(torch.load(weights, weights_only=True), strict=True)
+    official = DinoBackbone(vit, name, "hub", fused.blocks).eval()
+    w, h = args.imgsz
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, h, w, generator=g).to(device, dtype)
+    print(f"device {device}, {name} ({BACKBONES[name].depth} blocks), batch {args.batch}, "
+          f"{w}x{h}, {str(dtype).removeprefix('torch.')}")  # fmt: skip
+    results = {}
+    for label, backbone in (("official attention", official), ("FusedAttention", fused)):
+        backbone = backbone.to(device, dtype)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = best_seconds(backbone, x, args.reps)
+        with torch.inference_mode():
+            features = backbone(x)[-1].float().cpu()
+        results[label] = (seconds, peak_memory_mb(device), features)
+        backbone.cpu()
+    (t0, m0, f0), (t1, m1, f1) = results.values()
+    memory = device.type == "cuda"
+    for label, (seconds, mb, _) in results.items():
+        extra = f", peak {mb:.0f} MB" if memory else ""
+        print(f"{label:20s}{seconds * 1e3:10.1f} ms per batch{extra}")
+    print(f"speed-up {t0 / t1:.2f}x" + (f", memory {m0 / m1:.2f}x less" if memory else ""))
+    print(f"last-block features: max abs difference {(f0 - f1).abs().max().item():.2e}, "
+          f"relative L2 {((f0 - f1).norm() / f0.norm()).item():.2e}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    run_script(lambda: main(get_args_parser().parse_args()))
