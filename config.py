@@ -193,7 +193,7 @@ def runtime_flags() -> argparse.ArgumentParser:
         "--amp",
         choices=["off", "bf16", "fp16"],
         default="off",
-        help="mixed precision on CUDA",
+        help="mixed precision: bf16 on CUDA and recent CPUs, fp16 on CUDA and MPS",
     )
     group.add_argument(
         "--imgsz",
@@ -327,6 +327,8 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> l
             argv += [flag] if value else []
         elif value is None:
             continue
+        elif value is False and "off" in (actions[key].choices or ()):
+            argv += [flag, "off"]  # YAML reads a bare off (amp: off) as false
         elif isinstance(value, list):
             argv += [flag, *map(str, value)]
         else:

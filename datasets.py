@@ -64,7 +64,12 @@ def read_image(path: Path) -> np.ndarray:
     img = _open(Path(path))
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0  # 16-bit data, or 8-bit values stored wide
+        if img.mode.startswith("I;16"):
+            top = 65535.0  # one scale for every frame, so a dark one stays dark
+        elif img.mode == "F" and arr.max() <= 1.0:
+            top = 1.0  # float images in 0..1
+        else:  # 32-bit integers or floats: 16-bit data, or 8-bit values stored wide
+            top = 65535.0 if arr.max() > 255 else 255.0
         gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     return np.asarray(img.convert("RGB"))

@@ -69,6 +69,7 @@ def train_one_epoch(
     use_scaler = scaler is not None and scaler.is_enabled()
     optimizer.zero_grad(set_to_none=True)
     steps = len(loader)
+    full_groups_end = steps - steps % accum  # batches after this form a shorter last group
     for step, (images, masks, _) in enumerate(
         tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process()),
         start=1,
@@ -88,11 +89,17 @@ def train_one_epoch(
             )
             labelled = (masks != IGNORE_INDEX).sum()
             step_loss = loss / labelled.clamp(min=1)
-            if not torch.isfinite(step_loss):
-                raise TrainingDiverged(
-                    f"the training loss became {step_loss.item()} at step {step}"
-                )
-            (scaler.scale(step_loss / accum) if use_scaler else step_loss / accum).backward()
+            # Under torchrun every process stops at the same step, even if one alone diverged:
+            # a process that went on would wait forever for the others' gradients.
+            diverged = (~torch.isfinite(step_loss)).to(torch.int32)
+            all_reduce_sum(diverged)
+            if diverged:
+                value = step_loss.item() if not torch.isfinite(step_loss) else None
+                where = f"became {value}" if value is not None else "diverged in another process"
+                raise TrainingDiverged(f"the training loss {where} at step {step}")
+            # Each update averages its group's batch losses, the last group too, however short.
+            group = accum if step <= full_groups_end else steps - full_groups_end
+            (scaler.scale(step_loss / group) if use_scaler else step_loss / group).backward()
         if update:
             if use_scaler:
                 scaler.step(optimizer)
@@ -333,25 +340,34 @@ class FeatureCache:
     """Frozen-backbone features, computed once per image and view and stored as float16.
 
     A key covers the backbone, a fingerprint of all its weights, its source and dtype, the
-    image size, the blocks that feed the head, and the image file's path, size and mtime: a
-    changed file or model never meets a stale entry. Entries live in RAM ("memory") or as one
-    file each under ``folder`` ("disk", reused by later runs).
+    autocast dtype, the image size, the blocks that feed the head, and the image file's path,
+    size and mtime: a changed file, model or precision never meets a stale entry. Entries live
+    in RAM ("memory") or as one file each under ``folder`` ("disk", reused by later runs).
     """
 
-    def __init__(self, model: Segmentor, imgsz, mode: str, folder: Path | None = None):
+    def __init__(
+        self,
+        model: Segmentor,
+        imgsz,
+        mode: str,
+        folder: Path | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ):
         if mode not in ("memory", "disk"):
             raise ValueError(f"unknown cache mode {mode!r}")
         self.mode = mode
         self.folder = folder
         self.imgsz = tuple(imgsz)
+        self.autocast_dtype = autocast_dtype
         self.memory: dict[str, torch.Tensor] = {}
         digest = hashlib.sha1()
         backbone = model.backbone
         digest.update(f"{backbone.name}|{backbone.source}|{backbone.blocks}|{imgsz}|".encode())
-        digest.update(str(model.dtype).encode())
+        digest.update(f"{model.dtype}|{autocast_dtype}|".encode())
         for key, value in sorted(backbone.official_state_dict().items()):
             digest.update(key.encode())
-            digest.update(value.float().numpy().tobytes())
+            # the raw bytes, wherever the weights live (the model may already be on the GPU)
+            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
         self.fingerprint = digest.hexdigest()
         self.computed = 0
         self.reused = 0
@@ -390,7 +406,6 @@ class FeatureCache:
         pairs: Sequence[Pair],
         views: Sequence[str],
         batch: int,
-        autocast_dtype: torch.dtype | None = None,
         desc: str = "caching features",
     ) -> None:
         """Compute the features of every (image, view) not cached yet."""
@@ -416,7 +431,7 @@ class FeatureCache:
         bar = tqdm(total=len(todo), desc=desc, leave=False, disable=not is_main_process())
         for chunk, images in prefetch(batches()):
             x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2)
-            with _autocast(device, autocast_dtype):
+            with _autocast(device, self.autocast_dtype):
                 features = model.features(x)
             for (path, view), f in zip(chunk, features.half().cpu(), strict=True):
                 self._store(self.key(path, view), f.clone())

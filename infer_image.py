@@ -4,7 +4,7 @@
     python infer_image.py --input "shots/**/*.jpg" --model outputs/best_model_iou.pth --alpha 0.6
 
 For each image it writes <stem>_overlay.jpg and <stem>_mask.png (class ids, at the size of the
-image as displayed) to --out-dir.
+image as displayed) to --out-dir; images that share a stem keep their subfolders (a/x, b/x).
 """
 
 import os
@@ -15,6 +15,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 import argparse
 import glob
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,27 @@ def find_images(spec: str) -> list[Path]:
     return found
 
 
+def output_names(paths: list[Path]) -> dict[Path, str]:
+    """The name each input's outputs start with: its stem, made unique where stems repeat.
+
+    Images that share a stem (photos/a/x.jpg and photos/b/x.jpg) keep their folders below the
+    inputs' common folder (a/x, b/x); files that still collide (x.jpg and x.png) keep their
+    extension too (x_jpg, x_png).
+    """
+    stems = Counter(p.stem for p in paths)
+    root = Path(os.path.commonpath([p.parent.resolve() for p in paths]))
+    names = {}
+    for path in paths:
+        names[path] = path.stem
+        if stems[path.stem] > 1:
+            names[path] = path.resolve().relative_to(root).with_suffix("").as_posix()
+    repeats = Counter(names.values())
+    for path, name in names.items():
+        if repeats[name] > 1:
+            names[path] = f"{name}_{path.suffix.lstrip('.').lower()}"
+    return names
+
+
 def read_batches(paths: list[Path], predictor: Predictor, batch: int):
     """Yield (paths, images, resized batch, errors) groups; unreadable files become errors."""
     for start in range(0, len(paths), batch):
@@ -81,10 +103,10 @@ def read_batches(paths: list[Path], predictor: Predictor, batch: int):
         yield ok, images, resized, errors
 
 
-def save_result(out_dir: Path, path: Path, image, mask, predictor: Predictor, alpha: float) -> None:
-    with atomic_path(out_dir / f"{path.stem}_mask.png") as tmp:
+def save_result(out_dir: Path, name: str, image, mask, predictor: Predictor, alpha: float) -> None:
+    with atomic_path(out_dir / f"{name}_mask.png") as tmp:
         Image.fromarray(mask).save(tmp, format="PNG")
-    with atomic_path(out_dir / f"{path.stem}_overlay.jpg") as tmp:
+    with atomic_path(out_dir / f"{name}_overlay.jpg") as tmp:
         Image.fromarray(predictor.overlay(image, mask, alpha)).save(tmp, format="JPEG", quality=92)
 
 
@@ -92,6 +114,7 @@ def main(args: argparse.Namespace) -> None:
     check_inference_args(args)
     device = pick_device(args.device)
     paths = find_images(args.input)
+    names = output_names(paths)
     predictor = predictor_from_args(args, device)
     failures, done = [], 0
     writer = OrderedWriter()
@@ -102,7 +125,9 @@ def main(args: argparse.Namespace) -> None:
             continue
         masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
         for path, image, mask in zip(ok, images, masks, strict=True):
-            writer.submit(save_result, args.out_dir, path, image, mask, predictor, args.alpha)
+            writer.submit(
+                save_result, args.out_dir, names[path], image, mask, predictor, args.alpha
+            )
             if args.show:
                 overlay = predictor.overlay(image, mask, args.alpha)
                 args.show = show("infer_image", overlay, 0)  # q or Esc stops showing

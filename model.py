@@ -32,6 +32,16 @@ from utils import UserError, atomic_path, run_script
 log = logging.getLogger("dinoseg")
 
 CHECKPOINT_FORMAT = "dinov2-segmentation/1"
+# what every script reads from a checkpoint; training adds optimizer, epoch and best scores
+CHECKPOINT_KEYS = (
+    "model",
+    "backbone",
+    "backbone_source",
+    "layers",
+    "fine_tune",
+    "classes",
+    "imgsz",
+)
 
 
 def patch_aligned(size: int) -> int:
@@ -434,6 +444,12 @@ def read_checkpoint(path: Path) -> dict:
         raise UserError(
             f"{path} is not a checkpoint of this repository (no format {CHECKPOINT_FORMAT!r}); "
             "pass a best_model_iou.pth, best_model_loss.pth or last_model.pth written by train.py"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    if missing:
+        raise UserError(
+            f"{path} is damaged or was edited: it lacks {', '.join(missing)}; "
+            "use a checkpoint exactly as train.py wrote it"
         )
     return ckpt
 

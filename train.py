@@ -177,8 +177,9 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
         batch_size=args.batch,
         shuffle=train and sampler is None,
         sampler=sampler,
-        # a last batch of one or two images would give the BatchNorm head noisy statistics
-        drop_last=train and len(dataset) > args.batch,
+        # A last batch of one or two images would give the BatchNorm head noisy statistics; but
+        # each process must keep at least one batch of its own share.
+        drop_last=train and (len(sampler) if sampler is not None else len(dataset)) > args.batch,
         # Cached features load in under a millisecond: starting workers every epoch would cost
         # more than it saves (and a memory cache would be copied into each of them).
         num_workers=0 if args.cache_features != "off" else args.workers,
@@ -307,7 +308,13 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     if args.resume:
         model, _ = load_checkpoint(args.resume, device, args.backbone_source, args.hub_dir)
+        # The model is the checkpoint's, whatever the command line says of it.
         args.backbone_source = model.backbone.source
+        args.backbone, args.layers = ckpt["backbone"], ckpt["layers"]
+        args.fine_tune = model.fine_tune
+        if args.cache_features != "off" and args.fine_tune:
+            raise UserError(f"{args.resume} fine-tunes its backbone, and --cache-features needs a "
+                            "frozen one: resume without --cache-features")  # fmt: skip
         log.info("resuming %s from epoch %d (model, classes and size from the checkpoint)",
                  args.resume, start)  # fmt: skip
     else:
@@ -328,12 +335,12 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     augment = not args.no_augment
     from_features = args.cache_features != "off"
     if from_features:
-        cache = FeatureCache(model, imgsz, args.cache_features,
-                             args.cache_dir or args.out_dir / "feature_cache")  # fmt: skip
+        folder = args.cache_dir or args.out_dir / "feature_cache"
+        cache = FeatureCache(model, imgsz, args.cache_features, folder, autocast)
         t0 = time.perf_counter()
         views = ("orig", "flip") if augment else ("orig",)
-        cache.fill(model, pairs["train"], views, args.batch, autocast, "caching train features")
-        cache.fill(model, pairs["valid"], ("orig",), args.batch, autocast, "caching valid features")
+        cache.fill(model, pairs["train"], views, args.batch, "caching train features")
+        cache.fill(model, pairs["valid"], ("orig",), args.batch, "caching valid features")
         log.info(
             "feature cache (%s): %d views computed in %.1f s, %d reused; %.2f MB per view "
             "(float16), %.2f MB per training image",
@@ -431,11 +438,13 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 write_csv(args.out_dir / "metrics.csv", history)
                 plot_curves(history, args.out_dir)
                 write_overlays(args.out_dir, valid_set, args.num_vis, predictor)
-                save_checkpoint(last, model, **meta)
                 if improved_iou:
                     save_checkpoint(args.out_dir / "best_model_iou.pth", model, **meta)
                 if improved_loss:
                     save_checkpoint(args.out_dir / "best_model_loss.pth", model, **meta)
+                # Last, once everything else of this epoch is on disk: a resume from it never
+                # skips a best checkpoint that failed to write.
+                save_checkpoint(last, model, **meta)
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f "
                 "mIoU %.4f%s | %.1f s",

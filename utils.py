@@ -49,6 +49,16 @@ def run_script(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# Read once, at import: os.umask can only be read by setting it, which would race with threads.
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; it replaces ``dest`` only if the block succeeds.
@@ -63,9 +73,9 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     try:
         yield tmp
         # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)
+        tmp.chmod(0o666 & ~_UMASK)
+        with open(tmp, "rb+") as f:  # on disk before the rename, so a crash cannot empty it
+            os.fsync(f.fileno())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

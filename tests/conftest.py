@@ -122,3 +122,14 @@ def checkpoint(tmp_path_factory, tiny_data, weights_file) -> Path:
             "--batch", "4", "--lr", "3e-3", "--epochs", "2", "--num-vis", "0"]  # fmt: skip
     train.main(*parse_args(train.get_args_parser(), argv))
     return out / "best_model_iou.pth"
+
+
+class PixelClassifier(torch.nn.Module):
+    """A 1x1 convolution with the Segmentor's call signature: for tests of the training loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, images, size, from_features=False):
+        return self.conv(images)

@@ -68,7 +68,9 @@ def test_disk_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, weight
     assert cache_report(caplog.text) == (2, 8)  # only that image's two views
 
 
-def test_cache_keys_depend_on_weights_size_and_blocks(tiny_data, weights_file, reg_weights_file):
+def test_cache_keys_depend_on_weights_size_blocks_and_precision(
+    tiny_data, weights_file, reg_weights_file
+):
     image = next((tiny_data / "train_images").iterdir())
     base = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file)), 2)
     other = Segmentor(load_backbone("dinov2_vits14", "timm", None), 2)  # other weights
@@ -79,9 +81,20 @@ def test_cache_keys_depend_on_weights_size_and_blocks(tiny_data, weights_file, r
     assert key != FeatureCache(other, (90, 66), "memory").key(image, "orig")
     assert key != FeatureCache(fewer, (90, 66), "memory").key(image, "orig")
     assert key != FeatureCache(base, (84, 70), "memory").key(image, "orig")
+    bf16 = FeatureCache(base, (90, 66), "memory", autocast_dtype=torch.bfloat16)
+    assert key != bf16.key(image, "orig")  # --amp bf16 features differ from fp32 ones
 
 
 def test_cache_refuses_a_fine_tuned_backbone(tmp_path, tiny_data, weights_file):
     with pytest.raises(UserError, match="--cache-features needs a frozen backbone"):
         run_train(argv(tiny_data, tmp_path, weights_file, "--cache-features", "memory",
                        "--fine-tune"))  # fmt: skip
+
+
+def test_resuming_a_fine_tuned_run_refuses_the_cache(tmp_path, tiny_data, weights_file):
+    run_train(argv(tiny_data, tmp_path, weights_file, "--fine-tune", "--epochs", "1"))
+    last = tmp_path / "last_model.pth"
+    # without --fine-tune on the command line: the checkpoint says the backbone is trained
+    with pytest.raises(UserError, match=r"last_model.pth fine-tunes its backbone.*without"):
+        run_train(argv(tiny_data, tmp_path, weights_file, "--resume", str(last),
+                       "--cache-features", "memory"))  # fmt: skip

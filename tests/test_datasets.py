@@ -104,6 +104,17 @@ def test_read_16bit_image_scales_to_8bit(tmp_path):
     assert out[..., 0].tolist() == [[0, 255], [128, 1]]
 
 
+def test_a_dark_16bit_image_stays_dark(tmp_path):
+    # values that would fit in 8 bits are still 16-bit data: 250 is 0.4% of full scale
+    Image.fromarray(np.array([[0, 100, 200, 250]], np.uint16)).save(tmp_path / "x.png")
+    assert read_image(tmp_path / "x.png")[..., 0].tolist() == [[0, 0, 1, 1]]
+
+
+def test_a_float_image_in_0_to_1_scales_to_8bit(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)).save(tmp_path / "x.tif")
+    assert read_image(tmp_path / "x.tif")[..., 0].tolist() == [[0, 128, 255]]
+
+
 def test_read_image_applies_exif_rotation(tmp_path):
     img = Image.new("RGB", (30, 20))
     exif = Image.Exif()

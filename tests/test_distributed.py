@@ -1,15 +1,23 @@
 """torchrun training with 2 CPU processes (gloo), on loopback only."""
 
+import argparse
+import datetime
 import json
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 import train
 from config import parse_args
-from conftest import FAKE_HUB, ROOT
+from conftest import FAKE_HUB, ROOT, PixelClassifier
 from datasets import ShardSampler
+from engine import TrainingDiverged, train_one_epoch
 from synthetic import make_dataset
 from utils import read_csv
 
@@ -19,6 +27,46 @@ def test_shard_sampler_counts_each_item_exactly_once(size, world):
     shards = [list(ShardSampler(size, rank, world)) for rank in range(world)]
     assert sorted(i for shard in shards for i in shard) == list(range(size))
     assert [len(ShardSampler(size, rank, world)) for rank in range(world)] == list(map(len, shards))
+
+
+@pytest.mark.parametrize(("size", "batch", "batches"), [(10, 8, 1), (10, 2, 2), (17, 4, 2)])
+def test_each_process_trains_on_at_least_one_batch(size, batch, batches):
+    # 10 images over 2 processes is 5 each: a batch of 8 must not be dropped as incomplete
+    args = argparse.Namespace(batch=batch, seed=0, cache_features="off", workers=0)
+    for rank in range(2):
+        loader = train.make_loader(range(size), args, torch.device("cpu"), True, rank, world=2)
+        assert len(loader) == len(list(loader)) == batches
+
+
+def _diverge_in_one_process(rank: int, init_file: str, results: str) -> None:
+    """Train 3 identical steps in 2 processes; process 1's second batch holds a NaN."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))  # fmt: skip
+    torch.manual_seed(0)
+    model = DistributedDataParallel(PixelClassifier())
+    images, masks = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    poisoned = images.clone()
+    poisoned[0, 0, 0, 0] = math.nan
+    loader = [(images, masks, None), (poisoned if rank == 1 else images, masks, None),
+              (images, masks, None)]  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2)
+        outcome = "finished"
+    except TrainingDiverged as err:
+        outcome = str(err)
+    Path(results, f"{rank}.txt").write_text(outcome)
+    dist.destroy_process_group()
+
+
+def test_a_nan_in_one_process_stops_every_process_at_the_same_step(tmp_path):
+    torch.multiprocessing.spawn(
+        _diverge_in_one_process, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2
+    )
+    assert (tmp_path / "0.txt").read_text() == (
+        "the training loss diverged in another process at step 2"
+    )
+    assert (tmp_path / "1.txt").read_text() == "the training loss became nan at step 2"
 
 
 def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weights_file):

@@ -13,7 +13,8 @@ import torch
 import train
 import utils
 from config import parse_args
-from conftest import ROOT
+from conftest import ROOT, PixelClassifier
+from engine import train_one_epoch
 from utils import UserError, read_csv
 
 EPOCHS = 5
@@ -123,3 +124,56 @@ def test_accum_steps_the_optimizer_once_per_k_batches(
                "--accum", str(accum)])  # fmt: skip
     state = torch.load(tmp_path / "last_model.pth", weights_only=True)["optimizer"]["state"]
     assert state[0]["step"] == steps
+
+
+@pytest.mark.parametrize(("accum", "batches"), [(3, 4), (2, 5), (4, 4)])
+def test_every_accumulated_update_averages_its_own_group(accum, batches):
+    # lr 0 keeps the weights fixed, so with identical batches every update must see the gradient
+    # of one batch: a short last group divided by accum instead of its size would see less.
+    torch.manual_seed(0)
+    model = PixelClassifier()
+    images = torch.rand(2, 3, 4, 4)
+    masks = torch.randint(0, 2, (2, 4, 4))
+    loader = [(images, masks, None)] * batches
+
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(images, None), masks).backward()
+    expected = model.conv.weight.grad.clone()
+
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(model.conv.weight.grad.clone())
+            return super().step(closure)
+
+    optimizer = Recording(model.parameters(), lr=0.0)
+    train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2, accum=accum)
+    assert len(seen) == math.ceil(batches / accum)
+    for grad in seen:
+        torch.testing.assert_close(grad, expected)
+
+
+def test_a_best_checkpoint_that_failed_to_write_is_written_on_resume(
+    tmp_path, tiny_data, weights_file, monkeypatch
+):
+    # at this lr, epoch 2 improves on epoch 1
+    args = [*argv(tiny_data, tmp_path, weights_file, epochs=2), "--lr", "3e-4"]
+    real = train.save_checkpoint
+
+    def save(path, model, **meta):
+        if path.name == "best_model_iou.pth" and meta["epoch"] == 2:
+            raise OSError(28, "No space left on device")
+        real(path, model, **meta)
+
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    with pytest.raises(UserError, match=r"No space left on device.*holds epoch 1"):
+        run_train(args)
+    monkeypatch.setattr(train, "save_checkpoint", real)
+    run_train([*args, "--resume", str(tmp_path / "last_model.pth")])
+    rows = read_csv(tmp_path / "metrics.csv")
+    best = max(rows, key=lambda r: r["valid_miou"])
+    assert best["epoch"] == 2
+    saved = torch.load(tmp_path / "best_model_iou.pth", weights_only=True)
+    assert saved["epoch"] == best["epoch"]
+    assert saved["best_miou"] == best["valid_miou"]

@@ -132,6 +132,22 @@ def test_infer_image_accepts_a_glob(tmp_path, checkpoint, tiny_data):
     assert sorted(p.name for p in out.glob("*_mask.png")) == ["img001_mask.png", "img003_mask.png"]
 
 
+def test_infer_image_keeps_images_that_share_a_stem_apart(tmp_path, checkpoint):
+    sizes = {"a/x.png": (40, 30), "b/x.png": (50, 70), "a/x.jpg": (60, 20), "b/y.png": (30, 30)}
+    for name, (w, h) in sizes.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(tmp_path / name)
+    out = tmp_path / "out"
+    infer_image.main(image_args(input=f"{tmp_path}/**/*.*", model=checkpoint, out_dir=out))
+    written = {p.relative_to(out).as_posix(): p for p in out.rglob("*_mask.png")}
+    expected = {"a/x_png_mask.png": "a/x.png", "b/x_mask.png": "b/x.png",
+                "a/x_jpg_mask.png": "a/x.jpg", "y_mask.png": "b/y.png"}  # fmt: skip
+    assert sorted(written) == sorted(expected)
+    for mask, source in expected.items():
+        w, h = sizes[source]
+        assert Image.open(written[mask]).size == (w, h)
+
+
 def test_infer_image_without_matches_is_a_user_error(tmp_path, checkpoint):
     with pytest.raises(UserError, match="no images found"):
         infer_image.main(image_args(input=tmp_path / "*.png", model=checkpoint))

@@ -144,6 +144,13 @@ def test_bad_config_files_fail_loudly(tmp_path, content, message):
         parse_args(train.get_args_parser(), ["--config", str(cfg)])
 
 
+def test_config_file_takes_off_unquoted(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("amp: off\ncache_features: off\nscheduler: none\n")  # YAML 1.1: off is false
+    args, _ = parse_args(train.get_args_parser(), ["--config", str(cfg)])
+    assert (args.amp, args.cache_features, args.scheduler) == ("off", "off", "none")
+
+
 def test_bad_choice_in_config_file_is_rejected_by_argparse(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("scheduler: linear\n")
@@ -156,6 +163,10 @@ def test_bad_choice_in_config_file_is_rejected_by_argparse(tmp_path):
     [
         (["--eval-only", "--model", "README.md"], "is not a readable checkpoint"),
         (["--eval-only", "--model", "missing.pth"], "checkpoint missing.pth does not exist"),
+        (
+            ["--eval-only", "--model", "old.pth"],
+            "old.pth is damaged or was edited: it lacks layers, fine_tune, classes, imgsz",
+        ),
         (["--device", "cuda"], "--device cuda was asked for"),
         (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a cuda or mps device"),
         (["--batch", "0"], "--batch must be at least 1"),
@@ -166,6 +177,9 @@ def test_user_errors_exit_2_without_traceback(argv, message, tmp_path):
     if argv[0] == "--device" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     (tmp_path / "README.md").write_text("not a checkpoint")
+    old = {"format": "dinov2-segmentation/1", "model": {}, "backbone": "dinov2_vits14",
+           "backbone_source": "hub"}  # fmt: skip
+    torch.save(old, tmp_path / "old.pth")
     cmd = [sys.executable, str(ROOT / "train.py"), *argv, "--out-dir", str(tmp_path / "o")]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
