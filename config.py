@@ -325,12 +325,27 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> l
             if not isinstance(value, bool):
                 raise UserError(f"config file {path}: {key} must be true or false")
             argv += [flag] if value else []
-        elif value is None:
-            continue
-        elif value is False and "off" in (actions[key].choices or ()):
-            argv += [flag, "off"]  # YAML reads a bare off (amp: off) as false
-        elif isinstance(value, list):
-            argv += [flag, *map(str, value)]
-        else:
-            argv += [flag, str(value)]
+        elif value is not None:
+            if value is False and "off" in (actions[key].choices or ()):
+                items = ["off"]  # YAML reads a bare off (amp: off) as false
+            else:
+                items = [str(v) for v in (value if isinstance(value, list) else [value])]
+            _check_values(actions[key], items, path)
+            argv += [flag, *items]
     return argv
+
+
+def _check_values(action: argparse.Action, values: list[str], path: Path) -> None:
+    """Refuse a config file's bad value naming the file, as argparse would name the flag."""
+    for v in values:
+        try:
+            converted = action.type(v) if action.type is not None else v
+        except (TypeError, ValueError) as err:
+            raise UserError(
+                f"config file {path}: {action.dest}: {v!r} is not a valid value ({err})"
+            ) from err
+        if action.choices is not None and converted not in action.choices:
+            raise UserError(
+                f"config file {path}: {action.dest}: {v!r} is not one of "
+                f"{', '.join(map(str, action.choices))}"
+            )

@@ -144,13 +144,16 @@ def _check_ids(arr: np.ndarray, classes: ClassConfig, path: Path) -> np.ndarray:
     bad = values[(values >= k) & (values != IGNORE_INDEX)]
     if bad.size == 0:
         return arr.astype(np.uint8)
-    if k == 2 and (values >= 0).all() and values.max() < IGNORE_INDEX:
-        # Instance ids (Penn-Fudan style): every object belongs to the one foreground class.
+    objects = values[values > 0]
+    if k == 2 and (objects == np.arange(1, objects.size + 1)).all():
+        # Instance ids (Penn-Fudan style: 1, 2, ... N, one per object, without gaps): every
+        # object belongs to the one foreground class. Other values are mistakes, not objects.
         return (arr > 0).astype(np.uint8)
     listed = [int(v) for v in bad[:5]]
+    hint = "; instance-id masks number their objects 1, 2, 3, ... without gaps" if k == 2 else ""
     raise DataError(
         f"{path}: values {listed}{' ...' if bad.size > 5 else ''} are not class ids "
-        f"0-{k - 1} of {list(classes.names)} or {IGNORE_INDEX} (ignore)"
+        f"0-{k - 1} of {list(classes.names)} or {IGNORE_INDEX} (ignore){hint}"
     )
 
 
@@ -186,7 +189,8 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     return pairs, problems
 
 
-def _check_pair(pair: Pair, classes: ClassConfig) -> list[str]:
+def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray]:
+    """The pair's problems, and its mask's pixel count per value (256 bins; zeros if unread)."""
     image_path, mask_path = pair
     problems = []
     size = mask = None
@@ -203,7 +207,8 @@ def _check_pair(pair: Pair, classes: ClassConfig) -> list[str]:
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
             f"{image_path.name} is {size[0]}x{size[1]}"
         )
-    return problems
+    counts = np.bincount(mask.ravel(), minlength=256) if mask is not None else np.zeros(256, int)
+    return problems, counts
 
 
 def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list[Pair]]:
@@ -227,13 +232,36 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
                 f"{root / f'{split}_images'}: the {split} split has no image-mask pairs"
             )
         pairs_by_split[split] = pairs
-    all_pairs = [p for pairs in pairs_by_split.values() for p in pairs]
+    pixels = {}  # per split: pixels per mask value
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for found in pool.map(lambda p: _check_pair(p, classes), all_pairs):
-            problems += found
+        for split, pairs in pairs_by_split.items():
+            pixels[split] = np.zeros(256, np.int64)
+            for found, counts in pool.map(lambda p: _check_pair(p, classes), pairs):
+                problems += found
+                pixels[split] += counts
     if problems:
         raise DatasetError(root, problems)
+    _check_classes_present(root, classes, pixels)
     return pairs_by_split
+
+
+def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> None:
+    """Refuse masks that hold no foreground at all; warn of classes training never sees."""
+    total = sum(pixels.values())
+    if classes.num_classes == 2 and not total[1] and total[IGNORE_INDEX]:
+        raise UserError(
+            f"no mask in {root} holds a pixel of {classes.names[1]}, but they hold "
+            f"{IGNORE_INDEX} (ignore): masks saved as 0/{IGNORE_INDEX}? This repository reads "
+            f"{IGNORE_INDEX} as 'ignore'. Convert them to 0/1 masks with: "
+            f"python prepare_data.py binary --root {root} --out {root}_01"
+        )
+    if "train" in pixels:
+        missing = [n for n, c in zip(classes.names, pixels["train"], strict=False) if not c]
+        if missing:
+            log.warning(
+                "the train split of %s has no pixel of %s: the model cannot learn %s",
+                root, ", ".join(missing), "it" if len(missing) == 1 else "them",
+            )  # fmt: skip
 
 
 def resize_image(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
@@ -399,7 +427,8 @@ def download_penn_fudan(data_dir: Path) -> None:
                 "the zip elsewhere and run  python prepare_data.py pennfudan --zip "
                 f"PennFudanPed.zip --out {data_dir}  or pass --data DIR with your own dataset"
             ) from err
-        convert_penn_fudan(zip_path, data_dir)
+        counts = convert_penn_fudan(zip_path, data_dir)
+    log.info("Penn-Fudan converted into %s: %s", data_dir, counts)
 
 
 def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
@@ -451,5 +480,4 @@ def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
             tmp.rename(out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("Penn-Fudan converted into %s: %s", out_dir, counts)
     return counts

@@ -15,7 +15,14 @@ from tqdm import tqdm
 from config import IGNORE_INDEX, PATCH_SIZE, ClassConfig, tta_setting
 from datasets import Pair, read_image, resize_image
 from metrics import ConfusionMatrix
-from model import OnnxSegmentor, Segmentor, check_backbone, load_checkpoint, log_input_size
+from model import (
+    OnnxSegmentor,
+    Segmentor,
+    check_backbone,
+    load_checkpoint,
+    log_input_size,
+    patch_aligned,
+)
 from utils import (
     UserError,
     all_reduce_sum,
@@ -359,6 +366,7 @@ class FeatureCache:
         self.folder = folder
         self.imgsz = tuple(imgsz)
         self.autocast_dtype = autocast_dtype
+        self.channels = model.backbone.embed_dim * len(model.backbone.blocks)
         self.memory: dict[str, torch.Tensor] = {}
         digest = hashlib.sha1()
         backbone = model.backbone
@@ -399,6 +407,15 @@ class FeatureCache:
         with atomic_path(self.folder / f"{key}.pt") as tmp:
             torch.save(features, tmp)
 
+    def missing(self, pairs: Sequence[Pair], views: Sequence[str] = ("orig",)) -> list:
+        """The (image path, view) entries not cached yet."""
+        return [(p, v) for p, _ in pairs for v in views if not self._has(self.key(p, v))]
+
+    def view_bytes(self) -> int:
+        """The size of one cached view: float16 features of the blocks at the token grid."""
+        w, h = (patch_aligned(s) // PATCH_SIZE for s in self.imgsz)
+        return 2 * self.channels * h * w
+
     @torch.inference_mode()
     def fill(
         self,
@@ -409,7 +426,7 @@ class FeatureCache:
         desc: str = "caching features",
     ) -> None:
         """Compute the features of every (image, view) not cached yet."""
-        todo = [(p, v) for p, _ in pairs for v in views if not self._has(self.key(p, v))]
+        todo = self.missing(pairs, views)
         self.reused += len(pairs) * len(views) - len(todo)
         if not todo:
             if pairs and not self.bytes_per_view:

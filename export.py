@@ -85,9 +85,14 @@ def export(model: Segmentor, ckpt: dict, imgsz, path: Path, dynamic: bool = Fals
         onnx.save(proto, str(tmp))
 
 
-def check(model: Segmentor, path: Path, imgsz, tolerance: float) -> float:
-    """Largest |ONNX Runtime - PyTorch| logit on a random batch; fail above ``tolerance``."""
+def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path | None = None) -> float:
+    """Largest |ONNX Runtime - PyTorch| logit on a random batch; fail above ``tolerance``.
+
+    ``name`` is the file the messages speak of, when ``path`` is a temporary file that becomes it.
+    """
     import onnxruntime as ort
+
+    name = name or path
 
     w, h = imgsz
     images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=torch.Generator())
@@ -96,31 +101,45 @@ def check(model: Segmentor, path: Path, imgsz, tolerance: float) -> float:
     with torch.no_grad():
         expected = model.patch_logits(images).numpy()
     diff = float(np.abs(got - expected).max())
-    print(f"{path}: max |ONNX Runtime - PyTorch| = {diff:.2e} (tolerance {tolerance:g})")
+    print(f"{name}: max |ONNX Runtime - PyTorch| = {diff:.2e} (tolerance {tolerance:g})")
     if not diff <= tolerance:
         raise UserError(
-            f"{path} differs from PyTorch by {diff:.2e}, above --tolerance {tolerance:g}"
+            f"{name} differs from PyTorch by {diff:.2e}, above --tolerance {tolerance:g}; "
+            "nothing was written"
         )
     return diff
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad flags before the checkpoint is loaded."""
+    # the same check as config.check_inference_args, whose other checks need flags export lacks
+    if args.imgsz is not None and min(args.imgsz) < 14:
+        raise UserError("--imgsz must be at least 14 14 (one patch)")
+    if not args.tolerance > 0:  # also refuses nan, which every comparison fails
+        raise UserError(f"--tolerance must be positive, not {args.tolerance:g}")
+
+
 def main(args: argparse.Namespace) -> None:
+    check_args(args)
     model, ckpt = load_checkpoint(args.model, "cpu", args.backbone_source, args.hub_dir,
                                   args.backbone)  # fmt: skip
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     if args.dynamic:  # the graph then takes multiples of 14: store the aligned size
         imgsz = (patch_aligned(imgsz[0]), patch_aligned(imgsz[1]))
     log_input_size(imgsz)
-    try:
-        export(model, ckpt, imgsz, args.output, args.dynamic)
-    except Exception as err:  # the exporter raises many types for graphs it cannot convert
-        raise UserError(
-            f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}); try "
-            "--backbone-source timm, whose model exports cleanly"
-        ) from err
-    check(model, args.output, imgsz, args.tolerance)
-    if args.dynamic:
-        check(model, args.output, (imgsz[0] + 28, imgsz[1] + 14), args.tolerance)
+    # Exported and checked under a temporary name: a graph that fails the check never appears
+    # at --output, and an older file there stays until a checked one replaces it.
+    with atomic_path(args.output) as tmp:
+        try:
+            export(model, ckpt, imgsz, tmp, args.dynamic)
+        except Exception as err:  # the exporter raises many types for graphs it cannot convert
+            raise UserError(
+                f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}); try "
+                "--backbone-source timm, whose model exports cleanly"
+            ) from err
+        check(model, tmp, imgsz, args.tolerance, args.output)
+        if args.dynamic:
+            check(model, tmp, (imgsz[0] + 28, imgsz[1] + 14), args.tolerance, args.output)
     if args.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

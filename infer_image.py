@@ -34,6 +34,7 @@ from utils import (
     OrderedWriter,
     UserError,
     atomic_path,
+    check_writable,
     pick_device,
     prefetch,
     run_script,
@@ -55,6 +56,8 @@ def find_images(spec: str) -> list[Path]:
     path = Path(spec)
     if path.is_file():
         return [path]
+    if not any(c in spec for c in "*?[") and not path.exists():
+        raise UserError(f"--input {spec} does not exist; give an image file, a folder or a glob")
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     else:
@@ -115,6 +118,7 @@ def main(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     paths = find_images(args.input)
     names = output_names(paths)
+    check_writable(args.out_dir, needed_bytes=2**20)  # before the model loads, not after it ran
     predictor = predictor_from_args(args, device)
     failures, done = [], 0
     writer = OrderedWriter()

@@ -25,7 +25,15 @@ from tqdm import tqdm
 
 from config import DEFAULT_OUT_DIR, check_inference_args, inference_flags, runtime_flags
 from engine import Predictor, predictor_from_args
-from utils import OrderedWriter, UserError, pick_device, prefetch, run_script, show
+from utils import (
+    OrderedWriter,
+    UserError,
+    check_writable,
+    pick_device,
+    prefetch,
+    run_script,
+    show,
+)
 
 log = logging.getLogger("dinoseg")
 
@@ -87,6 +95,26 @@ def read_batches(source: VideoSource, predictor: Predictor, batch: int):
             frames = []
         if not ok:
             return
+
+
+def check_frame_count(spec: str, declared: int | None, decoded: int) -> None:
+    """Warn when a file decodes to another number of frames than its container declares.
+
+    A truncated or damaged file still gives a valid video of the frames that decode, so the run
+    succeeds; the warning keeps the shorter output from passing for the whole clip.
+    """
+    if declared is None or decoded == declared:
+        return
+    if decoded < declared:
+        log.warning(
+            "%s declares %d frames but only %d could be decoded; the output holds those %d",
+            spec, declared, decoded, decoded,
+        )  # fmt: skip
+    else:
+        log.warning(
+            "%s declares %d frames but %d were decoded; the output holds all %d",
+            spec, declared, decoded, decoded,
+        )  # fmt: skip
 
 
 def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, args) -> dict:
@@ -151,6 +179,8 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             log.warning(
                 "stopped by %s: %s holds the first %d%s frames", stopped, out_path, done, of
             )
+        else:
+            check_frame_count(args.input, source.frames, done)  # None for cameras
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -166,7 +196,14 @@ def main(args: argparse.Namespace) -> None:
     check_inference_args(args)
     device = pick_device(args.device)
     source = open_video(args.input)
-    predictor = predictor_from_args(args, device)
+    try:
+        # Before the model loads, so a bad --out-dir costs nothing. The video's size is unknown
+        # until it is encoded: this asks only for room to start.
+        check_writable(args.out_dir, needed_bytes=2**20)
+        predictor = predictor_from_args(args, device)
+    except BaseException:
+        source.capture.release()  # a camera stays busy until it is released
+        raise
     out_path = args.out_dir / f"{source.name}.mp4"
     stats = segment_video(source, predictor, out_path, args)
     print(f"Wrote {out_path}: {stats['frames']} frames, {source.width}x{source.height}, "

@@ -429,26 +429,46 @@ def save_checkpoint(path: Path, model: Segmentor, **meta) -> None:
         torch.save(payload, tmp)
 
 
-def read_checkpoint(path: Path) -> dict:
-    """Read one of our checkpoints safely (weights_only), or fail with a readable message."""
+def read_checkpoint(path: Path, flag: str = "--model") -> dict:
+    """Read one of our checkpoints safely (weights_only), or fail with a readable message.
+
+    Args:
+        flag: the command-line flag that named ``path``, for the messages.
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
         raise UserError(
-            f"checkpoint {path} does not exist; train one with train.py or pass --model"
+            f"{flag} {path} is a folder; pass a checkpoint in it, such as "
+            f"{path / 'best_model_iou.pth'}"
+        )
+    if not path.is_file():
+        fix = "pass the last_model.pth of an earlier run" if flag == "--resume" else (
+            "train one with train.py, or pass --model")  # fmt: skip
+        raise UserError(f"checkpoint {path} ({flag}) does not exist; {fix}")
+    if path.suffix.lower() == ".onnx":
+        raise UserError(
+            f"{flag} {path} is an ONNX model: add --backend onnxruntime to run it, or pass a "
+            ".pth checkpoint"
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
-        raise UserError(f"{path} is not a readable checkpoint ({err})") from err
+    except Exception as err:  # a text file, an image, a truncated download, pickled objects...
+        # PyTorch's own message is long and suggests weights_only=False, which we never do.
+        raise UserError(
+            f"{flag} {path} is not a readable checkpoint: PyTorch cannot load it safely "
+            f"({type(err).__name__}). Is it damaged, or another kind of file? Pass a "
+            "best_model_iou.pth, best_model_loss.pth or last_model.pth written by train.py"
+        ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
-            f"{path} is not a checkpoint of this repository (no format {CHECKPOINT_FORMAT!r}); "
+            f"{flag} {path} is not a checkpoint of this repository (no format "
+            f"{CHECKPOINT_FORMAT!r}); "
             "pass a best_model_iou.pth, best_model_loss.pth or last_model.pth written by train.py"
         )
     missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
     if missing:
         raise UserError(
-            f"{path} is damaged or was edited: it lacks {', '.join(missing)}; "
+            f"{flag} {path} is damaged or was edited: it lacks {', '.join(missing)}; "
             "use a checkpoint exactly as train.py wrote it"
         )
     return ckpt
@@ -469,6 +489,7 @@ def load_checkpoint(
     backbone_source: str | None = None,
     hub_dir: Path | None = None,
     backbone: str | None = None,
+    flag: str = "--model",
 ) -> tuple[Segmentor, dict]:
     """Rebuild a Segmentor from a checkpoint: the one loader every script uses.
 
@@ -479,11 +500,12 @@ def load_checkpoint(
             trained with; the weights are the checkpoint's either way.
         hub_dir: a local clone of the official repository, for source "hub".
         backbone: if given, the backbone the caller expects; a checkpoint of another is refused.
+        flag: the command-line flag that named ``path``, for the messages.
 
     Returns:
         (model in eval mode, the checkpoint dict)
     """
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, flag)
     check_backbone(path, ckpt["backbone"], backbone)
     classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     source = backbone_source or ckpt["backbone_source"]

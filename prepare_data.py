@@ -4,10 +4,12 @@
     python prepare_data.py voc --root VOCdevkit/VOC2012 --out data/voc_person --classes person
     python prepare_data.py coco --annotations annotations/instances_val2017.json \\
         --images val2017 --out data/coco_person --classes person
+    python prepare_data.py binary --root DIR --out DIR_01 --name person
 
 Each writes train_images/, train_masks/, valid_images/, valid_masks/ (class-index PNG masks,
 255 = ignore) and classes.yaml, then reports the images and pixels per class. Train with
-``python train.py --data OUT --config OUT/classes.yaml``.
+``python train.py --data OUT --config OUT/classes.yaml``. ``binary`` takes a dataset already in
+that layout whose masks are 0/255 images (255 = the class, not ignore) and maps 255 to 1.
 """
 
 import argparse
@@ -20,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
+from PIL import Image, ImageOps
 
 from config import IGNORE_INDEX, SPLITS, ClassConfig
-from datasets import convert_penn_fudan
+from datasets import DataError, DatasetError, convert_penn_fudan, find_pairs
 from utils import UserError, run_script
 
 VOC_CLASSES = (
@@ -49,6 +51,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     coco.add_argument("--images", type=Path, required=True, help="the folder of its images")
     coco.add_argument("--classes", nargs="+", default=["person"], help="category names to keep")
     coco.add_argument("--valid-every", type=int, default=5, help="every Nth image goes to valid")
+    binary = sub.add_parser(
+        "binary", parents=[common], help="a dataset in our layout whose masks are 0/255 images"
+    )
+    binary.add_argument("--root", type=Path, required=True,
+                        help="the folder with train_images/, train_masks/, valid_images/, "
+                        "valid_masks/")  # fmt: skip
+    binary.add_argument("--name", default="person", help="the class that 255 marks")
     return parser
 
 
@@ -158,6 +167,80 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
         write_pair(out, split, source.name, source.read_bytes(), mask)
 
 
+def read_binary_mask(path: Path) -> tuple[np.ndarray, bool]:
+    """Read a 0/255 mask as class ids: values of 128 and more become 1, the rest 0.
+
+    Grayscale, 1-bit and palette masks work, and RGB(A) ones whose three channels are equal.
+
+    Returns:
+        (H, W) uint8 class ids with the file's EXIF orientation applied, and whether the file
+        held values other than 0 and 255 (JPEG compression, antialiased edges).
+    """
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: unreadable or corrupt image ({err})") from err
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode == "P":
+        img = img.convert("RGB")  # the palette's colours, as a viewer shows them
+    if img.mode not in ("L", "LA", "RGB", "RGBA"):
+        raise DataError(f"{path}: a {img.mode} image; save the mask as 8-bit grayscale")
+    values = np.asarray(img)
+    if values.ndim == 3:
+        channels = values[..., : 1 if img.mode == "LA" else 3]  # the alpha channel is not a label
+        if (channels != channels[..., :1]).any():
+            raise DataError(
+                f"{path}: a colour mask (its channels differ); 'binary' takes black-and-white "
+                "masks, while colour masks listed in LABEL_COLORS_LIST train as they are"
+            )
+        values = channels[..., 0]
+    other = bool(((values != 0) & (values != 255)).any())
+    return (values >= 128).astype(np.uint8), other
+
+
+def convert_binary(root: Path, out: Path) -> int:
+    """Copy a dataset in our layout, turning its 0/255 masks into 0/1 class-index PNGs.
+
+    Images are copied unchanged and pair with masks by stem, as in training. Every problem
+    (unpaired files, unreadable or colour masks) is reported at once.
+
+    Returns:
+        the number of masks that held values other than 0 and 255 (thresholded at 128).
+    """
+    splits = {}
+    problems = []
+    for split in SPLITS:
+        splits[split], found = find_pairs(root / f"{split}_images", root / f"{split}_masks")
+        problems += found
+        if not splits[split] and not found:
+            problems.append(f"{root / f'{split}_images'}: no images")
+    if problems:
+        raise DatasetError(root, problems)
+    other = foreground = 0
+    for split, pairs in splits.items():
+        for image, mask_path in pairs:
+            try:
+                mask, odd = read_binary_mask(mask_path)
+            except DataError as err:
+                problems.append(str(err))
+                continue
+            other += odd
+            foreground += int(mask.sum())
+            write_pair(out, split, image.name, image.read_bytes(), mask)
+    if problems:
+        raise DatasetError(root, problems)
+    if foreground == 0:
+        raise UserError(
+            f"no mask under {root} has values of 128 or more, so every pixel would be background: "
+            "these are not 0/255 masks (masks of 0 and 1 are class ids already; train on "
+            f"--data {root} directly)"
+        )
+    return other
+
+
 def report(folder: Path, names: list[str]) -> None:
     """Print images and labelled pixels per class and split."""
     for split in SPLITS:
@@ -172,18 +255,28 @@ def report(folder: Path, names: list[str]) -> None:
 def main(args: argparse.Namespace) -> None:
     if args.dataset == "coco" and args.valid_every < 2:
         raise UserError("--valid-every must be at least 2")
-    names = ["background", *getattr(args, "classes", ["person"])]
+    if args.dataset == "binary":
+        if not args.root.is_dir():
+            raise UserError(f"--root {args.root} is not a folder")
+        out, root = args.out.resolve(), args.root.resolve()
+        if out == root or out in root.parents:
+            raise UserError(f"--out {args.out} would replace --root {args.root}; choose another")
+    kept = [args.name] if args.dataset == "binary" else getattr(args, "classes", ["person"])
+    names = ["background", *kept]
     colors = palette(len(VOC_CLASSES))
     if args.dataset == "voc":
         colors = [colors[VOC_CLASSES.index(n)] for n in names]
     else:
         colors = [[0, 0, 0], [0, 255, 0], *colors[2:]][: len(names)]
     classes = ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
+    other = 0  # binary masks with values other than 0 and 255
     with staging(args.out, args.force) as stage:
         if args.dataset == "pennfudan":
             convert_penn_fudan(args.zip, stage)
         elif args.dataset == "voc":
             convert_voc(args.root, stage, args.classes)
+        elif args.dataset == "binary":
+            other = convert_binary(args.root, stage)
         else:
             convert_coco(args.annotations, args.images, stage, args.classes, args.valid_every)
         for split in SPLITS:
@@ -191,6 +284,9 @@ def main(args: argparse.Namespace) -> None:
                 raise UserError(f"the {split} split came out empty; nothing was written")
         (stage / "classes.yaml").write_text(yaml.safe_dump(classes.to_dict(), sort_keys=False))
     report(args.out, names)
+    if args.dataset == "binary" and other:
+        print(f"{other} mask(s) held values other than 0 and 255 (JPEG compression or soft "
+              "edges): thresholded at 128, so 128..255 became 1")  # fmt: skip
     print(f"Wrote {args.out}; train with: python train.py --data {args.out} "
           f"--config {args.out / 'classes.yaml'}")  # fmt: skip
 

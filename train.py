@@ -147,6 +147,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--imgsz must be at least 14 14 (one patch)")
     if args.resume and args.eval_only:
         raise UserError("--resume and --eval-only do not go together")
+    if not args.eval_only and args.tta:
+        raise UserError("--tta applies to --eval-only: validation during training runs without it")
+    if not args.eval_only and args.model is not None:
+        raise UserError(
+            "--model names the checkpoint that --eval-only scores; to go on training a "
+            "checkpoint, use --resume OUT/last_model.pth"
+        )
     if args.cache_features != "off" and args.fine_tune:
         raise UserError("--cache-features needs a frozen backbone: drop --fine-tune or the cache")
 
@@ -296,9 +303,16 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
     if args.resume:
-        ckpt = read_checkpoint(args.resume)
-        classes = ClassConfig.from_dict(ckpt["classes"], source=str(args.resume))
+        ckpt = read_checkpoint(args.resume, "--resume")
+        resumed = ClassConfig.from_dict(ckpt["classes"], source=str(args.resume))
         imgsz = tuple(ckpt["imgsz"])
+        if args.imgsz is not None and tuple(args.imgsz) != imgsz:
+            log.warning("--imgsz %s ignored: a resumed run keeps its checkpoint's size %s",
+                        " ".join(map(str, args.imgsz)), " ".join(map(str, imgsz)))  # fmt: skip
+        if args.config is not None and classes != resumed:
+            log.warning("the classes of --config %s are ignored: a resumed run keeps its "
+                        "checkpoint's %s", args.config, list(resumed.names))  # fmt: skip
+        classes = resumed
         start = ckpt["epoch"] + 1
         best_miou, best_loss = ckpt["best_miou"], ckpt["best_loss"]
     else:
@@ -307,7 +321,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     pairs = check_dataset(resolve_data(args, main_process), classes)
 
     if args.resume:
-        model, _ = load_checkpoint(args.resume, device, args.backbone_source, args.hub_dir)
+        model, _ = load_checkpoint(args.resume, device, args.backbone_source, args.hub_dir,
+                                   flag="--resume")  # fmt: skip
         # The model is the checkpoint's, whatever the command line says of it.
         args.backbone_source = model.backbone.source
         args.backbone, args.layers = ckpt["backbone"], ckpt["layers"]
@@ -337,8 +352,16 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     if from_features:
         folder = args.cache_dir or args.out_dir / "feature_cache"
         cache = FeatureCache(model, imgsz, args.cache_features, folder, autocast)
-        t0 = time.perf_counter()
         views = ("orig", "flip") if augment else ("orig",)
+        if args.cache_features == "disk" and main_process:
+            todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
+            check_writable(folder, todo * cache.view_bytes(), "--cache-dir", "the feature cache")
+        t0 = time.perf_counter()
+        if world > 1 and args.cache_features == "disk":
+            # Each process computes its share of the shared folder, then reads the others'.
+            cache.fill(model, pairs["train"][rank::world], views, args.batch, "caching train")
+            cache.fill(model, pairs["valid"][rank::world], ("orig",), args.batch, "caching valid")
+            dist.barrier()
         cache.fill(model, pairs["train"], views, args.batch, "caching train features")
         cache.fill(model, pairs["valid"], ("orig",), args.batch, "caching valid features")
         log.info(
@@ -378,7 +401,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     run_settings = settings(args, classes, imgsz)
     if main_process:
-        check_writable(args.out_dir, needed_bytes=3 * checkpoint_bytes(model) + 50 * 2**20)
+        needed = 3 * checkpoint_bytes(model) + 50 * 2**20
+        check_writable(args.out_dir, needed, purpose="its checkpoints")
         write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
     if start > args.epochs:
         log.info(

@@ -81,7 +81,9 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def check_writable(folder: Path, needed_bytes: int, flag: str = "--out-dir") -> None:
+def check_writable(
+    folder: Path, needed_bytes: int, flag: str = "--out-dir", purpose: str = "its outputs"
+) -> None:
     """Fail before any work if ``folder`` cannot be written or lacks ``needed_bytes`` of space."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,7 @@ def check_writable(folder: Path, needed_bytes: int, flag: str = "--out-dir") -> 
     if free < needed_bytes:
         raise UserError(
             f"{flag} {folder} has {free / 2**20:.0f} MB free, but this run needs about "
-            f"{needed_bytes / 2**20:.0f} MB for its checkpoints; free some space or choose "
+            f"{needed_bytes / 2**20:.0f} MB for {purpose}; free some space or choose "
             "another folder"
         )
 

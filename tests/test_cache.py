@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 import train
-from config import parse_args
+from config import DEFAULT_CLASSES, parse_args
+from datasets import check_dataset
 from engine import FeatureCache
 from model import Segmentor, load_backbone
 from synthetic import make_dataset
@@ -83,6 +84,24 @@ def test_cache_keys_depend_on_weights_size_blocks_and_precision(
     assert key != FeatureCache(base, (84, 70), "memory").key(image, "orig")
     bf16 = FeatureCache(base, (90, 66), "memory", autocast_dtype=torch.bfloat16)
     assert key != bf16.key(image, "orig")  # --amp bf16 features differ from fp32 ones
+
+
+def test_cache_size_estimate_is_the_size_written(tiny_data, weights_file):
+    model = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file)), 2)
+    pairs = check_dataset(tiny_data, DEFAULT_CLASSES)["train"][:1]
+    cache = FeatureCache(model, (90, 66), "memory")
+    assert len(cache.missing(pairs, ("orig", "flip"))) == 2
+    cache.fill(model, pairs, ("orig",), batch=1)
+    assert cache.missing(pairs, ("orig", "flip")) == [(pairs[0][0], "flip")]
+    assert cache.bytes_per_view == cache.view_bytes()
+
+
+def test_unusable_cache_dir_is_reported_before_caching(tmp_path, tiny_data, weights_file):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(UserError, match=r"--cache-dir .*file/cache is not writable"):
+        run_train(argv(tiny_data, tmp_path / "out", weights_file, "--cache-features", "disk",
+                       "--cache-dir", str(blocker / "cache")))  # fmt: skip
 
 
 def test_cache_refuses_a_fine_tuned_backbone(tmp_path, tiny_data, weights_file):

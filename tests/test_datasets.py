@@ -78,6 +78,13 @@ def test_instance_ids_map_to_person_with_two_classes(tmp_path):
     assert read_mask(save(mask, tmp_path / "m.png"), DEFAULT_CLASSES).tolist() == [[0, 1], [1, 1]]
 
 
+@pytest.mark.parametrize("values", [[0, 7], [0, 1, 3], [0, 254]])
+def test_values_that_are_not_consecutive_instance_ids_are_an_error(tmp_path, values):
+    mask = np.array([values], dtype=np.uint8)
+    with pytest.raises(DataError, match=r"are not class ids 0-1 .*without gaps"):
+        read_mask(save(mask, tmp_path / "m.png"), DEFAULT_CLASSES)
+
+
 def test_values_outside_classes_are_an_error_with_three_classes(tmp_path):
     mask = np.array([[0, 1], [2, 7]], dtype=np.uint8)
     with pytest.raises(DataError, match=r"values \[7\] are not class ids 0-2"):
@@ -150,6 +157,21 @@ def test_check_dataset_reports_every_problem_at_once(fresh_data):
     assert "img001.jpg: unreadable or corrupt image" in text
     assert "img002.png: mask is 9x9 but its image img002.png is 96x72" in text
     assert "valid_masks/img000.png: values [3] are not class ids" in text
+
+
+def test_masks_saved_as_0_and_255_are_refused_with_the_fix(fresh_data):
+    for mask in (fresh_data / "train_masks").iterdir():
+        binary = np.asarray(Image.open(mask))
+        save(np.where(binary == 1, 255, 0).astype(np.uint8), mask)
+    for mask in (fresh_data / "valid_masks").iterdir():
+        save(np.zeros_like(np.asarray(Image.open(mask))), mask)
+    with pytest.raises(UserError, match=r"masks saved as 0/255\?.* prepare_data.py binary --root"):
+        check_dataset(fresh_data, DEFAULT_CLASSES)
+
+
+def test_a_class_absent_from_the_train_split_is_a_warning(fresh_data, caplog):
+    check_dataset(fresh_data, THREE)  # the synthetic masks hold classes 0 and 1 only
+    assert "the train split of" in caplog.text and "has no pixel of car" in caplog.text
 
 
 def test_check_dataset_reports_empty_split(fresh_data):

@@ -113,3 +113,18 @@ def test_torchrun_fine_tunes_the_official_hub_model(tmp_path, weights_file):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Best valid mIoU") == 1
+
+
+def test_torchrun_processes_share_the_work_of_a_disk_cache(tmp_path, weights_file):
+    data = make_dataset(tmp_path / "data", n_train=4, n_valid=2, seed=5)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
+           "--weights", str(weights_file), "--imgsz", "56", "56", "--epochs", "1", "--batch", "1",
+           "--workers", "0", "--num-vis", "0", "--cache-features", "disk"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((out / "feature_cache").glob("*.pt"))) == 4 * 2 + 2
+    # rank 0 computed its half (2 train images x 2 views, 1 valid image) and read the rest
+    assert "feature cache (disk): 5 views computed" in proc.stderr
+    assert ", 10 reused;" in proc.stderr

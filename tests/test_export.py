@@ -36,11 +36,31 @@ def test_export_writes_a_checked_self_describing_graph(onnx_files, capsys):
     assert oct(fp32.stat().st_mode & 0o777) == "0o644"
 
 
-def test_export_fails_above_the_tolerance(tmp_path, checkpoint):
-    with pytest.raises(UserError, match=r"differs from PyTorch by .* above --tolerance 0"):
+def test_export_fails_above_the_tolerance_and_leaves_no_file(tmp_path, checkpoint):
+    with pytest.raises(UserError, match=r"differs from PyTorch by .* above --tolerance 1e-30"):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx"), "--int8",
+             "--tolerance", "1e-30"]))  # fmt: skip
+    assert list(tmp_path.iterdir()) == [], "neither the graph nor a temporary file may remain"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--imgsz", "0", "56"], "--imgsz must be at least 14 14 \\(one patch\\)"),
+        (["--imgsz", "-28", "56"], "--imgsz must be at least 14 14"),
+        (["--imgsz", "5", "5"], "--imgsz must be at least 14 14"),
+        (["--tolerance", "0"], "--tolerance must be positive, not 0"),
+        (["--tolerance", "-0.001"], "--tolerance must be positive"),
+        (["--tolerance", "nan"], "--tolerance must be positive"),
+    ],
+)
+def test_export_refuses_bad_flags_before_writing(tmp_path, checkpoint, flags, message):
+    with pytest.raises(UserError, match=message):
         export.main(export.get_args_parser().parse_args(
             ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx"),
-             "--tolerance", "0"]))  # fmt: skip
+             *flags]))  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_onnxruntime_masks_agree_with_pytorch(tmp_path, onnx_files, checkpoint, tiny_data):

@@ -151,6 +151,16 @@ def test_infer_image_keeps_images_that_share_a_stem_apart(tmp_path, checkpoint):
 def test_infer_image_without_matches_is_a_user_error(tmp_path, checkpoint):
     with pytest.raises(UserError, match="no images found"):
         infer_image.main(image_args(input=tmp_path / "*.png", model=checkpoint))
+    with pytest.raises(UserError, match=r"--input .*photo.jpg does not exist"):
+        infer_image.main(image_args(input=tmp_path / "photo.jpg", model=checkpoint))
+
+
+def test_infer_image_checks_its_out_dir_before_running(tmp_path, checkpoint, tiny_data):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(UserError, match=r"--out-dir .*file/out is not writable"):
+        infer_image.main(image_args(input=tiny_data / "valid_images", model=checkpoint,
+                                    out_dir=blocker / "out"))  # fmt: skip
 
 
 def test_written_masks_score_what_eval_only_scores(tmp_path, checkpoint, tiny_data):
@@ -319,3 +329,68 @@ def test_benchmark_script_runs_and_reports_the_ratios():
                  "I/O only (no model)", "model time / FLOP floor =",
                  "ORT int8 dynamic quant"):  # fmt: skip
         assert text in proc.stdout
+
+
+# --- later additions -----------------------------------------------------------------------
+
+
+def truncated_avi(path, frames=12, keep=0.5):
+    """An MJPG .avi whose header declares ``frames`` but whose end (index and later frames) is
+    cut off. Returns (path, frames OpenCV decodes from it)."""
+    full = path.with_name("full.avi")
+    video = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        video.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    video.release()
+    data = full.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    capture = cv2.VideoCapture(str(path))
+    declared, decoded = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0
+    while capture.read()[0]:
+        decoded += 1
+    capture.release()
+    assert declared == frames and 0 < decoded < frames, (declared, decoded)  # the premise
+    return path, decoded
+
+
+def test_truncated_video_is_written_with_a_warning(tmp_path, checkpoint, caplog):
+    clip, decoded = truncated_avi(tmp_path / "input.avi")
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=4))
+    written = cv2.VideoCapture(str(out / "input.mp4"))
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == decoded
+    assert (
+        f"{clip} declares 12 frames but only {decoded} could be decoded; "
+        f"the output holds those {decoded}" in caplog.text
+    )
+
+
+def test_whole_videos_and_early_stops_give_no_frame_count_warning(caplog):
+    infer_video.check_frame_count("a.mp4", 13, 13)
+    infer_video.check_frame_count("camera0", None, 40)
+    assert "declares" not in caplog.text
+    infer_video.check_frame_count("b.mkv", 10, 11)
+    assert "b.mkv declares 10 frames but 11 were decoded" in caplog.text
+
+
+@pytest.mark.parametrize("below", ["file", "proc"])
+def test_unwritable_video_out_dir_fails_before_the_model_loads(tmp_path, checkpoint, below):
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    (tmp_path / "file.txt").write_text("a regular file")
+    out = tmp_path / "file.txt" / "out" if below == "file" else "/proc/dinoseg-out"
+
+    def no_model(*args):
+        raise AssertionError("the model was loaded before --out-dir was checked")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video, "predictor_from_args", no_model)
+        with pytest.raises(UserError, match=r"--out-dir .*out is not writable"):
+            infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+
+
+def test_cache_benchmark_refuses_a_single_epoch():
+    cmd = [sys.executable, "benchmarks/bench_cache.py", "--epochs", "1", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "--epochs must be at least 2, not 1" in proc.stderr

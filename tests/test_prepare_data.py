@@ -1,6 +1,7 @@
 """prepare_data.py on small fixtures of Penn-Fudan, PASCAL VOC and COCO built here."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -140,3 +141,94 @@ def test_existing_output_needs_force_and_force_replaces_it_whole(tmp_path):
     assert not (out / "old.txt").exists()
     assert len(list((out / "train_images").iterdir())) == 8
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_pennfudan_names_the_final_folder_not_the_staging_one(tmp_path, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="dinoseg")
+    out = tmp_path / "pf"
+    run("pennfudan", "--zip", str(penn_fudan_zip(tmp_path / "PennFudanPed.zip")), "--out", str(out))
+    assert f"Wrote {out};" in capsys.readouterr().out
+    assert f"{tmp_path}/." not in caplog.text, caplog.text
+
+
+def binary_fixture(root, jpeg_mask=False):
+    """Three train and one valid pair of 56x42 images with 0/255 masks (255 = person)."""
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 3), ("valid", 1)):
+        (root / f"{split}_images").mkdir(parents=True)
+        (root / f"{split}_masks").mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (42, 56, 3), dtype=np.uint8)).save(
+                root / f"{split}_images" / f"{split}{i}.jpg"
+            )
+            mask = np.zeros((42, 56), np.uint8)
+            mask[10:30, 20:40] = 255
+            Image.fromarray(mask).save(root / f"{split}_masks" / f"{split}{i}.png")
+    mask = np.zeros((42, 56), np.uint8)
+    mask[5:25, 5:25] = 255
+    if jpeg_mask:  # compression leaves values between 0 and 255 along the edges
+        (root / "train_masks" / "train0.png").unlink()
+        Image.fromarray(mask).save(root / "train_masks" / "train0.jpg", quality=75)
+    rgb = np.repeat(mask[..., None], 3, axis=2)
+    Image.fromarray(rgb).convert("RGBA").save(root / "train_masks" / "train1.png")
+    return root
+
+
+def test_binary_maps_255_to_the_class_and_copies_images(tmp_path, capsys):
+    root = binary_fixture(tmp_path / "people")
+    out = tmp_path / "people_01"
+    run("binary", "--root", str(root), "--out", str(out))
+    mask = np.asarray(Image.open(out / "train_masks" / "train2.png"))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    assert mask[20, 30] == 1 and mask[0, 0] == 0
+    rgba = np.asarray(Image.open(out / "train_masks" / "train1.png"))
+    assert rgba.shape == (42, 56) and rgba[15, 15] == 1 and rgba[35, 50] == 0
+    for split, name in (("train", "train0.jpg"), ("valid", "valid0.jpg")):
+        copied = (out / f"{split}_images" / name).read_bytes()
+        assert copied == (root / f"{split}_images" / name).read_bytes()
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes.names == ("background", "person")
+    assert len(check_dataset(out, classes)["train"]) == 3
+    printed = capsys.readouterr().out
+    assert "train: 3 images; pixels: background" in printed and "person 1,200" in printed
+    assert "held values other than 0 and 255" not in printed
+
+
+def test_binary_thresholds_jpeg_masks_and_counts_them(tmp_path, capsys):
+    root = binary_fixture(tmp_path / "people", jpeg_mask=True)
+    out = tmp_path / "people_01"
+    run("binary", "--root", str(root), "--out", str(out), "--name", "cat")
+    mask = np.asarray(Image.open(out / "train_masks" / "train0.png"))
+    assert set(np.unique(mask)) == {0, 1} and mask[15, 15] == 1 and mask[35, 50] == 0
+    assert abs(int(mask.sum()) - 400) <= 40  # the 20x20 square, give or take its edge
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes.names == ("background", "cat")
+    printed = capsys.readouterr().out
+    assert "1 mask(s) held values other than 0 and 255" in printed and "at 128" in printed
+
+
+def test_binary_names_every_bad_file_and_writes_nothing(tmp_path):
+    root = binary_fixture(tmp_path / "people")
+    colour = np.zeros((42, 56, 3), np.uint8)
+    colour[5:10, 5:10] = (255, 0, 0)
+    Image.fromarray(colour).save(root / "train_masks" / "train2.png")
+    (root / "valid_masks" / "valid0.png").write_bytes(b"not a png")
+    out = tmp_path / "people_01"
+    with pytest.raises(UserError, match=r"(?s)2 problem.*train2\.png: a colour mask.*valid0\.png"):
+        run("binary", "--root", str(root), "--out", str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people"]
+
+
+def test_binary_refuses_masks_that_are_already_class_ids(tmp_path):
+    root = binary_fixture(tmp_path / "people")
+    for path in root.glob("*_masks/*.png"):
+        Image.fromarray((np.asarray(Image.open(path).convert("L")) > 0).astype(np.uint8)).save(path)
+    with pytest.raises(UserError, match=r"not 0/255 masks .* train on --data"):
+        run("binary", "--root", str(root), "--out", str(tmp_path / "o"))
+
+
+def test_binary_refuses_to_replace_its_own_root(tmp_path):
+    root = binary_fixture(tmp_path / "people")
+    with pytest.raises(UserError, match="would replace --root"):
+        run("binary", "--root", str(root), "--out", str(root), "--force")
+    assert len(list((root / "train_masks").iterdir())) == 3

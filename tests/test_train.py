@@ -12,7 +12,7 @@ from config import DEFAULT_CLASSES, parse_args
 from conftest import ROOT
 from datasets import SegmentationDataset, check_dataset
 from engine import evaluate
-from model import Segmentor, load_backbone, load_checkpoint
+from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint
 from utils import UserError, read_csv
 
 IMGSZ = ["90", "66"]  # neither a multiple of 14 nor square
@@ -98,12 +98,13 @@ def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_
     assert sum(ious) / 2 == pytest.approx(result["miou"])
 
 
-def test_resume_continues_from_the_next_epoch(tmp_path, tiny_data, weights_file):
+def test_resume_continues_from_the_next_epoch(tmp_path, tiny_data, weights_file, caplog):
     args = common(tiny_data, tmp_path, weights_file)
     run_train([*args, "--epochs", "2", "--scheduler", "cosine"])
     first = read_csv(tmp_path / "metrics.csv")
     run_train([*args, "--epochs", "3", "--scheduler", "cosine", "--resume",
-               str(tmp_path / "last_model.pth")])  # fmt: skip
+               str(tmp_path / "last_model.pth"), "--imgsz", "98", "98"])  # fmt: skip
+    assert "--imgsz 98 98 ignored: a resumed run keeps its checkpoint's size 90 66" in caplog.text
     rows = read_csv(tmp_path / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[:2] == first
@@ -151,10 +152,18 @@ def test_config_file_takes_off_unquoted(tmp_path):
     assert (args.amp, args.cache_features, args.scheduler) == ("off", "off", "none")
 
 
-def test_bad_choice_in_config_file_is_rejected_by_argparse(tmp_path):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("scheduler: linear\n", r"c.yaml: scheduler: 'linear' is not one of none, cosine, poly"),
+        ("lr: abc\n", r"c.yaml: lr: 'abc' is not a valid value"),
+        ("imgsz: [640, big]\n", r"c.yaml: imgsz: 'big' is not a valid value"),
+    ],
+)
+def test_bad_values_in_config_file_name_the_file(tmp_path, content, message):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("scheduler: linear\n")
-    with pytest.raises(SystemExit):
+    cfg.write_text(content)
+    with pytest.raises(UserError, match=message):
         parse_args(train.get_args_parser(), ["--config", str(cfg)])
 
 
@@ -162,7 +171,10 @@ def test_bad_choice_in_config_file_is_rejected_by_argparse(tmp_path):
     ("argv", "message"),
     [
         (["--eval-only", "--model", "README.md"], "is not a readable checkpoint"),
-        (["--eval-only", "--model", "missing.pth"], "checkpoint missing.pth does not exist"),
+        (
+            ["--eval-only", "--model", "missing.pth"],
+            "checkpoint missing.pth (--model) does not exist",
+        ),
         (
             ["--eval-only", "--model", "old.pth"],
             "old.pth is damaged or was edited: it lacks layers, fine_tune, classes, imgsz",
@@ -185,6 +197,38 @@ def test_user_errors_exit_2_without_traceback(argv, message, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tta"], "--tta applies to --eval-only"),
+        (["--model", "outputs/best_model_iou.pth"], "to go on training a checkpoint, use --resume"),
+    ],
+)
+def test_evaluation_flags_without_eval_only_are_refused(argv, message):
+    args, _ = parse_args(train.get_args_parser(), argv)
+    with pytest.raises(UserError, match=message):
+        train.check_args(args)
+
+
+@pytest.mark.parametrize(
+    ("name", "flag", "message"),
+    [
+        ("runs", "--model", r"--model .*runs is a folder; pass a checkpoint in it, such as"),
+        ("model.onnx", "--model", r"is an ONNX model: add --backend onnxruntime"),
+        ("pickled.pth", "--model", r"pickled.pth is not a (readable )?checkpoint"),
+        ("notes.txt", "--model", r"notes.txt is not a readable checkpoint: PyTorch cannot load"),
+        ("gone.pth", "--resume", r"gone.pth \(--resume\) does not exist; pass the last_model"),
+    ],
+)
+def test_files_that_are_not_checkpoints_are_named_with_their_flag(tmp_path, name, flag, message):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    torch.save({"loss": ValueError("a Python object")}, tmp_path / "pickled.pth")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match=message):
+        read_checkpoint(tmp_path / name, flag)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
