@@ -256,14 +256,19 @@ def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
     return parser
 
 
+def check_imgsz(imgsz) -> None:
+    """Refuse an --imgsz smaller than one patch (None means the default, which is fine)."""
+    if imgsz is not None and min(imgsz) < PATCH_SIZE:
+        raise UserError(f"--imgsz must be at least {PATCH_SIZE} {PATCH_SIZE} (one patch)")
+
+
 def check_inference_args(args: argparse.Namespace) -> None:
     """Checks shared by both inference scripts."""
     if not 0 <= args.alpha <= 1:
         raise UserError(f"--alpha must be between 0 and 1, not {args.alpha}")
     if args.batch < 1:
         raise UserError("--batch must be at least 1")
-    if args.imgsz is not None and min(args.imgsz) < 14:
-        raise UserError("--imgsz must be at least 14 14 (one patch)")
+    check_imgsz(args.imgsz)
     if args.show:
         check_gui()
 

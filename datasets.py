@@ -46,7 +46,8 @@ class DatasetError(UserError):
         )
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
+    """Decode an image file with its EXIF orientation applied, or raise DataError."""
     try:
         img = Image.open(path)
         img.load()
@@ -61,7 +62,7 @@ def read_image(path: Path) -> np.ndarray:
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted.
     """
-    img = _open(Path(path))
+    img = open_image(Path(path))
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         if img.mode.startswith("I;16"):
@@ -77,7 +78,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(W, H) of an image as displayed (EXIF orientation applied), decoding it fully."""
-    return _open(Path(path)).size
+    return open_image(Path(path)).size
 
 
 def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
@@ -87,7 +88,7 @@ def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
         DataError: unreadable file, unknown colours, or values that are not class ids.
     """
     path = Path(path)
-    img = _open(path)
+    img = open_image(path)
     arr = np.asarray(img)
     if img.mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]

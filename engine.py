@@ -98,11 +98,11 @@ def train_one_epoch(
             step_loss = loss / labelled.clamp(min=1)
             # Under torchrun every process stops at the same step, even if one alone diverged:
             # a process that went on would wait forever for the others' gradients.
-            diverged = (~torch.isfinite(step_loss)).to(torch.int32)
+            here = ~torch.isfinite(step_loss)
+            diverged = here.to(torch.int32)
             all_reduce_sum(diverged)
             if diverged:
-                value = step_loss.item() if not torch.isfinite(step_loss) else None
-                where = f"became {value}" if value is not None else "diverged in another process"
+                where = f"became {step_loss.item()}" if here else "diverged in another process"
                 raise TrainingDiverged(f"the training loss {where} at step {step}")
             # Each update averages its group's batch losses, the last group too, however short.
             group = accum if step <= full_groups_end else steps - full_groups_end

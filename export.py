@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import backbone_flags
+from config import backbone_flags, check_imgsz
 from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size, patch_aligned
 from utils import UserError, atomic_path, run_script
 
@@ -112,9 +112,7 @@ def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path | No
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flags before the checkpoint is loaded."""
-    # the same check as config.check_inference_args, whose other checks need flags export lacks
-    if args.imgsz is not None and min(args.imgsz) < 14:
-        raise UserError("--imgsz must be at least 14 14 (one patch)")
+    check_imgsz(args.imgsz)
     if not args.tolerance > 0:  # also refuses nan, which every comparison fails
         raise UserError(f"--tolerance must be positive, not {args.tolerance:g}")
 

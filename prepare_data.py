@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, ImageOps
+from PIL import Image
 
 from config import IGNORE_INDEX, SPLITS, ClassConfig
-from datasets import DataError, DatasetError, convert_penn_fudan, find_pairs
+from datasets import DataError, DatasetError, convert_penn_fudan, find_pairs, open_image
 from utils import UserError, run_script
 
 VOC_CLASSES = (
@@ -176,12 +176,7 @@ def read_binary_mask(path: Path) -> tuple[np.ndarray, bool]:
         (H, W) uint8 class ids with the file's EXIF orientation applied, and whether the file
         held values other than 0 and 255 (JPEG compression, antialiased edges).
     """
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: unreadable or corrupt image ({err})") from err
-    img = ImageOps.exif_transpose(img)
+    img = open_image(path)
     if img.mode == "1":
         img = img.convert("L")
     elif img.mode == "P":

@@ -32,6 +32,7 @@ from config import (
     IGNORE_INDEX,
     ClassConfig,
     backbone_flags,
+    check_imgsz,
     parse_args,
     runtime_flags,
     tta_flags,
@@ -143,8 +144,7 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("lr", "backbone_lr"):
         if not getattr(args, flag) > 0:
             raise UserError(f"--{flag.replace('_', '-')} must be positive")
-    if args.imgsz is not None and min(args.imgsz) < 14:
-        raise UserError("--imgsz must be at least 14 14 (one patch)")
+    check_imgsz(args.imgsz)
     if args.resume and args.eval_only:
         raise UserError("--resume and --eval-only do not go together")
     if not args.eval_only and args.tta:
