@@ -44,6 +44,11 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of running loss sums: float64, or float32 on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def train_one_epoch(
     model: Segmentor,
     loader: DataLoader,
@@ -71,7 +76,7 @@ def train_one_epoch(
     """
     model.train()
     cm = ConfusionMatrix(num_classes)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    loss_sum = torch.zeros((), device=device, dtype=_sum_dtype(device))
     pixels = torch.zeros((), device=device, dtype=torch.int64)
     use_scaler = scaler is not None and scaler.is_enabled()
     optimizer.zero_grad(set_to_none=True)
@@ -179,7 +184,7 @@ def evaluate(
     """
     model.eval()
     cm = ConfusionMatrix(num_classes)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    loss_sum = torch.zeros((), device=device, dtype=_sum_dtype(device))
     pixels = torch.zeros((), device=device, dtype=torch.int64)
     for images, masks, _ in tqdm(
         loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process()
@@ -243,10 +248,14 @@ class Predictor:
         self.classes = classes
         self.imgsz = tuple(imgsz)
         self.device = model.device
-        self._patch_logits = torch.compile(model.patch_logits) if compile else model.patch_logits
+        # The network on a (B, 3, H, W) uint8 batch, compiled if asked.
+        self.patch_logits = torch.compile(model.patch_logits) if compile else model.patch_logits
         self._compiled_batch = 0 if compile else None  # the batch size compiled for
-        self.model_seconds = 0.0  # time spent in predict_resized, GPU work included
+        # Time spent in predict_resized, GPU work included: the first call (CUDA start-up,
+        # compilation) apart from the rest.
+        self.model_seconds = 0.0
         self.model_frames = 0
+        self._first_call: tuple[float, int] | None = None
 
     @classmethod
     def from_checkpoint(
@@ -276,7 +285,7 @@ class Predictor:
         classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
         dtype = amp_dtype(amp, device)
         if dtype is not None:
-            model = model.to(dtype)
+            model = model.cast(dtype)
         return cls(model, classes, imgsz, compile, tta)
 
     def resize(self, image: np.ndarray) -> np.ndarray:
@@ -295,16 +304,31 @@ class Predictor:
             # A new batch size would recompile (tens of seconds): pad a short last batch.
             self._compiled_batch = max(self._compiled_batch, n)
             batch = np.concatenate([batch, np.repeat(batch[-1:], self._compiled_batch - n, 0)])
+        # NCHW, contiguous as in evaluation: channels-last input picks other kernels on CUDA
         x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        x = x.contiguous()
         if self.tta is None:
-            scores = self._patch_logits(x)[:n].float()
+            scores = self.patch_logits(x)[:n].float()
         else:
             scores = tta_probs(self.model, x, *self.tta)[:n]
         masks = self._masks(scores, sizes)
         synchronize(self.device)
-        self.model_seconds += time.perf_counter() - start
-        self.model_frames += len(masks)
+        if self._first_call is None:
+            self._first_call = (time.perf_counter() - start, n)
+        else:
+            self.model_seconds += time.perf_counter() - start
+            self.model_frames += n
         return masks
+
+    def model_fps(self) -> float:
+        """Images per second through the network, without the first call (CUDA start-up,
+        compilation) unless it was the only one."""
+        if self.model_frames:
+            return self.model_frames / self.model_seconds
+        if self._first_call is None:
+            raise RuntimeError("model_fps() before any prediction")
+        seconds, frames = self._first_call
+        return frames / seconds
 
     @torch.inference_mode()
     def predict_features(self, features: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list:

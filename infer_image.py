@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> None:
     writer.finish()
     elapsed = time.perf_counter() - start
     if done:
-        model_fps = predictor.model_frames / predictor.model_seconds
+        model_fps = predictor.model_fps()
         print(f"Segmented {done} image(s) into {args.out_dir}")
         print(f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS) on {device}")
         print(f"end to end: {done / elapsed:.2f} images per second (reading, model, writing)")

@@ -187,7 +187,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     return {
         "frames": done,
         "seconds": seconds,
-        "model_fps": predictor.model_frames / predictor.model_seconds,
+        "model_fps": predictor.model_fps(),
         "fps": done / seconds,
     }
 

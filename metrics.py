@@ -53,7 +53,7 @@ class ConfusionMatrix:
             {"pixel_accuracy": float, "miou": float, "iou": list[float] (NaN where undefined)}
         """
         k = self.num_classes
-        mat = (self.mat if self.mat is not None else torch.zeros(k, k)).double().cpu()
+        mat = (self.mat if self.mat is not None else torch.zeros(k, k)).cpu().double()
         tp = mat.diag()
         union = mat.sum(0) + mat.sum(1) - tp
         iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))

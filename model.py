@@ -100,7 +100,7 @@ class DinoBackbone(nn.Module):
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights with the official key names and shapes (dinov2_*_pretrain.pth layout)."""
-        sd = {k: v.detach().clone() for k, v in self.vit.state_dict().items()}
+        sd = {k: v.detach().to("cpu", copy=True) for k, v in self.vit.state_dict().items()}
         if self.source == "hub":
             return sd
         return _timm_to_official(sd, self.name)
@@ -359,6 +359,16 @@ class Segmentor(nn.Module):
         """The weights' dtype: float32, or bfloat16/float16 when cast for inference."""
         return self.head.classifier.weight.dtype
 
+    def cast(self, dtype: torch.dtype) -> "Segmentor":
+        """Cast the network (backbone and head) to ``dtype`` for inference, in place.
+
+        Unlike ``.to(dtype)`` this keeps the pixel normalization in float32: in bfloat16 the
+        mean 123.675 would become 123.5.
+        """
+        self.backbone.to(dtype)
+        self.head.to(dtype)
+        return self
+
     def train(self, mode: bool = True) -> "Segmentor":
         super().train(mode)
         if not self.fine_tune:
@@ -405,25 +415,36 @@ class Segmentor(nn.Module):
         return groups
 
 
+def _on_cpu(value):
+    """``value`` with every tensor in it (nested in dicts, lists, tuples) on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 def save_checkpoint(path: Path, model: Segmentor, **meta) -> None:
     """Write a self-describing checkpoint atomically.
 
     The backbone is stored in the official layout and the head as its state dict, next to
     ``meta``: classes, image size, backbone name and source, layers, arguments, and for
-    training also optimizer, scheduler, scaler and epoch. Everything is tensors and plain
-    Python values, so it loads with ``torch.load(weights_only=True)``.
+    training also optimizer, scheduler, scaler and epoch. Everything is CPU tensors and plain
+    Python values, so it loads with ``torch.load(weights_only=True)`` on any machine.
     """
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": {
             "backbone": model.backbone.official_state_dict(),
-            "head": model.head.state_dict(),
+            "head": _on_cpu(model.head.state_dict()),
         },
         "backbone": model.backbone.name,
         "backbone_source": model.backbone.source,
         "layers": len(model.backbone.blocks),
         "fine_tune": model.fine_tune,
-        **meta,
+        **_on_cpu(meta),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -7,7 +7,6 @@ import logging
 import os
 import queue
 import random
-import resource
 import shutil
 import signal
 import sys
@@ -152,7 +151,13 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     if device.type == "mps":
         raise UserError("torchrun training runs on CUDA or the CPU, not MPS: pass --device cpu")
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        local_rank, gpus = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise UserError(
+                f"torchrun started process {local_rank} on this machine, but it has only {gpus} "
+                f"CUDA GPU(s): pass --nproc_per_node {gpus} or fewer, or --device cpu"
+            )
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
@@ -181,6 +186,8 @@ def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated on CUDA; otherwise this process's peak resident memory."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource  # POSIX only: not on Windows
+
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 

@@ -11,6 +11,7 @@ both, peak memory on CUDA, and the largest difference between their features.
 """
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# MPS reads this once, when torch loads: ops it lacks then run on the CPU instead of failing.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import torch
 

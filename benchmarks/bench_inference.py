@@ -20,12 +20,15 @@ values.
 
 import argparse
 import copy
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# MPS reads this once, when torch loads: ops it lacks then run on the CPU instead of failing.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import cv2
 import numpy as np
@@ -84,12 +87,14 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int)
 
 
 @torch.inference_mode()
-def model_seconds(model: Segmentor, batch: int, imgsz, device, reps: int, compile: bool) -> float:
-    """Seconds per frame of the network alone on a ready uint8 batch (best of ``reps``)."""
-    w, h = imgsz
+def model_seconds(predictor: Predictor, batch: int, reps: int) -> float:
+    """Seconds per frame of the predictor's network alone on a ready uint8 batch (best of
+    ``reps``), compiled or not as the predictor runs it."""
+    w, h = predictor.imgsz
+    device = predictor.device
     images = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, device=device)
-    forward = torch.compile(model.patch_logits) if compile else model.patch_logits
-    forward(images)  # warm-up (and compilation)
+    forward = predictor.patch_logits
+    forward(images)  # warm-up (and compilation, once for the whole run)
     best = float("inf")
     for _ in range(reps):
         synchronize(device)
@@ -174,11 +179,13 @@ class NoModel(Predictor):
     def predict_resized(self, batch: np.ndarray, sizes) -> list:
         return [np.zeros(size, np.uint8) for size in sizes]
 
+    def model_fps(self) -> float:
+        return float("nan")  # no model
+
 
 def io_ceiling(video: Path, out: Path, model: Segmentor, imgsz, batch: int) -> float:
     """End-to-end FPS of infer_video.py's pipeline without the model."""
     null = NoModel(model, DEFAULT_CLASSES, imgsz)
-    null.model_seconds, null.model_frames = 1.0, 0  # no model time to report
     opts = argparse.Namespace(batch=batch, alpha=0.5, show=False, input=str(video))
     return segment_video(open_video(str(video)), null, out, opts)["fps"]
 
@@ -192,7 +199,7 @@ def main(args: argparse.Namespace) -> None:
     else:
         base = Segmentor(load_backbone(args.backbone, "timm", None), DEFAULT_CLASSES.num_classes)
     base = base.to(device).eval()
-    fast = copy.deepcopy(base).to(dtype)
+    fast = copy.deepcopy(base).cast(dtype)
     w, h = args.imgsz
     flops = count_flops(copy.deepcopy(base).cpu(), torch.zeros(1, 3, h, w))
     tokens = (patch_aligned(w) // 14) * (patch_aligned(h) // 14)
@@ -225,8 +232,8 @@ def main(args: argparse.Namespace) -> None:
         ):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = model_seconds(model, batch, args.imgsz, device, args.reps, compile)
             predictor = Predictor(model, DEFAULT_CLASSES, args.imgsz, compile=compile)
+            seconds = model_seconds(predictor, batch, args.reps)
             if name == "naive":
                 fps = naive_video(video, Path(tmp) / "naive.mp4", predictor)
             else:

@@ -20,6 +20,7 @@ speed does not depend on the values.
 
 import argparse
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# MPS reads this once, when torch loads: ops it lacks then run on the CPU instead of failing.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=4, help="data loader processes")
     parser.add_argument(
-        "--data-images", type=int, default=32, help="generated images for the data pipeline"
-    )
+        "--data-images", type=int, default=None,
+        help="generated images for the data pipeline (default: 2 batches per worker, at least 32)",
+    )  # fmt: skip
     return parser
 
 
@@ -121,23 +125,29 @@ def train_run(args, setup: str, amp: str) -> dict:
     timed = steps(args.steps, f"{setup} {amp}")
     synchronize(device)
     seconds = time.perf_counter() - start
+    peak = peak_memory_mb(device)  # before the fp32 check below, which is not training
     model.eval()
     with torch.no_grad():
         logits = model(images, size=masks.shape[-2:])
         final = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX).item()
     return {
         "images_per_s": args.steps * images.shape[0] / seconds,
-        "peak_mb": peak_memory_mb(device),
+        "peak_mb": peak,
         "train_loss": timed["loss"],
         "final_loss": final,
         "scale": scaler.get_scale() if scaler.is_enabled() else None,
     }
 
 
+def data_images(args) -> int:
+    """Enough images for every worker to load two batches: one batch would time one worker."""
+    return args.data_images or max(32, 2 * args.batch * max(args.workers, 1))
+
+
 def data_rate(args, folder: Path) -> float:
     """Images per second from train.py's augmented training loader over generated files."""
     sizes = ((559, 536), (455, 414), (380, 311))  # like Penn-Fudan's photos
-    make_dataset(folder, args.data_images, 0, sizes=sizes, seed=3)
+    make_dataset(folder, data_images(args), 0, sizes=sizes, seed=3)
     pairs, _ = find_pairs(folder / "train_images", folder / "train_masks")
     dataset = SegmentationDataset(pairs, DEFAULT_CLASSES, tuple(args.imgsz), train=True)
     opts = argparse.Namespace(batch=args.batch, workers=args.workers, cache_features="off", seed=0)
@@ -183,7 +193,7 @@ def main(args: argparse.Namespace) -> None:
         rate = data_rate(args, Path(tmp))
     print()
     print(f"data pipeline: {rate:.1f} images/s from the augmented loader with {args.workers} "
-          f"workers ({args.data_images} generated images of 380-559 px, half JPEG, half "
+          f"workers ({data_images(args)} generated images of 380-559 px, half JPEG, half "
           "PNG)")  # fmt: skip
 
 

@@ -4,6 +4,7 @@ import io
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -39,6 +40,16 @@ def make_dataset(
             Image.fromarray(image).save(root / f"{split}_images" / f"img{i:03d}{ext}", quality=95)
             Image.fromarray(mask).save(root / f"{split}_masks" / f"img{i:03d}.png")
     return root
+
+
+def write_clip(path: Path, frames: int = 13, size=(96, 72), fps: float = 30000 / 1001) -> Path:
+    """An mp4 of random frames at a fractional frame rate (29.97 by default)."""
+    rng = np.random.default_rng(0)
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for _ in range(frames):
+        video.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    video.release()
+    return path
 
 
 def penn_fudan_zip(path, n=10):

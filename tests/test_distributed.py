@@ -1,4 +1,5 @@
-"""torchrun training with 2 CPU processes (gloo), on loopback only."""
+"""torchrun training with 2 CPU processes (gloo), on loopback only: --device cpu, also where
+there is a GPU."""
 
 import argparse
 import datetime
@@ -75,7 +76,8 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "train.py", "--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
            "--weights", str(weights_file), "--imgsz", "90", "66", "--epochs", "2",
-           "--batch", "2", "--workers", "0", "--lr", "3e-3", "--num-vis", "2"]  # fmt: skip
+           "--batch", "2", "--workers", "0", "--lr", "3e-3", "--num-vis", "2",
+           "--device", "cpu"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -109,7 +111,7 @@ def test_torchrun_fine_tunes_the_official_hub_model(tmp_path, weights_file):
            "train.py", "--data", str(data), "--out-dir", str(tmp_path / "out"),
            "--backbone-source", "hub", "--hub-dir", str(FAKE_HUB), "--weights", str(weights_file),
            "--fine-tune", "--imgsz", "56", "56", "--epochs", "1", "--batch", "1", "--workers", "0",
-           "--num-vis", "0"]  # fmt: skip
+           "--num-vis", "0", "--device", "cpu"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Best valid mIoU") == 1
@@ -121,7 +123,8 @@ def test_torchrun_processes_share_the_work_of_a_disk_cache(tmp_path, weights_fil
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "train.py", "--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
            "--weights", str(weights_file), "--imgsz", "56", "56", "--epochs", "1", "--batch", "1",
-           "--workers", "0", "--num-vis", "0", "--cache-features", "disk"]  # fmt: skip
+           "--workers", "0", "--num-vis", "0", "--cache-features", "disk",
+           "--device", "cpu"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((out / "feature_cache").glob("*.pt"))) == 4 * 2 + 2

@@ -19,6 +19,7 @@ from conftest import ROOT
 from datasets import read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
+from synthetic import write_clip
 from utils import UserError, check_gui, draw_overlay
 
 
@@ -44,15 +45,6 @@ def video_args(**flags) -> Namespace:
     return cli(infer_video.get_args_parser(), **flags)
 
 
-def write_clip(path, frames=13, size=(96, 72), fps=30000 / 1001):
-    rng = np.random.default_rng(0)
-    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for _ in range(frames):
-        video.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-    video.release()
-    return path
-
-
 # --- the predictor -------------------------------------------------------------------------
 
 
@@ -70,6 +62,19 @@ def test_predictor_batches_mixed_sizes(predictor):
     assert [m.shape for m in masks] == [(50, 70), (33, 21)]
     # batching must not change results
     assert all((m == predictor.predict(im)).all() for m, im in zip(masks, images, strict=True))
+
+
+def test_model_fps_leaves_out_the_first_call(checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="before any prediction"):
+        predictor.model_fps()
+    image = np.zeros((66, 90, 3), np.uint8)
+    predictor.predict([image] * 3)  # warm-up: on a GPU, start-up and compilation
+    assert predictor.model_frames == 0
+    assert predictor.model_fps() > 0  # the first call is all there is
+    predictor.predict([image] * 2)
+    assert predictor.model_frames == 2
+    assert predictor.model_fps() == 2 / predictor.model_seconds
 
 
 def test_predictor_rejects_non_rgb_arrays(predictor):

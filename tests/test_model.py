@@ -153,3 +153,10 @@ def test_model_summary_script():
     assert "head logits: (1, 2, 4, 7)" in proc.stdout
     flops = expected_vits14_flops(56, 98, 4, 2) / 1e9
     assert f"FLOPs per 100x60 image: {flops:.1f} GFLOPs" in proc.stdout
+
+
+def test_a_cast_network_keeps_the_pixel_normalization_exact():
+    model = Segmentor(load_backbone("dinov2_vits14", "timm", None), 2).cast(torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    assert model.pixel_mean.dtype == torch.float32  # .to(bfloat16) would make 123.675 123.5
+    assert model.pixel_mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
