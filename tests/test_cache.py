@@ -1,6 +1,9 @@
 """The frozen-feature cache: hit, invalidated by changes, and faithful to uncached training."""
 
+import copy
+import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -28,14 +31,20 @@ def argv(data, out, weights, *extra) -> list[str]:
 
 def cache_report(text: str) -> tuple[int, int]:
     found = re.findall(r"feature cache \(\w+\): (\d+) views computed .*?, (\d+) reused", text)
+    assert found, "no feature cache report was logged"
     computed, reused = found[-1]
     return int(computed), int(reused)
 
 
-def test_cached_training_matches_uncached_with_augmentation_off(tmp_path, tiny_data, weights_file):
+def test_cached_training_matches_uncached_with_augmentation_off(
+    tmp_path, tiny_data, weights_file, caplog
+):
     run_train(argv(tiny_data, tmp_path / "plain", weights_file, "--no-augment"))
-    run_train(argv(tiny_data, tmp_path / "cached", weights_file, "--no-augment",
-                   "--cache-features", "memory"))  # fmt: skip
+    with caplog.at_level("INFO", logger="dinoseg"):
+        run_train(argv(tiny_data, tmp_path / "cached", weights_file, "--no-augment",
+                       "--cache-features", "memory"))  # fmt: skip
+    assert "feature cache (memory)" in caplog.text
+    assert cache_report(caplog.text) == (8 + 4, 0)  # the cache was filled, so it was used
     plain, cached = (
         read_csv(tmp_path / "plain/metrics.csv"),
         read_csv(tmp_path / "cached/metrics.csv"),
@@ -117,3 +126,46 @@ def test_resuming_a_fine_tuned_run_refuses_the_cache(tmp_path, tiny_data, weight
     with pytest.raises(UserError, match=r"last_model.pth fine-tunes its backbone.*without"):
         run_train(argv(tiny_data, tmp_path, weights_file, "--resume", str(last),
                        "--cache-features", "memory"))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def untrained() -> Segmentor:
+    return Segmentor(load_backbone("dinov2_vits14", "timm", None, layers=1), 2)
+
+
+@pytest.fixture
+def cached_pair(fresh_data, untrained) -> tuple[FeatureCache, tuple]:
+    """A memory cache holding the original view of one training image."""
+    pair = check_dataset(fresh_data, DEFAULT_CLASSES)["train"][0]
+    cache = FeatureCache(untrained, (56, 56), "memory")
+    cache.fill(untrained, [pair], ("orig",), batch=1)
+    assert cache.missing([pair]) == []
+    return cache, pair
+
+
+def test_an_image_whose_mtime_alone_changed_misses_the_cache(cached_pair):
+    cache, (image, mask) = cached_pair
+    stat = image.stat()
+    later = stat.st_mtime_ns + 1_000_000  # 1 ms
+    os.utime(image, ns=(stat.st_atime_ns, later))
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, later)  # premise
+    assert cache.missing([(image, mask)]) == [(image, "orig")]
+
+
+def test_a_copy_with_the_same_size_and_mtime_has_its_own_entry(cached_pair):
+    cache, (image, mask) = cached_pair
+    copy_path = image.with_name(f"copy{image.suffix}")
+    shutil.copy2(image, copy_path)
+    stat, copied = image.stat(), copy_path.stat()
+    assert (copied.st_size, copied.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)  # premise
+    assert cache.missing([(copy_path, mask)]) == [(copy_path, "orig")]
+    assert cache.key(copy_path, "orig") != cache.key(image, "orig")
+
+
+def test_changing_one_backbone_weight_changes_the_cache_key(tiny_data, untrained):
+    image = next((tiny_data / "train_images").iterdir())
+    model = copy.deepcopy(untrained)
+    key = FeatureCache(model, (56, 56), "memory").key(image, "orig")
+    with torch.no_grad():
+        model.backbone.vit.blocks[7].mlp.fc1.weight.view(-1)[12345] += 1e-3
+    assert FeatureCache(model, (56, 56), "memory").key(image, "orig") != key

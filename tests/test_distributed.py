@@ -131,3 +131,29 @@ def test_torchrun_processes_share_the_work_of_a_disk_cache(tmp_path, weights_fil
     # rank 0 computed its half (2 train images x 2 views, 1 valid image) and read the rest
     assert "feature cache (disk): 5 views computed" in proc.stderr
     assert ", 10 reused;" in proc.stderr
+
+
+def test_each_epoch_under_torchrun_trains_on_a_new_order(tmp_path, weights_file, monkeypatch):
+    """fit as rank 0 of 2, a one-process gloo group standing in for torchrun: DistributedSampler
+    repeats its first shuffle every epoch unless fit calls set_epoch."""
+    data = make_dataset(tmp_path / "data", n_train=8, n_valid=2, sizes=((56, 56),))
+    args, classes = parse_args(train.get_args_parser(), [
+        "--data", str(data), "--out-dir", str(tmp_path / "out"), "--backbone-source", "timm",
+        "--weights", str(weights_file), "--imgsz", "56", "56", "--epochs", "3", "--batch", "2",
+        "--layers", "1", "--workers", "0", "--num-vis", "0", "--device", "cpu"])  # fmt: skip
+    orders = []
+
+    def record_order(model, loader, *args, **kwargs) -> dict:
+        orders.append([int(i) for _, _, indices in loader for i in indices])
+        return {"loss": 1.0, "acc": 0.5, "miou": 0.5}
+
+    monkeypatch.setattr(train, "train_one_epoch", record_order)
+    monkeypatch.setattr(train, "save_checkpoint", lambda *args, **kwargs: None)  # saves time
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        train.fit(args, classes, torch.device("cpu"), None, rank=0, world=2)
+    finally:
+        dist.destroy_process_group()
+    assert [len(order) for order in orders] == [4, 4, 4]  # rank 0's half of 8 images
+    assert len({tuple(order) for order in orders}) == 3, orders

@@ -14,8 +14,9 @@ import train
 import utils
 from config import parse_args
 from conftest import ROOT, PixelClassifier
-from engine import train_one_epoch
-from utils import UserError, read_csv
+from engine import TrainingDiverged, train_one_epoch
+from model import Segmentor, load_backbone, save_checkpoint
+from utils import UserError, read_csv, write_csv
 
 EPOCHS = 5
 
@@ -178,3 +179,56 @@ def test_a_best_checkpoint_that_failed_to_write_is_written_on_resume(
     saved = torch.load(tmp_path / "best_model_iou.pth", weights_only=True)
     assert saved["epoch"] == best["epoch"]
     assert saved["best_miou"] == best["valid_miou"]
+
+
+def test_a_checkpoint_write_that_fails_midway_keeps_the_old_file(tmp_path, monkeypatch):
+    model = Segmentor(load_backbone("dinov2_vits14", "timm", None, layers=1), 2)
+    dest = tmp_path / "last_model.pth"
+    save_checkpoint(dest, model, epoch=1)
+
+    def full_disk(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 the first bytes of a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("model.torch.save", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        save_checkpoint(dest, model, epoch=2)
+    monkeypatch.undo()
+    assert torch.load(dest, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last_model.pth"], "no temporary file"
+
+
+def test_a_csv_write_that_fails_midway_keeps_the_old_file(tmp_path):
+    dest = tmp_path / "metrics.csv"
+    rows = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    write_csv(dest, rows)
+    # the first row is written before the second one fails
+    with pytest.raises(ValueError, match="fields not in fieldnames"):
+        write_csv(dest, [{"epoch": 3, "loss": 0.125}, {"epoch": 4, "typo": 0.1}])
+    assert read_csv(dest) == rows
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"], "no temporary file"
+
+
+def test_a_nan_loss_stops_training_before_the_optimizer_uses_it():
+    torch.manual_seed(0)
+    model = PixelClassifier()
+    images, masks = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    poisoned = images.clone()
+    poisoned[0, 0, 0, 0] = math.nan
+    loader = [(images, masks, None), (poisoned, masks, None), (images, masks, None)]
+    after_steps = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            loss = super().step(closure)
+            after_steps.append([p.detach().clone() for p in model.parameters()])
+            return loss
+
+    optimizer = Recording(model.parameters(), lr=0.1)
+    with pytest.raises(TrainingDiverged, match="the training loss became nan at step 2"):
+        train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2)
+    assert len(after_steps) == 1, "the optimizer stepped on the NaN batch"
+    for param, stepped in zip(model.parameters(), after_steps[0], strict=True):
+        assert torch.isfinite(param).all()
+        torch.testing.assert_close(param.detach(), stepped, rtol=0, atol=0)

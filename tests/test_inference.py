@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 from argparse import Namespace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,7 +20,7 @@ from conftest import ROOT
 from datasets import read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
-from synthetic import write_clip
+from synthetic import make_sample, write_clip
 from utils import UserError, check_gui, draw_overlay
 
 
@@ -43,6 +44,11 @@ def image_args(**flags) -> Namespace:
 
 def video_args(**flags) -> Namespace:
     return cli(infer_video.get_args_parser(), **flags)
+
+
+def no_model(*args):
+    """Stands in for predictor_from_args where a check must fail before the model loads."""
+    raise AssertionError("the model was loaded before the arguments were checked")
 
 
 # --- the predictor -------------------------------------------------------------------------
@@ -153,16 +159,20 @@ def test_infer_image_keeps_images_that_share_a_stem_apart(tmp_path, checkpoint):
         assert Image.open(written[mask]).size == (w, h)
 
 
-def test_infer_image_without_matches_is_a_user_error(tmp_path, checkpoint):
+def test_infer_image_without_matches_is_a_user_error(tmp_path, checkpoint, monkeypatch):
+    monkeypatch.setattr(infer_image, "predictor_from_args", no_model)
     with pytest.raises(UserError, match="no images found"):
         infer_image.main(image_args(input=tmp_path / "*.png", model=checkpoint))
     with pytest.raises(UserError, match=r"--input .*photo.jpg does not exist"):
         infer_image.main(image_args(input=tmp_path / "photo.jpg", model=checkpoint))
 
 
-def test_infer_image_checks_its_out_dir_before_running(tmp_path, checkpoint, tiny_data):
+def test_infer_image_checks_its_out_dir_before_running(
+    tmp_path, checkpoint, tiny_data, monkeypatch
+):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
+    monkeypatch.setattr(infer_image, "predictor_from_args", no_model)
     with pytest.raises(UserError, match=r"--out-dir .*file/out is not writable"):
         infer_image.main(image_args(input=tiny_data / "valid_images", model=checkpoint,
                                     out_dir=blocker / "out"))  # fmt: skip
@@ -339,16 +349,21 @@ def test_benchmark_script_runs_and_reports_the_ratios():
 # --- later additions -----------------------------------------------------------------------
 
 
-def truncated_avi(path, frames=12, keep=0.5):
-    """An MJPG .avi whose header declares ``frames`` but whose end (index and later frames) is
-    cut off. Returns (path, frames OpenCV decodes from it)."""
-    full = path.with_name("full.avi")
-    video = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+def mjpg_avi_bytes(path, frames=12) -> bytes:
+    """The bytes of an MJPG .avi of ``frames`` random 64x48 frames at 10 FPS, written at
+    ``path``."""
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
     rng = np.random.default_rng(0)
     for _ in range(frames):
         video.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     video.release()
-    data = full.read_bytes()
+    return path.read_bytes()
+
+
+def truncated_avi(path, frames=12, keep=0.5):
+    """An MJPG .avi whose header declares ``frames`` but whose end (index and later frames) is
+    cut off. Returns (path, frames OpenCV decodes from it)."""
+    data = mjpg_avi_bytes(path.with_name("full.avi"), frames)
     path.write_bytes(data[: int(len(data) * keep)])
     capture = cv2.VideoCapture(str(path))
     declared, decoded = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0
@@ -384,10 +399,6 @@ def test_unwritable_video_out_dir_fails_before_the_model_loads(tmp_path, checkpo
     clip = write_clip(tmp_path / "clip.mp4", frames=2)
     (tmp_path / "file.txt").write_text("a regular file")
     out = tmp_path / "file.txt" / "out" if below == "file" else "/proc/dinoseg-out"
-
-    def no_model(*args):
-        raise AssertionError("the model was loaded before --out-dir was checked")
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(infer_video, "predictor_from_args", no_model)
         with pytest.raises(UserError, match=r"--out-dir .*out is not writable"):
@@ -399,3 +410,108 @@ def test_cache_benchmark_refuses_a_single_epoch():
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "--epochs must be at least 2, not 1" in proc.stderr
+
+
+def test_video_without_decodable_frames_fails_and_writes_nothing(tmp_path, checkpoint):
+    data = mjpg_avi_bytes(tmp_path / "full.avi", frames=6)
+    clip = tmp_path / "headers.avi"
+    clip.write_bytes(data[: data.index(b"movi") + 4])  # the headers, not one frame's data
+    capture = cv2.VideoCapture(str(clip))
+    # the premise: OpenCV opens it and believes the header, but decodes nothing
+    assert capture.isOpened() and capture.get(cv2.CAP_PROP_FRAME_COUNT) == 6
+    assert not capture.read()[0]
+    capture.release()
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"--input .*headers\.avi has no frames OpenCV can decode"):
+        infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    assert list(out.iterdir()) == [], "neither a video nor a temporary file may remain"
+
+
+def scene_clip(path, frames=6, size=(96, 72)) -> Path:
+    """An mp4 of synthetic scenes (a person blob on noise), as the checkpoint was trained on."""
+    rng = np.random.default_rng(4)
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    for _ in range(frames):
+        image, _ = make_sample(rng, *size)
+        video.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    video.release()
+    return path
+
+
+def read_rgb_frames(path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            capture.release()
+            return frames
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def test_video_frames_are_the_predictors_overlays(tmp_path, checkpoint, predictor):
+    clip = scene_clip(tmp_path / "scenes.mp4")
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=4, alpha=0.5))
+    inputs, written = read_rgb_frames(clip), read_rgb_frames(out / "scenes.mp4")
+    assert len(written) == len(inputs) == 6
+    for frame, result in zip(inputs, written, strict=True):
+        mask = predictor.predict(frame)
+        expected = predictor.overlay(frame, mask, alpha=0.5)
+        person = mask == 1
+        assert person.mean() > 0.02, "the frame must hold person pixels, or this proves nothing"
+        # mp4v is lossy: the written frame must be far closer to the overlay than the overlay
+        # is to the raw frame, where the colours were drawn
+        error = np.abs(result.astype(np.int16) - expected)[person].mean()
+        drawn = np.abs(expected.astype(np.int16) - frame)[person].mean()
+        assert error < drawn / 4, (error, drawn)
+
+
+class InterruptedFile:
+    """cv2.VideoCapture of a file that interrupts the main thread after ``after`` frames, as
+    Ctrl-C would."""
+
+    real = cv2.VideoCapture  # kept before the test replaces it
+
+    def __init__(self, spec, after=5):
+        self.capture, self.frames, self.after = self.real(spec), 0, after
+
+    def read(self):
+        self.frames += 1
+        if self.frames == self.after:
+            _thread.interrupt_main()
+        return self.capture.read()
+
+    def __getattr__(self, name):
+        return getattr(self.capture, name)
+
+
+def test_ctrl_c_on_a_video_file_writes_nothing(tmp_path, checkpoint):
+    clip = write_clip(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video.cv2, "VideoCapture", InterruptedFile)
+        with pytest.raises(KeyboardInterrupt):  # run_script turns it into exit code 130
+            infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=1))
+    assert list(out.iterdir()) == [], "neither a partial video nor a temporary file may remain"
+
+
+def test_infer_image_names_every_unreadable_file_and_exits_2(tmp_path, checkpoint):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "c.png", "e.jpg"):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(src / name)
+    for name in ("b_broken.jpg", "d_broken.png"):
+        (src / name).write_bytes(b"not an image")
+    # batches of 2: [a, b_broken], [c, d_broken], [e]; each failure in its own batch
+    cmd = [sys.executable, "infer_image.py", "--input", str(src), "--model", str(checkpoint),
+           "--out-dir", str(out), "--batch", "2", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "error: 2 of 5 image(s) could not be read:" in proc.stderr
+    assert "b_broken.jpg" in proc.stderr and "d_broken.png" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{stem}_{kind}" for stem in "ace" for kind in ("mask.png", "overlay.jpg")
+    ]

@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from config import DEFAULT_CLASSES, parse_args
 from conftest import ROOT
 from datasets import SegmentationDataset, check_dataset
 from engine import evaluate
-from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint
+from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
 from utils import UserError, read_csv
 
 IMGSZ = ["90", "66"]  # neither a multiple of 14 nor square
@@ -77,13 +78,24 @@ def test_checkpoints_describe_themselves_and_load_safely(trained):
     assert torch.load(trained / "best_model_iou.pth", weights_only=True)["epoch"] == best["epoch"]
 
 
-def test_checkpoint_round_trip_gives_identical_predictions(trained, weights_file):
-    model, _ = load_checkpoint(trained / "last_model.pth")
-    again, _ = load_checkpoint(trained / "last_model.pth")
-    images = torch.randint(0, 256, (2, 3, 66, 90), dtype=torch.uint8)
+def test_checkpoint_round_trip_gives_the_trained_models_predictions(tmp_path, weights_file):
+    torch.manual_seed(0)
+    model = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file), layers=2), 2,
+                      fine_tune=True)  # fmt: skip
+    images = torch.randint(0, 256, (2, 3, 56, 70), dtype=torch.uint8)
+    masks = torch.randint(0, 2, (2, 56, 70))
+    optimizer = torch.optim.SGD(model.param_groups(0.1, 0.01))
+    train.train_one_epoch(model, [(images, masks, None)] * 2, optimizer, torch.device("cpu"), 2)
+    assert model.head.bn.running_mean.abs().sum() > 0  # statistics the checkpoint must carry
+    model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(images), again(images), rtol=0, atol=0)
-    assert not model.training
+        expected = model(images)
+    save_checkpoint(tmp_path / "model.pth", model, classes=DEFAULT_CLASSES.to_dict(),
+                    imgsz=[70, 56])  # fmt: skip
+    loaded, _ = load_checkpoint(tmp_path / "model.pth")
+    assert not loaded.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), expected, rtol=0, atol=0)
 
 
 def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_path):
@@ -278,3 +290,21 @@ def test_training_benchmark_reports_every_setup_and_precision():
                                          ["fine-tune", "off"], ["fine-tune", "bf16"]]  # fmt: skip
     assert all(float(row[2]) > 0 for row in rows)  # images per second
     assert "data pipeline:" in proc.stdout
+
+
+def test_bf16_training_runs_end_to_end_on_the_cpu(tmp_path, fresh_data, weights_file):
+    out = tmp_path / "out"
+    run_train(["--data", str(fresh_data), "--out-dir", str(out), "--backbone-source", "timm",
+               "--weights", str(weights_file), "--imgsz", "56", "56", "--layers", "1",
+               "--workers", "0", "--batch", "2", "--epochs", "2", "--num-vis", "1",
+               "--device", "cpu", "--amp", "bf16"])  # fmt: skip
+    rows = read_csv(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r[key]) for r in rows for key in ("train_loss", "valid_loss"))
+    model, ckpt = load_checkpoint(out / "last_model.pth")
+    assert ckpt["epoch"] == 2 and ckpt["args"]["amp"] == "bf16"
+    stored = {**ckpt["model"]["head"], **ckpt["model"]["backbone"]}
+    assert all(t.dtype == torch.float32 for t in stored.values() if t.is_floating_point())
+    with torch.no_grad():
+        logits = model(torch.randint(0, 256, (1, 3, 56, 56), dtype=torch.uint8))
+    assert torch.isfinite(logits).all()
