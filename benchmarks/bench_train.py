@@ -39,7 +39,7 @@ from config import BACKBONES, DEFAULT_CLASSES, IGNORE_INDEX
 from datasets import SegmentationDataset, find_pairs
 from engine import synchronize, train_one_epoch
 from model import Segmentor, load_backbone
-from synthetic import make_dataset
+from synthetic import learnable_batch, make_dataset
 from train import make_loader
 from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
@@ -80,23 +80,6 @@ def supported_amp(device: torch.device) -> list[str]:
     return modes
 
 
-def make_batch(batch: int, imgsz, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A learnable batch: noise with one bright rectangle per image, the rectangle is class 1.
-
-    Returns (B, 3, H, W) uint8 images and (B, H, W) int64 masks, on ``device``.
-    """
-    w, h = imgsz
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 128, (batch, 3, h, w), dtype=torch.uint8, generator=g)
-    masks = torch.zeros(batch, h, w, dtype=torch.int64)
-    for i in range(batch):
-        y0, x0 = (int(torch.randint(0, s // 2, (1,), generator=g)) for s in (h, w))
-        y1, x1 = y0 + h // 3, x0 + w // 4
-        images[i, :, y0:y1, x0:x1] += 100
-        masks[i, y0:y1, x0:x1] = 1
-    return images.to(device), masks.to(device)
-
-
 def train_run(args, setup: str, amp: str) -> dict:
     """Train the start weights for warmup + steps steps; time the last ``steps``.
 
@@ -110,7 +93,7 @@ def train_run(args, setup: str, amp: str) -> dict:
     optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.backbone_lr))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     dtype = amp_dtype(amp, device)
-    images, masks = make_batch(args.batch, args.imgsz, device)
+    images, masks = learnable_batch(args.batch, args.imgsz, device)
     classes = DEFAULT_CLASSES.num_classes
 
     def steps(n: int, desc: str) -> dict:

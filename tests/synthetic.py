@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -40,6 +41,23 @@ def make_dataset(
             Image.fromarray(image).save(root / f"{split}_images" / f"img{i:03d}{ext}", quality=95)
             Image.fromarray(mask).save(root / f"{split}_masks" / f"img{i:03d}.png")
     return root
+
+
+def learnable_batch(batch: int, imgsz, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable batch: noise with one bright rectangle per image, the rectangle is class 1.
+
+    Returns (B, 3, H, W) uint8 images and (B, H, W) int64 masks, on ``device``.
+    """
+    w, h = imgsz
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 128, (batch, 3, h, w), dtype=torch.uint8, generator=g)
+    masks = torch.zeros(batch, h, w, dtype=torch.int64)
+    for i in range(batch):
+        y0, x0 = (int(torch.randint(0, s // 2, (1,), generator=g)) for s in (h, w))
+        y1, x1 = y0 + h // 3, x0 + w // 4
+        images[i, :, y0:y1, x0:x1] += 100
+        masks[i, y0:y1, x0:x1] = 1
+    return images.to(device), masks.to(device)
 
 
 def write_clip(path: Path, frames: int = 13, size=(96, 72), fps: float = 30000 / 1001) -> Path:

@@ -17,7 +17,7 @@ from config import DEFAULT_CLASSES, IGNORE_INDEX
 from conftest import FAKE_HUB, ROOT
 from engine import Predictor, train_one_epoch
 from model import DinoBackbone, Segmentor, _hub_load, load_backbone, load_checkpoint
-from synthetic import make_dataset, write_clip
+from synthetic import learnable_batch, make_dataset, write_clip
 from utils import amp_dtype, read_csv
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -58,17 +58,6 @@ def test_predictor_on_the_gpu_matches_the_cpu(checkpoint, amp, tolerance):
     assert min(agree) > 0.99
 
 
-def learnable_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Four 112x112 noise images, each with one bright rectangle of class 1."""
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 128, (4, 3, 112, 112), dtype=torch.uint8, generator=g)
-    masks = torch.zeros(4, 112, 112, dtype=torch.int64)
-    for i, (y, x) in enumerate(((5, 10), (40, 30), (20, 60), (60, 50))):
-        images[i, :, y : y + 40, x : x + 30] += 100
-        masks[i, y : y + 40, x : x + 30] = 1
-    return images.to(device), masks.to(device)
-
-
 def trained_loss(weights_file, device: torch.device, amp: str, fine_tune: bool) -> float:
     """The fp32 loss on a batch after 20 training steps on it in ``amp``, from fixed weights."""
     torch.manual_seed(0)
@@ -76,7 +65,7 @@ def trained_loss(weights_file, device: torch.device, amp: str, fine_tune: bool) 
     model = Segmentor(backbone, DEFAULT_CLASSES.num_classes, fine_tune=fine_tune).to(device)
     optimizer = torch.optim.AdamW(model.param_groups(1e-3, 1e-5))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    images, masks = learnable_batch(device)
+    images, masks = learnable_batch(4, (112, 112), device)
     loader = [(images, masks, None)] * 20
     classes = DEFAULT_CLASSES.num_classes
     train_one_epoch(model, loader, optimizer, device, classes, amp_dtype(amp, device), scaler)
