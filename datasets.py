@@ -73,7 +73,7 @@ def read_image(path: Path) -> np.ndarray:
             top = 65535.0 if arr.max() > 255 else 255.0
         gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    return np.asarray(img.convert("RGB"))
+    return np.array(img.convert("RGB"))  # a writable copy, as torch.from_numpy expects
 
 
 def image_size(path: Path) -> tuple[int, int]:

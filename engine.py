@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -479,6 +480,32 @@ class FeatureCache:
             self.computed += len(chunk)
             bar.update(len(chunk))
         bar.close()
+
+    @torch.inference_mode()
+    def share(self, pairs: Sequence[Pair], views: Sequence[str], batch: int, device) -> None:
+        """Under torchrun, once each process has filled ``pairs[rank::world]`` in RAM: give every
+        process the entries the others computed, so the backbone sees each image only once.
+
+        Entries travel by position, in ``batch``-sized broadcasts from their owner through the
+        process group (on ``device``: GPU tensors for NCCL, CPU tensors for gloo); each process
+        stores them under its own keys.
+        """
+        rank, world = dist.get_rank(), dist.get_world_size()
+        w, h = (patch_aligned(s) // PATCH_SIZE for s in self.imgsz)
+        for source in range(world):
+            entries = [(path, view) for path, _ in pairs[source::world] for view in views]
+            for start in range(0, len(entries), batch):
+                chunk = entries[start : start + batch]
+                if source == rank:
+                    buffer = torch.stack([self.load(path, view) for path, view in chunk])
+                    buffer = buffer.to(device)
+                else:
+                    shape = (len(chunk), self.channels, h, w)
+                    buffer = torch.empty(shape, dtype=torch.float16, device=device)
+                dist.broadcast(buffer, source)
+                if source != rank:
+                    for (path, view), f in zip(chunk, buffer.cpu(), strict=True):
+                        self._store(self.key(path, view), f.clone())
 
 
 def predictor_from_args(args, device: torch.device) -> Predictor:

@@ -9,7 +9,8 @@ on the patch grid (sizes rounded to multiples of 14):
 resize them bilinearly to the image's size and take the argmax over K for class ids. The
 classes, colours and size are stored in the model's metadata. After exporting, ONNX Runtime is
 run against PyTorch on a random input and the largest absolute difference is printed; above
---tolerance the export fails.
+--tolerance the export fails. Weights above 1.5 GB (ViT-g/14), or any with --external-data, go
+to NAME.data beside the graph, since one ONNX file holds at most 2 GB: keep the two together.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import torch
 
 from config import backbone_flags, check_imgsz
 from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size, patch_aligned
-from utils import UserError, atomic_path, run_script
+from utils import UserError, atomic_files, run_script
 
 log = logging.getLogger("dinoseg")
 
@@ -53,16 +54,21 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="let H and W vary (multiples of 14), not only the batch")  # fmt: skip
     parser.add_argument("--int8", action="store_true",
                         help="also write NAME.int8.onnx, int8 dynamic quantization")  # fmt: skip
+    parser.add_argument("--external-data", action="store_true",
+                        help="store the weights in NAME.data beside the graph (automatic above "
+                             "1.5 GB: an ONNX file holds at most 2 GB)")  # fmt: skip
     return parser
 
 
-def export(model: Segmentor, ckpt: dict, imgsz, path: Path, dynamic: bool = False) -> None:
-    """Write the ONNX graph atomically, with the checkpoint's classes and size as metadata.
+def export(
+    model: Segmentor, ckpt: dict, imgsz, path: Path, dynamic: bool = False, external_data=None
+) -> None:
+    """Write the ONNX graph to ``path``, with the checkpoint's classes and size as metadata.
 
     With ``dynamic``, H and W are symbolic multiples of 14 and ``imgsz`` must be such sizes.
+    With ``external_data`` the weights go to ``path``'s name + ".data" beside it; None leaves
+    that to PyTorch, which does it above 1.5 GB of weights.
     """
-    import onnx
-
     w, h = imgsz
     example = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
     dim = torch.export.Dim
@@ -75,14 +81,10 @@ def export(model: Segmentor, ckpt: dict, imgsz, path: Path, dynamic: bool = Fals
             OnnxGraph(model).eval(), (example,), input_names=["images"], output_names=["logits"],
             dynamic_shapes={"images": shapes}, dynamo=True, verbose=False,
         )  # fmt: skip
-    proto = program.model_proto
-    meta = {"classes": json.dumps(ckpt["classes"]), "imgsz": json.dumps(list(imgsz)),
-            "backbone": ckpt["backbone"], "format": ONNX_FORMAT}  # fmt: skip
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
+    program.model.metadata_props.update({
+        "classes": json.dumps(ckpt["classes"]), "imgsz": json.dumps(list(imgsz)),
+        "backbone": ckpt["backbone"], "format": ONNX_FORMAT})  # fmt: skip
+    program.save(path, external_data=external_data)
 
 
 def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path | None = None) -> float:
@@ -125,26 +127,37 @@ def main(args: argparse.Namespace) -> None:
     if args.dynamic:  # the graph then takes multiples of 14: store the aligned size
         imgsz = (patch_aligned(imgsz[0]), patch_aligned(imgsz[1]))
     log_input_size(imgsz)
-    # Exported and checked under a temporary name: a graph that fails the check never appears
+    # Exported and checked in a temporary folder: a graph that fails the check never appears
     # at --output, and an older file there stays until a checked one replaces it.
-    with atomic_path(args.output) as tmp:
+    with atomic_files(args.output) as staged:
         try:
-            export(model, ckpt, imgsz, tmp, args.dynamic)
+            export(model, ckpt, imgsz, staged, args.dynamic, args.external_data or None)
         except Exception as err:  # the exporter raises many types for graphs it cannot convert
             raise UserError(
                 f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}); try "
                 "--backbone-source timm, whose model exports cleanly"
             ) from err
-        check(model, tmp, imgsz, args.tolerance, args.output)
+        check(model, staged, imgsz, args.tolerance, args.output)
         if args.dynamic:
-            check(model, tmp, (imgsz[0] + 28, imgsz[1] + 14), args.tolerance, args.output)
+            check(model, staged, (imgsz[0] + 28, imgsz[1] + 14), args.tolerance, args.output)
+        external = data_file(staged).is_file()
+    if external:
+        print(f"{args.output}: the weights are in {data_file(args.output)}; keep the two together")
+    elif data_file(args.output).is_file():  # an older graph's weights: nothing refers to them
+        data_file(args.output).unlink()
     if args.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         int8 = args.output.with_suffix(".int8.onnx")
-        with atomic_path(int8) as tmp:
-            quantize_dynamic(str(args.output), str(tmp), weight_type=QuantType.QInt8)
+        with atomic_files(int8) as staged:
+            quantize_dynamic(str(args.output), str(staged), weight_type=QuantType.QInt8,
+                             use_external_data_format=external)  # fmt: skip
         print(f"{int8}: int8 dynamic quantization (weights int8, activations quantized per call)")
+
+
+def data_file(graph: Path) -> Path:
+    """Where an ONNX graph saved with external data keeps its weights: NAME.data beside it."""
+    return graph.with_name(graph.name + ".data")
 
 
 if __name__ == "__main__":

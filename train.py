@@ -356,20 +356,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         if args.cache_features == "disk" and main_process:
             todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
             check_writable(folder, todo * cache.view_bytes(), "--cache-dir", "the feature cache")
-        t0 = time.perf_counter()
-        if world > 1 and args.cache_features == "disk":
-            # Each process computes its share of the shared folder, then reads the others'.
-            cache.fill(model, pairs["train"][rank::world], views, args.batch, "caching train")
-            cache.fill(model, pairs["valid"][rank::world], ("orig",), args.batch, "caching valid")
-            dist.barrier()
-        cache.fill(model, pairs["train"], views, args.batch, "caching train features")
-        cache.fill(model, pairs["valid"], ("orig",), args.batch, "caching valid features")
-        log.info(
-            "feature cache (%s): %d views computed in %.1f s, %d reused; %.2f MB per view "
-            "(float16), %.2f MB per training image",
-            args.cache_features, cache.computed, time.perf_counter() - t0, cache.reused,
-            cache.bytes_per_view / 2**20, len(views) * cache.bytes_per_view / 2**20,
-        )  # fmt: skip
+        fill_cache(cache, model, pairs, views, args.batch, rank, world)
         train_set = CachedFeatureDataset(pairs["train"], classes, imgsz, cache, True, args.seed,
                                          augment)  # fmt: skip
         valid_set = CachedFeatureDataset(pairs["valid"], classes, imgsz, cache, False)
@@ -492,6 +479,48 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     if main_process:
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}; "
               f"peak memory {peak_memory_mb(device):.0f} MB")  # fmt: skip
+
+
+def fill_cache(cache: FeatureCache, model, pairs: dict, views, batch: int, rank, world) -> None:
+    """Compute every train view and valid image not cached yet, and log what it took.
+
+    Under torchrun each process computes its share, then reads the others' from the shared
+    folder (disk) or receives them through the process group (memory).
+    """
+    t0 = time.perf_counter()
+    if world == 1:
+        cache.fill(model, pairs["train"], views, batch, "caching train features")
+        cache.fill(model, pairs["valid"], ("orig",), batch, "caching valid features")
+        others = ""
+    else:
+        cache.fill(model, pairs["train"][rank::world], views, batch, "caching train")
+        cache.fill(model, pairs["valid"][rank::world], ("orig",), batch, "caching valid")
+        mine = cache.computed + cache.reused
+        if cache.mode == "disk":
+            dist.barrier()
+            # On several machines --cache-dir may not be one folder they all see: compute here
+            # what this machine cannot find.
+            computed, reused = cache.computed, cache.reused
+            cache.fill(model, pairs["train"], views, batch, "caching train features")
+            cache.fill(model, pairs["valid"], ("orig",), batch, "caching valid features")
+            if cache.computed > computed:
+                log.warning(
+                    "%d feature cache entries of other processes were not in %s and were "
+                    "computed again here: give torchrun's processes on every machine one shared "
+                    "--cache-dir", cache.computed - computed, cache.folder,
+                )  # fmt: skip
+            cache.reused = reused
+        else:
+            cache.share(pairs["train"], views, batch, model.device)
+            cache.share(pairs["valid"], ("orig",), batch, model.device)
+        total = len(pairs["train"]) * len(views) + len(pairs["valid"])
+        others = f", {total - mine} from the other processes"
+    log.info(
+        "feature cache (%s): %d views computed in %.1f s, %d reused%s; %.2f MB per view "
+        "(float16), %.2f MB per training image",
+        cache.mode, cache.computed, time.perf_counter() - t0, cache.reused, others,
+        cache.bytes_per_view / 2**20, len(views) * cache.bytes_per_view / 2**20,
+    )  # fmt: skip
 
 
 def kept_message(last: Path, finished: int) -> str:

@@ -80,6 +80,30 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_files(dest: Path) -> Iterator[Path]:
+    """Like atomic_path, for writers that may add files named after ``dest`` beside it (an ONNX
+    graph's external weights, ``NAME.data``, which the graph names and so must not be renamed).
+
+    Yields ``dest``'s name inside a private temporary folder beside it. Only if the block
+    succeeds does every file written there move into place, ``dest`` last, so ``dest`` never
+    appears before the files it refers to.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield folder / dest.name
+        files = sorted(folder.iterdir(), key=lambda f: f.name == dest.name)
+        for file in files:
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+        for file in files:
+            os.replace(file, dest.parent / file.name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def check_writable(
     folder: Path, needed_bytes: int, flag: str = "--out-dir", purpose: str = "its outputs"
 ) -> None:
@@ -204,6 +228,12 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type not in supported:
         raise UserError(
             f"--amp {amp} needs a {' or '.join(supported)} device; this run uses {device.type}"
+        )
+    bf16_on_gpu = amp == "bf16" and device.type == "cuda"
+    if bf16_on_gpu and not torch.cuda.is_bf16_supported(including_emulation=False):
+        log.warning(
+            "--amp bf16: this GPU has no bf16 arithmetic of its own (it arrived with Ampere, "
+            "compute capability 8.0); PyTorch emulates it, slowly. Use --amp fp16 on this GPU."
         )
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 

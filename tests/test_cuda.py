@@ -121,14 +121,15 @@ def test_train_and_infer_scripts_on_the_gpu(tmp_path, weights_file, checkpoint):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs a process per GPU, 2+")
-def test_torchrun_with_nccl(tmp_path, weights_file):
+@pytest.mark.parametrize("cache", ["off", "memory"])  # memory: features shared through NCCL
+def test_torchrun_with_nccl(tmp_path, weights_file, cache):
     data = make_dataset(tmp_path / "data", n_train=4, n_valid=3, seed=4)
     gpus = torch.cuda.device_count()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(gpus), "train.py", "--data", str(data), "--out-dir", str(tmp_path / "out"),
            "--backbone-source", "timm", "--weights", str(weights_file), "--device", "cuda",
            "--imgsz", "56", "56", "--epochs", "1", "--batch", "1", "--workers", "0",
-           "--num-vis", "0"]  # fmt: skip
+           "--num-vis", "0", "--cache-features", cache]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Best valid mIoU") == 1

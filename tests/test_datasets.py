@@ -102,6 +102,7 @@ def test_read_image_modes_give_rgb(tmp_path, mode):
     img.save(path)
     out = read_image(path)
     assert out.shape == (5, 7, 3) and out.dtype == np.uint8
+    assert out.flags.writeable  # torch.from_numpy warns about read-only arrays
 
 
 def test_read_16bit_image_scales_to_8bit(tmp_path):

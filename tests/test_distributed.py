@@ -15,10 +15,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import train
-from config import parse_args
+from config import DEFAULT_CLASSES, parse_args
 from conftest import FAKE_HUB, ROOT, PixelClassifier
-from datasets import ShardSampler
-from engine import TrainingDiverged, train_one_epoch
+from datasets import ShardSampler, check_dataset
+from engine import FeatureCache, TrainingDiverged, train_one_epoch
+from model import Segmentor, load_backbone
 from synthetic import make_dataset
 from utils import read_csv
 
@@ -80,11 +81,19 @@ def test_a_nan_in_one_process_stops_every_process_at_the_same_step(tmp_path):
     assert (tmp_path / "1.txt").read_text() == "the training loss became nan at step 2"
 
 
+def _writes(log_dir: Path, rank: int, under: Path) -> list[str]:
+    """The writes that tests/record_writes.py logged for ``rank`` inside the folder ``under``."""
+    lines = (log_dir / f"{rank}.txt").read_text().splitlines()
+    return [line for line in lines if Path(line.split(" ", 1)[1]).is_relative_to(under)]
+
+
 def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weights_file):
     data = make_dataset(tmp_path / "data", n_train=8, n_valid=5, seed=7)  # 5: uneven over 2
-    out = tmp_path / "out"
+    out, writes = tmp_path / "out", tmp_path / "writes"
+    writes.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "train.py", "--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
+           "tests/record_writes.py", str(writes), "train.py",
+           "--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
            "--weights", str(weights_file), "--imgsz", "90", "66", "--epochs", "2",
            "--batch", "2", "--workers", "0", "--lr", "3e-3", "--num-vis", "2",
            "--device", "cpu"]  # fmt: skip
@@ -100,6 +109,10 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
         "accuracy.png", "args.yaml", "best_model_iou.pth", "best_model_loss.pth",
         "last_model.pth", "loss.png", "metrics.csv", "miou.png", "valid_preds"])  # fmt: skip
     assert len(list((out / "valid_preds").iterdir())) == 2
+    # every file above was written by rank 0; rank 1 wrote nothing anywhere in the test's folders
+    written = {Path(line.split(" ", 1)[1]) for line in _writes(writes, 0, tmp_path)}
+    assert written >= set(out.iterdir()) | set((out / "valid_preds").iterdir())
+    assert _writes(writes, 1, tmp_path) == []
     rows = read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
 
@@ -127,20 +140,32 @@ def test_torchrun_fine_tunes_the_official_hub_model(tmp_path, weights_file):
     assert proc.stdout.count("Best valid mIoU") == 1
 
 
-def test_torchrun_processes_share_the_work_of_a_disk_cache(tmp_path, weights_file):
-    data = make_dataset(tmp_path / "data", n_train=4, n_valid=2, seed=5)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "train.py", "--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
-           "--weights", str(weights_file), "--imgsz", "56", "56", "--epochs", "1", "--batch", "1",
-           "--workers", "0", "--num-vis", "0", "--cache-features", "disk",
-           "--device", "cpu"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(list((out / "feature_cache").glob("*.pt"))) == 4 * 2 + 2
-    # rank 0 computed its half (2 train images x 2 views, 1 valid image) and read the rest
-    assert "feature cache (disk): 5 views computed" in proc.stderr
-    assert ", 10 reused;" in proc.stderr
+def test_torchrun_processes_share_the_work_of_the_feature_cache(tmp_path, weights_file):
+    """Each process computes half of the features; with the disk cache the others read them from
+    the shared folder, with the memory cache they arrive through the process group. Both must
+    train on the same features, so their metrics agree."""
+    data = make_dataset(tmp_path / "data", n_train=4, n_valid=3, seed=5)
+    rows = {}
+    for mode in ("disk", "memory"):
+        out = tmp_path / mode
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "train.py", "--data", str(data), "--out-dir", str(out),
+               "--backbone-source", "timm", "--weights", str(weights_file), "--imgsz", "56", "56",
+               "--epochs", "2", "--batch", "1", "--workers", "0", "--num-vis", "3",
+               "--lr", "3e-3", "--cache-features", mode, "--device", "cpu"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        # rank 0's half: 2 train images x 2 views and 2 of the 3 valid images
+        assert f"feature cache ({mode}): 6 views computed" in proc.stderr
+        assert ", 0 reused, 5 from the other processes;" in proc.stderr
+        if mode == "disk":
+            assert len(list((out / "feature_cache").glob("*.pt"))) == 4 * 2 + 3
+        assert len(list((out / "valid_preds").iterdir())) == 3
+        rows[mode] = read_csv(out / "metrics.csv")
+    assert [r["epoch"] for r in rows["memory"]] == [1, 2]
+    for disk, memory in zip(rows["disk"], rows["memory"], strict=True):
+        for key in ("train_loss", "train_miou", "valid_loss", "valid_miou"):
+            assert memory[key] == pytest.approx(disk[key], abs=1e-6), key
 
 
 def test_each_epoch_under_torchrun_trains_on_a_new_order(tmp_path, weights_file, monkeypatch):
@@ -167,3 +192,25 @@ def test_each_epoch_under_torchrun_trains_on_a_new_order(tmp_path, weights_file,
         dist.destroy_process_group()
     assert [len(order) for order in orders] == [4, 4, 4]  # rank 0's half of 8 images
     assert len({tuple(order) for order in orders}) == 3, orders
+
+
+def test_a_disk_cache_other_machines_cannot_see_is_computed_again(tmp_path, weights_file, caplog):
+    """Rank 0 of 2, a one-process gloo group standing in for torchrun on two machines whose
+    --cache-dir is not shared: the other machine's half never appears, so rank 0 computes it
+    and says how to avoid that."""
+    data = make_dataset(tmp_path / "data", n_train=3, n_valid=2, sizes=((56, 56),))
+    pairs = check_dataset(data, DEFAULT_CLASSES)
+    model = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file)), 2)
+    cache = FeatureCache(model, (56, 56), "disk", tmp_path / "cache")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        with caplog.at_level("INFO", logger="dinoseg"):
+            train.fill_cache(cache, model, pairs, ("orig", "flip"), 2, rank=0, world=2)
+    finally:
+        dist.destroy_process_group()
+    # rank 0's share: train images 0 and 2 (2 views each) and valid image 0; then the rest
+    assert "3 feature cache entries of other processes were not in" in caplog.text
+    assert "feature cache (disk): 8 views computed" in caplog.text
+    assert ", 0 reused, 3 from the other processes;" in caplog.text
+    assert not cache.missing(pairs["train"], ("orig", "flip")) + cache.missing(pairs["valid"])

@@ -108,3 +108,37 @@ def test_dynamic_export_takes_other_sizes(tmp_path, checkpoint):
     assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # B, 3, H, W
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["imgsz"]) == [84, 70]  # 90x66 aligned to multiples of 14
+
+
+def test_external_data_export_moves_into_place_whole(tmp_path, onnx_files, checkpoint, tiny_data):
+    """ViT-g/14's weights (4.5 GB) exceed one ONNX file's 2 GB: they go to NAME.data, which the
+    graph names, so both must be written in a temporary folder and moved, graph last."""
+    out = tmp_path / "out" / "model.onnx"
+    export.main(export.get_args_parser().parse_args(
+        ["--model", str(checkpoint), "--output", str(out), "--external-data",
+         "--int8"]))  # fmt: skip
+    names = sorted(p.name for p in out.parent.iterdir())
+    # and no temporary folder is left behind
+    assert names == ["model.int8.onnx", "model.int8.onnx.data", "model.onnx", "model.onnx.data"]
+    proto = onnx.load(str(out), load_external_data=False)
+    assert onnx.external_data_helper.uses_external_data(proto.graph.initializer[0])
+    assert out.stat().st_size < (out.parent / "model.onnx.data").stat().st_size / 10
+    assert oct(out.stat().st_mode & 0o777) == oct(
+        (out.parent / "model.onnx.data").stat().st_mode & 0o777
+    )
+
+    def run(model, folder):
+        infer_image.main(infer_image.get_args_parser().parse_args(
+            ["--input", str(tiny_data / "valid_images"), "--out-dir", str(folder),
+             "--model", str(model), "--backend", "onnxruntime"]))  # fmt: skip
+        return masks(folder)
+
+    external = run(out, tmp_path / "external")
+    in_file = run(onnx_files[0], tmp_path / "in_file")
+    assert external.keys() == in_file.keys()
+    assert all((external[k] == in_file[k]).all() for k in external)
+
+    # a graph exported again in one file replaces the old pair: no orphaned weights remain
+    export.main(export.get_args_parser().parse_args(
+        ["--model", str(checkpoint), "--output", str(out)]))  # fmt: skip
+    assert not (out.parent / "model.onnx.data").exists()

@@ -14,7 +14,7 @@ from conftest import ROOT
 from datasets import SegmentationDataset, check_dataset
 from engine import evaluate
 from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
-from utils import UserError, read_csv
+from utils import UserError, amp_dtype, read_csv
 
 IMGSZ = ["90", "66"]  # neither a multiple of 14 nor square
 
@@ -308,3 +308,19 @@ def test_bf16_training_runs_end_to_end_on_the_cpu(tmp_path, fresh_data, weights_
     with torch.no_grad():
         logits = model(torch.randint(0, 256, (1, 3, 56, 56), dtype=torch.uint8))
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_gpu_without_native_bf16_warns(monkeypatch, caplog, native):
+    """T4 and V100 (before Ampere) run bf16 only by emulation, far slower than fp16."""
+    asked = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return native or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    with caplog.at_level("WARNING", logger="dinoseg"):
+        assert amp_dtype("bf16", torch.device("cuda")) == torch.bfloat16
+    assert asked == [False]
+    assert ("emulates it, slowly. Use --amp fp16" in caplog.text) is not native
