@@ -20,7 +20,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 from torch.utils.data import Dataset, Sampler
 
 from config import IGNORE_INDEX, IMAGE_EXTENSIONS, PENN_FUDAN_URL, SPLITS, ClassConfig
@@ -54,7 +54,26 @@ def open_image(path: Path) -> Image.Image:
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: unreadable or corrupt image ({err})") from err
     # Phones store rotation in EXIF; apply it so pixels match what viewers (and annotators) see.
-    return ImageOps.exif_transpose(img)
+    # Only the pixels are turned: ImageOps.exif_transpose also re-encodes the EXIF block, which
+    # fails (struct.error, TypeError...) on the malformed tags many cameras write.
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # an EXIF block Pillow cannot parse: the pixels are still good
+        orientation = 1
+    method = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(method) if method is not None else img
+
+
+# EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose)
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def read_image(path: Path) -> np.ndarray:

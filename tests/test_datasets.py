@@ -1,3 +1,4 @@
+import struct
 import subprocess
 import sys
 import zipfile
@@ -6,7 +7,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import datasets
 from config import DEFAULT_CLASSES, ClassConfig
@@ -128,6 +129,27 @@ def test_read_image_applies_exif_rotation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees: displayed 20 wide, 30 high
     img.save(tmp_path / "x.jpg", exif=exif)
+    assert read_image(tmp_path / "x.jpg").shape == (30, 20, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_read_image_turns_pixels_as_exif_transpose_does(tmp_path, orientation):
+    rgb = np.random.default_rng(orientation).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(tmp_path / "x.png", exif=exif)
+    expected = np.array(ImageOps.exif_transpose(Image.open(tmp_path / "x.png")))
+    assert np.array_equal(read_image(tmp_path / "x.png"), expected)
+
+
+def test_read_image_with_a_malformed_exif_tag_still_rotates(tmp_path):
+    # Big-endian EXIF: orientation 6, and tag 336 (DotRange, a SHORT) stored as text, as damaged
+    # or odd camera firmware writes. Pillow reads it, but cannot write it back.
+    ifd = struct.pack(">2sHIH", b"MM", 42, 8, 2) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)
+    ifd += struct.pack(">HHI4sI", 0x0150, 2, 4, b"ab\0\0", 0)
+    Image.new("RGB", (30, 20)).save(tmp_path / "x.jpg", exif=b"Exif\0\0" + ifd)
+    with pytest.raises(struct.error):  # the premise: Pillow's exif_transpose fails on it
+        ImageOps.exif_transpose(Image.open(tmp_path / "x.jpg"))
     assert read_image(tmp_path / "x.jpg").shape == (30, 20, 3)
 
 
