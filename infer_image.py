@@ -51,18 +51,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def find_images(spec: str) -> list[Path]:
-    """The images named by --input: a file, the images of a folder, or a glob's matches."""
+OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg")  # what save_result writes after each name
+
+
+def is_output(path: Path, out_dir: Path | None) -> bool:
+    """True for a file an earlier run wrote: a mask or overlay in --out-dir or below it."""
+    if out_dir is None or not path.name.endswith(OUTPUT_SUFFIXES):
+        return False
+    return path.parent.resolve().is_relative_to(Path(out_dir).resolve())
+
+
+def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
+    """The images named by --input: a file, the images of a folder, or a glob's matches.
+
+    A folder or glob leaves out the masks and overlays an earlier run wrote to ``out_dir`` (an
+    --out-dir inside the inputs would otherwise feed them back in, run after run).
+    """
     path = Path(spec)
     if path.is_file():
         return [path]
     if not any(c in spec for c in "*?[") and not path.exists():
         raise UserError(f"--input {spec} does not exist; give an image file, a folder or a glob")
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    else:
-        matches = (Path(p) for p in glob.glob(spec, recursive=True))
-        found = sorted(p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    matches = (
+        path.iterdir() if path.is_dir() else (Path(p) for p in glob.glob(spec, recursive=True))
+    )
+    found = sorted(
+        p
+        for p in matches
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not is_output(p, out_dir)
+    )
     if not found:
         kinds = " ".join(IMAGE_EXTENSIONS)
         raise UserError(
@@ -84,11 +101,21 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
     for path in paths:
         names[path] = path.stem
         if stems[path.stem] > 1:
-            names[path] = path.resolve().relative_to(root).with_suffix("").as_posix()
+            # the folder resolved, not the file: a symbolic link keeps its own name and place
+            where = (path.parent.resolve() / path.name).relative_to(root)
+            names[path] = where.with_suffix("").as_posix()
     repeats = Counter(names.values())
     for path, name in names.items():
         if repeats[name] > 1:
             names[path] = f"{name}_{path.suffix.lstrip('.').lower()}"
+    # A name made above can still meet another file's stem (x.png -> x_png, and x_png.bmp)
+    taken, used = set(names.values()), set()
+    for path, name in names.items():
+        unique, n = name, 2
+        while unique in used or (unique != name and unique in taken):
+            unique, n = f"{name}_{n}", n + 1
+        used.add(unique)
+        names[path] = unique
     return names
 
 
@@ -107,20 +134,31 @@ def read_batches(paths: list[Path], predictor: Predictor, batch: int):
 
 
 def save_result(out_dir: Path, name: str, image, mask, predictor: Predictor, alpha: float) -> None:
-    with atomic_path(out_dir / f"{name}_mask.png") as tmp:
-        Image.fromarray(mask).save(tmp, format="PNG")
-    with atomic_path(out_dir / f"{name}_overlay.jpg") as tmp:
-        Image.fromarray(predictor.overlay(image, mask, alpha)).save(tmp, format="JPEG", quality=92)
+    """Write the mask and the overlay; both land, or (if either cannot be written) neither."""
+    mask_path, overlay_path = (out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
+    with atomic_path(mask_path) as mask_tmp, atomic_path(overlay_path) as overlay_tmp:
+        Image.fromarray(mask).save(mask_tmp, format="PNG")
+        overlay = Image.fromarray(predictor.overlay(image, mask, alpha))
+        overlay.save(overlay_tmp, format="JPEG", quality=92)
+
+
+def save_or_note(failures: list[str], path: Path, *args) -> None:
+    """save_result, noting a failure (a name too long, a JPEG wider than 65500 pixels, a full
+    disk) under the image's path instead of ending the run."""
+    try:
+        save_result(*args)
+    except (OSError, ValueError) as err:
+        failures.append(f"{path}: its results cannot be written ({err})")
 
 
 def main(args: argparse.Namespace) -> None:
     check_inference_args(args)
     device = pick_device(args.device)
-    paths = find_images(args.input)
+    paths = find_images(args.input, args.out_dir)
     names = output_names(paths)
     check_writable(args.out_dir, needed_bytes=2**20)  # before the model loads, not after it ran
     predictor = predictor_from_args(args, device)
-    failures, done = [], 0
+    failures, write_failures, done = [], [], 0
     writer = OrderedWriter()
     start = time.perf_counter()
     for ok, images, resized, errors in prefetch(read_batches(paths, predictor, args.batch)):
@@ -130,22 +168,28 @@ def main(args: argparse.Namespace) -> None:
         masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
         for path, image, mask in zip(ok, images, masks, strict=True):
             writer.submit(
-                save_result, args.out_dir, names[path], image, mask, predictor, args.alpha
-            )
+                save_or_note, write_failures, path,
+                args.out_dir, names[path], image, mask, predictor, args.alpha,
+            )  # fmt: skip
             if args.show:
                 overlay = predictor.overlay(image, mask, args.alpha)
                 args.show = show("infer_image", overlay, 0)  # q or Esc stops showing
         done += len(images)
     writer.finish()
     elapsed = time.perf_counter() - start
+    done -= len(write_failures)
     if done:
         model_fps = predictor.model_fps()
         print(f"Segmented {done} image(s) into {args.out_dir}")
         print(f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS) on {device}")
         print(f"end to end: {done / elapsed:.2f} images per second (reading, model, writing)")
-    if failures:
-        lines = "\n".join(f"  - {f}" for f in failures)
-        raise UserError(f"{len(failures)} of {len(paths)} image(s) could not be read:\n{lines}")
+    problems = []
+    for listed, what in ((failures, "read"), (write_failures, "written")):
+        if listed:
+            lines = "\n".join(f"  - {f}" for f in listed)
+            problems.append(f"{len(listed)} of {len(paths)} image(s) could not be {what}:\n{lines}")
+    if problems:
+        raise UserError("\n".join(problems))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,15 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def temp_prefix(name: str, limit: int = 120) -> str:
+    """``.NAME.`` for a temporary file beside NAME, cut to ``limit`` bytes of NAME.
+
+    A file name may have 255 bytes; the temporary name adds its own characters to NAME, so a
+    long NAME (a long title, a few dozen CJK characters) would not fit in full.
+    """
+    return f".{os.fsdecode(os.fsencode(name)[:limit])}."
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; it replaces ``dest`` only if the block succeeds.
@@ -66,7 +75,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -91,7 +100,7 @@ def atomic_files(dest: Path) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    folder = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name), suffix=".tmp", dir=dest.parent))
     try:
         yield folder / dest.name
         files = sorted(folder.iterdir(), key=lambda f: f.name == dest.name)

@@ -515,3 +515,48 @@ def test_infer_image_names_every_unreadable_file_and_exits_2(tmp_path, checkpoin
     assert sorted(p.name for p in out.iterdir()) == [
         f"{stem}_{kind}" for stem in "ace" for kind in ("mask.png", "overlay.jpg")
     ]
+
+
+def test_output_names_of_a_symlink_that_shares_a_stem(tmp_path):
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    (tmp_path / "in" / "b").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    for path in (tmp_path / "in" / "a" / "x.png", tmp_path / "elsewhere" / "photo.png"):
+        Image.new("RGB", (4, 3)).save(path)
+    (tmp_path / "in" / "b" / "x.png").symlink_to(tmp_path / "elsewhere" / "photo.png")
+    paths = infer_image.find_images(f"{tmp_path}/in/**/*.png")
+    assert sorted(infer_image.output_names(paths).values()) == ["a/x", "b/x"]
+
+
+def test_output_names_never_repeat():
+    paths = [Path("/p/x.jpg"), Path("/p/x.png"), Path("/p/x_png.bmp"), Path("/p/x_png_2.png")]
+    names = infer_image.output_names(paths)
+    assert len(set(names.values())) == 4, names
+    assert names[Path("/p/x_png_2.png")] == "x_png_2"  # a file's own stem stays its name
+
+
+def test_reruns_into_the_input_folder_do_not_read_their_own_outputs(tmp_path):
+    (tmp_path / "photo.jpg").mkdir()  # a folder with an image's name is no image
+    for name in ("a.png", "a_mask.png", "a_overlay.jpg", "b_mask.png"):
+        Image.new("RGB", (4, 3)).save(tmp_path / name)
+    found = infer_image.find_images(str(tmp_path), out_dir=tmp_path)
+    assert [p.name for p in found] == ["a.png"]
+    # elsewhere, a file named like an output is an input like any other
+    found = infer_image.find_images(str(tmp_path), out_dir=tmp_path / "out")
+    assert [p.name for p in found] == ["a.png", "a_mask.png", "a_overlay.jpg", "b_mask.png"]
+    with pytest.raises(UserError, match="no images found"):  # the folder photo.jpg is none
+        infer_image.find_images(f"{tmp_path}/*.jpg", out_dir=tmp_path)
+
+
+def test_images_whose_results_cannot_be_written_are_named_and_the_rest_go_on(tmp_path, checkpoint):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    long_stem = "写真" * 39  # 234 bytes: its outputs' names fit in 255 bytes, barely
+    Image.new("RGB", (65600, 2), (90, 90, 90)).save(src / "a_panorama.png")  # JPEG's limit: 65500
+    for stem in ("b", long_stem, "c"):
+        Image.new("RGB", (30, 20), (90, 90, 90)).save(src / f"{stem}.png")
+    with pytest.raises(UserError, match=r"1 of 4 image\(s\) could not be written:\n.*a_panorama"):
+        infer_image.main(image_args(input=src, model=checkpoint, out_dir=out, batch=1))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}_{kind}" for stem in ("b", long_stem, "c") for kind in ("mask.png", "overlay.jpg")
+    ), "the panorama leaves neither a mask nor an overlay, nor a temporary file"
