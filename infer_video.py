@@ -33,6 +33,7 @@ from utils import (
     prefetch,
     run_script,
     show,
+    temp_prefix,
 )
 
 log = logging.getLogger("dinoseg")
@@ -83,6 +84,23 @@ def open_video(spec: str) -> VideoSource:
     )
 
 
+def mp4v_rate(fps: float) -> float:
+    """The frame rate to write: ``fps`` where mp4v can store it, else the nearest it can store.
+
+    OpenCV hands the encoder ``fps`` as a fraction with a power-of-ten denominator, within 0.001
+    of it (66.667 -> 66667/1000), and MPEG-4 part 2 refuses a time base whose denominator, once
+    the fraction is reduced, exceeds 65535: the writer would not open at all.
+    """
+    for rate in (fps, round(fps, 2), round(fps, 1), float(round(fps))):
+        ticks, base = round(rate), 1
+        while abs(ticks / base - rate) > 0.001:
+            base *= 10
+            ticks = round(rate * base)
+        if ticks // math.gcd(ticks, base) <= 65535:
+            return rate
+    return fps
+
+
 def read_batches(source: VideoSource, predictor: Predictor, batch: int):
     """Yield (RGB frames, resized batch) groups of up to ``batch`` frames."""
     frames = []
@@ -124,17 +142,27 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     interrupted run leaves no partial file. A camera stream ends with q/Esc or Ctrl-C.
 
     Returns:
-        {"frames", "seconds", "model_fps", "fps"}: counts and frame rates.
+        {"frames", "rate", "seconds", "model_fps", "fps"}: counts and frame rates (``rate``:
+        the output video's).
     """
     done = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # VideoWriter picks the container from the file name, so the temporary name ends in .mp4.
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial.mp4")
+    tmp = out_path.with_name(f"{temp_prefix(out_path.stem)}{os.getpid()}.partial.mp4")
     try:
         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-        video = cv2.VideoWriter(str(tmp), fourcc, source.fps, (source.width, source.height))
+        rate = mp4v_rate(source.fps)
+        if rate != source.fps:
+            log.warning(
+                "mp4v cannot store %s's %.6g FPS exactly; %s runs at %.6g FPS",
+                args.input, source.fps, out_path, rate,
+            )  # fmt: skip
+        video = cv2.VideoWriter(str(tmp), fourcc, rate, (source.width, source.height))
         if not video.isOpened():
-            raise UserError(f"cannot write {out_path}: OpenCV has no mp4v encoder here")
+            raise UserError(
+                f"cannot write {out_path}: OpenCV's mp4v encoder refuses "
+                f"{source.width}x{source.height} at {rate:.6g} FPS (or this OpenCV has none)"
+            )
         writer = OrderedWriter()
 
         def encode(frames, masks) -> None:
@@ -186,6 +214,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         tmp.unlink(missing_ok=True)
     return {
         "frames": done,
+        "rate": rate,
         "seconds": seconds,
         "model_fps": predictor.model_fps(),
         "fps": done / seconds,
@@ -200,14 +229,19 @@ def main(args: argparse.Namespace) -> None:
         # Before the model loads, so a bad --out-dir costs nothing. The video's size is unknown
         # until it is encoded: this asks only for room to start.
         check_writable(args.out_dir, needed_bytes=2**20)
+        out_path = args.out_dir / f"{source.name}.mp4"
+        if not source.camera and out_path.exists() and os.path.samefile(out_path, args.input):
+            raise UserError(
+                f"--input {args.input} is the file the output would replace; choose another "
+                "--out-dir"
+            )
         predictor = predictor_from_args(args, device)
     except BaseException:
         source.capture.release()  # a camera stays busy until it is released
         raise
-    out_path = args.out_dir / f"{source.name}.mp4"
     stats = segment_video(source, predictor, out_path, args)
     print(f"Wrote {out_path}: {stats['frames']} frames, {source.width}x{source.height}, "
-          f"{source.fps:.3f} FPS")  # fmt: skip
+          f"{stats['rate']:.3f} FPS")  # fmt: skip
     print(f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS) "
           f"on {device}, batch {args.batch}")  # fmt: skip
     print(f"end to end: {stats['fps']:.2f} FPS (decoding, model, drawing, encoding)")

@@ -560,3 +560,40 @@ def test_images_whose_results_cannot_be_written_are_named_and_the_rest_go_on(tmp
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}_{kind}" for stem in ("b", long_stem, "c") for kind in ("mask.png", "overlay.jpg")
     ), "the panorama leaves neither a mask nor an overlay, nor a temporary file"
+
+
+def test_video_into_its_own_folder_refuses_to_replace_the_input(tmp_path, checkpoint):
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    before = clip.read_bytes()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video, "predictor_from_args", no_model)
+        with pytest.raises(UserError, match="is the file the output would replace"):
+            infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path))
+    assert clip.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("fps", [66.667, 70.007, 30000 / 1001, 120.3456])
+def test_mp4v_rate_is_one_the_encoder_accepts(tmp_path, fps):
+    rate = infer_video.mp4v_rate(fps)
+    assert abs(rate - fps) < 0.01
+    video = cv2.VideoWriter(
+        str(tmp_path / "x.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), rate, (32, 24)
+    )
+    assert video.isOpened(), rate
+    video.release()
+
+
+def test_video_at_a_rate_mp4v_cannot_store_exactly(tmp_path, checkpoint, caplog):
+    clip = tmp_path / "fast.avi"  # 15 ms a frame: 66.667 FPS, as OpenCV gives it to mp4v
+    video = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 66.667, (64, 48))
+    for i in range(3):
+        video.write(np.full((48, 64, 3), 60 * i, np.uint8))
+    video.release()
+    assert cv2.VideoCapture(str(clip)).get(cv2.CAP_PROP_FPS) == pytest.approx(66.667)
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    result = cv2.VideoCapture(str(out / "fast.mp4"))
+    assert int(result.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert result.get(cv2.CAP_PROP_FPS) == pytest.approx(66.67, abs=1e-3)
+    assert "runs at 66.67 FPS" in caplog.text
