@@ -44,7 +44,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Segment a video or a camera stream with a trained checkpoint.",
         parents=[inference_flags(DEFAULT_OUT_DIR / "inference_results_video"), runtime_flags()],
     )
-    parser.add_argument("--input", required=True, help="a video file, or a camera index such as 0")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="a video file, a camera index such as 0, or a camera device such as /dev/video0",
+    )
     return parser
 
 
@@ -60,11 +64,14 @@ class VideoSource:
 
 
 def open_video(spec: str) -> VideoSource:
-    """Open a video file or camera, or fail with a message naming it."""
-    camera = spec.isdigit()
-    if not camera and not Path(spec).is_file():
-        raise UserError(f"--input {spec} does not exist")
-    capture = cv2.VideoCapture(int(spec) if camera else spec)
+    """Open a video file or camera (an index, or a device such as /dev/video0), or fail with a
+    message naming it."""
+    path = Path(spec)
+    camera = spec.isdigit() or path.is_char_device()
+    if not camera and not path.is_file():
+        problem = "is a folder; give a video file" if path.is_dir() else "does not exist"
+        raise UserError(f"--input {spec} {problem}")
+    capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
     if not capture.isOpened():
         what = f"camera {spec}" if camera else f"{spec}: not a video OpenCV can read, or corrupt"
         raise UserError(f"cannot open {what}")
@@ -75,7 +82,7 @@ def open_video(spec: str) -> VideoSource:
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     return VideoSource(
         capture=capture,
-        name=f"camera{spec}" if camera else Path(spec).stem,
+        name=f"camera{spec}" if spec.isdigit() else path.stem,
         fps=fps,
         width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
         height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),

@@ -597,3 +597,13 @@ def test_video_at_a_rate_mp4v_cannot_store_exactly(tmp_path, checkpoint, caplog)
     assert int(result.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     assert result.get(cv2.CAP_PROP_FPS) == pytest.approx(66.67, abs=1e-3)
     assert "runs at 66.67 FPS" in caplog.text
+
+
+def test_video_input_that_is_a_device_or_a_folder_is_named_for_what_it_is(tmp_path, checkpoint):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video, "predictor_from_args", no_model)
+        # /dev/null stands in for /dev/video0: a device exists, and is opened as a camera
+        with pytest.raises(UserError, match="cannot open camera /dev/null"):
+            infer_video.main(video_args(input="/dev/null", model=checkpoint, out_dir=tmp_path))
+        with pytest.raises(UserError, match=r"--input .* is a folder; give a video file"):
+            infer_video.main(video_args(input=tmp_path, model=checkpoint, out_dir=tmp_path))
