@@ -62,9 +62,10 @@ def temp_prefix(name: str, limit: int = 120) -> str:
     """``.NAME.`` for a temporary file beside NAME, cut to ``limit`` bytes of NAME.
 
     A file name may have 255 bytes; the temporary name adds its own characters to NAME, so a
-    long NAME (a long title, a few dozen CJK characters) would not fit in full.
+    long NAME (a long title, a few dozen CJK characters) would not fit in full. The cut falls
+    between characters, so the name stays valid UTF-8 (which macOS requires).
     """
-    return f".{os.fsdecode(os.fsencode(name)[:limit])}."
+    return f".{name.encode()[:limit].decode(errors='ignore')}."
 
 
 @contextlib.contextmanager

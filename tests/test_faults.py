@@ -210,6 +210,15 @@ def test_a_csv_write_that_fails_midway_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"], "no temporary file"
 
 
+def test_a_name_near_the_255_byte_limit_still_gets_an_atomic_write(tmp_path):
+    name = "a" + "写真" * 39 + "_mask.png"  # 244 bytes: the temporary name must be shorter
+    with utils.atomic_path(tmp_path / name) as tmp:
+        tmp.write_bytes(b"x")
+        assert len(tmp.name.encode()) <= 255
+        tmp.name.encode("utf-8")  # cut between characters, never inside one
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_a_nan_loss_stops_training_before_the_optimizer_uses_it():
     torch.manual_seed(0)
     model = PixelClassifier()
