@@ -196,17 +196,99 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
     )
 
 
+POLY_POWER = 0.9
+# the scheduler attribute that holds the epoch the schedule ends at
+SCHEDULE_LENGTH = {"cosine": "T_max", "poly": "total_iters"}
+# Settings that a resumed run takes from its command line, not from the checkpoint: a value
+# that differs from the checkpoint's run is named in a warning.
+RESUMED_FLAGS = ("data", "batch", "accum", "seed", "lr", "backbone_lr", "weight_decay",
+                 "scheduler", "no_augment", "cache_features", "amp")  # fmt: skip
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     if kind == "poly":
-        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=epochs, power=0.9)
+        return torch.optim.lr_scheduler.PolynomialLR(
+            optimizer, total_iters=epochs, power=POLY_POWER
+        )
     return None
+
+
+def schedule_factor(kind: str, epoch: int, epochs: int) -> float:
+    """The learning rate of (1-based) ``epoch`` relative to --lr, as make_scheduler plans it."""
+    done = epoch - 1
+    if kind == "cosine":
+        return (1 + math.cos(math.pi * done / epochs)) / 2
+    if kind == "poly":
+        return (1 - min(done, epochs) / epochs) ** POLY_POWER
+    return 1.0
+
+
+def resume_optimization(optimizer, scheduler, args, ckpt: dict, start: int) -> None:
+    """Restore the checkpoint's optimizer and schedule, then apply this command line to them.
+
+    With the interrupted run's flags the restored states continue it exactly. A changed --lr,
+    --backbone-lr or --weight-decay applies from the resumed epoch on, and a changed --epochs
+    or --scheduler re-plans the schedule to end at the new --epochs: the resumed epoch gets
+    the rate that plan gives it (a finished cosine or poly run extended with --epochs would
+    otherwise go on at a rate of 0, or climb back to --lr).
+    """
+    optimizer.load_state_dict(ckpt["optimizer"])
+    state = ckpt["scheduler"]
+    length = SCHEDULE_LENGTH.get(args.scheduler)
+    same_kind = scheduler is not None and state is not None and length in state
+    if same_kind:
+        scheduler.load_state_dict(state)
+    if start > args.epochs:
+        return
+    bases = [{"head": args.lr, "backbone": args.backbone_lr}[g["name"]]
+             for g in optimizer.param_groups]  # fmt: skip
+    for group in optimizer.param_groups:
+        group["weight_decay"] = args.weight_decay
+    if scheduler is None:
+        exact = all(g["lr"] == b for g, b in zip(optimizer.param_groups, bases, strict=True))
+    else:
+        exact = (
+            same_kind
+            and list(scheduler.base_lrs) == bases
+            and getattr(scheduler, length) == args.epochs
+        )
+        scheduler.base_lrs = bases
+        setattr(scheduler, length, args.epochs)
+        scheduler.last_epoch = start - 1
+        for group, base in zip(optimizer.param_groups, bases, strict=True):
+            group["initial_lr"] = base
+    if not exact:
+        factor = schedule_factor(args.scheduler, start, args.epochs)
+        for group, base in zip(optimizer.param_groups, bases, strict=True):
+            group["lr"] = base * factor
+        plan = f", --scheduler {args.scheduler} ending at epoch {args.epochs}" if scheduler else ""
+        log.info("learning rate from epoch %d: %g (--lr %g%s)", start, args.lr * factor, args.lr,
+                 plan)  # fmt: skip
+
+
+def warn_changed_settings(args, ckpt: dict, start: int) -> None:
+    """Name the settings of a resumed run that differ from the checkpoint's run."""
+    before = ckpt.get("args") or {}
+    changed = [
+        f"--{k.replace('_', '-')} {getattr(args, k)} (was {before[k]})"
+        for k in RESUMED_FLAGS
+        if k in before and before[k] != settings_value(getattr(args, k))
+    ]
+    if changed:
+        log.warning("--resume: settings that differ from the run of %s apply from epoch %d: %s",
+                    args.resume, start, ", ".join(changed))  # fmt: skip
+
+
+def settings_value(value):
+    """A flag's value as settings() records it."""
+    return str(value) if isinstance(value, Path) else value
 
 
 def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
     """The resolved run settings as plain values: saved to OUT/args.yaml and every checkpoint."""
-    resolved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    resolved = {k: settings_value(v) for k, v in vars(args).items()}
     resolved["imgsz"] = list(imgsz)
     return {**resolved, **classes.to_dict()}
 
@@ -315,6 +397,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         classes = resumed
         start = ckpt["epoch"] + 1
         best_miou, best_loss = ckpt["best_miou"], ckpt["best_loss"]
+        warn_changed_settings(args, ckpt, start)
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
     # Check the data before loading the backbone, which may mean a download.
@@ -376,9 +459,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     scheduler = make_scheduler(optimizer, args.scheduler, args.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt["scheduler"] is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
+        resume_optimization(optimizer, scheduler, args, ckpt, start)
         if ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
         csv_path = args.out_dir / "metrics.csv"

@@ -128,6 +128,36 @@ def test_resume_continues_from_the_next_epoch(tmp_path, tiny_data, weights_file,
     assert rows[2]["lr"] < rows[0]["lr"]  # the cosine schedule went on, not restarted
 
 
+@pytest.mark.parametrize("scheduler", ["poly", "cosine"])
+def test_resume_with_more_epochs_replans_the_schedule(tmp_path, tiny_data, weights_file, scheduler):
+    # a finished 2-epoch run extended to 4: poly would stay at 0, cosine would climb back up
+    args = [*common(tiny_data, tmp_path, weights_file), "--imgsz", "56", "56", "--num-vis", "0",
+            "--scheduler", scheduler]  # fmt: skip
+    run_train([*args, "--epochs", "2"])
+    run_train([*args, "--epochs", "4", "--resume", str(tmp_path / "last_model.pth")])
+    lrs = [r["lr"] for r in read_csv(tmp_path / "metrics.csv")]
+    # epochs 3 and 4 of a 4-epoch schedule: 2 and 3 epochs done
+    if scheduler == "poly":
+        expected = [(1 - done / 4) ** 0.9 for done in (2, 3)]
+    else:
+        expected = [(1 + math.cos(math.pi * done / 4)) / 2 for done in (2, 3)]
+    assert lrs[2:] == pytest.approx([3e-3 * f for f in expected], rel=1e-9)
+    assert lrs[1] >= lrs[2] > lrs[3] > 0
+
+
+def test_resume_applies_a_changed_lr_and_weight_decay(tmp_path, tiny_data, weights_file, caplog):
+    # the advice after a divergence: lower --lr and continue with --resume
+    args = [*common(tiny_data, tmp_path, weights_file), "--imgsz", "56", "56", "--num-vis", "0"]
+    run_train([*args, "--epochs", "1"])
+    run_train([*args, "--epochs", "2", "--lr", "1e-5", "--weight-decay", "0.5", "--resume",
+               str(tmp_path / "last_model.pth")])  # fmt: skip
+    assert "--lr 1e-05 (was 0.003)" in caplog.text
+    assert [r["lr"] for r in read_csv(tmp_path / "metrics.csv")] == [3e-3, 1e-5]
+    group = torch.load(tmp_path / "last_model.pth", weights_only=True)["optimizer"]
+    assert (group["param_groups"][0]["lr"], group["param_groups"][0]["weight_decay"]) == (1e-5, 0.5)
+    assert yaml.safe_load((tmp_path / "args.yaml").read_text())["lr"] == 1e-5
+
+
 def test_config_file_sets_classes_and_defaults_and_the_command_line_wins(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({
