@@ -495,6 +495,10 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             broadcast_buffers(model)
             valid = evaluate(model, valid_loader, device, classes.num_classes, autocast,
                              f"valid {epoch}/{args.epochs}", from_features)  # fmt: skip
+            if not math.isfinite(valid["loss"]):
+                # the last update broke the model: it must not become a checkpoint to resume
+                raise TrainingDiverged(f"the validation loss became {valid['loss']} after the "
+                                       "training")  # fmt: skip
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
                 scheduler.step()

@@ -86,6 +86,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(
     assert [r["epoch"] for r in read_csv(tmp_path / "metrics.csv")] == [1]
 
 
+def test_a_model_broken_by_the_last_update_of_an_epoch_is_not_saved(
+    tmp_path, fresh_data, weights_file
+):
+    # one step per epoch: the training loss of that step is finite, the update it makes is not
+    args = ["--data", str(fresh_data), "--out-dir", str(tmp_path), "--backbone-source", "timm",
+            "--weights", str(weights_file), "--imgsz", "56", "56", "--workers", "0", "--batch",
+            "4", "--lr", "1e30", "--epochs", "2", "--num-vis", "0", "--device", "cpu"]  # fmt: skip
+    with pytest.raises(UserError, match=r"validation loss became nan after the training of "
+                       r"epoch 1; training stopped. No epoch finished"):  # fmt: skip
+        run_train(args)
+    assert not list(tmp_path.glob("*.pth")), "a checkpoint that cannot be resumed was written"
+
+
 def test_unwritable_out_dir_is_reported_before_anything_runs(tmp_path, tiny_data, weights_file):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
