@@ -266,7 +266,8 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
 
 
 def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> None:
-    """Refuse masks that hold no foreground at all; warn of classes training never sees."""
+    """Refuse masks that hold no foreground at all, or a split without a labelled pixel; warn of
+    classes training never sees."""
     total = sum(pixels.values())
     if classes.num_classes == 2 and not total[1] and total[IGNORE_INDEX]:
         raise UserError(
@@ -275,6 +276,17 @@ def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> No
             f"{IGNORE_INDEX} as 'ignore'. Convert them to 0/1 masks with: "
             f"python prepare_data.py binary --root {root} --out {root}_01"
         )
+    for split, counts in pixels.items():
+        if not counts[: classes.num_classes].any():
+            task = {
+                "train": "training has nothing to learn",
+                "valid": "validation has nothing to score: its mIoU and loss would mean nothing",
+            }[split]
+            raise UserError(
+                f"every mask pixel of the {split} split of {root} is {IGNORE_INDEX} (ignore), so "
+                f"{task}; label its masks with the class ids 0-{classes.num_classes - 1} of "
+                f"{list(classes.names)}"
+            )
     if "train" in pixels:
         missing = [n for n, c in zip(classes.names, pixels["train"], strict=False) if not c]
         if missing:

@@ -192,6 +192,17 @@ def test_masks_saved_as_0_and_255_are_refused_with_the_fix(fresh_data):
         check_dataset(fresh_data, DEFAULT_CLASSES)
 
 
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_a_split_whose_masks_are_all_ignore_is_refused(fresh_data, split):
+    # a valid split without a labelled pixel trained on with mIoU nan, loss 0 and no best model
+    for mask in (fresh_data / f"{split}_masks").iterdir():
+        save(np.full_like(np.asarray(Image.open(mask)), 255), mask)
+    with pytest.raises(UserError, match=f"every mask pixel of the {split} split of .* is 255"):
+        check_dataset(fresh_data, THREE)
+    with pytest.raises(UserError, match=f"every mask pixel of the {split} split"):
+        check_dataset(fresh_data, THREE, splits=(split,))
+
+
 def test_a_class_absent_from_the_train_split_is_a_warning(fresh_data, caplog):
     check_dataset(fresh_data, THREE)  # the synthetic masks hold classes 0 and 1 only
     assert "the train split of" in caplog.text and "has no pixel of car" in caplog.text
