@@ -30,6 +30,7 @@ from config import (
     DEFAULT_IMGSZ,
     DEFAULT_OUT_DIR,
     IGNORE_INDEX,
+    PATCH_SIZE,
     ClassConfig,
     backbone_flags,
     check_imgsz,
@@ -54,6 +55,7 @@ from model import (
     load_backbone,
     load_checkpoint,
     log_input_size,
+    patch_aligned,
     read_checkpoint,
     save_checkpoint,
 )
@@ -144,6 +146,10 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("lr", "backbone_lr"):
         if not getattr(args, flag) > 0:
             raise UserError(f"--{flag.replace('_', '-')} must be positive")
+    if not 0 <= args.weight_decay < math.inf:
+        raise UserError(f"--weight-decay must be 0 or more, not {args.weight_decay}")
+    if not 0 <= args.seed < 2**32:  # what NumPy's seeding takes
+        raise UserError(f"--seed must be between 0 and {2**32 - 1}, not {args.seed}")
     check_imgsz(args.imgsz)
     if args.resume and args.eval_only:
         raise UserError("--resume and --eval-only do not go together")
@@ -402,6 +408,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
     # Check the data before loading the backbone, which may mean a download.
     pairs = check_dataset(resolve_data(args, main_process), classes)
+    check_batch_statistics(args.batch, math.ceil(len(pairs["train"]) / world), imgsz)
 
     if args.resume:
         model, _ = load_checkpoint(args.resume, device, args.backbone_source, args.hub_dir,
@@ -606,6 +613,23 @@ def fill_cache(cache: FeatureCache, model, pairs: dict, views, batch: int, rank,
         cache.mode, cache.computed, time.perf_counter() - t0, cache.reused, others,
         cache.bytes_per_view / 2**20, len(views) * cache.bytes_per_view / 2**20,
     )  # fmt: skip
+
+
+def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
+    """Refuse training batches that give the head's BatchNorm one value per channel.
+
+    Args:
+        train_images: the training images of one process.
+    """
+    smallest = min(batch, train_images)  # a last incomplete batch is dropped when there are more
+    w, h = (patch_aligned(s) // PATCH_SIZE for s in imgsz)
+    if smallest * w * h < 2:
+        raise UserError(
+            f"training batches of {smallest} image at --imgsz {imgsz[0]} {imgsz[1]} ({w}x{h} "
+            "patch) give the head's BatchNorm one value per channel, which it cannot normalize: "
+            f"use --batch 2 or more (with 2 or more training images), or an --imgsz of at least "
+            f"{PATCH_SIZE * 3 // 2} {PATCH_SIZE * 3 // 2}"
+        )
 
 
 def kept_message(last: Path, finished: int) -> str:

@@ -224,6 +224,8 @@ def test_bad_values_in_config_file_name_the_file(tmp_path, content, message):
         (["--device", "cuda"], "--device cuda was asked for"),
         (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a cuda or mps device"),
         (["--batch", "0"], "--batch must be at least 1"),
+        (["--seed", "-1"], "--seed must be between 0 and 4294967295, not -1"),
+        (["--weight-decay", "-0.1"], "--weight-decay must be 0 or more, not -0.1"),
         (["--data", "no/such/dir", "--weights", "random"], "--data no/such/dir is not a folder"),
     ],
 )
@@ -239,6 +241,18 @@ def test_user_errors_exit_2_without_traceback(argv, message, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize(("batch", "imgsz"), [("1", "14"), ("1", "20")])
+def test_batches_of_one_value_per_channel_are_refused_before_training(
+    tmp_path, fresh_data, batch, imgsz
+):
+    # BatchNorm in training mode raised a ValueError traceback on a 1x1 patch grid of one image
+    args = ["--data", str(fresh_data), "--out-dir", str(tmp_path), "--weights", "random",
+            "--imgsz", imgsz, imgsz, "--batch", batch, "--workers", "0"]  # fmt: skip
+    with pytest.raises(UserError, match=r"--batch 2 or more .* --imgsz of at least 21 21"):
+        run_train(args)
+    assert not (tmp_path / "args.yaml").exists()
 
 
 @pytest.mark.parametrize(
