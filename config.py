@@ -335,9 +335,21 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> l
                 items = ["off"]  # YAML reads a bare off (amp: off) as false
             else:
                 items = [str(v) for v in (value if isinstance(value, list) else [value])]
+            _check_count(actions[key], items, path)
             _check_values(actions[key], items, path)
             argv += [flag, *items]
     return argv
+
+
+def _check_count(action: argparse.Action, values: list[str], path: Path) -> None:
+    """Refuse a config file's value with the wrong number of items, naming the file (argparse
+    would blame a flag the command line does not have, or call the extra item unrecognized)."""
+    expected = 1 if action.nargs is None else action.nargs
+    if isinstance(expected, int) and len(values) != expected:
+        example = "a single value" if expected == 1 else f"a list of {expected} values"
+        raise UserError(f"config file {path}: {action.dest} takes {example}, not {values}")
+    if expected == "+" and not values:
+        raise UserError(f"config file {path}: {action.dest} takes a list of one or more values")
 
 
 def _check_values(action: argparse.Action, values: list[str], path: Path) -> None:

@@ -200,6 +200,10 @@ def test_config_file_takes_off_unquoted(tmp_path):
         ("scheduler: linear\n", r"c.yaml: scheduler: 'linear' is not one of none, cosine, poly"),
         ("lr: abc\n", r"c.yaml: lr: 'abc' is not a valid value"),
         ("imgsz: [640, big]\n", r"c.yaml: imgsz: 'big' is not a valid value"),
+        ("imgsz: 640\n", r"c.yaml: imgsz takes a list of 2 values, not \['640'\]"),
+        ("imgsz: [56, 56, 56]\n", r"c.yaml: imgsz takes a list of 2 values"),
+        ("lr: [0.1, 0.2]\n", r"c.yaml: lr takes a single value, not \['0.1', '0.2'\]"),
+        ("tta_scales: []\n", r"c.yaml: tta_scales takes a list of one or more values"),
     ],
 )
 def test_bad_values_in_config_file_name_the_file(tmp_path, content, message):
