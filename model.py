@@ -481,12 +481,21 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
             "best_model_iou.pth, best_model_loss.pth or last_model.pth written by train.py"
         ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else None
+        if isinstance(found, str) and found.startswith(CHECKPOINT_FORMAT.split("/")[0] + "/"):
+            raise UserError(
+                f"{flag} {path} has checkpoint format {found!r}, and this version of the "
+                f"repository reads {CHECKPOINT_FORMAT!r}: use the version that wrote it"
+            )
         raise UserError(
             f"{flag} {path} is not a checkpoint of this repository (no format "
             f"{CHECKPOINT_FORMAT!r}); "
             "pass a best_model_iou.pth, best_model_loss.pth or last_model.pth written by train.py"
         )
     missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    model = ckpt.get("model")
+    if "model" in ckpt and not (isinstance(model, dict) and {"backbone", "head"} <= model.keys()):
+        missing.append("model.backbone and model.head")
     if missing:
         raise UserError(
             f"{flag} {path} is damaged or was edited: it lacks {', '.join(missing)}; "

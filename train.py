@@ -202,6 +202,8 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
     )
 
 
+# what --resume reads from a checkpoint besides the model (model.CHECKPOINT_KEYS)
+TRAINING_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "args", "best_miou", "best_loss")
 POLY_POWER = 0.9
 # the scheduler attribute that holds the epoch the schedule ends at
 SCHEDULE_LENGTH = {"cosine": "T_max", "poly": "total_iters"}
@@ -392,6 +394,12 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
     if args.resume:
         ckpt = read_checkpoint(args.resume, "--resume")
+        missing = [k for k in TRAINING_KEYS if k not in ckpt]
+        if missing:
+            raise UserError(
+                f"--resume {args.resume} holds no training state (it lacks {', '.join(missing)}): "
+                "resume from a last_model.pth written by train.py"
+            )
         resumed = ClassConfig.from_dict(ckpt["classes"], source=str(args.resume))
         imgsz = tuple(ckpt["imgsz"])
         if args.imgsz is not None and tuple(args.imgsz) != imgsz:

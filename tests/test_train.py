@@ -158,6 +158,17 @@ def test_resume_applies_a_changed_lr_and_weight_decay(tmp_path, tiny_data, weigh
     assert yaml.safe_load((tmp_path / "args.yaml").read_text())["lr"] == 1e-5
 
 
+def test_resuming_a_checkpoint_without_training_state_names_it(tmp_path, tiny_data, weights_file):
+    # a checkpoint saved by save_checkpoint with the model's keys only: KeyError 'epoch' before
+    model = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file)), 2)
+    save_checkpoint(tmp_path / "model.pth", model, classes=DEFAULT_CLASSES.to_dict(),
+                    imgsz=[56, 56])  # fmt: skip
+    args = [*common(tiny_data, tmp_path / "out", weights_file), "--epochs", "1", "--resume",
+            str(tmp_path / "model.pth")]  # fmt: skip
+    with pytest.raises(UserError, match=r"model.pth holds no training state \(it lacks epoch, "):
+        run_train(args)
+
+
 def test_config_file_sets_classes_and_defaults_and_the_command_line_wins(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({
@@ -280,9 +291,16 @@ def test_evaluation_flags_without_eval_only_are_refused(argv, message):
         ("pickled.pth", "--model", r"pickled.pth is not a (readable )?checkpoint"),
         ("notes.txt", "--model", r"notes.txt is not a readable checkpoint: PyTorch cannot load"),
         ("gone.pth", "--resume", r"gone.pth \(--resume\) does not exist; pass the last_model"),
+        ("nomodel.pth", "--model", r"nomodel.pth is damaged .* lacks model.backbone and model.h"),
+        ("v2.pth", "--model", r"v2.pth has checkpoint format 'dinov2-segmentation/2', and this"),
     ],
 )
 def test_files_that_are_not_checkpoints_are_named_with_their_flag(tmp_path, name, flag, message):
+    fields = {"format": "dinov2-segmentation/1", "backbone": "dinov2_vits14",
+              "backbone_source": "timm", "layers": 4, "fine_tune": False, "imgsz": [56, 56],
+              "classes": DEFAULT_CLASSES.to_dict()}  # fmt: skip
+    torch.save({**fields, "model": {"head": {}}}, tmp_path / "nomodel.pth")
+    torch.save({**fields, "format": "dinov2-segmentation/2"}, tmp_path / "v2.pth")
     (tmp_path / "runs").mkdir()
     (tmp_path / "model.onnx").write_bytes(b"onnx")
     torch.save({"loss": ValueError("a Python object")}, tmp_path / "pickled.pth")
