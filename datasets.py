@@ -108,6 +108,16 @@ def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
     """
     path = Path(path)
     img = open_image(path)
+    with path.open("rb") as f:
+        jpeg = f.read(3) == b"\xff\xd8\xff"  # the start of every JPEG (and MPO) file
+    if jpeg:
+        # Compression moves values near every edge: a 0/1 mask gains 2s (then read as instance
+        # ids), a 3-class one swaps ids silently. No reading of it can be trusted.
+        raise DataError(
+            f"{path}: a JPEG mask: JPEG compression changes the pixel values near edges, so its "
+            "class ids or colours are not the ones drawn; save masks as PNG (0/255 JPEG masks: "
+            "python prepare_data.py binary thresholds them into PNG class ids)"
+        )
     arr = np.asarray(img)
     if img.mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]

@@ -92,6 +92,19 @@ def test_values_outside_classes_are_an_error_with_three_classes(tmp_path):
         read_mask(save(mask, tmp_path / "m.png"), THREE)
 
 
+@pytest.mark.parametrize("classes", [DEFAULT_CLASSES, THREE])
+def test_a_jpeg_mask_is_refused(tmp_path, classes):
+    # JPEG changes ids near edges: a 2-class mask was read without a word (as instance ids when
+    # compression added 2s), a 3-class one with ids swapped where they stay in range
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 20:50] = 1
+    mask[15:25, 25:35] = classes.num_classes - 1
+    path = save(mask, tmp_path / "m.jpg", quality=75)
+    assert (np.asarray(Image.open(path)) != mask).any(), "JPEG changed some ids"
+    with pytest.raises(DataError, match=r"m.jpg: a JPEG mask: .* save masks as PNG"):
+        read_mask(path, classes)
+
+
 # --- images --------------------------------------------------------------------------------
 
 
