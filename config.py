@@ -6,13 +6,17 @@ name with underscores, e.g. ``lr`` or ``backbone_lr``); the command line wins ov
 """
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from utils import UserError, check_gui
+
+log = logging.getLogger("dinoseg")
 
 PATCH_SIZE = 14
 IGNORE_INDEX = 255
@@ -288,11 +292,33 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
-    """Parse ``argv`` with the defaults of an optional ``--config`` YAML file underneath.
+# The settings of a run that --resume continues unless --config or the command line changes
+# them: its data and optimization. (The model, classes and size always come from the checkpoint;
+# the device, workers and outputs from this command line.)
+RESUMED_SETTINGS = ("data", "epochs", "batch", "accum", "seed", "lr", "backbone_lr",
+                    "weight_decay", "scheduler", "no_augment", "cache_features", "cache_dir",
+                    "amp")  # fmt: skip
 
-    The file's flag keys are turned into command-line tokens placed before ``argv``, so argparse
-    checks their types and choices, and a flag given on the command line wins.
+
+def recorded_settings(checkpoint: Path) -> dict:
+    """The run settings a train.py checkpoint recorded, or {} where it has none to read (the
+    checkpoint's own check then names the problem)."""
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable file: read_checkpoint reports it later
+        return {}
+    recorded = ckpt.get("args") if isinstance(ckpt, dict) else None
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """Parse ``argv`` with the defaults of an optional ``--config`` YAML file underneath, and
+    under that, with ``--resume``, the settings of the run that wrote the checkpoint.
+
+    The file's (and the checkpoint's) settings are turned into command-line tokens placed before
+    ``argv``, so argparse checks their types and choices, and a flag given on the command line
+    wins: ``--resume last_model.pth`` alone continues the run with its own data, epochs,
+    learning rate and schedule.
 
     Returns:
         (args, classes): the namespace, and the ClassConfig (the default unless the file sets one).
@@ -300,7 +326,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
+    pre.add_argument("--resume", type=Path, default=None)
+    pre.add_argument("--eval-only", action="store_true")
     known, _ = pre.parse_known_args(argv)
+    resumed: dict = {}
+    resumable = any(a.dest == "resume" for a in parser._actions)
+    if resumable and known.resume is not None and not known.eval_only:
+        recorded = recorded_settings(known.resume)
+        resumed = {k: recorded[k] for k in RESUMED_SETTINGS if recorded.get(k) is not None}
     classes = DEFAULT_CLASSES
     file_argv: list[str] = []
     if known.config is not None:
@@ -309,8 +342,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
         if class_part:
             classes = ClassConfig.from_dict(class_part, source=str(known.config))
         file_argv = _flags_to_argv(parser, data, known.config)
-    args = parser.parse_args(file_argv + argv)
+    resumed_argv = _flags_to_argv(parser, resumed, known.resume) if resumed else []
+    args = parser.parse_args(resumed_argv + file_argv + argv)
+    kept = [k for k, v in resumed.items() if plain_value(getattr(args, k)) == v]
+    if kept:
+        log.info(
+            "--resume: continuing %s's run with its %s",
+            known.resume, ", ".join(f"--{k.replace('_', '-')} {resumed[k]}" for k in kept),
+        )  # fmt: skip
     return args, classes
+
+
+def plain_value(value):
+    """A parsed value as a checkpoint records it (paths as strings)."""
+    return str(value) if isinstance(value, Path) else value
 
 
 def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> list[str]:

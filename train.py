@@ -31,10 +31,12 @@ from config import (
     DEFAULT_OUT_DIR,
     IGNORE_INDEX,
     PATCH_SIZE,
+    RESUMED_SETTINGS,
     ClassConfig,
     backbone_flags,
     check_imgsz,
     parse_args,
+    plain_value,
     runtime_flags,
     tta_flags,
     tta_setting,
@@ -207,10 +209,6 @@ TRAINING_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "args", "best_miou
 POLY_POWER = 0.9
 # the scheduler attribute that holds the epoch the schedule ends at
 SCHEDULE_LENGTH = {"cosine": "T_max", "poly": "total_iters"}
-# Settings that a resumed run takes from its command line, not from the checkpoint: a value
-# that differs from the checkpoint's run is named in a warning.
-RESUMED_FLAGS = ("data", "batch", "accum", "seed", "lr", "backbone_lr", "weight_decay",
-                 "scheduler", "no_augment", "cache_features", "amp")  # fmt: skip
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
@@ -277,26 +275,22 @@ def resume_optimization(optimizer, scheduler, args, ckpt: dict, start: int) -> N
 
 
 def warn_changed_settings(args, ckpt: dict, start: int) -> None:
-    """Name the settings of a resumed run that differ from the checkpoint's run."""
+    """Name the settings of a resumed run that --config or the command line changed from the
+    checkpoint's run (config.parse_args gives it the others)."""
     before = ckpt.get("args") or {}
     changed = [
         f"--{k.replace('_', '-')} {getattr(args, k)} (was {before[k]})"
-        for k in RESUMED_FLAGS
-        if k in before and before[k] != settings_value(getattr(args, k))
+        for k in RESUMED_SETTINGS
+        if k in before and before[k] != plain_value(getattr(args, k))
     ]
     if changed:
         log.warning("--resume: settings that differ from the run of %s apply from epoch %d: %s",
                     args.resume, start, ", ".join(changed))  # fmt: skip
 
 
-def settings_value(value):
-    """A flag's value as settings() records it."""
-    return str(value) if isinstance(value, Path) else value
-
-
 def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
     """The resolved run settings as plain values: saved to OUT/args.yaml and every checkpoint."""
-    resolved = {k: settings_value(v) for k, v in vars(args).items()}
+    resolved = {k: plain_value(v) for k, v in vars(args).items()}
     resolved["imgsz"] = list(imgsz)
     return {**resolved, **classes.to_dict()}
 

@@ -169,6 +169,33 @@ def test_resuming_a_checkpoint_without_training_state_names_it(tmp_path, tiny_da
         run_train(args)
 
 
+def test_resume_continues_the_recorded_run_unless_a_flag_changes_it(tmp_path, caplog):
+    recorded = {"data": "my/data", "epochs": 40, "batch": 16, "lr": 3e-3, "scheduler": "cosine",
+                "no_augment": True, "amp": "bf16", "cache_dir": None, "workers": 9,
+                "out_dir": "old/out"}  # fmt: skip
+    torch.save({"args": recorded}, tmp_path / "last.pth")
+    (tmp_path / "c.yaml").write_text("batch: 4\n")
+    with caplog.at_level("INFO", logger="dinoseg"):
+        args, _ = parse_args(train.get_args_parser(), [
+            "--resume", str(tmp_path / "last.pth"), "--config", str(tmp_path / "c.yaml"),
+            "--epochs", "60"])  # fmt: skip
+    assert (args.data, args.lr, args.scheduler, args.no_augment, args.amp) == (
+        Path("my/data"), 3e-3, "cosine", True, "bf16")  # fmt: skip
+    assert (args.epochs, args.batch) == (60, 4)  # the command line, then --config, win
+    # the machine and the outputs are this command's: not continued
+    assert (args.workers, args.out_dir, args.cache_dir) == (
+        train.get_args_parser().get_default("workers"), Path("outputs"), None)  # fmt: skip
+    assert "continuing " in caplog.text and "--data my/data, --lr 0.003" in caplog.text
+    assert "--batch 16" not in caplog.text and "--epochs 40" not in caplog.text
+    # --eval-only scores a checkpoint; nothing of its run carries over
+    args, _ = parse_args(train.get_args_parser(), [
+        "--resume", str(tmp_path / "last.pth"), "--eval-only"])  # fmt: skip
+    assert (args.data, args.lr) == (None, 1e-4)
+    # an unreadable --resume is left to the checkpoint check, which names it
+    args, _ = parse_args(train.get_args_parser(), ["--resume", str(tmp_path / "c.yaml")])
+    assert args.data is None
+
+
 def test_config_file_sets_classes_and_defaults_and_the_command_line_wins(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({
