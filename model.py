@@ -7,6 +7,7 @@ FLOPs per image.
 import argparse
 import json
 import logging
+import pickle
 import warnings
 from pathlib import Path
 from urllib.error import URLError
@@ -62,6 +63,19 @@ def log_input_size(imgsz: tuple[int, int]) -> None:
             "and predictions are resized back to %dx%d",
             w, h, PATCH_SIZE, aw, ah, w, h,
         )  # fmt: skip
+
+
+def cached_weights(backbone: str) -> Path:
+    """Where torch.hub keeps the official weights: TORCH_HOME/hub/checkpoints/NAME."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / official_weights_name(backbone)
+
+
+def damaged_cache_help(path: Path) -> str:
+    return (
+        f"The cached official weights {path} are damaged or not this model's (an interrupted "
+        "copy, an error page saved under that name): delete it to download it again, or pass "
+        "--weights FILE with the official file."
+    )
 
 
 def offline_help(backbone: str) -> str:
@@ -157,7 +171,18 @@ def _hub_load(name: str, hub_dir: Path | None, pretrained: bool, fused: bool = T
             # layers those warnings are about.
             warnings.filterwarnings("ignore", message="xFormers is ")
             vit = torch.hub.load(repo, name, source=source, pretrained=pretrained)
-    except (OSError, RuntimeError, URLError) as err:
+    except (OSError, RuntimeError, URLError, EOFError, pickle.UnpicklingError) as err:
+        # torch.load of the cached weights raises EOFError or UnpicklingError for a file that is
+        # not a checkpoint, RuntimeError for a truncated one or one of another model
+        cached = cached_weights(name)
+        unreadable = isinstance(err, EOFError | pickle.UnpicklingError) or any(
+            s in str(err) for s in ("PytorchStreamReader", "loading state_dict")
+        )
+        if pretrained and cached.is_file() and unreadable:
+            raise UserError(
+                f"could not load {name} through torch.hub ({type(err).__name__}: "
+                f"{str(err)[:300]}). {damaged_cache_help(cached)}"
+            ) from err
         raise UserError(
             f"could not load {name} through torch.hub ({err}). {offline_help(name)}"
         ) from err
@@ -210,13 +235,23 @@ def _with_fused_attention(vit: nn.Module) -> nn.Module:
     return vit
 
 
-def _read_weights_file(path: Path, expected: dict[str, torch.Tensor], name: str) -> dict:
-    """Read an official-format checkpoint and check it fits ``name`` key by key."""
+def _read_weights_file(
+    path: Path, expected: dict[str, torch.Tensor], name: str, cached: bool = False
+) -> dict:
+    """Read an official-format checkpoint and check it fits ``name`` key by key.
+
+    ``cached``: ``path`` is the torch.hub cache file that --weights pretrained reads.
+    """
     if not path.is_file():
         raise UserError(f"--weights {path} does not exist. {offline_help(name)}")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
+        if cached:
+            raise UserError(
+                f"--weights pretrained: cannot read {path} ({type(err).__name__}). "
+                + damaged_cache_help(path)
+            ) from err
         raise UserError(f"--weights {path} is not a readable PyTorch weights file ({err})") from err
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError(
@@ -284,14 +319,14 @@ def load_backbone(
         return _frozen(DinoBackbone(vit, name, source, blocks))
 
     backbone = DinoBackbone(_build_vit(name, source, hub_dir), name, source, blocks)
-    if weights == "pretrained":  # timm: the file torch.hub would have cached
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / official_weights_name(name)
-        if not cached.is_file():
+    cached = weights == "pretrained"
+    if cached:  # timm: the file torch.hub would have cached
+        path = cached_weights(name)
+        if not path.is_file():
             raise UserError(
-                f"--backbone-source timm found no official weights at {cached}. "
-                + offline_help(name)
+                f"--backbone-source timm found no official weights at {path}. " + offline_help(name)
             )
-        weights = str(cached)
+        weights = str(path)
     if weights == "random":
         log.warning(
             "WARNING: --weights random: the %s backbone is UNTRAINED. Use this for smoke tests "
@@ -300,7 +335,8 @@ def load_backbone(
         )
     elif weights is not None:
         expected = backbone.official_state_dict()
-        backbone.load_official_state_dict(_read_weights_file(Path(weights), expected, name))
+        sd = _read_weights_file(Path(weights), expected, name, cached)
+        backbone.load_official_state_dict(sd)
         log.info("loaded %s weights from %s", name, weights)
     return _frozen(backbone)
 

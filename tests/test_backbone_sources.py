@@ -136,3 +136,13 @@ def test_attention_benchmark_compares_both_paths():
     assert "official attention" in proc.stdout and "FusedAttention" in proc.stdout
     difference = float(proc.stdout.split("max abs difference ")[1].split(",")[0])
     assert difference < 1e-4
+
+
+@pytest.mark.parametrize("source", ["hub", "timm"])
+@pytest.mark.parametrize("content", [b"", b"<html>404 Not Found</html>"])
+def test_a_damaged_cached_weights_file_is_named_with_the_fix(torch_home, source, content):
+    """An interrupted copy or an error page saved under the cache name: a message, no traceback."""
+    cached = torch_home / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    cached.write_bytes(content)
+    with pytest.raises(UserError, match=rf"cached official weights {cached}.*delete it"):
+        load_backbone("dinov2_vits14", source, "pretrained")
