@@ -78,7 +78,16 @@ def damaged_cache_help(path: Path) -> str:
     )
 
 
-def offline_help(backbone: str) -> str:
+def offline_help(backbone: str, weights_needed: bool = True) -> str:
+    """The ways to run without a network; ``weights_needed`` False where the weights come from
+    elsewhere (a checkpoint) and only the architecture is built: no --weights to name then."""
+    if not weights_needed:
+        return (
+            "Offline options (no weights file is needed here; a checkpoint brings its own "
+            "weights): --backbone-source timm, which builds the same architecture without a "
+            f"download; or --hub-dir DIR, a local clone of {HUB_REPO}; or fill "
+            "TORCH_HOME/hub/facebookresearch_dinov2_main on a machine with internet."
+        )
     name = official_weights_name(backbone)
     return (
         "Offline options: fill the torch.hub cache on a machine with internet "
@@ -145,8 +154,10 @@ def _timm_to_official(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch
     return out
 
 
-def _build_vit(name: str, source: str, hub_dir: Path | None) -> nn.Module:
-    """The backbone architecture with untrained weights."""
+def _build_vit(
+    name: str, source: str, hub_dir: Path | None, weights_needed: bool = True
+) -> nn.Module:
+    """The backbone architecture with untrained weights (``weights_needed``: see offline_help)."""
     if source == "timm":
         import timm
 
@@ -157,10 +168,16 @@ def _build_vit(name: str, source: str, hub_dir: Path | None) -> nn.Module:
             num_classes=0,
             dynamic_img_size=True,
         )
-    return _hub_load(name, hub_dir, pretrained=False)
+    return _hub_load(name, hub_dir, pretrained=False, weights_needed=weights_needed)
 
 
-def _hub_load(name: str, hub_dir: Path | None, pretrained: bool, fused: bool = True) -> nn.Module:
+def _hub_load(
+    name: str,
+    hub_dir: Path | None,
+    pretrained: bool,
+    fused: bool = True,
+    weights_needed: bool = True,
+) -> nn.Module:
     """The official model through torch.hub; ``fused`` swaps in FusedAttention (see there)."""
     if hub_dir is not None and not (hub_dir / "hubconf.py").is_file():
         raise UserError(f"--hub-dir {hub_dir} has no hubconf.py: point it at a clone of {HUB_REPO}")
@@ -184,7 +201,8 @@ def _hub_load(name: str, hub_dir: Path | None, pretrained: bool, fused: bool = T
                 f"{str(err)[:300]}). {damaged_cache_help(cached)}"
             ) from err
         raise UserError(
-            f"could not load {name} through torch.hub ({err}). {offline_help(name)}"
+            f"could not load {name} through torch.hub ({err}). "
+            + offline_help(name, weights_needed or pretrained)
         ) from err
     return _with_fused_attention(vit) if fused else vit
 
@@ -318,7 +336,8 @@ def load_backbone(
         vit = _hub_load(name, hub_dir, pretrained=True)
         return _frozen(DinoBackbone(vit, name, source, blocks))
 
-    backbone = DinoBackbone(_build_vit(name, source, hub_dir), name, source, blocks)
+    vit = _build_vit(name, source, hub_dir, weights_needed=weights is not None)
+    backbone = DinoBackbone(vit, name, source, blocks)
     cached = weights == "pretrained"
     if cached:  # timm: the file torch.hub would have cached
         path = cached_weights(name)

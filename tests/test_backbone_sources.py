@@ -16,7 +16,7 @@ import torch
 import train
 from config import DEFAULT_CLASSES, parse_args
 from conftest import FAKE_HUB, ROOT, official_layout
-from model import FusedAttention, Segmentor, load_backbone, save_checkpoint
+from model import FusedAttention, Segmentor, load_backbone, load_checkpoint, save_checkpoint
 from utils import UserError
 
 
@@ -146,3 +146,22 @@ def test_a_damaged_cached_weights_file_is_named_with_the_fix(torch_home, source,
     cached.write_bytes(content)
     with pytest.raises(UserError, match=rf"cached official weights {cached}.*delete it"):
         load_backbone("dinov2_vits14", source, "pretrained")
+
+
+def test_offline_checkpoint_loading_names_only_flags_that_apply(tmp_path, monkeypatch):
+    """Inference and export take their weights from the checkpoint and have no --weights: the
+    offline message must not send users to it (nor to downloading the official file)."""
+
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+
+    backbone = load_backbone("dinov2_vits14", "hub", "random", hub_dir=FAKE_HUB, layers=1)
+    ckpt = tmp_path / "hub_trained.pth"
+    save_checkpoint(ckpt, Segmentor(backbone, 2), classes=DEFAULT_CLASSES.to_dict(), imgsz=[56, 56])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(ckpt)
+    message = str(caught.value)
+    assert "--backbone-source timm" in message and "--hub-dir" in message
+    assert "--weights" not in message, message
