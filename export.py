@@ -98,8 +98,16 @@ def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path | No
 
     w, h = imgsz
     images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=torch.Generator())
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": images.numpy()})[0]
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": images.numpy()})[0]
+    except Exception as err:  # ONNX Runtime raises its own types for graphs it cannot run
+        raise UserError(
+            f"ONNX Runtime cannot run {name} on a {w}x{h} batch ({type(err).__name__}: "
+            f"{str(err)[:300]}); nothing was written. A graph exported with --dynamic that fails "
+            "at a size other than the exported one kept that size somewhere: export without "
+            "--dynamic, or with --backbone-source timm, whose model keeps sizes symbolic"
+        ) from err
     with torch.no_grad():
         expected = model.patch_logits(images).numpy()
     diff = float(np.abs(got - expected).max())
@@ -115,6 +123,11 @@ def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path | No
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flags before the checkpoint is loaded."""
     check_imgsz(args.imgsz)
+    if args.output.is_dir():
+        raise UserError(
+            f"--output {args.output} is a folder; name the .onnx file to write, such as "
+            f"{args.output / 'model.onnx'}"
+        )
     if not args.tolerance > 0:  # also refuses nan, which every comparison fails
         raise UserError(f"--tolerance must be positive, not {args.tolerance:g}")
 

@@ -142,3 +142,27 @@ def test_external_data_export_moves_into_place_whole(tmp_path, onnx_files, check
     export.main(export.get_args_parser().parse_args(
         ["--model", str(checkpoint), "--output", str(out)]))  # fmt: skip
     assert not (out.parent / "model.onnx.data").exists()
+
+
+def test_a_graph_that_fails_at_the_second_size_is_a_message(tmp_path):
+    """The hub model's positional-embedding resampling is traced at the export size, so its
+    --dynamic graph fails in ONNX Runtime at the check's second size: a message, not a traceback."""
+    from config import DEFAULT_CLASSES
+    from conftest import FAKE_HUB
+    from model import Segmentor, load_backbone, save_checkpoint
+
+    backbone = load_backbone("dinov2_vits14", "hub", "random", hub_dir=FAKE_HUB, layers=1)
+    ckpt = tmp_path / "hub.pth"
+    save_checkpoint(ckpt, Segmentor(backbone, 2), classes=DEFAULT_CLASSES.to_dict(), imgsz=[56, 56])
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"ONNX Runtime cannot run .*84x70.*nothing was written"):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", str(ckpt), "--output", str(out / "m.onnx"), "--dynamic",
+             "--hub-dir", str(FAKE_HUB)]))  # fmt: skip
+    assert list(out.iterdir()) == []
+
+
+def test_an_output_folder_is_refused_before_exporting(tmp_path, checkpoint):
+    with pytest.raises(UserError, match=r"--output .* is a folder; name the \.onnx file"):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", str(checkpoint), "--output", str(tmp_path)]))  # fmt: skip
