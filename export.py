@@ -165,6 +165,8 @@ def main(args: argparse.Namespace) -> None:
         with atomic_files(int8) as staged:
             quantize_dynamic(str(args.output), str(staged), weight_type=QuantType.QInt8,
                              use_external_data_format=external)  # fmt: skip
+        if not external and data_file(int8).is_file():  # an older int8 graph's weights
+            data_file(int8).unlink()
         print(f"{int8}: int8 dynamic quantization (weights int8, activations quantized per call)")
 
 

@@ -106,6 +106,9 @@ def atomic_files(dest: Path) -> Iterator[Path]:
         yield folder / dest.name
         files = sorted(folder.iterdir(), key=lambda f: f.name == dest.name)
         for file in files:
+            # the permissions a plain open() would give: some writers (ONNX's external data)
+            # create their files private (0600)
+            file.chmod(0o666 & ~_UMASK)
             with open(file, "rb+") as f:
                 os.fsync(f.fileno())
         for file in files:
