@@ -85,9 +85,17 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
     holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield holder / "data"
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        (holder / "data").rename(out)
+        # Two renames, not a deletion then a rename: until the new folder is in place the old
+        # one is only moved aside, and comes back if that fails or Ctrl-C arrives.
+        old = holder / "old"
+        if out.exists() or out.is_symlink():
+            out.rename(old)
+        try:
+            (holder / "data").rename(out)
+        except BaseException:
+            if old.exists() or old.is_symlink():
+                old.rename(out)
+            raise
     finally:
         shutil.rmtree(holder, ignore_errors=True)
 
@@ -250,12 +258,19 @@ def report(folder: Path, names: list[str]) -> None:
 def main(args: argparse.Namespace) -> None:
     if args.dataset == "coco" and args.valid_every < 2:
         raise UserError("--valid-every must be at least 2")
-    if args.dataset == "binary":
-        if not args.root.is_dir():
-            raise UserError(f"--root {args.root} is not a folder")
-        out, root = args.out.resolve(), args.root.resolve()
-        if out == root or out in root.parents:
-            raise UserError(f"--out {args.out} would replace --root {args.root}; choose another")
+    if args.dataset == "binary" and not args.root.is_dir():
+        raise UserError(f"--root {args.root} is not a folder")
+    sources = {"voc": ["root"], "binary": ["root"], "pennfudan": ["zip"],
+               "coco": ["annotations", "images"]}[args.dataset]  # fmt: skip
+    out = args.out.resolve()
+    for key in sources:
+        source = getattr(args, key)
+        if out == source.resolve() or out in source.resolve().parents:
+            flag = f"--{key} {source}"
+            raise UserError(
+                f"--out {args.out} holds the source {flag}: the new dataset would replace "
+                f"{flag}; choose another --out"
+            )
     kept = [args.name] if args.dataset == "binary" else getattr(args, "classes", ["person"])
     names = ["background", *kept]
     colors = palette(len(VOC_CLASSES))

@@ -232,3 +232,42 @@ def test_binary_refuses_to_replace_its_own_root(tmp_path):
     with pytest.raises(UserError, match="would replace --root"):
         run("binary", "--root", str(root), "--out", str(root), "--force")
     assert len(list((root / "train_masks").iterdir())) == 3
+
+
+def test_an_interrupted_replacement_keeps_the_old_dataset(tmp_path, monkeypatch):
+    """--force swaps the new folder in; Ctrl-C (or a failure) at that moment must leave the old
+    dataset in place, not neither of the two."""
+    from pathlib import Path
+
+    zip_path = penn_fudan_zip(tmp_path / "PennFudanPed.zip")
+    out = tmp_path / "pf"
+    run("pennfudan", "--zip", str(zip_path), "--out", str(out))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    rename = Path.rename
+
+    def interrupted(self, target):
+        if self.name == "data" and Path(target) == out:  # the new dataset moving into place
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("pennfudan", "--zip", str(zip_path), "--out", str(out), "--force")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["PennFudanPed.zip", "pf"]
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco", "pennfudan"])
+def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
+    src = tmp_path / "src"
+    if dataset == "voc":
+        flags = ["--root", str(voc_fixture(src / "VOC2012"))]
+    elif dataset == "coco":
+        flags = ["--annotations", str(coco_fixture(src)), "--images", str(src / "images")]
+    else:
+        src.mkdir()
+        flags = ["--zip", str(penn_fudan_zip(src / "PennFudanPed.zip"))]
+    before = sorted(src.rglob("*"))
+    with pytest.raises(UserError, match=rf"--out {src} holds the source .*choose another --out"):
+        run(dataset, *flags, "--out", str(src), "--force")
+    assert sorted(src.rglob("*")) == before
