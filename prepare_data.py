@@ -142,6 +142,12 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
         data = json.loads(annotations.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read COCO annotations {annotations}: {err}") from err
+    keys = ("images", "annotations", "categories")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
+        raise UserError(
+            f"{annotations} is not a COCO instance-annotation file: it needs the lists "
+            f"{', '.join(keys)} (pass instances_*.json, not captions_*.json or another kind)"
+        )
     by_name = {c["name"]: c["id"] for c in data["categories"]}
     unknown = [c for c in classes if c not in by_name]
     if unknown:
@@ -157,22 +163,43 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     for position, img in enumerate(kept):
         h, w = img["height"], img["width"]
         mask = np.zeros((h, w), np.uint8)
-        order = sorted(anns[img["id"]], key=lambda a: (not a.get("iscrowd", 0), -a["area"]))
-        for ann in order:
-            seg = ann["segmentation"]
-            if isinstance(seg, list):  # polygons
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg["counts"], list):  # uncompressed RLE
-                rle = mask_utils.frPyObjects(seg, h, w)
-            else:  # compressed RLE
-                rle = seg
-            value = IGNORE_INDEX if ann.get("iscrowd", 0) else class_of[ann["category_id"]]
+        shapes = []  # (crowd, area, value, rle)
+        for ann in anns[img["id"]]:
+            rle = _coco_rle(ann, h, w, annotations)
+            if rle is None:
+                continue
+            crowd = bool(ann.get("iscrowd", 0))
+            area = ann.get("area", float(mask_utils.area(rle)))
+            shapes.append(
+                (crowd, area, IGNORE_INDEX if crowd else class_of[ann["category_id"]], rle)
+            )
+        for _, _, value, rle in sorted(shapes, key=lambda s: (not s[0], -s[1])):
             mask[mask_utils.decode(rle).astype(bool)] = value
         source = images / img["file_name"]
         if not source.is_file():
             raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
         split = "valid" if position % every == every - 1 else "train"
         write_pair(out, split, source.name, source.read_bytes(), mask)
+
+
+def _coco_rle(ann: dict, h: int, w: int, annotations: Path):
+    """One annotation's segmentation as an RLE, or None for polygons that cover no pixel."""
+    from pycocotools import mask as mask_utils
+
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):  # polygons
+        # A part of fewer than 3 points covers nothing, and pycocotools would read a 4-number
+        # part as a box [x, y, w, h]: leave such parts out.
+        parts = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        return mask_utils.merge(mask_utils.frPyObjects(parts, h, w)) if parts else None
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if isinstance(seg["counts"], list):  # uncompressed RLE
+            return mask_utils.frPyObjects(seg, h, w)
+        return seg  # compressed RLE
+    raise UserError(
+        f"{annotations}: annotation {ann.get('id')} has no segmentation (polygons or RLE); the "
+        "coco importer needs instance masks, not boxes only"
+    )
 
 
 def read_binary_mask(path: Path) -> tuple[np.ndarray, bool]:

@@ -271,3 +271,39 @@ def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
     with pytest.raises(UserError, match=rf"--out {src} holds the source .*choose another --out"):
         run(dataset, *flags, "--out", str(src), "--force")
     assert sorted(src.rglob("*")) == before
+
+
+def test_coco_files_that_are_not_instance_masks_are_named(tmp_path):
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    captions = tmp_path / "captions.json"  # the COCO captions file: no categories
+    captions.write_text(json.dumps({"images": data["images"], "annotations": [
+        {"id": 1, "image_id": 1, "caption": "a dog"}]}))  # fmt: skip
+    boxes = tmp_path / "boxes.json"  # detection only: boxes, no segmentation
+    for a in data["annotations"]:
+        a.pop("segmentation")
+    boxes.write_text(json.dumps(data))
+    for path, message in (
+        (captions, rf"{captions} is not a COCO instance-annotation file"),
+        (boxes, rf"{boxes}: annotation 2 has no segmentation"),
+    ):
+        with pytest.raises(UserError, match=message):
+            run("coco", "--annotations", str(path), "--images", str(tmp_path / "coco/images"),
+                "--out", str(tmp_path / "o"))  # fmt: skip
+
+
+def test_coco_degenerate_polygons_cover_nothing(tmp_path):
+    """A polygon part of fewer than 3 points covers no pixel; pycocotools takes a 4-number one
+    for a box [x, y, w, h], and raised a TypeError for it."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    person = data["annotations"][3]  # image b's person box, x and y 20-30
+    person["segmentation"] = [[40, 2, 42, 4], *person["segmentation"], [1, 1]]
+    del person["area"]  # optional here: computed from the mask when missing
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    mask = np.asarray(Image.open(out / "valid_masks" / "b.png"))
+    assert mask[25, 25] == 1 and mask[3, 41] == 0 and mask[10, 45] == 0
+    assert (mask == 1).sum() == 100  # the 10x10 box and nothing else
