@@ -124,8 +124,40 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
             mask = root / "SegmentationClass" / f"{stem}.png"
             if not image.is_file() or not mask.is_file():
                 raise UserError(f"{listed} names {stem}, but {image} or {mask} is missing")
-            indices = np.asarray(Image.open(mask))  # palette PNG: the pixel values are class ids
-            write_pair(out, split, image.name, image.read_bytes(), lut[indices])
+            write_pair(out, split, image.name, image.read_bytes(), lut[read_voc_mask(mask)])
+
+
+def read_voc_mask(path: Path) -> np.ndarray:
+    """A VOC SegmentationClass mask as (H, W) VOC class ids (255 = border).
+
+    The official files are palette PNGs whose pixel values are the ids (grayscale ones from
+    other distributions too); one re-saved as RGB holds VOC's colours, mapped back here.
+    """
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable or corrupt mask ({err})") from err
+    if img.mode in ("P", "L"):
+        return np.asarray(img)
+    if img.mode not in ("RGB", "RGBA"):
+        raise UserError(f"{path}: a {img.mode} mask; VOC masks are palette PNGs")
+    rgb = np.asarray(img.convert("RGB")).astype(np.int64)
+    codes = rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]
+    colors = palette(256)
+    ids = np.array([*range(len(VOC_CLASSES)), IGNORE_INDEX], np.uint8)
+    known = np.array([r << 16 | g << 8 | b for r, g, b in (colors[i] for i in ids)])
+    order = np.argsort(known)
+    known, ids = known[order], ids[order]
+    index = np.clip(np.searchsorted(known, codes), 0, len(known) - 1)
+    found = known[index] == codes
+    if not found.all():
+        y, x = np.argwhere(~found)[0]
+        raise UserError(
+            f"{path}: colour {tuple(int(v) for v in rgb[y, x])} is not a VOC class colour "
+            f"(pixel {x}, {y}); use the official SegmentationClass palette PNGs"
+        )
+    return ids[index]
 
 
 def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str], every: int):

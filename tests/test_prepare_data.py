@@ -307,3 +307,30 @@ def test_coco_degenerate_polygons_cover_nothing(tmp_path):
     mask = np.asarray(Image.open(out / "valid_masks" / "b.png"))
     assert mask[25, 25] == 1 and mask[3, 41] == 0 and mask[10, 45] == 0
     assert (mask == 1).sum() == 100  # the 10x10 box and nothing else
+
+
+def test_voc_colour_masks_are_read_by_their_colours(tmp_path):
+    """SegmentationClass PNGs re-saved as RGB hold VOC's colours, not ids: a look-up by pixel
+    value made every one of them background, silently."""
+    root = voc_fixture(tmp_path / "VOC2012")
+    for path in (root / "SegmentationClass").glob("*.png"):
+        Image.open(path).convert("RGB").save(path)
+    out = tmp_path / "voc_person"
+    run("voc", "--root", str(root), "--out", str(out), "--classes", "dog", "person")
+    mask = np.asarray(Image.open(out / "train_masks" / "2007_000000.png"))
+    assert mask.shape == (20, 30)
+    assert mask[5, 5] == 2 and mask[15, 20] == 1 and mask[1, 0] == 255 and mask[19, 0] == 0
+
+
+def test_voc_unreadable_or_unknown_masks_are_named(tmp_path):
+    root = voc_fixture(tmp_path / "VOC2012")
+    bad = root / "SegmentationClass" / "2007_000001.png"
+    colour = np.zeros((20, 30, 3), np.uint8)
+    colour[3, 3] = (1, 2, 3)
+    Image.fromarray(colour).save(bad)
+    with pytest.raises(UserError, match=rf"{bad}: colour \(1, 2, 3\) is not a VOC class colour"):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "o"))
+    bad.write_bytes(b"")
+    with pytest.raises(UserError, match=rf"{bad}: unreadable or corrupt"):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "o"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012"]
