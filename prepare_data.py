@@ -234,14 +234,16 @@ def _coco_rle(ann: dict, h: int, w: int, annotations: Path):
     )
 
 
-def read_binary_mask(path: Path) -> tuple[np.ndarray, bool]:
+def read_binary_mask(path: Path) -> tuple[np.ndarray, str]:
     """Read a 0/255 mask as class ids: values of 128 and more become 1, the rest 0.
 
-    Grayscale, 1-bit and palette masks work, and RGB(A) ones whose three channels are equal.
+    Grayscale, 1-bit and palette masks work, and RGB(A) ones whose three channels are equal. A
+    mask of only 0 and 1 (with some 1) holds class ids already and is kept as it is.
 
     Returns:
-        (H, W) uint8 class ids with the file's EXIF orientation applied, and whether the file
-        held values other than 0 and 255 (JPEG compression, antialiased edges).
+        (H, W) uint8 class ids with the file's EXIF orientation applied, and the kind of file:
+        "0/255"; "other" where it held other values (JPEG compression, antialiased edges),
+        thresholded; "0/1" for a mask of class ids.
     """
     img = open_image(path)
     if img.mode == "1":
@@ -259,18 +261,20 @@ def read_binary_mask(path: Path) -> tuple[np.ndarray, bool]:
                 "masks, while colour masks listed in LABEL_COLORS_LIST train as they are"
             )
         values = channels[..., 0]
+    if values.max(initial=0) == 1:  # 0 and 1 only: class ids, which a threshold would erase
+        return values.astype(np.uint8), "0/1"
     other = bool(((values != 0) & (values != 255)).any())
-    return (values >= 128).astype(np.uint8), other
+    return (values >= 128).astype(np.uint8), "other" if other else "0/255"
 
 
-def convert_binary(root: Path, out: Path) -> int:
+def convert_binary(root: Path, out: Path) -> dict[str, int]:
     """Copy a dataset in our layout, turning its 0/255 masks into 0/1 class-index PNGs.
 
     Images are copied unchanged and pair with masks by stem, as in training. Every problem
     (unpaired files, unreadable or colour masks) is reported at once.
 
     Returns:
-        the number of masks that held values other than 0 and 255 (thresholded at 128).
+        the number of masks of each kind read_binary_mask names.
     """
     splits = {}
     problems = []
@@ -281,16 +285,17 @@ def convert_binary(root: Path, out: Path) -> int:
             problems.append(f"{root / f'{split}_images'}: no images")
     if problems:
         raise DatasetError(root, problems)
-    other = foreground = 0
+    kinds = dict.fromkeys(("0/255", "other", "0/1"), 0)
+    foreground = 0  # pixels of 128 and more
     for split, pairs in splits.items():
         for image, mask_path in pairs:
             try:
-                mask, odd = read_binary_mask(mask_path)
+                mask, kind = read_binary_mask(mask_path)
             except DataError as err:
                 problems.append(str(err))
                 continue
-            other += odd
-            foreground += int(mask.sum())
+            kinds[kind] += 1
+            foreground += int(mask.sum()) if kind != "0/1" else 0
             write_pair(out, split, image.name, image.read_bytes(), mask)
     if problems:
         raise DatasetError(root, problems)
@@ -300,7 +305,7 @@ def convert_binary(root: Path, out: Path) -> int:
             "these are not 0/255 masks (masks of 0 and 1 are class ids already; train on "
             f"--data {root} directly)"
         )
-    return other
+    return kinds
 
 
 def report(folder: Path, names: list[str]) -> None:
@@ -338,14 +343,14 @@ def main(args: argparse.Namespace) -> None:
     else:
         colors = [[0, 0, 0], [0, 255, 0], *colors[2:]][: len(names)]
     classes = ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
-    other = 0  # binary masks with values other than 0 and 255
+    kinds = {}  # binary masks of each kind (read_binary_mask)
     with staging(args.out, args.force) as stage:
         if args.dataset == "pennfudan":
             convert_penn_fudan(args.zip, stage)
         elif args.dataset == "voc":
             convert_voc(args.root, stage, args.classes)
         elif args.dataset == "binary":
-            other = convert_binary(args.root, stage)
+            kinds = convert_binary(args.root, stage)
         else:
             convert_coco(args.annotations, args.images, stage, args.classes, args.valid_every)
         for split in SPLITS:
@@ -353,9 +358,12 @@ def main(args: argparse.Namespace) -> None:
                 raise UserError(f"the {split} split came out empty; nothing was written")
         (stage / "classes.yaml").write_text(yaml.safe_dump(classes.to_dict(), sort_keys=False))
     report(args.out, names)
-    if args.dataset == "binary" and other:
-        print(f"{other} mask(s) held values other than 0 and 255 (JPEG compression or soft "
-              "edges): thresholded at 128, so 128..255 became 1")  # fmt: skip
+    if kinds.get("other"):
+        print(f"{kinds['other']} mask(s) held values other than 0 and 255 (JPEG compression or "
+              "soft edges): thresholded at 128, so 128..255 became 1")  # fmt: skip
+    if kinds.get("0/1"):
+        print(f"{kinds['0/1']} mask(s) held only 0 and 1: class ids already, kept as they are "
+              f"(1 = {kept[0]})")  # fmt: skip
     print(f"Wrote {args.out}; train with: python train.py --data {args.out} "
           f"--config {args.out / 'classes.yaml'}")  # fmt: skip
 

@@ -334,3 +334,19 @@ def test_voc_unreadable_or_unknown_masks_are_named(tmp_path):
     with pytest.raises(UserError, match=rf"{bad}: unreadable or corrupt"):
         run("voc", "--root", str(root), "--out", str(tmp_path / "o"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012"]
+
+
+def test_binary_keeps_a_0_1_mask_among_0_255_ones(tmp_path, capsys):
+    """A mask of only 0 and 1 holds class ids already: thresholding it at 128 erased its objects
+    silently (it was only counted with the JPEG-like masks)."""
+    root = binary_fixture(tmp_path / "people")
+    ids = np.zeros((42, 56), np.uint8)
+    ids[10:20, 10:20] = 1
+    Image.fromarray(ids).save(root / "train_masks" / "train2.png")
+    out = tmp_path / "people_01"
+    run("binary", "--root", str(root), "--out", str(out))
+    mask = np.asarray(Image.open(out / "train_masks" / "train2.png"))
+    assert mask[15, 15] == 1 and mask[5, 5] == 0 and mask.sum() == 100
+    printed = capsys.readouterr().out
+    assert "1 mask(s) held only 0 and 1" in printed
+    assert "held values other than 0 and 255" not in printed
