@@ -283,8 +283,6 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
         problems += found
         if not splits[split] and not found:
             problems.append(f"{root / f'{split}_images'}: no images")
-    if problems:
-        raise DatasetError(root, problems)
     kinds = dict.fromkeys(("0/255", "other", "0/1"), 0)
     foreground = 0  # pixels of 128 and more
     for split, pairs in splits.items():
@@ -296,7 +294,8 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
                 continue
             kinds[kind] += 1
             foreground += int(mask.sum()) if kind != "0/1" else 0
-            write_pair(out, split, image.name, image.read_bytes(), mask)
+            if not problems:  # otherwise nothing is kept: the masks are only checked
+                write_pair(out, split, image.name, image.read_bytes(), mask)
     if problems:
         raise DatasetError(root, problems)
     if foreground == 0:

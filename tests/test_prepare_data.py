@@ -219,6 +219,17 @@ def test_binary_names_every_bad_file_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["people"]
 
 
+def test_binary_names_unpaired_files_and_bad_masks_at_once(tmp_path):
+    root = binary_fixture(tmp_path / "people")
+    (root / "valid_masks" / "valid0.png").write_bytes(b"not a png")
+    (root / "train_images" / "extra.jpg").write_bytes((root / "train_images" / "train0.jpg")
+                                                     .read_bytes())  # fmt: skip
+    with pytest.raises(UserError, match=r"(?s)2 problem.*extra\.jpg: image without a mask.*"
+                       r"valid0\.png"):  # fmt: skip
+        run("binary", "--root", str(root), "--out", str(tmp_path / "people_01"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people"]
+
+
 def test_binary_refuses_masks_that_are_already_class_ids(tmp_path):
     root = binary_fixture(tmp_path / "people")
     for path in root.glob("*_masks/*.png"):
