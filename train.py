@@ -430,6 +430,9 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                                  args.layers)  # fmt: skip
         model = Segmentor(backbone, classes.num_classes, fine_tune=args.fine_tune).to(device)
     log_input_size(imgsz)
+    if main_process:  # as soon as the model's size is known: before the cache and training
+        needed = 3 * checkpoint_bytes(model) + 50 * 2**20
+        check_writable(args.out_dir, needed, purpose="its checkpoints")
     train_model = model
     if world > 1:
         if device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
@@ -478,8 +481,6 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     run_settings = settings(args, classes, imgsz)
     if main_process:
-        needed = 3 * checkpoint_bytes(model) + 50 * 2**20
-        check_writable(args.out_dir, needed, purpose="its checkpoints")
         write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
     if start > args.epochs:
         log.info(
@@ -571,8 +572,9 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             f"all, so {kept_message(last, epoch - 1)}"
         ) from err
     if main_process:
-        print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}; "
-              f"peak memory {peak_memory_mb(device):.0f} MB")  # fmt: skip
+        peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
+        memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""
+        print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")
 
 
 def fill_cache(cache: FeatureCache, model, pairs: dict, views, batch: int, rank, world) -> None:

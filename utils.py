@@ -4,6 +4,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -220,10 +221,14 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated on CUDA; otherwise this process's peak resident memory."""
+    """Peak GPU memory allocated on CUDA; otherwise this process's peak resident memory, or
+    nan where it cannot be read (Windows has no ``resource`` module)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource  # POSIX only: not on Windows
+    try:
+        import resource  # POSIX only: not on Windows
+    except ImportError:
+        return math.nan
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10)

@@ -114,6 +114,25 @@ def test_full_disk_is_reported_before_training(tmp_path, tiny_data, weights_file
     assert not (tmp_path / "metrics.csv").exists()
 
 
+def test_full_disk_is_reported_before_the_feature_cache_is_filled(
+    tmp_path, tiny_data, weights_file, monkeypatch
+):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(utils.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 30 * 2**20))
+
+    def fill_cache(*args, **kwargs):
+        raise AssertionError("the cache was filled before the checkpoints' space was checked")
+
+    monkeypatch.setattr(train, "fill_cache", fill_cache)
+    with pytest.raises(UserError, match=r"needs about \d+ MB for its checkpoints"):
+        run_train([*argv(tiny_data, tmp_path, weights_file), "--cache-features", "memory"])
+
+
+def test_peak_memory_without_the_resource_module_is_nan(monkeypatch):
+    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows: importing it fails
+    assert math.isnan(utils.peak_memory_mb(torch.device("cpu")))
+
+
 def test_a_failed_write_mid_run_is_reported_and_keeps_earlier_files(
     tmp_path, tiny_data, weights_file, monkeypatch
 ):
