@@ -22,7 +22,7 @@ from model import (
     check_backbone,
     load_checkpoint,
     log_input_size,
-    patch_aligned,
+    token_grid,
 )
 from utils import (
     UserError,
@@ -438,7 +438,7 @@ class FeatureCache:
 
     def view_bytes(self) -> int:
         """The size of one cached view: float16 features of the blocks at the token grid."""
-        w, h = (patch_aligned(s) // PATCH_SIZE for s in self.imgsz)
+        w, h = token_grid(self.imgsz)
         return 2 * self.channels * h * w
 
     @torch.inference_mode()
@@ -491,7 +491,7 @@ class FeatureCache:
         stores them under its own keys.
         """
         rank, world = dist.get_rank(), dist.get_world_size()
-        w, h = (patch_aligned(s) // PATCH_SIZE for s in self.imgsz)
+        w, h = token_grid(self.imgsz)
         for source in range(world):
             entries = [(path, view) for path, _ in pairs[source::world] for view in views]
             for start in range(0, len(entries), batch):

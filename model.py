@@ -53,6 +53,12 @@ def patch_aligned(size: int) -> int:
     return max(PATCH_SIZE, (size + PATCH_SIZE // 2) // PATCH_SIZE * PATCH_SIZE)
 
 
+def token_grid(imgsz) -> tuple[int, int]:
+    """(w, h): the patch tokens across and down for an image size (W, H)."""
+    w, h = imgsz
+    return patch_aligned(w) // PATCH_SIZE, patch_aligned(h) // PATCH_SIZE
+
+
 def log_input_size(imgsz: tuple[int, int]) -> None:
     """Say once how a requested (W, H) reaches the backbone (see Segmentor.patch_logits)."""
     w, h = imgsz

@@ -57,9 +57,9 @@ from model import (
     load_backbone,
     load_checkpoint,
     log_input_size,
-    patch_aligned,
     read_checkpoint,
     save_checkpoint,
+    token_grid,
 )
 from utils import (
     UserError,
@@ -626,7 +626,7 @@ def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
         train_images: the training images of one process.
     """
     smallest = min(batch, train_images)  # a last incomplete batch is dropped when there are more
-    w, h = (patch_aligned(s) // PATCH_SIZE for s in imgsz)
+    w, h = token_grid(imgsz)
     if smallest * w * h < 2:
         raise UserError(
             f"training batches of {smallest} image at --imgsz {imgsz[0]} {imgsz[1]} ({w}x{h} "
