@@ -156,8 +156,7 @@ def main(args: argparse.Namespace) -> None:
         external = data_file(staged).is_file()
     if external:
         print(f"{args.output}: the weights are in {data_file(args.output)}; keep the two together")
-    elif data_file(args.output).is_file():  # an older graph's weights: nothing refers to them
-        data_file(args.output).unlink()
+    drop_stale_data(args.output, external)
     if args.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -165,14 +164,20 @@ def main(args: argparse.Namespace) -> None:
         with atomic_files(int8) as staged:
             quantize_dynamic(str(args.output), str(staged), weight_type=QuantType.QInt8,
                              use_external_data_format=external)  # fmt: skip
-        if not external and data_file(int8).is_file():  # an older int8 graph's weights
-            data_file(int8).unlink()
+        drop_stale_data(int8, external)
         print(f"{int8}: int8 dynamic quantization (weights int8, activations quantized per call)")
 
 
 def data_file(graph: Path) -> Path:
     """Where an ONNX graph saved with external data keeps its weights: NAME.data beside it."""
     return graph.with_name(graph.name + ".data")
+
+
+def drop_stale_data(graph: Path, external: bool) -> None:
+    """Remove an older export's NAME.data when the new ``graph`` holds its own weights: nothing
+    refers to that file any more."""
+    if not external:
+        data_file(graph).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,14 @@ def temp_prefix(name: str, limit: int = 120) -> str:
     return f".{name.encode()[:limit].decode(errors='ignore')}."
 
 
+def _settle(file: Path) -> None:
+    """Ready a finished temporary file for its rename: the permissions a plain open() would
+    give, and on disk first, so a crash cannot leave an empty file under the final name."""
+    file.chmod(0o666 & ~_UMASK)
+    with open(file, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; it replaces ``dest`` only if the block succeeds.
@@ -82,10 +90,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        tmp.chmod(0o666 & ~_UMASK)
-        with open(tmp, "rb+") as f:  # on disk before the rename, so a crash cannot empty it
-            os.fsync(f.fileno())
+        _settle(tmp)  # mkstemp made it private (0600)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -107,11 +112,7 @@ def atomic_files(dest: Path) -> Iterator[Path]:
         yield folder / dest.name
         files = sorted(folder.iterdir(), key=lambda f: f.name == dest.name)
         for file in files:
-            # the permissions a plain open() would give: some writers (ONNX's external data)
-            # create their files private (0600)
-            file.chmod(0o666 & ~_UMASK)
-            with open(file, "rb+") as f:
-                os.fsync(f.fileno())
+            _settle(file)  # some writers (ONNX's external data) create their files private
         for file in files:
             os.replace(file, dest.parent / file.name)
     finally:
