@@ -359,7 +359,10 @@ def plain_value(value):
 
 
 def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> list[str]:
-    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    # A flag without a default of its own turns a true/false setting off (--augment for
+    # no_augment); the setting's own flag is the other one.
+    negations = {a.dest: a.option_strings[-1] for a in parser._actions if _is_negation(a)}
+    actions = {a.dest: a for a in parser._actions if a.option_strings and not _is_negation(a)}
     unknown = [k for k in data if k not in CLASS_KEYS and (k not in actions or k == "config")]
     if unknown:
         allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
@@ -374,7 +377,7 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> l
         if isinstance(actions[key], argparse._StoreTrueAction):
             if not isinstance(value, bool):
                 raise UserError(f"config file {path}: {key} must be true or false")
-            argv += [flag] if value else []
+            argv += [flag] if value else [negations[key]] if key in negations else []
         elif value is not None:
             if value is False and "off" in (actions[key].choices or ()):
                 items = ["off"]  # YAML reads a bare off (amp: off) as false
@@ -384,6 +387,10 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> l
             _check_values(actions[key], items, path)
             argv += [flag, *items]
     return argv
+
+
+def _is_negation(action: argparse.Action) -> bool:
+    return isinstance(action, argparse._StoreFalseAction) and action.default is argparse.SUPPRESS
 
 
 def _check_count(action: argparse.Action, values: list[str], path: Path) -> None:

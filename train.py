@@ -104,6 +104,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--no-augment", action="store_true", help="train on resized images, without augmentation"
     )
+    # The way back to augmentation when --resume or --config set --no-augment. No default of its
+    # own: --no-augment's (off) stays the one default.
+    data.add_argument(
+        "--augment",
+        dest="no_augment",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="augment the training images (the default; undoes a resumed or --config no_augment)",
+    )
     data.add_argument(
         "--cache-features",
         choices=["off", "memory", "disk"],

@@ -187,6 +187,14 @@ def test_resume_continues_the_recorded_run_unless_a_flag_changes_it(tmp_path, ca
         train.get_args_parser().get_default("workers"), Path("outputs"), None)  # fmt: skip
     assert "continuing " in caplog.text and "--data my/data, --lr 0.003" in caplog.text
     assert "--batch 16" not in caplog.text and "--epochs 40" not in caplog.text
+    # a recorded --no-augment is undone by --augment, or by no_augment: false in --config
+    (tmp_path / "augment.yaml").write_text("no_augment: false\n")
+    for flags in (["--augment"], ["--config", str(tmp_path / "augment.yaml")]):
+        args, _ = parse_args(train.get_args_parser(), ["--resume", str(tmp_path / "last.pth"),
+                                                       *flags])  # fmt: skip
+        assert args.no_augment is False, flags
+    assert parse_args(train.get_args_parser(), [])[0].no_augment is False
+    assert parse_args(train.get_args_parser(), ["--no-augment"])[0].no_augment is True
     # --eval-only scores a checkpoint; nothing of its run carries over
     args, _ = parse_args(train.get_args_parser(), [
         "--resume", str(tmp_path / "last.pth"), "--eval-only"])  # fmt: skip
