@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import platform
 import queue
 import random
 import shutil
@@ -254,7 +255,27 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
             "--amp bf16: this GPU has no bf16 arithmetic of its own (it arrived with Ampere, "
             "compute capability 8.0); PyTorch emulates it, slowly. Use --amp fp16 on this GPU."
         )
+    if amp == "bf16" and device.type == "cpu" and cpu_has_bf16_arithmetic() is False:
+        log.warning(
+            "--amp bf16: this CPU has no bf16 matrix instructions (AVX-512 BF16, AMX or Arm's "
+            "BF16); PyTorch emulates bf16 here, usually slower than --amp off. Compare both with "
+            "benchmarks/bench_inference.py."
+        )
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def cpu_has_bf16_arithmetic() -> bool | None:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16, AMX or Arm's BF16), or None
+    where this PyTorch cannot tell."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # recent PyTorch
+    if capabilities is not None:
+        found = capabilities()
+        return any(found.get(k, False) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    probes = [getattr(torch.cpu, f"_is_{k}_supported", None) for k in ("avx512_bf16", "amx_tile")]
+    if not x86 or None in probes:
+        return None
+    return any(probe() for probe in probes)
 
 
 def seed_everything(seed: int) -> None:

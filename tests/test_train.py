@@ -425,3 +425,17 @@ def test_bf16_on_a_gpu_without_native_bf16_warns(monkeypatch, caplog, native):
         assert amp_dtype("bf16", torch.device("cuda")) == torch.bfloat16
     assert asked == [False]
     assert ("emulates it, slowly. Use --amp fp16" in caplog.text) is not native
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "warned"),
+    [({"avx2": True, "avx512_f": True}, True), ({"avx512_bf16": True}, False),
+     ({"amx_bf16": True}, False), ({"neon": True, "bf16": True}, False)],
+)  # fmt: skip
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog, capabilities, warned):
+    """Laptops without AVX-512 BF16 or AMX run bf16 matrix multiplies by emulation."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities, raising=False)
+    with caplog.at_level("WARNING", logger="dinoseg"):
+        assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+        assert amp_dtype("off", torch.device("cpu")) is None
+    assert ("usually slower than --amp off" in caplog.text) is warned
