@@ -134,6 +134,13 @@ class DinoBackbone(nn.Module):
             return sd
         return _timm_to_official(sd, self.name)
 
+    def official_shapes(self) -> dict[str, torch.Size]:
+        """official_state_dict's key -> shape, without copying the weights."""
+        sd = self.vit.state_dict()
+        if self.source == "timm":
+            sd = _timm_to_official(sd, self.name)
+        return {key: value.shape for key, value in sd.items()}
+
     def load_official_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Load official-layout weights strictly."""
         if self.source == "timm":
@@ -259,11 +266,38 @@ def _with_fused_attention(vit: nn.Module) -> nn.Module:
     return vit
 
 
+def _is_state_dict(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _layout_problem(
+    sd: dict[str, torch.Tensor], expected: dict[str, torch.Size], name: str
+) -> str | None:
+    """How official-layout weights ``sd`` fail to fit ``name``, whose official key -> shape
+    table is ``expected`` (DinoBackbone.official_shapes); None if they fit."""
+    missing = sorted(expected.keys() - sd.keys())
+    unexpected = sorted(sd.keys() - expected.keys())
+    wrong = [k for k in expected.keys() & sd.keys() if sd[k].shape != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        parts.append(
+            f"{len(wrong)} keys of the wrong shape (e.g. {k}: file {list(sd[k].shape)}, "
+            f"{name} {list(expected[k])})"
+        )
+    return "; ".join(parts) or None
+
+
 def _read_weights_file(
-    path: Path, expected: dict[str, torch.Tensor], name: str, cached: bool = False
+    path: Path, expected: dict[str, torch.Size], name: str, cached: bool = False
 ) -> dict:
     """Read an official-format checkpoint and check it fits ``name`` key by key.
 
+    ``expected``: the official key -> shape table of ``name``.
     ``cached``: ``path`` is the torch.hub cache file that --weights pretrained reads.
     """
     if not path.is_file():
@@ -277,29 +311,16 @@ def _read_weights_file(
                 + damaged_cache_help(path)
             ) from err
         raise UserError(f"--weights {path} is not a readable PyTorch weights file ({err})") from err
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not _is_state_dict(sd):
         raise UserError(
             f"--weights {path} is not a state dict of tensors like {official_weights_name(name)}"
         )
-    missing = sorted(expected.keys() - sd.keys())
-    unexpected = sorted(sd.keys() - expected.keys())
-    wrong = [k for k in expected.keys() & sd.keys() if sd[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} keys of the wrong shape (e.g. {k}: file {list(sd[k].shape)}, "
-                f"{name} {list(expected[k].shape)})"
-            )
+    problem = _layout_problem(sd, expected, name)
+    if problem:
         guess = _guess_backbone(sd)
         hint = f" It looks like {guess} weights: pass --backbone {guess}." if guess else ""
         raise UserError(
-            f"--weights {path} does not fit {name}: {'; '.join(parts)}.{hint} The file must have "
+            f"--weights {path} does not fit {name}: {problem}.{hint} The file must have "
             f"the official layout of {official_weights_name(name)}."
         )
     return sd
@@ -359,8 +380,7 @@ def load_backbone(
             name,
         )
     elif weights is not None:
-        expected = backbone.official_state_dict()
-        sd = _read_weights_file(Path(weights), expected, name, cached)
+        sd = _read_weights_file(Path(weights), backbone.official_shapes(), name, cached)
         backbone.load_official_state_dict(sd)
         log.info("loaded %s weights from %s", name, weights)
     return _frozen(backbone)
@@ -602,8 +622,20 @@ def load_checkpoint(
     source = backbone_source or ckpt["backbone_source"]
     vit = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"])
     model = Segmentor(vit, classes.num_classes, fine_tune=ckpt["fine_tune"])
+    weights = ckpt["model"]["backbone"]
+    # Checked here, as --weights files are: timm converts the official layout itself and fails
+    # with a KeyError or a reshape error for a missing or odd key, not load_state_dict's list.
+    if _is_state_dict(weights):
+        problem = _layout_problem(weights, vit.official_shapes(), ckpt["backbone"])
+    else:
+        problem = "model.backbone is not a state dict of tensors"
+    if problem:
+        raise UserError(
+            f"checkpoint {path} does not fit its {ckpt['backbone']} model: {problem}. It was "
+            "changed after train.py wrote it: use a checkpoint exactly as train.py wrote it"
+        )
     try:
-        vit.load_official_state_dict(ckpt["model"]["backbone"])
+        vit.load_official_state_dict(weights)
         model.head.load_state_dict(ckpt["model"]["head"])
     except RuntimeError as err:
         raise UserError(

@@ -165,3 +165,20 @@ def test_offline_checkpoint_loading_names_only_flags_that_apply(tmp_path, monkey
     message = str(caught.value)
     assert "--backbone-source timm" in message and "--hub-dir" in message
     assert "--weights" not in message, message
+
+
+@pytest.mark.parametrize("source", ["timm", "hub"])
+@pytest.mark.parametrize("key", ["pos_embed", "register_tokens"])
+def test_a_register_checkpoint_missing_a_backbone_key_is_named(
+    tmp_path, reg_weights_file, source, key
+):
+    """timm converts the official register layout itself: without the check it raised
+    KeyError: 'pos_embed', or a reshape error that named no key."""
+    backbone = load_backbone("dinov2_vits14_reg", "timm", str(reg_weights_file), layers=1)
+    ckpt = tmp_path / "edited.pth"
+    save_checkpoint(ckpt, Segmentor(backbone, 2), classes=DEFAULT_CLASSES.to_dict(), imgsz=[56, 56])
+    payload = torch.load(ckpt, weights_only=True)
+    del payload["model"]["backbone"][key]
+    torch.save(payload, ckpt)
+    with pytest.raises(UserError, match=rf"{ckpt} does not fit .*1 missing keys \(e.g. {key}\)"):
+        load_checkpoint(ckpt, backbone_source=source, hub_dir=FAKE_HUB)
