@@ -318,7 +318,9 @@ def _read_weights_file(
     problem = _layout_problem(sd, expected, name)
     if problem:
         guess = _guess_backbone(sd)
-        hint = f" It looks like {guess} weights: pass --backbone {guess}." if guess else ""
+        # ``name`` itself is guessed for its shapes under other key names (timm's own layout)
+        hint = f" It looks like {guess} weights: pass --backbone {guess}."
+        hint = hint if guess not in (None, name) else ""
         raise UserError(
             f"--weights {path} does not fit {name}: {problem}.{hint} The file must have "
             f"the official layout of {official_weights_name(name)}."

@@ -94,6 +94,17 @@ def test_weights_with_missing_keys_are_refused(tmp_path):
         load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
 
 
+def test_weights_of_the_requested_backbone_get_no_hint_to_pass_it(tmp_path):
+    """timm's own state dict of ViT-S/14 (no mask_token) has ViT-S/14's shapes: the message
+    told the user to pass the --backbone they had passed."""
+    sd = random_official_weights()
+    del sd["mask_token"]
+    torch.save(sd, tmp_path / "w.pth")
+    with pytest.raises(UserError, match=r"1 missing keys \(e.g. mask_token\)") as caught:
+        load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
+    assert "--backbone" not in str(caught.value)
+
+
 def test_weights_that_are_not_a_checkpoint_are_refused(tmp_path):
     (tmp_path / "w.pth").write_text("hello")
     with pytest.raises(UserError, match="not a readable PyTorch weights file"):
