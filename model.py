@@ -311,6 +311,13 @@ def _read_weights_file(
                 + damaged_cache_help(path)
             ) from err
         raise UserError(f"--weights {path} is not a readable PyTorch weights file ({err})") from err
+    if isinstance(sd, dict) and sd.get("format") == CHECKPOINT_FORMAT and not cached:
+        raise UserError(
+            f"--weights {path} is a checkpoint written by train.py, not backbone weights: "
+            f"continue its training with --resume {path}, score it with --eval-only --model "
+            f"{path}, or run it with the inference scripts' --model. --weights takes the "
+            f"official {official_weights_name(name)}."
+        )
     if not _is_state_dict(sd):
         raise UserError(
             f"--weights {path} is not a state dict of tensors like {official_weights_name(name)}"
@@ -332,7 +339,8 @@ def _guess_backbone(sd: dict[str, torch.Tensor]) -> str | None:
     if "cls_token" not in sd:
         return None
     dim = sd["cls_token"].shape[-1]
-    depth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("blocks.")), default=-1)
+    numbers = (k.split(".")[1] for k in sd if k.startswith("blocks."))
+    depth = 1 + max((int(n) for n in numbers if n.isdigit()), default=-1)
     reg = "register_tokens" in sd
     for name, spec in BACKBONES.items():
         if (spec.embed_dim, spec.depth, name.endswith("_reg")) == (dim, depth, reg):
@@ -563,6 +571,13 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
             f"({type(err).__name__}). Is it damaged, or another kind of file? Pass a "
             "best_model_iou.pth, best_model_loss.pth or last_model.pth written by train.py"
         ) from err
+    backbone = _is_state_dict(ckpt) and _guess_backbone(ckpt)
+    if backbone:
+        raise UserError(
+            f"{flag} {path} holds the weights of a {backbone} backbone, not a segmentation "
+            f"model: train one on them with train.py --backbone {backbone} --weights {path}, "
+            "then pass its best_model_iou.pth"
+        )
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else None
         if isinstance(found, str) and found.startswith(CHECKPOINT_FORMAT.split("/")[0] + "/"):

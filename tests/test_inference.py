@@ -232,7 +232,7 @@ def test_bad_videos_fail_clearly_and_leave_nothing(tmp_path, checkpoint, make, m
 
 def test_video_from_a_file_that_is_not_our_checkpoint(tmp_path, weights_file):
     clip = write_clip(tmp_path / "clip.mp4", frames=2)
-    with pytest.raises(UserError, match="is not a checkpoint of this repository"):
+    with pytest.raises(UserError, match="backbone, not a segmentation model: train one"):
         infer_video.main(video_args(input=clip, model=weights_file, out_dir=tmp_path / "o"))
 
 

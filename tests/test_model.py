@@ -4,8 +4,17 @@ import sys
 import pytest
 import torch
 
+from config import DEFAULT_CLASSES
 from conftest import ROOT, random_official_weights
-from model import DinoBackbone, Segmentor, count_flops, load_backbone, patch_aligned
+from model import (
+    DinoBackbone,
+    Segmentor,
+    count_flops,
+    load_backbone,
+    load_checkpoint,
+    patch_aligned,
+    save_checkpoint,
+)
 from utils import UserError
 
 
@@ -103,6 +112,25 @@ def test_weights_of_the_requested_backbone_get_no_hint_to_pass_it(tmp_path):
     with pytest.raises(UserError, match=r"1 missing keys \(e.g. mask_token\)") as caught:
         load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
     assert "--backbone" not in str(caught.value)
+
+
+def test_a_trained_checkpoint_given_as_weights_names_the_flags_that_take_it(tmp_path, vit):
+    ckpt = tmp_path / "best_model_iou.pth"
+    save_checkpoint(ckpt, Segmentor(with_layers(vit, 1), 2), classes=DEFAULT_CLASSES.to_dict(),
+                    imgsz=[56, 56])  # fmt: skip
+    with pytest.raises(UserError, match=rf"--weights {ckpt} is a checkpoint written by train\.py"
+                       r".*--resume.*--model.*dinov2_vits14_pretrain\.pth"):  # fmt: skip
+        load_backbone("dinov2_vits14", "timm", str(ckpt))
+
+
+@pytest.mark.parametrize("flag", ["--model", "--resume"])
+def test_official_weights_given_as_a_checkpoint_name_the_flag_that_takes_them(weights_file, flag):
+    with pytest.raises(
+        UserError,
+        match=rf"{flag} {weights_file} holds the weights of a "
+        r"dinov2_vits14 backbone.*train\.py --backbone dinov2_vits14 --weights",
+    ):
+        load_checkpoint(weights_file, flag=flag)
 
 
 def test_weights_that_are_not_a_checkpoint_are_refused(tmp_path):
