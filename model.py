@@ -311,7 +311,16 @@ def _read_weights_file(
                 + damaged_cache_help(path)
             ) from err
         raise UserError(f"--weights {path} is not a readable PyTorch weights file ({err})") from err
-    if isinstance(sd, dict) and sd.get("format") == CHECKPOINT_FORMAT and not cached:
+    if cached:  # a file the user did not name: the fix is the cache's, not a flag
+        state_dict = _is_state_dict(sd)
+        problem = _layout_problem(sd, expected, name) if state_dict else "not a state dict"
+        if problem:
+            raise UserError(
+                f"--weights pretrained: {path} does not fit {name} ({problem}). "
+                + damaged_cache_help(path)
+            )
+        return sd
+    if isinstance(sd, dict) and sd.get("format") == CHECKPOINT_FORMAT:
         raise UserError(
             f"--weights {path} is a checkpoint written by train.py, not backbone weights: "
             f"continue its training with --resume {path}, score it with --eval-only --model "

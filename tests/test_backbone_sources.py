@@ -182,3 +182,16 @@ def test_a_register_checkpoint_missing_a_backbone_key_is_named(
     torch.save(payload, ckpt)
     with pytest.raises(UserError, match=rf"{ckpt} does not fit .*1 missing keys \(e.g. {key}\)"):
         load_checkpoint(ckpt, backbone_source=source, hub_dir=FAKE_HUB)
+
+
+@pytest.mark.parametrize("source", ["hub", "timm"])
+def test_cached_weights_of_another_model_are_named_with_the_fix(
+    torch_home, reg_weights_file, source
+):
+    """timm's reading of the cache called the file --weights and hinted --backbone
+    dinov2_vits14_reg, which reads another cache file; the hub source said to delete it."""
+    cached = torch_home / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    cached.write_bytes(reg_weights_file.read_bytes())
+    with pytest.raises(UserError, match=rf"cached official weights {cached}.*delete it") as caught:
+        load_backbone("dinov2_vits14", source, "pretrained")
+    assert "--backbone" not in str(caught.value)
