@@ -55,3 +55,17 @@ def test_split_level_accumulation_differs_from_batch_average():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="differ"):
         ConfusionMatrix(2).update(torch.zeros(3), torch.zeros(4))
+
+
+def test_uint8_masks_of_many_classes_count_in_the_right_cells():
+    # read_mask and the Predictor give uint8 ids; id * num_classes must not wrap around at 256
+    # (19 * 20 + 19 = 399 would land in cell 143, class 7's row, without a widening cast)
+    target = torch.tensor([19, 19, 7, 0], dtype=torch.uint8)
+    pred = torch.tensor([19, 3, 7, 0], dtype=torch.uint8)
+    cm = ConfusionMatrix(20)
+    cm.update(pred, target)
+    assert cm.mat[19, 19] == 1 and cm.mat[19, 3] == 1 and cm.mat[7, 7] == 1
+    assert cm.mat.sum() == 4
+    out = cm.compute()
+    assert out["iou"][19] == pytest.approx(1 / 2) and out["iou"][7] == 1.0
+    assert out["pixel_accuracy"] == pytest.approx(3 / 4)
