@@ -1,8 +1,11 @@
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from config import DEFAULT_CLASSES
 from conftest import ROOT, random_official_weights
@@ -14,6 +17,7 @@ from model import (
     load_checkpoint,
     patch_aligned,
     save_checkpoint,
+    token_grid,
 )
 from utils import UserError
 
@@ -47,6 +51,27 @@ def test_output_shapes_for_any_size(vit, size, layers):
     assert logits.shape == (2, 3, h, w)
     assert resized.shape == (2, 3, 31, 17)
     assert model.head.bn.num_features == 384 * layers
+
+
+def test_token_grid_is_the_grid_the_backbone_produces(vit):
+    # the feature cache sizes its entries and its torchrun broadcast buffers by token_grid
+    model = Segmentor(with_layers(vit, 1), num_classes=2).eval()
+    with torch.no_grad():
+        features = model.features(torch.zeros(1, 3, 66, 90))  # H 66 -> 70, W 90 -> 84
+    assert features.shape[-2:] == (5, 6)
+    assert token_grid((90, 66)) == (6, 5)  # (w, h) for an image size (W, H)
+
+
+def test_an_unaligned_image_reaches_the_backbone_resized_bilinearly(vit):
+    # 40x54 -> 42x56, resampled as resize_image enlarges images (OpenCV's bilinear, pixel
+    # centres aligned), not by repeating rows and columns or by stretching corner to corner
+    model = Segmentor(with_layers(vit, 1), num_classes=2).eval()
+    image = np.random.default_rng(0).integers(0, 256, (40, 54, 3)).astype(np.float32)
+    resized = cv2.resize(image, (56, 42), interpolation=cv2.INTER_LINEAR)
+    with torch.no_grad():
+        got = model.features(torch.from_numpy(image).permute(2, 0, 1)[None])
+        want = model.features(torch.from_numpy(resized).permute(2, 0, 1)[None])
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
 
 
 def test_frozen_backbone_stays_in_eval_and_gets_no_gradient(vit):
@@ -199,3 +224,39 @@ def test_a_cast_network_keeps_the_pixel_normalization_exact():
     assert model.dtype == torch.bfloat16
     assert model.pixel_mean.dtype == torch.float32  # .to(bfloat16) would make 123.675 123.5
     assert model.pixel_mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
+
+
+def test_pixels_are_normalized_as_dinov2_was_trained():
+    # DINOv2's own preprocessing: ToTensor (0..1), then Normalize with the ImageNet mean and std
+    # of the RGB channels, typed here rather than taken from config
+    bb = load_backbone("dinov2_vits14", "timm", None, layers=1)
+    model = Segmentor(bb, 2).eval()
+    images = torch.randint(0, 256, (1, 3, 28, 42), dtype=torch.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = bb((images / 255 - mean) / std)[0]
+        torch.testing.assert_close(model.features(images), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_last_block_features_are_the_final_normalized_patch_tokens_in_grid_order(vit):
+    # the "linear" head reads the model's output tokens: after the final LayerNorm, without the
+    # class token, laid out row by row on the (H/14, W/14) patch grid
+    x = torch.randn(1, 3, 42, 70, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        (features,) = with_layers(vit, 1)(x)
+        tokens = vit.forward_features(x)[:, vit.num_prefix_tokens :]  # (1, 3 * 5, 384)
+    assert features.shape == (1, 384, 3, 5)
+    torch.testing.assert_close(features.flatten(2).transpose(1, 2), tokens)
+
+
+def test_logits_are_upsampled_bilinearly_from_pixel_centres(vit):
+    # what the README promises (and tells ONNX users to do): the patch-grid logits resized
+    # bilinearly, half-pixel aligned, to the output size; training's loss sees exactly these
+    model = Segmentor(with_layers(vit, 1), num_classes=3).eval()
+    images = torch.randint(0, 256, (1, 3, 42, 70), dtype=torch.uint8)
+    with torch.no_grad():
+        grid = model.patch_logits(images)  # (1, 3, 3, 5)
+        for size in ((42, 70), (61, 45)):
+            want = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+            torch.testing.assert_close(model(images, size=size), want)
