@@ -20,6 +20,7 @@ from datasets import (
     convert_penn_fudan,
     read_image,
     read_mask,
+    resize_mask,
 )
 from synthetic import penn_fudan_zip
 from utils import UserError
@@ -51,6 +52,19 @@ def test_colour_mask_maps_config_colours(tmp_path):
     rgb[1, 2] = (255, 0, 0)
     out = read_mask(save(rgb, tmp_path / "m.png"), THREE)
     assert out.tolist() == [[0, 1, 0], [0, 0, 2]]
+
+
+def test_colour_mask_maps_colours_listed_in_any_order(tmp_path):
+    # red is listed before blue, though blue's code (0x0000FF) sorts before red's (0xFF0000)
+    classes = ClassConfig(
+        names=("background", "person", "car"),
+        mask_colors=((0, 0, 0), (255, 0, 0), (0, 0, 255)),
+        vis_colors=((0, 0, 0), (255, 0, 0), (0, 0, 255)),
+    )
+    rgb = np.zeros((1, 3, 3), dtype=np.uint8)
+    rgb[0, 1] = (255, 0, 0)
+    rgb[0, 2] = (0, 0, 255)
+    assert read_mask(save(rgb, tmp_path / "m.png"), classes).tolist() == [[0, 1, 2]]
 
 
 def test_colour_mask_with_unknown_colour_names_it(tmp_path):
@@ -296,3 +310,45 @@ def test_offline_download_fails_with_a_clear_message(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"could not download Penn-Fudan .* --data DIR"):
         datasets.download_penn_fudan(tmp_path / "data" / "PennFudanPed")
     assert not (tmp_path / "data" / "PennFudanPed").exists()
+
+
+def test_resized_masks_keep_their_ids():
+    # nearest neighbour only: blending 0 and 2 would invent class 1, blending 255 a class 127
+    mask = np.array([[0, 2, 2], [255, 255, 1]], dtype=np.uint8)
+    assert resize_mask(mask, (6, 4)).tolist() == [
+        [0, 0, 2, 2, 2, 2],
+        [0, 0, 2, 2, 2, 2],
+        [255, 255, 255, 255, 1, 1],
+        [255, 255, 255, 255, 1, 1],
+    ]
+    rng = np.random.default_rng(0)
+    mask = rng.choice(np.array([0, 2, 255], np.uint8), size=(37, 53))
+    for size in ((20, 15), (90, 66), (53, 80)):
+        assert set(np.unique(resize_mask(mask, size))) <= {0, 2, 255}
+
+
+def test_augmented_masks_keep_their_ids_and_stay_on_their_pixels(tmp_path):
+    # three classes and ignore, each drawn in its own colour: after crops, flips and resizing
+    # the mask must hold only those ids, and each id must still sit on its colour
+    colors = np.array([(0, 0, 0), (0, 255, 0), (255, 0, 0)] + [(0, 0, 255)] * 253, np.uint8)
+    mask = np.zeros((60, 80), np.uint8)
+    mask[:, 40:] = 1
+    mask[10:50, 10:30] = 2
+    mask[30:60, 50:80] = 255
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    save(colors[mask], tmp_path / "images" / "a.png")
+    save(mask, tmp_path / "masks" / "a.png")
+    pairs = [(tmp_path / "images" / "a.png", tmp_path / "masks" / "a.png")]
+    data = SegmentationDataset(pairs, THREE, (42, 28), train=True)
+    for epoch in range(6):
+        data.set_epoch(epoch)
+        image, target, _ = data[0]
+        assert target.shape == (28, 42)
+        assert set(target.unique().tolist()) <= {0, 1, 2, 255}
+        # each pixel's nearest class colour (colour jitter moves the colours a little)
+        palette = torch.tensor(colors[[0, 1, 2, 255]], dtype=torch.float32)  # (4, 3)
+        pixels = image.permute(1, 2, 0).reshape(-1, 3).float()
+        seen = torch.tensor([0, 1, 2, 255])[torch.cdist(pixels, palette).argmin(1)]
+        agree = (seen == target.flatten()).float().mean()
+        assert agree > 0.8, (epoch, agree)  # all but the blended edges (a flip scores 0.05)
