@@ -12,7 +12,14 @@ from PIL import Image
 
 import train
 from config import DEFAULT_CLASSES, parse_args
-from datasets import check_dataset
+from datasets import (
+    CachedFeatureDataset,
+    check_dataset,
+    read_image,
+    read_mask,
+    resize_image,
+    resize_mask,
+)
 from engine import FeatureCache
 from model import Segmentor, load_backbone
 from synthetic import make_dataset
@@ -169,3 +176,27 @@ def test_changing_one_backbone_weight_changes_the_cache_key(tiny_data, untrained
     with torch.no_grad():
         model.backbone.vit.blocks[7].mlp.fc1.weight.view(-1)[12345] += 1e-3
     assert FeatureCache(model, (56, 56), "memory").key(image, "orig") != key
+
+
+def test_a_flipped_training_item_flips_its_features_and_its_mask_together(fresh_data, untrained):
+    pair = check_dataset(fresh_data, DEFAULT_CLASSES)["train"][0]
+    cache = FeatureCache(untrained, (56, 42), "memory")
+    cache.fill(untrained, [pair], ("orig", "flip"), batch=2)
+    image = torch.from_numpy(resize_image(read_image(pair[0]), (56, 42))).permute(2, 0, 1)
+    mask = torch.from_numpy(resize_mask(read_mask(pair[1], DEFAULT_CLASSES), (56, 42)))
+    assert (mask != mask.flip(-1)).any(), "the mask must not be symmetric, or this proves nothing"
+    with torch.no_grad():
+        views = {
+            False: (untrained.features(image[None])[0], mask),
+            True: (untrained.features(image.flip(-1)[None])[0], mask.flip(-1)),  # left-right
+        }
+    data = CachedFeatureDataset([pair], DEFAULT_CLASSES, (56, 42), cache, train=True)
+    seen = set()
+    for epoch in range(8):
+        data.set_epoch(epoch)
+        features, target, _ = data[0]
+        flipped = bool((target == views[True][1]).all())
+        seen.add(flipped)
+        assert (target == views[flipped][1]).all()
+        torch.testing.assert_close(features.float(), views[flipped][0], rtol=0.01, atol=0.01)
+    assert seen == {False, True}, "both views must have been drawn"
