@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 import train
 from config import DEFAULT_CLASSES, parse_args
-from conftest import ROOT
+from conftest import ROOT, PixelClassifier
 from datasets import SegmentationDataset, check_dataset
 from engine import evaluate
+from metrics import ConfusionMatrix
 from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
 from utils import UserError, amp_dtype, read_csv
 
@@ -439,3 +441,77 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog, capa
         assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
         assert amp_dtype("off", torch.device("cpu")) is None
     assert ("usually slower than --amp off" in caplog.text) is warned
+
+
+def scoring_split() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Three (3, 42, 56) uint8 images with masks of their own sizes, a third of them 255."""
+    g = torch.Generator().manual_seed(3)
+    split = []
+    for h, w in ((30, 40), (50, 70), (42, 56)):
+        mask = torch.randint(0, 2, (h, w), generator=g)
+        mask[: h // 3] = 255
+        split.append((torch.randint(0, 256, (3, 42, 56), dtype=torch.uint8, generator=g), mask))
+    return split
+
+
+def test_evaluation_scores_the_whole_split_whatever_the_batch_size():
+    torch.manual_seed(0)
+    model = Segmentor(load_backbone("dinov2_vits14", "timm", None, layers=1), 2).eval()
+    split = scoring_split()
+    cm, loss_sum, labelled = ConfusionMatrix(2), 0.0, 0
+    with torch.no_grad():
+        for image, mask in split:
+            logits = model(image[None], size=tuple(mask.shape))
+            cm.update(logits.argmax(1)[0], mask)
+            loss_sum += F.cross_entropy(logits, mask[None], ignore_index=255, reduction="sum")
+            labelled += int((mask != 255).sum())
+    expected = cm.compute()
+    grad_modes = []
+    model.head.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    for batch in (1, 2, 3):
+        loader = [train.collate_eval([(im, m, i) for i, (im, m) in enumerate(split[s : s + batch])])
+                  for s in range(0, len(split), batch)]  # fmt: skip
+        out = evaluate(model, loader, torch.device("cpu"), 2)
+        assert out["miou"] == pytest.approx(expected["miou"], abs=1e-12), batch
+        assert out["acc"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12), batch
+        assert out["iou"] == pytest.approx(expected["iou"], abs=1e-12), batch
+        # the mean over labelled pixels only: 255 pixels add nothing to sum or count
+        assert out["loss"] == pytest.approx(float(loss_sum) / labelled, rel=1e-5), batch
+    assert not any(grad_modes), "evaluation must not record a graph for backward"
+
+
+def test_the_epoch_loss_is_the_mean_over_labelled_pixels_and_steps_ignore_255():
+    # batches of different sizes and ignored areas: the epoch's loss weighs every labelled pixel
+    # once, and each step's gradient is that of the batch's mean over its labelled pixels
+    torch.manual_seed(0)
+    model = PixelClassifier()
+    g = torch.Generator().manual_seed(1)
+    loader = []
+    for n, ignored_rows in ((3, 0), (1, 3), (2, 1)):
+        masks = torch.randint(0, 2, (n, 4, 4), generator=g)
+        masks[:, :ignored_rows] = 255
+        loader.append((torch.rand(n, 3, 4, 4, generator=g), masks, None))
+    grads = []
+    for images, masks, _ in loader:
+        model.zero_grad()
+        F.cross_entropy(model(images, None), masks, ignore_index=255).backward()
+        grads.append(model.conv.weight.grad.clone())
+    with torch.no_grad():
+        sums = [F.cross_entropy(model(im, None), m, ignore_index=255, reduction="sum")
+                for im, m, _ in loader]  # fmt: skip
+    labelled = sum(int((m != 255).sum()) for _, m, _ in loader)
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(model.conv.weight.grad.clone())
+            return super().step(closure)
+
+    model.eval()  # as evaluate() leaves it after the previous epoch
+    stats = train.train_one_epoch(model, loader, Recording(model.parameters(), lr=0.0),
+                                  torch.device("cpu"), 2)  # fmt: skip
+    assert stats["loss"] == pytest.approx(float(sum(sums)) / labelled, rel=1e-6)
+    assert len(seen) == 3
+    for got, want in zip(seen, grads, strict=True):
+        torch.testing.assert_close(got, want)
+    assert model.training, "training must switch the model back to training mode"
