@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import infer_image
@@ -20,6 +21,7 @@ from conftest import ROOT
 from datasets import read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
+from model import Segmentor, load_backbone
 from synthetic import make_sample, write_clip
 from utils import UserError, check_gui, draw_overlay
 
@@ -68,6 +70,29 @@ def test_predictor_batches_mixed_sizes(predictor):
     assert [m.shape for m in masks] == [(50, 70), (33, 21)]
     # batching must not change results
     assert all((m == predictor.predict(im)).all() for m, im in zip(masks, images, strict=True))
+
+
+def test_masks_are_the_argmax_of_bilinearly_resized_logits(predictor):
+    # one image, a batch of one size (video frames) and a batch of mixed sizes take different
+    # paths; all must resize the patch-grid logits as evaluation does
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((75, 101), (40, 50))]
+    images[0][20:60, 30:70] = (230, 60, 40)  # a person-coloured blob, so both classes appear
+
+    def expected(image):
+        x = torch.from_numpy(predictor.resize(image)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            logits = predictor.model.patch_logits(x)
+        up = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+        return up.argmax(1)[0].numpy()
+
+    want = [expected(im) for im in images]
+    assert len(np.unique(want[0])) == 2, "both classes must appear, or this proves nothing"
+    for got, w in zip(predictor.predict(images), want, strict=True):  # mixed sizes
+        assert (got == w).all()
+    assert (predictor.predict(images[0]) == want[0]).all()  # one image
+    for got in predictor.predict([images[0]] * 2):  # one size
+        assert (got == want[0]).all()
 
 
 def test_model_fps_leaves_out_the_first_call(checkpoint):
@@ -607,3 +632,17 @@ def test_video_input_that_is_a_device_or_a_folder_is_named_for_what_it_is(tmp_pa
             infer_video.main(video_args(input="/dev/null", model=checkpoint, out_dir=tmp_path))
         with pytest.raises(UserError, match=r"--input .* is a folder; give a video file"):
             infer_video.main(video_args(input=tmp_path, model=checkpoint, out_dir=tmp_path))
+
+
+def test_predictions_mid_training_use_the_running_statistics():
+    # a Predictor may outlive a mode switch of its model: train.py builds one before training,
+    # and train_one_epoch puts the model back in train mode every epoch
+    torch.manual_seed(0)
+    model = Segmentor(load_backbone("dinov2_vits14", "timm", None, layers=1), 2)
+    with torch.no_grad():
+        model.head.bn.running_mean.uniform_(-1, 1)  # statistics unlike any one batch's
+    predictor = Predictor(model, DEFAULT_CLASSES, (56, 42))
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    expected = predictor.predict(image)
+    model.train()
+    assert (predictor.predict(image) == expected).all()
