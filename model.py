@@ -84,15 +84,23 @@ def damaged_cache_help(path: Path) -> str:
     )
 
 
-def offline_help(backbone: str, weights_needed: bool = True) -> str:
-    """The ways to run without a network; ``weights_needed`` False where the weights come from
-    elsewhere (a checkpoint) and only the architecture is built: no --weights to name then."""
-    if not weights_needed:
+def offline_help(backbone: str, weights: str | None = "pretrained") -> str:
+    """The ways to run without a network, for the caller's --weights: None where the weights come
+    from elsewhere (a checkpoint) and only the architecture is built, so there is no --weights
+    to name; "random" where only the architecture is wanted."""
+    if weights is None:
         return (
             "Offline options (no weights file is needed here; a checkpoint brings its own "
             "weights): --backbone-source timm, which builds the same architecture without a "
             f"download; or --hub-dir DIR, a local clone of {HUB_REPO}; or fill "
             "TORCH_HOME/hub/facebookresearch_dinov2_main on a machine with internet."
+        )
+    if weights == "random":
+        # The hub source needs the official code even for untrained weights; timm has its own.
+        return (
+            f"--weights random needs no weights file, but the hub source still loads the code of "
+            f"{HUB_REPO}. Offline, use --backbone-source timm --weights random, which builds the "
+            f"same architecture without a download, or --hub-dir DIR, a local clone of {HUB_REPO}."
         )
     name = official_weights_name(backbone)
     return (
@@ -101,7 +109,8 @@ def offline_help(backbone: str, weights_needed: bool = True) -> str:
         f"or --hub-dir DIR (a local clone of {HUB_REPO}) with --weights FILE; or "
         f"--backbone-source timm --weights FILE, where FILE is the official {name} "
         f"({WEIGHTS_BASE_URL}/{backbone.replace('_reg', '')}/{name}). "
-        "--weights random trains on an untrained backbone (smoke tests only)."
+        "--backbone-source timm --weights random trains on an untrained backbone (smoke tests "
+        "only)."
     )
 
 
@@ -168,9 +177,9 @@ def _timm_to_official(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch
 
 
 def _build_vit(
-    name: str, source: str, hub_dir: Path | None, weights_needed: bool = True
+    name: str, source: str, hub_dir: Path | None, weights: str | None = "pretrained"
 ) -> nn.Module:
-    """The backbone architecture with untrained weights (``weights_needed``: see offline_help)."""
+    """The backbone architecture with untrained weights (``weights``: see offline_help)."""
     if source == "timm":
         import timm
 
@@ -181,7 +190,7 @@ def _build_vit(
             num_classes=0,
             dynamic_img_size=True,
         )
-    return _hub_load(name, hub_dir, pretrained=False, weights_needed=weights_needed)
+    return _hub_load(name, hub_dir, pretrained=False, weights=weights)
 
 
 def _hub_load(
@@ -189,7 +198,7 @@ def _hub_load(
     hub_dir: Path | None,
     pretrained: bool,
     fused: bool = True,
-    weights_needed: bool = True,
+    weights: str | None = "pretrained",
 ) -> nn.Module:
     """The official model through torch.hub; ``fused`` swaps in FusedAttention (see there)."""
     if hub_dir is not None and not (hub_dir / "hubconf.py").is_file():
@@ -215,7 +224,7 @@ def _hub_load(
             ) from err
         raise UserError(
             f"could not load {name} through torch.hub ({err}). "
-            + offline_help(name, weights_needed or pretrained)
+            + offline_help(name, "pretrained" if pretrained else weights)
         ) from err
     return _with_fused_attention(vit) if fused else vit
 
@@ -382,7 +391,7 @@ def load_backbone(
         vit = _hub_load(name, hub_dir, pretrained=True)
         return _frozen(DinoBackbone(vit, name, source, blocks))
 
-    vit = _build_vit(name, source, hub_dir, weights_needed=weights is not None)
+    vit = _build_vit(name, source, hub_dir, weights)
     backbone = DinoBackbone(vit, name, source, blocks)
     cached = weights == "pretrained"
     if cached:  # timm: the file torch.hub would have cached

@@ -195,3 +195,20 @@ def test_cached_weights_of_another_model_are_named_with_the_fix(
     with pytest.raises(UserError, match=rf"cached official weights {cached}.*delete it") as caught:
         load_backbone("dinov2_vits14", source, "pretrained")
     assert "--backbone" not in str(caught.value)
+
+
+def test_offline_random_weights_on_the_hub_source_names_the_flag_that_works(tmp_path, monkeypatch):
+    """--weights random still needs the hub code: offline, the message must say to add
+    --backbone-source timm, not suggest --weights random, which was just passed."""
+
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(UserError) as caught:
+        load_backbone("dinov2_vits14", "hub", "random")
+    message = str(caught.value)
+    assert "--backbone-source timm --weights random" in message, message
+    assert "--hub-dir" in message
+    assert "--weights FILE" not in message, message
