@@ -332,6 +332,7 @@ def run_eval(args, device, autocast, rank: int = 0, world: int = 1) -> None:
     classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
+    use_recorded_data(args, ckpt, path)
     pairs = check_dataset(resolve_data(args, rank == 0), classes, splits=("valid",))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
     loader = make_loader(dataset, args, device, False, rank, world)
@@ -369,6 +370,22 @@ def run_eval(args, device, autocast, rank: int = 0, world: int = 1) -> None:
         for cls, iou in scores(metrics)["per_class_iou"].items():
             print(f"  IoU {cls}: {'absent' if iou is None else f'{iou:.4f}'}")
     print(f"Wrote {args.out_dir / 'eval_metrics.json'}")
+
+
+def use_recorded_data(args: argparse.Namespace, ckpt: dict, path: Path) -> None:
+    """--eval-only without --data: score the valid split of the --data the checkpoint was trained
+    on. The Penn-Fudan default would score a model of other classes on persons, without a word."""
+    recorded = (ckpt.get("args") or {}).get("data")
+    if args.data is not None or recorded is None:
+        return
+    args.data = Path(recorded)
+    if not args.data.is_dir():
+        raise UserError(
+            f"{path} was trained on --data {recorded}, which is not a folder here: pass --data "
+            "DIR, a dataset with the checkpoint's classes"
+        )
+    log.info("--eval-only: scoring the valid split of %s, the data %s was trained on",
+             recorded, path)  # fmt: skip
 
 
 def main(args: argparse.Namespace, classes: ClassConfig) -> None:

@@ -112,6 +112,27 @@ def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_
     assert sum(ious) / 2 == pytest.approx(result["miou"])
 
 
+def test_eval_only_without_data_scores_the_checkpoints_own_data(trained, tmp_path, monkeypatch):
+    """Not the Penn-Fudan default: a checkpoint of other classes would be scored on persons."""
+
+    def no_download(folder):
+        raise AssertionError(f"--eval-only downloaded Penn-Fudan into {folder}")
+
+    monkeypatch.setattr(train, "download_penn_fudan", no_download)
+    monkeypatch.chdir(tmp_path)  # no data/PennFudanPed here
+    best = max(read_csv(trained / "metrics.csv"), key=lambda r: r["valid_miou"])
+    model = trained / "best_model_iou.pth"
+    run_train(["--eval-only", "--model", str(model), "--out-dir", "eval", "--workers", "0"])
+    result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert result["miou"] == pytest.approx(best["valid_miou"], abs=1e-9)
+    # a recorded folder that is gone is named, with the flag that fixes it
+    ckpt = torch.load(model, weights_only=True)
+    ckpt["args"]["data"] = str(tmp_path / "moved")
+    torch.save(ckpt, tmp_path / "moved.pth")
+    with pytest.raises(UserError, match=r"trained on --data .*moved.*pass --data"):
+        run_train(["--eval-only", "--model", "moved.pth", "--out-dir", "eval", "--workers", "0"])
+
+
 def test_resume_continues_from_the_next_epoch(tmp_path, tiny_data, weights_file, caplog):
     args = common(tiny_data, tmp_path, weights_file)
     run_train([*args, "--epochs", "2", "--scheduler", "cosine"])
