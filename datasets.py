@@ -106,6 +106,11 @@ def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
     Raises:
         DataError: unreadable file, unknown colours, or values that are not class ids.
     """
+    return _read_mask(path, classes)[0]
+
+
+def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, bool]:
+    """read_mask's (H, W) class ids, and whether they were read from instance ids."""
     path = Path(path)
     img = open_image(path)
     with path.open("rb") as f:
@@ -123,7 +128,7 @@ def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
         rgb = arr[..., :3]
         mapped = _map_colors(rgb, classes)
         if mapped is not None:
-            return mapped
+            return mapped, False
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
             codes = np.unique(_rgb_codes(rgb))
             known = {_code(c) for c in classes.mask_colors}
@@ -168,17 +173,18 @@ def _map_colors(rgb: np.ndarray, classes: ClassConfig) -> np.ndarray | None:
     return order[pos].astype(np.uint8)
 
 
-def _check_ids(arr: np.ndarray, classes: ClassConfig, path: Path) -> np.ndarray:
+def _check_ids(arr: np.ndarray, classes: ClassConfig, path: Path) -> tuple[np.ndarray, bool]:
+    """(H, W) class ids, and whether ``arr`` held instance ids; raises DataError for others."""
     values = np.unique(arr)
     k = classes.num_classes
     bad = values[(values >= k) & (values != IGNORE_INDEX)]
     if bad.size == 0:
-        return arr.astype(np.uint8)
+        return arr.astype(np.uint8), False
     objects = values[values > 0]
     if k == 2 and (objects == np.arange(1, objects.size + 1)).all():
         # Instance ids (Penn-Fudan style: 1, 2, ... N, one per object, without gaps): every
         # object belongs to the one foreground class. Other values are mistakes, not objects.
-        return (arr > 0).astype(np.uint8)
+        return (arr > 0).astype(np.uint8), True
     listed = [int(v) for v in bad[:5]]
     hint = "; instance-id masks number their objects 1, 2, 3, ... without gaps" if k == 2 else ""
     raise DataError(
@@ -219,17 +225,19 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     return pairs, problems
 
 
-def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray]:
-    """The pair's problems, and its mask's pixel count per value (256 bins; zeros if unread)."""
+def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray, bool]:
+    """The pair's problems, its mask's pixel count per value (256 bins; zeros if unread), and
+    whether the mask held instance ids."""
     image_path, mask_path = pair
     problems = []
     size = mask = None
+    instances = False
     try:
         size = image_size(image_path)
     except DataError as err:
         problems.append(str(err))
     try:
-        mask = read_mask(mask_path, classes)
+        mask, instances = _read_mask(mask_path, classes)
     except DataError as err:
         problems.append(str(err))
     if size is not None and mask is not None and (mask.shape[1], mask.shape[0]) != size:
@@ -238,7 +246,7 @@ def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray
             f"{image_path.name} is {size[0]}x{size[1]}"
         )
     counts = np.bincount(mask.ravel(), minlength=256) if mask is not None else np.zeros(256, int)
-    return problems, counts
+    return problems, counts, instances
 
 
 def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list[Pair]]:
@@ -263,14 +271,25 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
             )
         pairs_by_split[split] = pairs
     pixels = {}  # per split: pixels per mask value
+    instance_masks = 0
     with ThreadPoolExecutor(max_workers=8) as pool:
         for split, pairs in pairs_by_split.items():
             pixels[split] = np.zeros(256, np.int64)
-            for found, counts in pool.map(lambda p: _check_pair(p, classes), pairs):
+            for found, counts, instances in pool.map(lambda p: _check_pair(p, classes), pairs):
                 problems += found
                 pixels[split] += counts
+                instance_masks += instances
     if problems:
         raise DatasetError(root, problems)
+    if instance_masks:
+        # Right for Penn-Fudan's own masks; but class-index masks of three or more classes,
+        # trained without --config, read the same way and would merge into one class unnoticed.
+        log.warning(
+            "%d masks in %s hold values above 1, read as instance ids: every object becomes %s. "
+            "If those values are class ids, list your classes (ALL_CLASSES, LABEL_COLORS_LIST, "
+            "VIS_LABEL_MAP) in a YAML file and pass it with --config",
+            instance_masks, root, classes.names[1],
+        )  # fmt: skip
     _check_classes_present(root, classes, pixels)
     return pairs_by_split
 

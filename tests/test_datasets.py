@@ -235,6 +235,21 @@ def test_a_class_absent_from_the_train_split_is_a_warning(fresh_data, caplog):
     assert "the train split of" in caplog.text and "has no pixel of car" in caplog.text
 
 
+def test_class_ids_above_1_read_as_instance_ids_are_a_warning(fresh_data, caplog):
+    """3-class index masks with the default 2-class config trained silently as one class: the
+    0/1/2 values also read as Penn-Fudan instance ids."""
+    check_dataset(fresh_data, DEFAULT_CLASSES)  # 0/1 class ids: nothing to say
+    assert "instance ids" not in caplog.text
+    masks = sorted((fresh_data / "train_masks").iterdir())
+    for path in masks[:3]:
+        mask = np.asarray(Image.open(path)).copy()
+        mask[-4:] = 2  # a "road" strip along the bottom
+        save(mask, path)
+    check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert "3 masks in" in caplog.text and "read as instance ids" in caplog.text
+    assert "--config" in caplog.text and "ALL_CLASSES" in caplog.text
+
+
 def test_check_dataset_reports_empty_split(fresh_data):
     for f in (fresh_data / "valid_images").iterdir():
         f.unlink()
