@@ -413,22 +413,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
     if args.resume:
-        ckpt = read_checkpoint(args.resume, "--resume")
-        missing = [k for k in TRAINING_KEYS if k not in ckpt]
-        if missing:
-            raise UserError(
-                f"--resume {args.resume} holds no training state (it lacks {', '.join(missing)}): "
-                "resume from a last_model.pth written by train.py"
-            )
-        resumed = ClassConfig.from_dict(ckpt["classes"], source=str(args.resume))
-        imgsz = tuple(ckpt["imgsz"])
-        if args.imgsz is not None and tuple(args.imgsz) != imgsz:
-            log.warning("--imgsz %s ignored: a resumed run keeps its checkpoint's size %s",
-                        " ".join(map(str, args.imgsz)), " ".join(map(str, imgsz)))  # fmt: skip
-        if args.config is not None and classes != resumed:
-            log.warning("the classes of --config %s are ignored: a resumed run keeps its "
-                        "checkpoint's %s", args.config, list(resumed.names))  # fmt: skip
-        classes = resumed
+        ckpt, classes, imgsz = read_resume(args, classes)
         start = ckpt["epoch"] + 1
         best_miou, best_loss = ckpt["best_miou"], ckpt["best_loss"]
         warn_changed_settings(args, ckpt, start)
@@ -468,22 +453,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    augment = not args.no_augment
     from_features = args.cache_features != "off"
-    if from_features:
-        folder = args.cache_dir or args.out_dir / "feature_cache"
-        cache = FeatureCache(model, imgsz, args.cache_features, folder, autocast)
-        views = ("orig", "flip") if augment else ("orig",)
-        if args.cache_features == "disk" and main_process:
-            todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
-            check_writable(folder, todo * cache.view_bytes(), "--cache-dir", "the feature cache")
-        fill_cache(cache, model, pairs, views, args.batch, rank, world)
-        train_set = CachedFeatureDataset(pairs["train"], classes, imgsz, cache, True, args.seed,
-                                         augment)  # fmt: skip
-        valid_set = CachedFeatureDataset(pairs["valid"], classes, imgsz, cache, False)
-    else:
-        train_set = SegmentationDataset(pairs["train"], classes, imgsz, True, args.seed, augment)
-        valid_set = SegmentationDataset(pairs["valid"], classes, imgsz, train=False)
+    train_set, valid_set = make_datasets(args, model, pairs, classes, imgsz, autocast, rank, world)
     train_loader = make_loader(train_set, args, device, True, rank, world)
     valid_loader = make_loader(valid_set, args, device, False, rank, world)
     log.info("data: %d train, %d valid images; classes %s; device %s%s",
@@ -601,6 +572,47 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
         memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")
+
+
+def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[int, int]]:
+    """The --resume checkpoint, with the classes and (W, H) size the run keeps: its own, whatever
+    --config and --imgsz say (a difference is a warning)."""
+    ckpt = read_checkpoint(args.resume, "--resume")
+    missing = [k for k in TRAINING_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(
+            f"--resume {args.resume} holds no training state (it lacks {', '.join(missing)}): "
+            "resume from a last_model.pth written by train.py"
+        )
+    resumed = ClassConfig.from_dict(ckpt["classes"], source=str(args.resume))
+    imgsz = tuple(ckpt["imgsz"])
+    if args.imgsz is not None and tuple(args.imgsz) != imgsz:
+        log.warning("--imgsz %s ignored: a resumed run keeps its checkpoint's size %s",
+                    " ".join(map(str, args.imgsz)), " ".join(map(str, imgsz)))  # fmt: skip
+    if args.config is not None and classes != resumed:
+        log.warning("the classes of --config %s are ignored: a resumed run keeps its "
+                    "checkpoint's %s", args.config, list(resumed.names))  # fmt: skip
+    return ckpt, resumed, imgsz
+
+
+def make_datasets(args, model: Segmentor, pairs: dict, classes: ClassConfig, imgsz, autocast,
+                  rank: int, world: int) -> tuple:  # fmt: skip
+    """The train and valid datasets: of images, or with --cache-features of the backbone's
+    features, which are computed here for every image (and flip) not cached yet."""
+    augment = not args.no_augment
+    if args.cache_features == "off":
+        train_set = SegmentationDataset(pairs["train"], classes, imgsz, True, args.seed, augment)
+        return train_set, SegmentationDataset(pairs["valid"], classes, imgsz, train=False)
+    folder = args.cache_dir or args.out_dir / "feature_cache"
+    cache = FeatureCache(model, imgsz, args.cache_features, folder, autocast)
+    views = ("orig", "flip") if augment else ("orig",)
+    if args.cache_features == "disk" and rank == 0:
+        todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
+        check_writable(folder, todo * cache.view_bytes(), "--cache-dir", "the feature cache")
+    fill_cache(cache, model, pairs, views, args.batch, rank, world)
+    train_set = CachedFeatureDataset(pairs["train"], classes, imgsz, cache, True, args.seed,
+                                     augment)  # fmt: skip
+    return train_set, CachedFeatureDataset(pairs["valid"], classes, imgsz, cache, False)
 
 
 def fill_cache(cache: FeatureCache, model, pairs: dict, views, batch: int, rank, world) -> None:
