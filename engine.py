@@ -45,9 +45,41 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _sum_dtype(device: torch.device) -> torch.dtype:
-    """The dtype of running loss sums: float64, or float32 on MPS, which has no float64."""
-    return torch.float32 if device.type == "mps" else torch.float64
+def _progress(loader, desc: str):
+    """A progress bar over ``loader``, on rank 0 alone, cleared when done."""
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process())
+
+
+class _SplitScores:
+    """The loss per labelled pixel and the confusion matrix of one pass over a split, summed
+    over every process at the end (the same for training and evaluation)."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        self.device = device
+        self.cm = ConfusionMatrix(num_classes)
+        # float64 sums, or float32 on MPS, which has no float64
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.loss_sum = torch.zeros((), device=device, dtype=dtype)
+        self.pixels = torch.zeros((), device=device, dtype=torch.int64)
+
+    def update(self, loss_sum: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add a batch: its cross-entropy summed over labelled pixels, and its predicted and true
+        class ids (same shape, 255 ignored)."""
+        self.loss_sum += loss_sum.detach()
+        self.pixels += (mask != IGNORE_INDEX).sum()
+        self.cm.update(pred, mask)
+
+    def compute(self) -> dict:
+        """{"loss", "acc", "miou", "iou"} of the whole split (see ConfusionMatrix.compute)."""
+        self.cm.all_reduce(self.device)
+        all_reduce_sum(self.loss_sum, self.pixels)
+        scores = self.cm.compute()
+        return {
+            "loss": (self.loss_sum / self.pixels.clamp(min=1)).item(),
+            "acc": scores["pixel_accuracy"],
+            "miou": scores["miou"],
+            "iou": scores["iou"],
+        }
 
 
 def train_one_epoch(
@@ -72,21 +104,16 @@ def train_one_epoch(
         TrainingDiverged: at the first NaN or infinite loss, before the optimizer uses it.
 
     Returns:
-        {"loss": mean loss per labelled pixel, "acc": pixel accuracy, "miou": mIoU}, the metrics
-        being those of the augmented training crops.
+        {"loss": mean loss per labelled pixel, "acc": pixel accuracy, "miou": mIoU, "iou": per
+        class}, as evaluate gives them, of the augmented training crops.
     """
     model.train()
-    cm = ConfusionMatrix(num_classes)
-    loss_sum = torch.zeros((), device=device, dtype=_sum_dtype(device))
-    pixels = torch.zeros((), device=device, dtype=torch.int64)
+    scores = _SplitScores(num_classes, device)
     use_scaler = scaler is not None and scaler.is_enabled()
     optimizer.zero_grad(set_to_none=True)
     steps = len(loader)
     full_groups_end = steps - steps % accum  # batches after this form a shorter last group
-    for step, (images, masks, _) in enumerate(
-        tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process()),
-        start=1,
-    ):
+    for step, (images, masks, _) in enumerate(_progress(loader, desc), start=1):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         update = step % accum == 0 or step == steps
@@ -120,14 +147,8 @@ def train_one_epoch(
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        pixels += labelled
-        cm.update(logits.detach().argmax(1), masks)
-    cm.all_reduce(device)
-    all_reduce_sum(loss_sum, pixels)
-    scores = cm.compute()
-    loss = (loss_sum / pixels.clamp(min=1)).item()
-    return {"loss": loss, "acc": scores["pixel_accuracy"], "miou": scores["miou"]}
+        scores.update(loss, logits.detach().argmax(1), masks)
+    return scores.compute()
 
 
 def tta_probs(
@@ -184,12 +205,8 @@ def evaluate(
         prediction and ground truth.
     """
     model.eval()
-    cm = ConfusionMatrix(num_classes)
-    loss_sum = torch.zeros((), device=device, dtype=_sum_dtype(device))
-    pixels = torch.zeros((), device=device, dtype=torch.int64)
-    for images, masks, _ in tqdm(
-        loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process()
-    ):
+    scores = _SplitScores(num_classes, device)
+    for images, masks, _ in _progress(loader, desc):
         images = images.to(device, non_blocking=True)
         with _autocast(device, autocast_dtype):
             if tta is None:
@@ -202,21 +219,12 @@ def evaluate(
                 output[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
             )
             if tta is None:
-                loss_sum += F.cross_entropy(up, mask, ignore_index=IGNORE_INDEX, reduction="sum")
+                loss = F.cross_entropy(up, mask, ignore_index=IGNORE_INDEX, reduction="sum")
             else:
                 log_probs = up.clamp(min=1e-12).log()
-                loss_sum += F.nll_loss(log_probs, mask, ignore_index=IGNORE_INDEX, reduction="sum")
-            pixels += (mask != IGNORE_INDEX).sum()
-            cm.update(up.argmax(1), mask)
-    cm.all_reduce(device)
-    all_reduce_sum(loss_sum, pixels)
-    scores = cm.compute()
-    return {
-        "loss": (loss_sum / pixels.clamp(min=1)).item(),
-        "acc": scores["pixel_accuracy"],
-        "miou": scores["miou"],
-        "iou": scores["iou"],
-    }
+                loss = F.nll_loss(log_probs, mask, ignore_index=IGNORE_INDEX, reduction="sum")
+            scores.update(loss, up.argmax(1), mask)
+    return scores.compute()
 
 
 def synchronize(device: torch.device) -> None:
