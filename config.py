@@ -43,9 +43,8 @@ class BackboneSpec:
     embed_dim: int
     depth: int
     timm_name: str  # the same architecture in timm
-    head_blocks: tuple[
-        int, ...
-    ]  # the official "+ms" head's four blocks; --layers N takes the last N
+    # the official "+ms" head's four blocks; --layers N takes the last N
+    head_blocks: tuple[int, ...]
 
     def blocks(self, layers: int) -> tuple[int, ...]:
         """The indices of the last ``layers`` of the head blocks."""
@@ -74,6 +73,10 @@ DEFAULT_BACKBONE = "dinov2_vits14"
 def official_weights_name(backbone: str) -> str:
     """The file name torch.hub caches official weights under: dinov2_vits14_pretrain.pth."""
     return backbone.replace("_reg", "_reg4") + "_pretrain.pth"
+
+
+# the class configuration's keys in a YAML file and a checkpoint
+CLASS_KEYS = ("ALL_CLASSES", "LABEL_COLORS_LIST", "VIS_LABEL_MAP")
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,6 @@ def _colors(value, key: str, source: str) -> tuple[RGB, ...]:
     return tuple(tuple(c) for c in value)
 
 
-CLASS_KEYS = ("ALL_CLASSES", "LABEL_COLORS_LIST", "VIS_LABEL_MAP")
 DEFAULT_CLASSES = ClassConfig(
     names=("background", "person"),
     mask_colors=((0, 0, 0), (0, 255, 0)),

@@ -521,9 +521,16 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
     tta = tta_setting(args)
     if args.backend == "torch":
         return Predictor.from_checkpoint(
-            args.model, device, args.imgsz, args.amp, args.compile, args.backbone,
-            args.backbone_source, args.hub_dir, tta,
-        )  # fmt: skip
+            args.model,
+            device,
+            imgsz=args.imgsz,
+            amp=args.amp,
+            compile=args.compile,
+            backbone=args.backbone,
+            backbone_source=args.backbone_source,
+            hub_dir=args.hub_dir,
+            tta=tta,
+        )
     used = {"--amp": args.amp != "off", "--compile": args.compile, "--tta": tta is not None,
             "--imgsz": args.imgsz is not None}  # fmt: skip
     unsupported = [flag for flag, on in used.items() if on]
