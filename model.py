@@ -511,6 +511,8 @@ class Segmentor(nn.Module):
 
         ``size`` defaults to the images' (H, W); with features it must be given.
         """
+        if from_features and size is None:
+            raise ValueError("Segmentor(features, from_features=True) needs the output size")
         logits = self.patch_logits(x, from_features)
         size = tuple(x.shape[-2:]) if size is None else size
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

@@ -51,6 +51,9 @@ def test_output_shapes_for_any_size(vit, size, layers):
     assert logits.shape == (2, 3, h, w)
     assert resized.shape == (2, 3, 31, 17)
     assert model.head.bn.num_features == 384 * layers
+    # features carry no pixel size: without one, the logits came back at the token grid's size
+    with torch.no_grad(), pytest.raises(ValueError, match="needs the output size"):
+        model(model.features(images), from_features=True)
 
 
 def test_token_grid_is_the_grid_the_backbone_produces(vit):
