@@ -337,8 +337,18 @@ def _read_weights_file(
             f"official {official_weights_name(name)}."
         )
     if not _is_state_dict(sd):
+        # Training frameworks wrap the weights: {"model": ...}, {"state_dict": ...}, DINOv2's
+        # own {"teacher": ...} with prefixed keys. Name the entry; unwrapping is the user's call.
+        inner = [k for k, v in sd.items() if _is_state_dict(v)] if isinstance(sd, dict) else []
+        hint = (
+            f" It holds state dicts under {inner}: save the backbone's weights on their own, "
+            "under the official key names, and pass that file."
+            if inner
+            else ""
+        )
         raise UserError(
-            f"--weights {path} is not a state dict of tensors like {official_weights_name(name)}"
+            f"--weights {path} is not a state dict of tensors like "
+            f"{official_weights_name(name)}.{hint}"
         )
     problem = _layout_problem(sd, expected, name)
     if problem:

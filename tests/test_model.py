@@ -167,6 +167,17 @@ def test_weights_that_are_not_a_checkpoint_are_refused(tmp_path):
         load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
 
 
+def test_wrapped_weights_are_refused_naming_the_entry_that_holds_them(tmp_path):
+    # a training framework's checkpoint: the weights one level down, beside other state
+    torch.save({"epoch": 3, "teacher": random_official_weights()}, tmp_path / "w.pth")
+    with pytest.raises(UserError, match=r"not a state dict of tensors like dinov2_vits14_pretrain"
+                       r".*under \['teacher'\]: save the backbone's weights"):  # fmt: skip
+        load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
+    torch.save({"epoch": 3}, tmp_path / "w.pth")
+    with pytest.raises(UserError, match=r"dinov2_vits14_pretrain.pth.$"):  # no entry to name
+        load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
+
+
 def test_missing_weights_file_names_the_offline_options(tmp_path):
     with pytest.raises(UserError, match=r"does not exist\. Offline options"):
         load_backbone("dinov2_vits14", "timm", str(tmp_path / "nope.pth"))
