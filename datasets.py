@@ -367,11 +367,18 @@ class PairDataset(Dataset):
         self.imgsz = imgsz
         self.train = train
         self.seed = seed
-        self.epoch = 0
+        # In shared memory, so that DataLoader workers kept from one epoch to the next (forked
+        # or spawned) see each set_epoch: a plain attribute is copied when a worker starts.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose random draws __getitem__ makes (workers copy this value)."""
-        self.epoch = epoch
+        """Choose the epoch whose random draws __getitem__ makes, in this process and its
+        workers; call it before iterating over the epoch's loader."""
+        self._epoch.fill_(epoch)
 
     def sample_seed(self, index: int) -> int:
         """A seed from (seed, epoch, index): the same in every process, run and worker."""

@@ -187,26 +187,29 @@ def resolve_data(args: argparse.Namespace, main_process: bool = True) -> Path:
 
 
 def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=1) -> DataLoader:
-    """Training shuffles (DistributedSampler under torchrun); evaluation shards without repeats."""
-    if world > 1:
-        sampler = (
-            DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed)
-            if train
-            else ShardSampler(len(dataset), rank, world)
-        )
+    """Training shuffles, evaluation shards without repeats (one process has one shard).
+
+    Training's order is DistributedSampler's, in one process too: a function of (--seed, epoch)
+    alone, set by its set_epoch, so a resumed run shuffles as the uninterrupted one did.
+    """
+    if train:
+        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed)
     else:
-        sampler = None
+        sampler = ShardSampler(len(dataset), rank, world)
+    # Cached features load in under a millisecond: worker processes would cost more than they
+    # save (and a memory cache would be copied into each of them).
+    workers = 0 if args.cache_features != "off" else args.workers
     return DataLoader(
         dataset,
         batch_size=args.batch,
-        shuffle=train and sampler is None,
         sampler=sampler,
         # A last batch of one or two images would give the BatchNorm head noisy statistics; but
         # each process must keep at least one batch of its own share.
-        drop_last=train and (len(sampler) if sampler is not None else len(dataset)) > args.batch,
-        # Cached features load in under a millisecond: starting workers every epoch would cost
-        # more than it saves (and a memory cache would be copied into each of them).
-        num_workers=0 if args.cache_features != "off" else args.workers,
+        drop_last=train and len(sampler) > args.batch,
+        num_workers=workers,
+        # Workers start once, not every epoch (seconds each where they are spawned, as on
+        # macOS); datasets.PairDataset.set_epoch reaches them through shared memory.
+        persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
         collate_fn=None if train else collate_eval,
         generator=torch.Generator().manual_seed(args.seed),
@@ -489,9 +492,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         for epoch in range(start, args.epochs + 1):
             # Every epoch's randomness is a function of (seed, epoch), so --resume repeats it.
             train_set.set_epoch(epoch)
-            train_loader.generator.manual_seed(args.seed + epoch)
-            if world > 1:
-                train_loader.sampler.set_epoch(epoch)
+            train_loader.sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             train = train_one_epoch(
                 train_model, train_loader, optimizer, device, classes.num_classes, autocast,

@@ -1,3 +1,4 @@
+import argparse
 import json
 import math
 import subprocess
@@ -536,3 +537,43 @@ def test_the_epoch_loss_is_the_mean_over_labelled_pixels_and_steps_ignore_255():
     for got, want in zip(seen, grads, strict=True):
         torch.testing.assert_close(got, want)
     assert model.training, "training must switch the model back to training mode"
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])  # Linux's default, macOS's
+def test_workers_kept_between_epochs_draw_each_epochs_augmentations(tiny_data, start_method):
+    # The workers start once and live through the epochs: each epoch's items must still be the
+    # ones the main process draws for that epoch, or --resume would not repeat a run.
+    pairs = check_dataset(tiny_data, DEFAULT_CLASSES)["train"]
+    dataset = SegmentationDataset(pairs, DEFAULT_CLASSES, (56, 42), train=True, seed=3)
+    args = argparse.Namespace(batch=4, seed=3, cache_features="off", workers=2)
+    loader = train.make_loader(dataset, args, torch.device("cpu"), train=True)
+    assert loader.persistent_workers
+    loader.multiprocessing_context = start_method
+    for epoch in (1, 2, 3):
+        dataset.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
+        for images, masks, indices in loader:
+            for image, mask, index in zip(images, masks, indices.tolist(), strict=True):
+                expected_image, expected_mask, _ = dataset[index]
+                assert torch.equal(image, expected_image), (epoch, index)
+                assert torch.equal(mask, expected_mask), (epoch, index)
+
+
+def test_the_training_order_is_a_function_of_seed_and_epoch(tiny_data):
+    # A resumed run builds a new loader and starts at a later epoch: it must shuffle that epoch
+    # as the uninterrupted run did, whatever the loader drew before.
+    dataset = SegmentationDataset(check_dataset(tiny_data, DEFAULT_CLASSES)["train"],
+                                  DEFAULT_CLASSES, (28, 28), train=True)  # fmt: skip
+    args = argparse.Namespace(batch=2, seed=5, cache_features="off", workers=0)
+
+    def orders(epochs) -> list[list[int]]:
+        loader = train.make_loader(dataset, args, torch.device("cpu"), train=True)
+        result = []
+        for epoch in epochs:
+            loader.sampler.set_epoch(epoch)
+            result.append([i for _, _, indices in loader for i in indices.tolist()])
+        return result
+
+    whole = orders([1, 2, 3])
+    assert orders([2, 3]) == whole[1:]
+    assert len({tuple(order) for order in whole}) == 3
