@@ -297,9 +297,10 @@ def read_yaml(path: Path) -> dict:
 # The settings of a run that --resume continues unless --config or the command line changes
 # them: its data and optimization. (The model, classes and size always come from the checkpoint;
 # the device, workers and outputs from this command line.)
-RESUMED_SETTINGS = ("data", "epochs", "batch", "accum", "seed", "lr", "backbone_lr",
-                    "weight_decay", "scheduler", "no_augment", "cache_features", "cache_dir",
-                    "amp")  # fmt: skip
+RESUMED_SETTINGS = (
+    "data", "epochs", "batch", "accum", "seed", "lr", "backbone_lr", "weight_decay", "scheduler",
+    "no_augment", "cache_features", "cache_dir", "amp",
+)  # fmt: skip
 
 
 def recorded_settings(checkpoint: Path) -> dict:
@@ -350,8 +351,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     if kept:
         log.info(
             "--resume: continuing %s's run with its %s",
-            known.resume, ", ".join(f"--{k.replace('_', '-')} {resumed[k]}" for k in kept),
-        )  # fmt: skip
+            known.resume,
+            ", ".join(f"--{k.replace('_', '-')} {resumed[k]}" for k in kept),
+        )
     return args, classes
 
 

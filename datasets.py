@@ -288,8 +288,10 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
             "%d masks in %s hold values above 1, read as instance ids: every object becomes %s. "
             "If those values are class ids, list your classes (ALL_CLASSES, LABEL_COLORS_LIST, "
             "VIS_LABEL_MAP) in a YAML file and pass it with --config",
-            instance_masks, root, classes.names[1],
-        )  # fmt: skip
+            instance_masks,
+            root,
+            classes.names[1],
+        )
     _check_classes_present(root, classes, pixels)
     return pairs_by_split
 
@@ -321,8 +323,10 @@ def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> No
         if missing:
             log.warning(
                 "the train split of %s has no pixel of %s: the model cannot learn %s",
-                root, ", ".join(missing), "it" if len(missing) == 1 else "them",
-            )  # fmt: skip
+                root,
+                ", ".join(missing),
+                "it" if len(missing) == 1 else "them",
+            )
 
 
 def resize_image(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:

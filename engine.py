@@ -531,12 +531,18 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
             hub_dir=args.hub_dir,
             tta=tta,
         )
-    used = {"--amp": args.amp != "off", "--compile": args.compile, "--tta": tta is not None,
-            "--imgsz": args.imgsz is not None}  # fmt: skip
+    used = {
+        "--amp": args.amp != "off",
+        "--compile": args.compile,
+        "--tta": tta is not None,
+        "--imgsz": args.imgsz is not None,
+    }
     unsupported = [flag for flag, on in used.items() if on]
     if unsupported:
-        raise UserError(f"{', '.join(unsupported)} do not apply to --backend onnxruntime: the "
-                        "precision and size were fixed by export.py")  # fmt: skip
+        raise UserError(
+            f"{', '.join(unsupported)} do not apply to --backend onnxruntime: the "
+            "precision and size were fixed by export.py"
+        )
     network = OnnxSegmentor.load(args.model, device)
     check_backbone(args.model, network.backbone, args.backbone)
     log_input_size(network.imgsz)

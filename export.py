@@ -46,17 +46,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", type=Path, required=True, help="a checkpoint from train.py")
     parser.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
-    parser.add_argument("--imgsz", type=int, nargs=2, default=None, metavar=("W", "H"),
-                        help="input size (default: the checkpoint's)")  # fmt: skip
-    parser.add_argument("--tolerance", type=float, default=1e-3,
-                        help="largest allowed |ONNX Runtime - PyTorch| logit")  # fmt: skip
-    parser.add_argument("--dynamic", action="store_true",
-                        help="let H and W vary (multiples of 14), not only the batch")  # fmt: skip
-    parser.add_argument("--int8", action="store_true",
-                        help="also write NAME.int8.onnx, int8 dynamic quantization")  # fmt: skip
-    parser.add_argument("--external-data", action="store_true",
-                        help="store the weights in NAME.data beside the graph (automatic above "
-                             "1.5 GB: an ONNX file holds at most 2 GB)")  # fmt: skip
+    parser.add_argument(
+        "--imgsz",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("W", "H"),
+        help="input size (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        help="largest allowed |ONNX Runtime - PyTorch| logit",
+    )
+    parser.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="let H and W vary (multiples of 14), not only the batch",
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="also write NAME.int8.onnx, int8 dynamic quantization"
+    )
+    parser.add_argument(
+        "--external-data",
+        action="store_true",
+        help="store the weights in NAME.data beside the graph (automatic above "
+        "1.5 GB: an ONNX file holds at most 2 GB)",
+    )
     return parser
 
 
@@ -78,12 +95,22 @@ def export(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(
-            OnnxGraph(model).eval(), (example,), input_names=["images"], output_names=["logits"],
-            dynamic_shapes={"images": shapes}, dynamo=True, verbose=False,
-        )  # fmt: skip
-    program.model.metadata_props.update({
-        "classes": json.dumps(ckpt["classes"]), "imgsz": json.dumps(list(imgsz)),
-        "backbone": ckpt["backbone"], "format": ONNX_FORMAT})  # fmt: skip
+            OnnxGraph(model).eval(),
+            (example,),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"images": shapes},
+            dynamo=True,
+            verbose=False,
+        )
+    program.model.metadata_props.update(
+        {
+            "classes": json.dumps(ckpt["classes"]),
+            "imgsz": json.dumps(list(imgsz)),
+            "backbone": ckpt["backbone"],
+            "format": ONNX_FORMAT,
+        }
+    )
     program.save(path, external_data=external_data)
 
 
@@ -134,8 +161,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> None:
     check_args(args)
-    model, ckpt = load_checkpoint(args.model, "cpu", args.backbone_source, args.hub_dir,
-                                  args.backbone)  # fmt: skip
+    model, ckpt = load_checkpoint(
+        args.model, "cpu", args.backbone_source, args.hub_dir, args.backbone
+    )
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     if args.dynamic:  # the graph then takes multiples of 14: store the aligned size
         imgsz = (patch_aligned(imgsz[0]), patch_aligned(imgsz[1]))
@@ -162,8 +190,12 @@ def main(args: argparse.Namespace) -> None:
 
         int8 = args.output.with_suffix(".int8.onnx")
         with atomic_files(int8) as staged:
-            quantize_dynamic(str(args.output), str(staged), weight_type=QuantType.QInt8,
-                             use_external_data_format=external)  # fmt: skip
+            quantize_dynamic(
+                str(args.output),
+                str(staged),
+                weight_type=QuantType.QInt8,
+                use_external_data_format=external,
+            )
         drop_stale_data(int8, external)
         print(f"{int8}: int8 dynamic quantization (weights int8, activations quantized per call)")
 

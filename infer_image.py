@@ -168,9 +168,16 @@ def main(args: argparse.Namespace) -> None:
         masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
         for path, image, mask in zip(ok, images, masks, strict=True):
             writer.submit(
-                save_or_note, write_failures, path,
-                args.out_dir, names[path], image, mask, predictor, args.alpha,
-            )  # fmt: skip
+                save_or_note,
+                write_failures,
+                path,
+                args.out_dir,
+                names[path],
+                image,
+                mask,
+                predictor,
+                args.alpha,
+            )
             if args.show:
                 overlay = predictor.overlay(image, mask, args.alpha)
                 args.show = show("infer_image", overlay, 0)  # q or Esc stops showing

@@ -133,13 +133,19 @@ def check_frame_count(spec: str, declared: int | None, decoded: int) -> None:
     if decoded < declared:
         log.warning(
             "%s declares %d frames but only %d could be decoded; the output holds those %d",
-            spec, declared, decoded, decoded,
-        )  # fmt: skip
+            spec,
+            declared,
+            decoded,
+            decoded,
+        )
     else:
         log.warning(
             "%s declares %d frames but %d were decoded; the output holds all %d",
-            spec, declared, decoded, decoded,
-        )  # fmt: skip
+            spec,
+            declared,
+            decoded,
+            decoded,
+        )
 
 
 def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, args) -> dict:
@@ -162,8 +168,11 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         if rate != source.fps:
             log.warning(
                 "mp4v cannot store %s's %.6g FPS exactly; %s runs at %.6g FPS",
-                args.input, source.fps, out_path, rate,
-            )  # fmt: skip
+                args.input,
+                source.fps,
+                out_path,
+                rate,
+            )
         video = cv2.VideoWriter(str(tmp), fourcc, rate, (source.width, source.height))
         if not video.isOpened():
             raise UserError(
@@ -247,10 +256,14 @@ def main(args: argparse.Namespace) -> None:
         source.capture.release()  # a camera stays busy until it is released
         raise
     stats = segment_video(source, predictor, out_path, args)
-    print(f"Wrote {out_path}: {stats['frames']} frames, {source.width}x{source.height}, "
-          f"{stats['rate']:.3f} FPS")  # fmt: skip
-    print(f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS) "
-          f"on {device}, batch {args.batch}")  # fmt: skip
+    print(
+        f"Wrote {out_path}: {stats['frames']} frames, {source.width}x{source.height}, "
+        f"{stats['rate']:.3f} FPS"
+    )
+    print(
+        f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS) "
+        f"on {device}, batch {args.batch}"
+    )
     print(f"end to end: {stats['fps']:.2f} FPS (decoding, model, drawing, encoding)")
 
 

@@ -67,8 +67,14 @@ def log_input_size(imgsz: tuple[int, int]) -> None:
         log.info(
             "image size %dx%d is not a multiple of the patch size %d: the backbone sees %dx%d "
             "and predictions are resized back to %dx%d",
-            w, h, PATCH_SIZE, aw, ah, w, h,
-        )  # fmt: skip
+            w,
+            h,
+            PATCH_SIZE,
+            aw,
+            ah,
+            w,
+            h,
+        )
 
 
 def cached_weights(backbone: str) -> Path:
@@ -584,8 +590,11 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
             f"{path / 'best_model_iou.pth'}"
         )
     if not path.is_file():
-        fix = "pass the last_model.pth of an earlier run" if flag == "--resume" else (
-            "train one with train.py, or pass --model")  # fmt: skip
+        fix = (
+            "pass the last_model.pth of an earlier run"
+            if flag == "--resume"
+            else "train one with train.py, or pass --model"
+        )
         raise UserError(f"checkpoint {path} ({flag}) does not exist; {fix}")
     if path.suffix.lower() == ".onnx":
         raise UserError(

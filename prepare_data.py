@@ -54,9 +54,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     binary = sub.add_parser(
         "binary", parents=[common], help="a dataset in our layout whose masks are 0/255 images"
     )
-    binary.add_argument("--root", type=Path, required=True,
-                        help="the folder with train_images/, train_masks/, valid_images/, "
-                        "valid_masks/")  # fmt: skip
+    binary.add_argument(
+        "--root",
+        type=Path,
+        required=True,
+        help="the folder with train_images/, train_masks/, valid_images/, valid_masks/",
+    )
     binary.add_argument("--name", default="person", help="the class that 255 marks")
     return parser
 
@@ -323,8 +326,12 @@ def main(args: argparse.Namespace) -> None:
         raise UserError("--valid-every must be at least 2")
     if args.dataset == "binary" and not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")
-    sources = {"voc": ["root"], "binary": ["root"], "pennfudan": ["zip"],
-               "coco": ["annotations", "images"]}[args.dataset]  # fmt: skip
+    sources = {
+        "voc": ["root"],
+        "binary": ["root"],
+        "pennfudan": ["zip"],
+        "coco": ["annotations", "images"],
+    }[args.dataset]
     out = args.out.resolve()
     for key in sources:
         source = getattr(args, key)
@@ -358,13 +365,19 @@ def main(args: argparse.Namespace) -> None:
         (stage / "classes.yaml").write_text(yaml.safe_dump(classes.to_dict(), sort_keys=False))
     report(args.out, names)
     if kinds.get("other"):
-        print(f"{kinds['other']} mask(s) held values other than 0 and 255 (JPEG compression or "
-              "soft edges): thresholded at 128, so 128..255 became 1")  # fmt: skip
+        print(
+            f"{kinds['other']} mask(s) held values other than 0 and 255 (JPEG compression or "
+            "soft edges): thresholded at 128, so 128..255 became 1"
+        )
     if kinds.get("0/1"):
-        print(f"{kinds['0/1']} mask(s) held only 0 and 1: class ids already, kept as they are "
-              f"(1 = {kept[0]})")  # fmt: skip
-    print(f"Wrote {args.out}; train with: python train.py --data {args.out} "
-          f"--config {args.out / 'classes.yaml'}")  # fmt: skip
+        print(
+            f"{kinds['0/1']} mask(s) held only 0 and 1: class ids already, kept as they are "
+            f"(1 = {kept[0]})"
+        )
+    print(
+        f"Wrote {args.out}; train with: python train.py --data {args.out} "
+        f"--config {args.out / 'classes.yaml'}"
+    )
 
 
 if __name__ == "__main__":

@@ -260,8 +260,9 @@ def resume_optimization(optimizer, scheduler, args, ckpt: dict, start: int) -> N
         scheduler.load_state_dict(state)
     if start > args.epochs:
         return
-    bases = [{"head": args.lr, "backbone": args.backbone_lr}[g["name"]]
-             for g in optimizer.param_groups]  # fmt: skip
+    bases = [
+        {"head": args.lr, "backbone": args.backbone_lr}[g["name"]] for g in optimizer.param_groups
+    ]
     for group in optimizer.param_groups:
         group["weight_decay"] = args.weight_decay
     if scheduler is None:
@@ -282,8 +283,9 @@ def resume_optimization(optimizer, scheduler, args, ckpt: dict, start: int) -> N
         for group, base in zip(optimizer.param_groups, bases, strict=True):
             group["lr"] = base * factor
         plan = f", --scheduler {args.scheduler} ending at epoch {args.epochs}" if scheduler else ""
-        log.info("learning rate from epoch %d: %g (--lr %g%s)", start, args.lr * factor, args.lr,
-                 plan)  # fmt: skip
+        log.info(
+            "learning rate from epoch %d: %g (--lr %g%s)", start, args.lr * factor, args.lr, plan
+        )
 
 
 def warn_changed_settings(args, ckpt: dict, start: int) -> None:
@@ -296,8 +298,12 @@ def warn_changed_settings(args, ckpt: dict, start: int) -> None:
         if k in before and before[k] != plain_value(getattr(args, k))
     ]
     if changed:
-        log.warning("--resume: settings that differ from the run of %s apply from epoch %d: %s",
-                    args.resume, start, ", ".join(changed))  # fmt: skip
+        log.warning(
+            "--resume: settings that differ from the run of %s apply from epoch %d: %s",
+            args.resume,
+            start,
+            ", ".join(changed),
+        )
 
 
 def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
@@ -341,8 +347,9 @@ def run_eval(args, device, autocast, rank: int = 0, world: int = 1) -> None:
     loader = make_loader(dataset, args, device, False, rank, world)
     runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
     if tta is not None:
-        runs["tta"] = evaluate(model, loader, device, classes.num_classes, autocast, "valid tta",
-                               tta=tta)  # fmt: skip
+        runs["tta"] = evaluate(
+            model, loader, device, classes.num_classes, autocast, "valid tta", tta=tta
+        )
     if rank != 0:
         return
 
@@ -387,8 +394,9 @@ def use_recorded_data(args: argparse.Namespace, ckpt: dict, path: Path) -> None:
             f"{path} was trained on --data {recorded}, which is not a folder here: pass --data "
             "DIR, a dataset with the checkpoint's classes"
         )
-    log.info("--eval-only: scoring the valid split of %s, the data %s was trained on",
-             recorded, path)  # fmt: skip
+    log.info(
+        "--eval-only: scoring the valid split of %s, the data %s was trained on", recorded, path
+    )
 
 
 def main(args: argparse.Namespace, classes: ClassConfig) -> None:
@@ -427,21 +435,28 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     check_batch_statistics(args.batch, math.ceil(len(pairs["train"]) / world), imgsz)
 
     if args.resume:
-        model, _ = load_checkpoint(args.resume, device, args.backbone_source, args.hub_dir,
-                                   flag="--resume")  # fmt: skip
+        model, _ = load_checkpoint(
+            args.resume, device, args.backbone_source, args.hub_dir, flag="--resume"
+        )
         # The model is the checkpoint's, whatever the command line says of it.
         args.backbone_source = model.backbone.source
         args.backbone, args.layers = ckpt["backbone"], ckpt["layers"]
         args.fine_tune = model.fine_tune
         if args.cache_features != "off" and args.fine_tune:
-            raise UserError(f"{args.resume} fine-tunes its backbone, and --cache-features needs a "
-                            "frozen one: resume without --cache-features")  # fmt: skip
-        log.info("resuming %s from epoch %d (model, classes and size from the checkpoint)",
-                 args.resume, start)  # fmt: skip
+            raise UserError(
+                f"{args.resume} fine-tunes its backbone, and --cache-features needs a "
+                "frozen one: resume without --cache-features"
+            )
+        log.info(
+            "resuming %s from epoch %d (model, classes and size from the checkpoint)",
+            args.resume,
+            start,
+        )
     else:
         args.backbone_source = args.backbone_source or "hub"
-        backbone = load_backbone(args.backbone, args.backbone_source, args.weights, args.hub_dir,
-                                 args.layers)  # fmt: skip
+        backbone = load_backbone(
+            args.backbone, args.backbone_source, args.weights, args.hub_dir, args.layers
+        )
         model = Segmentor(backbone, classes.num_classes, fine_tune=args.fine_tune).to(device)
     log_input_size(imgsz)
     if main_process:  # as soon as the model's size is known: before the cache and training
@@ -460,9 +475,14 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     train_set, valid_set = make_datasets(args, model, pairs, classes, imgsz, autocast, rank, world)
     train_loader = make_loader(train_set, args, device, True, rank, world)
     valid_loader = make_loader(valid_set, args, device, False, rank, world)
-    log.info("data: %d train, %d valid images; classes %s; device %s%s",
-             len(train_set), len(valid_set), list(classes.names), device,
-             f"; {world} processes, batch {args.batch} each" if world > 1 else "")  # fmt: skip
+    log.info(
+        "data: %d train, %d valid images; classes %s; device %s%s",
+        len(train_set),
+        len(valid_set),
+        list(classes.names),
+        device,
+        f"; {world} processes, batch {args.batch} each" if world > 1 else "",
+    )
 
     predictor = Predictor(model, classes, imgsz)
     optimizer = torch.optim.AdamW(
@@ -495,18 +515,34 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             train_loader.sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             train = train_one_epoch(
-                train_model, train_loader, optimizer, device, classes.num_classes, autocast,
-                scaler, f"train {epoch}/{args.epochs}", args.accum, from_features,
-            )  # fmt: skip
+                train_model,
+                train_loader,
+                optimizer,
+                device,
+                classes.num_classes,
+                autocast_dtype=autocast,
+                scaler=scaler,
+                desc=f"train {epoch}/{args.epochs}",
+                accum=args.accum,
+                from_features=from_features,
+            )
             # Without SyncBatchNorm (CPU) each process's running statistics drifted with its
             # own batches; evaluate everywhere with rank 0's, the ones the checkpoint saves.
             broadcast_buffers(model)
-            valid = evaluate(model, valid_loader, device, classes.num_classes, autocast,
-                             f"valid {epoch}/{args.epochs}", from_features)  # fmt: skip
+            valid = evaluate(
+                model,
+                valid_loader,
+                device,
+                classes.num_classes,
+                autocast_dtype=autocast,
+                desc=f"valid {epoch}/{args.epochs}",
+                from_features=from_features,
+            )
             if not math.isfinite(valid["loss"]):
                 # the last update broke the model: it must not become a checkpoint to resume
-                raise TrainingDiverged(f"the validation loss became {valid['loss']} after the "
-                                       "training")  # fmt: skip
+                raise TrainingDiverged(
+                    f"the validation loss became {valid['loss']} after the training"
+                )
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
                 scheduler.step()
@@ -552,9 +588,17 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f "
                 "mIoU %.4f%s | %.1f s",
-                epoch, args.epochs, train["loss"], train["acc"], train["miou"], valid["loss"],
-                valid["acc"], valid["miou"], " (best)" if improved_iou else "", row["seconds"],
-            )  # fmt: skip
+                epoch,
+                args.epochs,
+                train["loss"],
+                train["acc"],
+                train["miou"],
+                valid["loss"],
+                valid["acc"],
+                valid["miou"],
+                " (best)" if improved_iou else "",
+                row["seconds"],
+            )
     except KeyboardInterrupt:
         if main_process:
             log.warning("stopped during epoch %d. %s", epoch, kept_message(last, epoch - 1))
@@ -588,16 +632,30 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
     resumed = ClassConfig.from_dict(ckpt["classes"], source=str(args.resume))
     imgsz = tuple(ckpt["imgsz"])
     if args.imgsz is not None and tuple(args.imgsz) != imgsz:
-        log.warning("--imgsz %s ignored: a resumed run keeps its checkpoint's size %s",
-                    " ".join(map(str, args.imgsz)), " ".join(map(str, imgsz)))  # fmt: skip
+        log.warning(
+            "--imgsz %s ignored: a resumed run keeps its checkpoint's size %s",
+            " ".join(map(str, args.imgsz)),
+            " ".join(map(str, imgsz)),
+        )
     if args.config is not None and classes != resumed:
-        log.warning("the classes of --config %s are ignored: a resumed run keeps its "
-                    "checkpoint's %s", args.config, list(resumed.names))  # fmt: skip
+        log.warning(
+            "the classes of --config %s are ignored: a resumed run keeps its checkpoint's %s",
+            args.config,
+            list(resumed.names),
+        )
     return ckpt, resumed, imgsz
 
 
-def make_datasets(args, model: Segmentor, pairs: dict, classes: ClassConfig, imgsz, autocast,
-                  rank: int, world: int) -> tuple:  # fmt: skip
+def make_datasets(
+    args,
+    model: Segmentor,
+    pairs: dict,
+    classes: ClassConfig,
+    imgsz,
+    autocast,
+    rank: int,
+    world: int,
+) -> tuple:
     """The train and valid datasets: of images, or with --cache-features of the backbone's
     features, which are computed here for every image (and flip) not cached yet."""
     augment = not args.no_augment
@@ -611,8 +669,9 @@ def make_datasets(args, model: Segmentor, pairs: dict, classes: ClassConfig, img
         todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
         check_writable(folder, todo * cache.view_bytes(), "--cache-dir", "the feature cache")
     fill_cache(cache, model, pairs, views, args.batch, rank, world)
-    train_set = CachedFeatureDataset(pairs["train"], classes, imgsz, cache, True, args.seed,
-                                     augment)  # fmt: skip
+    train_set = CachedFeatureDataset(
+        pairs["train"], classes, imgsz, cache, True, args.seed, augment
+    )
     return train_set, CachedFeatureDataset(pairs["valid"], classes, imgsz, cache, False)
 
 
@@ -642,8 +701,10 @@ def fill_cache(cache: FeatureCache, model, pairs: dict, views, batch: int, rank,
                 log.warning(
                     "%d feature cache entries of other processes were not in %s and were "
                     "computed again here: give torchrun's processes on every machine one shared "
-                    "--cache-dir", cache.computed - computed, cache.folder,
-                )  # fmt: skip
+                    "--cache-dir",
+                    cache.computed - computed,
+                    cache.folder,
+                )
             cache.reused = reused
         else:
             cache.share(pairs["train"], views, batch, model.device)
@@ -653,9 +714,14 @@ def fill_cache(cache: FeatureCache, model, pairs: dict, views, batch: int, rank,
     log.info(
         "feature cache (%s): %d views computed in %.1f s, %d reused%s; %.2f MB per view "
         "(float16), %.2f MB per training image",
-        cache.mode, cache.computed, time.perf_counter() - t0, cache.reused, others,
-        cache.bytes_per_view / 2**20, len(views) * cache.bytes_per_view / 2**20,
-    )  # fmt: skip
+        cache.mode,
+        cache.computed,
+        time.perf_counter() - t0,
+        cache.reused,
+        others,
+        cache.bytes_per_view / 2**20,
+        len(views) * cache.bytes_per_view / 2**20,
+    )
 
 
 def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:

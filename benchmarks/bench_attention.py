@@ -69,8 +69,10 @@ def main(args: argparse.Namespace) -> None:
     w, h = args.imgsz
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, h, w, generator=g).to(device, dtype)
-    print(f"device {device}, {name} ({BACKBONES[name].depth} blocks), batch {args.batch}, "
-          f"{w}x{h}, {str(dtype).removeprefix('torch.')}")  # fmt: skip
+    print(
+        f"device {device}, {name} ({BACKBONES[name].depth} blocks), batch {args.batch}, "
+        f"{w}x{h}, {str(dtype).removeprefix('torch.')}"
+    )
     results = {}
     for label, backbone in (("official attention", official), ("FusedAttention", fused)):
         backbone = backbone.to(device, dtype)
@@ -87,8 +89,10 @@ def main(args: argparse.Namespace) -> None:
         extra = f", peak {mb:.0f} MB" if memory else ""
         print(f"{label:20s}{seconds * 1e3:10.1f} ms per batch{extra}")
     print(f"speed-up {t0 / t1:.2f}x" + (f", memory {m0 / m1:.2f}x less" if memory else ""))
-    print(f"last-block features: max abs difference {(f0 - f1).abs().max().item():.2e}, "
-          f"relative L2 {((f0 - f1).norm() / f0.norm()).item():.2e}")  # fmt: skip
+    print(
+        f"last-block features: max abs difference {(f0 - f1).abs().max().item():.2e}, "
+        f"relative L2 {((f0 - f1).norm() / f0.norm()).item():.2e}"
+    )
 
 
 if __name__ == "__main__":

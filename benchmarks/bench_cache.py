@@ -40,10 +40,30 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def train(data: Path, out: Path, weights: Path, args, *extra: str) -> tuple[list[dict], str]:
-    cmd = [sys.executable, "train.py", "--data", str(data), "--out-dir", str(out),
-           "--backbone-source", "timm", "--weights", str(weights), "--imgsz", *map(str, args.imgsz),
-           "--epochs", str(args.epochs), "--no-augment", "--num-vis", "0", "--workers", "2",
-           "--device", args.device, *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--data",
+        str(data),
+        "--out-dir",
+        str(out),
+        "--backbone-source",
+        "timm",
+        "--weights",
+        str(weights),
+        "--imgsz",
+        *map(str, args.imgsz),
+        "--epochs",
+        str(args.epochs),
+        "--no-augment",
+        "--num-vis",
+        "0",
+        "--workers",
+        "2",
+        "--device",
+        args.device,
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])
@@ -70,12 +90,16 @@ def main(args: argparse.Namespace) -> None:
         cache_mb = sum(f.stat().st_size for f in (tmp / "disk/feature_cache").glob("*.pt")) / 2**20
 
     w, h = args.imgsz
-    print(f"{args.train} train + {args.valid} valid images at {w}x{h}, augmentation off, "
-          f"{args.epochs} epochs")  # fmt: skip
+    print(
+        f"{args.train} train + {args.valid} valid images at {w}x{h}, augmentation off, "
+        f"{args.epochs} epochs"
+    )
     base_rows = runs["uncached"][0]
     uncached = sum(r["seconds"] for r in base_rows) / len(base_rows)
-    print(f"{'':14s}{'fill s':>8s}{'epoch 1 s':>11s}{'later epochs s':>16s}{'speed-up':>10s}"
-          f"{'max |d valid mIoU|':>20s}{'peak MB':>9s}")  # fmt: skip
+    print(
+        f"{'':14s}{'fill s':>8s}{'epoch 1 s':>11s}{'later epochs s':>16s}{'speed-up':>10s}"
+        f"{'max |d valid mIoU|':>20s}{'peak MB':>9s}"
+    )
     for name, (rows, log) in runs.items():
         fill = re.search(r"views computed in ([\d.]+) s", log)
         later = sum(r["seconds"] for r in rows[1:]) / max(1, len(rows) - 1)
@@ -83,11 +107,15 @@ def main(args: argparse.Namespace) -> None:
             abs(a["valid_miou"] - b["valid_miou"]) for a, b in zip(rows, base_rows, strict=True)
         )
         peak = float(re.search(r"peak memory (\d+) MB", log).group(1))
-        print(f"{name:14s}{float(fill.group(1)) if fill else 0:8.1f}{rows[0]['seconds']:11.1f}"
-              f"{later:16.2f}{uncached / later:9.1f}x{diff:20.2e}{peak:9.0f}")  # fmt: skip
+        print(
+            f"{name:14s}{float(fill.group(1)) if fill else 0:8.1f}{rows[0]['seconds']:11.1f}"
+            f"{later:16.2f}{uncached / later:9.1f}x{diff:20.2e}{peak:9.0f}"
+        )
     per_image = re.search(r"([\d.]+) MB per training image", runs["memory cache"][1]).group(1)
-    print(f"cache size: {per_image} MB per training image (float16); "
-          f"{cache_mb:.0f} MB on disk for {args.train + args.valid} images")  # fmt: skip
+    print(
+        f"cache size: {per_image} MB per training image (float16); "
+        f"{cache_mb:.0f} MB on disk for {args.train + args.valid} images"
+    )
     print(f"speed-up = uncached epoch ({uncached:.1f} s) / cached epochs after the first")
 
 

@@ -122,9 +122,11 @@ def onnx_rows(base: Segmentor, imgsz, frames: list, folder: Path, reps: int) -> 
     images = np.random.default_rng(0).integers(0, 256, (1, 3, h, w), dtype=np.uint8)
     rows = []
     level = ort.GraphOptimizationLevel
-    for label, path, opt in (("ORT fp32, no graph opts", fp32, level.ORT_DISABLE_ALL),
-                             ("ORT fp32, all graph opts", fp32, level.ORT_ENABLE_ALL),
-                             ("ORT int8 dynamic quant", int8, level.ORT_ENABLE_ALL)):  # fmt: skip
+    for label, path, opt in (
+        ("ORT fp32, no graph opts", fp32, level.ORT_DISABLE_ALL),
+        ("ORT fp32, all graph opts", fp32, level.ORT_ENABLE_ALL),
+        ("ORT int8 dynamic quant", int8, level.ORT_ENABLE_ALL),
+    ):
         options = ort.SessionOptions()
         options.graph_optimization_level = opt
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -210,10 +212,14 @@ def main(args: argparse.Namespace) -> None:
         else matmul_rate(dtype, device, base.backbone.embed_dim, tokens)
     )
     floor = flops / rate
-    print(f"device {device} ({torch.get_num_threads()} CPU threads), input {w}x{h}, "
-          f"{flops / 1e9:.1f} GFLOPs per frame")  # fmt: skip
-    print(f"matmul rate {rate / 1e12:.3f} TFLOP/s ({str(dtype).removeprefix('torch.')}) -> "
-          f"FLOP floor {floor * 1e3:.1f} ms per frame")  # fmt: skip
+    print(
+        f"device {device} ({torch.get_num_threads()} CPU threads), input {w}x{h}, "
+        f"{flops / 1e9:.1f} GFLOPs per frame"
+    )
+    print(
+        f"matmul rate {rate / 1e12:.3f} TFLOP/s ({str(dtype).removeprefix('torch.')}) -> "
+        f"FLOP floor {floor * 1e3:.1f} ms per frame"
+    )
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,8 +251,9 @@ def main(args: argparse.Namespace) -> None:
         ceiling = io_ceiling(video, Path(tmp) / "io.mp4", base, args.imgsz, args.batch)
 
     print()
-    print(f"{'':28s}{'model ms/frame':>16s}{'model FPS':>12s}{'end-to-end FPS':>16s}"
-          f"{'peak MB':>10s}")  # fmt: skip
+    print(
+        f"{'':28s}{'model ms/frame':>16s}{'model FPS':>12s}{'end-to-end FPS':>16s}{'peak MB':>10s}"
+    )
     labels = {
         "naive": "naive (fp32, batch 1, eager)",
         "fast": f"fast ({args.amp}, batch {args.batch}{', compiled' if args.compile else ''})",
@@ -259,12 +266,16 @@ def main(args: argparse.Namespace) -> None:
     print()
     print(f"end to end: fast / naive = {fast_fps / naive_fps:.2f}x")
     print(f"model: fast / naive = {naive_s / fast_s:.2f}x faster")
-    print(f"model time / FLOP floor = {fast_s / floor:.2f} (fast), "
-          f"{naive_s * rate32 / flops:.2f} (naive, against the fp32 floor)")  # fmt: skip
+    print(
+        f"model time / FLOP floor = {fast_s / floor:.2f} (fast), "
+        f"{naive_s * rate32 / flops:.2f} (naive, against the fp32 floor)"
+    )
     if ort_rows:
         print()
-        print(f"{'ONNX Runtime (CPU), batch 1':28s}{'model ms/frame':>16s}{'vs naive':>10s}"
-              f"{'masks = PyTorch fp32':>22s}")  # fmt: skip
+        print(
+            f"{'ONNX Runtime (CPU), batch 1':28s}{'model ms/frame':>16s}{'vs naive':>10s}"
+            f"{'masks = PyTorch fp32':>22s}"
+        )
         for label, seconds, agree in ort_rows:
             print(f"{label:28s}{seconds * 1e3:16.1f}{naive_s / seconds:9.2f}x{agree:21.4%}")
     if device.type == "cuda":

@@ -58,14 +58,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--setups", nargs="+", choices=["frozen", "fine-tune"], default=["frozen", "fine-tune"]
     )
     parser.add_argument(
-        "--amp", nargs="+", choices=["off", "bf16", "fp16"], default=None,
+        "--amp",
+        nargs="+",
+        choices=["off", "bf16", "fp16"],
+        default=None,
         help="precisions to run (default: every one the device supports)",
-    )  # fmt: skip
+    )
     parser.add_argument("--workers", type=int, default=4, help="data loader processes")
     parser.add_argument(
-        "--data-images", type=int, default=None,
+        "--data-images",
+        type=int,
+        default=None,
         help="generated images for the data pipeline (default: 2 batches per worker, at least 32)",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -135,7 +140,7 @@ def data_rate(args, folder: Path) -> float:
     dataset = SegmentationDataset(pairs, DEFAULT_CLASSES, tuple(args.imgsz), train=True)
     opts = argparse.Namespace(batch=args.batch, workers=args.workers, cache_features="off", seed=0)
     loader = make_loader(dataset, opts, torch.device("cpu"), True)
-    for _ in loader:  # the first pass also starts the workers
+    for _ in loader:  # the first pass starts the workers, which the loader keeps
         pass
     start, count = time.perf_counter(), 0
     for images, _, _ in loader:
@@ -150,8 +155,10 @@ def main(args: argparse.Namespace) -> None:
         amp_dtype(amp, device)  # refuse an unsupported precision before any run
     w, h = args.imgsz
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    print(f"device {name} ({torch.get_num_threads()} CPU threads), {args.backbone}, {w}x{h}, "
-          f"batch {args.batch}, {args.steps} timed steps after {args.warmup}")  # fmt: skip
+    print(
+        f"device {name} ({torch.get_num_threads()} CPU threads), {args.backbone}, {w}x{h}, "
+        f"batch {args.batch}, {args.steps} timed steps after {args.warmup}"
+    )
     rows = []
     spawn = multiprocessing.get_context("spawn")
     for setup in args.setups:
@@ -160,24 +167,30 @@ def main(args: argparse.Namespace) -> None:
                 rows.append((setup, amp, pool.submit(train_run, args, setup, amp).result()))
 
     print()
-    print(f"{'setup':10s}{'amp':>6s}{'images/s':>10s}{'peak MB':>10s}{'train loss':>12s}"
-          f"{'final loss':>12s}{'vs fp32':>9s}")  # fmt: skip
+    print(
+        f"{'setup':10s}{'amp':>6s}{'images/s':>10s}{'peak MB':>10s}{'train loss':>12s}"
+        f"{'final loss':>12s}{'vs fp32':>9s}"
+    )
     for setup, amp, r in rows:
         ref = next((x for s, a, x in rows if s == setup and a == "off"), None)
         compared = ref is not None and amp != "off"
         rel = f"{r['final_loss'] / ref['final_loss'] - 1:+8.1%}" if compared else f"{'-':>8s}"
         scale = f"  (GradScaler scale {r['scale']:g})" if r["scale"] is not None else ""
-        print(f"{setup:10s}{amp:>6s}{r['images_per_s']:10.2f}{r['peak_mb']:10.0f}"
-              f"{r['train_loss']:12.4f}{r['final_loss']:12.4f} {rel}{scale}")  # fmt: skip
+        print(
+            f"{setup:10s}{amp:>6s}{r['images_per_s']:10.2f}{r['peak_mb']:10.0f}"
+            f"{r['train_loss']:12.4f}{r['final_loss']:12.4f} {rel}{scale}"
+        )
     kind = "allocated by PyTorch on the GPU" if device.type == "cuda" else "resident memory"
     print(f"peak MB: {kind}, each run in a process of its own")
 
     with tempfile.TemporaryDirectory() as tmp:
         rate = data_rate(args, Path(tmp))
     print()
-    print(f"data pipeline: {rate:.1f} images/s from the augmented loader with {args.workers} "
-          f"workers ({data_images(args)} generated images of 380-559 px, half JPEG, half "
-          "PNG)")  # fmt: skip
+    print(
+        f"data pipeline: {rate:.1f} images/s from the augmented loader with {args.workers} "
+        f"workers ({data_images(args)} generated images of 380-559 px, half JPEG, half "
+        "PNG)"
+    )
 
 
 if __name__ == "__main__":
