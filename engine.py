@@ -2,6 +2,7 @@
 
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,8 @@ from utils import (
     is_main_process,
     prefetch,
 )
+
+log = logging.getLogger("dinoseg")
 
 
 class TrainingDiverged(UserError):
@@ -514,6 +517,57 @@ class FeatureCache:
                 if source != rank:
                     for (path, view), f in zip(chunk, buffer.cpu(), strict=True):
                         self._store(self.key(path, view), f.clone())
+
+    def fill_splits(
+        self, model: Segmentor, pairs: dict, views: Sequence[str], batch: int, rank=0, world=1
+    ) -> None:
+        """Compute what is not cached yet of ``pairs`` ({"train": ..., "valid": ...}): the
+        ``views`` of each train image and each valid image as it is; log what it took.
+
+        Under torchrun each process computes its share, then reads the others' from the shared
+        folder (disk) or receives them through the process group (memory).
+        """
+        t0 = time.perf_counter()
+        if world == 1:
+            self.fill(model, pairs["train"], views, batch, "caching train features")
+            self.fill(model, pairs["valid"], ("orig",), batch, "caching valid features")
+            others = ""
+        else:
+            self.fill(model, pairs["train"][rank::world], views, batch, "caching train")
+            self.fill(model, pairs["valid"][rank::world], ("orig",), batch, "caching valid")
+            mine = self.computed + self.reused
+            if self.mode == "disk":
+                dist.barrier()
+                # On several machines --cache-dir may not be one folder they all see: compute here
+                # what this machine cannot find.
+                computed, reused = self.computed, self.reused
+                self.fill(model, pairs["train"], views, batch, "caching train features")
+                self.fill(model, pairs["valid"], ("orig",), batch, "caching valid features")
+                if self.computed > computed:
+                    log.warning(
+                        "%d feature cache entries of other processes were not in %s and were "
+                        "computed again here: give torchrun's processes on every machine one "
+                        "shared --cache-dir",
+                        self.computed - computed,
+                        self.folder,
+                    )
+                self.reused = reused
+            else:
+                self.share(pairs["train"], views, batch, model.device)
+                self.share(pairs["valid"], ("orig",), batch, model.device)
+            total = len(pairs["train"]) * len(views) + len(pairs["valid"])
+            others = f", {total - mine} from the other processes"
+        log.info(
+            "feature cache (%s): %d views computed in %.1f s, %d reused%s; %.2f MB per view "
+            "(float16), %.2f MB per training image",
+            self.mode,
+            self.computed,
+            time.perf_counter() - t0,
+            self.reused,
+            others,
+            self.bytes_per_view / 2**20,
+            len(views) * self.bytes_per_view / 2**20,
+        )
 
 
 def predictor_from_args(args, device: torch.device) -> Predictor:

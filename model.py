@@ -577,6 +577,12 @@ def save_checkpoint(path: Path, model: Segmentor, **meta) -> None:
         torch.save(payload, tmp)
 
 
+def checkpoint_bytes(model: Segmentor) -> int:
+    """About the size of one checkpoint: the model plus AdamW's two moments per trainable value."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return state + 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def read_checkpoint(path: Path, flag: str = "--model") -> dict:
     """Read one of our checkpoints safely (weights_only), or fail with a readable message.
 

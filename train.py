@@ -54,6 +54,7 @@ from datasets import (
 from engine import FeatureCache, Predictor, TrainingDiverged, evaluate, train_one_epoch
 from model import (
     Segmentor,
+    checkpoint_bytes,
     load_backbone,
     load_checkpoint,
     log_input_size,
@@ -668,60 +669,11 @@ def make_datasets(
     if args.cache_features == "disk" and rank == 0:
         todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
         check_writable(folder, todo * cache.view_bytes(), "--cache-dir", "the feature cache")
-    fill_cache(cache, model, pairs, views, args.batch, rank, world)
+    cache.fill_splits(model, pairs, views, args.batch, rank, world)
     train_set = CachedFeatureDataset(
         pairs["train"], classes, imgsz, cache, True, args.seed, augment
     )
     return train_set, CachedFeatureDataset(pairs["valid"], classes, imgsz, cache, False)
-
-
-def fill_cache(cache: FeatureCache, model, pairs: dict, views, batch: int, rank, world) -> None:
-    """Compute every train view and valid image not cached yet, and log what it took.
-
-    Under torchrun each process computes its share, then reads the others' from the shared
-    folder (disk) or receives them through the process group (memory).
-    """
-    t0 = time.perf_counter()
-    if world == 1:
-        cache.fill(model, pairs["train"], views, batch, "caching train features")
-        cache.fill(model, pairs["valid"], ("orig",), batch, "caching valid features")
-        others = ""
-    else:
-        cache.fill(model, pairs["train"][rank::world], views, batch, "caching train")
-        cache.fill(model, pairs["valid"][rank::world], ("orig",), batch, "caching valid")
-        mine = cache.computed + cache.reused
-        if cache.mode == "disk":
-            dist.barrier()
-            # On several machines --cache-dir may not be one folder they all see: compute here
-            # what this machine cannot find.
-            computed, reused = cache.computed, cache.reused
-            cache.fill(model, pairs["train"], views, batch, "caching train features")
-            cache.fill(model, pairs["valid"], ("orig",), batch, "caching valid features")
-            if cache.computed > computed:
-                log.warning(
-                    "%d feature cache entries of other processes were not in %s and were "
-                    "computed again here: give torchrun's processes on every machine one shared "
-                    "--cache-dir",
-                    cache.computed - computed,
-                    cache.folder,
-                )
-            cache.reused = reused
-        else:
-            cache.share(pairs["train"], views, batch, model.device)
-            cache.share(pairs["valid"], ("orig",), batch, model.device)
-        total = len(pairs["train"]) * len(views) + len(pairs["valid"])
-        others = f", {total - mine} from the other processes"
-    log.info(
-        "feature cache (%s): %d views computed in %.1f s, %d reused%s; %.2f MB per view "
-        "(float16), %.2f MB per training image",
-        cache.mode,
-        cache.computed,
-        time.perf_counter() - t0,
-        cache.reused,
-        others,
-        cache.bytes_per_view / 2**20,
-        len(views) * cache.bytes_per_view / 2**20,
-    )
 
 
 def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
@@ -746,12 +698,6 @@ def kept_message(last: Path, finished: int) -> str:
     if finished < 1:
         return "No epoch finished, so this run wrote no checkpoint."
     return f"{last} holds epoch {finished}; continue with --resume {last}."
-
-
-def checkpoint_bytes(model: Segmentor) -> int:
-    """About the size of one checkpoint: the model plus AdamW's two moments per trainable value."""
-    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    return state + 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def test_a_disk_cache_other_machines_cannot_see_is_computed_again(tmp_path, weig
                             world_size=1)  # fmt: skip
     try:
         with caplog.at_level("INFO", logger="dinoseg"):
-            train.fill_cache(cache, model, pairs, ("orig", "flip"), 2, rank=0, world=2)
+            cache.fill_splits(model, pairs, ("orig", "flip"), 2, rank=0, world=2)
     finally:
         dist.destroy_process_group()
     # rank 0's share: train images 0 and 2 (2 views each) and valid image 0; then the rest

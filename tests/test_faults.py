@@ -120,10 +120,10 @@ def test_full_disk_is_reported_before_the_feature_cache_is_filled(
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(utils.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 30 * 2**20))
 
-    def fill_cache(*args, **kwargs):
+    def fill_splits(*args, **kwargs):
         raise AssertionError("the cache was filled before the checkpoints' space was checked")
 
-    monkeypatch.setattr(train, "fill_cache", fill_cache)
+    monkeypatch.setattr(train.FeatureCache, "fill_splits", fill_splits)
     with pytest.raises(UserError, match=r"needs about \d+ MB for its checkpoints"):
         run_train([*argv(tiny_data, tmp_path, weights_file), "--cache-features", "memory"])
 
