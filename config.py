@@ -275,6 +275,9 @@ def check_inference_args(args: argparse.Namespace) -> None:
     if args.batch < 1:
         raise UserError("--batch must be at least 1")
     check_imgsz(args.imgsz)
+    if args.compile and args.tta:
+        # each scale of test-time augmentation would compile a graph of its own
+        raise UserError("--compile does not apply to --tta: drop one of them")
     if args.show:
         check_gui()
 

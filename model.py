@@ -60,7 +60,7 @@ def token_grid(imgsz) -> tuple[int, int]:
 
 
 def log_input_size(imgsz: tuple[int, int]) -> None:
-    """Say once how a requested (W, H) reaches the backbone (see Segmentor.patch_logits)."""
+    """Say once how a requested (W, H) reaches the backbone (see Segmentor.features)."""
     w, h = imgsz
     aw, ah = patch_aligned(w), patch_aligned(h)
     if (aw, ah) != (w, h):
@@ -663,6 +663,7 @@ def load_checkpoint(
     hub_dir: Path | None = None,
     backbone: str | None = None,
     flag: str = "--model",
+    ckpt: dict | None = None,
 ) -> tuple[Segmentor, dict]:
     """Rebuild a Segmentor from a checkpoint: the one loader every script uses.
 
@@ -674,11 +675,12 @@ def load_checkpoint(
         hub_dir: a local clone of the official repository, for source "hub".
         backbone: if given, the backbone the caller expects; a checkpoint of another is refused.
         flag: the command-line flag that named ``path``, for the messages.
+        ckpt: ``read_checkpoint(path)`` where the caller has read it already.
 
     Returns:
         (model in eval mode, the checkpoint dict)
     """
-    ckpt = read_checkpoint(path, flag)
+    ckpt = read_checkpoint(path, flag) if ckpt is None else ckpt
     check_backbone(path, ckpt["backbone"], backbone)
     classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     source = backbone_source or ckpt["backbone_source"]

@@ -197,8 +197,8 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
         sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed)
     else:
         sampler = ShardSampler(len(dataset), rank, world)
-    # Cached features load in under a millisecond: worker processes would cost more than they
-    # save (and a memory cache would be copied into each of them).
+    # Cached features load in under a millisecond and their masks are read once: worker
+    # processes would cost more than they save (and a memory cache would be copied into each).
     workers = 0 if args.cache_features != "off" else args.workers
     return DataLoader(
         dataset,
@@ -437,7 +437,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     if args.resume:
         model, _ = load_checkpoint(
-            args.resume, device, args.backbone_source, args.hub_dir, flag="--resume"
+            args.resume, device, args.backbone_source, args.hub_dir, flag="--resume", ckpt=ckpt
         )
         # The model is the checkpoint's, whatever the command line says of it.
         args.backbone_source = model.backbone.source

@@ -43,7 +43,7 @@ from model import (
     count_flops,
     load_backbone,
     load_checkpoint,
-    patch_aligned,
+    token_grid,
 )
 from utils import amp_dtype, peak_memory_mb, pick_device, run_script
 
@@ -204,7 +204,8 @@ def main(args: argparse.Namespace) -> None:
     fast = copy.deepcopy(base).cast(dtype)
     w, h = args.imgsz
     flops = count_flops(copy.deepcopy(base).cpu(), torch.zeros(1, 3, h, w))
-    tokens = (patch_aligned(w) // 14) * (patch_aligned(h) // 14)
+    grid_w, grid_h = token_grid(args.imgsz)
+    tokens = grid_w * grid_h
     rate32 = matmul_rate(torch.float32, device, base.backbone.embed_dim, tokens)
     rate = (
         rate32

@@ -109,7 +109,8 @@ def test_cache_size_estimate_is_the_size_written(tiny_data, weights_file):
     assert len(cache.missing(pairs, ("orig", "flip"))) == 2
     cache.fill(model, pairs, ("orig",), batch=1)
     assert cache.missing(pairs, ("orig", "flip")) == [(pairs[0][0], "flip")]
-    assert cache.bytes_per_view == cache.view_bytes()
+    stored = cache.load(pairs[0][0], "orig")
+    assert stored.numel() * stored.element_size() == cache.view_bytes()
 
 
 def test_unusable_cache_dir_is_reported_before_caching(tmp_path, tiny_data, weights_file):
@@ -156,6 +157,17 @@ def test_an_image_whose_mtime_alone_changed_misses_the_cache(cached_pair):
     later = stat.st_mtime_ns + 1_000_000  # 1 ms
     os.utime(image, ns=(stat.st_atime_ns, later))
     assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, later)  # premise
+    assert cache.missing([(image, mask)]) == [(image, "orig")]
+
+
+def test_an_image_touched_mid_run_still_loads_its_cached_features(cached_pair):
+    # A sync tool or an editor may touch a file while training runs for hours: the run keeps
+    # the entry it checked, and only the next check (a later run) sees the change.
+    cache, (image, mask) = cached_pair
+    features = cache.load(image, "orig")
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert torch.equal(cache.load(image, "orig"), features)
     assert cache.missing([(image, mask)]) == [(image, "orig")]
 
 

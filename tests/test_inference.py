@@ -21,7 +21,7 @@ from conftest import ROOT
 from datasets import read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
-from model import Segmentor, load_backbone
+from model import Segmentor, load_backbone, load_checkpoint
 from synthetic import make_sample, write_clip
 from utils import UserError, check_gui, draw_overlay
 
@@ -201,6 +201,21 @@ def test_infer_image_checks_its_out_dir_before_running(
     with pytest.raises(UserError, match=r"--out-dir .*file/out is not writable"):
         infer_image.main(image_args(input=tiny_data / "valid_images", model=checkpoint,
                                     out_dir=blocker / "out"))  # fmt: skip
+
+
+@pytest.mark.parametrize("script", [infer_image, infer_video])
+def test_compile_with_tta_is_refused_before_the_model_loads(
+    tmp_path, checkpoint, script, monkeypatch
+):
+    # each scale of test-time augmentation would compile a graph of its own
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    monkeypatch.setattr(script, "predictor_from_args", no_model)
+    args = cli(script.get_args_parser(), input=clip, model=checkpoint, compile=True, tta=True)
+    with pytest.raises(UserError, match="--compile does not apply to --tta"):
+        script.main(args)
+    model, _ = load_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="compile and tta"):
+        Predictor(model, DEFAULT_CLASSES, (56, 56), compile=True, tta=([1.0], True))
 
 
 def test_written_masks_score_what_eval_only_scores(tmp_path, checkpoint, tiny_data):

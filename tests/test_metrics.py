@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from engine import class_ids
 from metrics import ConfusionMatrix
 
 
@@ -69,3 +70,11 @@ def test_uint8_masks_of_many_classes_count_in_the_right_cells():
     out = cm.compute()
     assert out["iou"][19] == pytest.approx(1 / 2) and out["iou"][7] == 1.0
     assert out["pixel_accuracy"] == pytest.approx(3 / 4)
+
+
+def test_class_ids_are_the_first_maximum_like_argmax():
+    # engine.class_ids replaces argmax(1), which was 40x slower on the CPU: same ids, ties too
+    tied = torch.tensor([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0], [0.0, -1.0, 0.0]]).T[None, :, :, None]
+    assert class_ids(tied)[0, :, 0].tolist() == [1, 0, 0]
+    scores = torch.randn(3, 5, 17, 23, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(class_ids(scores), scores.argmax(1))
