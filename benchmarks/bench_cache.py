@@ -40,30 +40,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def train(data: Path, out: Path, weights: Path, args, *extra: str) -> tuple[list[dict], str]:
-    cmd = [
-        sys.executable,
-        "train.py",
-        "--data",
-        str(data),
-        "--out-dir",
-        str(out),
-        "--backbone-source",
-        "timm",
-        "--weights",
-        str(weights),
-        "--imgsz",
-        *map(str, args.imgsz),
-        "--epochs",
-        str(args.epochs),
-        "--no-augment",
-        "--num-vis",
-        "0",
-        "--workers",
-        "2",
-        "--device",
-        args.device,
-        *extra,
-    ]
+    cmd = [sys.executable, "train.py", "--data", str(data), "--out-dir", str(out),
+           "--backbone-source", "timm", "--weights", str(weights), "--imgsz", *map(str, args.imgsz),
+           "--epochs", str(args.epochs), "--no-augment", "--num-vis", "0", "--workers", "2",
+           "--device", args.device, *extra]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])
