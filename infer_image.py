@@ -35,6 +35,7 @@ from utils import (
     UserError,
     atomic_path,
     check_writable,
+    opencv_threads_for,
     pick_device,
     prefetch,
     run_script,
@@ -159,30 +160,31 @@ def main(args: argparse.Namespace) -> None:
     check_writable(args.out_dir, needed_bytes=2**20)  # before the model loads, not after it ran
     predictor = predictor_from_args(args, device)
     failures, write_failures, done = [], [], 0
-    writer = OrderedWriter()
-    start = time.perf_counter()
-    for ok, images, resized, errors in prefetch(read_batches(paths, predictor, args.batch)):
-        failures += errors
-        if not images:
-            continue
-        masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
-        for path, image, mask in zip(ok, images, masks, strict=True):
-            writer.submit(
-                save_or_note,
-                write_failures,
-                path,
-                args.out_dir,
-                names[path],
-                image,
-                mask,
-                predictor,
-                args.alpha,
-            )
-            if args.show:
-                overlay = predictor.overlay(image, mask, args.alpha)
-                args.show = show("infer_image", overlay, 0)  # q or Esc stops showing
-        done += len(images)
-    writer.finish()
+    with opencv_threads_for(predictor.device):
+        writer = OrderedWriter()
+        start = time.perf_counter()
+        for ok, images, resized, errors in prefetch(read_batches(paths, predictor, args.batch)):
+            failures += errors
+            if not images:
+                continue
+            masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
+            for path, image, mask in zip(ok, images, masks, strict=True):
+                writer.submit(
+                    save_or_note,
+                    write_failures,
+                    path,
+                    args.out_dir,
+                    names[path],
+                    image,
+                    mask,
+                    predictor,
+                    args.alpha,
+                )
+                if args.show:
+                    overlay = predictor.overlay(image, mask, args.alpha)
+                    args.show = show("infer_image", overlay, 0)  # q or Esc stops showing
+            done += len(images)
+        writer.finish()
     elapsed = time.perf_counter() - start
     done -= len(write_failures)
     if done:

@@ -29,6 +29,7 @@ from utils import (
     OrderedWriter,
     UserError,
     check_writable,
+    opencv_threads_for,
     pick_device,
     prefetch,
     run_script,
@@ -255,7 +256,8 @@ def main(args: argparse.Namespace) -> None:
     except BaseException:
         source.capture.release()  # a camera stays busy until it is released
         raise
-    stats = segment_video(source, predictor, out_path, args)
+    with opencv_threads_for(predictor.device):
+        stats = segment_video(source, predictor, out_path, args)
     print(
         f"Wrote {out_path}: {stats['frames']} frames, {source.width}x{source.height}, "
         f"{stats['rate']:.3f} FPS"

@@ -45,7 +45,7 @@ from model import (
     load_checkpoint,
     token_grid,
 )
-from utils import amp_dtype, peak_memory_mb, pick_device, run_script
+from utils import amp_dtype, opencv_threads_for, peak_memory_mb, pick_device, run_script
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -246,7 +246,10 @@ def main(args: argparse.Namespace) -> None:
             else:
                 predictor.predict([np.zeros((h, w, 3), np.uint8)] * batch)  # warm-up, compile
                 opts = argparse.Namespace(batch=batch, alpha=0.5, show=False, input=str(video))
-                stats = segment_video(open_video(str(video)), predictor, Path(tmp) / "f.mp4", opts)
+                with opencv_threads_for(device):  # as infer_video.py runs it
+                    stats = segment_video(
+                        open_video(str(video)), predictor, Path(tmp) / "f.mp4", opts
+                    )
                 fps = stats["fps"]
             rows[name] = (seconds, fps, peak_memory_mb(device))
         ceiling = io_ceiling(video, Path(tmp) / "io.mp4", base, args.imgsz, args.batch)

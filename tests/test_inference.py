@@ -1,5 +1,6 @@
 import _thread
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from engine import Predictor
 from metrics import ConfusionMatrix
 from model import Segmentor, load_backbone, load_checkpoint
 from synthetic import make_sample, write_clip
-from utils import UserError, check_gui, draw_overlay
+from utils import UserError, check_gui, draw_overlay, opencv_threads_for
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +254,29 @@ def test_video_round_trip_keeps_frames_size_and_rate(tmp_path, checkpoint, capsy
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"], "no temporary file may remain"
     printed = capsys.readouterr().out
     assert "13 frames" in printed and "model:" in printed and "end to end:" in printed
+
+
+def test_opencv_runs_on_one_thread_while_the_model_runs_on_the_cpu(
+    tmp_path, checkpoint, monkeypatch
+):
+    # on the CPU the model's threads use every core: OpenCV's pool would compete with them
+    before = cv2.getNumThreads()
+    assert before > 1 or os.cpu_count() == 1  # premise: OpenCV starts with a pool
+    with opencv_threads_for(torch.device("cpu")):
+        assert cv2.getNumThreads() == 1
+    assert cv2.getNumThreads() == before
+    with opencv_threads_for(torch.device("cuda")):  # a GPU model leaves the cores to OpenCV
+        assert cv2.getNumThreads() == before
+    seen = []
+
+    def segment_video(*args) -> dict:
+        seen.append(cv2.getNumThreads())
+        return {"frames": 2, "rate": 30.0, "seconds": 1.0, "model_fps": 2.0, "fps": 2.0}
+
+    monkeypatch.setattr(infer_video, "segment_video", segment_video)
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
+    assert seen == [1] and cv2.getNumThreads() == before
 
 
 @pytest.mark.parametrize(
