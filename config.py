@@ -332,14 +332,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
-    pre.add_argument("--resume", type=Path, default=None)
-    pre.add_argument("--eval-only", action="store_true")
     known, _ = pre.parse_known_args(argv)
-    resumed: dict = {}
-    resumable = any(a.dest == "resume" for a in parser._actions)
-    if resumable and known.resume is not None and not known.eval_only:
-        recorded = recorded_settings(known.resume)
-        resumed = {k: recorded[k] for k in RESUMED_SETTINGS if recorded.get(k) is not None}
     classes = DEFAULT_CLASSES
     file_argv: list[str] = []
     if known.config is not None:
@@ -348,13 +341,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
         if class_part:
             classes = ClassConfig.from_dict(class_part, source=str(known.config))
         file_argv = _flags_to_argv(parser, data, known.config)
-    resumed_argv = _flags_to_argv(parser, resumed, known.resume) if resumed else []
-    args = parser.parse_args(resumed_argv + file_argv + argv)
+    args = parser.parse_args(file_argv + argv)
+    # --resume and --eval-only as parsed, so the file may set them as well as the command line
+    resume = getattr(args, "resume", None)
+    resumed: dict = {}
+    if resume is not None and not getattr(args, "eval_only", False):
+        recorded = recorded_settings(resume)
+        resumed = {k: recorded[k] for k in RESUMED_SETTINGS if recorded.get(k) is not None}
+    if resumed:
+        args = parser.parse_args(_flags_to_argv(parser, resumed, resume) + file_argv + argv)
     kept = [k for k, v in resumed.items() if plain_value(getattr(args, k)) == v]
     if kept:
         log.info(
             "--resume: continuing %s's run with its %s",
-            known.resume,
+            resume,
             ", ".join(f"--{k.replace('_', '-')} {resumed[k]}" for k in kept),
         )
     return args, classes
@@ -370,7 +370,10 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> l
     # no_augment); the setting's own flag is the other one.
     negations = {a.dest: a.option_strings[-1] for a in parser._actions if _is_negation(a)}
     actions = {a.dest: a for a in parser._actions if a.option_strings and not _is_negation(a)}
+    # A run's OUT/args.yaml records config: null; a config file naming another one is refused.
+    nested = data.get("config") is not None
     unknown = [k for k in data if k not in CLASS_KEYS and (k not in actions or k == "config")]
+    unknown = [k for k in unknown if k != "config" or nested]
     if unknown:
         allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
         raise UserError(

@@ -24,7 +24,7 @@ import torch
 
 from config import backbone_flags, check_imgsz
 from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size, patch_aligned
-from utils import UserError, atomic_files, run_script
+from utils import UserError, atomic_files, check_writable, run_script
 
 log = logging.getLogger("dinoseg")
 
@@ -155,8 +155,17 @@ def check_args(args: argparse.Namespace) -> None:
             f"--output {args.output} is a folder; name the .onnx file to write, such as "
             f"{args.output / 'model.onnx'}"
         )
+    if args.output.resolve() == args.model.resolve():
+        raise UserError(
+            f"--output {args.output} is the --model checkpoint, which the graph would replace; "
+            "name a .onnx file"
+        )
     if not args.tolerance > 0:  # also refuses nan, which every comparison fails
         raise UserError(f"--tolerance must be positive, not {args.tolerance:g}")
+    # the graph's size is known only once exported: this asks only for room to start
+    check_writable(
+        args.output.parent, needed_bytes=2**20, flag="--output folder", purpose="the graph"
+    )
 
 
 def main(args: argparse.Namespace) -> None:

@@ -28,13 +28,13 @@ from engine import Predictor, predictor_from_args
 from utils import (
     OrderedWriter,
     UserError,
+    atomic_path,
     check_writable,
     opencv_threads_for,
     pick_device,
     prefetch,
     run_script,
     show,
-    temp_prefix,
 )
 
 log = logging.getLogger("dinoseg")
@@ -159,11 +159,9 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         {"frames", "rate", "seconds", "model_fps", "fps"}: counts and frame rates (``rate``:
         the output video's).
     """
-    done = 0
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = 0  # frames encoded: counted by the encoder, as a Ctrl-C may land mid-submit
     # VideoWriter picks the container from the file name, so the temporary name ends in .mp4.
-    tmp = out_path.with_name(f"{temp_prefix(out_path.stem)}{os.getpid()}.partial.mp4")
-    try:
+    with atomic_path(out_path, suffix=".partial.mp4") as tmp:
         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
         rate = mp4v_rate(source.fps)
         if rate != source.fps:
@@ -183,9 +181,11 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         writer = OrderedWriter()
 
         def encode(frames, masks) -> None:
+            nonlocal done
             for frame, mask in zip(frames, masks, strict=True):
                 overlay = predictor.overlay(frame, mask, args.alpha)
                 video.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                done += 1
 
         bar = tqdm(total=source.frames, unit="frame", desc=source.name, dynamic_ncols=True)
         start = time.perf_counter()
@@ -195,7 +195,6 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             for frames, resized in batches:
                 masks = predictor.predict_resized(resized, [f.shape[:2] for f in frames])
                 writer.submit(encode, frames, masks)
-                done += len(frames)
                 bar.update(len(frames))
                 if args.show:
                     overlay = predictor.overlay(frames[-1], masks[-1], args.alpha)
@@ -226,9 +225,6 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             )
         else:
             check_frame_count(args.input, source.frames, done)  # None for cameras
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "frames": done,
         "rate": rate,

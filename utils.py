@@ -79,14 +79,15 @@ def _settle(file: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
+def atomic_path(dest: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; it replaces ``dest`` only if the block succeeds.
 
-    Readers therefore see the old file or the new one, never a half-written one.
+    Readers therefore see the old file or the new one, never a half-written one. ``suffix``
+    ends the temporary name, for writers that choose the format from it (VideoWriter).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -63,6 +63,23 @@ def test_export_refuses_bad_flags_before_writing(tmp_path, checkpoint, flags, me
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_that_is_the_checkpoint_is_refused(tmp_path, checkpoint):
+    copy = tmp_path / "best.pth"
+    copy.write_bytes(checkpoint.read_bytes())
+    with pytest.raises(UserError, match="is the --model checkpoint, which the graph would replace"):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", str(copy), "--output", str(tmp_path / "." / "best.pth")]))  # fmt: skip
+    assert copy.read_bytes() == checkpoint.read_bytes()
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(export, "load_checkpoint", lambda *a: pytest.fail("the model loaded"))
+    with pytest.raises(UserError, match=r"--output folder .*a_file is not writable"):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", "m.pth", "--output", str(tmp_path / "a_file" / "m.onnx")]))  # fmt: skip
+
+
 def test_onnxruntime_masks_agree_with_pytorch(tmp_path, onnx_files, checkpoint, tiny_data):
     def run(out, *extra):
         argv = ["--input", str(tiny_data / "valid_images"), "--out-dir", str(out), *extra]

@@ -372,6 +372,38 @@ def test_camera_stream_ends_with_ctrl_c_and_keeps_the_video(tmp_path, checkpoint
     )
 
 
+class SlowEncoding:
+    """A Predictor stand-in whose drawing is slow, so the model waits in the writer's queue."""
+
+    imgsz = (96, 72)
+
+    def resize(self, frame):
+        return frame
+
+    def predict_resized(self, batch, sizes):
+        return [np.zeros(size, np.uint8) for size in sizes]
+
+    def overlay(self, frame, mask, alpha):
+        time.sleep(0.02)
+        return frame
+
+    def model_fps(self):
+        return 1.0
+
+
+def test_ctrl_c_while_the_encoder_is_behind_reports_the_frames_written(tmp_path, caplog):
+    out = tmp_path / "camera0.mp4"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video.cv2, "VideoCapture", lambda i: FakeCamera(i, interrupt_after=40))
+        source = infer_video.open_video("0")
+        stats = infer_video.segment_video(
+            source, SlowEncoding(), out, Namespace(input="0", batch=4, show=False, alpha=0.5)
+        )
+    written = int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT))
+    assert stats["frames"] == written
+    assert f"holds the first {written} frames" in caplog.text
+
+
 def test_show_stops_on_q_and_keeps_the_frames_so_far(tmp_path, checkpoint, caplog):
     clip = write_clip(tmp_path / "clip.mp4")
     shown = []

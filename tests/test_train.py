@@ -223,6 +223,10 @@ def test_resume_continues_the_recorded_run_unless_a_flag_changes_it(tmp_path, ca
     args, _ = parse_args(train.get_args_parser(), [
         "--resume", str(tmp_path / "last.pth"), "--eval-only"])  # fmt: skip
     assert (args.data, args.lr) == (None, 1e-4)
+    # resume: in --config continues the recorded run as --resume does
+    (tmp_path / "resume.yaml").write_text(f"resume: {tmp_path / 'last.pth'}\nbatch: 4\n")
+    args, _ = parse_args(train.get_args_parser(), ["--config", str(tmp_path / "resume.yaml")])
+    assert (args.data, args.lr, args.epochs, args.batch) == (Path("my/data"), 3e-3, 40, 4)
     # an unreadable --resume is left to the checkpoint check, which names it
     args, _ = parse_args(train.get_args_parser(), ["--resume", str(tmp_path / "c.yaml")])
     assert args.data is None
@@ -239,6 +243,19 @@ def test_config_file_sets_classes_and_defaults_and_the_command_line_wins(tmp_pat
     args, classes = parse_args(train.get_args_parser(), ["--config", str(cfg), "--epochs", "2"])
     assert classes.names == ("background", "cat", "dog")
     assert (args.lr, args.epochs, args.imgsz, args.fine_tune) == (0.05, 2, [112, 56], True)
+
+
+def test_a_runs_args_yaml_repeats_it_as_a_config_file(trained, tmp_path):
+    # OUT/args.yaml holds every resolved setting, config: null and the classes among them
+    args, classes = parse_args(train.get_args_parser(), ["--config", str(trained / "args.yaml")])
+    recorded = yaml.safe_load((trained / "args.yaml").read_text())
+    assert train.settings(args, classes, args.imgsz) == {
+        **recorded,
+        "config": str(trained / "args.yaml"),
+    }
+    (tmp_path / "nested.yaml").write_text("config: other.yaml\n")
+    with pytest.raises(UserError, match=r"unknown keys \['config'\]"):
+        parse_args(train.get_args_parser(), ["--config", str(tmp_path / "nested.yaml")])
 
 
 @pytest.mark.parametrize(
