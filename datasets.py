@@ -124,6 +124,8 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, bool]:
             "python prepare_data.py binary thresholds them into PNG class ids)"
         )
     arr = np.asarray(img)
+    if img.mode == "P" and (mapped := _map_palette(img, arr, classes)) is not None:
+        return mapped, False
     if img.mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]
         mapped = _map_colors(rgb, classes)
@@ -173,19 +175,43 @@ def _map_colors(rgb: np.ndarray, classes: ClassConfig) -> np.ndarray | None:
     return order[pos].astype(np.uint8)
 
 
+def _map_palette(img: Image.Image, arr: np.ndarray, classes: ClassConfig) -> np.ndarray | None:
+    """Class ids for a palette mask whose indices are not class ids but whose colours are
+    LABEL_COLORS_LIST colours, else None (read the indices).
+
+    A colour mask saved with a palette (PIL's convert("P"), PNG optimizers, "PNG-8") numbers its
+    colours in any order; VOC-style masks, whose indices are the ids, have colours that match
+    their ids or are not the config's. Index 255 stays ignore.
+    """
+    used = np.unique(arr)
+    used = used[used != IGNORE_INDEX]
+    colors = np.zeros((256, 3), np.uint8)
+    found = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
+    colors[: len(found)] = found
+    ids = _map_colors(colors[used][None], classes)
+    if ids is None or (ids[0] == used).all():
+        return None
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    lut[used] = ids[0]
+    return lut[arr]
+
+
 def _check_ids(arr: np.ndarray, classes: ClassConfig, path: Path) -> tuple[np.ndarray, bool]:
     """(H, W) class ids, and whether ``arr`` held instance ids; raises DataError for others."""
     values = np.unique(arr)
     k = classes.num_classes
-    bad = values[(values >= k) & (values != IGNORE_INDEX)]
+    # 32-bit integer and float masks can hold negative or fractional values: uint8 would wrap
+    # or truncate them into class ids
+    invalid = (values < 0) | (values != np.floor(values))
+    bad = values[invalid | ((values >= k) & (values != IGNORE_INDEX))]
     if bad.size == 0:
         return arr.astype(np.uint8), False
     objects = values[values > 0]
-    if k == 2 and (objects == np.arange(1, objects.size + 1)).all():
+    if k == 2 and not invalid.any() and (objects == np.arange(1, objects.size + 1)).all():
         # Instance ids (Penn-Fudan style: 1, 2, ... N, one per object, without gaps): every
         # object belongs to the one foreground class. Other values are mistakes, not objects.
         return (arr > 0).astype(np.uint8), True
-    listed = [int(v) for v in bad[:5]]
+    listed = [v.item() for v in bad[:5]]
     hint = "; instance-id masks number their objects 1, 2, 3, ... without gaps" if k == 2 else ""
     raise DataError(
         f"{path}: values {listed}{' ...' if bad.size > 5 else ''} are not class ids "

@@ -325,7 +325,13 @@ def _read_weights_file(
                 f"--weights pretrained: cannot read {path} ({type(err).__name__}). "
                 + damaged_cache_help(path)
             ) from err
-        raise UserError(f"--weights {path} is not a readable PyTorch weights file ({err})") from err
+        # PyTorch's own message is long and suggests weights_only=False, which we never do.
+        raise UserError(
+            f"--weights {path} is not a readable PyTorch weights file: PyTorch cannot load it "
+            f"safely ({type(err).__name__}). Is it damaged, or a whole pickled model "
+            "(torch.save(model))? Pass the official "
+            f"{official_weights_name(name)}, or a state_dict() under its key names"
+        ) from err
     if cached:  # a file the user did not name: the fix is the cache's, not a flag
         state_dict = _is_state_dict(sd)
         problem = _layout_problem(sd, expected, name) if state_dict else "not a state dict"

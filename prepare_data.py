@@ -343,7 +343,7 @@ def main(args: argparse.Namespace) -> None:
             )
     kept = [args.name] if args.dataset == "binary" else getattr(args, "classes", ["person"])
     names = ["background", *kept]
-    colors = palette(len(VOC_CLASSES))
+    colors = palette(256)  # COCO has 80 categories; VOC's colour map has 256 distinct colours
     if args.dataset == "voc":
         colors = [colors[VOC_CLASSES.index(n)] for n in names]
     else:

@@ -88,6 +88,25 @@ def test_palette_mask_uses_indices(tmp_path):
     assert out.tolist() == [[0, 2], [1, 255]]
 
 
+def test_a_colour_mask_saved_with_a_palette_is_read_by_its_colours(tmp_path):
+    # PIL's convert("P") (like PNG optimizers) numbers a colour mask's colours in any order:
+    # here green (person) gets index 0 and black (background) index 1
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[1:3, 1:5] = (0, 255, 0)
+    img = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=2)
+    assert img.getpalette()[:3] == [0, 255, 0]
+    img.save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", DEFAULT_CLASSES).tolist() == (rgb[..., 1] > 0).tolist()
+
+
+@pytest.mark.parametrize("values", [[0, 1, -1, -255], [0.0, 1.0, 0.6, 1.9]])
+def test_negative_or_fractional_mask_values_are_an_error(tmp_path, values):
+    # 32-bit integer and float TIFF masks: uint8 wrapped -255 to 1 and -1 to 255, cut 1.9 to 1
+    mask = np.array([values], np.int32 if isinstance(values[0], int) else np.float32)
+    with pytest.raises(DataError, match=r"are not class ids 0-1"):
+        read_mask(save(mask, tmp_path / "m.tif"), DEFAULT_CLASSES)
+
+
 def test_instance_ids_map_to_person_with_two_classes(tmp_path):
     mask = np.array([[0, 1], [2, 3]], dtype=np.uint8)  # Penn-Fudan: three people
     assert read_mask(save(mask, tmp_path / "m.png"), DEFAULT_CLASSES).tolist() == [[0, 1], [1, 1]]

@@ -167,6 +167,13 @@ def test_weights_that_are_not_a_checkpoint_are_refused(tmp_path):
         load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
 
 
+def test_a_pickled_model_as_weights_is_refused_without_unsafe_advice(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "w.pth")  # torch.save(model), not its weights
+    with pytest.raises(UserError, match=r"torch.save\(model\)") as err:
+        load_backbone("dinov2_vits14", "timm", str(tmp_path / "w.pth"))
+    assert "weights_only" not in str(err.value) and len(str(err.value)) < 400
+
+
 def test_wrapped_weights_are_refused_naming_the_entry_that_holds_them(tmp_path):
     # a training framework's checkpoint: the weights one level down, beside other state
     torch.save({"epoch": 3, "teacher": random_official_weights()}, tmp_path / "w.pth")

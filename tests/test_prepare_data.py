@@ -120,6 +120,26 @@ def test_coco_polygons_rle_crowds_and_overlaps(tmp_path, capsys):
     assert "ignored 25" in capsys.readouterr().out
 
 
+def test_coco_with_more_classes_than_voc_has_colours(tmp_path):
+    (tmp_path / "images").mkdir()
+    names = [f"c{i}" for i in range(21)]  # 22 classes with background; COCO has 80
+    images, anns = [], []
+    for i in range(2):
+        Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
+        images.append({"id": i, "file_name": f"{i}.jpg", "height": 30, "width": 30})
+        anns.append({"id": i, "image_id": i, "category_id": 20, "area": 64, "iscrowd": 0,
+                     "segmentation": [[1, 1, 9, 1, 9, 9, 1, 9]]})  # fmt: skip
+    categories = [{"id": i, "name": n} for i, n in enumerate(names)]
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "images"),
+        "--out", str(out), "--valid-every", "2", "--classes", *names)  # fmt: skip
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes.names[-1] == "c20" and len(classes.mask_colors) == 22
+    check_dataset(out, classes)
+
+
 def test_coco_unknown_category_is_named(tmp_path):
     ann = coco_fixture(tmp_path / "coco")
     with pytest.raises(
