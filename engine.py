@@ -468,10 +468,13 @@ class FeatureCache:
 
     def missing(self, pairs: Sequence[Pair], views: Sequence[str] = ("orig",)) -> list:
         """The (image path, view) entries not cached yet (their files' state read anew)."""
-        for p, _ in pairs:
-            for v in views:
-                self._keys[p, v] = self.key(p, v)
-        return [(p, v) for p, _ in pairs for v in views if not self._has(self._keys[p, v])]
+        todo = []
+        for path, _ in pairs:
+            for view in views:
+                self._keys[path, view] = key = self.key(path, view)
+                if not self._has(key):
+                    todo.append((path, view))
+        return todo
 
     def view_bytes(self) -> int:
         """The size of one cached view: float16 features of the blocks at the token grid."""
