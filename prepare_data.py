@@ -195,6 +195,19 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     kept = sorted(
         (img for img in data["images"] if img["id"] in anns), key=lambda i: i["file_name"]
     )
+    # Exports from annotation tools name images in subfolders (train/1.jpg, val/1.jpg): the
+    # folders become part of the flat name, and a mask's name is its image's stem.
+    names = {img["id"]: "_".join(Path(img["file_name"]).parts) for img in kept}
+    stems: dict[str, list[str]] = {}
+    for img in kept:
+        stems.setdefault(Path(names[img["id"]]).stem, []).append(img["file_name"])
+    clashes = [files for files in stems.values() if len(files) > 1]
+    if clashes:
+        raise UserError(
+            f"{annotations} names images that would share a mask name: "
+            + "; ".join(" and ".join(files) for files in clashes[:5])
+            + ". Rename them apart (their masks are named by the image's name without extension)"
+        )
     for position, img in enumerate(kept):
         h, w = img["height"], img["width"]
         mask = np.zeros((h, w), np.uint8)
@@ -214,7 +227,7 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
         if not source.is_file():
             raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
         split = "valid" if position % every == every - 1 else "train"
-        write_pair(out, split, source.name, source.read_bytes(), mask)
+        write_pair(out, split, names[img["id"]], source.read_bytes(), mask)
 
 
 def _coco_rle(ann: dict, h: int, w: int, annotations: Path):

@@ -10,7 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import prepare_data
-from config import ClassConfig
+from config import DEFAULT_CLASSES, ClassConfig
 from datasets import check_dataset
 from synthetic import penn_fudan_zip
 from utils import UserError
@@ -381,3 +381,28 @@ def test_binary_keeps_a_0_1_mask_among_0_255_ones(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "1 mask(s) held only 0 and 1" in printed
     assert "held values other than 0 and 255" not in printed
+
+
+def test_coco_images_in_subfolders_keep_apart_and_same_stems_are_named(tmp_path):
+    # annotation tools export file names such as train/1.jpg and val/1.jpg: both must survive
+    ann = coco_fixture(tmp_path / "coco")
+    images = tmp_path / "coco/images"
+    data = json.loads(ann.read_text())
+    for sub, img in zip(("train", "val"), data["images"][:2], strict=True):
+        (images / sub).mkdir()
+        (images / img["file_name"]).rename(images / sub / "1.jpg")
+        img["file_name"] = f"{sub}/1.jpg"
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(images), "--out", str(out),
+        "--classes", "person", "--valid-every", "2")  # fmt: skip
+    written = sorted(p.name for p in out.glob("*_images/*"))
+    assert written == ["train_1.jpg", "val_1.jpg"]
+    assert len(check_dataset(out, DEFAULT_CLASSES)["train"]) == 1
+
+    data["images"][1]["file_name"] = "train/1.png"  # the same stem as train/1.jpg
+    (images / "val/1.jpg").rename(images / "train/1.png")
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"share a mask name: train/1.jpg and train/1.png"):
+        run("coco", "--annotations", str(ann), "--images", str(images), "--out",
+            str(tmp_path / "out2"), "--classes", "person")  # fmt: skip
