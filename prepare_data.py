@@ -339,6 +339,12 @@ def main(args: argparse.Namespace) -> None:
         raise UserError("--valid-every must be at least 2")
     if args.dataset == "binary" and not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")
+    chosen = getattr(args, "classes", [])
+    repeated = sorted({c for c in chosen if chosen.count(c) > 1} | {"background"} & set(chosen))
+    if repeated:
+        raise UserError(
+            f"--classes names {repeated} twice (background is always class 0): list each class once"
+        )
     sources = {
         "voc": ["root"],
         "binary": ["root"],

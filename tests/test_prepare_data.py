@@ -406,3 +406,12 @@ def test_coco_images_in_subfolders_keep_apart_and_same_stems_are_named(tmp_path)
     with pytest.raises(UserError, match=r"share a mask name: train/1.jpg and train/1.png"):
         run("coco", "--annotations", str(ann), "--images", str(images), "--out",
             str(tmp_path / "out2"), "--classes", "person")  # fmt: skip
+
+
+@pytest.mark.parametrize("classes", [["person", "person"], ["background", "person"]])
+def test_repeated_classes_are_named_with_the_flag(tmp_path, classes):
+    ann = coco_fixture(tmp_path / "coco")
+    with pytest.raises(UserError, match=r"--classes names \['\w+'\] twice"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "out"), "--classes", *classes)  # fmt: skip
+    assert not (tmp_path / "out").exists()
