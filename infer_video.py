@@ -27,6 +27,7 @@ from config import DEFAULT_OUT_DIR, check_inference_args, inference_flags, runti
 from engine import Predictor, predictor_from_args
 from utils import (
     OrderedWriter,
+    Terminated,
     UserError,
     atomic_path,
     check_writable,
@@ -201,10 +202,10 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                     if not show(source.name, overlay, 1):
                         stopped = "q or Esc"
                         break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             if not source.camera:
                 raise
-            stopped = "Ctrl-C"
+            stopped = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
         finally:
             batches.close()  # joins the decoding thread before the capture is released
             bar.close()
@@ -214,7 +215,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                 video.release()
                 source.capture.release()
         seconds = time.perf_counter() - start
-        if done == 0 and stopped == "Ctrl-C":
+        if done == 0 and stopped in ("Ctrl-C", "SIGTERM"):
             raise KeyboardInterrupt  # nothing to keep: stop as any interrupted run does
         if done == 0:
             raise UserError(f"--input {args.input} has no frames OpenCV can decode")

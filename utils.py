@@ -30,8 +30,12 @@ class UserError(Exception):
     """A mistake the user can fix (a path, a flag, a file). Scripts print it and exit 2."""
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, schedulers, container stops), raised to take Ctrl-C's clean path."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def run_script(main: Callable[[], None]) -> None:
@@ -39,7 +43,7 @@ def run_script(main: Callable[[], None]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # libraries: warnings only
     log.setLevel(logging.INFO)
     # SIGTERM (kill, schedulers, container stops) takes the same clean path as Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
     except UserError as err:

@@ -1,6 +1,8 @@
 import _thread
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from PIL import Image
 import infer_image
 import infer_video
 import train
+import utils
 from config import DEFAULT_CLASSES, parse_args
 from conftest import ROOT
 from datasets import read_mask
@@ -334,9 +337,9 @@ class FakeCamera:
     ctrl_c_due); the stream ends after 500 frames, so a test never runs forever.
     """
 
-    def __init__(self, index, interrupt_after=12):
+    def __init__(self, index, interrupt_after=12, signum=signal.SIGINT):
         assert index == 0
-        self.frames, self.interrupt_after = 0, interrupt_after
+        self.frames, self.interrupt_after, self.signum = 0, interrupt_after, signum
 
     def isOpened(self):
         return True
@@ -349,7 +352,7 @@ class FakeCamera:
         if self.frames > 500:
             return False, None
         if ctrl_c_due(self.frames, self.interrupt_after):
-            _thread.interrupt_main()
+            _thread.interrupt_main(self.signum)
         time.sleep(0.01)  # a camera delivers frames at its own pace
         return True, np.full((72, 96, 3), self.frames % 256, np.uint8)
 
@@ -370,6 +373,20 @@ def test_camera_stream_ends_with_ctrl_c_and_keeps_the_video(tmp_path, checkpoint
     assert (
         f"stopped by Ctrl-C: {out / 'camera0.mp4'} holds the first {written} frames" in caplog.text
     )
+
+
+def test_camera_stopped_by_sigterm_says_so(tmp_path, checkpoint, caplog):
+    # kill, a scheduler or a container stop: the video is kept, as with Ctrl-C, and named so
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        previous = signal.signal(signal.SIGTERM, utils._terminate)  # as run_script sets it
+        try:
+            camera = functools.partial(FakeCamera, signum=signal.SIGTERM)
+            mp.setattr(infer_video.cv2, "VideoCapture", camera)
+            infer_video.main(video_args(input=0, model=checkpoint, out_dir=out, batch=1))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    assert f"stopped by SIGTERM: {out / 'camera0.mp4'} holds the first" in caplog.text
 
 
 class SlowEncoding:
