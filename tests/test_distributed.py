@@ -176,10 +176,11 @@ def test_each_epoch_under_torchrun_trains_on_a_new_order(tmp_path, weights_file,
         "--data", str(data), "--out-dir", str(tmp_path / "out"), "--backbone-source", "timm",
         "--weights", str(weights_file), "--imgsz", "56", "56", "--epochs", "3", "--batch", "2",
         "--layers", "1", "--workers", "0", "--num-vis", "0", "--device", "cpu"])  # fmt: skip
-    orders = []
+    orders, epochs = [], []
 
     def record_order(model, loader, *args, **kwargs) -> dict:
         orders.append([int(i) for _, _, indices in loader for i in indices])
+        epochs.append(loader.dataset.epoch)  # the augmentations' (seed, epoch, index)
         return {"loss": 1.0, "acc": 0.5, "miou": 0.5}
 
     monkeypatch.setattr(train, "train_one_epoch", record_order)
@@ -192,6 +193,7 @@ def test_each_epoch_under_torchrun_trains_on_a_new_order(tmp_path, weights_file,
         dist.destroy_process_group()
     assert [len(order) for order in orders] == [4, 4, 4]  # rank 0's half of 8 images
     assert len({tuple(order) for order in orders}) == 3, orders
+    assert epochs == [1, 2, 3], "fit must set each epoch's augmentations, not only its order"
 
 
 def test_a_disk_cache_other_machines_cannot_see_is_computed_again(tmp_path, weights_file, caplog):

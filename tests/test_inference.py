@@ -8,6 +8,7 @@ import sys
 import time
 from argparse import Namespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import engine
 import infer_image
 import infer_video
 import train
@@ -99,17 +101,20 @@ def test_masks_are_the_argmax_of_bilinearly_resized_logits(predictor):
         assert (got == want[0]).all()
 
 
-def test_model_fps_leaves_out_the_first_call(checkpoint):
+def test_model_fps_leaves_out_the_first_call(checkpoint, monkeypatch):
     predictor = Predictor.from_checkpoint(checkpoint, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="before any prediction"):
         predictor.model_fps()
+    # a clock on which the first call takes 100 s and the next one 1 s
+    clock = iter([0.0, 100.0, 100.0, 101.0])
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     image = np.zeros((66, 90, 3), np.uint8)
     predictor.predict([image] * 3)  # warm-up: on a GPU, start-up and compilation
     assert predictor.model_frames == 0
-    assert predictor.model_fps() > 0  # the first call is all there is
+    assert predictor.model_fps() == 3 / 100.0  # the first call is all there is
     predictor.predict([image] * 2)
-    assert predictor.model_frames == 2
-    assert predictor.model_fps() == 2 / predictor.model_seconds
+    assert (predictor.model_frames, predictor.model_seconds) == (2, 1.0)
+    assert predictor.model_fps() == 2.0
 
 
 def test_predictor_rejects_non_rgb_arrays(predictor):
@@ -457,10 +462,18 @@ def test_short_batches_are_padded_for_a_compiled_model_without_changing_results(
     ]
     expected = predictor.predict(images[:1])
     predictor._compiled_batch = 0  # what compile=True sets, without paying for compilation
+    seen, real = [], predictor.patch_logits
+
+    def patch_logits(x):  # records the batch sizes the "compiled" graph is given
+        seen.append(len(x))
+        return real(x)
+
+    predictor.patch_logits = patch_logits
     predictor.predict(images)  # "compiles" for batch 3
     padded = predictor.predict(images[:1])  # a short last batch: padded to 3, trimmed back
     assert len(padded) == 1 and (padded[0] == expected[0]).all()
     assert predictor._compiled_batch == 3
+    assert seen == [3, 3], "a short batch must reach the compiled graph padded, not recompile it"
 
 
 def test_benchmark_script_runs_and_reports_the_ratios():

@@ -566,6 +566,7 @@ def test_workers_kept_between_epochs_draw_each_epochs_augmentations(tiny_data, s
     loader = train.make_loader(dataset, args, torch.device("cpu"), train=True)
     assert loader.persistent_workers
     loader.multiprocessing_context = start_method
+    drawn = {}
     for epoch in (1, 2, 3):
         dataset.set_epoch(epoch)
         loader.sampler.set_epoch(epoch)
@@ -574,6 +575,10 @@ def test_workers_kept_between_epochs_draw_each_epochs_augmentations(tiny_data, s
                 expected_image, expected_mask, _ = dataset[index]
                 assert torch.equal(image, expected_image), (epoch, index)
                 assert torch.equal(mask, expected_mask), (epoch, index)
+                drawn[epoch, index] = image
+    # each epoch draws its own augmentations: the same image differs from one epoch to the next
+    for epoch in (1, 2):
+        assert any(not torch.equal(drawn[epoch, i], drawn[epoch + 1, i]) for i in range(8))
 
 
 def test_the_training_order_is_a_function_of_seed_and_epoch(tiny_data):
