@@ -332,6 +332,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
+    pre.add_argument("--resume", type=Path, default=None)
     known, _ = pre.parse_known_args(argv)
     classes = DEFAULT_CLASSES
     file_argv: list[str] = []
@@ -342,6 +343,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
             classes = ClassConfig.from_dict(class_part, source=str(known.config))
         file_argv = _flags_to_argv(parser, data, known.config)
     args = parser.parse_args(file_argv + argv)
+    if getattr(args, "eval_only", False) and known.resume is None:
+        # A resumed run's OUT/args.yaml records resume: PATH; --eval-only scores a checkpoint
+        # and continues no run, so only a --resume on the command line is refused with it.
+        args.resume = None
     # --resume and --eval-only as parsed, so the file may set them as well as the command line
     resume = getattr(args, "resume", None)
     resumed: dict = {}

@@ -457,7 +457,14 @@ class FeatureCache:
         key = self._run_key(image_path, view)
         if self.mode == "memory":
             return self.memory[key]
-        return torch.load(self.folder / f"{key}.pt", weights_only=True)
+        try:
+            return torch.load(self.folder / f"{key}.pt", weights_only=True)
+        except FileNotFoundError as err:
+            # not an OSError: train.fit would report it as a failed write to --out-dir
+            raise UserError(
+                f"the feature cache entry {err.filename} of {image_path} ({view}) is gone: was "
+                f"{self.folder} cleared while training? Run again to recompute the missing entries"
+            ) from err
 
     def _store(self, key: str, features: torch.Tensor) -> None:
         if self.mode == "memory":

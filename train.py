@@ -509,6 +509,12 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         )
     last = args.out_dir / "last_model.pth"
     epoch = start
+
+    def kept() -> str:
+        # Until this run finishes an epoch, the epoch before it is in the --resume checkpoint,
+        # which may be in another folder, or another file than last_model.pth.
+        return kept_message(last if epoch > start or not args.resume else args.resume, epoch - 1)
+
     try:
         for epoch in range(start, args.epochs + 1):
             # Every epoch's randomness is a function of (seed, epoch), so --resume repeats it.
@@ -602,17 +608,17 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             )
     except KeyboardInterrupt:
         if main_process:
-            log.warning("stopped during epoch %d. %s", epoch, kept_message(last, epoch - 1))
+            log.warning("stopped during epoch %d. %s", epoch, kept())
         raise
     except TrainingDiverged as err:
         raise UserError(
-            f"{err} of epoch {epoch}; training stopped. {kept_message(last, epoch - 1)} Lower --lr "
+            f"{err} of epoch {epoch}; training stopped. {kept()} Lower --lr "
             f"(now {args.lr:g}), or use --amp bf16 rather than fp16."
         ) from err
     except OSError as err:
         raise UserError(
             f"could not write to {args.out_dir} ({err}). Every file is written whole or not at "
-            f"all, so {kept_message(last, epoch - 1)}"
+            f"all, so {kept()}"
         ) from err
     if main_process:
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
@@ -693,11 +699,12 @@ def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
         )
 
 
-def kept_message(last: Path, finished: int) -> str:
-    """What an early stop leaves behind when ``finished`` is the last completed epoch."""
+def kept_message(checkpoint: Path, finished: int) -> str:
+    """What an early stop leaves behind when ``finished`` is the last completed epoch, held by
+    ``checkpoint``."""
     if finished < 1:
         return "No epoch finished, so this run wrote no checkpoint."
-    return f"{last} holds epoch {finished}; continue with --resume {last}."
+    return f"{checkpoint} holds epoch {finished}; continue with --resume {checkpoint}."
 
 
 if __name__ == "__main__":

@@ -212,3 +212,14 @@ def test_a_flipped_training_item_flips_its_features_and_its_mask_together(fresh_
         assert (target == views[flipped][1]).all()
         torch.testing.assert_close(features.float(), views[flipped][0], rtol=0.01, atol=0.01)
     assert seen == {False, True}, "both views must have been drawn"
+
+
+def test_a_disk_entry_removed_mid_run_is_named_as_a_cache_problem(fresh_data, untrained, tmp_path):
+    # train.fit reports an OSError as a failed write to --out-dir: a vanished cache file is not one
+    pair = check_dataset(fresh_data, DEFAULT_CLASSES)["train"][0]
+    cache = FeatureCache(untrained, (56, 56), "disk", tmp_path / "cache")
+    cache.fill(untrained, [pair], ("orig",), batch=1)
+    for file in (tmp_path / "cache").iterdir():
+        file.unlink()
+    with pytest.raises(UserError, match=r"feature cache entry .* of .* is gone"):
+        cache.load(pair[0], "orig")

@@ -273,3 +273,22 @@ def test_a_nan_loss_stops_training_before_the_optimizer_uses_it():
     for param, stepped in zip(model.parameters(), after_steps[0], strict=True):
         assert torch.isfinite(param).all()
         torch.testing.assert_close(param.detach(), stepped, rtol=0, atol=0)
+
+
+def test_a_stop_in_the_first_resumed_epoch_names_the_checkpoint_that_holds_it(
+    tmp_path, tiny_data, weights_file, monkeypatch, caplog
+):
+    # resumed into another --out-dir: OUT/last_model.pth does not exist until an epoch finishes
+    first = tmp_path / "first"
+    run_train(argv(tiny_data, first, weights_file, epochs=1))
+    resumed = [*argv(tiny_data, tmp_path / "second", weights_file, epochs=2), "--resume",
+               str(first / "last_model.pth")]  # fmt: skip
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_one_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(resumed)
+    assert f"continue with --resume {first / 'last_model.pth'}." in caplog.text
+    assert str(tmp_path / "second" / "last_model.pth") not in caplog.text

@@ -599,3 +599,18 @@ def test_the_training_order_is_a_function_of_seed_and_epoch(tiny_data):
     whole = orders([1, 2, 3])
     assert orders([2, 3]) == whole[1:]
     assert len({tuple(order) for order in whole}) == 3
+
+
+def test_a_resumed_runs_args_yaml_works_as_config_for_eval_only(tmp_path):
+    # OUT/args.yaml of a resumed run records resume: PATH; --eval-only must not inherit it
+    torch.save({"args": {"lr": 3e-3}}, tmp_path / "last.pth")
+    (tmp_path / "args.yaml").write_text(f"resume: {tmp_path / 'last.pth'}\nlr: 0.003\n")
+    args, _ = parse_args(train.get_args_parser(), [
+        "--config", str(tmp_path / "args.yaml"), "--eval-only"])  # fmt: skip
+    assert args.resume is None
+    train.check_args(args)
+    # given on the command line, the pair is still refused
+    args, _ = parse_args(train.get_args_parser(), [
+        "--resume", str(tmp_path / "last.pth"), "--eval-only"])  # fmt: skip
+    with pytest.raises(UserError, match="--resume and --eval-only"):
+        train.check_args(args)
