@@ -183,11 +183,16 @@ def _map_palette(img: Image.Image, arr: np.ndarray, classes: ClassConfig) -> np.
     colours in any order; VOC-style masks, whose indices are the ids, have colours that match
     their ids or are not the config's. Index 255 stays ignore.
     """
-    used = np.unique(arr)
-    used = used[used != IGNORE_INDEX]
     colors = np.zeros((256, 3), np.uint8)
     found = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
     colors[: len(found)] = found
+    # From the palette alone, first: unless some index holds another class's colour, the
+    # indices are the ids, and the mask need not be scanned (_check_ids scans it anyway).
+    class_of = {_code(c): i for i, c in enumerate(classes.mask_colors)}
+    if all(class_of.get(_code(c), i) == i for i, c in enumerate(colors) if i != IGNORE_INDEX):
+        return None
+    used = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
+    used = used[used != IGNORE_INDEX]
     ids = _map_colors(colors[used][None], classes)
     if ids is None or (ids[0] == used).all():
         return None
