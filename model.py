@@ -500,6 +500,32 @@ class Segmentor(nn.Module):
         self.head.to(dtype)
         return self
 
+    def quantize_int8(self) -> "Segmentor":
+        """Quantize the backbone's linear layers to int8 for CPU inference, in place.
+
+        torchao's dynamic scheme: weights per output channel, activations per token at run time,
+        int8 products summed in int32. Attention's own products and the head stay float32. Only
+        a compiled graph is fast (Inductor turns it into oneDNN int8 kernels); run eagerly it is
+        slower than float32.
+        """
+        if self.dtype != torch.float32:
+            raise ValueError("int8 quantization starts from float32 weights")
+        # torchao logs a warning of torch's own while it registers its types
+        pytree_log = logging.getLogger("torch.utils._pytree")
+        level = pytree_log.level
+        pytree_log.setLevel(logging.ERROR)
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except Exception as err:  # an old torchao, or one built for another PyTorch
+            raise UserError(
+                f"--int8 needs torchao, which did not load ({type(err).__name__}: {err}); "
+                "run: pip install -U -r requirements.txt"
+            ) from err
+        finally:
+            pytree_log.setLevel(level)
+        quantize_(self.backbone, Int8DynamicActivationInt8WeightConfig())
+        return self
+
     def train(self, mode: bool = True) -> "Segmentor":
         super().train(mode)
         if not self.fine_tune:
@@ -758,6 +784,11 @@ class OnnxSegmentor:
 
 def count_flops(model: nn.Module, images: torch.Tensor) -> int:
     """Floating-point operations of one forward pass (a multiply-add counts as 2)."""
+    return sum(flops_by_op(model, images).values())
+
+
+def flops_by_op(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
+    """count_flops per operator, e.g. {"aten.addmm": ..., "aten.convolution": ...}."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     def cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -768,7 +799,7 @@ def count_flops(model: nn.Module, images: torch.Tensor) -> int:
     mapping = {cpu_attention: cpu_attention_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
         model(images)
-    return counter.get_total_flops()
+    return {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

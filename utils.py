@@ -283,6 +283,22 @@ def cpu_has_bf16_arithmetic() -> bool | None:
     return any(probe() for probe in probes)
 
 
+def check_int8_cpu() -> None:
+    """Warn where --int8 is unlikely to pay: Inductor's int8 kernels are oneDNN's for x86 CPUs
+    with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if x86 and capabilities is None:
+        return  # an older PyTorch that cannot tell
+    dot = ("avx512_vnni", "avx_vnni", "amx_int8")
+    if not x86 or not any(capabilities().get(k, False) for k in dot):
+        log.warning(
+            "--int8: this CPU has no int8 dot-product instructions that PyTorch's int8 kernels "
+            "use (x86 with AVX-512 VNNI, AVX-VNNI or AMX); it may run slower than float32. "
+            "Compare both with benchmarks/bench_inference.py."
+        )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

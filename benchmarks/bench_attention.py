@@ -25,9 +25,9 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 import torch
 
 from config import BACKBONES
-from conftest import random_official_weights
 from engine import synchronize
 from model import DinoBackbone, _hub_load, load_backbone
+from synthetic import random_official_weights
 from utils import amp_dtype, peak_memory_mb, pick_device, run_script
 
 

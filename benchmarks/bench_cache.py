@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import torch
 
-from conftest import random_official_weights
-from synthetic import make_dataset
+from synthetic import make_dataset, random_official_weights
 from utils import UserError, read_csv, run_script
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_inference.py                       # CPU, 644x644, fp32
     python benchmarks/bench_inference.py --amp bf16            # CPU with AVX-512 BF16 / AMX
+    python benchmarks/bench_inference.py --int8                # CPU with VNNI, no bf16
     python benchmarks/bench_inference.py --device cuda --amp bf16 --batch 32 --frames 512
 
 Prints, for the same size and device, in one run:
@@ -9,13 +10,15 @@ Prints, for the same size and device, in one run:
 - end-to-end FPS on a generated video through infer_video.py's pipeline;
 - peak memory;
 - the FLOP floor: FLOPs per frame / the best matrix-multiply rate measured here, in the dtype
-  the model runs in;
+  the model runs in (with --int8, the linear layers' FLOPs at the int8 rate, the rest at fp32's);
+- how many mask pixels the fast path changes against the naive fp32 model;
 - the same figures for a naive baseline (frame by frame, eager, fp32, decode -> infer ->
   encode in sequence), and the ratios;
 - the pipeline's rate without the model (decode, resize, draw, encode): the end-to-end ceiling.
 
-Without --model the network has official-layout random weights: speed does not depend on the
-values.
+Without --model the network has official-layout random weights with roughly trained statistics:
+speed does not depend on the values, and the ONNX rows' mask agreement is not flattered by
+near-identity blocks.
 """
 
 import argparse
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 # MPS reads this once, when torch loads: ops it lacks then run on the CPU instead of failing.
 os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
@@ -40,12 +44,21 @@ from infer_video import open_video, segment_video
 from model import (
     OnnxSegmentor,
     Segmentor,
-    count_flops,
+    flops_by_op,
     load_backbone,
     load_checkpoint,
     token_grid,
 )
-from utils import amp_dtype, opencv_threads_for, peak_memory_mb, pick_device, run_script
+from synthetic import trained_like
+from utils import (
+    UserError,
+    amp_dtype,
+    check_int8_cpu,
+    opencv_threads_for,
+    peak_memory_mb,
+    pick_device,
+    run_script,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -61,26 +74,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", choices=list(BACKBONES), default="dinov2_vits14")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions of model-only runs")
     parser.add_argument(
+        "--int8", action="store_true", help="CPU: the fast path with int8 linear layers, compiled"
+    )
+    parser.add_argument(
         "--onnx", action="store_true", help="add ONNX Runtime rows: fp32 (optimized or not), int8"
     )
     return parser
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int) -> float:
-    """Best FLOP/s over the model's GEMM shapes and a large square, in ``dtype``."""
+    """Best FLOP/s over the model's GEMM shapes and a large square, in ``dtype`` (int8: int8
+    products summed in int32, as quantized linear layers run them)."""
     shapes = [(tokens, dim, 3 * dim), (tokens, dim, 4 * dim), (tokens, 4 * dim, dim)]
     shapes.append((4096, 4096, 4096) if device.type == "cuda" else (2048, 2048, 2048))
     best = 0.0
     for m, k, n in shapes:
-        a = torch.randn(m, k, device=device, dtype=dtype)
-        b = torch.randn(k, n, device=device, dtype=dtype)
+        if dtype == torch.int8:
+            a = torch.randint(-128, 128, (m, k), device=device, dtype=dtype)
+            b = torch.randint(-128, 128, (k, n), device=device, dtype=dtype)
+            matmul = torch._int_mm
+        else:
+            a = torch.randn(m, k, device=device, dtype=dtype)
+            b = torch.randn(k, n, device=device, dtype=dtype)
+            matmul = torch.matmul
         reps = 50 if device.type == "cuda" else 5
         for _ in range(3):
-            a @ b
+            matmul(a, b)
         synchronize(device)
         start = time.perf_counter()
         for _ in range(reps):
-            a @ b
+            matmul(a, b)
         synchronize(device)
         best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start))
     return best
@@ -195,47 +218,62 @@ def io_ceiling(video: Path, out: Path, model: Segmentor, imgsz, batch: int) -> f
 def main(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     dtype = amp_dtype(args.amp, device) or torch.float32
+    if args.int8 and (device.type != "cpu" or args.amp != "off"):
+        raise UserError("--int8 is a CPU fast path from float32: use it with --amp off on the CPU")
     torch.manual_seed(0)
     if args.model:
         base, _ = load_checkpoint(args.model, device)
     else:
-        base = Segmentor(load_backbone(args.backbone, "timm", None), DEFAULT_CLASSES.num_classes)
+        backbone = load_backbone(args.backbone, "timm", None)
+        backbone.load_official_state_dict(trained_like(backbone.official_shapes()))
+        base = Segmentor(backbone, DEFAULT_CLASSES.num_classes)
     base = base.to(device).eval()
     fast = copy.deepcopy(base).cast(dtype)
+    if args.int8:
+        check_int8_cpu()
+        fast.quantize_int8()
     w, h = args.imgsz
-    flops = count_flops(copy.deepcopy(base).cpu(), torch.zeros(1, 3, h, w))
+    by_op = flops_by_op(copy.deepcopy(base).cpu(), torch.zeros(1, 3, h, w))
+    flops = sum(by_op.values())
     grid_w, grid_h = token_grid(args.imgsz)
     tokens = grid_w * grid_h
-    rate32 = matmul_rate(torch.float32, device, base.backbone.embed_dim, tokens)
-    rate = (
-        rate32
-        if dtype == torch.float32
-        else matmul_rate(dtype, device, base.backbone.embed_dim, tokens)
-    )
-    floor = flops / rate
+    dim = base.backbone.embed_dim
+    rate32 = matmul_rate(torch.float32, device, dim, tokens)
     print(
         f"device {device} ({torch.get_num_threads()} CPU threads), input {w}x{h}, "
         f"{flops / 1e9:.1f} GFLOPs per frame"
     )
-    print(
-        f"matmul rate {rate / 1e12:.3f} TFLOP/s ({str(dtype).removeprefix('torch.')}) -> "
-        f"FLOP floor {floor * 1e3:.1f} ms per frame"
-    )
+    print(f"matmul rate {rate32 / 1e12:.3f} TFLOP/s (float32)")
+    if args.int8:
+        # The backbone's linear layers (addmm) run in int8; attention, the patch embedding and
+        # the head stay float32.
+        rate8 = matmul_rate(torch.int8, device, dim, tokens)
+        linear = by_op.get("aten.addmm", 0)
+        floor = linear / rate8 + (flops - linear) / rate32
+        print(
+            f"matmul rate {rate8 / 1e12:.3f} TOP/s (int8) -> FLOP floor {floor * 1e3:.1f} ms per "
+            f"frame ({linear / 1e9:.1f} GFLOPs at the int8 rate, the rest at the float32 rate)"
+        )
+    else:
+        rate = rate32 if dtype == torch.float32 else matmul_rate(dtype, device, dim, tokens)
+        floor = flops / rate
+        if dtype != torch.float32:
+            print(f"matmul rate {rate / 1e12:.3f} TFLOP/s ({str(dtype).removeprefix('torch.')})")
+        print(f"FLOP floor {floor * 1e3:.1f} ms per frame")
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench.mp4"
         make_video(video, args.frames, args.video_size)
-        ort_rows = []
-        if args.onnx:
-            capture, sample = cv2.VideoCapture(str(video)), []
-            while len(sample) < 4 and (frame := capture.read())[0]:
-                sample.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
-            capture.release()
-            ort_rows = onnx_rows(base, args.imgsz, sample, Path(tmp), args.reps)
+        capture, sample = cv2.VideoCapture(str(video)), []
+        while len(sample) < 4 and (frame := capture.read())[0]:
+            sample.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
+        capture.release()
+        ort_rows = onnx_rows(base, args.imgsz, sample, Path(tmp), args.reps) if args.onnx else []
+        masks = {}
         for name, model, batch, compile in (
             ("naive", base, 1, False),
-            ("fast", fast, args.batch, args.compile),
+            ("fast", fast, args.batch, args.compile or args.int8),
         ):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -252,15 +290,18 @@ def main(args: argparse.Namespace) -> None:
                     )
                 fps = stats["fps"]
             rows[name] = (seconds, fps, peak_memory_mb(device))
+            masks[name] = predictor.predict(sample)
         ceiling = io_ceiling(video, Path(tmp) / "io.mp4", base, args.imgsz, args.batch)
 
     print()
     print(
         f"{'':28s}{'model ms/frame':>16s}{'model FPS':>12s}{'end-to-end FPS':>16s}{'peak MB':>10s}"
     )
+    precision = "int8" if args.int8 else {"off": "fp32"}.get(args.amp, args.amp)
+    compiled = ", compiled" if args.compile or args.int8 else ""
     labels = {
         "naive": "naive (fp32, batch 1, eager)",
-        "fast": f"fast ({args.amp}, batch {args.batch}{', compiled' if args.compile else ''})",
+        "fast": f"fast ({precision}, batch {args.batch}{compiled})",
     }
     for name, (seconds, fps, mem) in rows.items():
         print(f"{labels[name]:28s}{seconds * 1e3:16.1f}{1 / seconds:12.2f}{fps:16.2f}{mem:10.0f}")
@@ -273,6 +314,11 @@ def main(args: argparse.Namespace) -> None:
     print(
         f"model time / FLOP floor = {fast_s / floor:.2f} (fast), "
         f"{naive_s * rate32 / flops:.2f} (naive, against the fp32 floor)"
+    )
+    equal = sum((a == b).sum() for a, b in zip(masks["fast"], masks["naive"], strict=True))
+    print(
+        f"masks equal to the naive fp32 ones: {equal / sum(m.size for m in masks['naive']):.4%} "
+        f"of the pixels of {len(sample)} video frames"
     )
     if ort_rows:
         print()

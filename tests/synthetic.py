@@ -1,4 +1,5 @@
-"""Tiny generated segmentation datasets for the tests: a bright blob ("person") on a noisy scene."""
+"""Generated test data: tiny segmentation datasets (a bright blob, "person", on a noisy scene)
+and official-layout DINOv2 weights with random values."""
 
 import io
 import zipfile
@@ -87,3 +88,67 @@ def penn_fudan_zip(path, n=10):
                 zf.writestr(f"PennFudanPed/{name}", buf.getvalue())
             zf.writestr(f"PennFudanPed/Annotation/{stem}.txt", "boxes")
     return path
+
+
+# The official checkpoint layout of ViT-S/14 (key -> shape), typed from
+# shared/dinov2_checkpoint_layout.txt rather than derived from our code, so the tests check our
+# conversions against the real layout. Blocks 1..11 repeat block 0.
+VITS14_TOP = {
+    "cls_token": (1, 1, 384),
+    "pos_embed": (1, 1370, 384),
+    "mask_token": (1, 384),
+    "patch_embed.proj.weight": (384, 3, 14, 14),
+    "patch_embed.proj.bias": (384,),
+    "norm.weight": (384,),
+    "norm.bias": (384,),
+}
+VITS14_BLOCK = {
+    "norm1.weight": (384,),
+    "norm1.bias": (384,),
+    "attn.qkv.weight": (1152, 384),
+    "attn.qkv.bias": (1152,),
+    "attn.proj.weight": (384, 384),
+    "attn.proj.bias": (384,),
+    "ls1.gamma": (384,),
+    "norm2.weight": (384,),
+    "norm2.bias": (384,),
+    "mlp.fc1.weight": (1536, 384),
+    "mlp.fc1.bias": (1536,),
+    "mlp.fc2.weight": (384, 1536),
+    "mlp.fc2.bias": (384,),
+    "ls2.gamma": (384,),
+}
+
+
+def official_layout(registers: bool = False) -> dict[str, tuple[int, ...]]:
+    layout = dict(VITS14_TOP)
+    if registers:
+        layout["register_tokens"] = (1, 4, 384)
+    for i in range(12):
+        layout.update({f"blocks.{i}.{k}": shape for k, shape in VITS14_BLOCK.items()})
+    return layout
+
+
+def random_official_weights(registers: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    """dinov2_vits14(_reg4)_pretrain.pth's layout, filled by ``trained_like``."""
+    return trained_like(official_layout(registers), seed)
+
+
+def trained_like(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random values with roughly the statistics of trained weights, so activations stay sane.
+
+    LayerScale gammas in particular are about 0.1, not timm's initial 1e-5: with those every
+    block would be nearly the identity, and any comparison of outputs (another precision, a
+    quantized model) would look better than it is with real weights.
+    """
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in shapes.items():
+        if key.endswith(("norm1.weight", "norm2.weight")) or key == "norm.weight":
+            value = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif "gamma" in key:
+            value = 0.1 + 0.05 * torch.rand(shape, generator=g)
+        else:
+            value = 0.02 * torch.randn(shape, generator=g)
+        sd[key] = value
+    return sd

@@ -15,8 +15,9 @@ import torch
 
 import train
 from config import DEFAULT_CLASSES, parse_args
-from conftest import FAKE_HUB, ROOT, official_layout
+from conftest import FAKE_HUB, ROOT
 from model import FusedAttention, Segmentor, load_backbone, load_checkpoint, save_checkpoint
+from synthetic import official_layout
 from utils import UserError
 
 

@@ -100,6 +100,7 @@ def test_onnxruntime_masks_agree_with_pytorch(tmp_path, onnx_files, checkpoint, 
     [
         (["--tta"], "--tta do not apply to --backend onnxruntime"),
         (["--amp", "bf16", "--device", "cpu"], "--amp do not apply"),
+        (["--int8"], "--int8 do not apply"),
     ],
 )
 def test_onnxruntime_refuses_torch_only_flags(tmp_path, onnx_files, tiny_data, extra, message):

@@ -476,6 +476,79 @@ def test_short_batches_are_padded_for_a_compiled_model_without_changing_results(
     assert seen == [3, 3], "a short batch must reach the compiled graph padded, not recompile it"
 
 
+def test_a_compiled_predictor_gives_the_eager_masks(checkpoint):
+    # On the CPU the graph is compiled with frozen weights (packed for MKL): that must not
+    # change what the model predicts.
+    eager = Predictor.from_checkpoint(checkpoint, "cpu")
+    compiled = Predictor.from_checkpoint(checkpoint, "cpu", compile=True)
+    images = [
+        np.random.default_rng(i).integers(0, 255, (66, 90, 3), dtype=np.uint8) for i in range(2)
+    ]
+    x = engine.to_model_input(np.stack([eager.resize(image) for image in images]), eager.device)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled.patch_logits(x), eager.patch_logits(x))
+    for got, expected in zip(compiled.predict(images), eager.predict(images), strict=True):
+        assert (got == expected).all()
+
+
+def test_int8_quantizes_the_backbone_and_keeps_the_masks_close(checkpoint):
+    fp32 = Predictor.from_checkpoint(checkpoint, "cpu")
+    int8 = Predictor.from_checkpoint(checkpoint, "cpu", int8=True)
+    linears = [m for m in int8.model.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m.weight) is not torch.nn.Parameter for m in linears), (
+        "the backbone's linear layers should hold int8 weights"
+    )
+    assert int8._compiled_batch is not None, "int8 is only fast compiled"
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (66, 90, 3), dtype=np.uint8) for _ in range(4)]
+    x = engine.to_model_input(np.stack([fp32.resize(image) for image in images]), fp32.device)
+    with torch.inference_mode():
+        expected, got = fp32.patch_logits(x), int8.patch_logits(x)
+    assert not torch.equal(got, expected), "int8 should change the logits a little"
+    torch.testing.assert_close(got, expected, atol=0.1 * expected.abs().max().item(), rtol=0)
+    masks = zip(int8.predict(images), fp32.predict(images), strict=True)
+    agree = np.mean([(a == b).mean() for a, b in masks])
+    assert agree >= 0.97, agree
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"int8": True, "amp": "bf16", "device": "cpu"}, "--int8 replaces --amp bf16"),
+        ({"int8": True, "tta": True}, "--int8 runs a compiled model"),
+    ],
+)
+def test_int8_flag_conflicts_are_refused_before_the_model_loads(
+    tmp_path, checkpoint, monkeypatch, flags, message
+):
+    monkeypatch.setattr(infer_image, "predictor_from_args", no_model)
+    with pytest.raises(UserError, match=message):
+        infer_image.main(image_args(input=tmp_path, model=checkpoint, **flags))
+
+
+@pytest.mark.parametrize(
+    ("machine", "capabilities", "warned"),
+    [("x86_64", {"avx2": True, "avx512_f": True}, True), ("x86_64", {"avx512_vnni": True}, False),
+     ("AMD64", {"avx_vnni": True}, False), ("x86_64", {"amx_int8": True}, False),
+     ("arm64", {"neon": True}, True)],
+)  # fmt: skip
+def test_int8_on_a_cpu_without_int8_dot_products_warns(
+    monkeypatch, caplog, machine, capabilities, warned
+):
+    monkeypatch.setattr(utils.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities, raising=False)
+    with caplog.at_level("WARNING", logger="dinoseg"):
+        utils.check_int8_cpu()
+    assert ("no int8 dot-product instructions" in caplog.text) is warned
+
+
+def test_int8_on_a_gpu_is_refused_before_the_model_loads(checkpoint, monkeypatch):
+    monkeypatch.setattr(Predictor, "from_checkpoint", no_model)
+    args = image_args(input=".", model=checkpoint, int8=True)
+    with pytest.raises(UserError, match="--int8 is a CPU fast path; this run uses cuda"):
+        engine.predictor_from_args(args, torch.device("cuda"))
+
+
 def test_benchmark_script_runs_and_reports_the_ratios():
     cmd = [sys.executable, "benchmarks/bench_inference.py", "--imgsz", "56", "56", "--frames", "3",
            "--reps", "1", "--video-size", "64", "48", "--device", "cpu", "--onnx"]  # fmt: skip

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from config import DEFAULT_CLASSES
-from conftest import ROOT, random_official_weights
+from conftest import ROOT
 from model import (
     DinoBackbone,
     Segmentor,
@@ -19,6 +19,7 @@ from model import (
     save_checkpoint,
     token_grid,
 )
+from synthetic import random_official_weights
 from utils import UserError
 
 
