@@ -22,6 +22,7 @@ from model import (
     OnnxSegmentor,
     Segmentor,
     check_backbone,
+    int8_quantizer,
     load_checkpoint,
     log_input_size,
     token_grid,
@@ -31,6 +32,7 @@ from utils import (
     all_reduce_sum,
     amp_dtype,
     atomic_path,
+    check_cpp_compiler,
     check_int8_cpu,
     draw_overlay,
     is_main_process,
@@ -255,13 +257,31 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def _frozen(compiled):
+    """A compiled CPU function run with Inductor's "freezing": the weights become constants of
+    the graph, packed once for MKL's matrix multiplies (644 px, 2-core CPU: 691 -> 672 ms per
+    frame in float32). Dynamo reads the setting while it traces, so it must be on at every call
+    that may compile; ``torch.compile(options=...)`` would reach Inductor only after tracing.
+
+    The graph keeps the weights it was compiled with: changing them later in place gives results
+    that match neither the old weights nor the new ones.
+    """
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(x)
+
+    return run
+
+
 class Predictor:
     """Segments images with a trained model: the one inference path of every script.
 
     Input contract: (H, W, 3) uint8 RGB arrays, any size. Each is resized to ``imgsz`` exactly
     as in validation, and the logits are resized straight back to the image's own size, so the
     masks are the ones ``train.py --eval-only`` scores. The network runs in its weights' dtype
-    (see from_checkpoint's ``amp``).
+    (see from_checkpoint's ``amp``). With ``compile`` on the CPU the weights are frozen into the
+    compiled graph: do not change the model's weights afterwards.
     """
 
     def __init__(
@@ -280,16 +300,12 @@ class Predictor:
         self.classes = classes
         self.imgsz = tuple(imgsz)
         self.device = model.device
-        # The network on a (B, 3, H, W) uint8 batch, compiled if asked. On the CPU, "freezing"
-        # lets Inductor treat the weights as constants: packed once for MKL's matrix multiplies,
-        # and int8 ones lowered to oneDNN's kernels (644 px, 2-core CPU: 691 -> 672 ms per frame
-        # in float32).
-        # The compiled graph then keeps the weights it saw first, which suits a Predictor: its
-        # model is not trained any more.
-        options = {"freezing": True} if self.device.type == "cpu" else None
-        self.patch_logits = (
-            torch.compile(model.patch_logits, options=options) if compile else model.patch_logits
-        )
+        # The network on a (B, 3, H, W) uint8 batch, compiled if asked.
+        self.patch_logits = model.patch_logits
+        if compile:
+            self.patch_logits = torch.compile(model.patch_logits)
+            if self.device.type == "cpu":
+                self.patch_logits = _frozen(self.patch_logits)
         self._compiled_batch = 0 if compile else None  # the batch size compiled for
         if compile:
             log.info(
@@ -634,6 +650,10 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
                 f"--int8 is a CPU fast path; this run uses {device.type}: use --amp bf16 or "
                 "--amp fp16 there, or --device cpu"
             )
+        if args.int8:
+            int8_quantizer()  # torchao loads, before the checkpoint does
+        if (args.compile or args.int8) and device.type == "cpu":
+            check_cpp_compiler("--int8" if args.int8 else "--compile")
         return Predictor.from_checkpoint(
             args.model,
             device,

@@ -45,6 +45,39 @@ CHECKPOINT_KEYS = (
 )
 
 
+INT8_MIN_TORCH = (2, 11)  # torchao's floor
+
+
+def torch_version() -> tuple[int, int]:
+    """(major, minor) of the running PyTorch, e.g. (2, 14) for "2.14.1+cu130"."""
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def int8_quantizer():
+    """torchao's ``quantize_`` and its int8 dynamic-quantization config class, or a UserError
+    that says what to install."""
+    if torch_version() < INT8_MIN_TORCH:
+        floor = ".".join(map(str, INT8_MIN_TORCH))
+        raise UserError(
+            f"--int8 needs torch {floor} or later (torchao); this is {torch.__version__}"
+        )
+    # torchao logs a warning of torch's own while it registers its types
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except Exception as err:  # missing, too old, or built for another PyTorch
+        raise UserError(
+            f"--int8 needs torchao, which did not load ({type(err).__name__}: {err}); "
+            "run: pip install -U -r requirements.txt"
+        ) from err
+    finally:
+        pytree_log.setLevel(level)
+    return quantize_, Int8DynamicActivationInt8WeightConfig
+
+
 def patch_aligned(size: int) -> int:
     """The multiple of the patch size nearest to ``size`` (halves round up; at least one patch).
 
@@ -504,26 +537,14 @@ class Segmentor(nn.Module):
         """Quantize the backbone's linear layers to int8 for CPU inference, in place.
 
         torchao's dynamic scheme: weights per output channel, activations per token at run time,
-        int8 products summed in int32. Attention's own products and the head stay float32. Only
-        a compiled graph is fast (Inductor turns it into oneDNN int8 kernels); run eagerly it is
-        slower than float32.
+        int8 products summed in int32 (``torch._int_mm``). Attention's own products and the head
+        stay float32. Only a compiled graph is fast: compiling fuses the per-token quantization
+        around each product, which run eagerly makes int8 slower than float32.
         """
         if self.dtype != torch.float32:
             raise ValueError("int8 quantization starts from float32 weights")
-        # torchao logs a warning of torch's own while it registers its types
-        pytree_log = logging.getLogger("torch.utils._pytree")
-        level = pytree_log.level
-        pytree_log.setLevel(logging.ERROR)
-        try:
-            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-        except Exception as err:  # an old torchao, or one built for another PyTorch
-            raise UserError(
-                f"--int8 needs torchao, which did not load ({type(err).__name__}: {err}); "
-                "run: pip install -U -r requirements.txt"
-            ) from err
-        finally:
-            pytree_log.setLevel(level)
-        quantize_(self.backbone, Int8DynamicActivationInt8WeightConfig())
+        quantize, config = int8_quantizer()
+        quantize(self.backbone, config())
         return self
 
     def train(self, mode: bool = True) -> "Segmentor":

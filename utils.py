@@ -283,6 +283,23 @@ def cpu_has_bf16_arithmetic() -> bool | None:
     return any(probe() for probe in probes)
 
 
+def check_cpp_compiler(flag: str) -> None:
+    """On the CPU torch.compile builds C++ kernels: without a working compiler, refuse ``flag``
+    now rather than fail at the first batch."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another PyTorch layout: compilation will say it itself
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as err:  # Inductor's InvalidCxxCompiler
+        raise UserError(
+            f"{flag} compiles C++ kernels on the CPU, and no working C++ compiler was found "
+            f"({err}). Install one (g++ on Linux, Xcode's command line tools on macOS, Visual "
+            f"Studio's C++ tools on Windows) or drop {flag}"
+        ) from err
+
+
 def check_int8_cpu() -> None:
     """Warn where --int8 is unlikely to pay: Inductor's int8 kernels are oneDNN's for x86 CPUs
     with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""

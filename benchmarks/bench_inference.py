@@ -2,7 +2,7 @@
 
     python benchmarks/bench_inference.py                       # CPU, 644x644, fp32
     python benchmarks/bench_inference.py --amp bf16            # CPU with AVX-512 BF16 / AMX
-    python benchmarks/bench_inference.py --int8                # CPU with VNNI, no bf16
+    python benchmarks/bench_inference.py --device cpu --int8   # CPU with VNNI, no bf16
     python benchmarks/bench_inference.py --device cuda --amp bf16 --batch 32 --frames 512
 
 Prints, for the same size and device, in one run:
@@ -290,7 +290,12 @@ def main(args: argparse.Namespace) -> None:
                     )
                 fps = stats["fps"]
             rows[name] = (seconds, fps, peak_memory_mb(device))
-            masks[name] = predictor.predict(sample)
+            # in batches of the timed size: another size would compile another graph
+            masks[name] = [
+                m
+                for i in range(0, len(sample), batch)
+                for m in predictor.predict(sample[i : i + batch])
+            ]
         ceiling = io_ceiling(video, Path(tmp) / "io.mp4", base, args.imgsz, args.batch)
 
     print()
