@@ -2,6 +2,7 @@ import _thread
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -591,6 +592,21 @@ def test_benchmark_script_runs_and_reports_the_ratios():
                  "I/O only (no model)", "model time / FLOP floor =",
                  "ORT int8 dynamic quant"):  # fmt: skip
         assert text in proc.stdout
+
+
+@needs_torch_2_11
+def test_benchmark_int8_rows_report_their_floor_and_mask_agreement():
+    cmd = [sys.executable, "benchmarks/bench_inference.py", "--imgsz", "56", "56", "--frames", "3",
+           "--reps", "1", "--video-size", "64", "48", "--device", "cpu", "--int8",
+           "--batch", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "fast (int8, batch 2, compiled)" in out
+    floor = re.search(r"\(int8\) -> FLOP floor ([\d.]+) ms per frame \(([\d.]+) GFLOPs", out)
+    assert floor and float(floor[1]) > 0 and float(floor[2]) > 0, out
+    agree = re.search(r"masks equal to the naive fp32 ones: ([\d.]+)% of the pixels of 3", out)
+    assert agree and 95 <= float(agree[1]) <= 100, out
 
 
 # --- later additions -----------------------------------------------------------------------
