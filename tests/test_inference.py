@@ -530,6 +530,17 @@ def test_int8_quantizes_the_backbone_and_keeps_the_masks_close(checkpoint):
     assert agree >= 0.995, agree
 
 
+def test_the_scripts_pass_int8_and_compile_on_to_the_predictor(checkpoint, monkeypatch):
+    asked = []
+    monkeypatch.setattr(Predictor, "from_checkpoint", lambda *a, **kw: asked.append(kw))
+    monkeypatch.setattr(engine, "int8_quantizer", lambda: None)  # torchao itself not needed
+    cpu = torch.device("cpu")
+    for flags in ({"int8": True}, {"compile": True}, {}):
+        engine.predictor_from_args(image_args(input=".", model=checkpoint, **flags), cpu)
+    passed = [(kw["int8"], kw["compile"]) for kw in asked]
+    assert passed == [(True, False), (False, True), (False, False)]
+
+
 @needs_torch_2_11
 def test_a_missing_compiler_or_torchao_is_reported_before_the_model_loads(checkpoint, monkeypatch):
     monkeypatch.setattr(Predictor, "from_checkpoint", no_model)
