@@ -33,7 +33,6 @@ from utils import (
     amp_dtype,
     atomic_path,
     check_cpp_compiler,
-    check_int8_cpu,
     draw_overlay,
     is_main_process,
     prefetch,
@@ -302,12 +301,12 @@ class Predictor:
         self.device = model.device
         # The network on a (B, 3, H, W) uint8 batch, compiled if asked.
         self.patch_logits = model.patch_logits
+        self._compiled_batch = None  # the batch size compiled for, once compiled
         if compile:
             self.patch_logits = torch.compile(model.patch_logits)
             if self.device.type == "cpu":
                 self.patch_logits = _frozen(self.patch_logits)
-        self._compiled_batch = 0 if compile else None  # the batch size compiled for
-        if compile:
+            self._compiled_batch = 0
             log.info(
                 "the first batch compiles the model (tens of seconds, longer on a CPU); the "
                 "model FPS reported at the end leaves it out"
@@ -353,7 +352,6 @@ class Predictor:
         if int8:
             if device.type != "cpu" or dtype is not None:
                 raise ValueError("int8 quantization is for float32 models on the CPU")
-            check_int8_cpu()
             model = model.quantize_int8()
         return cls(model, classes, imgsz, compile or int8, tta)
 
@@ -645,12 +643,12 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
     """The Predictor the inference scripts' shared flags describe (config.inference_flags)."""
     tta = tta_setting(args)
     if args.backend == "torch":
-        if args.int8 and device.type != "cpu":
-            raise UserError(
-                f"--int8 is a CPU fast path; this run uses {device.type}: use --amp bf16 or "
-                "--amp fp16 there, or --device cpu"
-            )
         if args.int8:
+            if device.type != "cpu":
+                raise UserError(
+                    f"--int8 is a CPU fast path; this run uses {device.type}: use --amp bf16 or "
+                    "--amp fp16 there, or --device cpu"
+                )
             int8_quantizer()  # torchao loads, before the checkpoint does
         if (args.compile or args.int8) and device.type == "cpu":
             check_cpp_compiler("--int8" if args.int8 else "--compile")

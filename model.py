@@ -28,7 +28,7 @@ from config import (
     official_weights_name,
     parse_args,
 )
-from utils import UserError, atomic_path, run_script
+from utils import UserError, atomic_path, check_int8_cpu, run_script
 
 log = logging.getLogger("dinoseg")
 
@@ -543,6 +543,7 @@ class Segmentor(nn.Module):
         """
         if self.dtype != torch.float32:
             raise ValueError("int8 quantization starts from float32 weights")
+        check_int8_cpu()
         quantize, config = int8_quantizer()
         quantize(self.backbone, config())
         return self

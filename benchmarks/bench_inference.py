@@ -53,7 +53,6 @@ from synthetic import trained_like
 from utils import (
     UserError,
     amp_dtype,
-    check_int8_cpu,
     opencv_threads_for,
     peak_memory_mb,
     pick_device,
@@ -230,7 +229,6 @@ def main(args: argparse.Namespace) -> None:
     base = base.to(device).eval()
     fast = copy.deepcopy(base).cast(dtype)
     if args.int8:
-        check_int8_cpu()
         fast.quantize_int8()
     w, h = args.imgsz
     by_op = flops_by_op(copy.deepcopy(base).cpu(), torch.zeros(1, 3, h, w))
