@@ -301,8 +301,8 @@ def check_cpp_compiler(flag: str) -> None:
 
 
 def check_int8_cpu() -> None:
-    """Warn where --int8 is unlikely to pay: Inductor's int8 kernels are oneDNN's for x86 CPUs
-    with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
+    """Warn where --int8 is unlikely to pay: int8 matrix multiplies (``torch._int_mm``) are fast
+    on x86 CPUs with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
     capabilities = getattr(torch.cpu, "get_capabilities", None)
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     if x86 and capabilities is None:
