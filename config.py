@@ -124,11 +124,16 @@ class ClassConfig:
         names = mapping["ALL_CLASSES"]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise UserError(f"{source}: ALL_CLASSES must be a list of names")
-        return cls(
-            names=tuple(names),
-            mask_colors=_colors(mapping["LABEL_COLORS_LIST"], "LABEL_COLORS_LIST", source),
-            vis_colors=_colors(mapping["VIS_LABEL_MAP"], "VIS_LABEL_MAP", source),
-        )
+        try:
+            return cls(
+                names=tuple(names),
+                mask_colors=_colors(mapping["LABEL_COLORS_LIST"], "LABEL_COLORS_LIST", source),
+                vis_colors=_colors(mapping["VIS_LABEL_MAP"], "VIS_LABEL_MAP", source),
+            )
+        except UserError as err:
+            if str(err).startswith(source):
+                raise
+            raise UserError(f"{source}: {err}") from err  # the file to fix
 
 
 def _colors(value, key: str, source: str) -> tuple[RGB, ...]:
@@ -136,7 +141,8 @@ def _colors(value, key: str, source: str) -> tuple[RGB, ...]:
         return (
             isinstance(c, list | tuple)
             and len(c) == 3
-            and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            # YAML's true is a bool, which Python counts as an int
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
         )
 
     if not isinstance(value, list) or not all(valid(c) for c in value):
@@ -292,12 +298,27 @@ def check_inference_args(args: argparse.Namespace) -> None:
         check_gui()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict:
     """Read a YAML mapping, turning every failure into one readable message."""
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except (OSError, yaml.YAMLError) as err:
         raise UserError(f"cannot read config file {path}: {err}") from err
     if data is None:
@@ -314,6 +335,10 @@ RESUMED_SETTINGS = (
     "data", "epochs", "batch", "accum", "seed", "lr", "backbone_lr", "weight_decay", "scheduler",
     "no_augment", "cache_features", "cache_dir", "amp",
 )  # fmt: skip
+# The model settings of a resumed run: always the checkpoint's. They are parsed under the command
+# line like RESUMED_SETTINGS, so a value that differs from the checkpoint's was asked for, and
+# train.py names it as ignored.
+RESUMED_MODEL = ("backbone", "layers", "fine_tune", "weights")
 
 
 def recorded_settings(checkpoint: Path) -> dict:
@@ -362,15 +387,22 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     resumed: dict = {}
     if resume is not None and not getattr(args, "eval_only", False):
         recorded = recorded_settings(resume)
-        resumed = {k: recorded[k] for k in RESUMED_SETTINGS if recorded.get(k) is not None}
+        resumed = {
+            k: recorded[k] for k in RESUMED_SETTINGS + RESUMED_MODEL if recorded.get(k) is not None
+        }
     if resumed:
         args = parser.parse_args(_flags_to_argv(parser, resumed, resume) + file_argv + argv)
-    kept = [k for k, v in resumed.items() if plain_value(getattr(args, k)) == v]
+    kept = [
+        k
+        for k, v in resumed.items()
+        if k in RESUMED_SETTINGS and plain_value(getattr(args, k)) == v
+    ]
     if kept:
         log.info(
             "--resume: continuing %s's run with its %s",
             resume,
-            ", ".join(f"--{k.replace('_', '-')} {resumed[k]}" for k in kept),
+            # as flags: no_augment false is --augment, not "--no-augment False"
+            ", ".join(" ".join(_flags_to_argv(parser, {k: resumed[k]}, resume)) for k in kept),
         )
     return args, classes
 

@@ -24,7 +24,7 @@ from PIL import ExifTags, Image
 from torch.utils.data import Dataset, Sampler
 
 from config import IGNORE_INDEX, IMAGE_EXTENSIONS, PENN_FUDAN_URL, SPLITS, ClassConfig
-from utils import UserError
+from utils import UserError, write_image
 
 log = logging.getLogger("dinoseg")
 
@@ -145,7 +145,16 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, bool]:
         arr = arr[..., 0]
     elif arr.ndim != 2:
         raise DataError(f"{path}: unsupported mask mode {img.mode}")
-    return _check_ids(arr, classes, path)
+    try:
+        return _check_ids(arr, classes, path)
+    except DataError:
+        # A gray colour mask saved as grayscale (0/128/255 for the colours [0, 0, 0],
+        # [128, 128, 128], [255, 255, 255]): read by its colours, as the same mask in RGB is
+        if arr.dtype == np.uint8:
+            mapped = _map_colors(np.repeat(arr[..., None], 3, axis=2), classes)
+            if mapped is not None:
+                return mapped, False
+        raise
 
 
 def _code(color) -> int:
@@ -217,11 +226,25 @@ def _check_ids(arr: np.ndarray, classes: ClassConfig, path: Path) -> tuple[np.nd
         # object belongs to the one foreground class. Other values are mistakes, not objects.
         return (arr > 0).astype(np.uint8), True
     listed = [v.item() for v in bad[:5]]
-    hint = "; instance-id masks number their objects 1, 2, 3, ... without gaps" if k == 2 else ""
+    hint = ""
+    if k == 2 and (values == IGNORE_INDEX).any():
+        # 0/255 masks that went through JPEG or were drawn with soft edges: 255 and values
+        # in between, which no reading as class or instance ids can make sense of
+        hint = (
+            "; a 0/255 mask with values in between (JPEG compression, soft edges)? python "
+            "prepare_data.py binary thresholds such masks into 0/1 class ids"
+        )
+    elif k == 2:
+        hint = "; instance-id masks number their objects 1, 2, 3, ... without gaps"
     raise DataError(
         f"{path}: values {listed}{' ...' if bad.size > 5 else ''} are not class ids "
         f"0-{k - 1} of {list(classes.names)} or {IGNORE_INDEX} (ignore){hint}"
     )
+
+
+# image formats Pillow reads that find_pairs does not take (.webp, .gif, ...): named, not skipped
+# silently
+_UNREAD = frozenset(Image.registered_extensions()) - frozenset(IMAGE_EXTENSIONS)
 
 
 def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
@@ -238,13 +261,27 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
             found[folder] = {}
             continue
         by_stem: dict[str, Path] = {}
+        unread = []
         for p in sorted(folder.iterdir()):
             if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+                if not p.name.startswith(".") and (p.is_dir() or p.suffix.lower() in _UNREAD):
+                    unread.append(f"{p.name}/" if p.is_dir() else p.name)
                 continue
             if p.stem in by_stem:
                 problems.append(f"{p}: same stem as {by_stem[p.stem].name}; keep one of them")
             by_stem[p.stem] = p
         found[folder] = by_stem
+        if unread:
+            # a pair of them would be left out of training without a word
+            log.warning(
+                "%s: %d subfolders or files of other formats are not read: %s%s (images and "
+                "masks sit directly in the folder, as %s files)",
+                folder,
+                len(unread),
+                ", ".join(unread[:5]),
+                " ..." if len(unread) > 5 else "",
+                " ".join(IMAGE_EXTENSIONS),
+            )
     images, masks = found[image_dir], found[mask_dir]
     problems += [
         f"{images[s]}: image without a mask in {mask_dir}" for s in images if s not in masks
@@ -272,9 +309,16 @@ def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray
     except DataError as err:
         problems.append(str(err))
     if size is not None and mask is not None and (mask.shape[1], mask.shape[0]) != size:
+        swapped = (mask.shape[0], mask.shape[1]) == size
+        hint = (
+            " (sides swapped: a phone photo turned upright by its EXIF orientation, and a mask "
+            "drawn on its stored pixels? Masks must match the image as displayed)"
+            if swapped
+            else ""
+        )
         problems.append(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-            f"{image_path.name} is {size[0]}x{size[1]}"
+            f"{image_path.name} is {size[0]}x{size[1]}{hint}"
         )
     counts = np.bincount(mask.ravel(), minlength=256) if mask is not None else np.zeros(256, int)
     return problems, counts, instances
@@ -583,8 +627,10 @@ def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
                 (tmp / f"{split}_images" / f"{stem}.png").write_bytes(zf.read(name))
                 with zf.open(masks[f"{stem}_mask.png"]) as f:
                     instances = np.asarray(Image.open(f))
-                Image.fromarray((instances > 0).astype(np.uint8)).save(
-                    tmp / f"{split}_masks" / f"{stem}.png"
+                write_image(
+                    tmp / f"{split}_masks" / f"{stem}.png",
+                    Image.fromarray((instances > 0).astype(np.uint8)),
+                    "PNG",
                 )
                 counts[split] += 1
             tmp.rename(out_dir)

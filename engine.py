@@ -309,7 +309,7 @@ class Predictor:
             self._compiled_batch = 0
             log.info(
                 "the first batch compiles the model (tens of seconds, longer on a CPU); the "
-                "model FPS reported at the end leaves it out"
+                "model FPS reported at the end leaves it out unless it is the only batch"
             )
         # Time spent in predict_resized, GPU work included: the first call (CUDA start-up,
         # compilation) apart from the rest.
@@ -394,6 +394,10 @@ class Predictor:
             raise RuntimeError("model_fps() before any prediction")
         seconds, frames = self._first_call
         return frames / seconds
+
+    def model_fps_note(self) -> str:
+        """What the scripts add to model_fps() where it includes the start-up."""
+        return "" if self.model_frames else " (one batch only: start-up included)"
 
     @torch.inference_mode()
     def predict_features(self, features: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list:
@@ -670,12 +674,15 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
         "--int8": args.int8,
         "--tta": tta is not None,
         "--imgsz": args.imgsz is not None,
+        "--backbone-source": args.backbone_source is not None,
+        "--hub-dir": args.hub_dir is not None,
     }
     unsupported = [flag for flag, on in used.items() if on]
     if unsupported:
         raise UserError(
-            f"{', '.join(unsupported)} do not apply to --backend onnxruntime: the "
-            "precision and size were fixed by export.py"
+            f"{', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} PyTorch-only: "
+            "--backend onnxruntime runs the graph as export.py wrote it (its precision, size "
+            "and backbone)"
         )
     network = OnnxSegmentor.load(args.model, device)
     check_backbone(args.model, network.backbone, args.backbone)

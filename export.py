@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import backbone_flags, check_imgsz
+from config import PATCH_SIZE, backbone_flags, check_imgsz
 from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size, patch_aligned
 from utils import UserError, atomic_files, check_writable, run_script
 
@@ -87,6 +87,10 @@ def export(
     that to PyTorch, which does it above 1.5 GB of weights.
     """
     w, h = imgsz
+    if dynamic:
+        # torch.export fixes a dimension whose example has size 1, here one patch: trace at
+        # least two patches a side, so that every multiple of 14 stays possible
+        w, h = max(w, 2 * PATCH_SIZE), max(h, 2 * PATCH_SIZE)
     example = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
     dim = torch.export.Dim
     shapes = {0: dim("batch", min=1, max=1024)}
@@ -183,9 +187,13 @@ def main(args: argparse.Namespace) -> None:
         try:
             export(model, ckpt, imgsz, staged, args.dynamic, args.external_data or None)
         except Exception as err:  # the exporter raises many types for graphs it cannot convert
+            hint = (
+                "; try --backbone-source timm, whose model exports cleanly"
+                if model.backbone.source == "hub"
+                else ""
+            )
             raise UserError(
-                f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}); try "
-                "--backbone-source timm, whose model exports cleanly"
+                f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}){hint}"
             ) from err
         check(model, staged, imgsz, args.tolerance, args.output)
         if args.dynamic:

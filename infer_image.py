@@ -40,6 +40,7 @@ from utils import (
     prefetch,
     run_script,
     show,
+    write_image,
 )
 
 
@@ -121,26 +122,32 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
 
 
 def read_batches(paths: list[Path], predictor: Predictor, batch: int):
-    """Yield (paths, images, resized batch, errors) groups; unreadable files become errors."""
-    for start in range(0, len(paths), batch):
-        ok, images, errors = [], [], []
-        for path in paths[start : start + batch]:
-            try:
-                images.append(read_image(path))
-                ok.append(path)
-            except DataError as err:
-                errors.append(str(err))
-        resized = np.stack([predictor.resize(im) for im in images]) if images else None
-        yield ok, images, resized, errors
+    """Yield (paths, images, resized batch, errors) groups of ``batch`` images, the last one
+    shorter; unreadable files become errors.
+
+    An unreadable file does not shorten its batch: a compiled model pads a short batch to the
+    size it compiled for, so a short first one would compile the model again at the second.
+    """
+    ok, images, errors = [], [], []
+    for i, path in enumerate(paths, 1):
+        try:
+            images.append(read_image(path))
+            ok.append(path)
+        except DataError as err:
+            errors.append(str(err))
+        if len(images) == batch or i == len(paths):
+            resized = np.stack([predictor.resize(im) for im in images]) if images else None
+            yield ok, images, resized, errors
+            ok, images, errors = [], [], []
 
 
 def save_result(out_dir: Path, name: str, image, mask, predictor: Predictor, alpha: float) -> None:
     """Write the mask and the overlay; both land, or (if either cannot be written) neither."""
     mask_path, overlay_path = (out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
     with atomic_path(mask_path) as mask_tmp, atomic_path(overlay_path) as overlay_tmp:
-        Image.fromarray(mask).save(mask_tmp, format="PNG")
+        write_image(mask_tmp, Image.fromarray(mask), "PNG")
         overlay = Image.fromarray(predictor.overlay(image, mask, alpha))
-        overlay.save(overlay_tmp, format="JPEG", quality=92)
+        write_image(overlay_tmp, overlay, "JPEG", quality=92)
 
 
 def save_or_note(failures: list[str], path: Path, *args) -> None:
@@ -190,7 +197,10 @@ def main(args: argparse.Namespace) -> None:
     if done:
         model_fps = predictor.model_fps()
         print(f"Segmented {done} image(s) into {args.out_dir}")
-        print(f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS) on {device}")
+        print(
+            f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS) on {device}"
+            f"{predictor.model_fps_note()}"
+        )
         print(f"end to end: {done / elapsed:.2f} images per second (reading, model, writing)")
     problems = []
     for listed, what in ((failures, "read"), (write_failures, "written")):

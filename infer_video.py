@@ -49,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input",
         required=True,
-        help="a video file, a camera index such as 0, or a camera device such as /dev/video0",
+        help="a video file, a camera index such as 0, a camera device such as /dev/video0, or "
+        "a stream address such as rtsp://HOST/PATH",
     )
     return parser
 
@@ -66,15 +67,18 @@ class VideoSource:
 
 
 def open_video(spec: str) -> VideoSource:
-    """Open a video file or camera (an index, or a device such as /dev/video0), or fail with a
-    message naming it."""
+    """Open a video file, a camera (an index, or a device such as /dev/video0) or a stream (an
+    address such as rtsp://HOST/PATH, read as a camera), or fail with a message naming it."""
     path = Path(spec)
-    camera = spec.isdigit() or path.is_char_device()
+    stream = "://" in spec  # rtsp://, http://: an IP camera or a live stream, read as a camera
+    camera = spec.isdigit() or stream or path.is_char_device()
     if not camera and not path.is_file():
         problem = "is a folder; give a video file" if path.is_dir() else "does not exist"
         raise UserError(f"--input {spec} {problem}")
     capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
     if not capture.isOpened():
+        if stream:
+            raise UserError(f"cannot open the stream {spec}: is its address right, and is it on?")
         what = f"camera {spec}" if camera else f"{spec}: not a video OpenCV can read, or corrupt"
         raise UserError(f"cannot open {what}")
     fps = capture.get(cv2.CAP_PROP_FPS)
@@ -82,9 +86,12 @@ def open_video(spec: str) -> VideoSource:
         log.warning("%s does not state its frame rate; writing at 30 FPS", spec)
         fps = 30.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    name = f"camera{spec}" if spec.isdigit() else "stream" if stream else path.stem
+    if camera:  # each recording is new: the next one must not replace it
+        name += time.strftime("_%Y%m%d-%H%M%S")
     return VideoSource(
         capture=capture,
-        name=f"camera{spec}" if spec.isdigit() else path.stem,
+        name=name,
         fps=fps,
         width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
         height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
@@ -110,17 +117,28 @@ def mp4v_rate(fps: float) -> float:
     return fps
 
 
+# Reads in a row that a video file may fail before it counts as ended: OpenCV fails a read at
+# a damaged frame, and decodes the frames after it again.
+FAILED_READS_AT_END = 25
+
+
 def read_batches(source: VideoSource, predictor: Predictor, batch: int):
-    """Yield (RGB frames, resized batch) groups of up to ``batch`` frames."""
-    frames = []
+    """Yield (RGB frames, resized batch) groups of up to ``batch`` frames.
+
+    A file's undecodable frames are left out (check_frame_count then names the shortfall); a
+    camera ends at its first failed read.
+    """
+    frames, failed = [], 0
     while True:
         ok, bgr = source.capture.read()
+        failed = 0 if ok else failed + 1
         if ok:
             frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        if frames and (not ok or len(frames) == batch):
+        end = failed > (0 if source.camera else FAILED_READS_AT_END)
+        if frames and (end or len(frames) == batch):
             yield frames, np.stack([predictor.resize(f) for f in frames])
             frames = []
-        if not ok:
+        if end:
             return
 
 
@@ -148,6 +166,20 @@ def check_frame_count(spec: str, declared: int | None, decoded: int) -> None:
             decoded,
             decoded,
         )
+
+
+NO_ROOM = " (is the disk full?); free some space or choose another --out-dir"
+
+
+def stored_frames(path: Path) -> int | None:
+    """The frames a finished video file holds by its header: 0 if OpenCV cannot open it, None
+    if it cannot tell."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    return None if count < 0 else count
 
 
 def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, args) -> dict:
@@ -185,7 +217,10 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             nonlocal done
             for frame, mask in zip(frames, masks, strict=True):
                 overlay = predictor.overlay(frame, mask, args.alpha)
-                video.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                # OpenCV only warns when a frame cannot be written (a full disk): 5.x returns
+                # False, 4.x nothing, which the count of frames stored catches at the end
+                if video.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)) is False:
+                    raise UserError(f"cannot write frame {done + 1} to {out_path}{NO_ROOM}")
                 done += 1
 
         bar = tqdm(total=source.frames, unit="frame", desc=source.name, dynamic_ncols=True)
@@ -219,6 +254,9 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             raise KeyboardInterrupt  # nothing to keep: stop as any interrupted run does
         if done == 0:
             raise UserError(f"--input {args.input} has no frames OpenCV can decode")
+        stored = stored_frames(tmp)
+        if stored is not None and stored < done:
+            raise UserError(f"cannot write {out_path}: it holds {stored} of {done} frames{NO_ROOM}")
         if stopped is not None:
             of = f" of {source.frames}" if source.frames else ""
             log.warning(
@@ -244,6 +282,11 @@ def main(args: argparse.Namespace) -> None:
         # until it is encoded: this asks only for room to start.
         check_writable(args.out_dir, needed_bytes=2**20)
         out_path = args.out_dir / f"{source.name}.mp4"
+        if out_path.is_dir():
+            raise UserError(
+                f"{out_path} is a folder, in the output's place: move it or choose "
+                "another --out-dir"
+            )
         if not source.camera and out_path.exists() and os.path.samefile(out_path, args.input):
             raise UserError(
                 f"--input {args.input} is the file the output would replace; choose another "
@@ -256,12 +299,13 @@ def main(args: argparse.Namespace) -> None:
     with opencv_threads_for(predictor.device):
         stats = segment_video(source, predictor, out_path, args)
     print(
-        f"Wrote {out_path}: {stats['frames']} frames, {source.width}x{source.height}, "
+        f"Wrote {out_path}: {stats['frames']} frame{'s' * (stats['frames'] != 1)}, "
+        f"{source.width}x{source.height}, "
         f"{stats['rate']:.3f} FPS"
     )
     print(
         f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS) "
-        f"on {device}, batch {args.batch}"
+        f"on {device}, batch {args.batch}{predictor.model_fps_note()}"
     )
     print(f"end to end: {stats['fps']:.2f} FPS (decoding, model, drawing, encoding)")
 

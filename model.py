@@ -7,10 +7,8 @@ FLOPs per image.
 import argparse
 import json
 import logging
-import pickle
 import warnings
 from pathlib import Path
-from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +113,25 @@ def cached_weights(backbone: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / official_weights_name(backbone)
 
 
+def official_weights_url(backbone: str) -> str:
+    """Where the official hub code downloads ``backbone``'s weights from."""
+    return f"{WEIGHTS_BASE_URL}/{backbone.replace('_reg', '')}/{official_weights_name(backbone)}"
+
+
+def download_official_weights(backbone: str, path: Path) -> None:
+    """Download the official weights to ``path`` as torch.hub does (a temporary file, renamed
+    when complete), or fail with the offline options."""
+    url = official_weights_url(backbone)
+    log.info("downloading %s to %s", url, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path))
+    except OSError as err:  # URLError and HTTPError included
+        raise UserError(
+            f"could not download the official {backbone} weights ({err}). " + offline_help(backbone)
+        ) from err
+
+
 def damaged_cache_help(path: Path) -> str:
     return (
         f"The cached official weights {path} are damaged or not this model's (an interrupted "
@@ -129,9 +146,9 @@ def offline_help(backbone: str, weights: str | None = "pretrained") -> str:
     to name; "random" where only the architecture is wanted."""
     if weights is None:
         return (
-            "Offline options (no weights file is needed here; a checkpoint brings its own "
-            "weights): --backbone-source timm, which builds the same architecture without a "
-            f"download; or --hub-dir DIR, a local clone of {HUB_REPO}; or fill "
+            "Offline options (no weights file is needed: only the architecture is built): "
+            "--backbone-source timm, which builds the same architecture without a download; "
+            f"or --hub-dir DIR, a local clone of {HUB_REPO}; or fill "
             "TORCH_HOME/hub/facebookresearch_dinov2_main on a machine with internet."
         )
     if weights == "random":
@@ -147,7 +164,7 @@ def offline_help(backbone: str, weights: str | None = "pretrained") -> str:
         f"(TORCH_HOME/hub/facebookresearch_dinov2_main and TORCH_HOME/hub/checkpoints/{name}); "
         f"or --hub-dir DIR (a local clone of {HUB_REPO}) with --weights FILE; or "
         f"--backbone-source timm --weights FILE, where FILE is the official {name} "
-        f"({WEIGHTS_BASE_URL}/{backbone.replace('_reg', '')}/{name}). "
+        f"({official_weights_url(backbone)}). "
         "--backbone-source timm --weights random trains on an untrained backbone (smoke tests "
         "only)."
     )
@@ -229,17 +246,18 @@ def _build_vit(
             num_classes=0,
             dynamic_img_size=True,
         )
-    return _hub_load(name, hub_dir, pretrained=False, weights=weights)
+    return _hub_load(name, hub_dir, weights=weights)
 
 
 def _hub_load(
-    name: str,
-    hub_dir: Path | None,
-    pretrained: bool,
-    fused: bool = True,
-    weights: str | None = "pretrained",
+    name: str, hub_dir: Path | None, fused: bool = True, weights: str | None = "pretrained"
 ) -> nn.Module:
-    """The official model through torch.hub; ``fused`` swaps in FusedAttention (see there)."""
+    """The official architecture through torch.hub, with untrained weights (``weights``: see
+    offline_help); ``fused`` swaps in FusedAttention (see there).
+
+    The official code could load the weights too, but torch.hub unpickles them without
+    weights_only: load_backbone reads the same cache file itself.
+    """
     if hub_dir is not None and not (hub_dir / "hubconf.py").is_file():
         raise UserError(f"--hub-dir {hub_dir} has no hubconf.py: point it at a clone of {HUB_REPO}")
     repo, source = (str(hub_dir), "local") if hub_dir is not None else (HUB_REPO, "github")
@@ -248,22 +266,17 @@ def _hub_load(
             # The official modules warn about xFormers on import; FusedAttention replaces the
             # layers those warnings are about.
             warnings.filterwarnings("ignore", message="xFormers is ")
-            vit = torch.hub.load(repo, name, source=source, pretrained=pretrained)
-    except (OSError, RuntimeError, URLError, EOFError, pickle.UnpicklingError) as err:
-        # torch.load of the cached weights raises EOFError or UnpicklingError for a file that is
-        # not a checkpoint, RuntimeError for a truncated one or one of another model
-        cached = cached_weights(name)
-        unreadable = isinstance(err, EOFError | pickle.UnpicklingError) or any(
-            s in str(err) for s in ("PytorchStreamReader", "loading state_dict")
-        )
-        if pretrained and cached.is_file() and unreadable:
-            raise UserError(
-                f"could not load {name} through torch.hub ({type(err).__name__}: "
-                f"{str(err)[:300]}). {damaged_cache_help(cached)}"
-            ) from err
+            vit = torch.hub.load(repo, name, source=source, pretrained=False)
+    except ImportError as err:  # hubconf.py imports the repository's modules and what they need
+        where = f"--hub-dir {hub_dir}" if hub_dir is not None else f"the cached {HUB_REPO} code"
         raise UserError(
-            f"could not load {name} through torch.hub ({err}). "
-            + offline_help(name, "pretrained" if pretrained else weights)
+            f"could not load {name} through torch.hub: {where} failed to import "
+            f"({type(err).__name__}: {err}). Install the missing package, point --hub-dir at "
+            f"a complete clone of {HUB_REPO}, or use --backbone-source timm"
+        ) from err
+    except (OSError, RuntimeError) as err:  # no network and no cache, no such entry point...
+        raise UserError(
+            f"could not load {name} through torch.hub ({err}). " + offline_help(name, weights)
         ) from err
     return _with_fused_attention(vit) if fused else vit
 
@@ -442,19 +455,19 @@ def load_backbone(
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     blocks = BACKBONES[name].blocks(layers)
-    if source == "hub" and weights == "pretrained":
-        vit = _hub_load(name, hub_dir, pretrained=True)
-        return _frozen(DinoBackbone(vit, name, source, blocks))
-
     vit = _build_vit(name, source, hub_dir, weights)
     backbone = DinoBackbone(vit, name, source, blocks)
     cached = weights == "pretrained"
-    if cached:  # timm: the file torch.hub would have cached
+    if cached:
+        # The file torch.hub caches, read here with weights_only=True and checked key by key:
+        # the official code would unpickle it (torch.hub.load_state_dict_from_url).
         path = cached_weights(name)
-        if not path.is_file():
+        if not path.is_file() and source == "timm":
             raise UserError(
                 f"--backbone-source timm found no official weights at {path}. " + offline_help(name)
             )
+        if not path.is_file():
+            download_official_weights(name, path)
         weights = str(path)
     if weights == "random":
         log.warning(
@@ -657,9 +670,10 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
         )
         raise UserError(f"checkpoint {path} ({flag}) does not exist; {fix}")
     if path.suffix.lower() == ".onnx":
+        # Only the inference scripts have --backend: train.py and export.py need the .pth.
         raise UserError(
-            f"{flag} {path} is an ONNX model: add --backend onnxruntime to run it, or pass a "
-            ".pth checkpoint"
+            f"{flag} {path} is an ONNX model, not a .pth checkpoint written by train.py: only "
+            "infer_image.py and infer_video.py run it, with --backend onnxruntime"
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from config import IGNORE_INDEX, SPLITS, ClassConfig
 from datasets import DataError, DatasetError, convert_penn_fudan, find_pairs, open_image
-from utils import UserError, run_script
+from utils import UserError, run_script, write_image
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -107,9 +107,8 @@ def write_pair(folder: Path, split: str, name: str, image_bytes: bytes, mask: np
     (folder / f"{split}_images").mkdir(parents=True, exist_ok=True)
     (folder / f"{split}_masks").mkdir(parents=True, exist_ok=True)
     (folder / f"{split}_images" / name).write_bytes(image_bytes)
-    Image.fromarray(mask.astype(np.uint8)).save(
-        folder / f"{split}_masks" / f"{Path(name).stem}.png"
-    )
+    mask_image = Image.fromarray(mask.astype(np.uint8))
+    write_image(folder / f"{split}_masks" / f"{Path(name).stem}.png", mask_image, "PNG")
 
 
 def convert_voc(root: Path, out: Path, classes: list[str]) -> None:

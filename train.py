@@ -13,6 +13,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 import argparse
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from config import (
     DEFAULT_OUT_DIR,
     IGNORE_INDEX,
     PATCH_SIZE,
+    RESUMED_MODEL,
     RESUMED_SETTINGS,
     ClassConfig,
     backbone_flags,
@@ -76,6 +78,7 @@ from utils import (
     seed_everything,
     setup_distributed,
     write_csv,
+    write_image,
     write_json,
     write_text,
 )
@@ -156,8 +159,10 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, flag) < minimum:
             raise UserError(f"--{flag.replace('_', '-')} must be at least {minimum}")
     for flag in ("lr", "backbone_lr"):
-        if not getattr(args, flag) > 0:
-            raise UserError(f"--{flag.replace('_', '-')} must be positive")
+        if not 0 < getattr(args, flag) < math.inf:
+            raise UserError(
+                f"--{flag.replace('_', '-')} must be positive and finite, not {getattr(args, flag)}"
+            )
     if not 0 <= args.weight_decay < math.inf:
         raise UserError(f"--weight-decay must be 0 or more, not {args.weight_decay}")
     if not 0 <= args.seed < 2**32:  # what NumPy's seeding takes
@@ -172,7 +177,8 @@ def check_args(args: argparse.Namespace) -> None:
             "--model names the checkpoint that --eval-only scores; to go on training a "
             "checkpoint, use --resume OUT/last_model.pth"
         )
-    if args.cache_features != "off" and args.fine_tune:
+    if args.cache_features != "off" and args.fine_tune and not args.resume:
+        # (a resumed run's --fine-tune is its checkpoint's: fit names the checkpoint instead)
         raise UserError("--cache-features needs a frozen backbone: drop --fine-tune or the cache")
 
 
@@ -328,18 +334,27 @@ def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -
             pred = predictor.predict(image)
         panel = np.concatenate([predictor.overlay(image, truth), predictor.overlay(image, pred)], 1)
         with atomic_path(folder / f"{image_path.stem}.jpg") as tmp:
-            Image.fromarray(panel).save(tmp, format="JPEG", quality=90)
+            write_image(tmp, Image.fromarray(panel), "JPEG", quality=90)
 
 
-def run_eval(args, device, autocast, rank: int = 0, world: int = 1) -> None:
+def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world: int = 1) -> None:
     """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json.
 
-    With --tta the split is scored twice, without and with test-time augmentation.
+    The classes are the checkpoint's (``classes``, from --config, differing is a warning). With
+    --tta the split is scored twice, without and with test-time augmentation.
     """
     path = args.model or args.out_dir / "best_model_iou.pth"
     tta = tta_setting(args)
     model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir)
-    classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
+    trained = ClassConfig.from_dict(ckpt["classes"], source=str(path))
+    if args.config is not None and classes != trained:
+        log.warning(
+            "the classes of --config %s are ignored: %s is scored with its own %s",
+            args.config,
+            path,
+            list(trained.names),
+        )
+    classes = trained
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
     use_recorded_data(args, ckpt, path)
@@ -411,7 +426,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
         if rank == 0:
             check_writable(args.out_dir, needed_bytes=2**20)
         if args.eval_only:
-            run_eval(args, device, autocast, rank, world)
+            run_eval(args, classes, device, autocast, rank, world)
         else:
             fit(args, classes, device, autocast, rank, world)
     finally:
@@ -495,13 +510,12 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         resume_optimization(optimizer, scheduler, args, ckpt, start)
         if ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
-        csv_path = args.out_dir / "metrics.csv"
-        history = (
-            [r for r in read_csv(csv_path) if r["epoch"] < start] if csv_path.is_file() else []
-        )
+        history = resumed_history(args.out_dir / "metrics.csv", start)
+        if main_process and not history:
+            history = carry_over(args.resume.parent, args.out_dir, start)
 
     run_settings = settings(args, classes, imgsz)
-    if main_process:
+    if main_process and start <= args.epochs:  # a resume with nothing to do keeps the run's file
         write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
     if start > args.epochs:
         log.info(
@@ -612,8 +626,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         raise
     except TrainingDiverged as err:
         raise UserError(
-            f"{err} of epoch {epoch}; training stopped. {kept()} Lower --lr "
-            f"(now {args.lr:g}), or use --amp bf16 rather than fp16."
+            f"{err} of epoch {epoch}; training stopped. {kept()} Lower --lr (now {args.lr:g})"
+            + (", or use --amp bf16 rather than fp16." if args.amp == "fp16" else ".")
         ) from err
     except OSError as err:
         raise UserError(
@@ -624,6 +638,47 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
         memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")
+
+
+def resumed_history(csv_path: Path, start: int) -> list[dict]:
+    """The rows of OUT/metrics.csv before the resumed epoch ``start``; [] where there is none."""
+    if not csv_path.is_file():
+        return []
+    try:
+        return [r for r in read_csv(csv_path) if r["epoch"] < start]
+    except (KeyError, ValueError, TypeError) as err:  # edited by hand, or by a spreadsheet
+        raise UserError(
+            f"{csv_path} is not a metrics.csv that train.py wrote (it fails to parse: {err!r}); "
+            f"move it away and resume again: the new one then starts at epoch {start}"
+        ) from err
+
+
+BEST_CHECKPOINTS = ("best_model_iou.pth", "best_model_loss.pth")
+
+
+def carry_over(source: Path, out_dir: Path, start: int) -> list[dict]:
+    """A run resumed into another --out-dir: copy the resumed run's best checkpoints of the
+    epochs before ``start`` from ``source`` (the --resume checkpoint's folder), where out_dir has
+    none, so that out_dir holds the run's best model. Returns source's metrics.csv rows of those
+    epochs ([] where there are none), the history that out_dir's metrics.csv continues."""
+    if not source.is_dir() or source.resolve() == out_dir.resolve():
+        return []
+    for name in BEST_CHECKPOINTS:
+        if (out_dir / name).exists() or not (source / name).is_file():
+            continue
+        try:  # mmap: only the epoch is read
+            ckpt = torch.load(source / name, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # not a checkpoint of this run: the new run writes its own
+            continue
+        epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
+        if isinstance(epoch, int) and epoch < start:
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(source / name, tmp)
+            log.info("copied %s (epoch %d) into %s", source / name, epoch, out_dir)
+    try:
+        return resumed_history(source / "metrics.csv", start)
+    except UserError:
+        return []  # out_dir's metrics.csv then starts at the resumed epoch
 
 
 def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[int, int]]:
@@ -650,6 +705,23 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
             args.config,
             list(resumed.names),
         )
+    # config.parse_args gave these the checkpoint's values unless --config or the command line
+    # asked for others
+    recorded = ckpt["args"] if isinstance(ckpt["args"], dict) else {}
+    ignored = [
+        f"--{k.replace('_', '-')} {getattr(args, k)} (the checkpoint's: {recorded[k]})"
+        for k in RESUMED_MODEL
+        if k in recorded and plain_value(getattr(args, k)) != recorded[k]
+    ]
+    if ignored:
+        log.warning(
+            "ignored: %s. A resumed run keeps its checkpoint's model; start a new run (without "
+            "--resume) to train another",
+            ", ".join(ignored),
+        )
+    for k in RESUMED_MODEL:  # so that args.yaml records the model trained
+        if k in recorded:
+            setattr(args, k, recorded[k])
     return ckpt, resumed, imgsz
 
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import math
@@ -9,6 +10,7 @@ import os
 import platform
 import queue
 import random
+import re
 import shutil
 import signal
 import sys
@@ -129,6 +131,8 @@ def check_writable(
     folder: Path, needed_bytes: int, flag: str = "--out-dir", purpose: str = "its outputs"
 ) -> None:
     """Fail before any work if ``folder`` cannot be written or lacks ``needed_bytes`` of space."""
+    if folder.exists() and not folder.is_dir():  # mkdir would only say "File exists"
+        raise UserError(f"{flag} {folder} is not writable: it is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
@@ -149,6 +153,18 @@ def write_text(dest: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_image(path: Path, image, format: str, **params) -> None:
+    """Save a PIL image to ``path``, raising OSError if the file system takes less than all of it.
+
+    Pillow's encoders write to a file descriptor themselves and ignore a short write: on a full
+    disk (or past a file size limit) it left a truncated JPEG and reported success. Encoded in
+    memory first, the bytes go through Python's file writes, which retry short writes and raise.
+    """
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **params)
+    Path(path).write_bytes(buffer.getbuffer())
+
+
 def write_json(dest: Path, obj) -> None:
     write_text(dest, json.dumps(obj, indent=2) + "\n")
 
@@ -162,8 +178,11 @@ def write_csv(dest: Path, rows: Sequence[dict]) -> None:
 
 
 def read_csv(path: Path) -> list[dict]:
-    """Read a CSV written by write_csv, with numbers parsed back to float (epoch to int)."""
-    with Path(path).open(newline="") as f:
+    """Read a CSV written by write_csv, with numbers parsed back to float (epoch to int).
+
+    A byte-order mark, which spreadsheets add when they save a CSV as UTF-8, is skipped.
+    """
+    with Path(path).open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in rows]
 
@@ -485,14 +504,26 @@ def check_gui() -> None:
     """Fail early and clearly when --show cannot open a window."""
     import cv2
 
+    no_windows = (
+        "--show needs an OpenCV build with windows (pip install opencv-python instead of "
+        "opencv-python-headless) and a display; run without --show"
+    )
+    if re.search(r"^\s*GUI:\s*NONE\s*$", cv2.getBuildInformation(), re.MULTILINE):
+        raise UserError(no_windows)
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        # opencv-python's Linux wheels draw windows with Qt, which aborts the whole process (no
+        # exception to catch) when it finds no display, as over SSH without -X
+        raise UserError(
+            "--show needs a display, and neither DISPLAY nor WAYLAND_DISPLAY is set (over SSH, "
+            "connect with ssh -X); run without --show"
+        )
     try:
         cv2.namedWindow("check")
         cv2.destroyWindow("check")
     except cv2.error as err:
-        raise UserError(
-            "--show needs an OpenCV build with windows (pip install opencv-python instead of "
-            "opencv-python-headless) and a display; run without --show"
-        ) from err
+        raise UserError(no_windows) from err
 
 
 def show(title: str, overlay: np.ndarray, wait_ms: int) -> bool:

@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
         weights = Path(tmp) / "weights.pth"
         torch.save(random_official_weights(), weights)
         fused = load_backbone(name, "hub", str(weights), args.hub_dir)
-        vit = _hub_load(name, args.hub_dir, pretrained=False, fused=False)
+        vit = _hub_load(name, args.hub_dir, fused=False)
         vit.load_state_dict(torch.load(weights, weights_only=True), strict=True)
     official = DinoBackbone(vit, name, "hub", fused.blocks).eval()
     w, h = args.imgsz

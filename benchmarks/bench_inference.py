@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 import torch
 
-from config import BACKBONES, DEFAULT_CLASSES
+from config import DEFAULT_BACKBONE, DEFAULT_CLASSES, backbone_flags, check_imgsz
 from engine import Predictor, synchronize
 from infer_video import open_video, segment_video
 from model import (
@@ -61,7 +61,9 @@ from utils import (
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[backbone_flags(inference=True)]
+    )
     parser.add_argument("--imgsz", type=int, nargs=2, default=(644, 644), metavar=("W", "H"))
     parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
     parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
@@ -70,7 +72,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=16, help="length of the test video")
     parser.add_argument("--video-size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
     parser.add_argument("--model", type=Path, default=None, help="a checkpoint (default: random)")
-    parser.add_argument("--backbone", choices=list(BACKBONES), default="dinov2_vits14")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions of model-only runs")
     parser.add_argument(
         "--int8", action="store_true", help="CPU: the fast path with int8 linear layers, compiled"
@@ -215,15 +216,21 @@ def io_ceiling(video: Path, out: Path, model: Segmentor, imgsz, batch: int) -> f
 
 
 def main(args: argparse.Namespace) -> None:
+    check_imgsz(args.imgsz)
+    for flag in ("batch", "frames", "reps"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1")
     device = pick_device(args.device)
     dtype = amp_dtype(args.amp, device) or torch.float32
     if args.int8 and (device.type != "cpu" or args.amp != "off"):
         raise UserError("--int8 is a CPU fast path from float32: use it with --amp off on the CPU")
     torch.manual_seed(0)
     if args.model:
-        base, _ = load_checkpoint(args.model, device)
+        base, _ = load_checkpoint(
+            args.model, device, args.backbone_source, args.hub_dir, args.backbone
+        )
     else:
-        backbone = load_backbone(args.backbone, "timm", None)
+        backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, "timm", None)
         backbone.load_official_state_dict(trained_like(backbone.official_shapes()))
         base = Segmentor(backbone, DEFAULT_CLASSES.num_classes)
     base = base.to(device).eval()

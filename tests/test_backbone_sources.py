@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 from urllib.error import URLError
 
 import pytest
@@ -16,7 +17,14 @@ import torch
 import train
 from config import DEFAULT_CLASSES, parse_args
 from conftest import FAKE_HUB, ROOT
-from model import FusedAttention, Segmentor, load_backbone, load_checkpoint, save_checkpoint
+from model import (
+    FusedAttention,
+    Segmentor,
+    load_backbone,
+    load_checkpoint,
+    official_weights_url,
+    save_checkpoint,
+)
 from synthetic import official_layout
 from utils import UserError
 
@@ -213,3 +221,67 @@ def test_offline_random_weights_on_the_hub_source_names_the_flag_that_works(tmp_
     assert "--backbone-source timm --weights random" in message, message
     assert "--hub-dir" in message
     assert "--weights FILE" not in message, message
+
+
+def test_hub_code_that_fails_to_import_is_a_message(tmp_path):
+    """A partial clone, or one whose modules need a package this environment lacks: torch.hub
+    raised the ModuleNotFoundError of hubconf.py as a traceback."""
+    (tmp_path / "hubconf.py").write_text("import dinov2_not_installed\n")
+    with pytest.raises(UserError, match=rf"--hub-dir {tmp_path} failed to import .*dinov2_not"):
+        load_backbone("dinov2_vits14", "hub", None, hub_dir=tmp_path)
+
+
+class _OpensAFile:
+    """Unpickled without weights_only, this creates the file it names."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_the_hub_source_reads_cached_weights_with_weights_only(torch_home, tmp_path):
+    """torch.hub.load(..., pretrained=True) loads the cache file with weights_only=False: a
+    pickle there ran, then load_state_dict raised a TypeError traceback."""
+    cached = torch_home / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    marker = tmp_path / "pickle_ran"
+    torch.save(_OpensAFile(marker), cached)
+    with pytest.raises(UserError, match=rf"cached official weights {cached}.*delete it"):
+        load_backbone("dinov2_vits14", "hub", "pretrained")
+    assert not marker.exists()
+
+
+def test_the_hub_source_downloads_missing_weights_into_the_cache(torch_home, monkeypatch):
+    cached = torch_home / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    official = cached.read_bytes()
+    cached.unlink()
+    fetched = []
+
+    def download(url, dst, *args, **kwargs):
+        fetched.append(url)
+        Path(dst).write_bytes(official)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    hub = load_backbone("dinov2_vits14", "hub", "pretrained")
+    # the URL of the official hubconf.py
+    assert fetched == [
+        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth"
+    ]
+    assert official_weights_url("dinov2_vitl14_reg") == (
+        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth"
+    )
+    assert cached.is_file()
+    loaded = hub.official_state_dict()
+    for key, value in torch.load(cached, weights_only=True).items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+
+
+def test_the_hub_source_offline_without_cached_weights_names_the_options(torch_home, monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+
+    (torch_home / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth").unlink()
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(UserError, match=r"could not download .*Offline options: fill"):
+        load_backbone("dinov2_vits14", "hub", "pretrained")

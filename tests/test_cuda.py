@@ -32,7 +32,7 @@ def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
 
 def test_official_and_fused_attention_agree_on_the_gpu(weights_file):
     fused = load_backbone("dinov2_vits14", "hub", str(weights_file), FAKE_HUB)
-    vit = _hub_load("dinov2_vits14", FAKE_HUB, pretrained=False, fused=False)
+    vit = _hub_load("dinov2_vits14", FAKE_HUB, fused=False)
     vit.load_state_dict(torch.load(weights_file, weights_only=True))
     official = DinoBackbone(vit, "dinov2_vits14", "hub", fused.blocks).eval()
     x = torch.randn(2, 3, 112, 84, generator=torch.Generator().manual_seed(0))

@@ -67,6 +67,24 @@ def test_colour_mask_maps_colours_listed_in_any_order(tmp_path):
     assert read_mask(save(rgb, tmp_path / "m.png"), classes).tolist() == [[0, 1, 2]]
 
 
+def test_a_gray_colour_mask_saved_as_grayscale_is_read_by_its_colours(tmp_path):
+    # the same mask in RGB was read by its colours; as grayscale, 128 was "not a class id"
+    classes = ClassConfig(
+        names=("background", "person", "car"),
+        mask_colors=((0, 0, 0), (128, 128, 128), (255, 255, 255)),
+        vis_colors=((0, 0, 0), (0, 255, 0), (255, 0, 0)),
+    )
+    gray = np.array([[0, 128, 255]], dtype=np.uint8)
+    assert read_mask(save(gray, tmp_path / "m.png"), classes).tolist() == [[0, 1, 2]]
+    assert read_mask(
+        save(np.repeat(gray[..., None], 3, 2), tmp_path / "rgb.png"), classes
+    ).tolist() == [[0, 1, 2]]
+    # ids stay ids, and values of neither kind are named as before
+    assert read_mask(save(gray // 128, tmp_path / "ids.png"), classes).tolist() == [[0, 1, 1]]
+    with pytest.raises(DataError, match=r"values \[100\] are not class ids"):
+        read_mask(save(np.array([[0, 100]], np.uint8), tmp_path / "bad.png"), classes)
+
+
 def test_colour_mask_with_unknown_colour_names_it(tmp_path):
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
     rgb[0, 0] = (10, 20, 30)
@@ -214,17 +232,20 @@ def test_check_dataset_reports_every_problem_at_once(fresh_data):
     save(np.zeros((4, 4), np.uint8), fresh_data / "train_masks" / "stray.png")  # mask, no image
     (fresh_data / "train_images" / "img001.jpg").write_bytes(b"not an image")  # corrupt
     save(np.zeros((9, 9), np.uint8), fresh_data / "train_masks" / "img002.png")  # wrong size
+    save(np.zeros((84, 112), np.uint8), fresh_data / "train_masks" / "img003.png")  # turned
     bad = np.full((72, 96), 3, np.uint8)
     save(bad, fresh_data / "valid_masks" / "img000.png")
     with pytest.raises(DatasetError) as info:
         check_dataset(fresh_data, THREE)
     problems = info.value.problems
-    assert len(problems) == 5, problems
+    assert len(problems) == 6, problems
     text = "\n".join(problems)
     assert "train_images/img000.png: image without a mask" in text
     assert "stray.png: mask without an image" in text
     assert "img001.jpg: unreadable or corrupt image" in text
     assert "img002.png: mask is 9x9 but its image img002.png is 96x72" in text
+    assert "img002.png is 96x72\n" in text + "\n"  # no hint where the sides do not swap
+    assert "img003.png: mask is 112x84 but its image img003.jpg is 84x112 (sides swapped: " in text
     assert "valid_masks/img000.png: values [3] are not class ids" in text
 
 
@@ -236,6 +257,39 @@ def test_masks_saved_as_0_and_255_are_refused_with_the_fix(fresh_data):
         save(np.zeros_like(np.asarray(Image.open(mask))), mask)
     with pytest.raises(UserError, match=r"masks saved as 0/255\?.* prepare_data.py binary --root"):
         check_dataset(fresh_data, DEFAULT_CLASSES)
+
+
+def test_0_255_masks_with_values_in_between_point_to_prepare_data_binary(fresh_data):
+    # masks that went through JPEG and were saved again as PNG: 0, 255 and values near edges;
+    # the instance-id hint, the only one given before, does not apply to them
+    for mask in (fresh_data / "train_masks").iterdir():
+        soft = np.asarray(Image.open(mask)).astype(np.uint8) * 255
+        soft[:, 1:][soft[:, 1:] != soft[:, :-1]] = 131  # a soft edge
+        save(soft, mask)
+    with pytest.raises(DatasetError) as err:
+        check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert "values [131] are not class ids" in str(err.value)
+    assert "a 0/255 mask with values in between" in str(err.value)
+    assert "prepare_data.py binary" in str(err.value) and "instance-id" not in str(err.value)
+
+
+def test_subfolders_and_images_of_other_formats_are_named_not_skipped_silently(fresh_data, caplog):
+    # a .webp or .jfif pair, or a pair in a subfolder, was left out of training without a word
+    images, masks = fresh_data / "train_images", fresh_data / "train_masks"
+    Image.open(images / "img000.png").save(images / "extra.webp")
+    Image.open(masks / "img000.png").save(masks / "extra.webp", lossless=True)
+    for folder in ("train_images", "train_masks"):
+        (fresh_data / folder / "batch2").mkdir()
+        (fresh_data / folder / ".hidden").mkdir()
+    (fresh_data / "train_images" / "notes.txt").write_text("not an image")
+    pairs = check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert len(pairs["train"]) == 4
+    assert (
+        "train_images: 2 subfolders or files of other formats are not read: batch2/, "
+        "extra.webp (images and masks sit directly in the folder, as .jpg" in caplog.text
+    )
+    assert "train_masks: 2 subfolders" in caplog.text
+    assert ".hidden" not in caplog.text and "notes.txt" not in caplog.text
 
 
 @pytest.mark.parametrize("split", ["train", "valid"])

@@ -98,9 +98,11 @@ def test_onnxruntime_masks_agree_with_pytorch(tmp_path, onnx_files, checkpoint, 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--tta"], "--tta do not apply to --backend onnxruntime"),
-        (["--amp", "bf16", "--device", "cpu"], "--amp do not apply"),
-        (["--int8"], "--int8 do not apply"),
+        (["--tta"], "--tta is PyTorch-only: --backend onnxruntime runs the graph"),
+        (["--amp", "bf16", "--device", "cpu"], "--amp is PyTorch-only"),
+        (["--int8"], "--int8 is PyTorch-only"),
+        (["--compile", "--imgsz", "56", "56"], "--compile, --imgsz are PyTorch-only"),
+        (["--backbone-source", "timm", "--hub-dir", "x"], "--backbone-source, --hub-dir are"),
     ],
 )
 def test_onnxruntime_refuses_torch_only_flags(tmp_path, onnx_files, tiny_data, extra, message):
@@ -185,3 +187,19 @@ def test_an_output_folder_is_refused_before_exporting(tmp_path, checkpoint):
     with pytest.raises(UserError, match=r"--output .* is a folder; name the \.onnx file"):
         export.main(export.get_args_parser().parse_args(
             ["--model", str(checkpoint), "--output", str(tmp_path)]))  # fmt: skip
+
+
+def test_dynamic_export_at_a_size_of_one_patch(tmp_path):
+    """torch.export fixed the side traced at one patch (14 px) to 14: --dynamic failed for a
+    checkpoint trained at 14..20 px a side, with advice to pass the source it already used."""
+    from config import DEFAULT_CLASSES
+    from model import Segmentor, load_backbone, save_checkpoint
+
+    backbone = load_backbone("dinov2_vits14", "timm", None, layers=1)
+    ckpt = tmp_path / "small.pth"
+    save_checkpoint(ckpt, Segmentor(backbone, 2), classes=DEFAULT_CLASSES.to_dict(), imgsz=[20, 56])
+    out = tmp_path / "m.onnx"
+    export.main(export.get_args_parser().parse_args(
+        ["--model", str(ckpt), "--output", str(out), "--dynamic"]))  # fmt: skip
+    proto = onnx.load(str(out))
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["imgsz"]) == [14, 56]

@@ -113,9 +113,10 @@ def test_model_fps_leaves_out_the_first_call(checkpoint, monkeypatch):
     predictor.predict([image] * 3)  # warm-up: on a GPU, start-up and compilation
     assert predictor.model_frames == 0
     assert predictor.model_fps() == 3 / 100.0  # the first call is all there is
+    assert predictor.model_fps_note() == " (one batch only: start-up included)"  # and is said
     predictor.predict([image] * 2)
     assert (predictor.model_frames, predictor.model_seconds) == (2, 1.0)
-    assert predictor.model_fps() == 2.0
+    assert predictor.model_fps() == 2.0 and predictor.model_fps_note() == ""
 
 
 def test_predictor_rejects_non_rgb_arrays(predictor):
@@ -265,6 +266,20 @@ def test_video_round_trip_keeps_frames_size_and_rate(tmp_path, checkpoint, capsy
     assert "13 frames" in printed and "model:" in printed and "end to end:" in printed
 
 
+@pytest.mark.parametrize(("batch", "noted"), [(4, True), (1, False)])
+def test_a_model_time_that_includes_the_first_batch_says_so(
+    tmp_path, checkpoint, capsys, batch, noted
+):
+    # two images: with --batch 4 the first (compiling, warming up) call is the only one timed
+    for i in range(2):
+        Image.fromarray(np.zeros((66, 90, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    infer_image.main(
+        image_args(input=tmp_path, model=checkpoint, out_dir=tmp_path / "out", batch=batch)
+    )
+    model_line = next(line for line in capsys.readouterr().out.splitlines() if "model:" in line)
+    assert ("one batch only" in model_line) == noted
+
+
 def test_opencv_runs_on_one_thread_while_the_model_runs_on_the_cpu(
     tmp_path, checkpoint, monkeypatch
 ):
@@ -340,8 +355,14 @@ class FakeCamera:
     """cv2.VideoCapture of a camera: 96x72 frames, no frame count, no stated rate.
 
     After ``interrupt_after`` frames it interrupts the main thread, as Ctrl-C would (see
-    ctrl_c_due); the stream ends after 500 frames, so a test never runs forever.
+    ctrl_c_due); the stream ends after 500 frames, so a test never runs forever. A path opens
+    a real capture: the script reopens its output to count the frames stored.
     """
+
+    real = cv2.VideoCapture  # kept before the test replaces it
+
+    def __new__(cls, index, *args, **kwargs):
+        return cls.real(index) if isinstance(index, str) else super().__new__(cls)
 
     def __init__(self, index, interrupt_after=12, signum=signal.SIGINT):
         assert index == 0
@@ -371,14 +392,13 @@ def test_camera_stream_ends_with_ctrl_c_and_keeps_the_video(tmp_path, checkpoint
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(infer_video.cv2, "VideoCapture", FakeCamera)
         infer_video.main(video_args(input=0, model=checkpoint, out_dir=out, batch=1))
-    assert sorted(p.name for p in out.iterdir()) == ["camera0.mp4"]
-    result = cv2.VideoCapture(str(out / "camera0.mp4"))
+    (video,) = out.iterdir()  # camera0_YYYYMMDD-HHMMSS.mp4: the next recording keeps this one
+    assert re.fullmatch(r"camera0_\d{8}-\d{6}\.mp4", video.name), video.name
+    result = cv2.VideoCapture(str(video))
     written = int(result.get(cv2.CAP_PROP_FRAME_COUNT))
     assert written >= 7  # of 12 read: the decoder runs at most a few frames ahead
     assert result.get(cv2.CAP_PROP_FPS) == pytest.approx(30)  # the camera stated none
-    assert (
-        f"stopped by Ctrl-C: {out / 'camera0.mp4'} holds the first {written} frames" in caplog.text
-    )
+    assert f"stopped by Ctrl-C: {video} holds the first {written} frames" in caplog.text
 
 
 def test_camera_stopped_by_sigterm_says_so(tmp_path, checkpoint, caplog):
@@ -392,7 +412,7 @@ def test_camera_stopped_by_sigterm_says_so(tmp_path, checkpoint, caplog):
             infer_video.main(video_args(input=0, model=checkpoint, out_dir=out, batch=1))
         finally:
             signal.signal(signal.SIGTERM, previous)
-    assert f"stopped by SIGTERM: {out / 'camera0.mp4'} holds the first" in caplog.text
+    assert f"stopped by SIGTERM: {next(out.iterdir())} holds the first" in caplog.text
 
 
 class SlowEncoding:
@@ -778,7 +798,7 @@ def test_infer_image_names_every_unreadable_file_and_exits_2(tmp_path, checkpoin
         Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(src / name)
     for name in ("b_broken.jpg", "d_broken.png"):
         (src / name).write_bytes(b"not an image")
-    # batches of 2: [a, b_broken], [c, d_broken], [e]; each failure in its own batch
+    # batches of 2 readable images: [a, b_broken, c], [d_broken, e]; a failure in each batch
     cmd = [sys.executable, "infer_image.py", "--input", str(src), "--model", str(checkpoint),
            "--out-dir", str(out), "--batch", "2", "--device", "cpu"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -883,6 +903,21 @@ def test_video_input_that_is_a_device_or_a_folder_is_named_for_what_it_is(tmp_pa
             infer_video.main(video_args(input=tmp_path, model=checkpoint, out_dir=tmp_path))
 
 
+def test_a_stream_address_is_opened_as_a_camera(monkeypatch):
+    # "does not exist" before: only files, indices and devices were taken
+    url = "rtsp://192.0.2.1/live"
+
+    def capture(spec):  # only url is on
+        return SimpleNamespace(isOpened=lambda: spec == url, get=lambda prop: 0.0, spec=spec)
+
+    monkeypatch.setattr(infer_video.cv2, "VideoCapture", capture)
+    source = infer_video.open_video(url)
+    assert source.capture.spec == url and source.camera and source.frames is None
+    assert re.fullmatch(r"stream_\d{8}-\d{6}", source.name), source.name
+    with pytest.raises(UserError, match=r"cannot open the stream rtsp://192.0.2.1/x: is its"):
+        infer_video.open_video("rtsp://192.0.2.1/x")
+
+
 def test_predictions_mid_training_use_the_running_statistics():
     # a Predictor may outlive a mode switch of its model: train.py builds one before training,
     # and train_one_epoch puts the model back in train mode every epoch
@@ -895,3 +930,153 @@ def test_predictions_mid_training_use_the_running_statistics():
     expected = predictor.predict(image)
     model.train()
     assert (predictor.predict(image) == expected).all()
+
+
+def _bench_inference():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_inference", ROOT / "benchmarks" / "bench_inference.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_rebuilds_a_checkpoint_through_the_source_asked_for(monkeypatch, tmp_path):
+    """Offline, a hub-trained --model failed with advice to pass --backbone-source timm, a flag
+    the benchmark did not have."""
+    bench = _bench_inference()
+    seen = []
+
+    def loaded(*args):
+        seen.append(args)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(bench, "load_checkpoint", loaded)
+    argv = ["--model", "m.pth", "--backbone-source", "timm", "--hub-dir", str(tmp_path),
+            "--imgsz", "56", "56", "--device", "cpu"]  # fmt: skip
+    with pytest.raises(UserError, match="stop here"):
+        bench.main(bench.get_args_parser().parse_args(argv))
+    assert seen[0][2:] == ("timm", tmp_path, None)
+
+
+@pytest.mark.parametrize("flags", [["--batch", "0"], ["--frames", "0"], ["--imgsz", "0", "0"]])
+def test_benchmark_refuses_empty_runs(flags):
+    bench = _bench_inference()
+    with pytest.raises(UserError, match=r"must be at least"):
+        bench.main(bench.get_args_parser().parse_args(flags))
+
+
+def test_image_results_on_a_full_disk_are_reported_not_left_truncated(tmp_path, checkpoint):
+    # Pillow's encoders ignore a short write: a full disk once left a cut-off JPEG, and exit 0.
+    # A file size limit (Python ignores SIGXFSZ) fails writes past 2 KB as a full disk would.
+    resource = pytest.importorskip("resource")  # POSIX
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(src / "noise.png")  # its overlay JPEG is well over 2 KB
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY))
+
+    cmd = [sys.executable, "infer_image.py", "--input", str(src), "--model", str(checkpoint),
+           "--out-dir", str(out), "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=limit
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "1 of 1 image(s) could not be written" in proc.stderr and "noise.png" in proc.stderr
+    assert list(out.iterdir()) == [], "neither a truncated overlay nor its mask may remain"
+
+
+class DroppingWriter:
+    """cv2.VideoWriter that stops storing frames after ``keep`` of them, as on a full disk:
+    ``write`` then returns ``dropped`` (OpenCV 5 returns False, OpenCV 4 None)."""
+
+    real = cv2.VideoWriter  # kept before the test replaces it
+
+    def __init__(self, *args, keep=3, dropped=None):
+        self.writer, self.written, self.keep, self.dropped = self.real(*args), 0, keep, dropped
+
+    def write(self, frame):
+        self.written += 1
+        return self.writer.write(frame) if self.written <= self.keep else self.dropped
+
+    def __getattr__(self, name):
+        return getattr(self.writer, name)
+
+
+@pytest.mark.parametrize("dropped", [False, None])
+def test_video_frames_the_encoder_drops_fail_the_run_and_leave_nothing(
+    tmp_path, checkpoint, dropped
+):
+    clip = write_clip(tmp_path / "clip.mp4", frames=8)
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            infer_video.cv2, "VideoWriter", functools.partial(DroppingWriter, dropped=dropped)
+        )
+        with pytest.raises(UserError, match=r"cannot write .*clip\.mp4.*is the disk full"):
+            infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=2))
+    assert list(out.iterdir()) == [], "neither a partial video nor a temporary file may remain"
+
+
+def test_an_unreadable_image_does_not_shorten_a_batch(tmp_path, predictor):
+    # a compiled model pads a short batch to the size it compiled for: a short first batch
+    # made it compile again at the second (13 s an image reported as the model's speed)
+    paths = []
+    for name in ("a_broken.jpg", "b.png", "c.png", "d_broken.png", "e.png", "f.png"):
+        paths.append(tmp_path / name)
+        if "broken" in name:
+            paths[-1].write_bytes(b"not an image")
+        else:
+            Image.new("RGB", (30, 20)).save(paths[-1])
+    groups = list(infer_image.read_batches(paths, predictor, batch=2))
+    assert [[p.name for p in ok] for ok, *_ in groups] == [["b.png", "c.png"], ["e.png", "f.png"]]
+    assert [len(errors) for *_, errors in groups] == [1, 1]
+
+
+def test_video_output_that_is_a_folder_is_refused_before_the_model_loads(tmp_path, checkpoint):
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    (tmp_path / "out" / "clip.mp4").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video, "predictor_from_args", no_model)
+        with pytest.raises(UserError, match=r"out/clip\.mp4 is a folder, in the output's place"):
+            infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
+
+
+def test_show_without_a_display_is_refused_without_opening_a_window(monkeypatch):
+    # Qt, which opencv-python's Linux wheels use, aborts the process when it finds no display
+    def abort(*args):
+        raise AssertionError("a window was opened without a display")
+
+    monkeypatch.setattr(utils.sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:   QT5\n")
+    monkeypatch.setattr(cv2, "namedWindow", abort)
+    with pytest.raises(UserError, match="--show needs a display, and neither DISPLAY"):
+        check_gui()
+    monkeypatch.setenv("DISPLAY", ":0")
+    with pytest.raises(AssertionError, match="a window was opened"):
+        check_gui()
+
+
+def test_damaged_frames_mid_file_are_left_out_not_the_rest_of_the_video(
+    tmp_path, checkpoint, caplog
+):
+    data = bytearray(mjpg_avi_bytes(tmp_path / "full.avi", frames=12))
+    chunks = [m.start() for m in re.finditer(b"00dc", data[data.index(b"movi") :])]
+    for start in chunks[3:5]:  # the 4th and 5th frames' JPEG data, zeroed
+        at = data.index(b"movi") + start
+        size = int.from_bytes(data[at + 4 : at + 8], "little")
+        data[at + 8 : at + 8 + size] = bytes(size)
+    clip = tmp_path / "damaged.avi"
+    clip.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=4))
+    written = cv2.VideoCapture(str(out / "damaged.mp4"))
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 10  # not the 3 before the damage
+    assert f"{clip} declares 12 frames but only 10 could be decoded" in caplog.text

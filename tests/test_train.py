@@ -17,7 +17,7 @@ from datasets import SegmentationDataset, check_dataset
 from engine import evaluate
 from metrics import ConfusionMatrix
 from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
-from utils import UserError, amp_dtype, read_csv
+from utils import UserError, amp_dtype, read_csv, write_csv
 
 IMGSZ = ["90", "66"]  # neither a multiple of 14 nor square
 
@@ -101,10 +101,16 @@ def test_checkpoint_round_trip_gives_the_trained_models_predictions(tmp_path, we
         torch.testing.assert_close(loaded(images), expected, rtol=0, atol=0)
 
 
-def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_path):
+def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_path, caplog):
     best = max(read_csv(trained / "metrics.csv"), key=lambda r: r["valid_miou"])
+    # a --config of other classes is named as ignored: the checkpoint's classes are scored
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "ALL_CLASSES": ["bg", "cat", "dog"], "VIS_LABEL_MAP": [[0, 0, 0], [1, 1, 1], [2, 2, 2]],
+        "LABEL_COLORS_LIST": [[0, 0, 0], [1, 1, 1], [2, 2, 2]]}))  # fmt: skip
     run_train(["--eval-only", "--model", str(trained / "best_model_iou.pth"), "--data",
-               str(tiny_data), "--out-dir", str(tmp_path), "--workers", "0"])  # fmt: skip
+               str(tiny_data), "--out-dir", str(tmp_path), "--workers", "0",
+               "--config", str(tmp_path / "c.yaml")])  # fmt: skip
+    assert "the classes of --config" in caplog.text and "['background', 'person']" in caplog.text
     result = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert result["miou"] == pytest.approx(best["valid_miou"], abs=1e-9)
     assert result["pixel_accuracy"] == pytest.approx(best["valid_acc"], abs=1e-9)
@@ -139,8 +145,16 @@ def test_resume_continues_from_the_next_epoch(tmp_path, tiny_data, weights_file,
     run_train([*args, "--epochs", "2", "--scheduler", "cosine"])
     first = read_csv(tmp_path / "metrics.csv")
     run_train([*args, "--epochs", "3", "--scheduler", "cosine", "--resume",
-               str(tmp_path / "last_model.pth"), "--imgsz", "98", "98"])  # fmt: skip
+               str(tmp_path / "last_model.pth"), "--imgsz", "98", "98", "--fine-tune",
+               "--layers", "2"])  # fmt: skip
     assert "--imgsz 98 98 ignored: a resumed run keeps its checkpoint's size 90 66" in caplog.text
+    # the model's flags are named as ignored, and args.yaml records the model trained
+    assert (
+        "ignored: --layers 2 (the checkpoint's: 4), --fine-tune True (the checkpoint's: False). "
+        "A resumed run keeps its checkpoint's model"
+    ) in caplog.text
+    settings = yaml.safe_load((tmp_path / "args.yaml").read_text())
+    assert (settings["layers"], settings["fine_tune"]) == (4, False)
     rows = read_csv(tmp_path / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[:2] == first
@@ -182,6 +196,61 @@ def test_resume_applies_a_changed_lr_and_weight_decay(tmp_path, tiny_data, weigh
     assert yaml.safe_load((tmp_path / "args.yaml").read_text())["lr"] == 1e-5
 
 
+def test_a_resume_with_nothing_to_do_keeps_the_runs_args_yaml(tmp_path, fresh_data, weights_file):
+    args = [*common(fresh_data, tmp_path, weights_file), "--imgsz", "28", "28", "--num-vis", "0"]
+    run_train([*args, "--epochs", "2"])
+    recorded = (tmp_path / "args.yaml").read_text()
+    run_train([*args, "--epochs", "1", "--resume", str(tmp_path / "last_model.pth")])
+    assert (tmp_path / "args.yaml").read_text() == recorded  # not epochs: 1 and a resume: PATH
+
+
+def test_a_run_resumed_into_another_out_dir_holds_its_best_model_and_history(
+    tmp_path, fresh_data, weights_file
+):
+    # before: B got last_model.pth and epoch 3 alone, and no best model unless epoch 3 beat A's
+    first, second = tmp_path / "a", tmp_path / "b"
+    args = [*common(fresh_data, first, weights_file), "--imgsz", "28", "28", "--num-vis", "0"]
+    run_train([*args, "--epochs", "2"])
+    run_train([*args, "--out-dir", str(second), "--epochs", "3", "--resume",
+               str(first / "last_model.pth")])  # fmt: skip
+    assert [r["epoch"] for r in read_csv(second / "metrics.csv")] == [1, 2, 3]
+    assert read_csv(second / "metrics.csv")[:2] == read_csv(first / "metrics.csv")
+    for name in train.BEST_CHECKPOINTS:  # copied from A, or written by a better epoch 3
+        assert (second / name).is_file(), name
+
+
+def test_carry_over_copies_only_the_best_checkpoints_of_the_resumed_epochs(tmp_path):
+    source, out = tmp_path / "a", tmp_path / "b"
+    source.mkdir()
+    torch.save({"epoch": 2}, source / "best_model_iou.pth")
+    torch.save({"epoch": 7}, source / "best_model_loss.pth")  # of a later, other run
+    write_csv(source / "metrics.csv", [{"epoch": e, "valid_miou": 0.5} for e in (1, 2, 3, 4)])
+    history = train.carry_over(source, out, start=3)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert torch.load(out / "best_model_iou.pth", weights_only=True) == {"epoch": 2}
+    assert not (out / "best_model_loss.pth").exists()
+    # out's own best checkpoint is kept, and resuming in the same folder copies nothing
+    torch.save({"epoch": 1}, source / "best_model_iou.pth")
+    train.carry_over(source, out, start=3)
+    assert torch.load(out / "best_model_iou.pth", weights_only=True) == {"epoch": 2}
+    assert train.carry_over(source, source, start=3) == []
+
+
+def test_a_resumed_metrics_csv_saved_by_a_spreadsheet_is_read_and_a_broken_one_named(tmp_path):
+    # a UTF-8 CSV saved by a spreadsheet starts with a byte-order mark: KeyError 'epoch' before
+    csv_path = tmp_path / "metrics.csv"
+    write_csv(csv_path, [{"epoch": e, "valid_miou": 0.5} for e in (1, 2, 3)])
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    assert [r["epoch"] for r in train.resumed_history(csv_path, 3)] == [1, 2]
+    assert train.resumed_history(tmp_path / "none.csv", 3) == []
+    for text in ("epoch;valid_miou\n1;0.5\n", "epoch,valid_miou\n1,0.5\n2,\n", "epoch\nabc\n"):
+        csv_path.write_text(text)
+        with pytest.raises(
+            UserError, match=r"metrics.csv is not a metrics.csv that train.py wrote"
+        ):
+            train.resumed_history(csv_path, 3)
+
+
 def test_resuming_a_checkpoint_without_training_state_names_it(tmp_path, tiny_data, weights_file):
     # a checkpoint saved by save_checkpoint with the model's keys only: KeyError 'epoch' before
     model = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file)), 2)
@@ -210,6 +279,7 @@ def test_resume_continues_the_recorded_run_unless_a_flag_changes_it(tmp_path, ca
     assert (args.workers, args.out_dir, args.cache_dir) == (
         train.get_args_parser().get_default("workers"), Path("outputs"), None)  # fmt: skip
     assert "continuing " in caplog.text and "--data my/data, --lr 0.003" in caplog.text
+    assert "--scheduler cosine, --no-augment, --amp bf16" in caplog.text  # flags, not "True"
     assert "--batch 16" not in caplog.text and "--epochs 40" not in caplog.text
     # a recorded --no-augment is undone by --augment, or by no_augment: false in --config
     (tmp_path / "augment.yaml").write_text("no_augment: false\n")
@@ -263,7 +333,11 @@ def test_a_runs_args_yaml_repeats_it_as_a_config_file(trained, tmp_path):
     [
         ({"learning_rate": 1}, "unknown keys \\['learning_rate'\\]"),
         ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 0, 0]], "VIS_LABEL_MAP": []},
-         "LABEL_COLORS_LIST has 1 colours for 2 classes"),
+         r"c.yaml: LABEL_COLORS_LIST has 1 colours for 2 classes"),
+        ({"ALL_CLASSES": ["a"], "LABEL_COLORS_LIST": [[0, 0, 0]], "VIS_LABEL_MAP": [[0, 0, 0]]},
+         r"c.yaml: ALL_CLASSES needs at least two classes"),
+        ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 0, 0], [True, 255, 0]],
+          "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]}, r"c.yaml: LABEL_COLORS_LIST must be a list"),
         ({"ALL_CLASSES": ["a", "b"]}, "lacks LABEL_COLORS_LIST, VIS_LABEL_MAP"),
     ],
 )  # fmt: skip
@@ -291,6 +365,7 @@ def test_config_file_takes_off_unquoted(tmp_path):
         ("imgsz: [56, 56, 56]\n", r"c.yaml: imgsz takes a list of 2 values"),
         ("lr: [0.1, 0.2]\n", r"c.yaml: lr takes a single value, not \['0.1', '0.2'\]"),
         ("tta_scales: []\n", r"c.yaml: tta_scales takes a list of one or more values"),
+        ("lr: 0.1\nbatch: 4\nlr: 0.2\n", r"c.yaml: 'lr' is given twice"),  # not the last one
     ],
 )
 def test_bad_values_in_config_file_name_the_file(tmp_path, content, message):
@@ -317,6 +392,7 @@ def test_bad_values_in_config_file_name_the_file(tmp_path, content, message):
         (["--batch", "0"], "--batch must be at least 1"),
         (["--seed", "-1"], "--seed must be between 0 and 4294967295, not -1"),
         (["--weight-decay", "-0.1"], "--weight-decay must be 0 or more, not -0.1"),
+        (["--lr", "inf"], "--lr must be positive and finite, not inf"),
         (["--data", "no/such/dir", "--weights", "random"], "--data no/such/dir is not a folder"),
     ],
 )
@@ -363,7 +439,8 @@ def test_evaluation_flags_without_eval_only_are_refused(argv, message):
     ("name", "flag", "message"),
     [
         ("runs", "--model", r"--model .*runs is a folder; pass a checkpoint in it, such as"),
-        ("model.onnx", "--model", r"is an ONNX model: add --backend onnxruntime"),
+        ("model.onnx", "--model", r"is an ONNX model, not a .pth .* --backend onnxruntime"),
+        ("model.onnx", "--resume", r"--resume .*model.onnx is an ONNX model, not a .pth"),
         ("pickled.pth", "--model", r"pickled.pth is not a (readable )?checkpoint"),
         ("notes.txt", "--model", r"notes.txt is not a readable checkpoint: PyTorch cannot load"),
         ("gone.pth", "--resume", r"gone.pth \(--resume\) does not exist; pass the last_model"),
