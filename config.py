@@ -11,7 +11,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
 from utils import UserError, check_gui
@@ -68,6 +67,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "dinov2_vitg14_reg": _spec(1536, 40, "vit_giant_patch14_reg4_dinov2"),
 }
 DEFAULT_BACKBONE = "dinov2_vits14"
+DEFAULT_SOURCE = "hub"  # --backbone-source of a new model (a checkpoint keeps its own)
+DEFAULT_LAYERS = 4  # all of the "+ms" head's blocks
 
 
 def official_weights_name(backbone: str) -> str:
@@ -197,7 +198,7 @@ def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
 
 
 def runtime_flags() -> argparse.ArgumentParser:
-    """Flags that choose where and how fast to run, shared by every script."""
+    """Flags that choose where and how fast to run, shared by train.py and the inference scripts."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("runtime")
     group.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
@@ -318,7 +319,9 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        # bytes: YAML is UTF-8 (or UTF-16 with a BOM), whatever the locale's encoding (a
+        # Windows code page would misread class names such as "café")
+        data = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)
     except (OSError, yaml.YAMLError) as err:
         raise UserError(f"cannot read config file {path}: {err}") from err
     if data is None:
@@ -344,11 +347,9 @@ RESUMED_MODEL = ("backbone", "layers", "fine_tune", "weights")
 def recorded_settings(checkpoint: Path) -> dict:
     """The run settings a train.py checkpoint recorded, or {} where it has none to read (the
     checkpoint's own check then names the problem)."""
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # any unreadable file: read_checkpoint reports it later
-        return {}
-    recorded = ckpt.get("args") if isinstance(ckpt, dict) else None
+    from model import peek_checkpoint  # model.py imports this module
+
+    recorded = peek_checkpoint(checkpoint).get("args")
     return recorded if isinstance(recorded, dict) else {}
 
 

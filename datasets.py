@@ -24,7 +24,7 @@ from PIL import ExifTags, Image
 from torch.utils.data import Dataset, Sampler
 
 from config import IGNORE_INDEX, IMAGE_EXTENSIONS, PENN_FUDAN_URL, SPLITS, ClassConfig
-from utils import UserError, write_image
+from utils import UserError, temp_folder, write_image
 
 log = logging.getLogger("dinoseg")
 
@@ -128,7 +128,7 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, bool]:
         return mapped, False
     if img.mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]
-        mapped = _map_colors(rgb, classes)
+        mapped = map_colors(rgb, classes.mask_colors)
         if mapped is not None:
             return mapped, False
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
@@ -151,7 +151,7 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, bool]:
         # A gray colour mask saved as grayscale (0/128/255 for the colours [0, 0, 0],
         # [128, 128, 128], [255, 255, 255]): read by its colours, as the same mask in RGB is
         if arr.dtype == np.uint8:
-            mapped = _map_colors(np.repeat(arr[..., None], 3, axis=2), classes)
+            mapped = map_colors(np.repeat(arr[..., None], 3, axis=2), classes.mask_colors)
             if mapped is not None:
                 return mapped, False
         raise
@@ -172,10 +172,11 @@ def _rgb_codes(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def _map_colors(rgb: np.ndarray, classes: ClassConfig) -> np.ndarray | None:
-    """Class ids for a colour mask, or None if some pixel has a colour outside the config."""
+def map_colors(rgb: np.ndarray, colors) -> np.ndarray | None:
+    """(H, W, 3) uint8 colours -> (H, W) uint8 positions of each pixel's colour in ``colors``
+    (class ids, for LABEL_COLORS_LIST), or None if some pixel has a colour not listed."""
     codes = _rgb_codes(rgb)
-    palette = np.array([_code(c) for c in classes.mask_colors])
+    palette = np.array([_code(c) for c in colors])
     order = np.argsort(palette)
     pos = np.searchsorted(palette[order], codes).clip(0, len(palette) - 1)
     found = palette[order][pos] == codes
@@ -202,7 +203,7 @@ def _map_palette(img: Image.Image, arr: np.ndarray, classes: ClassConfig) -> np.
         return None
     used = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
     used = used[used != IGNORE_INDEX]
-    ids = _map_colors(colors[used][None], classes)
+    ids = map_colors(colors[used][None], classes.mask_colors)
     if ids is None or (ids[0] == used).all():
         return None
     lut = np.full(256, IGNORE_INDEX, np.uint8)
@@ -603,7 +604,8 @@ def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
     except (OSError, zipfile.BadZipFile) as err:
         raise UserError(f"{zip_path} is not a readable zip file ({err})") from err
     with zf:
-        names = zf.namelist()
+        # Zips made by macOS's Finder add __MACOSX/.../._NAME resource forks: not images
+        names = [n for n in zf.namelist() if not re.search(r"(^|/)(__MACOSX/|\._)", n)]
         images = sorted(n for n in names if re.search(r"(^|/)PNGImages/[^/]+\.png$", n))
         masks = {Path(n).name: n for n in names if re.search(r"(^|/)PedMasks/[^/]+_mask\.png$", n)}
         if not images:
@@ -616,7 +618,7 @@ def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
                 f"{zip_path}: {len(missing)} images have no PedMasks/*_mask.png, e.g. {missing[0]}"
             )
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        tmp = temp_folder(out_dir)
         try:
             counts = dict.fromkeys(SPLITS, 0)
             for i, name in enumerate(images):
@@ -625,8 +627,14 @@ def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
                 (tmp / f"{split}_images").mkdir(exist_ok=True)
                 (tmp / f"{split}_masks").mkdir(exist_ok=True)
                 (tmp / f"{split}_images" / f"{stem}.png").write_bytes(zf.read(name))
-                with zf.open(masks[f"{stem}_mask.png"]) as f:
-                    instances = np.asarray(Image.open(f))
+                try:
+                    with zf.open(masks[f"{stem}_mask.png"]) as f:
+                        instances = np.asarray(Image.open(f))
+                except (OSError, ValueError, zipfile.BadZipFile) as err:
+                    raise UserError(
+                        f"{zip_path}: {masks[f'{stem}_mask.png']} is unreadable or corrupt "
+                        f"({err}); download the zip again"
+                    ) from err
                 write_image(
                     tmp / f"{split}_masks" / f"{stem}.png",
                     Image.fromarray((instances > 0).astype(np.uint8)),

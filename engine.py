@@ -5,7 +5,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from utils import (
     draw_overlay,
     is_main_process,
     prefetch,
+    torch_save,
 )
 
 log = logging.getLogger("dinoseg")
@@ -49,6 +50,17 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``, copied asynchronously only to CUDA.
+
+    CUDA reads a pageable source before the call returns, and does not reuse a pinned one (the
+    DataLoader's) until its copy is done. A CPU-to-MPS copy with non_blocking=True may read the
+    source after it was freed, as it is when ``x`` is rebound to the copy: silently wrong
+    images and masks (pytorch/pytorch#139550, #189690).
+    """
+    return x.to(device, non_blocking=device.type == "cuda")
 
 
 def _progress(loader, desc: str):
@@ -129,8 +141,8 @@ def train_one_epoch(
     steps = len(loader)
     full_groups_end = steps - steps % accum  # batches after this form a shorter last group
     for step, (images, masks, _) in enumerate(_progress(loader, desc), start=1):
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
+        images = to_device(images, device)
+        masks = to_device(masks, device)
         update = step % accum == 0 or step == steps
         # Under DDP, gradients are averaged across processes only on the batch that updates.
         no_sync = model.no_sync() if hasattr(model, "no_sync") and not update else None
@@ -211,7 +223,8 @@ def evaluate(
     shard and the counts are summed once, so the metrics are those of the whole split.
 
     Args:
-        loader: yields (images, masks, indices) as collated by datasets.collate_eval.
+        loader: yields (images, masks, indices) as collated by datasets.collate_eval; with
+            ``from_features``, cached features in place of the images.
         tta: (scales, flip) for test-time augmentation (see tta_probs); the loss is then the
             negative log of the averaged probabilities.
 
@@ -222,14 +235,14 @@ def evaluate(
     model.eval()
     scores = _SplitScores(num_classes, device)
     for images, masks, _ in _progress(loader, desc):
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device)
         with _autocast(device, autocast_dtype):
             if tta is None:
                 outputs = model.patch_logits(images, from_features).float()  # logits
             else:
                 outputs = tta_probs(model, images, *tta)  # probabilities
         for output, mask in zip(outputs, masks, strict=True):
-            mask = mask.to(device, non_blocking=True)[None]
+            mask = to_device(mask, device)[None]
             up = F.interpolate(
                 output[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
             )
@@ -245,7 +258,19 @@ def evaluate(
 def to_model_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) uint8 on ``device``, contiguous NCHW as the
     DataLoader collates it: channels-last input picks other kernels on CUDA."""
-    return torch.from_numpy(batch).to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+    return to_device(torch.from_numpy(batch), device).permute(0, 3, 1, 2).contiguous()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """``model`` in eval mode for the block (BatchNorm on its running statistics), then back in
+    the mode it was in: a Predictor may serve a model that is being trained."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
 
 
 def synchronize(device: torch.device) -> None:
@@ -256,7 +281,7 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _frozen(compiled):
+def _with_frozen_weights(compiled):
     """A compiled CPU function run with Inductor's "freezing": the weights become constants of
     the graph, packed once for MKL's matrix multiplies (644 px, 2-core CPU: 691 -> 672 ms per
     frame in float32). Dynamo reads the setting while it traces, so it must be on at every call
@@ -305,7 +330,7 @@ class Predictor:
         if compile:
             self.patch_logits = torch.compile(model.patch_logits)
             if self.device.type == "cpu":
-                self.patch_logits = _frozen(self.patch_logits)
+                self.patch_logits = _with_frozen_weights(self.patch_logits)
             self._compiled_batch = 0
             log.info(
                 "the first batch compiles the model (tens of seconds, longer on a CPU); the "
@@ -357,15 +382,28 @@ class Predictor:
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """The model input for one image; thread-safe, so decoding threads can do it."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        if not isinstance(image, np.ndarray):
+            kind = f"{type(image).__module__}.{type(image).__qualname__}"
+            raise TypeError(f"expected an (H, W, 3) uint8 RGB NumPy array, got a {kind}")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or not image.size:
             raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         return resize_image(image, self.imgsz)
 
     @torch.inference_mode()
     def predict_resized(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list:
         """(B, h, w, 3) uint8 resized images + their original (H, W) -> B (H, W) uint8 masks."""
-        start = time.perf_counter()
-        self.model.eval()  # BatchNorm must use its running statistics, even mid-training
+        start, n = time.perf_counter(), len(batch)
+        with _eval_mode(self.model):  # the running statistics, even mid-training
+            masks = self._predict_resized(batch, sizes)
+        synchronize(self.device)
+        if self._first_call is None:
+            self._first_call = (time.perf_counter() - start, n)
+        else:
+            self.model_seconds += time.perf_counter() - start
+            self.model_frames += n
+        return masks
+
+    def _predict_resized(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list:
         n = len(batch)
         if self._compiled_batch is not None:
             # A new batch size would recompile (tens of seconds): pad a short last batch.
@@ -376,14 +414,7 @@ class Predictor:
             scores = self.patch_logits(x)[:n].float()
         else:
             scores = tta_probs(self.model, x, *self.tta)[:n]
-        masks = self._masks(scores, sizes)
-        synchronize(self.device)
-        if self._first_call is None:
-            self._first_call = (time.perf_counter() - start, n)
-        else:
-            self.model_seconds += time.perf_counter() - start
-            self.model_frames += n
-        return masks
+        return self._masks(scores, sizes)
 
     def model_fps(self) -> float:
         """Images per second through the network, without the first call (CUDA start-up,
@@ -402,8 +433,8 @@ class Predictor:
     @torch.inference_mode()
     def predict_features(self, features: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list:
         """Cached (B, N*D, h, w) features + the images' (H, W) -> B (H, W) uint8 masks."""
-        self.model.eval()
-        logits = self.model.patch_logits(features.to(self.device), from_features=True)
+        with _eval_mode(self.model):
+            logits = self.model.patch_logits(features.to(self.device), from_features=True)
         return self._masks(logits.float(), sizes)
 
     @staticmethod
@@ -424,11 +455,19 @@ class Predictor:
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]):
         """One (H, W, 3) image -> (H, W) uint8 class ids; a list of images -> a list of masks."""
-        single = isinstance(images, np.ndarray) and images.ndim == 3
-        images = [images] if single else list(images)
+        # Arrays and tensors are one image unless 4-D: a grayscale array is refused as it is,
+        # not row by row.
+        if isinstance(images, np.ndarray | torch.Tensor):
+            many = images.ndim == 4
+        else:
+            many = isinstance(images, Iterable)
+        if not many:
+            return self.predict([images])[0]
+        images = list(images)
+        if not images:
+            return []
         batch = np.stack([self.resize(im) for im in images])
-        masks = self.predict_resized(batch, [im.shape[:2] for im in images])
-        return masks[0] if single else masks
+        return self.predict_resized(batch, [im.shape[:2] for im in images])
 
     def overlay(self, image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         """Blend the classes' VIS_LABEL_MAP colours over an (H, W, 3) uint8 RGB image."""
@@ -440,7 +479,8 @@ class FeatureCache:
 
     A key covers the backbone, a fingerprint of all its weights, its source and dtype, the
     autocast dtype, the image size, the blocks that feed the head, and the image file's path,
-    size and mtime: a changed file, model or precision never meets a stale entry. Entries live
+    size, mtime and inode: a changed or renamed file, model or precision never meets a stale
+    entry. Entries live
     in RAM ("memory") or as one file each under ``folder`` ("disk", reused by later runs).
     """
 
@@ -478,8 +518,11 @@ class FeatureCache:
 
     def key(self, image_path: Path, view: str) -> str:
         stat = Path(image_path).stat()
+        # The inode follows a file through a rename: files unpacked from an archive share one
+        # mtime, and uncompressed ones of one resolution one size, so two swapped by renaming
+        # would otherwise keep each other's entries.
         text = f"{self.fingerprint}|{Path(image_path).resolve()}|{stat.st_size}|"
-        text += f"{stat.st_mtime_ns}|{view}"
+        text += f"{stat.st_mtime_ns}|{stat.st_ino}|{view}"
         return hashlib.sha1(text.encode()).hexdigest()
 
     def _has(self, key: str) -> bool:
@@ -497,21 +540,34 @@ class FeatureCache:
         key = self._run_key(image_path, view)
         if self.mode == "memory":
             return self.memory[key]
+        file = self.folder / f"{key}.pt"
         try:
-            return torch.load(self.folder / f"{key}.pt", weights_only=True)
+            return torch.load(file, weights_only=True)
         except FileNotFoundError as err:
             # not an OSError: train.fit would report it as a failed write to --out-dir
             raise UserError(
                 f"the feature cache entry {err.filename} of {image_path} ({view}) is gone: was "
                 f"{self.folder} cleared while training? Run again to recompute the missing entries"
             ) from err
+        except Exception as err:  # cut off by a copy or a disk fault: entries are written whole
+            raise UserError(
+                f"the feature cache entry {file} of {image_path} ({view}) is damaged "
+                f"({type(err).__name__}): delete it, and the next run computes it again"
+            ) from err
 
     def _store(self, key: str, features: torch.Tensor) -> None:
         if self.mode == "memory":
             self.memory[key] = features
             return
-        with atomic_path(self.folder / f"{key}.pt") as tmp:
-            torch.save(features, tmp)
+        try:
+            with atomic_path(self.folder / f"{key}.pt") as tmp:
+                torch_save(features, tmp)
+        except OSError as err:
+            raise UserError(
+                f"could not write the feature cache to {self.folder} ({err}); the entries "
+                "written so far are kept for the next run: free some space there, or pass "
+                "another --cache-dir"
+            ) from err
 
     def missing(self, pairs: Sequence[Pair], views: Sequence[str] = ("orig",)) -> list:
         """The (image path, view) entries not cached yet (their files' state read anew)."""

@@ -10,7 +10,8 @@ resize them bilinearly to the image's size and take the argmax over K for class 
 classes, colours and size are stored in the model's metadata. After exporting, ONNX Runtime is
 run against PyTorch on a random input and the largest absolute difference is printed; above
 --tolerance the export fails. Weights above 1.5 GB (ViT-g/14), or any with --external-data, go
-to NAME.data beside the graph, since one ONNX file holds at most 2 GB: keep the two together.
+to OUTPUT.data beside the graph (model.onnx.data), since one ONNX file holds at most 2 GB: keep
+the two together.
 """
 
 import argparse
@@ -66,12 +67,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="let H and W vary (multiples of 14), not only the batch",
     )
     parser.add_argument(
-        "--int8", action="store_true", help="also write NAME.int8.onnx, int8 dynamic quantization"
+        "--int8",
+        action="store_true",
+        help="also write the graph with int8 dynamic quantization (model.int8.onnx for model.onnx)",
     )
     parser.add_argument(
         "--external-data",
         action="store_true",
-        help="store the weights in NAME.data beside the graph (automatic above "
+        help="store the weights in OUTPUT.data beside the graph (automatic above "
         "1.5 GB: an ONNX file holds at most 2 GB)",
     )
     return parser
@@ -218,13 +221,14 @@ def main(args: argparse.Namespace) -> None:
 
 
 def data_file(graph: Path) -> Path:
-    """Where an ONNX graph saved with external data keeps its weights: NAME.data beside it."""
+    """Where an ONNX graph saved with external data keeps its weights: model.onnx.data beside
+    model.onnx."""
     return graph.with_name(graph.name + ".data")
 
 
 def drop_stale_data(graph: Path, external: bool) -> None:
-    """Remove an older export's NAME.data when the new ``graph`` holds its own weights: nothing
-    refers to that file any more."""
+    """Remove an older export's data file (data_file) when the new ``graph`` holds its own
+    weights: nothing refers to that file any more."""
     if not external:
         data_file(graph).unlink(missing_ok=True)
 

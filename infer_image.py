@@ -95,28 +95,29 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
 
     Images that share a stem (photos/a/x.jpg and photos/b/x.jpg) keep their folders below the
     inputs' common folder (a/x, b/x); files that still collide (x.jpg and x.png) keep their
-    extension too (x_jpg, x_png).
+    extension too (x_jpg, x_png). Names that differ only in case (Photo, photo) count as the
+    same: on macOS and Windows they name one file.
     """
-    stems = Counter(p.stem for p in paths)
+    stems = Counter(p.stem.casefold() for p in paths)
     root = Path(os.path.commonpath([p.parent.resolve() for p in paths]))
     names = {}
     for path in paths:
         names[path] = path.stem
-        if stems[path.stem] > 1:
+        if stems[path.stem.casefold()] > 1:
             # the folder resolved, not the file: a symbolic link keeps its own name and place
             where = (path.parent.resolve() / path.name).relative_to(root)
             names[path] = where.with_suffix("").as_posix()
-    repeats = Counter(names.values())
+    repeats = Counter(name.casefold() for name in names.values())
     for path, name in names.items():
-        if repeats[name] > 1:
+        if repeats[name.casefold()] > 1:
             names[path] = f"{name}_{path.suffix.lstrip('.').lower()}"
     # A name made above can still meet another file's stem (x.png -> x_png, and x_png.bmp)
-    taken, used = set(names.values()), set()
+    taken, used = {name.casefold() for name in names.values()}, set()
     for path, name in names.items():
         unique, n = name, 2
-        while unique in used or (unique != name and unique in taken):
+        while unique.casefold() in used or (unique != name and unique.casefold() in taken):
             unique, n = f"{name}_{n}", n + 1
-        used.add(unique)
+        used.add(unique.casefold())
         names[path] = unique
     return names
 

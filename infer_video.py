@@ -3,8 +3,9 @@
     python infer_video.py --input clip.mp4
     python infer_video.py --input 0 --show          # camera 0; q or Esc stops
 
-Writes <out-dir>/<stem>.mp4 with every frame overlaid: same frame count, size and frame rate.
-Decoding, the model and encoding run on separate threads, --batch frames at a time.
+Writes <out-dir>/<stem>.mp4 with every frame that decodes overlaid, at the input's size and frame
+rate (a camera's file is named after the time it started). Decoding, the model and encoding run
+on separate threads, --batch frames at a time.
 """
 
 import os
@@ -186,7 +187,8 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     """Run the pipeline: decode thread -> model (this thread) -> encode thread.
 
     The video is written to a temporary name and renamed at the end, so a failed or
-    interrupted run leaves no partial file. A camera stream ends with q/Esc or Ctrl-C.
+    interrupted run leaves no partial file. A camera ends with Ctrl-C, SIGTERM or (with --show)
+    q/Esc, keeping what it recorded; q/Esc also ends a file early.
 
     Returns:
         {"frames", "rate", "seconds", "model_fps", "fps"}: counts and frame rates (``rate``:

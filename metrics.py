@@ -33,9 +33,6 @@ class ConfusionMatrix:
         counts = torch.bincount(idx, minlength=k * k).reshape(k, k)
         self.mat = counts if self.mat is None else self.mat + counts.to(self.mat.device)
 
-    def reset(self) -> None:
-        self.mat = None
-
     def all_reduce(self, device: torch.device) -> None:
         """Sum the counts of every process (a no-op in a single process)."""
         if self.mat is None:  # a process whose shard was empty still takes part

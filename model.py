@@ -16,6 +16,10 @@ from torch import nn
 
 from config import (
     BACKBONES,
+    DEFAULT_CLASSES,
+    DEFAULT_IMGSZ,
+    DEFAULT_LAYERS,
+    DEFAULT_SOURCE,
     HUB_REPO,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -26,12 +30,12 @@ from config import (
     official_weights_name,
     parse_args,
 )
-from utils import UserError, atomic_path, check_int8_cpu, run_script
+from utils import UserError, atomic_path, check_int8_cpu, run_script, torch_save
 
 log = logging.getLogger("dinoseg")
 
 CHECKPOINT_FORMAT = "dinov2-segmentation/1"
-# what every script reads from a checkpoint; training adds optimizer, epoch and best scores
+# what every script reads from a checkpoint; train.py adds its TRAINING_KEYS (optimizer, epoch...)
 CHECKPOINT_KEYS = (
     "model",
     "backbone",
@@ -275,6 +279,12 @@ def _hub_load(
             f"a complete clone of {HUB_REPO}, or use --backbone-source timm"
         ) from err
     except (OSError, RuntimeError) as err:  # no network and no cache, no such entry point...
+        if f"Cannot find callable {name}" in str(err):  # an old clone or cache: no _reg models
+            where = f"--hub-dir {hub_dir}" if hub_dir is not None else f"the cached {HUB_REPO}"
+            raise UserError(
+                f"{where} has no {name}: it predates that model. Update it (git pull, or delete "
+                "the cached copy to download it again), or use --backbone-source timm"
+            ) from err
         raise UserError(
             f"could not load {name} through torch.hub ({err}). " + offline_help(name, weights)
         ) from err
@@ -427,7 +437,7 @@ def _guess_backbone(sd: dict[str, torch.Tensor]) -> str | None:
     dim = sd["cls_token"].shape[-1]
     numbers = (k.split(".")[1] for k in sd if k.startswith("blocks."))
     depth = 1 + max((int(n) for n in numbers if n.isdigit()), default=-1)
-    reg = "register_tokens" in sd
+    reg = "register_tokens" in sd or "reg_token" in sd  # official layout, or timm's
     for name, spec in BACKBONES.items():
         if (spec.embed_dim, spec.depth, name.endswith("_reg")) == (dim, depth, reg):
             return name
@@ -439,7 +449,7 @@ def load_backbone(
     source: str,
     weights: str | None,
     hub_dir: Path | None = None,
-    layers: int = 4,
+    layers: int = DEFAULT_LAYERS,
 ) -> DinoBackbone:
     """Build a DINOv2 backbone and load its weights.
 
@@ -641,13 +651,24 @@ def save_checkpoint(path: Path, model: Segmentor, **meta) -> None:
         **_on_cpu(meta),
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        torch_save(payload, tmp)
 
 
 def checkpoint_bytes(model: Segmentor) -> int:
     """About the size of one checkpoint: the model plus AdamW's two moments per trainable value."""
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return state + 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def peek_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents for a quick look at its plain values (epoch, args), memory-mapped
+    so that its tensors are not read; {} for any file that is not one (read_checkpoint names
+    the problem where it matters)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable file
+        return {}
+    return ckpt if isinstance(ckpt, dict) else {}
 
 
 def read_checkpoint(path: Path, flag: str = "--model") -> dict:
@@ -810,7 +831,12 @@ class OnnxSegmentor:
         classes = ClassConfig.from_dict(json.loads(meta["classes"]), source=str(path))
         return cls(session, classes, json.loads(meta["imgsz"]), meta["backbone"])
 
+    training = False  # a graph for inference only: eval() and train() change nothing
+
     def eval(self) -> "OnnxSegmentor":
+        return self
+
+    def train(self, mode: bool = True) -> "OnnxSegmentor":
         return self
 
     def patch_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -843,14 +869,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Print a summary of the segmentation model", parents=[backbone_flags()]
     )
     parser.set_defaults(weights=None)
-    parser.add_argument("--layers", type=int, default=4, help="blocks that feed the head")
-    parser.add_argument("--num-classes", type=int, default=2)
-    parser.add_argument("--imgsz", type=int, nargs=2, default=(640, 640), metavar=("W", "H"))
+    parser.add_argument(
+        "--layers", type=int, default=DEFAULT_LAYERS, help="blocks that feed the head"
+    )
+    parser.add_argument("--num-classes", type=int, default=DEFAULT_CLASSES.num_classes)
+    parser.add_argument("--imgsz", type=int, nargs=2, default=DEFAULT_IMGSZ, metavar=("W", "H"))
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
-    args.backbone_source = args.backbone_source or "hub"
+    args.backbone_source = args.backbone_source or DEFAULT_SOURCE
     backbone = load_backbone(
         args.backbone, args.backbone_source, args.weights, args.hub_dir, args.layers
     )

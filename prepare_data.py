@@ -15,8 +15,8 @@ that layout whose masks are 0/255 images (255 = the class, not ignore) and maps 
 import argparse
 import contextlib
 import json
+import shlex
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +25,15 @@ import yaml
 from PIL import Image
 
 from config import IGNORE_INDEX, SPLITS, ClassConfig
-from datasets import DataError, DatasetError, convert_penn_fudan, find_pairs, open_image
-from utils import UserError, run_script, write_image
+from datasets import (
+    DataError,
+    DatasetError,
+    convert_penn_fudan,
+    find_pairs,
+    map_colors,
+    open_image,
+)
+from utils import UserError, run_script, temp_folder, write_image
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -83,9 +90,16 @@ def palette(n: int) -> list[list[int]]:
 def staging(out: Path, force: bool) -> Iterator[Path]:
     """A path to build the dataset at; it replaces ``out`` only when the block succeeds."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise UserError(f"--out {out} is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        kind = "not empty" if out.is_dir() else "a file"
+        raise UserError(f"--out {out} is {kind}; pass --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        holder = temp_folder(out)
+    except OSError as err:
+        raise UserError(
+            f"--out {out} cannot be created: {err.strerror or err} (a file on its path, or a "
+            "read-only folder?); choose another --out"
+        ) from err
     try:
         yield holder / "data"
         # Two renames, not a deletion then a rename: until the new folder is in place the old
@@ -121,7 +135,10 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
     for split, listed in (("train", "train.txt"), ("valid", "val.txt")):
         if not (lists / listed).is_file():
             raise UserError(f"{lists / listed} is missing: --root must be VOCdevkit/VOC2012")
-        for stem in (lists / listed).read_text().split():
+        stems = (lists / listed).read_text().split()
+        if not stems:
+            raise UserError(f"{lists / listed} lists no image, so the {split} split would be empty")
+        for stem in stems:
             image = root / "JPEGImages" / f"{stem}.jpg"
             mask = root / "SegmentationClass" / f"{stem}.png"
             if not image.is_file() or not mask.is_file():
@@ -141,25 +158,30 @@ def read_voc_mask(path: Path) -> np.ndarray:
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: unreadable or corrupt mask ({err})") from err
     if img.mode in ("P", "L"):
-        return np.asarray(img)
+        ids = np.asarray(img)
+        bad = np.setdiff1d(ids, [*range(len(VOC_CLASSES)), IGNORE_INDEX])
+        if bad.size:  # the look-up would make them background silently
+            raise UserError(
+                f"{path}: values {bad[:5].tolist()} are not VOC class ids (0-"
+                f"{len(VOC_CLASSES) - 1}, {IGNORE_INDEX} = border); use the official "
+                "SegmentationClass PNGs"
+            )
+        return ids
     if img.mode not in ("RGB", "RGBA"):
         raise UserError(f"{path}: a {img.mode} mask; VOC masks are palette PNGs")
-    rgb = np.asarray(img.convert("RGB")).astype(np.int64)
-    codes = rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]
-    colors = palette(256)
+    rgb = np.asarray(img.convert("RGB"))
     ids = np.array([*range(len(VOC_CLASSES)), IGNORE_INDEX], np.uint8)
-    known = np.array([r << 16 | g << 8 | b for r, g, b in (colors[i] for i in ids)])
-    order = np.argsort(known)
-    known, ids = known[order], ids[order]
-    index = np.clip(np.searchsorted(known, codes), 0, len(known) - 1)
-    found = known[index] == codes
-    if not found.all():
-        y, x = np.argwhere(~found)[0]
+    colors = palette(256)
+    positions = map_colors(rgb, [colors[i] for i in ids])
+    if positions is None:
+        known = {tuple(colors[i]) for i in ids}
+        found = np.unique(rgb.reshape(-1, 3), axis=0).tolist()
+        unknown = next(tuple(c) for c in found if tuple(c) not in known)
         raise UserError(
-            f"{path}: colour {tuple(int(v) for v in rgb[y, x])} is not a VOC class colour "
-            f"(pixel {x}, {y}); use the official SegmentationClass palette PNGs"
+            f"{path}: colour {unknown} is not a VOC class colour; use the official "
+            "SegmentationClass palette PNGs"
         )
-    return ids[index]
+    return ids[positions]
 
 
 def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str], every: int):
@@ -170,11 +192,11 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     of the chosen categories are left out; sorted by file name, every ``every``-th image goes to
     valid.
     """
-    from pycocotools import mask as mask_utils
-
     try:
-        data = json.loads(annotations.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        # bytes: JSON is UTF-8, whatever the locale's encoding (a Windows code page would
+        # misread non-ASCII file and category names)
+        data = json.loads(annotations.read_bytes())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
         raise UserError(f"cannot read COCO annotations {annotations}: {err}") from err
     keys = ("images", "annotations", "categories")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
@@ -182,11 +204,26 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
             f"{annotations} is not a COCO instance-annotation file: it needs the lists "
             f"{', '.join(keys)} (pass instances_*.json, not captions_*.json or another kind)"
         )
-    by_name = {c["name"]: c["id"] for c in data["categories"]}
-    unknown = [c for c in classes if c not in by_name]
+    for kind, needed in (
+        ("images", ("id", "file_name", "height", "width")),
+        ("annotations", ("image_id", "category_id")),
+        ("categories", ("id", "name")),
+    ):
+        for entry in data[kind]:
+            missing = [k for k in needed if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                name = entry.get("id", "?") if isinstance(entry, dict) else repr(entry)[:40]
+                raise UserError(
+                    f"{annotations}: {kind[:-1]} {name} lacks {missing[0]!r}; every entry of "
+                    f"its {kind} list needs {', '.join(needed)}"
+                )
+    ids_of: dict[str, list] = {}  # merged exports repeat a name under several ids
+    for c in data["categories"]:
+        ids_of.setdefault(c["name"], []).append(c["id"])
+    unknown = [c for c in classes if c not in ids_of]
     if unknown:
-        raise UserError(f"{annotations} has no categories {unknown}; it has {sorted(by_name)}")
-    class_of = {by_name[name]: i for i, name in enumerate(classes, start=1)}
+        raise UserError(f"{annotations} has no categories {unknown}; it has {sorted(ids_of)}")
+    class_of = {i: k for k, name in enumerate(classes, start=1) for i in ids_of[name]}
     anns: dict[int, list] = {}
     for ann in data["annotations"]:
         if ann["category_id"] in class_of:
@@ -195,8 +232,9 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
         (img for img in data["images"] if img["id"] in anns), key=lambda i: i["file_name"]
     )
     # Exports from annotation tools name images in subfolders (train/1.jpg, val/1.jpg): the
-    # folders become part of the flat name, and a mask's name is its image's stem.
-    names = {img["id"]: "_".join(Path(img["file_name"]).parts) for img in kept}
+    # folders become part of the flat name, and a mask's name is its image's stem. An absolute
+    # name loses its root, which would otherwise put the image outside --out.
+    names = {img["id"]: _flat_name(img["file_name"]) for img in kept}
     stems: dict[str, list[str]] = {}
     for img in kept:
         stems.setdefault(Path(names[img["id"]]).stem, []).append(img["file_name"])
@@ -210,43 +248,79 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     for position, img in enumerate(kept):
         h, w = img["height"], img["width"]
         mask = np.zeros((h, w), np.uint8)
-        shapes = []  # (crowd, area, value, rle)
+        shapes = []  # (crowd, area, value, pixels)
         for ann in anns[img["id"]]:
-            rle = _coco_rle(ann, h, w, annotations)
-            if rle is None:
+            pixels = _coco_mask(ann, img, annotations)
+            if pixels is None:
                 continue
             crowd = bool(ann.get("iscrowd", 0))
-            area = ann.get("area", float(mask_utils.area(rle)))
+            area = ann.get("area")
+            if not isinstance(area, int | float):  # optional here: counted when missing
+                area = int(pixels.sum())
             shapes.append(
-                (crowd, area, IGNORE_INDEX if crowd else class_of[ann["category_id"]], rle)
+                (crowd, area, IGNORE_INDEX if crowd else class_of[ann["category_id"]], pixels)
             )
-        for _, _, value, rle in sorted(shapes, key=lambda s: (not s[0], -s[1])):
-            mask[mask_utils.decode(rle).astype(bool)] = value
+        for _, _, value, pixels in sorted(shapes, key=lambda s: (not s[0], -s[1])):
+            mask[pixels] = value
         source = images / img["file_name"]
         if not source.is_file():
             raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
         split = "valid" if position % every == every - 1 else "train"
         write_pair(out, split, names[img["id"]], source.read_bytes(), mask)
+    if not kept:
+        raise UserError(
+            f"{annotations}: no image has an annotation of {classes}; nothing to convert"
+        )
+    if len(kept) < every:  # the valid split came out empty; said last, so a broken entry is named
+        fix = (
+            f"pass --valid-every {len(kept)} to put one of them in valid"
+            if len(kept) >= 2
+            else "a train and a valid split need at least 2 images"
+        )
+        raise UserError(
+            f"{annotations}: only {len(kept)} image(s) have an annotation of {classes}, and every "
+            f"{every}th image (--valid-every {every}) goes to valid; {fix}"
+        )
 
 
-def _coco_rle(ann: dict, h: int, w: int, annotations: Path):
-    """One annotation's segmentation as an RLE, or None for polygons that cover no pixel."""
+def _flat_name(file_name: str) -> str:
+    """One file name for a COCO file_name: train/1.jpg -> train_1.jpg, /data/1.jpg -> data_1.jpg."""
+    path = Path(file_name)
+    return "_".join(path.relative_to(path.anchor).parts if path.anchor else path.parts)
+
+
+def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:
+    """One annotation's segmentation as an (H, W) bool mask of its image, or None for polygons
+    that cover no pixel."""
     from pycocotools import mask as mask_utils
 
+    h, w = img["height"], img["width"]
     seg = ann.get("segmentation")
-    if isinstance(seg, list):  # polygons
+    where = f"{annotations}: annotation {ann.get('id')}"
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if list(seg["size"]) != [h, w]:
+            raise UserError(
+                f"{where}'s RLE has size {seg['size']} but its image {img['file_name']} has "
+                f"height {h}, width {w}; the RLE belongs to another image or its sides are swapped"
+            )
+        # uncompressed RLE (counts a list) or compressed (a string)
+        rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
+    elif isinstance(seg, list):  # polygons
         # A part of fewer than 3 points covers nothing, and pycocotools would read a 4-number
         # part as a box [x, y, w, h]: leave such parts out.
         parts = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        return mask_utils.merge(mask_utils.frPyObjects(parts, h, w)) if parts else None
-    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if isinstance(seg["counts"], list):  # uncompressed RLE
-            return mask_utils.frPyObjects(seg, h, w)
-        return seg  # compressed RLE
-    raise UserError(
-        f"{annotations}: annotation {ann.get('id')} has no segmentation (polygons or RLE); the "
-        "coco importer needs instance masks, not boxes only"
-    )
+        if not parts:
+            return None
+        rle = mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
+    else:
+        raise UserError(
+            f"{where} has no segmentation (polygons or RLE); the coco importer needs instance "
+            "masks, not boxes only"
+        )
+    try:
+        return mask_utils.decode(rle).astype(bool)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{where}: its segmentation is not a valid RLE ({err})") from err
 
 
 def read_binary_mask(path: Path) -> tuple[np.ndarray, str]:
@@ -338,11 +412,12 @@ def main(args: argparse.Namespace) -> None:
         raise UserError("--valid-every must be at least 2")
     if args.dataset == "binary" and not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")
-    chosen = getattr(args, "classes", [])
+    flag = "--name" if args.dataset == "binary" else "--classes"
+    chosen = [args.name] if args.dataset == "binary" else getattr(args, "classes", [])
     repeated = sorted({c for c in chosen if chosen.count(c) > 1} | {"background"} & set(chosen))
     if repeated:
         raise UserError(
-            f"--classes names {repeated} twice (background is always class 0): list each class once"
+            f"{flag} names {repeated} twice (background is always class 0): list each class once"
         )
     sources = {
         "voc": ["root"],
@@ -351,6 +426,11 @@ def main(args: argparse.Namespace) -> None:
         "coco": ["annotations", "images"],
     }[args.dataset]
     out = args.out.resolve()
+    if out == Path.cwd() or out in Path.cwd().parents:  # a folder cannot be renamed from inside
+        raise UserError(
+            f"--out {args.out} is the current folder or holds it; name a new folder, such as "
+            f"--out data/{args.dataset}"
+        )
     for key in sources:
         source = getattr(args, key)
         if out == source.resolve() or out in source.resolve().parents:
@@ -358,6 +438,12 @@ def main(args: argparse.Namespace) -> None:
             raise UserError(
                 f"--out {args.out} holds the source {flag}: the new dataset would replace "
                 f"{flag}; choose another --out"
+            )
+        if source.resolve() in out.parents and out.is_dir() and any(out.iterdir()):
+            # --force would delete a part of the source (its train_masks, its images...)
+            raise UserError(
+                f"--out {args.out} is a folder of the source --{key} {source} and holds files: "
+                "replacing it would delete them; choose an --out outside the source"
             )
     kept = [args.name] if args.dataset == "binary" else getattr(args, "classes", ["person"])
     names = ["background", *kept]
@@ -393,8 +479,8 @@ def main(args: argparse.Namespace) -> None:
             f"(1 = {kept[0]})"
         )
     print(
-        f"Wrote {args.out}; train with: python train.py --data {args.out} "
-        f"--config {args.out / 'classes.yaml'}"
+        f"Wrote {args.out}; train with: python train.py --data {shlex.quote(str(args.out))} "
+        f"--config {shlex.quote(str(args.out / 'classes.yaml'))}"
     )
 
 

@@ -29,7 +29,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from config import (
     DEFAULT_DATA_DIR,
     DEFAULT_IMGSZ,
+    DEFAULT_LAYERS,
     DEFAULT_OUT_DIR,
+    DEFAULT_SOURCE,
     IGNORE_INDEX,
     PATCH_SIZE,
     RESUMED_MODEL,
@@ -60,6 +62,7 @@ from model import (
     load_backbone,
     load_checkpoint,
     log_input_size,
+    peek_checkpoint,
     read_checkpoint,
     save_checkpoint,
     token_grid,
@@ -69,6 +72,7 @@ from utils import (
     amp_dtype,
     atomic_path,
     broadcast_buffers,
+    check_on_main_process,
     check_writable,
     peak_memory_mb,
     pick_device,
@@ -133,7 +137,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr", type=float, default=1e-4, help="learning rate of the head")
     optim.add_argument("--weight-decay", type=float, default=1e-2)
     optim.add_argument("--scheduler", choices=["none", "cosine", "poly"], default="none")
-    optim.add_argument("--layers", type=int, default=4, help="how many last blocks feed the head")
+    optim.add_argument(
+        "--layers", type=int, default=DEFAULT_LAYERS, help="how many last blocks feed the head"
+    )
     optim.add_argument("--fine-tune", action="store_true", help="also train the backbone")
     optim.add_argument(
         "--backbone-lr", type=float, default=1e-5, help="backbone lr with --fine-tune"
@@ -423,8 +429,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     try:
         autocast = amp_dtype(args.amp, device)
         seed_everything(args.seed)
-        if rank == 0:
-            check_writable(args.out_dir, needed_bytes=2**20)
+        check_on_main_process(lambda: check_writable(args.out_dir, needed_bytes=2**20))
         if args.eval_only:
             run_eval(args, classes, device, autocast, rank, world)
         else:
@@ -432,6 +437,36 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def build_model(args, classes: ClassConfig, device, ckpt: dict | None, start: int) -> Segmentor:
+    """The model to train: the --resume checkpoint's (``ckpt``, resumed at epoch ``start``),
+    whatever the command line says of it, or a new head on the chosen backbone. ``args`` is
+    updated to the model's backbone, source, layers and fine-tuning, as args.yaml records them.
+    """
+    if ckpt is None:
+        args.backbone_source = args.backbone_source or DEFAULT_SOURCE
+        backbone = load_backbone(
+            args.backbone, args.backbone_source, args.weights, args.hub_dir, args.layers
+        )
+        return Segmentor(backbone, classes.num_classes, fine_tune=args.fine_tune).to(device)
+    model, _ = load_checkpoint(
+        args.resume, device, args.backbone_source, args.hub_dir, flag="--resume", ckpt=ckpt
+    )
+    args.backbone_source = model.backbone.source
+    args.backbone, args.layers = ckpt["backbone"], ckpt["layers"]
+    args.fine_tune = model.fine_tune
+    if args.cache_features != "off" and args.fine_tune:
+        raise UserError(
+            f"{args.resume} fine-tunes its backbone, and --cache-features needs a frozen one: "
+            "resume without --cache-features"
+        )
+    log.info(
+        "resuming %s from epoch %d (model, classes and size from the checkpoint)",
+        args.resume,
+        start,
+    )
+    return model
 
 
 def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, world: int) -> None:
@@ -450,34 +485,11 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     pairs = check_dataset(resolve_data(args, main_process), classes)
     check_batch_statistics(args.batch, math.ceil(len(pairs["train"]) / world), imgsz)
 
-    if args.resume:
-        model, _ = load_checkpoint(
-            args.resume, device, args.backbone_source, args.hub_dir, flag="--resume", ckpt=ckpt
-        )
-        # The model is the checkpoint's, whatever the command line says of it.
-        args.backbone_source = model.backbone.source
-        args.backbone, args.layers = ckpt["backbone"], ckpt["layers"]
-        args.fine_tune = model.fine_tune
-        if args.cache_features != "off" and args.fine_tune:
-            raise UserError(
-                f"{args.resume} fine-tunes its backbone, and --cache-features needs a "
-                "frozen one: resume without --cache-features"
-            )
-        log.info(
-            "resuming %s from epoch %d (model, classes and size from the checkpoint)",
-            args.resume,
-            start,
-        )
-    else:
-        args.backbone_source = args.backbone_source or "hub"
-        backbone = load_backbone(
-            args.backbone, args.backbone_source, args.weights, args.hub_dir, args.layers
-        )
-        model = Segmentor(backbone, classes.num_classes, fine_tune=args.fine_tune).to(device)
+    model = build_model(args, classes, device, ckpt, start)
     log_input_size(imgsz)
-    if main_process:  # as soon as the model's size is known: before the cache and training
-        needed = 3 * checkpoint_bytes(model) + 50 * 2**20
-        check_writable(args.out_dir, needed, purpose="its checkpoints")
+    # as soon as the model's size is known: before the cache and training
+    needed = 3 * checkpoint_bytes(model) + 50 * 2**20
+    check_on_main_process(lambda: check_writable(args.out_dir, needed, purpose="its checkpoints"))
     train_model = model
     if world > 1:
         if device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
@@ -596,8 +608,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 "best_loss": best_loss,
             }
             if main_process:
-                write_csv(args.out_dir / "metrics.csv", history)
-                plot_curves(history, args.out_dir)
+                write_report(args.out_dir, history)
                 write_overlays(args.out_dir, valid_set, args.num_vis, predictor)
                 if improved_iou:
                     save_checkpoint(args.out_dir / "best_model_iou.pth", model, **meta)
@@ -640,6 +651,29 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")
 
 
+def write_report(out_dir: Path, history: list[dict]) -> None:
+    """Rewrite metrics.csv and the curves from the whole history.
+
+    A file another program holds open (Windows: metrics.csv open in Excel, a plot in a viewer)
+    cannot be replaced: that is a warning, not the end of the run, as the next epoch writes the
+    whole history again. Other failures (a full disk) stop the run.
+    """
+    for name, write in (
+        ("metrics.csv", lambda: write_csv(out_dir / "metrics.csv", history)),
+        ("the curves", lambda: plot_curves(history, out_dir)),
+    ):
+        try:
+            write()
+        except PermissionError as err:
+            log.warning(
+                "could not update %s in %s (%s): is it open in another program? Each later "
+                "epoch writes it whole again; close it before the last one",
+                name,
+                out_dir,
+                err,
+            )
+
+
 def resumed_history(csv_path: Path, start: int) -> list[dict]:
     """The rows of OUT/metrics.csv before the resumed epoch ``start``; [] where there is none."""
     if not csv_path.is_file():
@@ -666,11 +700,7 @@ def carry_over(source: Path, out_dir: Path, start: int) -> list[dict]:
     for name in BEST_CHECKPOINTS:
         if (out_dir / name).exists() or not (source / name).is_file():
             continue
-        try:  # mmap: only the epoch is read
-            ckpt = torch.load(source / name, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # not a checkpoint of this run: the new run writes its own
-            continue
-        epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
+        epoch = peek_checkpoint(source / name).get("epoch")  # none: not one of this run's
         if isinstance(epoch, int) and epoch < start:
             with atomic_path(out_dir / name) as tmp:
                 shutil.copyfile(source / name, tmp)
@@ -744,9 +774,14 @@ def make_datasets(
     folder = args.cache_dir or args.out_dir / "feature_cache"
     cache = FeatureCache(model, imgsz, args.cache_features, folder, autocast)
     views = ("orig", "flip") if augment else ("orig",)
-    if args.cache_features == "disk" and rank == 0:
-        todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
-        check_writable(folder, todo * cache.view_bytes(), "--cache-dir", "the feature cache")
+    if args.cache_features == "disk":
+
+        def check_cache_dir() -> None:
+            todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
+            check_writable(folder, todo * cache.view_bytes(), "--cache-dir", "the feature cache")
+
+        # in every process: the others would otherwise fill the folder that rank 0 refused
+        check_on_main_process(check_cache_dir)
     cache.fill_splits(model, pairs, views, args.batch, rank, world)
     train_set = CachedFeatureDataset(
         pairs["train"], classes, imgsz, cache, True, args.seed, augment

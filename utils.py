@@ -76,6 +76,14 @@ def temp_prefix(name: str, limit: int = 120) -> str:
     return f".{name.encode()[:limit].decode(errors='ignore')}."
 
 
+def temp_folder(dest: Path) -> Path:
+    """A new empty folder beside ``dest`` to build it in, with the permissions a plain mkdir
+    gives: mkdtemp's are private (0700), and a folder renamed into place would keep them."""
+    folder = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name), dir=dest.parent))
+    folder.chmod(0o777 & ~_UMASK)
+    return folder
+
+
 def _settle(file: Path) -> None:
     """Ready a finished temporary file for its rename: the permissions a plain open() would
     give, and on disk first, so a crash cannot leave an empty file under the final name."""
@@ -148,6 +156,20 @@ def check_writable(
         )
 
 
+def torch_save(obj, path: Path) -> None:
+    """torch.save, with a write the file system cut short raised as an OSError.
+
+    PyTorch's zip writer reports a full disk, a quota or a file size limit as a RuntimeError
+    ("unexpected pos ..."), which the callers' handling of failed writes would miss.
+    """
+    try:
+        torch.save(obj, path)
+    except RuntimeError as err:
+        if "unexpected pos" not in str(err) and "file write failed" not in str(err):
+            raise
+        raise OSError("the file system took only part of a file: is the disk full?") from err
+
+
 def write_text(dest: Path, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text)
@@ -214,6 +236,12 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
         return 0, 1, device
     if device.type == "mps":
         raise UserError("torchrun training runs on CUDA or the CPU, not MPS: pass --device cpu")
+    if device.type == "cuda" and not dist.is_nccl_available():
+        # PyTorch's Windows builds have gloo only, which lacks the GPU collectives used here
+        raise UserError(
+            "torchrun training on CUDA needs NCCL, which this PyTorch build lacks (as on "
+            "Windows): train on one GPU without torchrun, or pass --device cpu"
+        )
     if device.type == "cuda":
         local_rank, gpus = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
         if local_rank >= gpus:
@@ -230,6 +258,28 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
 def is_main_process() -> bool:
     """True in a single process, and in rank 0 under torchrun: the one that logs and writes."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def check_on_main_process(check: Callable[[], None]) -> None:
+    """Run ``check`` in rank 0 alone; if it raises a UserError, stop every process.
+
+    Rank 0 raises the error (and so reports it); under torchrun the others exit quietly with
+    the same code, rather than run on into the same problem (a traceback) or wait in a
+    collective that rank 0 never reaches.
+    """
+    error = None
+    if is_main_process():
+        try:
+            check()
+        except UserError as err:
+            error = err
+    if dist.is_available() and dist.is_initialized():
+        found = [error is not None]
+        dist.broadcast_object_list(found, src=0)
+        if found[0] and dist.get_rank() != 0:
+            raise SystemExit(2)  # run_script's exit code for a UserError
+    if error is not None:
+        raise error
 
 
 def all_reduce_sum(*tensors: torch.Tensor) -> None:
@@ -268,6 +318,8 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """
     if amp == "off":
         return None
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be 'off', 'bf16' or 'fp16', not {amp!r}")
     supported = {"bf16": ("cuda", "cpu"), "fp16": ("cuda", "mps")}[amp]
     if device.type not in supported:
         raise UserError(
@@ -403,6 +455,10 @@ def draw_overlay(
     # OpenCV throughout: 0.5 ms for a 640x480 frame, where NumPy's indexing and np.where took
     # 5 ms and capped a video's end-to-end rate at 150 FPS.
     image = np.ascontiguousarray(image)
+    if np.shape(mask) != image.shape[:2]:
+        raise ValueError(
+            f"the mask is {np.shape(mask)}, its image {image.shape[:2]}: (H, W) of both"
+        )
     out = cv2.addWeighted(image, 1 - alpha, colorize(mask, colors), alpha, 0.0)
     background = np.ascontiguousarray(np.asarray(mask) == 0).view(np.uint8)
     cv2.copyTo(image, background, out)  # the background keeps the image's pixels

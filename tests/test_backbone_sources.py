@@ -223,6 +223,13 @@ def test_offline_random_weights_on_the_hub_source_names_the_flag_that_works(tmp_
     assert "--weights FILE" not in message, message
 
 
+def test_a_hub_clone_without_the_model_says_to_update_it(tmp_path):
+    # a clone from before the register models: the offline options were no help
+    (tmp_path / "hubconf.py").write_text("def dinov2_vits14(**kwargs):\n    pass\n")
+    with pytest.raises(UserError, match=rf"--hub-dir {tmp_path} has no dinov2_vits14_reg: .*git"):
+        load_backbone("dinov2_vits14_reg", "hub", None, hub_dir=tmp_path)
+
+
 def test_hub_code_that_fails_to_import_is_a_message(tmp_path):
     """A partial clone, or one whose modules need a package this environment lacks: torch.hub
     raised the ModuleNotFoundError of hubconf.py as a traceback."""

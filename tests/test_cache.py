@@ -223,3 +223,47 @@ def test_a_disk_entry_removed_mid_run_is_named_as_a_cache_problem(fresh_data, un
         file.unlink()
     with pytest.raises(UserError, match=r"feature cache entry .* of .* is gone"):
         cache.load(pair[0], "orig")
+
+
+def test_a_damaged_disk_entry_is_named_with_the_fix(fresh_data, untrained, tmp_path):
+    # entries are written whole, but a copy of the folder or a disk fault can cut one off
+    pair = check_dataset(fresh_data, DEFAULT_CLASSES)["train"][0]
+    cache = FeatureCache(untrained, (56, 56), "disk", tmp_path / "cache")
+    cache.fill(untrained, [pair], ("orig",), batch=1)
+    (entry,) = (tmp_path / "cache").iterdir()
+    entry.write_bytes(entry.read_bytes()[:100])
+    damaged = rf"entry {re.escape(str(entry))} of .* is damaged .*: delete it"
+    with pytest.raises(UserError, match=damaged):
+        cache.load(pair[0], "orig")
+
+
+def test_images_swapped_by_renaming_miss_the_cache(tmp_path, untrained):
+    # Unpacked from an archive, files share one mtime; uncompressed ones of one resolution
+    # share one size: swapping two names must not give each the other's features.
+    rng = np.random.default_rng(0)
+    paths = [tmp_path / "a.bmp", tmp_path / "b.bmp"]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 255, (42, 56, 3), dtype=np.uint8)).save(path)
+        os.utime(path, ns=(1_700_000_000 * 10**9,) * 2)
+    pairs = [(path, None) for path in paths]
+    cache = FeatureCache(untrained, (56, 42), "memory")
+    cache.fill(untrained, pairs, ("orig",), batch=2)
+    paths[0].rename(tmp_path / "tmp.bmp")
+    paths[1].rename(paths[0])
+    (tmp_path / "tmp.bmp").rename(paths[1])
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    assert stats[0] == stats[1], "premise: the same size and mtime"
+    assert cache.missing(pairs) == [(paths[0], "orig"), (paths[1], "orig")]
+
+
+def test_a_full_cache_dir_is_reported_as_one(tmp_path, fresh_data, untrained, monkeypatch):
+    pair = check_dataset(fresh_data, DEFAULT_CLASSES)["train"][0]
+    cache = FeatureCache(untrained, (56, 56), "disk", tmp_path / "cache")
+
+    def full_disk(obj, path):  # how PyTorch's zip writer reports a short write
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"could not write the feature cache to .*cache \(.*is th"
+                       r"e disk full.*\); the entries written so far are kept"):  # fmt: skip
+        cache.fill(untrained, [pair], ("orig",), batch=1)

@@ -21,7 +21,7 @@ from datasets import ShardSampler, check_dataset
 from engine import FeatureCache, TrainingDiverged, train_one_epoch
 from model import Segmentor, load_backbone
 from synthetic import make_dataset
-from utils import read_csv
+from utils import UserError, read_csv, setup_distributed
 
 
 @pytest.mark.parametrize(("size", "world"), [(5, 2), (4, 2), (1, 3), (0, 2)])
@@ -216,3 +216,33 @@ def test_a_disk_cache_other_machines_cannot_see_is_computed_again(tmp_path, weig
     assert "feature cache (disk): 8 views computed" in caplog.text
     assert ", 0 reused, 3 from the other processes;" in caplog.text
     assert not cache.missing(pairs["train"], ("orig", "flip")) + cache.missing(pairs["valid"])
+
+
+def test_torchrun_on_cuda_without_nccl_is_refused(monkeypatch):
+    # PyTorch's Windows builds have no NCCL, and gloo lacks the GPU collectives used here
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("joined a group"))
+    with pytest.raises(UserError, match="needs NCCL, which this PyTorch build lacks"):
+        setup_distributed(torch.device("cuda"))
+
+
+def test_torchrun_reports_an_unusable_cache_dir_once_without_a_traceback(tmp_path, weights_file):
+    # rank 0 checks --cache-dir; the other process must stop too, not fill it and fail there
+    data = make_dataset(tmp_path / "data", n_train=2, n_valid=2, sizes=((56, 56),))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--data", str(data), "--out-dir", str(tmp_path / "out"),
+           "--backbone-source", "timm", "--weights", str(weights_file), "--imgsz", "28", "28",
+           "--epochs", "1", "--batch", "1", "--workers", "0", "--layers", "1",
+           "--cache-features", "disk", "--cache-dir", str(blocker / "cache"),
+           "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: --cache-dir") == 1, proc.stderr[-3000:]
+    assert "[rank1]" not in proc.stderr, proc.stderr[-3000:]  # no traceback of process 1
+    assert "exitcode  : 2" in proc.stderr  # the UserError's code, not a crash

@@ -338,3 +338,49 @@ def test_images_and_plots_on_a_full_disk_raise_instead_of_being_cut_off(tmp_path
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.stdout.split("\n")[:2] == ["jpeg refused", "plots refused"], proc.stderr
     assert list(tmp_path.iterdir()) == [], "no file, cut off or temporary, may remain"
+
+
+def test_a_metrics_file_held_open_elsewhere_is_a_warning_not_the_end(tmp_path, monkeypatch, caplog):
+    # Windows: metrics.csv open in Excel cannot be replaced; the run stopped at the epoch's end
+    rows = [{f"{s}_{k}": 0.5 for s in ("train", "valid") for k in ("loss", "acc", "miou")}
+            | {"epoch": 1}]  # fmt: skip
+
+    def failing(errno: int, reason: str):
+        def write_csv(path, rows):
+            raise PermissionError(errno, reason) if errno == 13 else OSError(errno, reason)
+
+        return write_csv
+
+    monkeypatch.setattr(train, "write_csv", failing(13, "Permission denied"))
+    train.write_report(tmp_path, rows)
+    assert (
+        "could not update metrics.csv" in caplog.text and "open in another program" in caplog.text
+    )
+    assert (tmp_path / "miou.png").is_file()  # the rest is written
+    monkeypatch.setattr(train, "write_csv", failing(28, "No space left on device"))
+    with pytest.raises(OSError, match="No space"):  # a full disk still stops the run
+        train.write_report(tmp_path, rows)
+
+
+SAVE_UNDER_A_SIZE_LIMIT = """
+import resource, sys
+from pathlib import Path
+from model import Segmentor, load_backbone, save_checkpoint
+model = Segmentor(load_backbone("dinov2_vits14", "timm", None, layers=1), 2)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.RLIM_INFINITY))  # Python ignores SIGXFSZ
+try:
+    save_checkpoint(Path(sys.argv[1]) / "last_model.pth", model, epoch=1)
+    print("written")
+except OSError as err:
+    print("OSError", err)
+"""
+
+
+def test_a_checkpoint_on_a_full_disk_fails_as_a_write(tmp_path):
+    # PyTorch's zip writer reports a short write as a RuntimeError, which train.fit's report of
+    # a failed write (naming the epoch that last_model.pth still holds) would miss
+    pytest.importorskip("resource")  # POSIX
+    proc = subprocess.run([sys.executable, "-c", SAVE_UNDER_A_SIZE_LIMIT, str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.stdout.startswith("OSError the file system took only part of"), proc.stderr
+    assert list(tmp_path.iterdir()) == [], "no file, cut off or temporary, may remain"

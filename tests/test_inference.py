@@ -120,8 +120,50 @@ def test_model_fps_leaves_out_the_first_call(checkpoint, monkeypatch):
 
 
 def test_predictor_rejects_non_rgb_arrays(predictor):
-    with pytest.raises(ValueError, match="expected \\(H, W, 3\\) uint8 RGB"):
-        predictor.predict(np.zeros((10, 10), np.uint8))
+    # a grayscale array is named as it is, not as one of its rows
+    with pytest.raises(ValueError, match=r"expected \(H, W, 3\) uint8 RGB, got \(10, 12\) uint8"):
+        predictor.predict(np.zeros((10, 12), np.uint8))
+    with pytest.raises(ValueError, match=r"got \(0, 12, 3\)"):
+        predictor.predict(np.zeros((0, 12, 3), np.uint8))
+    with pytest.raises(TypeError, match=r"NumPy array, got a PIL\.Image\.Image"):
+        predictor.predict(Image.new("RGB", (12, 10)))
+    with pytest.raises(TypeError, match=r"NumPy array, got a torch\.Tensor"):
+        predictor.predict(torch.zeros(10, 12, 3, dtype=torch.uint8))
+
+
+def test_predictor_takes_any_list_of_images_the_empty_one_too(predictor):
+    images = [np.zeros((10, 12, 3), np.uint8), np.zeros((8, 6, 3), np.uint8)]
+    assert predictor.predict([]) == []
+    for many in (tuple(images), iter(images), np.stack([images[0]] * 2)):
+        assert len(predictor.predict(many)) == 2
+
+
+def test_overlay_refuses_a_mask_of_another_size(predictor):
+    with pytest.raises(ValueError, match=r"the mask is \(3, 4\), its image \(4, 4\)"):
+        predictor.overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 4), np.uint8))
+
+
+def test_amp_names_its_choices():
+    with pytest.raises(ValueError, match="'off', 'bf16' or 'fp16', not 'fp32'"):
+        utils.amp_dtype("fp32", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("device", "asynchronous"), [("cuda", True), ("mps", False), ("cpu", False)]
+)
+def test_copies_to_the_device_are_asynchronous_only_on_cuda(monkeypatch, device, asynchronous):
+    # CPU-to-MPS copies with non_blocking=True may read their source after it was freed
+    # (pytorch/pytorch#139550): the training loop rebinds each batch to its copy
+    seen = []
+
+    def to(self, *args, **kwargs):
+        seen.append(kwargs.get("non_blocking", False))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    engine.to_model_input(np.zeros((1, 4, 4, 3), np.uint8), torch.device(device))
+    engine.to_device(torch.zeros(2), torch.device(device))
+    assert seen == [asynchronous] * 2
 
 
 def test_overlay_uses_the_checkpoint_colours(predictor):
@@ -822,6 +864,16 @@ def test_output_names_of_a_symlink_that_shares_a_stem(tmp_path):
     assert sorted(infer_image.output_names(paths).values()) == ["a/x", "b/x"]
 
 
+def test_output_names_that_differ_only_in_case_stay_apart():
+    # on macOS and Windows Photo_mask.png and photo_mask.png are one file
+    paths = [Path("/p/Photo.jpg"), Path("/p/photo.png"), Path("/p/a/X.jpg"), Path("/p/b/x.jpg")]
+    names = infer_image.output_names(paths)
+    assert len({name.casefold() for name in names.values()}) == 4, names
+    paths = [Path("/p/x.JPG"), Path("/p/X.jpg"), Path("/p/x_JPG.png")]
+    names = infer_image.output_names(paths)
+    assert len({name.casefold() for name in names.values()}) == 3, names
+
+
 def test_output_names_never_repeat():
     paths = [Path("/p/x.jpg"), Path("/p/x.png"), Path("/p/x_png.bmp"), Path("/p/x_png_2.png")]
     names = infer_image.output_names(paths)
@@ -930,6 +982,7 @@ def test_predictions_mid_training_use_the_running_statistics():
     expected = predictor.predict(image)
     model.train()
     assert (predictor.predict(image) == expected).all()
+    assert model.head.training, "the model is given back in the mode it was in"
 
 
 def _bench_inference():

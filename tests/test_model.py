@@ -162,6 +162,14 @@ def test_official_weights_given_as_a_checkpoint_name_the_flag_that_takes_them(we
         load_checkpoint(weights_file, flag=flag)
 
 
+def test_timm_layout_register_weights_are_named_as_a_register_backbone(tmp_path):
+    # timm stores the registers as reg_token: such a file was called a dinov2_vits14 backbone
+    timm_layout = load_backbone("dinov2_vits14_reg", "timm", None).vit.state_dict()
+    torch.save(timm_layout, tmp_path / "reg.pth")
+    with pytest.raises(UserError, match=r"holds the weights of a dinov2_vits14_reg backbone"):
+        load_checkpoint(tmp_path / "reg.pth")
+
+
 def test_weights_that_are_not_a_checkpoint_are_refused(tmp_path):
     (tmp_path / "w.pth").write_text("hello")
     with pytest.raises(UserError, match="not a readable PyTorch weights file"):

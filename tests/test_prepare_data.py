@@ -1,7 +1,10 @@
-"""prepare_data.py on small fixtures of Penn-Fudan, PASCAL VOC and COCO built here."""
+"""prepare_data.py on small fixtures of Penn-Fudan, PASCAL VOC, COCO and 0/255 masks built here."""
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 import prepare_data
 from config import DEFAULT_CLASSES, ClassConfig
+from conftest import ROOT
 from datasets import check_dataset
 from synthetic import penn_fudan_zip
 from utils import UserError
@@ -304,6 +308,15 @@ def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
     assert sorted(src.rglob("*")) == before
 
 
+def test_force_never_replaces_a_folder_inside_the_source(tmp_path):
+    # binary --root people --out people/train_masks --force replaced the user's masks
+    root = binary_fixture(tmp_path / "people")
+    before = sorted((root / "train_masks").rglob("*"))
+    with pytest.raises(UserError, match=r"is a folder of the source --root .* holds files"):
+        run("binary", "--root", str(root), "--out", str(root / "train_masks"), "--force")
+    assert sorted((root / "train_masks").rglob("*")) == before
+
+
 def test_coco_files_that_are_not_instance_masks_are_named(tmp_path):
     ann = coco_fixture(tmp_path / "coco")
     data = json.loads(ann.read_text())
@@ -415,3 +428,138 @@ def test_repeated_classes_are_named_with_the_flag(tmp_path, classes):
         run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
             "--out", str(tmp_path / "out"), "--classes", *classes)  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_coco_absolute_file_names_stay_inside_out(tmp_path):
+    """An absolute file_name (some tools export one) made the flat name absolute too, so the
+    image was written outside --out (at the file system root) and its mask lost its image."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["images"][1]["file_name"] = str(tmp_path / "coco/images/b.jpg")
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    flat = "_".join((tmp_path / "coco/images").parts[1:]) + "_b.jpg"
+    assert (out / "train_images" / flat).is_file()
+    assert len(check_dataset(out, DEFAULT_CLASSES)["train"]) == 1
+
+
+@pytest.mark.parametrize("defect", ["rle size", "rle counts", "height", "category_id"])
+def test_coco_malformed_entries_are_named(tmp_path, defect):
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    if defect == "rle size":  # image a is 40x50; its RLE says 50x40
+        data["annotations"][1]["segmentation"]["size"] = [50, 40]
+        message = r"annotation 2's RLE has size \[50, 40\] but its image a\.jpg has height 40"
+    elif defect == "rle counts":
+        data["annotations"][1]["segmentation"]["counts"] = "!!!not rle"
+        message = r"annotation 2: its segmentation is not a valid RLE"
+    elif defect == "height":
+        del data["images"][0]["height"]
+        message = r"image 1 lacks 'height'"
+    else:
+        del data["annotations"][0]["category_id"]
+        message = r"annotation 1 lacks 'category_id'"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=rf"{ann}.*{message}"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_coco_categories_sharing_a_name_are_all_kept(tmp_path):
+    """Merged exports repeat a name under two ids: only the last id's objects were kept."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["categories"].append({"id": 99, "name": "person"})
+    data["annotations"][3]["category_id"] = 99  # image b's person
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    assert np.asarray(Image.open(out / "train_masks" / "a.png"))[12, 12] == 1
+    assert np.asarray(Image.open(out / "valid_masks" / "b.png"))[25, 25] == 1
+
+
+def test_coco_empty_splits_name_the_cause_and_the_flag(tmp_path):
+    ann = coco_fixture(tmp_path / "coco")
+    flags = ["--annotations", str(ann), "--images", str(tmp_path / "coco/images")]
+    data = json.loads(ann.read_text())
+    data["categories"].append({"id": 90, "name": "toothbrush"})
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"no image has an annotation of \['toothbrush'\]"):
+        run("coco", *flags, "--out", str(tmp_path / "o"), "--classes", "toothbrush")
+    with pytest.raises(UserError, match=r"only 2 image\(s\) .* --valid-every 2"):
+        run("coco", *flags, "--out", str(tmp_path / "o"))  # default: every 5th of 2 images
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"]
+
+
+def test_pennfudan_zip_from_macos_and_corrupt_masks(tmp_path):
+    """Zips made by macOS's Finder add __MACOSX/.../._NAME resource forks; they matched
+    PNGImages/*.png and failed to decode with a traceback."""
+    import zipfile
+
+    zip_path = penn_fudan_zip(tmp_path / "PennFudanPed.zip")
+    with zipfile.ZipFile(zip_path, "a") as zf:
+        for name in ("PNGImages/._FudanPed00001.png", "PedMasks/._FudanPed00001_mask.png"):
+            zf.writestr(f"__MACOSX/PennFudanPed/{name}", b"\x00\x05\x16\x07fork")
+    out = tmp_path / "pf"
+    run("pennfudan", "--zip", str(zip_path), "--out", str(out))
+    assert len(list((out / "train_images").iterdir())) == 8
+    assert out.stat().st_mode & 0o777 == (out / "train_images").stat().st_mode & 0o777
+
+    with zipfile.ZipFile(zip_path, "a") as zf:
+        zf.writestr("PennFudanPed/PNGImages/PennPed00099.png", b"png?")
+        zf.writestr("PennFudanPed/PedMasks/PennPed00099_mask.png", b"not a png")
+    with pytest.raises(UserError, match=r"PennPed00099_mask\.png.*unreadable or corrupt"):
+        run("pennfudan", "--zip", str(zip_path), "--out", str(tmp_path / "pf2"))
+
+
+def test_out_that_cannot_be_made_is_named(tmp_path, monkeypatch):
+    root = voc_fixture(tmp_path / "VOC2012")
+    (tmp_path / "file.txt").write_text("")
+    with pytest.raises(UserError, match=r"--out .*file\.txt/sub cannot be created"):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "file.txt" / "sub"))
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(UserError, match=r"--out \. is the current folder"):
+        run("voc", "--root", str(root), "--out", ".")
+
+
+def test_voc_ids_that_are_no_voc_class_are_named(tmp_path):
+    root = voc_fixture(tmp_path / "VOC2012")
+    path = root / "SegmentationClass" / "2007_000001.png"
+    mask = np.array(Image.open(path))
+    mask[0, 0] = 40
+    Image.fromarray(mask).save(path)
+    with pytest.raises(UserError, match=rf"{path}: values \[40\] are not VOC class ids"):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "o"))
+
+
+def test_the_printed_train_command_is_quoted(tmp_path, capsys):
+    out = tmp_path / "my data"
+    run("pennfudan", "--zip", str(penn_fudan_zip(tmp_path / "PennFudanPed.zip")), "--out", str(out))
+    assert f"--data '{out}' --config '{out}/classes.yaml'" in capsys.readouterr().out
+
+
+def test_binary_name_background_is_named_with_its_flag(tmp_path):
+    root = binary_fixture(tmp_path / "people")
+    with pytest.raises(UserError, match=r"--name names \['background'\] twice"):
+        run("binary", "--root", str(root), "--out", str(tmp_path / "o"), "--name", "background")
+
+
+def test_coco_annotations_are_read_as_utf8_whatever_the_locale(tmp_path):
+    # cp1252 on most Windows machines misreads UTF-8 (or fails on it); ASCII here fails on it
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["info"] = {"description": "Café, São Paulo"}  # as annotation tools export it
+    ann.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "coco_out"
+    cmd = [sys.executable, "prepare_data.py", "coco", "--annotations", str(ann), "--images",
+           str(tmp_path / "coco/images"), "--out", str(out), "--classes", "person",
+           "--valid-every", "2"]  # fmt: skip
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "train_masks" / "a.png").is_file()

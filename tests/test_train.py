@@ -1,6 +1,7 @@
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -691,3 +692,25 @@ def test_a_resumed_runs_args_yaml_works_as_config_for_eval_only(tmp_path):
         "--resume", str(tmp_path / "last.pth"), "--eval-only"])  # fmt: skip
     with pytest.raises(UserError, match="--resume and --eval-only"):
         train.check_args(args)
+
+
+# A locale whose encoding is not UTF-8 (ASCII here; cp1252 on most Windows machines, which
+# misreads UTF-8 as other characters instead of failing)
+NON_UTF8_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0"}
+
+
+def test_config_files_are_read_as_utf8_whatever_the_locale(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "ALL_CLASSES: [background, café]\nLABEL_COLORS_LIST: [[0, 0, 0], [0, 255, 0]]\n"
+        "VIS_LABEL_MAP: [[0, 0, 0], [0, 255, 0]]\n",
+        encoding="utf-8",
+    )
+    code = "import sys; from pathlib import Path; from config import read_yaml; "
+    code += "print(ascii(read_yaml(Path(sys.argv[1]))['ALL_CLASSES']))"
+    env = {**os.environ, **NON_UTF8_LOCALE}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(cfg)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == ascii(["background", "café"])
