@@ -488,7 +488,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     model = build_model(args, classes, device, ckpt, start)
     log_input_size(imgsz)
     # as soon as the model's size is known: before the cache and training
-    needed = 3 * checkpoint_bytes(model) + 50 * 2**20
+    needed = checkpoint_space(model)
     check_on_main_process(lambda: check_writable(args.out_dir, needed, purpose="its checkpoints"))
     train_model = model
     if world > 1:
@@ -755,6 +755,16 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
     return ckpt, resumed, imgsz
 
 
+# A cache file's bytes beyond its features: the zip format's headers, and block rounding
+CACHE_ENTRY_OVERHEAD = 4096
+
+
+def checkpoint_space(model: Segmentor) -> int:
+    """The disk space a run's checkpoints need: best (two) and last, and a margin for the
+    temporary copy of the one being written, plots and overlays."""
+    return 3 * checkpoint_bytes(model) + 50 * 2**20
+
+
 def make_datasets(
     args,
     model: Segmentor,
@@ -778,7 +788,12 @@ def make_datasets(
 
         def check_cache_dir() -> None:
             todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
-            check_writable(folder, todo * cache.view_bytes(), "--cache-dir", "the feature cache")
+            needed, purpose = todo * (cache.view_bytes() + CACHE_ENTRY_OVERHEAD), "the cache"
+            check_writable(folder, 0, "--cache-dir", purpose)
+            if folder.stat().st_dev == args.out_dir.stat().st_dev:  # one disk for both
+                needed += checkpoint_space(model)
+                purpose = "the cache and the checkpoints of --out-dir"
+            check_writable(folder, needed, "--cache-dir", purpose)
 
         # in every process: the others would otherwise fill the folder that rank 0 refused
         check_on_main_process(check_cache_dir)

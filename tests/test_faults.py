@@ -136,6 +136,18 @@ def test_full_disk_is_reported_before_the_feature_cache_is_filled(
         run_train([*argv(tiny_data, tmp_path, weights_file), "--cache-features", "memory"])
 
 
+def test_a_cache_on_the_checkpoints_disk_needs_room_for_both(
+    tmp_path, tiny_data, weights_file, monkeypatch
+):
+    # each check passed against the same free space: the cache then took the checkpoints' room
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(train, "checkpoint_space", lambda model: 100 * 2**20)
+    monkeypatch.setattr(utils.shutil, "disk_usage", lambda p: usage(10**9, 10**9, 100 * 2**20 + 1))
+    with pytest.raises(UserError, match=r"--cache-dir .*needs about 10\d MB for the cache and the "
+                       r"checkpoints of --out-dir"):  # fmt: skip
+        run_train([*argv(tiny_data, tmp_path, weights_file), "--cache-features", "disk"])
+
+
 def test_peak_memory_without_the_resource_module_is_nan(monkeypatch):
     monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows: importing it fails
     assert math.isnan(utils.peak_memory_mb(torch.device("cpu")))
