@@ -749,9 +749,8 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
             "--resume) to train another",
             ", ".join(ignored),
         )
-    for k in RESUMED_MODEL:  # so that args.yaml records the model trained
-        if k in recorded:
-            setattr(args, k, recorded[k])
+    if "weights" in recorded:  # for args.yaml; build_model sets the rest from the checkpoint
+        args.weights = recorded["weights"]
     return ckpt, resumed, imgsz
 
 
