@@ -323,6 +323,9 @@ def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
     """The resolved run settings as plain values: saved to OUT/args.yaml and every checkpoint."""
     resolved = {k: plain_value(v) for k, v in vars(args).items()}
     resolved["imgsz"] = list(imgsz)
+    # What a --config file set is written out here, classes included; naming the file too would
+    # make args.yaml a config file that names another, which --config refuses.
+    resolved["config"] = None
     return {**resolved, **classes.to_dict()}
 
 

@@ -320,13 +320,31 @@ def test_a_runs_args_yaml_repeats_it_as_a_config_file(trained, tmp_path):
     # OUT/args.yaml holds every resolved setting, config: null and the classes among them
     args, classes = parse_args(train.get_args_parser(), ["--config", str(trained / "args.yaml")])
     recorded = yaml.safe_load((trained / "args.yaml").read_text())
-    assert train.settings(args, classes, args.imgsz) == {
-        **recorded,
-        "config": str(trained / "args.yaml"),
-    }
+    assert train.settings(args, classes, args.imgsz) == recorded
     (tmp_path / "nested.yaml").write_text("config: other.yaml\n")
     with pytest.raises(UserError, match=r"unknown keys \['config'\]"):
         parse_args(train.get_args_parser(), ["--config", str(tmp_path / "nested.yaml")])
+
+
+def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
+    # the run's classes and flags are written out in args.yaml, which must not name the file
+    # they came from: --config refuses a config file that names another one
+    cfg = tmp_path / "classes.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "ALL_CLASSES": ["background", "cat", "dog"],
+        "LABEL_COLORS_LIST": [[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+        "VIS_LABEL_MAP": [[9, 9, 9], [255, 0, 0], [0, 0, 255]],
+        "lr": 0.05,
+    }))  # fmt: skip
+    args, classes = parse_args(train.get_args_parser(), ["--config", str(cfg), "--epochs", "3"])
+    written = train.settings(args, classes, [70, 56])
+    (tmp_path / "args.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
+    again, again_classes = parse_args(
+        train.get_args_parser(), ["--config", str(tmp_path / "args.yaml")]
+    )
+    assert again_classes == classes
+    assert train.settings(again, again_classes, again.imgsz) == written
+    assert written["config"] is None and written["lr"] == 0.05 and written["epochs"] == 3
 
 
 @pytest.mark.parametrize(
