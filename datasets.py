@@ -14,9 +14,9 @@ import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.error import URLError
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from torch.utils.data import Dataset, Sampler
 
 from config import IGNORE_INDEX, IMAGE_EXTENSIONS, PENN_FUDAN_URL, SPLITS, ClassConfig
 from utils import UserError, temp_folder, write_image
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 log = logging.getLogger("dinoseg")
 
@@ -426,8 +429,12 @@ def resize_mask(mask: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
-def train_transform(imgsz: tuple[int, int]) -> A.Compose:
+def train_transform(imgsz: tuple[int, int]) -> "A.Compose":
     """Flip, scale/crop and colour jitter, ending at (W, H) = imgsz."""
+    # Imported here, not with the module: inference and the benchmarks import this module
+    # (through engine.py) but never augment, and so run where albumentations is not installed.
+    import albumentations as A
+
     w, h = imgsz
     return A.Compose(
         [

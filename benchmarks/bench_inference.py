@@ -7,6 +7,8 @@
 
 Prints, for the same size and device, in one run:
 - model-only milliseconds per frame and FPS (the network on a ready batch, synchronized);
+- at batch 1, the latency of one predict() call on a video frame (resize, upload, network,
+  upsampling, class ids, download);
 - end-to-end FPS on a generated video through infer_video.py's pipeline;
 - peak memory;
 - the FLOP floor: FLOPs per frame / the best matrix-multiply rate measured here, in the dtype
@@ -27,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,13 +85,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def warm_up(run, device: torch.device, seconds: float = 0.5) -> None:
+    """Call ``run()`` once, and on CUDA again until ``seconds`` have passed: an idle GPU clocks
+    down (an H200 to a fifth of its speed) and takes a while of steady work to clock up."""
+    run()
+    synchronize(device)
+    end = time.perf_counter() + seconds
+    while device.type == "cuda" and time.perf_counter() < end:
+        run()
+        synchronize(device)
+
+
 def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int) -> float:
     """Best FLOP/s over the model's GEMM shapes and a large square, in ``dtype`` (int8: int8
     products summed in int32, as quantized linear layers run them)."""
     shapes = [(tokens, dim, 3 * dim), (tokens, dim, 4 * dim), (tokens, 4 * dim, dim)]
     shapes.append((4096, 4096, 4096) if device.type == "cuda" else (2048, 2048, 2048))
     best = 0.0
-    for m, k, n in shapes:
+    for i, (m, k, n) in enumerate(shapes):
         if dtype == torch.int8:
             a = torch.randint(-128, 128, (m, k), device=device, dtype=dtype)
             b = torch.randint(-128, 128, (k, n), device=device, dtype=dtype)
@@ -100,6 +114,8 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int)
         reps = 50 if device.type == "cuda" else 5
         for _ in range(3):
             matmul(a, b)
+        if i == 0:  # the first timing would find the GPU clocked down
+            warm_up(partial(matmul, a, b), device)
         synchronize(device)
         start = time.perf_counter()
         for _ in range(reps):
@@ -117,7 +133,7 @@ def model_seconds(predictor: Predictor, batch: int, reps: int) -> float:
     device = predictor.device
     images = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, device=device)
     forward = predictor.patch_logits
-    forward(images)  # warm-up (and compilation, once for the whole run)
+    warm_up(lambda: forward(images), device)  # and compilation, once for the whole run
     best = float("inf")
     for _ in range(reps):
         synchronize(device)
@@ -126,6 +142,17 @@ def model_seconds(predictor: Predictor, batch: int, reps: int) -> float:
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best / batch
+
+
+def predict_latency(predictor: Predictor, frame: np.ndarray, calls: int) -> float:
+    """Median seconds of ``predictor.predict(frame)`` on a warm predictor: one frame in, its
+    mask back on the CPU (which waits for the GPU)."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        predictor.predict(frame)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def onnx_rows(base: Segmentor, imgsz, frames: list, folder: Path, reps: int) -> list:
@@ -266,7 +293,7 @@ def main(args: argparse.Namespace) -> None:
             print(f"matmul rate {rate / 1e12:.3f} TFLOP/s ({str(dtype).removeprefix('torch.')})")
         print(f"FLOP floor {floor * 1e3:.1f} ms per frame")
 
-    rows = {}
+    rows, latency = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench.mp4"
         make_video(video, args.frames, args.video_size)
@@ -295,6 +322,9 @@ def main(args: argparse.Namespace) -> None:
                     )
                 fps = stats["fps"]
             rows[name] = (seconds, fps, peak_memory_mb(device))
+            if batch == 1:
+                calls = 10 * args.reps if device.type == "cuda" else args.reps
+                latency[name] = (predict_latency(predictor, sample[0], calls), calls)
             # in batches of the timed size: another size would compile another graph
             masks[name] = [
                 m
@@ -325,6 +355,12 @@ def main(args: argparse.Namespace) -> None:
         f"model time / FLOP floor = {fast_s / floor:.2f} (fast), "
         f"{naive_s * rate32 / flops:.2f} (naive, against the fp32 floor)"
     )
+    for name, (seconds, calls) in latency.items():
+        print(
+            f"batch-1 latency, {labels[name]}: {seconds * 1e3:.2f} ms per predict() call on one "
+            f"{args.video_size[0]}x{args.video_size[1]} frame (median of {calls}), "
+            f"{rows[name][0] * 1e3:.2f} ms of it the network"
+        )
     equal = sum((a == b).sum() for a, b in zip(masks["fast"], masks["naive"], strict=True))
     print(
         f"masks equal to the naive fp32 ones: {equal / sum(m.size for m in masks['naive']):.4%} "

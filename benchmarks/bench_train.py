@@ -159,27 +159,28 @@ def main(args: argparse.Namespace) -> None:
         f"device {name} ({torch.get_num_threads()} CPU threads), {args.backbone}, {w}x{h}, "
         f"batch {args.batch}, {args.steps} timed steps after {args.warmup}"
     )
-    rows = []
-    spawn = multiprocessing.get_context("spawn")
-    for setup in args.setups:
-        for amp in modes:
-            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                rows.append((setup, amp, pool.submit(train_run, args, setup, amp).result()))
-
     print()
     print(
         f"{'setup':10s}{'amp':>6s}{'images/s':>10s}{'peak MB':>10s}{'train loss':>12s}"
         f"{'final loss':>12s}{'vs fp32':>9s}"
     )
-    for setup, amp, r in rows:
-        ref = next((x for s, a, x in rows if s == setup and a == "off"), None)
-        compared = ref is not None and amp != "off"
-        rel = f"{r['final_loss'] / ref['final_loss'] - 1:+8.1%}" if compared else f"{'-':>8s}"
-        scale = f"  (GradScaler scale {r['scale']:g})" if r["scale"] is not None else ""
-        print(
-            f"{setup:10s}{amp:>6s}{r['images_per_s']:10.2f}{r['peak_mb']:10.0f}"
-            f"{r['train_loss']:12.4f}{r['final_loss']:12.4f} {rel}{scale}"
-        )
+    rows = []
+    spawn = multiprocessing.get_context("spawn")
+    for setup in args.setups:
+        for amp in modes:
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                r = pool.submit(train_run, args, setup, amp).result()
+            rows.append((setup, amp, r))
+            # Each row as its run ends: a run stopped by a time limit keeps the rows before it.
+            ref = next((x for s, a, x in rows if s == setup and a == "off"), None)
+            compared = ref is not None and amp != "off"
+            rel = f"{r['final_loss'] / ref['final_loss'] - 1:+8.1%}" if compared else f"{'-':>8s}"
+            scale = f"  (GradScaler scale {r['scale']:g})" if r["scale"] is not None else ""
+            print(
+                f"{setup:10s}{amp:>6s}{r['images_per_s']:10.2f}{r['peak_mb']:10.0f}"
+                f"{r['train_loss']:12.4f}{r['final_loss']:12.4f} {rel}{scale}",
+                flush=True,
+            )
     kind = "allocated by PyTorch on the GPU" if device.type == "cuda" else "resident memory"
     print(f"peak MB: {kind}, each run in a process of its own")
 

@@ -440,3 +440,18 @@ def test_augmented_masks_keep_their_ids_and_stay_on_their_pixels(tmp_path):
         seen = torch.tensor([0, 1, 2, 255])[torch.cdist(pixels, palette).argmin(1)]
         agree = (seen == target.flatten()).float().mean()
         assert agree > 0.8, (epoch, agree)  # all but the blended edges (a flip scores 0.05)
+
+
+def test_inference_and_the_benchmarks_import_without_albumentations():
+    # A GPU machine may lack albumentations: only training augmentation may need it.
+    code = (
+        "import sys; sys.modules['albumentations'] = None; sys.path[:0] = ['tests', 'benchmarks']\n"
+        "import bench_attention, bench_inference, bench_train, engine, infer_image, infer_video\n"
+        "import datasets\n"
+        "try:\n    datasets.train_transform((56, 56))\nexcept ImportError:\n    print('needed')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "needed"
