@@ -265,6 +265,7 @@ def _hub_load(
     if hub_dir is not None and not (hub_dir / "hubconf.py").is_file():
         raise UserError(f"--hub-dir {hub_dir} has no hubconf.py: point it at a clone of {HUB_REPO}")
     repo, source = (str(hub_dir), "local") if hub_dir is not None else (HUB_REPO, "github")
+    where = f"--hub-dir {hub_dir}" if hub_dir is not None else f"the cached {HUB_REPO} code"
     try:
         with warnings.catch_warnings():
             # The official modules warn about xFormers on import; FusedAttention replaces the
@@ -272,7 +273,6 @@ def _hub_load(
             warnings.filterwarnings("ignore", message="xFormers is ")
             vit = torch.hub.load(repo, name, source=source, pretrained=False)
     except ImportError as err:  # hubconf.py imports the repository's modules and what they need
-        where = f"--hub-dir {hub_dir}" if hub_dir is not None else f"the cached {HUB_REPO} code"
         raise UserError(
             f"could not load {name} through torch.hub: {where} failed to import "
             f"({type(err).__name__}: {err}). Install the missing package, point --hub-dir at "
@@ -280,7 +280,6 @@ def _hub_load(
         ) from err
     except (OSError, RuntimeError) as err:  # no network and no cache, no such entry point...
         if f"Cannot find callable {name}" in str(err):  # an old clone or cache: no _reg models
-            where = f"--hub-dir {hub_dir}" if hub_dir is not None else f"the cached {HUB_REPO}"
             raise UserError(
                 f"{where} has no {name}: it predates that model. Update it (git pull, or delete "
                 "the cached copy to download it again), or use --backbone-source timm"
