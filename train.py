@@ -74,6 +74,7 @@ from utils import (
     broadcast_buffers,
     check_on_main_process,
     check_writable,
+    leave_distributed,
     peak_memory_mb,
     pick_device,
     plot_curves,
@@ -438,8 +439,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
         else:
             fit(args, classes, device, autocast, rank, world)
     finally:
-        if world > 1:
-            dist.destroy_process_group()
+        leave_distributed()
 
 
 def build_model(args, classes: ClassConfig, device, ckpt: dict | None, start: int) -> Segmentor:

@@ -2,6 +2,8 @@
 
 import contextlib
 import csv
+import gc
+import importlib
 import io
 import json
 import logging
@@ -16,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -251,8 +254,30 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    # torch._dynamo (imported by DistributedDataParallel and timm) keeps references to a process
+    # group that exists when it is imported, which destroy_process_group cannot drop: the group
+    # would then live, and its threads run, until the interpreter's exit, which they can abort.
+    importlib.import_module("torch._dynamo")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def leave_distributed() -> None:
+    """Destroy the process group, if any: call it in the ``finally`` block around a run.
+
+    An exception on its way out keeps the locals of every frame it left, and so
+    DistributedDataParallel, which holds the process group. Destroyed then, the group's gloo
+    threads would live on into the interpreter's exit and could abort it there (SIGABRT rather
+    than the error's exit code). So those locals are cleared first; the traceback still prints.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    leaving = sys.exc_info()[2]
+    if leaving is not None:
+        traceback.clear_frames(leaving)
+    del leaving
+    gc.collect()  # DistributedDataParallel's hooks make reference cycles
+    dist.destroy_process_group()
 
 
 def is_main_process() -> bool:

@@ -5,6 +5,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -246,3 +247,42 @@ def test_torchrun_reports_an_unusable_cache_dir_once_without_a_traceback(tmp_pat
     assert proc.stderr.count("error: --cache-dir") == 1, proc.stderr[-3000:]
     assert "[rank1]" not in proc.stderr, proc.stderr[-3000:]  # no traceback of process 1
     assert "exitcode  : 2" in proc.stderr  # the UserError's code, not a crash
+
+
+LEAVING_WITH_AN_ERROR = """
+import os, sys, torch
+from torch.nn.parallel import DistributedDataParallel
+from utils import UserError, leave_distributed, setup_distributed
+
+def fail():
+    model = DistributedDataParallel(torch.nn.Linear(2, 2))  # the first import of torch._dynamo
+    raise UserError("stop")
+
+setup_distributed(torch.device("cpu"))
+try:
+    try:
+        fail()
+    finally:
+        leave_distributed()
+except UserError:
+    pass
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+with open(os.path.join(sys.argv[1], os.environ["RANK"] + ".txt"), "w") as f:
+    f.write(" ".join(sorted(threads)))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads in Linux's /proc")
+def test_leaving_with_an_error_ends_the_process_groups_threads(tmp_path):
+    # Left running into the interpreter's exit, gloo's threads now and then abort a process
+    # (SIGABRT) that should exit with its error's code: the group must be gone when it is left.
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVING_WITH_AN_ERROR)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = [(tmp_path / f"{rank}.txt").read_text() for rank in (0, 1)]
+    assert all("python" in names for names in threads), threads  # the main thread, at least
+    assert not any("gloo" in names for names in threads), threads
