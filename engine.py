@@ -480,8 +480,8 @@ class FeatureCache:
     A key covers the backbone, a fingerprint of all its weights, its source and dtype, the
     autocast dtype, the image size, the blocks that feed the head, and the image file's path,
     size, mtime and inode: a changed or renamed file, model or precision never meets a stale
-    entry. Entries live
-    in RAM ("memory") or as one file each under ``folder`` ("disk", reused by later runs).
+    entry. Entries live in RAM ("memory") or as one file each under ``folder`` ("disk", reused
+    by later runs).
     """
 
     def __init__(
@@ -583,6 +583,11 @@ class FeatureCache:
         """The size of one cached view: float16 features of the blocks at the token grid."""
         w, h = token_grid(self.imgsz)
         return 2 * self.channels * h * w
+
+    def file_bytes(self) -> int:
+        """The disk space of one "disk" entry: its view, the zip format's headers around it, and
+        block rounding."""
+        return self.view_bytes() + 4096
 
     @torch.inference_mode()
     def fill(

@@ -413,8 +413,8 @@ def main(args: argparse.Namespace) -> None:
     if args.dataset == "binary" and not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")
     flag = "--name" if args.dataset == "binary" else "--classes"
-    chosen = [args.name] if args.dataset == "binary" else getattr(args, "classes", [])
-    repeated = sorted({c for c in chosen if chosen.count(c) > 1} | {"background"} & set(chosen))
+    kept = [args.name] if args.dataset == "binary" else getattr(args, "classes", ["person"])
+    repeated = sorted({c for c in kept if kept.count(c) > 1} | {"background"} & set(kept))
     if repeated:
         raise UserError(
             f"{flag} names {repeated} twice (background is always class 0): list each class once"
@@ -445,7 +445,6 @@ def main(args: argparse.Namespace) -> None:
                 f"--out {args.out} is a folder of the source --{key} {source} and holds files: "
                 "replacing it would delete them; choose an --out outside the source"
             )
-    kept = [args.name] if args.dataset == "binary" else getattr(args, "classes", ["person"])
     names = ["background", *kept]
     colors = palette(256)  # COCO has 80 categories; VOC's colour map has 256 distinct colours
     if args.dataset == "voc":

@@ -757,10 +757,6 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
     return ckpt, resumed, imgsz
 
 
-# A cache file's bytes beyond its features: the zip format's headers, and block rounding
-CACHE_ENTRY_OVERHEAD = 4096
-
-
 def checkpoint_space(model: Segmentor) -> int:
     """The disk space a run's checkpoints need: best (two) and last, and a margin for the
     temporary copy of the one being written, plots and overlays."""
@@ -790,7 +786,7 @@ def make_datasets(
 
         def check_cache_dir() -> None:
             todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
-            needed, purpose = todo * (cache.view_bytes() + CACHE_ENTRY_OVERHEAD), "the cache"
+            needed, purpose = todo * cache.file_bytes(), "the cache"
             check_writable(folder, 0, "--cache-dir", purpose)
             if folder.stat().st_dev == args.out_dir.stat().st_dev:  # one disk for both
                 needed += checkpoint_space(model)
