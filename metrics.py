@@ -30,6 +30,11 @@ class ConfusionMatrix:
         k = self.num_classes
         keep = target != self.ignore_index
         idx = target[keep].long() * k + pred[keep].long()
+        if idx.device.type == "mps":
+            # MPS counts with one graph scatter-add that serializes on the bins most pixels fall
+            # in (background): seconds per batch of masks, where the CPU takes milliseconds
+            # (pytorch/pytorch#184779). The matrix then stays on the CPU.
+            idx = idx.cpu()
         counts = torch.bincount(idx, minlength=k * k).reshape(k, k)
         self.mat = counts if self.mat is None else self.mat + counts.to(self.mat.device)
 

@@ -78,3 +78,31 @@ def test_class_ids_are_the_first_maximum_like_argmax():
     assert class_ids(tied)[0, :, 0].tolist() == [1, 0, 0]
     scores = torch.randn(3, 5, 17, 23, generator=torch.Generator().manual_seed(0))
     assert torch.equal(class_ids(scores), scores.argmax(1))
+
+
+class _OnMps(torch.Tensor):
+    """A CPU tensor that says it is on MPS, as far as ConfusionMatrix.update looks."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("mps")
+
+    def cpu(self, *args, **kwargs) -> torch.Tensor:
+        return self.as_subclass(torch.Tensor)
+
+
+def test_mps_pixels_are_counted_on_the_cpu(monkeypatch):
+    # MPS's bincount serializes on the background's bin: seconds per batch of masks
+    bincount = torch.bincount
+
+    def cpu_only(idx, *args, **kwargs):
+        assert not isinstance(idx, _OnMps), "bincount ran on MPS"
+        return bincount(idx, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "bincount", cpu_only)
+    target = torch.tensor([0, 0, 1, 1, 2, 255]).as_subclass(_OnMps)
+    pred = torch.tensor([0, 1, 1, 1, 2, 0]).as_subclass(_OnMps)
+    cm = ConfusionMatrix(3)
+    cm.update(pred, target)
+    cm.update(pred, target)
+    assert cm.mat.tolist() == [[2, 2, 0], [0, 4, 0], [0, 0, 2]]
