@@ -5,7 +5,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +279,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def warm_up(run: Callable[[], object], device: torch.device, seconds: float = 0.5) -> None:
+    """Call ``run()`` once, and on CUDA again until ``seconds`` have passed: an idle GPU clocks
+    down (an H200 to a fifth of its speed) and takes a while of steady work to clock up, so a
+    timing right after one call measures the clock, not the code (for the benchmarks)."""
+    run()
+    synchronize(device)
+    end = time.perf_counter() + seconds
+    while device.type == "cuda" and time.perf_counter() < end:
+        run()
+        synchronize(device)
 
 
 def _with_frozen_weights(compiled):

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from config import DEFAULT_BACKBONE, DEFAULT_CLASSES, backbone_flags, check_imgsz
-from engine import Predictor, synchronize
+from engine import Predictor, synchronize, warm_up
 from infer_video import open_video, segment_video
 from model import (
     OnnxSegmentor,
@@ -83,17 +83,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--onnx", action="store_true", help="add ONNX Runtime rows: fp32 (optimized or not), int8"
     )
     return parser
-
-
-def warm_up(run, device: torch.device, seconds: float = 0.5) -> None:
-    """Call ``run()`` once, and on CUDA again until ``seconds`` have passed: an idle GPU clocks
-    down (an H200 to a fifth of its speed) and takes a while of steady work to clock up."""
-    run()
-    synchronize(device)
-    end = time.perf_counter() + seconds
-    while device.type == "cuda" and time.perf_counter() < end:
-        run()
-        synchronize(device)
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int) -> float:
