@@ -44,7 +44,9 @@ def test_official_and_fused_attention_agree_on_the_gpu(weights_file):
             assert error < tolerance, f"{dtype}: {error:.2e}"
 
 
-@pytest.mark.parametrize(("amp", "tolerance"), [("off", 1e-3), ("bf16", 3e-2), ("fp16", 1e-2)])
+# "off" is not exact either: cuDNN's float32 convolutions (the patch embedding) run in TF32 by
+# PyTorch's default, with 10-bit mantissas, a quarter of bf16's rounding error.
+@pytest.mark.parametrize(("amp", "tolerance"), [("off", 5e-3), ("bf16", 3e-2), ("fp16", 1e-2)])
 def test_predictor_on_the_gpu_matches_the_cpu(checkpoint, amp, tolerance):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((66, 90), (101, 75))]
