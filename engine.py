@@ -32,7 +32,7 @@ from utils import (
     all_reduce_sum,
     amp_dtype,
     atomic_path,
-    check_cpp_compiler,
+    check_compiler,
     draw_overlay,
     is_main_process,
     prefetch,
@@ -727,8 +727,8 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
                     "--amp fp16 there, or --device cpu"
                 )
             int8_quantizer()  # torchao loads, before the checkpoint does
-        if (args.compile or args.int8) and device.type == "cpu":
-            check_cpp_compiler("--int8" if args.int8 else "--compile")
+        if args.compile or args.int8:
+            check_compiler("--int8" if args.int8 else "--compile", device)
         return Predictor.from_checkpoint(
             args.model,
             device,

@@ -379,9 +379,21 @@ def cpu_has_bf16_arithmetic() -> bool | None:
     return any(probe() for probe in probes)
 
 
-def check_cpp_compiler(flag: str) -> None:
-    """On the CPU torch.compile builds C++ kernels: without a working compiler, refuse ``flag``
-    now rather than fail at the first batch."""
+def check_compiler(flag: str, device: torch.device) -> None:
+    """torch.compile builds C++ kernels on the CPU, and Triton builds a C launcher for its CUDA
+    kernels: without a working compiler, refuse ``flag`` now rather than fail at the first
+    batch."""
+    if device.type == "cuda":
+        # Triton's own search: $CC, else gcc, else clang
+        if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+            raise UserError(
+                f"{flag} on CUDA needs a C compiler, which Triton uses to build its kernels' "
+                f"launcher, and none was found (gcc or clang on PATH, or $CC). Install gcc, or "
+                f"drop {flag}"
+            )
+        return
+    if device.type != "cpu":
+        return
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
     except ImportError:  # another PyTorch layout: compilation will say it itself

@@ -612,6 +612,12 @@ def test_a_missing_compiler_or_torchao_is_reported_before_the_model_loads(checkp
             args = image_args(input=".", model=checkpoint, **{flag: True})
             with pytest.raises(UserError, match=f"--{flag} compiles C.. kernels on the CPU"):
                 engine.predictor_from_args(args, torch.device("cpu"))
+    with monkeypatch.context() as mp:  # Triton's C launcher, on CUDA
+        mp.delenv("CC", raising=False)
+        mp.setattr(utils.shutil, "which", lambda name: None)
+        args = image_args(input=".", model=checkpoint, compile=True)
+        with pytest.raises(UserError, match="--compile on CUDA needs a C compiler"):
+            engine.predictor_from_args(args, torch.device("cuda"))
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)
     args = image_args(input=".", model=checkpoint, int8=True)
     with pytest.raises(UserError, match="--int8 needs torchao, which did not load"):
