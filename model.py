@@ -815,8 +815,20 @@ class OnnxSegmentor:
         """Open a file written by export.py, on CUDA when asked for and available."""
         import onnxruntime as ort
 
-        if not Path(path).is_file():
-            raise UserError(f"--model {path} does not exist; write one with export.py")
+        path = Path(path)
+        graph = "pass the .onnx file export.py wrote (python export.py --model CKPT --output FILE)"
+        if path.is_dir():
+            raise UserError(f"--model {path} is a folder; {graph}")
+        if not path.is_file():
+            raise UserError(f"--model {path} does not exist; {graph}")
+        with path.open("rb") as f:
+            checkpoint = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip; ONNX, a protobuf
+        if checkpoint:  # the default --model is one, so a forgotten --model lands here
+            raise UserError(
+                f"--model {path} is a PyTorch checkpoint from train.py, not an ONNX model: drop "
+                "--backend onnxruntime to run it with PyTorch, or export it first with "
+                f"python export.py --model {path} --output model.onnx"
+            )
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

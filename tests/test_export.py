@@ -113,10 +113,28 @@ def test_onnxruntime_refuses_torch_only_flags(tmp_path, onnx_files, tiny_data, e
 
 
 def test_onnxruntime_refuses_a_checkpoint_file(tmp_path, checkpoint, tiny_data):
-    with pytest.raises(UserError, match="is not an ONNX model ONNX Runtime can load"):
+    # the default --model is a checkpoint: forgetting --model with --backend onnxruntime
+    with pytest.raises(UserError, match=r"is a PyTorch checkpoint from train\.py, not an ONNX"):
         infer_image.main(infer_image.get_args_parser().parse_args(
             ["--input", str(tiny_data / "valid_images"), "--model", str(checkpoint),
              "--backend", "onnxruntime", "--out-dir", str(tmp_path)]))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("folder", r"is a folder; pass the \.onnx file"),
+        ("missing.pth", r"does not exist; pass the \.onnx file .*export\.py --model CKPT"),
+        ("notes.txt", "is not an ONNX model ONNX Runtime can load"),
+    ],
+)
+def test_onnxruntime_names_what_the_model_file_is(tmp_path, tiny_data, model, message):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("not a graph")
+    with pytest.raises(UserError, match=message):
+        infer_image.main(infer_image.get_args_parser().parse_args(
+            ["--input", str(tiny_data / "valid_images"), "--model", str(tmp_path / model),
+             "--backend", "onnxruntime", "--out-dir", str(tmp_path / "out")]))  # fmt: skip
 
 
 def test_dynamic_export_takes_other_sizes(tmp_path, checkpoint):
