@@ -54,6 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg")  # what save_result writes after each name
+JPEG_MAX_SIDE = 65500  # the overlay's format holds no larger image
 
 
 def is_output(path: Path, out_dir: Path | None) -> bool:
@@ -144,6 +145,8 @@ def read_batches(paths: list[Path], predictor: Predictor, batch: int):
 
 def save_result(out_dir: Path, name: str, image, mask, predictor: Predictor, alpha: float) -> None:
     """Write the mask and the overlay; both land, or (if either cannot be written) neither."""
+    if max(mask.shape) > JPEG_MAX_SIDE:  # Pillow would only say "broken data stream"
+        raise ValueError(f"a JPEG overlay holds at most {JPEG_MAX_SIDE} pixels a side")
     mask_path, overlay_path = (out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
     with atomic_path(mask_path) as mask_tmp, atomic_path(overlay_path) as overlay_tmp:
         write_image(mask_tmp, Image.fromarray(mask), "PNG")
