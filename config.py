@@ -220,6 +220,9 @@ def runtime_flags() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
+
+
 def tta_flags() -> argparse.ArgumentParser:
     """Test-time augmentation, shared by train.py --eval-only and the inference scripts."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -230,7 +233,7 @@ def tta_flags() -> argparse.ArgumentParser:
         help="average class probabilities over --tta-scales and horizontal flips",
     )
     group.add_argument(
-        "--tta-scales", type=float, nargs="+", default=[0.75, 1.0, 1.25], metavar="S"
+        "--tta-scales", type=float, nargs="+", default=list(DEFAULT_TTA_SCALES), metavar="S"
     )
     return parser
 
@@ -288,6 +291,9 @@ def check_inference_args(args: argparse.Namespace) -> None:
     if args.batch < 1:
         raise UserError("--batch must be at least 1")
     check_imgsz(args.imgsz)
+    if not args.tta and tuple(args.tta_scales) != DEFAULT_TTA_SCALES:
+        # only the command line sets it here: given alone, the masks would be those without TTA
+        raise UserError("--tta-scales applies only with --tta: add --tta, or drop --tta-scales")
     if args.compile and args.tta:
         # each scale of test-time augmentation would compile a graph of its own
         raise UserError("--compile does not apply to --tta: drop one of them")

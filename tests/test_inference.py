@@ -271,6 +271,18 @@ def test_compile_with_tta_is_refused_before_the_model_loads(
         Predictor(model, DEFAULT_CLASSES, (56, 56), compile=True, tta=([1.0], True))
 
 
+@pytest.mark.parametrize("script", [infer_image, infer_video])
+def test_tta_scales_without_tta_are_refused_before_the_model_loads(
+    tmp_path, checkpoint, script, monkeypatch
+):
+    # as the README's "+ms" ratios are written; alone they would leave the masks as without TTA
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    monkeypatch.setattr(script, "predictor_from_args", no_model)
+    args = cli(script.get_args_parser(), input=clip, model=checkpoint, tta_scales=1.32)
+    with pytest.raises(UserError, match="--tta-scales applies only with --tta: add --tta"):
+        script.main(args)
+
+
 def test_written_masks_score_what_eval_only_scores(tmp_path, checkpoint, tiny_data):
     train.main(*parse_args(train.get_args_parser(), [
         "--eval-only", "--model", str(checkpoint), "--data", str(tiny_data),
