@@ -186,6 +186,8 @@ def make_video(path: Path, frames: int, size) -> None:
     rng = np.random.default_rng(0)
     w, h = size
     video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (w, h))
+    if not video.isOpened():  # no frames to time: fail here, not at the first frame's look-up
+        raise UserError(f"OpenCV's mp4v encoder refuses a {w}x{h} video: change --video-size")
     base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
     for i in range(frames):
         video.write(np.roll(base, 4 * i, axis=1))  # moving content, like a real clip
@@ -236,6 +238,8 @@ def main(args: argparse.Namespace) -> None:
     for flag in ("batch", "frames", "reps"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1")
+    if min(args.video_size) < 2:  # mp4v writes no video of one pixel a side
+        raise UserError("--video-size must be at least 2 2")
     device = pick_device(args.device)
     dtype = amp_dtype(args.amp, device) or torch.float32
     if args.int8 and (device.type != "cpu" or args.amp != "off"):

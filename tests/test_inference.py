@@ -1051,7 +1051,10 @@ def test_attention_benchmark_times_a_gpu_it_has_kept_busy(monkeypatch):
     assert calls[-4] - calls[0] >= 0.5  # busy for half a second before the 3 timed calls
 
 
-@pytest.mark.parametrize("flags", [["--batch", "0"], ["--frames", "0"], ["--imgsz", "0", "0"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--batch", "0"], ["--frames", "0"], ["--imgsz", "0", "0"], ["--video-size", "1", "1"]],
+)
 def test_benchmark_refuses_empty_runs(flags):
     bench = _bench_inference()
     with pytest.raises(UserError, match=r"must be at least"):
