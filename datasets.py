@@ -246,9 +246,9 @@ def _check_ids(arr: np.ndarray, classes: ClassConfig, path: Path) -> tuple[np.nd
     )
 
 
-# image formats Pillow reads that find_pairs does not take (.webp, .gif, ...): named, not skipped
-# silently
-_UNREAD = frozenset(Image.registered_extensions()) - frozenset(IMAGE_EXTENSIONS)
+# image formats Pillow reads that find_pairs and infer_image.py do not take (.webp, .gif,
+# .jfif...): named, not skipped silently
+OTHER_IMAGE_EXTENSIONS = frozenset(Image.registered_extensions()) - frozenset(IMAGE_EXTENSIONS)
 
 
 def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
@@ -268,7 +268,9 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
         unread = []
         for p in sorted(folder.iterdir()):
             if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-                if not p.name.startswith(".") and (p.is_dir() or p.suffix.lower() in _UNREAD):
+                if not p.name.startswith(".") and (
+                    p.is_dir() or p.suffix.lower() in OTHER_IMAGE_EXTENSIONS
+                ):
                     unread.append(f"{p.name}/" if p.is_dir() else p.name)
                 continue
             if p.stem in by_stem:

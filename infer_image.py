@@ -14,6 +14,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import argparse
 import glob
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,7 +29,7 @@ from config import (
     inference_flags,
     runtime_flags,
 )
-from datasets import DataError, read_image
+from datasets import OTHER_IMAGE_EXTENSIONS, DataError, read_image
 from engine import Predictor, predictor_from_args
 from utils import (
     OrderedWriter,
@@ -42,6 +43,8 @@ from utils import (
     show,
     write_image,
 )
+
+log = logging.getLogger("dinoseg")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,14 +71,15 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
     """The images named by --input: a file, the images of a folder, or a glob's matches.
 
     A folder or glob leaves out the masks and overlays an earlier run wrote to ``out_dir`` (an
-    --out-dir inside the inputs would otherwise feed them back in, run after run).
+    --out-dir inside the inputs would otherwise feed them back in, run after run), and names
+    the files of other image formats it meets (.webp, .jfif) in a warning.
     """
     path = Path(spec)
     if path.is_file():
         return [path]
     if not any(c in spec for c in "*?[") and not path.exists():
         raise UserError(f"--input {spec} does not exist; give an image file, a folder or a glob")
-    matches = (
+    matches = list(
         path.iterdir() if path.is_dir() else (Path(p) for p in glob.glob(spec, recursive=True))
     )
     found = sorted(
@@ -83,6 +87,19 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
         for p in matches
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not is_output(p, out_dir)
     )
+    other = sorted(
+        p.name
+        for p in matches
+        if p.suffix.lower() in OTHER_IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+    if other:  # a photo saved as .webp or .jfif would be missing from the results without a word
+        log.warning(
+            "%d files of other image formats are not read: %s%s (convert them to %s)",
+            len(other),
+            ", ".join(other[:5]),
+            " ..." if len(other) > 5 else "",
+            " ".join(IMAGE_EXTENSIONS),
+        )
     if not found:
         kinds = " ".join(IMAGE_EXTENSIONS)
         raise UserError(

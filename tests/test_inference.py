@@ -221,6 +221,17 @@ def test_infer_image_accepts_a_glob(tmp_path, checkpoint, tiny_data):
     assert sorted(p.name for p in out.glob("*_mask.png")) == ["img001_mask.png", "img003_mask.png"]
 
 
+@pytest.mark.parametrize("glob", [False, True])
+def test_infer_image_names_images_of_formats_it_does_not_read(tmp_path, caplog, glob):
+    # Chrome saves JPEGs as .jfif; a folder of them had been left out without a word
+    for name in ("a.png", "b.webp", "c.jfif", ".d.gif", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    spec = f"{tmp_path}/*" if glob else str(tmp_path)
+    assert infer_image.find_images(spec) == [tmp_path / "a.png"]
+    assert "2 files of other image formats are not read: b.webp, c.jfif" in caplog.text
+    assert "d.gif" not in caplog.text and "notes.txt" not in caplog.text
+
+
 def test_infer_image_keeps_images_that_share_a_stem_apart(tmp_path, checkpoint):
     sizes = {"a/x.png": (40, 30), "b/x.png": (50, 70), "a/x.jpg": (60, 20), "b/y.png": (30, 30)}
     for name, (w, h) in sizes.items():
