@@ -67,7 +67,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], parents=[backbone_flags(inference=True)]
     )
-    parser.add_argument("--imgsz", type=int, nargs=2, default=(644, 644), metavar=("W", "H"))
+    parser.add_argument(
+        "--imgsz",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("W", "H"),
+        help="input size (default: --model's, else 644 644)",
+    )
     parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
     parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     parser.add_argument("--compile", action="store_true")
@@ -246,13 +253,16 @@ def main(args: argparse.Namespace) -> None:
         raise UserError("--int8 is a CPU fast path from float32: use it with --amp off on the CPU")
     torch.manual_seed(0)
     if args.model:
-        base, _ = load_checkpoint(
+        base, ckpt = load_checkpoint(
             args.model, device, args.backbone_source, args.hub_dir, args.backbone
         )
+        # the size the inference scripts run it at: its mask agreement is the one to deploy on
+        args.imgsz = tuple(args.imgsz or ckpt["imgsz"])
     else:
         backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, "timm", None)
         backbone.load_official_state_dict(trained_like(backbone.official_shapes()))
         base = Segmentor(backbone, DEFAULT_CLASSES.num_classes)
+        args.imgsz = tuple(args.imgsz or (644, 644))
     base = base.to(device).eval()
     fast = copy.deepcopy(base).cast(dtype)
     if args.int8:

@@ -1026,6 +1026,24 @@ def _bench_inference():
     return module
 
 
+@pytest.mark.parametrize("imgsz, expected", [(None, (90, 66)), (["56", "42"], (56, 42))])
+def test_benchmark_of_a_checkpoint_runs_at_its_size(monkeypatch, checkpoint, imgsz, expected):
+    """--model CKPT measures the mask agreement of --int8 for that checkpoint: at 644x644, not
+    the size it was trained for and is deployed at, the figure was another model's."""
+    bench = _bench_inference()
+    seen = []
+
+    def counted(model, images):
+        seen.append(tuple(images.shape[:1:-1]))  # (W, H)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(bench, "flops_by_op", counted)
+    argv = ["--model", str(checkpoint), "--device", "cpu"] + (["--imgsz", *imgsz] if imgsz else [])
+    with pytest.raises(UserError, match="stop here"):
+        bench.main(bench.get_args_parser().parse_args(argv))
+    assert seen == [expected]
+
+
 def test_benchmark_rebuilds_a_checkpoint_through_the_source_asked_for(monkeypatch, tmp_path):
     """Offline, a hub-trained --model failed with advice to pass --backbone-source timm, a flag
     the benchmark did not have."""
