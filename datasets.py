@@ -112,8 +112,10 @@ def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
     return _read_mask(path, classes)[0]
 
 
-def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, bool]:
-    """read_mask's (H, W) class ids, and whether they were read from instance ids."""
+def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, str]:
+    """read_mask's (H, W) class ids, and how they were read: "ids", "instances" (instance ids),
+    "colours", or "gray ids" (grayscale class ids whose values are all LABEL_COLORS_LIST grays,
+    some of another class: read by its colours, the same mask would mean something else)."""
     path = Path(path)
     img = open_image(path)
     with path.open("rb") as f:
@@ -128,12 +130,12 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, bool]:
         )
     arr = np.asarray(img)
     if img.mode == "P" and (mapped := _map_palette(img, arr, classes)) is not None:
-        return mapped, False
+        return mapped, "colours"
     if img.mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]
         mapped = map_colors(rgb, classes.mask_colors)
         if mapped is not None:
-            return mapped, False
+            return mapped, "colours"
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
             codes = np.unique(_rgb_codes(rgb))
             known = {_code(c) for c in classes.mask_colors}
@@ -149,15 +151,37 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, bool]:
     elif arr.ndim != 2:
         raise DataError(f"{path}: unsupported mask mode {img.mode}")
     try:
-        return _check_ids(arr, classes, path)
+        ids, instances = _check_ids(arr, classes, path)
     except DataError:
         # A gray colour mask saved as grayscale (0/128/255 for the colours [0, 0, 0],
         # [128, 128, 128], [255, 255, 255]): read by its colours, as the same mask in RGB is
         if arr.dtype == np.uint8:
             mapped = map_colors(np.repeat(arr[..., None], 3, axis=2), classes.mask_colors)
             if mapped is not None:
-                return mapped, False
+                return mapped, "colours"
         raise
+    if instances:
+        return ids, "instances"
+    if img.mode != "P" and arr.dtype == np.uint8 and gray_conflicts(arr, classes):
+        return ids, "gray ids"
+    return ids, "ids"
+
+
+def gray_conflicts(gray: np.ndarray, classes: ClassConfig) -> dict[int, int]:
+    """For a grayscale mask whose every value is a gray colour of LABEL_COLORS_LIST: the values
+    whose colour is the class of another id, value -> that class (255, ignore as an id, is
+    white's class where white is listed); {} otherwise.
+
+    Such a mask reads two ways: a 0/255 one of the colours [0, 0, 0], [128, 128, 128],
+    [255, 255, 255] is background and ignore as ids, background and class 2 as colours.
+    """
+    class_of = {c[0]: i for i, c in enumerate(classes.mask_colors) if c[0] == c[1] == c[2]}
+    if all(v == i for v, i in class_of.items()):  # no gray colour reads otherwise (the default)
+        return {}
+    values = np.flatnonzero(np.bincount(gray.ravel(), minlength=256)).tolist()
+    if not all(v in class_of for v in values):
+        return {}
+    return {v: class_of[v] for v in values if class_of[v] != v}
 
 
 def _code(color) -> int:
@@ -299,19 +323,19 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     return pairs, problems
 
 
-def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray, bool]:
+def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray, str]:
     """The pair's problems, its mask's pixel count per value (256 bins; zeros if unread), and
-    whether the mask held instance ids."""
+    how the mask was read (_read_mask; "" if unread)."""
     image_path, mask_path = pair
     problems = []
     size = mask = None
-    instances = False
+    reading = ""
     try:
         size = image_size(image_path)
     except DataError as err:
         problems.append(str(err))
     try:
-        mask, instances = _read_mask(mask_path, classes)
+        mask, reading = _read_mask(mask_path, classes)
     except DataError as err:
         problems.append(str(err))
     if size is not None and mask is not None and (mask.shape[1], mask.shape[0]) != size:
@@ -327,7 +351,7 @@ def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray
             f"{image_path.name} is {size[0]}x{size[1]}{hint}"
         )
     counts = np.bincount(mask.ravel(), minlength=256) if mask is not None else np.zeros(256, int)
-    return problems, counts, instances
+    return problems, counts, reading
 
 
 def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list[Pair]]:
@@ -352,17 +376,19 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
             )
         pairs_by_split[split] = pairs
     pixels = {}  # per split: pixels per mask value
-    instance_masks = 0
+    readings: dict[str, list[Path]] = {}  # how each mask was read -> those masks
     with ThreadPoolExecutor(max_workers=8) as pool:
         for split, pairs in pairs_by_split.items():
             pixels[split] = np.zeros(256, np.int64)
-            for found, counts, instances in pool.map(lambda p: _check_pair(p, classes), pairs):
+            checked = pool.map(lambda p: _check_pair(p, classes), pairs)
+            for (_, mask_path), (found, counts, reading) in zip(pairs, checked, strict=True):
                 problems += found
                 pixels[split] += counts
-                instance_masks += instances
+                readings.setdefault(reading, []).append(mask_path)
+    problems += _mixed_gray_readings(readings, classes)
     if problems:
         raise DatasetError(root, problems)
-    if instance_masks:
+    if instance_masks := len(readings.get("instances", [])):
         # Right for Penn-Fudan's own masks; but class-index masks of three or more classes,
         # trained without --config, read the same way and would merge into one class unnoticed.
         log.warning(
@@ -375,6 +401,34 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
         )
     _check_classes_present(root, classes, pixels)
     return pairs_by_split
+
+
+def _mixed_gray_readings(readings: dict[str, list[Path]], classes: ClassConfig) -> list[str]:
+    """A problem for each grayscale mask read as class ids that its gray colours would read
+    otherwise (_read_mask's "gray ids"), where other masks of the dataset are colour masks.
+
+    Each mask is read on its own, so a 0/255 mask among 0/128/255 gray colour masks was read
+    as background and ignore while the others' 255 was a class: the same pixel value meaning
+    two things in one dataset, silently.
+    """
+    if not readings.get("colours"):
+        return []
+    example = readings["colours"][0].name
+    problems = []
+    for path in readings.get("gray ids", []):
+        ids = read_mask(path, classes)
+        described = [
+            f"{v} ({'ignore' if v == IGNORE_INDEX else classes.names[v]} as a class id, "
+            f"{classes.names[c]} as the colour {[v] * 3})"
+            for v, c in gray_conflicts(ids, classes).items()
+        ]
+        problems.append(
+            f"{path}: a grayscale mask read as class ids, but its values are also gray colours "
+            f"of LABEL_COLORS_LIST, which other masks here are read by (such as {example}): "
+            f"{'; '.join(described)}. Save it as an RGB colour mask, as those are read by their "
+            "colours always, or save every mask as class ids"
+        )
+    return problems
 
 
 def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> None:

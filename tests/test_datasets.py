@@ -85,6 +85,35 @@ def test_a_gray_colour_mask_saved_as_grayscale_is_read_by_its_colours(tmp_path):
         read_mask(save(np.array([[0, 100]], np.uint8), tmp_path / "bad.png"), classes)
 
 
+def test_a_grayscale_mask_read_as_ids_among_gray_colour_masks_is_named(fresh_data):
+    """A 0/255 mask among 0/128/255 gray colour masks was read as background and ignore, while
+    in the others 255 was car: one value, two meanings in one dataset, without a word."""
+    grays = ClassConfig(
+        names=("background", "person", "car"),
+        mask_colors=((0, 0, 0), (128, 128, 128), (255, 255, 255)),
+        vis_colors=((0, 0, 0), (0, 255, 0), (255, 0, 0)),
+    )
+    masks = sorted(fresh_data.glob("*_masks/*.png"))
+    for path in masks:
+        mask = np.asarray(Image.open(path)) * 128  # person 128
+        mask[-4:] = 255  # a car strip along the bottom
+        save(mask, path)
+    check_dataset(fresh_data, grays)  # every mask read by its colours
+    assert (read_mask(masks[0], grays)[-4:] == 2).all()
+    without_person = np.asarray(Image.open(masks[1])).copy()
+    without_person[without_person == 128] = 0  # 0/255 alone also reads as ids
+    save(without_person, masks[1])
+    with pytest.raises(DatasetError) as err:
+        check_dataset(fresh_data, grays)
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith(f"{masks[1]}: a grayscale mask read as class ids")
+    assert "255 (ignore as a class id, car as the colour [255, 255, 255])" in str(err.value)
+    # class ids that are not all gray colours read one way only
+    for path in masks:
+        save(np.minimum(np.asarray(Image.open(path)), 2), path)
+    check_dataset(fresh_data, grays)
+
+
 def test_colour_mask_with_unknown_colour_names_it(tmp_path):
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
     rgb[0, 0] = (10, 20, 30)
