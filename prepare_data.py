@@ -245,6 +245,7 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
             + "; ".join(" and ".join(files) for files in clashes[:5])
             + ". Rename them apart (their masks are named by the image's name without extension)"
         )
+    drawn = 0  # annotations with a mask: an export of boxes alone has "segmentation": []
     for position, img in enumerate(kept):
         h, w = img["height"], img["width"]
         mask = np.zeros((h, w), np.uint8)
@@ -253,6 +254,7 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
             pixels = _coco_mask(ann, img, annotations)
             if pixels is None:
                 continue
+            drawn += 1
             crowd = bool(ann.get("iscrowd", 0))
             area = ann.get("area")
             if not isinstance(area, int | float):  # optional here: counted when missing
@@ -270,6 +272,13 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     if not kept:
         raise UserError(
             f"{annotations}: no image has an annotation of {classes}; nothing to convert"
+        )
+    if not drawn:  # every mask would be background alone, and training would learn nothing
+        count = sum(map(len, anns.values()))
+        raise UserError(
+            f"{annotations}: none of the {count} annotations of {classes} has a polygon or RLE "
+            "mask (their segmentation is empty: an export of bounding boxes?); the coco "
+            "importer needs instance masks, not boxes only"
         )
     if len(kept) < every:  # the valid split came out empty; said last, so a broken entry is named
         fix = (

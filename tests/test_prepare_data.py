@@ -353,6 +353,20 @@ def test_coco_degenerate_polygons_cover_nothing(tmp_path):
     assert (mask == 1).sum() == 100  # the 10x10 box and nothing else
 
 
+def test_a_coco_export_of_boxes_alone_is_refused(tmp_path):
+    """Detection exports write "segmentation": [] beside each box: every mask came out
+    background, and the importer reported success."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    for entry in data["annotations"]:
+        entry["segmentation"] = []
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"none of the 4 annotations of \['person', 'dog'\] has"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_voc_colour_masks_are_read_by_their_colours(tmp_path):
     """SegmentationClass PNGs re-saved as RGB hold VOC's colours, not ids: a look-up by pixel
     value made every one of them background, silently."""
