@@ -482,6 +482,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         start = ckpt["epoch"] + 1
         best_miou, best_loss = ckpt["best_miou"], ckpt["best_loss"]
         warn_changed_settings(args, ckpt, start)
+        # before anything is written into --out-dir, args.yaml first
+        check_on_main_process(lambda: check_same_run(args, ckpt, start))
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
     # Check the data before loading the backbone, which may mean a download.
@@ -688,6 +690,29 @@ def resumed_history(csv_path: Path, start: int) -> list[dict]:
             f"{csv_path} is not a metrics.csv that train.py wrote (it fails to parse: {err!r}); "
             f"move it away and resume again: the new one then starts at epoch {start}"
         ) from err
+
+
+def check_same_run(args, ckpt: dict, start: int) -> None:
+    """Refuse to resume ``ckpt`` (its epoch ``start - 1``) into an --out-dir that holds another
+    run: its metrics.csv would be continued as this run's history, and its best checkpoints kept
+    as this run's best (``python train.py --resume runs/a/last_model.pth`` writes into the
+    default outputs/, which may hold an older run)."""
+    recorded = ckpt.get("metrics")
+    csv_path = args.out_dir / "metrics.csv"
+    if not isinstance(recorded, dict):
+        return
+    rows = [r for r in resumed_history(csv_path, start) if r["epoch"] == start - 1]
+    if not rows or all(
+        # loosely: a spreadsheet that saved the file may have rounded its numbers
+        not isinstance(v, int | float) or math.isclose(rows[0].get(k, math.nan), v, rel_tol=1e-4)
+        for k, v in recorded.items()
+    ):
+        return
+    raise UserError(
+        f"--out-dir {args.out_dir} holds another run: epoch {start - 1} of its metrics.csv is "
+        f"not the epoch {start - 1} of --resume {args.resume}: resume into the folder of that "
+        f"run (--out-dir {args.resume.parent}) or a new one"
+    )
 
 
 BEST_CHECKPOINTS = ("best_model_iou.pth", "best_model_loss.pth")

@@ -220,6 +220,28 @@ def test_a_run_resumed_into_another_out_dir_holds_its_best_model_and_history(
         assert (second / name).is_file(), name
 
 
+def test_resuming_into_the_out_dir_of_another_run_is_refused(tmp_path, fresh_data, weights_file):
+    """--resume runs/a/last_model.pth without --out-dir writes into outputs/: the metrics.csv
+    of an older run there was continued as this run's history, its best checkpoints kept."""
+    first, other = tmp_path / "a", tmp_path / "b"
+    args = [*common(fresh_data, first, weights_file), "--imgsz", "28", "28", "--num-vis", "0"]
+    run_train([*args, "--epochs", "1"])
+    run_train([*args, "--epochs", "1", "--out-dir", str(other), "--lr", "1e-3"])
+    before = {f.name: f.read_bytes() for f in other.iterdir() if f.is_file()}
+    with pytest.raises(UserError, match=rf"--out-dir {other} holds another run: epoch 1 of"):
+        run_train([*args, "--epochs", "2", "--out-dir", str(other), "--resume",
+                   str(first / "last_model.pth")])  # fmt: skip
+    assert {f.name: f.read_bytes() for f in other.iterdir() if f.is_file()} == before
+    # the run's own folder, even with its numbers rounded by a spreadsheet, resumes
+    rows = read_csv(first / "metrics.csv")
+    write_csv(
+        first / "metrics.csv",
+        [{k: v if k == "epoch" else float(f"{v:.10g}") for k, v in r.items()} for r in rows],
+    )
+    run_train([*args, "--epochs", "2", "--resume", str(first / "last_model.pth")])
+    assert [r["epoch"] for r in read_csv(first / "metrics.csv")] == [1, 2]
+
+
 def test_carry_over_copies_only_the_best_checkpoints_of_the_resumed_epochs(tmp_path):
     source, out = tmp_path / "a", tmp_path / "b"
     source.mkdir()
