@@ -370,6 +370,11 @@ def _read_weights_file(
     ``expected``: the official key -> shape table of ``name``.
     ``cached``: ``path`` is the torch.hub cache file that --weights pretrained reads.
     """
+    if path.is_dir():  # "does not exist" would send the user hunting for the wrong problem
+        raise UserError(
+            f"--weights {path} is a folder; pass the weights file in it, such as "
+            f"{path / official_weights_name(name)}"
+        )
     if not path.is_file():
         raise UserError(f"--weights {path} does not exist. {offline_help(name)}")
     try:

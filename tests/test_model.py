@@ -197,6 +197,9 @@ def test_wrapped_weights_are_refused_naming_the_entry_that_holds_them(tmp_path):
 def test_missing_weights_file_names_the_offline_options(tmp_path):
     with pytest.raises(UserError, match=r"does not exist\. Offline options"):
         load_backbone("dinov2_vits14", "timm", str(tmp_path / "nope.pth"))
+    # the folder the file was downloaded to: it was said not to exist
+    with pytest.raises(UserError, match=r"is a folder; pass the weights file in it, such as "):
+        load_backbone("dinov2_vits14", "timm", str(tmp_path))
 
 
 def test_timm_pretrained_without_cache_fails_loudly(tmp_path, monkeypatch):
