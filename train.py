@@ -47,6 +47,7 @@ from config import (
 )
 from datasets import (
     CachedFeatureDataset,
+    DataError,
     SegmentationDataset,
     ShardSampler,
     check_dataset,
@@ -644,6 +645,14 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         raise UserError(
             f"{err} of epoch {epoch}; training stopped. {kept()} Lower --lr (now {args.lr:g})"
             + (", or use --amp bf16 rather than fp16." if args.amp == "fp16" else ".")
+        ) from err
+    except DataError as err:
+        # The dataset was checked before training: a file changed since (edited, replaced or
+        # removed while the run went on). From a DataLoader worker the message holds the
+        # worker's traceback, whose last line is the error's own.
+        problem = str(err).strip().splitlines()[-1].removeprefix("datasets.DataError: ")
+        raise UserError(
+            f"{problem}: the file changed during training; fix or restore it. {kept()}"
         ) from err
     except OSError as err:
         raise UserError(

@@ -169,6 +169,29 @@ def test_a_failed_write_mid_run_is_reported_and_keeps_earlier_files(
     assert torch.load(tmp_path / "last_model.pth", weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_dataset_file_broken_mid_run_is_named_with_what_is_kept(
+    tmp_path, fresh_data, weights_file, monkeypatch, workers
+):
+    """The dataset is checked before training; an image broken after that ended the run with a
+    traceback (a DataLoader worker's, with workers), without naming the checkpoint to resume."""
+    report = train.write_report
+
+    def report_then_break(out_dir, history):
+        report(out_dir, history)
+        (fresh_data / "train_images" / "img000.png").write_text("not an image")
+
+    monkeypatch.setattr(train, "write_report", report_then_break)
+    args = [*argv(fresh_data, tmp_path, weights_file, epochs=2), "--workers", workers]
+    with pytest.raises(UserError) as err:
+        run_train([*args, "--imgsz", "28", "28", "--num-vis", "0"])
+    assert str(err.value).startswith(f"{fresh_data / 'train_images' / 'img000.png'}: unreadable")
+    assert str(err.value).endswith(
+        f"the file changed during training; fix or restore it. {tmp_path / 'last_model.pth'} "
+        f"holds epoch 1; continue with --resume {tmp_path / 'last_model.pth'}."
+    )
+
+
 @pytest.mark.parametrize(("accum", "steps"), [(1, 4), (2, 2), (3, 2)])
 def test_accum_steps_the_optimizer_once_per_k_batches(
     tmp_path, tiny_data, weights_file, accum, steps
