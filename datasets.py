@@ -142,8 +142,10 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, str]:
             unknown = [_decode(c) for c in codes if c not in known]
             raise DataError(
                 f"{path}: colours {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not in "
-                f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]} (a colour mask saved "
-                "as JPEG? save masks as PNG)"
+                f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]}: list each class's "
+                "colour there (--config); many colours of a few pixels each are edges blended "
+                "by anti-aliasing, a smoothing resize or a JPEG copy, while colour masks need "
+                "exact colours (the file is a PNG already)"
             )
         arr = rgb[..., 0]  # a gray class-index mask stored as RGB
     elif img.mode == "LA":

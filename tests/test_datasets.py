@@ -117,8 +117,11 @@ def test_a_grayscale_mask_read_as_ids_among_gray_colour_masks_is_named(fresh_dat
 def test_colour_mask_with_unknown_colour_names_it(tmp_path):
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
     rgb[0, 0] = (10, 20, 30)
-    with pytest.raises(DataError, match=r"\[10, 20, 30\].*LABEL_COLORS_LIST"):
+    with pytest.raises(DataError, match=r"\[10, 20, 30\].*LABEL_COLORS_LIST") as err:
         read_mask(save(rgb, tmp_path / "m.png"), THREE)
+    # a PNG was told to be saved as PNG
+    assert "list each class's colour there (--config)" in str(err.value)
+    assert "save masks as PNG" not in str(err.value)
 
 
 def test_gray_index_mask_stored_as_rgb(tmp_path):
