@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from PIL import Image
 from torch import nn
@@ -190,14 +189,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--cache-features needs a frozen backbone: drop --fine-tune or the cache")
 
 
-def resolve_data(args: argparse.Namespace, main_process: bool = True) -> Path:
+def resolve_data(args: argparse.Namespace) -> Path:
     """The dataset folder; Penn-Fudan is downloaded (by rank 0) only when --data was not given."""
     if args.data is not None:
         return args.data
-    if main_process and not DEFAULT_DATA_DIR.is_dir():
-        download_penn_fudan(DEFAULT_DATA_DIR)
-    if dist.is_initialized():
-        dist.barrier()  # the others wait for rank 0's download
+    # The others wait for rank 0's download, and stop with it if it fails (offline): waiting
+    # in a barrier they got a traceback when rank 0 left.
+    check_on_main_process(
+        lambda: DEFAULT_DATA_DIR.is_dir() or download_penn_fudan(DEFAULT_DATA_DIR)
+    )
     return DEFAULT_DATA_DIR
 
 
@@ -369,7 +369,7 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
     use_recorded_data(args, ckpt, path)
-    pairs = check_dataset(resolve_data(args, rank == 0), classes, splits=("valid",))["valid"]
+    pairs = check_dataset(resolve_data(args), classes, splits=("valid",))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
     loader = make_loader(dataset, args, device, False, rank, world)
     runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
@@ -488,7 +488,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
     # Check the data before loading the backbone, which may mean a download.
-    pairs = check_dataset(resolve_data(args, main_process), classes)
+    pairs = check_dataset(resolve_data(args), classes)
     check_batch_statistics(args.batch, math.ceil(len(pairs["train"]) / world), imgsz)
 
     model = build_model(args, classes, device, ckpt, start)

@@ -249,6 +249,19 @@ def test_torchrun_reports_an_unusable_cache_dir_once_without_a_traceback(tmp_pat
     assert "exitcode  : 2" in proc.stderr  # the UserError's code, not a crash
 
 
+def test_torchrun_reports_a_failed_penn_fudan_download_once_without_a_traceback(tmp_path):
+    # rank 0 downloads while the others wait: they waited in a barrier, which broke with a
+    # traceback of process 1 when rank 0 left with its message
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "train.py"), "--out-dir", "out", "--backbone-source", "timm",
+           "--weights", "random", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.stderr.count("error: could not download Penn-Fudan") == 1, proc.stderr[-3000:]
+    assert "[rank1]" not in proc.stderr, proc.stderr[-3000:]
+    assert "exitcode  : 2" in proc.stderr
+
+
 LEAVING_WITH_AN_ERROR = """
 import os, sys, torch
 from torch.nn.parallel import DistributedDataParallel
