@@ -75,6 +75,7 @@ from utils import (
     check_on_main_process,
     check_writable,
     leave_distributed,
+    on_main_process,
     peak_memory_mb,
     pick_device,
     plot_curves,
@@ -369,7 +370,8 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
     use_recorded_data(args, ckpt, path)
-    pairs = check_dataset(resolve_data(args), classes, splits=("valid",))["valid"]
+    root = resolve_data(args)
+    pairs = on_main_process(lambda: check_dataset(root, classes, splits=("valid",)))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
     loader = make_loader(dataset, args, device, False, rank, world)
     runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
@@ -488,7 +490,9 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
     # Check the data before loading the backbone, which may mean a download.
-    pairs = check_dataset(resolve_data(args), classes)
+    root = resolve_data(args)
+    # checked once, its problems and warnings said once: the other processes get the pairs
+    pairs = on_main_process(lambda: check_dataset(root, classes))
     check_batch_statistics(args.batch, math.ceil(len(pairs["train"]) / world), imgsz)
 
     model = build_model(args, classes, device, ckpt, start)

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -305,6 +306,21 @@ def check_on_main_process(check: Callable[[], None]) -> None:
             raise SystemExit(2)  # run_script's exit code for a UserError
     if error is not None:
         raise error
+
+
+def on_main_process(compute: Callable[[], Any]) -> Any:
+    """``compute()`` run in rank 0 alone, its result (any picklable value) given to every process:
+    a check whose problems and warnings are then reported once, not by each process. A UserError
+    stops every process, as in check_on_main_process."""
+    result = [None]
+
+    def run() -> None:
+        result[0] = compute()
+
+    check_on_main_process(run)
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(result, src=0)
+    return result[0]
 
 
 def all_reduce_sum(*tensors: torch.Tensor) -> None:

@@ -262,6 +262,20 @@ def test_torchrun_reports_a_failed_penn_fudan_download_once_without_a_traceback(
     assert "exitcode  : 2" in proc.stderr
 
 
+def test_torchrun_reports_dataset_problems_and_warnings_once(tmp_path):
+    # every process checked the dataset and printed the same list of problems: N copies of it
+    data = make_dataset(tmp_path / "data", n_train=2, n_valid=2, sizes=((56, 56),))
+    next((data / "train_masks").iterdir()).unlink()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--data", str(data), "--out-dir", str(tmp_path / "out"),
+           "--backbone-source", "timm", "--weights", "random", "--workers", "0",
+           "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.stderr.count("error: the dataset") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("image without a mask") == 1
+    assert "[rank1]" not in proc.stderr and "exitcode  : 2" in proc.stderr
+
+
 LEAVING_WITH_AN_ERROR = """
 import os, sys, torch
 from torch.nn.parallel import DistributedDataParallel
