@@ -293,10 +293,12 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
         by_stem: dict[str, Path] = {}
         unread = []
         for p in sorted(folder.iterdir()):
+            if p.name.startswith("."):
+                # hidden: macOS writes "._NAME" beside each file it copies to a USB drive or a
+                # network share (metadata, not pixels), which failed as corrupt images
+                continue
             if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-                if not p.name.startswith(".") and (
-                    p.is_dir() or p.suffix.lower() in OTHER_IMAGE_EXTENSIONS
-                ):
+                if p.is_dir() or p.suffix.lower() in OTHER_IMAGE_EXTENSIONS:
                     unread.append(f"{p.name}/" if p.is_dir() else p.name)
                 continue
             if p.stem in by_stem:

@@ -259,6 +259,15 @@ def test_check_dataset_pairs_by_stem_across_extensions(tiny_data):
     assert all(img.stem == mask.stem for img, mask in pairs["train"])
 
 
+def test_hidden_files_such_as_macos_metadata_are_not_read(fresh_data):
+    # macOS writes ._NAME beside every file it copies to a USB drive or a network share: each
+    # failed as a corrupt image, and the dataset was refused
+    for folder in ("train_images", "train_masks"):
+        (fresh_data / folder / "._img000.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    pairs = check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert [m.name for _, m in pairs["train"]] == [f"img{i:03d}.png" for i in range(4)]
+
+
 def test_check_dataset_reports_every_problem_at_once(fresh_data):
     (fresh_data / "train_masks" / "img000.png").unlink()  # image without mask
     save(np.zeros((4, 4), np.uint8), fresh_data / "train_masks" / "stray.png")  # mask, no image
