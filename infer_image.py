@@ -79,8 +79,12 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
         return [path]
     if not any(c in spec for c in "*?[") and not path.exists():
         raise UserError(f"--input {spec} does not exist; give an image file, a folder or a glob")
-    matches = list(
-        path.iterdir() if path.is_dir() else (Path(p) for p in glob.glob(spec, recursive=True))
+    # A folder's hidden files are left out as a glob's are: macOS writes "._NAME" beside each
+    # file it copies to a USB drive or a network share (metadata, not pixels)
+    matches = (
+        [p for p in path.iterdir() if not p.name.startswith(".")]
+        if path.is_dir()
+        else [Path(p) for p in glob.glob(spec, recursive=True)]
     )
     found = sorted(
         p
@@ -88,9 +92,7 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not is_output(p, out_dir)
     )
     other = sorted(
-        p.name
-        for p in matches
-        if p.suffix.lower() in OTHER_IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        p.name for p in matches if p.suffix.lower() in OTHER_IMAGE_EXTENSIONS and p.is_file()
     )
     if other:  # a photo saved as .webp or .jfif would be missing from the results without a word
         log.warning(

@@ -914,6 +914,7 @@ def test_reruns_into_the_input_folder_do_not_read_their_own_outputs(tmp_path):
     (tmp_path / "photo.jpg").mkdir()  # a folder with an image's name is no image
     for name in ("a.png", "a_mask.png", "a_overlay.jpg", "b_mask.png"):
         Image.new("RGB", (4, 3)).save(tmp_path / name)
+    (tmp_path / "._a.png").write_bytes(bytes(64))  # macOS's metadata beside a copied file
     found = infer_image.find_images(str(tmp_path), out_dir=tmp_path)
     assert [p.name for p in found] == ["a.png"]
     # elsewhere, a file named like an output is an input like any other
