@@ -417,7 +417,7 @@ def _mixed_gray_readings(readings: dict[str, list[Path]], classes: ClassConfig) 
     """
     if not readings.get("colours"):
         return []
-    example = readings["colours"][0].name
+    example = readings["colours"][0]
     problems = []
     for path in readings.get("gray ids", []):
         ids = read_mask(path, classes)
