@@ -715,9 +715,14 @@ def check_same_run(args, ckpt: dict, start: int) -> None:
     if not isinstance(recorded, dict):
         return
     rows = [r for r in resumed_history(csv_path, start) if r["epoch"] == start - 1]
-    if not rows or all(
+
+    def same(written: float, value: float) -> bool:
         # loosely: a spreadsheet that saved the file may have rounded its numbers
-        not isinstance(v, int | float) or math.isclose(rows[0].get(k, math.nan), v, rel_tol=1e-4)
+        both_nan = math.isnan(written) and math.isnan(value)
+        return both_nan or math.isclose(written, value, rel_tol=1e-4)
+
+    if not rows or all(
+        not isinstance(v, int | float) or k not in rows[0] or same(rows[0][k], v)
         for k, v in recorded.items()
     ):
         return
