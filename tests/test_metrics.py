@@ -42,6 +42,25 @@ def test_absent_class_is_left_out_of_the_mean():
     assert out["miou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
 
 
+def test_a_class_predicted_but_absent_from_the_ground_truth_counts_as_0():
+    # class 2 is only predicted (a false positive): its IoU is 0 and it stays in the mean,
+    # unlike a class absent from both; the pixel predicted 2 under 255 is not counted at all
+    target = torch.tensor([0, 0, 1, 1, 255])
+    pred = torch.tensor([0, 2, 1, 1, 2])
+    cm = ConfusionMatrix(4)
+    cm.update(pred, target)
+    out = cm.compute()
+    assert out["iou"][:3] == pytest.approx([1 / 2, 1.0, 0.0]) and math.isnan(out["iou"][3])
+    assert out["miou"] == pytest.approx((1 / 2 + 1.0 + 0.0) / 3)
+    assert out["pixel_accuracy"] == pytest.approx(3 / 4)
+
+
+def test_an_empty_matrix_has_no_scores():
+    out = ConfusionMatrix(3).compute()
+    assert math.isnan(out["pixel_accuracy"]) and math.isnan(out["miou"])
+    assert all(math.isnan(iou) for iou in out["iou"])
+
+
 def test_split_level_accumulation_differs_from_batch_average():
     # batch A: a large image, all correct; batch B: one pixel, class 1 missed.
     cm = ConfusionMatrix(2)
