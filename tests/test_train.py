@@ -242,6 +242,21 @@ def test_resuming_into_the_out_dir_of_another_run_is_refused(tmp_path, fresh_dat
     assert [r["epoch"] for r in read_csv(first / "metrics.csv")] == [1, 2]
 
 
+def test_a_metrics_csv_saved_by_a_spreadsheet_is_still_the_resumed_runs(tmp_path):
+    # Excel and LibreOffice save a CSV as their columns show it: down to three digits (9.22E-05)
+    row = {"epoch": 10, "train_loss": 0.4321987654, "valid_miou": 0.6123456789,
+           "lr": 9.221639627510075e-05, "seconds": 123.456789}  # fmt: skip
+    shown = {"epoch": 10, "train_loss": 0.432199, "valid_miou": 0.612346, "lr": 9.22e-05,
+             "seconds": 123.4568}  # fmt: skip
+    out = tmp_path / "b"
+    out.mkdir()
+    write_csv(out / "metrics.csv", [shown])
+    args = argparse.Namespace(out_dir=out, resume=tmp_path / "a" / "last_model.pth")
+    train.check_same_run(args, {"metrics": row}, start=11)
+    with pytest.raises(UserError, match="holds another run"):  # another run's epoch 10
+        train.check_same_run(args, {"metrics": {**row, "valid_miou": 0.58}}, start=11)
+
+
 def test_carry_over_copies_only_the_best_checkpoints_of_the_resumed_epochs(tmp_path):
     source, out = tmp_path / "a", tmp_path / "b"
     source.mkdir()
