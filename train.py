@@ -712,7 +712,9 @@ def check_same_run(args, ckpt: dict, start: int) -> None:
     default outputs/, which may hold an older run)."""
     recorded = ckpt.get("metrics")
     csv_path = args.out_dir / "metrics.csv"
-    if not isinstance(recorded, dict):
+    # A checkpoint inside --out-dir is of its run, whose epoch may since have been trained
+    # again (a best_model_iou.pth of an epoch that a resume from last_model.pth repeated)
+    if not isinstance(recorded, dict) or args.resume.parent.resolve() == args.out_dir.resolve():
         return
     rows = [r for r in resumed_history(csv_path, start) if r["epoch"] == start - 1]
 

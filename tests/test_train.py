@@ -257,6 +257,19 @@ def test_a_metrics_csv_saved_by_a_spreadsheet_is_still_the_resumed_runs(tmp_path
         train.check_same_run(args, {"metrics": {**row, "valid_miou": 0.58}}, start=11)
 
 
+def test_a_checkpoint_resumed_in_its_own_folder_is_never_of_another_run(tmp_path):
+    """Stopped after best_model_iou.pth of epoch 2 but before last_model.pth, the run resumed
+    from last_model.pth (epoch 1) and trained epoch 2 again: metrics.csv's epoch 2 is no longer
+    the best checkpoint's, which was refused as another run, to be resumed with the --out-dir
+    it already had."""
+    write_csv(tmp_path / "metrics.csv", [{"epoch": 2, "valid_miou": 0.5, "seconds": 41.0}])
+    best = {"metrics": {"epoch": 2, "valid_miou": 0.5, "seconds": 47.0}}
+    args = argparse.Namespace(out_dir=tmp_path, resume=tmp_path / "best_model_iou.pth")
+    train.check_same_run(args, best, start=3)
+    args.out_dir = tmp_path / "b" / ".."  # the same folder, otherwise written
+    train.check_same_run(args, best, start=3)
+
+
 def test_carry_over_copies_only_the_best_checkpoints_of_the_resumed_epochs(tmp_path):
     source, out = tmp_path / "a", tmp_path / "b"
     source.mkdir()
