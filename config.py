@@ -238,6 +238,13 @@ def tta_flags() -> argparse.ArgumentParser:
     return parser
 
 
+def check_tta_scales(args: argparse.Namespace) -> None:
+    """Refuse --tta-scales without --tta: given alone (as the README's +ms ratios are written),
+    the masks and metrics would be those without TTA."""
+    if not args.tta and tuple(args.tta_scales) != DEFAULT_TTA_SCALES:
+        raise UserError("--tta-scales applies only with --tta: add --tta, or drop --tta-scales")
+
+
 def tta_setting(args: argparse.Namespace) -> tuple[list[float], bool] | None:
     """(scales, flip) for --tta, or None."""
     if not args.tta:
@@ -291,9 +298,7 @@ def check_inference_args(args: argparse.Namespace) -> None:
     if args.batch < 1:
         raise UserError("--batch must be at least 1")
     check_imgsz(args.imgsz)
-    if not args.tta and tuple(args.tta_scales) != DEFAULT_TTA_SCALES:
-        # only the command line sets it here: given alone, the masks would be those without TTA
-        raise UserError("--tta-scales applies only with --tta: add --tta, or drop --tta-scales")
+    check_tta_scales(args)
     if args.compile and args.tta:
         # each scale of test-time augmentation would compile a graph of its own
         raise UserError("--compile does not apply to --tta: drop one of them")

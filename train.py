@@ -38,6 +38,7 @@ from config import (
     ClassConfig,
     backbone_flags,
     check_imgsz,
+    check_tta_scales,
     parse_args,
     plain_value,
     runtime_flags,
@@ -180,6 +181,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--resume and --eval-only do not go together")
     if not args.eval_only and args.tta:
         raise UserError("--tta applies to --eval-only: validation during training runs without it")
+    if args.eval_only:
+        check_tta_scales(args)
     if not args.eval_only and args.model is not None:
         raise UserError(
             "--model names the checkpoint that --eval-only scores; to go on training a "

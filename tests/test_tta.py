@@ -67,3 +67,14 @@ def test_non_positive_tta_scales_are_refused(tmp_path, checkpoint, tiny_data):
         train.main(*parse_args(train.get_args_parser(), [
             "--eval-only", "--model", str(checkpoint), "--data", str(tiny_data),
             "--out-dir", str(tmp_path), "--tta", "--tta-scales", "0", "1"]))  # fmt: skip
+
+
+def test_tta_scales_without_tta_are_refused_by_eval_only(tmp_path, checkpoint, tiny_data):
+    # ignored before: eval_metrics.json held the plain scores alone, with no tta entry
+    from utils import UserError
+
+    with pytest.raises(UserError, match="--tta-scales applies only with --tta: add --tta"):
+        train.main(*parse_args(train.get_args_parser(), [
+            "--eval-only", "--model", str(checkpoint), "--data", str(tiny_data),
+            "--out-dir", str(tmp_path), "--tta-scales", "1.0", "1.32"]))  # fmt: skip
+    assert not (tmp_path / "eval_metrics.json").exists()
