@@ -13,6 +13,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 import argparse
 import logging
 import math
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from config import (
     PATCH_SIZE,
     RESUMED_MODEL,
     RESUMED_SETTINGS,
+    SPLITS,
     ClassConfig,
     backbone_flags,
     check_imgsz,
@@ -75,6 +77,8 @@ from utils import (
     broadcast_buffers,
     check_on_main_process,
     check_writable,
+    gather_objects,
+    is_main_process,
     leave_distributed,
     on_main_process,
     peak_memory_mb,
@@ -352,6 +356,33 @@ def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -
             write_image(tmp, Image.fromarray(panel), "JPEG", quality=90)
 
 
+def checked_pairs(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list]:
+    """check_dataset's pairs per split, checked by rank 0 alone, so that its problems and
+    warnings are said once; under torchrun every other process then looks for those files.
+
+    On several machines each reads its own copy of --data: one missing there (a copy not made,
+    or not finished) would have failed at its first batch as a file changed during training.
+    """
+    pairs = on_main_process(lambda: check_dataset(root, classes, splits))
+    missing = []
+    if not is_main_process():  # rank 0 has just read every one of them
+        missing = [str(p) for split in pairs.values() for pair in split for p in pair]
+        missing = [p for p in missing if not Path(p).is_file()]
+    found = gather_objects((platform.node(), len(missing), missing[:3]))
+
+    def check() -> None:
+        for host, count, examples in found:
+            if count:
+                raise UserError(
+                    f"{count} files of the dataset {root} are missing on {host}, such as "
+                    f"{', '.join(examples)}: each machine reads --data from its own disk; copy "
+                    "the whole dataset to every machine, at the same path"
+                )
+
+    check_on_main_process(check)
+    return pairs
+
+
 def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world: int = 1) -> None:
     """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json.
 
@@ -373,8 +404,7 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
     use_recorded_data(args, ckpt, path)
-    root = resolve_data(args)
-    pairs = on_main_process(lambda: check_dataset(root, classes, splits=("valid",)))["valid"]
+    pairs = checked_pairs(resolve_data(args), classes, splits=("valid",))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
     loader = make_loader(dataset, args, device, False, rank, world)
     runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
@@ -493,9 +523,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
     # Check the data before loading the backbone, which may mean a download.
-    root = resolve_data(args)
-    # checked once, its problems and warnings said once: the other processes get the pairs
-    pairs = on_main_process(lambda: check_dataset(root, classes))
+    pairs = checked_pairs(resolve_data(args), classes)
     check_batch_statistics(args.batch, math.ceil(len(pairs["train"]) / world), imgsz)
 
     model = build_model(args, classes, device, ckpt, start)

@@ -323,6 +323,16 @@ def on_main_process(compute: Callable[[], Any]) -> Any:
     return result[0]
 
 
+def gather_objects(obj: Any) -> list:
+    """Every process's ``obj`` (any picklable value), in rank order: ``[obj]`` in a single
+    process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def all_reduce_sum(*tensors: torch.Tensor) -> None:
     """Sum tensors in place across processes; nothing happens in a single process."""
     if dist.is_available() and dist.is_initialized():

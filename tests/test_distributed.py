@@ -6,6 +6,7 @@ import datetime
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -274,6 +275,45 @@ def test_torchrun_reports_dataset_problems_and_warnings_once(tmp_path):
     assert proc.stderr.count("error: the dataset") == 1, proc.stderr[-3000:]
     assert proc.stderr.count("image without a mask") == 1
     assert "[rank1]" not in proc.stderr and "exitcode  : 2" in proc.stderr
+
+
+def _check_data_in(rank: int, folders: list[str], init_file: str) -> None:
+    """Check --data "data" with a gloo group of 2, each process in its own folder: two machines,
+    each with its own copy of the dataset."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))  # fmt: skip
+    os.chdir(folders[rank])
+    try:
+        train.checked_pairs(Path("data"), DEFAULT_CLASSES)
+        outcome = "ok"
+    except UserError as err:
+        outcome = f"UserError: {err}"
+    except SystemExit as err:
+        outcome = f"SystemExit: {err.code}"
+    Path(folders[rank], "outcome.txt").write_text(outcome)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_dataset_missing_on_another_machine_is_named_before_training(tmp_path):
+    """Rank 0 alone checks the dataset: a machine whose copy lacked files started training
+    and failed at its first batch, with the file "changed during training"."""
+    folders = [tmp_path / "first", tmp_path / "second"]
+    for folder in folders:
+        make_dataset(folder / "data", n_train=2, n_valid=2, sizes=((28, 28),))
+    (folders[1] / "data" / "valid_images" / "img001.jpg").unlink()  # a copy not finished
+    context = torch.multiprocessing.spawn(
+        _check_data_in, args=([str(f) for f in folders], str(tmp_path / "init")), nprocs=2,
+        join=False,
+    )  # fmt: skip
+    for process in context.processes:
+        process.join(timeout=120)
+    assert (folders[0] / "outcome.txt").read_text() == (
+        f"UserError: 1 files of the dataset data are missing on {platform.node()}, such as "
+        "data/valid_images/img001.jpg: each machine reads --data from its own disk; copy the "
+        "whole dataset to every machine, at the same path"
+    )
+    assert (folders[1] / "outcome.txt").read_text() == "SystemExit: 2"
 
 
 LEAVING_WITH_AN_ERROR = """
