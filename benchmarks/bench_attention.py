@@ -24,11 +24,11 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import torch
 
-from config import BACKBONES
+from config import BACKBONES, HUB_REPO
 from engine import synchronize, warm_up
 from model import DinoBackbone, _hub_load, load_backbone
 from synthetic import random_official_weights
-from utils import amp_dtype, peak_memory_mb, pick_device, run_script
+from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,11 +60,24 @@ def main(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     dtype = amp_dtype(args.amp, device) or torch.float32
     name = "dinov2_vits14"
+    hub_code = Path(torch.hub.get_dir()) / "facebookresearch_dinov2_main"
+    try:
+        vit = _hub_load(name, args.hub_dir, fused=False, weights=None)
+    except UserError as err:
+        if args.hub_dir is not None or hub_code.is_dir():
+            raise
+        # _hub_load's offline options name train.py's --weights and --backbone-source: this
+        # script times the official code itself, and takes only --hub-dir
+        raise UserError(
+            f"could not get the {HUB_REPO} code through torch.hub ({err.__cause__}); this "
+            "benchmark times that code's attention. Offline, pass --hub-dir DIR, a local clone "
+            f"of it (or tests/fake_dinov2_hub, its test stand-in), or fill {hub_code} on a "
+            "machine with internet"
+        ) from err
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.pth"
         torch.save(random_official_weights(), weights)
         fused = load_backbone(name, "hub", str(weights), args.hub_dir)
-        vit = _hub_load(name, args.hub_dir, fused=False)
         vit.load_state_dict(torch.load(weights, weights_only=True), strict=True)
     official = DinoBackbone(vit, name, "hub", fused.blocks).eval()
     w, h = args.imgsz

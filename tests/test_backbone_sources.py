@@ -147,6 +147,28 @@ def test_attention_benchmark_compares_both_paths():
     assert difference < 1e-4
 
 
+def test_attention_benchmark_offline_names_only_its_own_flag(tmp_path, monkeypatch):
+    """Offline without --hub-dir, it named train.py's --weights FILE and --backbone-source timm,
+    neither of which this benchmark has."""
+    import importlib.util
+
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_attention", ROOT / "benchmarks" / "bench_attention.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    argv = ["--imgsz", "28", "28", "--reps", "1", "--device", "cpu"]
+    with pytest.raises(UserError, match="--hub-dir DIR") as caught:
+        bench.main(bench.get_args_parser().parse_args(argv))
+    message = str(caught.value)
+    assert "--weights" not in message and "--backbone-source" not in message, message
+
+
 @pytest.mark.parametrize("source", ["hub", "timm"])
 @pytest.mark.parametrize("content", [b"", b"<html>404 Not Found</html>"])
 def test_a_damaged_cached_weights_file_is_named_with_the_fix(torch_home, source, content):
