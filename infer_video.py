@@ -299,7 +299,17 @@ def main(args: argparse.Namespace) -> None:
         source.capture.release()  # a camera stays busy until it is released
         raise
     with opencv_threads_for(predictor.device):
-        stats = segment_video(source, predictor, out_path, args)
+        try:
+            stats = segment_video(source, predictor, out_path, args)
+        except PermissionError as err:
+            if not out_path.exists():
+                raise
+            # Windows refuses to replace a file another program holds open: the last run's
+            # video, playing in a player while this run wrote the new one
+            raise UserError(
+                f"cannot replace {out_path} ({err.strerror}): is it open in another program, "
+                "such as a video player? Close it and run again, or choose another --out-dir"
+            ) from err
     print(
         f"Wrote {out_path}: {stats['frames']} frame{'s' * (stats['frames'] != 1)}, "
         f"{source.width}x{source.height}, "

@@ -1146,6 +1146,27 @@ def test_video_frames_the_encoder_drops_fail_the_run_and_leave_nothing(
     assert list(out.iterdir()) == [], "neither a partial video nor a temporary file may remain"
 
 
+def test_video_output_open_in_another_program_fails_clearly(tmp_path, checkpoint):
+    # Windows refuses to replace a file that a video player holds open, as os.replace does here
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clip.mp4").write_bytes(b"the last run's video")
+    replace = os.replace
+
+    def held_open(src, dst):
+        if Path(dst) == out / "clip.mp4":
+            raise PermissionError(13, "The process cannot access the file", str(src))
+        replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(utils.os, "replace", held_open)
+        with pytest.raises(UserError, match=r"cannot replace .*clip\.mp4 .*open in another prog"):
+            infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    assert [f.name for f in out.iterdir()] == ["clip.mp4"], "no temporary file may remain"
+    assert (out / "clip.mp4").read_bytes() == b"the last run's video"
+
+
 def test_an_unreadable_image_does_not_shorten_a_batch(tmp_path, predictor):
     # a compiled model pads a short batch to the size it compiled for: a short first batch
     # made it compile again at the second (13 s an image reported as the model's speed)
