@@ -340,7 +340,10 @@ def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
 
 
 def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -> None:
-    """Save ground truth | prediction overlays of validation images, as inference draws them."""
+    """Save ground truth | prediction overlays of validation images, as inference draws them.
+
+    An overlay open in a viewer (Windows cannot replace it) is a warning, as in write_report.
+    """
     folder = out_dir / "valid_preds"
     for index in range(min(count, len(valid_set))):
         image_path, mask_path = valid_set.pairs[index]
@@ -352,8 +355,11 @@ def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -
         else:
             pred = predictor.predict(image)
         panel = np.concatenate([predictor.overlay(image, truth), predictor.overlay(image, pred)], 1)
-        with atomic_path(folder / f"{image_path.stem}.jpg") as tmp:
-            write_image(tmp, Image.fromarray(panel), "JPEG", quality=90)
+        try:
+            with atomic_path(folder / f"{image_path.stem}.jpg") as tmp:
+                write_image(tmp, Image.fromarray(panel), "JPEG", quality=90)
+        except PermissionError as err:  # Windows: open in an image viewer
+            warn_held_open(f"{image_path.stem}.jpg", folder, err)
 
 
 def checked_pairs(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list]:
@@ -714,13 +720,18 @@ def write_report(out_dir: Path, history: list[dict]) -> None:
         try:
             write()
         except PermissionError as err:
-            log.warning(
-                "could not update %s in %s (%s): is it open in another program? Each later "
-                "epoch writes it whole again; close it before the last one",
-                name,
-                out_dir,
-                err,
-            )
+            warn_held_open(name, out_dir, err)
+
+
+def warn_held_open(name: str, folder: Path, err: PermissionError) -> None:
+    """Warn that ``name`` in ``folder``, rewritten every epoch, could not be replaced."""
+    log.warning(
+        "could not update %s in %s (%s): is it open in another program? Each later epoch "
+        "writes it whole again; close it before the last one",
+        name,
+        folder,
+        err,
+    )
 
 
 def resumed_history(csv_path: Path, start: int) -> list[dict]:

@@ -397,6 +397,26 @@ def test_a_metrics_file_held_open_elsewhere_is_a_warning_not_the_end(tmp_path, m
         train.write_report(tmp_path, rows)
 
 
+def test_an_overlay_held_open_elsewhere_is_a_warning_not_the_end(
+    tmp_path, tiny_data, weights_file, monkeypatch, caplog
+):
+    # Windows: valid_preds/NAME.jpg open in an image viewer cannot be replaced; the run stopped
+    # at the first epoch's end, with no checkpoint
+    replace = utils.os.replace
+
+    def held_open(src, dst):
+        if "valid_preds" in str(dst):
+            raise PermissionError(13, "The process cannot access the file", str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(utils.os, "replace", held_open)
+    out = tmp_path / "out"
+    run_train([*argv(tiny_data, out, weights_file, epochs=2), "--workers", "0"])
+    assert "could not update img000.jpg" in caplog.text
+    assert "open in another program" in caplog.text
+    assert (out / "last_model.pth").is_file() and len(read_csv(out / "metrics.csv")) == 2
+
+
 SAVE_UNDER_A_SIZE_LIMIT = """
 import resource, sys
 from pathlib import Path
