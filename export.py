@@ -184,6 +184,20 @@ def main(args: argparse.Namespace) -> None:
     if args.dynamic:  # the graph then takes multiples of 14: store the aligned size
         imgsz = (patch_aligned(imgsz[0]), patch_aligned(imgsz[1]))
     log_input_size(imgsz)
+    try:
+        write_graphs(model, ckpt, imgsz, args)
+    except PermissionError as err:  # check_args found the folder writable: a file held open
+        held = err.filename2 or err.filename  # os.replace's destination, or the file unlinked
+        raise UserError(
+            f"cannot replace {held} ({err.strerror}): is it open in another program? (On "
+            "Windows a file open elsewhere cannot be replaced, and an ONNX Runtime session keeps "
+            "its graph's .data file open.) Close it and run again, or choose another --output"
+        ) from err
+
+
+def write_graphs(model: Segmentor, ckpt: dict, imgsz, args: argparse.Namespace) -> None:
+    """Export ``--output`` (and with --int8 its int8 copy), each checked before it replaces an
+    older file."""
     # Exported and checked in a temporary folder: a graph that fails the check never appears
     # at --output, and an older file there stays until a checked one replaces it.
     with atomic_files(args.output) as staged:

@@ -1,6 +1,7 @@
 """ONNX export, its check against PyTorch, and the onnxruntime inference backend."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -9,6 +10,7 @@ from PIL import Image
 
 import export
 import infer_image
+import utils
 from utils import UserError
 
 
@@ -181,6 +183,26 @@ def test_external_data_export_moves_into_place_whole(tmp_path, onnx_files, check
     export.main(export.get_args_parser().parse_args(
         ["--model", str(checkpoint), "--output", str(out), "--int8"]))  # fmt: skip
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.int8.onnx", "model.onnx"]
+
+
+def test_a_graph_held_open_elsewhere_is_a_message(tmp_path, checkpoint, monkeypatch):
+    # Windows cannot replace a file open elsewhere: an ONNX Runtime session keeps the .data
+    # file of an external-data graph open, as an app serving the last export does
+    out = tmp_path / "model.onnx"
+    flags = ["--model", str(checkpoint), "--output", str(out), "--external-data"]
+    export.main(export.get_args_parser().parse_args(flags))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    replace = utils.os.replace
+
+    def held_open(src, dst):
+        if Path(dst) == tmp_path / "model.onnx.data":  # the file in place, not a staged one
+            raise PermissionError(13, "The process cannot access the file", src, None, dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(utils.os, "replace", held_open)
+    with pytest.raises(UserError, match=r"cannot replace .*model\.onnx\.data .*open in another"):
+        export.main(export.get_args_parser().parse_args(flags))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, "the old pair stays"
 
 
 def test_a_graph_that_fails_at_the_second_size_is_a_message(tmp_path):
