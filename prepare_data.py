@@ -17,6 +17,8 @@ import contextlib
 import json
 import shlex
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -416,6 +418,18 @@ def report(folder: Path, names: list[str]) -> None:
         print(f"{split}: {len(masks)} images; pixels: {pixels}; ignored {counts[IGNORE_INDEX]:,}")
 
 
+def shell_quote(text: str) -> str:
+    """``text`` as one argument of a command to paste into this system's shell.
+
+    POSIX quoting, except on Windows: there cmd.exe (and so the Anaconda Prompt) passes single
+    quotes on as part of the argument, and every path, with its backslashes, got them. The
+    double quotes used there instead are read by cmd.exe and PowerShell alike.
+    """
+    if sys.platform == "win32":
+        return subprocess.list2cmdline([text])
+    return shlex.quote(text)
+
+
 def main(args: argparse.Namespace) -> None:
     if args.dataset == "coco" and args.valid_every < 2:
         raise UserError("--valid-every must be at least 2")
@@ -487,8 +501,8 @@ def main(args: argparse.Namespace) -> None:
             f"(1 = {kept[0]})"
         )
     print(
-        f"Wrote {args.out}; train with: python train.py --data {shlex.quote(str(args.out))} "
-        f"--config {shlex.quote(str(args.out / 'classes.yaml'))}"
+        f"Wrote {args.out}; train with: python train.py --data {shell_quote(str(args.out))} "
+        f"--config {shell_quote(str(args.out / 'classes.yaml'))}"
     )
 
 

@@ -218,6 +218,16 @@ def test_binary_maps_255_to_the_class_and_copies_images(tmp_path, capsys):
     assert "held values other than 0 and 255" not in printed
 
 
+def test_the_printed_train_command_is_quoted_for_windows_shells(tmp_path, capsys, monkeypatch):
+    # cmd.exe (the Anaconda Prompt) keeps single quotes as part of an argument: --data 'C:\x'
+    # named a folder that does not exist
+    monkeypatch.setattr(sys, "platform", "win32")
+    out = tmp_path / "my data"
+    run("binary", "--root", str(binary_fixture(tmp_path / "people")), "--out", str(out))
+    printed = capsys.readouterr().out
+    assert f'train.py --data "{out}" --config "{out / "classes.yaml"}"' in printed, printed
+
+
 def test_binary_thresholds_jpeg_masks_and_counts_them(tmp_path, capsys):
     root = binary_fixture(tmp_path / "people", jpeg_mask=True)
     out = tmp_path / "people_01"
