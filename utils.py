@@ -48,6 +48,10 @@ def run_script(main: Callable[[], None]) -> None:
     """Run a script's main, turning user errors, Ctrl-C and SIGTERM into a message and exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # libraries: warnings only
     log.setLevel(logging.INFO)
+    # A report's class names and paths may hold characters that stdout's encoding lacks: a
+    # Windows code page where the output goes to a file or a pipe. Escaped, not a traceback.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     # SIGTERM (kill, schedulers, container stops) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -767,6 +767,18 @@ def test_a_resumed_runs_args_yaml_works_as_config_for_eval_only(tmp_path):
 NON_UTF8_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0"}
 
 
+def test_reports_print_names_the_locale_cannot_encode():
+    # Windows writes a redirected stdout in its code page: a report naming the class 行人
+    # (train.py --eval-only > eval.txt) ended in a UnicodeEncodeError
+    code = "from utils import run_script; run_script(lambda: print('IoU \\u884c\\u4eba: 0.5'))"
+    env = {**os.environ, **NON_UTF8_LOCALE}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "IoU \\u884c\\u4eba: 0.5"
+
+
 def test_config_files_are_read_as_utf8_whatever_the_locale(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
