@@ -235,8 +235,10 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     )
     # Exports from annotation tools name images in subfolders (train/1.jpg, val/1.jpg): the
     # folders become part of the flat name, and a mask's name is its image's stem. An absolute
-    # name loses its root, which would otherwise put the image outside --out.
-    names = {img["id"]: _flat_name(img["file_name"]) for img in kept}
+    # name loses its root, which would otherwise put the image outside --out. Tools on Windows
+    # write train\1.jpg, whose backslash is a character of the name elsewhere: read as "/".
+    files = {img["id"]: img["file_name"].replace("\\", "/") for img in kept}
+    names = {i: _flat_name(file) for i, file in files.items()}
     stems: dict[str, list[str]] = {}
     for img in kept:
         stems.setdefault(Path(names[img["id"]]).stem, []).append(img["file_name"])
@@ -266,7 +268,7 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
             )
         for _, _, value, pixels in sorted(shapes, key=lambda s: (not s[0], -s[1])):
             mask[pixels] = value
-        source = images / img["file_name"]
+        source = images / files[img["id"]]
         if not source.is_file():
             raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
         split = "valid" if position % every == every - 1 else "train"

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -420,7 +421,8 @@ def test_binary_keeps_a_0_1_mask_among_0_255_ones(tmp_path, capsys):
     assert "held values other than 0 and 255" not in printed
 
 
-def test_coco_images_in_subfolders_keep_apart_and_same_stems_are_named(tmp_path):
+@pytest.mark.parametrize("separator", ["/", "\\"])  # tools on Windows write train\1.jpg
+def test_coco_images_in_subfolders_keep_apart_and_same_stems_are_named(tmp_path, separator):
     # annotation tools export file names such as train/1.jpg and val/1.jpg: both must survive
     ann = coco_fixture(tmp_path / "coco")
     images = tmp_path / "coco/images"
@@ -428,7 +430,7 @@ def test_coco_images_in_subfolders_keep_apart_and_same_stems_are_named(tmp_path)
     for sub, img in zip(("train", "val"), data["images"][:2], strict=True):
         (images / sub).mkdir()
         (images / img["file_name"]).rename(images / sub / "1.jpg")
-        img["file_name"] = f"{sub}/1.jpg"
+        img["file_name"] = f"{sub}{separator}1.jpg"
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
     run("coco", "--annotations", str(ann), "--images", str(images), "--out", str(out),
@@ -437,10 +439,11 @@ def test_coco_images_in_subfolders_keep_apart_and_same_stems_are_named(tmp_path)
     assert written == ["train_1.jpg", "val_1.jpg"]
     assert len(check_dataset(out, DEFAULT_CLASSES)["train"]) == 1
 
-    data["images"][1]["file_name"] = "train/1.png"  # the same stem as train/1.jpg
+    data["images"][1]["file_name"] = f"train{separator}1.png"  # the same stem as train/1.jpg
     (images / "val/1.jpg").rename(images / "train/1.png")
     ann.write_text(json.dumps(data))
-    with pytest.raises(UserError, match=r"share a mask name: train/1.jpg and train/1.png"):
+    names = [re.escape(f"train{separator}1.{ext}") for ext in ("jpg", "png")]
+    with pytest.raises(UserError, match=f"share a mask name: {names[0]} and {names[1]}"):
         run("coco", "--annotations", str(ann), "--images", str(images), "--out",
             str(tmp_path / "out2"), "--classes", "person")  # fmt: skip
 
