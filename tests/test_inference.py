@@ -647,6 +647,25 @@ def test_a_missing_compiler_or_torchao_is_reported_before_the_model_loads(checkp
         engine.predictor_from_args(args, torch.device("cpu"))
 
 
+def test_triton_on_windows_finds_its_own_compiler(monkeypatch):
+    # triton-windows builds its launcher with Visual Studio's compiler or the TinyCC it bundles,
+    # neither on PATH: --compile on CUDA was refused there for want of gcc or clang
+    build = pytest.importorskip("triton.runtime.build")
+    monkeypatch.setattr(utils.sys, "platform", "win32")
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(utils.shutil, "which", lambda name: None)
+    bundled = r"C:\venv\Lib\site-packages\triton\runtime\tcc\tcc.exe"
+    monkeypatch.setattr(build, "get_cc", lambda: bundled, raising=False)
+    utils.check_compiler("--compile", torch.device("cuda"))
+
+    def none_found():
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    monkeypatch.setattr(build, "get_cc", none_found)
+    with pytest.raises(UserError, match=r"--compile on CUDA needs a C compiler.*Failed to find"):
+        utils.check_compiler("--compile", torch.device("cuda"))
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
