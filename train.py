@@ -698,7 +698,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     except OSError as err:
         raise UserError(
             f"could not write to {args.out_dir} ({err}). Every file is written whole or not at "
-            f"all, so {kept()}"
+            f"all: {kept()}"
         ) from err
     if main_process:
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
