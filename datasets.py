@@ -51,20 +51,41 @@ class DatasetError(UserError):
 
 def open_image(path: Path) -> Image.Image:
     """Decode an image file with its EXIF orientation applied, or raise DataError."""
+    img, _ = _decode_file(path)
+    method = _exif_transpose(img)
+    return img.transpose(method) if method is not None else img
+
+
+def _decode_file(path: Path, draft: bool = False) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode an image file as stored, or raise DataError: the image, and its (W, H) as stored.
+
+    ``draft`` decodes a JPEG at 1/8 of its size (libjpeg scales in its inverse DCT), so the
+    image is smaller than the size returned; every byte is still read, so a truncated or corrupt
+    file fails as at full size.
+    """
     try:
         img = Image.open(path)
+        size = img.size
+        if draft:
+            img.draft(None, (max(1, size[0] // 8), max(1, size[1] // 8)))
         img.load()
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: unreadable or corrupt image ({err})") from err
-    # Phones store rotation in EXIF; apply it so pixels match what viewers (and annotators) see.
-    # Only the pixels are turned: ImageOps.exif_transpose also re-encodes the EXIF block, which
-    # fails (struct.error, TypeError...) on the malformed tags many cameras write.
+    return img, size
+
+
+def _exif_transpose(img: Image.Image) -> Image.Transpose | None:
+    """The transpose that turns ``img`` upright by its EXIF orientation, None if none is needed.
+
+    Phones store rotation in EXIF; applied, pixels match what viewers (and annotators) see.
+    Only the pixels are turned: ImageOps.exif_transpose also re-encodes the EXIF block, which
+    fails (struct.error, TypeError...) on the malformed tags many cameras write.
+    """
     try:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:  # an EXIF block Pillow cannot parse: the pixels are still good
         orientation = 1
-    method = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
-    return img.transpose(method) if method is not None else img
+    return _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
 
 
 # EXIF orientation -> the transpose that displays the image upright (as ImageOps.exif_transpose)
@@ -76,6 +97,13 @@ _EXIF_TRANSPOSE = {
     6: Image.Transpose.ROTATE_270,
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
+}
+# the transposes that turn a W x H image into an H x W one
+_SWAPS_SIDES = {
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
 }
 
 
@@ -99,8 +127,14 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(W, H) of an image as displayed (EXIF orientation applied), decoding it fully."""
-    return open_image(Path(path)).size
+    """(W, H) of an image as displayed (EXIF orientation applied).
+
+    The whole file is decoded, so that a truncated or corrupt image is found by the check, not
+    in training; a JPEG at 1/8 scale (_decode_file's draft): 30 instead of 80 ms for a 4000x3000
+    photo, of the 210 ms that checking its pair took.
+    """
+    img, (w, h) = _decode_file(Path(path), draft=True)
+    return (h, w) if _exif_transpose(img) in _SWAPS_SIDES else (w, h)
 
 
 def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:

@@ -252,6 +252,26 @@ def test_read_image_with_a_malformed_exif_tag_still_rotates(tmp_path):
 # --- whole-dataset check -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("size", [(203, 101), (5, 3)])
+def test_image_size_is_the_displayed_size_of_a_jpeg_decoded_at_a_smaller_scale(
+    tmp_path, orientation, size
+):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.new("RGB", size, (40, 90, 200)).save(tmp_path / "x.jpg", exif=exif)
+    h, w = read_image(tmp_path / "x.jpg").shape[:2]
+    assert datasets.image_size(tmp_path / "x.jpg") == (w, h)
+
+
+def test_a_truncated_jpeg_is_found_though_its_size_needs_only_the_header(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    data = save(rgb, tmp_path / "x.jpg", quality=95).read_bytes()
+    (tmp_path / "x.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"x\.jpg: unreadable or corrupt image"):
+        datasets.image_size(tmp_path / "x.jpg")
+
+
 def test_check_dataset_pairs_by_stem_across_extensions(tiny_data):
     pairs = check_dataset(tiny_data, DEFAULT_CLASSES)
     assert len(pairs["train"]) == 8 and len(pairs["valid"]) == 4
