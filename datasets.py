@@ -274,9 +274,25 @@ def _map_palette(img: Image.Image, arr: np.ndarray, classes: ClassConfig) -> np.
     return lut[arr]
 
 
+def pixel_counts(mask: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> (256,) int64: the number of pixels of each value.
+
+    OpenCV's histogram, in 27 ms for a 4000x3000 mask where np.bincount, which first widens
+    every pixel to int64, took 60; counted in pieces of 2**24 pixels, which its float32 counts
+    hold exactly.
+    """
+    flat = np.ascontiguousarray(mask).reshape(1, -1)
+    counts = np.zeros(256, np.int64)
+    for start in range(0, flat.shape[1], 2**24):
+        hist = cv2.calcHist([flat[:, start : start + 2**24]], [0], None, [256], [0, 256])
+        counts += hist.ravel().astype(np.int64)
+    return counts
+
+
 def _check_ids(arr: np.ndarray, classes: ClassConfig, path: Path) -> tuple[np.ndarray, bool]:
     """(H, W) class ids, and whether ``arr`` held instance ids; raises DataError for others."""
-    values = np.unique(arr)
+    # uint8 (nearly every mask): from a histogram, half the time of np.unique's hashing
+    values = np.flatnonzero(pixel_counts(arr)) if arr.dtype == np.uint8 else np.unique(arr)
     k = classes.num_classes
     # 32-bit integer and float masks can hold negative or fractional values: uint8 would wrap
     # or truncate them into class ids
@@ -388,7 +404,7 @@ def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
             f"{image_path.name} is {size[0]}x{size[1]}{hint}"
         )
-    counts = np.bincount(mask.ravel(), minlength=256) if mask is not None else np.zeros(256, int)
+    counts = pixel_counts(mask) if mask is not None else np.zeros(256, np.int64)
     return problems, counts, reading
 
 

@@ -175,6 +175,13 @@ def test_values_outside_classes_are_an_error_with_three_classes(tmp_path):
         read_mask(save(mask, tmp_path / "m.png"), THREE)
 
 
+def test_pixel_counts_are_exact_past_the_float32_range_of_opencvs_histogram():
+    # past 2**24 pixels of 0, where float32 counts stop being exact; every other value once
+    mask = np.zeros((4352, 4096), np.uint8)  # 2**24 + 2**20 pixels
+    mask[-1, -255:] = np.arange(1, 256)
+    assert datasets.pixel_counts(mask).tolist() == [2**24 + 2**20 - 255] + [1] * 255
+
+
 @pytest.mark.parametrize("classes", [DEFAULT_CLASSES, THREE])
 def test_a_jpeg_mask_is_refused(tmp_path, classes):
     # JPEG changes ids near edges: a 2-class mask was read without a word (as instance ids when
