@@ -102,6 +102,24 @@ def test_masks_are_the_argmax_of_bilinearly_resized_logits(predictor):
         assert (got == want[0]).all()
 
 
+def test_images_of_one_size_are_resized_in_groups_that_fit_the_budget(monkeypatch):
+    # 2 classes x 30 x 40 = 2400 scores per image: two images per group under a budget of 5000;
+    # the groups' masks are those of resizing each image alone
+    sizes = [(30, 40)] * 5 + [(12, 7), (30, 40)]
+    logits = torch.randn(len(sizes), 2, 4, 5, generator=torch.Generator().manual_seed(0))
+    calls = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", 5000)
+    monkeypatch.setattr(
+        engine.F, "interpolate", lambda x, **kw: calls.append(len(x)) or interpolate(x, **kw)
+    )
+    masks = Predictor._masks(logits, sizes)
+    assert calls == [2, 2, 1, 1, 1]
+    for mask, lg, size in zip(masks, logits, sizes, strict=True):
+        up = interpolate(lg[None], size=size, mode="bilinear", align_corners=False)
+        assert np.array_equal(mask, up.max(1).indices[0].to(torch.uint8).numpy())
+
+
 def test_model_fps_leaves_out_the_first_call(checkpoint, monkeypatch):
     predictor = Predictor.from_checkpoint(checkpoint, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="before any prediction"):
