@@ -595,7 +595,7 @@ class SegmentationDataset(PairDataset):
     computed there.
 
     Items:
-        image: (3, H, W) uint8 RGB; mask: (h, w) int64 class ids (255 = ignore); index: int.
+        image: (3, H, W) uint8 RGB; mask: (h, w) uint8 class ids (255 = ignore); index: int.
     """
 
     def __init__(
@@ -623,7 +623,9 @@ class SegmentationDataset(PairDataset):
             if self.train:
                 mask = resize_mask(mask, self.imgsz)
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        return image, torch.from_numpy(mask.astype(np.int64)), index
+        # uint8 until the device (engine.py widens it there): an int64 mask is 8 times the
+        # bytes through the workers' shared memory and to the GPU
+        return image, torch.from_numpy(np.ascontiguousarray(mask)), index
 
 
 class CachedFeatureDataset(PairDataset):
@@ -635,7 +637,7 @@ class CachedFeatureDataset(PairDataset):
     and keep the mask at its original resolution.
 
     Items:
-        features: (N*D, h, w) float16; mask: (h', w') int64 class ids; index: int.
+        features: (N*D, h, w) float16; mask: (h', w') uint8 class ids; index: int.
     """
 
     def __init__(self, pairs, classes, imgsz, cache, train: bool, seed: int = 0, augment=True):
@@ -658,7 +660,7 @@ class CachedFeatureDataset(PairDataset):
         features = self.cache.load(image_path, "flip" if flip else "orig")
         mask = self._mask(index)
         mask = mask[:, ::-1] if flip else mask
-        return features, torch.from_numpy(mask.astype(np.int64)), index
+        return features, torch.from_numpy(mask.copy()), index  # the cached mask stays unshared
 
 
 class ShardSampler(Sampler[int]):

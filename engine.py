@@ -145,7 +145,7 @@ def train_one_epoch(
     full_groups_end = steps - steps % accum  # batches after this form a shorter last group
     for step, (images, masks, _) in enumerate(_progress(loader, desc), start=1):
         images = to_device(images, device)
-        masks = to_device(masks, device)
+        masks = to_device(masks, device).long()  # uint8 from the loader: 8x fewer bytes to copy
         update = step % accum == 0 or step == steps
         # Under DDP, gradients are averaged across processes only on the batch that updates.
         no_sync = model.no_sync() if hasattr(model, "no_sync") and not update else None
@@ -245,7 +245,7 @@ def evaluate(
             else:
                 outputs = tta_probs(model, images, *tta)  # probabilities
         for output, mask in zip(outputs, masks, strict=True):
-            mask = to_device(mask, device)[None]
+            mask = to_device(mask, device).long()[None]
             up = F.interpolate(
                 output[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
             )

@@ -197,7 +197,7 @@ def test_overlay_uses_the_checkpoint_colours(predictor):
 def test_overlay_blends_class_colours_like_the_formula(alpha):
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
-    mask = rng.integers(0, 3, (33, 47)).astype(np.int64)  # evaluation masks are int64
+    mask = rng.integers(0, 3, (33, 47)).astype(np.int64)  # any integer type
     colors = [(9, 9, 9), (255, 0, 0), (10, 200, 30)]
     out = draw_overlay(image[:, ::-1], mask.T.copy().T, colors, alpha)  # non-C-ordered arrays
     image = image[:, ::-1]
