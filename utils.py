@@ -409,33 +409,36 @@ def cpu_has_bf16_arithmetic() -> bool | None:
     return any(probe() for probe in probes)
 
 
-def check_compiler(flag: str, device: torch.device) -> None:
-    """torch.compile builds C++ kernels on the CPU, and Triton builds a C launcher for its CUDA
-    kernels: without a working compiler, refuse ``flag`` now rather than fail at the first
-    batch."""
-    if device.type == "cuda" and sys.platform == "win32":
+def _triton_compiler_missing() -> str | None:
+    """Why Triton would find no C compiler, or None when it finds one."""
+    if sys.platform == "win32":
         # Triton's Windows port (triton-windows) finds Visual Studio's compiler or the TinyCC it
         # bundles, neither of them on PATH: its own search decides
         try:
             from triton.runtime.build import get_cc
         except ImportError:  # no Triton, or another port: torch.compile names what is missing
-            return
+            return None
         try:
             get_cc()
         except RuntimeError as err:
-            raise UserError(
-                f"{flag} on CUDA needs a C compiler, which Triton uses to build its kernels' "
-                f"launcher, and Triton found none ({err}). Reinstall triton-windows (it bundles "
-                f"one), install Visual Studio's C++ tools, or drop {flag}"
-            ) from err
-        return
+            return str(err)
+        return None
+    # Triton's own search: $CC, else gcc, else clang
+    if os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang"):
+        return None
+    return "gcc or clang on PATH, or $CC"
+
+
+def check_compiler(flag: str, device: torch.device) -> None:
+    """torch.compile builds C++ kernels on the CPU, and Triton builds a C launcher for its CUDA
+    kernels: without a working compiler, refuse ``flag`` now rather than fail at the first
+    batch."""
     if device.type == "cuda":
-        # Triton's own search: $CC, else gcc, else clang
-        if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        if (missing := _triton_compiler_missing()) is not None:
             raise UserError(
                 f"{flag} on CUDA needs a C compiler, which Triton uses to build its kernels' "
-                f"launcher, and none was found (gcc or clang on PATH, or $CC). Install gcc, or "
-                f"drop {flag}"
+                f"launcher, and none was found ({missing}). Install gcc (on Windows, reinstall "
+                f"triton-windows, which bundles one, or Visual Studio's C++ tools), or drop {flag}"
             )
         return
     if device.type != "cpu":
