@@ -22,6 +22,9 @@ IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# The largest image read, 2**30 pixels (3.2 GB as RGB): aerial and satellite photos of several
+# hundred megapixels are read, while Pillow's own guard (179 megapixels) is for untrusted input.
+MAX_IMAGE_PIXELS = 2**30
 SPLITS = ("train", "valid")
 
 DEFAULT_IMGSZ = (640, 640)  # (W, H)

@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import tempfile
+import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,14 @@ import torch
 from PIL import ExifTags, Image
 from torch.utils.data import Dataset, Sampler
 
-from config import IGNORE_INDEX, IMAGE_EXTENSIONS, PENN_FUDAN_URL, SPLITS, ClassConfig
+from config import (
+    IGNORE_INDEX,
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    PENN_FUDAN_URL,
+    SPLITS,
+    ClassConfig,
+)
 from utils import UserError, temp_folder, write_image
 
 if TYPE_CHECKING:
@@ -64,14 +72,42 @@ def _decode_file(path: Path, draft: bool = False) -> tuple[Image.Image, tuple[in
     file fails as at full size.
     """
     try:
-        img = Image.open(path)
+        img = _open_unguarded(path)
         size = img.size
+        if size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise DataError(
+                f"{path}: a {size[0]}x{size[1]} image ({size[0] * size[1]:,} pixels), over the "
+                f"limit of {MAX_IMAGE_PIXELS:,} pixels read here; cut it into tiles (the model "
+                "sees each image at --imgsz anyway)"
+            )
         if draft:
             img.draft(None, (max(1, size[0] // 8), max(1, size[1] // 8)))
         img.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except DataError:
+        raise
+    except Image.DecompressionBombError as err:  # a frame or tile past Pillow's guard, in load()
+        raise DataError(f"{path}: an image too large for Pillow to decode ({err})") from err
+    except (OSError, ValueError) as err:
         raise DataError(f"{path}: unreadable or corrupt image ({err})") from err
     return img, size
+
+
+_PILLOW_GUARD = threading.Lock()
+
+
+def _open_unguarded(path: Path) -> Image.Image:
+    """Image.open without Pillow's decompression-bomb guard, which refuses (as "could be
+    decompression bomb DOS attack") any image over 179 megapixels: users pass their own files,
+    and _decode_file's MAX_IMAGE_PIXELS is the bound. The guard is Pillow's global setting,
+    lifted only while a header is parsed, under a lock: the dataset check opens images in
+    threads."""
+    with _PILLOW_GUARD:
+        guard = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = guard
 
 
 def _exif_transpose(img: Image.Image) -> Image.Transpose | None:

@@ -155,10 +155,9 @@ def read_voc_mask(path: Path) -> np.ndarray:
     other distributions too); one re-saved as RGB holds VOC's colours, mapped back here.
     """
     try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: unreadable or corrupt mask ({err})") from err
+        img = open_image(path)
+    except DataError as err:
+        raise UserError(str(err)) from err
     if img.mode in ("P", "L"):
         ids = np.asarray(img)
         bad = np.setdiff1d(ids, [*range(len(VOC_CLASSES)), IGNORE_INDEX])
@@ -415,7 +414,7 @@ def report(folder: Path, names: list[str]) -> None:
         counts = np.zeros(256, np.int64)
         masks = sorted((folder / f"{split}_masks").glob("*.png"))
         for path in masks:
-            counts += np.bincount(np.asarray(Image.open(path)).ravel(), minlength=256)
+            counts += np.bincount(np.asarray(open_image(path)).ravel(), minlength=256)
         pixels = ", ".join(f"{name} {counts[i]:,}" for i, name in enumerate(names))
         print(f"{split}: {len(masks)} images; pixels: {pixels}; ignored {counts[IGNORE_INDEX]:,}")
 

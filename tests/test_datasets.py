@@ -279,6 +279,26 @@ def test_a_truncated_jpeg_is_found_though_its_size_needs_only_the_header(tmp_pat
         datasets.image_size(tmp_path / "x.jpg")
 
 
+def test_images_past_pillows_bomb_guard_are_read(tmp_path, monkeypatch):
+    """Aerial and satellite photos of over 179 megapixels were refused as "unreadable or
+    corrupt" by Pillow's decompression-bomb guard; here that guard is lowered to 50 pixels."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # Pillow refuses over twice this
+    Image.new("RGB", (20, 10), (40, 90, 200)).save(tmp_path / "x.png")
+    assert read_image(tmp_path / "x.png").shape == (10, 20, 3)
+    assert datasets.image_size(tmp_path / "x.png") == (20, 10)
+    assert Image.MAX_IMAGE_PIXELS == 50  # lifted only for our own reads
+
+
+def test_an_image_past_our_bound_names_its_size_and_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "MAX_IMAGE_PIXELS", 150)
+    Image.new("RGB", (20, 10), (40, 90, 200)).save(tmp_path / "x.png")
+    with pytest.raises(
+        DataError, match=r"x\.png: a 20x10 image \(200 pixels\), over the limit of 150"
+    ) as err:
+        read_image(tmp_path / "x.png")
+    assert "corrupt" not in str(err.value) and "tiles" in str(err.value)
+
+
 def test_check_dataset_pairs_by_stem_across_extensions(tiny_data):
     pairs = check_dataset(tiny_data, DEFAULT_CLASSES)
     assert len(pairs["train"]) == 8 and len(pairs["valid"]) == 4
