@@ -463,12 +463,20 @@ def load_backbone(
         weights: "pretrained" (official weights: hub downloads them or reads its cache; timm reads
             the torch.hub cache file), a path to an official-format .pth, "random" (untrained,
             with a warning), or None (untrained, silently: the caller loads weights next).
-        hub_dir: a local clone of the official repository, for source "hub".
+        hub_dir: a local clone of the official repository, for source "hub" (with "timm", a
+            warning says it has no effect).
         layers: how many of the last blocks feed the head.
     """
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     blocks = BACKBONES[name].blocks(layers)
+    if source == "timm" and hub_dir is not None:
+        log.warning(
+            "--hub-dir %s has no effect with --backbone-source timm, which builds the "
+            "architecture itself: drop --hub-dir, or pass --backbone-source hub to load the "
+            "official code from it",
+            hub_dir,
+        )
     vit = _build_vit(name, source, hub_dir, weights)
     backbone = DinoBackbone(vit, name, source, blocks)
     cached = weights == "pretrained"
@@ -777,6 +785,15 @@ def load_checkpoint(
     check_backbone(path, ckpt["backbone"], backbone)
     classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     source = backbone_source or ckpt["backbone_source"]
+    if source == "timm" and hub_dir is not None and backbone_source is None:
+        log.warning(
+            "--hub-dir %s has no effect: %s was trained through timm, which rebuilds it without "
+            "the official code; drop --hub-dir, or pass --backbone-source hub to rebuild it "
+            "from that clone",
+            hub_dir,
+            path,
+        )
+        hub_dir = None  # said once, here, where the source came from the checkpoint
     vit = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"])
     model = Segmentor(vit, classes.num_classes, fine_tune=ckpt["fine_tune"])
     weights = ckpt["model"]["backbone"]

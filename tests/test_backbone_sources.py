@@ -112,8 +112,9 @@ def test_checkpoint_evaluates_the_same_through_either_source_at_518(
     for source in ("hub", "timm"):
         out = tmp_path / source
         argv = ["--eval-only", "--model", str(ckpt), "--data", str(tiny_data), "--workers", "0",
-                "--out-dir", str(out), "--backbone-source", source,
-                "--hub-dir", str(FAKE_HUB)]  # fmt: skip
+                "--out-dir", str(out), "--backbone-source", source]  # fmt: skip
+        if source == "hub":  # timm builds the architecture itself: --hub-dir would be a warning
+            argv += ["--hub-dir", str(FAKE_HUB)]
         train.main(*parse_args(train.get_args_parser(), argv))
         scores[source] = json.loads((out / "eval_metrics.json").read_text())
     assert scores["hub"]["backbone_source"] == "hub" and scores["timm"]["backbone_source"] == "timm"
@@ -212,7 +213,7 @@ def test_a_register_checkpoint_missing_a_backbone_key_is_named(
     del payload["model"]["backbone"][key]
     torch.save(payload, ckpt)
     with pytest.raises(UserError, match=rf"{ckpt} does not fit .*1 missing keys \(e.g. {key}\)"):
-        load_checkpoint(ckpt, backbone_source=source, hub_dir=FAKE_HUB)
+        load_checkpoint(ckpt, backbone_source=source, hub_dir=FAKE_HUB if source == "hub" else None)
 
 
 @pytest.mark.parametrize("source", ["hub", "timm"])
@@ -314,3 +315,23 @@ def test_the_hub_source_offline_without_cached_weights_names_the_options(torch_h
     monkeypatch.setattr(torch.hub, "urlopen", offline)
     with pytest.raises(UserError, match=r"could not download .*Offline options: fill"):
         load_backbone("dinov2_vits14", "hub", "pretrained")
+
+
+def test_hub_dir_with_the_timm_source_is_a_warning_naming_the_flag(tmp_path, caplog):
+    """--hub-dir with --backbone-source timm, or with a checkpoint trained through timm, was
+    silently ignored: the user believed the backbone came from that clone."""
+    with caplog.at_level("WARNING", logger="dinoseg"):
+        backbone = load_backbone("dinov2_vits14", "timm", "random", hub_dir=FAKE_HUB, layers=1)
+    assert f"--hub-dir {FAKE_HUB} has no effect with --backbone-source timm" in caplog.text
+    ckpt = tmp_path / "timm_trained.pth"
+    save_checkpoint(ckpt, Segmentor(backbone, 2), classes=DEFAULT_CLASSES.to_dict(), imgsz=[56, 56])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dinoseg"):
+        load_checkpoint(ckpt, hub_dir=FAKE_HUB)
+    assert caplog.text.count("has no effect") == 1, caplog.text
+    assert f"--hub-dir {FAKE_HUB} has no effect: {ckpt} was trained through timm" in caplog.text
+    assert "--backbone-source hub" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dinoseg"):
+        load_checkpoint(ckpt, backbone_source="hub", hub_dir=FAKE_HUB)
+    assert "has no effect" not in caplog.text
