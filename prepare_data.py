@@ -15,6 +15,7 @@ that layout whose masks are 0/255 images (255 = the class, not ignore) and maps 
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -431,6 +432,26 @@ def shell_quote(text: str) -> str:
     return shlex.quote(text)
 
 
+def within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, neither needing to exist.
+
+    Folders are compared by identity (device and inode) where they exist: on a case-insensitive
+    file system (macOS, Windows) ../Proj is the folder proj, and a mount can show one folder at
+    two paths, which a comparison of resolved paths misses. Where ``folder`` does not exist,
+    nothing existing lies inside it, and the resolved paths are compared.
+    """
+    path, folder = path.resolve(), folder.resolve()
+    try:
+        identity = folder.stat()
+    except OSError:
+        return folder == path or folder in path.parents
+    for part in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            if os.path.samestat(part.stat(), identity):
+                return True
+    return False
+
+
 def main(args: argparse.Namespace) -> None:
     if args.dataset == "coco" and args.valid_every < 2:
         raise UserError("--valid-every must be at least 2")
@@ -449,21 +470,21 @@ def main(args: argparse.Namespace) -> None:
         "pennfudan": ["zip"],
         "coco": ["annotations", "images"],
     }[args.dataset]
-    out = args.out.resolve()
-    if out == Path.cwd() or out in Path.cwd().parents:  # a folder cannot be renamed from inside
+    out = args.out
+    if within(Path.cwd(), out):  # a folder cannot be renamed from inside
         raise UserError(
             f"--out {args.out} is the current folder or holds it; name a new folder, such as "
             f"--out data/{args.dataset}"
         )
     for key in sources:
         source = getattr(args, key)
-        if out == source.resolve() or out in source.resolve().parents:
+        if within(source, out):
             flag = f"--{key} {source}"
             raise UserError(
                 f"--out {args.out} holds the source {flag}: the new dataset would replace "
                 f"{flag}; choose another --out"
             )
-        if source.resolve() in out.parents and out.is_dir() and any(out.iterdir()):
+        if within(out, source) and out.is_dir() and any(out.iterdir()):
             # --force would delete a part of the source (its train_masks, its images...)
             raise UserError(
                 f"--out {args.out} is a folder of the source --{key} {source} and holds files: "

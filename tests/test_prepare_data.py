@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -325,6 +326,38 @@ def test_force_never_replaces_a_folder_inside_the_source(tmp_path):
     before = sorted((root / "train_masks").rglob("*"))
     with pytest.raises(UserError, match=r"is a folder of the source --root .* holds files"):
         run("binary", "--root", str(root), "--out", str(root / "train_masks"), "--force")
+    assert sorted((root / "train_masks").rglob("*")) == before
+
+
+def _can_mount_privately() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(
+    not _can_mount_privately(), reason="needs unshare -rm (a Linux mount namespace)"
+)
+@pytest.mark.parametrize(
+    ("inside", "message"),
+    [("train_masks", "is a folder of the source --root"), ("", "holds the source --root")],
+)
+def test_force_never_replaces_the_source_reached_under_another_name(tmp_path, inside, message):
+    """On a case-insensitive file system (macOS, Windows) --out ../Proj/train_masks is inside
+    the source proj, which comparing resolved paths missed, and --force replaced its masks.
+    Here a bind mount, in a mount namespace of its own, shows the source under a second name
+    that resolve() cannot see through either."""
+    root = binary_fixture(tmp_path / "people")
+    alias = tmp_path / "People"
+    alias.mkdir()
+    before = sorted((root / "train_masks").rglob("*"))
+    mount_then_run = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    cmd = ["unshare", "-rm", "sh", "-c", mount_then_run, "sh", str(root), str(alias),
+           sys.executable, "prepare_data.py", "binary", "--root", str(root),
+           "--out", str(alias / inside), "--force"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
     assert sorted((root / "train_masks").rglob("*")) == before
 
 
