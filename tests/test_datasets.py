@@ -256,6 +256,52 @@ def test_read_image_with_a_malformed_exif_tag_still_rotates(tmp_path):
     assert read_image(tmp_path / "x.jpg").shape == (30, 20, 3)
 
 
+def _read_image_as_before(path) -> np.ndarray:
+    """read_image's pixels as they were read before OpenCV decoded JPEGs: Pillow throughout."""
+    return np.array(datasets.open_image(path).convert("RGB"))
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7, 8])
+@pytest.mark.parametrize(
+    ("mode", "ext", "options"),
+    [
+        ("RGB", ".jpg", {"subsampling": 2}),  # 4:2:0, as phones and cameras save
+        ("RGB", ".jpg", {"subsampling": 1, "quality": 75}),
+        ("RGB", ".jpg", {"subsampling": 0, "quality": 100}),
+        ("RGB", ".jpg", {"progressive": True, "optimize": True}),
+        ("RGB", ".png", {}),
+        ("L", ".jpg", {}),
+        ("L", ".png", {}),
+        ("P", ".png", {}),
+        ("RGBA", ".png", {}),
+        ("CMYK", ".jpg", {}),
+    ],
+)
+def test_read_image_gives_the_pixels_pillow_gave(tmp_path, mode, ext, options, orientation):
+    # odd sides, so that a transpose or a chroma block off by one shows
+    rgb = np.random.default_rng(orientation).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"x{ext}"
+    Image.fromarray(rgb).convert(mode).save(path, exif=exif, **options)
+    out = read_image(path)
+    assert np.array_equal(out, _read_image_as_before(path))
+    assert out.dtype == np.uint8 and out.flags.writeable and out.flags.c_contiguous
+
+
+def test_jpegs_are_decoded_by_opencv_here():
+    # the premise of read_image's fast path in this environment: both decoders' pixels agree
+    assert datasets._opencv_decodes_jpeg_as_pillow()
+
+
+def test_a_truncated_jpeg_fails_in_read_image_as_with_pillow(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = save(rgb, tmp_path / "full.jpg", quality=95).read_bytes()
+    (tmp_path / "x.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"x\.jpg: unreadable or corrupt image .*truncated"):
+        read_image(tmp_path / "x.jpg")
+
+
 # --- whole-dataset check -------------------------------------------------------------------
 
 
