@@ -250,10 +250,11 @@ def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
     return _read_mask(path, classes)[0]
 
 
-def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, str]:
-    """read_mask's (H, W) class ids, and how they were read: "ids", "instances" (instance ids),
+def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """read_mask's (H, W) class ids; how they were read: "ids", "instances" (instance ids),
     "colours", or "gray ids" (grayscale class ids whose values are all LABEL_COLORS_LIST grays,
-    some of another class: read by its colours, the same mask would mean something else)."""
+    some of another class: read by its colours, the same mask would mean something else); and
+    the ids' pixel_counts where reading them counted them already, else None."""
     path = Path(path)
     img = open_image(path)
     with path.open("rb") as f:
@@ -268,12 +269,12 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, str]:
         )
     arr = np.asarray(img)
     if img.mode == "P" and (mapped := _map_palette(img, arr, classes)) is not None:
-        return mapped, "colours"
+        return mapped, "colours", None
     if img.mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]
         mapped = map_colors(rgb, classes.mask_colors)
         if mapped is not None:
-            return mapped, "colours"
+            return mapped, "colours", None
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
             codes = np.unique(_rgb_codes(rgb))
             known = {_code(c) for c in classes.mask_colors}
@@ -291,20 +292,20 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, str]:
     elif arr.ndim != 2:
         raise DataError(f"{path}: unsupported mask mode {img.mode}")
     try:
-        ids, instances = _check_ids(arr, classes, path)
+        ids, instances, counts = _check_ids(arr, classes, path)
     except DataError:
         # A gray colour mask saved as grayscale (0/128/255 for the colours [0, 0, 0],
         # [128, 128, 128], [255, 255, 255]): read by its colours, as the same mask in RGB is
         if arr.dtype == np.uint8:
             mapped = map_colors(np.repeat(arr[..., None], 3, axis=2), classes.mask_colors)
             if mapped is not None:
-                return mapped, "colours"
+                return mapped, "colours", None
         raise
     if instances:
-        return ids, "instances"
+        return ids, "instances", counts
     if img.mode != "P" and arr.dtype == np.uint8 and gray_conflicts(arr, classes):
-        return ids, "gray ids"
-    return ids, "ids"
+        return ids, "gray ids", counts
+    return ids, "ids", counts
 
 
 def gray_conflicts(gray: np.ndarray, classes: ClassConfig) -> dict[int, int]:
@@ -393,22 +394,31 @@ def pixel_counts(mask: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _check_ids(arr: np.ndarray, classes: ClassConfig, path: Path) -> tuple[np.ndarray, bool]:
-    """(H, W) class ids, and whether ``arr`` held instance ids; raises DataError for others."""
-    # uint8 (nearly every mask): from a histogram, half the time of np.unique's hashing
-    values = np.flatnonzero(pixel_counts(arr)) if arr.dtype == np.uint8 else np.unique(arr)
+def _check_ids(
+    arr: np.ndarray, classes: ClassConfig, path: Path
+) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """(H, W) class ids, whether ``arr`` held instance ids, and the ids' pixel_counts (None
+    where ``arr`` is not uint8); raises DataError for others."""
+    # uint8 (nearly every mask): from a histogram, half the time of np.unique's hashing, and
+    # the dataset check sums the same counts
+    counts = pixel_counts(arr) if arr.dtype == np.uint8 else None
+    values = np.flatnonzero(counts) if counts is not None else np.unique(arr)
     k = classes.num_classes
     # 32-bit integer and float masks can hold negative or fractional values: uint8 would wrap
     # or truncate them into class ids
     invalid = (values < 0) | (values != np.floor(values))
     bad = values[invalid | ((values >= k) & (values != IGNORE_INDEX))]
     if bad.size == 0:
-        return arr.astype(np.uint8), False
+        return arr.astype(np.uint8), False, counts
     objects = values[values > 0]
     if k == 2 and not invalid.any() and (objects == np.arange(1, objects.size + 1)).all():
         # Instance ids (Penn-Fudan style: 1, 2, ... N, one per object, without gaps): every
         # object belongs to the one foreground class. Other values are mistakes, not objects.
-        return (arr > 0).astype(np.uint8), True
+        if counts is not None:  # every object's pixels become 1s
+            background = counts[0]
+            counts = np.zeros(256, np.int64)
+            counts[:2] = background, arr.size - background
+        return (arr > 0).astype(np.uint8), True, counts
     listed = [v.item() for v in bad[:5]]
     hint = ""
     if k == 2 and (values == IGNORE_INDEX).any():
@@ -486,14 +496,14 @@ def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray
     how the mask was read (_read_mask; "" if unread)."""
     image_path, mask_path = pair
     problems = []
-    size = mask = None
+    size = mask = counts = None
     reading = ""
     try:
         size = image_size(image_path)
     except DataError as err:
         problems.append(str(err))
     try:
-        mask, reading = _read_mask(mask_path, classes)
+        mask, reading, counts = _read_mask(mask_path, classes)
     except DataError as err:
         problems.append(str(err))
     if size is not None and mask is not None and (mask.shape[1], mask.shape[0]) != size:
@@ -508,7 +518,8 @@ def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
             f"{image_path.name} is {size[0]}x{size[1]}{hint}"
         )
-    counts = pixel_counts(mask) if mask is not None else np.zeros(256, np.int64)
+    if counts is None:  # counted while reading it where it held class or instance ids
+        counts = pixel_counts(mask) if mask is not None else np.zeros(256, np.int64)
     return problems, counts, reading
 
 

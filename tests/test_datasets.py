@@ -182,6 +182,39 @@ def test_pixel_counts_are_exact_past_the_float32_range_of_opencvs_histogram():
     assert datasets.pixel_counts(mask).tolist() == [2**24 + 2**20 - 255] + [1] * 255
 
 
+def test_the_dataset_check_counts_each_masks_pixels_once(fresh_data, monkeypatch):
+    calls = []
+    counted = datasets.pixel_counts
+    monkeypatch.setattr(datasets, "pixel_counts", lambda mask: calls.append(1) or counted(mask))
+    check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert len(calls) == 6  # 4 train and 2 valid masks
+
+
+@pytest.mark.parametrize(
+    ("values", "mode", "classes"),
+    [
+        ([0, 1, 255], "L", DEFAULT_CLASSES),  # class ids with ignore
+        ([0, 1, 2, 3], "L", DEFAULT_CLASSES),  # instance ids
+        ([0, 1, 2], "P", THREE),  # palette indices
+        ([0, 1, 255], "I;16", DEFAULT_CLASSES),  # 16-bit ids: counted after reading
+        ([0, 2, 1], "RGB", THREE),  # colours: counted after mapping
+    ],
+)
+def test_the_check_counts_the_pixels_of_the_ids_read(tmp_path, values, mode, classes):
+    ids = np.array(values, np.uint8)[np.random.default_rng(0).integers(0, len(values), (9, 11))]
+    if mode == "RGB":
+        mask = Image.fromarray(np.array(classes.mask_colors, np.uint8)[ids])
+    elif mode == "I;16":
+        mask = Image.fromarray(ids.astype(np.uint16))
+    else:
+        mask = Image.fromarray(ids).convert(mode) if mode == "P" else Image.fromarray(ids)
+    mask.save(tmp_path / "m.png")
+    save(np.zeros((9, 11, 3), np.uint8), tmp_path / "i.png")
+    problems, counts, _ = datasets._check_pair((tmp_path / "i.png", tmp_path / "m.png"), classes)
+    expected = np.bincount(read_mask(tmp_path / "m.png", classes).ravel(), minlength=256)
+    assert problems == [] and counts.dtype == np.int64 and counts.tolist() == expected.tolist()
+
+
 @pytest.mark.parametrize("classes", [DEFAULT_CLASSES, THREE])
 def test_a_jpeg_mask_is_refused(tmp_path, classes):
     # JPEG changes ids near edges: a 2-class mask was read without a word (as instance ids when
