@@ -250,11 +250,13 @@ def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
     return _read_mask(path, classes)[0]
 
 
-def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, str, np.ndarray | None]:
+def _read_mask(
+    path: Path, classes: ClassConfig, count: bool = False
+) -> tuple[np.ndarray, str, np.ndarray | None]:
     """read_mask's (H, W) class ids; how they were read: "ids", "instances" (instance ids),
     "colours", or "gray ids" (grayscale class ids whose values are all LABEL_COLORS_LIST grays,
     some of another class: read by its colours, the same mask would mean something else); and
-    the ids' pixel_counts where reading them counted them already, else None."""
+    the ids' pixel_counts where reading them counted them already (``count``), else None."""
     path = Path(path)
     img = open_image(path)
     with path.open("rb") as f:
@@ -292,7 +294,7 @@ def _read_mask(path: Path, classes: ClassConfig) -> tuple[np.ndarray, str, np.nd
     elif arr.ndim != 2:
         raise DataError(f"{path}: unsupported mask mode {img.mode}")
     try:
-        ids, instances, counts = _check_ids(arr, classes, path)
+        ids, instances, counts = _check_ids(arr, classes, path, count)
     except DataError:
         # A gray colour mask saved as grayscale (0/128/255 for the colours [0, 0, 0],
         # [128, 128, 128], [255, 255, 255]): read by its colours, as the same mask in RGB is
@@ -395,15 +397,21 @@ def pixel_counts(mask: np.ndarray) -> np.ndarray:
 
 
 def _check_ids(
-    arr: np.ndarray, classes: ClassConfig, path: Path
+    arr: np.ndarray, classes: ClassConfig, path: Path, count: bool = False
 ) -> tuple[np.ndarray, bool, np.ndarray | None]:
-    """(H, W) class ids, whether ``arr`` held instance ids, and the ids' pixel_counts (None
-    where ``arr`` is not uint8); raises DataError for others."""
+    """(H, W) class ids, whether ``arr`` held instance ids, and with ``count`` the ids'
+    pixel_counts (None where ``arr`` is not uint8); raises DataError for others."""
+    k = classes.num_classes
+    if arr.dtype == np.uint8 and not count and k <= IGNORE_INDEX:
+        # Training reads every mask each epoch, and nearly all hold class ids only: no value in
+        # k..254 settles it in 2 ms where the histogram took 28 (4000x3000).
+        others = cv2.inRange(np.ascontiguousarray(arr), k, IGNORE_INDEX - 1)
+        if not cv2.countNonZero(others):
+            return arr.copy(), False, None
     # uint8 (nearly every mask): from a histogram, half the time of np.unique's hashing, and
     # the dataset check sums the same counts
     counts = pixel_counts(arr) if arr.dtype == np.uint8 else None
     values = np.flatnonzero(counts) if counts is not None else np.unique(arr)
-    k = classes.num_classes
     # 32-bit integer and float masks can hold negative or fractional values: uint8 would wrap
     # or truncate them into class ids
     invalid = (values < 0) | (values != np.floor(values))
@@ -503,7 +511,7 @@ def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray
     except DataError as err:
         problems.append(str(err))
     try:
-        mask, reading, counts = _read_mask(mask_path, classes)
+        mask, reading, counts = _read_mask(mask_path, classes, count=True)
     except DataError as err:
         problems.append(str(err))
     if size is not None and mask is not None and (mask.shape[1], mask.shape[0]) != size:

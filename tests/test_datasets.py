@@ -215,6 +215,23 @@ def test_the_check_counts_the_pixels_of_the_ids_read(tmp_path, values, mode, cla
     assert problems == [] and counts.dtype == np.int64 and counts.tolist() == expected.tolist()
 
 
+@pytest.mark.parametrize(
+    ("values", "valid"), [([0, 2, 255], True), ([0, 3, 255], False), ([254], False)]
+)
+def test_training_reads_class_ids_without_counting_them(tmp_path, monkeypatch, values, valid):
+    calls = []
+    counted = datasets.pixel_counts
+    monkeypatch.setattr(datasets, "pixel_counts", lambda mask: calls.append(1) or counted(mask))
+    ids = np.array(values, np.uint8)[np.random.default_rng(0).integers(0, len(values), (9, 11))]
+    path = save(ids, tmp_path / "m.png")
+    if valid:
+        out = read_mask(path, THREE)
+        assert np.array_equal(out, ids) and out.flags.writeable and calls == []
+    else:  # the histogram names the values
+        with pytest.raises(DataError, match=r"values \[(3|254)\] are not class ids 0-2"):
+            read_mask(path, THREE)
+
+
 @pytest.mark.parametrize("classes", [DEFAULT_CLASSES, THREE])
 def test_a_jpeg_mask_is_refused(tmp_path, classes):
     # JPEG changes ids near edges: a 2-class mask was read without a word (as instance ids when
