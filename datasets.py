@@ -6,8 +6,6 @@ A dataset folder holds ``train_images/``, ``train_masks/``, ``valid_images/`` an
 two classes, an instance-id image (0 background, 1..N objects of the foreground class).
 """
 
-import functools
-import io
 import logging
 import random
 import re
@@ -66,19 +64,18 @@ def open_image(path: Path) -> Image.Image:
     return img.transpose(method) if method is not None else img
 
 
-def _decode_file(
-    path: Path, draft: bool = False, load: bool = True
-) -> tuple[Image.Image, tuple[int, int]]:
+def _decode_file(path: Path, draft: bool = False) -> tuple[Image.Image, tuple[int, int]]:
     """Decode an image file as stored, or raise DataError: the image, and its (W, H) as stored.
 
     ``draft`` decodes a JPEG at 1/8 of its size (libjpeg scales in its inverse DCT), so the
     image is smaller than the size returned; every byte is still read, so a truncated or corrupt
-    file fails as at full size. ``load=False`` reads the header only (_load decodes the rest).
+    file fails as at full size.
     """
     try:
         img = _open_unguarded(path)
         size = img.size
         if size[0] * size[1] > MAX_IMAGE_PIXELS:
+            img.close()
             raise DataError(
                 f"{path}: a {size[0]}x{size[1]} image ({size[0] * size[1]:,} pixels), over the "
                 f"limit of {MAX_IMAGE_PIXELS:,} pixels read here; cut it into tiles (the model "
@@ -86,14 +83,6 @@ def _decode_file(
             )
         if draft:
             img.draft(None, (max(1, size[0] // 8), max(1, size[1] // 8)))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: unreadable or corrupt image ({err})") from err
-    return (_load(img, path) if load else img), size
-
-
-def _load(img: Image.Image, path: Path) -> Image.Image:
-    """``img`` with its pixels decoded, or raise DataError."""
-    try:
         img.load()
     except DataError:
         raise
@@ -101,7 +90,7 @@ def _load(img: Image.Image, path: Path) -> Image.Image:
         raise DataError(f"{path}: an image too large for Pillow to decode ({err})") from err
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: unreadable or corrupt image ({err})") from err
-    return img
+    return img, size
 
 
 _PILLOW_GUARD = threading.Lock()
@@ -161,19 +150,9 @@ def read_image(path: Path) -> np.ndarray:
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted. The array
     is writable and C-contiguous, as torch.from_numpy expects.
     """
-    path = Path(path)
-    img, _ = _decode_file(path, load=False)
-    arr = None
-    if img.format == "JPEG" and img.mode == "RGB" and _opencv_decodes_jpeg_as_pillow():
-        # Straight into a packed array: Pillow holds RGB as 4 bytes a pixel, and packing them
-        # out (np.asarray) cost more than decoding. None: truncated or corrupt, and Pillow's
-        # load below raises DataError with its reason.
-        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-        arr = cv2.imdecode(np.fromfile(path, np.uint8), flags)
-    if arr is None:
-        arr = _pillow_rgb(_load(img, path))
+    img, _ = _decode_file(Path(path))
+    arr = _pillow_rgb(img)
     method = _exif_transpose(img)
-    img.close()  # where OpenCV decoded, Pillow read the header only and holds the file open
     return _TRANSPOSE_ARRAY[method](arr) if method is not None else _writable(arr)
 
 
@@ -207,27 +186,6 @@ _TRANSPOSE_ARRAY = {
     Image.Transpose.TRANSVERSE: lambda a: np.ascontiguousarray(a[::-1, ::-1].transpose(1, 0, 2)),
     Image.Transpose.ROTATE_90: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
 }
-
-
-@functools.cache
-def _opencv_decodes_jpeg_as_pillow() -> bool:
-    """Whether OpenCV decodes JPEGs to the same pixels as Pillow here, checked once a process.
-
-    Both bundle libjpeg-turbo in their wheels, whose output they share; a build against
-    another libjpeg (libjpeg 9 upsamples chroma otherwise) would make training and inference
-    pixels differ from what Pillow reads, so it is refused. IMREAD_COLOR_RGB: OpenCV 4.10.
-    """
-    if not hasattr(cv2, "IMREAD_COLOR_RGB"):
-        return False
-    rgb = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
-    for subsampling in (0, 1, 2):  # 4:4:4, 4:2:2, 4:2:0
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, "JPEG", quality=90, subsampling=subsampling)
-        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-        ours = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), flags)
-        if ours is None or not np.array_equal(ours, np.asarray(Image.open(buf))):
-            return False
-    return True
 
 
 def image_size(path: Path) -> tuple[int, int]:

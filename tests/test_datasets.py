@@ -339,9 +339,16 @@ def test_read_image_gives_the_pixels_pillow_gave(tmp_path, mode, ext, options, o
     assert out.dtype == np.uint8 and out.flags.writeable and out.flags.c_contiguous
 
 
-def test_jpegs_are_decoded_by_opencv_here():
-    # the premise of read_image's fast path in this environment: both decoders' pixels agree
-    assert datasets._opencv_decodes_jpeg_as_pillow()
+def test_a_jpeg_with_corrupt_data_fails_in_read_image(tmp_path):
+    """OpenCV's decoder reads such a file (a "Corrupt JPEG data: bad Huffman code" warning on
+    stderr, and garbage pixels) where Pillow fails: read_image decodes with Pillow."""
+    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    data = bytearray(save(rgb, tmp_path / "full.jpg", quality=90).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 200] = bytes([0x00, 0xFF] * 100)
+    (tmp_path / "x.jpg").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"x\.jpg: unreadable or corrupt image"):
+        read_image(tmp_path / "x.jpg")
 
 
 def test_a_truncated_jpeg_fails_in_read_image_as_with_pillow(tmp_path):
