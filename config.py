@@ -352,24 +352,38 @@ RESUMED_SETTINGS = (
     "data", "epochs", "batch", "accum", "seed", "lr", "backbone_lr", "weight_decay", "scheduler",
     "no_augment", "cache_features", "cache_dir", "amp",
 )  # fmt: skip
-# The model settings of a resumed run: always the checkpoint's. They are parsed under the command
-# line like RESUMED_SETTINGS, so a value that differs from the checkpoint's was asked for, and
-# train.py names it as ignored.
+# The model settings of a resumed run, and of the one --eval-only scores: always the checkpoint's.
+# They are parsed under the command line like RESUMED_SETTINGS, so a value that differs from the
+# checkpoint's was asked for, and train.py names it.
 RESUMED_MODEL = ("backbone", "layers", "fine_tune", "weights")
 
 
+def checkpoint_settings(ckpt: dict) -> dict:
+    """The run settings a checkpoint recorded (its ``args``), with the model's backbone, layers and
+    fine-tuning as it holds them: a checkpoint saved without ``args`` still names those."""
+    recorded = ckpt.get("args")
+    recorded = dict(recorded) if isinstance(recorded, dict) else {}
+    recorded.update({k: ckpt[k] for k in RESUMED_MODEL if k in ckpt})
+    return recorded
+
+
 def recorded_settings(checkpoint: Path) -> dict:
-    """The run settings a train.py checkpoint recorded, or {} where it has none to read (the
+    """checkpoint_settings of a checkpoint file, or {} where it has none to read (the
     checkpoint's own check then names the problem)."""
     from model import peek_checkpoint  # model.py imports this module
 
-    recorded = peek_checkpoint(checkpoint).get("args")
-    return recorded if isinstance(recorded, dict) else {}
+    return checkpoint_settings(peek_checkpoint(checkpoint))
+
+
+def scored_checkpoint(args: argparse.Namespace) -> Path:
+    """The checkpoint train.py --eval-only scores: --model, or OUT/best_model_iou.pth."""
+    return args.model or args.out_dir / "best_model_iou.pth"
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     """Parse ``argv`` with the defaults of an optional ``--config`` YAML file underneath, and
-    under that, with ``--resume``, the settings of the run that wrote the checkpoint.
+    under that, with ``--resume``, the settings of the run that wrote the checkpoint (with
+    ``--eval-only``, the model settings of the checkpoint it scores).
 
     The file's (and the checkpoint's) settings are turned into command-line tokens placed before
     ``argv``, so argparse checks their types and choices, and a flag given on the command line
@@ -393,20 +407,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
             classes = ClassConfig.from_dict(class_part, source=str(known.config))
         file_argv = _flags_to_argv(parser, data, known.config)
     args = parser.parse_args(file_argv + argv)
-    if getattr(args, "eval_only", False) and known.resume is None:
+    # --resume and --eval-only as parsed, so the file may set them as well as the command line
+    eval_only = getattr(args, "eval_only", False)
+    source = scored_checkpoint(args) if eval_only else getattr(args, "resume", None)
+    # --eval-only scores its checkpoint's model; a resumed run also continues its data and
+    # optimization
+    keys = RESUMED_MODEL if eval_only else RESUMED_SETTINGS + RESUMED_MODEL
+    recorded = recorded_settings(source) if source is not None else {}
+    resumed = {k: recorded[k] for k in keys if recorded.get(k) is not None}
+    if resumed:
+        args = parser.parse_args(_flags_to_argv(parser, resumed, source) + file_argv + argv)
+    if eval_only and known.resume is None:
         # A resumed run's OUT/args.yaml records resume: PATH; --eval-only scores a checkpoint
         # and continues no run, so only a --resume on the command line is refused with it.
         args.resume = None
-    # --resume and --eval-only as parsed, so the file may set them as well as the command line
-    resume = getattr(args, "resume", None)
-    resumed: dict = {}
-    if resume is not None and not getattr(args, "eval_only", False):
-        recorded = recorded_settings(resume)
-        resumed = {
-            k: recorded[k] for k in RESUMED_SETTINGS + RESUMED_MODEL if recorded.get(k) is not None
-        }
-    if resumed:
-        args = parser.parse_args(_flags_to_argv(parser, resumed, resume) + file_argv + argv)
     kept = [
         k
         for k, v in resumed.items()
@@ -415,9 +429,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     if kept:
         log.info(
             "--resume: continuing %s's run with its %s",
-            resume,
+            source,
             # as flags: no_augment false is --augment, not "--no-augment False"
-            ", ".join(" ".join(_flags_to_argv(parser, {k: resumed[k]}, resume)) for k in kept),
+            ", ".join(" ".join(_flags_to_argv(parser, {k: resumed[k]}, source)) for k in kept),
         )
     return args, classes
 

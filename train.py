@@ -41,9 +41,11 @@ from config import (
     backbone_flags,
     check_imgsz,
     check_tta_scales,
+    checkpoint_settings,
     parse_args,
     plain_value,
     runtime_flags,
+    scored_checkpoint,
     tta_flags,
     tta_setting,
 )
@@ -395,9 +397,15 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     The classes are the checkpoint's (``classes``, from --config, differing is a warning). With
     --tta the split is scored twice, without and with test-time augmentation.
     """
-    path = args.model or args.out_dir / "best_model_iou.pth"
+    path = scored_checkpoint(args)
     tta = tta_setting(args)
-    model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir)
+    # a --backbone other than the checkpoint's is refused, as the inference scripts refuse it
+    model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir, args.backbone)
+    ignored = ignored_model_flags(args, ckpt)
+    if ignored:
+        log.warning(
+            "ignored: %s. --eval-only scores the checkpoint's model as it was trained", ignored
+        )
     trained = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     if args.config is not None and classes != trained:
         log.warning(
@@ -826,23 +834,32 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
             args.config,
             list(resumed.names),
         )
-    # config.parse_args gave these the checkpoint's values unless --config or the command line
-    # asked for others
-    recorded = ckpt["args"] if isinstance(ckpt["args"], dict) else {}
-    ignored = [
-        f"--{k.replace('_', '-')} {getattr(args, k)} (the checkpoint's: {recorded[k]})"
-        for k in RESUMED_MODEL
-        if k in recorded and plain_value(getattr(args, k)) != recorded[k]
-    ]
+    ignored = ignored_model_flags(args, ckpt)
     if ignored:
         log.warning(
             "ignored: %s. A resumed run keeps its checkpoint's model; start a new run (without "
             "--resume) to train another",
-            ", ".join(ignored),
+            ignored,
         )
-    if "weights" in recorded:  # for args.yaml; build_model sets the rest from the checkpoint
-        args.weights = recorded["weights"]
+    if isinstance(ckpt["args"], dict) and "weights" in ckpt["args"]:
+        # for args.yaml; build_model sets the rest from the checkpoint
+        args.weights = ckpt["args"]["weights"]
     return ckpt, resumed, imgsz
+
+
+def ignored_model_flags(args: argparse.Namespace, ckpt: dict) -> str:
+    """The model flags of ``args`` that differ from the checkpoint's model, which a resumed run
+    and --eval-only keep, as "--layers 2 (the checkpoint's: 4), ..."; "" when none do.
+
+    config.parse_args gave them the checkpoint's values, so a difference is what --config or the
+    command line asked for.
+    """
+    recorded = checkpoint_settings(ckpt)
+    return ", ".join(
+        f"--{k.replace('_', '-')} {getattr(args, k)} (the checkpoint's: {recorded[k]})"
+        for k in RESUMED_MODEL
+        if k in recorded and plain_value(getattr(args, k)) != recorded[k]
+    )
 
 
 def checkpoint_space(model: Segmentor) -> int:

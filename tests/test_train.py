@@ -141,6 +141,62 @@ def test_eval_only_without_data_scores_the_checkpoints_own_data(trained, tmp_pat
         run_train(["--eval-only", "--model", "moved.pth", "--out-dir", "eval", "--workers", "0"])
 
 
+def test_eval_only_names_the_model_flags_it_ignores(checkpoint, tiny_data, tmp_path, caplog):
+    # --eval-only scores the checkpoint's model: other model flags were silently ignored
+    argv = ["--eval-only", "--model", str(checkpoint), "--data", str(tiny_data), "--workers", "0",
+            "--out-dir", str(tmp_path)]  # fmt: skip
+    run_train(argv)
+    assert "ignored" not in caplog.text
+    plain = json.loads((tmp_path / "eval_metrics.json").read_text())
+    weights = torch.load(checkpoint, weights_only=True)["args"]["weights"]
+    run_train([*argv, "--layers", "2", "--fine-tune", "--weights", "random"])
+    assert (
+        f"ignored: --layers 2 (the checkpoint's: 4), --fine-tune True (the checkpoint's: False), "
+        f"--weights random (the checkpoint's: {weights}). --eval-only scores the checkpoint's "
+        "model as it was trained"
+    ) in caplog.text
+    assert json.loads((tmp_path / "eval_metrics.json").read_text()) == plain
+    # a --config file's value is named too, and one equal to the checkpoint's is not
+    caplog.clear()
+    (tmp_path / "c.yaml").write_text("layers: 1\nbackbone: dinov2_vits14\n")
+    run_train([*argv, "--config", str(tmp_path / "c.yaml")])
+    assert "ignored: --layers 1 (the checkpoint's: 4). --eval-only" in caplog.text
+    # another backbone is refused, as the inference scripts refuse it
+    with pytest.raises(UserError, match="holds a dinov2_vits14 model, not the requested "
+                                        "--backbone dinov2_vitb14; drop --backbone"):  # fmt: skip
+        run_train([*argv, "--backbone", "dinov2_vitb14"])
+
+
+def test_eval_only_of_a_model_unlike_the_defaults_needs_no_model_flags(
+    tmp_path, tiny_data, weights_file, caplog
+):
+    # a checkpoint saved without args still names its backbone, layers and fine-tuning
+    torch.manual_seed(0)
+    backbone = load_backbone("dinov2_vits14", "timm", str(weights_file), layers=2)
+    model = Segmentor(backbone, 2, fine_tune=True)
+    save_checkpoint(tmp_path / "best_model_iou.pth", model, classes=DEFAULT_CLASSES.to_dict(),
+                    imgsz=[56, 56])  # fmt: skip
+    # scored as OUT/best_model_iou.pth, the default --model
+    run_train(["--eval-only", "--out-dir", str(tmp_path), "--data", str(tiny_data), "--workers",
+               "0"])  # fmt: skip
+    assert "ignored" not in caplog.text
+    assert json.loads((tmp_path / "eval_metrics.json").read_text())["images"] == 4
+    # the settings parsed are the scored checkpoint's: a vitb14 one is not refused as vits14
+    recorded = {"backbone": "dinov2_vitb14", "layers": 1, "fine_tune": True,
+                "args": {"weights": "random", "layers": 3, "lr": 0.5}}  # fmt: skip
+    torch.save(recorded, tmp_path / "b.pth")
+    args, _ = parse_args(
+        train.get_args_parser(), ["--eval-only", "--model", str(tmp_path / "b.pth")]
+    )
+    assert (args.backbone, args.layers, args.fine_tune, args.weights) == (
+        "dinov2_vitb14", 1, True, "random")  # fmt: skip
+    assert args.lr == 1e-4  # the model's settings only: --eval-only continues no run
+    assert not train.ignored_model_flags(args, recorded)
+    # a checkpoint that cannot be read leaves the defaults: the loader names the problem
+    args, _ = parse_args(train.get_args_parser(), ["--eval-only", "--model", "missing.pth"])
+    assert (args.backbone, args.layers) == ("dinov2_vits14", 4)
+
+
 def test_resume_continues_from_the_next_epoch(tmp_path, tiny_data, weights_file, caplog):
     args = common(tiny_data, tmp_path, weights_file)
     run_train([*args, "--epochs", "2", "--scheduler", "cosine"])
