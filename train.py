@@ -538,7 +538,9 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
     # Check the data before loading the backbone, which may mean a download.
     pairs = checked_pairs(resolve_data(args), classes)
-    check_batch_statistics(args.batch, math.ceil(len(pairs["train"]) / world), imgsz)
+    # every process has the same share (DistributedSampler pads), so rank 0's answer is theirs
+    train_share = math.ceil(len(pairs["train"]) / world)
+    check_on_main_process(lambda: check_batch_statistics(args.batch, train_share, imgsz))
 
     model = build_model(args, classes, device, ckpt, start)
     log_input_size(imgsz)

@@ -277,6 +277,18 @@ def test_torchrun_reports_dataset_problems_and_warnings_once(tmp_path):
     assert "[rank1]" not in proc.stderr and "exitcode  : 2" in proc.stderr
 
 
+def test_torchrun_refuses_one_value_per_batchnorm_channel_once(tmp_path):
+    # each process raised the same error: as many copies of it as processes
+    data = make_dataset(tmp_path / "data", n_train=2, n_valid=2, sizes=((28, 28),))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--data", str(data), "--out-dir", str(tmp_path / "out"),
+           "--backbone-source", "timm", "--weights", "random", "--imgsz", "14", "14",
+           "--batch", "1", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.stderr.count("error: training batches of 1 image") == 1, proc.stderr[-3000:]
+    assert "[rank1]" not in proc.stderr and "exitcode  : 2" in proc.stderr
+
+
 def _check_data_in(rank: int, folders: list[str], init_file: str) -> None:
     """Check --data "data" with a gloo group of 2, each process in its own folder: two machines,
     each with its own copy of the dataset."""
