@@ -534,6 +534,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         warn_changed_settings(args, ckpt, start)
         # before anything is written into --out-dir, args.yaml first
         check_on_main_process(lambda: check_same_run(args, ckpt, start))
+        # read by rank 0 alone, so that a broken file is named once, before the model loads
+        history = on_main_process(lambda: resumed_history(args.out_dir / "metrics.csv", start))
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
     # Check the data before loading the backbone, which may mean a download.
@@ -579,7 +581,6 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         resume_optimization(optimizer, scheduler, args, ckpt, start)
         if ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
-        history = resumed_history(args.out_dir / "metrics.csv", start)
         if main_process and not history:
             history = carry_over(args.resume.parent, args.out_dir, start)
 

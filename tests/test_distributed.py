@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -287,6 +288,23 @@ def test_torchrun_refuses_one_value_per_batchnorm_channel_once(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.stderr.count("error: training batches of 1 image") == 1, proc.stderr[-3000:]
     assert "[rank1]" not in proc.stderr and "exitcode  : 2" in proc.stderr
+
+
+def test_torchrun_names_a_broken_metrics_csv_on_resume_once(tmp_path, checkpoint, tiny_data):
+    # every process read OUT/metrics.csv and raised the same error: one copy of it each
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run)
+    (run / "metrics.csv").write_text("epoch;valid_miou\n1;0.5\n")  # a spreadsheet's semicolons
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--data", str(tiny_data), "--out-dir", str(run),
+           "--resume", str(run / "last_model.pth"), "--epochs", "2", "--workers", "0",
+           "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.count("is not a metrics.csv that train.py wrote") == 1, proc.stderr[-3000:]
+    # torchrun's own traceback of the failed run alone: none of a process
+    assert proc.stderr.count("Traceback") == 1 and "[rank1]" not in proc.stderr
+    assert "exitcode  : 2" in proc.stderr
 
 
 def _check_data_in(rank: int, folders: list[str], init_file: str) -> None:
