@@ -90,6 +90,7 @@ from utils import (
     run_script,
     seed_everything,
     setup_distributed,
+    warn_on_main_process,
     write_csv,
     write_image,
     write_json,
@@ -323,7 +324,7 @@ def warn_changed_settings(args, ckpt: dict, start: int) -> None:
         if k in before and before[k] != plain_value(getattr(args, k))
     ]
     if changed:
-        log.warning(
+        warn_on_main_process(
             "--resume: settings that differ from the run of %s apply from epoch %d: %s",
             args.resume,
             start,
@@ -509,11 +510,15 @@ def build_model(args, classes: ClassConfig, device, ckpt: dict | None, start: in
     args.backbone_source = model.backbone.source
     args.backbone, args.layers = ckpt["backbone"], ckpt["layers"]
     args.fine_tune = model.fine_tune
-    if args.cache_features != "off" and args.fine_tune:
-        raise UserError(
-            f"{args.resume} fine-tunes its backbone, and --cache-features needs a frozen one: "
-            "resume without --cache-features"
-        )
+
+    def check_frozen() -> None:
+        if args.cache_features != "off" and args.fine_tune:
+            raise UserError(
+                f"{args.resume} fine-tunes its backbone, and --cache-features needs a frozen "
+                "one: resume without --cache-features"
+            )
+
+    check_on_main_process(check_frozen)  # every process loaded the same model: said once
     log.info(
         "resuming %s from epoch %d (model, classes and size from the checkpoint)",
         args.resume,
@@ -826,20 +831,20 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
     resumed = ClassConfig.from_dict(ckpt["classes"], source=str(args.resume))
     imgsz = tuple(ckpt["imgsz"])
     if args.imgsz is not None and tuple(args.imgsz) != imgsz:
-        log.warning(
+        warn_on_main_process(
             "--imgsz %s ignored: a resumed run keeps its checkpoint's size %s",
             " ".join(map(str, args.imgsz)),
             " ".join(map(str, imgsz)),
         )
     if args.config is not None and classes != resumed:
-        log.warning(
+        warn_on_main_process(
             "the classes of --config %s are ignored: a resumed run keeps its checkpoint's %s",
             args.config,
             list(resumed.names),
         )
     ignored = ignored_model_flags(args, ckpt)
     if ignored:
-        log.warning(
+        warn_on_main_process(
             "ignored: %s. A resumed run keeps its checkpoint's model; start a new run (without "
             "--resume) to train another",
             ignored,

@@ -47,7 +47,9 @@ def _terminate(signum, frame) -> None:
 def run_script(main: Callable[[], None]) -> None:
     """Run a script's main, turning user errors, Ctrl-C and SIGTERM into a message and exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # libraries: warnings only
-    log.setLevel(logging.INFO)
+    # Under torchrun rank 0 alone reports, from the start: the command line is read (and a
+    # --resume's settings named) before the process group exists.
+    log.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     # A report's class names and paths may hold characters that stdout's encoding lacks: a
     # Windows code page where the output goes to a file or a pipe. Escaped, not a traceback.
     if hasattr(sys.stdout, "reconfigure"):
@@ -288,6 +290,13 @@ def leave_distributed() -> None:
 def is_main_process() -> bool:
     """True in a single process, and in rank 0 under torchrun: the one that logs and writes."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def warn_on_main_process(message: str, *args: Any) -> None:
+    """``log.warning`` in rank 0 alone: for a warning that every process under torchrun would
+    give alike (they read the same command line and checkpoint)."""
+    if is_main_process():
+        log.warning(message, *args, stacklevel=2)
 
 
 def check_on_main_process(check: Callable[[], None]) -> None:

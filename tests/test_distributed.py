@@ -307,6 +307,21 @@ def test_torchrun_names_a_broken_metrics_csv_on_resume_once(tmp_path, checkpoint
     assert "exitcode  : 2" in proc.stderr
 
 
+def test_torchrun_says_what_a_resume_keeps_and_changes_once(tmp_path, checkpoint, tiny_data):
+    # every process read the checkpoint and the command line, and logged the same warnings
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--data", str(tiny_data), "--out-dir", str(run),
+           "--resume", str(run / "last_model.pth"), "--epochs", "2", "--imgsz", "98", "98",
+           "--layers", "2", "--lr", "1e-3", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for message in ("--resume: continuing", "--imgsz 98 98 ignored", "ignored: --layers 2",
+                    "--resume: settings that differ", "nothing to do"):  # fmt: skip
+        assert proc.stderr.count(message) == 1, (message, proc.stderr[-3000:])
+
+
 def _check_data_in(rank: int, folders: list[str], init_file: str) -> None:
     """Check --data "data" with a gloo group of 2, each process in its own folder: two machines,
     each with its own copy of the dataset."""
