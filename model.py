@@ -30,7 +30,14 @@ from config import (
     official_weights_name,
     parse_args,
 )
-from utils import UserError, atomic_path, check_int8_cpu, run_script, torch_save
+from utils import (
+    UserError,
+    atomic_path,
+    check_int8_cpu,
+    run_script,
+    torch_save,
+    warn_on_main_process,
+)
 
 log = logging.getLogger("dinoseg")
 
@@ -492,7 +499,7 @@ def load_backbone(
             download_official_weights(name, path)
         weights = str(path)
     if weights == "random":
-        log.warning(
+        warn_on_main_process(  # every process under torchrun builds the same backbone
             "WARNING: --weights random: the %s backbone is UNTRAINED. Use this for smoke tests "
             "only; results mean nothing.",
             name,

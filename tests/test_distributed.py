@@ -322,6 +322,19 @@ def test_torchrun_says_what_a_resume_keeps_and_changes_once(tmp_path, checkpoint
         assert proc.stderr.count(message) == 1, (message, proc.stderr[-3000:])
 
 
+def test_torchrun_warns_of_random_weights_once(tmp_path):
+    # every process built the backbone and logged the same warning
+    data = make_dataset(tmp_path / "data", n_train=2, n_valid=2, sizes=((28, 28),))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--data", str(data), "--out-dir", str(tmp_path / "out"),
+           "--backbone-source", "timm", "--weights", "random", "--imgsz", "28", "28",
+           "--epochs", "1", "--batch", "1", "--layers", "1", "--workers", "0", "--num-vis", "0",
+           "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("--weights random: the dinov2_vits14 backbone") == 1, proc.stderr
+
+
 def _check_data_in(rank: int, folders: list[str], init_file: str) -> None:
     """Check --data "data" with a gloo group of 2, each process in its own folder: two machines,
     each with its own copy of the dataset."""
