@@ -409,7 +409,7 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
         )
     trained = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     if args.config is not None and classes != trained:
-        log.warning(
+        warn_on_main_process(
             "the classes of --config %s are ignored: %s is scored with its own %s",
             args.config,
             path,
@@ -418,7 +418,9 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     classes = trained
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
-    use_recorded_data(args, ckpt, path)
+    # decided by rank 0, so that a recorded --data that is gone is said once; a machine that
+    # lacks the dataset is then named by checked_pairs
+    args.data = on_main_process(lambda: data_to_score(args, ckpt, path))
     pairs = checked_pairs(resolve_data(args), classes, splits=("valid",))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
     loader = make_loader(dataset, args, device, False, rank, world)
@@ -459,14 +461,15 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     print(f"Wrote {args.out_dir / 'eval_metrics.json'}")
 
 
-def use_recorded_data(args: argparse.Namespace, ckpt: dict, path: Path) -> None:
-    """--eval-only without --data: score the valid split of the --data the checkpoint was trained
-    on. The Penn-Fudan default would score a model of other classes on persons, without a word."""
+def data_to_score(args: argparse.Namespace, ckpt: dict, path: Path) -> Path | None:
+    """--eval-only's --data; without one, the --data the checkpoint was trained on (None where it
+    records none: Penn-Fudan). The Penn-Fudan default would score a model of other classes on
+    persons, without a word."""
     recorded = (ckpt.get("args") or {}).get("data")
     if args.data is not None or recorded is None:
-        return
-    args.data = Path(recorded)
-    if not args.data.is_dir():
+        return args.data
+    data = Path(recorded)
+    if not data.is_dir():
         raise UserError(
             f"{path} was trained on --data {recorded}, which is not a folder here: pass --data "
             "DIR, a dataset with the checkpoint's classes"
@@ -474,6 +477,7 @@ def use_recorded_data(args: argparse.Namespace, ckpt: dict, path: Path) -> None:
     log.info(
         "--eval-only: scoring the valid split of %s, the data %s was trained on", recorded, path
     )
+    return data
 
 
 def main(args: argparse.Namespace, classes: ClassConfig) -> None:

@@ -335,6 +335,25 @@ def test_torchrun_warns_of_random_weights_once(tmp_path):
     assert proc.stderr.count("--weights random: the dinov2_vits14 backbone") == 1, proc.stderr
 
 
+def test_torchrun_eval_only_names_ignored_classes_and_a_moved_dataset_once(tmp_path, checkpoint):
+    # every process read --model and logged the same warning, or raised the same error
+    torch_ckpt = torch.load(checkpoint, weights_only=True)
+    torch_ckpt["args"]["data"] = str(tmp_path / "moved")
+    torch.save(torch_ckpt, tmp_path / "moved.pth")
+    (tmp_path / "c.yaml").write_text(
+        "ALL_CLASSES: [bg, cat, dog]\nLABEL_COLORS_LIST: [[0, 0, 0], [1, 1, 1], [2, 2, 2]]\n"
+        "VIS_LABEL_MAP: [[0, 0, 0], [1, 1, 1], [2, 2, 2]]\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--eval-only", "--model", str(tmp_path / "moved.pth"),
+           "--config", str(tmp_path / "c.yaml"), "--out-dir", str(tmp_path / "eval"),
+           "--workers", "0", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.stderr.count("the classes of --config") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("was trained on --data") == 1, proc.stderr[-3000:]
+    assert "[rank1]" not in proc.stderr and "exitcode  : 2" in proc.stderr
+
+
 def _check_data_in(rank: int, folders: list[str], init_file: str) -> None:
     """Check --data "data" with a gloo group of 2, each process in its own folder: two machines,
     each with its own copy of the dataset."""
