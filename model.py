@@ -478,7 +478,7 @@ def load_backbone(
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     blocks = BACKBONES[name].blocks(layers)
     if source == "timm" and hub_dir is not None:
-        log.warning(
+        warn_on_main_process(
             "--hub-dir %s has no effect with --backbone-source timm, which builds the "
             "architecture itself: drop --hub-dir, or pass --backbone-source hub to load the "
             "official code from it",
@@ -793,7 +793,7 @@ def load_checkpoint(
     classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     source = backbone_source or ckpt["backbone_source"]
     if source == "timm" and hub_dir is not None and backbone_source is None:
-        log.warning(
+        warn_on_main_process(
             "--hub-dir %s has no effect: %s was trained through timm, which rebuilds it without "
             "the official code; drop --hub-dir, or pass --backbone-source hub to rebuild it "
             "from that clone",

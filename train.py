@@ -404,7 +404,7 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir, args.backbone)
     ignored = ignored_model_flags(args, ckpt)
     if ignored:
-        log.warning(
+        warn_on_main_process(
             "ignored: %s. --eval-only scores the checkpoint's model as it was trained", ignored
         )
     trained = ClassConfig.from_dict(ckpt["classes"], source=str(path))
