@@ -591,6 +591,18 @@ def test_offline_download_fails_with_a_clear_message(tmp_path, monkeypatch):
     assert not (tmp_path / "data" / "PennFudanPed").exists()
 
 
+def test_shrunk_images_average_their_pixels_and_enlarged_ones_blend_them():
+    # area averaging when shrinking: a 1-pixel checkerboard shrunk 3 times is an even gray, not
+    # every third pixel (black or white, as bilinear sampling gives at an integer factor)
+    checker = np.indices((84, 84)).sum(0) % 2 * 255
+    small = datasets.resize_image(np.repeat(checker[..., None], 3, 2).astype(np.uint8), (28, 28))
+    assert small.shape == (28, 28, 3) and small.min() >= 100 and small.max() <= 155
+    # bilinear when enlarging: values in between appear, not blocks of the old pixels
+    ramp = np.array([[[0] * 3, [200] * 3]], np.uint8)  # (1, 2, 3)
+    row = datasets.resize_image(ramp, (8, 1))[0, :, 0]
+    assert len(set(row.tolist()) - {0, 200}) >= 2, row
+
+
 def test_resized_masks_keep_their_ids():
     # nearest neighbour only: blending 0 and 2 would invent class 1, blending 255 a class 127
     mask = np.array([[0, 2, 2], [255, 255, 1]], dtype=np.uint8)
@@ -631,6 +643,17 @@ def test_augmented_masks_keep_their_ids_and_stay_on_their_pixels(tmp_path):
         seen = torch.tensor([0, 1, 2, 255])[torch.cdist(pixels, palette).argmin(1)]
         agree = (seen == target.flatten()).float().mean()
         assert agree > 0.8, (epoch, agree)  # all but the blended edges (a flip scores 0.05)
+
+
+def test_each_item_and_seed_draws_its_own_augmentation(tiny_data):
+    # sample_seed mixes (seed, epoch, index): without the index every item of an epoch would be
+    # cropped and flipped alike, without the seed --seed would change nothing
+    pair = check_dataset(tiny_data, DEFAULT_CLASSES)["train"][0]
+    data = SegmentationDataset([pair] * 4, DEFAULT_CLASSES, (56, 42), train=True, seed=3)
+    images = [data[i][0] for i in range(4)]
+    assert any(not torch.equal(images[0], image) for image in images[1:])
+    other = SegmentationDataset([pair] * 4, DEFAULT_CLASSES, (56, 42), train=True, seed=4)
+    assert any(not torch.equal(images[i], other[i][0]) for i in range(4))
 
 
 def test_inference_and_the_benchmarks_import_without_albumentations():
