@@ -565,6 +565,7 @@ def test_short_batches_are_padded_for_a_compiled_model_without_changing_results(
         np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8) for i in range(3)
     ]
     expected = predictor.predict(images[:1])
+    expected_two = predictor.predict(images[1:])
     predictor._compiled_batch = 0  # what compile=True sets, without paying for compilation
     seen, real = [], predictor.patch_logits
 
@@ -576,8 +577,14 @@ def test_short_batches_are_padded_for_a_compiled_model_without_changing_results(
     predictor.predict(images)  # "compiles" for batch 3
     padded = predictor.predict(images[:1])  # a short last batch: padded to 3, trimmed back
     assert len(padded) == 1 and (padded[0] == expected[0]).all()
+    # two different images padded with a copy of the last: the masks are the first two
+    two = predictor.predict(images[1:])
+    assert len(two) == 2 and all((a == b).all() for a, b in zip(two, expected_two, strict=True))
+    assert not (expected_two[0] == expected_two[1]).all(), (
+        "the images must differ, or this proves nothing"
+    )
     assert predictor._compiled_batch == 3
-    assert seen == [3, 3], "a short batch must reach the compiled graph padded, not recompile it"
+    assert seen == [3, 3, 3], "a short batch must reach the compiled graph padded, not recompile it"
 
 
 def compiled_code(predictor: Predictor, x: torch.Tensor) -> tuple[torch.Tensor, str]:
