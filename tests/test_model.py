@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from config import DEFAULT_CLASSES
+from config import BACKBONES, DEFAULT_CLASSES
 from conftest import ROOT
 from model import (
     DinoBackbone,
@@ -293,3 +293,26 @@ def test_logits_are_upsampled_bilinearly_from_pixel_centres(vit):
         for size in ((42, 70), (61, 45)):
             want = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
             torch.testing.assert_close(model(images, size=size), want)
+
+
+def test_the_heads_channels_hold_the_blocks_in_depth_order(vit):
+    # a checkpoint's head weights expect blocks 8, 9, 10, 11 in that order, block 11 (the
+    # final normalized tokens) last: another order would load and silently mislabel every pixel
+    model = Segmentor(with_layers(vit, 4), num_classes=2).eval()
+    images = torch.randint(0, 256, (1, 3, 42, 70), dtype=torch.uint8)
+    x = (images.float() - model.pixel_mean) / model.pixel_std
+    with torch.no_grad():
+        chunks = model.features(images).split(384, dim=1)
+        tokens = vit.forward_features(x)[:, vit.num_prefix_tokens :]  # (1, 3 * 5, 384)
+        for chunk, block in zip(chunks, (8, 9, 10, 11), strict=True):
+            (alone,) = vit.get_intermediate_layers(x, n=[block], reshape=True, norm=True)
+            torch.testing.assert_close(chunk, alone)
+    torch.testing.assert_close(chunks[-1].flatten(2).transpose(1, 2), tokens)
+
+
+def test_layers_take_the_last_of_the_official_head_blocks():
+    # --layers 1 is the official "linear" head on the last block, 4 the "+ms" head's blocks
+    assert BACKBONES["dinov2_vits14"].blocks(1) == (11,)
+    assert BACKBONES["dinov2_vits14"].blocks(2) == (10, 11)
+    assert BACKBONES["dinov2_vitl14"].blocks(4) == (20, 21, 22, 23)
+    assert BACKBONES["dinov2_vitg14_reg"].blocks(4) == (36, 37, 38, 39)
