@@ -294,6 +294,22 @@ def test_a_name_near_the_255_byte_limit_still_gets_an_atomic_write(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
+def test_an_infinite_validation_loss_stops_before_any_checkpoint(
+    tmp_path, fresh_data, weights_file, monkeypatch
+):
+    # a loss that overflowed to inf is as broken as a NaN one: no checkpoint of that model
+    scores = {"loss": math.inf, "acc": 0.5, "miou": 0.5, "iou": [0.5, 0.5]}
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: dict(scores))
+    args = ["--data", str(fresh_data), "--out-dir", str(tmp_path), "--backbone-source", "timm",
+            "--weights", str(weights_file), "--imgsz", "56", "56", "--workers", "0",
+            "--epochs", "1", "--num-vis", "0", "--device", "cpu"]  # fmt: skip
+    with pytest.raises(
+        UserError, match=r"validation loss became inf after the training of epoch 1"
+    ):
+        run_train(args)
+    assert not list(tmp_path.glob("*.pth")), "a checkpoint of a diverged model was written"
+
+
 def test_a_nan_loss_stops_training_before_the_optimizer_uses_it():
     torch.manual_seed(0)
     model = PixelClassifier()
@@ -316,6 +332,17 @@ def test_a_nan_loss_stops_training_before_the_optimizer_uses_it():
     for param, stepped in zip(model.parameters(), after_steps[0], strict=True):
         assert torch.isfinite(param).all()
         torch.testing.assert_close(param.detach(), stepped, rtol=0, atol=0)
+
+
+def test_an_infinite_loss_stops_training_as_a_nan_one_does():
+    # float32 overflow (x 2e38 pixels here; fp16 logits or a huge --lr in practice) gives inf
+    torch.manual_seed(0)
+    model = PixelClassifier()
+    images, masks = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    loader = [(images, masks, None), (images * 2e38, masks, None)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(TrainingDiverged, match="the training loss became inf at step 2"):
+        train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2)
 
 
 def test_a_stop_in_the_first_resumed_epoch_names_the_checkpoint_that_holds_it(

@@ -82,6 +82,19 @@ def test_checkpoints_describe_themselves_and_load_safely(trained):
     assert torch.load(trained / "best_model_iou.pth", weights_only=True)["epoch"] == best["epoch"]
 
 
+def test_a_tied_score_keeps_the_first_epoch_that_reached_it_as_best(
+    tmp_path, fresh_data, weights_file, monkeypatch
+):
+    # a tie is no improvement: best_model_*.pth stay the earliest epoch with the best score
+    scores = {"loss": 0.5, "acc": 0.75, "miou": 0.5, "iou": [0.5, 0.5]}
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: dict(scores))
+    run_train([*common(fresh_data, tmp_path, weights_file), "--epochs", "2",
+               "--imgsz", "56", "56", "--num-vis", "0"])  # fmt: skip
+    assert [r["valid_miou"] for r in read_csv(tmp_path / "metrics.csv")] == [0.5, 0.5]
+    for name in ("best_model_iou.pth", "best_model_loss.pth"):
+        assert read_checkpoint(tmp_path / name)["epoch"] == 1, name
+
+
 def test_checkpoint_round_trip_gives_the_trained_models_predictions(tmp_path, weights_file):
     torch.manual_seed(0)
     model = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file), layers=2), 2,
