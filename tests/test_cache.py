@@ -160,6 +160,19 @@ def test_an_image_whose_mtime_alone_changed_misses_the_cache(cached_pair):
     assert cache.missing([(image, mask)]) == [(image, "orig")]
 
 
+def test_an_image_rewritten_with_its_old_mtime_misses_the_cache(cached_pair):
+    # cp -p, rsync -t or an archive's one mtime: new content in the same file (same inode) with
+    # the same mtime; only the size tells
+    cache, (image, mask) = cached_pair
+    stat = image.stat()
+    image.write_bytes(image.read_bytes() + b"\0" * 16)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    now = image.stat()
+    assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)  # premise
+    assert now.st_size != stat.st_size  # premise
+    assert cache.missing([(image, mask)]) == [(image, "orig")]
+
+
 def test_an_image_touched_mid_run_still_loads_its_cached_features(cached_pair):
     # A sync tool or an editor may touch a file while training runs for hours: the run keeps
     # the entry it checked, and only the next check (a later run) sees the change.
