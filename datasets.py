@@ -709,6 +709,10 @@ class SegmentationDataset(PairDataset):
         return image, torch.from_numpy(np.ascontiguousarray(mask)), index
 
 
+# the bytes of masks a CachedFeatureDataset keeps in RAM, in each process
+MASK_MEMORY = 2**30
+
+
 class CachedFeatureDataset(PairDataset):
     """Like SegmentationDataset, but items carry cached backbone features instead of images.
 
@@ -725,15 +729,22 @@ class CachedFeatureDataset(PairDataset):
         super().__init__(pairs, classes, imgsz, train, seed)
         self.cache = cache  # anything with load(image_path, view) -> tensor
         self.flips = train and augment
-        # Each mask is read once (the loader runs in this process): decoding and checking it
-        # every epoch cost more than loading the cached features. A 640x640 one is 0.4 MB.
+        # Masks are kept once read (the loader runs in this process): decoding and checking
+        # one every epoch cost more than loading its cached features. A 640x640 training mask
+        # is 0.4 MB, but a validation mask keeps its photo's size (12 MB at 4000x3000), so
+        # past MASK_MEMORY the rest are read again each epoch instead.
         self._masks: dict[int, np.ndarray] = {}
+        self._mask_bytes = 0
 
     def _mask(self, index: int) -> np.ndarray:
-        if index not in self._masks:
-            mask = read_mask(self.pairs[index][1], self.classes)
-            self._masks[index] = resize_mask(mask, self.imgsz) if self.train else mask
-        return self._masks[index]
+        if index in self._masks:
+            return self._masks[index]
+        mask = read_mask(self.pairs[index][1], self.classes)
+        mask = resize_mask(mask, self.imgsz) if self.train else mask
+        if self._mask_bytes + mask.nbytes <= MASK_MEMORY:
+            self._masks[index] = mask
+            self._mask_bytes += mask.nbytes
+        return mask
 
     def __getitem__(self, index: int):
         image_path, _ = self.pairs[index]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import datasets
 import train
 from config import DEFAULT_CLASSES, parse_args
 from datasets import (
@@ -225,6 +226,30 @@ def test_a_flipped_training_item_flips_its_features_and_its_mask_together(fresh_
         assert (target == views[flipped][1]).all()
         torch.testing.assert_close(features.float(), views[flipped][0], rtol=0.01, atol=0.01)
     assert seen == {False, True}, "both views must have been drawn"
+
+
+def test_masks_past_the_memory_bound_are_read_again_not_kept(fresh_data, untrained, monkeypatch):
+    """Validation masks keep their photos' size (12 MB at 4000x3000): a set of many would hold
+    them all in RAM. Past MASK_MEMORY they are read again each epoch, with the same items."""
+    pairs = check_dataset(fresh_data, DEFAULT_CLASSES)["train"][:3]  # scored as validation
+    cache = FeatureCache(untrained, (56, 42), "memory")
+    cache.fill(untrained, pairs, ("orig",), batch=2)
+    masks = [read_mask(mask, DEFAULT_CLASSES) for _, mask in pairs]
+    monkeypatch.setattr(datasets, "MASK_MEMORY", masks[0].nbytes)  # room for one mask
+    reads = []
+    real_read_mask = datasets.read_mask
+    monkeypatch.setattr(
+        datasets,
+        "read_mask",
+        lambda path, classes: reads.append(path) or real_read_mask(path, classes),
+    )
+    data = CachedFeatureDataset(pairs, DEFAULT_CLASSES, (56, 42), cache, train=False)
+    for epoch in range(2):
+        data.set_epoch(epoch)
+        for i, expected in enumerate(masks):
+            assert np.array_equal(data[i][1].numpy(), expected)
+    kept, others = pairs[0][1], [mask for _, mask in pairs[1:]]
+    assert reads == [kept, *others, *others], "the first mask is kept, the others read again"
 
 
 def test_a_disk_entry_removed_mid_run_is_named_as_a_cache_problem(fresh_data, untrained, tmp_path):
