@@ -279,7 +279,7 @@ def gray_conflicts(gray: np.ndarray, classes: ClassConfig) -> dict[int, int]:
     class_of = {c[0]: i for i, c in enumerate(classes.mask_colors) if c[0] == c[1] == c[2]}
     if all(v == i for v, i in class_of.items()):  # no gray colour reads otherwise (the default)
         return {}
-    values = np.flatnonzero(np.bincount(gray.ravel(), minlength=256)).tolist()
+    values = np.flatnonzero(pixel_counts(gray)).tolist()
     if not all(v in class_of for v in values):
         return {}
     return {v: class_of[v] for v in values if class_of[v] != v}
@@ -329,7 +329,7 @@ def _map_palette(img: Image.Image, arr: np.ndarray, classes: ClassConfig) -> np.
     class_of = {_code(c): i for i, c in enumerate(classes.mask_colors)}
     if all(class_of.get(_code(c), i) == i for i, c in enumerate(colors) if i != IGNORE_INDEX):
         return None
-    used = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
+    used = np.flatnonzero(pixel_counts(arr))
     used = used[used != IGNORE_INDEX]
     ids = map_colors(colors[used][None], classes.mask_colors)
     if ids is None or (ids[0] == used).all():
