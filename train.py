@@ -32,6 +32,7 @@ from config import (
     DEFAULT_LAYERS,
     DEFAULT_OUT_DIR,
     DEFAULT_SOURCE,
+    DEFAULT_TTA_SCALES,
     IGNORE_INDEX,
     PATCH_SIZE,
     RESUMED_MODEL,
@@ -188,8 +189,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--resume and --eval-only do not go together")
     if not args.eval_only and args.tta:
         raise UserError("--tta applies to --eval-only: validation during training runs without it")
-    if args.eval_only:
-        check_tta_scales(args)
+    if not args.eval_only and tuple(args.tta_scales) != DEFAULT_TTA_SCALES:
+        raise UserError(
+            "--tta-scales applies to --eval-only --tta: validation during training runs without "
+            "test-time augmentation"
+        )
+    check_tta_scales(args)
     if not args.eval_only and args.model is not None:
         raise UserError(
             "--model names the checkpoint that --eval-only scores; to go on training a "

@@ -564,6 +564,8 @@ def test_batches_of_one_value_per_channel_are_refused_before_training(
     ("argv", "message"),
     [
         (["--tta"], "--tta applies to --eval-only"),
+        # ignored before: the README's training table says --tta-scales is refused without --tta
+        (["--tta-scales", "1.0", "1.32"], "--tta-scales applies to --eval-only --tta"),
         (["--model", "outputs/best_model_iou.pth"], "to go on training a checkpoint, use --resume"),
     ],
 )
