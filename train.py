@@ -783,7 +783,8 @@ def check_same_run(args, ckpt: dict, start: int) -> None:
     # again (a best_model_iou.pth of an epoch that a resume from last_model.pth repeated)
     if not isinstance(recorded, dict) or args.resume.parent.resolve() == args.out_dir.resolve():
         return
-    rows = [r for r in resumed_history(csv_path, start) if r["epoch"] == start - 1]
+    history = resumed_history(csv_path, start)  # the rows this run would continue
+    rows = [r for r in history if r["epoch"] == start - 1]
 
     def same(written: float, value: float) -> bool:
         # loosely: a spreadsheet saves the numbers as its narrow columns show them, down to
@@ -791,15 +792,24 @@ def check_same_run(args, ckpt: dict, start: int) -> None:
         both_nan = math.isnan(written) and math.isnan(value)
         return both_nan or math.isclose(written, value, rel_tol=1e-2)
 
-    if not rows or all(
-        not isinstance(v, int | float) or k not in rows[0] or same(rows[0][k], v)
-        for k, v in recorded.items()
+    if not history or (
+        rows
+        and all(
+            not isinstance(v, int | float) or k not in rows[0] or same(rows[0][k], v)
+            for k, v in recorded.items()
+        )
     ):
         return
+    # a history without the epoch before the resumed one is another run's too: a shorter one
+    differs = (
+        f"epoch {start - 1} of its metrics.csv is not the epoch {start - 1}"
+        if rows
+        else f"its metrics.csv ends at epoch {max(r['epoch'] for r in history)}, before the "
+        f"epoch {start - 1}"
+    )
     raise UserError(
-        f"--out-dir {args.out_dir} holds another run: epoch {start - 1} of its metrics.csv is "
-        f"not the epoch {start - 1} of --resume {args.resume}: resume into the folder of that "
-        f"run (--out-dir {args.resume.parent}) or a new one"
+        f"--out-dir {args.out_dir} holds another run: {differs} of --resume {args.resume}: "
+        f"resume into the folder of that run (--out-dir {args.resume.parent}) or a new one"
     )
 
 

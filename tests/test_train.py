@@ -326,6 +326,22 @@ def test_a_metrics_csv_saved_by_a_spreadsheet_is_still_the_resumed_runs(tmp_path
         train.check_same_run(args, {"metrics": {**row, "valid_miou": 0.58}}, start=11)
 
 
+def test_a_shorter_run_in_the_out_dir_is_another_run(tmp_path):
+    """outputs/ holding an older run of 1 epoch, resumed into at epoch 11: accepted before, its
+    epoch 1 was continued as this run's history, and its best checkpoints kept as this run's."""
+    out = tmp_path / "b"
+    out.mkdir()
+    write_csv(out / "metrics.csv", [{"epoch": 1, "valid_miou": 0.2, "seconds": 3.0}])
+    args = argparse.Namespace(out_dir=out, resume=tmp_path / "a" / "last_model.pth")
+    row = {"epoch": 10, "valid_miou": 0.6, "seconds": 40.0}
+    with pytest.raises(UserError, match=r"holds another run: its metrics.csv ends at epoch 1"):
+        train.check_same_run(args, {"metrics": row}, start=11)
+    # a folder whose rows all come after the resumed epoch (the same checkpoint resumed there
+    # again, its own history left behind) holds nothing to continue: they are trained again
+    write_csv(out / "metrics.csv", [{"epoch": 11, "valid_miou": 0.61, "seconds": 41.0}])
+    train.check_same_run(args, {"metrics": row}, start=11)
+
+
 def test_a_checkpoint_resumed_in_its_own_folder_is_never_of_another_run(tmp_path):
     """Stopped after best_model_iou.pth of epoch 2 but before last_model.pth, the run resumed
     from last_model.pth (epoch 1) and trained epoch 2 again: metrics.csv's epoch 2 is no longer
