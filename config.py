@@ -187,6 +187,7 @@ def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
         "--hub-dir",
         type=Path,
         default=None,
+        metavar="DIR",
         help="a local clone of facebookresearch/dinov2 to load the hub code from",
     )
     if inference:
@@ -194,6 +195,7 @@ def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
     group.add_argument(
         "--weights",
         default="pretrained",
+        metavar="W",
         help="'pretrained' (official weights; hub downloads or uses its cache, timm reads the "
         "torch.hub cache file), an official-format .pth file, or 'random' for smoke tests",
     )
@@ -236,7 +238,13 @@ def tta_flags() -> argparse.ArgumentParser:
         help="average class probabilities over --tta-scales and horizontal flips",
     )
     group.add_argument(
-        "--tta-scales", type=float, nargs="+", default=list(DEFAULT_TTA_SCALES), metavar="S"
+        "--tta-scales",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_TTA_SCALES),
+        metavar="S",
+        help="the scales --tta uses, relative to --imgsz (default "
+        f"{' '.join(map(str, DEFAULT_TTA_SCALES))})",
     )
     return parser
 
@@ -267,13 +275,31 @@ def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=DEFAULT_OUT_DIR / "best_model_iou.pth",
-        help="a checkpoint, or with --backend onnxruntime an .onnx file from export.py",
+        metavar="CKPT",
+        help="a checkpoint (default %(default)s), or with --backend onnxruntime an .onnx file "
+        "from export.py",
     )
     group.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    group.add_argument("--out-dir", type=Path, default=out_dir)
-    group.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0 to 1")
     group.add_argument(
-        "--batch", type=int, default=4, help="images that go through the model together"
+        "--out-dir",
+        type=Path,
+        default=out_dir,
+        metavar="DIR",
+        help="where results go (default %(default)s)",
+    )
+    group.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        metavar="A",
+        help="overlay opacity, 0 to 1 (default %(default)s)",
+    )
+    group.add_argument(
+        "--batch",
+        type=int,
+        default=4,
+        metavar="N",
+        help="images that go through the model together (default %(default)s)",
     )
     group.add_argument(
         "--compile", action="store_true", help="torch.compile the model (slow start, faster run)"

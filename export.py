@@ -45,8 +45,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], parents=[backbone_flags(inference=True)]
     )
-    parser.add_argument("--model", type=Path, required=True, help="a checkpoint from train.py")
-    parser.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--model", type=Path, required=True, metavar="CKPT", help="a checkpoint from train.py"
+    )
+    parser.add_argument(
+        "--output", type=Path, required=True, metavar="FILE", help="the .onnx file to write"
+    )
     parser.add_argument(
         "--imgsz",
         type=int,
@@ -59,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=float,
         default=1e-3,
-        help="largest allowed |ONNX Runtime - PyTorch| logit",
+        help="largest allowed |ONNX Runtime - PyTorch| logit (default %(default)g)",
     )
     parser.add_argument(
         "--dynamic",
@@ -74,8 +78,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--external-data",
         action="store_true",
-        help="store the weights in OUTPUT.data beside the graph (automatic above "
-        "1.5 GB: an ONNX file holds at most 2 GB)",
+        help="store the weights beside the graph, in model.onnx.data for model.onnx "
+        "(automatic above 1.5 GB: an ONNX file holds at most 2 GB)",
     )
     return parser
 

@@ -110,6 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
+        metavar="FILE",
         help="YAML file with ALL_CLASSES, LABEL_COLORS_LIST, VIS_LABEL_MAP and/or flag defaults",
     )
     data = parser.add_argument_group("data")
@@ -117,9 +118,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--data",
         type=Path,
         default=None,
+        metavar="DIR",
         help=f"dataset folder (default {DEFAULT_DATA_DIR}, downloaded when missing)",
     )
-    data.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    data.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        metavar="N",
+        help="data-loading processes (default: min(4, CPUs))",
+    )
     data.add_argument(
         "--no-augment", action="store_true", help="train on resized images, without augmentation"
     )
@@ -140,33 +148,92 @@ def get_args_parser() -> argparse.ArgumentParser:
         "flipped) and train the head from them",
     )
     data.add_argument(
-        "--cache-dir", type=Path, default=None, help="disk cache folder (OUT/feature_cache)"
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="disk cache folder (default OUT/feature_cache)",
     )
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--epochs", type=int, default=30)
-    optim.add_argument("--batch", type=int, default=8)
-    optim.add_argument("--lr", type=float, default=1e-4, help="learning rate of the head")
-    optim.add_argument("--weight-decay", type=float, default=1e-2)
+    optim.add_argument(
+        "--epochs",
+        type=int,
+        default=30,
+        metavar="N",
+        help="epochs to train; with --resume, the last epoch to reach (default %(default)s)",
+    )
+    optim.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        metavar="N",
+        help="batch size per process (default %(default)s)",
+    )
+    optim.add_argument(
+        "--lr", type=float, default=1e-4, help="learning rate of the head (default %(default)g)"
+    )
+    optim.add_argument(
+        "--weight-decay",
+        type=float,
+        default=1e-2,
+        metavar="WD",
+        help="AdamW weight decay (default %(default)g)",
+    )
     optim.add_argument("--scheduler", choices=["none", "cosine", "poly"], default="none")
     optim.add_argument(
-        "--layers", type=int, default=DEFAULT_LAYERS, help="how many last blocks feed the head"
+        "--layers",
+        type=int,
+        default=DEFAULT_LAYERS,
+        metavar="N",
+        help="how many last blocks feed the head (default %(default)s)",
     )
     optim.add_argument("--fine-tune", action="store_true", help="also train the backbone")
     optim.add_argument(
-        "--backbone-lr", type=float, default=1e-5, help="backbone lr with --fine-tune"
+        "--backbone-lr",
+        type=float,
+        default=1e-5,
+        metavar="LR",
+        help="backbone lr with --fine-tune (default %(default)g)",
     )
-    optim.add_argument("--accum", type=int, default=1, help="batches per optimizer step")
-    optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument(
+        "--accum", type=int, default=1, metavar="K", help="batches per optimizer step"
+    )
+    optim.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        metavar="N",
+        help="seed for weights, shuffling and augmentation (default %(default)s)",
+    )
     out = parser.add_argument_group("outputs and checkpoints")
-    out.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    out.add_argument("--num-vis", type=int, default=4, help="validation overlays written per epoch")
-    out.add_argument("--resume", type=Path, default=None, help="continue from OUT/last_model.pth")
+    out.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DEFAULT_OUT_DIR,
+        metavar="DIR",
+        help="where everything is written (default %(default)s)",
+    )
+    out.add_argument(
+        "--num-vis",
+        type=int,
+        default=4,
+        metavar="N",
+        help="validation overlays written per epoch (default %(default)s)",
+    )
+    out.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="continue a run from a checkpoint, such as OUT/last_model.pth",
+    )
     out.add_argument("--eval-only", action="store_true", help="evaluate --model on the valid split")
     out.add_argument(
         "--model",
         type=Path,
         default=None,
-        help="checkpoint for --eval-only (OUT/best_model_iou.pth)",
+        metavar="CKPT",
+        help="checkpoint for --eval-only (default OUT/best_model_iou.pth)",
     )
     return parser
 
