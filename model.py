@@ -906,13 +906,25 @@ def flops_by_op(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Print a summary of the segmentation model", parents=[backbone_flags()]
+        description="Print a summary of the segmentation model. It loads no weights unless "
+        "--weights is given: the summary needs only the architecture.",
+        parents=[backbone_flags()],
     )
     parser.set_defaults(weights=None)
     parser.add_argument(
-        "--layers", type=int, default=DEFAULT_LAYERS, help="blocks that feed the head"
+        "--layers",
+        type=int,
+        default=DEFAULT_LAYERS,
+        metavar="N",
+        help="how many last blocks feed the head (default %(default)s)",
     )
-    parser.add_argument("--num-classes", type=int, default=DEFAULT_CLASSES.num_classes)
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=DEFAULT_CLASSES.num_classes,
+        metavar="N",
+        help="classes the head predicts (default %(default)s)",
+    )
     parser.add_argument("--imgsz", type=int, nargs=2, default=DEFAULT_IMGSZ, metavar=("W", "H"))
     return parser
 
