@@ -3,9 +3,10 @@
     python infer_video.py --input clip.mp4
     python infer_video.py --input 0 --show          # camera 0; q or Esc stops
 
-Writes <out-dir>/<stem>.mp4 with every frame that decodes overlaid, at the input's size and frame
-rate (a camera's file is named after the time it started). Decoding, the model and encoding run
-on separate threads, --batch frames at a time.
+Writes <out-dir>/<stem>.mp4 with every frame that decodes overlaid, at the input's size (an odd
+width or height one pixel less: OpenCV writes even sizes) and frame rate (a camera's file is
+named after the time it started). Decoding, the model and encoding run on separate threads,
+--batch frames at a time.
 """
 
 import os
@@ -191,8 +192,8 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     q/Esc, keeping what it recorded; q/Esc also ends a file early.
 
     Returns:
-        {"frames", "rate", "seconds", "model_fps", "fps"}: counts and frame rates (``rate``:
-        the output video's).
+        {"frames", "size", "rate", "seconds", "model_fps", "fps"}: counts, and the output
+        video's (width, height) and frame rate ``rate``, then the measured frame rates.
     """
     done = 0  # frames encoded: counted by the encoder, as a Ctrl-C may land mid-submit
     # VideoWriter picks the container from the file name, so the temporary name ends in .mp4.
@@ -207,11 +208,24 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                 out_path,
                 rate,
             )
-        video = cv2.VideoWriter(str(tmp), fourcc, rate, (source.width, source.height))
+        # OpenCV's FFmpeg writer stores even sizes only: it dropped an odd last column or row
+        # without a word, while the report named the input's size. Cropped here, and said.
+        width, height = source.width & ~1, source.height & ~1
+        video = cv2.VideoWriter(str(tmp), fourcc, rate, (width, height))
         if not video.isOpened():
             raise UserError(
                 f"cannot write {out_path}: OpenCV's mp4v encoder refuses "
                 f"{source.width}x{source.height} at {rate:.6g} FPS (or this OpenCV has none)"
+            )
+        if (width, height) != (source.width, source.height):
+            log.warning(
+                "mp4v (through OpenCV) stores even sizes only: %s is %dx%d, the %dx%d input "
+                "without its odd last column or row",
+                out_path,
+                width,
+                height,
+                source.width,
+                source.height,
             )
         writer = OrderedWriter()
 
@@ -221,7 +235,8 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                 overlay = predictor.overlay(frame, mask, args.alpha)
                 # OpenCV only warns when a frame cannot be written (a full disk): 5.x returns
                 # False, 4.x nothing, which the count of frames stored catches at the end
-                if video.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)) is False:
+                bgr = cv2.cvtColor(overlay[:height, :width], cv2.COLOR_RGB2BGR)
+                if video.write(bgr) is False:
                     raise UserError(f"cannot write frame {done + 1} to {out_path}{NO_ROOM}")
                 done += 1
 
@@ -268,6 +283,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             check_frame_count(args.input, source.frames, done)  # None for cameras
     return {
         "frames": done,
+        "size": (width, height),
         "rate": rate,
         "seconds": seconds,
         "model_fps": predictor.model_fps(),
@@ -312,7 +328,7 @@ def main(args: argparse.Namespace) -> None:
             ) from err
     print(
         f"Wrote {out_path}: {stats['frames']} frame{'s' * (stats['frames'] != 1)}, "
-        f"{source.width}x{source.height}, "
+        f"{stats['size'][0]}x{stats['size'][1]}, "
         f"{stats['rate']:.3f} FPS"
     )
     print(

@@ -349,6 +349,30 @@ def test_video_round_trip_keeps_frames_size_and_rate(tmp_path, checkpoint, capsy
     assert "13 frames" in printed and "model:" in printed and "end to end:" in printed
 
 
+def test_a_video_of_odd_size_is_cropped_to_even_and_says_so(tmp_path, checkpoint, capsys, caplog):
+    # OpenCV writes no videos of odd sizes, but reads them: an animated GIF stands in for one.
+    # Smooth ramps, another per frame, survive mp4v's compression.
+    y, x = np.mgrid[0:49, 0:65]
+    frames = [
+        np.stack([x * 3, y * 4, np.full_like(x, 80 * i)], -1).astype(np.uint8) for i in range(3)
+    ]
+    clip = tmp_path / "odd.gif"
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(clip, save_all=True, append_images=images[1:], duration=100)
+    capture = cv2.VideoCapture(str(clip))
+    size = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    capture.release()
+    assert size == (65, 49), "the premise: OpenCV reads the GIF at its odd size"
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, alpha=0))
+    written = read_rgb_frames(out / "odd.mp4")
+    assert [frame.shape for frame in written] == [(48, 64, 3)] * 3
+    for decoded, original in zip(written, frames, strict=True):  # the top-left 64x48 of each
+        assert np.abs(decoded.astype(int) - original[:48, :64]).mean() < 8
+    assert "odd.mp4: 3 frames, 64x48," in capsys.readouterr().out
+    assert "stores even sizes only" in caplog.text and "the 65x49 input" in caplog.text
+
+
 @pytest.mark.parametrize(("batch", "noted"), [(4, True), (1, False)])
 def test_a_model_time_that_includes_the_first_batch_says_so(
     tmp_path, checkpoint, capsys, batch, noted
@@ -378,7 +402,14 @@ def test_opencv_runs_on_one_thread_while_the_model_runs_on_the_cpu(
 
     def segment_video(*args) -> dict:
         seen.append(cv2.getNumThreads())
-        return {"frames": 2, "rate": 30.0, "seconds": 1.0, "model_fps": 2.0, "fps": 2.0}
+        return {
+            "frames": 2,
+            "size": (96, 72),
+            "rate": 30.0,
+            "seconds": 1.0,
+            "model_fps": 2.0,
+            "fps": 2.0,
+        }
 
     monkeypatch.setattr(infer_video, "segment_video", segment_video)
     clip = write_clip(tmp_path / "clip.mp4", frames=2)
