@@ -25,7 +25,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from config import DEFAULT_OUT_DIR, check_inference_args, inference_flags, runtime_flags
+from config import (
+    DEFAULT_OUT_DIR,
+    IMAGE_EXTENSIONS,
+    check_inference_args,
+    inference_flags,
+    runtime_flags,
+)
 from engine import Predictor, predictor_from_args
 from utils import (
     OrderedWriter,
@@ -77,6 +83,9 @@ def open_video(spec: str) -> VideoSource:
     if not camera and not path.is_file():
         problem = "is a folder; give a video file" if path.is_dir() else "does not exist"
         raise UserError(f"--input {spec} {problem}")
+    if not camera and path.suffix.lower() in IMAGE_EXTENSIONS:
+        # OpenCV opens a photo as a video of one frame at 25 FPS, which nobody asked for
+        raise UserError(f"--input {spec} is an image, not a video: segment it with infer_image.py")
     capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
     if not capture.isOpened():
         if stream:

@@ -423,6 +423,11 @@ def test_opencv_runs_on_one_thread_while_the_model_runs_on_the_cpu(
         (lambda d: d / "missing.mp4", "does not exist"),
         (lambda d: (d / "junk.mp4").write_bytes(b"\x00" * 2048) and d / "junk.mp4", "cannot open"),
         (lambda d: write_clip(d / "empty.mp4", frames=0), "(cannot open|has no frames)"),
+        # OpenCV reads a photo as a video of one frame at 25 FPS: not what was meant
+        (
+            lambda d: Image.new("RGB", (64, 48)).save(d / "photo.JPG") or d / "photo.JPG",
+            r"photo\.JPG is an image, not a video: segment it with infer_image\.py",
+        ),
     ],
 )
 def test_bad_videos_fail_clearly_and_leave_nothing(tmp_path, checkpoint, make, message):
