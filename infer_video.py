@@ -309,6 +309,13 @@ def main(args: argparse.Namespace) -> None:
         # until it is encoded: this asks only for room to start.
         check_writable(args.out_dir, needed_bytes=2**20)
         out_path = args.out_dir / f"{source.name}.mp4"
+        # A name without an extension may fill NAME_MAX (POSIX, in bytes) before ".mp4" is added
+        limit = os.pathconf(args.out_dir, "PC_NAME_MAX") if hasattr(os, "pathconf") else None
+        if limit and len(out_path.name.encode()) > limit:
+            raise UserError(
+                f"--input {args.input}: its output, {out_path.name}, would have a name longer "
+                f"than the {limit} bytes {args.out_dir} allows; rename the input"
+            )
         if out_path.is_dir():
             raise UserError(
                 f"{out_path} is a folder, in the output's place: move it or choose "

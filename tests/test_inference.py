@@ -839,6 +839,20 @@ def test_whole_videos_and_early_stops_give_no_frame_count_warning(caplog):
     assert "b.mkv declares 10 frames but 11 were decoded" in caplog.text
 
 
+@pytest.mark.skipif(not hasattr(os, "pathconf"), reason="POSIX: NAME_MAX in bytes")
+def test_a_video_whose_output_name_is_too_long_fails_before_the_model_loads(tmp_path, checkpoint):
+    # a name 2 bytes short of the limit, without an extension: valid, but "<name>.mp4" is not
+    # (it ended in a traceback)
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    clip = write_clip(tmp_path / "clip.mp4", frames=2).rename(tmp_path / ("v" * (limit - 2)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video, "predictor_from_args", no_model)
+        with pytest.raises(
+            UserError, match=rf"longer than the {limit} bytes .* allows; rename the input"
+        ):
+            infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
+
+
 @pytest.mark.parametrize("below", ["file", "proc"])
 def test_unwritable_video_out_dir_fails_before_the_model_loads(tmp_path, checkpoint, below):
     clip = write_clip(tmp_path / "clip.mp4", frames=2)
