@@ -625,11 +625,16 @@ def test_short_batches_are_padded_for_a_compiled_model_without_changing_results(
 
 def compiled_code(predictor: Predictor, x: torch.Tensor) -> tuple[torch.Tensor, str]:
     """The predictor's network on ``x``, and the code Inductor generated for it (compiled now,
-    whatever the cache holds)."""
+    whatever the cache holds).
+
+    The graph is the one ``predictor.predict`` then runs for a batch of x's shape: x is copied
+    into an inference tensor, as predict makes its input, since Dynamo guards on the difference
+    and a plain tensor would leave predict to compile a second graph (25 s on 2 CPU cores).
+    """
     from torch._inductor.utils import run_and_get_code
 
     with torch.inference_mode(), torch._inductor.config.patch(fx_graph_cache=False):
-        out, code = run_and_get_code(predictor.patch_logits, x)
+        out, code = run_and_get_code(predictor.patch_logits, x.clone())
     return out, "".join(code)
 
 
