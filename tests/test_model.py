@@ -1,14 +1,10 @@
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from config import BACKBONES, DEFAULT_CLASSES
-from conftest import ROOT
+from config import BACKBONES, DEFAULT_CLASSES, parse_args
 from model import (
     DinoBackbone,
     Segmentor,
@@ -241,15 +237,17 @@ def test_flop_count_includes_attention(vit):
     assert flops == pytest.approx(expected_vits14_flops(56, 70, 4, 2), rel=1e-6)
 
 
-def test_model_summary_script():
-    cmd = [sys.executable, "model.py", "--backbone-source", "timm", "--imgsz", "100", "60"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "Parameters: 22,056,192 frozen (backbone), 6,146 trainable (head)" in proc.stdout
-    assert "output logits: (1, 2, 60, 100)" in proc.stdout
-    assert "head logits: (1, 2, 4, 7)" in proc.stdout
+def test_model_summary_script(capsys):
+    # model.py's main in this process: a process of its own would import torch and timm again
+    from model import get_args_parser, main
+
+    main(parse_args(get_args_parser(), ["--backbone-source", "timm", "--imgsz", "100", "60"])[0])
+    out = capsys.readouterr().out
+    assert "Parameters: 22,056,192 frozen (backbone), 6,146 trainable (head)" in out
+    assert "output logits: (1, 2, 60, 100)" in out
+    assert "head logits: (1, 2, 4, 7)" in out
     flops = expected_vits14_flops(56, 98, 4, 2) / 1e9
-    assert f"FLOPs per 100x60 image: {flops:.1f} GFLOPs" in proc.stdout
+    assert f"FLOPs per 100x60 image: {flops:.1f} GFLOPs" in out
 
 
 def test_a_cast_network_keeps_the_pixel_normalization_exact():
