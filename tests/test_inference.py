@@ -638,8 +638,8 @@ def compiled_code(predictor: Predictor, x: torch.Tensor) -> tuple[torch.Tensor, 
     return out, "".join(code)
 
 
-def test_a_compiled_predictor_freezes_the_weights_and_gives_the_eager_masks(checkpoint):
-    eager = Predictor.from_checkpoint(checkpoint, "cpu")
+def test_a_compiled_predictor_freezes_the_weights_and_gives_the_eager_masks(checkpoint, predictor):
+    eager = predictor
     compiled = Predictor.from_checkpoint(checkpoint, "cpu", compile=True)
     images = [
         np.random.default_rng(i).integers(0, 255, (66, 90, 3), dtype=np.uint8) for i in range(2)
@@ -659,8 +659,8 @@ needs_torch_2_11 = pytest.mark.skipif(
 
 
 @needs_torch_2_11
-def test_int8_quantizes_the_backbone_and_keeps_the_masks_close(checkpoint):
-    fp32 = Predictor.from_checkpoint(checkpoint, "cpu")
+def test_int8_quantizes_the_backbone_and_keeps_the_masks_close(checkpoint, predictor):
+    fp32 = predictor
     int8 = Predictor.from_checkpoint(checkpoint, "cpu", int8=True)
     linears = [m for m in int8.model.backbone.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(type(m.weight) is not torch.nn.Parameter for m in linears), (
