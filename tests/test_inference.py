@@ -695,8 +695,9 @@ def test_the_scripts_pass_int8_and_compile_on_to_the_predictor(checkpoint, monke
 @needs_torch_2_11
 def test_a_missing_compiler_or_torchao_is_reported_before_the_model_loads(checkpoint, monkeypatch):
     monkeypatch.setattr(Predictor, "from_checkpoint", no_model)
-    with monkeypatch.context() as mp:
-        mp.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent-cxx",))
+    # Inductor's own patch, not monkeypatch: its undo deleted the option from Inductor's config,
+    # and every later compile in the session failed ("config.cpp.cxx does not exist")
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent-cxx",)}):
         for flag in ("compile", "int8"):
             args = image_args(input=".", model=checkpoint, **{flag: True})
             with pytest.raises(UserError, match=f"--{flag} compiles C.. kernels on the CPU"):
