@@ -362,7 +362,7 @@ def _check_ids(
     k = classes.num_classes
     if arr.dtype == np.uint8 and not count and k <= IGNORE_INDEX:
         # Training reads every mask each epoch, and nearly all hold class ids only: no value in
-        # k..254 settles it in 2 ms where the histogram took 28 (4000x3000).
+        # k..254 settles it in 2 ms where the histogram (pixel_counts) took 27 (4000x3000).
         others = cv2.inRange(np.ascontiguousarray(arr), k, IGNORE_INDEX - 1)
         if not cv2.countNonZero(others):
             return arr.copy(), False, None
