@@ -268,7 +268,7 @@ def check_args(args: argparse.Namespace) -> None:
             "checkpoint, use --resume OUT/last_model.pth"
         )
     if args.cache_features != "off" and args.fine_tune and not args.resume:
-        # (a resumed run's --fine-tune is its checkpoint's: fit names the checkpoint instead)
+        # (a resumed run's --fine-tune is its checkpoint's: build_model names the checkpoint)
         raise UserError("--cache-features needs a frozen backbone: drop --fine-tune or the cache")
 
 
@@ -992,7 +992,8 @@ def make_datasets(
                 purpose = "the cache and the checkpoints of --out-dir"
             check_writable(folder, needed, "--cache-dir", purpose)
 
-        # in every process: the others would otherwise fill the folder that rank 0 refused
+        # called by every process, so that rank 0's refusal stops the others too, which would
+        # otherwise fill the folder
         check_on_main_process(check_cache_dir)
     cache.fill_splits(model, pairs, views, args.batch, rank, world)
     train_set = CachedFeatureDataset(
