@@ -652,10 +652,11 @@ def _on_cpu(value):
 def save_checkpoint(path: Path, model: Segmentor, **meta) -> None:
     """Write a self-describing checkpoint atomically.
 
-    The backbone is stored in the official layout and the head as its state dict, next to
-    ``meta``: classes, image size, backbone name and source, layers, arguments, and for
-    training also optimizer, scheduler, scaler and epoch. Everything is CPU tensors and plain
-    Python values, so it loads with ``torch.load(weights_only=True)`` on any machine.
+    The backbone is stored in the official layout and the head as its state dict, with the
+    backbone's name and source, the layers and fine-tuning taken from ``model``, next to
+    ``meta``: classes, image size, arguments, and for training also optimizer, scheduler,
+    scaler, epoch, metrics and best scores. Everything is CPU tensors and plain Python values,
+    so it loads with ``torch.load(weights_only=True)`` on any machine.
     """
     payload = {
         "format": CHECKPOINT_FORMAT,
