@@ -144,7 +144,7 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
 
 def read_batches(paths: list[Path], predictor: Predictor, batch: int):
     """Yield (paths, images, resized batch, errors) groups of ``batch`` images, the last one
-    shorter; unreadable files become errors.
+    shorter; unreadable files become errors (the resized batch is None where none was read).
 
     An unreadable file does not shorten its batch: a compiled model pads a short batch to the
     size it compiled for, so a short first one would compile the model again at the second.

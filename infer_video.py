@@ -4,9 +4,9 @@
     python infer_video.py --input 0 --show          # camera 0; q or Esc stops
 
 Writes <out-dir>/<stem>.mp4 with every frame that decodes overlaid, at the input's size (an odd
-width or height one pixel less: OpenCV writes even sizes) and frame rate (a camera's file is
-named after the time it started). Decoding, the model and encoding run on separate threads,
---batch frames at a time.
+width or height one pixel less: OpenCV writes even sizes) and frame rate (or the nearest one
+mp4v can store; a camera's file is named after the time it started). Decoding, the model and
+encoding run on separate threads, --batch frames at a time.
 """
 
 import os
