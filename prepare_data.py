@@ -303,8 +303,8 @@ def _flat_name(file_name: str) -> str:
 
 
 def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:
-    """One annotation's segmentation as an (H, W) bool mask of its image, or None for polygons
-    that cover no pixel."""
+    """One annotation's segmentation as an (H, W) bool mask of its image, or None where it has
+    no polygon of 3 points or more (an empty list, as exports of boxes alone write)."""
     from pycocotools import mask as mask_utils
 
     h, w = img["height"], img["width"]
