@@ -1,7 +1,7 @@
 """Inference speed: the optimized pipeline against a naive baseline, and against the FLOP floor.
 
-    python benchmarks/bench_inference.py                       # CPU, 644x644, fp32
-    python benchmarks/bench_inference.py --amp bf16            # CPU with AVX-512 BF16 / AMX
+    python benchmarks/bench_inference.py                       # this device, 644x644, fp32
+    python benchmarks/bench_inference.py --device cpu --amp bf16  # CPU with AVX-512 BF16 / AMX
     python benchmarks/bench_inference.py --device cpu --int8   # CPU with VNNI, no bf16
     python benchmarks/bench_inference.py --device cuda --amp bf16 --batch 32 --frames 512
 
