@@ -192,7 +192,8 @@ def tta_probs(
         flip: also run the horizontally flipped views (and flip their outputs back).
 
     Returns:
-        (B, K, H, W) class probabilities: each view's softmax, resized to (H, W), averaged.
+        (B, K, H, W) class probabilities: each view's logits resized to (H, W), softmaxed,
+        averaged.
     """
     h, w = images.shape[-2:]
     total, views = 0.0, 0
