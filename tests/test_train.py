@@ -493,6 +493,9 @@ def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
         ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 0, 0], [True, 255, 0]],
           "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]}, r"c.yaml: LABEL_COLORS_LIST must be a list"),
         ({"ALL_CLASSES": ["a", "b"]}, "lacks LABEL_COLORS_LIST, VIS_LABEL_MAP"),
+        # two classes of one colour: a colour mask could not say which class a pixel is
+        ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 255, 0], [0, 255, 0]],
+          "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]}, r"c.yaml: LABEL_COLORS_LIST has repeated"),
     ],
 )  # fmt: skip
 def test_bad_config_files_fail_loudly(tmp_path, content, message):
@@ -520,6 +523,8 @@ def test_config_file_takes_off_unquoted(tmp_path):
         ("lr: [0.1, 0.2]\n", r"c.yaml: lr takes a single value, not \['0.1', '0.2'\]"),
         ("tta_scales: []\n", r"c.yaml: tta_scales takes a list of one or more values"),
         ("lr: 0.1\nbatch: 4\nlr: 0.2\n", r"c.yaml: 'lr' is given twice"),  # not the last one
+        # a quoted "false" is a string, which is true: fine-tuning would be turned on
+        ('fine_tune: "false"\n', r"c.yaml: fine_tune must be true or false"),
     ],
 )
 def test_bad_values_in_config_file_name_the_file(tmp_path, content, message):
