@@ -2,10 +2,12 @@
 
 import collections
 import math
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,6 +294,30 @@ def test_a_name_near_the_255_byte_limit_still_gets_an_atomic_write(tmp_path):
         assert len(tmp.name.encode()) <= 255
         tmp.name.encode("utf-8")  # cut between characters, never inside one
     assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_atomic_writes_reach_the_disk_before_their_rename_with_plain_permissions(
+    tmp_path, monkeypatch
+):
+    # mkstemp's files are private (0600) and a rename keeps them; a rename before fsync may
+    # leave an empty file under the final name after a crash; a graph moved in before its
+    # external data would name a file that is not there yet
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"x")
+    events = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or fsync(fd))
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(Path(b).name) or replace(a, b))
+    with utils.atomic_path(tmp_path / "last_model.pth") as tmp:
+        tmp.write_bytes(b"checkpoint")
+    with utils.atomic_files(tmp_path / "model.onnx") as staged:
+        staged.write_bytes(b"graph")
+        (staged.parent / "model.onnx.data").write_bytes(b"weights")
+        (staged.parent / "model.onnx.data").chmod(0o600)  # as ONNX writes it
+    assert events == ["fsync", "last_model.pth", "fsync", "fsync", "model.onnx.data", "model.onnx"]
+    for name in ("last_model.pth", "model.onnx", "model.onnx.data"):
+        assert (tmp_path / name).stat().st_mode == plain.stat().st_mode, name
 
 
 def test_an_infinite_validation_loss_stops_before_any_checkpoint(
