@@ -320,6 +320,31 @@ def test_atomic_writes_reach_the_disk_before_their_rename_with_plain_permissions
         assert (tmp_path / name).stat().st_mode == plain.stat().st_mode, name
 
 
+def test_the_ordered_writer_runs_jobs_in_order_one_at_a_time_and_reraises():
+    # a video's frames are encoded by these jobs: two at once would interleave them
+    done = []
+
+    def job(i):
+        time.sleep(0.02 * (4 - i))  # the first jobs are the slowest
+        done.append(i)
+
+    writer = utils.OrderedWriter(depth=2)
+    for i in range(5):
+        writer.submit(job, i)
+        assert len(done) >= i - 1, "at most depth jobs wait"
+    writer.finish()
+    assert done == [0, 1, 2, 3, 4]
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    writer = utils.OrderedWriter()
+    writer.submit(full_disk)
+    writer.submit(job, 4)
+    with pytest.raises(OSError, match="No space left"):
+        writer.finish()
+
+
 def test_an_infinite_validation_loss_stops_before_any_checkpoint(
     tmp_path, fresh_data, weights_file, monkeypatch
 ):

@@ -1024,7 +1024,9 @@ def test_reruns_into_the_input_folder_do_not_read_their_own_outputs(tmp_path):
         infer_image.find_images(f"{tmp_path}/*.jpg", out_dir=tmp_path)
 
 
-def test_images_whose_results_cannot_be_written_are_named_and_the_rest_go_on(tmp_path, checkpoint):
+def test_images_whose_results_cannot_be_written_are_named_and_the_rest_go_on(
+    tmp_path, checkpoint, capsys
+):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     long_stem = "写真" * 39  # 234 bytes: its outputs' names fit in 255 bytes, barely
@@ -1034,6 +1036,7 @@ def test_images_whose_results_cannot_be_written_are_named_and_the_rest_go_on(tmp
     written = r"1 of 4 image\(s\) could not be written:\n.*a_panorama.*JPEG.*65500 pixels a side"
     with pytest.raises(UserError, match=written):
         infer_image.main(image_args(input=src, model=checkpoint, out_dir=out, batch=1))
+    assert f"Segmented 3 image(s) into {out}" in capsys.readouterr().out  # not the panorama
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}_{kind}" for stem in ("b", long_stem, "c") for kind in ("mask.png", "overlay.jpg")
     ), "the panorama leaves neither a mask nor an overlay, nor a temporary file"
