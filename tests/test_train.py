@@ -18,7 +18,7 @@ from datasets import SegmentationDataset, check_dataset
 from engine import evaluate
 from metrics import ConfusionMatrix
 from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
-from utils import UserError, amp_dtype, read_csv, write_csv
+from utils import UserError, amp_dtype, pick_device, read_csv, write_csv
 
 IMGSZ = ["90", "66"]  # neither a multiple of 14 nor square
 
@@ -567,6 +567,16 @@ def test_user_errors_exit_2_without_traceback(argv, message, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_device_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device("auto") == torch.device(expected)
 
 
 @pytest.mark.parametrize(("batch", "imgsz"), [("1", "14"), ("1", "20")])
