@@ -1,8 +1,10 @@
 """Shared fixtures: official-format random weights, tiny datasets and a prepared TORCH_HOME."""
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -14,6 +16,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import make_dataset, random_official_weights  # noqa: E402
 
 FAKE_HUB = Path(__file__).parent / "fake_dinov2_hub"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/NAME.py as a module, to call its functions or its main in the test's process
+    (the folder is no package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

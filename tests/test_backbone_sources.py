@@ -14,7 +14,7 @@ import torch
 
 import train
 from config import DEFAULT_CLASSES, parse_args
-from conftest import FAKE_HUB, ROOT
+from conftest import FAKE_HUB, ROOT, load_benchmark
 from model import (
     FusedAttention,
     Segmentor,
@@ -136,20 +136,9 @@ def test_layout_table_matches_the_shared_layout_file():
     assert ours == listed
 
 
-def _bench_attention():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_attention", ROOT / "benchmarks" / "bench_attention.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_attention_benchmark_compares_both_paths(capsys):
     # its main in this process: a process of its own would import torch and timm again
-    bench = _bench_attention()
+    bench = load_benchmark("bench_attention")
     argv = ["--hub-dir", str(FAKE_HUB), "--imgsz", "56", "70", "--reps", "1", "--device", "cpu"]
     bench.main(bench.get_args_parser().parse_args(argv))
     out = capsys.readouterr().out
@@ -165,7 +154,7 @@ def test_attention_benchmark_offline_names_only_its_own_flag(tmp_path, monkeypat
     def offline(*args, **kwargs):
         raise URLError("offline")
 
-    bench = _bench_attention()
+    bench = load_benchmark("bench_attention")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setattr(torch.hub, "urlopen", offline)
     argv = ["--imgsz", "28", "28", "--reps", "1", "--device", "cpu"]

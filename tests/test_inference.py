@@ -24,7 +24,7 @@ import infer_video
 import train
 import utils
 from config import DEFAULT_CLASSES, parse_args
-from conftest import ROOT
+from conftest import ROOT, load_benchmark
 from datasets import read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
@@ -1119,21 +1119,10 @@ def test_predictions_mid_training_use_the_running_statistics():
     assert model.head.training, "the model is given back in the mode it was in"
 
 
-def _bench_inference():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_inference", ROOT / "benchmarks" / "bench_inference.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_flop_floors_rate_is_its_fastest_product_not_a_mean(monkeypatch):
     """The model's time is its fastest run; the rate it is held against must be best-of too. A
     mean over products that some other work slowed gave a lower rate, so a flattering ratio."""
-    bench = _bench_inference()
+    bench = load_benchmark("bench_inference")
     calls = []
 
     def matmul(a, b):  # every fifth product 0.2 s late, the others at once
@@ -1151,7 +1140,7 @@ def test_the_flop_floors_rate_is_its_fastest_product_not_a_mean(monkeypatch):
 def test_benchmark_of_a_checkpoint_runs_at_its_size(monkeypatch, checkpoint, imgsz, expected):
     """--model CKPT measures the mask agreement of --int8 for that checkpoint: at 644x644, not
     the size it was trained for and is deployed at, the figure was another model's."""
-    bench = _bench_inference()
+    bench = load_benchmark("bench_inference")
     seen = []
 
     def counted(model, images):
@@ -1168,7 +1157,7 @@ def test_benchmark_of_a_checkpoint_runs_at_its_size(monkeypatch, checkpoint, img
 def test_benchmark_rebuilds_a_checkpoint_through_the_source_asked_for(monkeypatch, tmp_path):
     """Offline, a hub-trained --model failed with advice to pass --backbone-source timm, a flag
     the benchmark did not have."""
-    bench = _bench_inference()
+    bench = load_benchmark("bench_inference")
     seen = []
 
     def loaded(*args):
@@ -1186,13 +1175,7 @@ def test_benchmark_rebuilds_a_checkpoint_through_the_source_asked_for(monkeypatc
 def test_attention_benchmark_times_a_gpu_it_has_kept_busy(monkeypatch):
     """One warm-up call left the GPU clocked down for the official attention, which runs
     first, and so flattered FusedAttention's speed-up."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_attention", ROOT / "benchmarks" / "bench_attention.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_attention")
     calls = []
     for module in (engine, bench):  # a stand-in for the GPU's queue
         monkeypatch.setattr(module, "synchronize", lambda device: time.sleep(0.01))
@@ -1206,7 +1189,7 @@ def test_attention_benchmark_times_a_gpu_it_has_kept_busy(monkeypatch):
     [["--batch", "0"], ["--frames", "0"], ["--imgsz", "0", "0"], ["--video-size", "1", "1"]],
 )
 def test_benchmark_refuses_empty_runs(flags):
-    bench = _bench_inference()
+    bench = load_benchmark("bench_inference")
     with pytest.raises(UserError, match=r"must be at least"):
         bench.main(bench.get_args_parser().parse_args(flags))
 
