@@ -2,6 +2,7 @@
 
 import importlib.util
 import shutil
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,16 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt in the tests however pytest was started. A shell that
+    starts it in the background (``cmd &`` in a script, nohup) leaves SIGINT ignored, and the
+    tests that press Ctrl-C (``_thread.interrupt_main``) then saw nothing happen."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")
