@@ -161,6 +161,17 @@ DEFAULT_CLASSES = ClassConfig(
 )
 
 
+def add_layers_flag(group) -> None:
+    """--layers, as train.py and model.py's summary take it (a checkpoint records its own)."""
+    group.add_argument(
+        "--layers",
+        type=int,
+        default=DEFAULT_LAYERS,
+        metavar="N",
+        help="how many last blocks feed the head (default %(default)s)",
+    )
+
+
 def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
     """Flags that choose and load the backbone, shared by every script.
 

@@ -26,6 +26,7 @@ from config import (
     PATCH_SIZE,
     WEIGHTS_BASE_URL,
     ClassConfig,
+    add_layers_flag,
     backbone_flags,
     official_weights_name,
     parse_args,
@@ -912,13 +913,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         parents=[backbone_flags()],
     )
     parser.set_defaults(weights=None)
-    parser.add_argument(
-        "--layers",
-        type=int,
-        default=DEFAULT_LAYERS,
-        metavar="N",
-        help="how many last blocks feed the head (default %(default)s)",
-    )
+    add_layers_flag(parser)
     parser.add_argument(
         "--num-classes",
         type=int,

@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from config import (
     DEFAULT_DATA_DIR,
     DEFAULT_IMGSZ,
-    DEFAULT_LAYERS,
     DEFAULT_OUT_DIR,
     DEFAULT_SOURCE,
     DEFAULT_TTA_SCALES,
@@ -39,6 +38,7 @@ from config import (
     RESUMED_SETTINGS,
     SPLITS,
     ClassConfig,
+    add_layers_flag,
     backbone_flags,
     check_imgsz,
     check_tta_scales,
@@ -180,13 +180,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="AdamW weight decay (default %(default)g)",
     )
     optim.add_argument("--scheduler", choices=["none", "cosine", "poly"], default="none")
-    optim.add_argument(
-        "--layers",
-        type=int,
-        default=DEFAULT_LAYERS,
-        metavar="N",
-        help="how many last blocks feed the head (default %(default)s)",
-    )
+    add_layers_flag(optim)
     optim.add_argument("--fine-tune", action="store_true", help="also train the backbone")
     optim.add_argument(
         "--backbone-lr",
