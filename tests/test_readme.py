@@ -1,0 +1,88 @@
+"""The README's commands stay in step with the scripts: every command it shows parses with its
+script's own parser, and every flag it names exists. A renamed or dropped flag fails here, not on
+the first user who copies the line."""
+
+import argparse
+import importlib
+import re
+import shlex
+
+import pytest
+
+from conftest import ROOT, load_benchmark
+
+README = (ROOT / "README.md").read_text()
+
+# flags of the tools around ours: pytest's, ruff's and torchrun's own
+OTHER_TOOLS = {"--check", "--ignore", "--standalone", "--nnodes", "--nproc_per_node"}
+OTHER_TOOLS |= {"--rdzv-backend", "--rdzv-endpoint", "--rdzv-id"}
+
+
+def parser_of(script: str) -> argparse.ArgumentParser:
+    """The parser of a script named as the README names it: ``train.py``, ``benchmarks/x.py``."""
+    name = script.removesuffix(".py")
+    if name.startswith("benchmarks/"):
+        return load_benchmark(name.removeprefix("benchmarks/")).get_args_parser()
+    return importlib.import_module(name).get_args_parser()
+
+
+def with_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and those of its subcommands (prepare_data.py's datasets)."""
+    parsers = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers += action.choices.values()
+    return parsers
+
+
+def readme_commands() -> list[str]:
+    """Each command line of the README's code blocks (continuations joined, ``&&`` chains split)
+    and of its inline code, without comments."""
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", README, flags=re.M | re.S)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    lines += re.findall(r"`((?:python|torchrun) [^`]*)`", README)
+    return [part.strip() for line in lines for part in line.split("&&")]
+
+
+def script_argv(command: str) -> tuple[str, list[str]] | None:
+    """(script, its arguments) of a command that runs one of ours, else None. An optional part
+    shown in brackets, ``[--dynamic]``, counts as given."""
+    tokens = shlex.split(command.replace("[", "").replace("]", ""), comments=True)
+    scripts = [i for i, token in enumerate(tokens) if token.endswith(".py")]
+    if not tokens or tokens[0].split("/")[-1] not in ("python", "python3", "torchrun"):
+        return None
+    if not scripts or "-m" in tokens[: scripts[0]]:
+        return None  # python -m pytest, python3 -m venv
+    return tokens[scripts[0]], tokens[scripts[0] + 1 :]
+
+
+COMMANDS = [argv for argv in map(script_argv, readme_commands()) if argv]
+
+
+def test_the_readme_shows_commands_of_every_script():
+    shown = {script for script, _ in COMMANDS}
+    scripts = {"train.py", "infer_image.py", "infer_video.py", "export.py", "prepare_data.py"}
+    assert scripts | {"model.py", "benchmarks/bench_inference.py"} <= shown
+
+
+@pytest.mark.parametrize(("script", "argv"), COMMANDS, ids=[" ".join([s, *a]) for s, a in COMMANDS])
+def test_readme_command_parses(script, argv):
+    parser = parser_of(script)
+    for each in with_subparsers(parser):
+        each.allow_abbrev = False  # a flag shortened by a rename is a drift too
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    except SystemExit:
+        pytest.fail(f"README: `{script} {' '.join(argv)}` does not parse")
+    assert not unknown, f"README: `{script}` has no flag {unknown}"
+
+
+def test_every_flag_the_readme_names_exists():
+    scripts = ["train.py", "infer_image.py", "infer_video.py", "export.py", "prepare_data.py"]
+    scripts += ["model.py"] + [f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").glob("*.py")]
+    known = set(OTHER_TOOLS)
+    for script in scripts:
+        for parser in with_subparsers(parser_of(script)):
+            known.update(flag for action in parser._actions for flag in action.option_strings)
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", README))
+    assert named <= known, f"the README names flags no script has: {sorted(named - known)}"
