@@ -239,15 +239,18 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     # write train\1.jpg, whose backslash is a character of the name elsewhere: read as "/".
     files = {img["id"]: img["file_name"].replace("\\", "/") for img in kept}
     names = {i: _flat_name(file) for i, file in files.items()}
+    # Names that differ only in case (IMG_1.jpg, img_1.jpg) count as the same: on macOS and
+    # Windows they name one file, and the second image and mask would replace the first's.
     stems: dict[str, list[str]] = {}
     for img in kept:
-        stems.setdefault(Path(names[img["id"]]).stem, []).append(img["file_name"])
+        stems.setdefault(Path(names[img["id"]]).stem.casefold(), []).append(img["file_name"])
     clashes = [files for files in stems.values() if len(files) > 1]
     if clashes:
         raise UserError(
             f"{annotations} names images that would share a mask name: "
             + "; ".join(" and ".join(files) for files in clashes[:5])
-            + ". Rename them apart (their masks are named by the image's name without extension)"
+            + ". Rename them apart (their masks are named by the image's name without extension, "
+            "and names that differ only in case are one file on macOS and Windows)"
         )
     drawn = 0  # annotations with a mask: an export of boxes alone has "segmentation": []
     for position, img in enumerate(kept):

@@ -481,6 +481,23 @@ def test_coco_images_in_subfolders_keep_apart_and_same_stems_are_named(tmp_path,
             str(tmp_path / "out2"), "--classes", "person")  # fmt: skip
 
 
+def test_coco_names_differing_only_in_case_are_named(tmp_path):
+    # On macOS and Windows IMG_1.jpg and img_1.jpg are one file: the second image and mask would
+    # silently replace the first's (a dataset exported on Linux, converted on a laptop)
+    ann = coco_fixture(tmp_path / "coco")
+    images = tmp_path / "coco/images"
+    data = json.loads(ann.read_text())
+    for name, img in zip(("IMG_1.jpg", "img_1.jpg"), data["images"][:2], strict=True):
+        (images / img["file_name"]).rename(images / name)
+        img["file_name"] = name
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"share a mask name: IMG_1\.jpg and img_1\.jpg"):
+        run("coco", "--annotations", str(ann), "--images", str(images), "--out", str(out),
+            "--classes", "person")  # fmt: skip
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("classes", [["person", "person"], ["background", "person"]])
 def test_repeated_classes_are_named_with_the_flag(tmp_path, classes):
     ann = coco_fixture(tmp_path / "coco")
