@@ -17,6 +17,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 import argparse
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ def open_video(spec: str) -> VideoSource:
         if stream:
             raise UserError(f"cannot open the stream {spec}: is its address right, and is it on?")
         what = f"camera {spec}" if camera else f"{spec}: not a video OpenCV can read, or corrupt"
-        raise UserError(f"cannot open {what}")
+        raise UserError(f"cannot open {what}{non_ascii_note(spec, RENAME_INPUT)}")
     fps = capture.get(cv2.CAP_PROP_FPS)
     if not fps or not math.isfinite(fps) or fps <= 0:
         log.warning("%s does not state its frame rate; writing at 30 FPS", spec)
@@ -109,6 +110,23 @@ def open_video(spec: str) -> VideoSource:
         frames=count if count > 0 and not camera else None,
         camera=camera,
     )
+
+
+def non_ascii_note(path, remedy: str) -> str:
+    """Why OpenCV may have failed at ``path``, with ``remedy``, or "" where that cannot be why.
+
+    On Windows OpenCV does not support file paths with characters outside ASCII (a name in
+    Chinese, an accent in the user's name; opencv/opencv#4242): it fails to open such a file,
+    which its message would blame on the file or the encoder.
+    """
+    if sys.platform != "win32" or str(path).isascii():
+        return ""
+    return f" (OpenCV on Windows cannot use a path outside ASCII, as {path} is: {remedy})"
+
+
+# what to do where OpenCV cannot use the input's or the output's path
+RENAME_INPUT = "rename the video, or move it to a folder whose path is plain ASCII"
+RENAME_OUTPUT = "choose an --out-dir whose path is plain ASCII, and rename a video named otherwise"
 
 
 def mp4v_rate(fps: float) -> float:
@@ -225,6 +243,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             raise UserError(
                 f"cannot write {out_path}: OpenCV's mp4v encoder refuses "
                 f"{source.width}x{source.height} at {rate:.6g} FPS (or this OpenCV has none)"
+                + non_ascii_note(out_path, RENAME_OUTPUT)
             )
         if (width, height) != (source.width, source.height):
             log.warning(

@@ -1270,6 +1270,30 @@ def test_video_output_open_in_another_program_fails_clearly(tmp_path, checkpoint
     assert (out / "clip.mp4").read_bytes() == b"the last run's video"
 
 
+def test_a_video_path_outside_ascii_is_named_as_the_cause_on_windows(
+    tmp_path, checkpoint, monkeypatch
+):
+    # OpenCV on Windows opens no path outside ASCII: "not a video OpenCV can read, or corrupt"
+    # (or "the encoder refuses") alone sent the user looking for damage in a good file
+    clip = write_clip(tmp_path / "café.mp4", frames=2)
+    capture, writer = cv2.VideoCapture, cv2.VideoWriter
+    monkeypatch.setattr(infer_video.cv2, "VideoCapture", lambda *a: capture())  # not opened
+    monkeypatch.setattr(sys, "platform", "win32")
+    with pytest.raises(UserError, match=r"café\.mp4: not a .*OpenCV on Windows cannot use a pat"):
+        infer_video.open_video(str(clip))
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(UserError, match=r"café\.mp4: not a video OpenCV can read, or corrupt$"):
+        infer_video.open_video(str(clip))
+
+    monkeypatch.setattr(infer_video.cv2, "VideoCapture", capture)
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    monkeypatch.setattr(infer_video.cv2, "VideoWriter", lambda *a: writer())  # not opened
+    monkeypatch.setattr(sys, "platform", "win32")
+    out = tmp_path / "résultats"
+    with pytest.raises(UserError, match=r"refuses .*choose an --out-dir whose path is plain ASCII"):
+        infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+
+
 def test_an_unreadable_image_does_not_shorten_a_batch(tmp_path, predictor):
     # a compiled model pads a short batch to the size it compiled for: a short first batch
     # made it compile again at the second (13 s an image reported as the model's speed)
