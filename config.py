@@ -7,6 +7,7 @@ name with underscores, e.g. ``lr`` or ``backbone_lr``); the command line wins ov
 
 import argparse
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,6 +366,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# what YAML's double-quoted escapes make of a Windows path, and no path holds: \n, \t, \r, \0,
+# \N (U+0085), \L, \P (U+2028, U+2029)
+ESCAPED_IN_PATH = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+WINDOWS_PATHS_IN_YAML = (
+    "In YAML double quotes a backslash starts an escape (\\n, \\t, \\U): write a Windows path "
+    "unquoted or in single quotes ('C:\\Users\\me\\data'), or with forward slashes"
+)
+
+
 def read_yaml(path: Path) -> dict:
     """Read a YAML mapping, turning every failure into one readable message."""
     if not path.is_file():
@@ -374,7 +384,9 @@ def read_yaml(path: Path) -> dict:
         # Windows code page would misread class names such as "café")
         data = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)
     except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read config file {path}: {err}") from err
+        # "C:\Users\me": in double quotes, \U starts an escape (\n a newline)
+        hint = f"\n{WINDOWS_PATHS_IN_YAML}" if "escape" in str(err) else ""
+        raise UserError(f"cannot read config file {path}: {err}{hint}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -536,6 +548,12 @@ def _check_values(action: argparse.Action, values: list[str], path: Path) -> Non
             raise UserError(
                 f"config file {path}: {action.dest}: {v!r} is not a valid value ({err})"
             ) from err
+        if action.type is Path and ESCAPED_IN_PATH.search(v):
+            # "D:\new\test" in double quotes reads as D:, a newline, "ew", a tab and "est"
+            raise UserError(
+                f"config file {path}: {action.dest}: {v!r} holds a control character. "
+                + WINDOWS_PATHS_IN_YAML
+            )
         if action.choices is not None and converted not in action.choices:
             raise UserError(
                 f"config file {path}: {action.dest}: {v!r} is not one of "

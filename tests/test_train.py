@@ -535,6 +535,25 @@ def test_bad_values_in_config_file_name_the_file(tmp_path, content, message):
 
 
 @pytest.mark.parametrize(
+    "content",
+    [
+        'data: "C:\\Users\\me\\data"\n',  # \U starts an escape: a YAML error
+        'data: "D:\\new\\test"\n',  # \n and \t: read as a path with a newline and a tab
+        'out_dir: "D:\\Nets"\n',  # \N: NEL, U+0085
+    ],
+)
+def test_a_windows_path_in_double_quotes_is_named_with_the_fix(tmp_path, content):
+    # A Windows user writes paths as in Explorer; YAML's double quotes make escapes of them
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(content)
+    with pytest.raises(UserError, match=r"(?s)c\.yaml.*write a Windows path unquoted or in sing"):
+        parse_args(train.get_args_parser(), ["--config", str(cfg)])
+    cfg.write_text(content.replace('"', "'"))  # the same path in single quotes is read as it is
+    args, _ = parse_args(train.get_args_parser(), ["--config", str(cfg)])
+    assert "\\" in str(args.data if "data" in content else args.out_dir)
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--eval-only", "--model", "README.md"], "is not a readable checkpoint"),
