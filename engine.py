@@ -396,13 +396,18 @@ class Predictor:
             model = model.quantize_int8()
         return cls(model, classes, imgsz, compile or int8, tta)
 
-    def resize(self, image: np.ndarray) -> np.ndarray:
-        """The model input for one image; thread-safe, so decoding threads can do it."""
+    @staticmethod
+    def check_image(image: np.ndarray) -> None:
+        """Refuse anything but the input contract: a non-empty (H, W, 3) uint8 RGB array."""
         if not isinstance(image, np.ndarray):
             kind = f"{type(image).__module__}.{type(image).__qualname__}"
             raise TypeError(f"expected an (H, W, 3) uint8 RGB NumPy array, got a {kind}")
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or not image.size:
             raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """The model input for one image; thread-safe, so decoding threads can do it."""
+        self.check_image(image)
         return resize_image(image, self.imgsz)
 
     @torch.inference_mode()
@@ -490,7 +495,18 @@ class Predictor:
         return self.predict_resized(batch, [im.shape[:2] for im in images])
 
     def overlay(self, image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-        """Blend the classes' VIS_LABEL_MAP colours over an (H, W, 3) uint8 RGB image."""
+        """Blend the classes' VIS_LABEL_MAP colours over an (H, W, 3) uint8 RGB image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB, as predict takes it.
+            mask: (H, W) integer class ids, as predict returns them; background (0) and ids
+                outside the palette (255, ignore) are drawn as in draw_overlay.
+            alpha: weight of the colours, 0 to 1.
+
+        Returns:
+            (H, W, 3) uint8 RGB.
+        """
+        self.check_image(image)
         return draw_overlay(image, mask, self.classes.vis_colors, alpha)
 
 

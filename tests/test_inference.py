@@ -161,6 +161,23 @@ def test_overlay_refuses_a_mask_of_another_size(predictor):
         predictor.overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 4), np.uint8))
 
 
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((4, 4, 3), np.float32), r"expected \(H, W, 3\) uint8 RGB, got \(4, 4, 3\) f"),
+        (np.zeros((4, 4, 4), np.uint8), r"got \(4, 4, 4\) uint8"),  # RGBA
+        (np.zeros((4, 4), np.uint8), r"got \(4, 4\) uint8"),  # grayscale
+        (np.zeros((3, 4, 4), np.uint8), r"got \(3, 4, 4\) uint8"),  # channels first
+        (torch.zeros(4, 4, 3, dtype=torch.uint8), r"NumPy array, got a torch\.Tensor"),
+    ],
+)
+def test_overlay_refuses_the_images_predict_refuses(predictor, image, message):
+    # OpenCV's own errors named neither the image nor the contract, and a channels-first image
+    # was reported as a mask of the wrong size
+    with pytest.raises((ValueError, TypeError), match=message):
+        predictor.overlay(image, np.zeros((4, 4), np.uint8))
+
+
 def test_amp_names_its_choices():
     with pytest.raises(ValueError, match="'off', 'bf16' or 'fp16', not 'fp32'"):
         utils.amp_dtype("fp32", torch.device("cpu"))
