@@ -538,9 +538,10 @@ def draw_overlay(
 
     Args:
         image: (H, W, 3) uint8 RGB.
-        mask: (H, W) class indices, same H and W.
+        mask: (H, W) integer class indices 0-255, same H and W; pixels outside the palette are
+            drawn black.
         colors: one RGB colour per class.
-        alpha: weight of the colours; class 0 (background) is left unblended.
+        alpha: weight of the colours, 0 to 1; class 0 (background) is left unblended.
 
     Returns:
         (H, W, 3) uint8 RGB.
@@ -551,12 +552,22 @@ def draw_overlay(
     # OpenCV version 6.5 ms; the video pipeline without the model ran at 155 FPS then, about
     # 330 since (the README's CPU benchmark notes).
     image = np.ascontiguousarray(image)
-    if np.shape(mask) != image.shape[:2]:
-        raise ValueError(
-            f"the mask is {np.shape(mask)}, its image {image.shape[:2]}: (H, W) of both"
-        )
+    mask = np.asarray(mask)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"the mask is {mask.shape}, its image {image.shape[:2]}: (H, W) of both")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
+    # colorize reads the mask as uint8: any other ids would wrap around (256 as background, 257
+    # as class 1) or be truncated (0.7 as 0)
+    if mask.dtype != np.uint8 and mask.size:
+        if mask.dtype != bool and not np.issubdtype(mask.dtype, np.integer):
+            raise ValueError(f"the mask holds {mask.dtype} values: pass integer class ids")
+        if mask.min() < 0 or mask.max() > 255:
+            raise ValueError(
+                f"the mask holds values {mask.min()} to {mask.max()}: class ids are 0 to 255"
+            )
     out = cv2.addWeighted(image, 1 - alpha, colorize(mask, colors), alpha, 0.0)
-    background = np.ascontiguousarray(np.asarray(mask) == 0).view(np.uint8)
+    background = np.ascontiguousarray(mask == 0).view(np.uint8)
     cv2.copyTo(image, background, out)  # the background keeps the image's pixels
     return out
 

@@ -178,6 +178,23 @@ def test_overlay_refuses_the_images_predict_refuses(predictor, image, message):
         predictor.overlay(image, np.zeros((4, 4), np.uint8))
 
 
+@pytest.mark.parametrize(
+    ("mask", "alpha", "message"),
+    [
+        (np.full((4, 4), 257), 0.5, "values 257 to 257: class ids are 0 to 255"),  # was class 1
+        (np.full((4, 4), -1), 0.5, "values -1 to -1"),
+        (np.full((4, 4), 0.7, np.float32), 0.5, "float32 values: pass integer class ids"),
+        (np.ones((4, 4), np.uint8), 1.5, "alpha must be between 0 and 1, not 1.5"),
+        (np.ones((4, 4), np.uint8), float("nan"), "not nan"),
+    ],
+)
+def test_overlay_refuses_what_it_would_draw_wrongly(predictor, mask, alpha, message):
+    # colorize reads ids as uint8 (257 drew class 1, -1 ignore), and cv2.addWeighted
+    # extrapolates any alpha outside 0..1, as the scripts' --alpha refuses
+    with pytest.raises(ValueError, match=message):
+        predictor.overlay(np.zeros((4, 4, 3), np.uint8), mask, alpha)
+
+
 def test_amp_names_its_choices():
     with pytest.raises(ValueError, match="'off', 'bf16' or 'fp16', not 'fp32'"):
         utils.amp_dtype("fp32", torch.device("cpu"))
