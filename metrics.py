@@ -22,14 +22,27 @@ class ConfusionMatrix:
         """Add a batch.
 
         Args:
-            pred: predicted class indices, any shape.
-            target: ground-truth class indices, same shape; ``ignore_index`` pixels are skipped.
+            pred: predicted class indices 0 to K-1, any shape.
+            target: ground-truth class indices 0 to K-1, same shape; ``ignore_index`` pixels are
+                skipped.
         """
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
         k = self.num_classes
         keep = target != self.ignore_index
-        idx = target[keep].long() * k + pred[keep].long()
+        target, pred = target[keep].long(), pred[keep].long()
+        # An id outside 0..K-1 would be counted in another pair's bin (a prediction K of class 0
+        # as a 0 of class 1), or fail in the reshape below with a message naming neither.
+        if target.numel():
+            bounds = torch.stack([target.min(), target.max(), pred.min(), pred.max()]).tolist()
+            for name, (low, high) in (("target", bounds[:2]), ("pred", bounds[2:])):
+                if low < 0 or high >= k:
+                    ignored = f" (or {self.ignore_index}, ignored)" if name == "target" else ""
+                    raise ValueError(
+                        f"{name} holds class ids {low} to {high}; the matrix counts {k} classes, "
+                        f"0 to {k - 1}{ignored}"
+                    )
+        idx = target * k + pred
         if idx.device.type == "mps":
             # MPS counts with one graph scatter-add that serializes on the bins most pixels fall
             # in (background): seconds per batch of masks, where the CPU takes milliseconds

@@ -31,6 +31,23 @@ def test_ignore_index_is_skipped():
     assert out["miou"] == 1.0
 
 
+@pytest.mark.parametrize(
+    ("pred", "target", "message"),
+    [
+        ([3, 1], [0, 1], r"pred holds class ids 1 to 3; the matrix counts 3 classes, 0 to 2$"),
+        ([0, -1], [0, 1], "pred holds class ids -1 to 0"),
+        ([0, 1], [0, 3], r"target holds class ids 0 to 3; .* 0 to 2 \(or 255, ignored\)"),
+        ([0, 1], [254, 255], "target holds class ids 254 to 254"),
+    ],
+)
+def test_class_ids_outside_the_matrix_are_refused(pred, target, message):
+    # a prediction 3 of class 0 was counted as a 0 of class 1, and -1 of class 1 as a 1 of
+    # class 0; a target 3 failed in a reshape
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=message):
+        cm.update(torch.tensor(pred), torch.tensor(target))
+
+
 def test_absent_class_is_left_out_of_the_mean():
     # class 2 appears in neither prediction nor target: it must not count as IoU 0
     target = torch.tensor([0, 0, 1, 1])
