@@ -314,6 +314,32 @@ def _with_frozen_weights(compiled):
     return run
 
 
+def _conversion(image) -> str:
+    """How to turn a common near miss of an (H, W, 3) uint8 RGB array into one, for messages.
+
+    A float image in 0..1 matters most: cast with astype(np.uint8) alone, it turns black.
+    """
+    if isinstance(image, str | Path):
+        return ": read the file with datasets.read_image(path)"
+    if isinstance(image, torch.Tensor):
+        return ": pass tensor.cpu().numpy(), a (3, H, W) tensor permuted to (H, W, 3) first"
+    if type(image).__module__.startswith("PIL."):
+        return ': pass np.asarray(image.convert("RGB"))'
+    if not isinstance(image, np.ndarray) or not image.size or image.ndim not in (2, 3):
+        return ""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return ": grayscale, pass cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)"
+    if image.shape[0] in (1, 3, 4) and image.shape[2] not in (3, 4):
+        return ": channels first, pass image.transpose(1, 2, 0)"
+    if image.shape[2] == 4:
+        return ": RGBA, pass image[..., :3]"
+    if image.shape[2] != 3 or image.dtype == np.uint8:
+        return ""
+    if image.dtype.kind == "f" and image.min() >= 0 and image.max() <= 1:
+        return ": floats in 0..1, pass (image * 255).round().astype(np.uint8)"
+    return ": values 0..255, pass image.astype(np.uint8)"
+
+
 class Predictor:
     """Segments images with a trained model: the one inference path of every script.
 
@@ -398,12 +424,17 @@ class Predictor:
 
     @staticmethod
     def check_image(image: np.ndarray) -> None:
-        """Refuse anything but the input contract: a non-empty (H, W, 3) uint8 RGB array."""
+        """Refuse anything but the input contract, a non-empty (H, W, 3) uint8 RGB array, with
+        the conversion where the image is a common near miss."""
         if not isinstance(image, np.ndarray):
             kind = f"{type(image).__module__}.{type(image).__qualname__}"
-            raise TypeError(f"expected an (H, W, 3) uint8 RGB NumPy array, got a {kind}")
+            raise TypeError(
+                f"expected an (H, W, 3) uint8 RGB NumPy array, got a {kind}{_conversion(image)}"
+            )
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or not image.size:
-            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+            raise ValueError(
+                f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}{_conversion(image)}"
+            )
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """The model input for one image; thread-safe, so decoding threads can do it."""
@@ -479,13 +510,22 @@ class Predictor:
         return masks
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]):
-        """One (H, W, 3) image -> (H, W) uint8 class ids; a list of images -> a list of masks."""
+        """Segment one image or several.
+
+        Args:
+            images: one (H, W, 3) uint8 RGB array (cv2.imread gives BGR: convert it with
+                cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), or a list, another iterable, or an
+                (N, H, W, 3) array of them; sizes may differ.
+
+        Returns:
+            One (H, W) uint8 mask of class ids, or a list of them, each at its image's size.
+        """
         # Arrays and tensors are one image unless 4-D: a grayscale array is refused as it is,
         # not row by row.
         if isinstance(images, np.ndarray | torch.Tensor):
             many = images.ndim == 4
         else:
-            many = isinstance(images, Iterable)
+            many = isinstance(images, Iterable) and not isinstance(images, str)
         if not many:
             return self.predict([images])[0]
         images = list(images)

@@ -149,6 +149,27 @@ def test_predictor_rejects_non_rgb_arrays(predictor):
         predictor.predict(torch.zeros(10, 12, 3, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize(
+    ("image", "conversion"),
+    [
+        (np.full((4, 5, 3), 0.5, np.float32), r"\(image \* 255\)\.round\(\)\.astype\(np\.uint8\)"),
+        (np.full((4, 5, 3), 128.0), r"values 0\.\.255, pass image\.astype\(np\.uint8\)"),
+        (np.zeros((3, 4, 5), np.uint8), r"channels first, pass image\.transpose\(1, 2, 0\)"),
+        (np.zeros((4, 5, 1), np.uint8), r"grayscale, pass cv2\.cvtColor"),
+        (np.zeros((4, 5, 4), np.uint8), r"RGBA, pass image\[\.\.\., :3\]"),
+        (torch.zeros(3, 4, 5), r"tensor\.cpu\(\)\.numpy\(\)"),
+        (Image.new("RGBA", (5, 4)), r'np\.asarray\(image\.convert\("RGB"\)\)'),
+        ("photo.jpg", r"got a builtins\.str: read the file with datasets\.read_image\(path\)"),
+        (Path("photo.jpg"), r"Path: read the file with"),
+    ],
+)
+def test_predictor_names_the_conversion_of_near_miss_images(predictor, image, conversion):
+    # a float image in 0..1 cast with astype(np.uint8) alone would be segmented as black; a
+    # path was read character by character
+    with pytest.raises((ValueError, TypeError), match=conversion):
+        predictor.predict(image)
+
+
 def test_predictor_takes_any_list_of_images_the_empty_one_too(predictor):
     images = [np.zeros((10, 12, 3), np.uint8), np.zeros((8, 6, 3), np.uint8)]
     assert predictor.predict([]) == []
