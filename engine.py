@@ -340,6 +340,19 @@ def _conversion(image) -> str:
     return ": values 0..255, pass image.astype(np.uint8)"
 
 
+def _input_size(imgsz) -> tuple[int, int]:
+    """``imgsz`` as a (W, H) tuple of ints, or a ValueError: an int failed in tuple(), a size
+    of 0 or 56.5 at the first image in OpenCV's resize, and one under a patch is what --imgsz
+    refuses."""
+    size = tuple(imgsz) if isinstance(imgsz, Sequence | np.ndarray) else ()
+    if len(size) != 2 or any(not float(v).is_integer() or v < PATCH_SIZE for v in size):
+        raise ValueError(
+            f"imgsz is the model's input size (W, H), two integers of at least {PATCH_SIZE}, "
+            f"not {imgsz!r}"
+        )
+    return int(size[0]), int(size[1])
+
+
 class Predictor:
     """Segments images with a trained model: the one inference path of every script.
 
@@ -364,7 +377,7 @@ class Predictor:
         self.model = model.eval()
         self.tta = tta  # (scales, flip) for test-time augmentation, or None
         self.classes = classes
-        self.imgsz = tuple(imgsz)
+        self.imgsz = _input_size(imgsz)
         self.device = model.device
         # The network on a (B, 3, H, W) uint8 batch, compiled if asked.
         self.patch_logits = model.patch_logits
@@ -398,9 +411,12 @@ class Predictor:
         hub_dir: Path | None = None,
         tta: tuple[Sequence[float], bool] | None = None,
     ) -> "Predictor":
-        """Load a checkpoint; ``imgsz`` defaults to its training size.
+        """Load a checkpoint.
 
         Args:
+            path: a checkpoint written by train.py (str or Path).
+            device: where the model runs ("cpu", "cuda", "cuda:1", "mps" or a torch.device).
+            imgsz: the model's input size (W, H), as --imgsz; by default the training size.
             amp: "bf16" or "fp16" casts the whole network once (faster than autocast, which
                 re-casts the frozen weights on every call); "off" keeps float32.
             int8: quantize the backbone's linear layers to int8 (a CPU fast path, with
@@ -409,6 +425,8 @@ class Predictor:
                 backbone is refused.
         """
         device = torch.device(device)
+        if imgsz is not None:
+            imgsz = _input_size(imgsz)  # before the model loads
         model, ckpt = load_checkpoint(path, device, backbone_source, hub_dir, backbone)
         imgsz = tuple(imgsz or ckpt["imgsz"])
         log_input_size(imgsz)

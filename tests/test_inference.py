@@ -120,6 +120,21 @@ def test_images_of_one_size_are_resized_in_groups_that_fit_the_budget(monkeypatc
         assert np.array_equal(mask, up.max(1).indices[0].to(torch.uint8).numpy())
 
 
+@pytest.mark.parametrize("imgsz", [518, (56, 42, 3), (0, 0), (13, 42), (56.5, 42)])
+def test_an_input_size_that_is_not_w_h_is_refused_before_the_model_loads(monkeypatch, imgsz):
+    # an int failed in tuple(), and a size of 0 or 56.5 at the first image, in OpenCV's resize
+    monkeypatch.setattr(engine, "load_checkpoint", no_model)
+    with pytest.raises(ValueError, match=r"imgsz is the model's input size \(W, H\), two integ"):
+        Predictor.from_checkpoint("model.pth", "cpu", imgsz=imgsz)
+
+
+def test_an_input_size_of_whole_floats_or_numpy_ints_is_taken(checkpoint):
+    for imgsz in ((56.0, 42.0), np.array([56, 42])):
+        predictor = Predictor.from_checkpoint(checkpoint, "cpu", imgsz=imgsz)
+        assert predictor.imgsz == (56, 42) and all(type(v) is int for v in predictor.imgsz)
+        assert predictor.predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)
+
+
 def test_model_fps_leaves_out_the_first_call(checkpoint, monkeypatch):
     predictor = Predictor.from_checkpoint(checkpoint, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="before any prediction"):
