@@ -22,10 +22,12 @@ class ConfusionMatrix:
         """Add a batch.
 
         Args:
-            pred: predicted class indices 0 to K-1, any shape.
+            pred: predicted class indices 0 to K-1, any shape: a tensor, or a NumPy array such
+                as Predictor.predict's masks.
             target: ground-truth class indices 0 to K-1, same shape; ``ignore_index`` pixels are
                 skipped.
         """
+        pred, target = torch.as_tensor(pred), torch.as_tensor(target)
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
         k = self.num_classes

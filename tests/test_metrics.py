@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,6 +47,18 @@ def test_class_ids_outside_the_matrix_are_refused(pred, target, message):
     cm = ConfusionMatrix(3)
     with pytest.raises(ValueError, match=message):
         cm.update(torch.tensor(pred), torch.tensor(target))
+
+
+def test_numpy_masks_count_as_tensors_do():
+    # Predictor.predict returns NumPy masks; update failed on them with an AttributeError
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 3, (5, 7), dtype=np.uint8)
+    target = rng.integers(0, 3, (5, 7), dtype=np.uint8)
+    target[0] = 255
+    from_numpy, from_tensors = ConfusionMatrix(3), ConfusionMatrix(3)
+    from_numpy.update(pred, target)
+    from_tensors.update(torch.from_numpy(pred), torch.from_numpy(target))
+    assert torch.equal(from_numpy.mat, from_tensors.mat) and from_numpy.mat.sum() == 4 * 7
 
 
 def test_absent_class_is_left_out_of_the_mean():
