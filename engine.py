@@ -353,6 +353,25 @@ def _input_size(imgsz) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def _tta_views(tta) -> tuple[list[float], bool] | None:
+    """``tta`` as (scales, flip), or a ValueError: a bare list of scales or True failed at the
+    first image, and a scale of 0 or less ran every view at one patch, as --tta-scales
+    refuses."""
+    if tta is None:
+        return None
+    try:
+        scales, flip = tta
+        scales = [float(scale) for scale in scales]
+    except (TypeError, ValueError):
+        scales, flip = [], None
+    if not scales or not all(scale > 0 for scale in scales) or flip not in (True, False):
+        raise ValueError(
+            f"tta is (scales, flip), positive scales and a bool such as ([0.75, 1.0, 1.25], "
+            f"True), not {tta!r}"
+        )
+    return scales, bool(flip)
+
+
 class Predictor:
     """Segments images with a trained model: the one inference path of every script.
 
@@ -375,7 +394,7 @@ class Predictor:
             # tta_probs runs the model at several sizes, each of which would compile anew
             raise ValueError("compile and tta do not go together")
         self.model = model.eval()
-        self.tta = tta  # (scales, flip) for test-time augmentation, or None
+        self.tta = _tta_views(tta)  # (scales, flip) for test-time augmentation, or None
         self.classes = classes
         self.imgsz = _input_size(imgsz)
         self.device = model.device
@@ -423,10 +442,12 @@ class Predictor:
                 ``amp="off"``); the model is then compiled, as only compiled int8 is fast.
             backbone: if given, the backbone the caller expects; a checkpoint of another
                 backbone is refused.
+            tta: (scales, flip) for test-time augmentation (see tta_probs), or None.
         """
         device = torch.device(device)
         if imgsz is not None:
             imgsz = _input_size(imgsz)  # before the model loads
+        tta = _tta_views(tta)
         model, ckpt = load_checkpoint(path, device, backbone_source, hub_dir, backbone)
         imgsz = tuple(imgsz or ckpt["imgsz"])
         log_input_size(imgsz)
