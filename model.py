@@ -477,6 +477,9 @@ def load_backbone(
     """
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if source not in ("hub", "timm"):
+        # from Python (the flag has choices): anything else was loaded as "hub"
+        raise UserError(f"unknown backbone source {source!r}; choose hub or timm")
     blocks = BACKBONES[name].blocks(layers)
     if source == "timm" and hub_dir is not None:
         warn_on_main_process(

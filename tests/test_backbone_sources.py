@@ -97,6 +97,12 @@ def test_hub_dir_without_hubconf_is_refused(tmp_path):
         load_backbone("dinov2_vits14", "hub", "random", hub_dir=tmp_path)
 
 
+def test_an_unknown_source_is_named_not_loaded_as_hub(checkpoint):
+    # from Python: "hf" or "Timm" went to torch.hub, and offline its message named hub alone
+    with pytest.raises(UserError, match="unknown backbone source 'Timm'; choose hub or timm"):
+        load_checkpoint(checkpoint, backbone_source="Timm")
+
+
 def test_checkpoint_evaluates_the_same_through_either_source_at_518(
     tmp_path, tiny_data, weights_file
 ):
