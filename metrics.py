@@ -30,6 +30,12 @@ class ConfusionMatrix:
         pred, target = torch.as_tensor(pred), torch.as_tensor(target)
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        if pred.is_floating_point() or target.is_floating_point():
+            # .long() would truncate scores: a probability 0.7 would count as class 0
+            raise ValueError(
+                f"pred ({pred.dtype}) and target ({target.dtype}) must be integer class ids: take "
+                "the argmax of scores over the classes first"
+            )
         k = self.num_classes
         keep = target != self.ignore_index
         target, pred = target[keep].long(), pred[keep].long()

@@ -49,6 +49,13 @@ def test_class_ids_outside_the_matrix_are_refused(pred, target, message):
         cm.update(torch.tensor(pred), torch.tensor(target))
 
 
+def test_scores_are_refused_as_class_ids():
+    # a binary model's probabilities of the same shape were truncated: 0.7 counted as class 0
+    cm = ConfusionMatrix(2)
+    with pytest.raises(ValueError, match=r"pred \(torch\.float32\) and target \(torch\.int64\)"):
+        cm.update(torch.tensor([0.7, 0.2]), torch.tensor([1, 0]))
+
+
 def test_numpy_masks_count_as_tensors_do():
     # Predictor.predict returns NumPy masks; update failed on them with an AttributeError
     rng = np.random.default_rng(0)
