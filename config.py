@@ -7,6 +7,7 @@ name with underscores, e.g. ``lr`` or ``backbone_lr``); the command line wins ov
 
 import argparse
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -272,8 +273,8 @@ def tta_setting(args: argparse.Namespace) -> tuple[list[float], bool] | None:
     """(scales, flip) for --tta, or None."""
     if not args.tta:
         return None
-    if min(args.tta_scales) <= 0:
-        raise UserError(f"--tta-scales must be positive, not {args.tta_scales}")
+    if not all(0 < s < math.inf for s in args.tta_scales):  # nan fails both
+        raise UserError(f"--tta-scales must be positive and finite, not {args.tta_scales}")
     return list(args.tta_scales), True
 
 

@@ -60,13 +60,15 @@ def test_eval_only_reports_with_and_without_tta(tmp_path, checkpoint, tiny_data)
     assert cm.compute()["miou"] == pytest.approx(both["tta"]["miou"], abs=1e-12)
 
 
-def test_non_positive_tta_scales_are_refused(tmp_path, checkpoint, tiny_data):
+# nan and inf were tracebacks where the scaled size was rounded
+@pytest.mark.parametrize("scale", ["0", "-1", "nan", "inf"])
+def test_non_positive_or_infinite_tta_scales_are_refused(tmp_path, checkpoint, tiny_data, scale):
     from utils import UserError
 
-    with pytest.raises(UserError, match="--tta-scales must be positive"):
+    with pytest.raises(UserError, match="--tta-scales must be positive and finite"):
         train.main(*parse_args(train.get_args_parser(), [
             "--eval-only", "--model", str(checkpoint), "--data", str(tiny_data),
-            "--out-dir", str(tmp_path), "--tta", "--tta-scales", "0", "1"]))  # fmt: skip
+            "--out-dir", str(tmp_path), "--tta", "--tta-scales", scale, "1"]))  # fmt: skip
 
 
 def test_tta_scales_without_tta_are_refused_by_eval_only(tmp_path, checkpoint, tiny_data):
