@@ -21,6 +21,7 @@ from config import (
     DEFAULT_LAYERS,
     DEFAULT_SOURCE,
     HUB_REPO,
+    IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
     PATCH_SIZE,
@@ -28,6 +29,7 @@ from config import (
     ClassConfig,
     add_layers_flag,
     backbone_flags,
+    check_imgsz,
     official_weights_name,
     parse_args,
 )
@@ -929,6 +931,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
+    check_imgsz(args.imgsz)
+    if not 2 <= args.num_classes <= IGNORE_INDEX:  # as ALL_CLASSES allows
+        raise UserError(
+            f"--num-classes must be between 2 and {IGNORE_INDEX}, not {args.num_classes}"
+        )
     args.backbone_source = args.backbone_source or DEFAULT_SOURCE
     backbone = load_backbone(
         args.backbone, args.backbone_source, args.weights, args.hub_dir, args.layers

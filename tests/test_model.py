@@ -250,6 +250,23 @@ def test_model_summary_script(capsys):
     assert f"FLOPs per 100x60 image: {flops:.1f} GFLOPs" in out
 
 
+# tracebacks from the model before: an empty or negative image, a head of 0 or -1 classes
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--imgsz", "0", "0"], "--imgsz must be at least 14 14"),
+        (["--imgsz", "-14", "28"], "--imgsz must be at least 14 14"),
+        (["--num-classes", "0"], "--num-classes must be between 2 and 255, not 0"),
+        (["--num-classes", "-1"], "--num-classes must be between 2 and 255, not -1"),
+    ],
+)
+def test_model_summary_refuses_bad_sizes(flags, message):
+    from model import get_args_parser, main
+
+    with pytest.raises(UserError, match=message):
+        main(parse_args(get_args_parser(), ["--backbone-source", "timm", *flags])[0])
+
+
 def test_a_cast_network_keeps_the_pixel_normalization_exact():
     model = Segmentor(load_backbone("dinov2_vits14", "timm", None), 2).cast(torch.bfloat16)
     assert model.dtype == torch.bfloat16
