@@ -1274,6 +1274,18 @@ def test_benchmark_refuses_empty_runs(flags):
         bench.main(bench.get_args_parser().parse_args(flags))
 
 
+# tracebacks before (from torch or the DataLoader), or a row of 0 images/s
+@pytest.mark.parametrize(
+    "flags",
+    [["--batch", "0"], ["--steps", "0"], ["--warmup", "-1"], ["--imgsz", "0", "0"],
+     ["--workers", "-1"], ["--data-images", "-1"]],
+)  # fmt: skip
+def test_training_benchmark_refuses_empty_runs(flags):
+    bench = load_benchmark("bench_train")
+    with pytest.raises(UserError, match=r"must be at least"):
+        bench.main(bench.get_args_parser().parse_args(["--device", "cpu", *flags]))
+
+
 def test_image_results_on_a_full_disk_are_reported_not_left_truncated(tmp_path, checkpoint):
     # Pillow's encoders ignore a short write: a full disk once left a cut-off JPEG, and exit 0.
     # A file size limit (Python ignores SIGXFSZ) fails writes past 2 KB as a full disk would.
