@@ -153,6 +153,15 @@ def test_attention_benchmark_compares_both_paths(capsys):
     assert difference < 1e-4
 
 
+# --batch 0 and --imgsz 0 0 were tracebacks, --reps 0 printed "inf ms" and a speed-up of nan
+@pytest.mark.parametrize("flags", [["--batch", "0"], ["--reps", "0"], ["--imgsz", "0", "0"]])
+def test_attention_benchmark_refuses_empty_runs(flags):
+    bench = load_benchmark("bench_attention")
+    argv = ["--hub-dir", str(FAKE_HUB), "--device", "cpu", *flags]
+    with pytest.raises(UserError, match=r"must be at least"):
+        bench.main(bench.get_args_parser().parse_args(argv))
+
+
 def test_attention_benchmark_offline_names_only_its_own_flag(tmp_path, monkeypatch):
     """Offline without --hub-dir, it named train.py's --weights FILE and --backbone-source timm,
     neither of which this benchmark has."""
