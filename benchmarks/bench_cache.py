@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", type=int, default=24, help="generated training images")
     parser.add_argument("--valid", type=int, default=6, help="generated validation images")
     parser.add_argument("--epochs", type=int, default=3, help="at least 2")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
     return parser
 
 
@@ -50,6 +50,9 @@ def train(data: Path, out: Path, weights: Path, args, *extra: str) -> tuple[list
 
 
 def main(args: argparse.Namespace) -> None:
+    for flag in ("train", "valid"):  # train.py would name the generated dataset's empty split
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1")
     if args.epochs < 2:
         raise UserError(
             f"--epochs must be at least 2, not {args.epochs}: the speed-up is measured on the "

@@ -957,6 +957,18 @@ def test_cache_benchmark_refuses_a_single_epoch():
     assert "Traceback" not in proc.stderr and "--epochs must be at least 2, not 1" in proc.stderr
 
 
+# train.py named the empty split of a temporary dataset, or printed its own usage
+@pytest.mark.parametrize("flags", [["--train", "0"], ["--valid", "0"], ["--device", "gpu"]])
+def test_cache_benchmark_refuses_bad_values_itself(flags, capsys):
+    bench = load_benchmark("bench_cache")
+    with pytest.raises((UserError, SystemExit)) as caught:
+        bench.main(bench.get_args_parser().parse_args(flags))
+    if caught.type is SystemExit:  # argparse's choices
+        assert caught.value.code == 2 and "invalid choice: 'gpu'" in capsys.readouterr().err
+    else:
+        assert f"{flags[0]} must be at least 1" in str(caught.value)
+
+
 def test_video_without_decodable_frames_fails_and_writes_nothing(tmp_path, checkpoint):
     data = mjpg_avi_bytes(tmp_path / "full.avi", frames=6)
     clip = tmp_path / "headers.avi"
