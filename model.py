@@ -705,9 +705,10 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
     """
     path = Path(path)
     if path.is_dir():
+        # a run continues from its last epoch: best_model_iou.pth would repeat the ones after it
+        name = "last_model.pth" if flag == "--resume" else "best_model_iou.pth"
         raise UserError(
-            f"{flag} {path} is a folder; pass a checkpoint in it, such as "
-            f"{path / 'best_model_iou.pth'}"
+            f"{flag} {path} is a folder; pass a checkpoint in it, such as {path / name}"
         )
     if not path.is_file():
         fix = (

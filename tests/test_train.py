@@ -628,7 +628,8 @@ def test_evaluation_flags_without_eval_only_are_refused(argv, message):
 @pytest.mark.parametrize(
     ("name", "flag", "message"),
     [
-        ("runs", "--model", r"--model .*runs is a folder; pass a checkpoint in it, such as"),
+        ("runs", "--model", r"--model .*runs is a folder; .* such as .*best_model_iou\.pth"),
+        ("runs", "--resume", r"--resume .*runs is a folder; .* such as .*last_model\.pth"),
         ("model.onnx", "--model", r"is an ONNX model, not a .pth .* --backend onnxruntime"),
         ("model.onnx", "--resume", r"--resume .*model.onnx is an ONNX model, not a .pth"),
         ("pickled.pth", "--model", r"pickled.pth is not a (readable )?checkpoint"),
