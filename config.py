@@ -163,6 +163,19 @@ DEFAULT_CLASSES = ClassConfig(
 )
 
 
+def nonempty(text: str) -> str:
+    """argparse type of a flag that names something: an empty value, as an unset shell variable
+    gives (--out-dir "$OUT"), would name the current folder, and outputs would land there."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty value (an unset shell variable?)")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    """argparse type of a file or folder flag (nonempty)."""
+    return Path(nonempty(text))
+
+
 def add_layers_flag(group) -> None:
     """--layers, as train.py and model.py's summary take it (a checkpoint records its own)."""
     group.add_argument(
@@ -198,7 +211,7 @@ def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--hub-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="DIR",
         help="a local clone of facebookresearch/dinov2 to load the hub code from",
@@ -286,7 +299,7 @@ def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
     group = parser.add_argument_group("inference")
     group.add_argument(
         "--model",
-        type=Path,
+        type=path_arg,
         default=DEFAULT_OUT_DIR / "best_model_iou.pth",
         metavar="CKPT",
         help="a checkpoint (default %(default)s), or with --backend onnxruntime an .onnx file "
@@ -295,7 +308,7 @@ def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
     group.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     group.add_argument(
         "--out-dir",
-        type=Path,
+        type=path_arg,
         default=out_dir,
         metavar="DIR",
         help="where results go (default %(default)s)",
@@ -445,17 +458,18 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     """
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path, default=None)
-    pre.add_argument("--resume", type=Path, default=None)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--resume", default=None)
     known, _ = pre.parse_known_args(argv)
     classes = DEFAULT_CLASSES
     file_argv: list[str] = []
-    if known.config is not None:
-        data = read_yaml(known.config)
+    if known.config:  # an empty one is refused by the parser's path_arg, naming the flag
+        config = Path(known.config)
+        data = read_yaml(config)
         class_part = {k: v for k, v in data.items() if k in CLASS_KEYS}
         if class_part:
-            classes = ClassConfig.from_dict(class_part, source=str(known.config))
-        file_argv = _flags_to_argv(parser, data, known.config)
+            classes = ClassConfig.from_dict(class_part, source=str(config))
+        file_argv = _flags_to_argv(parser, data, config)
     args = parser.parse_args(file_argv + argv)
     # --resume and --eval-only as parsed, so the file may set them as well as the command line
     eval_only = getattr(args, "eval_only", False)
@@ -545,7 +559,7 @@ def _check_values(action: argparse.Action, values: list[str], path: Path) -> Non
     for v in values:
         try:
             converted = action.type(v) if action.type is not None else v
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
             raise UserError(
                 f"config file {path}: {action.dest}: {v!r} is not a valid value ({err})"
             ) from err

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import PATCH_SIZE, backbone_flags, check_imgsz
+from config import PATCH_SIZE, backbone_flags, check_imgsz, path_arg
 from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size, patch_aligned
 from utils import UserError, atomic_files, check_writable, run_script
 
@@ -46,10 +46,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0], parents=[backbone_flags(inference=True)]
     )
     parser.add_argument(
-        "--model", type=Path, required=True, metavar="CKPT", help="a checkpoint from train.py"
+        "--model", type=path_arg, required=True, metavar="CKPT", help="a checkpoint from train.py"
     )
     parser.add_argument(
-        "--output", type=Path, required=True, metavar="FILE", help="the .onnx file to write"
+        "--output", type=path_arg, required=True, metavar="FILE", help="the .onnx file to write"
     )
     parser.add_argument(
         "--imgsz",

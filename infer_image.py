@@ -27,6 +27,7 @@ from config import (
     IMAGE_EXTENSIONS,
     check_inference_args,
     inference_flags,
+    nonempty,
     runtime_flags,
 )
 from datasets import OTHER_IMAGE_EXTENSIONS, DataError, read_image
@@ -52,7 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Segment images with a trained checkpoint.",
         parents=[inference_flags(DEFAULT_OUT_DIR / "inference_results_image"), runtime_flags()],
     )
-    parser.add_argument("--input", required=True, help="an image file, a folder, or a glob")
+    parser.add_argument(
+        "--input", type=nonempty, required=True, help="an image file, a folder, or a glob"
+    )
     return parser
 
 

@@ -31,6 +31,7 @@ from config import (
     IMAGE_EXTENSIONS,
     check_inference_args,
     inference_flags,
+    nonempty,
     runtime_flags,
 )
 from engine import Predictor, predictor_from_args
@@ -57,6 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--input",
+        type=nonempty,
         required=True,
         help="a video file, a camera index such as 0, a camera device such as /dev/video0, or "
         "a stream address such as rtsp://HOST/PATH",

@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from config import IGNORE_INDEX, SPLITS, ClassConfig
+from config import IGNORE_INDEX, SPLITS, ClassConfig, path_arg
 from datasets import (
     DataError,
     DatasetError,
@@ -48,17 +48,17 @@ VOC_CLASSES = (
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", type=Path, required=True, help="the dataset folder to create")
+    common.add_argument("--out", type=path_arg, required=True, help="the dataset folder to create")
     common.add_argument("--force", action="store_true", help="replace a non-empty --out")
     sub = parser.add_subparsers(dest="dataset", required=True)
     penn = sub.add_parser("pennfudan", parents=[common], help="the Penn-Fudan pedestrian zip")
-    penn.add_argument("--zip", type=Path, required=True, help="PennFudanPed.zip")
+    penn.add_argument("--zip", type=path_arg, required=True, help="PennFudanPed.zip")
     voc = sub.add_parser("voc", parents=[common], help="PASCAL VOC 2012 segmentation")
-    voc.add_argument("--root", type=Path, required=True, help="VOCdevkit/VOC2012")
+    voc.add_argument("--root", type=path_arg, required=True, help="VOCdevkit/VOC2012")
     voc.add_argument("--classes", nargs="+", default=["person"], choices=VOC_CLASSES[1:])
     coco = sub.add_parser("coco", parents=[common], help="COCO-format instance annotations")
-    coco.add_argument("--annotations", type=Path, required=True, help="instances_*.json")
-    coco.add_argument("--images", type=Path, required=True, help="the folder of its images")
+    coco.add_argument("--annotations", type=path_arg, required=True, help="instances_*.json")
+    coco.add_argument("--images", type=path_arg, required=True, help="the folder of its images")
     coco.add_argument("--classes", nargs="+", default=["person"], help="category names to keep")
     coco.add_argument("--valid-every", type=int, default=5, help="every Nth image goes to valid")
     binary = sub.add_parser(
@@ -66,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     binary.add_argument(
         "--root",
-        type=Path,
+        type=path_arg,
         required=True,
         help="the folder with train_images/, train_masks/, valid_images/, valid_masks/",
     )

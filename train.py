@@ -44,6 +44,7 @@ from config import (
     check_tta_scales,
     checkpoint_settings,
     parse_args,
+    path_arg,
     plain_value,
     runtime_flags,
     scored_checkpoint,
@@ -108,7 +109,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="FILE",
         help="YAML file with ALL_CLASSES, LABEL_COLORS_LIST, VIS_LABEL_MAP and/or flag defaults",
@@ -116,7 +117,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="DIR",
         help=f"dataset folder (default {DEFAULT_DATA_DIR}, downloaded when missing)",
@@ -149,7 +150,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--cache-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="DIR",
         help="disk cache folder (default OUT/feature_cache)",
@@ -202,7 +203,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("outputs and checkpoints")
     out.add_argument(
         "--out-dir",
-        type=Path,
+        type=path_arg,
         default=DEFAULT_OUT_DIR,
         metavar="DIR",
         help="where everything is written (default %(default)s)",
@@ -216,7 +217,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         "--resume",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="CKPT",
         help="continue a run from a checkpoint, such as OUT/last_model.pth",
@@ -224,7 +225,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     out.add_argument("--eval-only", action="store_true", help="evaluate --model on the valid split")
     out.add_argument(
         "--model",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="CKPT",
         help="checkpoint for --eval-only (default OUT/best_model_iou.pth)",

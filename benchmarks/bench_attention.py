@@ -24,7 +24,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import torch
 
-from config import BACKBONES, HUB_REPO, check_imgsz
+from config import BACKBONES, HUB_REPO, check_imgsz, path_arg
 from engine import synchronize, warm_up
 from model import DinoBackbone, _hub_load, load_backbone
 from synthetic import random_official_weights
@@ -38,7 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (best is kept)")
-    parser.add_argument("--hub-dir", type=Path, default=None, help="a local clone of the hub code")
+    parser.add_argument(
+        "--hub-dir", type=path_arg, default=None, help="a local clone of the hub code"
+    )
     return parser
 
 

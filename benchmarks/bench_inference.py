@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 import torch
 
-from config import DEFAULT_BACKBONE, DEFAULT_CLASSES, backbone_flags, check_imgsz
+from config import DEFAULT_BACKBONE, DEFAULT_CLASSES, backbone_flags, check_imgsz, path_arg
 from engine import Predictor, synchronize, warm_up
 from infer_video import open_video, segment_video
 from model import (
@@ -81,7 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=1, help="frames per model call (fast path)")
     parser.add_argument("--frames", type=int, default=16, help="length of the test video")
     parser.add_argument("--video-size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
-    parser.add_argument("--model", type=Path, default=None, help="a checkpoint (default: random)")
+    parser.add_argument(
+        "--model", type=path_arg, default=None, help="a checkpoint (default: random)"
+    )
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions of model-only runs")
     parser.add_argument(
         "--int8", action="store_true", help="CPU: the fast path with int8 linear layers, compiled"

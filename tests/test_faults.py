@@ -1,6 +1,7 @@
 """Interruption, resume, divergence and disk failures: nothing finished may be lost."""
 
 import collections
+import importlib
 import math
 import os
 import signal
@@ -114,6 +115,30 @@ def test_an_out_dir_that_is_a_file_is_named_as_one(tmp_path, tiny_data, weights_
     blocker.write_text("a file, not a folder")
     with pytest.raises(UserError, match=r"--out-dir .*file is not writable: it is a file, not a"):
         run_train(argv(tiny_data, blocker, weights_file))
+
+
+# An unset shell variable (--out-dir "$OUT") was the current folder, Path(""): train.py and the
+# inference scripts wrote their outputs there, and the others named "." in their messages.
+@pytest.mark.parametrize(
+    ("script", "argv"),
+    [
+        ("train", ["--out-dir", ""]),
+        ("train", ["--config", ""]),
+        ("train", ["--eval-only", "--model", ""]),
+        ("infer_image", ["--input", "photos", "--out-dir", ""]),
+        ("infer_image", ["--input", ""]),
+        ("infer_video", ["--input", ""]),
+        ("export", ["--model", "best_model_iou.pth", "--output", ""]),
+        ("prepare_data", ["binary", "--root", "", "--out", "data/binary"]),
+    ],
+)
+def test_an_empty_path_is_refused_naming_its_flag(script, argv, capsys):
+    parser = importlib.import_module(script).get_args_parser()
+    with pytest.raises(SystemExit) as caught:
+        parse_args(parser, argv)
+    assert caught.value.code == 2
+    flag = argv[argv.index("") - 1]
+    assert f"argument {flag}: an empty value (an unset shell variable?)" in capsys.readouterr().err
 
 
 def test_full_disk_is_reported_before_training(tmp_path, tiny_data, weights_file, monkeypatch):

@@ -525,6 +525,7 @@ def test_config_file_takes_off_unquoted(tmp_path):
         ("lr: 0.1\nbatch: 4\nlr: 0.2\n", r"c.yaml: 'lr' is given twice"),  # not the last one
         # a quoted "false" is a string, which is true: fine-tuning would be turned on
         ('fine_tune: "false"\n', r"c.yaml: fine_tune must be true or false"),
+        ('out_dir: ""\n', r"c.yaml: out_dir: '' is not a valid value \(an empty value"),
     ],
 )
 def test_bad_values_in_config_file_name_the_file(tmp_path, content, message):
