@@ -97,6 +97,8 @@ class ClassConfig:
         n = len(self.names)
         if n < 2:
             raise UserError("ALL_CLASSES needs at least two classes (e.g. background and person)")
+        if not all(name.strip() for name in self.names):  # reports and overlays name each one
+            raise UserError(f"ALL_CLASSES has an empty name: {list(self.names)}")
         if len(set(self.names)) != n:
             raise UserError(f"ALL_CLASSES has repeated names: {list(self.names)}")
         if n > IGNORE_INDEX:
@@ -164,8 +166,9 @@ DEFAULT_CLASSES = ClassConfig(
 
 
 def nonempty(text: str) -> str:
-    """argparse type of a flag that names something: an empty value, as an unset shell variable
-    gives (--out-dir "$OUT"), would name the current folder, and outputs would land there."""
+    """argparse type of a flag that names something (a file, a folder, a class). An empty
+    value, as an unset shell variable gives (--out-dir "$OUT"), would be the current folder as a
+    path, where outputs would land."""
     if not text:
         raise argparse.ArgumentTypeError("an empty value (an unset shell variable?)")
     return text

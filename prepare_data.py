@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from config import IGNORE_INDEX, SPLITS, ClassConfig, path_arg
+from config import IGNORE_INDEX, SPLITS, ClassConfig, nonempty, path_arg
 from datasets import (
     DataError,
     DatasetError,
@@ -70,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         required=True,
         help="the folder with train_images/, train_masks/, valid_images/, valid_masks/",
     )
-    binary.add_argument("--name", default="person", help="the class that 255 marks")
+    binary.add_argument("--name", type=nonempty, default="person", help="the class that 255 marks")
     return parser
 
 

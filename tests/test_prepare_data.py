@@ -626,6 +626,15 @@ def test_binary_name_background_is_named_with_its_flag(tmp_path):
         run("binary", "--root", str(root), "--out", str(tmp_path / "o"), "--name", "background")
 
 
+def test_binary_name_empty_is_refused(tmp_path, capsys):
+    # it wrote a classes.yaml whose class has no name, which train.py reported as "IoU : 0.52"
+    root = binary_fixture(tmp_path / "people")
+    with pytest.raises(SystemExit):
+        run("binary", "--root", str(root), "--out", str(tmp_path / "o"), "--name", "")
+    assert "argument --name: an empty value" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_coco_annotations_are_read_as_utf8_whatever_the_locale(tmp_path):
     # cp1252 on most Windows machines misreads UTF-8 (or fails on it); ASCII here fails on it
     ann = coco_fixture(tmp_path / "coco")

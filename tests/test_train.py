@@ -496,6 +496,9 @@ def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
         # two classes of one colour: a colour mask could not say which class a pixel is
         ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 255, 0], [0, 255, 0]],
           "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]}, r"c.yaml: LABEL_COLORS_LIST has repeated"),
+        # a class without a name trained, and was reported as "IoU : 0.52"
+        ({"ALL_CLASSES": ["background", " "], "LABEL_COLORS_LIST": [[0, 0, 0], [0, 255, 0]],
+          "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]}, r"c.yaml: ALL_CLASSES has an empty name"),
     ],
 )  # fmt: skip
 def test_bad_config_files_fail_loudly(tmp_path, content, message):
