@@ -64,6 +64,25 @@ def run_script(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        if not out_of_memory(err):
+            raise
+        # a --batch or --imgsz too large for the device: its first words say how much was asked
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: out of memory ({detail[:200]}); lower --batch or --imgsz", file=sys.stderr)
+        sys.exit(1)
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says the device or the CPU ran out of memory: torch's OutOfMemoryError
+    (CUDA), NumPy's MemoryError, and the RuntimeErrors of PyTorch's CPU allocator ("can't
+    allocate memory") and of MPS or a CUDA library ("out of memory")."""
+    if isinstance(err, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text
+    )
 
 
 def _read_umask() -> int:

@@ -141,6 +141,45 @@ def test_an_empty_path_is_refused_naming_its_flag(script, argv, capsys):
     assert f"argument {flag}: an empty value (an unset shell variable?)" in capsys.readouterr().err
 
 
+def in_this_process(monkeypatch) -> None:
+    """Keep run_script from changing the test process: its SIGTERM handler and log level."""
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    monkeypatch.setattr(utils.log, "setLevel", lambda level: None)
+
+
+# a --batch or --imgsz too large for the device ended in a traceback
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has ..."),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                     "allocate memory: you tried to allocate 8000000000 bytes."),
+        MemoryError("Unable to allocate 1.12 GiB for an array with shape (1, 20000, 20000, 3)"),
+        RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: ..."),
+    ],
+)  # fmt: skip
+def test_out_of_memory_is_one_message_naming_the_flags(error, monkeypatch, capsys):
+    def main():
+        raise error
+
+    in_this_process(monkeypatch)
+    with pytest.raises(SystemExit) as caught:
+        utils.run_script(main)
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (") and err.count("\n") == 1
+    assert "; lower --batch or --imgsz" in err and "Traceback" not in err
+
+
+def test_other_errors_keep_their_traceback(monkeypatch):
+    def main():
+        raise RuntimeError("a bug")
+
+    in_this_process(monkeypatch)
+    with pytest.raises(RuntimeError, match="a bug"):
+        utils.run_script(main)
+
+
 def test_full_disk_is_reported_before_training(tmp_path, tiny_data, weights_file, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(utils.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 30 * 2**20))
