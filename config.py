@@ -223,6 +223,7 @@ def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
         return parser
     group.add_argument(
         "--weights",
+        type=nonempty,
         default="pretrained",
         metavar="W",
         help="'pretrained' (official weights; hub downloads or uses its cache, timm reads the "

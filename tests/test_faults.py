@@ -125,6 +125,7 @@ def test_an_out_dir_that_is_a_file_is_named_as_one(tmp_path, tiny_data, weights_
         ("train", ["--out-dir", ""]),
         ("train", ["--config", ""]),
         ("train", ["--eval-only", "--model", ""]),
+        ("train", ["--weights", ""]),
         ("infer_image", ["--input", "photos", "--out-dir", ""]),
         ("infer_image", ["--input", ""]),
         ("infer_video", ["--input", ""]),
