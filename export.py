@@ -171,6 +171,13 @@ def check_args(args: argparse.Namespace) -> None:
             f"--output {args.output} is the --model checkpoint, which the graph would replace; "
             "name a .onnx file"
         )
+    if args.output.suffix.lower() != ".onnx":
+        # The inference scripts tell a graph from a checkpoint by the extension, and an --output
+        # such as OUT/last_model.pth would replace a checkpoint of the run with the graph.
+        raise UserError(
+            f"--output {args.output} does not end in .onnx; name the graph's file, such as "
+            f"{args.output.with_suffix('.onnx')}"
+        )
     if not args.tolerance > 0:  # also refuses nan, which every comparison fails
         raise UserError(f"--tolerance must be positive, not {args.tolerance:g}")
     # the graph's size is known only once exported: this asks only for room to start

@@ -92,6 +92,19 @@ def test_an_output_that_is_the_checkpoint_is_refused(tmp_path, checkpoint):
     assert copy.read_bytes() == checkpoint.read_bytes()
 
 
+def test_an_output_without_the_onnx_extension_is_refused(tmp_path, checkpoint):
+    # --output OUT/last_model.pth replaced the run's checkpoint with a graph, which --resume
+    # then called damaged
+    last = tmp_path / "last_model.pth"
+    last.write_bytes(b"a checkpoint")
+    with pytest.raises(
+        UserError, match=r"last_model.pth does not end in .onnx; .* such as .*last_model.onnx"
+    ):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", str(checkpoint), "--output", str(last)]))  # fmt: skip
+    assert last.read_bytes() == b"a checkpoint"
+
+
 def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("")
     monkeypatch.setattr(export, "load_checkpoint", lambda *a: pytest.fail("the model loaded"))
