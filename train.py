@@ -657,7 +657,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         resume_optimization(optimizer, scheduler, args, ckpt, start)
         if ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
-        if main_process and not history:
+        if main_process and not history and start <= args.epochs:  # nothing to do: no copies
             history = carry_over(args.resume.parent, args.out_dir, start)
 
     run_settings = settings(args, classes, imgsz)

@@ -289,6 +289,17 @@ def test_a_run_resumed_into_another_out_dir_holds_its_best_model_and_history(
         assert (second / name).is_file(), name
 
 
+def test_a_resume_with_nothing_to_do_copies_nothing_into_another_out_dir(
+    tmp_path, fresh_data, weights_file
+):
+    # before: B got A's best checkpoints alone, without last_model.pth or metrics.csv
+    first, second = tmp_path / "a", tmp_path / "b"
+    args = [*common(fresh_data, first, weights_file), "--imgsz", "28", "28", "--num-vis", "0"]
+    run_train([*args, "--epochs", "1"])
+    run_train([*args, "--out-dir", str(second), "--resume", str(first / "last_model.pth")])
+    assert not list(second.iterdir())
+
+
 def test_resuming_into_the_out_dir_of_another_run_is_refused(tmp_path, fresh_data, weights_file):
     """--resume runs/a/last_model.pth without --out-dir writes into outputs/: the metrics.csv
     of an older run there was continued as this run's history, its best checkpoints kept."""
