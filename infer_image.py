@@ -42,6 +42,7 @@ from utils import (
     prefetch,
     run_script,
     show,
+    within,
     write_image,
 )
 
@@ -64,10 +65,11 @@ JPEG_MAX_SIDE = 65500  # the overlay's format holds no larger image
 
 
 def is_output(path: Path, out_dir: Path | None) -> bool:
-    """True for a file an earlier run wrote: a mask or overlay in --out-dir or below it."""
+    """True for a file an earlier run wrote: a mask or overlay in --out-dir or below it (the
+    folders compared by identity: on macOS --out-dir Results is the folder results)."""
     if out_dir is None or not path.name.endswith(OUTPUT_SUFFIXES):
         return False
-    return path.parent.resolve().is_relative_to(Path(out_dir).resolve())
+    return within(path.parent, Path(out_dir))
 
 
 def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:

@@ -15,7 +15,6 @@ that layout whose masks are 0/255 images (255 = the class, not ignore) and maps 
 import argparse
 import contextlib
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ from datasets import (
     map_colors,
     open_image,
 )
-from utils import UserError, run_script, temp_folder, write_image
+from utils import UserError, run_script, temp_folder, within, write_image
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -433,26 +432,6 @@ def shell_quote(text: str) -> str:
     if sys.platform == "win32":
         return subprocess.list2cmdline([text])
     return shlex.quote(text)
-
-
-def within(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies inside it, neither needing to exist.
-
-    Folders are compared by identity (device and inode) where they exist: on a case-insensitive
-    file system (macOS, Windows) ../Proj is the folder proj, and a mount can show one folder at
-    two paths, which a comparison of resolved paths misses. Where ``folder`` does not exist,
-    nothing existing lies inside it, and the resolved paths are compared.
-    """
-    path, folder = path.resolve(), folder.resolve()
-    try:
-        identity = folder.stat()
-    except OSError:
-        return folder == path or folder in path.parents
-    for part in (path, *path.parents):
-        with contextlib.suppress(OSError):
-            if os.path.samestat(part.stat(), identity):
-                return True
-    return False
 
 
 def main(args: argparse.Namespace) -> None:

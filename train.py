@@ -90,6 +90,7 @@ from utils import (
     plot_curves,
     read_csv,
     run_script,
+    same_folder,
     seed_everything,
     setup_distributed,
     warn_on_main_process,
@@ -843,7 +844,7 @@ def check_same_run(args, ckpt: dict, start: int) -> None:
     csv_path = args.out_dir / "metrics.csv"
     # A checkpoint inside --out-dir is of its run, whose epoch may since have been trained
     # again (a best_model_iou.pth of an epoch that a resume from last_model.pth repeated)
-    if not isinstance(recorded, dict) or args.resume.parent.resolve() == args.out_dir.resolve():
+    if not isinstance(recorded, dict) or same_folder(args.resume.parent, args.out_dir):
         return
     history = resumed_history(csv_path, start)  # the rows this run would continue
     rows = [r for r in history if r["epoch"] == start - 1]
@@ -883,7 +884,7 @@ def carry_over(source: Path, out_dir: Path, start: int) -> list[dict]:
     epochs before ``start`` from ``source`` (the --resume checkpoint's folder), where out_dir has
     none, so that out_dir holds the run's best model. Returns source's metrics.csv rows of those
     epochs ([] where there are none), the history that out_dir's metrics.csv continues."""
-    if not source.is_dir() or source.resolve() == out_dir.resolve():
+    if not source.is_dir() or same_folder(source, out_dir):
         return []
     for name in BEST_CHECKPOINTS:
         if (out_dir / name).exists() or not (source / name).is_file():

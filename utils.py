@@ -185,6 +185,31 @@ def check_writable(
         )
 
 
+def within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, neither needing to exist.
+
+    Folders are compared by identity (device and inode) where they exist: on a case-insensitive
+    file system (macOS, Windows) ../Proj is the folder proj, and a mount can show one folder at
+    two paths, which a comparison of resolved paths misses. Where ``folder`` does not exist,
+    nothing existing lies inside it, and the resolved paths are compared.
+    """
+    path, folder = path.resolve(), folder.resolve()
+    try:
+        identity = folder.stat()
+    except OSError:
+        return folder == path or folder in path.parents
+    for part in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            if os.path.samestat(part.stat(), identity):
+                return True
+    return False
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one folder, compared as ``within`` compares them."""
+    return within(a, b) and within(b, a)
+
+
 def torch_save(obj, path: Path) -> None:
     """torch.save, with a write the file system cut short raised as an OSError.
 

@@ -3,6 +3,7 @@
 import importlib.util
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +27,27 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _can_mount_privately() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+needs_mount_namespace = pytest.mark.skipif(
+    not _can_mount_privately(), reason="needs unshare -rm (a Linux mount namespace)"
+)
+
+
+def run_bind_mounted(folder: Path, alias: Path, *cmd: str) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ROOT with ``folder`` shown under a second name, ``alias`` (an empty
+    folder), by a bind mount in a mount namespace of its own: as on a case-insensitive file
+    system (macOS, Windows), where ../Proj is the folder proj, resolve() cannot see that the two
+    names are one folder."""
+    mount_then_run = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    cmd = ["unshare", "-rm", "sh", "-c", mount_then_run, "sh", str(folder), str(alias), *cmd]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="session", autouse=True)

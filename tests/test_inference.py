@@ -24,7 +24,7 @@ import infer_video
 import train
 import utils
 from config import DEFAULT_CLASSES, parse_args
-from conftest import ROOT, load_benchmark
+from conftest import ROOT, load_benchmark, needs_mount_namespace, run_bind_mounted
 from datasets import read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
@@ -1114,6 +1114,24 @@ def test_reruns_into_the_input_folder_do_not_read_their_own_outputs(tmp_path):
     assert [p.name for p in found] == ["a.png", "a_mask.png", "a_overlay.jpg", "b_mask.png"]
     with pytest.raises(UserError, match="no images found"):  # the folder photo.jpg is none
         infer_image.find_images(f"{tmp_path}/*.jpg", out_dir=tmp_path)
+
+
+@needs_mount_namespace
+def test_out_dir_and_resume_folders_are_compared_as_folders_not_as_paths(tmp_path):
+    """On macOS --out-dir Results is the folder results: a rerun segmented its own results
+    there, and train.py took a run resumed from Outputs/ into outputs/ for one moved elsewhere.
+    A bind mount shows the folder under a second name, as a case-insensitive disk does."""
+    out, alias, other = tmp_path / "results", tmp_path / "Results", tmp_path / "other"
+    for folder in (out, alias, other):
+        folder.mkdir()
+    check = (
+        "import sys; from pathlib import Path; from infer_image import is_output; "
+        "from utils import same_folder; out, alias, other = map(Path, sys.argv[1:]); "
+        "print(is_output(alias / 'a_mask.png', out), same_folder(out, alias), "
+        "is_output(other / 'a_mask.png', out), same_folder(out, other))"
+    )
+    proc = run_bind_mounted(out, alias, sys.executable, "-c", check, out, alias, other)
+    assert proc.stdout.split() == ["True", "True", "False", "False"], proc.stderr
 
 
 def test_images_whose_results_cannot_be_written_are_named_and_the_rest_go_on(

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 import prepare_data
 from config import DEFAULT_CLASSES, ClassConfig
-from conftest import ROOT
+from conftest import ROOT, needs_mount_namespace, run_bind_mounted
 from datasets import check_dataset
 from synthetic import penn_fudan_zip
 from utils import UserError
@@ -329,15 +328,7 @@ def test_force_never_replaces_a_folder_inside_the_source(tmp_path):
     assert sorted((root / "train_masks").rglob("*")) == before
 
 
-def _can_mount_privately() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(
-    not _can_mount_privately(), reason="needs unshare -rm (a Linux mount namespace)"
-)
+@needs_mount_namespace
 @pytest.mark.parametrize(
     ("inside", "message"),
     [("train_masks", "is a folder of the source --root"), ("", "holds the source --root")],
@@ -351,11 +342,8 @@ def test_force_never_replaces_the_source_reached_under_another_name(tmp_path, in
     alias = tmp_path / "People"
     alias.mkdir()
     before = sorted((root / "train_masks").rglob("*"))
-    mount_then_run = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
-    cmd = ["unshare", "-rm", "sh", "-c", mount_then_run, "sh", str(root), str(alias),
-           sys.executable, "prepare_data.py", "binary", "--root", str(root),
-           "--out", str(alias / inside), "--force"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cmd = ["prepare_data.py", "binary", "--root", str(root), "--out", str(alias / inside)]
+    proc = run_bind_mounted(root, alias, sys.executable, *cmd, "--force")
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted((root / "train_masks").rglob("*")) == before
