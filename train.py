@@ -666,7 +666,11 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
     if start > args.epochs:
         log.info(
-            "nothing to do: the checkpoint already finished epoch %d of %d", start - 1, args.epochs
+            "nothing to do: the checkpoint already finished epoch %d of %d; its run's outputs "
+            "are in %s",
+            start - 1,
+            args.epochs,
+            args.resume.parent,
         )
     last = args.out_dir / "last_model.pth"
     epoch = start
@@ -788,7 +792,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             f"could not write to {args.out_dir} ({err}). Every file is written whole or not at "
             f"all: {kept()}"
         ) from err
-    if main_process:
+    if main_process and start <= args.epochs:  # else nothing was trained, nor written here
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
         memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")

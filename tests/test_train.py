@@ -266,12 +266,19 @@ def test_resume_applies_a_changed_lr_and_weight_decay(tmp_path, tiny_data, weigh
     assert yaml.safe_load((tmp_path / "args.yaml").read_text())["lr"] == 1e-5
 
 
-def test_a_resume_with_nothing_to_do_keeps_the_runs_args_yaml(tmp_path, fresh_data, weights_file):
-    args = [*common(fresh_data, tmp_path, weights_file), "--imgsz", "28", "28", "--num-vis", "0"]
+def test_a_resume_with_nothing_to_do_writes_nothing(tmp_path, fresh_data, weights_file, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    args = [*common(fresh_data, first, weights_file), "--imgsz", "28", "28", "--num-vis", "0"]
     run_train([*args, "--epochs", "2"])
-    recorded = (tmp_path / "args.yaml").read_text()
-    run_train([*args, "--epochs", "1", "--resume", str(tmp_path / "last_model.pth")])
-    assert (tmp_path / "args.yaml").read_text() == recorded  # not epochs: 1 and a resume: PATH
+    recorded = (first / "args.yaml").read_text()
+    capsys.readouterr()
+    run_train([*args, "--epochs", "1", "--resume", str(first / "last_model.pth")])
+    assert (first / "args.yaml").read_text() == recorded  # not epochs: 1 and a resume: PATH
+    # another --out-dir got A's best checkpoints alone, without last_model.pth or metrics.csv,
+    # and the report called it the run's outputs
+    run_train([*args, "--out-dir", str(second), "--resume", str(first / "last_model.pth")])
+    assert not list(second.iterdir())
+    assert "outputs in" not in capsys.readouterr().out
 
 
 def test_a_run_resumed_into_another_out_dir_holds_its_best_model_and_history(
@@ -287,17 +294,6 @@ def test_a_run_resumed_into_another_out_dir_holds_its_best_model_and_history(
     assert read_csv(second / "metrics.csv")[:2] == read_csv(first / "metrics.csv")
     for name in train.BEST_CHECKPOINTS:  # copied from A, or written by a better epoch 3
         assert (second / name).is_file(), name
-
-
-def test_a_resume_with_nothing_to_do_copies_nothing_into_another_out_dir(
-    tmp_path, fresh_data, weights_file
-):
-    # before: B got A's best checkpoints alone, without last_model.pth or metrics.csv
-    first, second = tmp_path / "a", tmp_path / "b"
-    args = [*common(fresh_data, first, weights_file), "--imgsz", "28", "28", "--num-vis", "0"]
-    run_train([*args, "--epochs", "1"])
-    run_train([*args, "--out-dir", str(second), "--resume", str(first / "last_model.pth")])
-    assert not list(second.iterdir())
 
 
 def test_resuming_into_the_out_dir_of_another_run_is_refused(tmp_path, fresh_data, weights_file):
