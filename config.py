@@ -567,7 +567,7 @@ def _check_values(action: argparse.Action, values: list[str], path: Path) -> Non
             raise UserError(
                 f"config file {path}: {action.dest}: {v!r} is not a valid value ({err})"
             ) from err
-        if action.type is Path and ESCAPED_IN_PATH.search(v):
+        if action.type is path_arg and ESCAPED_IN_PATH.search(v):
             # "D:\new\test" in double quotes reads as D:, a newline, "ew", a tab and "est"
             raise UserError(
                 f"config file {path}: {action.dest}: {v!r} holds a control character. "
