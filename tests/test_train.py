@@ -506,6 +506,20 @@ def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
         # a class without a name trained, and was reported as "IoU : 0.52"
         ({"ALL_CLASSES": ["background", " "], "LABEL_COLORS_LIST": [[0, 0, 0], [0, 255, 0]],
           "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]}, r"c.yaml: ALL_CLASSES has an empty name"),
+        # two classes of one name: the per-class IoU and the overlays' legend could not tell them
+        ({"ALL_CLASSES": ["a", "a"], "LABEL_COLORS_LIST": [[0, 0, 0], [0, 255, 0]],
+          "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]},
+         r"c.yaml: ALL_CLASSES has repeated names: \['a', 'a'\]"),
+        # YAML reads unquoted numbers as ints: class names 0 and 1 would not be names
+        ({"ALL_CLASSES": [0, 1], "LABEL_COLORS_LIST": [[0, 0, 0], [0, 255, 0]],
+          "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]},
+         r"c.yaml: ALL_CLASSES must be a list of names"),
+        # class 255 would be the ignore index
+        ({"ALL_CLASSES": [f"c{i}" for i in range(256)],
+          "LABEL_COLORS_LIST": [[i, 0, 0] for i in range(256)],
+          "VIS_LABEL_MAP": [[i, 0, 0] for i in range(256)]},
+         r"c.yaml: at most 255 classes are supported, got 256"),
+        (["lr", 0.1], r"config file .*c.yaml must hold a mapping of keys to values"),
     ],
 )  # fmt: skip
 def test_bad_config_files_fail_loudly(tmp_path, content, message):
@@ -513,6 +527,17 @@ def test_bad_config_files_fail_loudly(tmp_path, content, message):
     cfg.write_text(yaml.safe_dump(content))
     with pytest.raises(UserError, match=message):
         parse_args(train.get_args_parser(), ["--config", str(cfg)])
+
+
+def test_a_missing_config_file_is_named_and_an_empty_one_changes_nothing(tmp_path):
+    with pytest.raises(UserError, match=r"config file .*missing.yaml does not exist"):
+        parse_args(train.get_args_parser(), ["--config", str(tmp_path / "missing.yaml")])
+    # a config file whose settings are all commented out yet: YAML reads it as null
+    (tmp_path / "empty.yaml").write_text("# lr: 0.01\n")
+    args, classes = parse_args(train.get_args_parser(), ["--config", str(tmp_path / "empty.yaml")])
+    defaults, _ = parse_args(train.get_args_parser(), [])
+    assert classes == DEFAULT_CLASSES
+    assert {**vars(args), "config": None} == vars(defaults)
 
 
 def test_config_file_takes_off_unquoted(tmp_path):
@@ -619,6 +644,17 @@ def test_batches_of_one_value_per_channel_are_refused_before_training(
     with pytest.raises(UserError, match=r"--batch 2 or more .* --imgsz of at least 21 21"):
         run_train(args)
     assert not (tmp_path / "args.yaml").exists()
+
+
+@pytest.mark.parametrize("layers", ["0", "5"])
+def test_layers_beyond_the_head_blocks_are_refused(tmp_path, fresh_data, layers):
+    # the "+ms" head takes the last four blocks: --layers 5 would silently mean 4
+    args = ["--data", str(fresh_data), "--out-dir", str(tmp_path / "o"), "--weights", "random",
+            "--backbone-source", "timm", "--imgsz", *IMGSZ, "--workers", "0",
+            "--layers", layers]  # fmt: skip
+    with pytest.raises(UserError, match=rf"--layers must be between 1 and 4, not {layers}"):
+        run_train(args)
+    assert not (tmp_path / "o" / "last_model.pth").exists()
 
 
 @pytest.mark.parametrize(
