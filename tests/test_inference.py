@@ -312,6 +312,31 @@ def test_infer_image_handles_odd_files_and_names_failures(tmp_path, checkpoint):
     assert not (out / "broken_mask.png").exists()
 
 
+def test_infer_image_of_one_file_reads_it_even_with_glob_characters_in_its_name(
+    tmp_path, checkpoint
+):
+    # "shot[1].png" as a glob matches shot1.png: a file that exists is taken as named
+    Image.fromarray(np.full((30, 50, 3), 90, np.uint8)).save(tmp_path / "shot[1].png")
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(tmp_path / "shot1.png")
+    out = tmp_path / "out"
+    infer_image.main(image_args(input=tmp_path / "shot[1].png", model=checkpoint, out_dir=out))
+    assert sorted(p.name for p in out.iterdir()) == ["shot[1]_mask.png", "shot[1]_overlay.jpg"]
+    assert Image.open(out / "shot[1]_mask.png").size == (50, 30)
+
+
+def test_unreadable_images_after_the_last_full_batch_are_named_and_the_rest_written(
+    tmp_path, checkpoint
+):
+    # the last group then holds no image to segment, only the failure
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(src / "a.png")
+    (src / "z_broken.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"1 of 2 image\(s\) could not be read:\n.*z_broken\.png"):
+        infer_image.main(image_args(input=src, model=checkpoint, out_dir=out, batch=1))
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.jpg"]
+
+
 def test_infer_image_accepts_a_glob(tmp_path, checkpoint, tiny_data):
     out = tmp_path / "out"
     pattern = str(tiny_data / "valid_images" / "*.jpg")
@@ -378,6 +403,23 @@ def test_compile_with_tta_is_refused_before_the_model_loads(
     model, _ = load_checkpoint(checkpoint)
     with pytest.raises(ValueError, match="compile and tta"):
         Predictor(model, DEFAULT_CLASSES, (56, 56), compile=True, tta=([1.0], True))
+
+
+@pytest.mark.parametrize("script", [infer_image, infer_video])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [({"alpha": 1.5}, r"--alpha must be between 0 and 1, not 1.5"),
+     ({"alpha": -0.1}, r"--alpha must be between 0 and 1, not -0.1"),
+     ({"batch": 0}, r"--batch must be at least 1")],
+)  # fmt: skip
+def test_bad_alpha_or_batch_is_refused_before_the_model_loads(
+    tmp_path, checkpoint, script, monkeypatch, flags, message
+):
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    monkeypatch.setattr(script, "predictor_from_args", no_model)
+    args = cli(script.get_args_parser(), input=clip, model=checkpoint, **flags)
+    with pytest.raises(UserError, match=message):
+        script.main(args)
 
 
 @pytest.mark.parametrize("script", [infer_image, infer_video])
