@@ -202,6 +202,17 @@ def test_predictor_takes_any_list_of_images_the_empty_one_too(predictor):
         assert len(predictor.predict(many)) == 2
 
 
+def test_bf16_on_the_cpu_casts_the_network_once_and_keeps_the_masks(checkpoint, predictor):
+    # --amp bf16 is offered for recent CPUs: the weights are cast, not autocast on every call
+    half = Predictor.from_checkpoint(checkpoint, "cpu", amp="bf16")
+    assert half.model.dtype == torch.bfloat16
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (66, 90, 3), dtype=np.uint8) for _ in range(3)]
+    for want, got in zip(predictor.predict(images), half.predict(images), strict=True):
+        assert got.shape == want.shape and got.dtype == np.uint8
+        assert (got == want).mean() > 0.9
+
+
 def test_overlay_refuses_a_mask_of_another_size(predictor):
     with pytest.raises(ValueError, match=r"the mask is \(3, 4\), its image \(4, 4\)"):
         predictor.overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 4), np.uint8))
