@@ -157,6 +157,18 @@ def test_negative_or_fractional_mask_values_are_an_error(tmp_path, values):
         read_mask(save(mask, tmp_path / "m.tif"), DEFAULT_CLASSES)
 
 
+def test_a_grayscale_mask_with_alpha_reads_its_gray_values(tmp_path):
+    # "LA" PNGs, as image editors save a gray layer with transparency
+    la = np.stack([np.array([[0, 1], [1, 255]], np.uint8), np.full((2, 2), 7, np.uint8)], -1)
+    assert read_mask(save(la, tmp_path / "m.png"), DEFAULT_CLASSES).tolist() == [[0, 1], [1, 255]]
+
+
+def test_a_mask_of_an_unsupported_mode_is_named(tmp_path):
+    Image.new("CMYK", (4, 3)).save(tmp_path / "m.tif")
+    with pytest.raises(DataError, match=r"m.tif: unsupported mask mode CMYK"):
+        read_mask(tmp_path / "m.tif", DEFAULT_CLASSES)
+
+
 def test_instance_ids_map_to_person_with_two_classes(tmp_path):
     mask = np.array([[0, 1], [2, 3]], dtype=np.uint8)  # Penn-Fudan: three people
     assert read_mask(save(mask, tmp_path / "m.png"), DEFAULT_CLASSES).tolist() == [[0, 1], [1, 1]]
@@ -275,6 +287,17 @@ def test_a_dark_16bit_image_stays_dark(tmp_path):
 def test_a_float_image_in_0_to_1_scales_to_8bit(tmp_path):
     Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)).save(tmp_path / "x.tif")
     assert read_image(tmp_path / "x.tif")[..., 0].tolist() == [[0, 128, 255]]
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "expected"),
+    [([0, 128, 255], np.int32, [0, 128, 255]),  # 8-bit values stored wide keep their scale
+     ([0, 32768, 65535], np.int32, [0, 128, 255]),  # 16-bit data in 32 bits
+     ([0.0, 128.0, 255.0], np.float32, [0, 128, 255])],  # floats past 1 on the 8-bit scale
+)  # fmt: skip
+def test_32bit_images_are_scaled_by_the_range_of_their_values(tmp_path, values, dtype, expected):
+    Image.fromarray(np.array([values], dtype)).save(tmp_path / "x.tif")
+    assert read_image(tmp_path / "x.tif")[..., 0].tolist() == [expected]
 
 
 def test_read_image_applies_exif_rotation(tmp_path):
@@ -440,6 +463,20 @@ def test_check_dataset_reports_every_problem_at_once(fresh_data):
     assert "valid_masks/img000.png: values [3] are not class ids" in text
 
 
+def test_a_missing_folder_and_two_images_of_one_stem_are_named(fresh_data):
+    for f in (fresh_data / "valid_masks").iterdir():
+        f.unlink()
+    (fresh_data / "valid_masks").rmdir()
+    # img000 as PNG and JPEG: which one the mask belongs to cannot be told
+    save(np.zeros((72, 96, 3), np.uint8), fresh_data / "train_images" / "img000.jpg")
+    with pytest.raises(DatasetError) as info:
+        check_dataset(fresh_data, DEFAULT_CLASSES)
+    text = "\n".join(info.value.problems)
+    assert "valid_masks: folder missing" in text
+    assert "valid_images/img000.png: image without a mask" in text  # each image, named
+    assert "img000.png: same stem as img000.jpg; keep one of them" in text
+
+
 def test_masks_saved_as_0_and_255_are_refused_with_the_fix(fresh_data):
     for mask in (fresh_data / "train_masks").iterdir():
         binary = np.asarray(Image.open(mask))
@@ -579,6 +616,38 @@ def test_penn_fudan_conversion_refuses_a_non_penn_fudan_zip(tmp_path):
     with pytest.raises(UserError, match="not the Penn-Fudan zip"):
         convert_penn_fudan(tmp_path / "x.zip", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_penn_fudan_conversion_refuses_an_existing_folder_a_broken_zip_and_missing_masks(
+    tmp_path,
+):
+    good = penn_fudan_zip(tmp_path / "PennFudanPed.zip")
+    (tmp_path / "there").mkdir()
+    with pytest.raises(UserError, match=r"there already exists; remove it"):
+        convert_penn_fudan(good, tmp_path / "there")
+    (tmp_path / "cut.zip").write_bytes(good.read_bytes()[:100])  # an interrupted download
+    with pytest.raises(UserError, match=r"cut.zip is not a readable zip file"):
+        convert_penn_fudan(tmp_path / "cut.zip", tmp_path / "out")
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(tmp_path / "part.zip", "w") as dst:
+        for name in src.namelist():
+            if not name.endswith("PennPed00010_mask.png"):
+                dst.writestr(name, src.read(name))
+    with pytest.raises(
+        UserError, match=r"1 images have no PedMasks/\*_mask.png, e.g. .*PennPed00010"
+    ):
+        convert_penn_fudan(tmp_path / "part.zip", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_download_is_converted_into_the_data_folder(tmp_path, monkeypatch):
+    def download(url, dst, progress=True):
+        penn_fudan_zip(dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    data = tmp_path / "data" / "PennFudanPed"
+    datasets.download_penn_fudan(data)
+    assert len(check_dataset(data, DEFAULT_CLASSES)["valid"]) == 2
+    assert sorted(p.name for p in data.parent.iterdir()) == ["PennFudanPed"], "no zip is left"
 
 
 def test_offline_download_fails_with_a_clear_message(tmp_path, monkeypatch):
