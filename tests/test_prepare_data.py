@@ -637,3 +637,76 @@ def test_coco_annotations_are_read_as_utf8_whatever_the_locale(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "train_masks" / "a.png").is_file()
+
+
+def test_binary_reads_1_bit_and_palette_masks_by_what_they_show(tmp_path):
+    root = binary_fixture(tmp_path / "people")
+    square = np.zeros((42, 56), bool)
+    square[10:30, 20:40] = True
+    Image.fromarray(square).save(root / "train_masks" / "train2.png")  # mode "1"
+    # a palette whose index 0 is white: the indices would read the square inverted
+    palette = Image.fromarray((~square).astype(np.uint8)).convert("P")
+    palette.putpalette([255, 255, 255, 0, 0, 0])
+    palette.save(root / "valid_masks" / "valid0.png")
+    out = tmp_path / "people_01"
+    run("binary", "--root", str(root), "--out", str(out))
+    for mask in ("train_masks/train2.png", "valid_masks/valid0.png"):
+        assert np.array_equal(np.asarray(Image.open(out / mask)), square.astype(np.uint8)), mask
+
+
+def test_binary_refuses_a_missing_root_a_16_bit_mask_and_a_split_without_images(tmp_path):
+    with pytest.raises(UserError, match=r"--root .*nowhere is not a folder"):
+        run("binary", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    root = binary_fixture(tmp_path / "people")
+    deep = np.zeros((42, 56), np.uint16)
+    deep[10:30, 20:40] = 65535
+    Image.fromarray(deep).save(root / "train_masks" / "train2.png")
+    for f in [*(root / "valid_images").iterdir(), *(root / "valid_masks").iterdir()]:
+        f.unlink()
+    with pytest.raises(UserError) as info:
+        run("binary", "--root", str(root), "--out", str(tmp_path / "o"))
+    assert "train2.png: a I;16 image; save the mask as 8-bit grayscale" in str(info.value)
+    assert "valid_images: no images" in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people"]
+
+
+def test_voc_lists_that_are_missing_empty_or_name_missing_files_are_refused(tmp_path):
+    root = voc_fixture(tmp_path / "VOC2012")
+    lists = root / "ImageSets" / "Segmentation"
+    flags = ["voc", "--root", str(root), "--out", str(tmp_path / "o")]
+    (lists / "val.txt").rename(lists / "trainval.txt")
+    with pytest.raises(UserError, match=r"val.txt is missing: --root must be VOCdevkit/VOC2012"):
+        run(*flags)
+    (lists / "val.txt").write_text("\n")
+    with pytest.raises(UserError, match=r"val.txt lists no image, so the valid split would be"):
+        run(*flags)
+    (lists / "val.txt").write_text("2007_000009\n")
+    with pytest.raises(UserError, match=r"val.txt names 2007_000009, but .* is missing"):
+        run(*flags)
+    (lists / "val.txt").write_text("2007_000002\n")
+    Image.new("I;16", (30, 20)).save(root / "SegmentationClass" / "2007_000002.png")
+    with pytest.raises(UserError, match=r"2007_000002.png: a I;16 mask; VOC masks are palette"):
+        run(*flags)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012"]
+
+
+def test_coco_unreadable_annotations_missing_images_and_valid_every_1_are_refused(tmp_path):
+    ann = coco_fixture(tmp_path / "coco")
+    flags = ["--images", str(tmp_path / "coco/images"), "--out", str(tmp_path / "o")]
+    with pytest.raises(UserError, match=r"--valid-every must be at least 2"):
+        run("coco", "--annotations", str(ann), *flags, "--valid-every", "1")
+    (tmp_path / "cut.json").write_bytes(ann.read_bytes()[:50])  # an interrupted download
+    with pytest.raises(UserError, match=r"cannot read COCO annotations .*cut.json"):
+        run("coco", "--annotations", str(tmp_path / "cut.json"), *flags)
+    (tmp_path / "coco/images/b.jpg").unlink()
+    with pytest.raises(UserError, match=r"instances.json names b.jpg, missing from .*images"):
+        run("coco", "--annotations", str(ann), *flags, "--valid-every", "2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco", "cut.json"]
+
+
+def test_a_pennfudan_zip_too_small_for_a_valid_split_writes_nothing(tmp_path):
+    # every fifth image goes to valid: four images leave it empty
+    zip_path = penn_fudan_zip(tmp_path / "PennFudanPed.zip", n=4)
+    with pytest.raises(UserError, match=r"the valid split came out empty; nothing was written"):
+        run("pennfudan", "--zip", str(zip_path), "--out", str(tmp_path / "pf"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["PennFudanPed.zip"]
