@@ -410,6 +410,34 @@ def test_the_ordered_writer_runs_jobs_in_order_one_at_a_time_and_reraises():
         writer.finish()
 
 
+def test_prefetch_reraises_the_producers_error_and_stops_with_its_consumer():
+    # a video's frames are decoded in this thread: a read error must reach the loop that
+    # consumes them, after the frames read before it
+    def frames():
+        yield 1
+        yield 2
+        raise OSError("the drive was unplugged")
+
+    got = []
+    with pytest.raises(OSError, match="unplugged"):
+        for item in utils.prefetch(frames()):
+            got.append(item)
+    assert got == [1, 2]
+
+    # a consumer that stops early (Ctrl-C, a failed write) stops the producer with it
+    produced = []
+
+    def long_video():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    items = utils.prefetch(long_video(), depth=2)
+    assert next(items) == 0
+    items.close()  # joins the thread
+    assert len(produced) <= 5, "the producer went on decoding for nobody"
+
+
 def test_an_infinite_validation_loss_stops_before_any_checkpoint(
     tmp_path, fresh_data, weights_file, monkeypatch
 ):
