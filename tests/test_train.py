@@ -948,6 +948,14 @@ def test_reports_print_names_the_locale_cannot_encode():
     assert proc.stdout.strip() == "IoU \\u884c\\u4eba: 0.5"
 
 
+def test_ctrl_c_exits_130_with_one_line_and_no_traceback():
+    # the shell convention (128 + SIGINT) that scripts and schedulers test for
+    code = "import utils\ndef main():\n    raise KeyboardInterrupt\nutils.run_script(main)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 130
+    assert proc.stderr == "interrupted\n"
+
+
 def test_config_files_are_read_as_utf8_whatever_the_locale(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
