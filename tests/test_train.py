@@ -379,6 +379,36 @@ def test_carry_over_copies_only_the_best_checkpoints_of_the_resumed_epochs(tmp_p
     assert train.carry_over(source, source, start=3) == []
 
 
+def test_carry_over_from_a_run_whose_metrics_csv_is_broken_keeps_its_best_and_no_history(
+    tmp_path,
+):
+    # the resumed run's own folder, not the one written to: its broken file stops nothing
+    source, out = tmp_path / "a", tmp_path / "b"
+    source.mkdir()
+    torch.save({"epoch": 2}, source / "best_model_iou.pth")
+    (source / "metrics.csv").write_text("epoch;valid_miou\n1;0.5\n2;0.6\n")
+    assert train.carry_over(source, out, start=3) == []
+    assert torch.load(out / "best_model_iou.pth", weights_only=True) == {"epoch": 2}
+
+
+def test_the_classes_of_a_config_file_give_way_to_the_resumed_checkpoints(
+    checkpoint, tmp_path, caplog
+):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "ALL_CLASSES": ["background", "cat", "dog"],
+        "LABEL_COLORS_LIST": [[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+        "VIS_LABEL_MAP": [[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+    }))  # fmt: skip
+    last = checkpoint.parent / "last_model.pth"
+    args, classes = parse_args(
+        train.get_args_parser(), ["--resume", str(last), "--config", str(cfg)]
+    )
+    _, kept, _ = train.read_resume(args, classes)
+    assert kept == DEFAULT_CLASSES
+    assert "the classes of --config" in caplog.text and "['background', 'person']" in caplog.text
+
+
 def test_a_resumed_metrics_csv_saved_by_a_spreadsheet_is_read_and_a_broken_one_named(tmp_path):
     # a UTF-8 CSV saved by a spreadsheet starts with a byte-order mark: KeyError 'epoch' before
     csv_path = tmp_path / "metrics.csv"
