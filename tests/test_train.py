@@ -12,12 +12,13 @@ import torch.nn.functional as F
 import yaml
 
 import train
-from config import DEFAULT_CLASSES, parse_args
+from config import DEFAULT_CLASSES, PENN_FUDAN_URL, parse_args
 from conftest import ROOT, PixelClassifier
 from datasets import SegmentationDataset, check_dataset
 from engine import evaluate
 from metrics import ConfusionMatrix
 from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
+from synthetic import penn_fudan_zip
 from utils import UserError, amp_dtype, pick_device, read_csv, write_csv
 
 IMGSZ = ["90", "66"]  # neither a multiple of 14 nor square
@@ -389,6 +390,24 @@ def test_carry_over_from_a_run_whose_metrics_csv_is_broken_keeps_its_best_and_no
     (source / "metrics.csv").write_text("epoch;valid_miou\n1;0.5\n2;0.6\n")
     assert train.carry_over(source, out, start=3) == []
     assert torch.load(out / "best_model_iou.pth", weights_only=True) == {"epoch": 2}
+
+
+def test_the_default_data_is_downloaded_once_into_data_pennfudanped(tmp_path, monkeypatch):
+    downloads = []
+
+    def download(url, dst, progress=True):
+        downloads.append(url)
+        penn_fudan_zip(dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    monkeypatch.chdir(tmp_path)
+    args, _ = parse_args(train.get_args_parser(), [])
+    assert train.resolve_data(args) == Path("data/PennFudanPed")
+    assert train.resolve_data(args) == Path("data/PennFudanPed")  # there now: not again
+    assert downloads == [PENN_FUDAN_URL]
+    assert len(check_dataset(Path("data/PennFudanPed"), DEFAULT_CLASSES)["train"]) == 8
+    explicit, _ = parse_args(train.get_args_parser(), ["--data", "mine"])
+    assert train.resolve_data(explicit) == Path("mine")
 
 
 def test_the_classes_of_a_config_file_give_way_to_the_resumed_checkpoints(
