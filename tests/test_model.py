@@ -166,6 +166,47 @@ def test_timm_layout_register_weights_are_named_as_a_register_backbone(tmp_path)
         load_checkpoint(tmp_path / "reg.pth")
 
 
+@pytest.mark.parametrize(
+    "state_dict",
+    [{"conv1.weight": torch.zeros(64, 3, 7, 7)},  # a ResNet's: no class token
+     {"cls_token": torch.zeros(1, 1, 192), "blocks.0.norm1.weight": torch.zeros(192)}],  # ViT-Ti
+)  # fmt: skip
+def test_state_dicts_of_other_networks_as_checkpoints_are_not_called_a_backbone(
+    tmp_path, state_dict
+):
+    torch.save(state_dict, tmp_path / "other.pth")
+    with pytest.raises(UserError, match=r"is not a checkpoint of this repository") as caught:
+        load_checkpoint(tmp_path / "other.pth")
+    assert "backbone" not in str(caught.value)
+
+
+def _edit_checkpoint(ckpt: dict, edit: str) -> None:
+    if edit == "backbone":
+        ckpt["model"]["backbone"] = list(ckpt["model"]["backbone"].values())
+    else:  # a third class named, where the head was trained for two
+        ckpt["classes"] = {
+            "ALL_CLASSES": ["background", "person", "car"],
+            "LABEL_COLORS_LIST": [[0, 0, 0], [0, 255, 0], [255, 0, 0]],
+            "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0], [255, 0, 0]],
+        }
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [("backbone", r"model: model.backbone is not a state dict of tensors. It was changed"),
+     ("classes", r"model: Error\(s\) in loading state_dict (?s:.)*size mismatch")],
+)  # fmt: skip
+def test_a_checkpoint_edited_after_training_names_what_no_longer_fits(
+    tmp_path, checkpoint, edit, message
+):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    _edit_checkpoint(ckpt, edit)
+    torch.save(ckpt, tmp_path / "edited.pth")
+    fits = r"checkpoint .*edited.pth does not fit its dinov2_vits14 "
+    with pytest.raises(UserError, match=fits + message):
+        load_checkpoint(tmp_path / "edited.pth")
+
+
 def test_weights_that_are_not_a_checkpoint_are_refused(tmp_path):
     (tmp_path / "w.pth").write_text("hello")
     with pytest.raises(UserError, match="not a readable PyTorch weights file"):
