@@ -8,6 +8,7 @@ from config import BACKBONES, DEFAULT_CLASSES, parse_args
 from model import (
     DinoBackbone,
     Segmentor,
+    _timm_to_official,
     count_flops,
     load_backbone,
     load_checkpoint,
@@ -205,6 +206,30 @@ def test_a_checkpoint_edited_after_training_names_what_no_longer_fits(
     fits = r"checkpoint .*edited.pth does not fit its dinov2_vits14 "
     with pytest.raises(UserError, match=fits + message):
         load_checkpoint(tmp_path / "edited.pth")
+
+
+@pytest.mark.parametrize("name", ["dinov2_vitg14", "dinov2_vitg14_reg"])
+def test_giant_weights_through_timm_get_their_official_swiglu_names_back(name):
+    # ViT-g/14's MLP is SwiGLU: w12 and w3 officially, fc1 and fc2 in timm; a checkpoint saved
+    # with timm's names would not load (built too big to test end to end)
+    from timm.models.vision_transformer import _convert_dinov2
+
+    official = {"cls_token": torch.randn(1, 1, 8), "pos_embed": torch.randn(1, 5, 8),
+                "mask_token": torch.zeros(1, 8), "blocks.0.mlp.w12.weight": torch.randn(16, 8),
+                "blocks.0.mlp.w12.bias": torch.randn(16),
+                "blocks.0.mlp.w3.weight": torch.randn(8, 8),
+                "blocks.0.mlp.w3.bias": torch.randn(8)}  # fmt: skip
+    if name.endswith("_reg"):
+        official["register_tokens"] = torch.randn(1, 4, 8)
+    timm_layout = _convert_dinov2(dict(official), None)
+    assert "blocks.0.mlp.fc1.weight" in timm_layout
+    back = _timm_to_official(timm_layout, name)
+    assert back.keys() == official.keys()
+    for key in ("blocks.0.mlp.w12.weight", "blocks.0.mlp.w3.bias"):
+        assert torch.equal(back[key], official[key])
+    # the other backbones' MLPs are fc1 and fc2 in both layouts
+    plain = {"cls_token": torch.zeros(1, 1, 8), "blocks.0.mlp.fc1.weight": torch.zeros(16, 8)}
+    assert "blocks.0.mlp.fc1.weight" in _timm_to_official(plain, "dinov2_vitl14")
 
 
 def test_weights_that_are_not_a_checkpoint_are_refused(tmp_path):
