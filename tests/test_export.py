@@ -12,6 +12,7 @@ from PIL import Image
 import export
 import infer_image
 import utils
+from conftest import FAKE_HUB
 from utils import UserError
 
 
@@ -62,6 +63,30 @@ def test_export_fails_above_the_tolerance_and_leaves_no_file(
             ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx"), "--int8",
              "--tolerance", "1e-30"]))  # fmt: skip
     assert list(tmp_path.iterdir()) == [], "neither the graph nor a temporary file may remain"
+
+
+@pytest.mark.parametrize(
+    ("source", "hint"),
+    [("timm", ""), ("hub", "; try --backbone-source timm, whose model exports cleanly")],
+)
+def test_a_graph_the_exporter_cannot_convert_is_named_and_keeps_the_older_file(
+    tmp_path, checkpoint, monkeypatch, source, hint
+):
+    def cannot_convert(model, ckpt, imgsz, path, dynamic, external_data):
+        path.write_bytes(b"half a graph")
+        raise RuntimeError("Unsupported: aten::_some_op")
+
+    monkeypatch.setattr(export, "export", cannot_convert)
+    (tmp_path / "m.onnx").write_bytes(b"the last export")
+    with pytest.raises(UserError) as caught:
+        export.main(export.get_args_parser().parse_args(
+            ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx"),
+             "--backbone-source", source, "--hub-dir", str(FAKE_HUB)]))  # fmt: skip
+    assert (
+        str(caught.value) == f"ONNX export failed (RuntimeError: Unsupported: aten::_some_op){hint}"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"], "no temporary file may remain"
+    assert (tmp_path / "m.onnx").read_bytes() == b"the last export"
 
 
 @pytest.mark.parametrize(
@@ -255,7 +280,6 @@ def test_a_graph_that_fails_at_the_second_size_is_a_message(tmp_path):
     """The hub model's positional-embedding resampling is traced at the export size, so its
     --dynamic graph fails in ONNX Runtime at the check's second size: a message, not a traceback."""
     from config import DEFAULT_CLASSES
-    from conftest import FAKE_HUB
     from model import Segmentor, load_backbone, save_checkpoint
 
     backbone = load_backbone("dinov2_vits14", "hub", "random", hub_dir=FAKE_HUB, layers=1)
