@@ -184,11 +184,21 @@ def test_onnxruntime_refuses_a_checkpoint_file(tmp_path, checkpoint, tiny_data):
         ("folder", r"is a folder; pass the \.onnx file"),
         ("missing.pth", r"does not exist; pass the \.onnx file .*export\.py --model CKPT"),
         ("notes.txt", "is not an ONNX model ONNX Runtime can load"),
+        # a graph from another exporter: its classes and input size are unknown
+        (
+            "other.onnx",
+            r"other\.onnx was not written by export\.py \(no dinov2-segmentation-onnx/1",
+        ),
     ],
 )
 def test_onnxruntime_names_what_the_model_file_is(tmp_path, tiny_data, model, message):
     (tmp_path / "folder").mkdir()
     (tmp_path / "notes.txt").write_text("not a graph")
+    x = onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 14, 14])
+    y = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3, 14, 14])
+    node = onnx.helper.make_node("Identity", ["images"], ["logits"])
+    graph = onnx.helper.make_graph([node], "other", [x], [y])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "other.onnx"))
     with pytest.raises(UserError, match=message):
         infer_image.main(infer_image.get_args_parser().parse_args(
             ["--input", str(tiny_data / "valid_images"), "--model", str(tmp_path / model),
