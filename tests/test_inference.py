@@ -653,6 +653,18 @@ def test_camera_stream_ends_with_ctrl_c_and_keeps_the_video(tmp_path, checkpoint
     assert f"stopped by Ctrl-C: {video} holds the first {written} frames" in caplog.text
 
 
+def test_ctrl_c_before_a_cameras_first_frame_is_written_is_an_interrupt(tmp_path, checkpoint):
+    # nothing to keep: the run stops as any interrupted run does (exit 130), and leaves no file
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            infer_video.cv2, "VideoCapture", functools.partial(FakeCamera, interrupt_after=1)
+        )
+        with pytest.raises(KeyboardInterrupt):
+            infer_video.main(video_args(input=0, model=checkpoint, out_dir=out, batch=4))
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_camera_stopped_by_sigterm_says_so(tmp_path, checkpoint, caplog):
     # kill, a scheduler or a container stop: the video is kept, as with Ctrl-C, and named so
     out = tmp_path / "out"
