@@ -162,3 +162,13 @@ def test_mps_pixels_are_counted_on_the_cpu(monkeypatch):
     cm.update(pred, target)
     cm.update(pred, target)
     assert cm.mat.tolist() == [[2, 2, 0], [0, 4, 0], [0, 0, 2]]
+
+
+def test_a_process_that_scored_no_image_takes_part_with_zero_counts():
+    # under torchrun a shard may be empty (fewer valid images than processes)
+    cm = ConfusionMatrix(3)
+    cm.all_reduce(torch.device("cpu"))
+    assert cm.mat.dtype == torch.int64 and cm.mat.tolist() == [[0] * 3] * 3
+    out = cm.compute()
+    assert math.isnan(out["pixel_accuracy"]) and math.isnan(out["miou"])
+    assert all(math.isnan(v) for v in out["iou"])
