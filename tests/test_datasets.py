@@ -138,6 +138,16 @@ def test_palette_mask_uses_indices(tmp_path):
     assert out.tolist() == [[0, 2], [1, 255]]
 
 
+@pytest.mark.parametrize("palette", [[0, 0, 0, 255, 255, 255], [0, 0, 0, 0, 255, 0]])
+def test_a_class_index_mask_with_a_short_palette_keeps_its_indices(tmp_path, palette):
+    # Pillow's palette past its listed colours is black, background's colour: those indices
+    # are unused, and the used ones (black and white, or the classes' own colours) are the ids
+    img = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8)).convert("P")
+    img.putpalette(palette)
+    img.save(tmp_path / "m.png")  # a 1-bit PNG
+    assert read_mask(tmp_path / "m.png", DEFAULT_CLASSES).tolist() == [[0, 1], [1, 0]]
+
+
 def test_a_colour_mask_saved_with_a_palette_is_read_by_its_colours(tmp_path):
     # PIL's convert("P") (like PNG optimizers) numbers a colour mask's colours in any order:
     # here green (person) gets index 0 and black (background) index 1
