@@ -729,6 +729,25 @@ def test_show_stops_on_q_and_keeps_the_frames_so_far(tmp_path, checkpoint, caplo
     assert "stopped by q or Esc" in caplog.text and "the first 3 of 13 frames" in caplog.text
 
 
+def test_infer_image_show_stops_showing_on_q_and_segments_every_image(tmp_path, checkpoint):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in "abcd":
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(src / f"{name}.png")
+    shown = []
+
+    def fake_show(title, overlay, wait_ms):
+        shown.append((overlay.shape, wait_ms))
+        return len(shown) < 2  # "q" at the second image
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_image, "check_inference_args", lambda args: None)  # no GUI here
+        mp.setattr(infer_image, "show", fake_show)
+        infer_image.main(image_args(input=src, model=checkpoint, out_dir=out, show=True, batch=4))
+    assert shown == [((30, 40, 3), 0)] * 2  # each image waits for a key
+    assert len(list(out.glob("*_mask.png"))) == 4
+
+
 def test_show_without_a_gui_build_is_a_clear_error(tmp_path, checkpoint):
     try:
         check_gui()
@@ -1519,6 +1538,18 @@ def test_show_without_a_display_is_refused_without_opening_a_window(monkeypatch)
         check_gui()
     monkeypatch.setenv("DISPLAY", ":0")
     with pytest.raises(AssertionError, match="a window was opened"):
+        check_gui()
+
+
+def test_show_where_opencv_cannot_open_a_window_is_a_clear_error(monkeypatch):
+    # a display is set, but the window fails (a Wayland session without XWayland, say)
+    def fails(*args):
+        raise cv2.error("Can't initialize GTK backend")
+
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:   QT5\n")
+    monkeypatch.setattr(cv2, "namedWindow", fails)
+    with pytest.raises(UserError, match=r"--show needs an OpenCV build with windows .* a display"):
         check_gui()
 
 
