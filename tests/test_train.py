@@ -683,6 +683,12 @@ def test_device_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, 
     assert pick_device("auto") == torch.device(expected)
 
 
+def test_device_mps_without_mps_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--device mps was asked for, but this PyTorch build"):
+        pick_device("mps")
+
+
 @pytest.mark.parametrize(("batch", "imgsz"), [("1", "14"), ("1", "20")])
 def test_batches_of_one_value_per_channel_are_refused_before_training(
     tmp_path, fresh_data, batch, imgsz
