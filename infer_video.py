@@ -50,6 +50,9 @@ from utils import (
 
 log = logging.getLogger("dinoseg")
 
+# the largest reduced time-base denominator MPEG-4 part 2 stores: a whole rate up to this fits
+MP4V_MAX_FPS = 65535
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -99,6 +102,13 @@ def open_video(spec: str) -> VideoSource:
     if not fps or not math.isfinite(fps) or fps <= 0:
         log.warning("%s does not state its frame rate; writing at 30 FPS", spec)
         fps = 30.0
+    elif fps > MP4V_MAX_FPS:
+        # Some IP cameras state their stream's clock (90000, 180000) as the rate: no video's,
+        # and past what mp4v stores, whose writer would not open
+        log.warning(
+            "%s states %.6g FPS, no frame rate a video can have; writing at 30 FPS", spec, fps
+        )
+        fps = 30.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     name = f"camera{spec}" if spec.isdigit() else "stream" if stream else path.stem
     if camera:  # each recording is new: the next one must not replace it
@@ -138,14 +148,14 @@ def mp4v_rate(fps: float) -> float:
     of it (66.667 -> 66667/1000), and MPEG-4 part 2 refuses a time base whose denominator, once
     the fraction is reduced, exceeds 65535: the writer would not open at all.
     """
-    for rate in (fps, round(fps, 2), round(fps, 1), float(round(fps))):
+    for rate in (fps, round(fps, 2), round(fps, 1)):
         ticks, base = round(rate), 1
         while abs(ticks / base - rate) > 0.001:
             base *= 10
             ticks = round(rate * base)
-        if ticks // math.gcd(ticks, base) <= 65535:
+        if ticks // math.gcd(ticks, base) <= MP4V_MAX_FPS:
             return rate
-    return fps
+    return float(round(fps))  # a whole rate up to MP4V_MAX_FPS (open_video's bound) fits
 
 
 # Reads in a row that a video file may fail before it counts as ended: OpenCV fails a read at

@@ -665,6 +665,27 @@ def test_ctrl_c_before_a_cameras_first_frame_is_written_is_an_interrupt(tmp_path
     assert not out.exists() or list(out.iterdir()) == []
 
 
+class ClockRateCamera(FakeCamera):
+    """An IP camera that states its stream's 90 kHz clock, doubled, as its frame rate."""
+
+    def get(self, prop):
+        return 180000.0 if prop == cv2.CAP_PROP_FPS else super().get(prop)
+
+
+def test_a_camera_stating_a_rate_mp4v_cannot_store_is_recorded_at_30_fps(
+    tmp_path, checkpoint, caplog
+):
+    # OpenCV reports 90000 or 180000 FPS for some cameras; mp4v stores at most 65535, and the
+    # recording failed with "the encoder refuses" though nothing was wrong with it
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video.cv2, "VideoCapture", ClockRateCamera)
+        infer_video.main(video_args(input=0, model=checkpoint, out_dir=out, batch=1))
+    (video,) = out.iterdir()
+    assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FPS) == pytest.approx(30)
+    assert "0 states 180000 FPS, no frame rate a video can have; writing at 30 FPS" in caplog.text
+
+
 def test_camera_stopped_by_sigterm_says_so(tmp_path, checkpoint, caplog):
     # kill, a scheduler or a container stop: the video is kept, as with Ctrl-C, and named so
     out = tmp_path / "out"
