@@ -760,6 +760,12 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
             f"{flag} {path} is damaged or was edited: it lacks {', '.join(missing)}; "
             "use a checkpoint exactly as train.py wrote it"
         )
+    if ckpt["backbone"] not in BACKBONES:
+        raise UserError(
+            f"{flag} {path} holds a {ckpt['backbone']!r} model, a backbone this version of the "
+            f"repository does not build (it builds {', '.join(BACKBONES)}): use the version "
+            "that wrote it, or a checkpoint exactly as train.py wrote it"
+        )
     return ckpt
 
 
