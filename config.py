@@ -473,7 +473,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
         class_part = {k: v for k, v in data.items() if k in CLASS_KEYS}
         if class_part:
             classes = ClassConfig.from_dict(class_part, source=str(config))
-        file_argv = _flags_to_argv(parser, data, config)
+        file_argv = _flags_to_argv(parser, data, f"config file {config}")
     args = parser.parse_args(file_argv + argv)
     # --resume and --eval-only as parsed, so the file may set them as well as the command line
     eval_only = getattr(args, "eval_only", False)
@@ -484,7 +484,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     recorded = recorded_settings(source) if source is not None else {}
     resumed = {k: recorded[k] for k in keys if recorded.get(k) is not None}
     if resumed:
-        args = parser.parse_args(_flags_to_argv(parser, resumed, source) + file_argv + argv)
+        recorded_argv = _flags_to_argv(parser, resumed, f"checkpoint {source}")
+        args = parser.parse_args(recorded_argv + file_argv + argv)
     if eval_only and known.resume is None:
         # A resumed run's OUT/args.yaml records resume: PATH; --eval-only scores a checkpoint
         # and continues no run, so only a --resume on the command line is refused with it.
@@ -499,7 +500,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
             "--resume: continuing %s's run with its %s",
             source,
             # as flags: no_augment false is --augment, not "--no-augment False"
-            ", ".join(" ".join(_flags_to_argv(parser, {k: resumed[k]}, source)) for k in kept),
+            ", ".join(
+                " ".join(_flags_to_argv(parser, {k: resumed[k]}, f"checkpoint {source}"))
+                for k in kept
+            ),
         )
     return args, classes
 
@@ -509,7 +513,9 @@ def plain_value(value):
     return str(value) if isinstance(value, Path) else value
 
 
-def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> list[str]:
+def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> list[str]:
+    """Command-line tokens for the settings ``data`` of ``where`` ("config file PATH", or
+    "checkpoint PATH" for the settings it recorded), which the messages name."""
     # A flag without a default of its own turns a true/false setting off (--augment for
     # no_augment); the setting's own flag is the other one.
     negations = {a.dest: a.option_strings[-1] for a in parser._actions if _is_negation(a)}
@@ -520,9 +526,7 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> l
     unknown = [k for k in unknown if k != "config" or nested]
     if unknown:
         allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
-        raise UserError(
-            f"config file {path} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}"
-        )
+        raise UserError(f"{where} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}")
     argv: list[str] = []
     for key, value in data.items():
         if key in CLASS_KEYS:
@@ -530,15 +534,15 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, path: Path) -> l
         flag = actions[key].option_strings[-1]
         if isinstance(actions[key], argparse._StoreTrueAction):
             if not isinstance(value, bool):
-                raise UserError(f"config file {path}: {key} must be true or false")
+                raise UserError(f"{where}: {key} must be true or false")
             argv += [flag] if value else [negations[key]] if key in negations else []
         elif value is not None:
             if value is False and "off" in (actions[key].choices or ()):
                 items = ["off"]  # YAML reads a bare off (amp: off) as false
             else:
                 items = [str(v) for v in (value if isinstance(value, list) else [value])]
-            _check_count(actions[key], items, path)
-            _check_values(actions[key], items, path)
+            _check_count(actions[key], items, where)
+            _check_values(actions[key], items, where)
             argv += [flag, *items]
     return argv
 
@@ -547,34 +551,30 @@ def _is_negation(action: argparse.Action) -> bool:
     return isinstance(action, argparse._StoreFalseAction) and action.default is argparse.SUPPRESS
 
 
-def _check_count(action: argparse.Action, values: list[str], path: Path) -> None:
-    """Refuse a config file's value with the wrong number of items, naming the file (argparse
-    would blame a flag the command line does not have, or call the extra item unrecognized)."""
+def _check_count(action: argparse.Action, values: list[str], where: str) -> None:
+    """Refuse a setting with the wrong number of items, naming its file (argparse would blame a
+    flag the command line does not have, or call the extra item unrecognized)."""
     expected = 1 if action.nargs is None else action.nargs
     if isinstance(expected, int) and len(values) != expected:
         example = "a single value" if expected == 1 else f"a list of {expected} values"
-        raise UserError(f"config file {path}: {action.dest} takes {example}, not {values}")
+        raise UserError(f"{where}: {action.dest} takes {example}, not {values}")
     if expected == "+" and not values:
-        raise UserError(f"config file {path}: {action.dest} takes a list of one or more values")
+        raise UserError(f"{where}: {action.dest} takes a list of one or more values")
 
 
-def _check_values(action: argparse.Action, values: list[str], path: Path) -> None:
-    """Refuse a config file's bad value naming the file, as argparse would name the flag."""
+def _check_values(action: argparse.Action, values: list[str], where: str) -> None:
+    """Refuse a setting's bad value naming its file, as argparse would name the flag."""
     for v in values:
         try:
             converted = action.type(v) if action.type is not None else v
         except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
-            raise UserError(
-                f"config file {path}: {action.dest}: {v!r} is not a valid value ({err})"
-            ) from err
+            raise UserError(f"{where}: {action.dest}: {v!r} is not a valid value ({err})") from err
         if action.type is path_arg and ESCAPED_IN_PATH.search(v):
             # "D:\new\test" in double quotes reads as D:, a newline, "ew", a tab and "est"
             raise UserError(
-                f"config file {path}: {action.dest}: {v!r} holds a control character. "
-                + WINDOWS_PATHS_IN_YAML
+                f"{where}: {action.dest}: {v!r} holds a control character. " + WINDOWS_PATHS_IN_YAML
             )
         if action.choices is not None and converted not in action.choices:
             raise UserError(
-                f"config file {path}: {action.dest}: {v!r} is not one of "
-                f"{', '.join(map(str, action.choices))}"
+                f"{where}: {action.dest}: {v!r} is not one of {', '.join(map(str, action.choices))}"
             )

@@ -494,6 +494,20 @@ def test_resume_continues_the_recorded_run_unless_a_flag_changes_it(tmp_path, ca
     assert args.data is None
 
 
+def test_a_recorded_setting_the_parser_refuses_names_the_checkpoint_not_a_config_file(
+    checkpoint, tmp_path
+):
+    # a run of a version with another --scheduler choice, or an edited checkpoint
+    ckpt = torch.load(checkpoint.parent / "last_model.pth", weights_only=True)
+    ckpt["args"]["scheduler"] = "linear"
+    torch.save(ckpt, tmp_path / "last_model.pth")
+    with pytest.raises(UserError) as caught:
+        parse_args(train.get_args_parser(), ["--resume", str(tmp_path / "last_model.pth")])
+    assert str(caught.value).startswith(
+        f"checkpoint {tmp_path / 'last_model.pth'}: scheduler: 'linear' is not one of none,"
+    )
+
+
 def test_config_file_sets_classes_and_defaults_and_the_command_line_wins(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({
