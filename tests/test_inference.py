@@ -1279,6 +1279,28 @@ def test_mp4v_rate_is_one_the_encoder_accepts(tmp_path, fps):
     video.release()
 
 
+def test_an_opencv_that_cannot_write_mp4v_is_named_and_leaves_nothing(tmp_path, checkpoint):
+    # an OpenCV built without FFmpeg, or whose encoder refuses the size or rate
+    class ClosedWriter:
+        def __init__(self, *args):
+            pass
+
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video.cv2, "VideoWriter", ClosedWriter)
+        with pytest.raises(UserError, match=r"cannot write .*clip.mp4: OpenCV's mp4v encoder "
+                           r"refuses 96x72 at 29.97 FPS \(or this OpenCV has none\)"):  # fmt: skip
+            infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    assert list(out.iterdir()) == []
+
+
 def test_video_at_a_rate_mp4v_cannot_store_exactly(tmp_path, checkpoint, caplog):
     clip = tmp_path / "fast.avi"  # 15 ms a frame: 66.667 FPS, as OpenCV gives it to mp4v
     video = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 66.667, (64, 48))
