@@ -1279,6 +1279,16 @@ def test_mp4v_rate_is_one_the_encoder_accepts(tmp_path, fps):
     video.release()
 
 
+def test_a_high_speed_rate_whose_tenths_mp4v_cannot_store_is_written_whole(tmp_path):
+    # 300001/10 FPS reduces to a time base of 300001 ticks, past mp4v's 65535
+    assert infer_video.mp4v_rate(30000.1) == 30000.0
+    video = cv2.VideoWriter(
+        str(tmp_path / "x.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 30000.0, (32, 24)
+    )
+    assert video.isOpened()
+    video.release()
+
+
 def test_an_opencv_that_cannot_write_mp4v_is_named_and_leaves_nothing(tmp_path, checkpoint):
     # an OpenCV built without FFmpeg, or whose encoder refuses the size or rate
     class ClosedWriter:
