@@ -897,6 +897,10 @@ def test_a_missing_compiler_or_torchao_is_reported_before_the_model_loads(checkp
     args = image_args(input=".", model=checkpoint, int8=True)
     with pytest.raises(UserError, match="--int8 needs torchao, which did not load"):
         engine.predictor_from_args(args, torch.device("cpu"))
+    monkeypatch.setattr("model.torch_version", lambda: (2, 4))  # torchao's int8 needs newer
+    floor = ".".join(map(str, INT8_MIN_TORCH))
+    with pytest.raises(UserError, match=rf"--int8 needs torch {floor} or later \(torchao\); this"):
+        engine.predictor_from_args(args, torch.device("cpu"))
 
 
 def test_triton_on_windows_finds_its_own_compiler(monkeypatch):
