@@ -1598,6 +1598,21 @@ def test_show_without_a_display_is_refused_without_opening_a_window(monkeypatch)
         check_gui()
 
 
+@pytest.mark.parametrize(
+    ("key", "goes_on"),
+    [(-1, True), (ord(" "), True), (ord("q"), False), (27, False), (0x100000 | ord("q"), False)],
+)
+def test_show_draws_bgr_and_stops_on_q_or_esc(monkeypatch, key, goes_on):
+    # waitKey's code carries modifier bits above the low byte on some backends (GTK, Qt)
+    drawn = []
+    monkeypatch.setattr(cv2, "imshow", lambda title, image: drawn.append(image))
+    monkeypatch.setattr(cv2, "waitKey", lambda ms: key)
+    overlay = np.zeros((2, 3, 3), np.uint8)
+    overlay[..., 0] = 200  # red
+    assert utils.show("infer_video", overlay, 1) is goes_on
+    assert drawn[0][0, 0].tolist() == [0, 0, 200]  # OpenCV's windows take BGR
+
+
 def test_show_where_opencv_cannot_open_a_window_is_a_clear_error(monkeypatch):
     # a display is set, but the window fails (a Wayland session without XWayland, say)
     def fails(*args):
