@@ -328,6 +328,19 @@ def test_read_image_turns_pixels_as_exif_transpose_does(tmp_path, orientation):
     assert np.array_equal(read_image(tmp_path / "x.png"), expected)
 
 
+def test_an_exif_block_pillow_cannot_parse_leaves_the_pixels_as_stored(tmp_path, monkeypatch):
+    # camera firmware writes EXIF that some Pillow versions fail on: the photo is still good
+    rgb = np.random.default_rng(2).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+
+    def unparsable(self):
+        raise SyntaxError("not a TIFF file (header b'\\x00\\x00' not valid)")
+
+    monkeypatch.setattr(Image.Image, "getexif", unparsable)
+    assert np.array_equal(read_image(tmp_path / "x.png"), rgb)
+    assert datasets.image_size(tmp_path / "x.png") == (30, 20)
+
+
 def test_read_image_with_a_malformed_exif_tag_still_rotates(tmp_path):
     # Big-endian EXIF: orientation 6, and tag 336 (DotRange, a SHORT) stored as text, as damaged
     # or odd camera firmware writes. Pillow reads it, but cannot write it back.
