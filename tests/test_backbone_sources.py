@@ -18,6 +18,7 @@ from conftest import FAKE_HUB, ROOT, load_benchmark
 from model import (
     FusedAttention,
     Segmentor,
+    _with_fused_attention,
     load_backbone,
     load_checkpoint,
     official_weights_url,
@@ -90,6 +91,20 @@ def test_hub_attention_runs_fused_with_the_official_results(weights_file):
         got = fused(x)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_hub_model_whose_attention_layers_are_not_recognized_runs_them_unchanged(caplog):
+    # a later official repository may rename or change its attention classes: warned, not broken
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(8, 2)
+
+    vit = torch.nn.Sequential(Block(), Block())
+    layers = [block.attn for block in vit]
+    assert _with_fused_attention(vit) is vit
+    assert [block.attn for block in vit] == layers
+    assert "the hub model's attention layers were not recognized" in caplog.text
 
 
 def test_hub_dir_without_hubconf_is_refused(tmp_path):
