@@ -953,6 +953,12 @@ def test_int8_on_a_cpu_without_int8_dot_products_warns(
     assert ("no int8 dot-product instructions" in caplog.text) is warned
 
 
+def test_a_predictor_quantizes_only_a_float32_model_to_int8(checkpoint):
+    # Predictor's own contract, for callers that skip the scripts' flag checks
+    with pytest.raises(ValueError, match="int8 quantization is for float32 models on the CPU"):
+        Predictor.from_checkpoint(checkpoint, "cpu", amp="bf16", int8=True)
+
+
 def test_int8_on_a_gpu_is_refused_before_the_model_loads(checkpoint, monkeypatch):
     monkeypatch.setattr(Predictor, "from_checkpoint", no_model)
     args = image_args(input=".", model=checkpoint, int8=True)
