@@ -36,28 +36,45 @@ class ConfusionMatrix:
                 f"pred ({pred.dtype}) and target ({target.dtype}) must be integer class ids: take "
                 "the argmax of scores over the classes first"
             )
-        k = self.num_classes
-        keep = target != self.ignore_index
-        target, pred = target[keep].long(), pred[keep].long()
-        # An id outside 0..K-1 would be counted in another pair's bin (a prediction K of class 0
-        # as a 0 of class 1), or fail in the reshape below with a message naming neither.
-        if target.numel():
-            bounds = torch.stack([target.min(), target.max(), pred.min(), pred.max()]).tolist()
-            for name, (low, high) in (("target", bounds[:2]), ("pred", bounds[2:])):
-                if low < 0 or high >= k:
-                    ignored = f" (or {self.ignore_index}, ignored)" if name == "target" else ""
-                    raise ValueError(
-                        f"{name} holds class ids {low} to {high}; the matrix counts {k} classes, "
-                        f"0 to {k - 1}{ignored}"
-                    )
-        idx = target * k + pred
-        if idx.device.type == "mps":
-            # MPS counts with one graph scatter-add that serializes on the bins most pixels fall
-            # in (background): seconds per batch of masks, where the CPU takes milliseconds
-            # (pytorch/pytorch#184779). The matrix then stays on the CPU.
-            idx = idx.cpu()
-        counts = torch.bincount(idx, minlength=k * k).reshape(k, k)
+        k, ignore = self.num_classes, self.ignore_index
+        if not target.numel():
+            counts = torch.zeros(k, k, dtype=torch.int64, device=target.device)
+        else:
+            # One pass for the bounds, one for the counts: ignored pixels are counted in row
+            # `ignore` and dropped, which is 5-8 times faster on the CPU than selecting the kept
+            # pixels first (98 vs 12-22 ms for 8 x 640 x 640 masks, a fifth of a cached epoch).
+            bounds = torch.stack([v.long() for v in (*torch.aminmax(target), *torch.aminmax(pred))])
+            t_min, t_max, p_min, p_max = bounds.tolist()
+            if t_min < 0 or p_min < 0 or p_max >= k or k <= t_max != ignore:
+                self._refuse(pred, target)
+            rows = max(t_max + 1, k)
+            idx = target.long() * k + pred.long()
+            if idx.device.type == "mps":
+                # MPS counts with one graph scatter-add that serializes on the bins most pixels
+                # fall in (background): seconds per batch of masks, where the CPU takes
+                # milliseconds (pytorch/pytorch#184779). The matrix then stays on the CPU.
+                idx = idx.cpu()
+            counts = torch.bincount(idx.flatten(), minlength=rows * k).reshape(rows, k)
+            if rows > k and counts[k:ignore].any():  # ids between K-1 and the ignore index
+                self._refuse(pred, target)
+            counts = counts[:k]
         self.mat = counts if self.mat is None else self.mat + counts.to(self.mat.device)
+
+    def _refuse(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Raise for class ids outside 0..K-1, naming the range of the pixels not ignored. Such
+        an id would be counted in another pair's bin (a prediction K of class 0 as a 0 of class
+        1), or fail in a reshape with a message naming neither."""
+        keep = target != self.ignore_index
+        k = self.num_classes
+        for name, ids in (("target", target[keep]), ("pred", pred[keep])):
+            low, high = (int(v) for v in torch.aminmax(ids))
+            if low < 0 or high >= k:
+                ignored = f" (or {self.ignore_index}, ignored)" if name == "target" else ""
+                raise ValueError(
+                    f"{name} holds class ids {low} to {high}; the matrix counts {k} classes, "
+                    f"0 to {k - 1}{ignored}"
+                )
+        raise ValueError(f"pred holds class ids outside 0 to {k - 1} where target is ignored")
 
     def all_reduce(self, device: torch.device) -> None:
         """Sum the counts of every process (a no-op in a single process)."""

@@ -49,6 +49,29 @@ def test_class_ids_outside_the_matrix_are_refused(pred, target, message):
         cm.update(torch.tensor(pred), torch.tensor(target))
 
 
+def test_a_prediction_outside_the_classes_under_an_ignored_pixel_is_refused():
+    cm = ConfusionMatrix(2)
+    with pytest.raises(ValueError, match="pred holds class ids outside 0 to 1 where target is ig"):
+        cm.update(torch.tensor([0, 7]), torch.tensor([0, 255]))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_counts_equal_a_count_of_the_kept_pairs(dtype):
+    # the matrix counts ignored pixels in a row of their own and drops it: check it against
+    # counting the kept (target, pred) pairs one by one
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (3, 17, 23), generator=gen).to(dtype)
+    target[torch.rand(target.shape, generator=gen) < 0.2] = 255
+    pred = torch.randint(0, 4, target.shape, generator=gen)
+    cm = ConfusionMatrix(4)
+    cm.update(pred, target)
+    expected = torch.zeros(4, 4, dtype=torch.int64)
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist(), strict=True):
+        if t != 255:
+            expected[t, p] += 1
+    assert torch.equal(cm.mat, expected)
+
+
 def test_scores_are_refused_as_class_ids():
     # a binary model's probabilities of the same shape were truncated: 0.7 counted as class 0
     cm = ConfusionMatrix(2)
