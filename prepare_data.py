@@ -19,8 +19,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -434,6 +435,33 @@ def shell_quote(text: str) -> str:
     return shlex.quote(text)
 
 
+class Importer(NamedTuple):
+    """One subcommand: the flags that name its source, which --out may neither hold nor lie
+    inside, and the function that writes the four folders into a staging folder from the parsed
+    arguments (returning read_binary_mask's counts of masks per kind, or None)."""
+
+    sources: tuple[str, ...]
+    convert: Callable[[argparse.Namespace, Path], dict[str, int] | None]
+
+
+def _convert_penn_fudan(args: argparse.Namespace, out: Path) -> None:
+    convert_penn_fudan(args.zip, out)  # its counts are the report's: not read_binary_mask's
+
+
+# the subcommands of get_args_parser, each with its own flags there
+IMPORTERS = {
+    "pennfudan": Importer(("zip",), _convert_penn_fudan),
+    "voc": Importer(("root",), lambda args, out: convert_voc(args.root, out, args.classes)),
+    "coco": Importer(
+        ("annotations", "images"),
+        lambda args, out: convert_coco(
+            args.annotations, args.images, out, args.classes, args.valid_every
+        ),
+    ),
+    "binary": Importer(("root",), lambda args, out: convert_binary(args.root, out)),
+}
+
+
 def main(args: argparse.Namespace) -> None:
     if args.dataset == "coco" and args.valid_every < 2:
         raise UserError("--valid-every must be at least 2")
@@ -446,19 +474,14 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(
             f"{flag} names {repeated} twice (background is always class 0): list each class once"
         )
-    sources = {
-        "voc": ["root"],
-        "binary": ["root"],
-        "pennfudan": ["zip"],
-        "coco": ["annotations", "images"],
-    }[args.dataset]
+    importer = IMPORTERS[args.dataset]
     out = args.out
     if within(Path.cwd(), out):  # a folder cannot be renamed from inside
         raise UserError(
             f"--out {args.out} is the current folder or holds it; name a new folder, such as "
             f"--out data/{args.dataset}"
         )
-    for key in sources:
+    for key in importer.sources:
         source = getattr(args, key)
         if within(source, out):
             flag = f"--{key} {source}"
@@ -479,16 +502,8 @@ def main(args: argparse.Namespace) -> None:
     else:
         colors = [[0, 0, 0], [0, 255, 0], *colors[2:]][: len(names)]
     classes = ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
-    kinds = {}  # binary masks of each kind (read_binary_mask)
     with staging(args.out, args.force) as stage:
-        if args.dataset == "pennfudan":
-            convert_penn_fudan(args.zip, stage)
-        elif args.dataset == "voc":
-            convert_voc(args.root, stage, args.classes)
-        elif args.dataset == "binary":
-            kinds = convert_binary(args.root, stage)
-        else:
-            convert_coco(args.annotations, args.images, stage, args.classes, args.valid_every)
+        kinds = importer.convert(args, stage) or {}  # binary masks of each kind
         for split in SPLITS:
             if not (stage / f"{split}_masks").is_dir():
                 raise UserError(f"the {split} split came out empty; nothing was written")

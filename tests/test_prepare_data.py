@@ -1,5 +1,6 @@
 """prepare_data.py on small fixtures of Penn-Fudan, PASCAL VOC, COCO and 0/255 masks built here."""
 
+import argparse
 import json
 import logging
 import os
@@ -710,3 +711,12 @@ def test_a_pennfudan_zip_too_small_for_a_valid_split_writes_nothing(tmp_path):
     with pytest.raises(UserError, match=r"the valid split came out empty; nothing was written"):
         run("pennfudan", "--zip", str(zip_path), "--out", str(tmp_path / "pf"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PennFudanPed.zip"]
+
+
+def test_every_subcommand_has_one_importer_whose_sources_are_its_flags():
+    parser = prepare_data.get_args_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(prepare_data.IMPORTERS)
+    for name, importer in prepare_data.IMPORTERS.items():
+        dests = {a.dest for a in sub.choices[name]._actions}
+        assert importer.sources and set(importer.sources) <= dests, name
