@@ -86,3 +86,21 @@ def test_every_flag_the_readme_names_exists():
             known.update(flag for action in parser._actions for flag in action.option_strings)
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", README))
     assert named <= known, f"the README names flags no script has: {sorted(named - known)}"
+
+
+def test_every_flag_of_the_scripts_is_in_the_readme():
+    """The other direction: a flag added to one of our scripts is named in the README too (in
+    train.py's flag table, or the inference scripts' one, or next to the command that takes it)."""
+    scripts = ["train.py", "infer_image.py", "infer_video.py", "export.py", "prepare_data.py"]
+    missing = []
+    for script in [*scripts, "model.py"]:
+        for parser in with_subparsers(parser_of(script)):
+            for action in parser._actions:
+                missing += [
+                    f"{script} {flag}"
+                    for flag in action.option_strings
+                    if flag.startswith("--")
+                    and flag != "--help"
+                    and not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", README)
+                ]
+    assert not missing, f"the README does not name {sorted(set(missing))}"
