@@ -312,6 +312,9 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
 
 # what --resume reads from a checkpoint besides the model (model.CHECKPOINT_KEYS)
 TRAINING_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "args", "best_miou", "best_loss")
+# in --out-dir: the best epochs by valid mIoU and by valid loss, and the last one
+BEST_CHECKPOINTS = ("best_model_iou.pth", "best_model_loss.pth")
+LAST_CHECKPOINT = "last_model.pth"
 POLY_POWER = 0.9
 # the scheduler attribute that holds the epoch the schedule ends at
 SCHEDULE_LENGTH = {"cosine": "T_max", "poly": "total_iters"}
@@ -626,14 +629,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     # as soon as the model's size is known: before the cache and training
     needed = checkpoint_space(model)
     check_on_main_process(lambda: check_writable(args.out_dir, needed, purpose="its checkpoints"))
-    train_model = model
-    if world > 1:
-        if device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # DDP averages the head's gradients; checkpoints are saved from the unwrapped model.
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    model, train_model = distribute(model, device, world)
 
     from_features = args.cache_features != "off"
     train_set, valid_set = make_datasets(args, model, pairs, classes, imgsz, autocast, rank, world)
@@ -649,17 +645,10 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     )
 
     predictor = Predictor(model, classes, imgsz)
-    optimizer = torch.optim.AdamW(
-        model.param_groups(args.lr, args.backbone_lr), weight_decay=args.weight_decay
-    )
-    scheduler = make_scheduler(optimizer, args.scheduler, args.epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    if ckpt is not None:
-        resume_optimization(optimizer, scheduler, args, ckpt, start)
-        if ckpt["scaler"] is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        if main_process and not history and start <= args.epochs:  # nothing to do: no copies
-            history = carry_over(args.resume.parent, args.out_dir, start)
+    optimizer, scheduler, scaler = make_optimization(args, model, device, ckpt, start)
+    # a resume with nothing to do (start > --epochs) copies nothing
+    if ckpt is not None and main_process and not history and start <= args.epochs:
+        history = carry_over(args.resume.parent, args.out_dir, start)
 
     run_settings = settings(args, classes, imgsz)
     if main_process and start <= args.epochs:  # a resume with nothing to do keeps the run's file
@@ -672,7 +661,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             args.epochs,
             args.resume.parent,
         )
-    last = args.out_dir / "last_model.pth"
+    last = args.out_dir / LAST_CHECKPOINT
     epoch = start
 
     def kept() -> str:
@@ -749,53 +738,96 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             if main_process:
                 write_report(args.out_dir, history)
                 write_overlays(args.out_dir, valid_set, args.num_vis, predictor)
-                if improved_iou:
-                    save_checkpoint(args.out_dir / "best_model_iou.pth", model, **meta)
-                if improved_loss:
-                    save_checkpoint(args.out_dir / "best_model_loss.pth", model, **meta)
-                # Last, once everything else of this epoch is on disk: a resume from it never
-                # skips a best checkpoint that failed to write.
-                save_checkpoint(last, model, **meta)
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f "
-                "mIoU %.4f%s | %.1f s",
-                epoch,
-                args.epochs,
-                train["loss"],
-                train["acc"],
-                train["miou"],
-                valid["loss"],
-                valid["acc"],
-                valid["miou"],
-                " (best)" if improved_iou else "",
-                row["seconds"],
-            )
+                save_checkpoints(args.out_dir, model, meta, (improved_iou, improved_loss))
+            log_epoch(row, args.epochs, improved_iou)
     except KeyboardInterrupt:
         if main_process:
             log.warning("stopped during epoch %d. %s", epoch, kept())
         raise
-    except TrainingDiverged as err:
-        raise UserError(
-            f"{err} of epoch {epoch}; training stopped. {kept()} Lower --lr (now {args.lr:g})"
-            + (", or use --amp bf16 rather than fp16." if args.amp == "fp16" else ".")
-        ) from err
-    except DataError as err:
-        # The dataset was checked before training: a file changed since (edited, replaced or
-        # removed while the run went on). From a DataLoader worker the message holds the
-        # worker's traceback, whose last line is the error's own.
-        problem = str(err).strip().splitlines()[-1].removeprefix("datasets.DataError: ")
-        raise UserError(
-            f"{problem}: the file changed during training; fix or restore it. {kept()}"
-        ) from err
-    except OSError as err:
-        raise UserError(
-            f"could not write to {args.out_dir} ({err}). Every file is written whole or not at "
-            f"all: {kept()}"
-        ) from err
+    except (TrainingDiverged, DataError, OSError) as err:
+        raise stopped_error(err, args, epoch, kept()) from err
     if main_process and start <= args.epochs:  # else nothing was trained, nor written here
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
         memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")
+
+
+def distribute(model: Segmentor, device: torch.device, world: int) -> tuple[Segmentor, nn.Module]:
+    """The model to evaluate and save, and the one to train: under torchrun, the same model
+    with SyncBatchNorm (on GPUs) and its DistributedDataParallel wrapper; else ``model`` twice."""
+    if world == 1:
+        return model, model
+    if device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # DDP averages the head's gradients; checkpoints are saved from the unwrapped model.
+    wrapped = DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+    return model, wrapped
+
+
+def make_optimization(args, model: Segmentor, device, ckpt: dict | None, start: int):
+    """The optimizer, scheduler (None without --scheduler) and fp16 grad scaler of a run, with
+    the --resume checkpoint's states (``ckpt``, resumed at epoch ``start``) restored."""
+    optimizer = torch.optim.AdamW(
+        model.param_groups(args.lr, args.backbone_lr), weight_decay=args.weight_decay
+    )
+    scheduler = make_scheduler(optimizer, args.scheduler, args.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    if ckpt is not None:
+        resume_optimization(optimizer, scheduler, args, ckpt, start)
+        if ckpt["scaler"] is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+    return optimizer, scheduler, scaler
+
+
+def save_checkpoints(out_dir: Path, model: Segmentor, meta: dict, improved: tuple) -> None:
+    """Save an epoch as best_model_iou.pth and best_model_loss.pth where it ``improved`` (mIoU,
+    loss), then as last_model.pth."""
+    for name, better in zip(BEST_CHECKPOINTS, improved, strict=True):
+        if better:
+            save_checkpoint(out_dir / name, model, **meta)
+    # Last, once everything else of this epoch is on disk: a resume from it never skips a best
+    # checkpoint that failed to write.
+    save_checkpoint(out_dir / LAST_CHECKPOINT, model, **meta)
+
+
+def log_epoch(row: dict, epochs: int, best: bool) -> None:
+    """Log one epoch's metrics.csv ``row``, marking a new best mIoU."""
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f "
+        "mIoU %.4f%s | %.1f s",
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["train_acc"],
+        row["train_miou"],
+        row["valid_loss"],
+        row["valid_acc"],
+        row["valid_miou"],
+        " (best)" if best else "",
+        row["seconds"],
+    )
+
+
+def stopped_error(err: Exception, args, epoch: int, kept: str) -> UserError:
+    """The UserError that explains why training stopped during ``epoch``: it diverged, a data
+    file changed, or a file could not be written; ``kept`` says what the run leaves behind."""
+    if isinstance(err, TrainingDiverged):
+        return UserError(
+            f"{err} of epoch {epoch}; training stopped. {kept} Lower --lr (now {args.lr:g})"
+            + (", or use --amp bf16 rather than fp16." if args.amp == "fp16" else ".")
+        )
+    if isinstance(err, DataError):
+        # The dataset was checked before training: a file changed since (edited, replaced or
+        # removed while the run went on). From a DataLoader worker the message holds the
+        # worker's traceback, whose last line is the error's own.
+        problem = str(err).strip().splitlines()[-1].removeprefix("datasets.DataError: ")
+        return UserError(f"{problem}: the file changed during training; fix or restore it. {kept}")
+    return UserError(
+        f"could not write to {args.out_dir} ({err}). Every file is written whole or not at all: "
+        f"{kept}"
+    )
 
 
 def write_report(out_dir: Path, history: list[dict]) -> None:
@@ -878,9 +910,6 @@ def check_same_run(args, ckpt: dict, start: int) -> None:
         f"--out-dir {args.out_dir} holds another run: {differs} of --resume {args.resume}: "
         f"resume into the folder of that run (--out-dir {args.resume.parent}) or a new one"
     )
-
-
-BEST_CHECKPOINTS = ("best_model_iou.pth", "best_model_loss.pth")
 
 
 def carry_over(source: Path, out_dir: Path, start: int) -> list[dict]:
