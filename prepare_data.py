@@ -194,31 +194,7 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     of the chosen categories are left out; sorted by file name, every ``every``-th image goes to
     valid.
     """
-    try:
-        # bytes: JSON is UTF-8, whatever the locale's encoding (a Windows code page would
-        # misread non-ASCII file and category names)
-        data = json.loads(annotations.read_bytes())
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
-        raise UserError(f"cannot read COCO annotations {annotations}: {err}") from err
-    keys = ("images", "annotations", "categories")
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
-        raise UserError(
-            f"{annotations} is not a COCO instance-annotation file: it needs the lists "
-            f"{', '.join(keys)} (pass instances_*.json, not captions_*.json or another kind)"
-        )
-    for kind, needed in (
-        ("images", ("id", "file_name", "height", "width")),
-        ("annotations", ("image_id", "category_id")),
-        ("categories", ("id", "name")),
-    ):
-        for entry in data[kind]:
-            missing = [k for k in needed if not isinstance(entry, dict) or k not in entry]
-            if missing:
-                name = entry.get("id", "?") if isinstance(entry, dict) else repr(entry)[:40]
-                raise UserError(
-                    f"{annotations}: {kind[:-1]} {name} lacks {missing[0]!r}; every entry of "
-                    f"its {kind} list needs {', '.join(needed)}"
-                )
+    data = _read_coco(annotations)
     ids_of: dict[str, list] = {}  # merged exports repeat a name under several ids
     for c in data["categories"]:
         ids_of.setdefault(c["name"], []).append(c["id"])
@@ -233,44 +209,11 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     kept = sorted(
         (img for img in data["images"] if img["id"] in anns), key=lambda i: i["file_name"]
     )
-    # Exports from annotation tools name images in subfolders (train/1.jpg, val/1.jpg): the
-    # folders become part of the flat name, and a mask's name is its image's stem. An absolute
-    # name loses its root, which would otherwise put the image outside --out. Tools on Windows
-    # write train\1.jpg, whose backslash is a character of the name elsewhere: read as "/".
-    files = {img["id"]: img["file_name"].replace("\\", "/") for img in kept}
-    names = {i: _flat_name(file) for i, file in files.items()}
-    # Names that differ only in case (IMG_1.jpg, img_1.jpg) count as the same: on macOS and
-    # Windows they name one file, and the second image and mask would replace the first's.
-    stems: dict[str, list[str]] = {}
-    for img in kept:
-        stems.setdefault(Path(names[img["id"]]).stem.casefold(), []).append(img["file_name"])
-    clashes = [files for files in stems.values() if len(files) > 1]
-    if clashes:
-        raise UserError(
-            f"{annotations} names images that would share a mask name: "
-            + "; ".join(" and ".join(files) for files in clashes[:5])
-            + ". Rename them apart (their masks are named by the image's name without extension, "
-            "and names that differ only in case are one file on macOS and Windows)"
-        )
+    files, names = _coco_file_names(annotations, kept)
     drawn = 0  # annotations with a mask: an export of boxes alone has "segmentation": []
     for position, img in enumerate(kept):
-        h, w = img["height"], img["width"]
-        mask = np.zeros((h, w), np.uint8)
-        shapes = []  # (crowd, area, value, pixels)
-        for ann in anns[img["id"]]:
-            pixels = _coco_mask(ann, img, annotations)
-            if pixels is None:
-                continue
-            drawn += 1
-            crowd = bool(ann.get("iscrowd", 0))
-            area = ann.get("area")
-            if not isinstance(area, int | float):  # optional here: counted when missing
-                area = int(pixels.sum())
-            shapes.append(
-                (crowd, area, IGNORE_INDEX if crowd else class_of[ann["category_id"]], pixels)
-            )
-        for _, _, value, pixels in sorted(shapes, key=lambda s: (not s[0], -s[1])):
-            mask[pixels] = value
+        mask, masked = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
+        drawn += masked
         source = images / files[img["id"]]
         if not source.is_file():
             raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
@@ -297,6 +240,80 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
             f"{annotations}: only {len(kept)} image(s) have an annotation of {classes}, and every "
             f"{every}th image (--valid-every {every}) goes to valid; {fix}"
         )
+
+
+def _read_coco(annotations: Path) -> dict:
+    """The annotation file's JSON, checked to hold the lists and keys that convert_coco reads."""
+    try:
+        # bytes: JSON is UTF-8, whatever the locale's encoding (a Windows code page would
+        # misread non-ASCII file and category names)
+        data = json.loads(annotations.read_bytes())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise UserError(f"cannot read COCO annotations {annotations}: {err}") from err
+    keys = ("images", "annotations", "categories")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
+        raise UserError(
+            f"{annotations} is not a COCO instance-annotation file: it needs the lists "
+            f"{', '.join(keys)} (pass instances_*.json, not captions_*.json or another kind)"
+        )
+    for kind, needed in (
+        ("images", ("id", "file_name", "height", "width")),
+        ("annotations", ("image_id", "category_id")),
+        ("categories", ("id", "name")),
+    ):
+        for entry in data[kind]:
+            missing = [k for k in needed if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                name = entry.get("id", "?") if isinstance(entry, dict) else repr(entry)[:40]
+                raise UserError(
+                    f"{annotations}: {kind[:-1]} {name} lacks {missing[0]!r}; every entry of "
+                    f"its {kind} list needs {', '.join(needed)}"
+                )
+    return data
+
+
+def _coco_file_names(annotations: Path, images: list[dict]) -> tuple[dict, dict]:
+    """By image id: its file under --images, its flat name in --out (mask names must not clash)."""
+    # Exports from annotation tools name images in subfolders (train/1.jpg, val/1.jpg): the
+    # folders become part of the flat name, and a mask's name is its image's stem. An absolute
+    # name loses its root, which would otherwise put the image outside --out. Tools on Windows
+    # write train\1.jpg, whose backslash is a character of the name elsewhere: read as "/".
+    files = {img["id"]: img["file_name"].replace("\\", "/") for img in images}
+    names = {i: _flat_name(file) for i, file in files.items()}
+    # Names that differ only in case (IMG_1.jpg, img_1.jpg) count as the same: on macOS and
+    # Windows they name one file, and the second image and mask would replace the first's.
+    stems: dict[str, list[str]] = {}
+    for img in images:
+        stems.setdefault(Path(names[img["id"]]).stem.casefold(), []).append(img["file_name"])
+    clashes = [files for files in stems.values() if len(files) > 1]
+    if clashes:
+        raise UserError(
+            f"{annotations} names images that would share a mask name: "
+            + "; ".join(" and ".join(files) for files in clashes[:5])
+            + ". Rename them apart (their masks are named by the image's name without extension, "
+            "and names that differ only in case are one file on macOS and Windows)"
+        )
+    return files, names
+
+
+def _draw_coco_mask(img: dict, anns: list[dict], class_of: dict, annotations: Path) -> tuple:
+    """An image's (H, W) uint8 class-index mask, and how many of ``anns`` had a mask to draw."""
+    mask = np.zeros((img["height"], img["width"]), np.uint8)
+    shapes = []  # (crowd, area, value, pixels)
+    for ann in anns:
+        pixels = _coco_mask(ann, img, annotations)
+        if pixels is None:
+            continue
+        crowd = bool(ann.get("iscrowd", 0))
+        area = ann.get("area")
+        if not isinstance(area, int | float):  # optional here: counted when missing
+            area = int(pixels.sum())
+        shapes.append(
+            (crowd, area, IGNORE_INDEX if crowd else class_of[ann["category_id"]], pixels)
+        )
+    for _, _, value, pixels in sorted(shapes, key=lambda s: (not s[0], -s[1])):
+        mask[pixels] = value
+    return mask, len(shapes)
 
 
 def _flat_name(file_name: str) -> str:
