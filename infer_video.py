@@ -223,6 +223,41 @@ def stored_frames(path: Path) -> int | None:
     return None if count < 0 else count
 
 
+def open_writer(source: VideoSource, tmp: Path, out_path: Path, spec: str) -> tuple:
+    """An mp4v cv2.VideoWriter at ``tmp`` for the frames of ``source``, with the frame rate and
+    (width, height) it stores, each said where it differs from the input's."""
+    rate = mp4v_rate(source.fps)
+    if rate != source.fps:
+        log.warning(
+            "mp4v cannot store %s's %.6g FPS exactly; %s runs at %.6g FPS",
+            spec,
+            source.fps,
+            out_path,
+            rate,
+        )
+    # OpenCV's FFmpeg writer stores even sizes only: it dropped an odd last column or row
+    # without a word, while the report named the input's size. Cropped here, and said.
+    width, height = source.width & ~1, source.height & ~1
+    video = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), rate, (width, height))
+    if not video.isOpened():
+        raise UserError(
+            f"cannot write {out_path}: OpenCV's mp4v encoder refuses "
+            f"{source.width}x{source.height} at {rate:.6g} FPS (or this OpenCV has none)"
+            + non_ascii_note(out_path, RENAME_OUTPUT)
+        )
+    if (width, height) != (source.width, source.height):
+        log.warning(
+            "mp4v (through OpenCV) stores even sizes only: %s is %dx%d, the %dx%d input "
+            "without its odd last column or row",
+            out_path,
+            width,
+            height,
+            source.width,
+            source.height,
+        )
+    return video, rate, (width, height)
+
+
 def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, args) -> dict:
     """Run the pipeline: decode thread -> model (this thread) -> encode thread.
 
@@ -237,36 +272,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     done = 0  # frames encoded: counted by the encoder, as a Ctrl-C may land mid-submit
     # VideoWriter picks the container from the file name, so the temporary name ends in .mp4.
     with atomic_path(out_path, suffix=".partial.mp4") as tmp:
-        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-        rate = mp4v_rate(source.fps)
-        if rate != source.fps:
-            log.warning(
-                "mp4v cannot store %s's %.6g FPS exactly; %s runs at %.6g FPS",
-                args.input,
-                source.fps,
-                out_path,
-                rate,
-            )
-        # OpenCV's FFmpeg writer stores even sizes only: it dropped an odd last column or row
-        # without a word, while the report named the input's size. Cropped here, and said.
-        width, height = source.width & ~1, source.height & ~1
-        video = cv2.VideoWriter(str(tmp), fourcc, rate, (width, height))
-        if not video.isOpened():
-            raise UserError(
-                f"cannot write {out_path}: OpenCV's mp4v encoder refuses "
-                f"{source.width}x{source.height} at {rate:.6g} FPS (or this OpenCV has none)"
-                + non_ascii_note(out_path, RENAME_OUTPUT)
-            )
-        if (width, height) != (source.width, source.height):
-            log.warning(
-                "mp4v (through OpenCV) stores even sizes only: %s is %dx%d, the %dx%d input "
-                "without its odd last column or row",
-                out_path,
-                width,
-                height,
-                source.width,
-                source.height,
-            )
+        video, rate, (width, height) = open_writer(source, tmp, out_path, args.input)
         writer = OrderedWriter()
 
         def encode(frames, masks) -> None:
