@@ -250,18 +250,9 @@ def io_ceiling(video: Path, out: Path, model: Segmentor, imgsz, batch: int) -> f
     return segment_video(open_video(str(video)), null, out, opts)["fps"]
 
 
-def main(args: argparse.Namespace) -> None:
-    check_imgsz(args.imgsz)
-    for flag in ("batch", "frames", "reps"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1")
-    if min(args.video_size) < 2:  # mp4v writes no video of one pixel a side
-        raise UserError("--video-size must be at least 2 2")
-    device = pick_device(args.device)
-    dtype = amp_dtype(args.amp, device) or torch.float32
-    if args.int8 and (device.type != "cpu" or args.amp != "off"):
-        raise UserError("--int8 is a CPU fast path from float32: use it with --amp off on the CPU")
-    torch.manual_seed(0)
+def bench_model(args: argparse.Namespace, device: torch.device) -> Segmentor:
+    """The fp32 model to time, in eval mode on ``device``: --model's, or one of trained-like
+    synthetic weights; sets ``args.imgsz`` to the size it runs at."""
     if args.model:
         base, ckpt = load_checkpoint(
             args.model, device, args.backbone_source, args.hub_dir, args.backbone
@@ -273,10 +264,12 @@ def main(args: argparse.Namespace) -> None:
         backbone.load_official_state_dict(trained_like(backbone.official_shapes()))
         base = Segmentor(backbone, DEFAULT_CLASSES.num_classes)
         args.imgsz = tuple(args.imgsz or (644, 644))
-    base = base.to(device).eval()
-    fast = copy.deepcopy(base).cast(dtype)
-    if args.int8:
-        fast.quantize_int8()
+    return base.to(device).eval()
+
+
+def flop_floor(base: Segmentor, args, device: torch.device, dtype: torch.dtype) -> tuple:
+    """Print a frame's FLOPs and the matmul rates; returns (FLOPs per frame, the float32 rate in
+    FLOP/s, the fast model's FLOP floor in seconds per frame)."""
     w, h = args.imgsz
     by_op = flops_by_op(copy.deepcopy(base).cpu(), torch.zeros(1, 3, h, w))
     flops = sum(by_op.values())
@@ -305,6 +298,27 @@ def main(args: argparse.Namespace) -> None:
         if dtype != torch.float32:
             print(f"matmul rate {rate / 1e12:.3f} TFLOP/s ({str(dtype).removeprefix('torch.')})")
         print(f"FLOP floor {floor * 1e3:.1f} ms per frame")
+    return flops, rate32, floor
+
+
+def main(args: argparse.Namespace) -> None:
+    check_imgsz(args.imgsz)
+    for flag in ("batch", "frames", "reps"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1")
+    if min(args.video_size) < 2:  # mp4v writes no video of one pixel a side
+        raise UserError("--video-size must be at least 2 2")
+    device = pick_device(args.device)
+    dtype = amp_dtype(args.amp, device) or torch.float32
+    if args.int8 and (device.type != "cpu" or args.amp != "off"):
+        raise UserError("--int8 is a CPU fast path from float32: use it with --amp off on the CPU")
+    torch.manual_seed(0)
+    base = bench_model(args, device)
+    fast = copy.deepcopy(base).cast(dtype)
+    if args.int8:
+        fast.quantize_int8()
+    w, h = args.imgsz
+    flops, rate32, floor = flop_floor(base, args, device, dtype)
 
     rows, latency = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
