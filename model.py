@@ -833,8 +833,11 @@ def load_checkpoint(
         vit.load_official_state_dict(weights)
         model.head.load_state_dict(ckpt["model"]["head"])
     except RuntimeError as err:
+        detail = " ".join(str(err).split()).rstrip(".")  # load_state_dict's list, on one line
         raise UserError(
-            f"checkpoint {path} does not fit its {ckpt['backbone']} model: {err}"
+            f"checkpoint {path} does not fit its {ckpt['backbone']} model: {detail}. It was "
+            "changed after train.py wrote it (its classes, or its head): use a checkpoint "
+            "exactly as train.py wrote it"
         ) from err
     return model.to(device).eval(), ckpt
 
