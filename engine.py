@@ -737,7 +737,7 @@ class FeatureCache:
                 features = model.features(x)
             for (path, view), f in zip(chunk, features.half().cpu(), strict=True):
                 self._store(self._run_key(path, view), f.clone())
-            self.computed += len(chunk)
+                self.computed += 1  # one by one: an interrupted fill says how many it kept
             bar.update(len(chunk))
         bar.close()
 

@@ -1024,7 +1024,18 @@ def make_datasets(
         # called by every process, so that rank 0's refusal stops the others too, which would
         # otherwise fill the folder
         check_on_main_process(check_cache_dir)
-    cache.fill_splits(model, pairs, views, args.batch, rank, world)
+    try:
+        cache.fill_splits(model, pairs, views, args.batch, rank, world)
+    except KeyboardInterrupt:
+        # before any epoch: what an interrupted run keeps here is the cache's entries alone
+        kept = (
+            f"the {cache.computed} entries computed so far are kept in {folder} and the next run "
+            "reuses them"
+            if args.cache_features == "disk"
+            else "the entries computed so far were in memory and are lost"
+        )
+        warn_on_main_process("stopped while filling the feature cache: %s", kept)
+        raise
     train_set = CachedFeatureDataset(
         pairs["train"], classes, imgsz, cache, True, args.seed, augment
     )

@@ -305,3 +305,30 @@ def test_a_full_cache_dir_is_reported_as_one(tmp_path, fresh_data, untrained, mo
     with pytest.raises(UserError, match=r"could not write the feature cache to .*cache \(.*is th"
                        r"e disk full.*\); the entries written so far are kept"):  # fmt: skip
         cache.fill(untrained, [pair], ("orig",), batch=1)
+
+
+@pytest.mark.parametrize("mode", ["disk", "memory"])
+def test_ctrl_c_while_filling_the_cache_says_what_is_kept(
+    tmp_path, tiny_data, weights_file, caplog, monkeypatch, mode
+):
+    # before: exit 130 without a word on the cache, whose disk entries the next run reuses
+    store = FeatureCache._store
+    stored = []
+
+    def store_then_interrupt(self, key, features):
+        if len(stored) == 3:
+            raise KeyboardInterrupt
+        store(self, key, features)
+        stored.append(key)
+
+    monkeypatch.setattr(FeatureCache, "_store", store_then_interrupt)
+    with caplog.at_level("INFO", logger="dinoseg"), pytest.raises(KeyboardInterrupt):
+        run_train(argv(tiny_data, tmp_path, weights_file, "--cache-features", mode))
+    if mode == "disk":
+        assert len(list((tmp_path / "feature_cache").glob("*.pt"))) == 3
+        assert f"the 3 entries computed so far are kept in {tmp_path / 'feature_cache'}" in (
+            caplog.text
+        )
+    else:
+        assert "the entries computed so far were in memory and are lost" in caplog.text
+    assert "stopped while filling the feature cache" in caplog.text
