@@ -344,6 +344,13 @@ def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
     return parser
 
 
+def check_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
+    """Refuse a count below its minimum, naming the flag: ``{"batch": 1, "num_vis": 0}``."""
+    for dest, minimum in minimums.items():
+        if getattr(args, dest) < minimum:
+            raise UserError(f"--{dest.replace('_', '-')} must be at least {minimum}")
+
+
 def check_imgsz(imgsz) -> None:
     """Refuse an --imgsz smaller than one patch (None means the default, which is fine)."""
     if imgsz is not None and min(imgsz) < PATCH_SIZE:

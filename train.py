@@ -40,6 +40,7 @@ from config import (
     ClassConfig,
     add_layers_flag,
     backbone_flags,
+    check_at_least,
     check_imgsz,
     check_tta_scales,
     checkpoint_settings,
@@ -235,9 +236,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for flag, minimum in {"epochs": 1, "batch": 1, "accum": 1, "workers": 0, "num_vis": 0}.items():
-        if getattr(args, flag) < minimum:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least {minimum}")
+    check_at_least(args, {"epochs": 1, "batch": 1, "accum": 1, "workers": 0, "num_vis": 0})
     for flag in ("lr", "backbone_lr"):
         if not 0 < getattr(args, flag) < math.inf:
             raise UserError(

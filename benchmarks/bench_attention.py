@@ -24,7 +24,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import torch
 
-from config import BACKBONES, HUB_REPO, check_imgsz, path_arg
+from config import BACKBONES, HUB_REPO, check_at_least, check_imgsz, path_arg
 from engine import synchronize, warm_up
 from model import DinoBackbone, _hub_load, load_backbone
 from synthetic import random_official_weights
@@ -60,9 +60,7 @@ def best_seconds(backbone: DinoBackbone, x: torch.Tensor, reps: int) -> float:
 
 def main(args: argparse.Namespace) -> None:
     check_imgsz(args.imgsz)
-    for flag in ("batch", "reps"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1")
+    check_at_least(args, {"batch": 1, "reps": 1})
     device = pick_device(args.device)
     dtype = amp_dtype(args.amp, device) or torch.float32
     name = "dinov2_vits14"

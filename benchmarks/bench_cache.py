@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import torch
 
+from config import check_at_least
 from synthetic import make_dataset, random_official_weights
 from utils import UserError, read_csv, run_script
 
@@ -50,9 +51,8 @@ def train(data: Path, out: Path, weights: Path, args, *extra: str) -> tuple[list
 
 
 def main(args: argparse.Namespace) -> None:
-    for flag in ("train", "valid"):  # train.py would name the generated dataset's empty split
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1")
+    # train.py would name the generated dataset's empty split
+    check_at_least(args, {"train": 1, "valid": 1})
     if args.epochs < 2:
         raise UserError(
             f"--epochs must be at least 2, not {args.epochs}: the speed-up is measured on the "

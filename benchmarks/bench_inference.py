@@ -41,7 +41,14 @@ import cv2
 import numpy as np
 import torch
 
-from config import DEFAULT_BACKBONE, DEFAULT_CLASSES, backbone_flags, check_imgsz, path_arg
+from config import (
+    DEFAULT_BACKBONE,
+    DEFAULT_CLASSES,
+    backbone_flags,
+    check_at_least,
+    check_imgsz,
+    path_arg,
+)
 from engine import Predictor, synchronize, warm_up
 from infer_video import open_video, segment_video
 from model import (
@@ -303,9 +310,7 @@ def flop_floor(base: Segmentor, args, device: torch.device, dtype: torch.dtype) 
 
 def main(args: argparse.Namespace) -> None:
     check_imgsz(args.imgsz)
-    for flag in ("batch", "frames", "reps"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1")
+    check_at_least(args, {"batch": 1, "frames": 1, "reps": 1})
     if min(args.video_size) < 2:  # mp4v writes no video of one pixel a side
         raise UserError("--video-size must be at least 2 2")
     device = pick_device(args.device)

@@ -35,7 +35,7 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 import torch
 import torch.nn.functional as F
 
-from config import BACKBONES, DEFAULT_CLASSES, IGNORE_INDEX, check_imgsz
+from config import BACKBONES, DEFAULT_CLASSES, IGNORE_INDEX, check_at_least, check_imgsz
 from datasets import SegmentationDataset, find_pairs
 from engine import synchronize, train_one_epoch
 from model import Segmentor, load_backbone
@@ -150,9 +150,7 @@ def data_rate(args, folder: Path) -> float:
 
 def main(args: argparse.Namespace) -> None:
     check_imgsz(args.imgsz)
-    for flag, minimum in {"batch": 1, "steps": 1, "warmup": 0, "workers": 0}.items():
-        if getattr(args, flag) < minimum:
-            raise UserError(f"--{flag} must be at least {minimum}")
+    check_at_least(args, {"batch": 1, "steps": 1, "warmup": 0, "workers": 0})
     if args.data_images is not None and args.data_images < 1:
         raise UserError("--data-images must be at least 1")
     device = pick_device(args.device)
