@@ -351,6 +351,29 @@ def check_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
             raise UserError(f"--{dest.replace('_', '-')} must be at least {minimum}")
 
 
+def check_learning_rates(args: argparse.Namespace, flags, weight_decay: float) -> None:
+    """Refuse an AdamW learning rate of ``flags`` ("lr", "backbone_lr") outside (0, 1], or one
+    whose product with ``weight_decay`` passes 1.
+
+    AdamW moves each weight by about lr per step (a huge one overflowed inside its step), and
+    multiplies it by 1 - lr * weight_decay.
+    """
+    for dest in flags:
+        lr = getattr(args, dest)
+        flag = f"--{dest.replace('_', '-')}"
+        if not 0 < lr <= 1:
+            raise UserError(
+                f"{flag} must be above 0 and at most 1 (AdamW moves each weight by about that "
+                f"much per step), not {lr}"
+            )
+        if lr * weight_decay > 1:
+            raise UserError(
+                f"{flag} {lr} with --weight-decay {weight_decay} multiplies each weight by "
+                f"1 - {lr * weight_decay:g} per step: lower one of them, so that their product "
+                "is at most 1"
+            )
+
+
 def check_imgsz(imgsz) -> None:
     """Refuse an --imgsz smaller than one patch (None means the default, which is fine)."""
     if imgsz is not None and min(imgsz) < PATCH_SIZE:

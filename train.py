@@ -42,6 +42,7 @@ from config import (
     backbone_flags,
     check_at_least,
     check_imgsz,
+    check_learning_rates,
     check_tta_scales,
     checkpoint_settings,
     parse_args,
@@ -237,13 +238,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     check_at_least(args, {"epochs": 1, "batch": 1, "accum": 1, "workers": 0, "num_vis": 0})
-    for flag in ("lr", "backbone_lr"):
-        if not 0 < getattr(args, flag) < math.inf:
-            raise UserError(
-                f"--{flag.replace('_', '-')} must be positive and finite, not {getattr(args, flag)}"
-            )
     if not 0 <= args.weight_decay < math.inf:
         raise UserError(f"--weight-decay must be 0 or more, not {args.weight_decay}")
+    check_learning_rates(args, ("lr", "backbone_lr"), args.weight_decay)
+    frozen = not (args.fine_tune or args.eval_only)  # --eval-only trains nothing
+    if frozen and args.backbone_lr != get_args_parser().get_default("backbone_lr"):
+        raise UserError(
+            "--backbone-lr is the learning rate of a fine-tuned backbone: add --fine-tune, or "
+            "drop --backbone-lr to train the head alone"
+        )
     if not 0 <= args.seed < 2**32:  # what NumPy's seeding takes
         raise UserError(f"--seed must be between 0 and {2**32 - 1}, not {args.seed}")
     check_imgsz(args.imgsz)
@@ -261,6 +264,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(
             "--model names the checkpoint that --eval-only scores; to go on training a "
             "checkpoint, use --resume OUT/last_model.pth"
+        )
+    # (--eval-only caches nothing, and a resumed run's --cache-dir is its checkpoint's)
+    unused_dir = not (args.cache_features == "disk" or args.eval_only or args.resume)
+    if args.cache_dir is not None and unused_dir:
+        raise UserError(
+            "--cache-dir is the folder of --cache-features disk: add --cache-features disk, "
+            "or drop --cache-dir"
         )
     if args.cache_features != "off" and args.fine_tune and not args.resume:
         # (a resumed run's --fine-tune is its checkpoint's: build_model names the checkpoint)
@@ -476,6 +486,12 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     if ignored:
         warn_on_main_process(
             "ignored: %s. --eval-only scores the checkpoint's model as it was trained", ignored
+        )
+    if args.cache_features != "off":  # a --config OUT/args.yaml of a cached run sets it
+        warn_on_main_process(
+            "--cache-features %s ignored: --eval-only computes the features of each valid image "
+            "as it scores it",
+            args.cache_features,
         )
     trained = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     if args.config is not None and classes != trained:

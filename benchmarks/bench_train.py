@@ -35,7 +35,14 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 import torch
 import torch.nn.functional as F
 
-from config import BACKBONES, DEFAULT_CLASSES, IGNORE_INDEX, check_at_least, check_imgsz
+from config import (
+    BACKBONES,
+    DEFAULT_CLASSES,
+    IGNORE_INDEX,
+    check_at_least,
+    check_imgsz,
+    check_learning_rates,
+)
 from datasets import SegmentationDataset, find_pairs
 from engine import synchronize, train_one_epoch
 from model import Segmentor, load_backbone
@@ -151,6 +158,7 @@ def data_rate(args, folder: Path) -> float:
 def main(args: argparse.Namespace) -> None:
     check_imgsz(args.imgsz)
     check_at_least(args, {"batch": 1, "steps": 1, "warmup": 0, "workers": 0})
+    check_learning_rates(args, ("lr", "backbone_lr"), weight_decay=0.01)  # AdamW's default
     if args.data_images is not None and args.data_images < 1:
         raise UserError("--data-images must be at least 1")
     device = pick_device(args.device)

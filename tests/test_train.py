@@ -13,7 +13,7 @@ import yaml
 
 import train
 from config import DEFAULT_CLASSES, PENN_FUDAN_URL, parse_args
-from conftest import ROOT, PixelClassifier
+from conftest import ROOT, PixelClassifier, load_benchmark
 from datasets import SegmentationDataset, check_dataset
 from engine import evaluate
 from metrics import ConfusionMatrix
@@ -175,6 +175,11 @@ def test_eval_only_names_the_model_flags_it_ignores(checkpoint, tiny_data, tmp_p
     (tmp_path / "c.yaml").write_text("layers: 1\nbackbone: dinov2_vits14\n")
     run_train([*argv, "--config", str(tmp_path / "c.yaml")])
     assert "ignored: --layers 1 (the checkpoint's: 4). --eval-only" in caplog.text
+    # the feature cache is training's: a --config OUT/args.yaml of a cached run sets it
+    caplog.clear()
+    run_train([*argv, "--cache-features", "memory"])
+    assert "--cache-features memory ignored: --eval-only computes the features" in caplog.text
+    assert json.loads((tmp_path / "eval_metrics.json").read_text()) == plain
     # another backbone is refused, as the inference scripts refuse it
     with pytest.raises(UserError, match="holds a dinov2_vits14 model, not the requested "
                                         "--backbone dinov2_vitb14; drop --backbone"):  # fmt: skip
@@ -669,7 +674,7 @@ def test_a_windows_path_in_double_quotes_is_named_with_the_fix(tmp_path, content
         (["--batch", "0"], "--batch must be at least 1"),
         (["--seed", "-1"], "--seed must be between 0 and 4294967295, not -1"),
         (["--weight-decay", "-0.1"], "--weight-decay must be 0 or more, not -0.1"),
-        (["--lr", "inf"], "--lr must be positive and finite, not inf"),
+        (["--lr", "inf"], "--lr must be above 0 and at most 1 (AdamW moves each weight by"),
         (["--data", "no/such/dir", "--weights", "random"], "--data no/such/dir is not a folder"),
     ],
 )
@@ -739,6 +744,41 @@ def test_evaluation_flags_without_eval_only_are_refused(argv, message):
     args, _ = parse_args(train.get_args_parser(), argv)
     with pytest.raises(UserError, match=message):
         train.check_args(args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # silently unused before: a frozen backbone has no learning rate
+        (["--backbone-lr", "1e-4"], "--backbone-lr is the learning rate of a fine-tuned backbone"),
+        (["--cache-dir", "c"], "--cache-dir is the folder of --cache-features disk"),
+        (["--cache-dir", "c", "--cache-features", "memory"], "--cache-dir is the folder of"),
+        # AdamW's step raised "value cannot be converted to type float without overflow"
+        (["--lr", "1e38"], r"--lr must be above 0 and at most 1 .*, not 1e\+38"),
+        (["--fine-tune", "--backbone-lr", "2"], "--backbone-lr must be above 0 and at most 1"),
+        (["--lr", "0.5", "--weight-decay", "4"], r"multiplies each weight by 1 - 2 per step"),
+    ],
+)
+def test_flags_that_would_do_nothing_or_overflow_are_refused(argv, message):
+    args, _ = parse_args(train.get_args_parser(), argv)
+    with pytest.raises(UserError, match=message):
+        train.check_args(args)
+
+
+def test_flags_that_take_effect_are_not_refused():
+    parser = train.get_args_parser()
+    accepted = [
+        ["--fine-tune", "--backbone-lr", "1e-4"],
+        ["--cache-features", "disk", "--cache-dir", "c"],
+        ["--lr", "1", "--weight-decay", "1"],
+        ["--eval-only", "--cache-dir", "c"],
+    ]
+    for flags in accepted:
+        train.check_args(parse_args(parser, flags)[0])
+    # a resumed run's --cache-dir is its checkpoint's, and --cache-features may turn the cache off
+    args, _ = parse_args(parser, ["--cache-dir", "c"])
+    args.resume = Path("outputs/last_model.pth")
+    train.check_args(args)
 
 
 @pytest.mark.parametrize(
@@ -816,6 +856,15 @@ def test_training_benchmark_reports_every_setup_and_precision():
                                          ["fine-tune", "off"], ["fine-tune", "bf16"]]  # fmt: skip
     assert all(float(row[2]) > 0 for row in rows)  # images per second
     assert "data pipeline:" in proc.stdout
+
+
+@pytest.mark.parametrize("flag", ["--lr", "--backbone-lr"])
+def test_training_benchmark_refuses_a_learning_rate_adamw_cannot_take(flag):
+    # AdamW's step raised "value cannot be converted to type float without overflow"
+    bench = load_benchmark("bench_train")
+    args = bench.get_args_parser().parse_args([flag, "1e38", "--device", "cpu"])
+    with pytest.raises(UserError, match=f"{flag} must be above 0 and at most 1"):
+        bench.main(args)
 
 
 def test_bf16_training_runs_end_to_end_on_the_cpu(tmp_path, fresh_data, weights_file):
