@@ -23,7 +23,7 @@ PATCH_SIZE = 14
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jfif")
 # The largest image read, 2**30 pixels (3.2 GB as RGB): aerial and satellite photos of several
 # hundred megapixels are read, while Pillow's own guard (179 megapixels) is for untrusted input.
 MAX_IMAGE_PIXELS = 2**30

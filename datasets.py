@@ -7,6 +7,7 @@ two classes, an instance-id image (0 background, 1..N objects of the foreground 
 """
 
 import logging
+import os
 import random
 import re
 import shutil
@@ -208,6 +209,24 @@ def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
     return _read_mask(path, classes)[0]
 
 
+def _lossy_format(path: Path) -> str | None:
+    """ "JPEG" or "lossy WebP" for a file stored with lossy compression, else None."""
+    with path.open("rb") as f:
+        head = f.read(12)
+        if head.startswith(b"\xff\xd8\xff"):  # the start of every JPEG (and MPO) file
+            return "JPEG"
+        if not (head.startswith(b"RIFF") and head[8:] == b"WEBP"):
+            return None
+        # a WebP file's chunks: its bitstream is "VP8 " (lossy) or "VP8L" (lossless), after
+        # optional ones ("VP8X" features, "ICCP" colour profile, "ALPH" alpha...)
+        while len(chunk := f.read(8)) == 8:
+            kind, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if kind in (b"VP8 ", b"VP8L"):
+                return "lossy WebP" if kind == b"VP8 " else None
+            f.seek(size + size % 2, os.SEEK_CUR)  # chunks are padded to an even size
+    return None
+
+
 def _read_mask(
     path: Path, classes: ClassConfig, count: bool = False
 ) -> tuple[np.ndarray, str, np.ndarray | None]:
@@ -217,15 +236,14 @@ def _read_mask(
     the ids' pixel_counts where reading them counted them already (``count``), else None."""
     path = Path(path)
     img = open_image(path)
-    with path.open("rb") as f:
-        jpeg = f.read(3) == b"\xff\xd8\xff"  # the start of every JPEG (and MPO) file
-    if jpeg:
+    lossy = _lossy_format(path)
+    if lossy is not None:
         # Compression moves values near every edge: a 0/1 mask gains 2s (then read as instance
         # ids), a 3-class one swaps ids silently. No reading of it can be trusted.
         raise DataError(
-            f"{path}: a JPEG mask: JPEG compression changes the pixel values near edges, so its "
-            "class ids or colours are not the ones drawn; save masks as PNG (0/255 JPEG masks: "
-            "python prepare_data.py binary thresholds them into PNG class ids)"
+            f"{path}: a {lossy} mask: {lossy} compression changes the pixel values near edges, "
+            "so its class ids or colours are not the ones drawn; save masks as PNG (0/255 "
+            f"{lossy} masks: python prepare_data.py binary thresholds them into PNG class ids)"
         )
     arr = np.asarray(img)
     if img.mode == "P" and (mapped := _map_palette(img, arr, classes)) is not None:
@@ -402,8 +420,8 @@ def _check_ids(
     )
 
 
-# image formats Pillow reads that find_pairs and infer_image.py do not take (.webp, .gif,
-# .jfif...): named, not skipped silently
+# image formats Pillow reads that find_pairs and infer_image.py do not take (.gif, .avif,
+# .jp2...): named, not skipped silently
 OTHER_IMAGE_EXTENSIONS = frozenset(Image.registered_extensions()) - frozenset(IMAGE_EXTENSIONS)
 
 

@@ -77,7 +77,7 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
 
     A folder or glob leaves out the masks and overlays an earlier run wrote to ``out_dir`` (an
     --out-dir inside the inputs would otherwise feed them back in, run after run), and names
-    the files of other image formats it meets (.webp, .jfif) in a warning.
+    the files of other image formats it meets (.gif, .avif) in a warning.
     """
     path = Path(spec)
     if path.is_file():
@@ -99,7 +99,7 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
     other = sorted(
         p.name for p in matches if p.suffix.lower() in OTHER_IMAGE_EXTENSIONS and p.is_file()
     )
-    if other:  # a photo saved as .webp or .jfif would be missing from the results without a word
+    if other:  # a photo saved as .gif or .avif would be missing from the results without a word
         log.warning(
             "%d files of other image formats are not read: %s%s (convert them to %s)",
             len(other),

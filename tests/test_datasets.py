@@ -524,11 +524,38 @@ def test_0_255_masks_with_values_in_between_point_to_prepare_data_binary(fresh_d
     assert "prepare_data.py binary" in str(err.value) and "instance-id" not in str(err.value)
 
 
-def test_subfolders_and_images_of_other_formats_are_named_not_skipped_silently(fresh_data, caplog):
-    # a .webp or .jfif pair, or a pair in a subfolder, was left out of training without a word
+def test_webp_and_jfif_images_train_and_lossless_webp_masks_are_read(fresh_data):
+    # photos saved from a browser: WebP, and JPEG under Chrome's .jfif; were named, not read
     images, masks = fresh_data / "train_images", fresh_data / "train_masks"
-    Image.open(images / "img000.png").save(images / "extra.webp")
-    Image.open(masks / "img000.png").save(masks / "extra.webp", lossless=True)
+    image, mask = (
+        read_image(images / "img000.png"),
+        read_mask(masks / "img000.png", DEFAULT_CLASSES),
+    )
+    Image.fromarray(image).save(images / "web.webp", lossless=True)
+    Image.fromarray(image).save(images / "chrome.jfif", format="JPEG", quality=95)
+    for stem in ("web", "chrome"):
+        Image.fromarray(mask).save(masks / f"{stem}.webp", lossless=True)
+    pairs = check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert {"chrome.jfif", "web.webp"} < {image.name for image, _ in pairs["train"]}
+    assert np.array_equal(read_image(images / "web.webp"), image)
+    assert np.array_equal(read_mask(masks / "web.webp", DEFAULT_CLASSES), mask)
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_a_lossy_webp_mask_is_refused_as_a_jpeg_one_is(tmp_path, alpha):
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 20:50] = 1
+    img = Image.fromarray(np.dstack([mask] * 3 + [np.full_like(mask, 255)] * alpha))
+    img.save(tmp_path / "m.webp", quality=90)  # with alpha, a "VP8X" file: "ALPH", then "VP8 "
+    with pytest.raises(DataError, match=r"m.webp: a lossy WebP mask: lossy WebP compression"):
+        read_mask(tmp_path / "m.webp", DEFAULT_CLASSES)
+
+
+def test_subfolders_and_images_of_other_formats_are_named_not_skipped_silently(fresh_data, caplog):
+    # a .gif pair, or a pair in a subfolder, was left out of training without a word
+    images, masks = fresh_data / "train_images", fresh_data / "train_masks"
+    Image.open(images / "img000.png").save(images / "extra.gif")
+    Image.open(masks / "img000.png").save(masks / "extra.gif")
     for folder in ("train_images", "train_masks"):
         (fresh_data / folder / "batch2").mkdir()
         (fresh_data / folder / ".hidden").mkdir()
@@ -537,7 +564,7 @@ def test_subfolders_and_images_of_other_formats_are_named_not_skipped_silently(f
     assert len(pairs["train"]) == 4
     assert (
         "train_images: 2 subfolders or files of other formats are not read: batch2/, "
-        "extra.webp (images and masks sit directly in the folder, as .jpg" in caplog.text
+        "extra.gif (images and masks sit directly in the folder, as .jpg" in caplog.text
     )
     assert "train_masks: 2 subfolders" in caplog.text
     assert ".hidden" not in caplog.text and "notes.txt" not in caplog.text
