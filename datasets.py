@@ -617,6 +617,10 @@ def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> No
             )
 
 
+# Nearest neighbour with pixel centres at x + 0.5, for resize_mask and the training crops
+MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+
+
 def resize_image(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8 -> the model's input size (W, H) = imgsz, for evaluation and inference.
 
@@ -631,11 +635,16 @@ def resize_image(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
-    """(H, W) class ids -> (W, H) = imgsz by nearest neighbour, so ids stay ids."""
+    """(H, W) class ids -> (W, H) = imgsz by nearest neighbour, so ids stay ids.
+
+    Each pixel takes the id under its centre, as resize_image samples the image (pixel centres
+    at x + 0.5). OpenCV's INTER_NEAREST samples at x instead: its masks sat half a pixel of
+    ``imgsz`` right of and below their images (a 4000x3000 photo at 640x480: 3 photo pixels).
+    """
     w, h = imgsz
     if mask.shape == (h, w):
         return mask
-    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(mask, (w, h), interpolation=MASK_INTERPOLATION)
 
 
 def train_transform(imgsz: tuple[int, int]) -> "A.Compose":
@@ -647,7 +656,12 @@ def train_transform(imgsz: tuple[int, int]) -> "A.Compose":
     w, h = imgsz
     return A.Compose(
         [
-            A.RandomResizedCrop(size=(h, w), scale=(0.5, 1.0), area_for_downscale="image"),
+            A.RandomResizedCrop(
+                size=(h, w),
+                scale=(0.5, 1.0),
+                area_for_downscale="image",
+                mask_interpolation=MASK_INTERPOLATION,  # its default shifts masks (resize_mask)
+            ),
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
         ]

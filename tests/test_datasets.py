@@ -764,6 +764,28 @@ def test_augmented_masks_keep_their_ids_and_stay_on_their_pixels(tmp_path):
         assert agree > 0.8, (epoch, agree)  # all but the blended edges (a flip scores 0.05)
 
 
+def test_training_masks_keep_their_edges_where_the_resized_image_has_them(tmp_path):
+    # A 100x75 rectangle: after each training resize (plain, or crop + flip + jitter), every
+    # pixel that is clearly inside or outside it in the image must be so in the mask. OpenCV's
+    # INTER_NEAREST put the masks half a pixel right of and below their images: 30-200 pixels
+    # off per item here, one column or row along each edge.
+    mask = np.zeros((75, 100), np.uint8)
+    mask[23:61, 31:78] = 1
+    image = np.where(mask[..., None] == 1, 180, 60).repeat(3, 2).astype(np.uint8)
+    pairs = [(save(image, tmp_path / "a.png"), save(mask, tmp_path / "a_mask.png"))]
+    for size in ((56, 70), (112, 56), (64, 42)):  # shrinking, enlarging, both
+        for augment in (False, True):
+            data = SegmentationDataset(pairs, DEFAULT_CLASSES, size, train=True, augment=augment)
+            for epoch in range(6 if augment else 1):
+                data.set_epoch(epoch)
+                image_seen, target, _ = data[0]
+                gray = image_seen.float().mean(0)
+                inside = (gray - gray.min()) / (gray.max() - gray.min())  # 0 outside, 1 inside
+                sure = (inside - 0.5).abs() > 0.2  # not a pixel the edge blends
+                wrong = ((inside > 0.5) != (target == 1)) & sure
+                assert not wrong.any(), (size, augment, epoch, int(wrong.sum()))
+
+
 def test_each_item_and_seed_draws_its_own_augmentation(tiny_data):
     # sample_seed mixes (seed, epoch, index): without the index every item of an epoch would be
     # cropped and flipped alike, without the seed --seed would change nothing
