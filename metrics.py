@@ -67,6 +67,8 @@ class ConfusionMatrix:
         keep = target != self.ignore_index
         k = self.num_classes
         for name, ids in (("target", target[keep]), ("pred", pred[keep])):
+            if not ids.numel():  # every pixel ignored: aminmax has no range to give
+                continue
             low, high = (int(v) for v in torch.aminmax(ids))
             if low < 0 or high >= k:
                 ignored = f" (or {self.ignore_index}, ignored)" if name == "target" else ""
