@@ -5,11 +5,13 @@
     python prepare_data.py coco --annotations annotations/instances_val2017.json \\
         --images val2017 --out data/coco_person --classes person
     python prepare_data.py binary --root DIR --out DIR_01 --name person
+    python prepare_data.py folder --images DIR/images --masks DIR/masks --out data/mine
 
 Each writes train_images/, train_masks/, valid_images/, valid_masks/ (class-index PNG masks,
 255 = ignore) and classes.yaml, then reports the images and pixels per class. Train with
 ``python train.py --data OUT --config OUT/classes.yaml``. ``binary`` takes a dataset already in
 that layout whose masks are 0/255 images (255 = the class, not ignore) and maps 255 to 1.
+``folder`` splits one folder of images and one of masks into train and valid.
 """
 
 import argparse
@@ -27,14 +29,25 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from config import IGNORE_INDEX, SPLITS, ClassConfig, nonempty, path_arg
+from config import (
+    IGNORE_INDEX,
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    ClassConfig,
+    nonempty,
+    path_arg,
+    read_yaml,
+)
 from datasets import (
     DataError,
     DatasetError,
+    Pair,
+    _check_pair,
     convert_penn_fudan,
     find_pairs,
     map_colors,
     open_image,
+    read_mask,
 )
 from utils import UserError, run_script, temp_folder, within, write_image
 
@@ -71,6 +84,22 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="the folder with train_images/, train_masks/, valid_images/, valid_masks/",
     )
     binary.add_argument("--name", type=nonempty, default="person", help="the class that 255 marks")
+    folder = sub.add_parser(
+        "folder", parents=[common], help="one folder of images and one of masks, to split"
+    )
+    folder.add_argument("--images", type=path_arg, required=True, help="the folder of images")
+    folder.add_argument("--masks", type=path_arg, required=True, help="the folder of masks")
+    folder.add_argument(
+        "--mask-suffix", default="", help="what mask names add to their image's (x.jpg: x_mask.png)"
+    )
+    folder.add_argument("--valid-every", type=int, default=5, help="every Nth image goes to valid")
+    named = folder.add_mutually_exclusive_group()
+    named.add_argument(
+        "--classes", nargs="+", default=["person"], help="the names of class ids 1, 2, ..."
+    )
+    named.add_argument(
+        "--config", type=path_arg, help="a classes YAML (ALL_CLASSES...) for colour masks"
+    )
     return parser
 
 
@@ -429,6 +458,104 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
     return kinds
 
 
+def suffix_pairs(images: Path, masks: Path, suffix: str) -> tuple[list[Pair], list[str]]:
+    """Pair each image with the mask named by the image's stem and ``suffix`` (x.jpg with
+    x_mask.png for "_mask"; x.png for "").
+
+    ``images`` and ``masks`` may be one folder, as Roboflow exports: there a file whose stem ends
+    with ``suffix`` is a mask, the others images. Hidden files and other formats are skipped.
+
+    Returns:
+        (pairs sorted by image stem, problems: missing folders, unpaired files, names used twice)
+    """
+    same = images.resolve() == masks.resolve()
+    problems = []
+    found: dict[str, dict[str, Path]] = {"image": {}, "mask": {}}
+    for kind, folder in (("image", images), ("mask", masks)):
+        if not folder.is_dir():
+            problems.append(f"{folder}: folder missing")
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            is_mask = p.stem.endswith(suffix)
+            if (same and is_mask != (kind == "mask")) or not p.is_file():
+                continue
+            if kind == "mask" and not is_mask:
+                problems.append(f"{p}: a mask whose name does not end with --mask-suffix {suffix}")
+                continue
+            key = p.stem[: len(p.stem) - len(suffix)] if kind == "mask" else p.stem
+            if key in found[kind]:
+                problems.append(f"{p}: same name as {found[kind][key].name}; keep one of them")
+            found[kind][key] = p
+    stems, named = found["image"], found["mask"]
+    problems += [
+        f"{stems[k]}: image without a mask named {k}{suffix} in {masks}"
+        for k in stems
+        if k not in named
+    ]
+    problems += [f"{named[k]}: mask without an image in {images}" for k in named if k not in stems]
+    return [(stems[k], named[k]) for k in sorted(stems) if k in named], problems
+
+
+def convert_pairs(
+    root: Path, splits: dict[str, list[Pair]], problems: list[str], classes: ClassConfig, out: Path
+) -> dict[str, int]:
+    """Check each pair as training does (unreadable files, mask values or colours outside
+    ``classes``, a mask of another size than its image) and write the pairs into ``out`` with
+    class-index PNG masks, images copied unchanged.
+
+    Every problem, those given and each pair's, is raised at once (DatasetError), and then
+    nothing is written.
+
+    Returns:
+        {"instances": the number of masks read as instance ids}
+    """
+    instances = 0
+    for split, pairs in splits.items():
+        for image, mask in pairs:
+            found, _, reading = _check_pair((image, mask), classes)
+            problems += found
+            instances += reading == "instances"
+            if not problems:  # otherwise nothing is kept: the pairs are only checked
+                write_pair(out, split, image.name, image.read_bytes(), read_mask(mask, classes))
+    if problems:
+        raise DatasetError(root, problems)
+    return {"instances": instances}
+
+
+def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) -> dict[str, int]:
+    """A folder of images and one of masks, split by name: sorted by image stem, every
+    ``--valid-every``-th pair goes to valid, the rest to train."""
+    pairs, problems = suffix_pairs(args.images, args.masks, args.mask_suffix)
+    every = args.valid_every
+    entries = list(args.images.iterdir()) if not pairs and args.images.is_dir() else []
+    folders = sorted(f"{p.name}/" for p in entries if p.is_dir())
+    if folders and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
+        # images/train/, images/val/...: a dataset split already, or sorted into folders (its
+        # masks, each without an image here, are not worth naming one by one)
+        raise UserError(
+            f"--images {args.images} holds no image but the subfolders {', '.join(folders[:5])}: "
+            "point --images and --masks at folders of image files (a dataset split already, "
+            "into train/ and val/, needs no splitting: move its files into DIR/train_images, "
+            "DIR/train_masks, DIR/valid_images, DIR/valid_masks and pass --data DIR)"
+        )
+    if not problems and len(pairs) < every:
+        fix = (
+            f"pass --valid-every {len(pairs)} to put one of them in valid"
+            if len(pairs) >= 2
+            else "a train and a valid split need at least 2 images"
+        )
+        raise UserError(
+            f"{args.images}: {len(pairs)} image(s) with a mask in {args.masks}, and every "
+            f"{every}th image (--valid-every {every}) goes to valid; {fix}"
+        )
+    splits: dict[str, list[Pair]] = {split: [] for split in SPLITS}
+    for position, pair in enumerate(pairs):
+        splits["valid" if position % every == every - 1 else "train"].append(pair)
+    return convert_pairs(args.images, splits, problems, classes, out)
+
+
 def report(folder: Path, names: list[str]) -> None:
     """Print images and labelled pixels per class and split."""
     for split in SPLITS:
@@ -455,35 +582,60 @@ def shell_quote(text: str) -> str:
 class Importer(NamedTuple):
     """One subcommand: the flags that name its source, which --out may neither hold nor lie
     inside, and the function that writes the four folders into a staging folder from the parsed
-    arguments (returning read_binary_mask's counts of masks per kind, or None)."""
+    arguments and the classes that main writes to classes.yaml (returning counts of masks per
+    kind: read_binary_mask's, or convert_pairs's masks read as instance ids; or None)."""
 
     sources: tuple[str, ...]
-    convert: Callable[[argparse.Namespace, Path], dict[str, int] | None]
+    convert: Callable[[argparse.Namespace, Path, ClassConfig], dict[str, int] | None]
 
 
-def _convert_penn_fudan(args: argparse.Namespace, out: Path) -> None:
+def _convert_penn_fudan(args: argparse.Namespace, out: Path, classes: ClassConfig) -> None:
     convert_penn_fudan(args.zip, out)  # its counts are the report's: not read_binary_mask's
 
 
 # the subcommands of get_args_parser, each with its own flags there
 IMPORTERS = {
     "pennfudan": Importer(("zip",), _convert_penn_fudan),
-    "voc": Importer(("root",), lambda args, out: convert_voc(args.root, out, args.classes)),
+    "voc": Importer(("root",), lambda args, out, _: convert_voc(args.root, out, args.classes)),
     "coco": Importer(
         ("annotations", "images"),
-        lambda args, out: convert_coco(
+        lambda args, out, _: convert_coco(
             args.annotations, args.images, out, args.classes, args.valid_every
         ),
     ),
-    "binary": Importer(("root",), lambda args, out: convert_binary(args.root, out)),
+    "binary": Importer(("root",), lambda args, out, _: convert_binary(args.root, out)),
+    "folder": Importer(("images", "masks"), convert_folder),
 }
 
 
+def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
+    """The classes of the dataset an importer writes: background and ``kept`` (VOC's colours
+    for voc), or folder's --config."""
+    if getattr(args, "config", None) is not None:
+        return ClassConfig.from_dict(read_yaml(args.config), source=str(args.config))
+    names = ["background", *kept]
+    colors = palette(256)  # COCO has 80 categories; VOC's colour map has 256 distinct colours
+    if args.dataset == "voc":
+        colors = [colors[VOC_CLASSES.index(n)] for n in names]
+    else:
+        colors = [[0, 0, 0], [0, 255, 0], *colors[2:]][: len(names)]
+    return ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
+
+
 def main(args: argparse.Namespace) -> None:
-    if args.dataset == "coco" and args.valid_every < 2:
+    if args.dataset in ("coco", "folder") and args.valid_every < 2:
         raise UserError("--valid-every must be at least 2")
     if args.dataset == "binary" and not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")
+    if (
+        args.dataset == "folder"
+        and not args.mask_suffix
+        and args.images.resolve() == args.masks.resolve()
+    ):
+        raise UserError(
+            f"--images and --masks are one folder, {args.images}: pass --mask-suffix, what a "
+            "mask's name adds to its image's (_mask for x.jpg and x_mask.png)"
+        )
     flag = "--name" if args.dataset == "binary" else "--classes"
     kept = [args.name] if args.dataset == "binary" else getattr(args, "classes", ["person"])
     repeated = sorted({c for c in kept if kept.count(c) > 1} | {"background"} & set(kept))
@@ -512,15 +664,10 @@ def main(args: argparse.Namespace) -> None:
                 f"--out {args.out} is a folder of the source --{key} {source} and holds files: "
                 "replacing it would delete them; choose an --out outside the source"
             )
-    names = ["background", *kept]
-    colors = palette(256)  # COCO has 80 categories; VOC's colour map has 256 distinct colours
-    if args.dataset == "voc":
-        colors = [colors[VOC_CLASSES.index(n)] for n in names]
-    else:
-        colors = [[0, 0, 0], [0, 255, 0], *colors[2:]][: len(names)]
-    classes = ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
+    classes = importer_classes(args, kept)
+    names = list(classes.names)
     with staging(args.out, args.force) as stage:
-        kinds = importer.convert(args, stage) or {}  # binary masks of each kind
+        kinds = importer.convert(args, stage, classes) or {}  # masks of each kind
         for split in SPLITS:
             if not (stage / f"{split}_masks").is_dir():
                 raise UserError(f"the {split} split came out empty; nothing was written")
@@ -530,6 +677,12 @@ def main(args: argparse.Namespace) -> None:
         print(
             f"{kinds['other']} mask(s) held values other than 0 and 255 (JPEG compression or "
             "soft edges): thresholded at 128, so 128..255 became 1"
+        )
+    if kinds.get("instances"):
+        print(
+            f"{kinds['instances']} mask(s) held values above 1, read as instance ids (0 "
+            f"background, 1, 2, ... one per object): every object became {names[1]}. If those "
+            "values are class ids, name each class with --classes, in the order of their ids"
         )
     if kinds.get("0/1"):
         print(

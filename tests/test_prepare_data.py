@@ -304,13 +304,15 @@ def test_an_interrupted_replacement_keeps_the_old_dataset(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PennFudanPed.zip", "pf"]
 
 
-@pytest.mark.parametrize("dataset", ["voc", "coco", "pennfudan"])
+@pytest.mark.parametrize("dataset", ["voc", "coco", "pennfudan", "folder"])
 def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
     src = tmp_path / "src"
     if dataset == "voc":
         flags = ["--root", str(voc_fixture(src / "VOC2012"))]
     elif dataset == "coco":
         flags = ["--annotations", str(coco_fixture(src)), "--images", str(src / "images")]
+    elif dataset == "folder":
+        flags = ["--images", str(folder_fixture(src) / "images"), "--masks", str(src / "masks")]
     else:
         src.mkdir()
         flags = ["--zip", str(penn_fudan_zip(src / "PennFudanPed.zip"))]
@@ -720,3 +722,128 @@ def test_every_subcommand_has_one_importer_whose_sources_are_its_flags():
     for name, importer in prepare_data.IMPORTERS.items():
         dests = {a.dest for a in sub.choices[name]._actions}
         assert importer.sources and set(importer.sources) <= dests, name
+
+
+def folder_fixture(root, n=6, masks="masks", suffix="", values=(1,)):
+    """``n`` 48x64 JPEG photos in root/images and class-id PNG masks (a square of each value of
+    ``values``) in root/``masks``, named by the image's stem and ``suffix``."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / masks).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((48, 64, 3), 20 * i, np.uint8)).save(root / "images" / f"{i}.jpg")
+        mask = np.zeros((48, 64), np.uint8)
+        for k, value in enumerate(values):
+            mask[4 + 12 * k : 14 + 12 * k, 4:14] = value
+        Image.fromarray(mask).save(root / masks / f"{i}{suffix}.png")
+    return root
+
+
+def test_folder_splits_images_and_masks_by_name_and_writes_class_ids(tmp_path, capsys):
+    root = folder_fixture(tmp_path / "mine")
+    out = tmp_path / "data"
+    run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+        "--out", str(out), "--valid-every", "3")  # fmt: skip
+    # sorted by name, every third pair to valid: 2 and 5
+    assert sorted(p.name for p in (out / "valid_images").iterdir()) == ["2.jpg", "5.jpg"]
+    assert sorted(p.name for p in (out / "train_masks").iterdir()) == [
+        "0.png", "1.png", "3.png", "4.png"
+    ]  # fmt: skip
+    copied = (out / "valid_images" / "5.jpg").read_bytes()
+    assert copied == (root / "images" / "5.jpg").read_bytes()
+    mask = np.asarray(Image.open(out / "valid_masks" / "5.png"))
+    assert mask[5, 5] == 1 and mask[30, 30] == 0
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes == DEFAULT_CLASSES
+    assert [len(p) for p in check_dataset(out, classes).values()] == [4, 2]
+    assert "valid: 2 images; pixels: background 5,944, person 200" in capsys.readouterr().out
+
+
+def test_folder_reads_masks_beside_their_images_with_a_suffix_and_named_classes(tmp_path, capsys):
+    # Roboflow-style names in one folder: 0.jpg with 0_mask.png
+    root = folder_fixture(tmp_path / "mine", n=4, masks="images", suffix="_mask", values=(1, 2))
+    out = tmp_path / "data"
+    images = str(root / "images")
+    with pytest.raises(UserError, match=r"--images and --masks are one folder.*--mask-suffix"):
+        run("folder", "--images", images, "--masks", images, "--out", str(out))
+    run("folder", "--images", images, "--masks", images, "--mask-suffix", "_mask",
+        "--classes", "cat", "dog", "--out", str(out), "--valid-every", "2")  # fmt: skip
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == ["0.jpg", "2.jpg"]
+    mask = np.asarray(Image.open(out / "train_masks" / "2.png"))
+    assert mask[5, 5] == 1 and mask[20, 5] == 2
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes.names == ("background", "cat", "dog")
+    assert "read as instance ids" not in capsys.readouterr().out
+
+
+def test_folder_with_forgotten_classes_says_its_masks_were_read_as_instance_ids(tmp_path, capsys):
+    root = folder_fixture(tmp_path / "mine", n=2, values=(1, 2))
+    run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+        "--out", str(tmp_path / "data"), "--valid-every", "2")  # fmt: skip
+    assert "2 mask(s) held values above 1, read as instance ids" in capsys.readouterr().out
+
+
+def test_folder_reads_colour_masks_by_the_colours_of_config(tmp_path):
+    # CVAT's "Segmentation mask" export: RGB masks in the colours of its labelmap.txt
+    root = tmp_path / "cvat"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(root / "JPEGImages" / f"f{i}.jpg")
+        mask = np.zeros((48, 64, 3), np.uint8)
+        mask[5:10, 5:10] = (250, 50, 83)
+        mask[20:30] = (51, 221, 255)
+        Image.fromarray(mask).save(root / "SegmentationClass" / f"f{i}.png")
+    flags = ["folder", "--images", str(root / "JPEGImages"), "--masks",
+             str(root / "SegmentationClass"), "--out", str(tmp_path / "data"),
+             "--valid-every", "2"]  # fmt: skip
+    with pytest.raises(UserError, match=r"(?s)2 problem.*f0\.png: colours .*\(--config\)"):
+        run(*flags)
+    config = tmp_path / "cvat.yaml"
+    colours = [[0, 0, 0], [250, 50, 83], [51, 221, 255]]
+    config.write_text(yaml.safe_dump(
+        {"ALL_CLASSES": ["background", "car", "road"], "LABEL_COLORS_LIST": colours,
+         "VIS_LABEL_MAP": colours}
+    ))  # fmt: skip
+    run(*flags, "--config", str(config))
+    mask = np.asarray(Image.open(tmp_path / "data" / "valid_masks" / "f1.png"))
+    assert mask.ndim == 2 and mask[7, 7] == 1 and mask[25, 0] == 2 and mask[40, 40] == 0
+    written = yaml.safe_load((tmp_path / "data" / "classes.yaml").read_text())
+    assert written["ALL_CLASSES"] == ["background", "car", "road"]
+    assert written["LABEL_COLORS_LIST"] == colours
+
+
+def test_folder_names_every_problem_at_once_and_writes_nothing(tmp_path):
+    root = folder_fixture(tmp_path / "mine")
+    (root / "images" / "0.jpg").rename(root / "images" / "extra.jpg")  # 0.png is left alone
+    mask = np.asarray(Image.open(root / "masks" / "3.png"))
+    (root / "masks" / "3.png").unlink()
+    Image.fromarray(mask * 255).save(root / "masks" / "3.jpg")
+    # a phone photo: stored 64x48, shown 48x64 (EXIF orientation 6), its mask drawn as stored
+    photo = Image.open(root / "images" / "4.jpg")
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(root / "images" / "4.jpg", exif=exif)
+    with pytest.raises(
+        UserError,
+        match=r"(?s)4 problem.*extra\.jpg: image without a mask named extra in .*masks"
+        r".*0\.png: mask without an image.*3\.jpg: a JPEG mask"
+        r".*4\.png: mask is 64x48 but its image 4\.jpg is 48x64 \(sides swapped",
+    ):
+        run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+            "--out", str(tmp_path / "data"))  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_folder_names_subfolders_and_too_few_images_for_a_valid_split(tmp_path):
+    root = folder_fixture(tmp_path / "mine", n=3)
+    flags = ["--masks", str(root / "masks"), "--out", str(tmp_path / "data")]
+    with pytest.raises(UserError, match=r"every 5th image \(--valid-every 5\) goes to valid; "
+                       r"pass --valid-every 3"):  # fmt: skip
+        run("folder", "--images", str(root / "images"), *flags)
+    (root / "split" / "train").mkdir(parents=True)
+    (root / "split" / "val").mkdir()
+    with pytest.raises(UserError, match=r"holds no image but the subfolders train/, val/"):
+        run("folder", "--images", str(root / "split"), *flags)
+    with pytest.raises(UserError, match=r"--valid-every must be at least 2"):
+        run("folder", "--images", str(root / "images"), *flags, "--valid-every", "1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
