@@ -6,16 +6,19 @@
         --images val2017 --out data/coco_person --classes person
     python prepare_data.py binary --root DIR --out DIR_01 --name person
     python prepare_data.py folder --images DIR/images --masks DIR/masks --out data/mine
+    python prepare_data.py roboflow --root EXPORT --out data/mine
 
 Each writes train_images/, train_masks/, valid_images/, valid_masks/ (class-index PNG masks,
 255 = ignore) and classes.yaml, then reports the images and pixels per class. Train with
 ``python train.py --data OUT --config OUT/classes.yaml``. ``binary`` takes a dataset already in
 that layout whose masks are 0/255 images (255 = the class, not ignore) and maps 255 to 1.
-``folder`` splits one folder of images and one of masks into train and valid.
+``folder`` splits one folder of images and one of masks into train and valid; ``roboflow`` reads
+Roboflow's "Semantic Segmentation Masks" export.
 """
 
 import argparse
 import contextlib
+import csv
 import json
 import shlex
 import shutil
@@ -99,6 +102,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     named.add_argument(
         "--config", type=path_arg, help="a classes YAML (ALL_CLASSES...) for colour masks"
+    )
+    roboflow = sub.add_parser(
+        "roboflow", parents=[common], help="a Roboflow 'Semantic Segmentation Masks' export"
+    )
+    roboflow.add_argument(
+        "--root", type=path_arg, required=True, help="the folder with train/, valid/, test/"
     )
     return parser
 
@@ -556,6 +565,57 @@ def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) ->
     return convert_pairs(args.images, splits, problems, classes, out)
 
 
+ROBOFLOW_SPLITS = {"train": "train", "valid": "valid"}  # our split: its folder (test/ is left out)
+
+
+def read_roboflow_classes(root: Path) -> list[str]:
+    """The class names by pixel value in a Roboflow export's train/_classes.csv, whose lines are
+    "Pixel Value, Class" and then "0, background", "1, cat", ..."""
+    path = root / "train" / "_classes.csv"
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing: --root must be a Roboflow 'Semantic Segmentation Masks' export, "
+            "with train/ and valid/ holding NAME.jpg, NAME_mask.png and _classes.csv"
+        )
+    try:
+        lines = path.read_bytes().decode("utf-8-sig").splitlines()  # Excel adds a BOM
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from err
+    rows = [[cell.strip() for cell in row] for row in csv.reader(lines) if "".join(row).strip()]
+    if rows and not rows[0][0].isdigit():
+        rows = rows[1:]  # the header
+    names: dict[int, str] = {}
+    for row in rows:
+        if len(row) < 2 or not row[0].isdigit() or int(row[0]) in names:
+            raise UserError(
+                f"{path}: the line {', '.join(row)!r} is not 'pixel value, class name' of a new "
+                "pixel value"
+            )
+        names[int(row[0])] = row[1]
+    if sorted(names) != list(range(len(names))):
+        raise UserError(
+            f"{path}: pixel values {sorted(names)} are not 0, 1, 2, ... without gaps; masks here "
+            "hold class ids numbered so"
+        )
+    return [names[value] for value in range(len(names))]
+
+
+def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, int]:
+    """Roboflow's train/ and valid/ folders, each image beside its NAME_mask.png of class ids."""
+    splits, problems = {}, []
+    for split, folder in ROBOFLOW_SPLITS.items():
+        splits[split], found = suffix_pairs(root / folder, root / folder, "_mask")
+        if not (root / folder).is_dir():
+            found = [
+                f"{root / folder}: folder missing (export a dataset version with a {folder} "
+                "split, or split one folder with prepare_data.py folder --mask-suffix _mask)"
+            ]
+        elif not splits[split] and not found:
+            found = [f"{root / folder}: no image with its NAME_mask.png"]
+        problems += found
+    return convert_pairs(root, splits, problems, classes, out)
+
+
 def report(folder: Path, names: list[str]) -> None:
     """Print images and labelled pixels per class and split."""
     for split in SPLITS:
@@ -605,21 +665,29 @@ IMPORTERS = {
     ),
     "binary": Importer(("root",), lambda args, out, _: convert_binary(args.root, out)),
     "folder": Importer(("images", "masks"), convert_folder),
+    "roboflow": Importer(
+        ("root",), lambda args, out, classes: convert_roboflow(args.root, out, classes)
+    ),
 }
 
 
 def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
     """The classes of the dataset an importer writes: background and ``kept`` (VOC's colours
-    for voc), or folder's --config."""
+    for voc), roboflow's _classes.csv, or folder's --config."""
     if getattr(args, "config", None) is not None:
         return ClassConfig.from_dict(read_yaml(args.config), source=str(args.config))
-    names = ["background", *kept]
+    names = (
+        read_roboflow_classes(args.root) if args.dataset == "roboflow" else ["background", *kept]
+    )
     colors = palette(256)  # COCO has 80 categories; VOC's colour map has 256 distinct colours
     if args.dataset == "voc":
         colors = [colors[VOC_CLASSES.index(n)] for n in names]
     else:
         colors = [[0, 0, 0], [0, 255, 0], *colors[2:]][: len(names)]
-    return ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
+    try:
+        return ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
+    except UserError as err:  # roboflow's names: two classes of one name, a single class
+        raise UserError(f"{args.root / 'train' / '_classes.csv'}: {err}") from err
 
 
 def main(args: argparse.Namespace) -> None:
@@ -679,10 +747,15 @@ def main(args: argparse.Namespace) -> None:
             "soft edges): thresholded at 128, so 128..255 became 1"
         )
     if kinds.get("instances"):
+        fix = (
+            f"list each class in {args.root / 'train' / '_classes.csv'}"
+            if args.dataset == "roboflow"
+            else "name each class with --classes, in the order of their ids"
+        )
         print(
             f"{kinds['instances']} mask(s) held values above 1, read as instance ids (0 "
             f"background, 1, 2, ... one per object): every object became {names[1]}. If those "
-            "values are class ids, name each class with --classes, in the order of their ids"
+            f"values are class ids, {fix}"
         )
     if kinds.get("0/1"):
         print(

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -304,7 +305,7 @@ def test_an_interrupted_replacement_keeps_the_old_dataset(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PennFudanPed.zip", "pf"]
 
 
-@pytest.mark.parametrize("dataset", ["voc", "coco", "pennfudan", "folder"])
+@pytest.mark.parametrize("dataset", ["voc", "coco", "pennfudan", "folder", "roboflow"])
 def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
     src = tmp_path / "src"
     if dataset == "voc":
@@ -313,6 +314,8 @@ def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
         flags = ["--annotations", str(coco_fixture(src)), "--images", str(src / "images")]
     elif dataset == "folder":
         flags = ["--images", str(folder_fixture(src) / "images"), "--masks", str(src / "masks")]
+    elif dataset == "roboflow":
+        flags = ["--root", str(roboflow_fixture(src / "export"))]
     else:
         src.mkdir()
         flags = ["--zip", str(penn_fudan_zip(src / "PennFudanPed.zip"))]
@@ -847,3 +850,58 @@ def test_folder_names_subfolders_and_too_few_images_for_a_valid_split(tmp_path):
     with pytest.raises(UserError, match=r"--valid-every must be at least 2"):
         run("folder", "--images", str(root / "images"), *flags, "--valid-every", "1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def roboflow_fixture(root, csv="\ufeffPixel Value, Class\n0, background\n1, cat\n2, dog\n"):
+    """A Roboflow "Semantic Segmentation Masks" export: train/ (2), valid/ (1), test/ (1)."""
+    for split, n in (("train", 2), ("valid", 1), ("test", 1)):
+        (root / split).mkdir(parents=True)
+        (root / split / "_classes.csv").write_text(csv, encoding="utf-8")
+        for i in range(n):
+            name = f"img{i}_jpg.rf.{split}{i}"
+            Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(root / split / f"{name}.jpg")
+            mask = np.zeros((48, 64), np.uint8)
+            mask[5:10, 5:10] = 1
+            mask[20:30, 20:30] = 2
+            Image.fromarray(mask).save(root / split / f"{name}_mask.png")
+    return root
+
+
+def test_roboflow_keeps_its_splits_and_its_class_names(tmp_path, capsys):
+    root = roboflow_fixture(tmp_path / "export")
+    out = tmp_path / "data"
+    run("roboflow", "--root", str(root), "--out", str(out))
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == [
+        "img0_jpg.rf.train0.jpg", "img1_jpg.rf.train1.jpg"
+    ]  # fmt: skip
+    assert [p.name for p in (out / "valid_masks").iterdir()] == ["img0_jpg.rf.valid0.png"]
+    mask = np.asarray(Image.open(out / "valid_masks" / "img0_jpg.rf.valid0.png"))
+    assert mask[7, 7] == 1 and mask[25, 25] == 2 and mask[40, 60] == 0
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes.names == ("background", "cat", "dog")
+    assert [len(p) for p in check_dataset(out, classes).values()] == [2, 1]
+    assert "valid: 1 images; pixels: background 2,947, cat 25, dog 100" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "defect, message",
+    [
+        ("no csv", r"train/_classes\.csv is missing: --root must be a Roboflow"),
+        ("gap", r"_classes\.csv: pixel values \[0, 2\] are not 0, 1, 2, \.\.\. without gaps"),
+        ("bad line", r"_classes\.csv: the line 'cat' is not 'pixel value, class name'"),
+        ("no valid", r"valid: folder missing \(export a dataset version with a valid split"),
+        ("unpaired", r"(?s)1 problem.*img1_jpg\.rf\.train1\.jpg: image without a mask"),
+    ],
+)
+def test_roboflow_exports_it_cannot_read_are_named(tmp_path, defect, message):
+    csv = {"gap": "Pixel Value, Class\n0, background\n2, dog\n", "bad line": "0,background\ncat\n"}
+    root = roboflow_fixture(tmp_path / "export", **({"csv": csv[defect]} if defect in csv else {}))
+    if defect == "no csv":
+        (root / "train" / "_classes.csv").unlink()
+    elif defect == "no valid":
+        shutil.rmtree(root / "valid")
+    elif defect == "unpaired":
+        (root / "train" / "img1_jpg.rf.train1_mask.png").unlink()
+    with pytest.raises(UserError, match=message):
+        run("roboflow", "--root", str(root), "--out", str(tmp_path / "data"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
