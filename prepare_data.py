@@ -7,13 +7,14 @@
     python prepare_data.py binary --root DIR --out DIR_01 --name person
     python prepare_data.py folder --images DIR/images --masks DIR/masks --out data/mine
     python prepare_data.py roboflow --root EXPORT --out data/mine
+    python prepare_data.py cvat --root EXPORT --out data/mine
 
 Each writes train_images/, train_masks/, valid_images/, valid_masks/ (class-index PNG masks,
 255 = ignore) and classes.yaml, then reports the images and pixels per class. Train with
 ``python train.py --data OUT --config OUT/classes.yaml``. ``binary`` takes a dataset already in
 that layout whose masks are 0/255 images (255 = the class, not ignore) and maps 255 to 1.
 ``folder`` splits one folder of images and one of masks into train and valid; ``roboflow`` reads
-Roboflow's "Semantic Segmentation Masks" export.
+Roboflow's "Semantic Segmentation Masks" export, ``cvat`` CVAT's "Segmentation mask 1.1" one.
 """
 
 import argparse
@@ -66,17 +67,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=path_arg, required=True, help="the dataset folder to create")
     common.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    splitting = argparse.ArgumentParser(add_help=False)  # importers that make the valid split
+    splitting.add_argument(
+        "--valid-every", type=int, default=5, help="every Nth image goes to valid"
+    )
     sub = parser.add_subparsers(dest="dataset", required=True)
     penn = sub.add_parser("pennfudan", parents=[common], help="the Penn-Fudan pedestrian zip")
     penn.add_argument("--zip", type=path_arg, required=True, help="PennFudanPed.zip")
     voc = sub.add_parser("voc", parents=[common], help="PASCAL VOC 2012 segmentation")
     voc.add_argument("--root", type=path_arg, required=True, help="VOCdevkit/VOC2012")
     voc.add_argument("--classes", nargs="+", default=["person"], choices=VOC_CLASSES[1:])
-    coco = sub.add_parser("coco", parents=[common], help="COCO-format instance annotations")
+    coco = sub.add_parser(
+        "coco", parents=[common, splitting], help="COCO-format instance annotations"
+    )
     coco.add_argument("--annotations", type=path_arg, required=True, help="instances_*.json")
     coco.add_argument("--images", type=path_arg, required=True, help="the folder of its images")
     coco.add_argument("--classes", nargs="+", default=["person"], help="category names to keep")
-    coco.add_argument("--valid-every", type=int, default=5, help="every Nth image goes to valid")
     binary = sub.add_parser(
         "binary", parents=[common], help="a dataset in our layout whose masks are 0/255 images"
     )
@@ -88,14 +94,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     binary.add_argument("--name", type=nonempty, default="person", help="the class that 255 marks")
     folder = sub.add_parser(
-        "folder", parents=[common], help="one folder of images and one of masks, to split"
+        "folder",
+        parents=[common, splitting],
+        help="one folder of images and one of masks, to split",
     )
     folder.add_argument("--images", type=path_arg, required=True, help="the folder of images")
     folder.add_argument("--masks", type=path_arg, required=True, help="the folder of masks")
     folder.add_argument(
         "--mask-suffix", default="", help="what mask names add to their image's (x.jpg: x_mask.png)"
     )
-    folder.add_argument("--valid-every", type=int, default=5, help="every Nth image goes to valid")
     named = folder.add_mutually_exclusive_group()
     named.add_argument(
         "--classes", nargs="+", default=["person"], help="the names of class ids 1, 2, ..."
@@ -108,6 +115,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     roboflow.add_argument(
         "--root", type=path_arg, required=True, help="the folder with train/, valid/, test/"
+    )
+    cvat = sub.add_parser(
+        "cvat", parents=[common, splitting], help="a CVAT 'Segmentation mask 1.1' export"
+    )
+    cvat.add_argument(
+        "--root",
+        type=path_arg,
+        required=True,
+        help="the folder with labelmap.txt, JPEGImages/, SegmentationClass/",
     )
     return parser
 
@@ -175,7 +191,13 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
         lut[VOC_CLASSES.index(name)] = new_id
     for split, listed in (("train", "train.txt"), ("valid", "val.txt")):
         if not (lists / listed).is_file():
-            raise UserError(f"{lists / listed} is missing: --root must be VOCdevkit/VOC2012")
+            hint = (
+                "; this is a CVAT export (it has labelmap.txt): python prepare_data.py cvat "
+                "reads it with its own label colours"
+                if (root / "labelmap.txt").is_file()
+                else ""
+            )
+            raise UserError(f"{lists / listed} is missing: --root must be VOCdevkit/VOC2012{hint}")
         stems = (lists / listed).read_text().split()
         if not stems:
             raise UserError(f"{lists / listed} lists no image, so the {split} split would be empty")
@@ -508,11 +530,16 @@ def suffix_pairs(images: Path, masks: Path, suffix: str) -> tuple[list[Pair], li
 
 
 def convert_pairs(
-    root: Path, splits: dict[str, list[Pair]], problems: list[str], classes: ClassConfig, out: Path
+    root: Path,
+    splits: dict[str, list[Pair]],
+    problems: list[str],
+    classes: ClassConfig,
+    out: Path,
+    names: dict[Path, str] | None = None,
 ) -> dict[str, int]:
     """Check each pair as training does (unreadable files, mask values or colours outside
     ``classes``, a mask of another size than its image) and write the pairs into ``out`` with
-    class-index PNG masks, images copied unchanged.
+    class-index PNG masks, images copied unchanged under their ``names`` (default: their own).
 
     Every problem, those given and each pair's, is raised at once (DatasetError), and then
     nothing is written.
@@ -527,7 +554,8 @@ def convert_pairs(
             problems += found
             instances += reading == "instances"
             if not problems:  # otherwise nothing is kept: the pairs are only checked
-                write_pair(out, split, image.name, image.read_bytes(), read_mask(mask, classes))
+                name = names[image] if names else image.name
+                write_pair(out, split, name, image.read_bytes(), read_mask(mask, classes))
     if problems:
         raise DatasetError(root, problems)
     return {"instances": instances}
@@ -549,20 +577,30 @@ def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) ->
             "into train/ and val/, needs no splitting: move its files into DIR/train_images, "
             "DIR/train_masks, DIR/valid_images, DIR/valid_masks and pass --data DIR)"
         )
-    if not problems and len(pairs) < every:
+    if not problems:
+        check_valid_every(len(pairs), every, f"{args.images}: {len(pairs)} image(s) with a mask")
+    return convert_pairs(args.images, every_nth(pairs, every), problems, classes, out)
+
+
+def check_valid_every(count: int, every: int, where: str) -> None:
+    """Refuse ``count`` images too few for every ``every``-th to leave one in valid."""
+    if count < every:
         fix = (
-            f"pass --valid-every {len(pairs)} to put one of them in valid"
-            if len(pairs) >= 2
+            f"pass --valid-every {count} to put one of them in valid"
+            if count >= 2
             else "a train and a valid split need at least 2 images"
         )
         raise UserError(
-            f"{args.images}: {len(pairs)} image(s) with a mask in {args.masks}, and every "
-            f"{every}th image (--valid-every {every}) goes to valid; {fix}"
+            f"{where}, and every {every}th image (--valid-every {every}) goes to valid; {fix}"
         )
+
+
+def every_nth(pairs: list[Pair], every: int) -> dict[str, list[Pair]]:
+    """The pairs by split, in their order: every ``every``-th to valid, the rest to train."""
     splits: dict[str, list[Pair]] = {split: [] for split in SPLITS}
     for position, pair in enumerate(pairs):
         splits["valid" if position % every == every - 1 else "train"].append(pair)
-    return convert_pairs(args.images, splits, problems, classes, out)
+    return splits
 
 
 ROBOFLOW_SPLITS = {"train": "train", "valid": "valid"}  # our split: its folder (test/ is left out)
@@ -614,6 +652,114 @@ def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, i
             found = [f"{root / folder}: no image with its NAME_mask.png"]
         problems += found
     return convert_pairs(root, splits, problems, classes, out)
+
+
+def read_labelmap(path: Path) -> ClassConfig:
+    """The classes of a CVAT (Datumaro) labelmap.txt: a line "name:r,g,b:parts:actions" per
+    class, in the order of their ids (background first, as CVAT writes it); # starts a comment."""
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing: --root must be a CVAT 'Segmentation mask 1.1' export, with "
+            "labelmap.txt, JPEGImages/ and SegmentationClass/"
+        )
+    try:
+        lines = path.read_bytes().decode("utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from err
+    names, colors = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.rsplit(":", 3)  # a label's name may hold a colon, the other fields not
+        rgb = fields[1].split(",") if len(fields) == 4 else []
+        if len(rgb) != 3 or not all(v.strip().isdigit() and int(v) <= 255 for v in rgb):
+            raise UserError(
+                f"{path}, line {number}: {line.strip()!r} is not 'name:r,g,b::' with three "
+                "values 0-255"
+            )
+        names.append(fields[0].strip())
+        colors.append(tuple(int(v) for v in rgb))
+    try:
+        return ClassConfig(tuple(names), tuple(colors), tuple(colors))
+    except UserError as err:  # fewer than two labels, a name or colour twice
+        raise UserError(f"{path}: {err}") from err
+
+
+def _files_by_id(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """The images under ``folder`` (subfolders too) by CVAT item id, their path without the
+    extension ("sub/x" for sub/x.jpg), and problems: two files of one id."""
+    found: dict[str, Path] = {}
+    problems = []
+    for p in sorted(folder.rglob("*")):
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+            continue
+        item = p.relative_to(folder).with_suffix("").as_posix()
+        if item in found:
+            problems.append(f"{p}: same name as {found[item].name}; keep one of them")
+        found[item] = p
+    return found, problems
+
+
+def _cvat_subsets(root: Path) -> dict[str, set[str]] | None:
+    """The item ids of each split from the export's subset lists, where it has a train and a
+    validation one (ImageSets/Segmentation/Train.txt and Validation.txt, or train.txt and
+    val.txt...); None otherwise (one "default" list: a task without subsets)."""
+    lists = {p.stem.casefold(): p for p in (root / "ImageSets" / "Segmentation").glob("*.txt")}
+    valid = next((lists[n] for n in ("validation", "valid", "val") if n in lists), None)
+    if "train" not in lists or valid is None:
+        return None
+    return {
+        split: {line.strip() for line in path.read_text(encoding="utf-8").splitlines()}
+        for split, path in (("train", lists["train"]), ("valid", valid))
+    }
+
+
+def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> dict[str, int]:
+    """CVAT's "Segmentation mask 1.1" export: JPEGImages/, SegmentationClass/ (colour masks in the
+    colours of labelmap.txt) and ImageSets/Segmentation/ subset lists.
+
+    Images without a mask were not annotated (CVAT writes masks for annotated frames only) and
+    are left out. The splits are the export's train and validation subsets where it has them
+    (other subsets left out), else every ``--valid-every``-th image by name goes to valid. Item
+    ids in subfolders become flat names: sub/x.jpg is sub_x.jpg.
+
+    Returns:
+        {"instances": 0, "unannotated": images without a mask}
+    """
+    root = args.root
+    images_dir, masks_dir = root / "JPEGImages", root / "SegmentationClass"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise UserError(
+                f"{folder} is missing: --root must be a CVAT 'Segmentation mask 1.1' export"
+            )
+    images, problems = _files_by_id(images_dir)
+    masks, found = _files_by_id(masks_dir)
+    problems += found
+    problems += [
+        f"{masks[i]}: mask without an image in {images_dir}" for i in masks if i not in images
+    ]
+    items = [i for i in sorted(images) if i in masks]
+    names = {images[i]: _flat_name(images[i].relative_to(images_dir).as_posix()) for i in items}
+    stems: dict[str, list[str]] = {}  # flat names that clash (a/b_c, a_b/c), also by case
+    for i in items:
+        stems.setdefault(Path(names[images[i]]).stem.casefold(), []).append(i)
+    problems += [
+        f"{images_dir}: {' and '.join(ids)} would share one name in --out; rename one of them"
+        for ids in stems.values()
+        if len(ids) > 1
+    ]
+    subsets = _cvat_subsets(root)
+    if subsets is None:
+        if not problems:
+            check_valid_every(
+                len(items), args.valid_every, f"{root}: {len(items)} annotated image(s)"
+            )
+        splits = every_nth([(images[i], masks[i]) for i in items], args.valid_every)
+    else:
+        splits = {s: [(images[i], masks[i]) for i in items if i in subsets[s]] for s in SPLITS}
+    kinds = convert_pairs(root, splits, problems, classes, out, names)
+    return {**kinds, "unannotated": len(images) - len(items)}
 
 
 def report(folder: Path, names: list[str]) -> None:
@@ -668,14 +814,17 @@ IMPORTERS = {
     "roboflow": Importer(
         ("root",), lambda args, out, classes: convert_roboflow(args.root, out, classes)
     ),
+    "cvat": Importer(("root",), convert_cvat),
 }
 
 
 def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
     """The classes of the dataset an importer writes: background and ``kept`` (VOC's colours
-    for voc), roboflow's _classes.csv, or folder's --config."""
+    for voc), roboflow's _classes.csv, cvat's labelmap.txt, or folder's --config."""
     if getattr(args, "config", None) is not None:
         return ClassConfig.from_dict(read_yaml(args.config), source=str(args.config))
+    if args.dataset == "cvat":
+        return read_labelmap(args.root / "labelmap.txt")
     names = (
         read_roboflow_classes(args.root) if args.dataset == "roboflow" else ["background", *kept]
     )
@@ -691,7 +840,7 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.dataset in ("coco", "folder") and args.valid_every < 2:
+    if getattr(args, "valid_every", 2) < 2:
         raise UserError("--valid-every must be at least 2")
     if args.dataset == "binary" and not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")
@@ -756,6 +905,11 @@ def main(args: argparse.Namespace) -> None:
             f"{kinds['instances']} mask(s) held values above 1, read as instance ids (0 "
             f"background, 1, 2, ... one per object): every object became {names[1]}. If those "
             f"values are class ids, {fix}"
+        )
+    if kinds.get("unannotated"):
+        print(
+            f"{kinds['unannotated']} image(s) without a mask in SegmentationClass/ (frames not "
+            "annotated: CVAT writes masks for annotated frames only) were left out"
         )
     if kinds.get("0/1"):
         print(

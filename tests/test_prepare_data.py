@@ -305,7 +305,7 @@ def test_an_interrupted_replacement_keeps_the_old_dataset(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PennFudanPed.zip", "pf"]
 
 
-@pytest.mark.parametrize("dataset", ["voc", "coco", "pennfudan", "folder", "roboflow"])
+@pytest.mark.parametrize("dataset", ["voc", "coco", "pennfudan", "folder", "roboflow", "cvat"])
 def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
     src = tmp_path / "src"
     if dataset == "voc":
@@ -316,6 +316,8 @@ def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
         flags = ["--images", str(folder_fixture(src) / "images"), "--masks", str(src / "masks")]
     elif dataset == "roboflow":
         flags = ["--root", str(roboflow_fixture(src / "export"))]
+    elif dataset == "cvat":
+        flags = ["--root", str(cvat_fixture(src / "export"))]
     else:
         src.mkdir()
         flags = ["--zip", str(penn_fudan_zip(src / "PennFudanPed.zip"))]
@@ -905,3 +907,105 @@ def test_roboflow_exports_it_cannot_read_are_named(tmp_path, defect, message):
     with pytest.raises(UserError, match=message):
         run("roboflow", "--root", str(root), "--out", str(tmp_path / "data"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+CVAT_LABELMAP = (
+    "# label:color_rgb:parts:actions\nbackground:0,0,0::\ncar:250,50,83::\nroad sign:51,221,255::\n"
+)
+
+
+def cvat_fixture(root, items=("f0", "f1", "f2", "f3", "sub/f4"), unannotated=("f5",), lists=None):
+    """A CVAT "Segmentation mask 1.1" export: RGB masks in labelmap.txt's colours (a car square,
+    a road sign band), ``unannotated`` frames without one, and ImageSets/Segmentation lists
+    (``lists``: name -> item ids; default.txt of every item by default)."""
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "labelmap.txt").write_text(CVAT_LABELMAP, encoding="utf-8")
+    for item in [*items, *unannotated]:
+        (root / "JPEGImages" / item).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((48, 64, 3), 60, np.uint8)).save(
+            root / "JPEGImages" / f"{item}.jpg"
+        )
+    for item in items:
+        (root / "SegmentationClass" / item).parent.mkdir(parents=True, exist_ok=True)
+        mask = np.zeros((48, 64, 3), np.uint8)
+        mask[5:10, 5:10] = (250, 50, 83)
+        mask[20:30] = (51, 221, 255)
+        Image.fromarray(mask).save(root / "SegmentationClass" / f"{item}.png")
+    for name, listed in (lists or {"default": [*items, *unannotated]}).items():
+        (root / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("\n".join(listed) + "\n")
+    return root
+
+
+def test_cvat_reads_the_colours_of_its_labelmap_and_leaves_unannotated_frames_out(tmp_path, capsys):
+    root = cvat_fixture(tmp_path / "export")
+    out = tmp_path / "data"
+    run("cvat", "--root", str(root), "--out", str(out), "--valid-every", "2")
+    # one default subset: split by name, every second annotated frame to valid
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == [
+        "f0.jpg",
+        "f2.jpg",
+        "sub_f4.jpg",
+    ]
+    assert sorted(p.name for p in (out / "valid_masks").iterdir()) == ["f1.png", "f3.png"]
+    mask = np.asarray(Image.open(out / "train_masks" / "sub_f4.png"))
+    assert mask.ndim == 2 and mask[7, 7] == 1 and mask[25, 0] == 2 and mask[40, 40] == 0
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes.names == ("background", "car", "road sign")
+    assert classes.mask_colors[1:] == ((250, 50, 83), (51, 221, 255))
+    assert [len(p) for p in check_dataset(out, classes).values()] == [3, 2]
+    printed = capsys.readouterr().out
+    assert "1 image(s) without a mask in SegmentationClass/" in printed and "left out" in printed
+
+
+def test_cvat_keeps_the_train_and_validation_subsets_of_the_export(tmp_path):
+    lists = {"Train": ["f0", "f1", "f2"], "Validation": ["f3"], "Test": ["sub/f4"]}
+    root = cvat_fixture(tmp_path / "export", lists=lists, unannotated=())
+    out = tmp_path / "data"
+    run("cvat", "--root", str(root), "--out", str(out))  # 4 images: too few for every 5th
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == [
+        "f0.jpg",
+        "f1.jpg",
+        "f2.jpg",
+    ]
+    assert [p.name for p in (out / "valid_images").iterdir()] == ["f3.jpg"]  # Test left out
+
+
+@pytest.mark.parametrize(
+    "defect, message",
+    [
+        ("no labelmap", r"labelmap\.txt is missing: --root must be a CVAT"),
+        ("bad labelmap", r"labelmap\.txt, line 3: 'car:250,50::' is not 'name:r,g,b::'"),
+        ("one label", r"labelmap\.txt: ALL_CLASSES needs at least two classes"),
+        ("colour", r"(?s)1 problem.*f2\.png: colours \[\[9, 99, 9\]\] are not in"),
+        ("lone mask", r"(?s)1 problem.*f9\.png: mask without an image"),
+        ("too few", r"export: 5 annotated image\(s\), and every 9th image \(--valid-every 9\)"),
+    ],
+)
+def test_cvat_exports_it_cannot_read_are_named(tmp_path, defect, message):
+    root = cvat_fixture(tmp_path / "export")
+    labelmap = root / "labelmap.txt"
+    if defect == "no labelmap":
+        labelmap.unlink()
+    elif defect == "bad labelmap":
+        labelmap.write_text(CVAT_LABELMAP.replace("car:250,50,83::", "car:250,50::"))
+    elif defect == "one label":
+        labelmap.write_text("background:0,0,0::\n")
+    elif defect == "colour":
+        Image.fromarray(np.full((48, 64, 3), (9, 99, 9), np.uint8)).save(
+            root / "SegmentationClass/f2.png"
+        )
+    elif defect == "lone mask":
+        (root / "SegmentationClass/f1.png").rename(root / "SegmentationClass/f9.png")
+        (root / "JPEGImages/f1.jpg").unlink()
+    every = "9" if defect == "too few" else "2"
+    with pytest.raises(UserError, match=message):
+        run("cvat", "--root", str(root), "--out", str(tmp_path / "data"), "--valid-every", every)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_voc_points_a_cvat_export_to_the_cvat_importer(tmp_path):
+    root = cvat_fixture(tmp_path / "export")
+    with pytest.raises(
+        UserError, match=r"train\.txt is missing.*a CVAT export .*prepare_data\.py cvat"
+    ):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "data"))
