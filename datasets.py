@@ -475,7 +475,7 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     return pairs, problems
 
 
-def _check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray, str]:
+def check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray, str]:
     """The pair's problems, its mask's pixel count per value (256 bins; zeros if unread), and
     how the mask was read (_read_mask; "" if unread)."""
     image_path, mask_path = pair
@@ -533,7 +533,7 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
     with ThreadPoolExecutor(max_workers=8) as pool:
         for split, pairs in pairs_by_split.items():
             pixels[split] = np.zeros(256, np.int64)
-            checked = pool.map(lambda p: _check_pair(p, classes), pairs)
+            checked = pool.map(lambda p: check_pair(p, classes), pairs)
             for (_, mask_path), (found, counts, reading) in zip(pairs, checked, strict=True):
                 problems += found
                 pixels[split] += counts

@@ -46,7 +46,7 @@ from datasets import (
     DataError,
     DatasetError,
     Pair,
-    _check_pair,
+    check_pair,
     convert_penn_fudan,
     find_pairs,
     map_colors,
@@ -550,7 +550,7 @@ def convert_pairs(
     instances = 0
     for split, pairs in splits.items():
         for image, mask in pairs:
-            found, _, reading = _check_pair((image, mask), classes)
+            found, _, reading = check_pair((image, mask), classes)
             problems += found
             instances += reading == "instances"
             if not problems:  # otherwise nothing is kept: the pairs are only checked

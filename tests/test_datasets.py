@@ -232,7 +232,7 @@ def test_the_check_counts_the_pixels_of_the_ids_read(tmp_path, values, mode, cla
         mask = Image.fromarray(ids).convert(mode) if mode == "P" else Image.fromarray(ids)
     mask.save(tmp_path / "m.png")
     save(np.zeros((9, 11, 3), np.uint8), tmp_path / "i.png")
-    problems, counts, _ = datasets._check_pair((tmp_path / "i.png", tmp_path / "m.png"), classes)
+    problems, counts, _ = datasets.check_pair((tmp_path / "i.png", tmp_path / "m.png"), classes)
     expected = np.bincount(read_mask(tmp_path / "m.png", classes).ravel(), minlength=256)
     assert problems == [] and counts.dtype == np.int64 and counts.tolist() == expected.tolist()
 
