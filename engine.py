@@ -3,9 +3,10 @@ for inference, and the frozen-feature cache."""
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,13 @@ class _SplitScores:
         }
 
 
+def _groups(batches: Iterable, size: int) -> Iterator[list]:
+    """``batches`` in lists of ``size``; the last list holds what is left."""
+    batches = iter(batches)
+    while group := list(itertools.islice(batches, size)):
+        yield group
+
+
 def train_one_epoch(
     model: Segmentor,
     loader: DataLoader,
@@ -127,7 +135,9 @@ def train_one_epoch(
     """Train over ``loader`` once with pixel-wise cross-entropy (255 ignored).
 
     Args:
-        accum: accumulate gradients over this many batches per optimizer step.
+        accum: accumulate gradients over this many batches per optimizer step; each step
+            follows the mean loss over the labelled pixels of its batches (of every process
+            under DDP), as one batch of them all would, BatchNorm's batch statistics aside.
         from_features: the loader yields cached backbone features instead of images.
 
     Raises:
@@ -140,44 +150,52 @@ def train_one_epoch(
     model.train()
     scores = _SplitScores(num_classes, device)
     use_scaler = scaler is not None and scaler.is_enabled()
+    # DistributedDataParallel averages the processes' gradients: each process's share is
+    # multiplied by their number, so that the average is a sum over all of them.
+    world = dist.get_world_size() if hasattr(model, "no_sync") else 1
     optimizer.zero_grad(set_to_none=True)
-    steps = len(loader)
-    full_groups_end = steps - steps % accum  # batches after this form a shorter last group
-    for step, (images, masks, _) in enumerate(_progress(loader, desc), start=1):
-        images = to_device(images, device)
-        masks = to_device(masks, device).long()  # uint8 from the loader: 8x fewer bytes to copy
-        update = step % accum == 0 or step == steps
-        # Under DDP, gradients are averaged across processes only on the batch that updates.
-        no_sync = model.no_sync() if hasattr(model, "no_sync") and not update else None
-        with no_sync or contextlib.nullcontext():
-            with _autocast(device, autocast_dtype):
-                logits = model(images, size=masks.shape[-2:], from_features=from_features)
-            # Sum over pixels, then divide by this batch's labelled pixels: the usual mean loss
-            # for the step, and an exact per-pixel mean for the epoch.
-            loss = F.cross_entropy(
-                logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-            labelled = (masks != IGNORE_INDEX).sum()
-            step_loss = loss / labelled.clamp(min=1)
-            # Under torchrun every process stops at the same step, even if one alone diverged:
-            # a process that went on would wait forever for the others' gradients.
-            here = ~torch.isfinite(step_loss)
-            diverged = here.to(torch.int32)
-            all_reduce_sum(diverged)
-            if diverged:
-                where = f"became {step_loss.item()}" if here else "diverged in another process"
-                raise TrainingDiverged(f"the training loss {where} at step {step}")
-            # Each update averages its group's batch losses, the last group too, however short.
-            group = accum if step <= full_groups_end else steps - full_groups_end
-            (scaler.scale(step_loss / group) if use_scaler else step_loss / group).backward()
-        if update:
-            if use_scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        scores.update(loss, class_ids(logits.detach()), masks)
+    step = 0
+    for group in _groups(_progress(loader, desc), accum):
+        # An update follows the mean loss over every labelled pixel of its group (the --accum
+        # batches of every process), as one batch of them all would: each batch's summed loss
+        # is divided by the group's labelled pixels, so the group is read before its first
+        # backward. Dividing by each batch's own count would weigh a pixel of a mostly ignored
+        # batch many times over one of a fully labelled batch.
+        labelled = torch.stack([(masks != IGNORE_INDEX).sum() for _, masks, _ in group]).sum()
+        labelled = to_device(labelled, device)
+        all_reduce_sum(labelled)
+        weight = world / labelled.clamp(min=1)
+        for position, (images, masks, _) in enumerate(group, start=1):
+            step += 1
+            images = to_device(images, device)
+            masks = to_device(masks, device).long()  # uint8 from the loader: 8x fewer bytes
+            update = position == len(group)
+            # Under DDP, gradients are averaged across processes only on the batch that updates.
+            no_sync = model.no_sync() if hasattr(model, "no_sync") and not update else None
+            with no_sync or contextlib.nullcontext():
+                with _autocast(device, autocast_dtype):
+                    logits = model(images, size=masks.shape[-2:], from_features=from_features)
+                loss = F.cross_entropy(
+                    logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+                # Under torchrun every process stops at the same step, even if one alone
+                # diverged: a process that went on would wait forever for the others' gradients.
+                here = ~torch.isfinite(loss)
+                diverged = here.to(torch.int32)
+                all_reduce_sum(diverged)
+                if diverged:
+                    mean = loss / (masks != IGNORE_INDEX).sum().clamp(min=1)
+                    where = f"became {mean.item()}" if here else "diverged in another process"
+                    raise TrainingDiverged(f"the training loss {where} at step {step}")
+                (scaler.scale(loss * weight) if use_scaler else loss * weight).backward()
+            if update:
+                if use_scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            scores.update(loss, class_ids(logits.detach()), masks)
     return scores.compute()
 
 

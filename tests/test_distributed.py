@@ -84,6 +84,62 @@ def test_a_nan_in_one_process_stops_every_process_at_the_same_step(tmp_path):
     assert (tmp_path / "1.txt").read_text() == "the training loss became nan at step 2"
 
 
+def _uneven_batches(rank: int) -> list:
+    """Three batches of process ``rank``, each with its own number of ignored pixels."""
+    g = torch.Generator().manual_seed(10 + rank)
+    batches = []
+    for ignored_rows in ((0, 5, 1), (4, 2, 0))[rank]:
+        masks = torch.randint(0, 2, (2, 6, 6), generator=g)
+        masks[:, :ignored_rows] = 255
+        batches.append((torch.rand(2, 3, 6, 6, generator=g), masks, None))
+    return batches
+
+
+def _record_updates(rank: int, init_file: str, results: str) -> None:
+    """Train --accum 2 over 3 batches in 2 processes; save the gradients each update used."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))  # fmt: skip
+    torch.manual_seed(0)
+    model = DistributedDataParallel(PixelClassifier())
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["params"][0].grad.clone())  # conv.weight
+            return super().step(closure)
+
+    optimizer = Recording(model.parameters(), lr=0.0)
+    train_one_epoch(model, _uneven_batches(rank), optimizer, torch.device("cpu"), 2, accum=2)
+    torch.save(seen, Path(results, f"{rank}.pt"))
+    del model, optimizer
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_an_update_under_torchrun_is_that_of_one_batch_of_every_processs_images(tmp_path):
+    # The processes' batches hold different numbers of ignored pixels: averaging each process's
+    # own mean weighed their pixels unequally (measured: 1.4-52% off this gradient).
+    context = torch.multiprocessing.spawn(
+        _record_updates, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False
+    )
+    for process in context.processes:  # see test_a_nan_in_one_process_stops_...
+        process.join(timeout=120)
+    torch.manual_seed(0)
+    model = PixelClassifier()
+    expected = []
+    for start in (0, 2):  # --accum 2 over 3 batches: groups of 2 and 1 batches per process
+        group = [b for rank in (0, 1) for b in _uneven_batches(rank)[start : start + 2]]
+        model.zero_grad()
+        images, masks = (torch.cat([batch[i] for batch in group]) for i in (0, 1))
+        torch.nn.functional.cross_entropy(model(images, None), masks, ignore_index=255).backward()
+        expected.append(model.conv.weight.grad.clone())
+    for rank in (0, 1):
+        seen = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert len(seen) == 2
+        for got, want in zip(seen, expected, strict=True):
+            torch.testing.assert_close(got, want)
+
+
 def _writes(log_dir: Path, rank: int, under: Path) -> list[str]:
     """The writes that tests/record_writes.py logged for ``rank`` inside the folder ``under``."""
     lines = (log_dir / f"{rank}.txt").read_text().splitlines()
