@@ -91,12 +91,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(
 
 
 def test_a_model_broken_by_the_last_update_of_an_epoch_is_not_saved(
-    tmp_path, fresh_data, weights_file
+    tmp_path, fresh_data, weights_file, monkeypatch
 ):
-    # one step per epoch: the training loss of that step is finite, the update it makes is not
+    # one step per epoch: the training loss of that step is finite, the update it makes is not.
+    # A learning rate that large is refused now, so the update breaks the head's weights itself.
+    adamw_step = torch.optim.AdamW.step
+
+    def broken_step(self, *args, **kwargs):
+        result = adamw_step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(math.nan)
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", broken_step)
     args = ["--data", str(fresh_data), "--out-dir", str(tmp_path), "--backbone-source", "timm",
             "--weights", str(weights_file), "--imgsz", "56", "56", "--workers", "0", "--batch",
-            "4", "--lr", "1e30", "--epochs", "2", "--num-vis", "0", "--device", "cpu"]  # fmt: skip
+            "4", "--epochs", "2", "--num-vis", "0", "--device", "cpu"]  # fmt: skip
     with pytest.raises(UserError, match=r"validation loss became nan after the training of "
                        r"epoch 1; training stopped. No epoch finished"):  # fmt: skip
         run_train(args)
