@@ -15,12 +15,15 @@ import os
 os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import argparse
+import hashlib
 import logging
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import cv2
 import numpy as np
@@ -45,6 +48,7 @@ from utils import (
     pick_device,
     prefetch,
     run_script,
+    same_folder,
     show,
 )
 
@@ -78,11 +82,20 @@ class VideoSource:
     height: int
     frames: int | None  # None for cameras and containers that do not say
     camera: bool
+    path: Path | None = None  # a file's
+    # A file's, as read_batches decodes it: the first and last frames' timestamps (ms) and
+    # the reads that failed before a later frame decoded (damaged frames, left out)
+    first_ms: float | None = None
+    last_ms: float | None = None
+    skipped: int = 0
 
 
 def open_video(spec: str) -> VideoSource:
     """Open a video file, a camera (an index, or a device such as /dev/video0) or a stream (an
     address such as rtsp://HOST/PATH, read as a camera), or fail with a message naming it."""
+    if spec.lower().startswith("file://"):
+        # a file's address (a file manager's "copy address"): the file, not a stream
+        spec = url2pathname(urlparse(spec).path)
     path = Path(spec)
     stream = "://" in spec  # rtsp://, http://: an IP camera or a live stream, read as a camera
     camera = spec.isdigit() or stream or path.is_char_device()
@@ -110,7 +123,7 @@ def open_video(spec: str) -> VideoSource:
         )
         fps = 30.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    name = f"camera{spec}" if spec.isdigit() else "stream" if stream else path.stem
+    name = f"camera{spec}" if spec.isdigit() else stream_name(spec) if stream else path.stem
     if camera:  # each recording is new: the next one must not replace it
         name += time.strftime("_%Y%m%d-%H%M%S")
     return VideoSource(
@@ -121,7 +134,21 @@ def open_video(spec: str) -> VideoSource:
         height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         frames=count if count > 0 and not camera else None,
         camera=camera,
+        path=None if camera else path,
     )
+
+
+def stream_name(address: str) -> str:
+    """A stream's output stem: ``stream_``, its host and a short hash of its whole address.
+
+    Recordings of several cameras started in one second shared one name before, and the last
+    to end replaced the others' videos (an NVR's channels share a host: the hash tells them
+    apart). No credentials or tokens of the address appear in the name.
+    """
+    host = urlparse(address).hostname or ""
+    host = "".join(c if c.isalnum() or c in ".-" else "-" for c in host)[:64]
+    digest = hashlib.sha256(address.encode()).hexdigest()[:6]
+    return f"stream_{host}-{digest}" if host else f"stream_{digest}"
 
 
 def non_ascii_note(path, remedy: str) -> str:
@@ -166,15 +193,21 @@ FAILED_READS_AT_END = 25
 def read_batches(source: VideoSource, predictor: Predictor, batch: int):
     """Yield (RGB frames, resized batch) groups of up to ``batch`` frames.
 
-    A file's undecodable frames are left out (check_frame_count then names the shortfall); a
-    camera ends at its first failed read.
+    A file's undecodable frames are left out (check_frame_count then names the shortfall), and
+    its first and last frames' timestamps kept in ``source`` (for check_timing); a camera ends
+    at its first failed read.
     """
     frames, failed = [], 0
     while True:
         ok, bgr = source.capture.read()
-        failed = 0 if ok else failed + 1
         if ok:
             frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            if not source.camera:
+                source.skipped += failed
+                source.last_ms = source.capture.get(cv2.CAP_PROP_POS_MSEC)
+                if source.first_ms is None:
+                    source.first_ms = source.last_ms
+        failed = 0 if ok else failed + 1
         end = failed > (0 if source.camera else FAILED_READS_AT_END)
         if frames and (end or len(frames) == batch):
             yield frames, np.stack([predictor.resize(f) for f in frames])
@@ -207,6 +240,57 @@ def check_frame_count(spec: str, declared: int | None, decoded: int) -> None:
             decoded,
             decoded,
         )
+
+
+def count_was_estimated(source: VideoSource) -> bool:
+    """Whether a file's frame count was OpenCV's estimate, and every frame decoded.
+
+    A container that stores no frame count (Matroska, WebM) gets one from OpenCV: its duration
+    times its stated frame rate, which a variable frame rate makes wrong (118 for the 60 frames
+    of a screen recording that idled half the time). The frames then still reach the end of
+    that duration, with no failed read on the way; a truncated file's stop short of it.
+    """
+    if source.frames is None or source.skipped or source.last_ms is None:
+        return False
+    interval = 1000 / source.fps
+    end = source.last_ms - source.first_ms + interval  # when the last frame ends
+    # half a frame: OpenCV rounds duration x rate; 2 ms: containers keep milliseconds
+    return abs(end - source.frames * interval) <= interval / 2 + 2
+
+
+# How far the output's length may stray from the input's before check_timing warns: a phone's
+# variable frame rate, which OpenCV states as the average, stays well inside it.
+TIMING_TOLERANCE = 0.1
+
+
+def check_timing(spec: str, source: VideoSource, decoded: int, rate: float) -> None:
+    """Warn when a file's frames span another length of time than the output gives them.
+
+    The output holds every frame at one rate, the one the input states. OpenCV states a
+    variable frame rate as the average where the container keeps it (MP4 and MOV: phones), so
+    the length is kept; Matroska and WebM (screen and browser recordings) give the nominal rate,
+    and the output then played twice as fast as the input, or faster, without a word.
+    """
+    if source.skipped or source.last_ms is None or decoded < 2:
+        return  # frames left out: check_frame_count names them
+    span = (source.last_ms - source.first_ms) / 1000
+    if span <= 0:
+        return  # no timestamps to go by
+    span *= decoded / (decoded - 1)  # the last frame's duration: the average one
+    length = decoded / rate
+    if abs(length / span - 1) <= TIMING_TOLERANCE:
+        return
+    log.warning(
+        "%s has a variable frame rate: its %d frames span %.2f s, but the output holds them at "
+        "a constant %.6g FPS, in %.2f s, so it plays %.1fx %s than the input",
+        spec,
+        decoded,
+        span,
+        rate,
+        length,
+        max(span / length, length / span),
+        "faster" if length < span else "slower",
+    )
 
 
 NO_ROOM = " (is the disk full?); free some space or choose another --out-dir"
@@ -290,6 +374,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         start = time.perf_counter()
         batches = prefetch(read_batches(source, predictor, args.batch))
         stopped = None  # why the user ended the stream early
+        ended = False  # whether the input ran to its end
         try:
             for frames, resized in batches:
                 masks = predictor.predict_resized(resized, [f.shape[:2] for f in frames])
@@ -300,12 +385,17 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                     if not show(source.name, overlay, 1):
                         stopped = "q or Esc"
                         break
+            else:
+                ended = True
         except KeyboardInterrupt as interrupt:
             if not source.camera:
                 raise
             stopped = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
         finally:
             batches.close()  # joins the decoding thread before the capture is released
+            if ended and bar.n != bar.total and count_was_estimated(source):
+                bar.total = bar.n  # the bar ends full, not at the estimate's 51%
+                bar.refresh()
             bar.close()
             try:
                 writer.finish()
@@ -325,8 +415,10 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             log.warning(
                 "stopped by %s: %s holds the first %d%s frames", stopped, out_path, done, of
             )
-        else:
-            check_frame_count(args.input, source.frames, done)  # None for cameras
+        elif not source.camera:
+            if not count_was_estimated(source):
+                check_frame_count(args.input, source.frames, done)
+            check_timing(args.input, source, done, rate)
     return {
         "frames": done,
         "size": (width, height),
@@ -358,11 +450,20 @@ def main(args: argparse.Namespace) -> None:
                 f"{out_path} is a folder, in the output's place: move it or choose "
                 "another --out-dir"
             )
-        if not source.camera and out_path.exists() and os.path.samefile(out_path, args.input):
-            raise UserError(
-                f"--input {args.input} is the file the output would replace; choose another "
-                "--out-dir"
-            )
+        if source.path is not None and out_path.exists():
+            if os.path.samefile(out_path, source.path):
+                raise UserError(
+                    f"--input {args.input} is the file the output would replace; choose another "
+                    "--out-dir"
+                )
+            if same_folder(out_path.parent, source.path.parent):
+                # clip.mov's output, clip.mp4, beside it: most likely the user's own video of
+                # that name (or an earlier result), which was replaced without a word
+                raise UserError(
+                    f"{out_path}, the output's name, is taken beside --input {args.input}: it "
+                    "may be another video of yours, which the output would replace; move it "
+                    "away (delete it if it is an earlier result) or choose another --out-dir"
+                )
         predictor = predictor_from_args(args, device)
     except BaseException:
         source.capture.release()  # a camera stays busy until it is released
@@ -382,7 +483,7 @@ def main(args: argparse.Namespace) -> None:
     print(
         f"Wrote {out_path}: {stats['frames']} frame{'s' * (stats['frames'] != 1)}, "
         f"{stats['size'][0]}x{stats['size'][1]}, "
-        f"{stats['rate']:.3f} FPS"
+        f"{stats['rate']:.3f} FPS, no sound (OpenCV writes video only)"
     )
     print(
         f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS) "

@@ -3,6 +3,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -480,6 +481,7 @@ def test_video_round_trip_keeps_frames_size_and_rate(tmp_path, checkpoint, capsy
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"], "no temporary file may remain"
     printed = capsys.readouterr().out
     assert "13 frames" in printed and "model:" in printed and "end to end:" in printed
+    assert "no sound (OpenCV writes video only)" in printed  # a phone video's sound is lost
 
 
 def test_a_video_of_odd_size_is_cropped_to_even_and_says_so(tmp_path, checkpoint, capsys, caplog):
@@ -1356,9 +1358,17 @@ def test_a_stream_address_is_opened_as_a_camera(monkeypatch):
     monkeypatch.setattr(infer_video.cv2, "VideoCapture", capture)
     source = infer_video.open_video(url)
     assert source.capture.spec == url and source.camera and source.frames is None
-    assert re.fullmatch(r"stream_\d{8}-\d{6}", source.name), source.name
+    assert re.fullmatch(r"stream_192\.0\.2\.1-[0-9a-f]{6}_\d{8}-\d{6}", source.name), source.name
     with pytest.raises(UserError, match=r"cannot open the stream rtsp://192.0.2.1/x: is its"):
         infer_video.open_video("rtsp://192.0.2.1/x")
+
+
+def test_streams_started_in_one_second_get_names_of_their_own():
+    # an NVR's channels share a host; all were "stream_<time>", and the last recording to end
+    # replaced the others. Credentials stay out of the name.
+    names = {infer_video.stream_name(f"rtsp://admin:secret@192.0.2.7:554/ch{i}") for i in range(4)}
+    assert len(names) == 4
+    assert all(name.startswith("stream_192.0.2.7-") and "secret" not in name for name in names)
 
 
 def test_predictions_mid_training_use_the_running_statistics():
@@ -1647,3 +1657,143 @@ def test_damaged_frames_mid_file_are_left_out_not_the_rest_of_the_video(
     written = cv2.VideoCapture(str(out / "damaged.mp4"))
     assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 10  # not the 3 before the damage
     assert f"{clip} declares 12 frames but only 10 could be decoded" in caplog.text
+
+
+def rotated_mp4(path, degrees_matrix) -> tuple[Path, list[np.ndarray]]:
+    """A 96x64 mp4 whose track header shows it turned (the display matrix phones write), and
+    the RGB frames written into it, as stored (landscape). Smooth ramps survive mp4v."""
+    y, x = np.mgrid[0:64, 0:96]
+    frames = [np.stack([x * 2, y * 3, np.full_like(x, 60 * i)], -1).astype(np.uint8)
+              for i in range(3)]  # fmt: skip
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (96, 64))
+    for frame in frames:
+        video.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    video.release()
+    data = bytearray(path.read_bytes())
+    at = data.index(b"tkhd")
+    assert data[at + 4] == 0, "a version 0 track header"
+    data[at + 44 : at + 80] = b"".join(v.to_bytes(4, "big", signed=True) for v in degrees_matrix)
+    path.write_bytes(bytes(data))
+    return path, frames
+
+
+# the track header's matrix that ffmpeg writes for -metadata:s:v rotate=90; ffmpeg (and OpenCV)
+# show such a video a quarter turn counterclockwise from its stored frames: np.rot90
+TURNED_90 = (0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30)
+
+
+def test_a_phone_video_turned_by_its_metadata_is_written_upright(tmp_path, checkpoint, capsys):
+    # Phones store portrait video as landscape frames and a display matrix. OpenCV turns the
+    # frames (CAP_PROP_ORIENTATION_AUTO) and states the turned size: the output must be the
+    # portrait video the user sees, and carry no matrix of its own, or players turn it again.
+    clip, stored = rotated_mp4(tmp_path / "phone.mp4", TURNED_90)
+    capture = cv2.VideoCapture(str(clip))
+    size = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    capture.release()
+    if size != (64, 96):
+        pytest.skip(f"this OpenCV does not turn videos by their metadata (it reads {size})")
+    shown = read_rgb_frames(clip)
+    assert [f.shape for f in shown] == [(96, 64, 3)] * 3
+    upright = [np.rot90(frame) for frame in stored]
+    assert all(np.abs(a.astype(int) - b).mean() < 8 for a, b in zip(shown, upright, strict=True))
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, alpha=0))
+    assert "phone.mp4: 3 frames, 64x96," in capsys.readouterr().out
+    result = cv2.VideoCapture(str(out / "phone.mp4"))
+    assert result.get(cv2.CAP_PROP_ORIENTATION_META) == 0, "turned twice by a player"
+    result.release()
+    written = read_rgb_frames(out / "phone.mp4")
+    assert len(written) == 3
+    for decoded, expected in zip(written, upright, strict=True):
+        assert decoded.shape == (96, 64, 3)
+        assert np.abs(decoded.astype(int) - expected).mean() < 8
+
+
+class VariableRateFile:
+    """cv2.VideoCapture of a Matroska screen recording at a variable frame rate: 12 frames,
+    10 FPS stated, the first 6 at 100 ms intervals and the rest at 250 ms, so 2.1 s long, and
+    the frame count OpenCV derives from that (21), as for a container that stores none."""
+
+    real = cv2.VideoCapture  # kept before the test replaces it
+
+    def __init__(self, spec):
+        self.capture, self.frame = self.real(spec), -1
+
+    def read(self):
+        ok, bgr = self.capture.read()
+        self.frame += ok
+        return ok, bgr
+
+    def get(self, prop):
+        if prop == cv2.CAP_PROP_FRAME_COUNT:
+            return 21.0
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            return 100.0 * self.frame if self.frame <= 5 else 500.0 + 250 * (self.frame - 5)
+        return self.capture.get(prop)
+
+    def __getattr__(self, name):
+        return getattr(self.capture, name)
+
+
+def test_a_variable_frame_rate_is_named_not_taken_for_a_truncated_file(
+    tmp_path, checkpoint, caplog, capsys
+):
+    # It was: "declares 21 frames but only 12 could be decoded" (nothing was missing), a
+    # progress bar that ended at 12/21, and an output twice as fast as the input, unsaid.
+    clip = write_clip(tmp_path / "screen.mkv.mp4", frames=12, fps=10)
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video.cv2, "VideoCapture", VariableRateFile)
+        infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=4))
+    assert int(cv2.VideoCapture(str(out / "screen.mkv.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    assert "declares" not in caplog.text
+    assert (
+        "has a variable frame rate: its 12 frames span 2.18 s, but the output holds them at a "
+        "constant 10 FPS, in 1.20 s, so it plays 1.8x faster than the input" in caplog.text
+    )
+    assert "12/12" in capsys.readouterr().err  # the bar ends full
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg to write the videos")
+def test_variable_frame_rate_matroska_and_mp4_from_ffmpeg(tmp_path, checkpoint, caplog):
+    # The real files: 60 frames, 30 at 30 FPS then 30 at 10 FPS. OpenCV states the MP4's average
+    # rate, which keeps its length: no warning; the MKV's nominal 30 FPS, which halves it.
+    source = tmp_path / "source.avi"
+    video = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48))
+    for i in range(60):
+        video.write(np.full((48, 64, 3), 4 * i, np.uint8))
+    video.release()
+    stretch = "setpts='if(lt(N,30),N/30/TB,(1+(N-30)/10)/TB)'"
+    for name in ("vfr.mkv", "vfr.mp4"):
+        cmd = ["ffmpeg", "-loglevel", "error", "-i", str(source), "-vf", stretch, "-fps_mode",
+               "vfr", "-c:v", "mpeg4", "-q:v", "5", str(tmp_path / name)]  # fmt: skip
+        if subprocess.run(cmd, timeout=120).returncode:  # before ffmpeg 5.1: -vsync
+            subprocess.run([*cmd[:6], "-vsync", *cmd[7:]], check=True, timeout=120)
+        caplog.clear()
+        out = tmp_path / name.replace(".", "_")
+        infer_video.main(video_args(input=tmp_path / name, model=checkpoint, out_dir=out))
+        assert int(cv2.VideoCapture(str(out / "vfr.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 60
+        assert "declares" not in caplog.text, name
+        assert ("plays 2.0x faster" in caplog.text) == (name == "vfr.mkv"), caplog.text
+
+
+def test_a_video_beside_the_input_that_the_output_would_replace_is_refused(tmp_path, checkpoint):
+    # clip.mov's output in its own folder is clip.mp4: the user's other video of that name was
+    # replaced without a word
+    clip = write_clip(tmp_path / "clip.avi", frames=2)
+    other = tmp_path / "clip.mp4"
+    other.write_bytes(b"another video of the user's")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video, "predictor_from_args", no_model)
+        with pytest.raises(UserError, match=r"clip\.mp4, the output's name, is taken beside "):
+            infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path))
+    assert other.read_bytes() == b"another video of the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "clip.mp4"]
+
+
+def test_a_file_address_is_the_file_not_a_stream(tmp_path):
+    # file:///... was read as a live stream: named stream_<time>, with no frame count
+    clip = write_clip(tmp_path / "my clip.mp4", frames=3)
+    source = infer_video.open_video(clip.as_uri())
+    source.capture.release()
+    assert not source.camera and source.name == "my clip" and source.frames == 3
