@@ -57,9 +57,14 @@ def test_cached_training_matches_uncached_with_augmentation_off(
         read_csv(tmp_path / "plain/metrics.csv"),
         read_csv(tmp_path / "cached/metrics.csv"),
     )
+    # float16 features: the losses differ by rounding, and a pixel at a class boundary may
+    # flip (one of the 32,640 valid pixels is 3.1e-5 of the accuracy, 1.1e-4 of the mIoU here)
+    pixels = sum(np.prod(Image.open(p).size) for p in (tiny_data / "valid_masks").iterdir())
     for a, b in zip(plain, cached, strict=True):
-        for key in ("valid_miou", "valid_acc", "valid_loss", "train_loss"):
-            assert b[key] == pytest.approx(a[key], abs=1e-4), key  # float16 features
+        for key in ("valid_loss", "train_loss"):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), key
+        assert abs(b["valid_acc"] - a["valid_acc"]) * pixels <= 2  # pixels
+        assert b["valid_miou"] == pytest.approx(a["valid_miou"], abs=3e-4)
     assert len(list((tmp_path / "cached/valid_preds").iterdir())) == 4
 
 
