@@ -145,12 +145,19 @@ def test_onnxruntime_masks_agree_with_pytorch(tmp_path, onnx_files, checkpoint, 
         return masks(out)
 
     torch_masks = run(tmp_path / "torch", "--model", str(checkpoint))
-    for model, least in ((onnx_files[0], 0.995), (onnx_files[1], 0.99)):
+    # float32: ONNX Runtime's logits are within 2e-5 of PyTorch's, and all 32,640 pixels
+    # agreed; a boundary pixel may flip. A graph that resized with ONNX's "asymmetric"
+    # coordinates instead of half-pixel ones changed 22 (99.93% agreeing), so a share of
+    # pixels is no test here. int8 changes the logits themselves.
+    for model, most in ((onnx_files[0], 2), (onnx_files[1], None)):
         ort_masks = run(tmp_path / model.stem, "--model", str(model), "--backend", "onnxruntime")
         assert ort_masks.keys() == torch_masks.keys()
-        agree = sum((ort_masks[k] == torch_masks[k]).sum() for k in ort_masks)
+        differ = sum((ort_masks[k] != torch_masks[k]).sum() for k in ort_masks)
         total = sum(m.size for m in ort_masks.values())
-        assert agree / total >= least, (model.name, agree / total)
+        if most is None:
+            assert differ / total <= 0.01, (model.name, differ / total)
+        else:
+            assert differ <= most, (model.name, differ, total)
 
 
 @pytest.mark.parametrize(
