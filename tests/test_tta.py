@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import infer_image
@@ -29,6 +30,26 @@ def test_tta_probs_are_averaged_probabilities(checkpoint):
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 66, 90))
     torch.testing.assert_close(single, plain)
     torch.testing.assert_close(both, (plain + flipped) / 2)
+
+
+def test_tta_scales_each_side_of_a_non_square_image_and_flips_every_view_back(checkpoint):
+    # a reference written out view by view: the 90x66 input at 0.75 and 1.25 is 68x50 and
+    # 112x82 (Python's round), each also mirrored, its logits resized to 90x66 and mirrored back
+    model, _ = load_checkpoint(checkpoint)
+    images = torch.randint(0, 256, (2, 3, 66, 90), dtype=torch.uint8)
+    views = []
+    with torch.no_grad():
+        for h, w in ((50, 68), (82, 112)):
+            x = F.interpolate(images.float(), size=(h, w), mode="bilinear", align_corners=False)
+            mirrored = torch.from_numpy(x.numpy()[..., ::-1].copy())
+            for view, back in ((x, False), (mirrored, True)):
+                logits = F.interpolate(
+                    model.patch_logits(view), size=(66, 90), mode="bilinear", align_corners=False
+                )
+                probs = logits.softmax(1).numpy()
+                views.append(torch.from_numpy(probs[..., ::-1].copy() if back else probs))
+        got = tta_probs(model, images, [0.75, 1.25], flip=True)
+    torch.testing.assert_close(got, sum(views) / 4)
 
 
 def test_eval_only_reports_with_and_without_tta(tmp_path, checkpoint, tiny_data):
