@@ -199,7 +199,10 @@ def onnx_rows(base: Segmentor, imgsz, frames: list, folder: Path, reps: int) -> 
             start = time.perf_counter()
             session.run(None, {"images": images})
             best = min(best, time.perf_counter() - start)
-        network = OnnxSegmentor(session, DEFAULT_CLASSES, imgsz, base.backbone.name)
+        # the int8 graph one frame at a time, as --backend onnxruntime runs it (OnnxSegmentor)
+        network = OnnxSegmentor(
+            session, DEFAULT_CLASSES, imgsz, base.backbone.name, per_image=path == int8
+        )
         masks = Predictor(network, DEFAULT_CLASSES, imgsz).predict(frames)
         agree = sum((a == b).sum() for a, b in zip(masks, reference, strict=True))
         rows.append((label, best, agree / sum(m.size for m in masks)))

@@ -160,6 +160,24 @@ def test_onnxruntime_masks_agree_with_pytorch(tmp_path, onnx_files, checkpoint, 
             assert differ <= most, (model.name, differ, total)
 
 
+def test_an_int8_graphs_logits_of_an_image_do_not_depend_on_the_rest_of_its_batch(onnx_files):
+    # ONNX Runtime's dynamic quantization scales activations by their range over the whole
+    # input: a bright and a dark image in one batch changed each other's logits by up to 0.03
+    import torch
+
+    from model import OnnxSegmentor
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 3, 66, 90), dtype=np.uint8)
+    images[1] //= 8  # dark
+    images[2] = 255 - images[2] // 8  # bright
+    images = torch.from_numpy(images)
+    for graph in onnx_files:
+        network = OnnxSegmentor.load(graph, torch.device("cpu"))
+        alone = torch.cat([network.patch_logits(image[None]) for image in images])
+        torch.testing.assert_close(network.patch_logits(images), alone, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
