@@ -816,7 +816,18 @@ def load_checkpoint(
             path,
         )
         hub_dir = None  # said once, here, where the source came from the checkpoint
-    vit = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"])
+    try:
+        vit = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"])
+    except UserError as err:
+        # --hub-dir is never taken from the checkpoint (it may name a folder of another machine,
+        # and it is code that would run), but a run trained with it most likely needs it again.
+        trained = (ckpt.get("args") or {}).get("hub_dir")
+        if source != "hub" or hub_dir is not None or not trained:
+            raise
+        raise UserError(
+            f"{err} {path} was trained with --hub-dir {trained}: pass --hub-dir {trained} "
+            "again (a checkpoint does not keep it)"
+        ) from err
     model = Segmentor(vit, classes.num_classes, fine_tune=ckpt["fine_tune"])
     weights = ckpt["model"]["backbone"]
     # Checked here, as --weights files are: timm converts the official layout itself and fails

@@ -223,6 +223,30 @@ def test_offline_checkpoint_loading_names_only_flags_that_apply(tmp_path, monkey
     assert "--weights" not in message, message
 
 
+def test_offline_a_checkpoint_trained_with_hub_dir_names_that_folder(tmp_path, monkeypatch):
+    """--hub-dir is not taken from the checkpoint (it may name another machine's folder): a run
+    trained offline with it, then used without it, stopped with the generic offline options and
+    never said that --hub-dir was all it lacked."""
+
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+
+    backbone = load_backbone("dinov2_vits14", "hub", "random", hub_dir=FAKE_HUB, layers=1)
+    ckpt = tmp_path / "hub_dir_trained.pth"
+    save_checkpoint(
+        ckpt,
+        Segmentor(backbone, 2),
+        classes=DEFAULT_CLASSES.to_dict(),
+        imgsz=[56, 56],
+        args={"hub_dir": str(FAKE_HUB)},
+    )
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(UserError, match=rf"trained with --hub-dir {FAKE_HUB}: pass --hub-dir"):
+        load_checkpoint(ckpt)
+    load_checkpoint(ckpt, hub_dir=FAKE_HUB)  # which is the fix it names
+
+
 @pytest.mark.parametrize("source", ["timm", "hub"])
 @pytest.mark.parametrize("key", ["pos_embed", "register_tokens"])
 def test_a_register_checkpoint_missing_a_backbone_key_is_named(
