@@ -682,7 +682,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     def kept() -> str:
         # Until this run finishes an epoch, the epoch before it is in the --resume checkpoint,
         # which may be in another folder, or another file than last_model.pth.
-        return kept_message(last if epoch > start or not args.resume else args.resume, epoch - 1)
+        checkpoint = last if epoch > start or not args.resume else args.resume
+        return kept_message(checkpoint, epoch - 1, args.out_dir)
 
     try:
         for epoch in range(start, args.epochs + 1):
@@ -1074,12 +1075,14 @@ def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
         )
 
 
-def kept_message(checkpoint: Path, finished: int) -> str:
+def kept_message(checkpoint: Path, finished: int, out_dir: Path) -> str:
     """What an early stop leaves behind when ``finished`` is the last completed epoch, held by
-    ``checkpoint``."""
+    ``checkpoint``, and the command that continues the run in its ``out_dir``."""
     if finished < 1:
         return "No epoch finished, so this run wrote no checkpoint."
-    return f"{checkpoint} holds epoch {finished}; continue with --resume {checkpoint}."
+    # --out-dir is not resumed: without it the run would go on in the default folder.
+    where = "" if out_dir.resolve() == DEFAULT_OUT_DIR.resolve() else f" --out-dir {out_dir}"
+    return f"{checkpoint} holds epoch {finished}; continue with --resume {checkpoint}{where}."
 
 
 if __name__ == "__main__":

@@ -265,7 +265,7 @@ def test_a_dataset_file_broken_mid_run_is_named_with_what_is_kept(
     assert str(err.value).startswith(f"{fresh_data / 'train_images' / 'img000.png'}: unreadable")
     assert str(err.value).endswith(
         f"the file changed during training; fix or restore it. {tmp_path / 'last_model.pth'} "
-        f"holds epoch 1; continue with --resume {tmp_path / 'last_model.pth'}."
+        f"holds epoch 1; continue with --resume {tmp_path / 'last_model.pth'} --out-dir {tmp_path}."
     )
 
 
@@ -549,8 +549,24 @@ def test_a_stop_in_the_first_resumed_epoch_names_the_checkpoint_that_holds_it(
     monkeypatch.setattr(train, "train_one_epoch", stop)
     with pytest.raises(KeyboardInterrupt):
         run_train(resumed)
-    assert f"continue with --resume {first / 'last_model.pth'}." in caplog.text
+    advice = f"continue with --resume {first / 'last_model.pth'} --out-dir {tmp_path / 'second'}."
+    assert advice in caplog.text
     assert str(tmp_path / "second" / "last_model.pth") not in caplog.text
+
+
+def test_the_advice_after_a_stop_keeps_the_runs_out_dir(tmp_path, monkeypatch):
+    """The advice "continue with --resume OUT/last_model.pth" left out --out-dir, which is not
+    resumed: followed as printed, the run went on in outputs/ (the best checkpoints copied
+    there), apart from its first epochs."""
+    ckpt = tmp_path / "run" / "last_model.pth"
+    assert train.kept_message(ckpt, 2, tmp_path / "run") == (
+        f"{ckpt} holds epoch 2; continue with --resume {ckpt} --out-dir {tmp_path / 'run'}."
+    )
+    monkeypatch.chdir(tmp_path)  # the default --out-dir needs no flag
+    assert train.kept_message(Path("outputs/last_model.pth"), 2, Path("outputs")) == (
+        f"{Path('outputs/last_model.pth')} holds epoch 2; continue with --resume "
+        f"{Path('outputs/last_model.pth')}."
+    )
 
 
 WRITE_UNDER_A_SIZE_LIMIT = """
