@@ -22,6 +22,7 @@ from urllib.error import URLError
 import cv2
 import numpy as np
 import torch
+import yaml
 from PIL import ExifTags, Image
 from torch.utils.data import Dataset, Sampler
 
@@ -507,6 +508,22 @@ def check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray,
     return problems, counts, reading
 
 
+def _classes_hint(root: Path, classes: ClassConfig) -> str:
+    """How to give the classes of masks read as instance ids: the classes.yaml that
+    prepare_data.py writes into the dataset folder, where it lists other classes."""
+    path = root / "classes.yaml"
+    try:
+        names = yaml.safe_load(path.read_text(encoding="utf-8"))["ALL_CLASSES"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
+        names = None
+    if isinstance(names, list) and [str(n) for n in names] != list(classes.names):
+        return f"pass --config {path} ({', '.join(str(n) for n in names)})"
+    return (
+        "list your classes (ALL_CLASSES, LABEL_COLORS_LIST, VIS_LABEL_MAP) in a YAML file and "
+        "pass it with --config"
+    )
+
+
 def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list[Pair]]:
     """Check a whole dataset before training and return its pairs per split.
 
@@ -546,11 +563,11 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
         # trained without --config, read the same way and would merge into one class unnoticed.
         log.warning(
             "%d masks in %s hold values above 1, read as instance ids: every object becomes %s. "
-            "If those values are class ids, list your classes (ALL_CLASSES, LABEL_COLORS_LIST, "
-            "VIS_LABEL_MAP) in a YAML file and pass it with --config",
+            "If those values are class ids, %s",
             instance_masks,
             root,
             classes.names[1],
+            _classes_hint(root, classes),
         )
     _check_classes_present(root, classes, pixels)
     return pairs_by_split

@@ -601,6 +601,22 @@ def test_class_ids_above_1_read_as_instance_ids_are_a_warning(fresh_data, caplog
     assert "--config" in caplog.text and "ALL_CLASSES" in caplog.text
 
 
+def test_instance_id_warning_names_the_classes_yaml_beside_the_data(fresh_data, caplog):
+    """prepare_data.py writes classes.yaml into --data and says to pass it; trained without it,
+    3-class masks merged into person and the warning said to write a YAML file, not which."""
+    for path in sorted((fresh_data / "train_masks").iterdir())[:2]:
+        mask = np.asarray(Image.open(path)).copy()
+        mask[-4:] = 2
+        save(mask, path)
+    (fresh_data / "classes.yaml").write_text(
+        "ALL_CLASSES: [background, cat, dog]\n"
+        "LABEL_COLORS_LIST: [[0, 0, 0], [0, 255, 0], [255, 0, 0]]\n"
+        "VIS_LABEL_MAP: [[0, 0, 0], [0, 255, 0], [255, 0, 0]]\n"
+    )
+    check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert f"pass --config {fresh_data / 'classes.yaml'} (background, cat, dog)" in caplog.text
+
+
 def test_check_dataset_reports_empty_split(fresh_data):
     for f in (fresh_data / "valid_images").iterdir():
         f.unlink()
