@@ -149,7 +149,7 @@ def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path | No
     with torch.no_grad():
         expected = model.patch_logits(images).numpy()
     diff = float(np.abs(got - expected).max())
-    print(f"{name}: max |ONNX Runtime - PyTorch| = {diff:.2e} (tolerance {tolerance:g})")
+    print(f"{name} at {w}x{h}: max |ONNX Runtime - PyTorch| = {diff:.2e} (tolerance {tolerance:g})")
     if not diff <= tolerance:
         raise UserError(
             f"{name} differs from PyTorch by {diff:.2e}, above --tolerance {tolerance:g}; "

@@ -230,10 +230,14 @@ def test_onnxruntime_names_what_the_model_file_is(tmp_path, tiny_data, model, me
              "--backend", "onnxruntime", "--out-dir", str(tmp_path / "out")]))  # fmt: skip
 
 
-def test_dynamic_export_takes_other_sizes(tmp_path, checkpoint):
+def test_dynamic_export_takes_other_sizes(tmp_path, checkpoint, capsys):
     out = tmp_path / "dynamic.onnx"
     export.main(export.get_args_parser().parse_args(
         ["--model", str(checkpoint), "--output", str(out), "--dynamic"]))  # fmt: skip
+    # the check runs at two sizes: two lines of the same file said neither
+    printed = capsys.readouterr().out
+    assert f"{out} at 84x70: max |ONNX Runtime - PyTorch|" in printed
+    assert f"{out} at 112x84: max |ONNX Runtime - PyTorch|" in printed
     proto = onnx.load(str(out))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # B, 3, H, W
