@@ -700,21 +700,21 @@ def _files_by_id(folder: Path) -> tuple[dict[str, Path], list[str]]:
     return found, problems
 
 
-def _cvat_subsets(root: Path) -> dict[str, set[str]] | None:
-    """The item ids of each split from the export's subset lists, where it has a train and a
-    validation one (ImageSets/Segmentation/Train.txt and Validation.txt, or train.txt and
-    val.txt...); None otherwise (one "default" list: a task without subsets)."""
+def _cvat_subsets(root: Path) -> dict[str, tuple[Path, set[str]]] | None:
+    """The list file and item ids of each split from the export's subset lists, where it has a
+    train and a validation one (ImageSets/Segmentation/Train.txt and Validation.txt, or train.txt
+    and val.txt...); None otherwise (one "default" list: a task without subsets)."""
     lists = {p.stem.casefold(): p for p in (root / "ImageSets" / "Segmentation").glob("*.txt")}
     valid = next((lists[n] for n in ("validation", "valid", "val") if n in lists), None)
     if "train" not in lists or valid is None:
         return None
     return {
-        split: {line.strip() for line in path.read_text(encoding="utf-8").splitlines()}
+        split: (path, {line.strip() for line in path.read_text(encoding="utf-8").splitlines()})
         for split, path in (("train", lists["train"]), ("valid", valid))
     }
 
 
-def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> dict[str, int]:
+def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> dict[str, int | str]:
     """CVAT's "Segmentation mask 1.1" export: JPEGImages/, SegmentationClass/ (colour masks in the
     colours of labelmap.txt) and ImageSets/Segmentation/ subset lists.
 
@@ -724,7 +724,8 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
     ids in subfolders become flat names: sub/x.jpg is sub_x.jpg.
 
     Returns:
-        {"instances": 0, "unannotated": images without a mask}
+        {"instances": 0, "unannotated": images without a mask, "unlisted": annotated images in
+        neither the train nor the validation subset, "lists": those subsets' list files}
     """
     root = args.root
     images_dir, masks_dir = root / "JPEGImages", root / "SegmentationClass"
@@ -750,6 +751,7 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
         if len(ids) > 1
     ]
     subsets = _cvat_subsets(root)
+    unlisted = {}
     if subsets is None:
         if not problems:
             check_valid_every(
@@ -757,9 +759,14 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
             )
         splits = every_nth([(images[i], masks[i]) for i in items], args.valid_every)
     else:
-        splits = {s: [(images[i], masks[i]) for i in items if i in subsets[s]] for s in SPLITS}
+        splits = {s: [(images[i], masks[i]) for i in items if i in subsets[s][1]] for s in SPLITS}
+        listed = set().union(*(ids for _, ids in subsets.values()))
+        unlisted = {
+            "unlisted": sum(i not in listed for i in items),
+            "lists": " nor ".join(path.name for path, _ in subsets.values()),
+        }
     kinds = convert_pairs(root, splits, problems, classes, out, names)
-    return {**kinds, "unannotated": len(images) - len(items)}
+    return {**kinds, "unannotated": len(images) - len(items), **unlisted}
 
 
 def report(folder: Path, names: list[str]) -> None:
@@ -789,10 +796,11 @@ class Importer(NamedTuple):
     """One subcommand: the flags that name its source, which --out may neither hold nor lie
     inside, and the function that writes the four folders into a staging folder from the parsed
     arguments and the classes that main writes to classes.yaml (returning counts of masks per
-    kind: read_binary_mask's, or convert_pairs's masks read as instance ids; or None)."""
+    kind: read_binary_mask's, or convert_pairs's masks read as instance ids, with cvat's images
+    left out; or None)."""
 
     sources: tuple[str, ...]
-    convert: Callable[[argparse.Namespace, Path, ClassConfig], dict[str, int] | None]
+    convert: Callable[[argparse.Namespace, Path, ClassConfig], dict[str, int | str] | None]
 
 
 def _convert_penn_fudan(args: argparse.Namespace, out: Path, classes: ClassConfig) -> None:
@@ -910,6 +918,11 @@ def main(args: argparse.Namespace) -> None:
         print(
             f"{kinds['unannotated']} image(s) without a mask in SegmentationClass/ (frames not "
             "annotated: CVAT writes masks for annotated frames only) were left out"
+        )
+    if kinds.get("unlisted"):
+        print(
+            f"{kinds['unlisted']} annotated image(s) in neither {kinds['lists']} (other subsets, "
+            "such as Test) were left out"
         )
     if kinds.get("0/1"):
         print(
