@@ -77,7 +77,8 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
 
     A folder or glob leaves out the masks and overlays an earlier run wrote to ``out_dir`` (an
     --out-dir inside the inputs would otherwise feed them back in, run after run), and names
-    the files of other image formats it meets (.gif, .avif) in a warning.
+    the files of other image formats it meets (.gif, .avif) and a folder's subfolders, which are
+    not read, in a warning.
     """
     path = Path(spec)
     if path.is_file():
@@ -106,6 +107,23 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
             ", ".join(other[:5]),
             " ..." if len(other) > 5 else "",
             " ".join(IMAGE_EXTENSIONS),
+        )
+    # A folder's subfolders are not read; their photos would be missing without a word. The one
+    # holding --out-dir is this script's own.
+    skipped = sorted(
+        f"{p.name}/"
+        for p in matches
+        if path.is_dir() and p.is_dir() and not (out_dir and within(Path(out_dir), p))
+    )
+    if skipped:
+        log.warning(
+            "%d %s not read: %s%s (a folder's own images only; to read its subfolders too, give "
+            'a glob: "%s")',
+            len(skipped),
+            "subfolder is" if len(skipped) == 1 else "subfolders are",
+            ", ".join(skipped[:5]),
+            " ..." if len(skipped) > 5 else "",
+            path / "**" / "*.jpg",
         )
     if not found:
         kinds = " ".join(IMAGE_EXTENSIONS)

@@ -367,6 +367,23 @@ def test_infer_image_names_images_of_formats_it_does_not_read(tmp_path, caplog, 
     assert "d.gif" not in caplog.text and "notes.txt" not in caplog.text
 
 
+def test_infer_image_names_the_subfolders_a_folder_input_leaves_out(tmp_path, caplog):
+    """A folder's subfolders are not read (the README says so): their photos were missing from
+    the results without a word, where a glob would have read them."""
+    for name in ("a.png", "trip/b.png", "trip/c.png", "results/a_mask.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert infer_image.find_images(str(tmp_path), out_dir=tmp_path / "results") == [
+        tmp_path / "a.png"
+    ]
+    assert "1 subfolder is not read: trip/" in caplog.text
+    assert f"{tmp_path}/**/*.jpg" in caplog.text
+    assert "results" not in caplog.text  # --out-dir: this script's own outputs
+    caplog.clear()
+    infer_image.find_images(f"{tmp_path}/**/*.png")  # a glob reads what it matches
+    assert "not read" not in caplog.text
+
+
 def test_infer_image_keeps_images_that_share_a_stem_apart(tmp_path, checkpoint):
     sizes = {"a/x.png": (40, 30), "b/x.png": (50, 70), "a/x.jpg": (60, 20), "b/y.png": (30, 30)}
     for name, (w, h) in sizes.items():
