@@ -556,7 +556,19 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> l
     unknown = [k for k in unknown if k != "config" or nested]
     if unknown:
         allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
-        raise UserError(f"{where} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}")
+        hints = []  # a key written as its flag (num-vis, --lr, augment: true)
+        for key in unknown:
+            dest = str(key).lstrip("-").replace("-", "_")
+            negated = [d for d, flag in negations.items() if flag == f"--{dest.replace('_', '-')}"]
+            if negated and isinstance(data[key], bool):
+                value, opposite = ("true", "false") if data[key] else ("false", "true")
+                hints.append(f"write {key}: {value} as {negated[0]}: {opposite}")
+            elif dest != key and dest in allowed:
+                hints.append(f"write {key} as {dest}")
+        said = f". Keys are the flags' names with underscores: {'; '.join(hints)}" if hints else ""
+        raise UserError(
+            f"{where} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}{said}"
+        )
     argv: list[str] = []
     for key, value in data.items():
         if key in CLASS_KEYS:

@@ -561,6 +561,10 @@ def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
     ("content", "message"),
     [
         ({"learning_rate": 1}, "unknown keys \\['learning_rate'\\]"),
+        # a key written as its flag: the list of allowed keys left the user to spot the fix
+        ({"num-vis": 2}, r"unknown keys \['num-vis'\].*: write num-vis as num_vis"),
+        ({"--lr": 0.1}, r"unknown keys \['--lr'\].*: write --lr as lr"),
+        ({"augment": True}, r"\[.augment.\].*: write augment: true as no_augment: false"),
         ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 0, 0]], "VIS_LABEL_MAP": []},
          r"c.yaml: LABEL_COLORS_LIST has 1 colours for 2 classes"),
         ({"ALL_CLASSES": ["a"], "LABEL_COLORS_LIST": [[0, 0, 0]], "VIS_LABEL_MAP": [[0, 0, 0]]},
