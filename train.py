@@ -633,6 +633,16 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         history = on_main_process(lambda: resumed_history(args.out_dir / "metrics.csv", start))
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
+        if main_process and (args.out_dir / "metrics.csv").is_file():
+            # the default outputs/ of a second run: its best checkpoints go without a word
+            log.warning(
+                "--out-dir %s holds an earlier run (its metrics.csv): this run replaces its "
+                "checkpoints, metrics and plots. To keep it, stop now and pass another --out-dir; "
+                "to continue it instead, --resume %s --out-dir %s",
+                args.out_dir,
+                args.out_dir / LAST_CHECKPOINT,
+                args.out_dir,
+            )
     # Check the data before loading the backbone, which may mean a download.
     pairs = checked_pairs(resolve_data(args), classes)
     # every process has the same share (DistributedSampler pads), so rank 0's answer is theirs

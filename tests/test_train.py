@@ -1093,3 +1093,16 @@ def test_config_files_are_read_as_utf8_whatever_the_locale(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == ascii(["background", "café"])
+
+
+def test_a_new_run_into_the_folder_of_another_says_it_replaces_it(tmp_path, tiny_data, weights_file,
+                                                                   caplog):  # fmt: skip
+    """A second `python train.py` into the default outputs/ replaced the first run's best
+    checkpoints, metrics and plots without a word (a --resume there is refused, a new run not)."""
+    args = [*common(tiny_data, tmp_path, weights_file), "--epochs", "1", "--imgsz", "28", "28",
+            "--num-vis", "0"]  # fmt: skip
+    run_train(args)
+    assert "holds an earlier run" not in caplog.text
+    run_train(args)
+    assert f"--out-dir {tmp_path} holds an earlier run (its metrics.csv)" in caplog.text
+    assert f"--resume {tmp_path / 'last_model.pth'}" in caplog.text
