@@ -121,6 +121,26 @@ def test_images_of_one_size_are_resized_in_groups_that_fit_the_budget(monkeypatc
         assert np.array_equal(mask, up.max(1).indices[0].to(torch.uint8).numpy())
 
 
+def test_an_image_whose_classes_exceed_the_budget_is_resized_a_few_classes_at_a_time(monkeypatch):
+    # 5 classes x 30 x 40 = 6000 scores: two classes at a time under a budget of 2400. Class 3
+    # ties class 1 everywhere (the first must win, as in max) and NaNs count as highest.
+    logits = torch.randn(2, 5, 4, 5, generator=torch.Generator().manual_seed(0))
+    logits[:, 3] = logits[:, 1]
+    logits[1, 4, 0, 0] = logits[1, 2, 3, 4] = float("nan")
+    calls = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", 2400)
+    monkeypatch.setattr(
+        engine.F, "interpolate", lambda x, **kw: calls.append(x.shape[1]) or interpolate(x, **kw)
+    )
+    masks = Predictor._masks(logits, [(30, 40)] * 2)
+    assert calls == [2, 2, 1] * 2
+    for mask, lg in zip(masks, logits, strict=True):
+        up = interpolate(lg[None], size=(30, 40), mode="bilinear", align_corners=False)
+        assert np.array_equal(mask, up.max(1).indices[0].to(torch.uint8).numpy())
+    assert masks[1][0, 0] == 4 and (masks[0] != 3).all()
+
+
 @pytest.mark.parametrize("imgsz", [518, (56, 42, 3), (0, 0), (13, 42), (56.5, 42)])
 def test_an_input_size_that_is_not_w_h_is_refused_before_the_model_loads(monkeypatch, imgsz):
     # an int failed in tuple(), and a size of 0 or 56.5 at the first image, in OpenCV's resize
