@@ -33,8 +33,10 @@ from config import (
 from datasets import OTHER_IMAGE_EXTENSIONS, DataError, read_image
 from engine import Predictor, predictor_from_args
 from utils import (
+    QUEUE_BYTES,
     OrderedWriter,
     UserError,
+    array_bytes,
     atomic_path,
     check_writable,
     opencv_threads_for,
@@ -214,9 +216,14 @@ def main(args: argparse.Namespace) -> None:
     predictor = predictor_from_args(args, device)
     failures, write_failures, done = [], [], 0
     with opencv_threads_for(predictor.device):
-        writer = OrderedWriter()
+        writer = OrderedWriter(max_bytes=QUEUE_BYTES)
         start = time.perf_counter()
-        for ok, images, resized, errors in prefetch(read_batches(paths, predictor, args.batch)):
+        batches = prefetch(
+            read_batches(paths, predictor, args.batch),
+            max_bytes=QUEUE_BYTES,
+            nbytes=lambda item: array_bytes(item[1], item[2]),
+        )
+        for ok, images, resized, errors in batches:
             failures += errors
             if not images:
                 continue
@@ -232,6 +239,7 @@ def main(args: argparse.Namespace) -> None:
                     mask,
                     predictor,
                     args.alpha,
+                    nbytes=array_bytes(image, mask),
                 )
                 if args.show:
                     overlay = predictor.overlay(image, mask, args.alpha)

@@ -39,9 +39,11 @@ from config import (
 )
 from engine import Predictor, predictor_from_args
 from utils import (
+    QUEUE_BYTES,
     OrderedWriter,
     Terminated,
     UserError,
+    array_bytes,
     atomic_path,
     check_writable,
     opencv_threads_for,
@@ -357,7 +359,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     # VideoWriter picks the container from the file name, so the temporary name ends in .mp4.
     with atomic_path(out_path, suffix=".partial.mp4") as tmp:
         video, rate, (width, height) = open_writer(source, tmp, out_path, args.input)
-        writer = OrderedWriter()
+        writer = OrderedWriter(max_bytes=QUEUE_BYTES)
 
         def encode(frames, masks) -> None:
             nonlocal done
@@ -372,13 +374,17 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
 
         bar = tqdm(total=source.frames, unit="frame", desc=source.name, dynamic_ncols=True)
         start = time.perf_counter()
-        batches = prefetch(read_batches(source, predictor, args.batch))
+        batches = prefetch(
+            read_batches(source, predictor, args.batch),
+            max_bytes=QUEUE_BYTES,
+            nbytes=lambda item: array_bytes(*item),
+        )
         stopped = None  # why the user ended the stream early
         ended = False  # whether the input ran to its end
         try:
             for frames, resized in batches:
                 masks = predictor.predict_resized(resized, [f.shape[:2] for f in frames])
-                writer.submit(encode, frames, masks)
+                writer.submit(encode, frames, masks, nbytes=array_bytes(frames, masks))
                 bar.update(len(frames))
                 if args.show:
                     overlay = predictor.overlay(frames[-1], masks[-1], args.alpha)

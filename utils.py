@@ -636,39 +636,74 @@ def opencv_threads_for(device: torch.device) -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+# The most bytes of frames, images and masks that each inference queue (prefetch's, the
+# OrderedWriter's) holds: their depths counted batches, and at 4K with --batch 16 the two held
+# about 10 batches of 33 MB frames and masks, 3.7 GB resident.
+QUEUE_BYTES = 256 * 2**20
+
+
+def array_bytes(*groups) -> int:
+    """The bytes of NumPy arrays: each of ``groups`` an array, a list of arrays, or None."""
+    total = 0
+    for group in groups:
+        if isinstance(group, np.ndarray):
+            total += group.nbytes
+        elif group is not None:
+            total += sum(a.nbytes for a in group)
+    return total
+
+
+def prefetch(
+    items: Iterable,
+    depth: int = 2,
+    max_bytes: int | None = None,
+    nbytes: Callable[[Any], int] | None = None,
+) -> Iterator:
     """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
 
-    Decoding (OpenCV, PIL) releases the GIL, so it runs while the model computes. An exception
-    raised by ``items`` is re-raised here.
+    Decoding (OpenCV, PIL) releases the GIL, so it runs while the model computes. With
+    ``max_bytes``, the items waiting also hold at most that many bytes (``nbytes(item)`` each),
+    but one always may wait, however large. An exception raised by ``items`` is re-raised here.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)
+    q: queue.Queue = queue.Queue()  # bounded by ``room`` below, in items and in bytes
+    room = threading.Condition()
+    waiting = [0, 0]  # items and bytes in ``q``
     stop = threading.Event()
     end = object()
 
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def full(size: int) -> bool:
+        over = max_bytes is not None and waiting[1] + size > max_bytes
+        return waiting[0] > 0 and (waiting[0] >= depth or over)
+
+    def put(item, size: int = 0, err: BaseException | None = None) -> bool:
+        with room:
+            while full(size) and not stop.is_set():
+                room.wait(0.1)
+            if stop.is_set():
+                return False
+            waiting[0] += 1
+            waiting[1] += size
+        q.put((item, err, size))
+        return True
 
     def work() -> None:
         try:
             for item in items:
-                if not put((item, None)):
+                if not put(item, nbytes(item) if nbytes else 0):
                     return
-            put((end, None))
+            put(end)
         except BaseException as err:  # handed to the consumer, which re-raises it
-            put((end, err))
+            put(end, err=err)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     try:
         while True:
-            item, err = q.get()
+            item, err, size = q.get()
+            with room:
+                waiting[0] -= 1
+                waiting[1] -= size
+                room.notify()
             if err is not None:
                 raise err
             if item is end:
@@ -682,27 +717,41 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
 class OrderedWriter:
     """Runs write jobs one at a time, in order, on a background thread.
 
-    At most ``depth`` jobs wait, so a slow disk or encoder slows the producer down instead of
-    filling memory. An exception in a job is re-raised by the next ``submit`` or ``finish``.
+    At most ``depth`` jobs wait, and with ``max_bytes`` the jobs waiting hold at most that many
+    bytes (each job's ``nbytes``, as submitted; one always may wait), so a slow disk or encoder
+    slows the producer down instead of filling memory. An exception in a job is re-raised by
+    the next ``submit`` or ``finish``.
     """
 
-    def __init__(self, depth: int = 4):
+    def __init__(self, depth: int = 4, max_bytes: int | None = None):
         self.depth = depth
+        self.max_bytes = max_bytes
         self.pool = ThreadPoolExecutor(max_workers=1)
-        self.pending: deque[Future] = deque()
+        self.pending: deque[tuple[Future, int]] = deque()
+        self.pending_bytes = 0
 
-    def submit(self, fn: Callable, *args) -> None:
-        self.pending.append(self.pool.submit(fn, *args))
-        while len(self.pending) > self.depth:
-            self.pending.popleft().result()
+    def submit(self, fn: Callable, *args, nbytes: int = 0) -> None:
+        self.pending.append((self.pool.submit(fn, *args), nbytes))
+        self.pending_bytes += nbytes
+        while len(self.pending) > self.depth or (
+            self.max_bytes is not None
+            and len(self.pending) > 1
+            and self.pending_bytes > self.max_bytes
+        ):
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        job, nbytes = self.pending.popleft()
+        self.pending_bytes -= nbytes
+        job.result()
 
     def finish(self) -> None:
         """Wait for every job; re-raise the first failure."""
         try:
             while self.pending:
-                self.pending.popleft().result()
+                self._wait_oldest()
         finally:
-            for job in self.pending:
+            for job, _ in self.pending:
                 job.cancel()
             self.pool.shutdown(wait=True)
 

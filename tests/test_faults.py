@@ -483,6 +483,33 @@ def test_prefetch_reraises_the_producers_error_and_stops_with_its_consumer():
     assert len(produced) <= 5, "the producer went on decoding for nobody"
 
 
+def test_the_inference_queues_hold_at_most_max_bytes_but_always_one_item():
+    # at 4K with --batch 16 each queue's depth in batches held gigabytes of frames
+    produced = []
+
+    def frames(size):
+        for i in range(12):
+            produced.append(i)
+            yield bytes(size)
+
+    items = utils.prefetch(frames(100), depth=10, max_bytes=250, nbytes=len)
+    next(items)
+    time.sleep(0.3)  # time for the producer to fill what it may
+    # the one consumed, two waiting (200 of 250 bytes) and one the producer holds
+    assert len(produced) == 4
+    assert sum(1 for _ in items) == 11
+    # an item larger than the budget still goes through, one at a time
+    assert len(list(utils.prefetch(frames(1000), max_bytes=250, nbytes=len))) == 12
+
+    writer = utils.OrderedWriter(depth=10, max_bytes=250)
+    for _ in range(6):
+        writer.submit(time.sleep, 0.01, nbytes=100)
+        assert writer.pending_bytes <= 250 and len(writer.pending) <= 2
+    writer.submit(time.sleep, 0.01, nbytes=1000)  # alone over the budget: it waits alone
+    assert len(writer.pending) == 1
+    writer.finish()
+
+
 def test_an_infinite_validation_loss_stops_before_any_checkpoint(
     tmp_path, fresh_data, weights_file, monkeypatch
 ):
