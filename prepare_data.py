@@ -290,16 +290,9 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
             "mask (their segmentation is empty: an export of bounding boxes?); the coco "
             "importer needs instance masks, not boxes only"
         )
-    if len(kept) < every:  # the valid split came out empty; said last, so a broken entry is named
-        fix = (
-            f"pass --valid-every {len(kept)} to put one of them in valid"
-            if len(kept) >= 2
-            else "a train and a valid split need at least 2 images"
-        )
-        raise UserError(
-            f"{annotations}: only {len(kept)} image(s) have an annotation of {classes}, and every "
-            f"{every}th image (--valid-every {every}) goes to valid; {fix}"
-        )
+    # an empty valid split; said last, so that a broken entry is named first
+    where = f"{annotations}: only {len(kept)} image(s) have an annotation of {classes}"
+    check_valid_every(len(kept), every, where)
 
 
 def _read_coco(annotations: Path) -> dict:
@@ -603,6 +596,15 @@ def every_nth(pairs: list[Pair], every: int) -> dict[str, list[Pair]]:
     return splits
 
 
+def text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, without the byte-order mark Excel writes, or a UserError
+    naming it."""
+    try:
+        return path.read_bytes().decode("utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from err
+
+
 ROBOFLOW_SPLITS = {"train": "train", "valid": "valid"}  # our split: its folder (test/ is left out)
 
 
@@ -615,10 +617,7 @@ def read_roboflow_classes(root: Path) -> list[str]:
             f"{path} is missing: --root must be a Roboflow 'Semantic Segmentation Masks' export, "
             "with train/ and valid/ holding NAME.jpg, NAME_mask.png and _classes.csv"
         )
-    try:
-        lines = path.read_bytes().decode("utf-8-sig").splitlines()  # Excel adds a BOM
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from err
+    lines = text_lines(path)
     rows = [[cell.strip() for cell in row] for row in csv.reader(lines) if "".join(row).strip()]
     if rows and not rows[0][0].isdigit():
         rows = rows[1:]  # the header
@@ -662,10 +661,7 @@ def read_labelmap(path: Path) -> ClassConfig:
             f"{path} is missing: --root must be a CVAT 'Segmentation mask 1.1' export, with "
             "labelmap.txt, JPEGImages/ and SegmentationClass/"
         )
-    try:
-        lines = path.read_bytes().decode("utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from err
+    lines = text_lines(path)
     names, colors = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
