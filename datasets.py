@@ -22,7 +22,6 @@ from urllib.error import URLError
 import cv2
 import numpy as np
 import torch
-import yaml
 from PIL import ExifTags, Image
 from torch.utils.data import Dataset, Sampler
 
@@ -33,6 +32,7 @@ from config import (
     PENN_FUDAN_URL,
     SPLITS,
     ClassConfig,
+    read_yaml,
 )
 from utils import UserError, temp_folder, write_image
 
@@ -211,7 +211,7 @@ def read_mask(path: Path, classes: ClassConfig) -> np.ndarray:
 
 
 def _lossy_format(path: Path) -> str | None:
-    """ "JPEG" or "lossy WebP" for a file stored with lossy compression, else None."""
+    """The lossy compression a file is stored with, "JPEG" or "lossy WebP", or None."""
     with path.open("rb") as f:
         head = f.read(12)
         if head.startswith(b"\xff\xd8\xff"):  # the start of every JPEG (and MPO) file
@@ -513,8 +513,8 @@ def _classes_hint(root: Path, classes: ClassConfig) -> str:
     prepare_data.py writes into the dataset folder, where it lists other classes."""
     path = root / "classes.yaml"
     try:
-        names = yaml.safe_load(path.read_text(encoding="utf-8"))["ALL_CLASSES"]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
+        names = read_yaml(path).get("ALL_CLASSES")
+    except UserError:  # none there, or unreadable: the general advice
         names = None
     if isinstance(names, list) and [str(n) for n in names] != list(classes.names):
         return f"pass --config {path} ({', '.join(str(n) for n in names)})"
