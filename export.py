@@ -158,6 +158,37 @@ def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path | No
     return diff
 
 
+def check_int8(model: Segmentor, path: Path, imgsz, name: Path, fp32: Path) -> float:
+    """Largest |ONNX Runtime - PyTorch| logit of the int8 graph on a random batch, run one image
+    per call as --backend onnxruntime runs it; an onnxruntime that cannot run the graph fails.
+
+    The difference is printed, not held to --tolerance: int8 changes the logits themselves.
+    ``name`` is the file ``path`` becomes, ``fp32`` the float32 graph already in place.
+    """
+    import onnxruntime as ort
+
+    w, h = imgsz
+    images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=torch.Generator())
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = np.concatenate([session.run(None, {"images": i[None].numpy()})[0] for i in images])
+    except Exception as err:  # ONNX Runtime raises its own types for graphs it cannot run
+        raise UserError(
+            f"ONNX Runtime {ort.__version__} cannot run the int8 graph {name} "
+            f"({type(err).__name__}: {str(err)[:300]}); it was not written, {fp32} was. Its "
+            "ConvInteger with int8 weights needs onnxruntime 1.24 or later: update onnxruntime "
+            "and export again, or deploy the float32 graph"
+        ) from err
+    with torch.no_grad():
+        expected = model.patch_logits(images).numpy()
+    diff = float(np.abs(got - expected).max())
+    print(
+        f"{name} at {w}x{h}: max |ONNX Runtime - PyTorch| = {diff:.2e} (int8, not held to "
+        "--tolerance)"
+    )
+    return diff
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flags before the checkpoint is loaded."""
     check_imgsz(args.imgsz)
@@ -241,6 +272,7 @@ def write_graphs(model: Segmentor, ckpt: dict, imgsz, args: argparse.Namespace) 
                 weight_type=QuantType.QInt8,
                 use_external_data_format=external,
             )
+            check_int8(model, staged, imgsz, int8, args.output)
         drop_stale_data(int8, external)
         print(f"{int8}: int8 dynamic quantization (weights int8, activations quantized per call)")
 

@@ -901,15 +901,63 @@ class OnnxSegmentor:
         try:
             session = ort.InferenceSession(str(path), providers=providers)
         except Exception as err:  # ONNX Runtime raises its own types for unreadable models
-            raise UserError(f"{path} is not an ONNX model ONNX Runtime can load ({err})") from err
+            missing = _missing_external_data(path)
+            if missing is not None:
+                raise UserError(
+                    f"{path} keeps its weights in {missing}, which does not exist: copy the "
+                    f"{missing.name} that export.py wrote beside the graph, under that name (the "
+                    "graph names it: rename the .onnx file if you like, never the .data file)"
+                ) from err
+            hint = (
+                ": this onnxruntime lacks an operator the graph uses (an --int8 graph's "
+                "ConvInteger with int8 weights needs onnxruntime 1.24 or later); update it"
+                if "NOT_IMPLEMENTED" in str(err)
+                else ""
+            )
+            raise UserError(
+                f"{path} is not an ONNX model ONNX Runtime {ort.__version__} can load ({err}){hint}"
+            ) from err
+        if device.type != "cpu" and session.get_providers()[0] != "CUDAExecutionProvider":
+            # --device auto picks CUDA or MPS for PyTorch, and the speed line names that device;
+            # the onnxruntime package runs on the CPU only (onnxruntime-gpu adds CUDA)
+            if device.type != "cuda":
+                why = "--backend onnxruntime runs on CUDA or the CPU"
+            elif "CUDAExecutionProvider" in providers:
+                why = (
+                    "its CUDA provider did not start (see ONNX Runtime's message above: the CUDA "
+                    "and cuDNN versions this onnxruntime-gpu was built for)"
+                )
+            else:
+                why = "this onnxruntime has no CUDA provider: install onnxruntime-gpu in its place"
+            log.warning("--device %s: ONNX Runtime runs %s on the CPU; %s", device.type, path, why)
         meta = session.get_modelmeta().custom_metadata_map
-        if meta.get("format") != ONNX_FORMAT:
+        found = meta.get("format")
+        if found != ONNX_FORMAT:
+            if isinstance(found, str) and found.startswith(ONNX_FORMAT.split("/")[0] + "/"):
+                raise UserError(
+                    f"{path} has graph format {found!r}, and this version of the repository "
+                    f"reads {ONNX_FORMAT!r}: use the version that exported it"
+                )
             raise UserError(f"{path} was not written by export.py (no {ONNX_FORMAT} metadata)")
-        classes = ClassConfig.from_dict(json.loads(meta["classes"]), source=str(path))
+        try:
+            classes = ClassConfig.from_dict(json.loads(meta["classes"]), source=str(path))
+            imgsz = json.loads(meta["imgsz"])
+            backbone = meta["backbone"]
+            if not (
+                isinstance(imgsz, list)
+                and len(imgsz) == 2
+                and all(isinstance(v, int) and v >= PATCH_SIZE for v in imgsz)
+            ):
+                raise ValueError(f"imgsz {imgsz!r}")
+        except (KeyError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
+            raise UserError(
+                f"{path} has damaged or edited export.py metadata ({type(err).__name__}: {err}): "
+                "export the checkpoint again"
+            ) from err
         # the graph's nodes without its weights, which may be gigabytes beside it
         nodes = onnx.load(str(path), load_external_data=False).graph.node
         per_image = any(node.op_type == "DynamicQuantizeLinear" for node in nodes)
-        return cls(session, classes, json.loads(meta["imgsz"]), meta["backbone"], per_image)
+        return cls(session, classes, imgsz, backbone, per_image)
 
     training = False  # a graph for inference only: eval() and train() change nothing
 
@@ -925,6 +973,24 @@ class OnnxSegmentor:
         batches = [images[i : i + 1] for i in range(len(images))] if self.per_image else [images]
         logits = [self.session.run(None, {"images": batch})[0] for batch in batches]
         return torch.from_numpy(logits[0] if len(logits) == 1 else np.concatenate(logits))
+
+
+def _missing_external_data(path: Path) -> Path | None:
+    """The first weights file an ONNX graph names beside it (export.py's NAME.data) that does not
+    exist, or None (also for a file that is no ONNX graph)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and others: ONNX Runtime's message says more
+        return None
+    for tensor in proto.graph.initializer:
+        if uses_external_data(tensor):
+            data = Path(path).parent / ExternalDataInfo(tensor).location
+            if not data.is_file():
+                return data
+    return None
 
 
 def count_flops(model: nn.Module, images: torch.Tensor) -> int:

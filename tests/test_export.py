@@ -1,5 +1,6 @@
 """ONNX export, its check against PyTorch, and the onnxruntime inference backend."""
 
+import contextlib
 import json
 import re
 import shutil
@@ -13,7 +14,7 @@ from PIL import Image
 import export
 import infer_image
 import utils
-from conftest import FAKE_HUB
+from conftest import FAKE_HUB, ROOT
 from utils import UserError
 
 
@@ -209,7 +210,7 @@ def test_onnxruntime_refuses_a_checkpoint_file(tmp_path, checkpoint, tiny_data):
     [
         ("folder", r"is a folder; pass the \.onnx file"),
         ("missing.pth", r"does not exist; pass the \.onnx file .*export\.py --model CKPT"),
-        ("notes.txt", "is not an ONNX model ONNX Runtime can load"),
+        ("notes.txt", r"is not an ONNX model ONNX Runtime [\d.]+ can load"),
         # a graph from another exporter: its classes and input size are unknown
         (
             "other.onnx",
@@ -345,3 +346,145 @@ def test_dynamic_export_takes_other_sizes_from_one_patch_on(tmp_path, capsys):
     assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # B, 3, H, W
     # the size it stores, for inference by default: 20x56 aligned to multiples of 14
     assert json.loads({p.key: p.value for p in proto.metadata_props}["imgsz"]) == [14, 56]
+
+
+def readme_deployment_example() -> str:
+    """The Python block of the README's "Using the graph without this repository"."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Using the graph without this repository", 1)[1]
+    return re.search(r"^```python\n(.*?)^```", section, flags=re.M | re.S).group(1)
+
+
+def test_the_readmes_deployment_example_gives_the_scripts_masks(tmp_path, onnx_files, tiny_data):
+    """An app without this repository follows the README's example: its masks are those of
+    --backend onnxruntime, for the float32 and the int8 graph, shrunk and enlarged images."""
+    import ast
+
+    import torch
+
+    from datasets import read_image
+    from engine import Predictor
+    from model import OnnxSegmentor
+
+    code = readme_deployment_example()
+    imported = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"json", "cv2", "numpy", "onnxruntime", "PIL"}, imported
+    # 97x61 and 61x37 pixels (61x37 is enlarged to the graph's 90x66), beside the 96x72 and
+    # 84x112 images of tiny_data (shrunk)
+    images = sorted((tiny_data / "valid_images").iterdir())
+    photo = Image.open(images[0]).convert("RGB")
+    for w, h in ((97, 61), (61, 37)):
+        photo.resize((w, h)).save(tmp_path / f"odd{w}x{h}.png")
+        images.append(tmp_path / f"odd{w}x{h}.png")
+    for graph in onnx_files:
+        example = {}
+        exec(code.replace('"model.onnx"', repr(str(graph))), example)
+        network = OnnxSegmentor.load(graph, torch.device("cpu"))
+        predictor = Predictor(network, network.classes, network.imgsz)
+        for image in images:
+            expected = predictor.predict(read_image(image))
+            got = example["segment"](str(image))
+            assert got.dtype == np.uint8 and got.shape == expected.shape, (graph.name, image.name)
+            assert (got == expected).all(), (graph.name, image.name, (got != expected).sum())
+
+
+def test_an_int8_graph_onnxruntime_cannot_run_is_named_and_not_written(
+    tmp_path, onnx_files, checkpoint, monkeypatch
+):
+    """onnxruntime 1.18 to 1.23 quantize the graph but have no ConvInteger for its int8 weights:
+    the int8 graph they wrote was never run, and --backend onnxruntime then failed on it."""
+    import onnxruntime
+
+    def export_again(model, ckpt, imgsz, path, dynamic, external_data):
+        shutil.copy(onnx_files[0], path)  # stands in for tracing the checkpoint again (8 s)
+
+    session = onnxruntime.InferenceSession
+
+    def old_onnxruntime(path, *args, **kwargs):
+        if str(path).endswith(".int8.onnx"):
+            raise onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented(
+                "[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation "
+                "for ConvInteger(10) node with name 'node_conv2d_quant'"
+            )
+        return session(path, *args, **kwargs)
+
+    monkeypatch.setattr(export, "export", export_again)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", old_onnxruntime)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UserError, match=r"cannot run the int8 graph .*m\.int8\.onnx .*ConvInteger"):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", str(checkpoint), "--output", str(out), "--int8"]))  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"], "the float32 graph only"
+
+
+def test_onnxruntime_names_a_missing_data_file_and_damaged_metadata(
+    tmp_path, external_data_graph, onnx_files, tiny_data
+):
+    def run(model):
+        with pytest.raises(UserError) as caught:
+            infer_image.main(infer_image.get_args_parser().parse_args(
+                ["--input", str(tiny_data / "valid_images"), "--model", str(model),
+                 "--backend", "onnxruntime", "--out-dir", str(tmp_path / "out")]))  # fmt: skip
+        return str(caught.value)
+
+    # the graph moved without its weights, or both renamed: the graph names model.onnx.data
+    for name in ("model.onnx", "seg.onnx"):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(external_data_graph, folder / name)
+        if name == "seg.onnx":
+            shutil.copy(export.data_file(external_data_graph), folder / "seg.onnx.data")
+        assert re.search(
+            rf"keeps its weights in .*{re.escape(str(folder / 'model.onnx.data'))}, which does "
+            r"not exist: copy the model\.onnx\.data",
+            run(folder / name),
+        )
+    proto = onnx.load(str(onnx_files[0]))
+    edits = {
+        "format": ("dinov2-segmentation-onnx/2", r"has graph format 'dinov2-segmentation-onnx/2'"),
+        "classes": ("{not json", r"damaged or edited export\.py metadata \(JSONDecodeError"),
+        "imgsz": ("[90]", r"damaged or edited export\.py metadata \(ValueError: imgsz \[90\]"),
+    }
+    for key, (value, message) in edits.items():
+        edited = onnx.ModelProto()
+        edited.CopyFrom(proto)
+        for prop in edited.metadata_props:
+            if prop.key == key:
+                prop.value = value
+        onnx.save(edited, str(tmp_path / f"{key}.onnx"))
+        assert re.search(message, run(tmp_path / f"{key}.onnx")), key
+    del proto.metadata_props[[p.key for p in proto.metadata_props].index("backbone")]
+    onnx.save(proto, str(tmp_path / "no_backbone.onnx"))
+    assert "metadata (KeyError: 'backbone')" in run(tmp_path / "no_backbone.onnx")
+
+
+@pytest.mark.parametrize(
+    ("available", "device", "why"),
+    [
+        ([], "cuda", "this onnxruntime has no CUDA provider: install onnxruntime-gpu"),
+        (["CUDAExecutionProvider"], "cuda", "its CUDA provider did not start"),
+        ([], "mps", "--backend onnxruntime runs on CUDA or the CPU"),
+    ],
+)
+def test_a_gpu_device_onnxruntime_runs_on_the_cpu_is_a_warning(
+    onnx_files, monkeypatch, caplog, available, device, why
+):
+    """--device auto picks the GPU PyTorch sees, and the speed line names it: with the CPU-only
+    onnxruntime package (or a CUDA provider that did not start) the graph ran on the CPU unsaid."""
+    import onnxruntime
+    import torch
+
+    from model import OnnxSegmentor
+
+    providers = onnxruntime.get_available_providers()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available + providers)
+    with pytest.warns(UserWarning) if available else contextlib.nullcontext():
+        # ONNX Runtime's own warning, as where onnxruntime-gpu cannot start CUDA
+        network = OnnxSegmentor.load(onnx_files[0], torch.device(device))
+    assert network.session.get_providers() == ["CPUExecutionProvider"]
+    assert f"--device {device}: ONNX Runtime runs {onnx_files[0]} on the CPU; {why}" in caplog.text
