@@ -603,7 +603,7 @@ def _mixed_gray_readings(readings: dict[str, list[Path]], classes: ClassConfig) 
 
 def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> None:
     """Refuse masks that hold no foreground at all, or a split without a labelled pixel; warn of
-    classes training never sees."""
+    classes training never sees, or validation never scores."""
     total = sum(pixels.values())
     if classes.num_classes == 2 and not total[1] and total[IGNORE_INDEX]:
         raise UserError(
@@ -623,14 +623,25 @@ def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> No
                 f"{task}; label its masks with the class ids 0-{classes.num_classes - 1} of "
                 f"{list(classes.names)}"
             )
-    if "train" in pixels:
-        missing = [n for n, c in zip(classes.names, pixels["train"], strict=False) if not c]
+    for split, consequence in (
+        ("train", "the model cannot learn {it}"),
+        # mIoU leaves out a class absent from both the predictions and the ground truth
+        (
+            "valid",
+            "such a class is left out of the valid mIoU while the model predicts it nowhere "
+            "in that split, and counts as an IoU of 0 once it predicts it anywhere",
+        ),
+    ):
+        if split not in pixels:
+            continue
+        missing = [n for n, c in zip(classes.names, pixels[split], strict=False) if not c]
         if missing:
             log.warning(
-                "the train split of %s has no pixel of %s: the model cannot learn %s",
+                "the %s split of %s has no pixel of %s: %s",
+                split,
                 root,
                 ", ".join(missing),
-                "it" if len(missing) == 1 else "them",
+                consequence.format(it="it" if len(missing) == 1 else "them"),
             )
 
 
@@ -664,8 +675,29 @@ def resize_mask(mask: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask, (w, h), interpolation=MASK_INTERPOLATION)
 
 
+# the aspect ratios (width / height) of the random crops, torchvision's and albumentations'
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def crop_ratios(width: int, height: int) -> tuple[float, float]:
+    """The crops' aspect ratio range for an image of ``width`` x ``height``: CROP_RATIO, moved
+    along to end at the image's own aspect where that lies outside it.
+
+    A crop of CROP_RATIO and at least half the area does not fit in an image wider than 8:3
+    (or taller than 3:8): RandomResizedCrop then falls back to one central crop, the same every
+    epoch, and a 4000x500 panorama was trained on its middle 667 pixels alone, while validation
+    scores all of it. Moved, the range reaches the image's aspect (as validation resizes the
+    whole image to imgsz), and crops sweep it end to end; images from 3:4 to 4:3 keep it.
+    """
+    low, high = CROP_RATIO
+    aspect = width / height
+    shift = aspect / high if aspect > high else aspect / low if aspect < low else 1.0
+    return low * shift, high * shift
+
+
 def train_transform(imgsz: tuple[int, int]) -> "A.Compose":
-    """Flip, scale/crop and colour jitter, ending at (W, H) = imgsz."""
+    """Flip, scale/crop and colour jitter, ending at (W, H) = imgsz. The crop comes first: its
+    ``ratio`` is set per image from crop_ratios (SegmentationDataset does)."""
     # Imported here, not with the module: inference and the benchmarks import this module
     # (through engine.py) but never augment, and so run where albumentations is not installed.
     import albumentations as A
@@ -676,6 +708,7 @@ def train_transform(imgsz: tuple[int, int]) -> "A.Compose":
             A.RandomResizedCrop(
                 size=(h, w),
                 scale=(0.5, 1.0),
+                ratio=CROP_RATIO,
                 area_for_downscale="image",
                 mask_interpolation=MASK_INTERPOLATION,  # its default shifts masks (resize_mask)
             ),
@@ -745,6 +778,7 @@ class SegmentationDataset(PairDataset):
         image = read_image(image_path)
         mask = read_mask(mask_path, self.classes)
         if self.augment is not None:
+            self.augment.transforms[0].ratio = crop_ratios(image.shape[1], image.shape[0])
             self.augment.set_random_seed(self.sample_seed(index))
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]

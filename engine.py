@@ -105,8 +105,10 @@ class _SplitScores:
         all_reduce_sum(self.loss_sum)
         scores = self.cm.compute()
         pixels = self.cm.mat.sum()  # every labelled pixel is counted once in the matrix
+        # nan without a labelled pixel, as the accuracy and mIoU are: 0 would read as a perfect fit
+        loss = (self.loss_sum / pixels).item() if pixels else float("nan")
         return {
-            "loss": (self.loss_sum / pixels.clamp(min=1)).item(),
+            "loss": loss,
             "acc": scores["pixel_accuracy"],
             "miou": scores["miou"],
             "iou": scores["iou"],
@@ -187,12 +189,18 @@ def train_one_epoch(
                     mean = loss / (masks != IGNORE_INDEX).sum().clamp(min=1)
                     where = f"became {mean.item()}" if here else "diverged in another process"
                     raise TrainingDiverged(f"the training loss {where} at step {step}")
+                if position == 1:
+                    # No step where every mask pixel of the group is 255 (in every process:
+                    # the count is summed, so they all agree): it has no gradient to follow, but
+                    # AdamW would still step by its momentum and weight decay. Read here, where
+                    # the check above has just waited for the device, so that it stalls nothing.
+                    learn = bool(labelled)
                 (scaler.scale(loss * weight) if use_scaler else loss * weight).backward()
             if update:
-                if use_scaler:
+                if learn and use_scaler:
                     scaler.step(optimizer)
                     scaler.update()
-                else:
+                elif learn:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             scores.update(loss, class_ids(logits.detach()), masks)

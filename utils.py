@@ -552,6 +552,11 @@ def plot_curves(history: Sequence[dict], out_dir: Path) -> None:
                 epochs, [row[f"{split}_{key}"] for row in history], "o-", color=color, label=split
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(set(epochs)) == 1:
+            # a single point: matplotlib pads the view by a fraction of an epoch, where the
+            # integer locator finds no two whole epochs and falls back to 0.945, 0.960, ...
+            ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+            ax.set_xticks(epochs[:1])
         ax.set_xlabel("epoch")
         ax.set_ylabel(title)
         ax.set_title(title)

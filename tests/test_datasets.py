@@ -586,6 +586,19 @@ def test_a_class_absent_from_the_train_split_is_a_warning(fresh_data, caplog):
     assert "the train split of" in caplog.text and "has no pixel of car" in caplog.text
 
 
+def test_a_class_absent_from_the_valid_split_is_a_warning_that_says_how_miou_counts_it(
+    fresh_data, caplog
+):
+    # its IoU is 0 in an epoch that predicts it anywhere, and left out of the mean otherwise:
+    # the valid mIoU then averages over a number of classes that changes from epoch to epoch
+    check_dataset(fresh_data, THREE, splits=("valid",))  # as --eval-only checks it
+    assert "the valid split of" in caplog.text and "has no pixel of car" in caplog.text
+    assert "left out of the valid mIoU" in caplog.text
+    caplog.clear()
+    check_dataset(fresh_data, DEFAULT_CLASSES)  # every class in both splits: nothing to say
+    assert "has no pixel of" not in caplog.text
+
+
 def test_class_ids_above_1_read_as_instance_ids_are_a_warning(fresh_data, caplog):
     """3-class index masks with the default 2-class config trained silently as one class: the
     0/1/2 values also read as Penn-Fudan instance ids."""
@@ -800,6 +813,25 @@ def test_training_masks_keep_their_edges_where_the_resized_image_has_them(tmp_pa
                 sure = (inside - 0.5).abs() > 0.2  # not a pixel the edge blends
                 wrong = ((inside > 0.5) != (target == 1)) & sure
                 assert not wrong.any(), (size, augment, epoch, int(wrong.sum()))
+
+
+@pytest.mark.parametrize("size", [(800, 100), (100, 800)])  # a panorama, a tall scan
+def test_random_crops_of_a_far_from_square_image_reach_its_ends(tmp_path, size):
+    # Crops of aspect 3/4 to 4/3 and half the area or more cannot fit in an 8:1 image: every
+    # draw fell back to the same central 4:3 crop, so the two outer thirds (classes 0 and 2
+    # here) were never trained on, while validation scores the whole image.
+    w, h = size
+    along = np.arange(max(size)) * 3 // max(size)  # 0, 1, 2 in thirds along the long side
+    mask = np.tile(along, (h, 1)) if w > h else np.tile(along[:, None], (1, w))
+    mask = mask.astype(np.uint8)
+    image = np.full((h, w, 3), 100, np.uint8)
+    pairs = [(save(image, tmp_path / "a.png"), save(mask, tmp_path / "a_mask.png"))]
+    data = SegmentationDataset(pairs, THREE, (56, 56), train=True)
+    seen = set()
+    for epoch in range(12):
+        data.set_epoch(epoch)
+        seen |= set(data[0][1].unique().tolist())
+    assert seen == {0, 1, 2}
 
 
 def test_each_item_and_seed_draws_its_own_augmentation(tiny_data):

@@ -343,6 +343,49 @@ def test_an_accumulated_update_is_that_of_one_batch_of_its_group(accum):
         torch.testing.assert_close(got, want)
 
 
+class NormalizedPixelClassifier(PixelClassifier):
+    """PixelClassifier with BatchNorm before its convolution, as the head has one."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(3)
+
+    def forward(self, images, size, from_features=False):
+        return self.conv(self.bn(images))
+
+
+def test_a_group_without_a_labelled_pixel_steps_nothing():
+    # a batch (here with --accum 1) whose masks are all 255 has no gradient to follow: AdamW
+    # still moved the weights by its momentum (2/3 of a real step here) and weight decay.
+    # (BatchNorm's running statistics are the images', which need no label.)
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 4, 4)
+    labelled = (images, torch.randint(0, 2, (2, 4, 4)), None)
+    ignored = (images, torch.full((2, 4, 4), 255), None)
+    runs = []
+    for loader in ([labelled], [labelled, ignored]):
+        torch.manual_seed(0)
+        model = NormalizedPixelClassifier()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        stats = train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2)
+        runs.append((model.state_dict(), optimizer.state_dict()["state"][0]["step"], stats))
+    (before, steps_before, stats_before), (after, steps_after, stats_after) = runs
+    assert steps_after == steps_before == 1
+    for key in ("conv.weight", "conv.bias", "bn.weight", "bn.bias"):
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
+    assert stats_after["loss"] == stats_before["loss"]
+
+
+def test_an_epoch_without_a_labelled_pixel_reports_no_loss_rather_than_0():
+    # its accuracy and mIoU are nan (nothing was scored): a loss of 0 read as a perfect fit
+    model = PixelClassifier()
+    loader = [(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 255), None)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    stats = train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2)
+    assert math.isnan(stats["loss"]) and math.isnan(stats["acc"]) and math.isnan(stats["miou"])
+    assert not optimizer.state, "nothing to learn from: no step"
+
+
 def test_a_best_checkpoint_that_failed_to_write_is_written_on_resume(
     tmp_path, tiny_data, weights_file, monkeypatch
 ):
@@ -632,6 +675,35 @@ def test_images_and_plots_on_a_full_disk_raise_instead_of_being_cut_off(tmp_path
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.stdout.split("\n")[:2] == ["jpeg refused", "plots refused"], proc.stderr
     assert list(tmp_path.iterdir()) == [], "no file, cut off or temporary, may remain"
+
+
+def test_the_curves_of_one_epoch_or_of_nan_values_mark_whole_epochs(tmp_path, monkeypatch):
+    # one epoch's single point got ticks 0.945, 0.960, ... 1.050: the integer locator finds
+    # no two whole epochs in the range matplotlib pads a single point with
+    from matplotlib.figure import Figure
+
+    ticks = []
+    savefig = Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        low, high = ax.get_xlim()
+        ticks.append([t for t in ax.get_xticks() if low <= t <= high])
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    nan = math.nan
+    train = {"train_loss": nan, "train_acc": nan, "train_miou": nan}  # no labelled pixel
+    valid = {"valid_loss": 0.5, "valid_acc": 0.7, "valid_miou": 0.4}
+    row = {"epoch": 1, **train, **valid, "lr": 1e-4, "seconds": 1.0}
+    for history in ([row], [{**row, "epoch": 3}], [row, {**row, "epoch": 2}]):
+        ticks.clear()
+        utils.plot_curves(history, tmp_path)
+        assert len(ticks) == 3
+        epochs = [r["epoch"] for r in history]
+        for seen in ticks:
+            assert seen and all(float(t).is_integer() for t in seen), (epochs, seen)
+            assert set(epochs) <= set(seen), (epochs, seen)
 
 
 def test_a_metrics_file_held_open_elsewhere_is_a_warning_not_the_end(tmp_path, monkeypatch, caplog):
