@@ -1,14 +1,17 @@
 """The README's commands stay in step with the scripts: every command it shows parses with its
-script's own parser, and every flag it names exists. A renamed or dropped flag fails here, not on
-the first user who copies the line."""
+script's own parser, every flag it names exists, and its flag tables give each flag of their
+scripts with the parser's default. A renamed or dropped flag fails here, not on the first user who
+copies the line."""
 
 import argparse
 import importlib
+import os
 import re
 import shlex
 
 import pytest
 
+from config import DEFAULT_DATA_DIR, DEFAULT_IMGSZ, DEFAULT_SOURCE
 from conftest import ROOT, load_benchmark
 
 README = (ROOT / "README.md").read_text()
@@ -104,3 +107,81 @@ def test_every_flag_of_the_scripts_is_in_the_readme():
                     and not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", README)
                 ]
     assert not missing, f"the README does not name {sorted(set(missing))}"
+
+
+def flag_tables() -> dict[str, list[tuple[list[str], str]]]:
+    """The README's flag tables (``| flag | default | meaning |``) by the ``##`` section they are
+    in: each row's flags and its default cell, without backticks."""
+    tables, section, lines = {}, None, README.splitlines()
+    for i, line in enumerate(lines):
+        section = line[3:] if line.startswith("## ") else section
+        if line.strip() == "| flag | default | meaning |":
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                flag_cell, default_cell = row.strip("|").split("|")[:2]
+                rows.append((re.findall(r"`(--[a-z0-9-]+)", flag_cell), default_cell.strip()))
+            tables[section] = [(flags, cell.replace("`", "")) for flags, cell in rows]
+    return tables
+
+
+# each table's section: the scripts whose flags it lists, and their flags it leaves to the text
+FLAG_TABLES = {
+    "Training": (["train.py"], {"--augment"}),  # in --no-augment's row
+    "Inference": (["infer_image.py", "infer_video.py"], {"--input"}),  # in the commands above
+}
+# flags whose parser default is None and that the script resolves later, to these
+RESOLVED = {
+    ("Training", "--data"): DEFAULT_DATA_DIR,
+    ("Training", "--imgsz"): DEFAULT_IMGSZ,
+    ("Training", "--backbone-source"): DEFAULT_SOURCE,
+}
+
+
+def stated(cell: str, default) -> bool:
+    """Whether a flag table's default ``cell`` states the parser's ``default``: off for a switch,
+    numbers by value (1e-4 is 0.0001), lists space-separated, and ``A / _B`` for two scripts'
+    defaults, the second with another last part (outputs/x_image / _video)."""
+    if default is False:
+        return cell == "off"
+    if isinstance(default, int | float):
+        try:
+            return float(cell) == default
+        except ValueError:
+            return False
+    if isinstance(default, list | tuple):
+        return cell == " ".join(map(str, default))
+    first, *others = cell.split(" / ")
+    return str(default) in [first, *(first.rsplit("_", 1)[0] + other for other in others)]
+
+
+@pytest.mark.parametrize("section", FLAG_TABLES)
+def test_each_flag_table_gives_every_flag_of_its_scripts_with_its_default(section):
+    scripts, elsewhere = FLAG_TABLES[section]
+    rows = flag_tables()[section]
+    listed = [flag for flags, _ in rows for flag in flags]
+    assert len(listed) == len(set(listed)), f"the {section} table lists a flag twice"
+    for script in scripts:
+        parser = parser_of(script)
+        actions = {flag: a for a in parser._actions for flag in a.option_strings}
+        flags = {flag for flag in actions if flag.startswith("--") and flag != "--help"}
+        missing, unknown = sorted(flags - elsewhere - set(listed)), sorted(set(listed) - flags)
+        assert not missing, f"the {section} table has no row for {script}'s {missing}"
+        assert not unknown, f"the {section} table lists {unknown}, which {script} does not have"
+        for row_flags, cell in rows:
+            # a row of several flags gives their defaults in order, separated by semicolons
+            cells = cell.split("; ") if len(row_flags) > 1 else [cell]
+            assert len(cells) == len(row_flags), f"the {section} table's row of {row_flags}"
+            for flag, default_cell in zip(row_flags, cells, strict=True):
+                default = actions[flag].default
+                if flag == "--workers":  # computed from this machine's CPUs
+                    assert default == min(4, os.cpu_count() or 1)
+                    assert default_cell == "min(4, CPUs)"
+                    continue
+                default = RESOLVED.get((section, flag), default)
+                if default is not None:  # else the table says what stands for it
+                    assert stated(default_cell, default), (
+                        f"the {section} table gives {flag} the default {default_cell!r}; "
+                        f"{script}'s is {default!r}"
+                    )
