@@ -202,7 +202,9 @@ def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
         "--backbone",
         choices=list(BACKBONES),
         default=None if inference else DEFAULT_BACKBONE,
-        help="the checkpoint's backbone must be this one" if inference else None,
+        help="the checkpoint's backbone must be this one"
+        if inference
+        else "the DINOv2 backbone; _reg: with 4 registers (default %(default)s)",
     )
     group.add_argument(
         "--backbone-source",
@@ -236,12 +238,18 @@ def runtime_flags() -> argparse.ArgumentParser:
     """Flags that choose where and how fast to run, shared by train.py and the inference scripts."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("runtime")
-    group.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    group.add_argument(
+        "--device",
+        choices=["auto", "cuda", "mps", "cpu"],
+        default="auto",
+        help="auto tries CUDA, then MPS, then the CPU (default %(default)s)",
+    )
     group.add_argument(
         "--amp",
         choices=["off", "bf16", "fp16"],
         default="off",
-        help="mixed precision: bf16 on CUDA and recent CPUs, fp16 on CUDA and MPS",
+        help="bf16 on CUDA and recent CPUs, fp16 on CUDA and MPS: training autocasts, inference "
+        "casts the weights (default %(default)s)",
     )
     group.add_argument(
         "--imgsz",
@@ -309,7 +317,13 @@ def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
         help="a checkpoint (default %(default)s), or with --backend onnxruntime an .onnx file "
         "from export.py",
     )
-    group.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    group.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (PyTorch), or onnxruntime for an .onnx file from export.py "
+        "(default %(default)s)",
+    )
     group.add_argument(
         "--out-dir",
         type=path_arg,

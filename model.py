@@ -1028,7 +1028,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="classes the head predicts (default %(default)s)",
     )
-    parser.add_argument("--imgsz", type=int, nargs=2, default=DEFAULT_IMGSZ, metavar=("W", "H"))
+    parser.add_argument(
+        "--imgsz",
+        type=int,
+        nargs=2,
+        default=DEFAULT_IMGSZ,
+        metavar=("W", "H"),
+        help=f"input size of the summary (default {DEFAULT_IMGSZ[0]} {DEFAULT_IMGSZ[1]})",
+    )
     return parser
 
 

@@ -69,20 +69,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     common.add_argument("--force", action="store_true", help="replace a non-empty --out")
     splitting = argparse.ArgumentParser(add_help=False)  # importers that make the valid split
     splitting.add_argument(
-        "--valid-every", type=int, default=5, help="every Nth image goes to valid"
+        "--valid-every",
+        type=int,
+        default=5,
+        help="every Nth image goes to valid, N at least 2 (default %(default)s)",
     )
     sub = parser.add_subparsers(dest="dataset", required=True)
     penn = sub.add_parser("pennfudan", parents=[common], help="the Penn-Fudan pedestrian zip")
     penn.add_argument("--zip", type=path_arg, required=True, help="PennFudanPed.zip")
     voc = sub.add_parser("voc", parents=[common], help="PASCAL VOC 2012 segmentation")
     voc.add_argument("--root", type=path_arg, required=True, help="VOCdevkit/VOC2012")
-    voc.add_argument("--classes", nargs="+", default=["person"], choices=VOC_CLASSES[1:])
+    voc.add_argument(
+        "--classes",
+        nargs="+",
+        default=["person"],
+        choices=VOC_CLASSES[1:],
+        help="the classes to keep, numbered 1, 2, ... in this order (default person)",
+    )
     coco = sub.add_parser(
         "coco", parents=[common, splitting], help="COCO-format instance annotations"
     )
     coco.add_argument("--annotations", type=path_arg, required=True, help="instances_*.json")
     coco.add_argument("--images", type=path_arg, required=True, help="the folder of its images")
-    coco.add_argument("--classes", nargs="+", default=["person"], help="category names to keep")
+    coco.add_argument(
+        "--classes", nargs="+", default=["person"], help="category names to keep (default person)"
+    )
     binary = sub.add_parser(
         "binary", parents=[common], help="a dataset in our layout whose masks are 0/255 images"
     )
@@ -92,7 +103,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         required=True,
         help="the folder with train_images/, train_masks/, valid_images/, valid_masks/",
     )
-    binary.add_argument("--name", type=nonempty, default="person", help="the class that 255 marks")
+    binary.add_argument(
+        "--name",
+        type=nonempty,
+        default="person",
+        help="the class that 255 marks (default %(default)s)",
+    )
     folder = sub.add_parser(
         "folder",
         parents=[common, splitting],
@@ -105,7 +121,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     named = folder.add_mutually_exclusive_group()
     named.add_argument(
-        "--classes", nargs="+", default=["person"], help="the names of class ids 1, 2, ..."
+        "--classes",
+        nargs="+",
+        default=["person"],
+        help="the names of class ids 1, 2, ... (default person)",
     )
     named.add_argument(
         "--config", type=path_arg, help="a classes YAML (ALL_CLASSES...) for colour masks"

@@ -130,7 +130,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=min(4, os.cpu_count() or 1),
         metavar="N",
-        help="data-loading processes (default: min(4, CPUs))",
+        help="data-loading processes (default min(4, CPUs): %(default)s here)",
     )
     data.add_argument(
         "--no-augment", action="store_true", help="train on resized images, without augmentation"
@@ -149,7 +149,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=["off", "memory", "disk"],
         default="off",
         help="compute the frozen backbone's features once per image and view (original and "
-        "flipped) and train the head from them",
+        "flipped) and train the head from them (default %(default)s)",
     )
     data.add_argument(
         "--cache-dir",
@@ -183,7 +183,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="WD",
         help="AdamW weight decay (default %(default)g)",
     )
-    optim.add_argument("--scheduler", choices=["none", "cosine", "poly"], default="none")
+    optim.add_argument(
+        "--scheduler",
+        choices=["none", "cosine", "poly"],
+        default="none",
+        help="learning-rate schedule, stepped once per epoch (default %(default)s)",
+    )
     add_layers_flag(optim)
     optim.add_argument("--fine-tune", action="store_true", help="also train the backbone")
     optim.add_argument(
@@ -194,7 +199,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="backbone lr with --fine-tune (default %(default)g)",
     )
     optim.add_argument(
-        "--accum", type=int, default=1, metavar="K", help="batches per optimizer step"
+        "--accum",
+        type=int,
+        default=1,
+        metavar="K",
+        help="batches per optimizer step (default %(default)s)",
     )
     optim.add_argument(
         "--seed",

@@ -1,7 +1,7 @@
 """The README's commands stay in step with the scripts: every command it shows parses with its
 script's own parser, every flag it names exists, and its flag tables give each flag of their
 scripts with the parser's default. A renamed or dropped flag fails here, not on the first user who
-copies the line."""
+copies the line. So does a --help that leaves out a flag's default, or gives another."""
 
 import argparse
 import importlib
@@ -185,3 +185,26 @@ def test_each_flag_table_gives_every_flag_of_its_scripts_with_its_default(sectio
                         f"the {section} table gives {flag} the default {default_cell!r}; "
                         f"{script}'s is {default!r}"
                     )
+
+
+def test_every_help_states_the_default_of_its_flags():
+    """Each flag of the scripts a user runs says its default in --help, as the parser has it (a
+    help that says "default 5" while the default is 10 fails too); a switch's is off, and a flag
+    without a default says in words what stands for it."""
+    scripts = ["train.py", "infer_image.py", "infer_video.py", "export.py", "prepare_data.py"]
+    unstated = []
+    for script in [*scripts, "model.py"]:
+        top = parser_of(script)
+        for parser in with_subparsers(top):
+            command = script + parser.prog.removeprefix(top.prog)  # prepare_data.py voc
+            formatter = parser._get_formatter()
+            for action in parser._actions:
+                default = action.default
+                if default is None or default is False or default in ("", argparse.SUPPRESS):
+                    continue
+                if isinstance(default, list | tuple):
+                    default = " ".join(map(str, default))
+                shown = formatter._expand_help(action) if action.help else ""
+                if str(default) not in shown:
+                    unstated.append(f"{command} {action.option_strings[-1]} ({default})")
+    assert not unstated, f"--help does not give the default of {unstated}"
