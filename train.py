@@ -496,11 +496,13 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
         warn_on_main_process(
             "ignored: %s. --eval-only scores the checkpoint's model as it was trained", ignored
         )
-    if args.cache_features != "off":  # a --config OUT/args.yaml of a cached run sets it
+    # a --config OUT/args.yaml of a cached run sets them
+    cache = [f"--cache-features {args.cache_features}"] if args.cache_features != "off" else []
+    cache += [f"--cache-dir {args.cache_dir}"] if args.cache_dir is not None else []
+    if cache:
         warn_on_main_process(
-            "--cache-features %s ignored: --eval-only computes the features of each valid image "
-            "as it scores it",
-            args.cache_features,
+            "%s ignored: --eval-only computes the features of each valid image as it scores it",
+            " ".join(cache),
         )
     trained = ClassConfig.from_dict(ckpt["classes"], source=str(path))
     if args.config is not None and classes != trained:

@@ -180,6 +180,15 @@ def test_eval_only_names_the_model_flags_it_ignores(checkpoint, tiny_data, tmp_p
     run_train([*argv, "--cache-features", "memory"])
     assert "--cache-features memory ignored: --eval-only computes the features" in caplog.text
     assert json.loads((tmp_path / "eval_metrics.json").read_text()) == plain
+    # --cache-dir alone too (taken without --cache-features disk only here): it was silent
+    caplog.clear()
+    run_train([*argv, "--cache-dir", str(tmp_path / "cache")])
+    ignored = f"--cache-dir {tmp_path / 'cache'} ignored: --eval-only computes the features"
+    assert ignored in caplog.text
+    assert not (tmp_path / "cache").exists()
+    caplog.clear()
+    run_train([*argv, "--cache-features", "disk", "--cache-dir", str(tmp_path / "cache")])
+    assert f"--cache-features disk {ignored}" in caplog.text
     # another backbone is refused, as the inference scripts refuse it
     with pytest.raises(UserError, match="holds a dinov2_vits14 model, not the requested "
                                         "--backbone dinov2_vitb14; drop --backbone"):  # fmt: skip
