@@ -1,8 +1,10 @@
-"""Defaults, named constants, the backbone table and the class configuration.
+"""Defaults, named constants, the backbone table, the class configuration and the flags that
+several scripts share.
 
-Every default lives here once. A YAML file given with ``--config`` may set the class configuration
-(``ALL_CLASSES``, ``LABEL_COLORS_LIST``, ``VIS_LABEL_MAP``) and any command-line flag (by its
-name with underscores, e.g. ``lr`` or ``backbone_lr``); the command line wins over the file.
+A default that several scripts use lives here once; a flag of one script keeps its default in
+that script's parser. A YAML file given to train.py with ``--config`` may set the class
+configuration (``ALL_CLASSES``, ``LABEL_COLORS_LIST``, ``VIS_LABEL_MAP``) and any of its flags (by
+the name with underscores, e.g. ``lr`` or ``backbone_lr``); the command line wins over the file.
 """
 
 import argparse
