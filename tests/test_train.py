@@ -1,7 +1,9 @@
 import argparse
+import fnmatch
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +71,30 @@ def test_training_writes_every_output(trained):
     assert not list(trained.glob(".*.tmp")), "no temporary files may remain"
 
 
+def readme_outputs() -> dict[str, str]:
+    """The README's table of what train.py writes: each file named in a row (a glob for the
+    overlays) -> that row's content cell."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Outputs", 1)[1].split("| file | content |\n| --- | --- |\n", 1)[1]
+    outputs = {}
+    for row in table.split("\n\n", 1)[0].splitlines():
+        files, content = row.strip("|").split(" | ", 1)
+        outputs.update(dict.fromkeys(re.findall(r"`([^`]+)`", files), content))
+    return outputs
+
+
+def test_the_readme_names_every_file_and_column_a_run_writes(trained):
+    outputs = readme_outputs()
+    written = {p.relative_to(trained).as_posix() for p in trained.rglob("*") if p.is_file()}
+    named = [name for name in outputs if name != "eval_metrics.json"]  # --eval-only's
+    unwritten = [name for name in named if not fnmatch.filter(written, name)]
+    assert not unwritten, f"the README's Outputs table names {unwritten}: the run wrote none"
+    unnamed = sorted(f for f in written if not any(fnmatch.fnmatch(f, name) for name in named))
+    assert not unnamed, f"the run wrote {unnamed}, which the README's Outputs table leaves out"
+    columns = outputs["metrics.csv"].split("one row per epoch: ", 1)[1].rstrip(" |").split(", ")
+    assert list(read_csv(trained / "metrics.csv")[0]) == columns
+
+
 def test_checkpoints_describe_themselves_and_load_safely(trained):
     best = max(read_csv(trained / "metrics.csv"), key=lambda r: r["valid_miou"])
     for name in ("best_model_iou.pth", "best_model_loss.pth", "last_model.pth"):
@@ -132,6 +158,9 @@ def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_
     assert set(result["per_class_iou"]) == {"background", "person"}
     ious = list(result["per_class_iou"].values())
     assert sum(ious) / 2 == pytest.approx(result["miou"])
+    # the README's Outputs table names every entry (tta: with --tta alone)
+    named = re.findall(r"`(\w+)`", readme_outputs()["eval_metrics.json"])
+    assert list(result) == [key for key in named if key not in ("null", "tta")]
 
 
 def test_eval_only_without_data_scores_the_checkpoints_own_data(trained, tmp_path, monkeypatch):
