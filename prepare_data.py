@@ -855,7 +855,10 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
     if args.dataset == "voc":
         colors = [colors[VOC_CLASSES.index(n)] for n in names]
     else:
-        colors = [[0, 0, 0], [0, 255, 0], *colors[2:]][: len(names)]
+        # black and green as the default classes have, then VOC's colours without its black
+        # and its dark green (index 2), which beside the green was a second class in green
+        others = [c for i, c in enumerate(colors) if i not in (0, 2)]
+        colors = [[0, 0, 0], [0, 255, 0], *others][: len(names)]
     try:
         return ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
     except UserError as err:  # roboflow's names: two classes of one name, a single class

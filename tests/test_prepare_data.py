@@ -777,6 +777,9 @@ def test_folder_reads_masks_beside_their_images_with_a_suffix_and_named_classes(
     assert mask[5, 5] == 1 and mask[20, 5] == 2
     classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
     assert classes.names == ("background", "cat", "dog")
+    # green for the first class as by default, then VOC's maroon: dark green beside the
+    # green marked a second class in nearly the same colour
+    assert classes.vis_colors == ((0, 0, 0), (0, 255, 0), (128, 0, 0))
     assert "read as instance ids" not in capsys.readouterr().out
 
 
