@@ -44,13 +44,21 @@ RGB = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """One official DINOv2 backbone: its width, depth and the blocks that feed the head."""
+    """One backbone: an official DINOv2 model, its shape, and the blocks that feed the head.
 
+    The shape is the official checkpoint's (embed_dim, depth, registers, SwiGLU) and the built
+    model's (num_heads): model.load_backbone checks every built model against its row.
+    """
+
+    hub_name: str  # the official torch.hub entry point, e.g. dinov2_vitl14_reg
     embed_dim: int
     depth: int
+    num_heads: int
     timm_name: str  # the same architecture in timm
     # the official "+ms" head's four blocks; --layers N takes the last N
     head_blocks: tuple[int, ...]
+    registers: int = 0  # register tokens (4 in the official _reg models)
+    swiglu: bool = False  # a SwiGLU MLP (ViT-g/14): officially mlp.w12/w3, in timm mlp.fc1/fc2
 
     def blocks(self, layers: int) -> tuple[int, ...]:
         """The indices of the last ``layers`` of the head blocks."""
@@ -58,20 +66,54 @@ class BackboneSpec:
             raise UserError(f"--layers must be between 1 and {len(self.head_blocks)}, not {layers}")
         return self.head_blocks[-layers:]
 
+    @property
+    def weights_name(self) -> str:
+        """The file torch.hub caches the official weights under, named as the official hubconf.py
+        names it: the architecture, then the registers (dinov2_vitl14_reg4_pretrain.pth)."""
+        registers = f"_reg{self.registers}" if self.registers else ""
+        return f"{self.arch}{registers}_pretrain.pth"
 
-def _spec(embed_dim: int, depth: int, timm_name: str) -> BackboneSpec:
-    return BackboneSpec(embed_dim, depth, timm_name, tuple(range(depth - 4, depth)))
+    @property
+    def arch(self) -> str:
+        """The official architecture without its registers (dinov2_vitl14), the folder of its
+        weights at WEIGHTS_BASE_URL."""
+        return self.hub_name.removesuffix("_reg")
 
 
+def _official(
+    hub_name: str,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    timm_name: str,
+    registers: int = 0,
+    swiglu: bool = False,
+) -> BackboneSpec:
+    """The row of an official model, its last four blocks feeding the head as in the official
+    "+ms" head."""
+    head_blocks = tuple(range(depth - 4, depth))
+    return BackboneSpec(
+        hub_name, embed_dim, depth, num_heads, timm_name, head_blocks, registers, swiglu
+    )
+
+
+# --backbone NAME: a key, stored in every checkpoint (never rename one). A row that feeds the head
+# other blocks of an official model is dataclasses.replace(BACKBONES[NAME], head_blocks=...)
+# under a new key: see the README's "Extending".
 BACKBONES: dict[str, BackboneSpec] = {
-    "dinov2_vits14": _spec(384, 12, "vit_small_patch14_dinov2"),
-    "dinov2_vitb14": _spec(768, 12, "vit_base_patch14_dinov2"),
-    "dinov2_vitl14": _spec(1024, 24, "vit_large_patch14_dinov2"),
-    "dinov2_vitg14": _spec(1536, 40, "vit_giant_patch14_dinov2"),
-    "dinov2_vits14_reg": _spec(384, 12, "vit_small_patch14_reg4_dinov2"),
-    "dinov2_vitb14_reg": _spec(768, 12, "vit_base_patch14_reg4_dinov2"),
-    "dinov2_vitl14_reg": _spec(1024, 24, "vit_large_patch14_reg4_dinov2"),
-    "dinov2_vitg14_reg": _spec(1536, 40, "vit_giant_patch14_reg4_dinov2"),
+    spec.hub_name: spec
+    for spec in (
+        _official("dinov2_vits14", 384, 12, 6, "vit_small_patch14_dinov2"),
+        _official("dinov2_vitb14", 768, 12, 12, "vit_base_patch14_dinov2"),
+        _official("dinov2_vitl14", 1024, 24, 16, "vit_large_patch14_dinov2"),
+        _official("dinov2_vitg14", 1536, 40, 24, "vit_giant_patch14_dinov2", swiglu=True),
+        _official("dinov2_vits14_reg", 384, 12, 6, "vit_small_patch14_reg4_dinov2", 4),
+        _official("dinov2_vitb14_reg", 768, 12, 12, "vit_base_patch14_reg4_dinov2", 4),
+        _official("dinov2_vitl14_reg", 1024, 24, 16, "vit_large_patch14_reg4_dinov2", 4),
+        _official(
+            "dinov2_vitg14_reg", 1536, 40, 24, "vit_giant_patch14_reg4_dinov2", 4, swiglu=True
+        ),
+    )
 }
 DEFAULT_BACKBONE = "dinov2_vits14"
 DEFAULT_SOURCE = "hub"  # --backbone-source of a new model (a checkpoint keeps its own)
@@ -80,7 +122,7 @@ DEFAULT_LAYERS = 4  # all of the "+ms" head's blocks
 
 def official_weights_name(backbone: str) -> str:
     """The file name torch.hub caches official weights under: dinov2_vits14_pretrain.pth."""
-    return backbone.replace("_reg", "_reg4") + "_pretrain.pth"
+    return BACKBONES[backbone].weights_name
 
 
 # the class configuration's keys in a YAML file and a checkpoint

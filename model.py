@@ -130,7 +130,7 @@ def cached_weights(backbone: str) -> Path:
 
 def official_weights_url(backbone: str) -> str:
     """Where the official hub code downloads ``backbone``'s weights from."""
-    return f"{WEIGHTS_BASE_URL}/{backbone.replace('_reg', '')}/{official_weights_name(backbone)}"
+    return f"{WEIGHTS_BASE_URL}/{BACKBONES[backbone].arch}/{official_weights_name(backbone)}"
 
 
 def download_official_weights(backbone: str, path: Path) -> None:
@@ -234,7 +234,7 @@ def _timm_to_official(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch
     """Invert timm's DINOv2 conversion (timm.models.vision_transformer._convert_dinov2)."""
     out = {}
     for key, value in sd.items():
-        if "vitg14" in name:
+        if BACKBONES[name].swiglu:
             key = key.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.")
         out[key] = value
     if "reg_token" in out:
@@ -273,6 +273,7 @@ def _hub_load(
     The official code could load the weights too, but torch.hub unpickles them without
     weights_only: load_backbone reads the same cache file itself.
     """
+    name = BACKBONES[name].hub_name  # the entry point: a row may feed other blocks of one
     if hub_dir is not None and not (hub_dir / "hubconf.py").is_file():
         raise UserError(f"--hub-dir {hub_dir} has no hubconf.py: point it at a clone of {HUB_REPO}")
     repo, source = (str(hub_dir), "local") if hub_dir is not None else (HUB_REPO, "github")
@@ -453,10 +454,41 @@ def _guess_backbone(sd: dict[str, torch.Tensor]) -> str | None:
     numbers = (k.split(".")[1] for k in sd if k.startswith("blocks."))
     depth = 1 + max((int(n) for n in numbers if n.isdigit()), default=-1)
     reg = "register_tokens" in sd or "reg_token" in sd  # official layout, or timm's
-    for name, spec in BACKBONES.items():
-        if (spec.embed_dim, spec.depth, name.endswith("_reg")) == (dim, depth, reg):
+    # the official models' own rows first: a row of other head blocks shares their weights
+    for name, spec in sorted(BACKBONES.items(), key=lambda row: row[0] != row[1].hub_name):
+        if (spec.embed_dim, spec.depth, spec.registers > 0) == (dim, depth, reg):
             return name
     return None
+
+
+def _check_row(backbone: "DinoBackbone") -> None:
+    """Refuse a model that its BACKBONES row does not describe (a row added with the timm_name
+    or hub_name of another architecture): the head would be sized by the row, and the weights
+    converted by it."""
+    spec = BACKBONES[backbone.name]
+    shapes = backbone.official_shapes()
+    block = backbone.vit.blocks[0]
+    mlp = {key: value.shape for key, value in block.mlp.state_dict().items()}
+    built = {
+        "embed_dim": shapes["cls_token"][-1],
+        "depth": len(backbone.vit.blocks),
+        "num_heads": getattr(block.attn, "num_heads", spec.num_heads),
+        "registers": shapes.get("register_tokens", torch.Size([1, 0]))[1],
+        # official w12/w3; timm calls them fc1/fc2, the first twice as wide as the second's input
+        "swiglu": "w12.weight" in mlp
+        or ("fc1.weight" in mlp and mlp["fc1.weight"][0] == 2 * mlp["fc2.weight"][1]),
+    }
+    wrong = [
+        f"{k} {getattr(spec, k)} there, {v} built"
+        for k, v in built.items()
+        if v != getattr(spec, k)
+    ]
+    if wrong:
+        made = spec.timm_name if backbone.source == "timm" else f"the hub's {spec.hub_name}"
+        raise UserError(
+            f"the BACKBONES row {backbone.name} in config.py does not describe {made} "
+            f"({'; '.join(wrong)}): fix the row"
+        )
 
 
 def load_backbone(
@@ -465,6 +497,7 @@ def load_backbone(
     weights: str | None,
     hub_dir: Path | None = None,
     layers: int = DEFAULT_LAYERS,
+    blocks: tuple[int, ...] | None = None,
 ) -> DinoBackbone:
     """Build a DINOv2 backbone and load its weights.
 
@@ -476,14 +509,16 @@ def load_backbone(
             with a warning), or None (untrained, silently: the caller loads weights next).
         hub_dir: a local clone of the official repository, for source "hub" (with "timm", a
             warning says it has no effect).
-        layers: how many of the last blocks feed the head.
+        layers: how many of the row's last head blocks feed the head.
+        blocks: the blocks that feed the head, where given (a checkpoint's own): ``layers`` is
+            then not used.
     """
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if source not in ("hub", "timm"):
         # from Python (the flag has choices): anything else was loaded as "hub"
         raise UserError(f"unknown backbone source {source!r}; choose hub or timm")
-    blocks = BACKBONES[name].blocks(layers)
+    blocks = BACKBONES[name].blocks(layers) if blocks is None else tuple(blocks)
     if source == "timm" and hub_dir is not None:
         warn_on_main_process(
             "--hub-dir %s has no effect with --backbone-source timm, which builds the "
@@ -493,6 +528,7 @@ def load_backbone(
         )
     vit = _build_vit(name, source, hub_dir, weights)
     backbone = DinoBackbone(vit, name, source, blocks)
+    _check_row(backbone)
     cached = weights == "pretrained"
     if cached:
         # The file torch.hub caches, read here with weights_only=True and checked key by key:
@@ -674,6 +710,7 @@ def save_checkpoint(path: Path, model: Segmentor, **meta) -> None:
         "backbone": model.backbone.name,
         "backbone_source": model.backbone.source,
         "layers": len(model.backbone.blocks),
+        "blocks": list(model.backbone.blocks),  # as trained, should the BACKBONES row change
         "fine_tune": model.fine_tune,
         **_on_cpu(meta),
     }
@@ -770,6 +807,18 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
     return ckpt
 
 
+def _are_blocks(blocks, layers: int, backbone: str) -> bool:
+    """Whether a checkpoint's ``blocks`` are ``layers`` increasing indices of ``backbone``'s
+    blocks (the order the backbone returns them in, and the head's channels hold them in)."""
+    depth = BACKBONES[backbone].depth
+    return (
+        isinstance(blocks, list | tuple)
+        and len(blocks) == layers
+        and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < depth for b in blocks)
+        and list(blocks) == sorted(set(blocks))
+    )
+
+
 def check_backbone(path: Path, holds: str, requested: str | None) -> None:
     """Refuse a model file whose backbone is not the one asked for with --backbone."""
     if requested is not None and requested != holds:
@@ -816,8 +865,18 @@ def load_checkpoint(
             path,
         )
         hub_dir = None  # said once, here, where the source came from the checkpoint
+    # The blocks the head was trained on, kept should the BACKBONES row change (checkpoints
+    # written before they were recorded have the row's).
+    blocks = ckpt.get("blocks")
+    if blocks is not None and not _are_blocks(blocks, ckpt["layers"], ckpt["backbone"]):
+        raise UserError(
+            f"checkpoint {path} does not fit its {ckpt['backbone']} model: its blocks {blocks!r} "
+            f"are not {ckpt['layers']} increasing block indices of its "
+            f"{BACKBONES[ckpt['backbone']].depth}. It was changed after train.py wrote it: use a "
+            "checkpoint exactly as train.py wrote it"
+        )
     try:
-        vit = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"])
+        vit = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"], blocks)
     except UserError as err:
         # --hub-dir is never taken from the checkpoint (it may name a folder of another machine,
         # and it is code that would run), but a run trained with it most likely needs it again.

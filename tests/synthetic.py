@@ -4,6 +4,7 @@ and official-layout DINOv2 weights with random values."""
 import io
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -90,48 +91,91 @@ def penn_fudan_zip(path, n=10):
     return path
 
 
-# The official checkpoint layout of ViT-S/14 (key -> shape), typed from
-# shared/dinov2_checkpoint_layout.txt rather than derived from our code, so the tests check our
-# conversions against the real layout. Blocks 1..11 repeat block 0.
-VITS14_TOP = {
-    "cls_token": (1, 1, 384),
-    "pos_embed": (1, 1370, 384),
-    "mask_token": (1, 384),
-    "patch_embed.proj.weight": (384, 3, 14, 14),
-    "patch_embed.proj.bias": (384,),
-    "norm.weight": (384,),
-    "norm.bias": (384,),
-}
-VITS14_BLOCK = {
-    "norm1.weight": (384,),
-    "norm1.bias": (384,),
-    "attn.qkv.weight": (1152, 384),
-    "attn.qkv.bias": (1152,),
-    "attn.proj.weight": (384, 384),
-    "attn.proj.bias": (384,),
-    "ls1.gamma": (384,),
-    "norm2.weight": (384,),
-    "norm2.bias": (384,),
-    "mlp.fc1.weight": (1536, 384),
-    "mlp.fc1.bias": (1536,),
-    "mlp.fc2.weight": (384, 1536),
-    "mlp.fc2.bias": (384,),
-    "ls2.gamma": (384,),
-}
+class Official(NamedTuple):
+    """An official checkpoint's architecture."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    hidden: int  # the MLP's hidden width
+    registers: int = 0
+    swiglu: bool = False  # mlp.w12 (both halves, 2 x hidden wide) and mlp.w3, not fc1 and fc2
 
 
-def official_layout(registers: bool = False) -> dict[str, tuple[int, ...]]:
-    layout = dict(VITS14_TOP)
-    if registers:
-        layout["register_tokens"] = (1, 4, 384)
-    for i in range(12):
-        layout.update({f"blocks.{i}.{k}": shape for k, shape in VITS14_BLOCK.items()})
+# The official checkpoints (dinov2_*_pretrain.pth), typed from shared/dinov2_checkpoint_layout.txt
+# rather than derived from our code, so the tests check our table and conversions against the
+# real layout.
+OFFICIAL_MODELS = {
+    "dinov2_vits14": Official(384, 12, 6, 1536),
+    "dinov2_vitb14": Official(768, 12, 12, 3072),
+    "dinov2_vitl14": Official(1024, 24, 16, 4096),
+    "dinov2_vitg14": Official(1536, 40, 24, 4096, swiglu=True),
+    "dinov2_vits14_reg": Official(384, 12, 6, 1536, registers=4),
+    "dinov2_vitb14_reg": Official(768, 12, 12, 3072, registers=4),
+    "dinov2_vitl14_reg": Official(1024, 24, 16, 4096, registers=4),
+    "dinov2_vitg14_reg": Official(1536, 40, 24, 4096, registers=4, swiglu=True),
+}
+POS_TOKENS = 1 + 37 * 37  # the class token and the 37 x 37 patch grid of a 518 x 518 image
+
+
+def official_layout(name: str = "dinov2_vits14") -> dict[str, tuple[int, ...]]:
+    """The key -> shape table of the official ``name`` checkpoint, in its order."""
+    model = OFFICIAL_MODELS[name]
+    d, hidden = model.embed_dim, model.hidden
+    layout = {"cls_token": (1, 1, d), "pos_embed": (1, POS_TOKENS, d)}
+    if model.registers:
+        layout["register_tokens"] = (1, model.registers, d)
+    layout.update(
+        {
+            "mask_token": (1, d),
+            "patch_embed.proj.weight": (d, 3, 14, 14),
+            "patch_embed.proj.bias": (d,),
+        }
+    )
+    if model.swiglu:
+        mlp = {
+            "w12.weight": (2 * hidden, d),
+            "w12.bias": (2 * hidden,),
+            "w3.weight": (d, hidden),
+            "w3.bias": (d,),
+        }
+    else:
+        mlp = {
+            "fc1.weight": (hidden, d),
+            "fc1.bias": (hidden,),
+            "fc2.weight": (d, hidden),
+            "fc2.bias": (d,),
+        }
+    block = {
+        "norm1.weight": (d,),
+        "norm1.bias": (d,),
+        "attn.qkv.weight": (3 * d, d),
+        "attn.qkv.bias": (3 * d,),
+        "attn.proj.weight": (d, d),
+        "attn.proj.bias": (d,),
+        "ls1.gamma": (d,),
+        "norm2.weight": (d,),
+        "norm2.bias": (d,),
+        **{f"mlp.{k}": shape for k, shape in mlp.items()},
+        "ls2.gamma": (d,),
+    }
+    for i in range(model.depth):
+        layout.update({f"blocks.{i}.{k}": shape for k, shape in block.items()})
+    layout.update({"norm.weight": (d,), "norm.bias": (d,)})
     return layout
 
 
 def random_official_weights(registers: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
     """dinov2_vits14(_reg4)_pretrain.pth's layout, filled by ``trained_like``."""
-    return trained_like(official_layout(registers), seed)
+    return trained_like(
+        official_layout("dinov2_vits14_reg" if registers else "dinov2_vits14"), seed
+    )
+
+
+def meta_official_weights(name: str) -> dict[str, torch.Tensor]:
+    """The official ``name`` checkpoint's layout as meta tensors: shapes without values, so that
+    ViT-g/14 (1.1 billion values) loads in no memory on a model built on the meta device."""
+    return {key: torch.empty(shape, device="meta") for key, shape in official_layout(name).items()}
 
 
 def trained_like(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:

@@ -5,6 +5,9 @@ The hub side runs tests/fake_dinov2_hub, a minimal stand-in for the official rep
 """
 
 import json
+import math
+import re
+import shutil
 import warnings
 from pathlib import Path
 from urllib.error import URLError
@@ -13,7 +16,7 @@ import pytest
 import torch
 
 import train
-from config import DEFAULT_CLASSES, parse_args
+from config import BACKBONES, DEFAULT_CLASSES, official_weights_name, parse_args
 from conftest import FAKE_HUB, ROOT, load_benchmark
 from model import (
     FusedAttention,
@@ -24,7 +27,7 @@ from model import (
     official_weights_url,
     save_checkpoint,
 )
-from synthetic import official_layout
+from synthetic import OFFICIAL_MODELS, meta_official_weights, official_layout
 from utils import UserError
 
 
@@ -45,19 +48,22 @@ def test_both_sources_load_official_weights_and_agree_at_518(name, weights_file,
 
 
 def test_sources_at_other_sizes(weights_file, reg_weights_file):
-    """What the README states: registers match everywhere, plain models only at 518."""
+    """What the README states: registers match everywhere, plain models only at 518. Tall and
+    wide grids: a positional embedding resampled with its axes swapped would differ."""
     for name, path, exact in (
         ("dinov2_vits14_reg", reg_weights_file, True),
         ("dinov2_vits14", weights_file, False),
     ):
-        hub = load_backbone(name, "hub", str(path), hub_dir=FAKE_HUB)
-        timm = load_backbone(name, "timm", str(path))
-        a, b = features(hub, 644, 448)[-1], features(timm, 644, 448)[-1]
-        rel = ((a - b).norm() / a.norm()).item()
-        if exact:
-            assert rel < 1e-5
-        else:  # offset-0.1 bicubic vs exact-size antialiased resampling of pos_embed
-            assert 1e-5 < rel < 0.05
+        hub = load_backbone(name, "hub", str(path), hub_dir=FAKE_HUB, layers=1)
+        timm = load_backbone(name, "timm", str(path), layers=1)
+        for h, w in ((644, 448), (182, 322)):
+            (a,), (b,) = features(hub, h, w), features(timm, h, w)
+            assert a.shape == (1, 384, h // 14, w // 14)
+            rel = ((a - b).norm() / a.norm()).item()
+            if exact:
+                assert rel < 1e-5
+            else:  # offset-0.1 bicubic vs exact-size antialiased resampling of pos_embed
+                assert 1e-5 < rel < 0.05
 
 
 def test_hub_source_uses_a_prefilled_torch_home_offline(torch_home, monkeypatch, weights_file):
@@ -141,20 +147,66 @@ def test_checkpoint_evaluates_the_same_through_either_source_at_518(
         assert scores["hub"][key] == pytest.approx(scores["timm"][key], abs=1e-6)
 
 
-def test_layout_table_matches_the_shared_layout_file():
+def test_layout_tables_match_the_shared_layout_file():
     shared = ROOT.parent / "shared" / "dinov2_checkpoint_layout.txt"
     if not shared.is_file():
         pytest.skip("shared/ is not beside this checkout")
-    section = shared.read_text().split("## dinov2_vits14:")[1].split("##")[0]
-    listed = {}
-    for line in section.splitlines()[1:]:  # after the header's counts
-        if not line.strip():
-            continue
-        key, shape = line.split("\t")
-        listed[key] = tuple(json.loads(shape))
-    ours = {k: v for k, v in official_layout().items() if not k.startswith("blocks.")}
-    ours.update({k: v for k, v in official_layout().items() if k.startswith("blocks.0.")})
-    assert ours == listed
+    sections = shared.read_text().split("\n## ")[1:]
+    assert len(sections) >= 5  # vits14, vitb14, vitl14, vitg14, vits14_reg at least
+    for section in sections:
+        header, *lines = section.strip().splitlines()
+        name = header.split(":")[0]
+        counts = re.fullmatch(
+            r"\S+: ([\d,]+) values, (\d+) tensors, (\d+) blocks, embed_dim (\d+), heads (\d+)",
+            header,
+        )
+        values, tensors, depth, dim, heads = (int(n.replace(",", "")) for n in counts.groups())
+        model = OFFICIAL_MODELS[name]
+        assert (model.depth, model.embed_dim, model.num_heads) == (depth, dim, heads), name
+        listed = {}  # blocks 1..N-1 repeat block 0's keys
+        for line in lines:
+            key, shape = line.split("\t")
+            for i in range(depth) if key.startswith("blocks.0.") else [None]:
+                listed[key if i is None else key.replace("blocks.0.", f"blocks.{i}.", 1)] = tuple(
+                    json.loads(shape)
+                )
+        layout = official_layout(name)
+        assert layout == listed, name
+        assert (len(layout), sum(math.prod(s) for s in layout.values())) == (tensors, values), name
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_backbone_loads_its_official_layout_strictly_through_every_source(
+    name, torch_home, monkeypatch, tmp_path
+):
+    """Each row is the official checkpoint's shape, and that checkpoint loads strictly through the
+    hub (--hub-dir, or the TORCH_HOME cache) and timm (a --weights file, or the cache). On the
+    meta device: shapes without values, so ViT-g/14's 1.1 billion cost no memory."""
+    spec = BACKBONES[name]
+    model = OFFICIAL_MODELS[spec.hub_name]  # a row may feed the head other blocks of a model
+    row = (spec.embed_dim, spec.depth, spec.num_heads, spec.registers, spec.swiglu)
+    assert row == (model.embed_dim, model.depth, model.num_heads, model.registers, model.swiglu)
+    if name == spec.hub_name:
+        assert spec.head_blocks == tuple(range(spec.depth - 4, spec.depth))  # the official "+ms"
+
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    weights = tmp_path / official_weights_name(name)
+    torch.save(meta_official_weights(spec.hub_name), weights)
+    shutil.copy(weights, torch_home / "hub" / "checkpoints" / official_weights_name(name))
+    for source, path, hub_dir in [
+        ("hub", str(weights), FAKE_HUB),
+        ("hub", "pretrained", None),
+        ("timm", str(weights), None),
+        ("timm", "pretrained", None),
+    ]:
+        with torch.device("meta"):
+            backbone = load_backbone(name, source, path, hub_dir=hub_dir)
+        shapes = {key: tuple(shape) for key, shape in backbone.official_shapes().items()}
+        assert shapes == official_layout(spec.hub_name), (source, path)
+        assert backbone.vit.blocks[0].attn.num_heads == model.num_heads
 
 
 def test_attention_benchmark_compares_both_paths(capsys):

@@ -1,10 +1,14 @@
+import dataclasses
+import re
+
 import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from config import BACKBONES, DEFAULT_CLASSES, parse_args
+from config import BACKBONES, DEFAULT_CLASSES, official_weights_name, parse_args
+from conftest import FAKE_HUB
 from model import (
     DinoBackbone,
     Segmentor,
@@ -402,3 +406,76 @@ def test_layers_take_the_last_of_the_official_head_blocks():
     assert BACKBONES["dinov2_vits14"].blocks(2) == (10, 11)
     assert BACKBONES["dinov2_vitl14"].blocks(4) == (20, 21, 22, 23)
     assert BACKBONES["dinov2_vitg14_reg"].blocks(4) == (36, 37, 38, 39)
+    for spec in BACKBONES.values():  # every depth: 12, 24, 40
+        for layers in (1, 2, 3, 4):
+            assert spec.blocks(layers) == tuple(range(spec.depth - layers, spec.depth))
+        for layers in (0, 5):
+            with pytest.raises(UserError, match=f"--layers must be between 1 and 4, not {layers}"):
+                spec.blocks(layers)
+
+
+@pytest.mark.parametrize("source", ["timm", "hub"])
+def test_a_row_that_does_not_describe_its_model_is_refused(monkeypatch, source):
+    """A row added with another architecture's timm_name sized the head by the row: the first
+    forward failed in BatchNorm. A wrong swiglu would convert the giant's weights wrongly."""
+    vitb = dataclasses.replace(BACKBONES["dinov2_vitb14"], timm_name="vit_small_patch14_dinov2",
+                               hub_name="dinov2_vits14")  # fmt: skip
+    monkeypatch.setitem(BACKBONES, "dinov2_vitb14", vitb)
+    made = "vit_small_patch14_dinov2" if source == "timm" else "the hub's dinov2_vits14"
+    hub_dir = FAKE_HUB if source == "hub" else None
+    wrong = r"embed_dim 768 there, 384 built; num_heads 12 there, 6 built\): fix the row"
+    with (
+        torch.device("meta"),
+        pytest.raises(UserError, match=rf"row dinov2_vitb14 .*{made} \({wrong}"),
+    ):
+        load_backbone("dinov2_vitb14", source, None, hub_dir=hub_dir)
+    vitg = dataclasses.replace(BACKBONES["dinov2_vitg14_reg"], swiglu=False, registers=0)
+    monkeypatch.setitem(BACKBONES, "dinov2_vitg14_reg", vitg)
+    with (
+        torch.device("meta"),
+        pytest.raises(UserError, match=r"registers 0 there, 4 built; swiglu"),
+    ):
+        load_backbone("dinov2_vitg14_reg", source, None, hub_dir=hub_dir)
+
+
+def test_a_row_of_other_blocks_of_an_official_model_loads_its_official_weights(
+    torch_home, monkeypatch, tmp_path
+):
+    # the README's recipe: one row, through both sources and the official weights' cache
+    dpt = dataclasses.replace(BACKBONES["dinov2_vits14"], head_blocks=(2, 5, 8, 11))
+    monkeypatch.setitem(BACKBONES, "dinov2_vits14_dpt", dpt)
+    assert official_weights_name("dinov2_vits14_dpt") == "dinov2_vits14_pretrain.pth"
+    hub = load_backbone("dinov2_vits14_dpt", "hub", "pretrained")
+    timm = load_backbone("dinov2_vits14_dpt", "timm", "pretrained", layers=2)
+    assert (hub.blocks, timm.blocks) == ((2, 5, 8, 11), (8, 11))
+    ckpt = tmp_path / "dpt.pth"
+    save_checkpoint(ckpt, Segmentor(timm, 2), classes=DEFAULT_CLASSES.to_dict(), imgsz=[56, 56])
+    model, _ = load_checkpoint(ckpt, backbone_source="hub", backbone="dinov2_vits14_dpt")
+    assert (model.backbone.name, model.backbone.blocks) == ("dinov2_vits14_dpt", (8, 11))
+
+
+def test_a_checkpoint_keeps_the_blocks_its_head_was_trained_on(tmp_path, vit, monkeypatch):
+    """A row's head_blocks changed after training fed the old head other blocks' features, of
+    the same shape: every pixel mislabelled, silently."""
+    model = Segmentor(with_layers(vit, 2), 2).eval()
+    ckpt = tmp_path / "ckpt.pth"
+    save_checkpoint(ckpt, model, classes=DEFAULT_CLASSES.to_dict(), imgsz=[56, 56])
+    changed = dataclasses.replace(BACKBONES["dinov2_vits14"], head_blocks=(2, 5, 8, 11))
+    monkeypatch.setitem(BACKBONES, "dinov2_vits14", changed)
+    loaded, _ = load_checkpoint(ckpt)
+    assert loaded.backbone.blocks == (10, 11)
+    images = torch.randint(0, 256, (1, 3, 28, 42), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images))
+    payload = torch.load(ckpt, weights_only=True)
+    for edited in ([11, 10], [10, 12], [11], [10.0, 11.0]):
+        payload["blocks"] = edited
+        torch.save(payload, tmp_path / "edited.pth")
+        match = (
+            rf"its blocks {re.escape(repr(edited))} are not 2 increasing block indices of its 12"
+        )
+        with pytest.raises(UserError, match=match):
+            load_checkpoint(tmp_path / "edited.pth")
+    del payload["blocks"]  # written before blocks were recorded: the row's
+    torch.save(payload, tmp_path / "old.pth")
+    assert load_checkpoint(tmp_path / "old.pth")[0].backbone.blocks == (8, 11)
