@@ -72,14 +72,22 @@ def _progress(loader, desc: str):
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main_process())
 
 
-def class_ids(scores: torch.Tensor) -> torch.Tensor:
-    """(B, K, H, W) logits or probabilities -> (B, H, W) int64 class ids, the first maximum.
+def class_ids(scores: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """(B, K, H, W) logits or probabilities -> (B, H, W) class ids as ``dtype``: those of
+    max(1), the first maximum, NaN counting as the highest.
 
     max(1).indices rather than argmax(1): on the CPU, argmax over the class dimension took 40
     times longer (602 vs 15 ms for 8 x 2 x 640 x 640 logits), more than the whole training step
-    of the head from cached features.
+    of the head from cached features. Two classes (the default) are compared instead, 4-5
+    times faster again on one CPU thread (1920x1080 scores: 5.6 vs 22 ms; 8 x 640 x 640, as
+    int64: 12 vs 32 ms), as max(1) also writes every maximum and an int64 index.
     """
-    return scores.max(1).indices
+    if scores.shape[1] != 2:
+        return scores.max(1).indices.to(dtype)
+    first, second = scores[:, 0], scores[:, 1]
+    # class 1 where class 0 is not at least as high (a tie keeps 0), unless class 0 is NaN
+    ids = torch.ge(first, second).logical_not_().logical_and_(first == first)
+    return ids.view(torch.uint8) if dtype == torch.uint8 else ids.to(dtype)
 
 
 class _SplitScores:
@@ -170,7 +178,10 @@ def train_one_epoch(
         for position, (images, masks, _) in enumerate(group, start=1):
             step += 1
             images = to_device(images, device)
-            masks = to_device(masks, device).long()  # uint8 from the loader: 8x fewer bytes
+            # uint8 from the loader (8x fewer bytes), widened for the loss; the confusion
+            # matrix counts the narrow ids, which is 3x faster
+            target = to_device(masks, device)
+            masks = target.long()
             update = position == len(group)
             # Under DDP, gradients are averaged across processes only on the batch that updates.
             no_sync = model.no_sync() if hasattr(model, "no_sync") and not update else None
@@ -203,7 +214,7 @@ def train_one_epoch(
                 elif learn:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            scores.update(loss, class_ids(logits.detach()), masks)
+            scores.update(loss, class_ids(logits.detach(), torch.uint8), target)
     return scores.compute()
 
 
@@ -271,8 +282,9 @@ def evaluate(
                 outputs = model.patch_logits(images, from_features).float()  # logits
             else:
                 outputs = tta_probs(model, images, *tta)  # probabilities
-        for output, mask in zip(outputs, masks, strict=True):
-            mask = to_device(mask, device).long()[None]
+        for output, target in zip(outputs, masks, strict=True):
+            target = to_device(target, device)[None]
+            mask = target.long()
             up = F.interpolate(
                 output[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
             )
@@ -281,7 +293,7 @@ def evaluate(
             else:
                 log_probs = up.clamp(min=1e-12).log()
                 loss = F.nll_loss(log_probs, mask, ignore_index=IGNORE_INDEX, reduction="sum")
-            scores.update(loss, class_ids(up), mask)
+            scores.update(loss, class_ids(up, torch.uint8), target)
     return scores.compute()
 
 
@@ -575,7 +587,7 @@ class Predictor:
             while end < len(sizes) and sizes[end] == size and end - start < room:
                 end += 1
             up = F.interpolate(logits[start:end], size=size, mode="bilinear", align_corners=False)
-            masks += list(class_ids(up).to(torch.uint8).cpu().numpy())
+            masks += list(class_ids(up, torch.uint8).cpu().numpy())
             start = end
         return masks
 

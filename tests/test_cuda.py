@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from config import DEFAULT_CLASSES, IGNORE_INDEX
 from conftest import FAKE_HUB, ROOT
-from engine import Predictor, train_one_epoch
+from engine import Predictor, class_ids, train_one_epoch
 from model import DinoBackbone, Segmentor, _hub_load, load_backbone, load_checkpoint
 from synthetic import learnable_batch, make_dataset, write_clip
 from utils import amp_dtype, read_csv
@@ -42,6 +42,19 @@ def test_official_and_fused_attention_agree_on_the_gpu(weights_file):
             fused.to(GPU, dtype)
             error = relative_error(fused(x.to(GPU, dtype))[-1], reference)
             assert error < tolerance, f"{dtype}: {error:.2e}"
+
+
+def test_two_class_ids_on_the_gpu_are_those_of_max():
+    # engine.class_ids compares two classes instead of max(1): the GPU's max must agree on ties,
+    # infinities and NaN (the highest, the first of two) as the CPU's does
+    special = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -1.0]
+    pairs = torch.tensor([(a, b) for a in special for b in special]).T[None, :, :, None]
+    noise = torch.randn(2, 2, 61, 67, generator=torch.Generator().manual_seed(1))
+    noise[noise.abs() < 0.05] = float("nan")
+    noise[:, 1, ::3] = noise[:, 0, ::3]
+    for scores in (pairs.to(GPU), noise.to(GPU)):
+        assert torch.equal(class_ids(scores), scores.max(1).indices)
+        assert torch.equal(class_ids(scores).cpu(), class_ids(scores.cpu()))
 
 
 # "off" is not exact either: cuDNN's float32 convolutions (the patch embedding) run in TF32 by

@@ -161,6 +161,22 @@ def test_class_ids_are_the_first_maximum_like_argmax():
     assert torch.equal(class_ids(scores), scores.argmax(1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_two_class_ids_are_those_of_max(dtype):
+    # Two classes are compared rather than reduced by max(1): the same ids for every pair of
+    # values, ties, infinities and NaN (the highest, the first of two NaN) included
+    special = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -1.0, 3e38]
+    pairs = torch.tensor([(a, b) for a in special for b in special]).T[None, :, :, None]
+    noise = torch.randn(2, 2, 31, 29, generator=torch.Generator().manual_seed(1))
+    noise[noise.abs() < 0.05] = float("nan")
+    noise[:, 1, ::3] = noise[:, 0, ::3]  # ties
+    for scores in (pairs.to(dtype), noise.to(dtype)):
+        want = scores.max(1).indices
+        assert torch.equal(class_ids(scores), want)
+        ids = class_ids(scores, torch.uint8)
+        assert ids.dtype == torch.uint8 and torch.equal(ids.long(), want)
+
+
 class _OnMps(torch.Tensor):
     """A CPU tensor that says it is on MPS, as far as ConfusionMatrix.update looks."""
 
