@@ -46,6 +46,7 @@ from utils import (
     show,
     within,
     write_image,
+    write_png,
 )
 
 log = logging.getLogger("dinoseg")
@@ -193,7 +194,7 @@ def save_result(out_dir: Path, name: str, image, mask, predictor: Predictor, alp
         raise ValueError(f"a JPEG overlay holds at most {JPEG_MAX_SIDE} pixels a side")
     mask_path, overlay_path = (out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
     with atomic_path(mask_path) as mask_tmp, atomic_path(overlay_path) as overlay_tmp:
-        write_image(mask_tmp, Image.fromarray(mask), "PNG")
+        write_png(mask_tmp, mask)
         overlay = Image.fromarray(predictor.overlay(image, mask, alpha))
         write_image(overlay_tmp, overlay, "JPEG", quality=92)
 
