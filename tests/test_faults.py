@@ -4,6 +4,7 @@ import collections
 import importlib
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -605,12 +606,13 @@ def test_an_infinite_loss_stops_training_as_a_nan_one_does():
 
 
 def test_a_stop_in_the_first_resumed_epoch_names_the_checkpoint_that_holds_it(
-    tmp_path, tiny_data, weights_file, monkeypatch, caplog
+    tmp_path, checkpoint, tiny_data, weights_file, monkeypatch, caplog
 ):
-    # resumed into another --out-dir: OUT/last_model.pth does not exist until an epoch finishes
-    first = tmp_path / "first"
-    run_train(argv(tiny_data, first, weights_file, epochs=1))
-    resumed = [*argv(tiny_data, tmp_path / "second", weights_file, epochs=2), "--resume",
+    # resumed into another --out-dir: OUT/last_model.pth does not exist until an epoch finishes.
+    # The run resumed is the checkpoint fixture's (2 epochs on tiny_data), copied: a run trained
+    # here only to be resumed and stopped at once was most of this test's time.
+    first = shutil.copytree(checkpoint.parent, tmp_path / "first")
+    resumed = [*argv(tiny_data, tmp_path / "second", weights_file, epochs=3), "--resume",
                str(first / "last_model.pth")]  # fmt: skip
 
     def stop(*args, **kwargs):
