@@ -125,30 +125,44 @@ def export(
     program.save(path, external_data=external_data)
 
 
+def max_difference(model: Segmentor, path: Path, imgsz, per_image: bool, cannot_run) -> float:
+    """Largest |ONNX Runtime - PyTorch| logit on a random batch of two images at ``imgsz``, run
+    one image per call where ``per_image``. ``cannot_run(err)`` is the UserError to raise for a
+    graph ONNX Runtime cannot run."""
+    import onnxruntime as ort
+
+    w, h = imgsz
+    images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=torch.Generator())
+    batches = [image[None] for image in images] if per_image else [images]
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = np.concatenate([session.run(None, {"images": b.numpy()})[0] for b in batches])
+    except Exception as err:  # ONNX Runtime raises its own types for graphs it cannot run
+        raise cannot_run(f"{type(err).__name__}: {str(err)[:300]}") from err
+    with torch.no_grad():
+        expected = model.patch_logits(images).numpy()
+    return float(np.abs(got - expected).max())
+
+
 def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path | None = None) -> float:
     """Largest |ONNX Runtime - PyTorch| logit on a random batch; fail above ``tolerance``.
 
     ``name`` is the file the messages speak of, when ``path`` is a temporary file that becomes it.
     """
-    import onnxruntime as ort
-
     name = name or path
-
     w, h = imgsz
-    images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=torch.Generator())
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"images": images.numpy()})[0]
-    except Exception as err:  # ONNX Runtime raises its own types for graphs it cannot run
-        raise UserError(
-            f"ONNX Runtime cannot run {name} on a {w}x{h} batch ({type(err).__name__}: "
-            f"{str(err)[:300]}); nothing was written. A graph exported with --dynamic that fails "
-            "at a size other than the exported one kept that size somewhere: export without "
-            "--dynamic, or with --backbone-source timm, whose model keeps sizes symbolic"
-        ) from err
-    with torch.no_grad():
-        expected = model.patch_logits(images).numpy()
-    diff = float(np.abs(got - expected).max())
+    diff = max_difference(
+        model,
+        path,
+        imgsz,
+        per_image=False,
+        cannot_run=lambda why: UserError(
+            f"ONNX Runtime cannot run {name} on a {w}x{h} batch ({why}); nothing was written. A "
+            "graph exported with --dynamic that fails at a size other than the exported one kept "
+            "that size somewhere: export without --dynamic, or with --backbone-source timm, whose "
+            "model keeps sizes symbolic"
+        ),
+    )
     print(f"{name} at {w}x{h}: max |ONNX Runtime - PyTorch| = {diff:.2e} (tolerance {tolerance:g})")
     if not diff <= tolerance:
         raise UserError(
@@ -168,20 +182,17 @@ def check_int8(model: Segmentor, path: Path, imgsz, name: Path, fp32: Path) -> f
     import onnxruntime as ort
 
     w, h = imgsz
-    images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=torch.Generator())
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = np.concatenate([session.run(None, {"images": i[None].numpy()})[0] for i in images])
-    except Exception as err:  # ONNX Runtime raises its own types for graphs it cannot run
-        raise UserError(
-            f"ONNX Runtime {ort.__version__} cannot run the int8 graph {name} "
-            f"({type(err).__name__}: {str(err)[:300]}); it was not written, {fp32} was. Its "
-            "ConvInteger with int8 weights needs onnxruntime 1.24 or later: update onnxruntime "
-            "and export again, or deploy the float32 graph"
-        ) from err
-    with torch.no_grad():
-        expected = model.patch_logits(images).numpy()
-    diff = float(np.abs(got - expected).max())
+    diff = max_difference(
+        model,
+        path,
+        imgsz,
+        per_image=True,
+        cannot_run=lambda why: UserError(
+            f"ONNX Runtime {ort.__version__} cannot run the int8 graph {name} ({why}); it was not "
+            f"written, {fp32} was. Its ConvInteger with int8 weights needs onnxruntime 1.24 or "
+            "later: update onnxruntime and export again, or deploy the float32 graph"
+        ),
+    )
     print(
         f"{name} at {w}x{h}: max |ONNX Runtime - PyTorch| = {diff:.2e} (int8, not held to "
         "--tolerance)"
