@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import argparse
+import gc
 import logging
 import math
 import platform
@@ -311,6 +312,12 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
     # Cached features load in under a millisecond and their masks are read once: worker
     # processes would cost more than they save (and a memory cache would be copied into each).
     workers = 0 if args.cache_features != "off" else args.workers
+    if workers:
+        # Forked workers (Linux) inherit the garbage of this process, and their first collection
+        # runs its destructors there. An unreachable ONNX Runtime session (a test's, or a
+        # notebook's before train.main) then waits on, or frees, a thread pool the child lacks:
+        # a worker hung or crashed. Collected here, before the workers start.
+        gc.collect()
     return DataLoader(
         dataset,
         batch_size=args.batch,

@@ -1,11 +1,13 @@
 import argparse
 import fnmatch
+import gc
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -1054,6 +1056,24 @@ def test_workers_kept_between_epochs_draw_each_epochs_augmentations(tiny_data, s
     # each epoch draws its own augmentations: the same image differs from one epoch to the next
     for epoch in (1, 2):
         assert any(not torch.equal(drawn[epoch, i], drawn[epoch + 1, i]) for i in range(8))
+
+
+def test_workers_start_without_this_processs_garbage(tiny_data):
+    # A forked worker ran the destructors of garbage it inherited: an ONNX Runtime session in a
+    # reference cycle, left by an earlier test, hung the suite in its destructor.
+    class Cycle:
+        pass
+
+    garbage = Cycle()
+    garbage.itself = garbage
+    gone = weakref.ref(garbage)
+    gc.collect()  # still referenced: moved to the oldest generation, which is rarely collected
+    del garbage
+    pairs = check_dataset(tiny_data, DEFAULT_CLASSES)["train"]
+    dataset = SegmentationDataset(pairs, DEFAULT_CLASSES, (28, 28), train=True)
+    args = argparse.Namespace(batch=4, seed=3, cache_features="off", workers=2)
+    train.make_loader(dataset, args, torch.device("cpu"), train=True)
+    assert gone() is None, "the workers would inherit an uncollected reference cycle"
 
 
 def test_the_training_order_is_a_function_of_seed_and_epoch(tiny_data):
