@@ -90,6 +90,93 @@ def class_ids(scores: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.T
     return ids.view(torch.uint8) if dtype == torch.uint8 else ids.to(dtype)
 
 
+def _class_ids_in_chunks(
+    scores: torch.Tensor,
+    size: tuple[int, int],
+    visit: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """(K, h, w) scores -> the (H, W) uint8 class ids of class_ids on all K resized to ``size``
+    at once, without holding the K resized classes.
+
+    Bilinear resizing treats channels apart, so each class is resized on its own, as many at a
+    time as fit UPSAMPLE_ELEMENTS, and a running maximum keeps the first class of the highest
+    score (NaN counting as highest, as in max). An 8000x6000 photo with 21 classes held 4 GB of
+    float32 scores, 6.2 GB resident in all, for one mask of 48 MB.
+
+    Args:
+        visit: called as ``visit(first, up)`` with each chunk of resized scores, (k, H, W) for
+            classes ``first`` to ``first + k - 1``, which it must not change.
+    """
+    k, pixels = scores.shape[0], size[0] * size[1]
+    step = max(1, UPSAMPLE_ELEMENTS // pixels)
+    finite = bool(scores.isfinite().all())  # then so are the resized scores: no NaN checks
+    best = ids = better = None
+    for first in range(0, k, step):
+        up = F.interpolate(
+            scores[None, first : first + step], size=size, mode="bilinear", align_corners=False
+        )[0]
+        if visit is not None:
+            visit(first, up)
+        if len(up) == 1:
+            value, index = up[0], None
+        else:
+            value, index = up.max(0)
+            index = index.to(torch.uint8).add_(first)
+        if best is None:
+            best = value
+            ids = torch.zeros(size, dtype=torch.uint8, device=up.device) if index is None else index
+            continue
+        better = torch.gt(value, best, out=better)
+        if not finite:
+            better |= value.isnan() & ~best.isnan()
+        if index is None:
+            ids.masked_fill_(better, first)
+        else:
+            torch.where(better, index, ids, out=ids)
+        if finite:
+            torch.maximum(best, value, out=best)
+        else:
+            best = torch.where(better, value, best)
+    return ids
+
+
+def _scores_in_chunks(
+    output: torch.Tensor, mask: torch.Tensor, probs: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What evaluate computes from all K classes resized to the mask's size at once, a few
+    classes at a time (see _class_ids_in_chunks). With 21 classes, a 4000x3000 mask's 1 GB of
+    float32 scores and their log-softmax raised evaluate's peak memory by 2.0 GB (3.0 GB with
+    TTA); a few classes at a time, by 0.8 GB (0.7 GB).
+
+    Args:
+        output: (K, h, w) float32 logits, or probabilities with ``probs``.
+        mask: (H, W) integer class ids, 255 ignored.
+        dtype: of the loss's sum over the pixels.
+
+    Returns:
+        The loss summed over labelled pixels as a ``dtype`` scalar: the cross-entropy of the
+        logits, or with ``probs`` the negative log of the probabilities clamped at 1e-12; and
+        the (H, W) uint8 class ids.
+    """
+    picked = torch.zeros(mask.shape, device=output.device)  # each pixel's score of its class
+    total = None  # the log of the sum of exp(score) over the classes so far
+
+    def visit(first: int, up: torch.Tensor) -> None:
+        nonlocal total
+        # class by class rather than by gather, whose int64 indices take 8 bytes a pixel
+        for i, scores in enumerate(up):
+            torch.where(mask == first + i, scores, picked, out=picked)
+        if not probs:
+            # logaddexp rather than a running maximum and sum: a chunk whose scores are all
+            # -inf would subtract -inf from -inf
+            chunk = up.logsumexp(0)
+            total = chunk if total is None else torch.logaddexp(total, chunk)
+
+    ids = _class_ids_in_chunks(output, mask.shape, visit)
+    losses = -picked.clamp_(min=1e-12).log_() if probs else total - picked
+    return losses.masked_fill_(mask == IGNORE_INDEX, 0).sum(dtype=dtype), ids
+
+
 class _SplitScores:
     """The loss per labelled pixel and the confusion matrix of one pass over a split, summed
     over every process at the end (the same for training and evaluation)."""
@@ -98,8 +185,8 @@ class _SplitScores:
         self.device = device
         self.cm = ConfusionMatrix(num_classes)
         # float64 sums, or float32 on MPS, which has no float64
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-        self.loss_sum = torch.zeros((), device=device, dtype=dtype)
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.loss_sum = torch.zeros((), device=device, dtype=self.dtype)
 
     def update(self, loss_sum: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> None:
         """Add a batch: its cross-entropy summed over labelled pixels, and its predicted and true
@@ -284,6 +371,10 @@ def evaluate(
                 outputs = tta_probs(model, images, *tta)  # probabilities
         for output, target in zip(outputs, masks, strict=True):
             target = to_device(target, device)[None]
+            if output.shape[0] * target.numel() > UPSAMPLE_ELEMENTS:
+                loss, pred = _scores_in_chunks(output, target[0], tta is not None, scores.dtype)
+                scores.update(loss, pred[None], target)
+                continue
             mask = target.long()
             up = F.interpolate(
                 output[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
@@ -573,13 +664,13 @@ class Predictor:
         Images of one size are resized together (video frames), as many at a time as keep the
         resized scores under UPSAMPLE_ELEMENTS: a batch of 4 photos of 4000x3000 with 21 classes
         held 4 GB of them at once. An image whose K classes alone exceed it is resized a few
-        classes at a time (see _large_mask).
+        classes at a time (see _class_ids_in_chunks).
         """
         masks, start, k = [], 0, logits.shape[1]
         while start < len(sizes):
             size = sizes[start]
             if k * size[0] * size[1] > UPSAMPLE_ELEMENTS:
-                masks.append(Predictor._large_mask(logits[start], size))
+                masks.append(_class_ids_in_chunks(logits[start], size).cpu().numpy())
                 start += 1
                 continue
             end = start + 1
@@ -590,49 +681,6 @@ class Predictor:
             masks += list(class_ids(up, torch.uint8).cpu().numpy())
             start = end
         return masks
-
-    @staticmethod
-    def _large_mask(scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """(K, h, w) scores -> the (H, W) uint8 class ids of class_ids on all K resized at once.
-
-        Bilinear resizing treats channels apart, so each class is resized on its own, as many
-        at a time as fit UPSAMPLE_ELEMENTS, and a running maximum keeps the first class of the
-        highest score (NaN counting as highest, as in max). An 8000x6000 photo with 21 classes
-        held 4 GB of float32 scores, 6.2 GB resident in all, for one mask of 48 MB.
-        """
-        k, pixels = scores.shape[0], size[0] * size[1]
-        step = max(1, UPSAMPLE_ELEMENTS // pixels)
-        finite = bool(scores.isfinite().all())  # then so are the resized scores: no NaN checks
-        best = ids = better = None
-        for first in range(0, k, step):
-            up = F.interpolate(
-                scores[None, first : first + step], size=size, mode="bilinear", align_corners=False
-            )[0]
-            if len(up) == 1:
-                value, index = up[0], None
-            else:
-                value, index = up.max(0)
-                index = index.to(torch.uint8).add_(first)
-            if best is None:
-                best = value
-                ids = (
-                    torch.zeros(size, dtype=torch.uint8, device=up.device)
-                    if index is None
-                    else index
-                )
-                continue
-            better = torch.gt(value, best, out=better)
-            if not finite:
-                better |= value.isnan() & ~best.isnan()
-            if index is None:
-                ids.masked_fill_(better, first)
-            else:
-                torch.where(better, index, ids, out=ids)
-            if finite:
-                torch.maximum(best, value, out=best)
-            else:
-                best = torch.where(better, value, best)
-        return ids.cpu().numpy()
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]):
         """Segment one image or several.

@@ -3,8 +3,10 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from engine import class_ids
+import engine
+from engine import class_ids, evaluate
 from metrics import ConfusionMatrix
 
 
@@ -213,3 +215,85 @@ def test_a_process_that_scored_no_image_takes_part_with_zero_counts():
     out = cm.compute()
     assert math.isnan(out["pixel_accuracy"]) and math.isnan(out["miou"])
     assert all(math.isnan(v) for v in out["iou"])
+
+
+def _scores_at_once(output, mask, probs):
+    """evaluate's loss and class ids from all classes of (K, h, w) scores resized at once."""
+    up = F.interpolate(output[None], size=mask.shape, mode="bilinear", align_corners=False)
+    if probs:
+        loss = F.nll_loss(up.clamp(min=1e-12).log(), mask[None].long(), ignore_index=255,
+                          reduction="sum")  # fmt: skip
+    else:
+        loss = F.cross_entropy(up, mask[None].long(), ignore_index=255, reduction="sum")
+    return loss, class_ids(up, torch.uint8)[0]
+
+
+@pytest.mark.parametrize("budget", [1, 2 * 50 * 70])  # one class at a time, then two
+@pytest.mark.parametrize("k", [2, 3, 7])
+@pytest.mark.parametrize("probs", [False, True])
+def test_scores_of_a_few_classes_at_a_time_are_those_of_all_at_once(monkeypatch, budget, k, probs):
+    # A large mask is scored resizing a few classes at a time: the same class ids, the first
+    # maximum on ties and NaN as the highest, and the same loss. The last class ties the one
+    # before on the right half, a NaN score spreads to the pixels around it, and class 0 is
+    # -inf on the left half (a first chunk whose scores are all -inf); pixels whose loss is
+    # NaN or infinite are left out of it, so that the sums can be compared.
+    g = torch.Generator().manual_seed(k)
+    output = torch.randn(k, 6, 8, generator=g) * 3
+    output[k - 1, :, 4:] = output[k - 2, :, 4:]
+    output[0, :, :4] = -float("inf")
+    output[1, 2, 3] = float("nan")
+    if probs:
+        output = output.softmax(0)
+    mask = torch.randint(0, k, (50, 70), generator=g, dtype=torch.uint8)
+    mask[::7, ::3] = 255
+    up = F.interpolate(output[None], size=mask.shape, mode="bilinear", align_corners=False)[0]
+    true = up.gather(0, mask.long().clamp(max=k - 1)[None])[0]
+    mask[up.isnan().any(0) | true.isneginf()] = 255
+    want_loss, want_ids = _scores_at_once(output, mask, probs)
+    assert want_loss.isfinite() and (mask == 255).float().mean() < 0.5
+    assert up.isnan().any() and ((want_ids == k - 2) & (up[k - 1] == up[k - 2])).any()
+    monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", budget)
+    loss, ids = engine._scores_in_chunks(output, mask, probs, torch.float64)
+    assert torch.equal(ids, want_ids)
+    assert loss.dtype == torch.float64 and loss.item() == pytest.approx(want_loss.item(), rel=1e-6)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in Segmentor whose patch logits are the same whatever the images."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def patch_logits(self, images, from_features=False):
+        return self.logits
+
+    def forward(self, images, size=None, from_features=False):
+        return F.interpolate(self.logits, size=size, mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("tta", [None, ([1.0], True)])
+def test_evaluation_resizes_a_few_classes_at_a_time_with_the_same_scores(monkeypatch, tta):
+    # A 4000x3000 mask with 21 classes held 1 GB of resized scores, 3.2 GB in all: those of
+    # a mask above UPSAMPLE_ELEMENTS are resized a few classes at a time (2 here), and the
+    # metrics are those of resizing all of them at once
+    g = torch.Generator().manual_seed(0)
+    model = _FixedLogits(torch.randn(2, 5, 4, 5, generator=g))
+    masks = [
+        torch.randint(0, 5, size, generator=g, dtype=torch.uint8) for size in ((50, 70), (31, 45))
+    ]
+    masks[0][:5] = 255
+    loader = [(torch.zeros(2, 3, 28, 28), masks, [0, 1])]
+    want = evaluate(model, loader, torch.device("cpu"), 5, tta=tta)
+    channels = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", 2 * 50 * 70)
+    monkeypatch.setattr(
+        engine.F, "interpolate", lambda x, **kw: channels.append(x.shape[1]) or interpolate(x, **kw)
+    )
+    got = evaluate(model, loader, torch.device("cpu"), 5, tta=tta)
+    views = [] if tta is None else [5, 5]  # tta_probs: two views' logits at the input size
+    assert channels == [*views, 2, 2, 1, 5]  # the second mask, 5 x 31 x 45, fits at once
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    assert got["acc"] == want["acc"] and got["miou"] == want["miou"]
+    np.testing.assert_array_equal(got["iou"], want["iou"])
