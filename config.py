@@ -125,6 +125,43 @@ def official_weights_name(backbone: str) -> str:
     return BACKBONES[backbone].weights_name
 
 
+def voc_palette(n: int) -> list[RGB]:
+    """The first ``n`` colours of the PASCAL VOC colour map: distinct, black for index 0.
+
+    Index i spreads its bits over the colour's high bits, three at a time (R, G, B), so the first
+    eight are the corners of the colour cube at half brightness and later ones fall between them.
+    """
+    colors = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colors.append((r, g, b))
+    return colors
+
+
+# The least value of a default class colour's brightest channel: VOC's (64, 0, 0), (32, 32, 64)
+# and the like vanish in an overlay on a dark photo, while half-bright maroon and navy show.
+MIN_BRIGHTEST = 128
+
+
+def distinct_colors(n: int) -> tuple[RGB, ...]:
+    """``n`` distinct colours for ``n`` classes: black for class 0 (background, which overlays
+    leave undrawn), green for class 1 as the default classes have, then the VOC colour map's
+    without black, its dark green (beside the green, a second class in nearly the same colour)
+    and those too dark to see (MIN_BRIGHTEST)."""
+    colors = [(0, 0, 0), (0, 255, 0)]
+    # 512 entries hold 447 such colours: more than the IGNORE_INDEX classes there may be
+    for i, color in enumerate(voc_palette(512)):
+        if i not in (0, 2) and max(color) >= MIN_BRIGHTEST:
+            colors.append(color)
+    return tuple(colors[:n])
+
+
 # the class configuration's keys in a YAML file and a checkpoint
 CLASS_KEYS = ("ALL_CLASSES", "LABEL_COLORS_LIST", "VIS_LABEL_MAP")
 

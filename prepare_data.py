@@ -38,9 +38,11 @@ from config import (
     IMAGE_EXTENSIONS,
     SPLITS,
     ClassConfig,
+    distinct_colors,
     nonempty,
     path_arg,
     read_yaml,
+    voc_palette,
 )
 from datasets import (
     DataError,
@@ -147,21 +149,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def palette(n: int) -> list[list[int]]:
-    """The PASCAL VOC colour map: distinct colours, black for class 0."""
-    colors = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colors.append([r, g, b])
-    return colors
-
-
 @contextlib.contextmanager
 def staging(out: Path, force: bool) -> Iterator[Path]:
     """A path to build the dataset at; it replaces ``out`` only when the block succeeds."""
@@ -252,7 +239,7 @@ def read_voc_mask(path: Path) -> np.ndarray:
         raise UserError(f"{path}: a {img.mode} mask; VOC masks are palette PNGs")
     rgb = np.asarray(img.convert("RGB"))
     ids = np.array([*range(len(VOC_CLASSES)), IGNORE_INDEX], np.uint8)
-    colors = palette(256)
+    colors = voc_palette(256)
     positions = map_colors(rgb, [colors[i] for i in ids])
     if positions is None:
         known = {tuple(colors[i]) for i in ids}
@@ -851,16 +838,13 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
     names = (
         read_roboflow_classes(args.root) if args.dataset == "roboflow" else ["background", *kept]
     )
-    colors = palette(256)  # COCO has 80 categories; VOC's colour map has 256 distinct colours
     if args.dataset == "voc":
-        colors = [colors[VOC_CLASSES.index(n)] for n in names]
-    else:
-        # black and green as the default classes have, then VOC's colours without its black
-        # and its dark green (index 2), which beside the green was a second class in green
-        others = [c for i, c in enumerate(colors) if i not in (0, 2)]
-        colors = [[0, 0, 0], [0, 255, 0], *others][: len(names)]
+        voc = voc_palette(len(VOC_CLASSES))
+        colors = tuple(voc[VOC_CLASSES.index(n)] for n in names)
+    else:  # COCO has 80 categories, roboflow any number
+        colors = distinct_colors(len(names))
     try:
-        return ClassConfig(tuple(names), tuple(map(tuple, colors)), tuple(map(tuple, colors)))
+        return ClassConfig(tuple(names), colors, colors)
     except UserError as err:  # roboflow's names: two classes of one name, a single class
         raise UserError(f"{args.root / 'train' / '_classes.csv'}: {err}") from err
 

@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import prepare_data
-from config import DEFAULT_CLASSES, ClassConfig
+from config import DEFAULT_CLASSES, ClassConfig, voc_palette
 from conftest import ROOT, needs_mount_namespace, run_bind_mounted
 from datasets import check_dataset
 from synthetic import penn_fudan_zip
@@ -42,7 +42,7 @@ def voc_fixture(root):
         mask[12:18, 12:25] = 12  # dog
         mask[1, :] = 255  # border
         img = Image.fromarray(mask, mode=None).convert("P")
-        img.putpalette([v for color in prepare_data.palette(256) for v in color])
+        img.putpalette([v for color in voc_palette(256) for v in color])
         img.save(root / "SegmentationClass" / f"{stem}.png")
     lists = root / "ImageSets" / "Segmentation"
     (lists / "train.txt").write_text("2007_000000\n2007_000001\n")

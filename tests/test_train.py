@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import yaml
 
 import train
-from config import DEFAULT_CLASSES, PENN_FUDAN_URL, parse_args
+from config import DEFAULT_CLASSES, IGNORE_INDEX, PENN_FUDAN_URL, distinct_colors, parse_args
 from conftest import ROOT, PixelClassifier, load_benchmark
 from datasets import SegmentationDataset, check_dataset
 from engine import evaluate
@@ -639,6 +639,15 @@ def test_bad_config_files_fail_loudly(tmp_path, content, message):
     cfg.write_text(yaml.safe_dump(content))
     with pytest.raises(UserError, match=message):
         parse_args(train.get_args_parser(), ["--config", str(cfg)])
+
+
+def test_default_class_colours_are_distinct_and_visible():
+    colors = distinct_colors(IGNORE_INDEX)  # the most classes there may be
+    assert len(set(colors)) == IGNORE_INDEX
+    assert colors[:3] == ((0, 0, 0), (0, 255, 0), (128, 0, 0))  # the default classes', then VOC's
+    # VOC's (64, 0, 0) and (0, 64, 0) were classes 8 and 16 of an import, unseen on dark photos
+    assert all(max(c) >= 128 for c in colors[1:])
+    assert distinct_colors(4) == colors[:4]
 
 
 def test_a_missing_config_file_is_named_and_an_empty_one_changes_nothing(tmp_path):
