@@ -3,8 +3,9 @@ several scripts share.
 
 A default that several scripts use lives here once; a flag of one script keeps its default in
 that script's parser. A YAML file given to train.py with ``--config`` may set the class
-configuration (``ALL_CLASSES``, ``LABEL_COLORS_LIST``, ``VIS_LABEL_MAP``) and any of its flags (by
-the name with underscores, e.g. ``lr`` or ``backbone_lr``); the command line wins over the file.
+configuration (``ALL_CLASSES``, and optionally ``LABEL_COLORS_LIST`` and ``VIS_LABEL_MAP``) and
+any of its flags (by the name with underscores, e.g. ``lr`` or ``backbone_lr``); the command line
+wins over the file.
 """
 
 import argparse
@@ -162,7 +163,7 @@ def distinct_colors(n: int) -> tuple[RGB, ...]:
     return tuple(colors[:n])
 
 
-# the class configuration's keys in a YAML file and a checkpoint
+# the class configuration's keys in a YAML file and a checkpoint; ALL_CLASSES alone is required
 CLASS_KEYS = ("ALL_CLASSES", "LABEL_COLORS_LIST", "VIS_LABEL_MAP")
 
 
@@ -171,8 +172,9 @@ class ClassConfig:
     """The classes: names, the colours that mark them in colour masks, overlay colours."""
 
     names: tuple[str, ...]  # ALL_CLASSES; index = class id
-    mask_colors: tuple[RGB, ...]  # LABEL_COLORS_LIST
-    vis_colors: tuple[RGB, ...]  # VIS_LABEL_MAP
+    # LABEL_COLORS_LIST; None where the file has none: masks are then read as class ids only
+    mask_colors: tuple[RGB, ...] | None
+    vis_colors: tuple[RGB, ...]  # VIS_LABEL_MAP, as given or as from_dict resolved it
 
     def __post_init__(self):
         n = len(self.names)
@@ -188,9 +190,9 @@ class ClassConfig:
             ("LABEL_COLORS_LIST", self.mask_colors),
             ("VIS_LABEL_MAP", self.vis_colors),
         ):
-            if len(colors) != n:
+            if colors is not None and len(colors) != n:
                 raise UserError(f"{key} has {len(colors)} colours for {n} classes in ALL_CLASSES")
-        if len(set(self.mask_colors)) != n:
+        if self.mask_colors is not None and len(set(self.mask_colors)) != n:
             raise UserError("LABEL_COLORS_LIST has repeated colours: each class needs its own")
 
     @property
@@ -198,27 +200,38 @@ class ClassConfig:
         return len(self.names)
 
     def to_dict(self) -> dict:
-        """The YAML/checkpoint form: the three upper-case keys with plain lists."""
-        return {
-            "ALL_CLASSES": list(self.names),
-            "LABEL_COLORS_LIST": [list(c) for c in self.mask_colors],
-            "VIS_LABEL_MAP": [list(c) for c in self.vis_colors],
-        }
+        """The YAML/checkpoint form: the upper-case keys with plain lists. VIS_LABEL_MAP is
+        written as resolved, so a checkpoint draws the same overlays wherever it is loaded;
+        LABEL_COLORS_LIST only where it was given, as colours made up here would read colour
+        masks by them."""
+        mapping = {"ALL_CLASSES": list(self.names)}
+        if self.mask_colors is not None:
+            mapping["LABEL_COLORS_LIST"] = [list(c) for c in self.mask_colors]
+        mapping["VIS_LABEL_MAP"] = [list(c) for c in self.vis_colors]
+        return mapping
 
     @classmethod
     def from_dict(cls, mapping: dict, source: str = "the class config") -> "ClassConfig":
-        missing = [k for k in CLASS_KEYS if k not in mapping]
-        if missing:
-            raise UserError(f"{source} lacks {', '.join(missing)}; it needs all of {CLASS_KEYS}")
+        """The classes of a YAML file's or a checkpoint's keys: ALL_CLASSES, and optionally
+        LABEL_COLORS_LIST (without it, masks are read as class ids only) and VIS_LABEL_MAP
+        (without it, LABEL_COLORS_LIST's colours, or else distinct_colors)."""
+        if "ALL_CLASSES" not in mapping:
+            raise UserError(
+                f"{source} lacks ALL_CLASSES, the class names in the order of their ids "
+                "(ALL_CLASSES: [background, cat, dog])"
+            )
         names = mapping["ALL_CLASSES"]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise UserError(f"{source}: ALL_CLASSES must be a list of names")
         try:
-            return cls(
-                names=tuple(names),
-                mask_colors=_colors(mapping["LABEL_COLORS_LIST"], "LABEL_COLORS_LIST", source),
-                vis_colors=_colors(mapping["VIS_LABEL_MAP"], "VIS_LABEL_MAP", source),
-            )
+            mask_colors = None
+            if "LABEL_COLORS_LIST" in mapping:
+                mask_colors = _colors(mapping["LABEL_COLORS_LIST"], "LABEL_COLORS_LIST", source)
+            if "VIS_LABEL_MAP" in mapping:
+                vis_colors = _colors(mapping["VIS_LABEL_MAP"], "VIS_LABEL_MAP", source)
+            else:
+                vis_colors = mask_colors if mask_colors is not None else distinct_colors(len(names))
+            return cls(names=tuple(names), mask_colors=mask_colors, vis_colors=vis_colors)
         except UserError as err:
             if str(err).startswith(source):
                 raise

@@ -2,8 +2,9 @@
 
 A dataset folder holds ``train_images/``, ``train_masks/``, ``valid_images/`` and
 ``valid_masks/``; an image and its mask share a file stem. A mask is either a class-index image
-(pixel = class id, 255 = ignore), a colour image using the colours of LABEL_COLORS_LIST, or, for
-two classes, an instance-id image (0 background, 1..N objects of the foreground class).
+(pixel = class id, 255 = ignore), a colour image using the colours of LABEL_COLORS_LIST (where
+the class config gives them), or, for two classes, an instance-id image (0 background, 1..N
+objects of the foreground class).
 """
 
 import logging
@@ -251,11 +252,21 @@ def _read_mask(
         return mapped, "colours", None
     if img.mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]
-        mapped = map_colors(rgb, classes.mask_colors)
-        if mapped is not None:
-            return mapped, "colours", None
+        if classes.mask_colors is not None:
+            mapped = map_colors(rgb, classes.mask_colors)
+            if mapped is not None:
+                return mapped, "colours", None
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
             codes = np.unique(_rgb_codes(rgb))
+            if classes.mask_colors is None:
+                # colours made up for the classes would read such a mask silently wrong
+                found = [_decode(c) for c in codes[:5]]
+                raise DataError(
+                    f"{path}: a colour mask (colours {found}{' ...' if len(codes) > 5 else ''}), "
+                    "but the class config has no LABEL_COLORS_LIST, so masks are read as class "
+                    "ids only: add LABEL_COLORS_LIST to the --config YAML, each class's colour "
+                    "in these masks in the order of ALL_CLASSES"
+                )
             known = {_code(c) for c in classes.mask_colors}
             unknown = [_decode(c) for c in codes if c not in known]
             raise DataError(
@@ -275,7 +286,7 @@ def _read_mask(
     except DataError:
         # A gray colour mask saved as grayscale (0/128/255 for the colours [0, 0, 0],
         # [128, 128, 128], [255, 255, 255]): read by its colours, as the same mask in RGB is
-        if arr.dtype == np.uint8:
+        if arr.dtype == np.uint8 and classes.mask_colors is not None:
             mapped = map_colors(np.repeat(arr[..., None], 3, axis=2), classes.mask_colors)
             if mapped is not None:
                 return mapped, "colours", None
@@ -295,6 +306,8 @@ def gray_conflicts(gray: np.ndarray, classes: ClassConfig) -> dict[int, int]:
     Such a mask reads two ways: a 0/255 one of the colours [0, 0, 0], [128, 128, 128],
     [255, 255, 255] is background and ignore as ids, background and class 2 as colours.
     """
+    if classes.mask_colors is None:  # read as class ids only
+        return {}
     class_of = {c[0]: i for i, c in enumerate(classes.mask_colors) if c[0] == c[1] == c[2]}
     if all(v == i for v, i in class_of.items()):  # no gray colour reads otherwise (the default)
         return {}
@@ -334,12 +347,14 @@ def map_colors(rgb: np.ndarray, colors) -> np.ndarray | None:
 
 def _map_palette(img: Image.Image, arr: np.ndarray, classes: ClassConfig) -> np.ndarray | None:
     """Class ids for a palette mask whose indices are not class ids but whose colours are
-    LABEL_COLORS_LIST colours, else None (read the indices).
+    LABEL_COLORS_LIST colours, else None (read the indices, as always without that list).
 
     A colour mask saved with a palette (PIL's convert("P"), PNG optimizers, "PNG-8") numbers its
     colours in any order; VOC-style masks, whose indices are the ids, have colours that match
     their ids or are not the config's. Index 255 stays ignore.
     """
+    if classes.mask_colors is None:
+        return None
     colors = np.zeros((256, 3), np.uint8)
     found = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
     colors[: len(found)] = found
@@ -519,8 +534,8 @@ def _classes_hint(root: Path, classes: ClassConfig) -> str:
     if isinstance(names, list) and [str(n) for n in names] != list(classes.names):
         return f"pass --config {path} ({', '.join(str(n) for n in names)})"
     return (
-        "list your classes (ALL_CLASSES, LABEL_COLORS_LIST, VIS_LABEL_MAP) in a YAML file and "
-        "pass it with --config"
+        "list your classes (ALL_CLASSES: [background, cat, dog]) in a YAML file and pass it "
+        "with --config"
     )
 
 

@@ -116,7 +116,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=path_arg,
         default=None,
         metavar="FILE",
-        help="YAML file with ALL_CLASSES, LABEL_COLORS_LIST, VIS_LABEL_MAP and/or flag defaults",
+        help="YAML file with the classes (ALL_CLASSES; optional LABEL_COLORS_LIST, "
+        "VIS_LABEL_MAP) and/or flag defaults",
     )
     data = parser.add_argument_group("data")
     data.add_argument(

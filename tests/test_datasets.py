@@ -124,6 +124,38 @@ def test_colour_mask_with_unknown_colour_names_it(tmp_path):
     assert "save masks as PNG" not in str(err.value)
 
 
+def test_without_label_colors_list_masks_are_class_ids_and_a_colour_mask_is_refused(
+    tmp_path, fresh_data
+):
+    names_only = ClassConfig.from_dict({"ALL_CLASSES": ["background", "person", "car"]})
+    assert names_only.mask_colors is None
+    # ids as grayscale, gray RGB and palette PNGs, whatever colours the palette shows
+    ids = np.array([[0, 1], [2, 255]], np.uint8)
+    palette = Image.fromarray(ids, mode=None).convert("P")
+    # classes 1 and 2 in the colours of THREE's 2 and 1, which that config would read
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [224, 224, 192] * 253)
+    palette.save(tmp_path / "p.png")
+    for path in (save(ids, tmp_path / "l.png"), save(np.stack([ids] * 3, -1), tmp_path / "g.png"),
+                 tmp_path / "p.png"):  # fmt: skip
+        assert read_mask(path, names_only).tolist() == ids.tolist(), path.name
+    # colours made up for the classes would read a colour mask silently wrong: refused, naming
+    # the mask and the key that reads it
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (0, 255, 0)
+    mask = fresh_data / "valid_masks" / "img001.png"
+    height, width = np.asarray(Image.open(mask)).shape
+    save(np.repeat(rgb, 60, 0).repeat(60, 1)[:height, :width], mask)
+    with pytest.raises(DatasetError) as err:
+        check_dataset(fresh_data, names_only)
+    assert err.value.problems == [
+        f"{mask}: a colour mask (colours [[0, 0, 0], [0, 255, 0]]), but the class config has "
+        "no LABEL_COLORS_LIST, so masks are read as class ids only: add LABEL_COLORS_LIST to "
+        "the --config YAML, each class's colour in these masks in the order of ALL_CLASSES"
+    ]
+    # with the key given, the same mask reads by its colours, as before
+    assert len(check_dataset(fresh_data, THREE)["valid"]) == 2
+
+
 def test_gray_index_mask_stored_as_rgb(tmp_path):
     rgb = np.stack([np.array([[0, 1], [1, 0]], dtype=np.uint8)] * 3, axis=-1)
     out = read_mask(save(rgb, tmp_path / "m.png"), DEFAULT_CLASSES)
@@ -611,7 +643,8 @@ def test_class_ids_above_1_read_as_instance_ids_are_a_warning(fresh_data, caplog
         save(mask, path)
     check_dataset(fresh_data, DEFAULT_CLASSES)
     assert "3 masks in" in caplog.text and "read as instance ids" in caplog.text
-    assert "--config" in caplog.text and "ALL_CLASSES" in caplog.text
+    # the names alone make a class config for class-index masks: the hint shows that form
+    assert "--config" in caplog.text and "(ALL_CLASSES: [background, cat, dog])" in caplog.text
 
 
 def test_instance_id_warning_names_the_classes_yaml_beside_the_data(fresh_data, caplog):

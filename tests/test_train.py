@@ -10,16 +10,26 @@ import sys
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from PIL import Image
 
 import train
-from config import DEFAULT_CLASSES, IGNORE_INDEX, PENN_FUDAN_URL, distinct_colors, parse_args
+from config import (
+    CLASS_KEYS,
+    DEFAULT_CLASSES,
+    IGNORE_INDEX,
+    PENN_FUDAN_URL,
+    ClassConfig,
+    distinct_colors,
+    parse_args,
+)
 from conftest import ROOT, PixelClassifier, load_benchmark
 from datasets import SegmentationDataset, check_dataset
-from engine import evaluate
+from engine import Predictor, evaluate
 from metrics import ConfusionMatrix
 from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
 from synthetic import penn_fudan_zip
@@ -611,7 +621,10 @@ def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
          r"c.yaml: ALL_CLASSES needs at least two classes"),
         ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 0, 0], [True, 255, 0]],
           "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]}, r"c.yaml: LABEL_COLORS_LIST must be a list"),
-        ({"ALL_CLASSES": ["a", "b"]}, "lacks LABEL_COLORS_LIST, VIS_LABEL_MAP"),
+        ({"VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]}, r"c.yaml lacks ALL_CLASSES, the class names"),
+        # an optional key, given, still needs a colour per class
+        ({"ALL_CLASSES": ["a", "b"], "VIS_LABEL_MAP": [[0, 0, 0]]},
+         r"c.yaml: VIS_LABEL_MAP has 1 colours for 2 classes"),
         # two classes of one colour: a colour mask could not say which class a pixel is
         ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 255, 0], [0, 255, 0]],
           "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]}, r"c.yaml: LABEL_COLORS_LIST has repeated"),
@@ -639,6 +652,49 @@ def test_bad_config_files_fail_loudly(tmp_path, content, message):
     cfg.write_text(yaml.safe_dump(content))
     with pytest.raises(UserError, match=message):
         parse_args(train.get_args_parser(), ["--config", str(cfg)])
+
+
+def test_a_class_config_needs_only_its_names_and_is_written_out_as_resolved():
+    names = ["background", "cat", "dog"]
+    only = ClassConfig.from_dict({"ALL_CLASSES": names})
+    # masks are read as class ids only (no colours made up), overlays in the default colours
+    assert only.mask_colors is None and only.vis_colors == distinct_colors(3)
+    colours = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
+    given = ClassConfig.from_dict({"ALL_CLASSES": names, "LABEL_COLORS_LIST": colours})
+    assert given.vis_colors == given.mask_colors == tuple(map(tuple, colours))
+    full = {"ALL_CLASSES": names, "LABEL_COLORS_LIST": colours, "VIS_LABEL_MAP": colours[::-1]}
+    assert ClassConfig.from_dict(full).to_dict() == full  # the older, complete form as before
+    assert only.to_dict() == {
+        "ALL_CLASSES": names, "VIS_LABEL_MAP": [list(c) for c in distinct_colors(3)]}  # fmt: skip
+    for classes in (only, given):  # as OUT/args.yaml and checkpoints store them
+        assert ClassConfig.from_dict(yaml.safe_load(yaml.safe_dump(classes.to_dict()))) == classes
+
+
+def test_a_config_of_class_names_alone_trains_and_scores_class_index_masks(
+    tmp_path, fresh_data, weights_file
+):
+    # a third class in class-index PNGs, as every importer of prepare_data.py writes them
+    for path in fresh_data.glob("*_masks/*.png"):
+        mask = np.array(Image.open(path))
+        mask[:20, :20] = 2
+        Image.fromarray(mask).save(path)
+    (tmp_path / "c.yaml").write_text("ALL_CLASSES: [background, person, sign]\n")
+    out = tmp_path / "out"
+    run_train([*common(fresh_data, out, weights_file), "--config", str(tmp_path / "c.yaml"),
+               "--epochs", "1", "--imgsz", "56", "56", "--num-vis", "1"])  # fmt: skip
+    # the run's args.yaml and checkpoints hold the overlay colours it resolved
+    resolved = {"ALL_CLASSES": ["background", "person", "sign"],
+                "VIS_LABEL_MAP": [list(c) for c in distinct_colors(3)]}  # fmt: skip
+    recorded = yaml.safe_load((out / "args.yaml").read_text())
+    assert {k: recorded[k] for k in CLASS_KEYS if k in recorded} == resolved
+    best = out / "best_model_iou.pth"
+    assert read_checkpoint(best)["classes"] == resolved
+    predictor = Predictor.from_checkpoint(best, torch.device("cpu"))
+    assert predictor.classes.vis_colors == distinct_colors(3)  # the same overlays, loaded
+    run_train(["--eval-only", "--model", str(best), "--data", str(fresh_data), "--out-dir",
+               str(tmp_path / "eval"), "--workers", "0"])  # fmt: skip
+    scored = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert list(scored["per_class_iou"]) == ["background", "person", "sign"]
 
 
 def test_default_class_colours_are_distinct_and_visible():
