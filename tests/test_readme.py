@@ -208,3 +208,14 @@ def test_every_help_states_the_default_of_its_flags():
                 if str(default) not in shown:
                     unstated.append(f"{command} {action.option_strings[-1]} ({default})")
     assert not unstated, f"--help does not give the default of {unstated}"
+
+
+def test_every_section_link_of_the_readme_has_its_heading():
+    """Each ``](#anchor)`` link names a heading, by GitHub's anchors: lower case, punctuation
+    dropped, spaces as hyphens (a heading renamed under its links fails here)."""
+    text = re.sub(r"^```.*?^```", "", README, flags=re.M | re.S)  # a "# comment" is no heading
+    headings = re.findall(r"^#{1,6} (.+)$", text, flags=re.M)
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert links, "the README links no section"
+    assert not sorted(set(links) - anchors), f"no heading for {sorted(set(links) - anchors)}"
