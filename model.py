@@ -40,6 +40,7 @@ from utils import (
     check_int8_cpu,
     run_script,
     torch_save,
+    torch_version,
     warn_on_main_process,
 )
 
@@ -59,12 +60,6 @@ CHECKPOINT_KEYS = (
 
 
 INT8_MIN_TORCH = (2, 11)  # torchao's floor
-
-
-def torch_version() -> tuple[int, int]:
-    """(major, minor) of the running PyTorch, e.g. (2, 14) for "2.14.1+cu130"."""
-    major, minor = torch.__version__.split(".")[:2]
-    return int(major), int(minor)
 
 
 def int8_quantizer():

@@ -435,6 +435,34 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def torch_version() -> tuple[int, int]:
+    """(major, minor) of the running PyTorch, e.g. (2, 14) for "2.14.1+cu130"."""
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+# GradScaler's kernels for MPS, and its unscaling there without float64, came with torch 2.8
+# (pytorch/pytorch#150255, which fixed #142397)
+MPS_GRAD_SCALER_MIN_TORCH = (2, 8)
+
+
+def check_grad_scaler(amp: str, device: torch.device) -> None:
+    """Refuse --amp fp16 training on MPS where this PyTorch's GradScaler cannot run there.
+
+    torch 2.7's GradScaler.unscale_ takes the scale's reciprocal in float64, which MPS lacks: the
+    first optimizer step raised "Cannot convert a MPS Tensor to float64 dtype", a TypeError that
+    PYTORCH_ENABLE_MPS_FALLBACK does not catch (pytorch/pytorch#142397).
+    """
+    if amp != "fp16" or device.type != "mps" or torch_version() >= MPS_GRAD_SCALER_MIN_TORCH:
+        return
+    floor = ".".join(map(str, MPS_GRAD_SCALER_MIN_TORCH))
+    raise UserError(
+        f"--amp fp16 training on MPS needs torch {floor} or later for its gradient scaler; this "
+        f"is {torch.__version__}: upgrade torch, or train with --amp off (inference with --amp "
+        "fp16 runs on MPS without it)"
+    )
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The reduced-precision dtype for --amp, or None for full precision.
 

@@ -48,7 +48,14 @@ from engine import synchronize, train_one_epoch
 from model import Segmentor, load_backbone
 from synthetic import learnable_batch, make_dataset
 from train import make_loader
-from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
+from utils import (
+    UserError,
+    amp_dtype,
+    check_grad_scaler,
+    peak_memory_mb,
+    pick_device,
+    run_script,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -86,7 +93,8 @@ def supported_amp(device: torch.device) -> list[str]:
     for amp in ("bf16", "fp16"):
         try:
             amp_dtype(amp, device)
-        except UserError:  # this device has no such precision
+            check_grad_scaler(amp, device)
+        except UserError:  # this device (or its PyTorch) has no such precision
             continue
         modes.append(amp)
     return modes
@@ -165,6 +173,7 @@ def main(args: argparse.Namespace) -> None:
     modes = args.amp or supported_amp(device)
     for amp in modes:
         amp_dtype(amp, device)  # refuse an unsupported precision before any run
+        check_grad_scaler(amp, device)
     w, h = args.imgsz
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(

@@ -33,7 +33,7 @@ from engine import Predictor, evaluate
 from metrics import ConfusionMatrix
 from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
 from synthetic import penn_fudan_zip
-from utils import UserError, amp_dtype, pick_device, read_csv, write_csv
+from utils import UserError, amp_dtype, check_grad_scaler, pick_device, read_csv, write_csv
 
 IMGSZ = ["90", "66"]  # neither a multiple of 14 nor square
 
@@ -815,6 +815,31 @@ def test_device_mps_without_mps_is_refused(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(UserError, match="--device mps was asked for, but this PyTorch build"):
         pick_device("mps")
+
+
+@pytest.mark.parametrize(
+    ("version", "device", "amp", "refused"),
+    [((2, 7), "mps", "fp16", True), ((2, 8), "mps", "fp16", False),
+     ((2, 7), "cuda", "fp16", False), ((2, 7), "mps", "off", False)],
+)  # fmt: skip
+def test_fp16_training_on_mps_needs_torch_2_8(monkeypatch, version, device, amp, refused):
+    # torch 2.7's GradScaler.unscale_ casts the scale to float64, which MPS lacks
+    monkeypatch.setattr("utils.torch_version", lambda: version)
+    if refused:
+        with pytest.raises(UserError, match=r"--amp fp16 training on MPS needs torch 2\.8"):
+            check_grad_scaler(amp, torch.device(device))
+    else:
+        check_grad_scaler(amp, torch.device(device))
+
+
+def test_train_refuses_fp16_on_mps_with_torch_2_7_before_loading(monkeypatch, tmp_path, fresh_data):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr("utils.torch_version", lambda: (2, 7))
+    args = ["--data", str(fresh_data), "--out-dir", str(tmp_path), "--weights", "random",
+            "--device", "mps", "--amp", "fp16", "--workers", "0"]  # fmt: skip
+    with pytest.raises(UserError, match=r"--amp fp16 training on MPS needs torch 2\.8"):
+        run_train(args)
+    assert not (tmp_path / "args.yaml").exists()
 
 
 @pytest.mark.parametrize(("batch", "imgsz"), [("1", "14"), ("1", "20")])
