@@ -301,6 +301,31 @@ def resolve_data(args: argparse.Namespace) -> Path:
     return DEFAULT_DATA_DIR
 
 
+# Seconds a DataLoader worker may take over one batch: far longer than reading and augmenting
+# any batch takes, so that only a worker that hangs (a read from a stalled network disk, a lock
+# held when it was forked) reaches it. Without a limit the run waited forever, without a word.
+WORKER_TIMEOUT = 600
+
+
+def worker_failure(err: RuntimeError) -> str | None:
+    """What went wrong, said for the user, where ``err`` is the DataLoader's report of a worker
+    that hung or died; None for any other error."""
+    text = str(err).strip()
+    if text.startswith("DataLoader timed out"):
+        return (
+            f"a DataLoader worker gave no batch in {WORKER_TIMEOUT} s: it hangs (reading a file "
+            "from a stalled disk?). Rerun with --workers 0 to see where it stops."
+        )
+    if not text.startswith("DataLoader worker"):
+        return None
+    # PyTorch says "exited unexpectedly" or "is killed by signal: Killed.": a worker's own
+    # errors reach the main process as exceptions, so these are crashes and kills
+    return (
+        f"{text.rstrip('. ')} (when memory runs out, Linux's OOM killer ends a worker): lower "
+        "--workers or --batch, or rerun with --workers 0 to see an error of its own."
+    )
+
+
 def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=1) -> DataLoader:
     """Training shuffles, evaluation shards without repeats (one process has one shard).
 
@@ -331,6 +356,7 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
         # Workers start once, not every epoch (seconds each where they are spawned, as on
         # macOS); datasets.PairDataset.set_epoch reaches them through shared memory.
         persistent_workers=workers > 0,
+        timeout=WORKER_TIMEOUT if workers else 0,
         pin_memory=device.type == "cuda",
         collate_fn=None if train else collate_eval,
         generator=torch.Generator().manual_seed(args.seed),
@@ -794,6 +820,10 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         raise
     except (TrainingDiverged, DataError, OSError) as err:
         raise stopped_error(err, args, epoch, kept()) from err
+    except RuntimeError as err:
+        if (problem := worker_failure(err)) is None:
+            raise
+        raise UserError(f"{problem} {kept()}") from err
     if main_process and start <= args.epochs:  # else nothing was trained, nor written here
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
         memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import datasets
 import train
 import utils
 from config import parse_args
@@ -267,6 +268,52 @@ def test_a_dataset_file_broken_mid_run_is_named_with_what_is_kept(
     assert str(err.value).endswith(
         f"the file changed during training; fix or restore it. {tmp_path / 'last_model.pth'} "
         f"holds epoch 1; continue with --resume {tmp_path / 'last_model.pth'} --out-dir {tmp_path}."
+    )
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["hangs", "is killed"])
+def test_a_dataloader_worker_that_hangs_or_dies_stops_the_run_with_what_is_kept(
+    tmp_path, fresh_data, weights_file, monkeypatch, fault
+):
+    """A worker that never delivered its batch (a read from a stalled network disk, a lock held
+    at fork time) left the run waiting forever, without a word; one that the OOM killer ended
+    stopped it with a traceback that named neither the cause nor the checkpoint to resume."""
+    flag = tmp_path / "fault"  # workers fork once: they see a file, not a later monkeypatch
+    read = datasets.read_image
+
+    def read_or_fail(path):
+        if flag.exists() and torch.utils.data.get_worker_info() is not None:
+            if fault == "is killed":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(3600)
+        return read(path)
+
+    report = train.write_report
+
+    def report_then_fail(out_dir, history):
+        report(out_dir, history)
+        flag.touch()
+
+    monkeypatch.setattr(datasets, "read_image", read_or_fail)
+    monkeypatch.setattr(train, "write_report", report_then_fail)
+    monkeypatch.setattr(train, "WORKER_TIMEOUT", 5)
+    args = [*argv(fresh_data, tmp_path, weights_file, epochs=2), "--workers", "1"]
+    with pytest.raises(UserError) as err:
+        run_train([*args, "--imgsz", "28", "28", "--num-vis", "0"])
+    if fault == "hangs":
+        assert str(err.value).startswith(
+            "a DataLoader worker gave no batch in 5 s: it hangs (reading a file from a stalled "
+            "disk?). Rerun with --workers 0 to see where it stops."
+        ), err.value
+    else:
+        assert str(err.value).startswith("DataLoader worker (pid"), err.value
+        assert "(when memory runs out, Linux's OOM killer ends a worker): lower --workers" in (
+            str(err.value)
+        )
+    last = tmp_path / "last_model.pth"
+    assert str(err.value).endswith(
+        f"holds epoch 1; continue with --resume {last} --out-dir {tmp_path}."
     )
 
 
