@@ -224,29 +224,35 @@ def main(args: argparse.Namespace) -> None:
             max_bytes=QUEUE_BYTES,
             nbytes=lambda item: array_bytes(item[1], item[2]),
         )
-        for ok, images, resized, errors in batches:
-            failures += errors
-            if not images:
-                continue
-            masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
-            for path, image, mask in zip(ok, images, masks, strict=True):
-                writer.submit(
-                    save_or_note,
-                    write_failures,
-                    path,
-                    args.out_dir,
-                    names[path],
-                    image,
-                    mask,
-                    predictor,
-                    args.alpha,
-                    nbytes=array_bytes(image, mask),
-                )
-                if args.show:
-                    overlay = predictor.overlay(image, mask, args.alpha)
-                    args.show = show("infer_image", overlay, 0)  # q or Esc stops showing
-            done += len(images)
-        writer.finish()
+        try:
+            for ok, images, resized, errors in batches:
+                failures += errors
+                if not images:
+                    continue
+                masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
+                for path, image, mask in zip(ok, images, masks, strict=True):
+                    writer.submit(
+                        save_or_note,
+                        write_failures,
+                        path,
+                        args.out_dir,
+                        names[path],
+                        image,
+                        mask,
+                        predictor,
+                        args.alpha,
+                        nbytes=array_bytes(image, mask),
+                    )
+                    if args.show:
+                        overlay = predictor.overlay(image, mask, args.alpha)
+                        args.show = show("infer_image", overlay, 0)  # q or Esc stops showing
+                done += len(images)
+        finally:
+            # On an error or Ctrl-C too: the failed run's traceback holds ``batches`` and the
+            # writer, whose threads would otherwise live (the reader polling for room) for as
+            # long as it is kept, by a test or a notebook
+            batches.close()
+            writer.finish()
     elapsed = time.perf_counter() - start
     done -= len(write_failures)
     if done:

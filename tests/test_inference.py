@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -1238,6 +1239,31 @@ def test_ctrl_c_on_a_video_file_writes_nothing(tmp_path, checkpoint):
         with pytest.raises(KeyboardInterrupt):  # run_script turns it into exit code 130
             infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=1))
     assert list(out.iterdir()) == [], "neither a partial video nor a temporary file may remain"
+
+
+def test_infer_image_stopped_midway_leaves_no_thread_behind(tmp_path, checkpoint, monkeypatch):
+    # The reading thread (polling for room in its queue) and the writer's thread lived on
+    # after a Ctrl-C or an error, for as long as the traceback was kept
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    predict, calls = Predictor.predict_resized, []
+
+    def predict_then_interrupt(self, *args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return predict(self, *args)
+
+    monkeypatch.setattr(Predictor, "predict_resized", predict_then_interrupt)
+    before = set(threading.enumerate())
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        infer_image.main(image_args(input=src, model=checkpoint, out_dir=tmp_path / "out", batch=1))
+    assert interrupt.value.__traceback__ is not None  # main's frame, and its locals, are kept
+    assert set(threading.enumerate()) <= before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0_mask.png", "0_overlay.jpg"]
 
 
 def test_infer_image_names_every_unreadable_file_and_exits_2(tmp_path, checkpoint):
