@@ -19,8 +19,10 @@ speed does not depend on the values.
 """
 
 import argparse
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -86,6 +88,22 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="generated images for the data pipeline (default: 2 batches per worker, at least 32)",
     )
     return parser
+
+
+def run_alone(context, args, setup: str, amp: str) -> dict:
+    """train_run in a new process of ``context``'s; a Ctrl-C or SIGTERM here ends that one too.
+
+    SIGTERM (and a Ctrl-C sent to this process alone) reaches this process only: leaving the
+    pool then waited, silent, for the run to train every step, minutes on a CPU.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        pid = pool.submit(os.getpid).result()  # the one process the pool runs both in
+        try:
+            return pool.submit(train_run, args, setup, amp).result()
+        except KeyboardInterrupt:  # utils.Terminated too
+            with contextlib.suppress(ProcessLookupError):  # gone: a Ctrl-C reaches it too
+                os.kill(pid, signal.SIGTERM)
+            raise
 
 
 def supported_amp(device: torch.device) -> list[str]:
@@ -189,8 +207,7 @@ def main(args: argparse.Namespace) -> None:
     spawn = multiprocessing.get_context("spawn")
     for setup in args.setups:
         for amp in modes:
-            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                r = pool.submit(train_run, args, setup, amp).result()
+            r = run_alone(spawn, args, setup, amp)
             rows.append((setup, amp, r))
             # Each row as its run ends: a run stopped by a time limit keeps the rows before it.
             ref = next((x for s, a, x in rows if s == setup and a == "off"), None)

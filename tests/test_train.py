@@ -5,8 +5,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import weakref
 from pathlib import Path
 
@@ -990,6 +992,43 @@ def test_training_benchmark_reports_every_setup_and_precision():
                                          ["fine-tune", "off"], ["fine-tune", "bf16"]]  # fmt: skip
     assert all(float(row[2]) > 0 for row in rows)  # images per second
     assert "data pipeline:" in proc.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_sigterm_stops_the_training_benchmark_and_its_run_at_once(tmp_path):
+    # SIGTERM reaches the benchmark's process alone: it then waited for its run's process to
+    # train every step (still training 90 s later), which ran on after it was killed
+    cmd = [sys.executable, "benchmarks/bench_train.py", "--imgsz", "28", "28", "--batch", "2",
+           "--steps", "100000", "--warmup", "0", "--setups", "frozen", "--amp", "off",
+           "--workers", "0", "--device", "cpu"]  # fmt: skip
+    log, children = tmp_path / "stderr.txt", []
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 240
+        while "frozen off:" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)  # until the run's progress bar shows it training
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert children, "premise: the run has a process of its own"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+        time.sleep(1)
+        left = [pid for pid in children if alive(int(pid))]
+        assert left == [], "the run's processes must end with the benchmark"
+    finally:
+        for pid in [proc.pid, *map(int, children)]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, awaiting its parent's wait, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
 
 
 @pytest.mark.parametrize("flag", ["--lr", "--backbone-lr"])
