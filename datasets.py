@@ -35,7 +35,7 @@ from config import (
     ClassConfig,
     read_yaml,
 )
-from utils import UserError, temp_folder, write_image
+from utils import UserError, network_timeout, temp_folder, write_image
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -884,7 +884,8 @@ def download_penn_fudan(data_dir: Path) -> None:
     with tempfile.TemporaryDirectory(dir=data_dir.parent) as tmp:
         zip_path = Path(tmp) / "PennFudanPed.zip"
         try:
-            torch.hub.download_url_to_file(PENN_FUDAN_URL, str(zip_path), progress=True)
+            with network_timeout():
+                torch.hub.download_url_to_file(PENN_FUDAN_URL, str(zip_path), progress=True)
         except (URLError, OSError) as err:
             raise UserError(
                 f"could not download Penn-Fudan from {PENN_FUDAN_URL} ({err}). Offline: download "

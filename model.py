@@ -38,6 +38,7 @@ from utils import (
     UserError,
     atomic_path,
     check_int8_cpu,
+    network_timeout,
     run_script,
     torch_save,
     torch_version,
@@ -135,7 +136,8 @@ def download_official_weights(backbone: str, path: Path) -> None:
     log.info("downloading %s to %s", url, path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(path))
+        with network_timeout():
+            torch.hub.download_url_to_file(url, str(path))
     except OSError as err:  # URLError and HTTPError included
         raise UserError(
             f"could not download the official {backbone} weights ({err}). " + offline_help(backbone)
@@ -274,7 +276,7 @@ def _hub_load(
     repo, source = (str(hub_dir), "local") if hub_dir is not None else (HUB_REPO, "github")
     where = f"--hub-dir {hub_dir}" if hub_dir is not None else f"the cached {HUB_REPO} code"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), network_timeout():  # github: the code's download
             # The official modules warn about xFormers on import; FusedAttention replaces the
             # layers those warnings are about.
             warnings.filterwarnings("ignore", message="xFormers is ")

@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -278,6 +279,25 @@ def read_csv(path: Path) -> list[dict]:
     with Path(path).open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in rows]
+
+
+# Seconds a download may wait for the server's next bytes before it gives up: torch.hub's
+# downloads set no timeout, and a connection that went silent (a proxy or a network that drops
+# it midway) left the run waiting forever.
+NETWORK_TIMEOUT = 60
+
+
+@contextlib.contextmanager
+def network_timeout() -> Iterator[None]:
+    """Sockets opened in the block give up after NETWORK_TIMEOUT seconds without a byte (an
+    OSError: TimeoutError, or URLError from urllib); a slow download that keeps coming is
+    unaffected."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(NETWORK_TIMEOUT)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
 
 
 def pick_device(name: str) -> torch.device:

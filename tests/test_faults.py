@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -315,6 +316,46 @@ def test_a_dataloader_worker_that_hangs_or_dies_stops_the_run_with_what_is_kept(
     assert str(err.value).endswith(
         f"holds epoch 1; continue with --resume {last} --out-dir {tmp_path}."
     )
+
+
+STALLED_DOWNLOAD = """
+import sys
+from pathlib import Path
+
+import utils
+
+utils.NETWORK_TIMEOUT = 2
+import datasets, model
+
+try:
+    {call}
+except utils.UserError as err:
+    print("UserError", err)
+"""
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "model.download_official_weights('dinov2_vits14', Path(sys.argv[1]) / 'w.pth')",
+        "model._hub_load('dinov2_vits14', None)",  # the official code, from GitHub
+        "datasets.download_penn_fudan(Path(sys.argv[1]) / 'data')",
+    ],
+)
+def test_a_download_whose_connection_goes_silent_fails_instead_of_waiting_forever(tmp_path, call):
+    # A proxy that accepts the connection and never answers: torch.hub's downloads set no
+    # timeout, and each of these waited forever
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the system completes the connections; nothing ever reads or answers
+    proxy = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env.update(HTTPS_PROXY=proxy, https_proxy=proxy, TORCH_HOME=str(tmp_path / "torch"))
+    code = STALLED_DOWNLOAD.format(call=call)
+    with silent:
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.stdout.startswith("UserError could not"), proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize(("accum", "steps"), [(1, 4), (2, 2), (3, 2)])
