@@ -556,11 +556,16 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     pairs = checked_pairs(resolve_data(args), classes, splits=("valid",))["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
     loader = make_loader(dataset, args, device, False, rank, world)
-    runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
-    if tta is not None:
-        runs["tta"] = evaluate(
-            model, loader, device, classes.num_classes, autocast, "valid tta", tta=tta
-        )
+    try:
+        runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
+        if tta is not None:
+            runs["tta"] = evaluate(
+                model, loader, device, classes.num_classes, autocast, "valid tta", tta=tta
+            )
+    except RuntimeError as err:
+        if (problem := worker_failure(err)) is None:
+            raise
+        raise UserError(problem) from err
     if rank != 0:
         return
 

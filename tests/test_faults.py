@@ -318,6 +318,25 @@ def test_a_dataloader_worker_that_hangs_or_dies_stops_the_run_with_what_is_kept(
     )
 
 
+@pytest.mark.timeout(300)
+def test_a_hung_dataloader_worker_stops_eval_only_with_one_message(
+    tmp_path, tiny_data, checkpoint, monkeypatch
+):
+    # With the timeout alone, --eval-only ended in the DataLoader's RuntimeError traceback
+    read = datasets.read_image
+
+    def read_or_hang(path):
+        if torch.utils.data.get_worker_info() is not None:
+            time.sleep(3600)
+        return read(path)
+
+    monkeypatch.setattr(datasets, "read_image", read_or_hang)
+    monkeypatch.setattr(train, "WORKER_TIMEOUT", 3)
+    with pytest.raises(UserError, match=r"^a DataLoader worker gave no batch in 3 s: it hangs"):
+        run_train(["--eval-only", "--model", str(checkpoint), "--data", str(tiny_data),
+                   "--out-dir", str(tmp_path), "--workers", "1", "--device", "cpu"])  # fmt: skip
+
+
 STALLED_DOWNLOAD = """
 import sys
 from pathlib import Path
