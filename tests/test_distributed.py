@@ -43,10 +43,42 @@ def test_each_process_trains_on_at_least_one_batch(size, batch, batches):
         assert len(loader) == len(list(loader)) == batches
 
 
-def _diverge_in_one_process(rank: int, init_file: str, results: str) -> None:
+def _two_process_scenarios(rank: int, folder: str) -> None:
+    """The scenarios of the tests below in one gloo group of 2 spawned processes, one after
+    another: each spawn costs the processes' start (torch, DDP's import of torch._dynamo), the
+    scenarios themselves a fraction of a second. Each writes what it saw under ``folder``."""
+    dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))  # fmt: skip
+    root = Path(folder)
+    _record_updates(rank, str(root / "updates"))
+    _check_data_in(rank, [str(root / "first"), str(root / "second")])
+    _diverge_in_one_process(rank, str(root / "diverge"))  # last: it leaves a DDP step unfinished
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory) -> Path:
+    """The folder of what _two_process_scenarios's processes wrote; do not modify."""
+    root = tmp_path_factory.mktemp("two_processes")
+    for name in ("updates", "diverge"):
+        (root / name).mkdir()
+    for folder in (root / "first", root / "second"):
+        make_dataset(folder / "data", n_train=2, n_valid=2, sizes=((28, 28),))
+    (root / "second" / "data" / "valid_images" / "img001.jpg").unlink()  # a copy not finished
+    context = torch.multiprocessing.spawn(
+        _two_process_scenarios, args=(str(root),), nprocs=2, join=False
+    )
+    # Not context.join(), which fails on any exit code: in about 1 run of 30 under pytest (and
+    # under load) a process has ended with SIGABRT in gloo's C++ code ("terminate called
+    # without an active exception"). What each process wrote is what the tests check; a
+    # process that died before writing leaves no file, and its test fails.
+    for process in context.processes:
+        process.join(timeout=180)
+    return root
+
+
+def _diverge_in_one_process(rank: int, results: str) -> None:
     """Train 3 identical steps in 2 processes; process 1's second batch holds a NaN."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=30))  # fmt: skip
     torch.manual_seed(0)
     model = DistributedDataParallel(PixelClassifier())
     images, masks = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
@@ -64,24 +96,14 @@ def _diverge_in_one_process(rank: int, init_file: str, results: str) -> None:
     # An orderly teardown: gloo could abort a process that exits while its peer still talks.
     del model, optimizer
     dist.barrier()
-    dist.destroy_process_group()
 
 
-def test_a_nan_in_one_process_stops_every_process_at_the_same_step(tmp_path):
-    context = torch.multiprocessing.spawn(
-        _diverge_in_one_process, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-        join=False,
-    )  # fmt: skip
-    # Not context.join(), which fails on any exit code: in about 1 run of 30 under pytest (and
-    # under load) a process has ended with SIGABRT in gloo's C++ code ("terminate called
-    # without an active exception"). What each process wrote is what this test checks; a
-    # process that died before writing leaves no file, and the test fails.
-    for process in context.processes:
-        process.join(timeout=120)
-    assert (tmp_path / "0.txt").read_text() == (
+def test_a_nan_in_one_process_stops_every_process_at_the_same_step(two_process_runs):
+    results = two_process_runs / "diverge"
+    assert (results / "0.txt").read_text() == (
         "the training loss diverged in another process at step 2"
     )
-    assert (tmp_path / "1.txt").read_text() == "the training loss became nan at step 2"
+    assert (results / "1.txt").read_text() == "the training loss became nan at step 2"
 
 
 def _uneven_batches(rank: int) -> list:
@@ -95,10 +117,8 @@ def _uneven_batches(rank: int) -> list:
     return batches
 
 
-def _record_updates(rank: int, init_file: str, results: str) -> None:
+def _record_updates(rank: int, results: str) -> None:
     """Train --accum 2 over 3 batches in 2 processes; save the gradients each update used."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=30))  # fmt: skip
     torch.manual_seed(0)
     model = DistributedDataParallel(PixelClassifier())
     seen = []
@@ -113,17 +133,14 @@ def _record_updates(rank: int, init_file: str, results: str) -> None:
     torch.save(seen, Path(results, f"{rank}.pt"))
     del model, optimizer
     dist.barrier()
-    dist.destroy_process_group()
 
 
-def test_an_update_under_torchrun_is_that_of_one_batch_of_every_processs_images(tmp_path):
+def test_an_update_under_torchrun_is_that_of_one_batch_of_every_processs_images(
+    two_process_runs,
+):
     # The processes' batches hold different numbers of ignored pixels: averaging each process's
     # own mean weighed their pixels unequally (measured: 1.4-52% off this gradient).
-    context = torch.multiprocessing.spawn(
-        _record_updates, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False
-    )
-    for process in context.processes:  # see test_a_nan_in_one_process_stops_...
-        process.join(timeout=120)
+    results = two_process_runs / "updates"
     torch.manual_seed(0)
     model = PixelClassifier()
     expected = []
@@ -134,7 +151,7 @@ def test_an_update_under_torchrun_is_that_of_one_batch_of_every_processs_images(
         torch.nn.functional.cross_entropy(model(images, None), masks, ignore_index=255).backward()
         expected.append(model.conv.weight.grad.clone())
     for rank in (0, 1):
-        seen = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        seen = torch.load(results / f"{rank}.pt", weights_only=True)
         assert len(seen) == 2
         for got, want in zip(seen, expected, strict=True):
             torch.testing.assert_close(got, want)
@@ -410,11 +427,10 @@ def test_torchrun_eval_only_names_ignored_classes_and_a_moved_dataset_once(tmp_p
     assert "[rank1]" not in proc.stderr and "exitcode  : 2" in proc.stderr
 
 
-def _check_data_in(rank: int, folders: list[str], init_file: str) -> None:
+def _check_data_in(rank: int, folders: list[str]) -> None:
     """Check --data "data" with a gloo group of 2, each process in its own folder: two machines,
     each with its own copy of the dataset."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))  # fmt: skip
+    cwd = os.getcwd()
     os.chdir(folders[rank])
     try:
         train.checked_pairs(Path("data"), DEFAULT_CLASSES)
@@ -423,24 +439,16 @@ def _check_data_in(rank: int, folders: list[str], init_file: str) -> None:
         outcome = f"UserError: {err}"
     except SystemExit as err:
         outcome = f"SystemExit: {err.code}"
+    finally:
+        os.chdir(cwd)
     Path(folders[rank], "outcome.txt").write_text(outcome)
     dist.barrier()
-    dist.destroy_process_group()
 
 
-def test_a_dataset_missing_on_another_machine_is_named_before_training(tmp_path):
+def test_a_dataset_missing_on_another_machine_is_named_before_training(two_process_runs):
     """Rank 0 alone checks the dataset: a machine whose copy lacked files started training
     and failed at its first batch, with the file "changed during training"."""
-    folders = [tmp_path / "first", tmp_path / "second"]
-    for folder in folders:
-        make_dataset(folder / "data", n_train=2, n_valid=2, sizes=((28, 28),))
-    (folders[1] / "data" / "valid_images" / "img001.jpg").unlink()  # a copy not finished
-    context = torch.multiprocessing.spawn(
-        _check_data_in, args=([str(f) for f in folders], str(tmp_path / "init")), nprocs=2,
-        join=False,
-    )  # fmt: skip
-    for process in context.processes:
-        process.join(timeout=120)
+    folders = [two_process_runs / "first", two_process_runs / "second"]
     assert (folders[0] / "outcome.txt").read_text() == (
         f"UserError: 1 files of the dataset data are missing on {platform.node()}, such as "
         "data/valid_images/img001.jpg: each machine reads --data from its own disk; copy the "
