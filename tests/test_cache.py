@@ -70,7 +70,9 @@ def test_cached_training_matches_uncached_with_augmentation_off(
 
 def test_disk_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, weights_file, caplog):
     data = make_dataset(tmp_path / "data", n_train=4, n_valid=2)
-    args = argv(data, tmp_path / "out", weights_file, "--cache-features", "disk", "--workers", "2")
+    # one epoch: the cache is filled, and reported on, before the first
+    args = argv(data, tmp_path / "out", weights_file, "--cache-features", "disk", "--workers", "2",
+                "--epochs", "1")  # fmt: skip
     with caplog.at_level("INFO", logger="dinoseg"):
         run_train(args)
     assert cache_report(caplog.text) == (4 * 2 + 2, 0)  # original and flipped train views
