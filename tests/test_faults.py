@@ -298,13 +298,13 @@ def test_a_dataloader_worker_that_hangs_or_dies_stops_the_run_with_what_is_kept(
 
     monkeypatch.setattr(datasets, "read_image", read_or_fail)
     monkeypatch.setattr(train, "write_report", report_then_fail)
-    monkeypatch.setattr(train, "WORKER_TIMEOUT", 5)
+    monkeypatch.setattr(train, "WORKER_TIMEOUT", 2)  # a healthy worker's 28x28 batch: milliseconds
     args = [*argv(fresh_data, tmp_path, weights_file, epochs=2), "--workers", "1"]
     with pytest.raises(UserError) as err:
         run_train([*args, "--imgsz", "28", "28", "--num-vis", "0"])
     if fault == "hangs":
         assert str(err.value).startswith(
-            "a DataLoader worker gave no batch in 5 s: it hangs (reading a file from a stalled "
+            "a DataLoader worker gave no batch in 2 s: it hangs (reading a file from a stalled "
             "disk?). Rerun with --workers 0 to see where it stops."
         ), err.value
     else:
@@ -331,8 +331,8 @@ def test_a_hung_dataloader_worker_stops_eval_only_with_one_message(
         return read(path)
 
     monkeypatch.setattr(datasets, "read_image", read_or_hang)
-    monkeypatch.setattr(train, "WORKER_TIMEOUT", 3)
-    with pytest.raises(UserError, match=r"^a DataLoader worker gave no batch in 3 s: it hangs"):
+    monkeypatch.setattr(train, "WORKER_TIMEOUT", 2)
+    with pytest.raises(UserError, match=r"^a DataLoader worker gave no batch in 2 s: it hangs"):
         run_train(["--eval-only", "--model", str(checkpoint), "--data", str(tiny_data),
                    "--out-dir", str(tmp_path), "--workers", "1", "--device", "cpu"])  # fmt: skip
 
