@@ -1,6 +1,7 @@
 """Interruption, resume, divergence and disk failures: nothing finished may be lost."""
 
 import collections
+import gc
 import importlib
 import math
 import os
@@ -272,10 +273,22 @@ def test_a_dataset_file_broken_mid_run_is_named_with_what_is_kept(
     )
 
 
+@pytest.fixture
+def quick_worker_shutdown(monkeypatch):
+    """A loader's shutdown joins each worker for MP_STATUS_CHECK_INTERVAL (5 s) before it
+    terminates one that is still alive: a hung worker, and a healthy one shut down after it (seen
+    here). 0.2 s here, and the test's loaders collected before the patch ends: else the next test
+    paid 10 s when the garbage collector reached them. The workers read the interval imported at
+    their fork; only the main process's joins are shortened."""
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.2)
+    yield
+    gc.collect()
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("fault", ["hangs", "is killed"])
 def test_a_dataloader_worker_that_hangs_or_dies_stops_the_run_with_what_is_kept(
-    tmp_path, fresh_data, weights_file, monkeypatch, fault
+    tmp_path, fresh_data, weights_file, monkeypatch, fault, quick_worker_shutdown
 ):
     """A worker that never delivered its batch (a read from a stalled network disk, a lock held
     at fork time) left the run waiting forever, without a word; one that the OOM killer ended
@@ -320,7 +333,7 @@ def test_a_dataloader_worker_that_hangs_or_dies_stops_the_run_with_what_is_kept(
 
 @pytest.mark.timeout(300)
 def test_a_hung_dataloader_worker_stops_eval_only_with_one_message(
-    tmp_path, tiny_data, checkpoint, monkeypatch
+    tmp_path, tiny_data, checkpoint, monkeypatch, quick_worker_shutdown
 ):
     # With the timeout alone, --eval-only ended in the DataLoader's RuntimeError traceback
     read = datasets.read_image
