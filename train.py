@@ -82,7 +82,6 @@ from utils import (
     amp_dtype,
     atomic_path,
     broadcast_buffers,
-    check_grad_scaler,
     check_on_main_process,
     check_writable,
     gather_objects,
@@ -623,9 +622,7 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     if rank != 0:
         log.setLevel(logging.WARNING)  # rank 0 alone reports
     try:
-        autocast = amp_dtype(args.amp, device)
-        if not args.eval_only:
-            check_grad_scaler(args.amp, device)
+        autocast = amp_dtype(args.amp, device, training=not args.eval_only)
         seed_everything(args.seed)
         check_on_main_process(lambda: check_writable(args.out_dir, needed_bytes=2**20))
         if args.eval_only:

@@ -483,12 +483,15 @@ def check_grad_scaler(amp: str, device: torch.device) -> None:
     )
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def amp_dtype(amp: str, device: torch.device, training: bool = False) -> torch.dtype | None:
     """The reduced-precision dtype for --amp, or None for full precision.
 
     bf16 runs on CUDA and on CPUs (fast where they have AVX-512 BF16 or AMX); fp16 on CUDA and
-    MPS.
+    MPS. ``training`` also refuses what this PyTorch's gradient scaler cannot train with (see
+    check_grad_scaler).
     """
+    if training:
+        check_grad_scaler(amp, device)
     if amp == "off":
         return None
     if amp not in ("bf16", "fp16"):

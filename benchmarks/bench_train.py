@@ -50,14 +50,7 @@ from engine import synchronize, train_one_epoch
 from model import Segmentor, load_backbone
 from synthetic import learnable_batch, make_dataset
 from train import make_loader
-from utils import (
-    UserError,
-    amp_dtype,
-    check_grad_scaler,
-    peak_memory_mb,
-    pick_device,
-    run_script,
-)
+from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -110,8 +103,7 @@ def supported_amp(device: torch.device) -> list[str]:
     modes = ["off"]
     for amp in ("bf16", "fp16"):
         try:
-            amp_dtype(amp, device)
-            check_grad_scaler(amp, device)
+            amp_dtype(amp, device, training=True)
         except UserError:  # this device (or its PyTorch) has no such precision
             continue
         modes.append(amp)
@@ -190,8 +182,7 @@ def main(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     modes = args.amp or supported_amp(device)
     for amp in modes:
-        amp_dtype(amp, device)  # refuse an unsupported precision before any run
-        check_grad_scaler(amp, device)
+        amp_dtype(amp, device, training=True)  # refuse an unsupported precision before any run
     w, h = args.imgsz
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(
