@@ -876,6 +876,16 @@ def collate_eval(batch):
     return torch.stack(images), list(masks), list(indices)
 
 
+def write_pair(folder: Path, split: str, name: str, image_bytes: bytes, mask: np.ndarray) -> None:
+    """Write one pair into the dataset layout under ``folder``: the image's bytes as they are,
+    named ``name``, and the (H, W) class ids as a PNG of the same stem."""
+    (folder / f"{split}_images").mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}_masks").mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}_images" / name).write_bytes(image_bytes)
+    mask_image = Image.fromarray(mask.astype(np.uint8))
+    write_image(folder / f"{split}_masks" / f"{Path(name).stem}.png", mask_image, "PNG")
+
+
 def download_penn_fudan(data_dir: Path) -> None:
     """Download the Penn-Fudan pedestrian zip and convert it into ``data_dir``."""
     data_dir = Path(data_dir)
@@ -934,9 +944,6 @@ def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
             for i, name in enumerate(images):
                 split = "valid" if i % 5 == 4 else "train"
                 stem = Path(name).stem
-                (tmp / f"{split}_images").mkdir(exist_ok=True)
-                (tmp / f"{split}_masks").mkdir(exist_ok=True)
-                (tmp / f"{split}_images" / f"{stem}.png").write_bytes(zf.read(name))
                 try:
                     with zf.open(masks[f"{stem}_mask.png"]) as f:
                         instances = np.asarray(Image.open(f))
@@ -945,11 +952,7 @@ def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
                         f"{zip_path}: {masks[f'{stem}_mask.png']} is unreadable or corrupt "
                         f"({err}); download the zip again"
                     ) from err
-                write_image(
-                    tmp / f"{split}_masks" / f"{stem}.png",
-                    Image.fromarray((instances > 0).astype(np.uint8)),
-                    "PNG",
-                )
+                write_pair(tmp, split, f"{stem}.png", zf.read(name), instances > 0)
                 counts[split] += 1
             tmp.rename(out_dir)
         finally:

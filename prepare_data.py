@@ -31,7 +31,6 @@ from typing import NamedTuple
 
 import numpy as np
 import yaml
-from PIL import Image
 
 from config import (
     IGNORE_INDEX,
@@ -54,8 +53,9 @@ from datasets import (
     map_colors,
     open_image,
     read_mask,
+    write_pair,
 )
-from utils import UserError, run_script, temp_folder, within, write_image
+from utils import UserError, run_script, temp_folder, within
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -178,14 +178,6 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
             raise
     finally:
         shutil.rmtree(holder, ignore_errors=True)
-
-
-def write_pair(folder: Path, split: str, name: str, image_bytes: bytes, mask: np.ndarray) -> None:
-    (folder / f"{split}_images").mkdir(parents=True, exist_ok=True)
-    (folder / f"{split}_masks").mkdir(parents=True, exist_ok=True)
-    (folder / f"{split}_images" / name).write_bytes(image_bytes)
-    mask_image = Image.fromarray(mask.astype(np.uint8))
-    write_image(folder / f"{split}_masks" / f"{Path(name).stem}.png", mask_image, "PNG")
 
 
 def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
