@@ -876,6 +876,12 @@ def collate_eval(batch):
     return torch.stack(images), list(masks), list(indices)
 
 
+def split_of(position: int, every: int) -> str:
+    """The split of the item at ``position`` (from 0) of a list where every ``every``-th goes to
+    valid: "valid" at positions every - 1, 2 * every - 1, ..., else "train"."""
+    return "valid" if position % every == every - 1 else "train"
+
+
 def write_pair(folder: Path, split: str, name: str, image_bytes: bytes, mask: np.ndarray) -> None:
     """Write one pair into the dataset layout under ``folder``: the image's bytes as they are,
     named ``name``, and the (H, W) class ids as a PNG of the same stem."""
@@ -942,7 +948,7 @@ def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
         try:
             counts = dict.fromkeys(SPLITS, 0)
             for i, name in enumerate(images):
-                split = "valid" if i % 5 == 4 else "train"
+                split = split_of(i, 5)
                 stem = Path(name).stem
                 try:
                     with zf.open(masks[f"{stem}_mask.png"]) as f:

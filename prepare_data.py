@@ -53,6 +53,7 @@ from datasets import (
     map_colors,
     open_image,
     read_mask,
+    split_of,
     write_pair,
 )
 from utils import UserError, run_script, temp_folder, within
@@ -275,8 +276,7 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
         source = images / files[img["id"]]
         if not source.is_file():
             raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
-        split = "valid" if position % every == every - 1 else "train"
-        write_pair(out, split, names[img["id"]], source.read_bytes(), mask)
+        write_pair(out, split_of(position, every), names[img["id"]], source.read_bytes(), mask)
     if not kept:
         raise UserError(
             f"{annotations}: no image has an annotation of {classes}; nothing to convert"
@@ -590,7 +590,7 @@ def every_nth(pairs: list[Pair], every: int) -> dict[str, list[Pair]]:
     """The pairs by split, in their order: every ``every``-th to valid, the rest to train."""
     splits: dict[str, list[Pair]] = {split: [] for split in SPLITS}
     for position, pair in enumerate(pairs):
-        splits["valid" if position % every == every - 1 else "train"].append(pair)
+        splits[split_of(position, every)].append(pair)
     return splits
 
 
