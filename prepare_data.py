@@ -787,11 +787,14 @@ def shell_quote(text: str) -> str:
 
 
 class Importer(NamedTuple):
-    """One subcommand: the flags that name its source, which --out may neither hold nor lie
-    inside, and the function that writes the four folders into a staging folder from the parsed
-    arguments and the classes that main writes to classes.yaml (returning counts of masks per
-    kind: read_binary_mask's, or convert_pairs's masks read as instance ids, with cvat's images
-    left out; or None)."""
+    """One subcommand of get_args_parser.
+
+    ``sources`` names the flags (by their dest) that give its source paths: --out may neither
+    hold nor lie inside them. ``convert(args, stage, classes)`` writes the four folders into
+    the staging folder ``stage``, with ``classes`` the ones main writes to classes.yaml, and
+    returns counts for print_notes (read_binary_mask's kinds of mask; convert_pairs's masks read
+    as instance ids, with cvat's images left out) or None.
+    """
 
     sources: tuple[str, ...]
     convert: Callable[[argparse.Namespace, Path, ClassConfig], dict[str, int | str] | None]
@@ -841,57 +844,34 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
         raise UserError(f"{args.root / 'train' / '_classes.csv'}: {err}") from err
 
 
-def main(args: argparse.Namespace) -> None:
-    if getattr(args, "valid_every", 2) < 2:
-        raise UserError("--valid-every must be at least 2")
-    if args.dataset == "binary" and not args.root.is_dir():
-        raise UserError(f"--root {args.root} is not a folder")
-    if (
-        args.dataset == "folder"
-        and not args.mask_suffix
-        and args.images.resolve() == args.masks.resolve()
-    ):
-        raise UserError(
-            f"--images and --masks are one folder, {args.images}: pass --mask-suffix, what a "
-            "mask's name adds to its image's (_mask for x.jpg and x_mask.png)"
-        )
-    flag = "--name" if args.dataset == "binary" else "--classes"
-    kept = [args.name] if args.dataset == "binary" else getattr(args, "classes", ["person"])
-    repeated = sorted({c for c in kept if kept.count(c) > 1} | {"background"} & set(kept))
-    if repeated:
-        raise UserError(
-            f"{flag} names {repeated} twice (background is always class 0): list each class once"
-        )
-    importer = IMPORTERS[args.dataset]
+def check_out(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
+    """Refuse an --out that cannot replace or be replaced safely: the current folder, a folder
+    holding one of the ``sources`` flags' paths, or a non-empty folder inside one of them."""
     out = args.out
     if within(Path.cwd(), out):  # a folder cannot be renamed from inside
         raise UserError(
-            f"--out {args.out} is the current folder or holds it; name a new folder, such as "
+            f"--out {out} is the current folder or holds it; name a new folder, such as "
             f"--out data/{args.dataset}"
         )
-    for key in importer.sources:
+    for key in sources:
         source = getattr(args, key)
         if within(source, out):
             flag = f"--{key} {source}"
             raise UserError(
-                f"--out {args.out} holds the source {flag}: the new dataset would replace "
+                f"--out {out} holds the source {flag}: the new dataset would replace "
                 f"{flag}; choose another --out"
             )
         if within(out, source) and out.is_dir() and any(out.iterdir()):
             # --force would delete a part of the source (its train_masks, its images...)
             raise UserError(
-                f"--out {args.out} is a folder of the source --{key} {source} and holds files: "
+                f"--out {out} is a folder of the source --{key} {source} and holds files: "
                 "replacing it would delete them; choose an --out outside the source"
             )
-    classes = importer_classes(args, kept)
-    names = list(classes.names)
-    with staging(args.out, args.force) as stage:
-        kinds = importer.convert(args, stage, classes) or {}  # masks of each kind
-        for split in SPLITS:
-            if not (stage / f"{split}_masks").is_dir():
-                raise UserError(f"the {split} split came out empty; nothing was written")
-        (stage / "classes.yaml").write_text(yaml.safe_dump(classes.to_dict(), sort_keys=False))
-    report(args.out, names)
+
+
+def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: list[str]) -> None:
+    """Say what the importer did to masks and images that the user may not expect, from its
+    counts of each kind (Importer.convert's)."""
     if kinds.get("other"):
         print(
             f"{kinds['other']} mask(s) held values other than 0 and 255 (JPEG compression or "
@@ -923,6 +903,41 @@ def main(args: argparse.Namespace) -> None:
             f"{kinds['0/1']} mask(s) held only 0 and 1: class ids already, kept as they are "
             f"(1 = {kept[0]})"
         )
+
+
+def main(args: argparse.Namespace) -> None:
+    if getattr(args, "valid_every", 2) < 2:
+        raise UserError("--valid-every must be at least 2")
+    if args.dataset == "binary" and not args.root.is_dir():
+        raise UserError(f"--root {args.root} is not a folder")
+    if (
+        args.dataset == "folder"
+        and not args.mask_suffix
+        and args.images.resolve() == args.masks.resolve()
+    ):
+        raise UserError(
+            f"--images and --masks are one folder, {args.images}: pass --mask-suffix, what a "
+            "mask's name adds to its image's (_mask for x.jpg and x_mask.png)"
+        )
+    flag = "--name" if args.dataset == "binary" else "--classes"
+    kept = [args.name] if args.dataset == "binary" else getattr(args, "classes", ["person"])
+    repeated = sorted({c for c in kept if kept.count(c) > 1} | {"background"} & set(kept))
+    if repeated:
+        raise UserError(
+            f"{flag} names {repeated} twice (background is always class 0): list each class once"
+        )
+    importer = IMPORTERS[args.dataset]
+    check_out(args, importer.sources)
+    classes = importer_classes(args, kept)
+    with staging(args.out, args.force) as stage:
+        kinds = importer.convert(args, stage, classes) or {}  # masks of each kind
+        for split in SPLITS:
+            if not (stage / f"{split}_masks").is_dir():
+                raise UserError(f"the {split} split came out empty; nothing was written")
+        (stage / "classes.yaml").write_text(yaml.safe_dump(classes.to_dict(), sort_keys=False))
+    names = list(classes.names)
+    report(args.out, names)
+    print_notes(args, kinds, names, kept)
     print(
         f"Wrote {args.out}; train with: python train.py --data {shell_quote(str(args.out))} "
         f"--config {shell_quote(str(args.out / 'classes.yaml'))}"
