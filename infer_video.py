@@ -435,41 +435,46 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     }
 
 
+def output_path(source: VideoSource, spec: str, out_dir: Path) -> Path:
+    """<out_dir>/<source.name>.mp4, once it is sure that the output can be written there and
+    would replace neither the input nor another video beside it."""
+    # The video's size is unknown until it is encoded: this asks only for room to start.
+    check_writable(out_dir, needed_bytes=2**20)
+    out_path = out_dir / f"{source.name}.mp4"
+    # A name without an extension may fill NAME_MAX (POSIX, in bytes) before ".mp4" is added
+    limit = os.pathconf(out_dir, "PC_NAME_MAX") if hasattr(os, "pathconf") else None
+    if limit and len(out_path.name.encode()) > limit:
+        raise UserError(
+            f"--input {spec}: its output, {out_path.name}, would have a name longer than the "
+            f"{limit} bytes {out_dir} allows; rename the input"
+        )
+    if out_path.is_dir():
+        raise UserError(
+            f"{out_path} is a folder, in the output's place: move it or choose another --out-dir"
+        )
+    if source.path is not None and out_path.exists():
+        if os.path.samefile(out_path, source.path):
+            raise UserError(
+                f"--input {spec} is the file the output would replace; choose another --out-dir"
+            )
+        if same_folder(out_path.parent, source.path.parent):
+            # clip.mov's output, clip.mp4, beside it: most likely the user's own video of that
+            # name (or an earlier result), which the output would replace without a word
+            raise UserError(
+                f"{out_path}, the output's name, is taken beside --input {spec}: it may be "
+                "another video of yours, which the output would replace; move it away (delete "
+                "it if it is an earlier result) or choose another --out-dir"
+            )
+    return out_path
+
+
 def main(args: argparse.Namespace) -> None:
     check_inference_args(args)
     device = pick_device(args.device)
     source = open_video(args.input)
     try:
-        # Before the model loads, so a bad --out-dir costs nothing. The video's size is unknown
-        # until it is encoded: this asks only for room to start.
-        check_writable(args.out_dir, needed_bytes=2**20)
-        out_path = args.out_dir / f"{source.name}.mp4"
-        # A name without an extension may fill NAME_MAX (POSIX, in bytes) before ".mp4" is added
-        limit = os.pathconf(args.out_dir, "PC_NAME_MAX") if hasattr(os, "pathconf") else None
-        if limit and len(out_path.name.encode()) > limit:
-            raise UserError(
-                f"--input {args.input}: its output, {out_path.name}, would have a name longer "
-                f"than the {limit} bytes {args.out_dir} allows; rename the input"
-            )
-        if out_path.is_dir():
-            raise UserError(
-                f"{out_path} is a folder, in the output's place: move it or choose "
-                "another --out-dir"
-            )
-        if source.path is not None and out_path.exists():
-            if os.path.samefile(out_path, source.path):
-                raise UserError(
-                    f"--input {args.input} is the file the output would replace; choose another "
-                    "--out-dir"
-                )
-            if same_folder(out_path.parent, source.path.parent):
-                # clip.mov's output, clip.mp4, beside it: most likely the user's own video of
-                # that name (or an earlier result), which was replaced without a word
-                raise UserError(
-                    f"{out_path}, the output's name, is taken beside --input {args.input}: it "
-                    "may be another video of yours, which the output would replace; move it "
-                    "away (delete it if it is an earlier result) or choose another --out-dir"
-                )
+        # Before the model loads, so a bad --out-dir costs nothing
+        out_path = output_path(source, args.input, args.out_dir)
         predictor = predictor_from_args(args, device)
     except BaseException:
         source.capture.release()  # a camera stays busy until it is released
