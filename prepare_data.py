@@ -703,7 +703,7 @@ def _cvat_subsets(root: Path) -> dict[str, tuple[Path, set[str]]] | None:
     if "train" not in lists or valid is None:
         return None
     return {
-        split: (path, {line.strip() for line in path.read_text(encoding="utf-8").splitlines()})
+        split: (path, {line.strip() for line in text_lines(path)})
         for split, path in (("train", lists["train"]), ("valid", valid))
     }
 

@@ -976,6 +976,25 @@ def test_cvat_keeps_the_train_and_validation_subsets_of_the_export(tmp_path, cap
     assert "1 annotated image(s) in neither Train.txt nor Validation.txt" in printed
 
 
+def test_cvat_subset_lists_saved_by_a_text_editor_are_read(tmp_path):
+    """A list saved with a byte-order mark (Notepad's "UTF-8 with BOM") keeps its first item,
+    and one that is not UTF-8 is named, not a traceback."""
+    lists = {"Train": ["f0", "f1", "f2"], "Validation": ["f3"]}
+    root = cvat_fixture(tmp_path / "export", lists=lists, unannotated=())
+    train = root / "ImageSets" / "Segmentation" / "Train.txt"
+    train.write_bytes(b"\xef\xbb\xbff0\r\nf1\r\nf2\r\n")
+    out = tmp_path / "data"
+    run("cvat", "--root", str(root), "--out", str(out))
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == [
+        "f0.jpg",
+        "f1.jpg",
+        "f2.jpg",
+    ]
+    train.write_bytes(b"f0\nf\xe91\n")  # Latin-1
+    with pytest.raises(UserError, match=r"cannot read .*Train\.txt"):
+        run("cvat", "--root", str(root), "--out", str(tmp_path / "other"))
+
+
 @pytest.mark.parametrize(
     "defect, message",
     [
