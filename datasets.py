@@ -459,7 +459,7 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
         for p in sorted(folder.iterdir()):
             if p.name.startswith("."):
                 # hidden: macOS writes "._NAME" beside each file it copies to a USB drive or a
-                # network share (metadata, not pixels), which failed as corrupt images
+                # network share (metadata, not pixels), which would fail as corrupt images
                 continue
             if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
                 if p.is_dir() or p.suffix.lower() in OTHER_IMAGE_EXTENSIONS:
@@ -592,9 +592,9 @@ def _mixed_gray_readings(readings: dict[str, list[Path]], classes: ClassConfig) 
     """A problem for each grayscale mask read as class ids that its gray colours would read
     otherwise (_read_mask's "gray ids"), where other masks of the dataset are colour masks.
 
-    Each mask is read on its own, so a 0/255 mask among 0/128/255 gray colour masks was read
-    as background and ignore while the others' 255 was a class: the same pixel value meaning
-    two things in one dataset, silently.
+    Each mask is read on its own, so a 0/255 mask among 0/128/255 gray colour masks would read
+    as background and ignore while the others' 255 is a class: the same pixel value meaning two
+    things in one dataset, silently.
     """
     if not readings.get("colours"):
         return []
@@ -681,7 +681,7 @@ def resize_mask(mask: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     """(H, W) class ids -> (W, H) = imgsz by nearest neighbour, so ids stay ids.
 
     Each pixel takes the id under its centre, as resize_image samples the image (pixel centres
-    at x + 0.5). OpenCV's INTER_NEAREST samples at x instead: its masks sat half a pixel of
+    at x + 0.5). OpenCV's INTER_NEAREST samples at x instead, which puts masks half a pixel of
     ``imgsz`` right of and below their images (a 4000x3000 photo at 640x480: 3 photo pixels).
     """
     w, h = imgsz
@@ -700,7 +700,7 @@ def crop_ratios(width: int, height: int) -> tuple[float, float]:
 
     A crop of CROP_RATIO and at least half the area does not fit in an image wider than 8:3
     (or taller than 3:8): RandomResizedCrop then falls back to one central crop, the same every
-    epoch, and a 4000x500 panorama was trained on its middle 667 pixels alone, while validation
+    epoch: a 4000x500 panorama would train on its middle 667 pixels alone, while validation
     scores all of it. Moved, the range reaches the image's aspect (as validation resizes the
     whole image to imgsz), and crops sweep it end to end; images from 3:4 to 4:3 keep it.
     """

@@ -143,9 +143,9 @@ def open_video(spec: str) -> VideoSource:
 def stream_name(address: str) -> str:
     """A stream's output stem: ``stream_``, its host and a short hash of its whole address.
 
-    Recordings of several cameras started in one second shared one name before, and the last
-    to end replaced the others' videos (an NVR's channels share a host: the hash tells them
-    apart). No credentials or tokens of the address appear in the name.
+    The hash keeps apart the recordings of several cameras started in the same second, whose
+    names would otherwise clash, the last to end replacing the others' videos (an NVR's
+    channels share a host). No credentials or tokens of the address appear in the name.
     """
     host = urlparse(address).hostname or ""
     host = "".join(c if c.isalnum() or c in ".-" else "-" for c in host)[:64]
@@ -271,7 +271,7 @@ def check_timing(spec: str, source: VideoSource, decoded: int, rate: float) -> N
     The output holds every frame at one rate, the one the input states. OpenCV states a
     variable frame rate as the average where the container keeps it (MP4 and MOV: phones), so
     the length is kept; Matroska and WebM (screen and browser recordings) give the nominal rate,
-    and the output then played twice as fast as the input, or faster, without a word.
+    and the output then plays twice as fast as the input, or faster, which only this says.
     """
     if source.skipped or source.last_ms is None or decoded < 2:
         return  # frames left out: check_frame_count names them
@@ -321,8 +321,8 @@ def open_writer(source: VideoSource, tmp: Path, out_path: Path, spec: str) -> tu
             out_path,
             rate,
         )
-    # OpenCV's FFmpeg writer stores even sizes only: it dropped an odd last column or row
-    # without a word, while the report named the input's size. Cropped here, and said.
+    # OpenCV's FFmpeg writer stores even sizes only, dropping an odd last column or row
+    # silently: the frames are cropped here instead, and the warning below says so.
     width, height = source.width & ~1, source.height & ~1
     video = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), rate, (width, height))
     if not video.isOpened():

@@ -778,8 +778,8 @@ def shell_quote(text: str) -> str:
     """``text`` as one argument of a command to paste into this system's shell.
 
     POSIX quoting, except on Windows: there cmd.exe (and so the Anaconda Prompt) passes single
-    quotes on as part of the argument, and every path, with its backslashes, got them. The
-    double quotes used there instead are read by cmd.exe and PowerShell alike.
+    quotes on as part of the argument, so every quoted path would keep them. The double quotes
+    used there instead are read by cmd.exe and PowerShell alike.
     """
     if sys.platform == "win32":
         return subprocess.list2cmdline([text])
