@@ -257,25 +257,7 @@ def _read_mask(
             if mapped is not None:
                 return mapped, "colours", None
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-            codes = np.unique(_rgb_codes(rgb))
-            if classes.mask_colors is None:
-                # colours made up for the classes would read such a mask silently wrong
-                found = [_decode(c) for c in codes[:5]]
-                raise DataError(
-                    f"{path}: a colour mask (colours {found}{' ...' if len(codes) > 5 else ''}), "
-                    "but the class config has no LABEL_COLORS_LIST, so masks are read as class "
-                    "ids only: add LABEL_COLORS_LIST to the --config YAML, each class's colour "
-                    "in these masks in the order of ALL_CLASSES"
-                )
-            known = {_code(c) for c in classes.mask_colors}
-            unknown = [_decode(c) for c in codes if c not in known]
-            raise DataError(
-                f"{path}: colours {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not in "
-                f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]}: list each class's "
-                "colour there (--config); many colours of a few pixels each are edges blended "
-                "by anti-aliasing, a smoothing resize or a JPEG copy, while colour masks need "
-                "exact colours (the file is a PNG already)"
-            )
+            raise _unread_colours(path, rgb, classes)
         arr = rgb[..., 0]  # a gray class-index mask stored as RGB
     elif img.mode == "LA":
         arr = arr[..., 0]
@@ -296,6 +278,30 @@ def _read_mask(
     if img.mode != "P" and arr.dtype == np.uint8 and gray_conflicts(arr, classes):
         return ids, "gray ids", counts
     return ids, "ids", counts
+
+
+def _unread_colours(path: Path, rgb: np.ndarray, classes: ClassConfig) -> DataError:
+    """The error for an (H, W, 3) colour mask that LABEL_COLORS_LIST does not map: the class
+    config lists no colours, or some of the mask's are not listed."""
+    codes = np.unique(_rgb_codes(rgb))
+    if classes.mask_colors is None:
+        # colours made up for the classes would read such a mask silently wrong
+        found = [_decode(c) for c in codes[:5]]
+        return DataError(
+            f"{path}: a colour mask (colours {found}{' ...' if len(codes) > 5 else ''}), "
+            "but the class config has no LABEL_COLORS_LIST, so masks are read as class "
+            "ids only: add LABEL_COLORS_LIST to the --config YAML, each class's colour "
+            "in these masks in the order of ALL_CLASSES"
+        )
+    known = {_code(c) for c in classes.mask_colors}
+    unknown = [_decode(c) for c in codes if c not in known]
+    return DataError(
+        f"{path}: colours {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not in "
+        f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]}: list each class's "
+        "colour there (--config); many colours of a few pixels each are edges blended "
+        "by anti-aliasing, a smoothing resize or a JPEG copy, while colour masks need "
+        "exact colours (the file is a PNG already)"
+    )
 
 
 def gray_conflicts(gray: np.ndarray, classes: ClassConfig) -> dict[int, int]:
