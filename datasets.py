@@ -559,12 +559,11 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
     problems: list[str] = []
     pairs_by_split = {}
     for split in splits:
-        pairs, found = find_pairs(root / f"{split}_images", root / f"{split}_masks")
+        image_dir, mask_dir = root / f"{split}_images", root / f"{split}_masks"
+        pairs, found = find_pairs(image_dir, mask_dir)
         problems += found
-        if not pairs and not any("folder missing" in p for p in found):
-            problems.append(
-                f"{root / f'{split}_images'}: the {split} split has no image-mask pairs"
-            )
+        if not pairs and image_dir.is_dir() and mask_dir.is_dir():  # else "folder missing"
+            problems.append(f"{image_dir}: the {split} split has no image-mask pairs")
         pairs_by_split[split] = pairs
     pixels = {}  # per split: pixels per mask value
     readings: dict[str, list[Path]] = {}  # how each mask was read -> those masks
