@@ -331,12 +331,7 @@ def _coco_file_names(annotations: Path, images: list[dict]) -> tuple[dict, dict]
     # write train\1.jpg, whose backslash is a character of the name elsewhere: read as "/".
     files = {img["id"]: img["file_name"].replace("\\", "/") for img in images}
     names = {i: _flat_name(file) for i, file in files.items()}
-    # Names that differ only in case (IMG_1.jpg, img_1.jpg) count as the same: on macOS and
-    # Windows they name one file, and the second image and mask would replace the first's.
-    stems: dict[str, list[str]] = {}
-    for img in images:
-        stems.setdefault(Path(names[img["id"]]).stem.casefold(), []).append(img["file_name"])
-    clashes = [files for files in stems.values() if len(files) > 1]
+    clashes = _stem_clashes([(img["file_name"], names[img["id"]]) for img in images])
     if clashes:
         raise UserError(
             f"{annotations} names images that would share a mask name: "
@@ -365,6 +360,16 @@ def _draw_coco_mask(img: dict, anns: list[dict], class_of: dict, annotations: Pa
     for _, _, value, pixels in sorted(shapes, key=lambda s: (not s[0], -s[1])):
         mask[pixels] = value
     return mask, len(shapes)
+
+
+def _stem_clashes(named: list[tuple[str, str]]) -> list[list[str]]:
+    """From (label, flat name in --out) pairs, the labels of each group of names that would
+    write one mask: the same stem, where case does not count (IMG_1.jpg and img_1.png name one
+    file on macOS and Windows, and the second image and mask would replace the first's)."""
+    by_stem: dict[str, list[str]] = {}
+    for label, name in named:
+        by_stem.setdefault(Path(name).stem.casefold(), []).append(label)
+    return [labels for labels in by_stem.values() if len(labels) > 1]
 
 
 def _flat_name(file_name: str) -> str:
@@ -736,13 +741,9 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
     ]
     items = [i for i in sorted(images) if i in masks]
     names = {images[i]: _flat_name(images[i].relative_to(images_dir).as_posix()) for i in items}
-    stems: dict[str, list[str]] = {}  # flat names that clash (a/b_c, a_b/c), also by case
-    for i in items:
-        stems.setdefault(Path(names[images[i]]).stem.casefold(), []).append(i)
-    problems += [
+    problems += [  # flat names that clash (a/b_c and a_b/c), also by case
         f"{images_dir}: {' and '.join(ids)} would share one name in --out; rename one of them"
-        for ids in stems.values()
-        if len(ids) > 1
+        for ids in _stem_clashes([(i, names[images[i]]) for i in items])
     ]
     subsets = _cvat_subsets(root)
     unlisted = {}

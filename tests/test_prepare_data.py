@@ -1028,6 +1028,13 @@ def test_cvat_exports_it_cannot_read_are_named(tmp_path, defect, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
+def test_cvat_items_whose_flat_names_clash_are_named(tmp_path):
+    root = cvat_fixture(tmp_path / "export", items=("a/b_c", "a_b/c", "x", "y"))
+    with pytest.raises(UserError, match=r"(?s)1 problem.*a/b_c and a_b/c would share one name"):
+        run("cvat", "--root", str(root), "--out", str(tmp_path / "data"), "--valid-every", "2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
 def test_voc_points_a_cvat_export_to_the_cvat_importer(tmp_path):
     root = cvat_fixture(tmp_path / "export")
     with pytest.raises(
