@@ -20,6 +20,7 @@ Roboflow's "Semantic Segmentation Masks" export, ``cvat`` CVAT's "Segmentation m
 import argparse
 import contextlib
 import csv
+import filecmp
 import json
 import shlex
 import shutil
@@ -188,6 +189,7 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
     lut[IGNORE_INDEX] = IGNORE_INDEX  # the object borders stay ignored
     for new_id, name in enumerate(classes, start=1):
         lut[VOC_CLASSES.index(name)] = new_id
+    stems_of: dict[str, list[str]] = {}
     for split, listed in (("train", "train.txt"), ("valid", "val.txt")):
         if not (lists / listed).is_file():
             hint = (
@@ -197,15 +199,45 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
                 else ""
             )
             raise UserError(f"{lists / listed} is missing: --root must be VOCdevkit/VOC2012{hint}")
-        stems = (lists / listed).read_text().split()
-        if not stems:
+        stems_of[split] = (lists / listed).read_text().split()
+        if not stems_of[split]:
             raise UserError(f"{lists / listed} lists no image, so the {split} split would be empty")
-        for stem in stems:
+    shared = sorted(set(stems_of["train"]) & set(stems_of["valid"]))
+    if problem := in_both(shared, lists / "train.txt", lists / "val.txt"):
+        raise UserError(problem[0])
+    for split, listed in (("train", "train.txt"), ("valid", "val.txt")):
+        for stem in stems_of[split]:
             image = root / "JPEGImages" / f"{stem}.jpg"
             mask = root / "SegmentationClass" / f"{stem}.png"
             if not image.is_file() or not mask.is_file():
                 raise UserError(f"{listed} names {stem}, but {image} or {mask} is missing")
             write_pair(out, split, image.name, image.read_bytes(), lut[read_voc_mask(mask)])
+
+
+def in_both(shared: list[str], train: Path, valid: Path) -> list[str]:
+    """The problem of the items ``shared`` (none: no problem) that ``train`` and ``valid``, the
+    two splits' list files or folders, both hold: copied into both splits, each would be scored
+    by validation after the model trained on it, and the valid scores would flatter it."""
+    if not shared:
+        return []
+    more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+    kind = "folders" if train.is_dir() else "lists"
+    return [
+        f"{len(shared)} item(s) are in both {train} and {valid}: {', '.join(shared[:5])}{more}; "
+        "validation would score images the model trained on, so remove each from one of the "
+        f"two {kind}"
+    ]
+
+
+def copied_across(splits: dict[str, list[Pair]]) -> list[str]:
+    """The names of train images whose file a valid image of the same name repeats byte for
+    byte: one image copied into both split folders."""
+    train = {image.name: image for image, _ in splits.get("train", [])}
+    return sorted(
+        image.name
+        for image, _ in splits.get("valid", [])
+        if image.name in train and filecmp.cmp(train[image.name], image, shallow=False)
+    )
 
 
 def read_voc_mask(path: Path) -> np.ndarray:
@@ -461,6 +493,7 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
         problems += found
         if not splits[split] and not found:
             problems.append(f"{root / f'{split}_images'}: no images")
+    problems += in_both(copied_across(splits), root / "train_images", root / "valid_images")
     kinds = dict.fromkeys(("0/255", "other", "0/1"), 0)
     foreground = 0  # pixels of 128 and more
     for split, pairs in splits.items():
@@ -653,6 +686,7 @@ def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, i
         elif not splits[split] and not found:
             found = [f"{root / folder}: no image with its NAME_mask.png"]
         problems += found
+    problems += in_both(copied_across(splits), root / "train", root / "valid")
     return convert_pairs(root, splits, problems, classes, out)
 
 
@@ -755,6 +789,10 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
         splits = every_nth([(images[i], masks[i]) for i in items], args.valid_every)
     else:
         splits = {s: [(images[i], masks[i]) for i in items if i in subsets[s][1]] for s in SPLITS}
+        # among the annotated items: only those are copied (and a blank line is no item)
+        both = subsets["train"][1] & subsets["valid"][1]
+        shared = [i for i in items if i in both]
+        problems += in_both(shared, subsets["train"][0], subsets["valid"][0])
         listed = set().union(*(ids for _, ids in subsets.values()))
         unlisted = {
             "unlisted": sum(i not in listed for i in items),

@@ -1041,3 +1041,53 @@ def test_voc_points_a_cvat_export_to_the_cvat_importer(tmp_path):
         UserError, match=r"train\.txt is missing.*a CVAT export .*prepare_data\.py cvat"
     ):
         run("voc", "--root", str(root), "--out", str(tmp_path / "data"))
+
+
+def test_cvat_items_in_both_the_train_and_the_validation_list_are_refused(tmp_path):
+    """A hand-edited list can name an item in both subsets: copied into both splits, it would
+    be scored by validation after training on it."""
+    lists = {"Train": ["f0", "f1", "f2", "", "f5"], "Validation": ["f2", "f3", "f1", "", "f5"]}
+    root = cvat_fixture(tmp_path / "export", lists=lists)  # f5 unannotated: never copied
+    with pytest.raises(
+        UserError,
+        match=r"(?s)1 problem.*2 item\(s\) are in both \S*Train\.txt and \S*Validation\.txt: "
+        r"f1, f2; .*remove each from one of the two lists",
+    ):
+        run("cvat", "--root", str(root), "--out", str(tmp_path / "data"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_voc_stems_in_both_train_txt_and_val_txt_are_refused(tmp_path):
+    root = voc_fixture(tmp_path / "VOC2012")
+    lists = root / "ImageSets" / "Segmentation"
+    (lists / "val.txt").write_text("2007_000002\n2007_000000\n")
+    with pytest.raises(
+        UserError, match=r"1 item\(s\) are in both \S*train\.txt and \S*val\.txt: 2007_000000;"
+    ):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "o"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012"]
+
+
+def test_roboflow_and_binary_images_copied_into_both_split_folders_are_refused(tmp_path):
+    root = roboflow_fixture(tmp_path / "export")
+    for suffix in (".jpg", "_mask.png"):  # one train image copied into valid/ with its mask
+        shutil.copy(root / "train" / f"img1_jpg.rf.train1{suffix}", root / "valid")
+    # the same name holding another image is another image: not refused
+    Image.fromarray(np.full((48, 64, 3), 7, np.uint8)).save(root / "valid/img0_jpg.rf.train0.jpg")
+    shutil.copy(root / "train/img0_jpg.rf.train0_mask.png", root / "valid")
+    with pytest.raises(
+        UserError,
+        match=r"(?s)1 problem.*1 item\(s\) are in both \S*train and \S*valid: "
+        r"img1_jpg\.rf\.train1\.jpg; .*remove each from one of the two folders",
+    ):
+        run("roboflow", "--root", str(root), "--out", str(tmp_path / "data"))
+    (root / "valid" / "img1_jpg.rf.train1.jpg").unlink()
+    (root / "valid" / "img1_jpg.rf.train1_mask.png").unlink()
+    run("roboflow", "--root", str(root), "--out", str(tmp_path / "data"))
+    assert len(list((tmp_path / "data" / "valid_images").iterdir())) == 2
+    binary = binary_fixture(tmp_path / "binary")
+    image = next((binary / "train_images").iterdir())
+    shutil.copy(image, binary / "valid_images")
+    shutil.copy(binary / "train_masks" / f"{image.stem}.png", binary / "valid_masks")
+    with pytest.raises(UserError, match=rf"1 item\(s\) are in both .*: {image.name};"):
+        run("binary", "--root", str(binary), "--out", str(tmp_path / "binary_01"))
