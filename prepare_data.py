@@ -596,6 +596,7 @@ def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) ->
     pairs, problems = suffix_pairs(args.images, args.masks, args.mask_suffix)
     every = args.valid_every
     entries = list(args.images.iterdir()) if not pairs and args.images.is_dir() else []
+    entries = [p for p in entries if not p.name.startswith(".")]  # skipped, as suffix_pairs does
     folders = sorted(f"{p.name}/" for p in entries if p.is_dir())
     if folders and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
         # images/train/, images/val/...: a dataset split already, or sorted into folders (its
@@ -720,13 +721,22 @@ def read_labelmap(path: Path) -> ClassConfig:
 
 def _files_by_id(folder: Path) -> tuple[dict[str, Path], list[str]]:
     """The images under ``folder`` (subfolders too) by CVAT item id, their path without the
-    extension ("sub/x" for sub/x.jpg), and problems: two files of one id."""
+    extension ("sub/x" for sub/x.jpg), and problems: two files of one id.
+
+    Hidden files and everything in hidden folders are skipped, as find_pairs skips hidden
+    files: macOS's ._NAME forks, and the thumbnails and caches (.thumbnails/, .ipynb_checkpoints/)
+    that viewers and notebooks keep beside images, which would pair as frames or stand as masks
+    without an image.
+    """
     found: dict[str, Path] = {}
     problems = []
     for p in sorted(folder.rglob("*")):
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+        relative = p.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
             continue
-        item = p.relative_to(folder).with_suffix("").as_posix()
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+            continue
+        item = relative.with_suffix("").as_posix()
         if item in found:
             problems.append(f"{p}: same name as {found[item].name}; keep one of them")
         found[item] = p

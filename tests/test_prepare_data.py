@@ -1091,3 +1091,24 @@ def test_roboflow_and_binary_images_copied_into_both_split_folders_are_refused(t
     shutil.copy(binary / "train_masks" / f"{image.stem}.png", binary / "valid_masks")
     with pytest.raises(UserError, match=rf"1 item\(s\) are in both .*: {image.name};"):
         run("binary", "--root", str(binary), "--out", str(tmp_path / "binary_01"))
+
+
+def test_cvat_and_folder_skip_files_in_hidden_folders(tmp_path, capsys):
+    """Thumbnails and caches that viewers and notebooks keep in hidden folders are not images."""
+    root = cvat_fixture(tmp_path / "export", items=("f0", "f1", "f2", "f3"), unannotated=())
+    hidden = ["JPEGImages/.thumbnails/f0.jpg", "SegmentationClass/.cache/f1.png",
+              "JPEGImages/sub/.thumbnails/f9.jpg"]  # fmt: skip
+    for name in hidden:
+        (root / name).parent.mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / name)
+    out = tmp_path / "data"
+    run("cvat", "--root", str(root), "--out", str(out), "--valid-every", "2")
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == ["f0.jpg", "f2.jpg"]
+    assert "without a mask" not in capsys.readouterr().out  # no thumbnail counted as a frame
+    mine = folder_fixture(tmp_path / "mine", n=2)
+    for folder in ("train", "val", ".ipynb_checkpoints"):
+        (mine / "split" / folder).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(mine / "split" / "._0.jpg")  # macOS
+    with pytest.raises(UserError, match=r"holds no image but the subfolders train/, val/: "):
+        run("folder", "--images", str(mine / "split"), "--masks", str(mine / "masks"),
+            "--out", str(tmp_path / "other"))  # fmt: skip
