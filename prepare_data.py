@@ -927,11 +927,15 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
             "soft edges): thresholded at 128, so 128..255 became 1"
         )
     if kinds.get("instances"):
-        fix = (
-            f"list each class in {args.root / 'train' / '_classes.csv'}"
-            if args.dataset == "roboflow"
-            else "name each class with --classes, in the order of their ids"
-        )
+        # where this importer takes its classes from: folder's --classes only without --config
+        if args.dataset == "roboflow":
+            fix = f"list each class in {args.root / 'train' / '_classes.csv'}"
+        elif args.dataset == "cvat":
+            fix = f"list each class in {args.root / 'labelmap.txt'}, in the order of their ids"
+        elif getattr(args, "config", None) is not None:
+            fix = f"list each class in ALL_CLASSES of {args.config}, in the order of their ids"
+        else:
+            fix = "name each class with --classes, in the order of their ids"
         print(
             f"{kinds['instances']} mask(s) held values above 1, read as instance ids (0 "
             f"background, 1, 2, ... one per object): every object became {names[1]}. If those "

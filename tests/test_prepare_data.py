@@ -1112,3 +1112,26 @@ def test_cvat_and_folder_skip_files_in_hidden_folders(tmp_path, capsys):
     with pytest.raises(UserError, match=r"holds no image but the subfolders train/, val/: "):
         run("folder", "--images", str(mine / "split"), "--masks", str(mine / "masks"),
             "--out", str(tmp_path / "other"))  # fmt: skip
+
+
+def test_the_instance_ids_note_names_where_this_importer_takes_its_classes(tmp_path, capsys):
+    """--classes is folder's flag without --config; with it, and for cvat, the classes come from
+    a file, which the note names."""
+    mine = folder_fixture(tmp_path / "mine", n=2, values=(1, 2))
+    config = tmp_path / "two.yaml"
+    config.write_text("ALL_CLASSES: [background, person]\n")
+    run("folder", "--images", str(mine / "images"), "--masks", str(mine / "masks"),
+        "--config", str(config), "--out", str(tmp_path / "a"), "--valid-every", "2")  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "2 mask(s) held values above 1" in printed and "--classes" not in printed
+    assert f"list each class in ALL_CLASSES of {config}" in printed
+    root = cvat_fixture(tmp_path / "export", items=("f0", "f1"), unannotated=())
+    (root / "labelmap.txt").write_text("background:0,0,0::\ncar:250,50,83::\n")
+    for item in ("f0", "f1"):  # gray ids 0, 1, 2 saved as RGB, not the labelmap's colours
+        ids = np.zeros((48, 64, 3), np.uint8)
+        ids[5:10], ids[20:30] = 1, 2
+        Image.fromarray(ids).save(root / "SegmentationClass" / f"{item}.png")
+    run("cvat", "--root", str(root), "--out", str(tmp_path / "b"), "--valid-every", "2")
+    printed = capsys.readouterr().out
+    assert "2 mask(s) held values above 1" in printed and "--classes" not in printed
+    assert f"list each class in {root / 'labelmap.txt'}" in printed
