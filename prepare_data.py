@@ -752,7 +752,7 @@ def _cvat_subsets(root: Path) -> dict[str, tuple[Path, set[str]]] | None:
     if "train" not in lists or valid is None:
         return None
     return {
-        split: (path, {line.strip() for line in text_lines(path)})
+        split: (path, {line.strip() for line in text_lines(path)} - {""})  # a blank line is no item
         for split, path in (("train", lists["train"]), ("valid", valid))
     }
 
@@ -799,10 +799,17 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
         splits = every_nth([(images[i], masks[i]) for i in items], args.valid_every)
     else:
         splits = {s: [(images[i], masks[i]) for i in items if i in subsets[s][1]] for s in SPLITS}
-        # among the annotated items: only those are copied (and a blank line is no item)
+        # among the annotated items: only those are copied
         both = subsets["train"][1] & subsets["valid"][1]
         shared = [i for i in items if i in both]
         problems += in_both(shared, subsets["train"][0], subsets["valid"][0])
+        problems += [  # said here, where the list is known, not as "the split came out empty"
+            f"{path}: none of the {len(ids)} item(s) it lists has a mask in {masks_dir}, "
+            f"so the {split} split would be empty; annotate some of its frames in CVAT, or "
+            f"delete the subset lists in {path.parent} to split every --valid-every-th image"
+            for split, (path, ids) in subsets.items()
+            if not splits[split]
+        ]
         listed = set().union(*(ids for _, ids in subsets.values()))
         unlisted = {
             "unlisted": sum(i not in listed for i in items),

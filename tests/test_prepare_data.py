@@ -1135,3 +1135,15 @@ def test_the_instance_ids_note_names_where_this_importer_takes_its_classes(tmp_p
     printed = capsys.readouterr().out
     assert "2 mask(s) held values above 1" in printed and "--classes" not in printed
     assert f"list each class in {root / 'labelmap.txt'}" in printed
+
+
+def test_cvat_subset_without_an_annotated_frame_is_named_with_its_list(tmp_path):
+    lists = {"Train": ["f0", "f1", "f2", "f3"], "Validation": ["f5"]}  # f5 has no mask
+    root = cvat_fixture(tmp_path / "export", lists=lists)
+    with pytest.raises(
+        UserError,
+        match=r"(?s)1 problem.*Validation\.txt: none of the 1 item\(s\) it lists has a mask in "
+        r"\S*SegmentationClass, so the valid split would be empty",
+    ):
+        run("cvat", "--root", str(root), "--out", str(tmp_path / "data"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
