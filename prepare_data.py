@@ -199,7 +199,7 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
                 else ""
             )
             raise UserError(f"{lists / listed} is missing: --root must be VOCdevkit/VOC2012{hint}")
-        stems_of[split] = (lists / listed).read_text().split()
+        stems_of[split] = [word for line in text_lines(lists / listed) for word in line.split()]
         if not stems_of[split]:
             raise UserError(f"{lists / listed} lists no image, so the {split} split would be empty")
     shared = sorted(set(stems_of["train"]) & set(stems_of["valid"]))

@@ -1147,3 +1147,19 @@ def test_cvat_subset_without_an_annotated_frame_is_named_with_its_list(tmp_path)
     ):
         run("cvat", "--root", str(root), "--out", str(tmp_path / "data"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_voc_lists_saved_by_a_text_editor_are_read(tmp_path):
+    """As cvat's lists: a byte-order mark (Notepad's "UTF-8 with BOM") is not part of the first
+    name, and a list that is not UTF-8 is named."""
+    root = voc_fixture(tmp_path / "VOC2012")
+    lists = root / "ImageSets" / "Segmentation"
+    (lists / "train.txt").write_bytes(b"\xef\xbb\xbf2007_000000\r\n2007_000001\r\n")
+    run("voc", "--root", str(root), "--out", str(tmp_path / "o"))
+    assert sorted(p.name for p in (tmp_path / "o" / "train_images").iterdir()) == [
+        "2007_000000.jpg",
+        "2007_000001.jpg",
+    ]
+    (lists / "val.txt").write_bytes(b"2007_00000\xe92\n")  # Latin-1
+    with pytest.raises(UserError, match=r"cannot read .*val\.txt"):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "other"))
