@@ -87,6 +87,7 @@ from utils import (
     gather_objects,
     is_main_process,
     leave_distributed,
+    leave_stop_signals_to_main,
     on_main_process,
     peak_memory_mb,
     pick_device,
@@ -356,6 +357,8 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
         # macOS); datasets.PairDataset.set_epoch reaches them through shared memory.
         persistent_workers=workers > 0,
         timeout=WORKER_TIMEOUT if workers else 0,
+        # a job's SIGTERM or Ctrl-C sent to all its processes is the main process's to act on
+        worker_init_fn=leave_stop_signals_to_main,
         pin_memory=device.type == "cuda",
         collate_fn=None if train else collate_eval,
         generator=torch.Generator().manual_seed(args.seed),

@@ -45,6 +45,37 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """A DataLoader's ``worker_init_fn``: the worker ignores Ctrl-C, and SIGTERM from anyone but
+    its main process, which stops it as it stops itself.
+
+    Schedulers and service managers signal every process of a job (Slurm's scancel and time
+    limit, systemd's control-group kill, torchrun's signal to each process's group), and a
+    terminal's Ctrl-C reaches the whole foreground process group. A worker killed by such a
+    SIGTERM made PyTorch's check of its workers raise "DataLoader worker ... is killed by
+    signal" in the main process, wherever that was: a traceback after its clean stop.
+    PyTorch's own handler ends a worker on its main process's SIGTERM alone (sent to one that
+    hangs at shutdown); so does the thread here, which can read the sender that a Python signal
+    handler cannot.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS, Windows: the sender cannot be read
+        return
+    main_pid = os.getppid()
+
+    def obey_the_main_process() -> None:
+        # a SIGTERM once the main process is gone (killed) ends an orphaned worker as well
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != main_pid:
+            if os.getppid() != main_pid:
+                break
+        os._exit(0)  # as PyTorch's handler exits
+
+    # Blocked here before the thread starts: it and every later thread inherit the mask, so
+    # SIGTERM waits for sigwaitinfo instead of reaching a handler.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=obey_the_main_process, daemon=True).start()
+
+
 def run_script(main: Callable[[], None]) -> None:
     """Run a script's main, turning user errors, Ctrl-C and SIGTERM into a message and exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # libraries: warnings only

@@ -1,5 +1,6 @@
 """Interruption, resume, divergence and disk failures: nothing finished may be lost."""
 
+import argparse
 import collections
 import gc
 import importlib
@@ -71,6 +72,61 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(tmp_path, tiny_data, 
     run_train([*argv(tiny_data, cut, weights_file), "--resume", str(cut / "last_model.pth")])
     resumed, reference = read_csv(cut / "metrics.csv"), read_csv(whole / "metrics.csv")
     assert without_time(resumed) == without_time(reference)
+
+
+LOADER_UNTIL_STOPPED = """
+import argparse, time
+import torch
+import train, utils
+
+
+def main():
+    args = argparse.Namespace(batch=2, workers=2, cache_features="off", seed=0)
+    loader = train.make_loader([torch.zeros(3)] * 8, args, torch.device("cpu"), train=True)
+    while True:  # epochs, until a signal stops the main process
+        for _ in loader:
+            print("batch", flush=True)
+            time.sleep(0.01)
+
+
+utils.run_script(main)
+"""
+
+
+def test_a_sigterm_to_the_whole_process_group_stops_with_one_message(tmp_path):
+    # Slurm, systemd and torchrun signal every process of a job: DataLoader workers died of it,
+    # and the main process's clean stop ("interrupted") was followed by PyTorch's traceback of
+    # a worker "killed by signal: Terminated"
+    proc = subprocess.Popen([sys.executable, "-c", LOADER_UNTIL_STOPPED], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        # batches 1 and 2 come from workers 1 and 2: both started
+        assert [proc.stdout.readline(), proc.stdout.readline()] == ["batch\n"] * 2
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and stderr == "interrupted\n", stderr
+
+
+def test_a_dataloader_worker_ignores_a_foreign_sigterm_and_obeys_its_main_process(
+    quick_worker_shutdown,
+):
+    # the main process's SIGTERM ends a worker that hangs at shutdown: one that ignored every
+    # SIGTERM would keep the script from exiting
+    args = argparse.Namespace(batch=2, workers=1, cache_features="off", seed=0)
+    loader = train.make_loader([torch.zeros(3)] * 4, args, torch.device("cpu"), train=True)
+    batches = iter(loader)
+    next(batches)  # the worker is running
+    worker = batches._workers[0]
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # a scheduler's, say
+    worker.join(timeout=1)
+    assert worker.is_alive(), f"a signal to the job ended the worker (exit {worker.exitcode})"
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(timeout=10)
+    assert worker.exitcode == 0
+    del batches
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(
