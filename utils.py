@@ -1,7 +1,9 @@
 """Helpers every script shares: user errors, atomic writes, device, seeding, plots, overlays."""
 
+import _thread
 import contextlib
 import csv
+import functools
 import gc
 import importlib
 import io
@@ -43,6 +45,33 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame) -> None:
     raise Terminated
+
+
+# Set once run_script has caught a stop: a later Ctrl-C or SIGTERM, while the script exits, adds
+# nothing to it.
+_stopping = threading.Event()
+
+
+def _stop_again(previous_hook: Callable, unraisable) -> None:
+    """``sys.unraisablehook`` of the scripts: a stop raised in a finalizer is raised again.
+
+    A signal's handler runs wherever the main thread is, and that may be a finalizer (a
+    ``__del__``, a weakref callback: frequent where progress bars and DataLoaders are
+    collected). Python reports an exception raised there as "Exception ignored in" and goes
+    on: the run went on as if the Ctrl-C or SIGTERM had not come. It is simulated anew a moment
+    later, when this hook has returned (from here its handler would run at once, in the hook,
+    and be ignored again); where it meets another finalizer, it comes back here.
+    """
+    stop = unraisable.exc_value
+    if not isinstance(stop, KeyboardInterrupt):
+        previous_hook(unraisable)
+        return
+    if _stopping.is_set():
+        return
+    signum = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+    again = threading.Timer(0.01, _thread.interrupt_main, (signum,))
+    again.daemon = True  # an exit does not wait for it
+    again.start()
 
 
 def leave_stop_signals_to_main(worker_id: int) -> None:
@@ -88,12 +117,14 @@ def run_script(main: Callable[[], None]) -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
     # SIGTERM (kill, schedulers, container stops) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = functools.partial(_stop_again, sys.unraisablehook)
     try:
         main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        _stopping.set()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
