@@ -43,13 +43,18 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, schedulers, container stops), raised to take Ctrl-C's clean path."""
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated
-
-
-# Set once run_script has caught a stop: a later Ctrl-C or SIGTERM, while the script exits, adds
-# nothing to it.
+# Set once a stop is under way: a SIGTERM raised, or a Ctrl-C that reached run_script.
 _stopping = threading.Event()
+
+
+def _terminate(signum, frame) -> None:
+    # Once: Slurm and systemd signal every process of a job, and torchrun forwards the signal to
+    # each of its processes as well, so each one gets two. The second one cut the first one's
+    # stop short (its message) with a traceback.
+    if _stopping.is_set():
+        return
+    _stopping.set()
+    raise Terminated
 
 
 def _stop_again(previous_hook: Callable, unraisable) -> None:
@@ -66,9 +71,13 @@ def _stop_again(previous_hook: Callable, unraisable) -> None:
     if not isinstance(stop, KeyboardInterrupt):
         previous_hook(unraisable)
         return
-    if _stopping.is_set():
+    if isinstance(stop, Terminated):
+        _stopping.clear()  # this stop never began
+        signum = signal.SIGTERM
+    elif _stopping.is_set():  # a Ctrl-C while the script exits adds nothing to its stop
         return
-    signum = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+    else:
+        signum = signal.SIGINT
     again = threading.Timer(0.01, _thread.interrupt_main, (signum,))
     again.daemon = True  # an exit does not wait for it
     again.start()

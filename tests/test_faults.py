@@ -160,6 +160,33 @@ def test_a_stop_that_arrives_in_a_finalizer_still_stops_the_run(sig):
     assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "interrupted\n")
 
 
+SIGTERM_TWICE = """
+import os, signal, sys
+import utils
+
+
+def main():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs at once
+    except KeyboardInterrupt:
+        os.kill(os.getpid(), signal.SIGTERM)  # the same stop, forwarded by torchrun
+        print("stopped during epoch 2", file=sys.stderr)
+        raise
+
+
+utils.run_script(main)
+"""
+
+
+def test_a_second_sigterm_does_not_interrupt_the_stop_of_the_first():
+    # Slurm and systemd signal every process of a job, and torchrun forwards the signal it gets
+    # to each of its processes: each one got two SIGTERMs. The second one cut rank 0's message
+    # and ended in a traceback of utils.Terminated.
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_TWICE], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (130, "stopped during epoch 2\ninterrupted\n")
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(
     tmp_path, tiny_data, weights_file, monkeypatch
 ):

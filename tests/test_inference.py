@@ -763,6 +763,7 @@ def test_camera_stopped_by_sigterm_says_so(tmp_path, checkpoint, caplog):
     # kill, a scheduler or a container stop: the video is kept, as with Ctrl-C, and named so
     out = tmp_path / "out"
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(utils, "_stopping", threading.Event())  # the handler acts once per process
         previous = signal.signal(signal.SIGTERM, utils._terminate)  # as run_script sets it
         try:
             camera = functools.partial(FakeCamera, signum=signal.SIGTERM)
