@@ -134,7 +134,8 @@ def run_script(main: Callable[[], None]) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         _stopping.set()
-        print("interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun the others stop without a word
+            print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
         if not out_of_memory(err):

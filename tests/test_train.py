@@ -1265,6 +1265,15 @@ def test_ctrl_c_exits_130_with_one_line_and_no_traceback():
     assert proc.stderr == "interrupted\n"
 
 
+def test_under_torchrun_rank_0_alone_says_interrupted():
+    # each process said it, one line per process for one stop, after rank 0's own message
+    code = "import utils\ndef main():\n    raise KeyboardInterrupt\nutils.run_script(main)"
+    env = {**os.environ, "RANK": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=env)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (130, "")
+
+
 def test_config_files_are_read_as_utf8_whatever_the_locale(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
