@@ -864,16 +864,16 @@ class FeatureCache:
                     images.append(np.ascontiguousarray(image[:, ::-1] if view == "flip" else image))
                 yield chunk, np.stack(images)
 
-        bar = tqdm(total=len(todo), desc=desc, leave=False, disable=not is_main_process())
-        for chunk, images in prefetch(batches()):
-            x = to_model_input(images, device)
-            with _autocast(device, self.autocast_dtype):
-                features = model.features(x)
-            for (path, view), f in zip(chunk, features.half().cpu(), strict=True):
-                self._store(self._run_key(path, view), f.clone())
-                self.computed += 1  # one by one: an interrupted fill says how many it kept
-            bar.update(len(chunk))
-        bar.close()
+        # closed on the way out of a stop too: else the stop's message went onto the bar's line
+        with tqdm(total=len(todo), desc=desc, leave=False, disable=not is_main_process()) as bar:
+            for chunk, images in prefetch(batches()):
+                x = to_model_input(images, device)
+                with _autocast(device, self.autocast_dtype):
+                    features = model.features(x)
+                for (path, view), f in zip(chunk, features.half().cpu(), strict=True):
+                    self._store(self._run_key(path, view), f.clone())
+                    self.computed += 1  # one by one: an interrupted fill says how many it kept
+                bar.update(len(chunk))
 
     @torch.inference_mode()
     def share(self, pairs: Sequence[Pair], views: Sequence[str], batch: int, device) -> None:

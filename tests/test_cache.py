@@ -342,3 +342,24 @@ def test_ctrl_c_while_filling_the_cache_says_what_is_kept(
     else:
         assert "the entries computed so far were in memory and are lost" in caplog.text
     assert "stopped while filling the feature cache" in caplog.text
+
+
+def test_a_fill_stopped_midway_clears_its_progress_bar_before_the_message(
+    fresh_data, untrained, monkeypatch, capsys
+):
+    # the bar stayed on screen until the stop's exception was done with: "stopped while filling
+    # the feature cache: ..." was printed on the bar's line, after "4/128 [00:01<00:59, 2.07it/s]"
+    pairs = check_dataset(fresh_data, DEFAULT_CLASSES)["train"]
+    cache = FeatureCache(untrained, (56, 56), "memory")
+
+    def interrupt(self, key, features):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FeatureCache, "_store", interrupt)
+    try:
+        cache.fill(untrained, pairs, ("orig",), batch=1)
+    except KeyboardInterrupt:
+        err = capsys.readouterr().err  # where train.build_datasets's handler writes its message
+    else:
+        raise AssertionError("the fill went on")
+    assert "caching features" in err and err.rsplit("\r", 1)[-1].strip() == "", repr(err[-200:])
