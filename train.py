@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import argparse
+import functools
 import gc
 import logging
 import math
@@ -358,7 +359,7 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
         persistent_workers=workers > 0,
         timeout=WORKER_TIMEOUT if workers else 0,
         # a job's SIGTERM or Ctrl-C sent to all its processes is the main process's to act on
-        worker_init_fn=leave_stop_signals_to_main,
+        worker_init_fn=functools.partial(leave_stop_signals_to_main, os.getpid()),
         pin_memory=device.type == "cuda",
         collate_fn=None if train else collate_eval,
         generator=torch.Generator().manual_seed(args.seed),

@@ -83,28 +83,29 @@ def _stop_again(previous_hook: Callable, unraisable) -> None:
     again.start()
 
 
-def leave_stop_signals_to_main(worker_id: int) -> None:
-    """A DataLoader's ``worker_init_fn``: the worker ignores Ctrl-C, and SIGTERM from anyone but
-    its main process, which stops it as it stops itself.
+def leave_stop_signals_to_main(main_pid: int, worker_id: int) -> None:
+    """A DataLoader's ``worker_init_fn``, given the main process's pid (``functools.partial``):
+    the worker ignores Ctrl-C, and SIGTERM from anyone but that process, which stops it as it
+    stops itself.
 
     Schedulers and service managers signal every process of a job (Slurm's scancel and time
     limit, systemd's control-group kill, torchrun's signal to each process's group), and a
     terminal's Ctrl-C reaches the whole foreground process group. A worker killed by such a
     SIGTERM made PyTorch's check of its workers raise "DataLoader worker ... is killed by
-    signal" in the main process, wherever that was: a traceback after its clean stop.
-    PyTorch's own handler ends a worker on its main process's SIGTERM alone (sent to one that
-    hangs at shutdown); so does the thread here, which can read the sender that a Python signal
-    handler cannot.
+    signal" in the main process, wherever that was: a traceback after its clean stop. The main
+    process's own SIGTERM (sent to a worker that hangs at shutdown) still ends the worker, read
+    by a thread here: a Python signal handler cannot tell who sent a signal. A worker forked
+    (Linux, up to Python 3.13) starts with one thread; one spawned or started by a forkserver
+    has another, native one, which may still take a SIGTERM for PyTorch's handler, as before.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not hasattr(signal, "sigwaitinfo"):  # macOS, Windows: the sender cannot be read
         return
-    main_pid = os.getppid()
+    parent = os.getppid()  # the main process, or a forkserver that ends with it
 
     def obey_the_main_process() -> None:
-        # a SIGTERM once the main process is gone (killed) ends an orphaned worker as well
         while signal.sigwaitinfo({signal.SIGTERM}).si_pid != main_pid:
-            if os.getppid() != main_pid:
+            if os.getppid() != parent:  # orphaned: the main process is gone
                 break
         os._exit(0)  # as PyTorch's handler exits
 
