@@ -63,9 +63,10 @@ def _stop_again(previous_hook: Callable, unraisable) -> None:
     A signal's handler runs wherever the main thread is, and that may be a finalizer (a
     ``__del__``, a weakref callback: frequent where progress bars and DataLoaders are
     collected). Python reports an exception raised there as "Exception ignored in" and goes
-    on: the run went on as if the Ctrl-C or SIGTERM had not come. It is simulated anew a moment
-    later, when this hook has returned (from here its handler would run at once, in the hook,
-    and be ignored again); where it meets another finalizer, it comes back here.
+    on: the run went on as if the Ctrl-C or SIGTERM had not come. The signal is sent to the
+    main thread again 10 ms later, when this hook has returned (sent from here, its handler
+    would run at once, in the hook, and be ignored again); where it meets another finalizer,
+    it comes back here.
     """
     stop = unraisable.exc_value
     if not isinstance(stop, KeyboardInterrupt):
@@ -78,9 +79,16 @@ def _stop_again(previous_hook: Callable, unraisable) -> None:
         return
     else:
         signum = signal.SIGINT
-    again = threading.Timer(0.01, _thread.interrupt_main, (signum,))
+    again = threading.Timer(0.01, _signal_main_thread, (signum,))
     again.daemon = True  # an exit does not wait for it
     again.start()
+
+
+def _signal_main_thread(signum: int) -> None:
+    if hasattr(signal, "pthread_kill"):  # a real signal: it also ends a wait in a system call
+        signal.pthread_kill(threading.main_thread().ident, signum)
+    else:  # Windows: the handler runs when the main thread next runs Python code
+        _thread.interrupt_main(signum)
 
 
 def leave_stop_signals_to_main(main_pid: int, worker_id: int) -> None:
