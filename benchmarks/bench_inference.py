@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -101,13 +102,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def best_seconds(run: Callable[[], object], device: torch.device, reps: int, calls=1) -> float:
+    """Seconds of the fastest of ``reps`` timings of ``calls`` calls of ``run()`` in a row, with
+    ``device`` synchronized before and after each: other work on the machine only slows one."""
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int) -> float:
     """Best FLOP/s over the model's GEMM shapes and a large square, in ``dtype`` (int8: int8
     products summed in int32, as quantized linear layers run them).
 
     Each shape's rate is that of its fastest timed group of products, as model_seconds takes
-    the network's fastest run: a mean over the group, as this took before, is slowed by any
-    other work on the machine, and a lower rate flatters the model's ratio to the floor.
+    the network's fastest run: a mean over the groups is slowed by any other work on the
+    machine, and a lower rate flatters the model's ratio to the floor.
     """
     shapes = [(tokens, dim, 3 * dim), (tokens, dim, 4 * dim), (tokens, 4 * dim, dim)]
     shapes.append((4096, 4096, 4096) if device.type == "cuda" else (2048, 2048, 2048))
@@ -123,18 +138,14 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int)
             matmul = torch.matmul
         # a GPU's product takes about a millisecond: timed 50 at a time, past the
         # synchronization's own cost
-        reps, groups = (50, 3) if device.type != "cpu" else (1, 20)
+        per_group, groups = (50, 3) if device.type != "cpu" else (1, 20)
+        product = partial(matmul, a, b)
         for _ in range(3):
-            matmul(a, b)
+            product()
         if i == 0:  # the first timing would find the GPU clocked down
-            warm_up(partial(matmul, a, b), device)
-        for _ in range(groups):
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(reps):
-                matmul(a, b)
-            synchronize(device)
-            best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start))
+            warm_up(product, device)
+        seconds = best_seconds(product, device, groups, calls=per_group)
+        best = max(best, 2 * m * k * n * per_group / seconds)
     return best
 
 
@@ -147,14 +158,7 @@ def model_seconds(predictor: Predictor, batch: int, reps: int) -> float:
     images = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, device=device)
     forward = predictor.patch_logits
     warm_up(lambda: forward(images), device)  # and compilation, once for the whole run
-    best = float("inf")
-    for _ in range(reps):
-        synchronize(device)
-        start = time.perf_counter()
-        forward(images)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best / batch
+    return best_seconds(lambda: forward(images), device, reps) / batch
 
 
 def predict_latency(predictor: Predictor, frame: np.ndarray, calls: int) -> float:
@@ -193,12 +197,9 @@ def onnx_rows(base: Segmentor, imgsz, frames: list, folder: Path, reps: int) -> 
         options = ort.SessionOptions()
         options.graph_optimization_level = opt
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        session.run(None, {"images": images})
-        best = float("inf")
-        for _ in range(reps):
-            start = time.perf_counter()
-            session.run(None, {"images": images})
-            best = min(best, time.perf_counter() - start)
+        run = partial(session.run, None, {"images": images})
+        run()
+        best = best_seconds(run, torch.device("cpu"), reps)
         # the int8 graph one frame at a time, as --backend onnxruntime runs it (OnnxSegmentor)
         network = OnnxSegmentor(
             session, DEFAULT_CLASSES, imgsz, base.backbone.name, per_image=path == int8
