@@ -254,11 +254,17 @@ class NoModel(Predictor):
         return float("nan")  # no model
 
 
+def pipeline_fps(video: Path, predictor: Predictor, out: Path, batch: int) -> float:
+    """End-to-end FPS of infer_video.py's pipeline (decode, model, draw, encode on threads of
+    their own) from ``video`` to ``out``, with OpenCV's threads set as infer_video.py sets them."""
+    opts = argparse.Namespace(batch=batch, alpha=0.5, show=False, input=str(video))
+    with opencv_threads_for(predictor.device):
+        return segment_video(open_video(str(video)), predictor, out, opts)["fps"]
+
+
 def io_ceiling(video: Path, out: Path, model: Segmentor, imgsz, batch: int) -> float:
     """End-to-end FPS of infer_video.py's pipeline without the model."""
-    null = NoModel(model, DEFAULT_CLASSES, imgsz)
-    opts = argparse.Namespace(batch=batch, alpha=0.5, show=False, input=str(video))
-    return segment_video(open_video(str(video)), null, out, opts)["fps"]
+    return pipeline_fps(video, NoModel(model, DEFAULT_CLASSES, imgsz), out, batch)
 
 
 def bench_model(args: argparse.Namespace, device: torch.device) -> Segmentor:
@@ -351,12 +357,7 @@ def main(args: argparse.Namespace) -> None:
                 fps = naive_video(video, Path(tmp) / "naive.mp4", predictor)
             else:
                 predictor.predict([np.zeros((h, w, 3), np.uint8)] * batch)  # warm-up, compile
-                opts = argparse.Namespace(batch=batch, alpha=0.5, show=False, input=str(video))
-                with opencv_threads_for(device):  # as infer_video.py runs it
-                    stats = segment_video(
-                        open_video(str(video)), predictor, Path(tmp) / "f.mp4", opts
-                    )
-                fps = stats["fps"]
+                fps = pipeline_fps(video, predictor, Path(tmp) / "f.mp4", batch)
             rows[name] = (seconds, fps, peak_memory_mb(device))
             if batch == 1:
                 calls = 10 * args.reps if device.type == "cuda" else args.reps

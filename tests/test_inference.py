@@ -1562,6 +1562,29 @@ def test_benchmark_refuses_empty_runs(flags):
         bench.main(bench.get_args_parser().parse_args(flags))
 
 
+def test_benchmark_io_ceiling_runs_opencv_as_the_pipeline_it_bounds(monkeypatch, tmp_path):
+    """With the model on the CPU, infer_video.py's pipeline runs OpenCV on one thread; the
+    I/O-only row ran it with its whole pool, a ceiling that pipeline could not reach."""
+    bench = load_benchmark("bench_inference")
+    threads = []
+
+    def segment_video(source, predictor, out, opts):
+        threads.append(cv2.getNumThreads())
+        return {"fps": 1.0}
+
+    monkeypatch.setattr(bench, "segment_video", segment_video)
+    monkeypatch.setattr(bench, "open_video", lambda path: None)
+    model = SimpleNamespace(device=torch.device("cpu"), patch_logits=None)
+    model.eval = lambda: model
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(4)
+    try:
+        bench.io_ceiling(tmp_path / "in.mp4", tmp_path / "out.mp4", model, (28, 28), 1)
+    finally:
+        cv2.setNumThreads(before)
+    assert threads == [1]
+
+
 # tracebacks before (from torch or the DataLoader), or a row of 0 images/s
 @pytest.mark.parametrize(
     "flags",
