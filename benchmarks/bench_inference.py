@@ -267,21 +267,21 @@ def io_ceiling(video: Path, out: Path, model: Segmentor, imgsz, batch: int) -> f
     return pipeline_fps(video, NoModel(model, DEFAULT_CLASSES, imgsz), out, batch)
 
 
-def bench_model(args: argparse.Namespace, device: torch.device) -> Segmentor:
-    """The fp32 model to time, in eval mode on ``device``: --model's, or one of trained-like
-    synthetic weights; sets ``args.imgsz`` to the size it runs at."""
+def bench_model(args: argparse.Namespace, device: torch.device) -> tuple[Segmentor, tuple]:
+    """The fp32 model to time, in eval mode on ``device`` (--model's, or one of trained-like
+    synthetic weights), and the (W, H) it runs at: --imgsz, else the checkpoint's, else 644."""
     if args.model:
         base, ckpt = load_checkpoint(
             args.model, device, args.backbone_source, args.hub_dir, args.backbone
         )
         # the size the inference scripts run it at: its mask agreement is the one to deploy on
-        args.imgsz = tuple(args.imgsz or ckpt["imgsz"])
+        imgsz = tuple(args.imgsz or ckpt["imgsz"])
     else:
         backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, "timm", None)
         backbone.load_official_state_dict(trained_like(backbone.official_shapes()))
         base = Segmentor(backbone, DEFAULT_CLASSES.num_classes)
-        args.imgsz = tuple(args.imgsz or (644, 644))
-    return base.to(device).eval()
+        imgsz = tuple(args.imgsz or (644, 644))
+    return base.to(device).eval(), imgsz
 
 
 def flop_floor(base: Segmentor, args, device: torch.device, dtype: torch.dtype) -> tuple:
@@ -328,7 +328,7 @@ def main(args: argparse.Namespace) -> None:
     if args.int8 and (device.type != "cpu" or args.amp != "off"):
         raise UserError("--int8 is a CPU fast path from float32: use it with --amp off on the CPU")
     torch.manual_seed(0)
-    base = bench_model(args, device)
+    base, args.imgsz = bench_model(args, device)
     fast = copy.deepcopy(base).cast(dtype)
     if args.int8:
         fast.quantize_int8()
