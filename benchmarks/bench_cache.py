@@ -40,6 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def train(data: Path, out: Path, weights: Path, args, *extra: str) -> tuple[list[dict], str]:
+    """Run train.py with ``extra`` flags; returns its metrics.csv rows and its output."""
     cmd = [sys.executable, "train.py", "--data", str(data), "--out-dir", str(out),
            "--backbone-source", "timm", "--weights", str(weights), "--imgsz", *map(str, args.imgsz),
            "--epochs", str(args.epochs), "--no-augment", "--num-vis", "0", "--workers", "2",
@@ -70,7 +71,12 @@ def main(args: argparse.Namespace) -> None:
             "disk cache": train(data, tmp / "disk", weights, args, "--cache-features", "disk"),
         }
         cache_mb = sum(f.stat().st_size for f in (tmp / "disk/feature_cache").glob("*.pt")) / 2**20
+    report(runs, cache_mb, args)
 
+
+def report(runs: dict, cache_mb: float, args: argparse.Namespace) -> None:
+    """Print the table: ``runs`` maps a row's name to its train() result, the uncached run's
+    first; ``cache_mb`` is the disk cache's size."""
     w, h = args.imgsz
     print(
         f"{args.train} train + {args.valid} valid images at {w}x{h}, augmentation off, "
