@@ -91,15 +91,16 @@ def report(runs: dict, cache_mb: float, args: argparse.Namespace) -> None:
         f"{'max |d valid mIoU|':>20s}{'peak MB':>9s}"
     )
     for name, (rows, log) in runs.items():
-        fill = re.search(r"views computed in ([\d.]+) s", log)
         later = later_epochs(rows)
         diff = max(
             abs(a["valid_miou"] - b["valid_miou"]) for a, b in zip(rows, base_rows, strict=True)
         )
-        peak = float(re.search(r"peak memory (\d+) MB", log).group(1))
+        # "-": no cache to fill, or no peak memory where train.py cannot read it
+        fill = logged(r"views computed in ([\d.]+) s", log, ".1f")
+        peak = logged(r"peak memory (\d+) MB", log, ".0f")
         print(
-            f"{name:14s}{float(fill.group(1)) if fill else 0:8.1f}{rows[0]['seconds']:11.1f}"
-            f"{later:16.2f}{uncached / later:9.1f}x{diff:20.2e}{peak:9.0f}"
+            f"{name:14s}{fill:>8s}{rows[0]['seconds']:11.1f}"
+            f"{later:16.2f}{uncached / later:9.1f}x{diff:20.2e}{peak:>9s}"
         )
     per_image = re.search(r"([\d.]+) MB per training image", runs["memory cache"][1]).group(1)
     print(
@@ -110,6 +111,13 @@ def report(runs: dict, cache_mb: float, args: argparse.Namespace) -> None:
         f"speed-up = uncached epochs after the first ({uncached:.2f} s) / the run's epochs after "
         "the first"
     )
+
+
+def logged(pattern: str, log: str, spec: str) -> str:
+    """The number ``pattern`` captures in train.py's output ``log``, formatted with ``spec``;
+    "-" where the output does not hold it."""
+    found = re.search(pattern, log)
+    return format(float(found.group(1)), spec) if found else "-"
 
 
 def later_epochs(rows: list[dict]) -> float:

@@ -1598,6 +1598,18 @@ def test_cache_benchmark_speed_up_compares_later_epochs_with_later_epochs(capsys
     assert table["memory cache"][3] == "20.0x"
 
 
+def test_cache_benchmark_shows_a_figure_train_py_did_not_print_as_a_dash(capsys):
+    """train.py prints no peak memory where it cannot read it (the CPU on Windows): the table
+    ended in an AttributeError. The uncached run, which fills no cache, showed a 0.0 s fill."""
+    runs = {
+        "uncached": cache_bench_run([3.0, 2.0, 2.0], peak=False),
+        "memory cache": cache_bench_run([2.0, 1.0, 1.0], cache="memory", peak=False),
+    }
+    table = cache_bench_table(capsys, runs)
+    assert table["uncached"][0] == "-" and table["memory cache"][0] == "25.0"
+    assert table["uncached"][-1] == table["memory cache"][-1] == "-"
+
+
 def test_benchmark_io_ceiling_runs_opencv_as_the_pipeline_it_bounds(monkeypatch, tmp_path):
     """With the model on the CPU, infer_video.py's pipeline runs OpenCV on one thread; the
     I/O-only row ran it with its whole pool, a ceiling that pipeline could not reach."""
