@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import torch
 
 from config import check_at_least
-from synthetic import make_dataset, random_official_weights
+from synthetic import PHOTO_SIZES, make_dataset, random_official_weights
 from utils import UserError, read_csv, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +62,7 @@ def main(args: argparse.Namespace) -> None:
         )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sizes = ((559, 536), (455, 414), (380, 311))  # like Penn-Fudan's photos
-        data = make_dataset(tmp / "data", args.train, args.valid, sizes=sizes, seed=5)
+        data = make_dataset(tmp / "data", args.train, args.valid, sizes=PHOTO_SIZES, seed=5)
         weights = tmp / "dinov2_vits14_pretrain.pth"
         torch.save(random_official_weights(), weights)
         runs = {

@@ -48,7 +48,7 @@ from config import (
 from datasets import SegmentationDataset, find_pairs
 from engine import synchronize, train_one_epoch
 from model import Segmentor, load_backbone
-from synthetic import learnable_batch, make_dataset
+from synthetic import PHOTO_SIZES, learnable_batch, make_dataset
 from train import make_loader
 from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
@@ -159,8 +159,7 @@ def data_images(args) -> int:
 
 def data_rate(args, folder: Path) -> float:
     """Images per second from train.py's augmented training loader over generated files."""
-    sizes = ((559, 536), (455, 414), (380, 311))  # like Penn-Fudan's photos
-    make_dataset(folder, data_images(args), 0, sizes=sizes, seed=3)
+    make_dataset(folder, data_images(args), 0, sizes=PHOTO_SIZES, seed=3)
     pairs, _ = find_pairs(folder / "train_images", folder / "train_masks")
     dataset = SegmentationDataset(pairs, DEFAULT_CLASSES, tuple(args.imgsz), train=True)
     opts = argparse.Namespace(batch=args.batch, workers=args.workers, cache_features="off", seed=0)
@@ -216,10 +215,11 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rate = data_rate(args, Path(tmp))
     print()
+    (w0, h0), (w1, h1) = min(PHOTO_SIZES), max(PHOTO_SIZES)
     print(
         f"data pipeline: {rate:.1f} images/s from the augmented loader with {args.workers} "
-        f"workers ({data_images(args)} generated images of 380-559 px, half JPEG, half "
-        "PNG)"
+        f"workers ({data_images(args)} generated images of {w0}x{h0} to {w1}x{h1}, half JPEG, "
+        "half PNG)"
     )
 
 

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+# (W, H) of generated images for the benchmarks, like Penn-Fudan's photos
+PHOTO_SIZES = ((559, 536), (455, 414), (380, 311))
+
 
 def make_sample(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """One (H, W, 3) uint8 image and its (H, W) uint8 mask (0 background, 1 person)."""
