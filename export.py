@@ -85,24 +85,30 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def export(
-    model: Segmentor, ckpt: dict, imgsz, path: Path, dynamic: bool = False, external_data=None
+    model: Segmentor,
+    ckpt: dict,
+    imgsz: tuple[int, int],
+    path: Path,
+    dynamic: bool = False,
+    external_data: bool | None = None,
 ) -> None:
-    """Write the ONNX graph to ``path``, with the checkpoint's classes and size as metadata.
+    """Write the ONNX graph to ``path``, with the checkpoint's classes and backbone and the
+    (W, H) ``imgsz`` as metadata.
 
     With ``dynamic``, H and W are symbolic multiples of 14 and ``imgsz`` must be such sizes.
     With ``external_data`` the weights go to ``path``'s name + ".data" beside it; None leaves
     that to PyTorch, which does it above 1.5 GB of weights.
     """
     w, h = imgsz
+    dim = torch.export.Dim
+    shapes = {0: dim("batch", min=1, max=1024)}
     if dynamic:
+        shapes[2] = PATCH_SIZE * dim("h", min=1, max=512)
+        shapes[3] = PATCH_SIZE * dim("w", min=1, max=512)
         # torch.export fixes a dimension whose example has size 1, here one patch: trace at
         # least two patches a side, so that every multiple of 14 stays possible
         w, h = max(w, 2 * PATCH_SIZE), max(h, 2 * PATCH_SIZE)
     example = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
-    dim = torch.export.Dim
-    shapes = {0: dim("batch", min=1, max=1024)}
-    if dynamic:
-        shapes.update({2: 14 * dim("h", min=1, max=512), 3: 14 * dim("w", min=1, max=512)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(
@@ -144,12 +150,11 @@ def max_difference(model: Segmentor, path: Path, imgsz, per_image: bool, cannot_
     return float(np.abs(got - expected).max())
 
 
-def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path | None = None) -> float:
+def check(model: Segmentor, path: Path, imgsz, tolerance: float, name: Path) -> float:
     """Largest |ONNX Runtime - PyTorch| logit on a random batch; fail above ``tolerance``.
 
-    ``name`` is the file the messages speak of, when ``path`` is a temporary file that becomes it.
+    ``name`` is the file the messages speak of: ``path`` is a temporary file that becomes it.
     """
-    name = name or path
     w, h = imgsz
     diff = max_difference(
         model,
