@@ -46,6 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 @torch.inference_mode()
 def best_seconds(backbone: DinoBackbone, x: torch.Tensor, reps: int) -> float:
+    """Seconds of the backbone's fastest of ``reps`` forward passes over the batch ``x``."""
     # the official attention runs first: without this its figure would be the idle GPU's
     warm_up(lambda: backbone(x), x.device)
     best = float("inf")
@@ -105,7 +106,10 @@ def main(args: argparse.Namespace) -> None:
     memory = device.type == "cuda"
     for label, (seconds, mb, _) in results.items():
         extra = f", peak {mb:.0f} MB" if memory else ""
-        print(f"{label:20s}{seconds * 1e3:10.1f} ms per batch{extra}")
+        print(
+            f"{label:20s}{seconds * 1e3:10.1f} ms per batch through the backbone (best of "
+            f"{args.reps}){extra}"
+        )
     print(f"speed-up {t0 / t1:.2f}x" + (f", memory {m0 / m1:.2f}x less" if memory else ""))
     print(
         f"last-block features: max abs difference {(f0 - f1).abs().max().item():.2e}, "
