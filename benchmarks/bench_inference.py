@@ -385,6 +385,11 @@ def main(args: argparse.Namespace) -> None:
     fast_s, fast_fps, _ = rows["fast"]
     naive_s, naive_fps, _ = rows["naive"]
     print(f"{'I/O only (no model)':28s}{'-':>16s}{'-':>12s}{ceiling:16.2f}")
+    vw, vh = args.video_size
+    print(
+        f"model: the network alone on a ready batch, fastest of {args.reps} runs; end to end: "
+        f"{args.frames} frames of a {vw}x{vh} video from decoding to encoding"
+    )
     print()
     print(f"end to end: fast / naive = {fast_fps / naive_fps:.2f}x")
     print(f"model: fast / naive = {naive_s / fast_s:.2f}x faster")
@@ -395,7 +400,7 @@ def main(args: argparse.Namespace) -> None:
     for name, (seconds, calls) in latency.items():
         print(
             f"batch-1 latency, {labels[name]}: {seconds * 1e3:.2f} ms per predict() call on one "
-            f"{args.video_size[0]}x{args.video_size[1]} frame (median of {calls}), "
+            f"{vw}x{vh} frame (median of {calls}), "
             f"{rows[name][0] * 1e3:.2f} ms of it the network"
         )
     equal = sum((a == b).sum() for a, b in zip(masks["fast"], masks["naive"], strict=True))
