@@ -15,9 +15,10 @@
 #                      virtual environment that stayed on another machine, falls back to python3)
 #   WHEELS             a folder of wheels installed first, offline, into a temporary folder put on
 #                      PYTHONPATH: packages the machine lacks (albumentations and its needs)
-#   GPU_SUITE_SECONDS  no step starts after this many seconds, and the one running is stopped
-#                      there (default 560, for a 10-minute session; 0: no limit). Each step also
-#                      has a limit of its own (limit_of), so one that hangs cannot take the rest.
+#   GPU_SUITE_SECONDS  no step starts with less than 20 of this many seconds left, and the one
+#                      running is stopped when they run out (default 560, for a 10-minute
+#                      session; 0: no limit). Each step also has a limit of its own (limit_of),
+#                      so one that hangs cannot take the rest.
 set -u
 cd "$(dirname "$0")/.."
 logs=${1:-outputs/gpu_logs}
