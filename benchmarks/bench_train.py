@@ -118,17 +118,17 @@ def train_run(args, setup: str, amp: str) -> dict:
     device = pick_device(args.device)
     torch.manual_seed(0)  # the same start weights in every run
     backbone = load_backbone(args.backbone, "timm", None)
-    model = Segmentor(backbone, DEFAULT_CLASSES.num_classes, fine_tune=setup == "fine-tune")
+    num_classes = DEFAULT_CLASSES.num_classes
+    model = Segmentor(backbone, num_classes, fine_tune=setup == "fine-tune")
     model.to(device)
     optimizer = torch.optim.AdamW(model.param_groups(args.lr, args.backbone_lr))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     dtype = amp_dtype(amp, device)
     images, masks = learnable_batch(args.batch, args.imgsz, device)
-    classes = DEFAULT_CLASSES.num_classes
 
     def steps(n: int, desc: str) -> dict:
         loader = [(images, masks, None)] * n
-        return train_one_epoch(model, loader, optimizer, device, classes, dtype, scaler, desc)
+        return train_one_epoch(model, loader, optimizer, device, num_classes, dtype, scaler, desc)
 
     steps(args.warmup, "warm-up")
     synchronize(device)
