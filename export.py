@@ -271,8 +271,9 @@ def write_graphs(model: Segmentor, ckpt: dict, imgsz, args: argparse.Namespace) 
                 f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}){hint}"
             ) from err
         check(model, staged, imgsz, args.tolerance, args.output)
-        if args.dynamic:
-            check(model, staged, (imgsz[0] + 28, imgsz[1] + 14), args.tolerance, args.output)
+        if args.dynamic:  # and at a size it was not traced at: two patches wider, one taller
+            other = (imgsz[0] + 2 * PATCH_SIZE, imgsz[1] + PATCH_SIZE)
+            check(model, staged, other, args.tolerance, args.output)
         external = data_file(staged).is_file()
     if external:
         print(f"{args.output}: the weights are in {data_file(args.output)}; keep the two together")
