@@ -102,7 +102,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def best_seconds(run: Callable[[], object], device: torch.device, reps: int, calls=1) -> float:
+def best_seconds(
+    run: Callable[[], object], device: torch.device, reps: int, calls: int = 1
+) -> float:
     """Seconds of the fastest of ``reps`` timings of ``calls`` calls of ``run()`` in a row, with
     ``device`` synchronized before and after each: other work on the machine only slows one."""
     best = float("inf")

@@ -100,6 +100,7 @@ def run_alone(context, args, setup: str, amp: str) -> dict:
 
 
 def supported_amp(device: torch.device) -> list[str]:
+    """The --amp values this device trains with: "off", and "bf16" and "fp16" where supported."""
     modes = ["off"]
     for amp in ("bf16", "fp16"):
         try:
