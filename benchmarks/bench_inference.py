@@ -418,6 +418,8 @@ def main(args: argparse.Namespace) -> None:
         )
         for label, seconds, agree in ort_rows:
             print(f"{label:28s}{seconds * 1e3:16.1f}{naive_s / seconds:9.2f}x{agree:21.4%}")
+        if device.type != "cpu":
+            print(f"vs naive: the naive model's time on {device} over ONNX Runtime's on the CPU")
     if device.type == "cuda":
         print(f"peak GPU memory is torch.cuda.max_memory_allocated; {torch.cuda.get_device_name()}")
     else:
