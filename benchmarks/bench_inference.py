@@ -224,6 +224,18 @@ def make_video(path: Path, frames: int, size) -> None:
     video.release()
 
 
+def first_frames(video: Path, n: int) -> list[np.ndarray]:
+    """The first ``n`` frames of ``video`` (fewer if it is shorter), (H, W, 3) uint8 RGB."""
+    capture, frames = cv2.VideoCapture(str(video)), []
+    while len(frames) < n:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return frames
+
+
 def naive_video(path: Path, out: Path, predictor: Predictor) -> float:
     """The baseline: one frame at a time, decode -> infer -> draw -> encode, in sequence."""
     capture = cv2.VideoCapture(str(path))
@@ -341,10 +353,7 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench.mp4"
         make_video(video, args.frames, args.video_size)
-        capture, sample = cv2.VideoCapture(str(video)), []
-        while len(sample) < 4 and (frame := capture.read())[0]:
-            sample.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
-        capture.release()
+        sample = first_frames(video, 4)  # for the latency and the mask agreement
         ort_rows = onnx_rows(base, args.imgsz, sample, Path(tmp), args.reps) if args.onnx else []
         masks = {}
         for name, model, batch, compile in (
