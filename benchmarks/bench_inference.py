@@ -16,7 +16,9 @@ Prints, for the same size and device, in one run:
 - how many mask pixels the fast path changes against the naive fp32 model;
 - the same figures for a naive baseline (frame by frame, eager, fp32, decode -> infer ->
   encode in sequence), and the ratios;
-- the pipeline's rate without the model (decode, resize, draw, encode): the end-to-end ceiling.
+- the pipeline's rate without the model (decode, resize, draw, encode): the end-to-end ceiling;
+- with --onnx, ONNX Runtime on the CPU (fp32 with and without graph optimizations, int8): the
+  graph's milliseconds per frame at batch 1, and how many mask pixels equal PyTorch fp32's.
 
 Without --model the network has official-layout random weights with roughly trained statistics:
 speed does not depend on the values, and the ONNX rows' mask agreement is not flattered by
@@ -175,7 +177,9 @@ def predict_latency(predictor: Predictor, frame: np.ndarray, calls: int) -> floa
 
 
 def onnx_rows(base: Segmentor, imgsz, frames: list, folder: Path, reps: int) -> list:
-    """ONNX Runtime on the CPU: model ms/frame and agreement with PyTorch fp32 masks."""
+    """ONNX Runtime on the CPU, one row per graph and optimization level: (label, seconds per
+    frame at batch 1 (best of ``reps``), share of the ``frames``' mask pixels equal to PyTorch
+    fp32's)."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
