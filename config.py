@@ -658,10 +658,12 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> l
     # no_augment); the setting's own flag is the other one.
     negations = {a.dest: a.option_strings[-1] for a in parser._actions if _is_negation(a)}
     actions = {a.dest: a for a in parser._actions if a.option_strings and not _is_negation(a)}
-    # A run's OUT/args.yaml records config: null; a config file naming another one is refused.
-    nested = data.get("config") is not None
-    unknown = [k for k in data if k not in CLASS_KEYS and (k not in actions or k == "config")]
-    unknown = [k for k in unknown if k != "config" or nested]
+    # A run's OUT/args.yaml records config: null, which sets nothing (and names a flag that
+    # model.py's parser lacks); a config file naming another one is refused.
+    settings = {
+        k: v for k, v in data.items() if k not in CLASS_KEYS and not (k == "config" and v is None)
+    }
+    unknown = [k for k in settings if k not in actions or k == "config"]
     if unknown:
         allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
         hints = []  # a key written as its flag (num-vis, --lr, augment: true)
@@ -678,9 +680,7 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> l
             f"{where} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}{said}"
         )
     argv: list[str] = []
-    for key, value in data.items():
-        if key in CLASS_KEYS:
-            continue
+    for key, value in settings.items():
         flag = actions[key].option_strings[-1]
         if isinstance(actions[key], argparse._StoreTrueAction):
             if not isinstance(value, bool):

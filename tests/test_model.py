@@ -342,6 +342,17 @@ def test_model_summary_refuses_bad_sizes(flags, message):
         main(parse_args(get_args_parser(), ["--backbone-source", "timm", *flags])[0])
 
 
+def test_model_summary_names_its_missing_config_flag(tmp_path, capsys):
+    # a run's args.yaml records config: null; model.py's parser has no --config, and argparse
+    # says so (not a KeyError from reading the file's keys)
+    from model import get_args_parser
+
+    (tmp_path / "args.yaml").write_text("config: null\nbackbone: dinov2_vits14\n")
+    with pytest.raises(SystemExit):
+        parse_args(get_args_parser(), ["--config", str(tmp_path / "args.yaml")])
+    assert "unrecognized arguments: --config" in capsys.readouterr().err
+
+
 def test_a_cast_network_keeps_the_pixel_normalization_exact():
     model = Segmentor(load_backbone("dinov2_vits14", "timm", None), 2).cast(torch.bfloat16)
     assert model.dtype == torch.bfloat16
