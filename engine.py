@@ -217,6 +217,23 @@ def _groups(batches: Iterable, size: int) -> Iterator[list]:
         yield group
 
 
+def _stop_if_diverged(loss: torch.Tensor, masks: torch.Tensor, step: int) -> None:
+    """Raise TrainingDiverged if the batch's summed ``loss`` is NaN or infinite here or in any
+    other process: under torchrun every process stops at the same step, as one that went on
+    would wait forever for the others' gradients.
+
+    Args:
+        masks: the batch's (B, H, W) class ids, for the mean loss per labelled pixel.
+    """
+    here = ~torch.isfinite(loss)
+    diverged = here.to(torch.int32)
+    all_reduce_sum(diverged)
+    if diverged:
+        mean = loss / (masks != IGNORE_INDEX).sum().clamp(min=1)
+        where = f"became {mean.item()}" if here else "diverged in another process"
+        raise TrainingDiverged(f"the training loss {where} at step {step}")
+
+
 def train_one_epoch(
     model: Segmentor,
     loader: DataLoader,
@@ -249,7 +266,8 @@ def train_one_epoch(
     use_scaler = scaler is not None and scaler.is_enabled()
     # DistributedDataParallel averages the processes' gradients: each process's share is
     # multiplied by their number, so that the average is a sum over all of them.
-    world = dist.get_world_size() if hasattr(model, "no_sync") else 1
+    ddp = hasattr(model, "no_sync")  # a DistributedDataParallel wrapper
+    world = dist.get_world_size() if ddp else 1
     optimizer.zero_grad(set_to_none=True)
     step = 0
     for group in _groups(_progress(loader, desc), accum):
@@ -271,27 +289,19 @@ def train_one_epoch(
             masks = target.long()
             update = position == len(group)
             # Under DDP, gradients are averaged across processes only on the batch that updates.
-            no_sync = model.no_sync() if hasattr(model, "no_sync") and not update else None
+            no_sync = model.no_sync() if ddp and not update else None
             with no_sync or contextlib.nullcontext():
                 with _autocast(device, autocast_dtype):
                     logits = model(images, size=masks.shape[-2:], from_features=from_features)
                 loss = F.cross_entropy(
                     logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
                 )
-                # Under torchrun every process stops at the same step, even if one alone
-                # diverged: a process that went on would wait forever for the others' gradients.
-                here = ~torch.isfinite(loss)
-                diverged = here.to(torch.int32)
-                all_reduce_sum(diverged)
-                if diverged:
-                    mean = loss / (masks != IGNORE_INDEX).sum().clamp(min=1)
-                    where = f"became {mean.item()}" if here else "diverged in another process"
-                    raise TrainingDiverged(f"the training loss {where} at step {step}")
+                _stop_if_diverged(loss, masks, step)
                 if position == 1:
                     # No step where every mask pixel of the group is 255 (in every process:
                     # the count is summed, so they all agree): it has no gradient to follow, but
                     # AdamW would still step by its momentum and weight decay. Read here, where
-                    # the check above has just waited for the device, so that it stalls nothing.
+                    # _stop_if_diverged has just waited for the device, so that it stalls nothing.
                     learn = bool(labelled)
                 (scaler.scale(loss * weight) if use_scaler else loss * weight).backward()
             if update:
