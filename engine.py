@@ -143,7 +143,7 @@ def _class_ids_in_chunks(
 def _scores_in_chunks(
     output: torch.Tensor, mask: torch.Tensor, probs: bool, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What evaluate computes from all K classes resized to the mask's size at once, a few
+    """What _score_image computes from all K classes resized to the mask's size at once, a few
     classes at a time (see _class_ids_in_chunks). With 21 classes, a 4000x3000 mask's 1 GB of
     float32 scores and their log-softmax raised evaluate's peak memory by 2.0 GB (3.0 GB with
     TTA); a few classes at a time, by 0.8 GB (0.7 GB).
@@ -380,22 +380,33 @@ def evaluate(
             else:
                 outputs = tta_probs(model, images, *tta)  # probabilities
         for output, target in zip(outputs, masks, strict=True):
-            target = to_device(target, device)[None]
-            if output.shape[0] * target.numel() > UPSAMPLE_ELEMENTS:
-                loss, pred = _scores_in_chunks(output, target[0], tta is not None, scores.dtype)
-                scores.update(loss, pred[None], target)
-                continue
-            mask = target.long()
-            up = F.interpolate(
-                output[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
-            )
-            if tta is None:
-                loss = F.cross_entropy(up, mask, ignore_index=IGNORE_INDEX, reduction="sum")
-            else:
-                log_probs = up.clamp(min=1e-12).log()
-                loss = F.nll_loss(log_probs, mask, ignore_index=IGNORE_INDEX, reduction="sum")
-            scores.update(loss, class_ids(up, torch.uint8), target)
+            target = to_device(target, device)
+            loss, pred = _score_image(output, target, tta is not None, scores.dtype)
+            scores.update(loss, pred[None], target[None])
     return scores.compute()
+
+
+def _score_image(
+    output: torch.Tensor, mask: torch.Tensor, probs: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's scores resized to its mask: (K, h, w) float32 logits, or probabilities with
+    ``probs``, and the (H, W) integer mask (255 ignored) -> the loss summed over labelled pixels
+    (cross-entropy, or with ``probs`` the negative log of the probabilities clamped at 1e-12)
+    and the (H, W) uint8 class ids.
+
+    All K classes are resized at once unless they pass UPSAMPLE_ELEMENTS: then a few at a time
+    (_scores_in_chunks, whose sum is a ``dtype`` scalar).
+    """
+    if output.shape[0] * mask.numel() > UPSAMPLE_ELEMENTS:
+        return _scores_in_chunks(output, mask, probs, dtype)
+    target = mask.long()[None]
+    up = F.interpolate(output[None], size=mask.shape, mode="bilinear", align_corners=False)
+    if probs:
+        log_probs = up.clamp(min=1e-12).log()
+        loss = F.nll_loss(log_probs, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    else:
+        loss = F.cross_entropy(up, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, class_ids(up, torch.uint8)[0]
 
 
 def to_model_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
