@@ -862,18 +862,36 @@ def load_checkpoint(
             path,
         )
         hub_dir = None  # said once, here, where the source came from the checkpoint
+    built = _checkpoint_backbone(path, ckpt, source, hub_dir)
+    model = Segmentor(built, classes.num_classes, fine_tune=ckpt["fine_tune"])
+    _load_weights(model, path, ckpt)
+    return model.to(device).eval(), ckpt
+
+
+def _edited(path: Path, ckpt: dict, problem: str, changed: str = "") -> UserError:
+    """The error for a checkpoint that no longer fits its own model: ``problem`` says how,
+    ``changed`` what was changed where known."""
+    return UserError(
+        f"checkpoint {path} does not fit its {ckpt['backbone']} model: {problem}. It was "
+        f"changed after train.py wrote it{changed}: use a checkpoint exactly as train.py wrote it"
+    )
+
+
+def _checkpoint_backbone(path: Path, ckpt: dict, source: str, hub_dir: Path | None) -> DinoBackbone:
+    """A checkpoint's backbone architecture, untrained, built through ``source`` and feeding the
+    head the blocks it was trained on."""
     # The blocks the head was trained on, kept should the BACKBONES row change (checkpoints
     # written before they were recorded have the row's).
     blocks = ckpt.get("blocks")
     if blocks is not None and not _are_blocks(blocks, ckpt["layers"], ckpt["backbone"]):
-        raise UserError(
-            f"checkpoint {path} does not fit its {ckpt['backbone']} model: its blocks {blocks!r} "
-            f"are not {ckpt['layers']} increasing block indices of its "
-            f"{BACKBONES[ckpt['backbone']].depth}. It was changed after train.py wrote it: use a "
-            "checkpoint exactly as train.py wrote it"
+        raise _edited(
+            path,
+            ckpt,
+            f"its blocks {blocks!r} are not {ckpt['layers']} increasing block indices of its "
+            f"{BACKBONES[ckpt['backbone']].depth}",
         )
     try:
-        vit = load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"], blocks)
+        return load_backbone(ckpt["backbone"], source, None, hub_dir, ckpt["layers"], blocks)
     except UserError as err:
         # --hub-dir is never taken from the checkpoint (it may name a folder of another machine,
         # and it is code that would run), but a run trained with it most likely needs it again.
@@ -884,30 +902,25 @@ def load_checkpoint(
             f"{err} {path} was trained with --hub-dir {trained}: pass --hub-dir {trained} "
             "again (a checkpoint does not keep it)"
         ) from err
-    model = Segmentor(vit, classes.num_classes, fine_tune=ckpt["fine_tune"])
+
+
+def _load_weights(model: Segmentor, path: Path, ckpt: dict) -> None:
+    """Load a checkpoint's backbone and head weights into ``model``, built for it."""
     weights = ckpt["model"]["backbone"]
     # Checked here, as --weights files are: timm converts the official layout itself and fails
     # with a KeyError or a reshape error for a missing or odd key, not load_state_dict's list.
     if _is_state_dict(weights):
-        problem = _layout_problem(weights, vit.official_shapes(), ckpt["backbone"])
+        problem = _layout_problem(weights, model.backbone.official_shapes(), ckpt["backbone"])
     else:
         problem = "model.backbone is not a state dict of tensors"
     if problem:
-        raise UserError(
-            f"checkpoint {path} does not fit its {ckpt['backbone']} model: {problem}. It was "
-            "changed after train.py wrote it: use a checkpoint exactly as train.py wrote it"
-        )
+        raise _edited(path, ckpt, problem)
     try:
-        vit.load_official_state_dict(weights)
+        model.backbone.load_official_state_dict(weights)
         model.head.load_state_dict(ckpt["model"]["head"])
     except RuntimeError as err:
         detail = " ".join(str(err).split()).rstrip(".")  # load_state_dict's list, on one line
-        raise UserError(
-            f"checkpoint {path} does not fit its {ckpt['backbone']} model: {detail}. It was "
-            "changed after train.py wrote it (its classes, or its head): use a checkpoint "
-            "exactly as train.py wrote it"
-        ) from err
-    return model.to(device).eval(), ckpt
+        raise _edited(path, ckpt, detail, " (its classes, or its head)") from err
 
 
 ONNX_FORMAT = "dinov2-segmentation-onnx/1"
