@@ -948,7 +948,6 @@ class OnnxSegmentor:
     def load(cls, path: Path, device: torch.device) -> "OnnxSegmentor":
         """Open a file written by export.py, on CUDA when asked for and available."""
         import onnx
-        import onnxruntime as ort
 
         path = Path(path)
         graph = "pass the .onnx file export.py wrote (python export.py --model CKPT --output FILE)"
@@ -964,65 +963,8 @@ class OnnxSegmentor:
                 "--backend onnxruntime to run it with PyTorch, or export it first with "
                 f"python export.py --model {path} --output model.onnx"
             )
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as err:  # ONNX Runtime raises its own types for unreadable models
-            missing = _missing_external_data(path)
-            if missing is not None:
-                raise UserError(
-                    f"{path} keeps its weights in {missing}, which does not exist: copy the "
-                    f"{missing.name} that export.py wrote beside the graph, under that name (the "
-                    "graph names it: rename the .onnx file if you like, never the .data file)"
-                ) from err
-            hint = (
-                ": this onnxruntime lacks an operator the graph uses (an --int8 graph's "
-                "ConvInteger with int8 weights needs onnxruntime 1.24 or later); update it"
-                if "NOT_IMPLEMENTED" in str(err)
-                else ""
-            )
-            raise UserError(
-                f"{path} is not an ONNX model ONNX Runtime {ort.__version__} can load ({err}){hint}"
-            ) from err
-        if device.type != "cpu" and session.get_providers()[0] != "CUDAExecutionProvider":
-            # --device auto picks CUDA or MPS for PyTorch, and the speed line names that device;
-            # the onnxruntime package runs on the CPU only (onnxruntime-gpu adds CUDA)
-            if device.type != "cuda":
-                why = "--backend onnxruntime runs on CUDA or the CPU"
-            elif "CUDAExecutionProvider" in providers:
-                why = (
-                    "its CUDA provider did not start (see ONNX Runtime's message above: the CUDA "
-                    "and cuDNN versions this onnxruntime-gpu was built for)"
-                )
-            else:
-                why = "this onnxruntime has no CUDA provider: install onnxruntime-gpu in its place"
-            log.warning("--device %s: ONNX Runtime runs %s on the CPU; %s", device.type, path, why)
-        meta = session.get_modelmeta().custom_metadata_map
-        found = meta.get("format")
-        if found != ONNX_FORMAT:
-            if isinstance(found, str) and found.startswith(ONNX_FORMAT.split("/")[0] + "/"):
-                raise UserError(
-                    f"{path} has graph format {found!r}, and this version of the repository "
-                    f"reads {ONNX_FORMAT!r}: use the version that exported it"
-                )
-            raise UserError(f"{path} was not written by export.py (no {ONNX_FORMAT} metadata)")
-        try:
-            classes = ClassConfig.from_dict(json.loads(meta["classes"]), source=str(path))
-            imgsz = json.loads(meta["imgsz"])
-            backbone = meta["backbone"]
-            if not (
-                isinstance(imgsz, list)
-                and len(imgsz) == 2
-                and all(isinstance(v, int) and v >= PATCH_SIZE for v in imgsz)
-            ):
-                raise ValueError(f"imgsz {imgsz!r}")
-        except (KeyError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
-            raise UserError(
-                f"{path} has damaged or edited export.py metadata ({type(err).__name__}: {err}): "
-                "export the checkpoint again"
-            ) from err
+        session = _onnx_session(path, device)
+        classes, imgsz, backbone = _export_metadata(session, path)
         # the graph's nodes without its weights, which may be gigabytes beside it
         nodes = onnx.load(str(path), load_external_data=False).graph.node
         per_image = any(node.op_type == "DynamicQuantizeLinear" for node in nodes)
@@ -1042,6 +984,78 @@ class OnnxSegmentor:
         batches = [images[i : i + 1] for i in range(len(images))] if self.per_image else [images]
         logits = [self.session.run(None, {"images": batch})[0] for batch in batches]
         return torch.from_numpy(logits[0] if len(logits) == 1 else np.concatenate(logits))
+
+
+def _onnx_session(path: Path, device: torch.device):
+    """An onnxruntime.InferenceSession of the graph at ``path``, on CUDA where ``device`` is and
+    onnxruntime can; a warning where it falls back to the CPU."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as err:  # ONNX Runtime raises its own types for unreadable models
+        missing = _missing_external_data(path)
+        if missing is not None:
+            raise UserError(
+                f"{path} keeps its weights in {missing}, which does not exist: copy the "
+                f"{missing.name} that export.py wrote beside the graph, under that name (the "
+                "graph names it: rename the .onnx file if you like, never the .data file)"
+            ) from err
+        hint = (
+            ": this onnxruntime lacks an operator the graph uses (an --int8 graph's "
+            "ConvInteger with int8 weights needs onnxruntime 1.24 or later); update it"
+            if "NOT_IMPLEMENTED" in str(err)
+            else ""
+        )
+        raise UserError(
+            f"{path} is not an ONNX model ONNX Runtime {ort.__version__} can load ({err}){hint}"
+        ) from err
+    if device.type != "cpu" and session.get_providers()[0] != "CUDAExecutionProvider":
+        # --device auto picks CUDA or MPS for PyTorch, and the speed line names that device;
+        # the onnxruntime package runs on the CPU only (onnxruntime-gpu adds CUDA)
+        if device.type != "cuda":
+            why = "--backend onnxruntime runs on CUDA or the CPU"
+        elif "CUDAExecutionProvider" in providers:
+            why = (
+                "its CUDA provider did not start (see ONNX Runtime's message above: the CUDA "
+                "and cuDNN versions this onnxruntime-gpu was built for)"
+            )
+        else:
+            why = "this onnxruntime has no CUDA provider: install onnxruntime-gpu in its place"
+        log.warning("--device %s: ONNX Runtime runs %s on the CPU; %s", device.type, path, why)
+    return session
+
+
+def _export_metadata(session, path: Path) -> tuple[ClassConfig, list[int], str]:
+    """The classes, input size [W, H] and backbone name export.py stored in the graph."""
+    meta = session.get_modelmeta().custom_metadata_map
+    found = meta.get("format")
+    if found != ONNX_FORMAT:
+        if isinstance(found, str) and found.startswith(ONNX_FORMAT.split("/")[0] + "/"):
+            raise UserError(
+                f"{path} has graph format {found!r}, and this version of the repository "
+                f"reads {ONNX_FORMAT!r}: use the version that exported it"
+            )
+        raise UserError(f"{path} was not written by export.py (no {ONNX_FORMAT} metadata)")
+    try:
+        classes = ClassConfig.from_dict(json.loads(meta["classes"]), source=str(path))
+        imgsz = json.loads(meta["imgsz"])
+        backbone = meta["backbone"]
+        if not (
+            isinstance(imgsz, list)
+            and len(imgsz) == 2
+            and all(isinstance(v, int) and v >= PATCH_SIZE for v in imgsz)
+        ):
+            raise ValueError(f"imgsz {imgsz!r}")
+    except (KeyError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise UserError(
+            f"{path} has damaged or edited export.py metadata ({type(err).__name__}: {err}): "
+            "export the checkpoint again"
+        ) from err
+    return classes, imgsz, backbone
 
 
 def _missing_external_data(path: Path) -> Path | None:
