@@ -189,8 +189,9 @@ class _SplitScores:
         self.loss_sum = torch.zeros((), device=device, dtype=self.dtype)
 
     def update(self, loss_sum: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> None:
-        """Add a batch: its cross-entropy summed over labelled pixels, and its predicted and true
-        class ids (same shape, 255 ignored)."""
+        """Add a batch: its loss summed over labelled pixels (cross-entropy, or with TTA the
+        negative log of the averaged probabilities), and its predicted and true class ids (same
+        shape, 255 ignored)."""
         self.loss_sum += loss_sum.detach()
         self.cm.update(pred, mask)
 

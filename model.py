@@ -513,7 +513,8 @@ def load_backbone(
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if source not in ("hub", "timm"):
-        # from Python (the flag has choices): anything else was loaded as "hub"
+        # reached from Python only (the flag has choices): _build_vit takes anything but
+        # "timm" for "hub"
         raise UserError(f"unknown backbone source {source!r}; choose hub or timm")
     blocks = BACKBONES[name].blocks(layers) if blocks is None else tuple(blocks)
     if source == "timm" and hub_dir is not None:
