@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -505,9 +506,9 @@ def _input_size(imgsz) -> tuple[int, int]:
 
 
 def _tta_views(tta) -> tuple[list[float], bool] | None:
-    """``tta`` as (scales, flip), or a ValueError: a bare list of scales or True failed at the
-    first image, and a scale of 0 or less ran every view at one patch, as --tta-scales
-    refuses."""
+    """``tta`` as (scales, flip), or a ValueError: a bare list of scales or True would fail at
+    the first image, a scale of 0 or less would run every view at one patch and an infinite one
+    overflow (config.tta_setting refuses both for --tta-scales)."""
     if tta is None:
         return None
     try:
@@ -515,10 +516,10 @@ def _tta_views(tta) -> tuple[list[float], bool] | None:
         scales = [float(scale) for scale in scales]
     except (TypeError, ValueError):
         scales, flip = [], None
-    if not scales or not all(scale > 0 for scale in scales) or flip not in (True, False):
+    if not scales or not all(0 < scale < math.inf for scale in scales) or flip not in (True, False):
         raise ValueError(
-            f"tta is (scales, flip), positive scales and a bool such as ([0.75, 1.0, 1.25], "
-            f"True), not {tta!r}"
+            f"tta is (scales, flip), positive finite scales and a bool such as "
+            f"([0.75, 1.0, 1.25], True), not {tta!r}"
         )
     return scales, bool(flip)
 

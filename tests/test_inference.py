@@ -157,13 +157,17 @@ def test_an_input_size_of_whole_floats_or_numpy_ints_is_taken(checkpoint):
         assert predictor.predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)
 
 
-@pytest.mark.parametrize("tta", [True, [0.75, 1.0], ([0.0, 1.0], True), ([1.0], "no")])
+@pytest.mark.parametrize(
+    "tta",
+    [True, [0.75, 1.0], ([0.0, 1.0], True), ([1.0], "no"), ([float("inf")], True)],
+)
 def test_a_tta_setting_that_is_not_scales_and_flip_is_refused_before_the_model_loads(
     monkeypatch, tta
 ):
-    # True and a bare list failed at the first image; a scale of 0 ran its views at one patch
+    # True and a bare list failed at the first image; a scale of 0 ran its views at one patch,
+    # and an infinite one raised OverflowError at the first image
     monkeypatch.setattr(engine, "load_checkpoint", no_model)
-    with pytest.raises(ValueError, match=r"tta is \(scales, flip\), positive scales and a bool"):
+    with pytest.raises(ValueError, match=r"tta is \(scales, flip\), positive finite scales and"):
         Predictor.from_checkpoint("model.pth", "cpu", tta=tta)
 
 
