@@ -270,7 +270,7 @@ def _hub_load(
     The official code could load the weights too, but torch.hub unpickles them without
     weights_only: load_backbone reads the same cache file itself.
     """
-    name = BACKBONES[name].hub_name  # the entry point: a row may feed other blocks of one
+    entry = BACKBONES[name].hub_name  # a row may feed the head other blocks of an official model
     if hub_dir is not None and not (hub_dir / "hubconf.py").is_file():
         raise UserError(f"--hub-dir {hub_dir} has no hubconf.py: point it at a clone of {HUB_REPO}")
     repo, source = (str(hub_dir), "local") if hub_dir is not None else (HUB_REPO, "github")
@@ -280,21 +280,21 @@ def _hub_load(
             # The official modules warn about xFormers on import; FusedAttention replaces the
             # layers those warnings are about.
             warnings.filterwarnings("ignore", message="xFormers is ")
-            vit = torch.hub.load(repo, name, source=source, pretrained=False)
+            vit = torch.hub.load(repo, entry, source=source, pretrained=False)
     except ImportError as err:  # hubconf.py imports the repository's modules and what they need
         raise UserError(
-            f"could not load {name} through torch.hub: {where} failed to import "
+            f"could not load {entry} through torch.hub: {where} failed to import "
             f"({type(err).__name__}: {err}). Install the missing package, point --hub-dir at "
             f"a complete clone of {HUB_REPO}, or use --backbone-source timm"
         ) from err
     except (OSError, RuntimeError) as err:  # no network and no cache, no such entry point...
-        if f"Cannot find callable {name}" in str(err):  # an old clone or cache: no _reg models
+        if f"Cannot find callable {entry}" in str(err):  # an old clone or cache: no _reg models
             raise UserError(
-                f"{where} has no {name}: it predates that model. Update it (git pull, or delete "
+                f"{where} has no {entry}: it predates that model. Update it (git pull, or delete "
                 "the cached copy to download it again), or use --backbone-source timm"
             ) from err
         raise UserError(
-            f"could not load {name} through torch.hub ({err}). " + offline_help(name, weights)
+            f"could not load {entry} through torch.hub ({err}). " + offline_help(entry, weights)
         ) from err
     return _with_fused_attention(vit) if fused else vit
 
