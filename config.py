@@ -665,27 +665,17 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> l
     }
     unknown = [k for k in settings if k not in actions or k == "config"]
     if unknown:
-        allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
-        hints = []  # a key written as its flag (num-vis, --lr, augment: true)
-        for key in unknown:
-            dest = str(key).lstrip("-").replace("-", "_")
-            negated = [d for d, flag in negations.items() if flag == f"--{dest.replace('_', '-')}"]
-            if negated and isinstance(data[key], bool):
-                value, opposite = ("true", "false") if data[key] else ("false", "true")
-                hints.append(f"write {key}: {value} as {negated[0]}: {opposite}")
-            elif dest != key and dest in allowed:
-                hints.append(f"write {key} as {dest}")
-        said = f". Keys are the flags' names with underscores: {'; '.join(hints)}" if hints else ""
-        raise UserError(
-            f"{where} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}{said}"
-        )
+        raise _unknown_keys(unknown, settings, actions, negations, where)
     argv: list[str] = []
     for key, value in settings.items():
         flag = actions[key].option_strings[-1]
         if isinstance(actions[key], argparse._StoreTrueAction):
             if not isinstance(value, bool):
                 raise UserError(f"{where}: {key} must be true or false")
-            argv += [flag] if value else [negations[key]] if key in negations else []
+            if value:
+                argv.append(flag)
+            elif key in negations:
+                argv.append(negations[key])
         elif value is not None:
             if value is False and "off" in (actions[key].choices or ()):
                 items = ["off"]  # YAML reads a bare off (amp: off) as false
@@ -695,6 +685,27 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> l
             _check_values(actions[key], items, where)
             argv += [flag, *items]
     return argv
+
+
+def _unknown_keys(
+    unknown: list, settings: dict, actions: dict, negations: dict, where: str
+) -> UserError:
+    """The error for ``unknown`` keys of ``settings``, which name no flag of ``actions``, with
+    the key to write instead where one was written as its flag (num-vis, --lr, augment: true)."""
+    allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
+    hints = []
+    for key in unknown:
+        dest = str(key).lstrip("-").replace("-", "_")
+        negated = [d for d, flag in negations.items() if flag == f"--{dest.replace('_', '-')}"]
+        if negated and isinstance(settings[key], bool):
+            value, opposite = ("true", "false") if settings[key] else ("false", "true")
+            hints.append(f"write {key}: {value} as {negated[0]}: {opposite}")
+        elif dest != key and dest in allowed:
+            hints.append(f"write {key} as {dest}")
+    said = f". Keys are the flags' names with underscores: {'; '.join(hints)}" if hints else ""
+    return UserError(
+        f"{where} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}{said}"
+    )
 
 
 def _is_negation(action: argparse.Action) -> bool:
