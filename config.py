@@ -658,8 +658,8 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> l
     # no_augment); the setting's own flag is the other one.
     negations = {a.dest: a.option_strings[-1] for a in parser._actions if _is_negation(a)}
     actions = {a.dest: a for a in parser._actions if a.option_strings and not _is_negation(a)}
-    # A run's OUT/args.yaml records config: null, which sets nothing (and names a flag that
-    # model.py's parser lacks); a config file naming another one is refused.
+    # A run's OUT/args.yaml records config: null, which sets nothing (and may name a flag the
+    # parser lacks); a config file naming another one is refused.
     settings = {
         k: v for k, v in data.items() if k not in CLASS_KEYS and not (k == "config" and v is None)
     }

@@ -32,7 +32,6 @@ from config import (
     backbone_flags,
     check_imgsz,
     official_weights_name,
-    parse_args,
 )
 from utils import (
     UserError,
@@ -1159,4 +1158,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_script(lambda: main(parse_args(get_args_parser())[0]))
+    run_script(lambda: main(get_args_parser().parse_args()))

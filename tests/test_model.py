@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from config import BACKBONES, DEFAULT_CLASSES, official_weights_name, parse_args
+from config import BACKBONES, DEFAULT_CLASSES, official_weights_name
 from conftest import FAKE_HUB
 from model import (
     DinoBackbone,
@@ -316,7 +316,7 @@ def test_model_summary_script(capsys):
     # model.py's main in this process: a process of its own would import torch and timm again
     from model import get_args_parser, main
 
-    main(parse_args(get_args_parser(), ["--backbone-source", "timm", "--imgsz", "100", "60"])[0])
+    main(get_args_parser().parse_args(["--backbone-source", "timm", "--imgsz", "100", "60"]))
     out = capsys.readouterr().out
     assert "Parameters: 22,056,192 frozen (backbone), 6,146 trainable (head)" in out
     assert "output logits: (1, 2, 60, 100)" in out
@@ -339,18 +339,7 @@ def test_model_summary_refuses_bad_sizes(flags, message):
     from model import get_args_parser, main
 
     with pytest.raises(UserError, match=message):
-        main(parse_args(get_args_parser(), ["--backbone-source", "timm", *flags])[0])
-
-
-def test_model_summary_names_its_missing_config_flag(tmp_path, capsys):
-    # a run's args.yaml records config: null; model.py's parser has no --config, and argparse
-    # says so (not a KeyError from reading the file's keys)
-    from model import get_args_parser
-
-    (tmp_path / "args.yaml").write_text("config: null\nbackbone: dinov2_vits14\n")
-    with pytest.raises(SystemExit):
-        parse_args(get_args_parser(), ["--config", str(tmp_path / "args.yaml")])
-    assert "unrecognized arguments: --config" in capsys.readouterr().err
+        main(get_args_parser().parse_args(["--backbone-source", "timm", *flags]))
 
 
 def test_a_cast_network_keeps_the_pixel_normalization_exact():

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+import config
 import train
 from config import (
     CLASS_KEYS,
@@ -586,6 +587,14 @@ def test_a_runs_args_yaml_repeats_it_as_a_config_file(trained, tmp_path):
     (tmp_path / "nested.yaml").write_text("config: other.yaml\n")
     with pytest.raises(UserError, match=r"unknown keys \['config'\]"):
         parse_args(train.get_args_parser(), ["--config", str(tmp_path / "nested.yaml")])
+
+
+def test_config_null_sets_nothing_under_a_parser_without_config():
+    # every run's args.yaml records config: null, which raised KeyError where the parser had no
+    # --config of its own
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=0.1)
+    assert config._flags_to_argv(parser, {"config": None, "lr": 0.5}, "f.yaml") == ["--lr", "0.5"]
 
 
 def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
