@@ -776,7 +776,7 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
         )
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else None
-        if isinstance(found, str) and found.startswith(CHECKPOINT_FORMAT.split("/")[0] + "/"):
+        if _other_version(found, CHECKPOINT_FORMAT):
             raise UserError(
                 f"{flag} {path} has checkpoint format {found!r}, and this version of the "
                 f"repository reads {CHECKPOINT_FORMAT!r}: use the version that wrote it"
@@ -802,6 +802,13 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
             "that wrote it, or a checkpoint exactly as train.py wrote it"
         )
     return ckpt
+
+
+def _other_version(found, current: str) -> bool:
+    """Whether a file's format tag ``found`` has the name of ``current`` ("NAME/VERSION") and
+    another version: a file of another version of this repository."""
+    name = current.split("/")[0]
+    return isinstance(found, str) and found != current and found.startswith(f"{name}/")
 
 
 def _are_blocks(blocks, layers: int, backbone: str) -> bool:
@@ -1034,7 +1041,7 @@ def _export_metadata(session, path: Path) -> tuple[ClassConfig, list[int], str]:
     meta = session.get_modelmeta().custom_metadata_map
     found = meta.get("format")
     if found != ONNX_FORMAT:
-        if isinstance(found, str) and found.startswith(ONNX_FORMAT.split("/")[0] + "/"):
+        if _other_version(found, ONNX_FORMAT):
             raise UserError(
                 f"{path} has graph format {found!r}, and this version of the repository "
                 f"reads {ONNX_FORMAT!r}: use the version that exported it"
