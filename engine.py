@@ -828,6 +828,9 @@ class FeatureCache:
             ) from err
 
     def _store(self, key: str, features: torch.Tensor) -> None:
+        """Keep ``features``, one row of a batch, as a copy of its own: torch.save writes the
+        whole storage of a view, the batch's."""
+        features = features.clone()
         if self.mode == "memory":
             self.memory[key] = features
             return
@@ -894,7 +897,7 @@ class FeatureCache:
                 with _autocast(device, self.autocast_dtype):
                     features = model.features(x)
                 for (path, view), f in zip(chunk, features.half().cpu(), strict=True):
-                    self._store(self._run_key(path, view), f.clone())
+                    self._store(self._run_key(path, view), f)
                     self.computed += 1  # one by one: an interrupted fill says how many it kept
                 bar.update(len(chunk))
 
@@ -922,7 +925,7 @@ class FeatureCache:
                 dist.broadcast(buffer, source)
                 if source != rank:
                     for (path, view), f in zip(chunk, buffer.cpu(), strict=True):
-                        self._store(self._run_key(path, view), f.clone())
+                        self._store(self._run_key(path, view), f)
 
     def fill_splits(
         self, model: Segmentor, pairs: dict, views: Sequence[str], batch: int, rank=0, world=1

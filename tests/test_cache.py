@@ -273,6 +273,15 @@ def test_a_disk_entry_removed_mid_run_is_named_as_a_cache_problem(fresh_data, un
         cache.load(pair[0], "orig")
 
 
+def test_each_disk_entry_of_a_batch_holds_its_own_view_alone(fresh_data, untrained, tmp_path):
+    # an entry saved as a row of its batch would write the whole batch's storage to each file
+    pairs = check_dataset(fresh_data, DEFAULT_CLASSES)["train"][:3]
+    cache = FeatureCache(untrained, (56, 56), "disk", tmp_path / "cache")
+    cache.fill(untrained, pairs, ("orig", "flip"), batch=6)
+    sizes = [file.stat().st_size for file in (tmp_path / "cache").iterdir()]
+    assert len(sizes) == 6 and max(sizes) <= cache.file_bytes()
+
+
 def test_a_damaged_disk_entry_is_named_with_the_fix(fresh_data, untrained, tmp_path):
     # entries are written whole, but a copy of the folder or a disk fault can cut one off
     pair = check_dataset(fresh_data, DEFAULT_CLASSES)["train"][0]
