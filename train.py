@@ -18,6 +18,7 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -740,14 +741,17 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             args.epochs,
             args.resume.parent,
         )
-    last = args.out_dir / LAST_CHECKPOINT
     epoch = start
+    on_disk = {}  # the checkpoint files this run wrote into --out-dir: name -> epoch
 
     def kept() -> str:
-        # Until this run finishes an epoch, the epoch before it is in the --resume checkpoint,
+        finished = on_disk.get(LAST_CHECKPOINT, start - 1)
+        # Until this run saves an epoch, the epoch before it is in the --resume checkpoint,
         # which may be in another folder, or another file than last_model.pth.
-        checkpoint = last if epoch > start or not args.resume else args.resume
-        return kept_message(checkpoint, epoch - 1, args.out_dir)
+        last = args.out_dir / LAST_CHECKPOINT
+        checkpoint = args.resume if finished < start and args.resume else last
+        ahead = [name for name, saved in on_disk.items() if saved > finished]
+        return kept_message(checkpoint, finished, args.out_dir, ahead)
 
     try:
         for epoch in range(start, args.epochs + 1):
@@ -818,7 +822,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             if main_process:
                 write_report(args.out_dir, history)
                 write_overlays(args.out_dir, valid_set, args.num_vis, predictor)
-                save_checkpoints(args.out_dir, model, meta, (improved_iou, improved_loss))
+                save_checkpoints(args.out_dir, model, meta, (improved_iou, improved_loss), on_disk)
             log_epoch(row, args.epochs, improved_iou)
     except KeyboardInterrupt:
         if main_process:
@@ -865,15 +869,20 @@ def make_optimization(args, model: Segmentor, device, ckpt: dict | None, start: 
     return optimizer, scheduler, scaler
 
 
-def save_checkpoints(out_dir: Path, model: Segmentor, meta: dict, improved: tuple) -> None:
+def save_checkpoints(
+    out_dir: Path, model: Segmentor, meta: dict, improved: tuple, on_disk: dict[str, int]
+) -> None:
     """Save an epoch as best_model_iou.pth and best_model_loss.pth where it ``improved`` (mIoU,
-    loss), then as last_model.pth."""
+    loss), then as last_model.pth; ``on_disk`` (file name -> epoch) records each file as soon as
+    it is written, for the message of a stop that comes in between."""
     for name, better in zip(BEST_CHECKPOINTS, improved, strict=True):
         if better:
             save_checkpoint(out_dir / name, model, **meta)
+            on_disk[name] = meta["epoch"]
     # Last, once everything else of this epoch is on disk: a resume from it never skips a best
     # checkpoint that failed to write.
     save_checkpoint(out_dir / LAST_CHECKPOINT, model, **meta)
+    on_disk[LAST_CHECKPOINT] = meta["epoch"]
 
 
 def log_epoch(row: dict, epochs: int, best: bool) -> None:
@@ -1143,14 +1152,27 @@ def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
         )
 
 
-def kept_message(checkpoint: Path, finished: int, out_dir: Path) -> str:
-    """What an early stop leaves behind when ``finished`` is the last completed epoch, held by
-    ``checkpoint``, and the command that continues the run in its ``out_dir``."""
+def kept_message(checkpoint: Path, finished: int, out_dir: Path, ahead: Sequence[str] = ()) -> str:
+    """What an early stop leaves behind when ``finished`` is the last epoch saved whole, held by
+    ``checkpoint``, and the command that continues the run in its ``out_dir``.
+
+    ``ahead`` names the best checkpoints in ``out_dir`` that already hold the next epoch: the
+    stop came while that epoch was saved, before its last_model.pth.
+    """
+    partial = ""
+    if ahead:
+        partial = (
+            f"{' and '.join(ahead)} in {out_dir} {'holds' if len(ahead) == 1 else 'hold'} epoch "
+            f"{finished + 1}, but its {LAST_CHECKPOINT} was not written"
+        )
     if finished < 1:
+        if partial:
+            return f"{partial}: run the same command again to train from epoch 1."
         return "No epoch finished, so this run wrote no checkpoint."
     # --out-dir is not resumed: without it the run would go on in the default folder.
     where = "" if out_dir.resolve() == DEFAULT_OUT_DIR.resolve() else f" --out-dir {out_dir}"
-    return f"{checkpoint} holds epoch {finished}; continue with --resume {checkpoint}{where}."
+    resume = f"{checkpoint} holds epoch {finished}; continue with --resume {checkpoint}{where}."
+    return f"{partial}. {resume}" if partial else resume
 
 
 if __name__ == "__main__":

@@ -1008,3 +1008,48 @@ def test_a_checkpoint_on_a_full_disk_fails_as_a_write(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.stdout.startswith("OSError the file system took only part of"), proc.stderr
     assert list(tmp_path.iterdir()) == [], "no file, cut off or temporary, may remain"
+
+
+@pytest.mark.parametrize("stop_at", ["last_model.pth", "log_epoch"])
+def test_a_stop_while_the_first_epoch_is_saved_says_what_is_on_disk(
+    tmp_path, tiny_data, weights_file, monkeypatch, caplog, stop_at
+):
+    # Both said "No epoch finished, so this run wrote no checkpoint": a stop before last_model.pth
+    # of epoch 1 was written, while best_model_iou.pth held epoch 1, and one after it was written.
+    real = train.save_checkpoint
+
+    def save(path, model, **meta):
+        if path.name == stop_at:
+            raise KeyboardInterrupt
+        real(path, model, **meta)
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    if stop_at == "log_epoch":
+        monkeypatch.setattr(train, "log_epoch", interrupt)
+    args = [*argv(tiny_data, tmp_path, weights_file, epochs=2), "--workers", "0"]
+    with caplog.at_level("INFO", logger="dinoseg"), pytest.raises(KeyboardInterrupt):
+        run_train([*args, "--imgsz", "28", "28", "--num-vis", "0"])
+    assert torch.load(tmp_path / "best_model_iou.pth", weights_only=True)["epoch"] == 1
+    assert "No epoch finished" not in caplog.text
+    if stop_at == "log_epoch":
+        last = tmp_path / "last_model.pth"
+        assert f"{last} holds epoch 1; continue with --resume {last} --out-dir {tmp_path}." in (
+            caplog.text
+        )
+    else:
+        assert not (tmp_path / "last_model.pth").exists()
+        assert (
+            f"best_model_iou.pth and best_model_loss.pth in {tmp_path} hold epoch 1, but its "
+            "last_model.pth was not written: run the same command again to train from epoch 1."
+        ) in caplog.text
+
+
+def test_a_stop_while_a_later_epoch_is_saved_names_its_best_checkpoints(tmp_path):
+    last = tmp_path / "last_model.pth"
+    assert train.kept_message(last, 2, tmp_path, ["best_model_iou.pth"]) == (
+        f"best_model_iou.pth in {tmp_path} holds epoch 3, but its last_model.pth was not "
+        f"written. {last} holds epoch 2; continue with --resume {last} --out-dir {tmp_path}."
+    )
