@@ -1120,10 +1120,18 @@ def make_datasets(
     try:
         cache.fill_splits(model, pairs, views, args.batch, rank, world)
     except KeyboardInterrupt:
-        # before any epoch: what an interrupted run keeps here is the cache's entries alone
+        # before any epoch: what an interrupted run keeps here is the cache's entries alone.
+        # Under torchrun each process counts its own: a sum would wait on a collective that a
+        # stopping process may never reach.
+        counted = f"the {cache.computed} entries computed so far"
+        if world > 1:
+            others = "the other process" if world == 2 else f"the {world - 1} other processes"
+            counted = (
+                f"the entries computed so far ({cache.computed} by this process, rank 0, and "
+                f"those of {others})"
+            )
         kept = (
-            f"the {cache.computed} entries computed so far are kept in {folder} and the next run "
-            "reuses them"
+            f"{counted} are kept in {folder} and the next run reuses them"
             if args.cache_features == "disk"
             else "the entries computed so far were in memory and are lost"
         )

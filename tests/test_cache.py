@@ -353,6 +353,34 @@ def test_ctrl_c_while_filling_the_cache_says_what_is_kept(
     assert "stopped while filling the feature cache" in caplog.text
 
 
+def test_ctrl_c_while_filling_the_cache_under_torchrun_counts_this_process_alone(
+    tmp_path, fresh_data, weights_file, untrained, caplog, monkeypatch
+):
+    # "the 3 entries computed so far are kept": rank 0's count, while every process had
+    # written its own share into the folder (a sum would need a collective during the stop)
+    args, classes = parse_args(
+        train.get_args_parser(),
+        argv(fresh_data, tmp_path, weights_file, "--cache-features", "disk"),
+    )
+    pairs = check_dataset(fresh_data, classes)
+    store = FeatureCache._store
+    stored = []
+
+    def store_then_interrupt(self, key, features):
+        if len(stored) == 3:
+            raise KeyboardInterrupt
+        store(self, key, features)
+        stored.append(key)
+
+    monkeypatch.setattr(FeatureCache, "_store", store_then_interrupt)
+    with caplog.at_level("INFO", logger="dinoseg"), pytest.raises(KeyboardInterrupt):
+        train.make_datasets(args, untrained, pairs, classes, (56, 56), None, rank=0, world=2)
+    assert (
+        "the entries computed so far (3 by this process, rank 0, and those of the other "
+        f"process) are kept in {tmp_path / 'feature_cache'}"
+    ) in caplog.text
+
+
 def test_a_fill_stopped_midway_clears_its_progress_bar_before_the_message(
     fresh_data, untrained, monkeypatch, capsys
 ):
