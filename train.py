@@ -412,8 +412,6 @@ def resume_optimization(optimizer, scheduler, args, ckpt: dict, start: int) -> N
     same_kind = scheduler is not None and state is not None and length in state
     if same_kind:
         scheduler.load_state_dict(state)
-    if start > args.epochs:
-        return
     bases = [
         {"head": args.lr, "backbone": args.backbone_lr}[g["name"]] for g in optimizer.param_groups
     ]
@@ -686,6 +684,17 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         check_on_main_process(lambda: check_same_run(args, ckpt, start))
         # read by rank 0 alone, so that a broken file is named once, before the model loads
         history = on_main_process(lambda: resumed_history(args.out_dir / "metrics.csv", start))
+        if start > args.epochs:
+            # before the data, the model and the feature cache: a run it does not train writes
+            # nothing (args.yaml and metrics.csv stay its run's)
+            log.info(
+                "nothing to do: the checkpoint already finished epoch %d of %d; its run's "
+                "outputs are in %s",
+                start - 1,
+                args.epochs,
+                args.resume.parent,
+            )
+            return
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
         if main_process and (args.out_dir / "metrics.csv").is_file():
@@ -726,21 +735,12 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     predictor = Predictor(model, classes, imgsz)
     optimizer, scheduler, scaler = make_optimization(args, model, device, ckpt, start)
-    # a resume with nothing to do (start > --epochs) copies nothing
-    if ckpt is not None and main_process and not history and start <= args.epochs:
+    if ckpt is not None and main_process and not history:
         history = carry_over(args.resume.parent, args.out_dir, start)
 
     run_settings = settings(args, classes, imgsz)
-    if main_process and start <= args.epochs:  # a resume with nothing to do keeps the run's file
+    if main_process:
         write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
-    if start > args.epochs:
-        log.info(
-            "nothing to do: the checkpoint already finished epoch %d of %d; its run's outputs "
-            "are in %s",
-            start - 1,
-            args.epochs,
-            args.resume.parent,
-        )
     epoch = start
     on_disk = {}  # the checkpoint files this run wrote into --out-dir: name -> epoch
 
@@ -834,7 +834,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         if (problem := worker_failure(err)) is None:
             raise
         raise UserError(f"{problem} {kept()}") from err
-    if main_process and start <= args.epochs:  # else nothing was trained, nor written here
+    if main_process:
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
         memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")
