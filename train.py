@@ -309,23 +309,26 @@ def resolve_data(args: argparse.Namespace) -> Path:
 WORKER_TIMEOUT = 600
 
 
-def worker_failure(err: RuntimeError) -> str | None:
-    """What went wrong, said for the user, where ``err`` is the DataLoader's report of a worker
-    that hung or died; None for any other error."""
+def raise_if_worker_failure(err: RuntimeError, kept: str = "") -> None:
+    """Raise a UserError that says what went wrong, then ``kept`` (what the run leaves behind),
+    where ``err`` is the DataLoader's report of a worker that hung or died; return for any other
+    error, for the caller to raise it again."""
     text = str(err).strip()
     if text.startswith("DataLoader timed out"):
-        return (
+        problem = (
             f"a DataLoader worker gave no batch in {WORKER_TIMEOUT} s: it hangs (reading a file "
             "from a stalled disk?). Rerun with --workers 0 to see where it stops."
         )
-    if not text.startswith("DataLoader worker"):
-        return None
-    # PyTorch says "exited unexpectedly" or "is killed by signal: Killed.": a worker's own
-    # errors reach the main process as exceptions, so these are crashes and kills
-    return (
-        f"{text.rstrip('. ')} (when memory runs out, Linux's OOM killer ends a worker): lower "
-        "--workers or --batch, or rerun with --workers 0 to see an error of its own."
-    )
+    elif text.startswith("DataLoader worker"):
+        # PyTorch says "exited unexpectedly" or "is killed by signal: Killed.": a worker's own
+        # errors reach the main process as exceptions, so these are crashes and kills
+        problem = (
+            f"{text.rstrip('. ')} (when memory runs out, Linux's OOM killer ends a worker): lower "
+            "--workers or --batch, or rerun with --workers 0 to see an error of its own."
+        )
+    else:
+        return
+    raise UserError(f"{problem} {kept}" if kept else problem) from err
 
 
 def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=1) -> DataLoader:
@@ -565,9 +568,8 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
                 model, loader, device, classes.num_classes, autocast, "valid tta", tta=tta
             )
     except RuntimeError as err:
-        if (problem := worker_failure(err)) is None:
-            raise
-        raise UserError(problem) from err
+        raise_if_worker_failure(err)
+        raise
     if rank != 0:
         return
 
@@ -831,9 +833,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     except (TrainingDiverged, DataError, OSError) as err:
         raise stopped_error(err, args, epoch, kept()) from err
     except RuntimeError as err:
-        if (problem := worker_failure(err)) is None:
-            raise
-        raise UserError(f"{problem} {kept()}") from err
+        raise_if_worker_failure(err, kept())
+        raise
     if main_process:
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
         memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""
