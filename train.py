@@ -296,7 +296,7 @@ def resolve_data(args: argparse.Namespace) -> Path:
     if args.data is not None:
         return args.data
     # The others wait for rank 0's download, and stop with it if it fails (offline): waiting
-    # in a barrier they got a traceback when rank 0 left.
+    # in a plain barrier, they would end in a traceback when rank 0 left.
     check_on_main_process(
         lambda: DEFAULT_DATA_DIR.is_dir() or download_penn_fudan(DEFAULT_DATA_DIR)
     )
@@ -305,7 +305,8 @@ def resolve_data(args: argparse.Namespace) -> Path:
 
 # Seconds a DataLoader worker may take over one batch: far longer than reading and augmenting
 # any batch takes, so that only a worker that hangs (a read from a stalled network disk, a lock
-# held when it was forked) reaches it. Without a limit the run waited forever, without a word.
+# held when it was forked) reaches it. Without a limit, such a worker leaves the run waiting
+# forever, without a word.
 WORKER_TIMEOUT = 600
 
 

@@ -1,4 +1,6 @@
-"""Helpers every script shares: user errors, atomic writes, device, seeding, plots, overlays."""
+"""Helpers every script shares: user errors and stop signals, atomic writes, the device, mixed
+precision and torchrun's process group, seeding, plots, overlays, and the threads and windows of
+the inference scripts."""
 
 import _thread
 import contextlib
@@ -49,8 +51,8 @@ _stopping = threading.Event()
 
 def _terminate(signum, frame) -> None:
     # Once: Slurm and systemd signal every process of a job, and torchrun forwards the signal to
-    # each of its processes as well, so each one gets two. The second one cut the first one's
-    # stop short (its message) with a traceback.
+    # each of its processes as well, so each one gets two. Raised again, the second one would
+    # cut the first one's stop (its message) short with a traceback.
     if _stopping.is_set():
         return
     _stopping.set()
@@ -63,10 +65,10 @@ def _stop_again(previous_hook: Callable, unraisable) -> None:
     A signal's handler runs wherever the main thread is, and that may be a finalizer (a
     ``__del__``, a weakref callback: frequent where progress bars and DataLoaders are
     collected). Python reports an exception raised there as "Exception ignored in" and goes
-    on: the run went on as if the Ctrl-C or SIGTERM had not come. The signal is sent to the
-    main thread again 10 ms later, when this hook has returned (sent from here, its handler
-    would run at once, in the hook, and be ignored again); where it meets another finalizer,
-    it comes back here.
+    on, as if the Ctrl-C or SIGTERM had not come. So the signal is sent to the main thread
+    again 10 ms later, when this hook has returned (sent from here, its handler would run at
+    once, in the hook, and be ignored again); where it meets another finalizer, it comes back
+    here.
     """
     stop = unraisable.exc_value
     if not isinstance(stop, KeyboardInterrupt):
@@ -99,8 +101,8 @@ def leave_stop_signals_to_main(main_pid: int, worker_id: int) -> None:
     Schedulers and service managers signal every process of a job (Slurm's scancel and time
     limit, systemd's control-group kill, torchrun's signal to each process's group), and a
     terminal's Ctrl-C reaches the whole foreground process group. A worker killed by such a
-    SIGTERM made PyTorch's check of its workers raise "DataLoader worker ... is killed by
-    signal" in the main process, wherever that was: a traceback after its clean stop. The main
+    SIGTERM makes PyTorch's check of its workers raise "DataLoader worker ... is killed by
+    signal" in the main process, wherever that is: a traceback after its clean stop. The main
     process's own SIGTERM (sent to a worker that hangs at shutdown) still ends the worker, read
     by a thread here: a Python signal handler cannot tell who sent a signal. A worker forked
     (Linux, up to Python 3.13) starts with one thread; one spawned or started by a forkserver
@@ -363,8 +365,8 @@ def read_csv(path: Path) -> list[dict]:
 
 
 # Seconds a download may wait for the server's next bytes before it gives up: torch.hub's
-# downloads set no timeout, and a connection that went silent (a proxy or a network that drops
-# it midway) left the run waiting forever.
+# downloads set no timeout, and a connection that goes silent (a proxy or a network that drops
+# it midway) would leave the run waiting forever.
 NETWORK_TIMEOUT = 60
 
 
@@ -746,9 +748,7 @@ def draw_overlay(
     """
     import cv2
 
-    # OpenCV throughout: 0.5 ms for a 640x480 frame, where float NumPy took 22 ms and a first
-    # OpenCV version 6.5 ms; the video pipeline without the model ran at 155 FPS then, about
-    # 330 since (the README's CPU benchmark notes).
+    # OpenCV throughout: 0.5 ms for a 640x480 frame, where float NumPy takes 22 ms.
     image = np.ascontiguousarray(image)
     mask = np.asarray(mask)
     if mask.shape != image.shape[:2]:
@@ -775,7 +775,7 @@ def opencv_threads_for(device: torch.device) -> Iterator[None]:
     """Run OpenCV on one thread while the model runs on the CPU, then restore its setting.
 
     There the model's threads use every core, and OpenCV's own pool (decoding, resizing,
-    drawing and encoding on the inference pipelines' threads) competed with them: 1.27 instead
+    drawing and encoding on the inference pipelines' threads) competes with them: 1.27 instead
     of 1.34 FPS end to end for 640x480 video at 644x644 on 2 cores. With the model on a GPU the
     pool speeds those steps up, so it is kept.
     """
@@ -791,8 +791,8 @@ def opencv_threads_for(device: torch.device) -> Iterator[None]:
 
 
 # The most bytes of frames, images and masks that each inference queue (prefetch's, the
-# OrderedWriter's) holds: their depths counted batches, and at 4K with --batch 16 the two held
-# about 10 batches of 33 MB frames and masks, 3.7 GB resident.
+# OrderedWriter's) holds: a depth in batches alone lets the two hold about 10 batches of 33 MB
+# frames and masks at 4K with --batch 16, 3.7 GB resident.
 QUEUE_BYTES = 256 * 2**20
 
 
