@@ -326,21 +326,26 @@ def test_a_full_cache_dir_is_reported_as_one(tmp_path, fresh_data, untrained, mo
         cache.fill(untrained, [pair], ("orig",), batch=1)
 
 
-@pytest.mark.parametrize("mode", ["disk", "memory"])
-def test_ctrl_c_while_filling_the_cache_says_what_is_kept(
-    tmp_path, tiny_data, weights_file, caplog, monkeypatch, mode
-):
-    # before: exit 130 without a word on the cache, whose disk entries the next run reuses
+def interrupt_after_stores(monkeypatch, count: int) -> None:
+    """Make FeatureCache raise KeyboardInterrupt (a Ctrl-C) once it has stored ``count`` entries."""
     store = FeatureCache._store
     stored = []
 
     def store_then_interrupt(self, key, features):
-        if len(stored) == 3:
+        if len(stored) == count:
             raise KeyboardInterrupt
         store(self, key, features)
         stored.append(key)
 
     monkeypatch.setattr(FeatureCache, "_store", store_then_interrupt)
+
+
+@pytest.mark.parametrize("mode", ["disk", "memory"])
+def test_ctrl_c_while_filling_the_cache_says_what_is_kept(
+    tmp_path, tiny_data, weights_file, caplog, monkeypatch, mode
+):
+    # before: exit 130 without a word on the cache, whose disk entries the next run reuses
+    interrupt_after_stores(monkeypatch, 3)
     with caplog.at_level("INFO", logger="dinoseg"), pytest.raises(KeyboardInterrupt):
         run_train(argv(tiny_data, tmp_path, weights_file, "--cache-features", mode))
     if mode == "disk":
@@ -363,16 +368,7 @@ def test_ctrl_c_while_filling_the_cache_under_torchrun_counts_this_process_alone
         argv(fresh_data, tmp_path, weights_file, "--cache-features", "disk"),
     )
     pairs = check_dataset(fresh_data, classes)
-    store = FeatureCache._store
-    stored = []
-
-    def store_then_interrupt(self, key, features):
-        if len(stored) == 3:
-            raise KeyboardInterrupt
-        store(self, key, features)
-        stored.append(key)
-
-    monkeypatch.setattr(FeatureCache, "_store", store_then_interrupt)
+    interrupt_after_stores(monkeypatch, 3)
     with caplog.at_level("INFO", logger="dinoseg"), pytest.raises(KeyboardInterrupt):
         train.make_datasets(args, untrained, pairs, classes, (56, 56), None, rank=0, world=2)
     assert (
