@@ -433,6 +433,11 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def in_process_group() -> bool:
+    """Whether this process has joined torchrun's process group (setup_distributed)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def leave_distributed() -> None:
     """Destroy the process group, if any: call it in the ``finally`` block around a run.
 
@@ -441,7 +446,7 @@ def leave_distributed() -> None:
     threads would live on into the interpreter's exit and could abort it there (SIGABRT rather
     than the error's exit code). So those locals are cleared first; the traceback still prints.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not in_process_group():
         return
     leaving = sys.exc_info()[2]
     if leaving is not None:
@@ -453,7 +458,7 @@ def leave_distributed() -> None:
 
 def is_main_process() -> bool:
     """True in a single process, and in rank 0 under torchrun: the one that logs and writes."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not in_process_group() or dist.get_rank() == 0
 
 
 def warn_on_main_process(message: str, *args: Any) -> None:
@@ -476,7 +481,7 @@ def check_on_main_process(check: Callable[[], None]) -> None:
             check()
         except UserError as err:
             error = err
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         found = [error is not None]
         dist.broadcast_object_list(found, src=0)
         if found[0] and dist.get_rank() != 0:
@@ -495,7 +500,7 @@ def on_main_process(compute: Callable[[], Any]) -> Any:
         result[0] = compute()
 
     check_on_main_process(run)
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         dist.broadcast_object_list(result, src=0)
     return result[0]
 
@@ -503,7 +508,7 @@ def on_main_process(compute: Callable[[], Any]) -> Any:
 def gather_objects(obj: Any) -> list:
     """Every process's ``obj`` (any picklable value), in rank order: ``[obj]`` in a single
     process."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not in_process_group():
         return [obj]
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
@@ -512,14 +517,14 @@ def gather_objects(obj: Any) -> list:
 
 def all_reduce_sum(*tensors: torch.Tensor) -> None:
     """Sum tensors in place across processes; nothing happens in a single process."""
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         for t in tensors:
             dist.all_reduce(t)
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Give every process rank 0's buffers (BatchNorm running statistics), as checkpoints hold."""
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
 
