@@ -978,6 +978,8 @@ def check_same_run(args, ckpt: dict, start: int) -> None:
     if not isinstance(recorded, dict) or same_folder(args.resume.parent, args.out_dir):
         return
     history = resumed_history(csv_path, start)  # the rows this run would continue
+    if not history:
+        return
     rows = [r for r in history if r["epoch"] == start - 1]
 
     def same(written: float, value: float) -> bool:
@@ -986,14 +988,9 @@ def check_same_run(args, ckpt: dict, start: int) -> None:
         both_nan = math.isnan(written) and math.isnan(value)
         return both_nan or math.isclose(written, value, rel_tol=1e-2)
 
-    if not history or (
-        rows
-        and all(
-            not isinstance(v, int | float) or k not in rows[0] or same(rows[0][k], v)
-            for k, v in recorded.items()
-        )
-    ):
-        return
+    numbers = {k: v for k, v in recorded.items() if isinstance(v, int | float)}
+    if rows and all(same(rows[0][k], v) for k, v in numbers.items() if k in rows[0]):
+        return  # its epoch start - 1 is the checkpoint's
     # a history without the epoch before the resumed one is another run's too: a shorter one
     differs = (
         f"epoch {start - 1} of its metrics.csv is not the epoch {start - 1}"
