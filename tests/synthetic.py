@@ -1,10 +1,14 @@
 """Generated test data: tiny segmentation datasets (a bright blob, "person", on a noisy scene)
 and official-layout DINOv2 weights with random values."""
 
+import contextlib
+import functools
 import io
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -173,6 +177,18 @@ def random_official_weights(registers: bool = False, seed: int = 0) -> dict[str,
     return trained_like(
         official_layout("dinov2_vits14_reg" if registers else "dinov2_vits14"), seed
     )
+
+
+@contextlib.contextmanager
+def meta_device() -> Iterator[None]:
+    """Build models on the meta device: shapes without values, so that ViT-g/14 costs no memory.
+
+    timm before 1.0.21 takes its drop-path rates with ``.item()`` from a ``torch.linspace`` on the
+    default device, and a meta tensor has no value to give: those rates, plain numbers, are taken
+    on the CPU here."""
+    cpu_linspace = functools.partial(torch.linspace, device="cpu")
+    with torch.device("meta"), mock.patch("torch.linspace", cpu_linspace):
+        yield
 
 
 def meta_official_weights(name: str) -> dict[str, torch.Tensor]:

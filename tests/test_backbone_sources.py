@@ -27,7 +27,7 @@ from model import (
     official_weights_url,
     save_checkpoint,
 )
-from synthetic import OFFICIAL_MODELS, meta_official_weights, official_layout
+from synthetic import OFFICIAL_MODELS, meta_device, meta_official_weights, official_layout
 from utils import UserError
 
 
@@ -202,7 +202,7 @@ def test_every_backbone_loads_its_official_layout_strictly_through_every_source(
         ("timm", str(weights), None),
         ("timm", "pretrained", None),
     ]:
-        with torch.device("meta"):
+        with meta_device():
             backbone = load_backbone(name, source, path, hub_dir=hub_dir)
         shapes = {key: tuple(shape) for key, shape in backbone.official_shapes().items()}
         assert shapes == official_layout(spec.hub_name), (source, path)

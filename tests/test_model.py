@@ -20,7 +20,7 @@ from model import (
     save_checkpoint,
     token_grid,
 )
-from synthetic import random_official_weights
+from synthetic import meta_device, random_official_weights
 from utils import UserError
 
 
@@ -425,14 +425,14 @@ def test_a_row_that_does_not_describe_its_model_is_refused(monkeypatch, source):
     hub_dir = FAKE_HUB if source == "hub" else None
     wrong = r"embed_dim 768 there, 384 built; num_heads 12 there, 6 built\): fix the row"
     with (
-        torch.device("meta"),
+        meta_device(),
         pytest.raises(UserError, match=rf"row dinov2_vitb14 .*{made} \({wrong}"),
     ):
         load_backbone("dinov2_vitb14", source, None, hub_dir=hub_dir)
     vitg = dataclasses.replace(BACKBONES["dinov2_vitg14_reg"], swiglu=False, registers=0)
     monkeypatch.setitem(BACKBONES, "dinov2_vitg14_reg", vitg)
     with (
-        torch.device("meta"),
+        meta_device(),
         pytest.raises(UserError, match=r"registers 0 there, 4 built; swiglu"),
     ):
         load_backbone("dinov2_vitg14_reg", source, None, hub_dir=hub_dir)
