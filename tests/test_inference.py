@@ -1651,16 +1651,17 @@ def test_training_benchmark_refuses_empty_runs(flags):
 
 def test_image_results_on_a_full_disk_are_reported_not_left_truncated(tmp_path, checkpoint):
     # Pillow's encoders ignore a short write: a full disk once left a cut-off JPEG, and exit 0.
-    # A file size limit (Python ignores SIGXFSZ) fails writes past 2 KB as a full disk would.
+    # A file size limit (Python ignores SIGXFSZ) fails writes past 8 KB as a full disk would;
+    # below it the script starts (torch 2.7 writes a 2.3 KB module of its own while importing).
     resource = pytest.importorskip("resource")  # POSIX
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    noise = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(src / "noise.png")  # its overlay JPEG is well over 2 KB
+    noise = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(src / "noise.png")  # its overlay JPEG is well over 8 KB
 
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))
 
     cmd = [sys.executable, "infer_image.py", "--input", str(src), "--model", str(checkpoint),
            "--out-dir", str(out), "--device", "cpu"]  # fmt: skip
