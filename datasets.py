@@ -443,8 +443,11 @@ def _check_ids(
 
 
 # image formats Pillow reads that find_pairs and infer_image.py do not take (.gif, .avif,
-# .jp2...): named, not skipped silently
-OTHER_IMAGE_EXTENSIONS = frozenset(Image.registered_extensions()) - frozenset(IMAGE_EXTENSIONS)
+# .jp2...): named, not skipped silently. AVIF also where Pillow cannot read it (before 11.3):
+# photos saved in it would otherwise still go missing without a word.
+OTHER_IMAGE_EXTENSIONS = frozenset(
+    {*Image.registered_extensions(), ".avif"} - set(IMAGE_EXTENSIONS)
+)
 
 
 def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
