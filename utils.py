@@ -125,6 +125,14 @@ def leave_stop_signals_to_main(main_pid: int, worker_id: int) -> None:
     threading.Thread(target=obey_the_main_process, daemon=True).start()
 
 
+def report(err: UserError) -> None:
+    """Print a user error as the scripts do before they exit with code 2, once: an error
+    reported early (check_on_main_process) is not printed again on the way out."""
+    if not getattr(err, "reported", False):
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        err.reported = True
+
+
 def run_script(main: Callable[[], None]) -> None:
     """Run a script's main, turning user errors, Ctrl-C and SIGTERM into a message and exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # libraries: warnings only
@@ -141,7 +149,7 @@ def run_script(main: Callable[[], None]) -> None:
     try:
         main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        report(err)
         sys.exit(2)
     except KeyboardInterrupt:
         _stopping.set()
@@ -473,7 +481,9 @@ def check_on_main_process(check: Callable[[], None]) -> None:
 
     Rank 0 raises the error (and so reports it); under torchrun the others exit quietly with
     the same code, rather than run on into the same problem (a traceback) or wait in a
-    collective that rank 0 never reaches.
+    collective that rank 0 never reaches. Rank 0 prints the error before the others learn of
+    it: the first process to exit makes torchrun end the rest, rank 0 too, perhaps before its
+    error would have reached run_script.
     """
     error = None
     if is_main_process():
@@ -482,6 +492,8 @@ def check_on_main_process(check: Callable[[], None]) -> None:
         except UserError as err:
             error = err
     if in_process_group():
+        if error is not None:
+            report(error)
         found = [error is not None]
         dist.broadcast_object_list(found, src=0)
         if found[0] and dist.get_rank() != 0:

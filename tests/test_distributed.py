@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import train
+import utils
 from config import DEFAULT_CLASSES, parse_args
 from conftest import FAKE_HUB, ROOT, PixelClassifier
 from datasets import ShardSampler, check_dataset
@@ -455,6 +456,27 @@ def test_a_dataset_missing_on_another_machine_is_named_before_training(two_proce
         "whole dataset to every machine, at the same path"
     )
     assert (folders[1] / "outcome.txt").read_text() == "SystemExit: 2"
+
+
+def test_rank_0_prints_a_checks_error_before_the_other_processes_learn_of_it(monkeypatch, capsys):
+    # The others exit as soon as the broadcast tells them, and torchrun then ends rank 0 too:
+    # at times before its error reached run_script, so the run stopped without a word of why.
+    said = []
+    monkeypatch.setattr(utils, "in_process_group", lambda: True)
+    monkeypatch.setattr(utils, "is_main_process", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(
+        dist, "broadcast_object_list", lambda *a, **k: said.append(capsys.readouterr().err)
+    )
+
+    def check():
+        raise UserError("the dataset is broken")
+
+    with pytest.raises(UserError) as raised:
+        utils.check_on_main_process(check)
+    assert said == ["error: the dataset is broken\n"]
+    utils.report(raised.value)  # as run_script reports it on the way out: not a second time
+    assert capsys.readouterr().err == ""
 
 
 LEAVING_WITH_AN_ERROR = """
