@@ -443,10 +443,11 @@ def _check_ids(
 
 
 # image formats Pillow reads that find_pairs and infer_image.py do not take (.gif, .avif,
-# .jp2...): named, not skipped silently. AVIF also where Pillow cannot read it (before 11.3):
-# photos saved in it would otherwise still go missing without a word.
+# .jp2...): named, not skipped silently. AVIF also where Pillow cannot read it (before 11.3),
+# and HEIC/HEIF, phones' photos, which it reads only through a plug-in: photos saved in them
+# would otherwise still go missing without a word.
 OTHER_IMAGE_EXTENSIONS = frozenset(
-    {*Image.registered_extensions(), ".avif"} - set(IMAGE_EXTENSIONS)
+    {*Image.registered_extensions(), ".avif", ".heic", ".heif"} - set(IMAGE_EXTENSIONS)
 )
 
 

@@ -416,12 +416,13 @@ def test_infer_image_accepts_a_glob(tmp_path, checkpoint, tiny_data):
 
 @pytest.mark.parametrize("glob", [False, True])
 def test_infer_image_names_images_of_formats_it_does_not_read(tmp_path, caplog, glob):
-    # a folder of them had been left out without a word; Chrome's .jfif JPEGs and WebP are read
-    for name in ("a.png", "b.gif", "c.avif", ".d.gif", "e.webp", "f.jfif", "notes.txt"):
+    # a folder of them had been left out without a word (an iPhone's HEIC photos too); Chrome's
+    # .jfif JPEGs and WebP are read
+    for name in ("a.png", "b.gif", "c.avif", ".d.gif", "e.webp", "f.jfif", "g.HEIC", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     spec = f"{tmp_path}/*" if glob else str(tmp_path)
     assert infer_image.find_images(spec) == [tmp_path / n for n in ("a.png", "e.webp", "f.jfif")]
-    assert "2 files of other image formats are not read: b.gif, c.avif" in caplog.text
+    assert "3 files of other image formats are not read: b.gif, c.avif, g.HEIC" in caplog.text
     assert "d.gif" not in caplog.text and "notes.txt" not in caplog.text
 
 
