@@ -675,7 +675,11 @@ def read_roboflow_classes(root: Path) -> list[str]:
 
 
 def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, int]:
-    """Roboflow's train/ and valid/ folders, each image beside its NAME_mask.png of class ids."""
+    """Roboflow's train/ and valid/ folders, each image beside its NAME_mask.png of class ids.
+
+    Returns:
+        {"instances": masks read as instance ids, "test": images in test/, left out}
+    """
     splits, problems = {}, []
     for split, folder in ROBOFLOW_SPLITS.items():
         splits[split], found = suffix_pairs(root / folder, root / folder, "_mask")
@@ -688,7 +692,18 @@ def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, i
             found = [f"{root / folder}: no image with its NAME_mask.png"]
         problems += found
     problems += in_both(copied_across(splits), root / "train", root / "valid")
-    return convert_pairs(root, splits, problems, classes, out)
+    kinds = convert_pairs(root, splits, problems, classes, out)
+    test = root / "test"
+    files = sorted(test.iterdir()) if test.is_dir() else []
+    left_out = [  # the images there, as suffix_pairs tells them from masks
+        p
+        for p in files
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not p.name.startswith(".")
+        and not p.stem.endswith("_mask")
+        and p.is_file()
+    ]
+    return {**kinds, "test": len(left_out)}
 
 
 def read_labelmap(path: Path) -> ClassConfig:
@@ -849,7 +864,7 @@ class Importer(NamedTuple):
     hold nor lie inside them. ``convert(args, stage, classes)`` writes the four folders into
     the staging folder ``stage``, with ``classes`` the ones main writes to classes.yaml, and
     returns counts for print_notes (read_binary_mask's kinds of mask; convert_pairs's masks read
-    as instance ids, with cvat's images left out) or None.
+    as instance ids, with the images cvat and roboflow left out) or None.
     """
 
     sources: tuple[str, ...]
@@ -957,6 +972,11 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
         print(
             f"{kinds['unlisted']} annotated image(s) in neither {kinds['lists']} (other subsets, "
             "such as Test) were left out"
+        )
+    if kinds.get("test"):
+        print(
+            f"{kinds['test']} image(s) in {args.root / 'test'} (the export's test split) were "
+            "left out"
         )
     if kinds.get("0/1"):
         print(

@@ -888,6 +888,18 @@ def test_roboflow_keeps_its_splits_and_its_class_names(tmp_path, capsys):
     assert "valid: 1 images; pixels: background 2,947, cat 25, dog 100" in capsys.readouterr().out
 
 
+def test_roboflow_says_how_many_test_images_it_left_out(tmp_path, capsys):
+    root = roboflow_fixture(tmp_path / "export")
+    shutil.copy(root / "test" / "img0_jpg.rf.test0.jpg", root / "test" / "img1_jpg.rf.test1.jpg")
+    (root / "test" / ".DS_Store").write_bytes(b"")  # neither an image nor a mask
+    run("roboflow", "--root", str(root), "--out", str(tmp_path / "data"))
+    note = f"2 image(s) in {root / 'test'} (the export's test split) were left out"
+    assert note in capsys.readouterr().out
+    shutil.rmtree(root / "test")  # an export without a test split: nothing to say
+    run("roboflow", "--root", str(root), "--out", str(tmp_path / "data"), "--force")
+    assert "left out" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "defect, message",
     [
