@@ -409,7 +409,9 @@ def _read_weights_file(
                 + damaged_cache_help(path)
             )
         return sd
-    if isinstance(sd, dict) and sd.get("format") == CHECKPOINT_FORMAT:
+    found = sd.get("format") if isinstance(sd, dict) else None
+    if found == CHECKPOINT_FORMAT or _other_version(found, CHECKPOINT_FORMAT):
+        # one of another version is no state dict either: the flag is what the user got wrong
         raise UserError(
             f"--weights {path} is a checkpoint written by train.py, not backbone weights: "
             f"continue its training with --resume {path}, score it with --eval-only --model "

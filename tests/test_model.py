@@ -144,10 +144,14 @@ def test_weights_of_the_requested_backbone_get_no_hint_to_pass_it(tmp_path):
     assert "--backbone" not in str(caught.value)
 
 
-def test_a_trained_checkpoint_given_as_weights_names_the_flags_that_take_it(tmp_path, vit):
+@pytest.mark.parametrize("version", ["this", "another"])
+def test_a_trained_checkpoint_given_as_weights_names_the_flags_that_take_it(tmp_path, vit, version):
     ckpt = tmp_path / "best_model_iou.pth"
     save_checkpoint(ckpt, Segmentor(with_layers(vit, 1), 2), classes=DEFAULT_CLASSES.to_dict(),
                     imgsz=[56, 56])  # fmt: skip
+    if version == "another":  # one of another format version got "not a state dict"
+        fields = torch.load(ckpt, weights_only=True)
+        torch.save({**fields, "format": "dinov2-segmentation/2"}, ckpt)
     with pytest.raises(UserError, match=rf"--weights {ckpt} is a checkpoint written by train\.py"
                        r".*--resume.*--model.*dinov2_vits14_pretrain\.pth"):  # fmt: skip
         load_backbone("dinov2_vits14", "timm", str(ckpt))
