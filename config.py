@@ -284,6 +284,25 @@ def add_layers_flag(group) -> None:
     )
 
 
+def add_device_flag(group) -> None:
+    """--device, as train.py, the inference scripts and the benchmarks take it (the names
+    utils.pick_device resolves)."""
+    group.add_argument(
+        "--device",
+        choices=["auto", "cuda", "mps", "cpu"],
+        default="auto",
+        help="auto tries CUDA, then MPS, then the CPU (default %(default)s)",
+    )
+
+
+def add_imgsz_flag(group, default: tuple[int, int] | None, help_text: str) -> None:
+    """--imgsz W H, width first in every script. ``default`` and ``help_text`` are each script's
+    own: training's size, a checkpoint's, a benchmark's."""
+    group.add_argument(
+        "--imgsz", type=int, nargs=2, metavar=("W", "H"), default=default, help=help_text
+    )
+
+
 def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
     """Flags that choose and load the backbone, shared by every script.
 
@@ -332,12 +351,7 @@ def runtime_flags() -> argparse.ArgumentParser:
     """Flags that choose where and how fast to run, shared by train.py and the inference scripts."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("runtime")
-    group.add_argument(
-        "--device",
-        choices=["auto", "cuda", "mps", "cpu"],
-        default="auto",
-        help="auto tries CUDA, then MPS, then the CPU (default %(default)s)",
-    )
+    add_device_flag(group)
     group.add_argument(
         "--amp",
         choices=["off", "bf16", "fp16"],
@@ -345,13 +359,10 @@ def runtime_flags() -> argparse.ArgumentParser:
         help="bf16 on CUDA and recent CPUs, fp16 on CUDA and MPS: training autocasts, inference "
         "casts the weights (default %(default)s)",
     )
-    group.add_argument(
-        "--imgsz",
-        type=int,
-        nargs=2,
-        metavar=("W", "H"),
-        default=None,
-        help=f"input size; default {DEFAULT_IMGSZ[0]} {DEFAULT_IMGSZ[1]} for training, "
+    add_imgsz_flag(
+        group,
+        None,
+        f"input size; default {DEFAULT_IMGSZ[0]} {DEFAULT_IMGSZ[1]} for training, "
         "the checkpoint's for evaluation and inference",
     )
     return parser

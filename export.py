@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import PATCH_SIZE, backbone_flags, check_imgsz, path_arg
+from config import PATCH_SIZE, add_imgsz_flag, backbone_flags, check_imgsz, path_arg
 from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size, patch_aligned
 from utils import UserError, atomic_files, check_writable, run_script
 
@@ -51,14 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", type=path_arg, required=True, metavar="FILE", help="the .onnx file to write"
     )
-    parser.add_argument(
-        "--imgsz",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("W", "H"),
-        help="input size (default: the checkpoint's)",
-    )
+    add_imgsz_flag(parser, None, "input size (default: the checkpoint's)")
     parser.add_argument(
         "--tolerance",
         type=float,

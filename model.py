@@ -28,6 +28,7 @@ from config import (
     PATCH_SIZE,
     WEIGHTS_BASE_URL,
     ClassConfig,
+    add_imgsz_flag,
     add_layers_flag,
     backbone_flags,
     check_imgsz,
@@ -1120,13 +1121,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="classes the head predicts (default %(default)s)",
     )
-    parser.add_argument(
-        "--imgsz",
-        type=int,
-        nargs=2,
-        default=DEFAULT_IMGSZ,
-        metavar=("W", "H"),
-        help=f"input size of the summary (default {DEFAULT_IMGSZ[0]} {DEFAULT_IMGSZ[1]})",
+    add_imgsz_flag(
+        parser,
+        DEFAULT_IMGSZ,
+        f"input size of the summary (default {DEFAULT_IMGSZ[0]} {DEFAULT_IMGSZ[1]})",
     )
     return parser
 

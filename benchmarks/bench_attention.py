@@ -24,7 +24,15 @@ os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
 
 import torch
 
-from config import BACKBONES, HUB_REPO, check_at_least, check_imgsz, path_arg
+from config import (
+    BACKBONES,
+    HUB_REPO,
+    add_device_flag,
+    add_imgsz_flag,
+    check_at_least,
+    check_imgsz,
+    path_arg,
+)
 from engine import synchronize, warm_up
 from model import DinoBackbone, _hub_load, load_backbone
 from synthetic import random_official_weights
@@ -33,8 +41,8 @@ from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--imgsz", type=int, nargs=2, default=(644, 644), metavar=("W", "H"))
-    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    add_imgsz_flag(parser, (644, 644), "input size (default 644 644)")
+    add_device_flag(parser)
     parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (best is kept)")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import torch
 
-from config import check_at_least
+from config import add_device_flag, add_imgsz_flag, check_at_least
 from synthetic import PHOTO_SIZES, make_dataset, random_official_weights
 from utils import UserError, read_csv, run_script
 
@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--imgsz", type=int, nargs=2, default=(640, 640), metavar=("W", "H"))
+    add_imgsz_flag(parser, (640, 640), "training size (default 640 640)")
     parser.add_argument("--train", type=int, default=24, help="generated training images")
     parser.add_argument("--valid", type=int, default=6, help="generated validation images")
     parser.add_argument("--epochs", type=int, default=3, help="at least 2")
-    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    add_device_flag(parser)
     return parser
 
 

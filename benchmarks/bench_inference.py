@@ -49,6 +49,8 @@ import torch
 from config import (
     DEFAULT_BACKBONE,
     DEFAULT_CLASSES,
+    add_device_flag,
+    add_imgsz_flag,
     backbone_flags,
     check_at_least,
     check_imgsz,
@@ -81,15 +83,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], parents=[backbone_flags(inference=True)]
     )
-    parser.add_argument(
-        "--imgsz",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("W", "H"),
-        help="input size (default: --model's, else 644 644)",
-    )
-    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    add_imgsz_flag(parser, None, "input size (default: --model's, else 644 644)")
+    add_device_flag(parser)
     parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--batch", type=int, default=1, help="frames per model call (fast path)")

@@ -41,6 +41,8 @@ from config import (
     BACKBONES,
     DEFAULT_CLASSES,
     IGNORE_INDEX,
+    add_device_flag,
+    add_imgsz_flag,
     check_at_least,
     check_imgsz,
     check_learning_rates,
@@ -55,8 +57,8 @@ from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--imgsz", type=int, nargs=2, default=(640, 640), metavar=("W", "H"))
-    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
+    add_imgsz_flag(parser, (640, 640), "training size (default 640 640)")
+    add_device_flag(parser)
     parser.add_argument("--backbone", choices=list(BACKBONES), default="dinov2_vits14")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per run")
