@@ -1,5 +1,5 @@
 """Running the model: one training epoch, one evaluation, test-time augmentation, the Predictor
-for inference, and the frozen-feature cache."""
+for inference, the frozen-feature cache, and the benchmarks' timing (warm_up, best_seconds)."""
 
 import contextlib
 import hashlib
@@ -447,6 +447,22 @@ def warm_up(run: Callable[[], object], device: torch.device, seconds: float = 0.
     while device.type == "cuda" and time.perf_counter() < end:
         run()
         synchronize(device)
+
+
+def best_seconds(
+    run: Callable[[], object], device: torch.device, reps: int, calls: int = 1
+) -> float:
+    """Seconds of the fastest of ``reps`` timings of ``calls`` calls of ``run()`` in a row, with
+    ``device`` synchronized before and after each: other work on the machine only slows one."""
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _with_frozen_weights(compiled):

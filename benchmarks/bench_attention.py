@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,7 +32,7 @@ from config import (
     check_imgsz,
     path_arg,
 )
-from engine import synchronize, warm_up
+from engine import best_seconds, warm_up
 from model import DinoBackbone, _hub_load, load_backbone
 from synthetic import random_official_weights
 from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
@@ -53,18 +52,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @torch.inference_mode()
-def best_seconds(backbone: DinoBackbone, x: torch.Tensor, reps: int) -> float:
+def backbone_seconds(backbone: DinoBackbone, x: torch.Tensor, reps: int) -> float:
     """Seconds of the backbone's fastest of ``reps`` forward passes over the batch ``x``."""
     # the official attention runs first: without this its figure would be the idle GPU's
     warm_up(lambda: backbone(x), x.device)
-    best = float("inf")
-    for _ in range(reps):
-        synchronize(x.device)
-        start = time.perf_counter()
-        backbone(x)
-        synchronize(x.device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_seconds(lambda: backbone(x), x.device, reps)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -105,7 +97,7 @@ def main(args: argparse.Namespace) -> None:
         backbone = backbone.to(device, dtype)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = best_seconds(backbone, x, args.reps)
+        seconds = backbone_seconds(backbone, x, args.reps)
         with torch.inference_mode():
             features = backbone(x)[-1].float().cpu()
         results[label] = (seconds, peak_memory_mb(device), features)

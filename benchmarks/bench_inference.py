@@ -33,7 +33,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -56,7 +55,7 @@ from config import (
     check_imgsz,
     path_arg,
 )
-from engine import Predictor, synchronize, warm_up
+from engine import Predictor, best_seconds, warm_up
 from infer_video import open_video, segment_video
 from model import (
     OnnxSegmentor,
@@ -101,22 +100,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--onnx", action="store_true", help="add ONNX Runtime rows: fp32 (optimized or not), int8"
     )
     return parser
-
-
-def best_seconds(
-    run: Callable[[], object], device: torch.device, reps: int, calls: int = 1
-) -> float:
-    """Seconds of the fastest of ``reps`` timings of ``calls`` calls of ``run()`` in a row, with
-    ``device`` synchronized before and after each: other work on the machine only slows one."""
-    best = float("inf")
-    for _ in range(reps):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            run()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int) -> float:
