@@ -535,11 +535,8 @@ def suffix_pairs(images: Path, masks: Path, suffix: str) -> tuple[list[Pair], li
         if not folder.is_dir():
             problems.append(f"{folder}: folder missing")
             continue
-        for p in sorted(folder.iterdir()):
-            if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            is_mask = p.stem.endswith(suffix)
-            if (same and is_mask != (kind == "mask")) or not p.is_file():
+        for p, is_mask in _suffixed_files(folder, suffix):
+            if same and is_mask != (kind == "mask"):
                 continue
             if kind == "mask" and not is_mask:
                 problems.append(f"{p}: a mask whose name does not end with --mask-suffix {suffix}")
@@ -556,6 +553,16 @@ def suffix_pairs(images: Path, masks: Path, suffix: str) -> tuple[list[Pair], li
     ]
     problems += [f"{named[k]}: mask without an image in {images}" for k in named if k not in stems]
     return [(stems[k], named[k]) for k in sorted(stems) if k in named], problems
+
+
+def _suffixed_files(folder: Path, suffix: str) -> Iterator[tuple[Path, bool]]:
+    """The image files of ``folder`` in name order, hidden files and other formats skipped,
+    each with whether its stem ends with ``suffix``: a mask's, where images and masks share
+    the folder."""
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+            continue
+        yield p, p.stem.endswith(suffix)
 
 
 def convert_pairs(
@@ -694,16 +701,8 @@ def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, i
     problems += in_both(copied_across(splits), root / "train", root / "valid")
     kinds = convert_pairs(root, splits, problems, classes, out)
     test = root / "test"
-    files = sorted(test.iterdir()) if test.is_dir() else []
-    left_out = [  # the images there, as suffix_pairs tells them from masks
-        p
-        for p in files
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not p.name.startswith(".")
-        and not p.stem.endswith("_mask")
-        and p.is_file()
-    ]
-    return {**kinds, "test": len(left_out)}
+    files = _suffixed_files(test, "_mask") if test.is_dir() else []
+    return {**kinds, "test": sum(not is_mask for _, is_mask in files)}  # its images
 
 
 def read_labelmap(path: Path) -> ClassConfig:
