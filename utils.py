@@ -125,7 +125,7 @@ def leave_stop_signals_to_main(main_pid: int, worker_id: int) -> None:
     threading.Thread(target=obey_the_main_process, daemon=True).start()
 
 
-def report(err: UserError) -> None:
+def _report_error(err: UserError) -> None:
     """Print a user error as the scripts do before they exit with code 2, once: an error
     reported early (check_on_main_process) is not printed again on the way out."""
     if not getattr(err, "reported", False):
@@ -149,7 +149,7 @@ def run_script(main: Callable[[], None]) -> None:
     try:
         main()
     except UserError as err:
-        report(err)
+        _report_error(err)
         sys.exit(2)
     except KeyboardInterrupt:
         _stopping.set()
@@ -493,7 +493,7 @@ def check_on_main_process(check: Callable[[], None]) -> None:
             error = err
     if in_process_group():
         if error is not None:
-            report(error)
+            _report_error(error)
         found = [error is not None]
         dist.broadcast_object_list(found, src=0)
         if found[0] and dist.get_rank() != 0:
