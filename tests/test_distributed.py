@@ -475,7 +475,7 @@ def test_rank_0_prints_a_checks_error_before_the_other_processes_learn_of_it(mon
     with pytest.raises(UserError) as raised:
         utils.check_on_main_process(check)
     assert said == ["error: the dataset is broken\n"]
-    utils.report(raised.value)  # as run_script reports it on the way out: not a second time
+    utils._report_error(raised.value)  # as run_script reports it on the way out: not twice
     assert capsys.readouterr().err == ""
 
 
