@@ -133,12 +133,18 @@ def _report_error(err: UserError) -> None:
         err.reported = True
 
 
+def _rank_0() -> bool:
+    """Whether torchrun started this process as rank 0, or none started it: read from the
+    environment, as the process group may not exist yet, or any more."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_script(main: Callable[[], None]) -> None:
     """Run a script's main, turning user errors, Ctrl-C and SIGTERM into a message and exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # libraries: warnings only
     # Under torchrun rank 0 alone reports, from the start: the command line is read (and a
     # --resume's settings named) before the process group exists.
-    log.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    log.setLevel(logging.INFO if _rank_0() else logging.WARNING)
     # A report's class names and paths may hold characters that stdout's encoding lacks: a
     # Windows code page where the output goes to a file or a pipe. Escaped, not a traceback.
     if hasattr(sys.stdout, "reconfigure"):
@@ -153,7 +159,7 @@ def run_script(main: Callable[[], None]) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         _stopping.set()
-        if os.environ.get("RANK", "0") == "0":  # under torchrun the others stop without a word
+        if _rank_0():  # under torchrun the others stop without a word
             print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:

@@ -297,13 +297,13 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> tuple[Segment
     return base.to(device).eval(), imgsz
 
 
-def flop_floor(base: Segmentor, args, device: torch.device, dtype: torch.dtype) -> tuple:
-    """Print a frame's FLOPs and the matmul rates; returns (FLOPs per frame, the float32 rate in
-    FLOP/s, the fast model's FLOP floor in seconds per frame)."""
-    w, h = args.imgsz
+def flop_floor(base: Segmentor, imgsz, args, device: torch.device, dtype: torch.dtype) -> tuple:
+    """Print a frame's FLOPs at ``imgsz`` (W, H) and the matmul rates; returns (FLOPs per frame,
+    the float32 rate in FLOP/s, the fast model's FLOP floor in seconds per frame)."""
+    w, h = imgsz
     by_op = flops_by_op(copy.deepcopy(base).cpu(), torch.zeros(1, 3, h, w))
     flops = sum(by_op.values())
-    grid_w, grid_h = token_grid(args.imgsz)
+    grid_w, grid_h = token_grid(imgsz)
     tokens = grid_w * grid_h
     dim = base.backbone.embed_dim
     rate32 = matmul_rate(torch.float32, device, dim, tokens)
@@ -341,19 +341,19 @@ def main(args: argparse.Namespace) -> None:
     if args.int8 and (device.type != "cpu" or args.amp != "off"):
         raise UserError("--int8 is a CPU fast path from float32: use it with --amp off on the CPU")
     torch.manual_seed(0)
-    base, args.imgsz = bench_model(args, device)
+    base, imgsz = bench_model(args, device)
     fast = copy.deepcopy(base).cast(dtype)
     if args.int8:
         fast.quantize_int8()
-    w, h = args.imgsz
-    flops, rate32, floor = flop_floor(base, args, device, dtype)
+    w, h = imgsz
+    flops, rate32, floor = flop_floor(base, imgsz, args, device, dtype)
 
     rows, latency = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench.mp4"
         make_video(video, args.frames, args.video_size)
         sample = first_frames(video, 4)  # for the latency and the mask agreement
-        ort_rows = onnx_rows(base, args.imgsz, sample, Path(tmp), args.reps) if args.onnx else []
+        ort_rows = onnx_rows(base, imgsz, sample, Path(tmp), args.reps) if args.onnx else []
         masks = {}
         for name, model, batch, compile in (
             ("naive", base, 1, False),
@@ -361,7 +361,7 @@ def main(args: argparse.Namespace) -> None:
         ):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            predictor = Predictor(model, DEFAULT_CLASSES, args.imgsz, compile=compile)
+            predictor = Predictor(model, DEFAULT_CLASSES, imgsz, compile=compile)
             seconds = model_seconds(predictor, batch, args.reps)
             if name == "naive":
                 fps = naive_video(video, Path(tmp) / "naive.mp4", predictor)
@@ -378,7 +378,7 @@ def main(args: argparse.Namespace) -> None:
                 for i in range(0, len(sample), batch)
                 for m in predictor.predict(sample[i : i + batch])
             ]
-        ceiling = io_ceiling(video, Path(tmp) / "io.mp4", base, args.imgsz, args.batch)
+        ceiling = io_ceiling(video, Path(tmp) / "io.mp4", base, imgsz, args.batch)
 
     print()
     print(
