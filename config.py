@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from utils import UserError, check_gui
+from utils import AMP_DTYPES, UserError, check_gui
 
 log = logging.getLogger("dinoseg")
 
@@ -31,6 +31,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 # hundred megapixels are read, while Pillow's own guard (179 megapixels) is for untrusted input.
 MAX_IMAGE_PIXELS = 2**30
 SPLITS = ("train", "valid")
+AMP_CHOICES = ("off", *AMP_DTYPES)  # --amp: full precision, or one of utils.amp_dtype's
 
 DEFAULT_IMGSZ = (640, 640)  # (W, H)
 DEFAULT_DATA_DIR = Path("data/PennFudanPed")
@@ -295,6 +296,12 @@ def add_device_flag(group) -> None:
     )
 
 
+def add_amp_flag(group, help_text: str | None = None) -> None:
+    """--amp, one precision, as train.py, the inference scripts and the benchmarks take it
+    (utils.amp_dtype resolves it). ``help_text`` is each script's own."""
+    group.add_argument("--amp", choices=AMP_CHOICES, default="off", help=help_text)
+
+
 def add_imgsz_flag(group, default: tuple[int, int] | None, help_text: str) -> None:
     """--imgsz W H, width first in every script. ``default`` and ``help_text`` are each script's
     own: training's size, a checkpoint's, a benchmark's."""
@@ -352,11 +359,9 @@ def runtime_flags() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("runtime")
     add_device_flag(group)
-    group.add_argument(
-        "--amp",
-        choices=["off", "bf16", "fp16"],
-        default="off",
-        help="bf16 on CUDA and recent CPUs, fp16 on CUDA and MPS: training autocasts, inference "
+    add_amp_flag(
+        group,
+        "bf16 on CUDA and recent CPUs, fp16 on CUDA and MPS: training autocasts, inference "
         "casts the weights (default %(default)s)",
     )
     add_imgsz_flag(

@@ -589,6 +589,10 @@ def check_grad_scaler(amp: str, device: torch.device) -> None:
     )
 
 
+# The reduced precisions of --amp, by name; config.AMP_CHOICES adds "off" to these.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def amp_dtype(amp: str, device: torch.device, training: bool = False) -> torch.dtype | None:
     """The reduced-precision dtype for --amp, or None for full precision.
 
@@ -600,8 +604,8 @@ def amp_dtype(amp: str, device: torch.device, training: bool = False) -> torch.d
         check_grad_scaler(amp, device)
     if amp == "off":
         return None
-    if amp not in ("bf16", "fp16"):
-        raise ValueError(f"amp must be 'off', 'bf16' or 'fp16', not {amp!r}")
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be 'off' or one of {list(AMP_DTYPES)}, not {amp!r}")
     supported = {"bf16": ("cuda", "cpu"), "fp16": ("cuda", "mps")}[amp]
     if device.type not in supported:
         raise UserError(
@@ -619,7 +623,7 @@ def amp_dtype(amp: str, device: torch.device, training: bool = False) -> torch.d
             "BF16); PyTorch emulates bf16 here, usually slower than --amp off. Compare both with "
             "benchmarks/bench_inference.py."
         )
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return AMP_DTYPES[amp]
 
 
 def cpu_has_bf16_arithmetic() -> bool | None:

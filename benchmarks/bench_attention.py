@@ -26,6 +26,7 @@ import torch
 from config import (
     BACKBONES,
     HUB_REPO,
+    add_amp_flag,
     add_device_flag,
     add_imgsz_flag,
     check_at_least,
@@ -42,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_imgsz_flag(parser, (644, 644), "input size (default 644 644)")
     add_device_flag(parser)
-    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    add_amp_flag(parser)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (best is kept)")
     parser.add_argument(

@@ -48,6 +48,7 @@ import torch
 from config import (
     DEFAULT_BACKBONE,
     DEFAULT_CLASSES,
+    add_amp_flag,
     add_device_flag,
     add_imgsz_flag,
     backbone_flags,
@@ -84,7 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     add_imgsz_flag(parser, None, "input size (default: --model's, else 644 644)")
     add_device_flag(parser)
-    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    add_amp_flag(parser)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--batch", type=int, default=1, help="frames per model call (fast path)")
     parser.add_argument("--frames", type=int, default=16, help="length of the test video")

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from config import (
+    AMP_CHOICES,
     BACKBONES,
     DEFAULT_CLASSES,
     IGNORE_INDEX,
@@ -52,7 +53,7 @@ from engine import synchronize, train_one_epoch
 from model import Segmentor, load_backbone
 from synthetic import PHOTO_SIZES, learnable_batch, make_dataset
 from train import make_loader
-from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
+from utils import AMP_DTYPES, UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -71,7 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--amp",
         nargs="+",
-        choices=["off", "bf16", "fp16"],
+        choices=AMP_CHOICES,
         default=None,
         help="precisions to run (default: every one the device supports)",
     )
@@ -104,7 +105,7 @@ def run_alone(context, args, setup: str, amp: str) -> dict:
 def supported_amp(device: torch.device) -> list[str]:
     """The --amp values this device trains with: "off", and "bf16" and "fp16" where supported."""
     modes = ["off"]
-    for amp in ("bf16", "fp16"):
+    for amp in AMP_DTYPES:
         try:
             amp_dtype(amp, device, training=True)
         except UserError:  # this device (or its PyTorch) has no such precision

@@ -279,7 +279,7 @@ def test_overlay_refuses_what_it_would_draw_wrongly(predictor, mask, alpha, mess
 
 
 def test_amp_names_its_choices():
-    with pytest.raises(ValueError, match="'off', 'bf16' or 'fp16', not 'fp32'"):
+    with pytest.raises(ValueError, match=r"'off' or one of \['bf16', 'fp16'\], not 'fp32'"):
         utils.amp_dtype("fp32", torch.device("cpu"))
 
 
