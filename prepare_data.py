@@ -215,9 +215,14 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
 
 
 def in_both(shared: list[str], train: Path, valid: Path) -> list[str]:
-    """The problem of the items ``shared`` (none: no problem) that ``train`` and ``valid``, the
-    two splits' list files or folders, both hold: copied into both splits, each would be scored
-    by validation after the model trained on it, and the valid scores would flatter it."""
+    """The problem of the items ``shared`` that ``train`` and ``valid``, the two splits' list
+    files or folders, both hold: copied into both splits, each would be scored by validation
+    after the model trained on it, and the valid scores would flatter it.
+
+    Returns:
+        a list of problems, as the checks each caller adds together return: this one, or
+        none where nothing is shared.
+    """
     if not shared:
         return []
     more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
