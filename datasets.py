@@ -504,6 +504,17 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
 def check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray, str]:
     """The pair's problems, its mask's pixel count per value (256 bins; zeros if unread), and
     how the mask was read (_read_mask; "" if unread)."""
+    problems, _, counts, reading = checked_mask(pair, classes)
+    return problems, counts, reading
+
+
+def checked_mask(
+    pair: Pair, classes: ClassConfig
+) -> tuple[list[str], np.ndarray | None, np.ndarray, str]:
+    """check_pair's checks, keeping the mask they decoded for a caller that writes it: the
+    pair's problems, the mask's (H, W) uint8 class ids (None if unread), its pixel counts and
+    how it was read, as check_pair gives them. check_dataset calls check_pair instead, so as
+    not to hold a whole dataset's masks."""
     image_path, mask_path = pair
     problems = []
     size = mask = counts = None
@@ -530,7 +541,7 @@ def check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray,
         )
     if counts is None:  # counted while reading it where it held class or instance ids
         counts = pixel_counts(mask) if mask is not None else np.zeros(256, np.int64)
-    return problems, counts, reading
+    return problems, mask, counts, reading
 
 
 def _classes_hint(root: Path, classes: ClassConfig) -> str:

@@ -48,12 +48,11 @@ from datasets import (
     DataError,
     DatasetError,
     Pair,
-    check_pair,
+    checked_mask,
     convert_penn_fudan,
     find_pairs,
     map_colors,
     open_image,
-    read_mask,
     split_of,
     write_pair,
 )
@@ -591,12 +590,12 @@ def convert_pairs(
     instances = 0
     for split, pairs in splits.items():
         for image, mask in pairs:
-            found, _, reading = check_pair((image, mask), classes)
+            found, ids, _, reading = checked_mask((image, mask), classes)
             problems += found
             instances += reading == "instances"
             if not problems:  # otherwise nothing is kept: the pairs are only checked
                 name = names[image] if names else image.name
-                write_pair(out, split, name, image.read_bytes(), read_mask(mask, classes))
+                write_pair(out, split, name, image.read_bytes(), ids)
     if problems:
         raise DatasetError(root, problems)
     return {"instances": instances}

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+import datasets
 import prepare_data
 from config import DEFAULT_CLASSES, ClassConfig, voc_palette
 from conftest import ROOT, needs_mount_namespace, run_bind_mounted
@@ -761,6 +762,23 @@ def test_folder_splits_images_and_masks_by_name_and_writes_class_ids(tmp_path, c
     assert classes == DEFAULT_CLASSES
     assert [len(p) for p in check_dataset(out, classes).values()] == [4, 2]
     assert "valid: 2 images; pixels: background 5,944, person 200" in capsys.readouterr().out
+
+
+def test_folder_decodes_each_source_mask_once(tmp_path, monkeypatch):
+    # the check that reads a mask hands its class ids on to be written, rather than the
+    # writing decoding the file again
+    root = folder_fixture(tmp_path / "mine", n=4)
+    opened = []
+    real_open = datasets.open_image
+    monkeypatch.setattr(
+        datasets,
+        "open_image",
+        lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k),
+    )
+    run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+        "--out", str(tmp_path / "data"), "--valid-every", "2")  # fmt: skip
+    sources = sorted(p.name for p in opened if p.parent == root / "masks")
+    assert sources == ["0.png", "1.png", "2.png", "3.png"]
 
 
 def test_folder_reads_masks_beside_their_images_with_a_suffix_and_named_classes(tmp_path, capsys):
