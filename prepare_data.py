@@ -764,14 +764,29 @@ def _files_by_id(folder: Path) -> tuple[dict[str, Path], list[str]]:
 def _cvat_subsets(root: Path) -> dict[str, tuple[Path, set[str]]] | None:
     """The list file and item ids of each split from the export's subset lists, where it has a
     train and a validation one (ImageSets/Segmentation/Train.txt and Validation.txt, or train.txt
-    and val.txt...); None otherwise (one "default" list: a task without subsets)."""
-    lists = {p.stem.casefold(): p for p in (root / "ImageSets" / "Segmentation").glob("*.txt")}
-    valid = next((lists[n] for n in ("validation", "valid", "val") if n in lists), None)
-    if "train" not in lists or valid is None:
+    and val.txt...); None otherwise (one "default" list: a task without subsets).
+
+    Raises:
+        UserError: two lists of one split (Train.txt and train.txt, val.txt and Validation.txt),
+            of which reading one would silently leave the other's items out.
+    """
+    folder = root / "ImageSets" / "Segmentation"
+    names = {"train": ("train",), "valid": ("validation", "valid", "val")}
+    lists = {
+        split: sorted(p for p in folder.glob("*.txt") if p.stem.casefold() in stems)
+        for split, stems in names.items()
+    }
+    for split, paths in lists.items():
+        if len(paths) > 1:
+            raise UserError(
+                f"{folder}: {' and '.join(p.name for p in paths)} each list the {split} subset; "
+                "keep one of them, merging their items into it"
+            )
+    if not all(lists.values()):
         return None
     return {
         split: (path, {line.strip() for line in text_lines(path)} - {""})  # a blank line is no item
-        for split, path in (("train", lists["train"]), ("valid", valid))
+        for split, (path,) in lists.items()
     }
 
 

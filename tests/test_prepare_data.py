@@ -1026,6 +1026,24 @@ def test_cvat_subset_lists_saved_by_a_text_editor_are_read(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "lists",
+    [{"Train": ["f0", "f1"], "train": ["f2"], "Validation": ["f3"]},
+     {"Train": ["f0", "f1", "f2"], "val": ["f3"], "Validation": ["sub/f4"]}],
+)  # fmt: skip
+def test_cvat_two_lists_of_one_subset_are_named(tmp_path, lists):
+    # keyed by their names in any case, one list of each pair was read and the other's items
+    # left out of the dataset without a word
+    root = cvat_fixture(tmp_path / "export", lists=lists, unannotated=())
+    written = sorted(p.stem for p in (root / "ImageSets" / "Segmentation").iterdir())
+    if written != sorted(lists):
+        pytest.skip("this filesystem ignores case: Train.txt and train.txt are one file")
+    pair = r"Train\.txt and train\.txt" if "train" in lists else r"Validation\.txt and val\.txt"
+    with pytest.raises(UserError, match=rf"Segmentation: {pair} each list the"):
+        run("cvat", "--root", str(root), "--out", str(tmp_path / "data"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+@pytest.mark.parametrize(
     "defect, message",
     [
         ("no labelmap", r"labelmap\.txt is missing: --root must be a CVAT"),
