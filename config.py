@@ -376,14 +376,19 @@ def runtime_flags() -> argparse.ArgumentParser:
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
 
 
-def tta_flags() -> argparse.ArgumentParser:
-    """Test-time augmentation, shared by train.py --eval-only and the inference scripts."""
+def tta_flags(needs: str = "") -> argparse.ArgumentParser:
+    """Test-time augmentation, shared by train.py --eval-only and the inference scripts.
+
+    Args:
+        needs: the flag --tta goes with, for its help ("--eval-only" in train.py), if any.
+    """
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("test-time augmentation")
     group.add_argument(
         "--tta",
         action="store_true",
-        help="average class probabilities over --tta-scales and horizontal flips",
+        help="average class probabilities over --tta-scales and horizontal flips"
+        + (f", with {needs}" if needs else ""),
     )
     group.add_argument(
         "--tta-scales",

@@ -112,7 +112,7 @@ log = logging.getLogger("dinoseg")
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a DINOv2 segmentation head, or evaluate a checkpoint (--eval-only).",
-        parents=[backbone_flags(), runtime_flags(), tta_flags()],
+        parents=[backbone_flags(), runtime_flags(), tta_flags(needs="--eval-only")],
     )
     parser.add_argument(
         "--config",
@@ -161,7 +161,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=path_arg,
         default=None,
         metavar="DIR",
-        help="disk cache folder (default OUT/feature_cache)",
+        help="the folder of --cache-features disk (default OUT/feature_cache)",
     )
     optim = parser.add_argument_group("optimization")
     optim.add_argument(

@@ -914,6 +914,27 @@ def test_flags_that_would_do_nothing_or_overflow_are_refused(argv, message):
         train.check_args(args)
 
 
+@pytest.mark.parametrize(
+    ("argv", "needs"),
+    [
+        (["--tta"], "--eval-only"),
+        (["--tta-scales", "1.0", "1.32"], "--tta"),
+        (["--model", "m.pth"], "--eval-only"),
+        (["--backbone-lr", "1e-4"], "--fine-tune"),
+        (["--cache-dir", "c"], "--cache-features disk"),
+    ],
+)
+def test_the_help_of_a_flag_refused_alone_names_the_flag_it_needs(argv, needs):
+    """--help told of --tta "average class probabilities over --tta-scales and horizontal
+    flips", and of --cache-dir "disk cache folder": a reader then got the refusal at the run."""
+    parser = train.get_args_parser()
+    args, _ = parse_args(parser, argv)
+    with pytest.raises(UserError, match=re.escape(needs)):
+        train.check_args(args)
+    action = next(a for a in parser._actions if argv[0] in a.option_strings)
+    assert needs in action.help, f"train.py --help of {argv[0]}: {action.help!r}"
+
+
 def test_flags_that_take_effect_are_not_refused():
     parser = train.get_args_parser()
     accepted = [
