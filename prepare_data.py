@@ -63,6 +63,7 @@ VOC_CLASSES = (
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )  # fmt: skip
+VALID_EVERY = 5  # --valid-every's default
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,13 +71,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=path_arg, required=True, help="the dataset folder to create")
     common.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    splitting = argparse.ArgumentParser(add_help=False)  # importers that make the valid split
-    splitting.add_argument(
-        "--valid-every",
-        type=int,
-        default=5,
-        help="every Nth image goes to valid, N at least 2 (default %(default)s)",
-    )
+
+    def splitting(when: str = "") -> argparse.ArgumentParser:
+        """--valid-every, of the importers that make the valid split (``when`` they do)."""
+        flags = argparse.ArgumentParser(add_help=False)
+        flags.add_argument(
+            "--valid-every",
+            type=int,
+            default=VALID_EVERY,
+            help=f"every Nth image goes to valid{when}, N at least 2 (default %(default)s)",
+        )
+        return flags
+
     sub = parser.add_subparsers(dest="dataset", required=True)
     penn = sub.add_parser("pennfudan", parents=[common], help="the Penn-Fudan pedestrian zip")
     penn.add_argument("--zip", type=path_arg, required=True, help="PennFudanPed.zip")
@@ -90,7 +96,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="the classes to keep, numbered 1, 2, ... in this order (default person)",
     )
     coco = sub.add_parser(
-        "coco", parents=[common, splitting], help="COCO-format instance annotations"
+        "coco", parents=[common, splitting()], help="COCO-format instance annotations"
     )
     coco.add_argument("--annotations", type=path_arg, required=True, help="instances_*.json")
     coco.add_argument("--images", type=path_arg, required=True, help="the folder of its images")
@@ -114,7 +120,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     folder = sub.add_parser(
         "folder",
-        parents=[common, splitting],
+        parents=[common, splitting()],
         help="one folder of images and one of masks, to split",
     )
     folder.add_argument("--images", type=path_arg, required=True, help="the folder of images")
@@ -139,7 +145,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--root", type=path_arg, required=True, help="the folder with train/, valid/, test/"
     )
     cvat = sub.add_parser(
-        "cvat", parents=[common, splitting], help="a CVAT 'Segmentation mask 1.1' export"
+        "cvat",
+        parents=[common, splitting(" (of an export without train and validation subsets)")],
+        help="a CVAT 'Segmentation mask 1.1' export",
     )
     cvat.add_argument(
         "--root",
@@ -823,6 +831,13 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
         for ids in _stem_clashes([(i, names[images[i]]) for i in items])
     ]
     subsets = _cvat_subsets(root)
+    if subsets is not None and args.valid_every != VALID_EVERY:
+        # (the default is not told apart from --valid-every 5, which does nothing here either)
+        raise UserError(
+            f"--valid-every {args.valid_every} splits an export without subsets, but {root} has "
+            f"its own: {subsets['train'][0].name} and {subsets['valid'][0].name} are the splits. "
+            "Drop --valid-every, or delete those lists to split every --valid-every-th image"
+        )
     unlisted = {}
     if subsets is None:
         if not problems:

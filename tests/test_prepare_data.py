@@ -1006,6 +1006,16 @@ def test_cvat_keeps_the_train_and_validation_subsets_of_the_export(tmp_path, cap
     assert "1 annotated image(s) in neither Train.txt nor Validation.txt" in printed
 
 
+def test_cvat_valid_every_is_refused_where_the_export_has_its_own_splits(tmp_path):
+    """--valid-every was silently unused there: the export's Train and Validation lists split it."""
+    lists = {"Train": ["f0", "f1", "f2"], "Validation": ["f3", "sub/f4"]}
+    root = cvat_fixture(tmp_path / "export", lists=lists, unannotated=())
+    out = tmp_path / "data"
+    with pytest.raises(UserError, match=r"--valid-every .*Train\.txt and Validation\.txt"):
+        run("cvat", "--root", str(root), "--out", str(out), "--valid-every", "2")
+    assert not out.exists()
+
+
 def test_cvat_subset_lists_saved_by_a_text_editor_are_read(tmp_path):
     """A list saved with a byte-order mark (Notepad's "UTF-8 with BOM") keeps its first item,
     and one that is not UTF-8 is named, not a traceback."""
