@@ -875,7 +875,8 @@ def report(folder: Path, names: list[str]) -> None:
         for path in masks:
             counts += np.bincount(np.asarray(open_image(path)).ravel(), minlength=256)
         pixels = ", ".join(f"{name} {counts[i]:,}" for i, name in enumerate(names))
-        print(f"{split}: {len(masks)} images; pixels: {pixels}; ignored {counts[IGNORE_INDEX]:,}")
+        images = f"{len(masks)} image{'' if len(masks) == 1 else 's'}"
+        print(f"{split}: {images}; pixels: {pixels}; ignored {counts[IGNORE_INDEX]:,}")
 
 
 def shell_quote(text: str) -> str:

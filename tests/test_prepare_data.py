@@ -903,7 +903,7 @@ def test_roboflow_keeps_its_splits_and_its_class_names(tmp_path, capsys):
     classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
     assert classes.names == ("background", "cat", "dog")
     assert [len(p) for p in check_dataset(out, classes).values()] == [2, 1]
-    assert "valid: 1 images; pixels: background 2,947, cat 25, dog 100" in capsys.readouterr().out
+    assert "valid: 1 image; pixels: background 2,947, cat 25, dog 100" in capsys.readouterr().out
 
 
 def test_roboflow_says_how_many_test_images_it_left_out(tmp_path, capsys):
