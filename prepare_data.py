@@ -545,7 +545,8 @@ def suffix_pairs(images: Path, masks: Path, suffix: str) -> tuple[list[Pair], li
     found: dict[str, dict[str, Path]] = {"image": {}, "mask": {}}
     for kind, folder in (("image", images), ("mask", masks)):
         if not folder.is_dir():
-            problems.append(f"{folder}: folder missing")
+            if not (same and kind == "mask"):  # one folder, named once
+                problems.append(f"{folder}: folder missing")
             continue
         for p, is_mask in _suffixed_files(folder, suffix):
             if same and is_mask != (kind == "mask"):
@@ -1027,6 +1028,7 @@ def main(args: argparse.Namespace) -> None:
     if (
         args.dataset == "folder"
         and not args.mask_suffix
+        and args.images.is_dir()  # else suffix_pairs names it missing
         and args.images.resolve() == args.masks.resolve()
     ):
         raise UserError(

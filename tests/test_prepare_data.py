@@ -781,6 +781,14 @@ def test_folder_decodes_each_source_mask_once(tmp_path, monkeypatch):
     assert sources == ["0.png", "1.png", "2.png", "3.png"]
 
 
+def test_folder_names_a_missing_folder_given_as_both_images_and_masks(tmp_path):
+    """It was told to pass --mask-suffix, as if the one folder held images and masks."""
+    missing = str(tmp_path / "typo")
+    with pytest.raises(UserError, match=r"typo: folder missing") as err:
+        run("folder", "--images", missing, "--masks", missing, "--out", str(tmp_path / "out"))
+    assert "--mask-suffix" not in str(err.value) and str(err.value).count("folder missing") == 1
+
+
 def test_folder_reads_masks_beside_their_images_with_a_suffix_and_named_classes(tmp_path, capsys):
     # Roboflow-style names in one folder: 0.jpg with 0_mask.png
     root = folder_fixture(tmp_path / "mine", n=4, masks="images", suffix="_mask", values=(1, 2))
