@@ -64,6 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg")  # what save_result writes after each name
+# videos given to this script rather than to infer_video.py (the containers phones, cameras and
+# screen recorders write)
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 JPEG_MAX_SIDE = 65500  # the overlay's format holds no larger image
 
 
@@ -84,6 +87,9 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
     not read, in a warning.
     """
     path = Path(spec)
+    if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+        # else read as an image that cannot be decoded, once the model has loaded
+        raise UserError(f"--input {spec} is a video, not an image: segment it with infer_video.py")
     if path.is_file():
         return [path]
     if not any(c in spec for c in "*?[") and not path.exists():

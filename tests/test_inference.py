@@ -426,6 +426,16 @@ def test_infer_image_names_images_of_formats_it_does_not_read(tmp_path, caplog, 
     assert "d.gif" not in caplog.text and "notes.txt" not in caplog.text
 
 
+@pytest.mark.parametrize("name", ["clip.mp4", "phone.MOV", "screen.mkv"])
+def test_infer_image_points_a_video_to_infer_video(tmp_path, name):
+    """A video given as --input was read, after the model loaded, as an unreadable image."""
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(
+        UserError, match=r"is a video, not an image: segment it with infer_video\.py"
+    ):
+        infer_image.find_images(str(tmp_path / name))
+
+
 def test_infer_image_names_the_subfolders_a_folder_input_leaves_out(tmp_path, caplog):
     """A folder's subfolders are not read (the README says so): their photos were missing from
     the results without a word, where a glob would have read them."""
