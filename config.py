@@ -418,8 +418,13 @@ def tta_setting(args: argparse.Namespace) -> tuple[list[float], bool] | None:
     return list(args.tta_scales), True
 
 
-def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
-    """Flags shared by infer_image.py and infer_video.py (which differ only in their I/O loop)."""
+def inference_flags(out_dir: Path, items: str = "images") -> argparse.ArgumentParser:
+    """Flags shared by infer_image.py and infer_video.py (which differ only in their I/O loop).
+
+    Args:
+        out_dir: the script's default --out-dir.
+        items: what the script segments ("images", "frames"), for --batch's help.
+    """
     parser = argparse.ArgumentParser(
         add_help=False, parents=[backbone_flags(inference=True), tta_flags()]
     )
@@ -458,7 +463,7 @@ def inference_flags(out_dir: Path) -> argparse.ArgumentParser:
         type=int,
         default=4,
         metavar="N",
-        help="images that go through the model together (default %(default)s)",
+        help=f"{items} that go through the model together (default %(default)s)",
     )
     group.add_argument(
         "--compile", action="store_true", help="torch.compile the model (slow start, faster run)"

@@ -63,7 +63,10 @@ MP4V_MAX_FPS = 65535
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Segment a video or a camera stream with a trained checkpoint.",
-        parents=[inference_flags(DEFAULT_OUT_DIR / "inference_results_video"), runtime_flags()],
+        parents=[
+            inference_flags(DEFAULT_OUT_DIR / "inference_results_video", items="frames"),
+            runtime_flags(),
+        ],
     )
     parser.add_argument(
         "--input",

@@ -426,6 +426,13 @@ def test_infer_image_names_images_of_formats_it_does_not_read(tmp_path, caplog, 
     assert "d.gif" not in caplog.text and "notes.txt" not in caplog.text
 
 
+@pytest.mark.parametrize(("script", "items"), [(infer_image, "images"), (infer_video, "frames")])
+def test_batch_help_counts_what_each_script_segments(script, items):
+    """infer_video.py --help spoke of the images of a batch: its batches are of frames."""
+    batch = next(a for a in script.get_args_parser()._actions if "--batch" in a.option_strings)
+    assert batch.help.startswith(f"{items} that go through the model together")
+
+
 @pytest.mark.parametrize("name", ["clip.mp4", "phone.MOV", "screen.mkv"])
 def test_infer_image_points_a_video_to_infer_video(tmp_path, name):
     """A video given as --input was read, after the model loaded, as an unreadable image."""
