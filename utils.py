@@ -198,9 +198,10 @@ def temp_prefix(name: str, limit: int = 120) -> str:
 
     A file name may have 255 bytes; the temporary name adds its own characters to NAME, so a
     long NAME (a long title, a few dozen CJK characters) would not fit in full. The cut falls
-    between characters, so the name stays valid UTF-8 (which macOS requires).
+    between characters, so the name stays valid UTF-8 (which macOS requires). Bytes of NAME that
+    are not UTF-8 (a Latin-1 name on Linux, which Python holds as surrogates) are left out.
     """
-    return f".{name.encode()[:limit].decode(errors='ignore')}."
+    return f".{name.encode(errors='surrogatepass')[:limit].decode(errors='ignore')}."
 
 
 def temp_folder(dest: Path) -> Path:

@@ -686,6 +686,17 @@ def test_a_name_near_the_255_byte_limit_still_gets_an_atomic_write(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="a file name that is not UTF-8: Linux allows it"
+)
+def test_a_name_that_is_not_utf8_still_gets_an_atomic_write(tmp_path):
+    # a Latin-1 name from an old archive: Python holds its byte 0xE9 as the surrogate U+DCE9,
+    # which a strict UTF-8 encode refuses, so the image was read but its results not written
+    name = os.fsdecode(b"caf\xe9_mask.png")
+    utils.write_text(tmp_path / name, "x")
+    assert os.listdir(os.fsencode(tmp_path)) == [b"caf\xe9_mask.png"]
+
+
 def test_atomic_writes_reach_the_disk_before_their_rename_with_plain_permissions(
     tmp_path, monkeypatch
 ):
