@@ -1774,6 +1774,29 @@ def test_a_video_path_outside_ascii_is_named_as_the_cause_on_windows(
         infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
 
 
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="a file name that is not UTF-8: Linux allows it"
+)
+def test_a_video_path_that_is_not_utf8_is_refused_before_opencv_crashes_on_it(tmp_path, checkpoint):
+    # A Latin-1 name on Linux, which Python holds as surrogates: OpenCV's Python binding ended
+    # the whole process with a segmentation fault, at the input's capture or the output's writer
+    latin = os.fsdecode(b"caf\xe9")
+    clip = write_clip(tmp_path / "clip.mp4", frames=2).rename(tmp_path / f"{latin}.mp4")
+    for flags, message in (
+        (["--input", str(clip), "--model", str(tmp_path / "unused.pth")], "--input"),
+        (["--input", str(write_clip(tmp_path / "other.mp4", frames=2)), "--model",
+          str(checkpoint), "--out-dir", str(tmp_path / latin)], "--out-dir"),
+    ):  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "infer_video.py", *flags], cwd=ROOT, capture_output=True, timeout=300
+        )
+        stderr = proc.stderr.decode(errors="replace")
+        assert proc.returncode == 2, stderr
+        assert f"error: {message} " in stderr and "is not UTF-8" in stderr, stderr
+        assert "Traceback" not in stderr
+    assert not (tmp_path / latin).exists()
+
+
 def test_an_unreadable_image_does_not_shorten_a_batch(tmp_path, predictor):
     # a compiled model pads a short batch to the size it compiled for: a short first batch
     # made it compile again at the second (13 s an image reported as the model's speed)
