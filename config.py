@@ -270,8 +270,9 @@ def nonempty(text: str) -> str:
 
 
 def path_arg(text: str) -> Path:
-    """argparse type of a file or folder flag (nonempty)."""
-    return Path(nonempty(text))
+    """argparse type of a file or folder flag (nonempty). A leading ~ is the home folder: the
+    shell leaves it as typed in --out-dir=~/runs, and so does a YAML file."""
+    return Path(nonempty(text)).expanduser()
 
 
 def add_layers_flag(group) -> None:

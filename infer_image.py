@@ -86,6 +86,7 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
     the files of other image formats it meets (.gif, .avif) and a folder's subfolders, which are
     not read, in a warning.
     """
+    spec = os.path.expanduser(spec)  # as config.path_arg: --input=~/photos keeps its ~
     path = Path(spec)
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
         # else read as an image that cannot be decoded, once the model has loaded

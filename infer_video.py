@@ -101,6 +101,7 @@ def open_video(spec: str) -> VideoSource:
     if spec.lower().startswith("file://"):
         # a file's address (a file manager's "copy address"): the file, not a stream
         spec = url2pathname(urlparse(spec).path)
+    spec = os.path.expanduser(spec)  # as config.path_arg: --input=~/clip.mp4 keeps its ~
     path = Path(spec)
     stream = "://" in spec  # rtsp://, http://: an IP camera or a live stream, read as a camera
     camera = spec.isdigit() or stream or path.is_char_device()

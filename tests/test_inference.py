@@ -394,6 +394,31 @@ def test_infer_image_of_one_file_reads_it_even_with_glob_characters_in_its_name(
     assert Image.open(out / "shot[1]_mask.png").size == (50, 30)
 
 
+def test_a_leading_tilde_is_the_home_folder_where_the_shell_leaves_it(tmp_path, monkeypatch):
+    # the shell expands ~ in --out-dir ~/runs but not in --out-dir=~/runs: results went to a
+    # folder named "~" below the current one, while the closing line named ~/runs
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    args = image_args(input="~/a.png", out_dir="~/runs", model="~/best.pth")
+    assert (args.out_dir, args.model) == (tmp_path / "runs", tmp_path / "best.pth")
+    assert infer_image.find_images(args.input) == [tmp_path / "a.png"]
+    assert infer_image.find_images("~") == [tmp_path / "a.png"]
+    assert infer_image.find_images("~/*.png") == [tmp_path / "a.png"]
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    source = infer_video.open_video("~/clip.mp4")
+    source.capture.release()
+    assert source.path == clip
+
+
+def test_infer_image_of_a_video_points_to_infer_video_before_the_model_loads(tmp_path, monkeypatch):
+    # it said "unreadable or corrupt image (cannot identify image file)" of a good video, once
+    # the model had loaded: infer_video.py refuses a photo, naming infer_image.py, likewise
+    clip = write_clip(tmp_path / "Clip.MOV", frames=2)
+    monkeypatch.setattr(infer_image, "predictor_from_args", no_model)
+    with pytest.raises(UserError, match=r"Clip\.MOV is a video, not an image: .*infer_video\.py"):
+        infer_image.main(image_args(input=clip, out_dir=tmp_path / "out"))
+
+
 def test_unreadable_images_after_the_last_full_batch_are_named_and_the_rest_written(
     tmp_path, checkpoint
 ):
