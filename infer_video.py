@@ -112,6 +112,14 @@ def open_video(spec: str) -> VideoSource:
         # OpenCV opens a photo as a video of one frame at 25 FPS, which nobody asked for
         raise UserError(f"--input {spec} is an image, not a video: segment it with infer_image.py")
     check_utf8(spec, "--input", "rename the video, or the folders above it")
+    if not camera:
+        try:  # OpenCV would call a file it may not read "not a video", as it calls a damaged one
+            with path.open("rb"):
+                pass
+        except OSError as err:
+            raise UserError(
+                f"--input {spec} cannot be read ({err.strerror}): check its permissions"
+            ) from err
     capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
     if not capture.isOpened():
         if stream:

@@ -1500,6 +1500,23 @@ def test_video_input_that_is_a_device_or_a_folder_is_named_for_what_it_is(tmp_pa
             infer_video.main(video_args(input=tmp_path, model=checkpoint, out_dir=tmp_path))
 
 
+def test_a_video_the_user_may_not_read_is_named_so_not_called_corrupt(tmp_path, monkeypatch):
+    # OpenCV fails to open it as it fails on a damaged file: "not a video OpenCV can read, or
+    # corrupt" sent the user looking for damage where a permission was missing
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    clip.chmod(0)  # enough where the tests run as a user; root reads it anyway, so also:
+    real_open = Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == clip:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(UserError, match=r"clip\.mp4 cannot be read \(Permission denied\)"):
+        infer_video.open_video(str(clip))
+
+
 def test_a_stream_address_is_opened_as_a_camera(monkeypatch):
     # "does not exist" before: only files, indices and devices were taken
     url = "rtsp://192.0.2.1/live"
