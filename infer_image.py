@@ -175,6 +175,28 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
     return names
 
 
+def check_no_foreign_results(names: dict[Path, str], out_dir: Path) -> None:
+    """Refuse to replace a file in ``out_dir`` that no earlier run wrote.
+
+    An earlier run writes an image's mask and overlay together (save_result), so a mask without
+    its overlay, or an overlay without its mask, is the user's: a Roboflow export keeps each
+    image beside its NAME_mask.png of labels, which results written next to the photos replaced.
+    """
+    foreign = []
+    for name in names.values():
+        files = [out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES]
+        present = [f.exists() for f in files]
+        if any(present) and not all(present):
+            foreign.append(files[present.index(True)].relative_to(out_dir).as_posix())
+    if foreign:
+        raise UserError(
+            f"{len(foreign)} file(s) in --out-dir {out_dir} would be replaced by results, but no "
+            f"earlier run wrote them (a mask without its overlay, or an overlay without its mask: "
+            f"labels?): {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; choose "
+            "another --out-dir, or move them away"
+        )
+
+
 def read_batches(paths: list[Path], predictor: Predictor, batch: int):
     """Yield (paths, images, resized batch, errors) groups of ``batch`` images, the last one
     shorter; unreadable files become errors (the resized batch is None where none was read).
@@ -220,6 +242,7 @@ def main(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     paths = find_images(args.input, args.out_dir)
     names = output_names(paths)
+    check_no_foreign_results(names, args.out_dir)
     check_writable(args.out_dir, needed_bytes=2**20)  # before the model loads, not after it ran
     predictor = predictor_from_args(args, device)
     failures, write_failures, done = [], [], 0

@@ -1385,6 +1385,30 @@ def test_reruns_into_the_input_folder_do_not_read_their_own_outputs(tmp_path):
         infer_image.find_images(f"{tmp_path}/*.jpg", out_dir=tmp_path)
 
 
+def test_results_next_to_the_photos_never_replace_a_label_mask_beside_them(tmp_path, checkpoint):
+    # A Roboflow export keeps each image beside its NAME_mask.png of class ids: results written
+    # next to the photos replaced those labels with predictions. An earlier run writes a mask
+    # and its overlay together, so a mask or overlay alone there is no earlier result.
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(tmp_path / name)
+    label = np.zeros((30, 40), np.uint8)
+    label[5:20, 5:25] = 1
+    Image.fromarray(label).save(tmp_path / "b_mask.png")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "c_overlay.jpg")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = image_args(input=tmp_path, model=checkpoint, out_dir=tmp_path)
+    with pytest.raises(UserError, match=r"b_mask\.png, c_overlay\.jpg.*choose another --out-dir"):
+        infer_image.main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (np.asarray(Image.open(tmp_path / "b_mask.png")) == label).all()
+    # without them, results next to the photos are written, and written again by a rerun
+    (tmp_path / "b_mask.png").unlink()
+    (tmp_path / "c_overlay.jpg").unlink()
+    infer_image.main(args)
+    infer_image.main(args)
+    assert len(list(tmp_path.glob("*_mask.png"))) == len(list(tmp_path.glob("*_overlay.jpg"))) == 3
+
+
 @needs_mount_namespace
 def test_out_dir_and_resume_folders_are_compared_as_folders_not_as_paths(tmp_path):
     """On macOS --out-dir Results is the folder results: a rerun segmented its own results
