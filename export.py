@@ -25,7 +25,7 @@ import torch
 
 from config import PATCH_SIZE, add_imgsz_flag, backbone_flags, check_imgsz, path_arg
 from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size, patch_aligned
-from utils import UserError, atomic_files, check_writable, run_script
+from utils import UserError, atomic_files, check_utf8, check_writable, run_script
 
 log = logging.getLogger("dinoseg")
 
@@ -218,6 +218,7 @@ def check_args(args: argparse.Namespace) -> None:
             f"--output {args.output} does not end in .onnx; name the graph's file, such as "
             f"{args.output.with_suffix('.onnx')}"
         )
+    check_utf8(args.output, "--output", "ONNX Runtime", "choose another name or folder")
     if not args.tolerance > 0:  # also refuses nan, which every comparison fails
         raise UserError(f"--tolerance must be positive, not {args.tolerance:g}")
     # the graph's size is known only once exported: this asks only for room to start

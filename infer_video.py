@@ -45,6 +45,7 @@ from utils import (
     UserError,
     array_bytes,
     atomic_path,
+    check_utf8,
     check_writable,
     opencv_threads_for,
     pick_device,
@@ -111,7 +112,9 @@ def open_video(spec: str) -> VideoSource:
     if not camera and path.suffix.lower() in IMAGE_EXTENSIONS:
         # OpenCV opens a photo as a video of one frame at 25 FPS, which nobody asked for
         raise UserError(f"--input {spec} is an image, not a video: segment it with infer_image.py")
-    check_utf8(spec, "--input", "rename the video, or the folders above it")
+    # OpenCV's Python binding, given a path that is not UTF-8, ends the whole process with a
+    # segmentation fault, no exception to catch
+    check_utf8(spec, "--input", "OpenCV", "rename the video, or the folders above it")
     if not camera:
         try:  # OpenCV would call a file it may not read "not a video", as it calls a damaged one
             with path.open("rb"):
@@ -176,18 +179,6 @@ def non_ascii_note(path, remedy: str) -> str:
     if sys.platform != "win32" or str(path).isascii():
         return ""
     return f" (OpenCV on Windows cannot use a path outside ASCII, as {path} is: {remedy})"
-
-
-def check_utf8(path, flag: str, remedy: str) -> None:
-    """Refuse a path that is not UTF-8 (a Latin-1 name on Linux, which Python holds as
-    surrogates), naming ``flag`` and ``remedy``: OpenCV's Python binding, given one, ends the
-    whole process with a segmentation fault, no exception to catch."""
-    try:
-        str(path).encode()
-    except UnicodeEncodeError:
-        raise UserError(
-            f"{flag} {path} is not UTF-8, which OpenCV cannot take as a path: {remedy}"
-        ) from None
 
 
 # what to do where OpenCV cannot use the input's or the output's path
@@ -464,7 +455,7 @@ def output_path(source: VideoSource, spec: str, out_dir: Path) -> Path:
     """<out_dir>/<source.name>.mp4, once it is sure that the output can be written there and
     would replace neither the input nor another video beside it."""
     # The video's size is unknown until it is encoded: this asks only for room to start.
-    check_utf8(out_dir, "--out-dir", "choose another --out-dir")
+    check_utf8(out_dir, "--out-dir", "OpenCV", "choose another --out-dir")
     check_writable(out_dir, needed_bytes=2**20)
     out_path = out_dir / f"{source.name}.mp4"
     # A name without an extension may fill NAME_MAX (POSIX, in bytes) before ".mp4" is added

@@ -38,6 +38,7 @@ from utils import (
     UserError,
     atomic_path,
     check_int8_cpu,
+    check_utf8,
     network_timeout,
     run_script,
     torch_save,
@@ -973,6 +974,7 @@ class OnnxSegmentor:
                 "--backend onnxruntime to run it with PyTorch, or export it first with "
                 f"python export.py --model {path} --output model.onnx"
             )
+        check_utf8(path, "--model", "ONNX Runtime", "rename the graph, or the folders above it")
         session = _onnx_session(path, device)
         classes, imgsz, backbone = _export_metadata(session, path)
         # the graph's nodes without its weights, which may be gigabytes beside it

@@ -284,6 +284,18 @@ def check_writable(
         )
 
 
+def check_utf8(path, flag: str, reader: str, remedy: str) -> None:
+    """Refuse a path that is not UTF-8 (a Latin-1 name on Linux, which Python holds as
+    surrogates) before ``reader``, a library that cannot take it, fails or crashes on it; the
+    message names ``flag`` and ``remedy``."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        raise UserError(
+            f"{flag} {path} is not UTF-8, which {reader} cannot take as a path: {remedy}"
+        ) from None
+
+
 def within(path: Path, folder: Path) -> bool:
     """Whether ``path`` is ``folder`` or lies inside it, neither needing to exist.
 

@@ -2,8 +2,10 @@
 
 import contextlib
 import json
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +155,29 @@ def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path,
     with pytest.raises(UserError, match=r"--output folder .*a_file is not writable"):
         export.main(export.get_args_parser().parse_args(
             ["--model", "m.pth", "--output", str(tmp_path / "a_file" / "m.onnx")]))  # fmt: skip
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="a file name that is not UTF-8: Linux allows it"
+)
+def test_a_graph_path_that_is_not_utf8_is_named_as_the_cause(tmp_path, onnx_files, monkeypatch):
+    # ONNX Runtime takes no such path (a Latin-1 name on Linux): the export failed its check
+    # with advice about --dynamic, and --backend onnxruntime called a good graph no ONNX model
+    folder = tmp_path / os.fsdecode(b"r\xe9sultats")
+    folder.mkdir()
+    monkeypatch.setattr(export, "load_checkpoint", lambda *a: pytest.fail("the model loaded"))
+    with pytest.raises(UserError, match=r"--output .* is not UTF-8, which ONNX Runtime cannot"):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", "m.pth", "--output", str(folder / "m.onnx")]))  # fmt: skip
+    assert list(folder.iterdir()) == []
+    graph = folder / "model.onnx"
+    shutil.copy(onnx_files[0], graph)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(photo)
+    with pytest.raises(UserError, match=r"--model .* is not UTF-8, which ONNX Runtime cannot"):
+        infer_image.main(infer_image.get_args_parser().parse_args(
+            ["--input", str(photo), "--model", str(graph), "--backend", "onnxruntime",
+             "--out-dir", str(tmp_path / "out")]))  # fmt: skip
 
 
 def test_onnxruntime_masks_agree_with_pytorch(tmp_path, graph, checkpoint, tiny_data):
