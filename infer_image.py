@@ -100,7 +100,7 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
     matches = (
         [p for p in path.iterdir() if not p.name.startswith(".")]
         if path.is_dir()
-        else [Path(p) for p in glob.glob(spec, recursive=True)]
+        else [Path(p) for p in glob.glob(spec, recursive=True) or literal_folder_glob(path)]
     )
     found = sorted(
         p
@@ -141,6 +141,21 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
             f"--input {spec}: no images found (give a file, a folder or a glob of {kinds})"
         )
     return found
+
+
+def literal_folder_glob(pattern: Path) -> list[str]:
+    """The matches of ``pattern`` with its longest leading folder that exists taken as written.
+
+    glob reads the brackets of a folder named "Photos [2024]" as a pattern (one of 2, 0 or 4),
+    so a glob inside such a folder matched nothing; find_images tries this only then.
+    """
+    for folder in pattern.parents:
+        if folder.is_dir():
+            if folder == Path(glob.escape(str(folder))):
+                return []  # no glob character in it: nothing to take otherwise
+            rest = pattern.relative_to(folder)
+            return glob.glob(os.path.join(glob.escape(str(folder)), rest), recursive=True)
+    return []
 
 
 def output_names(paths: list[Path]) -> dict[Path, str]:

@@ -439,6 +439,21 @@ def test_infer_image_accepts_a_glob(tmp_path, checkpoint, tiny_data):
     assert sorted(p.name for p in out.glob("*_mask.png")) == ["img001_mask.png", "img003_mask.png"]
 
 
+def test_a_glob_inside_a_folder_named_with_brackets_finds_its_images(tmp_path):
+    # "Photos [2024]/*.jpg": glob reads [2024] as one character of 2, 0 or 4, so a folder named
+    # so (common on Windows and macOS) gave "no images found" for every glob inside it
+    folder = tmp_path / "Photos [2024]" / "day 1"
+    folder.mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg", "c.png"):
+        Image.new("RGB", (4, 3)).save(folder / name)
+    found = infer_image.find_images(f"{folder}/*.jpg")
+    assert [p.name for p in found] == ["a.jpg", "b.jpg"]
+    found = infer_image.find_images(f"{tmp_path}/Photos [2024]/**/*.png")
+    assert [p.name for p in found] == ["c.png"]
+    # a pattern that matches stays a pattern: [ab].jpg is a.jpg or b.jpg
+    assert [p.name for p in infer_image.find_images(f"{folder}/[ab].jpg")] == ["a.jpg", "b.jpg"]
+
+
 @pytest.mark.parametrize("glob", [False, True])
 def test_infer_image_names_images_of_formats_it_does_not_read(tmp_path, caplog, glob):
     # a folder of them had been left out without a word (an iPhone's HEIC photos too); Chrome's
