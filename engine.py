@@ -685,6 +685,11 @@ class Predictor:
         seconds, frames = self._first_call
         return frames / seconds
 
+    def runs_on(self) -> str:
+        """Where the network runs, for the speed lines: the model's device type, or where ONNX
+        Runtime runs an exported graph."""
+        return getattr(self.model, "runs_on", None) or self.device.type
+
     def model_fps_note(self) -> str:
         """What the scripts add to model_fps() where it includes the start-up."""
         return "" if self.model_frames else " (one batch only: start-up included)"

@@ -515,7 +515,7 @@ def main(args: argparse.Namespace) -> None:
     )
     print(
         f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS) "
-        f"on {device}, batch {args.batch}{predictor.model_fps_note()}"
+        f"on {predictor.runs_on()}, batch {args.batch}{predictor.model_fps_note()}"
     )
     print(f"end to end: {stats['fps']:.2f} FPS (decoding, model, drawing, encoding)")
 

@@ -536,3 +536,26 @@ def test_a_gpu_device_onnxruntime_runs_on_the_cpu_is_a_warning(
         network = OnnxSegmentor.load(onnx_files[0], torch.device(device))
     assert network.session.get_providers() == ["CPUExecutionProvider"]
     assert f"--device {device}: ONNX Runtime runs {onnx_files[0]} on the CPU; {why}" in caplog.text
+
+
+def test_the_speed_lines_name_the_device_onnx_runtime_ran_on(
+    tmp_path, onnx_files, tiny_data, monkeypatch, capsys
+):
+    # --device auto picks the GPU PyTorch sees; with ONNX Runtime on the CPU (the onnxruntime
+    # package) the closing line still timed the graph "on cuda"
+    import torch
+
+    import infer_video
+    from synthetic import write_clip
+
+    monkeypatch.setattr(infer_image, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(infer_video, "pick_device", lambda name: torch.device("cuda"))
+    common = ["--model", str(onnx_files[0]), "--backend", "onnxruntime"]
+    infer_image.main(infer_image.get_args_parser().parse_args(
+        ["--input", str(tiny_data / "valid_images"), "--out-dir", str(tmp_path / "i"),
+         *common]))  # fmt: skip
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    infer_video.main(infer_video.get_args_parser().parse_args(
+        ["--input", str(clip), "--out-dir", str(tmp_path / "v"), *common]))  # fmt: skip
+    speed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model:")]
+    assert len(speed) == 2 and all(" on cpu (ONNX Runtime)" in line for line in speed), speed
