@@ -7,6 +7,7 @@ the class config gives them), or, for two classes, an instance-id image (0 backg
 objects of the foreground class).
 """
 
+import hashlib
 import logging
 import os
 import random
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -501,6 +503,89 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     return pairs, problems
 
 
+# identical_images reads this much of each file whose size a file of the other split shares, and
+# the rest only of those whose first bytes match too: two different photos of one size (common
+# among JPEGs, and every uncompressed BMP or TIFF of one resolution) differ within it
+HEAD_BYTES = 64 * 1024
+
+
+def identical_images(train: Iterable[Path], valid: Iterable[Path]) -> list[tuple[Path, Path]]:
+    """The (train, valid) pairs of files whose bytes are identical, whatever their names: an
+    image copied into both splits, which validation would score after training on it.
+
+    Cheap where there are none: the files are grouped by size first (a stat each), and only
+    those whose size occurs in both splits are read, their first HEAD_BYTES, and then the rest
+    of those whose first bytes match a file of the other split too. A file that cannot be read
+    matches nothing (check_pair names it). A path given in both lists pairs with itself.
+
+    Returns:
+        the pairs, sorted
+    """
+    groups = [(list(train), list(valid))]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        # a stat is quicker than handing it to a thread; reads are not
+        for key, mapper in ((_size, map), (_head_digest, pool.map), (_tail_digest, pool.map)):
+            groups = [part for group in groups for part in _split_by(key, group, mapper)]
+    return sorted((t, v) for trains, valids in groups for t in trains for v in valids)
+
+
+def _split_by(
+    key: Callable[[Path], Hashable], group: tuple[list[Path], list[Path]], mapper: Callable
+) -> list[tuple[list[Path], list[Path]]]:
+    """``group``'s (train files, valid files) split by ``key`` (computed by ``mapper``, map or a
+    pool's), keeping the parts that hold files of both splits."""
+    parts: dict[Hashable, tuple[list[Path], list[Path]]] = {}
+    for side, files in enumerate(group):
+        keys = mapper(key, files)
+        for path, k in zip(files, keys, strict=True):
+            parts.setdefault(k, ([], []))[side].append(path)
+    return [part for part in parts.values() if part[0] and part[1]]
+
+
+def _size(path: Path) -> Hashable:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return path  # matches no size, nor another file
+
+
+def _head_digest(path: Path) -> Hashable:
+    return _digest(path, 0, HEAD_BYTES)
+
+
+def _tail_digest(path: Path) -> Hashable:
+    """The digest of the bytes after HEAD_BYTES: a file no longer than that opens and reads
+    nothing."""
+    return _digest(path, HEAD_BYTES, None)
+
+
+def _digest(path: Path, start: int, length: int | None) -> Hashable:
+    """The BLAKE2b digest of ``length`` bytes of ``path`` from ``start`` (None: to its end)."""
+    digest = hashlib.blake2b()
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            if length is not None:
+                digest.update(f.read(length))
+            else:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+    except OSError:
+        return path
+    return digest.digest()
+
+
+def describe_identical(pairs: list[tuple[Path, Path]], root: Path, shown: int = 5) -> str:
+    """Up to ``shown`` of identical_images' pairs as "train_images/a.jpg = valid_images/b.jpg"
+    (paths relative to ``root`` where they lie under it), then how many more there are."""
+
+    def name(path: Path) -> str:
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+    more = f" and {len(pairs) - shown} more" if len(pairs) > shown else ""
+    return ", ".join(f"{name(t)} = {name(v)}" for t, v in pairs[:shown]) + more
+
+
 def check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray, str]:
     """The pair's problems, its mask's pixel count per value (256 bins; zeros if unread), and
     how the mask was read (_read_mask; "" if unread)."""
@@ -605,7 +690,25 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
             _classes_hint(root, classes),
         )
     _check_classes_present(root, classes, pixels)
+    _warn_of_identical_images(root, pairs_by_split)
     return pairs_by_split
+
+
+def _warn_of_identical_images(root: Path, pairs_by_split: dict[str, list[Pair]]) -> None:
+    """Warn of valid images that repeat a train image byte for byte, under any name (a warning:
+    training works, but validation scores what it trained on)."""
+    if "train" not in pairs_by_split or "valid" not in pairs_by_split:
+        return
+    pairs = identical_images(*([i for i, _ in pairs_by_split[s]] for s in ("train", "valid")))
+    if pairs:
+        log.warning(
+            "%d pair(s) of identical files in %s, a train image copied into the valid split "
+            "(train = valid): %s. Validation then scores images the model trained on, and its "
+            "loss and mIoU flatter the model; remove each copy from one of the two splits",
+            len(pairs),
+            root,
+            describe_identical(pairs, root),
+        )
 
 
 def _mixed_gray_readings(readings: dict[str, list[Path]], classes: ClassConfig) -> list[str]:

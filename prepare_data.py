@@ -20,7 +20,6 @@ Roboflow's "Semantic Segmentation Masks" export, ``cvat`` CVAT's "Segmentation m
 import argparse
 import contextlib
 import csv
-import filecmp
 import json
 import shlex
 import shutil
@@ -50,7 +49,9 @@ from datasets import (
     Pair,
     checked_mask,
     convert_penn_fudan,
+    describe_identical,
     find_pairs,
+    identical_images,
     map_colors,
     open_image,
     split_of,
@@ -241,15 +242,27 @@ def in_both(shared: list[str], train: Path, valid: Path) -> list[str]:
     ]
 
 
-def copied_across(splits: dict[str, list[Pair]]) -> list[str]:
-    """The names of train images whose file a valid image of the same name repeats byte for
-    byte: one image copied into both split folders."""
-    train = {image.name: image for image, _ in splits.get("train", [])}
-    return sorted(
-        image.name
-        for image, _ in splits.get("valid", [])
-        if image.name in train and filecmp.cmp(train[image.name], image, shallow=False)
-    )
+def copies_across(splits: dict[str, list[Pair]], train: Path, valid: Path) -> list[str]:
+    """The problem of the valid images whose file repeats a train image's byte for byte, under
+    its name or another (identical_images; none: no problem).
+
+    The splits come from the folders ``train`` and ``valid`` (in_both's problem, naming each
+    copy as "train name = valid name", or by its one name), or from one folder split by the
+    importer, ``train`` and ``valid`` alike. One file in both splits (a CVAT item in both subset
+    lists) is left to in_both, which the importer calls with the lists.
+    """
+    images = ([image for image, _ in splits.get(split, [])] for split in ("train", "valid"))
+    pairs = [(t, v) for t, v in identical_images(*images) if t != v]
+    if not pairs:
+        return []
+    if train != valid:
+        names = [t.name if t.name == v.name else f"{t.name} = {v.name}" for t, v in pairs]
+        return in_both(names, train, valid)
+    return [
+        f"{len(pairs)} pair(s) of files in {train} are identical, byte for byte, and would go "
+        f"one to train and one to valid (train = valid): {describe_identical(pairs, train)}; "
+        "validation would score images the model trained on, so delete one of each pair"
+    ]
 
 
 def read_voc_mask(path: Path) -> np.ndarray:
@@ -505,7 +518,7 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
         problems += found
         if not splits[split] and not found:
             problems.append(f"{root / f'{split}_images'}: no images")
-    problems += in_both(copied_across(splits), root / "train_images", root / "valid_images")
+    problems += copies_across(splits, root / "train_images", root / "valid_images")
     kinds = dict.fromkeys(("0/255", "other", "0/1"), 0)
     foreground = 0  # pixels of 128 and more
     for split, pairs in splits.items():
@@ -629,7 +642,9 @@ def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) ->
         )
     if not problems:
         check_valid_every(len(pairs), every, f"{args.images}: {len(pairs)} image(s) with a mask")
-    return convert_pairs(args.images, every_nth(pairs, every), problems, classes, out)
+    splits = every_nth(pairs, every)
+    problems += copies_across(splits, args.images, args.images)
+    return convert_pairs(args.images, splits, problems, classes, out)
 
 
 def check_valid_every(count: int, every: int, where: str) -> None:
@@ -711,7 +726,7 @@ def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, i
         elif not splits[split] and not found:
             found = [f"{root / folder}: no image with its NAME_mask.png"]
         problems += found
-    problems += in_both(copied_across(splits), root / "train", root / "valid")
+    problems += copies_across(splits, root / "train", root / "valid")
     kinds = convert_pairs(root, splits, problems, classes, out)
     test = root / "test"
     files = _suffixed_files(test, "_mask") if test.is_dir() else []
@@ -864,6 +879,7 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
             "unlisted": sum(i not in listed for i in items),
             "lists": " nor ".join(path.name for path, _ in subsets.values()),
         }
+    problems += copies_across(splits, images_dir, images_dir)
     kinds = convert_pairs(root, splits, problems, classes, out, names)
     return {**kinds, "unannotated": len(images) - len(items), **unlisted}
 

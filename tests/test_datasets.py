@@ -663,6 +663,78 @@ def test_instance_id_warning_names_the_classes_yaml_beside_the_data(fresh_data, 
     assert f"pass --config {fresh_data / 'classes.yaml'} (background, cat, dog)" in caplog.text
 
 
+def test_a_train_image_copied_into_valid_under_another_name_is_one_warning(fresh_data, caplog):
+    """Validation would score an image the model trained on, and flatter it: said once, with
+    the two names and the fix; training still goes on (a warning, not a refusal)."""
+    check_dataset(fresh_data, DEFAULT_CLASSES)  # every image its own: nothing to say
+    assert "identical" not in caplog.text
+    train_image = fresh_data / "train_images" / "img003.jpg"
+    (fresh_data / "valid_images" / "copy.jpg").write_bytes(train_image.read_bytes())
+    mask = (fresh_data / "train_masks" / "img003.png").read_bytes()
+    (fresh_data / "valid_masks" / "copy.png").write_bytes(mask)
+    caplog.clear()
+    pairs = check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert len(pairs["valid"]) == 3  # the copy is checked and kept
+    said = [r.getMessage() for r in caplog.records if "identical" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("1 pair(s) of identical files in")
+    assert "train_images/img003.jpg = valid_images/copy.jpg" in said[0]
+    assert "scores images the model trained on" in said[0]
+    assert "remove each copy from one of the two splits" in said[0]
+    caplog.clear()
+    check_dataset(fresh_data, DEFAULT_CLASSES, splits=("valid",))  # --eval-only: no train split
+    assert "identical" not in caplog.text
+
+
+def test_the_copy_warning_names_five_copies_and_counts_the_rest(fresh_data, caplog):
+    for image in sorted((fresh_data / "train_images").iterdir()):  # 4 images, 2 copies each
+        for copy in (f"dup_{image.stem}_a", f"dup_{image.stem}_b"):
+            (fresh_data / "valid_images" / f"{copy}{image.suffix}").write_bytes(image.read_bytes())
+            mask = (fresh_data / "train_masks" / f"{image.stem}.png").read_bytes()
+            (fresh_data / "valid_masks" / f"{copy}.png").write_bytes(mask)
+    check_dataset(fresh_data, DEFAULT_CLASSES)
+    [said] = [r.getMessage() for r in caplog.records if "identical" in r.getMessage()]
+    assert said.startswith("8 pair(s)") and said.count(" = valid_images/dup") == 5
+    assert "and 3 more" in said
+
+
+def test_identical_images_compares_bytes_not_names_or_sizes(tmp_path):
+    train, valid = tmp_path / "train", tmp_path / "valid"
+    train.mkdir()
+    valid.mkdir()
+    head = datasets.HEAD_BYTES
+    rng = np.random.default_rng(0)
+    files = {  # name: (train bytes, valid bytes); each pair of one size
+        "copy": (blob := rng.bytes(3 * head), blob),
+        "small": (b"tiny", b"tiny"),
+        "first_byte": (b"a" + (rest := rng.bytes(head)), b"b" + rest),
+        "last_byte": ((start := rng.bytes(2 * head)) + b"a", start + b"b"),  # past the head
+        "just_the_head": (b"x" * head, b"y" * head),
+    }
+    for name, (in_train, in_valid) in files.items():
+        (train / f"{name}.png").write_bytes(in_train)
+        (valid / f"other_{name}.png").write_bytes(in_valid)
+    found = datasets.identical_images(sorted(train.iterdir()), sorted(valid.iterdir()))
+    assert found == [
+        (train / "copy.png", valid / "other_copy.png"),
+        (train / "small.png", valid / "other_small.png"),
+    ]
+    # a missing file matches nothing (check_pair names it); no split, no pair
+    assert datasets.identical_images([train / "gone.png"], [valid / "gone.png"]) == []
+    assert datasets.identical_images([], sorted(valid.iterdir())) == []
+
+
+def test_identical_images_reads_no_file_whose_size_the_other_split_lacks(tmp_path, monkeypatch):
+    """A large dataset without copies costs a stat per file: nothing is read."""
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(bytes(i + 1))  # 40 sizes
+    read = []
+    monkeypatch.setattr(datasets, "_digest", lambda path, *a: read.append(path))
+    assert datasets.identical_images(paths[::2], paths[1::2]) == []
+    assert read == []
+
+
 def test_check_dataset_reports_empty_split(fresh_data):
     for f in (fresh_data / "valid_images").iterdir():
         f.unlink()

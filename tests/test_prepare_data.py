@@ -822,7 +822,8 @@ def test_folder_reads_colour_masks_by_the_colours_of_config(tmp_path):
     (root / "JPEGImages").mkdir(parents=True)
     (root / "SegmentationClass").mkdir()
     for i in range(2):
-        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(root / "JPEGImages" / f"f{i}.jpg")
+        photo = np.full((48, 64, 3), 30 * i, np.uint8)  # two photos: copies would be refused
+        Image.fromarray(photo).save(root / "JPEGImages" / f"f{i}.jpg")
         mask = np.zeros((48, 64, 3), np.uint8)
         mask[5:10, 5:10] = (250, 50, 83)
         mask[20:30] = (51, 221, 255)
@@ -885,12 +886,14 @@ def test_folder_names_subfolders_and_too_few_images_for_a_valid_split(tmp_path):
 
 def roboflow_fixture(root, csv="\ufeffPixel Value, Class\n0, background\n1, cat\n2, dog\n"):
     """A Roboflow "Semantic Segmentation Masks" export: train/ (2), valid/ (1), test/ (1)."""
-    for split, n in (("train", 2), ("valid", 1), ("test", 1)):
+    for s, (split, n) in enumerate((("train", 2), ("valid", 1), ("test", 1))):
         (root / split).mkdir(parents=True)
         (root / split / "_classes.csv").write_text(csv, encoding="utf-8")
         for i in range(n):
             name = f"img{i}_jpg.rf.{split}{i}"
-            Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(root / split / f"{name}.jpg")
+            # a photo each: the same bytes in train/ and valid/ are refused, whatever the names
+            photo = np.full((48, 64, 3), 90 + 10 * (2 * s + i), np.uint8)
+            Image.fromarray(photo).save(root / split / f"{name}.jpg")
             mask = np.zeros((48, 64), np.uint8)
             mask[5:10, 5:10] = 1
             mask[20:30, 20:30] = 2
@@ -961,9 +964,9 @@ def cvat_fixture(root, items=("f0", "f1", "f2", "f3", "sub/f4"), unannotated=("f
     (``lists``: name -> item ids; default.txt of every item by default)."""
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "labelmap.txt").write_text(CVAT_LABELMAP, encoding="utf-8")
-    for item in [*items, *unannotated]:
+    for k, item in enumerate([*items, *unannotated]):  # a photo each: copies are refused
         (root / "JPEGImages" / item).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((48, 64, 3), 60, np.uint8)).save(
+        Image.fromarray(np.full((48, 64, 3), 60 + 10 * k, np.uint8)).save(
             root / "JPEGImages" / f"{item}.jpg"
         )
     for item in items:
@@ -1157,6 +1160,53 @@ def test_roboflow_and_binary_images_copied_into_both_split_folders_are_refused(t
     shutil.copy(binary / "train_masks" / f"{image.stem}.png", binary / "valid_masks")
     with pytest.raises(UserError, match=rf"1 item\(s\) are in both .*: {image.name};"):
         run("binary", "--root", str(binary), "--out", str(tmp_path / "binary_01"))
+
+
+def test_importers_refuse_a_train_image_copied_into_valid_under_another_name(tmp_path):
+    """The bytes, not the name, make the copy: renamed, a train image in valid is still scored
+    by validation after training on it."""
+    root = roboflow_fixture(tmp_path / "export")
+    shutil.copy(root / "train/img1_jpg.rf.train1.jpg", root / "valid/renamed.jpg")
+    shutil.copy(root / "train/img1_jpg.rf.train1_mask.png", root / "valid/renamed_mask.png")
+    with pytest.raises(
+        UserError,
+        match=r"(?s)1 problem.*1 item\(s\) are in both \S*train and \S*valid: "
+        r"img1_jpg\.rf\.train1\.jpg = renamed\.jpg; .*remove each from one of the two folders",
+    ):
+        run("roboflow", "--root", str(root), "--out", str(tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
+    binary = binary_fixture(tmp_path / "binary")
+    shutil.copy(binary / "train_images/train2.jpg", binary / "valid_images/v9.jpg")
+    shutil.copy(binary / "train_masks/train2.png", binary / "valid_masks/v9.png")
+    with pytest.raises(UserError, match=r"1 item\(s\) are in both .*: train2\.jpg = v9\.jpg;"):
+        run("binary", "--root", str(binary), "--out", str(tmp_path / "binary_01"))
+
+
+def test_folder_refuses_copies_its_split_would_put_in_train_and_in_valid(tmp_path):
+    root = folder_fixture(tmp_path / "mine")  # --valid-every 3: 2.jpg and 5.jpg to valid
+    flags = ["folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+             "--valid-every", "3"]  # fmt: skip
+    shutil.copy(root / "images/0.jpg", root / "images/3.jpg")  # both in train: no matter
+    run(*flags, "--out", str(tmp_path / "data"))
+    shutil.copy(root / "images/0.jpg", root / "images/5.jpg")
+    with pytest.raises(
+        UserError,
+        match=r"(?s)1 problem.*2 pair\(s\) of files in \S*images are identical, byte for byte, "
+        r"and would go one to train and one to valid \(train = valid\): 0\.jpg = 5\.jpg, "
+        r"3\.jpg = 5\.jpg; .*delete one of each pair",
+    ):
+        run(*flags, "--out", str(tmp_path / "data2"))
+    assert not (tmp_path / "data2").exists()
+
+
+def test_cvat_refuses_one_frame_under_two_ids_in_the_train_and_the_validation_list(tmp_path):
+    lists = {"Train": ["f0", "f1", "f2"], "Validation": ["f3", "sub/f4"]}
+    root = cvat_fixture(tmp_path / "export", lists=lists)
+    shutil.copy(root / "JPEGImages/f1.jpg", root / "JPEGImages/sub/f4.jpg")
+    with pytest.raises(
+        UserError, match=r"(?s)1 problem.*1 pair\(s\) of files .*: f1\.jpg = sub/f4\.jpg;"
+    ):
+        run("cvat", "--root", str(root), "--out", str(tmp_path / "data"))
 
 
 def test_cvat_and_folder_skip_files_in_hidden_folders(tmp_path, capsys):
