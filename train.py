@@ -719,7 +719,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     model = build_model(args, classes, device, ckpt, start)
     log_input_size(imgsz)
     # as soon as the model's size is known: before the cache and training
-    needed = checkpoint_space(model)
+    needed = checkpoint_space(model, args.out_dir)
     check_on_main_process(lambda: check_writable(args.out_dir, needed, purpose="its checkpoints"))
     model, train_model = distribute(model, device, world)
 
@@ -1077,10 +1077,19 @@ def ignored_model_flags(args: argparse.Namespace, ckpt: dict) -> str:
     )
 
 
-def checkpoint_space(model: Segmentor) -> int:
-    """The disk space a run's checkpoints need: best (two) and last, and a margin for the
-    temporary copy of the one being written, plots and overlays."""
-    return 3 * checkpoint_bytes(model) + 50 * 2**20
+def checkpoint_space(model: Segmentor, out_dir: Path) -> int:
+    """The free disk space a run's checkpoints need in ``out_dir``, with a margin for plots and
+    overlays.
+
+    Each save writes a temporary copy before it replaces the old file, so from the second epoch
+    the disk holds four: best (two), last and that copy. Checkpoints already in ``out_dir`` (a
+    resumed run's, or an earlier run's) are replaced by them, so their bytes count as room,
+    though not for the copy, written while they are still there.
+    """
+    size = checkpoint_bytes(model)
+    names = (*BEST_CHECKPOINTS, LAST_CHECKPOINT)
+    held = sum((out_dir / n).stat().st_size for n in names if (out_dir / n).is_file())
+    return max(size, 4 * size - held) + 50 * 2**20
 
 
 def make_datasets(
@@ -1109,7 +1118,7 @@ def make_datasets(
             needed, purpose = todo * cache.file_bytes(), "the cache"
             check_writable(folder, 0, "--cache-dir", purpose)
             if folder.stat().st_dev == args.out_dir.stat().st_dev:  # one disk for both
-                needed += checkpoint_space(model)
+                needed += checkpoint_space(model, args.out_dir)
                 purpose = "the cache and the checkpoints of --out-dir"
             check_writable(folder, needed, "--cache-dir", purpose)
 

@@ -338,11 +338,47 @@ def test_a_cache_on_the_checkpoints_disk_needs_room_for_both(
 ):
     # each check passed against the same free space: the cache then took the checkpoints' room
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(train, "checkpoint_space", lambda model: 100 * 2**20)
+    monkeypatch.setattr(train, "checkpoint_space", lambda model, out_dir: 100 * 2**20)
     monkeypatch.setattr(utils.shutil, "disk_usage", lambda p: usage(10**9, 10**9, 100 * 2**20 + 1))
     with pytest.raises(UserError, match=r"--cache-dir .*needs about 10\d MB for the cache and the "
                        r"checkpoints of --out-dir"):  # fmt: skip
         run_train([*argv(tiny_data, tmp_path, weights_file), "--cache-features", "disk"])
+
+
+def test_the_checkpoints_space_check_covers_the_peak_and_counts_the_files_it_replaces(
+    tmp_path, tiny_data, weights_file, monkeypatch
+):
+    # From epoch 2 each save writes a temporary copy beside the three files it replaces: a
+    # check for three passed, then the disk filled up at epoch 2. A resume into its own folder
+    # replaces the three that are there, which a check for three more refused on a disk with
+    # room to spare.
+    out = tmp_path / "out"
+    asked, peak = [], [0]
+
+    def pth_bytes() -> int:  # the checkpoints and their temporary copies
+        return sum(f.stat().st_size for f in out.iterdir() if ".pth" in f.name)
+
+    real_check, real_save = train.check_writable, utils.torch_save
+
+    def check(folder, needed_bytes, *args, **kwargs):
+        if kwargs.get("purpose") == "its checkpoints":
+            asked.append((needed_bytes, pth_bytes()))
+        real_check(folder, needed_bytes, *args, **kwargs)
+
+    def save(obj, path):
+        real_save(obj, path)
+        peak[0] = max(peak[0], pth_bytes())
+
+    monkeypatch.setattr(train, "check_writable", check)
+    monkeypatch.setattr("model.torch_save", save)
+    run_train(argv(tiny_data, out, weights_file, epochs=2))
+    (needed, held), three = asked.pop(), pth_bytes()
+    assert held == 0 and peak[0] <= needed
+    peak[0] = 0
+    run_train(["--resume", str(out / "last_model.pth"), "--out-dir", str(out), "--epochs", "3"])
+    ((needed, held),) = asked
+    size = (out / "last_model.pth").stat().st_size
+    assert held == three and peak[0] - held <= needed < 2 * size
 
 
 def test_peak_memory_without_the_resource_module_is_nan(monkeypatch):
