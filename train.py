@@ -685,6 +685,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         warn_changed_settings(args, ckpt, start)
         # before anything is written into --out-dir, args.yaml first
         check_on_main_process(lambda: check_same_run(args, ckpt, start))
+        check_on_main_process(lambda: check_resumed_data(args, ckpt))
         # read by rank 0 alone, so that a broken file is named once, before the model loads
         history = on_main_process(lambda: resumed_history(args.out_dir / "metrics.csv", start))
         if start > args.epochs:
@@ -1002,6 +1003,18 @@ def check_same_run(args, ckpt: dict, start: int) -> None:
         f"--out-dir {args.out_dir} holds another run: {differs} of --resume {args.resume}: "
         f"resume into the folder of that run (--out-dir {args.resume.parent}) or a new one"
     )
+
+
+def check_resumed_data(args, ckpt: dict) -> None:
+    """Refuse the --data of the run that ``ckpt`` continues where it is not a folder here (the
+    dataset moved, or the run resumes on another machine), naming the checkpoint it came from:
+    check_dataset would name --data, which the command line may not hold."""
+    recorded = (ckpt.get("args") or {}).get("data")
+    if recorded is not None and plain_value(args.data) == recorded and not args.data.is_dir():
+        raise UserError(
+            f"--resume {args.resume} continues its run on --data {recorded}, which is not a "
+            "folder here: pass --data DIR, that dataset's folder on this machine"
+        )
 
 
 def carry_over(source: Path, out_dir: Path, start: int) -> list[dict]:

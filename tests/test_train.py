@@ -516,6 +516,18 @@ def test_resuming_a_checkpoint_without_training_state_names_it(tmp_path, tiny_da
         run_train(args)
 
 
+def test_a_resumed_runs_data_that_is_gone_is_named_as_the_checkpoints(checkpoint, tmp_path):
+    # the dataset moved, or the run resumes on another machine: "--data X is not a folder" named
+    # a flag that the command line did not hold
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["args"]["data"] = str(tmp_path / "moved")
+    torch.save(ckpt, tmp_path / "last_model.pth")
+    argv = ["--resume", str(tmp_path / "last_model.pth"), "--out-dir", str(tmp_path)]
+    with pytest.raises(UserError, match=r"last_model.pth continues its run on --data .*moved, "
+                       r"which is not a folder here: pass --data DIR"):  # fmt: skip
+        run_train([*argv, "--epochs", "3"])
+
+
 def test_resume_continues_the_recorded_run_unless_a_flag_changes_it(tmp_path, caplog):
     recorded = {"data": "my/data", "epochs": 40, "batch": 16, "lr": 3e-3, "scheduler": "cosine",
                 "no_augment": True, "amp": "bf16", "cache_dir": None, "workers": 9,
