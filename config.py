@@ -222,8 +222,20 @@ class ClassConfig:
                 "(ALL_CLASSES: [background, cat, dog])"
             )
         names = mapping["ALL_CLASSES"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list):
             raise UserError(f"{source}: ALL_CLASSES must be a list of names")
+        others = [n for n in names if not isinstance(n, str)]
+        if others:
+            # YAML's reading of a bare 1, no or null: a list that looks like names to its writer
+            read = ", ".join(
+                "null" if n is None else str(n).lower() if isinstance(n, bool) else str(n)
+                for n in others
+            )
+            raise UserError(
+                f"{source}: ALL_CLASSES must be a list of names; YAML reads {read} as no text: "
+                "put them in quotes ('1', 'no'), as YAML reads bare numbers, yes, no, on, off "
+                "and null otherwise"
+            )
         try:
             mask_colors = None
             if "LABEL_COLORS_LIST" in mapping:

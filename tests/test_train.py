@@ -662,10 +662,16 @@ def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
         ({"ALL_CLASSES": ["a", "a"], "LABEL_COLORS_LIST": [[0, 0, 0], [0, 255, 0]],
           "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]},
          r"c.yaml: ALL_CLASSES has repeated names: \['a', 'a'\]"),
-        # YAML reads unquoted numbers as ints: class names 0 and 1 would not be names
+        # YAML reads unquoted numbers as ints, yes/no/on/off as booleans, null as None: the
+        # message said "a list of names" of a list that looked like one, without the fix
         ({"ALL_CLASSES": [0, 1], "LABEL_COLORS_LIST": [[0, 0, 0], [0, 255, 0]],
           "VIS_LABEL_MAP": [[0, 0, 0], [0, 255, 0]]},
-         r"c.yaml: ALL_CLASSES must be a list of names"),
+         r"c.yaml: ALL_CLASSES must be a list of names; YAML reads 0, 1 as no text: put them in "
+         r"quotes \('1', 'no'\)"),
+        ({"ALL_CLASSES": ["background", False, None]},
+         r"ALL_CLASSES must be a list of names; YAML reads false, null as no text: put them in "
+         r"quotes .*yes, no, on, off"),
+        ({"ALL_CLASSES": "background, person"}, r"c.yaml: ALL_CLASSES must be a list of names$"),
         # class 255 would be the ignore index
         ({"ALL_CLASSES": [f"c{i}" for i in range(256)],
           "LABEL_COLORS_LIST": [[i, 0, 0] for i in range(256)],
