@@ -645,6 +645,34 @@ def _classes_hint(root: Path, classes: ClassConfig) -> str:
     )
 
 
+def _layout_advice(root: Path) -> str | None:
+    """What a --data folder without any of the four dataset folders is, and how to make a
+    dataset of it, for the layouts people pass by mistake; None for any other folder."""
+    parent_folders = [f"{split}_{kind}" for split in SPLITS for kind in ("images", "masks")]
+    if root.name in parent_folders:
+        return (
+            f"one of a dataset's four folders: pass the folder that holds them, --data "
+            f"{root.parent}"
+        )
+    out = root.with_name(f"{root.name}_prepared")
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return (
+            "a folder of images/ and masks/, not yet split into train and valid: run python "
+            f"prepare_data.py folder --images {root / 'images'} --masks {root / 'masks'} --out "
+            f"{out}, then --data {out}"
+        )
+    for kind, marker in (
+        ("Roboflow", root / "train" / "_classes.csv"),
+        ("CVAT", root / "labelmap.txt"),
+    ):
+        if marker.is_file():
+            return (
+                f"a {kind} export: run python prepare_data.py {kind.lower()} --root {root} --out "
+                f"{out}, then --data {out}"
+            )
+    return None
+
+
 def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list[Pair]]:
     """Check a whole dataset before training and return its pairs per split.
 
@@ -656,6 +684,9 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"--data {root} is not a folder")
+    folders = [root / f"{split}_{kind}" for split in splits for kind in ("images", "masks")]
+    if not any(folder.is_dir() for folder in folders) and (advice := _layout_advice(root)):
+        raise UserError(f"--data {root} is {advice}")
     problems: list[str] = []
     pairs_by_split = {}
     for split in splits:

@@ -532,6 +532,41 @@ def test_a_missing_folder_and_two_images_of_one_stem_are_named(fresh_data):
     assert "img000.png: same stem as img000.jpg; keep one of them" in text
 
 
+@pytest.mark.parametrize(
+    ("layout", "data", "advice"),
+    [
+        # --data one of the four folders: four "folder missing" inside it named no fix
+        (["train_images/", "train_masks/", "valid_images/", "valid_masks/"], "train_images",
+         r"one of a dataset's four folders: pass the folder that holds them, --data .*/d$"),
+        # images and masks not yet split, the layout most home-made datasets have
+        (["images/", "masks/"], "",
+         r"is a folder of images/ and masks/, not yet split .*python prepare_data.py folder "
+         r"--images .*/d/images --masks .*/d/masks --out .*/d_prepared, then --data "
+         r".*/d_prepared$"),
+        (["train/_classes.csv", "valid/"], "",
+         r"a Roboflow export: .*python prepare_data.py roboflow --root .*/d --out .*/d_prepared"),
+        (["labelmap.txt", "SegmentationClass/"], "",
+         r"a CVAT export: .*python prepare_data.py cvat --root .*/d --out .*/d_prepared"),
+    ],
+)  # fmt: skip
+def test_a_data_folder_of_another_layout_is_named_with_the_command_that_converts_it(
+    tmp_path, layout, data, advice
+):
+    root = tmp_path / "d"
+    for entry in layout:
+        path = root / entry
+        if entry.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+    with pytest.raises(UserError, match=advice):
+        check_dataset(root / data, DEFAULT_CLASSES)
+    # only the valid split, as --eval-only checks it
+    with pytest.raises(UserError, match=advice):
+        check_dataset(root / data, DEFAULT_CLASSES, splits=("valid",))
+
+
 def test_masks_saved_as_0_and_255_are_refused_with_the_fix(fresh_data):
     for mask in (fresh_data / "train_masks").iterdir():
         binary = np.asarray(Image.open(mask))
