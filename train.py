@@ -741,6 +741,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     optimizer, scheduler, scaler = make_optimization(args, model, device, ckpt, start)
     if ckpt is not None and main_process and not history:
         history = carry_over(args.resume.parent, args.out_dir, start)
+    if ckpt is not None and main_process:
+        restore_best(args, ckpt, start)
 
     run_settings = settings(args, classes, imgsz)
     if main_process:
@@ -1036,6 +1038,34 @@ def carry_over(source: Path, out_dir: Path, start: int) -> list[dict]:
         return resumed_history(source / "metrics.csv", start)
     except UserError:
         return []  # out_dir's metrics.csv then starts at the resumed epoch
+
+
+def restore_best(args, ckpt: dict, start: int) -> None:
+    """A run resumed at ``start`` from an earlier epoch than its --out-dir's best checkpoints
+    hold: those are models of the course it trains again, which metrics.csv no longer shows, and
+    would stay unless a new epoch beat the resumed run's best. Where the resumed checkpoint is
+    that best epoch, it is written back in their place; else the stale file is named."""
+    recorded = ckpt.get("metrics") or {}
+    bests = (("valid_miou", ckpt["best_miou"]), ("valid_loss", ckpt["best_loss"]))
+    for name, (key, best) in zip(BEST_CHECKPOINTS, bests, strict=True):
+        path = args.out_dir / name
+        epoch = peek_checkpoint(path).get("epoch") if path.is_file() else None
+        if not isinstance(epoch, int) or epoch < start:
+            continue
+        if recorded.get(key) == best:
+            with atomic_path(path) as tmp:
+                shutil.copyfile(args.resume, tmp)
+            log.info("%s holds epoch %d again, the best before epoch %d", path, start - 1, start)
+        else:
+            warn_on_main_process(
+                "%s holds epoch %d of the course this run trains again from epoch %d (its "
+                "scores are not metrics.csv's): it stays until an epoch beats the best before "
+                "epoch %d; move it away to keep it",
+                path,
+                epoch,
+                start,
+                start,
+            )
 
 
 def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[int, int]]:

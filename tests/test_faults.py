@@ -684,6 +684,32 @@ def test_a_best_checkpoint_that_failed_to_write_is_written_on_resume(
     assert saved["best_miou"] == best["valid_miou"]
 
 
+def test_a_resume_from_an_earlier_epoch_keeps_no_best_checkpoint_of_the_course_it_replaces(
+    tmp_path, tiny_data, weights_file, monkeypatch
+):
+    # A copy of epoch 1 resumed into the run's folder, whose best checkpoints hold epoch 2: the
+    # new epoch 2, worse, left them there, models of a course that metrics.csv no longer shows
+    out = tmp_path / "out"
+    run_train(argv(tiny_data, out, weights_file, epochs=1))
+    shutil.copyfile(out / "last_model.pth", tmp_path / "epoch1.pth")
+    run_train(["--resume", str(out / "last_model.pth"), "--out-dir", str(out), "--epochs", "2"])
+    for name in train.BEST_CHECKPOINTS:  # epoch 2 the best of its course, whatever it scored
+        shutil.copyfile(out / "last_model.pth", out / name)
+    real = train.evaluate
+
+    def worse(*args, **kwargs):  # the new course scores below epoch 1
+        scores = real(*args, **kwargs)
+        return {**scores, "miou": scores["miou"] - 1, "loss": scores["loss"] + 100}
+
+    monkeypatch.setattr(train, "evaluate", worse)
+    run_train(["--resume", str(tmp_path / "epoch1.pth"), "--out-dir", str(out), "--epochs", "2"])
+    rows = read_csv(out / "metrics.csv")
+    for name, best in (("best_model_iou.pth", max), ("best_model_loss.pth", min)):
+        key = "valid_miou" if name == "best_model_iou.pth" else "valid_loss"
+        ckpt = torch.load(out / name, weights_only=True)
+        assert ckpt["epoch"] == 1 and ckpt["metrics"][key] == best(r[key] for r in rows)
+
+
 def test_a_checkpoint_write_that_fails_midway_keeps_the_old_file(tmp_path, monkeypatch):
     model = Segmentor(load_backbone("dinov2_vits14", "timm", None, layers=1), 2)
     dest = tmp_path / "last_model.pth"
