@@ -291,337 +291,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--cache-features needs a frozen backbone: drop --fine-tune or the cache")
 
 
-def resolve_data(args: argparse.Namespace) -> Path:
-    """The dataset folder; Penn-Fudan is downloaded (by rank 0) only when --data was not given."""
-    if args.data is not None:
-        return args.data
-    # The others wait for rank 0's download, and stop with it if it fails (offline): waiting
-    # in a plain barrier, they would end in a traceback when rank 0 left.
-    check_on_main_process(
-        lambda: DEFAULT_DATA_DIR.is_dir() or download_penn_fudan(DEFAULT_DATA_DIR)
-    )
-    return DEFAULT_DATA_DIR
-
-
-# Seconds a DataLoader worker may take over one batch: far longer than reading and augmenting
-# any batch takes, so that only a worker that hangs (a read from a stalled network disk, a lock
-# held when it was forked) reaches it. Without a limit, such a worker leaves the run waiting
-# forever, without a word.
-WORKER_TIMEOUT = 600
-
-
-def raise_if_worker_failure(err: RuntimeError, kept: str = "") -> None:
-    """Raise a UserError that says what went wrong, then ``kept`` (what the run leaves behind),
-    where ``err`` is the DataLoader's report of a worker that hung or died; return for any other
-    error, for the caller to raise it again."""
-    text = str(err).strip()
-    if text.startswith("DataLoader timed out"):
-        problem = (
-            f"a DataLoader worker gave no batch in {WORKER_TIMEOUT} s: it hangs (reading a file "
-            "from a stalled disk?). Rerun with --workers 0 to see where it stops."
-        )
-    elif text.startswith("DataLoader worker"):
-        # PyTorch says "exited unexpectedly" or "is killed by signal: Killed.": a worker's own
-        # errors reach the main process as exceptions, so these are crashes and kills
-        problem = (
-            f"{text.rstrip('. ')} (when memory runs out, Linux's OOM killer ends a worker): lower "
-            "--workers or --batch, or rerun with --workers 0 to see an error of its own."
-        )
-    else:
-        return
-    raise UserError(f"{problem} {kept}" if kept else problem) from err
-
-
-def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=1) -> DataLoader:
-    """Training shuffles, evaluation shards without repeats (one process has one shard).
-
-    Training's order is DistributedSampler's, in one process too: a function of (--seed, epoch)
-    alone, set by its set_epoch, so a resumed run shuffles as the uninterrupted one did.
-    """
-    if train:
-        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed)
-    else:
-        sampler = ShardSampler(len(dataset), rank, world)
-    # Cached features load in under a millisecond and their masks are read once: worker
-    # processes would cost more than they save (and a memory cache would be copied into each).
-    workers = 0 if args.cache_features != "off" else args.workers
-    if workers:
-        # Forked workers (Linux) inherit the garbage of this process, and their first collection
-        # runs its destructors there. An unreachable ONNX Runtime session (a test's, or a
-        # notebook's before train.main) then waits on, or frees, a thread pool the child lacks:
-        # a worker hung or crashed. Collected here, before the workers start.
-        gc.collect()
-    return DataLoader(
-        dataset,
-        batch_size=args.batch,
-        sampler=sampler,
-        # A last batch of one or two images would give the BatchNorm head noisy statistics; but
-        # each process must keep at least one batch of its own share.
-        drop_last=train and len(sampler) > args.batch,
-        num_workers=workers,
-        # Workers start once, not every epoch (seconds each where they are spawned, as on
-        # macOS); datasets.PairDataset.set_epoch reaches them through shared memory.
-        persistent_workers=workers > 0,
-        timeout=WORKER_TIMEOUT if workers else 0,
-        # a job's SIGTERM or Ctrl-C sent to all its processes is the main process's to act on
-        worker_init_fn=functools.partial(leave_stop_signals_to_main, os.getpid()),
-        pin_memory=device.type == "cuda",
-        collate_fn=None if train else collate_eval,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-
-
-# what --resume reads from a checkpoint besides the model (model.CHECKPOINT_KEYS)
-TRAINING_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "args", "best_miou", "best_loss")
-# in --out-dir: the best epochs by valid mIoU and by valid loss, and the last one
-BEST_CHECKPOINTS = ("best_model_iou.pth", "best_model_loss.pth")
-LAST_CHECKPOINT = "last_model.pth"
-POLY_POWER = 0.9
-# the scheduler attribute that holds the epoch the schedule ends at
-SCHEDULE_LENGTH = {"cosine": "T_max", "poly": "total_iters"}
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if kind == "poly":
-        return torch.optim.lr_scheduler.PolynomialLR(
-            optimizer, total_iters=epochs, power=POLY_POWER
-        )
-    return None
-
-
-def schedule_factor(kind: str, epoch: int, epochs: int) -> float:
-    """The learning rate of (1-based) ``epoch`` relative to --lr, as make_scheduler plans it."""
-    done = epoch - 1
-    if kind == "cosine":
-        return (1 + math.cos(math.pi * done / epochs)) / 2
-    if kind == "poly":
-        return (1 - min(done, epochs) / epochs) ** POLY_POWER
-    return 1.0
-
-
-def resume_optimization(optimizer, scheduler, args, ckpt: dict, start: int) -> None:
-    """Restore the checkpoint's optimizer and schedule, then apply this command line to them.
-
-    With the interrupted run's flags the restored states continue it exactly. A changed --lr,
-    --backbone-lr or --weight-decay applies from the resumed epoch on, and a changed --epochs
-    or --scheduler re-plans the schedule to end at the new --epochs: the resumed epoch gets
-    the rate that plan gives it (a finished cosine or poly run extended with --epochs would
-    otherwise go on at a rate of 0, or climb back to --lr).
-    """
-    optimizer.load_state_dict(ckpt["optimizer"])
-    state = ckpt["scheduler"]
-    length = SCHEDULE_LENGTH.get(args.scheduler)
-    same_kind = scheduler is not None and state is not None and length in state
-    if same_kind:
-        scheduler.load_state_dict(state)
-    bases = [
-        {"head": args.lr, "backbone": args.backbone_lr}[g["name"]] for g in optimizer.param_groups
-    ]
-    for group in optimizer.param_groups:
-        group["weight_decay"] = args.weight_decay
-    if scheduler is None:
-        exact = all(g["lr"] == b for g, b in zip(optimizer.param_groups, bases, strict=True))
-    else:
-        exact = (
-            same_kind
-            and list(scheduler.base_lrs) == bases
-            and getattr(scheduler, length) == args.epochs
-        )
-        scheduler.base_lrs = bases
-        setattr(scheduler, length, args.epochs)
-        scheduler.last_epoch = start - 1
-        for group, base in zip(optimizer.param_groups, bases, strict=True):
-            group["initial_lr"] = base
-    if not exact:
-        factor = schedule_factor(args.scheduler, start, args.epochs)
-        for group, base in zip(optimizer.param_groups, bases, strict=True):
-            group["lr"] = base * factor
-        plan = f", --scheduler {args.scheduler} ending at epoch {args.epochs}" if scheduler else ""
-        log.info(
-            "learning rate from epoch %d: %g (--lr %g%s)", start, args.lr * factor, args.lr, plan
-        )
-
-
-def warn_changed_settings(args, ckpt: dict, start: int) -> None:
-    """Name the settings of a resumed run that --config or the command line changed from the
-    checkpoint's run (config.parse_args gives it the others)."""
-    before = ckpt.get("args") or {}
-    changed = [
-        f"--{k.replace('_', '-')} {getattr(args, k)} (was {before[k]})"
-        for k in RESUMED_SETTINGS
-        if k in before and before[k] != plain_value(getattr(args, k))
-    ]
-    if changed:
-        warn_on_main_process(
-            "--resume: settings that differ from the run of %s apply from epoch %d: %s",
-            args.resume,
-            start,
-            ", ".join(changed),
-        )
-
-
-def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
-    """The resolved run settings as plain values: saved to OUT/args.yaml and every checkpoint."""
-    resolved = {k: plain_value(v) for k, v in vars(args).items()}
-    resolved["imgsz"] = list(imgsz)
-    # What a --config file set is written out here, classes included; naming the file too would
-    # make args.yaml a config file that names another, which --config refuses.
-    resolved["config"] = None
-    return {**resolved, **classes.to_dict()}
-
-
-def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -> None:
-    """Save ground truth | prediction overlays of validation images, as inference draws them.
-
-    An overlay open in a viewer (Windows cannot replace it) is a warning, as in write_report.
-    """
-    folder = out_dir / "valid_preds"
-    for index in range(min(count, len(valid_set))):
-        image_path, mask_path = valid_set.pairs[index]
-        image = read_image(image_path)
-        truth = read_mask(mask_path, predictor.classes)
-        truth = np.where(truth == IGNORE_INDEX, 0, truth)
-        if isinstance(valid_set, CachedFeatureDataset):  # no backbone pass: the cache has it
-            pred = predictor.predict_features(valid_set[index][0][None], [image.shape[:2]])[0]
-        else:
-            pred = predictor.predict(image)
-        panel = np.concatenate([predictor.overlay(image, truth), predictor.overlay(image, pred)], 1)
-        try:
-            with atomic_path(folder / f"{image_path.stem}.jpg") as tmp:
-                write_image(tmp, Image.fromarray(panel), "JPEG", quality=90)
-        except PermissionError as err:  # Windows: open in an image viewer
-            warn_held_open(f"{image_path.stem}.jpg", folder, err)
-
-
-def checked_pairs(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list]:
-    """check_dataset's pairs per split, checked by rank 0 alone, so that its problems and
-    warnings are said once; under torchrun every other process then looks for those files.
-
-    On several machines each reads its own copy of --data: one missing there (a copy not made,
-    or not finished) would have failed at its first batch as a file changed during training.
-    """
-    pairs = on_main_process(lambda: check_dataset(root, classes, splits))
-    missing = []
-    if not is_main_process():  # rank 0 has just read every one of them
-        missing = [str(p) for split in pairs.values() for pair in split for p in pair]
-        missing = [p for p in missing if not Path(p).is_file()]
-    found = gather_objects((platform.node(), len(missing), missing[:3]))
-
-    def check() -> None:
-        for host, count, examples in found:
-            if count:
-                raise UserError(
-                    f"{count} files of the dataset {root} are missing on {host}, such as "
-                    f"{', '.join(examples)}: each machine reads --data from its own disk; copy "
-                    "the whole dataset to every machine, at the same path"
-                )
-
-    check_on_main_process(check)
-    return pairs
-
-
-def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world: int = 1) -> None:
-    """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json.
-
-    The classes are the checkpoint's (``classes``, from --config, differing is a warning). With
-    --tta the split is scored twice, without and with test-time augmentation.
-    """
-    path = scored_checkpoint(args)
-    tta = tta_setting(args)
-    # a --backbone other than the checkpoint's is refused, as the inference scripts refuse it
-    model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir, args.backbone)
-    ignored = ignored_model_flags(args, ckpt)
-    if ignored:
-        warn_on_main_process(
-            "ignored: %s. --eval-only scores the checkpoint's model as it was trained", ignored
-        )
-    # a --config OUT/args.yaml of a cached run sets them
-    cache = [f"--cache-features {args.cache_features}"] if args.cache_features != "off" else []
-    cache += [f"--cache-dir {args.cache_dir}"] if args.cache_dir is not None else []
-    if cache:
-        warn_on_main_process(
-            "%s ignored: --eval-only computes the features of each valid image as it scores it",
-            " ".join(cache),
-        )
-    trained = ClassConfig.from_dict(ckpt["classes"], source=str(path))
-    if args.config is not None and classes != trained:
-        warn_on_main_process(
-            "the classes of --config %s are ignored: %s is scored with its own %s",
-            args.config,
-            path,
-            list(trained.names),
-        )
-    classes = trained
-    imgsz = tuple(args.imgsz or ckpt["imgsz"])
-    log_input_size(imgsz)
-    # decided by rank 0, so that a recorded --data that is gone is said once; a machine that
-    # lacks the dataset is then named by checked_pairs
-    args.data = on_main_process(lambda: data_to_score(args, ckpt, path))
-    pairs = checked_pairs(resolve_data(args), classes, splits=("valid",))["valid"]
-    dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
-    loader = make_loader(dataset, args, device, False, rank, world)
-    try:
-        runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
-        if tta is not None:
-            runs["tta"] = evaluate(
-                model, loader, device, classes.num_classes, autocast, "valid tta", tta=tta
-            )
-    except RuntimeError as err:
-        raise_if_worker_failure(err)
-        raise
-    if rank != 0:
-        return
-
-    def scores(metrics: dict) -> dict:
-        return {
-            "pixel_accuracy": metrics["acc"],
-            "miou": metrics["miou"],
-            "per_class_iou": {
-                name: None if math.isnan(iou) else iou
-                for name, iou in zip(classes.names, metrics["iou"], strict=True)
-            },
-        }
-
-    result = {
-        "checkpoint": str(path),
-        "imgsz": list(imgsz),
-        "backbone_source": model.backbone.source,
-        "images": len(dataset),
-        **scores(runs["plain"]),
-    }
-    if tta is not None:
-        result["tta"] = {"scales": tta[0], "flip": tta[1], **scores(runs["tta"])}
-    write_json(args.out_dir / "eval_metrics.json", result)
-    print(f"Evaluated {path} on {len(dataset)} valid images at {imgsz[0]}x{imgsz[1]}")
-    for name, metrics in runs.items():
-        label = "" if name == "plain" else f" with TTA (scales {tta[0]}, flips)"
-        print(f"pixel accuracy {metrics['acc']:.4f}  mIoU {metrics['miou']:.4f}{label}")
-        for cls, iou in scores(metrics)["per_class_iou"].items():
-            print(f"  IoU {cls}: {'absent' if iou is None else f'{iou:.4f}'}")
-    print(f"Wrote {args.out_dir / 'eval_metrics.json'}")
-
-
-def data_to_score(args: argparse.Namespace, ckpt: dict, path: Path) -> Path | None:
-    """--eval-only's --data; without one, the --data the checkpoint was trained on (None where it
-    records none: Penn-Fudan). The Penn-Fudan default would score a model of other classes on
-    persons, without a word."""
-    recorded = (ckpt.get("args") or {}).get("data")
-    if args.data is not None or recorded is None:
-        return args.data
-    data = Path(recorded)
-    if not data.is_dir():
-        raise UserError(
-            f"{path} was trained on --data {recorded}, which is not a folder here: pass --data "
-            "DIR, a dataset with the checkpoint's classes"
-        )
-    log.info(
-        "--eval-only: scoring the valid split of %s, the data %s was trained on", recorded, path
-    )
-    return data
-
-
 def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     check_args(args)
     rank, world, device = setup_distributed(pick_device(args.device))
@@ -637,40 +306,6 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
             fit(args, classes, device, autocast, rank, world)
     finally:
         leave_distributed()
-
-
-def build_model(args, classes: ClassConfig, device, ckpt: dict | None, start: int) -> Segmentor:
-    """The model to train: the --resume checkpoint's (``ckpt``, resumed at epoch ``start``),
-    whatever the command line says of it, or a new head on the chosen backbone. ``args`` is
-    updated to the model's backbone, source, layers and fine-tuning, as args.yaml records them.
-    """
-    if ckpt is None:
-        args.backbone_source = args.backbone_source or DEFAULT_SOURCE
-        backbone = load_backbone(
-            args.backbone, args.backbone_source, args.weights, args.hub_dir, args.layers
-        )
-        return Segmentor(backbone, classes.num_classes, fine_tune=args.fine_tune).to(device)
-    model, _ = load_checkpoint(
-        args.resume, device, args.backbone_source, args.hub_dir, flag="--resume", ckpt=ckpt
-    )
-    args.backbone_source = model.backbone.source
-    args.backbone, args.layers = ckpt["backbone"], ckpt["layers"]
-    args.fine_tune = model.fine_tune
-
-    def check_frozen() -> None:
-        if args.cache_features != "off" and args.fine_tune:
-            raise UserError(
-                f"{args.resume} fine-tunes its backbone, and --cache-features needs a frozen "
-                "one: resume without --cache-features"
-            )
-
-    check_on_main_process(check_frozen)  # every process loaded the same model: said once
-    log.info(
-        "resuming %s from epoch %d (model, classes and size from the checkpoint)",
-        args.resume,
-        start,
-    )
-    return model
 
 
 def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, world: int) -> None:
@@ -845,227 +480,15 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")
 
 
-def distribute(model: Segmentor, device: torch.device, world: int) -> tuple[Segmentor, nn.Module]:
-    """The model to evaluate and save, and the one to train: under torchrun, the same model
-    with SyncBatchNorm (on GPUs) and its DistributedDataParallel wrapper; else ``model`` twice."""
-    if world == 1:
-        return model, model
-    if device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # DDP averages the head's gradients; checkpoints are saved from the unwrapped model.
-    wrapped = DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
-    )
-    return model, wrapped
+# what --resume reads from a checkpoint besides the model (model.CHECKPOINT_KEYS)
+TRAINING_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "args", "best_miou", "best_loss")
 
 
-def make_optimization(args, model: Segmentor, device, ckpt: dict | None, start: int):
-    """The optimizer, scheduler (None without --scheduler) and fp16 grad scaler of a run, with
-    the --resume checkpoint's states (``ckpt``, resumed at epoch ``start``) restored."""
-    optimizer = torch.optim.AdamW(
-        model.param_groups(args.lr, args.backbone_lr), weight_decay=args.weight_decay
-    )
-    scheduler = make_scheduler(optimizer, args.scheduler, args.epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    if ckpt is not None:
-        resume_optimization(optimizer, scheduler, args, ckpt, start)
-        if ckpt["scaler"] is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-    return optimizer, scheduler, scaler
+# in --out-dir: the best epochs by valid mIoU and by valid loss, and the last one
+BEST_CHECKPOINTS = ("best_model_iou.pth", "best_model_loss.pth")
 
 
-def save_checkpoints(
-    out_dir: Path, model: Segmentor, meta: dict, improved: tuple, on_disk: dict[str, int]
-) -> None:
-    """Save an epoch as best_model_iou.pth and best_model_loss.pth where it ``improved`` (mIoU,
-    loss), then as last_model.pth; ``on_disk`` (file name -> epoch) records each file as soon as
-    it is written, for the message of a stop that comes in between."""
-    for name, better in zip(BEST_CHECKPOINTS, improved, strict=True):
-        if better:
-            save_checkpoint(out_dir / name, model, **meta)
-            on_disk[name] = meta["epoch"]
-    # Last, once everything else of this epoch is on disk: a resume from it never skips a best
-    # checkpoint that failed to write.
-    save_checkpoint(out_dir / LAST_CHECKPOINT, model, **meta)
-    on_disk[LAST_CHECKPOINT] = meta["epoch"]
-
-
-def log_epoch(row: dict, epochs: int, best: bool) -> None:
-    """Log one epoch's metrics.csv ``row``, marking a new best mIoU."""
-    log.info(
-        "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f "
-        "mIoU %.4f%s | %.1f s",
-        row["epoch"],
-        epochs,
-        row["train_loss"],
-        row["train_acc"],
-        row["train_miou"],
-        row["valid_loss"],
-        row["valid_acc"],
-        row["valid_miou"],
-        " (best)" if best else "",
-        row["seconds"],
-    )
-
-
-def stopped_error(err: Exception, args, epoch: int, kept: str) -> UserError:
-    """The UserError that explains why training stopped during ``epoch``: it diverged, a data
-    file changed, or a file could not be written; ``kept`` says what the run leaves behind."""
-    if isinstance(err, TrainingDiverged):
-        return UserError(
-            f"{err} of epoch {epoch}; training stopped. {kept} Lower --lr (now {args.lr:g})"
-            + (", or use --amp bf16 rather than fp16." if args.amp == "fp16" else ".")
-        )
-    if isinstance(err, DataError):
-        # The dataset was checked before training: a file changed since (edited, replaced or
-        # removed while the run went on). From a DataLoader worker the message holds the
-        # worker's traceback, whose last line is the error's own.
-        problem = str(err).strip().splitlines()[-1].removeprefix("datasets.DataError: ")
-        return UserError(f"{problem}: the file changed during training; fix or restore it. {kept}")
-    return UserError(
-        f"could not write to {args.out_dir} ({err}). Every file is written whole or not at all: "
-        f"{kept}"
-    )
-
-
-def write_report(out_dir: Path, history: list[dict]) -> None:
-    """Rewrite metrics.csv and the curves from the whole history.
-
-    A file another program holds open (Windows: metrics.csv open in Excel, a plot in a viewer)
-    cannot be replaced: that is a warning, not the end of the run, as the next epoch writes the
-    whole history again. Other failures (a full disk) stop the run.
-    """
-    for name, write in (
-        ("metrics.csv", lambda: write_csv(out_dir / "metrics.csv", history)),
-        ("the curves", lambda: plot_curves(history, out_dir)),
-    ):
-        try:
-            write()
-        except PermissionError as err:
-            warn_held_open(name, out_dir, err)
-
-
-def warn_held_open(name: str, folder: Path, err: PermissionError) -> None:
-    """Warn that ``name`` in ``folder``, rewritten every epoch, could not be replaced."""
-    log.warning(
-        "could not update %s in %s (%s): is it open in another program? Each later epoch "
-        "writes it whole again; close it before the last one",
-        name,
-        folder,
-        err,
-    )
-
-
-def resumed_history(csv_path: Path, start: int) -> list[dict]:
-    """The rows of OUT/metrics.csv before the resumed epoch ``start``; [] where there is none."""
-    if not csv_path.is_file():
-        return []
-    try:
-        return [r for r in read_csv(csv_path) if r["epoch"] < start]
-    except (KeyError, ValueError, TypeError) as err:  # edited by hand, or by a spreadsheet
-        raise UserError(
-            f"{csv_path} is not a metrics.csv that train.py wrote (it fails to parse: {err!r}); "
-            f"move it away and resume again: the new one then starts at epoch {start}"
-        ) from err
-
-
-def check_same_run(args, ckpt: dict, start: int) -> None:
-    """Refuse to resume ``ckpt`` (its epoch ``start - 1``) into an --out-dir that holds another
-    run: its metrics.csv would be continued as this run's history, and its best checkpoints kept
-    as this run's best (``python train.py --resume runs/a/last_model.pth`` writes into the
-    default outputs/, which may hold an older run)."""
-    recorded = ckpt.get("metrics")
-    csv_path = args.out_dir / "metrics.csv"
-    # A checkpoint inside --out-dir is of its run, whose epoch may since have been trained
-    # again (a best_model_iou.pth of an epoch that a resume from last_model.pth repeated)
-    if not isinstance(recorded, dict) or same_folder(args.resume.parent, args.out_dir):
-        return
-    history = resumed_history(csv_path, start)  # the rows this run would continue
-    if not history:
-        return
-    rows = [r for r in history if r["epoch"] == start - 1]
-
-    def same(written: float, value: float) -> bool:
-        # loosely: a spreadsheet saves the numbers as its narrow columns show them, down to
-        # three digits (an lr of 9.2216e-05 as 9.22E-05); another run differs by more
-        both_nan = math.isnan(written) and math.isnan(value)
-        return both_nan or math.isclose(written, value, rel_tol=1e-2)
-
-    numbers = {k: v for k, v in recorded.items() if isinstance(v, int | float)}
-    if rows and all(same(rows[0][k], v) for k, v in numbers.items() if k in rows[0]):
-        return  # its epoch start - 1 is the checkpoint's
-    # a history without the epoch before the resumed one is another run's too: a shorter one
-    differs = (
-        f"epoch {start - 1} of its metrics.csv is not the epoch {start - 1}"
-        if rows
-        else f"its metrics.csv ends at epoch {max(r['epoch'] for r in history)}, before the "
-        f"epoch {start - 1}"
-    )
-    raise UserError(
-        f"--out-dir {args.out_dir} holds another run: {differs} of --resume {args.resume}: "
-        f"resume into the folder of that run (--out-dir {args.resume.parent}) or a new one"
-    )
-
-
-def check_resumed_data(args, ckpt: dict) -> None:
-    """Refuse the --data of the run that ``ckpt`` continues where it is not a folder here (the
-    dataset moved, or the run resumes on another machine), naming the checkpoint it came from:
-    check_dataset would name --data, which the command line may not hold."""
-    recorded = (ckpt.get("args") or {}).get("data")
-    if recorded is not None and plain_value(args.data) == recorded and not args.data.is_dir():
-        raise UserError(
-            f"--resume {args.resume} continues its run on --data {recorded}, which is not a "
-            "folder here: pass --data DIR, that dataset's folder on this machine"
-        )
-
-
-def carry_over(source: Path, out_dir: Path, start: int) -> list[dict]:
-    """A run resumed into another --out-dir: copy the resumed run's best checkpoints of the
-    epochs before ``start`` from ``source`` (the --resume checkpoint's folder), where out_dir has
-    none, so that out_dir holds the run's best model. Returns source's metrics.csv rows of those
-    epochs ([] where there are none), the history that out_dir's metrics.csv continues."""
-    if not source.is_dir() or same_folder(source, out_dir):
-        return []
-    for name in BEST_CHECKPOINTS:
-        if (out_dir / name).exists() or not (source / name).is_file():
-            continue
-        epoch = peek_checkpoint(source / name).get("epoch")  # none: not one of this run's
-        if isinstance(epoch, int) and epoch < start:
-            with atomic_path(out_dir / name) as tmp:
-                shutil.copyfile(source / name, tmp)
-            log.info("copied %s (epoch %d) into %s", source / name, epoch, out_dir)
-    try:
-        return resumed_history(source / "metrics.csv", start)
-    except UserError:
-        return []  # out_dir's metrics.csv then starts at the resumed epoch
-
-
-def restore_best(args, ckpt: dict, start: int) -> None:
-    """A run resumed at ``start`` from an earlier epoch than its --out-dir's best checkpoints
-    hold: those are models of the course it trains again, which metrics.csv no longer shows, and
-    would stay unless a new epoch beat the resumed run's best. Where the resumed checkpoint is
-    that best epoch, it is written back in their place; else the stale file is named."""
-    recorded = ckpt.get("metrics") or {}
-    bests = (("valid_miou", ckpt["best_miou"]), ("valid_loss", ckpt["best_loss"]))
-    for name, (key, best) in zip(BEST_CHECKPOINTS, bests, strict=True):
-        path = args.out_dir / name
-        epoch = peek_checkpoint(path).get("epoch") if path.is_file() else None
-        if not isinstance(epoch, int) or epoch < start:
-            continue
-        if recorded.get(key) == best:
-            with atomic_path(path) as tmp:
-                shutil.copyfile(args.resume, tmp)
-            log.info("%s holds epoch %d again, the best before epoch %d", path, start - 1, start)
-        else:
-            warn_on_main_process(
-                "%s holds epoch %d of the course this run trains again from epoch %d (its "
-                "scores are not metrics.csv's): it stays until an epoch beats the best before "
-                "epoch %d; move it away to keep it",
-                path,
-                epoch,
-                start,
-                start,
-            )
+LAST_CHECKPOINT = "last_model.pth"
 
 
 def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[int, int]]:
@@ -1120,6 +543,226 @@ def ignored_model_flags(args: argparse.Namespace, ckpt: dict) -> str:
     )
 
 
+def warn_changed_settings(args, ckpt: dict, start: int) -> None:
+    """Name the settings of a resumed run that --config or the command line changed from the
+    checkpoint's run (config.parse_args gives it the others)."""
+    before = ckpt.get("args") or {}
+    changed = [
+        f"--{k.replace('_', '-')} {getattr(args, k)} (was {before[k]})"
+        for k in RESUMED_SETTINGS
+        if k in before and before[k] != plain_value(getattr(args, k))
+    ]
+    if changed:
+        warn_on_main_process(
+            "--resume: settings that differ from the run of %s apply from epoch %d: %s",
+            args.resume,
+            start,
+            ", ".join(changed),
+        )
+
+
+def check_same_run(args, ckpt: dict, start: int) -> None:
+    """Refuse to resume ``ckpt`` (its epoch ``start - 1``) into an --out-dir that holds another
+    run: its metrics.csv would be continued as this run's history, and its best checkpoints kept
+    as this run's best (``python train.py --resume runs/a/last_model.pth`` writes into the
+    default outputs/, which may hold an older run)."""
+    recorded = ckpt.get("metrics")
+    csv_path = args.out_dir / "metrics.csv"
+    # A checkpoint inside --out-dir is of its run, whose epoch may since have been trained
+    # again (a best_model_iou.pth of an epoch that a resume from last_model.pth repeated)
+    if not isinstance(recorded, dict) or same_folder(args.resume.parent, args.out_dir):
+        return
+    history = resumed_history(csv_path, start)  # the rows this run would continue
+    if not history:
+        return
+    rows = [r for r in history if r["epoch"] == start - 1]
+
+    def same(written: float, value: float) -> bool:
+        # loosely: a spreadsheet saves the numbers as its narrow columns show them, down to
+        # three digits (an lr of 9.2216e-05 as 9.22E-05); another run differs by more
+        both_nan = math.isnan(written) and math.isnan(value)
+        return both_nan or math.isclose(written, value, rel_tol=1e-2)
+
+    numbers = {k: v for k, v in recorded.items() if isinstance(v, int | float)}
+    if rows and all(same(rows[0][k], v) for k, v in numbers.items() if k in rows[0]):
+        return  # its epoch start - 1 is the checkpoint's
+    # a history without the epoch before the resumed one is another run's too: a shorter one
+    differs = (
+        f"epoch {start - 1} of its metrics.csv is not the epoch {start - 1}"
+        if rows
+        else f"its metrics.csv ends at epoch {max(r['epoch'] for r in history)}, before the "
+        f"epoch {start - 1}"
+    )
+    raise UserError(
+        f"--out-dir {args.out_dir} holds another run: {differs} of --resume {args.resume}: "
+        f"resume into the folder of that run (--out-dir {args.resume.parent}) or a new one"
+    )
+
+
+def check_resumed_data(args, ckpt: dict) -> None:
+    """Refuse the --data of the run that ``ckpt`` continues where it is not a folder here (the
+    dataset moved, or the run resumes on another machine), naming the checkpoint it came from:
+    check_dataset would name --data, which the command line may not hold."""
+    recorded = (ckpt.get("args") or {}).get("data")
+    if recorded is not None and plain_value(args.data) == recorded and not args.data.is_dir():
+        raise UserError(
+            f"--resume {args.resume} continues its run on --data {recorded}, which is not a "
+            "folder here: pass --data DIR, that dataset's folder on this machine"
+        )
+
+
+def resumed_history(csv_path: Path, start: int) -> list[dict]:
+    """The rows of OUT/metrics.csv before the resumed epoch ``start``; [] where there is none."""
+    if not csv_path.is_file():
+        return []
+    try:
+        return [r for r in read_csv(csv_path) if r["epoch"] < start]
+    except (KeyError, ValueError, TypeError) as err:  # edited by hand, or by a spreadsheet
+        raise UserError(
+            f"{csv_path} is not a metrics.csv that train.py wrote (it fails to parse: {err!r}); "
+            f"move it away and resume again: the new one then starts at epoch {start}"
+        ) from err
+
+
+def carry_over(source: Path, out_dir: Path, start: int) -> list[dict]:
+    """A run resumed into another --out-dir: copy the resumed run's best checkpoints of the
+    epochs before ``start`` from ``source`` (the --resume checkpoint's folder), where out_dir has
+    none, so that out_dir holds the run's best model. Returns source's metrics.csv rows of those
+    epochs ([] where there are none), the history that out_dir's metrics.csv continues."""
+    if not source.is_dir() or same_folder(source, out_dir):
+        return []
+    for name in BEST_CHECKPOINTS:
+        if (out_dir / name).exists() or not (source / name).is_file():
+            continue
+        epoch = peek_checkpoint(source / name).get("epoch")  # none: not one of this run's
+        if isinstance(epoch, int) and epoch < start:
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(source / name, tmp)
+            log.info("copied %s (epoch %d) into %s", source / name, epoch, out_dir)
+    try:
+        return resumed_history(source / "metrics.csv", start)
+    except UserError:
+        return []  # out_dir's metrics.csv then starts at the resumed epoch
+
+
+def restore_best(args, ckpt: dict, start: int) -> None:
+    """A run resumed at ``start`` from an earlier epoch than its --out-dir's best checkpoints
+    hold: those are models of the course it trains again, which metrics.csv no longer shows, and
+    would stay unless a new epoch beat the resumed run's best. Where the resumed checkpoint is
+    that best epoch, it is written back in their place; else the stale file is named."""
+    recorded = ckpt.get("metrics") or {}
+    bests = (("valid_miou", ckpt["best_miou"]), ("valid_loss", ckpt["best_loss"]))
+    for name, (key, best) in zip(BEST_CHECKPOINTS, bests, strict=True):
+        path = args.out_dir / name
+        epoch = peek_checkpoint(path).get("epoch") if path.is_file() else None
+        if not isinstance(epoch, int) or epoch < start:
+            continue
+        if recorded.get(key) == best:
+            with atomic_path(path) as tmp:
+                shutil.copyfile(args.resume, tmp)
+            log.info("%s holds epoch %d again, the best before epoch %d", path, start - 1, start)
+        else:
+            warn_on_main_process(
+                "%s holds epoch %d of the course this run trains again from epoch %d (its "
+                "scores are not metrics.csv's): it stays until an epoch beats the best before "
+                "epoch %d; move it away to keep it",
+                path,
+                epoch,
+                start,
+                start,
+            )
+
+
+def checked_pairs(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list]:
+    """check_dataset's pairs per split, checked by rank 0 alone, so that its problems and
+    warnings are said once; under torchrun every other process then looks for those files.
+
+    On several machines each reads its own copy of --data: one missing there (a copy not made,
+    or not finished) would have failed at its first batch as a file changed during training.
+    """
+    pairs = on_main_process(lambda: check_dataset(root, classes, splits))
+    missing = []
+    if not is_main_process():  # rank 0 has just read every one of them
+        missing = [str(p) for split in pairs.values() for pair in split for p in pair]
+        missing = [p for p in missing if not Path(p).is_file()]
+    found = gather_objects((platform.node(), len(missing), missing[:3]))
+
+    def check() -> None:
+        for host, count, examples in found:
+            if count:
+                raise UserError(
+                    f"{count} files of the dataset {root} are missing on {host}, such as "
+                    f"{', '.join(examples)}: each machine reads --data from its own disk; copy "
+                    "the whole dataset to every machine, at the same path"
+                )
+
+    check_on_main_process(check)
+    return pairs
+
+
+def resolve_data(args: argparse.Namespace) -> Path:
+    """The dataset folder; Penn-Fudan is downloaded (by rank 0) only when --data was not given."""
+    if args.data is not None:
+        return args.data
+    # The others wait for rank 0's download, and stop with it if it fails (offline): waiting
+    # in a plain barrier, they would end in a traceback when rank 0 left.
+    check_on_main_process(
+        lambda: DEFAULT_DATA_DIR.is_dir() or download_penn_fudan(DEFAULT_DATA_DIR)
+    )
+    return DEFAULT_DATA_DIR
+
+
+def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
+    """Refuse training batches that give the head's BatchNorm one value per channel.
+
+    Args:
+        train_images: the training images of one process.
+    """
+    smallest = min(batch, train_images)  # a last incomplete batch is dropped when there are more
+    w, h = token_grid(imgsz)
+    if smallest * w * h < 2:
+        raise UserError(
+            f"training batches of {smallest} image at --imgsz {imgsz[0]} {imgsz[1]} ({w}x{h} "
+            "patch) give the head's BatchNorm one value per channel, which it cannot normalize: "
+            f"use --batch 2 or more (with 2 or more training images), or an --imgsz of at least "
+            f"{PATCH_SIZE * 3 // 2} {PATCH_SIZE * 3 // 2}"
+        )
+
+
+def build_model(args, classes: ClassConfig, device, ckpt: dict | None, start: int) -> Segmentor:
+    """The model to train: the --resume checkpoint's (``ckpt``, resumed at epoch ``start``),
+    whatever the command line says of it, or a new head on the chosen backbone. ``args`` is
+    updated to the model's backbone, source, layers and fine-tuning, as args.yaml records them.
+    """
+    if ckpt is None:
+        args.backbone_source = args.backbone_source or DEFAULT_SOURCE
+        backbone = load_backbone(
+            args.backbone, args.backbone_source, args.weights, args.hub_dir, args.layers
+        )
+        return Segmentor(backbone, classes.num_classes, fine_tune=args.fine_tune).to(device)
+    model, _ = load_checkpoint(
+        args.resume, device, args.backbone_source, args.hub_dir, flag="--resume", ckpt=ckpt
+    )
+    args.backbone_source = model.backbone.source
+    args.backbone, args.layers = ckpt["backbone"], ckpt["layers"]
+    args.fine_tune = model.fine_tune
+
+    def check_frozen() -> None:
+        if args.cache_features != "off" and args.fine_tune:
+            raise UserError(
+                f"{args.resume} fine-tunes its backbone, and --cache-features needs a frozen "
+                "one: resume without --cache-features"
+            )
+
+    check_on_main_process(check_frozen)  # every process loaded the same model: said once
+    log.info(
+        "resuming %s from epoch %d (model, classes and size from the checkpoint)",
+        args.resume,
+        start,
+    )
+    return model
+
+
 def checkpoint_space(model: Segmentor, out_dir: Path) -> int:
     """The free disk space a run's checkpoints need in ``out_dir``, with a margin for plots and
     overlays.
@@ -1133,6 +776,20 @@ def checkpoint_space(model: Segmentor, out_dir: Path) -> int:
     names = (*BEST_CHECKPOINTS, LAST_CHECKPOINT)
     held = sum((out_dir / n).stat().st_size for n in names if (out_dir / n).is_file())
     return max(size, 4 * size - held) + 50 * 2**20
+
+
+def distribute(model: Segmentor, device: torch.device, world: int) -> tuple[Segmentor, nn.Module]:
+    """The model to evaluate and save, and the one to train: under torchrun, the same model
+    with SyncBatchNorm (on GPUs) and its DistributedDataParallel wrapper; else ``model`` twice."""
+    if world == 1:
+        return model, model
+    if device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # DDP averages the head's gradients; checkpoints are saved from the unwrapped model.
+    wrapped = DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+    return model, wrapped
 
 
 def make_datasets(
@@ -1194,21 +851,167 @@ def make_datasets(
     return train_set, CachedFeatureDataset(pairs["valid"], classes, imgsz, cache, False)
 
 
-def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
-    """Refuse training batches that give the head's BatchNorm one value per channel.
+# Seconds a DataLoader worker may take over one batch: far longer than reading and augmenting
+# any batch takes, so that only a worker that hangs (a read from a stalled network disk, a lock
+# held when it was forked) reaches it. Without a limit, such a worker leaves the run waiting
+# forever, without a word.
+WORKER_TIMEOUT = 600
 
-    Args:
-        train_images: the training images of one process.
-    """
-    smallest = min(batch, train_images)  # a last incomplete batch is dropped when there are more
-    w, h = token_grid(imgsz)
-    if smallest * w * h < 2:
-        raise UserError(
-            f"training batches of {smallest} image at --imgsz {imgsz[0]} {imgsz[1]} ({w}x{h} "
-            "patch) give the head's BatchNorm one value per channel, which it cannot normalize: "
-            f"use --batch 2 or more (with 2 or more training images), or an --imgsz of at least "
-            f"{PATCH_SIZE * 3 // 2} {PATCH_SIZE * 3 // 2}"
+
+def raise_if_worker_failure(err: RuntimeError, kept: str = "") -> None:
+    """Raise a UserError that says what went wrong, then ``kept`` (what the run leaves behind),
+    where ``err`` is the DataLoader's report of a worker that hung or died; return for any other
+    error, for the caller to raise it again."""
+    text = str(err).strip()
+    if text.startswith("DataLoader timed out"):
+        problem = (
+            f"a DataLoader worker gave no batch in {WORKER_TIMEOUT} s: it hangs (reading a file "
+            "from a stalled disk?). Rerun with --workers 0 to see where it stops."
         )
+    elif text.startswith("DataLoader worker"):
+        # PyTorch says "exited unexpectedly" or "is killed by signal: Killed.": a worker's own
+        # errors reach the main process as exceptions, so these are crashes and kills
+        problem = (
+            f"{text.rstrip('. ')} (when memory runs out, Linux's OOM killer ends a worker): lower "
+            "--workers or --batch, or rerun with --workers 0 to see an error of its own."
+        )
+    else:
+        return
+    raise UserError(f"{problem} {kept}" if kept else problem) from err
+
+
+def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=1) -> DataLoader:
+    """Training shuffles, evaluation shards without repeats (one process has one shard).
+
+    Training's order is DistributedSampler's, in one process too: a function of (--seed, epoch)
+    alone, set by its set_epoch, so a resumed run shuffles as the uninterrupted one did.
+    """
+    if train:
+        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world)
+    # Cached features load in under a millisecond and their masks are read once: worker
+    # processes would cost more than they save (and a memory cache would be copied into each).
+    workers = 0 if args.cache_features != "off" else args.workers
+    if workers:
+        # Forked workers (Linux) inherit the garbage of this process, and their first collection
+        # runs its destructors there. An unreachable ONNX Runtime session (a test's, or a
+        # notebook's before train.main) then waits on, or frees, a thread pool the child lacks:
+        # a worker hung or crashed. Collected here, before the workers start.
+        gc.collect()
+    return DataLoader(
+        dataset,
+        batch_size=args.batch,
+        sampler=sampler,
+        # A last batch of one or two images would give the BatchNorm head noisy statistics; but
+        # each process must keep at least one batch of its own share.
+        drop_last=train and len(sampler) > args.batch,
+        num_workers=workers,
+        # Workers start once, not every epoch (seconds each where they are spawned, as on
+        # macOS); datasets.PairDataset.set_epoch reaches them through shared memory.
+        persistent_workers=workers > 0,
+        timeout=WORKER_TIMEOUT if workers else 0,
+        # a job's SIGTERM or Ctrl-C sent to all its processes is the main process's to act on
+        worker_init_fn=functools.partial(leave_stop_signals_to_main, os.getpid()),
+        pin_memory=device.type == "cuda",
+        collate_fn=None if train else collate_eval,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def make_optimization(args, model: Segmentor, device, ckpt: dict | None, start: int):
+    """The optimizer, scheduler (None without --scheduler) and fp16 grad scaler of a run, with
+    the --resume checkpoint's states (``ckpt``, resumed at epoch ``start``) restored."""
+    optimizer = torch.optim.AdamW(
+        model.param_groups(args.lr, args.backbone_lr), weight_decay=args.weight_decay
+    )
+    scheduler = make_scheduler(optimizer, args.scheduler, args.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    if ckpt is not None:
+        resume_optimization(optimizer, scheduler, args, ckpt, start)
+        if ckpt["scaler"] is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+    return optimizer, scheduler, scaler
+
+
+POLY_POWER = 0.9
+
+
+# the scheduler attribute that holds the epoch the schedule ends at
+SCHEDULE_LENGTH = {"cosine": "T_max", "poly": "total_iters"}
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, epochs: int):
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if kind == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(
+            optimizer, total_iters=epochs, power=POLY_POWER
+        )
+    return None
+
+
+def resume_optimization(optimizer, scheduler, args, ckpt: dict, start: int) -> None:
+    """Restore the checkpoint's optimizer and schedule, then apply this command line to them.
+
+    With the interrupted run's flags the restored states continue it exactly. A changed --lr,
+    --backbone-lr or --weight-decay applies from the resumed epoch on, and a changed --epochs
+    or --scheduler re-plans the schedule to end at the new --epochs: the resumed epoch gets
+    the rate that plan gives it (a finished cosine or poly run extended with --epochs would
+    otherwise go on at a rate of 0, or climb back to --lr).
+    """
+    optimizer.load_state_dict(ckpt["optimizer"])
+    state = ckpt["scheduler"]
+    length = SCHEDULE_LENGTH.get(args.scheduler)
+    same_kind = scheduler is not None and state is not None and length in state
+    if same_kind:
+        scheduler.load_state_dict(state)
+    bases = [
+        {"head": args.lr, "backbone": args.backbone_lr}[g["name"]] for g in optimizer.param_groups
+    ]
+    for group in optimizer.param_groups:
+        group["weight_decay"] = args.weight_decay
+    if scheduler is None:
+        exact = all(g["lr"] == b for g, b in zip(optimizer.param_groups, bases, strict=True))
+    else:
+        exact = (
+            same_kind
+            and list(scheduler.base_lrs) == bases
+            and getattr(scheduler, length) == args.epochs
+        )
+        scheduler.base_lrs = bases
+        setattr(scheduler, length, args.epochs)
+        scheduler.last_epoch = start - 1
+        for group, base in zip(optimizer.param_groups, bases, strict=True):
+            group["initial_lr"] = base
+    if not exact:
+        factor = schedule_factor(args.scheduler, start, args.epochs)
+        for group, base in zip(optimizer.param_groups, bases, strict=True):
+            group["lr"] = base * factor
+        plan = f", --scheduler {args.scheduler} ending at epoch {args.epochs}" if scheduler else ""
+        log.info(
+            "learning rate from epoch %d: %g (--lr %g%s)", start, args.lr * factor, args.lr, plan
+        )
+
+
+def schedule_factor(kind: str, epoch: int, epochs: int) -> float:
+    """The learning rate of (1-based) ``epoch`` relative to --lr, as make_scheduler plans it."""
+    done = epoch - 1
+    if kind == "cosine":
+        return (1 + math.cos(math.pi * done / epochs)) / 2
+    if kind == "poly":
+        return (1 - min(done, epochs) / epochs) ** POLY_POWER
+    return 1.0
+
+
+def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
+    """The resolved run settings as plain values: saved to OUT/args.yaml and every checkpoint."""
+    resolved = {k: plain_value(v) for k, v in vars(args).items()}
+    resolved["imgsz"] = list(imgsz)
+    # What a --config file set is written out here, classes included; naming the file too would
+    # make args.yaml a config file that names another, which --config refuses.
+    resolved["config"] = None
+    return {**resolved, **classes.to_dict()}
 
 
 def kept_message(checkpoint: Path, finished: int, out_dir: Path, ahead: Sequence[str] = ()) -> str:
@@ -1232,6 +1035,211 @@ def kept_message(checkpoint: Path, finished: int, out_dir: Path, ahead: Sequence
     where = "" if out_dir.resolve() == DEFAULT_OUT_DIR.resolve() else f" --out-dir {out_dir}"
     resume = f"{checkpoint} holds epoch {finished}; continue with --resume {checkpoint}{where}."
     return f"{partial}. {resume}" if partial else resume
+
+
+def write_report(out_dir: Path, history: list[dict]) -> None:
+    """Rewrite metrics.csv and the curves from the whole history.
+
+    A file another program holds open (Windows: metrics.csv open in Excel, a plot in a viewer)
+    cannot be replaced: that is a warning, not the end of the run, as the next epoch writes the
+    whole history again. Other failures (a full disk) stop the run.
+    """
+    for name, write in (
+        ("metrics.csv", lambda: write_csv(out_dir / "metrics.csv", history)),
+        ("the curves", lambda: plot_curves(history, out_dir)),
+    ):
+        try:
+            write()
+        except PermissionError as err:
+            warn_held_open(name, out_dir, err)
+
+
+def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -> None:
+    """Save ground truth | prediction overlays of validation images, as inference draws them.
+
+    An overlay open in a viewer (Windows cannot replace it) is a warning, as in write_report.
+    """
+    folder = out_dir / "valid_preds"
+    for index in range(min(count, len(valid_set))):
+        image_path, mask_path = valid_set.pairs[index]
+        image = read_image(image_path)
+        truth = read_mask(mask_path, predictor.classes)
+        truth = np.where(truth == IGNORE_INDEX, 0, truth)
+        if isinstance(valid_set, CachedFeatureDataset):  # no backbone pass: the cache has it
+            pred = predictor.predict_features(valid_set[index][0][None], [image.shape[:2]])[0]
+        else:
+            pred = predictor.predict(image)
+        panel = np.concatenate([predictor.overlay(image, truth), predictor.overlay(image, pred)], 1)
+        try:
+            with atomic_path(folder / f"{image_path.stem}.jpg") as tmp:
+                write_image(tmp, Image.fromarray(panel), "JPEG", quality=90)
+        except PermissionError as err:  # Windows: open in an image viewer
+            warn_held_open(f"{image_path.stem}.jpg", folder, err)
+
+
+def warn_held_open(name: str, folder: Path, err: PermissionError) -> None:
+    """Warn that ``name`` in ``folder``, rewritten every epoch, could not be replaced."""
+    log.warning(
+        "could not update %s in %s (%s): is it open in another program? Each later epoch "
+        "writes it whole again; close it before the last one",
+        name,
+        folder,
+        err,
+    )
+
+
+def save_checkpoints(
+    out_dir: Path, model: Segmentor, meta: dict, improved: tuple, on_disk: dict[str, int]
+) -> None:
+    """Save an epoch as best_model_iou.pth and best_model_loss.pth where it ``improved`` (mIoU,
+    loss), then as last_model.pth; ``on_disk`` (file name -> epoch) records each file as soon as
+    it is written, for the message of a stop that comes in between."""
+    for name, better in zip(BEST_CHECKPOINTS, improved, strict=True):
+        if better:
+            save_checkpoint(out_dir / name, model, **meta)
+            on_disk[name] = meta["epoch"]
+    # Last, once everything else of this epoch is on disk: a resume from it never skips a best
+    # checkpoint that failed to write.
+    save_checkpoint(out_dir / LAST_CHECKPOINT, model, **meta)
+    on_disk[LAST_CHECKPOINT] = meta["epoch"]
+
+
+def log_epoch(row: dict, epochs: int, best: bool) -> None:
+    """Log one epoch's metrics.csv ``row``, marking a new best mIoU."""
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f mIoU %.4f | valid loss %.4f acc %.4f "
+        "mIoU %.4f%s | %.1f s",
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["train_acc"],
+        row["train_miou"],
+        row["valid_loss"],
+        row["valid_acc"],
+        row["valid_miou"],
+        " (best)" if best else "",
+        row["seconds"],
+    )
+
+
+def stopped_error(err: Exception, args, epoch: int, kept: str) -> UserError:
+    """The UserError that explains why training stopped during ``epoch``: it diverged, a data
+    file changed, or a file could not be written; ``kept`` says what the run leaves behind."""
+    if isinstance(err, TrainingDiverged):
+        return UserError(
+            f"{err} of epoch {epoch}; training stopped. {kept} Lower --lr (now {args.lr:g})"
+            + (", or use --amp bf16 rather than fp16." if args.amp == "fp16" else ".")
+        )
+    if isinstance(err, DataError):
+        # The dataset was checked before training: a file changed since (edited, replaced or
+        # removed while the run went on). From a DataLoader worker the message holds the
+        # worker's traceback, whose last line is the error's own.
+        problem = str(err).strip().splitlines()[-1].removeprefix("datasets.DataError: ")
+        return UserError(f"{problem}: the file changed during training; fix or restore it. {kept}")
+    return UserError(
+        f"could not write to {args.out_dir} ({err}). Every file is written whole or not at all: "
+        f"{kept}"
+    )
+
+
+def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world: int = 1) -> None:
+    """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json.
+
+    The classes are the checkpoint's (``classes``, from --config, differing is a warning). With
+    --tta the split is scored twice, without and with test-time augmentation.
+    """
+    path = scored_checkpoint(args)
+    tta = tta_setting(args)
+    # a --backbone other than the checkpoint's is refused, as the inference scripts refuse it
+    model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir, args.backbone)
+    ignored = ignored_model_flags(args, ckpt)
+    if ignored:
+        warn_on_main_process(
+            "ignored: %s. --eval-only scores the checkpoint's model as it was trained", ignored
+        )
+    # a --config OUT/args.yaml of a cached run sets them
+    cache = [f"--cache-features {args.cache_features}"] if args.cache_features != "off" else []
+    cache += [f"--cache-dir {args.cache_dir}"] if args.cache_dir is not None else []
+    if cache:
+        warn_on_main_process(
+            "%s ignored: --eval-only computes the features of each valid image as it scores it",
+            " ".join(cache),
+        )
+    trained = ClassConfig.from_dict(ckpt["classes"], source=str(path))
+    if args.config is not None and classes != trained:
+        warn_on_main_process(
+            "the classes of --config %s are ignored: %s is scored with its own %s",
+            args.config,
+            path,
+            list(trained.names),
+        )
+    classes = trained
+    imgsz = tuple(args.imgsz or ckpt["imgsz"])
+    log_input_size(imgsz)
+    # decided by rank 0, so that a recorded --data that is gone is said once; a machine that
+    # lacks the dataset is then named by checked_pairs
+    args.data = on_main_process(lambda: data_to_score(args, ckpt, path))
+    pairs = checked_pairs(resolve_data(args), classes, splits=("valid",))["valid"]
+    dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
+    loader = make_loader(dataset, args, device, False, rank, world)
+    try:
+        runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
+        if tta is not None:
+            runs["tta"] = evaluate(
+                model, loader, device, classes.num_classes, autocast, "valid tta", tta=tta
+            )
+    except RuntimeError as err:
+        raise_if_worker_failure(err)
+        raise
+    if rank != 0:
+        return
+
+    def scores(metrics: dict) -> dict:
+        return {
+            "pixel_accuracy": metrics["acc"],
+            "miou": metrics["miou"],
+            "per_class_iou": {
+                name: None if math.isnan(iou) else iou
+                for name, iou in zip(classes.names, metrics["iou"], strict=True)
+            },
+        }
+
+    result = {
+        "checkpoint": str(path),
+        "imgsz": list(imgsz),
+        "backbone_source": model.backbone.source,
+        "images": len(dataset),
+        **scores(runs["plain"]),
+    }
+    if tta is not None:
+        result["tta"] = {"scales": tta[0], "flip": tta[1], **scores(runs["tta"])}
+    write_json(args.out_dir / "eval_metrics.json", result)
+    print(f"Evaluated {path} on {len(dataset)} valid images at {imgsz[0]}x{imgsz[1]}")
+    for name, metrics in runs.items():
+        label = "" if name == "plain" else f" with TTA (scales {tta[0]}, flips)"
+        print(f"pixel accuracy {metrics['acc']:.4f}  mIoU {metrics['miou']:.4f}{label}")
+        for cls, iou in scores(metrics)["per_class_iou"].items():
+            print(f"  IoU {cls}: {'absent' if iou is None else f'{iou:.4f}'}")
+    print(f"Wrote {args.out_dir / 'eval_metrics.json'}")
+
+
+def data_to_score(args: argparse.Namespace, ckpt: dict, path: Path) -> Path | None:
+    """--eval-only's --data; without one, the --data the checkpoint was trained on (None where it
+    records none: Penn-Fudan). The Penn-Fudan default would score a model of other classes on
+    persons, without a word."""
+    recorded = (ckpt.get("args") or {}).get("data")
+    if args.data is not None or recorded is None:
+        return args.data
+    data = Path(recorded)
+    if not data.is_dir():
+        raise UserError(
+            f"{path} was trained on --data {recorded}, which is not a folder here: pass --data "
+            "DIR, a dataset with the checkpoint's classes"
+        )
+    log.info(
+        "--eval-only: scoring the valid split of %s, the data %s was trained on", recorded, path
+    )
+    return data
 
 
 if __name__ == "__main__":
