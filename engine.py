@@ -578,8 +578,8 @@ class Predictor:
                 "the first batch compiles the model (tens of seconds, longer on a CPU); the "
                 "model FPS reported at the end leaves it out unless it is the only batch"
             )
-        # Time spent in predict_resized, GPU work included: the first call (CUDA start-up,
-        # compilation) apart from the rest.
+        # Time spent in the network (see predict_resized), GPU work included: the first call
+        # (CUDA start-up, compilation) apart from the rest.
         self.model_seconds = 0.0
         self.model_frames = 0
         self._first_call: tuple[float, int] | None = None
@@ -651,33 +651,33 @@ class Predictor:
     @torch.inference_mode()
     def predict_resized(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list:
         """(B, h, w, 3) uint8 resized images + their original (H, W) -> B (H, W) uint8 masks."""
-        start, n = time.perf_counter(), len(batch)
-        with _eval_mode(self.model):  # the running statistics, even mid-training
-            masks = self._predict_resized(batch, sizes)
-        synchronize(self.device)
-        if self._first_call is None:
-            self._first_call = (time.perf_counter() - start, n)
-        else:
-            self.model_seconds += time.perf_counter() - start
-            self.model_frames += n
-        return masks
-
-    def _predict_resized(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list:
         n = len(batch)
         if self._compiled_batch is not None:
             # A new batch size would recompile (tens of seconds): pad a short last batch.
             self._compiled_batch = max(self._compiled_batch, n)
             batch = np.concatenate([batch, np.repeat(batch[-1:], self._compiled_batch - n, 0)])
         x = to_model_input(batch, self.device)
-        if self.tta is None:
-            scores = self.patch_logits(x)[:n].float()
+        # The clock covers the network alone, from the batch on the device to its patch-grid
+        # scores: the upload before and the full-size masks after are the end-to-end figure's.
+        synchronize(self.device)
+        start = time.perf_counter()
+        with _eval_mode(self.model):  # the running statistics, even mid-training
+            if self.tta is None:
+                scores = self.patch_logits(x)[:n].float()
+            else:
+                scores = tta_probs(self.model, x, *self.tta)[:n]
+        synchronize(self.device)
+        if self._first_call is None:
+            self._first_call = (time.perf_counter() - start, n)
         else:
-            scores = tta_probs(self.model, x, *self.tta)[:n]
+            self.model_seconds += time.perf_counter() - start
+            self.model_frames += n
         return self._masks(scores, sizes)
 
     def model_fps(self) -> float:
-        """Images per second through the network, without the first call (CUDA start-up,
-        compilation) unless it was the only one."""
+        """Images per second through the network alone (a batch already on the device to its
+        patch-grid scores; not the upload, the resizing to full size, the argmax or the copy
+        back), without the first call (CUDA start-up, compilation) unless it was the only one."""
         if self.model_frames:
             return self.model_frames / self.model_seconds
         if self._first_call is None:

@@ -304,8 +304,8 @@ def main(args: argparse.Namespace) -> None:
         model_fps = predictor.model_fps()
         print(f"Segmented {done} image(s) into {args.out_dir}")
         print(
-            f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS) on "
-            f"{predictor.runs_on()}{predictor.model_fps_note()}"
+            f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS), the network "
+            f"alone, on {predictor.runs_on()}{predictor.model_fps_note()}"
         )
         print(f"end to end: {done / elapsed:.2f} images per second (reading, model, writing)")
     problems = []

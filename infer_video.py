@@ -514,8 +514,9 @@ def main(args: argparse.Namespace) -> None:
         f"{stats['rate']:.3f} FPS, no sound (OpenCV writes video only)"
     )
     print(
-        f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS) "
-        f"on {predictor.runs_on()}, batch {args.batch}{predictor.model_fps_note()}"
+        f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS), "
+        f"the network alone, on {predictor.runs_on()}, batch {args.batch}"
+        f"{predictor.model_fps_note()}"
     )
     print(f"end to end: {stats['fps']:.2f} FPS (decoding, model, drawing, encoding)")
 

@@ -188,6 +188,31 @@ def test_model_fps_leaves_out_the_first_call(checkpoint, monkeypatch):
     assert predictor.model_fps() == 2.0 and predictor.model_fps_note() == ""
 
 
+def test_model_fps_times_the_network_alone(checkpoint, monkeypatch):
+    # The "model" line is the network's speed: the upload, the resizing of the scores to full
+    # size, the argmax and the copy back were timed with it. On this clock only work advances
+    # time: the network 1 s a batch, the upload 10 s, the masks 100 s.
+    predictor = Predictor.from_checkpoint(checkpoint, torch.device("cpu"))
+    now = [0.0]
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def taking(seconds, work):
+        def run(*args, **kwargs):
+            now[0] += seconds
+            return work(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(predictor, "patch_logits", taking(1.0, predictor.patch_logits))
+    monkeypatch.setattr(engine, "to_model_input", taking(10.0, engine.to_model_input))
+    monkeypatch.setattr(predictor, "_masks", taking(100.0, predictor._masks))
+    image = np.zeros((66, 90, 3), np.uint8)
+    predictor.predict([image] * 2)  # the first call, apart
+    assert predictor.model_fps() == 2.0
+    predictor.predict([image] * 2)
+    assert (predictor.model_frames, predictor.model_seconds) == (2, 1.0)
+
+
 def test_predictor_rejects_non_rgb_arrays(predictor):
     # a grayscale array is named as it is, not as one of its rows
     with pytest.raises(ValueError, match=r"expected \(H, W, 3\) uint8 RGB, got \(10, 12\) uint8"):
