@@ -261,6 +261,7 @@ def main(args: argparse.Namespace) -> None:
     check_writable(args.out_dir, needed_bytes=2**20)  # before the model loads, not after it ran
     predictor = predictor_from_args(args, device)
     failures, write_failures, done = [], [], 0
+    waited = 0.0  # seconds --show spent on the user, waiting for a key: not the pipeline's
     with opencv_threads_for(predictor.device):
         writer = OrderedWriter(max_bytes=QUEUE_BYTES)
         start = time.perf_counter()
@@ -290,7 +291,9 @@ def main(args: argparse.Namespace) -> None:
                     )
                     if args.show:
                         overlay = predictor.overlay(image, mask, args.alpha)
+                        shown = time.perf_counter()
                         args.show = show("infer_image", overlay, 0)  # q or Esc stops showing
+                        waited += time.perf_counter() - shown
                 done += len(images)
         finally:
             # On an error or Ctrl-C too: the failed run's traceback holds ``batches`` and the
@@ -298,7 +301,7 @@ def main(args: argparse.Namespace) -> None:
             # long as it is kept, by a test or a notebook
             batches.close()
             writer.finish()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - waited
     done -= len(write_failures)
     if done:
         model_fps = predictor.model_fps()
@@ -307,7 +310,10 @@ def main(args: argparse.Namespace) -> None:
             f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS), the network "
             f"alone, on {predictor.runs_on()}{predictor.model_fps_note()}"
         )
-        print(f"end to end: {done / elapsed:.2f} images per second (reading, model, writing)")
+        shown = f"; the {waited:.1f} s --show waited for keys left out" if waited else ""
+        print(
+            f"end to end: {done / elapsed:.2f} images per second (reading, model, writing{shown})"
+        )
     problems = []
     for listed, what in ((failures, "read"), (write_failures, "written")):
         if listed:

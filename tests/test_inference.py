@@ -27,7 +27,7 @@ import train
 import utils
 from config import DEFAULT_CLASSES, parse_args
 from conftest import ORT_RUNS_INT8, ROOT, load_benchmark, needs_mount_namespace, run_bind_mounted
-from datasets import read_mask
+from datasets import read_image, read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
 from model import INT8_MIN_TORCH, Segmentor, load_backbone, load_checkpoint, torch_version
@@ -928,6 +928,36 @@ def test_infer_image_show_stops_showing_on_q_and_segments_every_image(tmp_path, 
         infer_image.main(image_args(input=src, model=checkpoint, out_dir=out, show=True, batch=4))
     assert shown == [((30, 40, 3), 0)] * 2  # each image waits for a key
     assert len(list(out.glob("*_mask.png"))) == 4
+
+
+def test_infer_image_show_leaves_the_wait_for_keys_out_of_the_images_per_second(
+    tmp_path, checkpoint, capsys
+):
+    # The end-to-end rate counted the time the user took to press a key. On this clock reading
+    # an image takes 1 s and each shown image waits 1000 s for a key.
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in "ab":
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(src / f"{name}.png")
+    now = [0.0]
+
+    def slow_read(path):
+        now[0] += 1.0
+        return read_image(path)
+
+    def slow_show(title, overlay, wait_ms):
+        now[0] += 1000.0
+        return True
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_image, "check_inference_args", lambda args: None)  # no GUI here
+        mp.setattr(infer_image, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+        mp.setattr(infer_image, "read_image", slow_read)
+        mp.setattr(infer_image, "show", slow_show)
+        infer_image.main(image_args(input=src, model=checkpoint, out_dir=out, show=True, batch=2))
+    printed = capsys.readouterr().out
+    assert "end to end: 1.00 images per second" in printed
+    assert "the 2000.0 s --show waited for keys left out" in printed
 
 
 def test_show_without_a_gui_build_is_a_clear_error(tmp_path, checkpoint):
