@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import logging
 import math
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -127,6 +128,12 @@ def open_video(spec: str) -> VideoSource:
     if not capture.isOpened():
         if stream:
             raise UserError(f"cannot open the stream {spec}: is its address right, and is it on?")
+        if not camera and mp4_video_samples(path) == 0:
+            # OpenCV opens no MP4 without a frame, which it would call unreadable or corrupt
+            raise UserError(
+                f"--input {spec} holds no frames (an MP4 or MOV whose recording stopped before "
+                "its first frame): give a video with frames"
+            )
         what = f"camera {spec}" if camera else f"{spec}: not a video OpenCV can read, or corrupt"
         raise UserError(f"cannot open {what}{non_ascii_note(spec, RENAME_INPUT)}")
     fps = capture.get(cv2.CAP_PROP_FPS)
@@ -154,6 +161,68 @@ def open_video(spec: str) -> VideoSource:
         camera=camera,
         path=None if camera else path,
     )
+
+
+def mp4_video_samples(path: Path) -> int | None:
+    """The frames an MP4 or MOV file's video tracks hold by their sample tables (0 where its
+    header lists no video track), or None where it is no such file or its boxes are damaged."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            boxes = dict(_boxes(f, 0, size))
+            # no header (not this format, or a recording cut off before it was written), or a
+            # fragmented file, whose frames are listed outside it
+            if b"moov" not in boxes or b"moof" in boxes:
+                return None
+            frames = 0
+            for kind, (start, end) in _boxes(f, *boxes[b"moov"]):
+                if kind != b"trak":
+                    continue
+                media = dict(_boxes(f, start, end)).get(b"mdia")
+                if media is None:
+                    continue
+                parts = dict(_boxes(f, *media))
+                if b"hdlr" not in parts or _read_at(f, parts[b"hdlr"][0] + 8, 4) != b"vide":
+                    continue  # sound, subtitles
+                table = _box_path(f, parts.get(b"minf"), (b"stbl",))
+                sizes = dict(_boxes(f, *table)) if table else {}
+                where = sizes.get(b"stsz") or sizes.get(b"stz2")
+                if where is not None:
+                    frames += struct.unpack(">I", _read_at(f, where[0] + 8, 4))[0]
+            return frames
+    except (OSError, struct.error):
+        return None
+
+
+def _read_at(f, offset: int, n: int) -> bytes:
+    f.seek(offset)
+    return f.read(n)
+
+
+def _box_path(f, box: tuple[int, int] | None, kinds: tuple[bytes, ...]):
+    """The (start, end) of the body of the box reached from ``box`` through ``kinds``."""
+    for kind in kinds:
+        if box is None:
+            return None
+        box = dict(_boxes(f, *box)).get(kind)
+    return box
+
+
+def _boxes(f, start: int, end: int):
+    """(type, (body start, body end)) of the ISO media boxes from byte ``start`` to ``end``;
+    raises struct.error at a box that runs past ``end`` (a damaged file)."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack(">I4s", _read_at(f, pos, 8))
+        body = pos + 8
+        if size == 1:  # a 64-bit size follows
+            size, body = struct.unpack(">Q", f.read(8))[0], body + 8
+        elif size == 0:  # to the end of the file
+            size = end - pos
+        if size < body - pos or pos + size > end:
+            raise struct.error(f"a {kind!r} box of {size} bytes at {pos}")
+        yield kind, (body, pos + size)
+        pos += size
 
 
 def stream_name(address: str) -> str:

@@ -715,7 +715,16 @@ def test_opencv_runs_on_one_thread_while_the_model_runs_on_the_cpu(
     [
         (lambda d: d / "missing.mp4", "does not exist"),
         (lambda d: (d / "junk.mp4").write_bytes(b"\x00" * 2048) and d / "junk.mp4", "cannot open"),
-        (lambda d: write_clip(d / "empty.mp4", frames=0), "(cannot open|has no frames)"),
+        # OpenCV opens no MP4 without frames: "not a video OpenCV can read, or corrupt"
+        (lambda d: write_clip(d / "empty.mp4", frames=0), r"--input .*empty\.mp4 holds no frames"),
+        # a recording cut off before its header was written: not said to hold no frames
+        (
+            lambda d: (
+                d.joinpath("cut.mp4").write_bytes(write_clip(d / "c.mp4").read_bytes()[:900])
+                and d / "cut.mp4"
+            ),
+            r"cut\.mp4: not a video OpenCV can read, or corrupt",
+        ),
         # OpenCV reads a photo as a video of one frame at 25 FPS: not what was meant
         (
             lambda d: Image.new("RGB", (64, 48)).save(d / "photo.JPG") or d / "photo.JPG",
