@@ -147,6 +147,16 @@ def open_video(spec: str) -> VideoSource:
             "%s states %.6g FPS, no frame rate a video can have; writing at 30 FPS", spec, fps
         )
         fps = 30.0
+    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if not camera and min(width, height) == 1:
+        # open_writer crops a side to even, to 0 pixels here: the encoder refuses it, and only
+        # once the model has loaded
+        capture.release()
+        raise UserError(
+            f"--input {spec} is {width}x{height}: the output video needs at least 2 pixels a "
+            "side; give a larger video"
+        )
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     name = f"camera{spec}" if spec.isdigit() else stream_name(spec) if stream else path.stem
     if camera:  # each recording is new: the next one must not replace it
@@ -155,8 +165,8 @@ def open_video(spec: str) -> VideoSource:
         capture=capture,
         name=name,
         fps=fps,
-        width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-        height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        width=width,
+        height=height,
         frames=count if count > 0 and not camera else None,
         camera=camera,
         path=None if camera else path,
@@ -409,14 +419,20 @@ def open_writer(source: VideoSource, tmp: Path, out_path: Path, spec: str) -> tu
     # OpenCV's FFmpeg writer stores even sizes only, dropping an odd last column or row
     # silently: the frames are cropped here instead, and the warning below says so.
     width, height = source.width & ~1, source.height & ~1
+    cropped = (width, height) != (source.width, source.height)
     video = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), rate, (width, height))
     if not video.isOpened():
         raise UserError(
-            f"cannot write {out_path}: OpenCV's mp4v encoder refuses "
-            f"{source.width}x{source.height} at {rate:.6g} FPS (or this OpenCV has none)"
+            f"cannot write {out_path}: OpenCV's mp4v encoder refuses {width}x{height}"
+            + (
+                f" (the {source.width}x{source.height} input cropped to even sides)"
+                if cropped
+                else ""
+            )
+            + f" at {rate:.6g} FPS (or this OpenCV has none)"
             + non_ascii_note(out_path, RENAME_OUTPUT)
         )
-    if (width, height) != (source.width, source.height):
+    if cropped:
         log.warning(
             "mp4v (through OpenCV) stores even sizes only: %s is %dx%d, the %dx%d input "
             "without its odd last column or row",

@@ -642,6 +642,26 @@ def test_video_round_trip_keeps_frames_size_and_rate(tmp_path, checkpoint, capsy
     assert "no sound (OpenCV writes video only)" in printed  # a phone video's sound is lost
 
 
+@pytest.mark.parametrize("size", [(1, 48), (64, 1)])
+def test_a_video_one_pixel_wide_or_high_is_refused_before_the_model_loads(
+    tmp_path, monkeypatch, size
+):
+    # cropped to even sides it is 0 pixels wide: the encoder refused it once the model had
+    # loaded, with a message naming the 1xH it was not given
+    clip = tmp_path / "thin.avi"
+    video = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    for _ in range(3):
+        video.write(np.zeros((size[1], size[0], 3), np.uint8))
+    video.release()
+    capture = cv2.VideoCapture(str(clip))
+    assert capture.read()[0], "the premise: OpenCV reads it"
+    capture.release()
+    monkeypatch.setattr(infer_video, "predictor_from_args", no_model)
+    name = f"{size[0]}x{size[1]}"
+    with pytest.raises(UserError, match=rf"thin\.avi is {name}: the output video needs at least 2"):
+        infer_video.main(video_args(input=clip, out_dir=tmp_path / "out"))
+
+
 def test_a_video_of_odd_size_is_cropped_to_even_and_says_so(tmp_path, checkpoint, capsys, caplog):
     # OpenCV writes no videos of odd sizes, but reads them: an animated GIF stands in for one.
     # Smooth ramps, another per frame, survive mp4v's compression.
@@ -1556,8 +1576,15 @@ def test_a_high_speed_rate_whose_tenths_mp4v_cannot_store_is_written_whole(tmp_p
     video.release()
 
 
-def test_an_opencv_that_cannot_write_mp4v_is_named_and_leaves_nothing(tmp_path, checkpoint):
-    # an OpenCV built without FFmpeg, or whose encoder refuses the size or rate
+@pytest.mark.parametrize(
+    ("size", "named"),
+    [((96, 72), "96x72"), ((97, 72), "96x72 (the 97x72 input cropped to even sides)")],
+)
+def test_an_opencv_that_cannot_write_mp4v_is_named_and_leaves_nothing(
+    tmp_path, checkpoint, size, named
+):
+    # an OpenCV built without FFmpeg, or whose encoder refuses the size or rate; the size named
+    # is the one it was given
     class ClosedWriter:
         def __init__(self, *args):
             pass
@@ -1568,12 +1595,18 @@ def test_an_opencv_that_cannot_write_mp4v_is_named_and_leaves_nothing(tmp_path, 
         def release(self):
             pass
 
-    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    if size[0] % 2:  # OpenCV writes no videos of odd sizes, but reads a GIF of one
+        clip = tmp_path / "clip.gif"
+        images = [Image.new("RGB", size, (9 * i, 0, 0)) for i in range(2)]
+        images[0].save(clip, save_all=True, append_images=images[1:], duration=100)
+    else:
+        clip = write_clip(tmp_path / "clip.mp4", frames=2, size=size)
     out = tmp_path / "out"
+    refuses = rf"refuses {re.escape(named)} at [0-9.]+ FPS \(or this OpenCV has none\)"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(infer_video.cv2, "VideoWriter", ClosedWriter)
         with pytest.raises(UserError, match=r"cannot write .*clip.mp4: OpenCV's mp4v encoder "
-                           r"refuses 96x72 at 29.97 FPS \(or this OpenCV has none\)"):  # fmt: skip
+                           + refuses):  # fmt: skip
             infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
     assert list(out.iterdir()) == []
 
