@@ -91,6 +91,18 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
         # else read as an image that cannot be decoded, once the model has loaded
         raise UserError(f"--input {spec} is a video, not an image: segment it with infer_video.py")
+    suffix = path.suffix.lower()
+    if (
+        path.is_file()
+        and suffix in OTHER_IMAGE_EXTENSIONS
+        and suffix not in Image.registered_extensions()
+    ):
+        # a phone's .heic without a plug-in (or .avif before Pillow 11.3): else called an
+        # unreadable or corrupt image, once the model has loaded
+        raise UserError(
+            f"--input {spec} is a {suffix} image, a format the installed Pillow does not read: "
+            "convert it to JPEG or PNG"
+        )
     if path.is_file():
         return [path]
     if not any(c in spec for c in "*?[") and not path.exists():

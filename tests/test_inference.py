@@ -491,6 +491,17 @@ def test_infer_image_names_images_of_formats_it_does_not_read(tmp_path, caplog, 
     assert "d.gif" not in caplog.text and "notes.txt" not in caplog.text
 
 
+def test_infer_image_names_a_lone_heic_as_a_format_it_does_not_read(tmp_path, monkeypatch):
+    # it was read after the model had loaded, and called unreadable or corrupt; a folder's
+    # HEIC photos were already named as not read
+    assert ".heic" not in Image.registered_extensions(), "the premise: no HEIC plug-in here"
+    photo = tmp_path / "IMG_0001.HEIC"
+    photo.write_bytes(b"\x00\x00\x00\x18ftypheic")
+    monkeypatch.setattr(infer_image, "predictor_from_args", no_model)
+    with pytest.raises(UserError, match=r"IMG_0001\.HEIC is a \.heic image, a format the"):
+        infer_image.main(image_args(input=photo, out_dir=tmp_path / "out"))
+
+
 @pytest.mark.parametrize(("script", "items"), [(infer_image, "images"), (infer_video, "frames")])
 def test_batch_help_counts_what_each_script_segments(script, items):
     """infer_video.py --help spoke of the images of a batch: its batches are of frames."""
