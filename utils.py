@@ -811,18 +811,23 @@ def draw_overlay(
 
 
 @contextlib.contextmanager
-def opencv_threads_for(device: torch.device) -> Iterator[None]:
+def opencv_threads_for(runs_on: str) -> Iterator[None]:
     """Run OpenCV on one thread while the model runs on the CPU, then restore its setting.
 
     There the model's threads use every core, and OpenCV's own pool (decoding, resizing,
     drawing and encoding on the inference pipelines' threads) competes with them: 1.27 instead
     of 1.34 FPS end to end for 640x480 video at 644x644 on 2 cores. With the model on a GPU the
     pool speeds those steps up, so it is kept.
+
+    Args:
+        runs_on: where the model's work runs, as Predictor.runs_on() names it ("cpu", "cuda",
+            "mps", "cuda (ONNX Runtime)"): not the predictor's device, which for ONNX Runtime
+            is the host where inputs and outputs live, wherever the graph runs.
     """
     import cv2
 
     before = cv2.getNumThreads()
-    if device.type == "cpu":
+    if runs_on.split()[0] == "cpu":
         cv2.setNumThreads(1)
     try:
         yield

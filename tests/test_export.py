@@ -538,6 +538,43 @@ def test_a_gpu_device_onnxruntime_runs_on_the_cpu_is_a_warning(
     assert f"--device {device}: ONNX Runtime runs {onnx_files[0]} on the CPU; {why}" in caplog.text
 
 
+def test_opencv_keeps_its_threads_while_onnx_runtime_runs_the_graph_on_cuda(
+    tmp_path, onnx_files, tiny_data, monkeypatch
+):
+    # The predictor's device is the host for ONNX Runtime wherever the graph runs, so OpenCV
+    # was held to one thread, a rule for a model whose threads fill the CPU, with the graph on
+    # the GPU. No CUDA here: a session that reports its CUDA provider stands in.
+    import cv2
+
+    import model
+
+    class CudaSession:
+        def __init__(self, session):
+            self.session = session
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    real_session = model._onnx_session
+    monkeypatch.setattr(model, "_onnx_session", lambda *a: CudaSession(real_session(*a)))
+    seen, real_batches = [], infer_image.read_batches
+
+    def read_batches(*args):
+        seen.append(cv2.getNumThreads())
+        yield from real_batches(*args)
+
+    monkeypatch.setattr(infer_image, "read_batches", read_batches)
+    before = cv2.getNumThreads()
+    assert before > 1, "the premise: OpenCV starts with a pool"
+    infer_image.main(infer_image.get_args_parser().parse_args(
+        ["--input", str(tiny_data / "valid_images"), "--out-dir", str(tmp_path / "i"),
+         "--model", str(onnx_files[0]), "--backend", "onnxruntime"]))  # fmt: skip
+    assert seen == [before]
+
+
 def test_the_speed_lines_name_the_device_onnx_runtime_ran_on(
     tmp_path, onnx_files, tiny_data, monkeypatch, capsys
 ):
