@@ -147,12 +147,49 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
             " ..." if len(skipped) > 5 else "",
             path / "**" / "*.jpg",
         )
+    labels = label_masks(found)
+    if labels:  # a Roboflow export's labels, segmented as photos, filled --out-dir with noise
+        log.warning(
+            "%d label mask(s) beside their images are not read: %s%s (NAME_mask.png of class "
+            'ids beside NAME.jpg, as in a Roboflow export); to segment them, give a glob: "%s"',
+            len(labels),
+            ", ".join(p.name for p in labels[:5]),
+            " ..." if len(labels) > 5 else "",
+            labels[0].parent / "*_mask.png",
+        )
+        found = [p for p in found if p not in set(labels)]
     if not found:
         kinds = " ".join(IMAGE_EXTENSIONS)
         raise UserError(
             f"--input {spec}: no images found (give a file, a folder or a glob of {kinds})"
         )
     return found
+
+
+# Pillow modes of one channel: class ids, not a photo's colours
+LABEL_MODES = ("1", "L", "P", "I", "I;16")
+
+
+def label_masks(paths: list[Path]) -> list[Path]:
+    """The files of ``paths`` that are the labels of an image among them: NAME_mask.png beside
+    NAME.jpg (any image extension) with one channel, as Roboflow exports them. A colour
+    NAME_mask.png is a photo of that name, and a mask whose image is not among ``paths`` (a
+    glob of masks alone) was asked for."""
+    stems = {(p.parent, p.stem.casefold()) for p in paths}
+    labels = []
+    for path in paths:
+        stem = path.stem.casefold()
+        if path.suffix.lower() != ".png" or not stem.endswith("_mask"):
+            continue
+        if (path.parent, stem.removesuffix("_mask")) not in stems:
+            continue
+        try:
+            with Image.open(path) as image:  # the header only
+                if image.mode in LABEL_MODES:
+                    labels.append(path)
+        except (OSError, ValueError):
+            continue  # read_image names it among the files that cannot be read
+    return labels
 
 
 def literal_folder_glob(pattern: Path) -> list[str]:

@@ -491,6 +491,22 @@ def test_infer_image_names_images_of_formats_it_does_not_read(tmp_path, caplog, 
     assert "d.gif" not in caplog.text and "notes.txt" not in caplog.text
 
 
+def test_infer_image_leaves_out_the_label_masks_beside_their_images(tmp_path, caplog):
+    # a Roboflow export keeps NAME_mask.png of class ids beside NAME.jpg: with --out-dir
+    # elsewhere, the labels were segmented as if they were photos
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.jpg")
+    Image.new("L", (8, 6)).save(tmp_path / "a_mask.png")  # a's labels
+    Image.new("RGB", (8, 6)).save(tmp_path / "b.jpg")
+    Image.new("RGB", (8, 6)).save(tmp_path / "b_mask.png")  # a colour photo of that name
+    Image.new("L", (8, 6)).save(tmp_path / "c_mask.png")  # no c image beside it
+    found = infer_image.find_images(str(tmp_path), tmp_path / "out")
+    assert [p.name for p in found] == ["a.jpg", "b.jpg", "b_mask.png", "c_mask.png"]
+    assert "1 label mask(s) beside their images are not read: a_mask.png (" in caplog.text
+    # the glob the warning offers segments them
+    masks = infer_image.find_images(f"{tmp_path}/*_mask.png")
+    assert [p.name for p in masks] == ["a_mask.png", "b_mask.png", "c_mask.png"]
+
+
 def test_infer_image_names_a_lone_heic_as_a_format_it_does_not_read(tmp_path, monkeypatch):
     # it was read after the model had loaded, and called unreadable or corrupt; a folder's
     # HEIC photos were already named as not read
