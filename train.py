@@ -80,6 +80,7 @@ from model import (
     token_grid,
 )
 from utils import (
+    CURVES,
     UserError,
     amp_dtype,
     atomic_path,
@@ -313,6 +314,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     main_process = rank == 0
 
     history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
+    earlier = []  # the files of an earlier run in --out-dir, which a new run removes
     if args.resume:
         ckpt, classes, imgsz = read_resume(args, classes)
         start = ckpt["epoch"] + 1
@@ -336,15 +338,20 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             return
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
-        if main_process and (args.out_dir / "metrics.csv").is_file():
+        earlier = earlier_outputs(args.out_dir) if main_process else []
+        if earlier:
             # the default outputs/ of a second run: its best checkpoints go without a word
+            names = [p.name for p in earlier if p.parent == args.out_dir]
+            names += ["valid_preds/*.jpg"] if len(names) < len(earlier) else []
+            last = args.out_dir / LAST_CHECKPOINT
             log.warning(
-                "--out-dir %s holds an earlier run (its metrics.csv): this run replaces its "
-                "checkpoints, metrics and plots. To keep it, stop now and pass another --out-dir; "
-                "to continue it instead, --resume %s --out-dir %s",
+                "--out-dir %s holds an earlier run (its %s): this run removes them before its "
+                "first epoch. To keep them, stop now and pass another --out-dir%s",
                 args.out_dir,
-                args.out_dir / LAST_CHECKPOINT,
-                args.out_dir,
+                ", ".join(names),
+                f"; to continue that run instead, --resume {last} --out-dir {args.out_dir}"
+                if last.is_file()
+                else "",
             )
     # Check the data before loading the backbone, which may mean a download.
     pairs = checked_pairs(resolve_data(args), classes)
@@ -381,6 +388,9 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     run_settings = settings(args, classes, imgsz)
     if main_process:
+        # at the run's first write: none of them may pass for this run's, a stop in its first
+        # epoch included
+        remove_outputs(earlier, args.out_dir)
         write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
     epoch = start
     on_disk = {}  # the checkpoint files this run wrote into --out-dir: name -> epoch
@@ -671,6 +681,33 @@ def restore_best(args, ckpt: dict, start: int) -> None:
                 start,
                 start,
             )
+
+
+def earlier_outputs(out_dir: Path) -> list[Path]:
+    """The files in ``out_dir`` that a run writes and a new run does not replace at once:
+    metrics.csv, the curves, the checkpoints, --eval-only's eval_metrics.json, then the overlays
+    valid_preds/*.jpg. args.yaml, written first, and the feature cache, which any run reuses,
+    are not among them; nor is any other file."""
+    names = ["metrics.csv", *(name for *_, name in CURVES), *BEST_CHECKPOINTS, LAST_CHECKPOINT]
+    files = [out_dir / name for name in [*names, "eval_metrics.json"]]
+    overlays = sorted((out_dir / "valid_preds").glob("*.jpg"))
+    return [f for f in files if f.is_file()] + [f for f in overlays if f.is_file()]
+
+
+def remove_outputs(files: list[Path], out_dir: Path) -> None:
+    """Remove an earlier run's ``files`` (earlier_outputs), and valid_preds/ if they leave it
+    empty."""
+    for file in files:
+        try:
+            file.unlink(missing_ok=True)
+        except OSError as err:  # Windows: open in another program
+            raise UserError(
+                f"could not remove {file}, a file of the earlier run in --out-dir {out_dir} "
+                f"({err}): close the program that holds it open, or pass another --out-dir"
+            ) from err
+    folder = out_dir / "valid_preds"
+    if files and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def checked_pairs(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list]:

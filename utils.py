@@ -723,6 +723,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# the curves plot_curves draws: (metrics.csv column without its split, title, file name)
+CURVES = (
+    ("loss", "Loss", "loss.png"),
+    ("acc", "Pixel accuracy", "accuracy.png"),
+    ("miou", "mIoU", "miou.png"),
+)
+
+
 def plot_curves(history: Sequence[dict], out_dir: Path) -> None:
     """Redraw loss.png, accuracy.png and miou.png (train and valid curves) from metrics rows."""
     import matplotlib
@@ -732,11 +740,7 @@ def plot_curves(history: Sequence[dict], out_dir: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    for key, title, name in (
-        ("loss", "Loss", "loss.png"),
-        ("acc", "Pixel accuracy", "accuracy.png"),
-        ("miou", "mIoU", "miou.png"),
-    ):
+    for key, title, name in CURVES:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for split, color in (("train", "tab:blue"), ("valid", "tab:orange")):
             ax.plot(

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1352,5 +1353,31 @@ def test_a_new_run_into_the_folder_of_another_says_it_replaces_it(tmp_path, tiny
     run_train(args)
     assert "holds an earlier run" not in caplog.text
     run_train(args)
-    assert f"--out-dir {tmp_path} holds an earlier run (its metrics.csv)" in caplog.text
+    assert f"--out-dir {tmp_path} holds an earlier run (its metrics.csv, " in caplog.text
     assert f"--resume {tmp_path / 'last_model.pth'}" in caplog.text
+
+
+def test_a_new_run_leaves_no_file_of_the_earlier_run_in_its_folder(
+    tmp_path, checkpoint, tiny_data, weights_file, monkeypatch, caplog
+):
+    """A new run replaced the earlier run's files as it wrote its own: overlays of images it
+    does not draw and an eval_metrics.json of the earlier model stayed, and a stop in its first
+    epoch left the earlier checkpoints and metrics.csv beside the new args.yaml."""
+    out = shutil.copytree(checkpoint.parent, tmp_path / "out")  # a 2-epoch run, finished
+    (out / "valid_preds").mkdir()
+    (out / "valid_preds" / "other_image.jpg").write_bytes(b"an earlier overlay")
+    (out / "eval_metrics.json").write_text('{"miou": 0.9}')
+    (out / "notes.txt").write_text("the user's")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_one_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_train([*common(tiny_data, out, weights_file), "--epochs", "1", "--seed", "7"])
+    assert f"--out-dir {out} holds an earlier run (its metrics.csv" in caplog.text
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "args.yaml",
+        "notes.txt",
+    ]
+    assert yaml.safe_load((out / "args.yaml").read_text())["seed"] == 7
