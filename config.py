@@ -668,9 +668,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
         # and continues no run, so only a --resume on the command line is refused with it.
         args.resume = None
     kept = [
-        k
-        for k, v in resumed.items()
-        if k in RESUMED_SETTINGS and plain_value(getattr(args, k)) == v
+        k for k, v in resumed.items() if k in RESUMED_SETTINGS and same_setting(getattr(args, k), v)
     ]
     if kept:
         log.info(
@@ -686,8 +684,19 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
 
 
 def plain_value(value):
-    """A parsed value as a checkpoint records it (paths as strings)."""
-    return str(value) if isinstance(value, Path) else value
+    """A parsed value as a checkpoint and args.yaml record it: a path as an absolute one (not
+    resolved: a symlink keeps its name), so that --resume, --eval-only and --config
+    OUT/args.yaml find it from another working folder."""
+    return str(value.absolute()) if isinstance(value, Path) else value
+
+
+def same_setting(value, recorded) -> bool:
+    """Whether the parsed ``value`` is the setting a checkpoint ``recorded``. A recorded relative
+    path (of a checkpoint from before paths were recorded absolute) is taken from the current
+    folder, as the parsed one was."""
+    if isinstance(value, Path) and isinstance(recorded, str):
+        return plain_value(value) == plain_value(Path(recorded))
+    return plain_value(value) == recorded
 
 
 def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> list[str]:

@@ -52,6 +52,7 @@ from config import (
     path_arg,
     plain_value,
     runtime_flags,
+    same_setting,
     scored_checkpoint,
     tta_flags,
     tta_setting,
@@ -549,7 +550,7 @@ def ignored_model_flags(args: argparse.Namespace, ckpt: dict) -> str:
     return ", ".join(
         f"--{k.replace('_', '-')} {getattr(args, k)} (the checkpoint's: {recorded[k]})"
         for k in RESUMED_MODEL
-        if k in recorded and plain_value(getattr(args, k)) != recorded[k]
+        if k in recorded and not same_setting(getattr(args, k), recorded[k])
     )
 
 
@@ -560,7 +561,7 @@ def warn_changed_settings(args, ckpt: dict, start: int) -> None:
     changed = [
         f"--{k.replace('_', '-')} {getattr(args, k)} (was {before[k]})"
         for k in RESUMED_SETTINGS
-        if k in before and before[k] != plain_value(getattr(args, k))
+        if k in before and not same_setting(getattr(args, k), before[k])
     ]
     if changed:
         warn_on_main_process(
@@ -614,7 +615,7 @@ def check_resumed_data(args, ckpt: dict) -> None:
     dataset moved, or the run resumes on another machine), naming the checkpoint it came from:
     check_dataset would name --data, which the command line may not hold."""
     recorded = (ckpt.get("args") or {}).get("data")
-    if recorded is not None and plain_value(args.data) == recorded and not args.data.is_dir():
+    if recorded is not None and same_setting(args.data, recorded) and not args.data.is_dir():
         raise UserError(
             f"--resume {args.resume} continues its run on --data {recorded}, which is not a "
             "folder here: pass --data DIR, that dataset's folder on this machine"

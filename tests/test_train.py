@@ -1381,3 +1381,46 @@ def test_a_new_run_leaves_no_file_of_the_earlier_run_in_its_folder(
         "notes.txt",
     ]
     assert yaml.safe_load((out / "args.yaml").read_text())["seed"] == 7
+
+
+def test_a_run_on_a_relative_data_path_resumes_and_scores_from_another_folder(
+    tmp_path, fresh_data, weights_file, monkeypatch, caplog
+):
+    """A relative --data was recorded as typed: --resume or --eval-only from another working
+    folder looked for it there, and stopped as if the dataset had moved."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    argv = ["--data", "data", "--out-dir", str(out), "--backbone-source", "timm", "--weights",
+            str(weights_file), "--imgsz", "28", "28", "--workers", "0", "--batch", "2",
+            "--num-vis", "0"]  # fmt: skip
+    run_train([*argv, "--epochs", "1"])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run_train(["--resume", str(out / "last_model.pth"), "--out-dir", str(out), "--epochs", "2",
+               "--workers", "0"])  # fmt: skip
+    assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == [1, 2]
+    run_train(["--eval-only", "--model", str(out / "last_model.pth"), "--out-dir", "eval",
+               "--workers", "0", "--imgsz", "28", "28"])  # fmt: skip
+    scored = json.loads((tmp_path / "elsewhere" / "eval" / "eval_metrics.json").read_text())
+    assert scored["images"] == 2
+    # the same folder named relatively again is no changed setting
+    caplog.clear()
+    monkeypatch.chdir(tmp_path)
+    run_train(["--resume", str(out / "last_model.pth"), "--out-dir", str(out), "--epochs", "3",
+               "--workers", "0", "--data", "data"])  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "--epochs 3 (was 2)" in warnings[0] and "--data" not in warnings[0]
+
+
+def test_an_older_checkpoints_relative_data_is_named_when_it_is_not_here(
+    checkpoint, tmp_path, monkeypatch
+):
+    # checkpoints once recorded --data as typed: one relative to another folder is still
+    # named as the checkpoint's, not as a --data the command line does not hold
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["args"]["data"] = "data/mine"
+    torch.save(ckpt, tmp_path / "last_model.pth")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--resume", "last_model.pth", "--out-dir", "out", "--epochs", "3"]
+    with pytest.raises(UserError, match=r"continues its run on --data data/mine, which is not a "):
+        run_train(argv)
