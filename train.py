@@ -371,6 +371,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     train_set, valid_set = make_datasets(args, model, pairs, classes, imgsz, autocast, rank, world)
     train_loader = make_loader(train_set, args, device, True, rank, world)
     valid_loader = make_loader(valid_set, args, device, False, rank, world)
+    warn_long_accum(args, train_loader, world)
     log.info(
         "data: %d train, %d valid images; classes %s; device %s%s",
         len(train_set),
@@ -954,6 +955,26 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
         pin_memory=device.type == "cuda",
         collate_fn=None if train else collate_eval,
         generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def warn_long_accum(args, train_loader: DataLoader, world: int) -> None:
+    """Warn where --accum exceeds the training batches of an epoch (of one process): every
+    epoch then makes a single optimizer step, over fewer batches than --accum asked for."""
+    batches = len(train_loader)
+    if args.accum <= batches:
+        return
+    share = " per process" if world > 1 else ""
+    warn_on_main_process(
+        "--accum %d is more than the %d training batches of an epoch (%d images%s, --batch %d): "
+        "each epoch makes one optimizer step, over %d batches. Use --accum %d or less",
+        args.accum,
+        batches,
+        len(train_loader.sampler),
+        share,
+        args.batch,
+        batches,
+        batches,
     )
 
 

@@ -553,6 +553,26 @@ def test_accum_steps_the_optimizer_once_per_k_batches(
     assert state[0]["step"] == steps
 
 
+def test_an_accum_beyond_the_batches_of_an_epoch_is_named(
+    tmp_path, tiny_data, weights_file, monkeypatch, caplog
+):
+    # 8 training images, batch 4: 2 batches, so --accum 3 stepped once per epoch over 2 batches,
+    # an effective batch of 8 rather than the 12 asked for, without a word
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_one_epoch", stop)
+    base = [*argv(tiny_data, tmp_path, weights_file, epochs=1), "--workers", "0"]
+    for accum in ("2", "3"):
+        with pytest.raises(KeyboardInterrupt):
+            run_train([*base, "--accum", accum])
+        warned = [r.getMessage() for r in caplog.records if "--accum" in r.getMessage()]
+        assert warned == ([] if accum == "2" else [
+            "--accum 3 is more than the 2 training batches of an epoch (8 images, --batch 4): "
+            "each epoch makes one optimizer step, over 2 batches. Use --accum 2 or less"
+        ])  # fmt: skip
+
+
 @pytest.mark.parametrize(("accum", "batches"), [(3, 4), (2, 5), (4, 4)])
 def test_every_accumulated_update_averages_its_own_group(accum, batches):
     # lr 0 keeps the weights fixed, so with identical batches every update must see the gradient
