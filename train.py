@@ -337,6 +337,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 args.resume.parent,
             )
             return
+        check_on_main_process(lambda: make_resumed_cache_dir(args, ckpt))
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
         earlier = earlier_outputs(args.out_dir) if main_process else []
@@ -621,6 +622,32 @@ def check_resumed_data(args, ckpt: dict) -> None:
             f"--resume {args.resume} continues its run on --data {recorded}, which is not a "
             "folder here: pass --data DIR, that dataset's folder on this machine"
         )
+
+
+def make_resumed_cache_dir(args, ckpt: dict) -> None:
+    """Make the --cache-dir of the run that ``ckpt`` continues where it is not a folder here (a
+    folder of another machine, or a cache deleted since), saying so, or refuse it naming the
+    checkpoint it came from: check_writable would name a --cache-dir the command line may not
+    hold."""
+    recorded = (ckpt.get("args") or {}).get("cache_dir")
+    folder = args.cache_dir
+    if args.cache_features != "disk" or recorded is None or folder is None or folder.is_dir():
+        return
+    if not same_setting(folder, recorded):
+        return  # the command line's: make_datasets checks it
+    said = f"--resume {args.resume} continues its run with --cache-dir {recorded}"
+    try:
+        folder.mkdir(parents=True)
+    except OSError as err:
+        raise UserError(
+            f"{said}, which is not a folder here and cannot be made ({err.strerror or err}): "
+            "pass --cache-dir DIR, a folder on this machine for the feature cache"
+        ) from err
+    log.warning(
+        "%s, which was not a folder here: made it, and the features are computed again there "
+        "(pass --cache-dir DIR to use another folder)",
+        said,
+    )
 
 
 def resumed_history(csv_path: Path, start: int) -> list[dict]:

@@ -4,6 +4,7 @@ import copy
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -396,3 +397,38 @@ def test_a_fill_stopped_midway_clears_its_progress_bar_before_the_message(
     else:
         raise AssertionError("the fill went on")
     assert "caching features" in err and err.rsplit("\r", 1)[-1].strip() == "", repr(err[-200:])
+
+
+def test_a_resumed_cache_dir_that_is_not_here_is_named_as_the_checkpoints(
+    tmp_path, checkpoint, monkeypatch, caplog
+):
+    """A resumed run continues its checkpoint's --cache-dir, maybe a folder of another machine:
+    it was made here, or refused as an unwritable --cache-dir, which the command line did not
+    hold, without a word of the checkpoint."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+
+    def resume(cache_dir: Path) -> None:
+        ckpt["args"].update(cache_features="disk", cache_dir=str(cache_dir))
+        torch.save(ckpt, tmp_path / "last_model.pth")
+        run_train(["--resume", str(tmp_path / "last_model.pth"), "--out-dir",
+                   str(tmp_path / "out"), "--epochs", "3"])  # fmt: skip
+
+    with pytest.raises(UserError, match=(
+        rf"--resume {re.escape(str(tmp_path))}/last_model.pth continues its run with --cache-dir "
+        r".*file/cache, which is not a folder here and cannot be made \(.*\): pass --cache-dir DIR"
+    )):  # fmt: skip
+        resume(blocker / "cache")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_one_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        resume(tmp_path / "elsewhere" / "cache")
+    assert (tmp_path / "elsewhere" / "cache").is_dir()
+    assert (
+        f"--resume {tmp_path / 'last_model.pth'} continues its run with --cache-dir "
+        f"{tmp_path / 'elsewhere' / 'cache'}, which was not a folder here: made it"
+    ) in caplog.text
