@@ -673,10 +673,14 @@ def _layout_advice(root: Path) -> str | None:
     return None
 
 
-def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list[Pair]]:
+def check_dataset(
+    root: Path, classes: ClassConfig, splits=SPLITS, kept_classes: str | None = None
+) -> dict[str, list[Pair]]:
     """Check a whole dataset before training and return its pairs per split.
 
     Every image and mask is decoded once; all problems are collected and raised together.
+    ``kept_classes`` says why --config cannot change ``classes`` where they are a checkpoint's
+    ("a resumed run keeps the classes of --resume CKPT"), for the advice of a warning.
 
     Raises:
         DatasetError: listing each problem with its file and reason.
@@ -718,7 +722,8 @@ def check_dataset(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, 
             instance_masks,
             root,
             classes.names[1],
-            _classes_hint(root, classes),
+            _classes_hint(root, classes)
+            + (f" to train a new model ({kept_classes})" if kept_classes else ""),
         )
     _check_classes_present(root, classes, pixels)
     _warn_of_identical_images(root, pairs_by_split)

@@ -356,7 +356,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 else "",
             )
     # Check the data before loading the backbone, which may mean a download.
-    pairs = checked_pairs(resolve_data(args), classes)
+    kept = f"a resumed run keeps the classes of --resume {args.resume}" if args.resume else None
+    pairs = checked_pairs(resolve_data(args), classes, kept_classes=kept)
     # every process has the same share (DistributedSampler pads), so rank 0's answer is theirs
     train_share = math.ceil(len(pairs["train"]) / world)
     check_on_main_process(lambda: check_batch_statistics(args.batch, train_share, imgsz))
@@ -739,14 +740,17 @@ def remove_outputs(files: list[Path], out_dir: Path) -> None:
         folder.rmdir()
 
 
-def checked_pairs(root: Path, classes: ClassConfig, splits=SPLITS) -> dict[str, list]:
-    """check_dataset's pairs per split, checked by rank 0 alone, so that its problems and
-    warnings are said once; under torchrun every other process then looks for those files.
+def checked_pairs(
+    root: Path, classes: ClassConfig, splits=SPLITS, kept_classes: str | None = None
+) -> dict[str, list]:
+    """check_dataset's pairs per split (``kept_classes`` as it takes it), checked by rank 0
+    alone, so that its problems and warnings are said once; under torchrun every other process
+    then looks for those files.
 
     On several machines each reads its own copy of --data: one missing there (a copy not made,
     or not finished) would have failed at its first batch as a file changed during training.
     """
-    pairs = on_main_process(lambda: check_dataset(root, classes, splits))
+    pairs = on_main_process(lambda: check_dataset(root, classes, splits, kept_classes))
     missing = []
     if not is_main_process():  # rank 0 has just read every one of them
         missing = [str(p) for split in pairs.values() for pair in split for p in pair]
@@ -1265,7 +1269,8 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     # decided by rank 0, so that a recorded --data that is gone is said once; a machine that
     # lacks the dataset is then named by checked_pairs
     args.data = on_main_process(lambda: data_to_score(args, ckpt, path))
-    pairs = checked_pairs(resolve_data(args), classes, splits=("valid",))["valid"]
+    kept = f"--eval-only scores {path} with the classes it was trained with"
+    pairs = checked_pairs(resolve_data(args), classes, ("valid",), kept)["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
     loader = make_loader(dataset, args, device, False, rank, world)
     try:

@@ -1424,3 +1424,36 @@ def test_an_older_checkpoints_relative_data_is_named_when_it_is_not_here(
     argv = ["--resume", "last_model.pth", "--out-dir", "out", "--epochs", "3"]
     with pytest.raises(UserError, match=r"continues its run on --data data/mine, which is not a "):
         run_train(argv)
+
+
+def test_the_instance_id_warning_of_a_checkpoints_classes_says_to_train_a_new_model(
+    checkpoint, fresh_data, tmp_path, monkeypatch, caplog
+):
+    """Masks read as instance ids: the warning said to pass --config, which a resumed run and
+    --eval-only ignore, keeping the checkpoint's classes."""
+    for split in ("train", "valid"):
+        for path in sorted((fresh_data / f"{split}_masks").iterdir()):
+            mask = np.asarray(Image.open(path)).copy()
+            mask[-4:] = 2  # class ids of a third class
+            Image.fromarray(mask).save(path)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_one_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(["--resume", str(checkpoint.parent / "last_model.pth"), "--data",
+                   str(fresh_data), "--out-dir", str(tmp_path / "out"),
+                   "--epochs", "3"])  # fmt: skip
+    assert "read as instance ids" in caplog.text
+    assert (
+        "pass it with --config to train a new model (a resumed run keeps the classes of --resume "
+        f"{checkpoint.parent / 'last_model.pth'})"
+    ) in caplog.text
+    caplog.clear()
+    run_train(["--eval-only", "--model", str(checkpoint), "--data", str(fresh_data), "--out-dir",
+               str(tmp_path / "eval"), "--workers", "0"])  # fmt: skip
+    assert (
+        f"pass it with --config to train a new model (--eval-only scores {checkpoint} with the "
+        "classes it was trained with)"
+    ) in caplog.text
