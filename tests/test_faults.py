@@ -730,6 +730,32 @@ def test_a_resume_from_an_earlier_epoch_keeps_no_best_checkpoint_of_the_course_i
         assert ckpt["epoch"] == 1 and ckpt["metrics"][key] == best(r[key] for r in rows)
 
 
+def test_a_resume_from_an_epoch_that_is_not_the_best_names_the_best_checkpoint_it_leaves(
+    tmp_path, caplog
+):
+    # Epoch 2 resumed, the best mIoU that of epoch 1 and the best loss its own; the folder's
+    # best checkpoints hold epoch 3 of the course trained again. best_model_loss.pth gets epoch
+    # 2 back; epoch 1 is in no file here, so best_model_iou.pth stays, named, until an epoch
+    # beats epoch 1's mIoU.
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.save({"epoch": 3, "course": "replaced"}, out / "best_model_iou.pth")
+    torch.save({"epoch": 3, "course": "replaced"}, out / "best_model_loss.pth")
+    torch.save({"epoch": 2, "course": "resumed"}, tmp_path / "epoch2.pth")
+    ckpt = {"metrics": {"valid_miou": 0.5, "valid_loss": 0.2}, "best_miou": 0.6,
+            "best_loss": 0.2}  # fmt: skip
+    args = argparse.Namespace(out_dir=out, resume=tmp_path / "epoch2.pth")
+    train.restore_best(args, ckpt, start=3)
+    assert torch.load(out / "best_model_loss.pth", weights_only=True)["course"] == "resumed"
+    assert torch.load(out / "best_model_iou.pth", weights_only=True)["course"] == "replaced"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        f"{out / 'best_model_iou.pth'} holds epoch 3 of the course this run trains again from "
+        "epoch 3 (its scores are not metrics.csv's): it stays until an epoch beats the best "
+        "before epoch 3; move it away to keep it"
+    ]
+
+
 def test_a_checkpoint_write_that_fails_midway_keeps_the_old_file(tmp_path, monkeypatch):
     model = Segmentor(load_backbone("dinov2_vits14", "timm", None, layers=1), 2)
     dest = tmp_path / "last_model.pth"
