@@ -213,12 +213,19 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
     shared = sorted(set(stems_of["train"]) & set(stems_of["valid"]))
     if problem := in_both(shared, lists / "train.txt", lists / "val.txt"):
         raise UserError(problem[0])
+    splits: dict[str, list[Pair]] = {}
     for split, listed in (("train", "train.txt"), ("valid", "val.txt")):
+        splits[split] = []
         for stem in stems_of[split]:
             image = root / "JPEGImages" / f"{stem}.jpg"
             mask = root / "SegmentationClass" / f"{stem}.png"
             if not image.is_file() or not mask.is_file():
                 raise UserError(f"{listed} names {stem}, but {image} or {mask} is missing")
+            splits[split].append((image, mask))
+    if problem := copies_across(images_of(splits), lists / "train.txt", lists / "val.txt"):
+        raise UserError(problem[0])
+    for split, pairs in splits.items():
+        for image, mask in pairs:
             write_pair(out, split, image.name, image.read_bytes(), lut[read_voc_mask(mask)])
 
 
@@ -242,17 +249,22 @@ def in_both(shared: list[str], train: Path, valid: Path) -> list[str]:
     ]
 
 
-def copies_across(splits: dict[str, list[Pair]], train: Path, valid: Path) -> list[str]:
-    """The problem of the valid images whose file repeats a train image's byte for byte, under
-    its name or another (identical_images; none: no problem).
+def images_of(splits: dict[str, list[Pair]]) -> dict[str, list[Path]]:
+    """The image files of each split's (image, mask) pairs."""
+    return {split: [image for image, _ in pairs] for split, pairs in splits.items()}
 
-    The splits come from the folders ``train`` and ``valid`` (in_both's problem, naming each
-    copy as "train name = valid name", or by its one name), or from one folder split by the
-    importer, ``train`` and ``valid`` alike. One file in both splits (a CVAT item in both subset
-    lists) is left to in_both, which the importer calls with the lists.
+
+def copies_across(images: dict[str, list[Path]], train: Path, valid: Path) -> list[str]:
+    """The problem of the valid ``images`` (files by split) whose bytes repeat a train image's,
+    under its name or another (identical_images; none: no problem).
+
+    The splits come from the folders or list files ``train`` and ``valid`` (in_both's problem,
+    naming each copy as "train name = valid name", or by its one name), or from one folder split
+    by the importer, ``train`` and ``valid`` alike. One file in both splits (a CVAT item in both
+    subset lists) is left to in_both, which the importer calls with the lists.
     """
-    images = ([image for image, _ in splits.get(split, [])] for split in ("train", "valid"))
-    pairs = [(t, v) for t, v in identical_images(*images) if t != v]
+    found = identical_images(*(images.get(split, []) for split in ("train", "valid")))
+    pairs = [(t, v) for t, v in found if t != v]
     if not pairs:
         return []
     if train != valid:
@@ -326,6 +338,12 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
         (img for img in data["images"] if img["id"] in anns), key=lambda i: i["file_name"]
     )
     files, names = _coco_file_names(annotations, kept)
+    # checked before any is written (a missing file matches none; the loop names it)
+    sources = {split: [] for split in SPLITS}
+    for position, img in enumerate(kept):
+        sources[split_of(position, every)].append(images / files[img["id"]])
+    if problem := copies_across(sources, images, images):
+        raise UserError(problem[0])
     drawn = 0  # annotations with a mask: an export of boxes alone has "segmentation": []
     for position, img in enumerate(kept):
         mask, masked = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
@@ -518,7 +536,7 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
         problems += found
         if not splits[split] and not found:
             problems.append(f"{root / f'{split}_images'}: no images")
-    problems += copies_across(splits, root / "train_images", root / "valid_images")
+    problems += copies_across(images_of(splits), root / "train_images", root / "valid_images")
     kinds = dict.fromkeys(("0/255", "other", "0/1"), 0)
     foreground = 0  # pixels of 128 and more
     for split, pairs in splits.items():
@@ -643,7 +661,7 @@ def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) ->
     if not problems:
         check_valid_every(len(pairs), every, f"{args.images}: {len(pairs)} image(s) with a mask")
     splits = every_nth(pairs, every)
-    problems += copies_across(splits, args.images, args.images)
+    problems += copies_across(images_of(splits), args.images, args.images)
     return convert_pairs(args.images, splits, problems, classes, out)
 
 
@@ -726,7 +744,7 @@ def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, i
         elif not splits[split] and not found:
             found = [f"{root / folder}: no image with its NAME_mask.png"]
         problems += found
-    problems += copies_across(splits, root / "train", root / "valid")
+    problems += copies_across(images_of(splits), root / "train", root / "valid")
     kinds = convert_pairs(root, splits, problems, classes, out)
     test = root / "test"
     files = _suffixed_files(test, "_mask") if test.is_dir() else []
@@ -879,7 +897,7 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
             "unlisted": sum(i not in listed for i in items),
             "lists": " nor ".join(path.name for path, _ in subsets.values()),
         }
-    problems += copies_across(splits, images_dir, images_dir)
+    problems += copies_across(images_of(splits), images_dir, images_dir)
     kinds = convert_pairs(root, splits, problems, classes, out, names)
     return {**kinds, "unannotated": len(images) - len(items), **unlisted}
 

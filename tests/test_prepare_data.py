@@ -80,7 +80,8 @@ def coco_fixture(root):
     (root / "images").mkdir(parents=True)
     images, anns = [], []
     for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg"], start=1):
-        Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / "images" / name)
+        # apart byte for byte: the importer refuses a copy of a train image in valid
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(root / "images" / name)
         images.append({"id": i, "file_name": name, "height": 40, "width": 50})
     small = np.zeros((40, 50), np.uint8, order="F")
     small[10:15, 10:15] = 1
@@ -133,7 +134,8 @@ def test_coco_with_more_classes_than_voc_has_colours(tmp_path):
     names = [f"c{i}" for i in range(21)]  # 22 classes with background; COCO has 80
     images, anns = [], []
     for i in range(2):
-        Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
+        image = np.full((30, 30, 3), 100 * i, np.uint8)  # apart: no copy across the splits
+        Image.fromarray(image).save(tmp_path / "images" / f"{i}.jpg")
         images.append({"id": i, "file_name": f"{i}.jpg", "height": 30, "width": 30})
         anns.append({"id": i, "image_id": i, "category_id": 20, "area": 64, "iscrowd": 0,
                      "segmentation": [[1, 1, 9, 1, 9, 9, 1, 9]]})  # fmt: skip
@@ -1180,6 +1182,29 @@ def test_importers_refuse_a_train_image_copied_into_valid_under_another_name(tmp
     shutil.copy(binary / "train_masks/train2.png", binary / "valid_masks/v9.png")
     with pytest.raises(UserError, match=r"1 item\(s\) are in both .*: train2\.jpg = v9\.jpg;"):
         run("binary", "--root", str(binary), "--out", str(tmp_path / "binary_01"))
+
+
+def test_voc_and_coco_refuse_a_train_image_copied_into_valid_under_another_name(tmp_path):
+    root = voc_fixture(tmp_path / "VOC2012")
+    jpegs = root / "JPEGImages"
+    shutil.copy(jpegs / "2007_000000.jpg", jpegs / "2007_000002.jpg")  # val.txt's image
+    with pytest.raises(
+        UserError,
+        match=r"1 item\(s\) are in both \S*train\.txt and \S*val\.txt: 2007_000000\.jpg = "
+        r"2007_000002\.jpg; .*remove each from one of the two lists",
+    ):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "voc"))
+    ann = coco_fixture(tmp_path / "coco")  # --valid-every 2: a.jpg to train, b.jpg to valid
+    images = tmp_path / "coco/images"
+    shutil.copy(images / "a.jpg", images / "b.jpg")
+    with pytest.raises(
+        UserError,
+        match=r"1 pair\(s\) of files in \S*images are identical, byte for byte, and would go "
+        r"one to train and one to valid \(train = valid\): a\.jpg = b\.jpg; .*delete one",
+    ):
+        run("coco", "--annotations", str(ann), "--images", str(images),
+            "--out", str(tmp_path / "coco_out"), "--valid-every", "2")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012", "coco"]
 
 
 def test_folder_refuses_copies_its_split_would_put_in_train_and_in_valid(tmp_path):
