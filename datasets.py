@@ -37,7 +37,7 @@ from config import (
     ClassConfig,
     read_yaml,
 )
-from utils import UserError, network_timeout, temp_folder, write_image
+from utils import UserError, network_timeout, new_folder, temp_folder, write_image
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -1054,9 +1054,8 @@ def write_pair(folder: Path, split: str, name: str, image_bytes: bytes, mask: np
 def download_penn_fudan(data_dir: Path) -> None:
     """Download the Penn-Fudan pedestrian zip and convert it into ``data_dir``."""
     data_dir = Path(data_dir)
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading Penn-Fudan (%s) into %s", PENN_FUDAN_URL, data_dir)
-    with tempfile.TemporaryDirectory(dir=data_dir.parent) as tmp:
+    with new_folder(data_dir.parent), tempfile.TemporaryDirectory(dir=data_dir.parent) as tmp:
         zip_path = Path(tmp) / "PennFudanPed.zip"
         try:
             with network_timeout():
@@ -1102,24 +1101,24 @@ def convert_penn_fudan(zip_path: Path, out_dir: Path) -> dict[str, int]:
             raise UserError(
                 f"{zip_path}: {len(missing)} images have no PedMasks/*_mask.png, e.g. {missing[0]}"
             )
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_folder(out_dir)
-        try:
-            counts = dict.fromkeys(SPLITS, 0)
-            for i, name in enumerate(images):
-                split = split_of(i, 5)
-                stem = Path(name).stem
-                try:
-                    with zf.open(masks[f"{stem}_mask.png"]) as f:
-                        instances = np.asarray(Image.open(f))
-                except (OSError, ValueError, zipfile.BadZipFile) as err:
-                    raise UserError(
-                        f"{zip_path}: {masks[f'{stem}_mask.png']} is unreadable or corrupt "
-                        f"({err}); download the zip again"
-                    ) from err
-                write_pair(tmp, split, f"{stem}.png", zf.read(name), instances > 0)
-                counts[split] += 1
-            tmp.rename(out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with new_folder(out_dir.parent):
+            tmp = temp_folder(out_dir)
+            try:
+                counts = dict.fromkeys(SPLITS, 0)
+                for i, name in enumerate(images):
+                    split = split_of(i, 5)
+                    stem = Path(name).stem
+                    try:
+                        with zf.open(masks[f"{stem}_mask.png"]) as f:
+                            instances = np.asarray(Image.open(f))
+                    except (OSError, ValueError, zipfile.BadZipFile) as err:
+                        raise UserError(
+                            f"{zip_path}: {masks[f'{stem}_mask.png']} is unreadable or corrupt "
+                            f"({err}); download the zip again"
+                        ) from err
+                    write_pair(tmp, split, f"{stem}.png", zf.read(name), instances > 0)
+                    counts[split] += 1
+                tmp.rename(out_dir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return counts

@@ -48,6 +48,7 @@ from utils import (
     atomic_path,
     check_utf8,
     check_writable,
+    existing_parent,
     opencv_threads_for,
     pick_device,
     prefetch,
@@ -544,7 +545,9 @@ def output_path(source: VideoSource, spec: str, out_dir: Path) -> Path:
     check_writable(out_dir, needed_bytes=2**20)
     out_path = out_dir / f"{source.name}.mp4"
     # A name without an extension may fill NAME_MAX (POSIX, in bytes) before ".mp4" is added
-    limit = os.pathconf(out_dir, "PC_NAME_MAX") if hasattr(os, "pathconf") else None
+    # (asked of the folder it will be made in, where check_writable left it to the output)
+    base = existing_parent(out_dir)
+    limit = os.pathconf(base, "PC_NAME_MAX") if hasattr(os, "pathconf") else None
     if limit and len(out_path.name.encode()) > limit:
         raise UserError(
             f"--input {spec}: its output, {out_path.name}, would have a name longer than the "

@@ -40,6 +40,7 @@ from utils import (
     check_int8_cpu,
     check_utf8,
     network_timeout,
+    new_folder,
     run_script,
     torch_save,
     torch_version,
@@ -136,8 +137,7 @@ def download_official_weights(backbone: str, path: Path) -> None:
     url = official_weights_url(backbone)
     log.info("downloading %s to %s", url, path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with network_timeout():
+        with new_folder(path.parent), network_timeout():
             torch.hub.download_url_to_file(url, str(path))
     except OSError as err:  # URLError and HTTPError included
         raise UserError(

@@ -57,7 +57,7 @@ from datasets import (
     split_of,
     write_pair,
 )
-from utils import UserError, run_script, temp_folder, within
+from utils import UserError, new_folder, run_script, temp_folder, within
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -165,29 +165,30 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         kind = "not empty" if out.is_dir() else "a file"
         raise UserError(f"--out {out} is {kind}; pass --force to replace it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        holder = temp_folder(out)
-    except OSError as err:
-        raise UserError(
-            f"--out {out} cannot be created: {err.strerror or err} (a file on its path, or a "
-            "read-only folder?); choose another --out"
-        ) from err
-    try:
-        yield holder / "data"
-        # Two renames, not a deletion then a rename: until the new folder is in place the old
-        # one is only moved aside, and comes back if that fails or Ctrl-C arrives.
-        old = holder / "old"
-        if out.exists() or out.is_symlink():
-            out.rename(old)
+    with contextlib.ExitStack() as parents:  # --out's parents it makes go if the block fails
         try:
-            (holder / "data").rename(out)
-        except BaseException:
-            if old.exists() or old.is_symlink():
-                old.rename(out)
-            raise
-    finally:
-        shutil.rmtree(holder, ignore_errors=True)
+            parents.enter_context(new_folder(out.parent))
+            holder = temp_folder(out)
+        except OSError as err:
+            raise UserError(
+                f"--out {out} cannot be created: {err.strerror or err} (a file on its path, or a "
+                "read-only folder?); choose another --out"
+            ) from err
+        try:
+            yield holder / "data"
+            # Two renames, not a deletion then a rename: until the new folder is in place the old
+            # one is only moved aside, and comes back if that fails or Ctrl-C arrives.
+            old = holder / "old"
+            if out.exists() or out.is_symlink():
+                out.rename(old)
+            try:
+                (holder / "data").rename(out)
+            except BaseException:
+                if old.exists() or old.is_symlink():
+                    old.rename(out)
+                raise
+        finally:
+            shutil.rmtree(holder, ignore_errors=True)
 
 
 def convert_voc(root: Path, out: Path, classes: list[str]) -> None:

@@ -88,6 +88,7 @@ from utils import (
     broadcast_buffers,
     check_on_main_process,
     check_writable,
+    existing_parent,
     gather_objects,
     is_main_process,
     leave_distributed,
@@ -887,7 +888,9 @@ def make_datasets(
             todo = len(cache.missing(pairs["train"], views) + cache.missing(pairs["valid"]))
             needed, purpose = todo * cache.file_bytes(), "the cache"
             check_writable(folder, 0, "--cache-dir", purpose)
-            if folder.stat().st_dev == args.out_dir.stat().st_dev:  # one disk for both
+            # (a folder not made yet, made by its first file: on its parent's disk)
+            disks = {existing_parent(f).stat().st_dev for f in (folder, args.out_dir)}
+            if len(disks) == 1:  # one disk for both
                 needed += checkpoint_space(model, args.out_dir)
                 purpose = "the cache and the checkpoints of --out-dir"
             check_writable(folder, needed, "--cache-dir", purpose)

@@ -221,6 +221,24 @@ def _settle(file: Path) -> None:
 
 
 @contextlib.contextmanager
+def new_folder(folder: Path) -> Iterator[None]:
+    """Create ``folder`` and its missing parents for the block; if the block fails, remove
+    those it created that are still empty, so that a failed run leaves no empty folders."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # the deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for p in missing:
+            try:
+                p.rmdir()
+            except OSError:  # written into meanwhile (by another run, another process): kept
+                break
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(dest: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; it replaces ``dest`` only if the block succeeds.
 
@@ -228,16 +246,16 @@ def atomic_path(dest: Path, suffix: str = ".tmp") -> Iterator[Path]:
     ends the temporary name, for writers that choose the format from it (VideoWriter).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=suffix, dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        _settle(tmp)  # mkstemp made it private (0600)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with new_folder(dest.parent):
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=suffix, dir=dest.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            yield tmp
+            _settle(tmp)  # mkstemp made it private (0600)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -250,38 +268,56 @@ def atomic_files(dest: Path) -> Iterator[Path]:
     appears before the files it refers to.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name), suffix=".tmp", dir=dest.parent))
-    try:
-        yield folder / dest.name
-        files = sorted(folder.iterdir(), key=lambda f: f.name == dest.name)
-        for file in files:
-            _settle(file)  # some writers (ONNX's external data) create their files private
-        for file in files:
-            os.replace(file, dest.parent / file.name)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with new_folder(dest.parent):
+        prefix = temp_prefix(dest.name)
+        folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=dest.parent))
+        try:
+            yield folder / dest.name
+            files = sorted(folder.iterdir(), key=lambda f: f.name == dest.name)
+            for file in files:
+                _settle(file)  # some writers (ONNX's external data) create their files private
+            for file in files:
+                os.replace(file, dest.parent / file.name)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_writable(
     folder: Path, needed_bytes: int, flag: str = "--out-dir", purpose: str = "its outputs"
 ) -> None:
-    """Fail before any work if ``folder`` cannot be written or lacks ``needed_bytes`` of space."""
-    if folder.exists() and not folder.is_dir():  # mkdir would only say "File exists"
-        raise UserError(f"{flag} {folder} is not writable: it is a file, not a folder")
+    """Fail before any work if ``folder`` cannot be written or lacks ``needed_bytes`` of space.
+
+    A missing ``folder`` is not created here, but only by the first file written into it
+    (atomic_path), so that a run that stops before then leaves no empty folder: its nearest
+    existing parent, where it would be created, is checked instead.
+    """
+    base = existing_parent(folder)
+    if not base.exists():  # a broken link, where mkdir would only say "File exists"
+        raise UserError(f"{flag} {folder} is not writable: {base} is a link to nothing")
+    if not base.is_dir():
+        what = "it" if base == Path(folder).absolute() else str(base)
+        raise UserError(f"{flag} {folder} is not writable: {what} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+        with tempfile.NamedTemporaryFile(dir=base, prefix=".write-check-"):
             pass
     except OSError as err:
         raise UserError(f"{flag} {folder} is not writable: {err.strerror or err}") from err
-    free = shutil.disk_usage(folder).free
+    free = shutil.disk_usage(base).free
     if free < needed_bytes:
         raise UserError(
             f"{flag} {folder} has {free / 2**20:.0f} MB free, but this run needs about "
             f"{needed_bytes / 2**20:.0f} MB for {purpose}; free some space or choose "
             "another folder"
         )
+
+
+def existing_parent(path: Path) -> Path:
+    """``path`` (made absolute) if it exists, else its nearest parent that does, or the first
+    broken link on the way up (a link to nothing, which no folder can be created at)."""
+    path = Path(path).absolute()
+    while not path.exists() and not path.is_symlink() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def check_utf8(path, flag: str, reader: str, remedy: str) -> None:

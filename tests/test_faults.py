@@ -356,7 +356,8 @@ def test_the_checkpoints_space_check_covers_the_peak_and_counts_the_files_it_rep
     asked, peak = [], [0]
 
     def pth_bytes() -> int:  # the checkpoints and their temporary copies
-        return sum(f.stat().st_size for f in out.iterdir() if ".pth" in f.name)
+        # (glob: --out-dir is made by the run's first file, after the first check)
+        return sum(f.stat().st_size for f in out.glob("*") if ".pth" in f.name)
 
     real_check, real_save = train.check_writable, utils.torch_save
 
@@ -1172,3 +1173,55 @@ def test_a_stop_while_a_later_epoch_is_saved_names_its_best_checkpoints(tmp_path
         f"best_model_iou.pth in {tmp_path} holds epoch 3, but its last_model.pth was not "
         f"written. {last} holds epoch 2; continue with --resume {last} --out-dir {tmp_path}."
     )
+
+
+def test_failed_runs_leave_no_folders_they_made_behind(tmp_path, checkpoint, monkeypatch):
+    """A run that fails after its checks passed (offline, a missing model, a graph that does not
+    convert, a dataset with a problem) left its output folder, and train.py its data/, behind
+    empty."""
+    import export
+    import infer_image
+    import infer_video
+    import prepare_data
+    from synthetic import write_clip
+
+    def offline(*args, **kwargs):
+        raise datasets.URLError("no network")
+
+    def cannot_convert(*args):
+        raise RuntimeError("Unsupported: aten::_some_op")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(export, "export", cannot_convert)
+    monkeypatch.chdir(tmp_path)
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    (tmp_path / "images").mkdir()
+    shutil.copy(clip, tmp_path / "images" / "not_an_image.png")
+    new, gone = tmp_path / "new", str(tmp_path / "gone.pth")
+    runs = {
+        "could not download Penn-Fudan": lambda: run_train(["--out-dir", str(new / "out")]),
+        "checkpoint .*gone.pth": lambda: infer_image.main(
+            infer_image.get_args_parser().parse_args(
+                ["--input", "images", "--model", gone, "--out-dir", str(new / "out")]
+            )
+        ),
+        "gone.pth": lambda: infer_video.main(
+            infer_video.get_args_parser().parse_args(
+                ["--input", str(clip), "--model", gone, "--out-dir", str(new / "out")]
+            )
+        ),
+        "ONNX export failed": lambda: export.main(
+            export.get_args_parser().parse_args(
+                ["--model", str(checkpoint), "--output", str(new / "out" / "m.onnx")]
+            )
+        ),
+        "ImageSets.*train.txt is missing": lambda: prepare_data.main(
+            prepare_data.get_args_parser().parse_args(
+                ["voc", "--root", "images", "--out", str(new / "out" / "voc")]
+            )
+        ),
+    }
+    for message, run in runs.items():
+        with pytest.raises(UserError, match=message):
+            run()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "images"], message

@@ -337,12 +337,12 @@ def test_a_resume_with_nothing_to_do_writes_nothing(tmp_path, fresh_data, weight
     # another --out-dir got A's best checkpoints alone, without last_model.pth or metrics.csv,
     # and the report called it the run's outputs
     run_train([*args, "--out-dir", str(second), "--resume", str(first / "last_model.pth")])
-    assert not list(second.iterdir())
+    assert not second.exists()
     assert "outputs in" not in capsys.readouterr().out
     # the features of a run with no epoch left were computed, and written into B/feature_cache
     run_train([*args, "--out-dir", str(second), "--resume", str(first / "last_model.pth"),
                "--cache-features", "disk"])  # fmt: skip
-    assert not list(second.iterdir())
+    assert not second.exists()
 
 
 def test_a_run_resumed_into_another_out_dir_holds_its_best_model_and_history(
