@@ -64,7 +64,7 @@ VOC_CLASSES = (
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )  # fmt: skip
-VALID_EVERY = 5  # --valid-every's default
+VALID_EVERY = 5  # --valid-every's default (valid_every)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -79,8 +79,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         flags.add_argument(
             "--valid-every",
             type=int,
-            default=VALID_EVERY,
-            help=f"every Nth image goes to valid{when}, N at least 2 (default %(default)s)",
+            # None where not given, so that cvat tells any use apart, --valid-every 5 too
+            help=f"every Nth image goes to valid{when}, N at least 2 (default {VALID_EVERY})",
         )
         return flags
 
@@ -646,7 +646,7 @@ def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) ->
     """A folder of images and one of masks, split by name: sorted by image stem, every
     ``--valid-every``-th pair goes to valid, the rest to train."""
     pairs, problems = suffix_pairs(args.images, args.masks, args.mask_suffix)
-    every = args.valid_every
+    every = valid_every(args)
     entries = list(args.images.iterdir()) if not pairs and args.images.is_dir() else []
     entries = [p for p in entries if not p.name.startswith(".")]  # skipped, as suffix_pairs does
     folders = sorted(f"{p.name}/" for p in entries if p.is_dir())
@@ -664,6 +664,11 @@ def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) ->
     splits = every_nth(pairs, every)
     problems += copies_across(images_of(splits), args.images, args.images)
     return convert_pairs(args.images, splits, problems, classes, out)
+
+
+def valid_every(args: argparse.Namespace) -> int:
+    """--valid-every, or VALID_EVERY where it was not given."""
+    return VALID_EVERY if args.valid_every is None else args.valid_every
 
 
 def check_valid_every(count: int, every: int, where: str) -> None:
@@ -866,8 +871,7 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
         for ids in _stem_clashes([(i, names[images[i]]) for i in items])
     ]
     subsets = _cvat_subsets(root)
-    if subsets is not None and args.valid_every != VALID_EVERY:
-        # (the default is not told apart from --valid-every 5, which does nothing here either)
+    if subsets is not None and args.valid_every is not None:
         raise UserError(
             f"--valid-every {args.valid_every} splits an export without subsets, but {root} has "
             f"its own: {subsets['train'][0].name} and {subsets['valid'][0].name} are the splits. "
@@ -877,9 +881,9 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
     if subsets is None:
         if not problems:
             check_valid_every(
-                len(items), args.valid_every, f"{root}: {len(items)} annotated image(s)"
+                len(items), valid_every(args), f"{root}: {len(items)} annotated image(s)"
             )
-        splits = every_nth([(images[i], masks[i]) for i in items], args.valid_every)
+        splits = every_nth([(images[i], masks[i]) for i in items], valid_every(args))
     else:
         splits = {s: [(images[i], masks[i]) for i in items if i in subsets[s][1]] for s in SPLITS}
         # among the annotated items: only those are copied
@@ -952,7 +956,7 @@ IMPORTERS = {
     "coco": Importer(
         ("annotations", "images"),
         lambda args, out, _: convert_coco(
-            args.annotations, args.images, out, args.classes, args.valid_every
+            args.annotations, args.images, out, args.classes, valid_every(args)
         ),
     ),
     "binary": Importer(("root",), lambda args, out, _: convert_binary(args.root, out)),
@@ -1056,7 +1060,7 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
 
 
 def main(args: argparse.Namespace) -> None:
-    if getattr(args, "valid_every", 2) < 2:
+    if getattr(args, "valid_every", None) is not None and args.valid_every < 2:
         raise UserError("--valid-every must be at least 2")
     if args.dataset == "binary" and not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")

@@ -1024,9 +1024,14 @@ def test_cvat_valid_every_is_refused_where_the_export_has_its_own_splits(tmp_pat
     lists = {"Train": ["f0", "f1", "f2"], "Validation": ["f3", "sub/f4"]}
     root = cvat_fixture(tmp_path / "export", lists=lists, unannotated=())
     out = tmp_path / "data"
-    with pytest.raises(UserError, match=r"--valid-every .*Train\.txt and Validation\.txt"):
-        run("cvat", "--root", str(root), "--out", str(out), "--valid-every", "2")
-    assert not out.exists()
+    for every in ("2", "5"):  # the default's value too: given, it is as unused
+        with pytest.raises(
+            UserError, match=rf"--valid-every {every} .*Train\.txt and Validation\.txt"
+        ):
+            run("cvat", "--root", str(root), "--out", str(out), "--valid-every", every)
+        assert not out.exists()
+    run("cvat", "--root", str(root), "--out", str(out))
+    assert len(list((out / "valid_images").iterdir())) == 2
 
 
 def test_cvat_subset_lists_saved_by_a_text_editor_are_read(tmp_path):
