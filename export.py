@@ -56,6 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=float,
         default=1e-3,
+        metavar="DIFF",
         help="largest allowed |ONNX Runtime - PyTorch| logit (default %(default)g)",
     )
     parser.add_argument(

@@ -58,7 +58,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         parents=[inference_flags(DEFAULT_OUT_DIR / "inference_results_image"), runtime_flags()],
     )
     parser.add_argument(
-        "--input", type=nonempty, required=True, help="an image file, a folder, or a glob"
+        "--input",
+        type=nonempty,
+        required=True,
+        metavar="PATH",
+        help="an image file, a folder, or a glob",
     )
     return parser
 

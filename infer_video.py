@@ -75,6 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--input",
         type=nonempty,
         required=True,
+        metavar="SOURCE",
         help="a video file, a camera index such as 0, a camera device such as /dev/video0, or "
         "a stream address such as rtsp://HOST/PATH",
     )

@@ -70,7 +70,9 @@ VALID_EVERY = 5  # --valid-every's default (valid_every)
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", type=path_arg, required=True, help="the dataset folder to create")
+    common.add_argument(
+        "--out", type=path_arg, required=True, metavar="DIR", help="the dataset folder to create"
+    )
     common.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     def splitting(when: str = "") -> argparse.ArgumentParser:
@@ -79,6 +81,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         flags.add_argument(
             "--valid-every",
             type=int,
+            metavar="N",
             # None where not given, so that cvat tells any use apart, --valid-every 5 too
             help=f"every Nth image goes to valid{when}, N at least 2 (default {VALID_EVERY})",
         )
@@ -86,9 +89,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     sub = parser.add_subparsers(dest="dataset", required=True)
     penn = sub.add_parser("pennfudan", parents=[common], help="the Penn-Fudan pedestrian zip")
-    penn.add_argument("--zip", type=path_arg, required=True, help="PennFudanPed.zip")
+    penn.add_argument(
+        "--zip", type=path_arg, required=True, metavar="FILE", help="PennFudanPed.zip"
+    )
     voc = sub.add_parser("voc", parents=[common], help="PASCAL VOC 2012 segmentation")
-    voc.add_argument("--root", type=path_arg, required=True, help="VOCdevkit/VOC2012")
+    voc.add_argument(
+        "--root", type=path_arg, required=True, metavar="DIR", help="VOCdevkit/VOC2012"
+    )
     voc.add_argument(
         "--classes",
         nargs="+",
@@ -99,10 +106,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     coco = sub.add_parser(
         "coco", parents=[common, splitting()], help="COCO-format instance annotations"
     )
-    coco.add_argument("--annotations", type=path_arg, required=True, help="instances_*.json")
-    coco.add_argument("--images", type=path_arg, required=True, help="the folder of its images")
     coco.add_argument(
-        "--classes", nargs="+", default=["person"], help="category names to keep (default person)"
+        "--annotations", type=path_arg, required=True, metavar="FILE", help="instances_*.json"
+    )
+    coco.add_argument(
+        "--images", type=path_arg, required=True, metavar="DIR", help="the folder of its images"
+    )
+    coco.add_argument(
+        "--classes",
+        nargs="+",
+        default=["person"],
+        metavar="NAME",
+        help="category names to keep (default person)",
     )
     binary = sub.add_parser(
         "binary", parents=[common], help="a dataset in our layout whose masks are 0/255 images"
@@ -111,11 +126,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--root",
         type=path_arg,
         required=True,
+        metavar="DIR",
         help="the folder with train_images/, train_masks/, valid_images/, valid_masks/",
     )
     binary.add_argument(
         "--name",
         type=nonempty,
+        metavar="NAME",
         default="person",
         help="the class that 255 marks (default %(default)s)",
     )
@@ -124,26 +141,41 @@ def get_args_parser() -> argparse.ArgumentParser:
         parents=[common, splitting()],
         help="one folder of images and one of masks, to split",
     )
-    folder.add_argument("--images", type=path_arg, required=True, help="the folder of images")
-    folder.add_argument("--masks", type=path_arg, required=True, help="the folder of masks")
     folder.add_argument(
-        "--mask-suffix", default="", help="what mask names add to their image's (x.jpg: x_mask.png)"
+        "--images", type=path_arg, required=True, metavar="DIR", help="the folder of images"
+    )
+    folder.add_argument(
+        "--masks", type=path_arg, required=True, metavar="DIR", help="the folder of masks"
+    )
+    folder.add_argument(
+        "--mask-suffix",
+        default="",
+        metavar="SUFFIX",
+        help="what mask names add to their image's (x.jpg: x_mask.png)",
     )
     named = folder.add_mutually_exclusive_group()
     named.add_argument(
         "--classes",
         nargs="+",
         default=["person"],
+        metavar="NAME",
         help="the names of class ids 1, 2, ... (default person)",
     )
     named.add_argument(
-        "--config", type=path_arg, help="a classes YAML (ALL_CLASSES...) for colour masks"
+        "--config",
+        type=path_arg,
+        metavar="FILE",
+        help="a classes YAML (ALL_CLASSES...) for colour masks",
     )
     roboflow = sub.add_parser(
         "roboflow", parents=[common], help="a Roboflow 'Semantic Segmentation Masks' export"
     )
     roboflow.add_argument(
-        "--root", type=path_arg, required=True, help="the folder with train/, valid/, test/"
+        "--root",
+        type=path_arg,
+        required=True,
+        metavar="DIR",
+        help="the folder with train/, valid/, test/",
     )
     cvat = sub.add_parser(
         "cvat",
@@ -154,6 +186,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--root",
         type=path_arg,
         required=True,
+        metavar="DIR",
         help="the folder with labelmap.txt, JPEGImages/, SegmentationClass/",
     )
     return parser

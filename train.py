@@ -182,7 +182,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="batch size per process (default %(default)s)",
     )
     optim.add_argument(
-        "--lr", type=float, default=1e-4, help="learning rate of the head (default %(default)g)"
+        "--lr",
+        type=float,
+        default=1e-4,
+        metavar="LR",
+        help="learning rate of the head (default %(default)g)",
     )
     optim.add_argument(
         "--weight-decay",

@@ -44,10 +44,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_imgsz_flag(parser, (644, 644), "input size (default 644 644)")
     add_device_flag(parser)
     add_amp_flag(parser)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (best is kept)")
+    parser.add_argument("--batch", type=int, default=1, metavar="N")
     parser.add_argument(
-        "--hub-dir", type=path_arg, default=None, help="a local clone of the hub code"
+        "--reps", type=int, default=3, metavar="N", help="timed repetitions (best is kept)"
+    )
+    parser.add_argument(
+        "--hub-dir",
+        type=path_arg,
+        default=None,
+        metavar="DIR",
+        help="a local clone of the hub code",
     )
     return parser
 

@@ -33,9 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_imgsz_flag(parser, (640, 640), "training size (default 640 640)")
-    parser.add_argument("--train", type=int, default=24, help="generated training images")
-    parser.add_argument("--valid", type=int, default=6, help="generated validation images")
-    parser.add_argument("--epochs", type=int, default=3, help="at least 2")
+    parser.add_argument(
+        "--train", type=int, default=24, metavar="N", help="generated training images"
+    )
+    parser.add_argument(
+        "--valid", type=int, default=6, metavar="N", help="generated validation images"
+    )
+    parser.add_argument("--epochs", type=int, default=3, metavar="N", help="at least 2")
     add_device_flag(parser)
     return parser
 

@@ -87,13 +87,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_device_flag(parser)
     add_amp_flag(parser)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--batch", type=int, default=1, help="frames per model call (fast path)")
-    parser.add_argument("--frames", type=int, default=16, help="length of the test video")
+    parser.add_argument(
+        "--batch", type=int, default=1, metavar="N", help="frames per model call (fast path)"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=16, metavar="N", help="length of the test video"
+    )
     parser.add_argument("--video-size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
     parser.add_argument(
-        "--model", type=path_arg, default=None, help="a checkpoint (default: random)"
+        "--model",
+        type=path_arg,
+        default=None,
+        metavar="CKPT",
+        help="a checkpoint (default: random)",
     )
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions of model-only runs")
+    parser.add_argument(
+        "--reps", type=int, default=3, metavar="N", help="timed repetitions of model-only runs"
+    )
     parser.add_argument(
         "--int8", action="store_true", help="CPU: the fast path with int8 linear layers, compiled"
     )

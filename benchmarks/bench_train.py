@@ -61,11 +61,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_imgsz_flag(parser, (640, 640), "training size (default 640 640)")
     add_device_flag(parser)
     parser.add_argument("--backbone", choices=list(BACKBONES), default="dinov2_vits14")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
-    parser.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
-    parser.add_argument("--backbone-lr", type=float, default=1e-5)
+    parser.add_argument("--batch", type=int, default=8, metavar="N")
+    parser.add_argument(
+        "--steps", type=int, default=5, metavar="N", help="timed training steps per run"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, metavar="N", help="untimed steps before them"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="head learning rate")
+    parser.add_argument("--backbone-lr", type=float, default=1e-5, metavar="LR")
     parser.add_argument(
         "--setups", nargs="+", choices=["frozen", "fine-tune"], default=["frozen", "fine-tune"]
     )
@@ -76,11 +80,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="precisions to run (default: every one the device supports)",
     )
-    parser.add_argument("--workers", type=int, default=4, help="data loader processes")
+    parser.add_argument("--workers", type=int, default=4, metavar="N", help="data loader processes")
     parser.add_argument(
         "--data-images",
         type=int,
         default=None,
+        metavar="N",
         help="generated images for the data pipeline (default: 2 batches per worker, at least 32)",
     )
     return parser

@@ -210,6 +210,25 @@ def test_every_help_states_the_default_of_its_flags():
     assert not unstated, f"--help does not give the default of {unstated}"
 
 
+def test_every_value_of_a_flag_has_a_placeholder_of_its_own():
+    """--help shows each flag's value as a placeholder chosen for it (N, DIR, FILE, W H, ...) or
+    as its choices, not as argparse's upper-cased dest (VALID_EVERY, ANNOTATIONS, TOLERANCE)."""
+    benchmarks = [f"benchmarks/{p.name}" for p in sorted((ROOT / "benchmarks").glob("*.py"))]
+    scripts = ["train.py", "infer_image.py", "infer_video.py", "export.py", "prepare_data.py"]
+    raw = []
+    for script in [*scripts, "model.py", *benchmarks]:
+        top = parser_of(script)
+        for parser in with_subparsers(top):
+            command = script + parser.prog.removeprefix(top.prog)
+            raw += [
+                f"{command} {action.option_strings[-1]}"
+                for action in parser._actions
+                if action.option_strings and action.nargs != 0 and action.choices is None
+                if action.metavar is None
+            ]
+    assert not raw, f"--help names the value of {raw} by its dest"
+
+
 def test_every_section_link_of_the_readme_has_its_heading():
     """Each ``](#anchor)`` link names a heading, by GitHub's anchors: lower case, punctuation
     dropped, spaces as hyphens (a heading renamed under its links fails here)."""
