@@ -277,16 +277,33 @@ def write_graphs(model: Segmentor, ckpt: dict, imgsz, args: argparse.Namespace) 
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         int8 = args.output.with_suffix(".int8.onnx")
+        root = logging.getLogger()  # where quantize_dynamic logs
         with atomic_files(int8) as staged:
-            quantize_dynamic(
-                str(args.output),
-                str(staged),
-                weight_type=QuantType.QInt8,
-                use_external_data_format=external,
-            )
+            root.addFilter(not_preprocessing_advice)
+            try:
+                quantize_dynamic(
+                    str(args.output),
+                    str(staged),
+                    weight_type=QuantType.QInt8,
+                    use_external_data_format=external,
+                )
+            finally:
+                root.removeFilter(not_preprocessing_advice)
             check_int8(model, staged, imgsz, int8, args.output)
         drop_stale_data(int8, external)
         print(f"{int8}: int8 dynamic quantization (weights int8, activations quantized per call)")
+
+
+def not_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """A logging filter that drops quantize_dynamic's advice to run quant_pre_process first.
+
+    It is given for every graph not so pre-processed. On a graph of a fixed size that step
+    (shape inference and ONNX Runtime's basic optimizations, which a session applies when it
+    loads the graph anyway) leaves the int8 logits as they are, bit for bit, folding constants
+    in the file only; on a --dynamic one its symbolic shape inference fails. So export.py does
+    not run it, nor pass the advice on.
+    """
+    return "pre-processing before quantization" not in record.getMessage()
 
 
 def data_file(graph: Path) -> Path:

@@ -318,6 +318,25 @@ def test_external_data_export_moves_into_place_whole(
     assert sorted(p.name for p in out.parent.iterdir()) == written
 
 
+@needs_ort_int8
+def test_int8_export_does_not_pass_on_onnxruntimes_advice_to_preprocess(
+    tmp_path, onnx_files, checkpoint, monkeypatch, caplog, capsys
+):
+    """quantize_dynamic advises quant_pre_process on every graph it was not run on, which gives
+    this graph the same int8 logits: the advice, printed after export.py's own lines, only
+    asked for a step the script does not need."""
+
+    def export_again(model, ckpt, imgsz, path, dynamic, external_data):
+        shutil.copy(onnx_files[0], path)  # stands in for tracing the checkpoint again
+
+    monkeypatch.setattr(export, "export", export_again)
+    export.main(export.get_args_parser().parse_args(
+        ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx"), "--int8"]))  # fmt: skip
+    assert (tmp_path / "m.int8.onnx").is_file()
+    printed = caplog.text + "".join(capsys.readouterr())
+    assert "int8 dynamic quantization" in printed and "pre-processing" not in printed
+
+
 def test_a_graph_held_open_elsewhere_is_a_message(
     tmp_path, external_data_graph, checkpoint, monkeypatch
 ):
