@@ -554,8 +554,11 @@ def _head_digest(path: Path) -> Hashable:
 
 
 def _tail_digest(path: Path) -> Hashable:
-    """The digest of the bytes after HEAD_BYTES: a file no longer than that opens and reads
-    nothing."""
+    """The digest of the bytes after HEAD_BYTES (of none for a file no longer than that, which
+    is then not opened again)."""
+    size = _size(path)
+    if isinstance(size, int) and size <= HEAD_BYTES:
+        return b""  # the head digest held all of it
     return _digest(path, HEAD_BYTES, None)
 
 

@@ -161,7 +161,8 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
             " ..." if len(labels) > 5 else "",
             labels[0].parent / "*_mask.png",
         )
-        found = [p for p in found if p not in set(labels)]
+        leave_out = set(labels)
+        found = [p for p in found if p not in leave_out]
     if not found:
         kinds = " ".join(IMAGE_EXTENSIONS)
         raise UserError(

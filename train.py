@@ -396,10 +396,10 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         restore_best(args, ckpt, start)
 
     run_settings = settings(args, classes, imgsz)
+    # at the run's first write: none of them may pass for this run's, a stop in its first epoch
+    # included; a file that cannot be removed stops every process, not rank 0 alone
+    check_on_main_process(lambda: remove_outputs(earlier, args.out_dir))
     if main_process:
-        # at the run's first write: none of them may pass for this run's, a stop in its first
-        # epoch included
-        remove_outputs(earlier, args.out_dir)
         write_text(args.out_dir / "args.yaml", yaml.safe_dump(run_settings, sort_keys=False))
     epoch = start
     on_disk = {}  # the checkpoint files this run wrote into --out-dir: name -> epoch
@@ -622,7 +622,7 @@ def check_resumed_data(args, ckpt: dict) -> None:
     """Refuse the --data of the run that ``ckpt`` continues where it is not a folder here (the
     dataset moved, or the run resumes on another machine), naming the checkpoint it came from:
     check_dataset would name --data, which the command line may not hold."""
-    recorded = (ckpt.get("args") or {}).get("data")
+    recorded = checkpoint_settings(ckpt).get("data")
     if recorded is not None and same_setting(args.data, recorded) and not args.data.is_dir():
         raise UserError(
             f"--resume {args.resume} continues its run on --data {recorded}, which is not a "
@@ -635,7 +635,7 @@ def make_resumed_cache_dir(args, ckpt: dict) -> None:
     folder of another machine, or a cache deleted since), saying so, or refuse it naming the
     checkpoint it came from: check_writable would name a --cache-dir the command line may not
     hold."""
-    recorded = (ckpt.get("args") or {}).get("cache_dir")
+    recorded = checkpoint_settings(ckpt).get("cache_dir")
     folder = args.cache_dir
     if args.cache_features != "disk" or recorded is None or folder is None or folder.is_dir():
         return
