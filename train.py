@@ -342,7 +342,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 args.resume.parent,
             )
             return
-        check_on_main_process(lambda: make_resumed_cache_dir(args, ckpt))
+        check_on_main_process(lambda: check_resumed_cache_dir(args, ckpt))
     else:
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
         earlier = earlier_outputs(args.out_dir) if main_process else []
@@ -630,11 +630,12 @@ def check_resumed_data(args, ckpt: dict) -> None:
         )
 
 
-def make_resumed_cache_dir(args, ckpt: dict) -> None:
-    """Make the --cache-dir of the run that ``ckpt`` continues where it is not a folder here (a
+def check_resumed_cache_dir(args, ckpt: dict) -> None:
+    """Check the --cache-dir of the run that ``ckpt`` continues where it is not a folder here (a
     folder of another machine, or a cache deleted since), saying so, or refuse it naming the
     checkpoint it came from: check_writable would name a --cache-dir the command line may not
-    hold."""
+    hold. The folder is made by the cache's first file, as every output folder is, so that a run
+    stopped before then leaves none behind."""
     recorded = checkpoint_settings(ckpt).get("cache_dir")
     folder = args.cache_dir
     if args.cache_features != "disk" or recorded is None or folder is None or folder.is_dir():
@@ -643,14 +644,14 @@ def make_resumed_cache_dir(args, ckpt: dict) -> None:
         return  # the command line's: make_datasets checks it
     said = f"--resume {args.resume} continues its run with --cache-dir {recorded}"
     try:
-        folder.mkdir(parents=True)
-    except OSError as err:
+        check_writable(folder, 0, "--cache-dir", "the feature cache")
+    except UserError as err:
         raise UserError(
-            f"{said}, which is not a folder here and cannot be made ({err.strerror or err}): "
-            "pass --cache-dir DIR, a folder on this machine for the feature cache"
+            f"{said}, which is not a folder here and cannot be made ({err}): pass --cache-dir "
+            "DIR, a folder on this machine for the feature cache"
         ) from err
     log.warning(
-        "%s, which was not a folder here: made it, and the features are computed again there "
+        "%s, which is not a folder here: it is made there, and the features are computed again "
         "(pass --cache-dir DIR to use another folder)",
         said,
     )

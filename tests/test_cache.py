@@ -404,7 +404,7 @@ def test_a_resumed_cache_dir_that_is_not_here_is_named_as_the_checkpoints(
 ):
     """A resumed run continues its checkpoint's --cache-dir, maybe a folder of another machine:
     it was made here, or refused as an unwritable --cache-dir, which the command line did not
-    hold, without a word of the checkpoint."""
+    hold, without a word of the checkpoint. A run refused after that check leaves no folder."""
     ckpt = torch.load(checkpoint, weights_only=True)
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
@@ -421,6 +421,15 @@ def test_a_resumed_cache_dir_that_is_not_here_is_named_as_the_checkpoints(
     )):  # fmt: skip
         resume(blocker / "cache")
 
+    def refuse(*args, **kwargs):
+        raise UserError("refused after the check")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train, "build_model", refuse)
+        with pytest.raises(UserError, match="refused after the check"):
+            resume(tmp_path / "later" / "cache")
+    assert not (tmp_path / "later").exists()
+
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -430,5 +439,5 @@ def test_a_resumed_cache_dir_that_is_not_here_is_named_as_the_checkpoints(
     assert (tmp_path / "elsewhere" / "cache").is_dir()
     assert (
         f"--resume {tmp_path / 'last_model.pth'} continues its run with --cache-dir "
-        f"{tmp_path / 'elsewhere' / 'cache'}, which was not a folder here: made it"
+        f"{tmp_path / 'elsewhere' / 'cache'}, which is not a folder here: it is made there"
     ) in caplog.text
