@@ -373,19 +373,19 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     )
     files, names = _coco_file_names(annotations, kept)
     # checked before any is written (a missing file matches none; the loop names it)
+    placed = [(split_of(i, every), img, images / files[img["id"]]) for i, img in enumerate(kept)]
     sources = {split: [] for split in SPLITS}
-    for position, img in enumerate(kept):
-        sources[split_of(position, every)].append(images / files[img["id"]])
+    for split, _, source in placed:
+        sources[split].append(source)
     if problem := copies_across(sources, images, images):
         raise UserError(problem[0])
     drawn = 0  # annotations with a mask: an export of boxes alone has "segmentation": []
-    for position, img in enumerate(kept):
+    for split, img, source in placed:
         mask, masked = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
         drawn += masked
-        source = images / files[img["id"]]
         if not source.is_file():
             raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
-        write_pair(out, split_of(position, every), names[img["id"]], source.read_bytes(), mask)
+        write_pair(out, split, names[img["id"]], source.read_bytes(), mask)
     if not kept:
         raise UserError(
             f"{annotations}: no image has an annotation of {classes}; nothing to convert"
