@@ -690,6 +690,11 @@ class Predictor:
         Runtime runs an exported graph."""
         return getattr(self.model, "runs_on", None) or self.device.type
 
+    def work_device(self) -> str:
+        """The device type the network's work runs on ("cpu", "cuda", "mps"): for ONNX Runtime
+        its provider's, not ``device``, the host where inputs and outputs live."""
+        return getattr(self.model, "device_type", self.device.type)
+
     def model_fps_note(self) -> str:
         """What the scripts add to model_fps() where it includes the start-up."""
         return "" if self.model_frames else " (one batch only: start-up included)"

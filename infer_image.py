@@ -316,7 +316,7 @@ def main(args: argparse.Namespace) -> None:
     predictor = predictor_from_args(args, device)
     failures, write_failures, done = [], [], 0
     waited = 0.0  # seconds --show spent on the user, waiting for a key: not the pipeline's
-    with opencv_threads_for(predictor.runs_on()):
+    with opencv_threads_for(predictor.work_device()):
         writer = OrderedWriter(max_bytes=QUEUE_BYTES)
         start = time.perf_counter()
         batches = prefetch(

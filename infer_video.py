@@ -585,7 +585,7 @@ def main(args: argparse.Namespace) -> None:
     except BaseException:
         source.capture.release()  # a camera stays busy until it is released
         raise
-    with opencv_threads_for(predictor.runs_on()):
+    with opencv_threads_for(predictor.work_device()):
         try:
             stats = segment_video(source, predictor, out_path, args)
         except PermissionError as err:

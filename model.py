@@ -985,11 +985,16 @@ class OnnxSegmentor:
     training = False  # a graph for inference only: eval() and train() change nothing
 
     @property
-    def runs_on(self) -> str:
-        """Where ONNX Runtime runs the graph, for the speed lines: its device is not ``device``
-        (the host, where inputs and outputs live), nor always the one --device asked for."""
+    def device_type(self) -> str:
+        """Where ONNX Runtime runs the graph, "cuda" or "cpu": not ``device`` (the host, where
+        inputs and outputs live), nor always the one --device asked for."""
         cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
-        return f"{'cuda' if cuda else 'cpu'} (ONNX Runtime)"
+        return "cuda" if cuda else "cpu"
+
+    @property
+    def runs_on(self) -> str:
+        """Where ONNX Runtime runs the graph, for the speed lines."""
+        return f"{self.device_type} (ONNX Runtime)"
 
     def eval(self) -> "OnnxSegmentor":
         return self

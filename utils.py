@@ -851,7 +851,7 @@ def draw_overlay(
 
 
 @contextlib.contextmanager
-def opencv_threads_for(runs_on: str) -> Iterator[None]:
+def opencv_threads_for(device_type: str) -> Iterator[None]:
     """Run OpenCV on one thread while the model runs on the CPU, then restore its setting.
 
     There the model's threads use every core, and OpenCV's own pool (decoding, resizing,
@@ -860,14 +860,14 @@ def opencv_threads_for(runs_on: str) -> Iterator[None]:
     pool speeds those steps up, so it is kept.
 
     Args:
-        runs_on: where the model's work runs, as Predictor.runs_on() names it ("cpu", "cuda",
-            "mps", "cuda (ONNX Runtime)"): not the predictor's device, which for ONNX Runtime
-            is the host where inputs and outputs live, wherever the graph runs.
+        device_type: where the model's work runs, Predictor.work_device() ("cpu", "cuda",
+            "mps"): not the predictor's device, which for ONNX Runtime is the host where inputs
+            and outputs live, wherever the graph runs.
     """
     import cv2
 
     before = cv2.getNumThreads()
-    if runs_on.split()[0] == "cpu":
+    if device_type == "cpu":
         cv2.setNumThreads(1)
     try:
         yield

@@ -282,7 +282,7 @@ def pipeline_fps(video: Path, predictor: Predictor, out: Path, batch: int) -> fl
     """End-to-end FPS of infer_video.py's pipeline (decode, model, draw, encode on threads of
     their own) from ``video`` to ``out``, with OpenCV's threads set as infer_video.py sets them."""
     opts = argparse.Namespace(batch=batch, alpha=0.5, show=False, input=str(video))
-    with opencv_threads_for(predictor.runs_on()):
+    with opencv_threads_for(predictor.work_device()):
         return segment_video(open_video(str(video)), predictor, out, opts)["fps"]
 
 
