@@ -287,6 +287,15 @@ def path_arg(text: str) -> Path:
     return Path(nonempty(text)).expanduser()
 
 
+WEIGHTS_WORDS = ("pretrained", "random")  # --weights values that name no file
+
+
+def weights_arg(text: str) -> str | Path:
+    """argparse type of --weights: one of WEIGHTS_WORDS as typed, or a file (path_arg), which
+    checkpoints and args.yaml then record absolute, as every path flag."""
+    return text if text in WEIGHTS_WORDS else path_arg(text)
+
+
 def add_layers_flag(group) -> None:
     """--layers, as train.py and model.py's summary take it (a checkpoint records its own)."""
     group.add_argument(
@@ -358,7 +367,7 @@ def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
         return parser
     group.add_argument(
         "--weights",
-        type=nonempty,
+        type=weights_arg,
         default="pretrained",
         metavar="W",
         help="'pretrained' (official weights; hub downloads or uses its cache, timm reads the "
@@ -778,7 +787,7 @@ def _check_values(action: argparse.Action, values: list[str], where: str) -> Non
             converted = action.type(v) if action.type is not None else v
         except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
             raise UserError(f"{where}: {action.dest}: {v!r} is not a valid value ({err})") from err
-        if action.type is path_arg and ESCAPED_IN_PATH.search(v):
+        if action.type in (path_arg, weights_arg) and ESCAPED_IN_PATH.search(v):
             # "D:\new\test" in double quotes reads as D:, a newline, "ew", a tab and "est"
             raise UserError(
                 f"{where}: {action.dest}: {v!r} holds a control character. " + WINDOWS_PATHS_IN_YAML

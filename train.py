@@ -56,6 +56,7 @@ from config import (
     scored_checkpoint,
     tta_flags,
     tta_setting,
+    weights_arg,
 )
 from datasets import (
     CachedFeatureDataset,
@@ -542,8 +543,11 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
             ignored,
         )
     if isinstance(ckpt["args"], dict) and "weights" in ckpt["args"]:
-        # for args.yaml; build_model sets the rest from the checkpoint
-        args.weights = ckpt["args"]["weights"]
+        # for args.yaml, as parse_args reads it (a file absolute, an older checkpoint's relative
+        # one from the current folder, as same_setting takes it); build_model sets the rest from
+        # the checkpoint
+        weights = ckpt["args"]["weights"]
+        args.weights = weights_arg(weights) if isinstance(weights, str) else weights
     return ckpt, resumed, imgsz
 
 

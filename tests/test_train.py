@@ -1426,6 +1426,34 @@ def test_an_older_checkpoints_relative_data_is_named_when_it_is_not_here(
         run_train(argv)
 
 
+def test_a_weights_file_is_recorded_absolute_and_an_older_relative_one_still_matches(
+    checkpoint, tmp_path, monkeypatch
+):
+    """--weights FILE was recorded as typed, unlike every other path flag: from another working
+    folder a relative one named another file."""
+    monkeypatch.chdir(tmp_path)
+    parser = train.get_args_parser()
+    args, classes = parse_args(parser, ["--weights", "w.pth"])
+    assert train.settings(args, classes, (28, 28))["weights"] == str(tmp_path / "w.pth")
+    assert parse_args(parser, ["--weights", "random"])[0].weights == "random"
+    # recorded absolute, or relative by an older checkpoint (taken from the current folder, as
+    # a relative --data is): the same file again is no ignored --weights, another one is
+    ckpt = torch.load(checkpoint.parent / "last_model.pth", weights_only=True)
+    for recorded in (str(tmp_path / "w.pth"), "w.pth"):
+        ckpt["args"]["weights"] = recorded
+        torch.save(ckpt, tmp_path / "last_model.pth")
+        resume = ["--resume", "last_model.pth"]
+        for typed in ([], ["--weights", "w.pth"], ["--weights", str(tmp_path / "w.pth")]):
+            args, classes = parse_args(parser, [*resume, *typed])
+            assert not train.ignored_model_flags(args, ckpt), (recorded, typed)
+        args, classes = parse_args(parser, [*resume, "--weights", "other.pth"])
+        ignored = train.ignored_model_flags(args, ckpt)
+        assert ignored == f"--weights other.pth (the checkpoint's: {recorded})"
+        # args.yaml records the checkpoint's file, absolute
+        train.read_resume(args, classes)
+        assert train.settings(args, classes, (28, 28))["weights"] == str(tmp_path / "w.pth")
+
+
 def test_the_instance_id_warning_of_a_checkpoints_classes_says_to_train_a_new_model(
     checkpoint, fresh_data, tmp_path, monkeypatch, caplog
 ):
