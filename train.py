@@ -321,7 +321,9 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     main_process = rank == 0
 
     history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
-    earlier = []  # the files of an earlier run in --out-dir, which a new run removes
+    # the files in --out-dir that this run removes: an earlier run's (a new run), or overlays
+    # that it does not draw (a resumed one)
+    earlier = []
     if args.resume:
         ckpt, classes, imgsz = read_resume(args, classes)
         start = ckpt["epoch"] + 1
@@ -364,6 +366,9 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     # Check the data before loading the backbone, which may mean a download.
     kept = f"a resumed run keeps the classes of --resume {args.resume}" if args.resume else None
     pairs = checked_pairs(resolve_data(args), classes, kept_classes=kept)
+    if ckpt is not None and main_process:
+        # the resumed run's overlays beyond --num-vis: of another model than this run's
+        earlier = other_overlays(args.out_dir, pairs["valid"], args.num_vis)
     # every process has the same share (DistributedSampler pads), so rank 0's answer is theirs
     train_share = math.ceil(len(pairs["train"]) / world)
     check_on_main_process(lambda: check_batch_statistics(args.batch, train_share, imgsz))
@@ -735,8 +740,8 @@ def earlier_outputs(out_dir: Path) -> list[Path]:
 
 
 def remove_outputs(files: list[Path], out_dir: Path) -> None:
-    """Remove an earlier run's ``files`` (earlier_outputs), and valid_preds/ if they leave it
-    empty."""
+    """Remove the ``files`` of an earlier run (earlier_outputs) or a resumed run's overlays that
+    this run does not draw (other_overlays), and valid_preds/ if they leave it empty."""
     for file in files:
         try:
             file.unlink(missing_ok=True)
@@ -1161,8 +1166,8 @@ def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -
 
     An overlay open in a viewer (Windows cannot replace it) is a warning, as in write_report.
     """
-    folder = out_dir / "valid_preds"
-    for index in range(min(count, len(valid_set))):
+    files = overlay_files(out_dir, valid_set.pairs, count)
+    for index, file in enumerate(files):
         image_path, mask_path = valid_set.pairs[index]
         image = read_image(image_path)
         truth = read_mask(mask_path, predictor.classes)
@@ -1173,10 +1178,25 @@ def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -
             pred = predictor.predict(image)
         panel = np.concatenate([predictor.overlay(image, truth), predictor.overlay(image, pred)], 1)
         try:
-            with atomic_path(folder / f"{image_path.stem}.jpg") as tmp:
+            with atomic_path(file) as tmp:
                 write_image(tmp, Image.fromarray(panel), "JPEG", quality=90)
         except PermissionError as err:  # Windows: open in an image viewer
-            warn_held_open(f"{image_path.stem}.jpg", folder, err)
+            warn_held_open(file.name, file.parent, err)
+
+
+def overlay_files(out_dir: Path, valid_pairs: Sequence, count: int) -> list[Path]:
+    """The overlays write_overlays writes: OUT/valid_preds/STEM.jpg of the first ``count``
+    (image, mask) ``valid_pairs``."""
+    return [out_dir / "valid_preds" / f"{image.stem}.jpg" for image, _ in valid_pairs[:count]]
+
+
+def other_overlays(out_dir: Path, valid_pairs: Sequence, count: int) -> list[Path]:
+    """The overlays in OUT/valid_preds that a run drawing ``count`` of ``valid_pairs`` does not
+    write: a resumed run's with a smaller --num-vis (or other --data) would otherwise show
+    beside its own the predictions of the model it resumed."""
+    drawn = set(overlay_files(out_dir, valid_pairs, count))
+    found = sorted((out_dir / "valid_preds").glob("*.jpg"))
+    return [f for f in found if f not in drawn and f.is_file()]
 
 
 def warn_held_open(name: str, folder: Path, err: PermissionError) -> None:

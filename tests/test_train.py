@@ -1426,6 +1426,26 @@ def test_an_older_checkpoints_relative_data_is_named_when_it_is_not_here(
         run_train(argv)
 
 
+def test_a_run_resumed_with_fewer_overlays_keeps_none_of_the_resumed_models(
+    checkpoint, tiny_data, tmp_path
+):
+    """A resumed run with a smaller --num-vis left the resumed run's other overlays in
+    valid_preds/: predictions of two models side by side."""
+    out = shutil.copytree(checkpoint.parent, tmp_path / "out")  # a 2-epoch run, finished
+    valid = [image for image, _ in check_dataset(tiny_data, DEFAULT_CLASSES)["valid"]]
+    (out / "valid_preds").mkdir()
+    for image in valid:  # the overlays of its --num-vis 4
+        (out / "valid_preds" / f"{image.stem}.jpg").write_bytes(b"epoch 2")
+    resume = ["--resume", str(out / "last_model.pth"), "--out-dir", str(out), "--workers", "0"]
+    run_train([*resume, "--epochs", "3", "--num-vis", "1"])
+    drawn = out / "valid_preds" / f"{valid[0].stem}.jpg"
+    assert list((out / "valid_preds").iterdir()) == [drawn]
+    assert drawn.read_bytes()[:2] == b"\xff\xd8"  # this run's JPEG
+    # none drawn at all: the folder goes too
+    run_train([*resume, "--epochs", "4", "--num-vis", "0"])
+    assert not (out / "valid_preds").exists()
+
+
 def test_a_weights_file_is_recorded_absolute_and_an_older_relative_one_still_matches(
     checkpoint, tmp_path, monkeypatch
 ):
