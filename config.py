@@ -645,6 +645,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
 
     Returns:
         (args, classes): the namespace, and the ClassConfig (the default unless the file sets one).
+        ``args.from_checkpoint`` is the frozenset of the recorded settings (of RESUMED_SETTINGS
+        and RESUMED_MODEL) whose parsed value is the checkpoint's; empty without a checkpoint.
     """
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
@@ -676,9 +678,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
         # A resumed run's OUT/args.yaml records resume: PATH; --eval-only scores a checkpoint
         # and continues no run, so only a --resume on the command line is refused with it.
         args.resume = None
-    kept = [
-        k for k, v in resumed.items() if k in RESUMED_SETTINGS and same_setting(getattr(args, k), v)
-    ]
+    # for train.py's warnings and checks, which ask where a value came from; one given again as
+    # the checkpoint recorded it (a path relative, a None) counts as the checkpoint's
+    args.from_checkpoint = frozenset(
+        k for k in keys if k in recorded and same_setting(getattr(args, k), recorded[k])
+    )
+    kept = [k for k in resumed if k in RESUMED_SETTINGS and k in args.from_checkpoint]
     if kept:
         log.info(
             "--resume: continuing %s's run with its %s",

@@ -52,7 +52,6 @@ from config import (
     path_arg,
     plain_value,
     runtime_flags,
-    same_setting,
     scored_checkpoint,
     tta_flags,
     tta_setting,
@@ -560,14 +559,14 @@ def ignored_model_flags(args: argparse.Namespace, ckpt: dict) -> str:
     """The model flags of ``args`` that differ from the checkpoint's model, which a resumed run
     and --eval-only keep, as "--layers 2 (the checkpoint's: 4), ..."; "" when none do.
 
-    config.parse_args gave them the checkpoint's values, so a difference is what --config or the
-    command line asked for.
+    config.parse_args gave them the checkpoint's values and noted those it kept
+    (args.from_checkpoint), so any other is what --config or the command line asked for.
     """
     recorded = checkpoint_settings(ckpt)
     return ", ".join(
         f"--{k.replace('_', '-')} {getattr(args, k)} (the checkpoint's: {recorded[k]})"
         for k in RESUMED_MODEL
-        if k in recorded and not same_setting(getattr(args, k), recorded[k])
+        if k in recorded and k not in args.from_checkpoint
     )
 
 
@@ -578,7 +577,7 @@ def warn_changed_settings(args, ckpt: dict, start: int) -> None:
     changed = [
         f"--{k.replace('_', '-')} {getattr(args, k)} (was {before[k]})"
         for k in RESUMED_SETTINGS
-        if k in before and not same_setting(getattr(args, k), before[k])
+        if k in before and k not in args.from_checkpoint
     ]
     if changed:
         warn_on_main_process(
@@ -632,7 +631,7 @@ def check_resumed_data(args, ckpt: dict) -> None:
     dataset moved, or the run resumes on another machine), naming the checkpoint it came from:
     check_dataset would name --data, which the command line may not hold."""
     recorded = checkpoint_settings(ckpt).get("data")
-    if recorded is not None and same_setting(args.data, recorded) and not args.data.is_dir():
+    if recorded is not None and "data" in args.from_checkpoint and not args.data.is_dir():
         raise UserError(
             f"--resume {args.resume} continues its run on --data {recorded}, which is not a "
             "folder here: pass --data DIR, that dataset's folder on this machine"
@@ -649,7 +648,7 @@ def check_resumed_cache_dir(args, ckpt: dict) -> None:
     folder = args.cache_dir
     if args.cache_features != "disk" or recorded is None or folder is None or folder.is_dir():
         return
-    if not same_setting(folder, recorded):
+    if "cache_dir" not in args.from_checkpoint:
         return  # the command line's: make_datasets checks it
     said = f"--resume {args.resume} continues its run with --cache-dir {recorded}"
     try:
@@ -1113,7 +1112,8 @@ def schedule_factor(kind: str, epoch: int, epochs: int) -> float:
 
 def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
     """The resolved run settings as plain values: saved to OUT/args.yaml and every checkpoint."""
-    resolved = {k: plain_value(v) for k, v in vars(args).items()}
+    # (from_checkpoint is parse_args' note of where values came from, not a flag)
+    resolved = {k: plain_value(v) for k, v in vars(args).items() if k != "from_checkpoint"}
     resolved["imgsz"] = list(imgsz)
     # What a --config file set is written out here, classes included; naming the file too would
     # make args.yaml a config file that names another, which --config refuses.

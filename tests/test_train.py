@@ -542,6 +542,8 @@ def test_resume_continues_the_recorded_run_unless_a_flag_changes_it(tmp_path, ca
     assert (args.data, args.lr, args.scheduler, args.no_augment, args.amp) == (
         Path("my/data"), 3e-3, "cosine", True, "bf16")  # fmt: skip
     assert (args.epochs, args.batch) == (60, 4)  # the command line, then --config, win
+    # noted once, for train.py's checks: a recorded None given again is the checkpoint's too
+    assert args.from_checkpoint == {"data", "lr", "scheduler", "no_augment", "amp", "cache_dir"}
     # the machine and the outputs are this command's: not continued
     assert (args.workers, args.out_dir, args.cache_dir) == (
         train.get_args_parser().get_default("workers"), Path("outputs"), None)  # fmt: skip
