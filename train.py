@@ -371,6 +371,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     # every process has the same share (DistributedSampler pads), so rank 0's answer is theirs
     train_share = math.ceil(len(pairs["train"]) / world)
     check_on_main_process(lambda: check_batch_statistics(args.batch, train_share, imgsz))
+    warn_long_accum(args, train_share, world)  # before the backbone loads, which takes a while
 
     model = build_model(args, classes, device, ckpt, start)
     log_input_size(imgsz)
@@ -383,7 +384,6 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     train_set, valid_set = make_datasets(args, model, pairs, classes, imgsz, autocast, rank, world)
     train_loader = make_loader(train_set, args, device, True, rank, world)
     valid_loader = make_loader(valid_set, args, device, False, rank, world)
-    warn_long_accum(args, train_loader, world)
     log.info(
         "data: %d train, %d valid images; classes %s; device %s%s",
         len(train_set),
@@ -1005,20 +1005,27 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
     )
 
 
-def warn_long_accum(args, train_loader: DataLoader, world: int) -> None:
-    """Warn where --accum exceeds the training batches of an epoch (of one process): every
-    epoch then makes a single optimizer step, over fewer batches than --accum asked for."""
-    batches = len(train_loader)
+def train_batches(share: int, batch: int) -> int:
+    """The batches of make_loader's training loader over ``share`` images (one process's): a
+    last incomplete batch is dropped where there is more than one batch."""
+    return share // batch if share > batch else math.ceil(share / batch)
+
+
+def warn_long_accum(args, share: int, world: int) -> None:
+    """Warn where --accum exceeds the training batches of an epoch over ``share`` images (of one
+    process): every epoch then makes a single optimizer step, over fewer batches than --accum
+    asked for."""
+    batches = train_batches(share, args.batch)
     if args.accum <= batches:
         return
-    share = " per process" if world > 1 else ""
+    per_process = " per process" if world > 1 else ""
     warn_on_main_process(
         "--accum %d is more than the %d training batches of an epoch (%d images%s, --batch %d): "
         "each epoch makes one optimizer step, over %d batches. Use --accum %d or less",
         args.accum,
         batches,
-        len(train_loader.sampler),
         share,
+        per_process,
         args.batch,
         batches,
         batches,

@@ -558,11 +558,12 @@ def test_an_accum_beyond_the_batches_of_an_epoch_is_named(
     tmp_path, tiny_data, weights_file, monkeypatch, caplog
 ):
     # 8 training images, batch 4: 2 batches, so --accum 3 stepped once per epoch over 2 batches,
-    # an effective batch of 8 rather than the 12 asked for, without a word
+    # an effective batch of 8 rather than the 12 asked for, without a word. Said before the
+    # backbone loads (a download, or a minute for the largest), not after it.
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "train_one_epoch", stop)
+    monkeypatch.setattr(train, "load_backbone", stop)
     base = [*argv(tiny_data, tmp_path, weights_file, epochs=1), "--workers", "0"]
     for accum in ("2", "3"):
         with pytest.raises(KeyboardInterrupt):

@@ -1242,6 +1242,15 @@ def test_workers_kept_between_epochs_draw_each_epochs_augmentations(tiny_data, s
         assert any(not torch.equal(drawn[epoch, i], drawn[epoch + 1, i]) for i in range(8))
 
 
+def test_the_accum_warning_counts_the_batches_of_the_training_loader():
+    # worked out before the loader is made, so that it is said before the backbone loads
+    for images in range(1, 12):
+        for batch in (1, 2, 3, 4, 8, 16):
+            args = argparse.Namespace(batch=batch, seed=0, cache_features="off", workers=0)
+            loader = train.make_loader(list(range(images)), args, torch.device("cpu"), True)
+            assert train.train_batches(images, batch) == len(loader), (images, batch)
+
+
 def test_workers_start_without_this_processs_garbage(tiny_data):
     # A forked worker ran the destructors of garbage it inherited: an ONNX Runtime session in a
     # reference cycle, left by an earlier test, hung the suite in its destructor.
