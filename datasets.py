@@ -98,6 +98,18 @@ def _decode_file(path: Path, draft: bool = False) -> tuple[Image.Image, tuple[in
     return img, size
 
 
+def check_image_header(path: Path) -> None:
+    """Raise DataError where ``path`` cannot be opened, or Pillow recognizes no image format in
+    its header (a text file, an empty download). Only the header is read: a file that passes
+    may still fail to decode."""
+    try:
+        _open_unguarded(path).close()
+    except Image.UnidentifiedImageError as err:
+        raise DataError(f"{path} is not an image (Pillow recognizes no format in it)") from err
+    except OSError as err:
+        raise DataError(f"{path} cannot be read ({err.strerror or err})") from err
+
+
 _PILLOW_GUARD = threading.Lock()
 
 

@@ -30,7 +30,7 @@ from config import (
     nonempty,
     runtime_flags,
 )
-from datasets import OTHER_IMAGE_EXTENSIONS, DataError, read_image
+from datasets import OTHER_IMAGE_EXTENSIONS, DataError, check_image_header, read_image
 from engine import Predictor, predictor_from_args
 from utils import (
     QUEUE_BYTES,
@@ -108,6 +108,10 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
             "convert it to JPEG or PNG"
         )
     if path.is_file():
+        try:  # else read_image names it (unreadable or corrupt) once the model has loaded
+            check_image_header(path)
+        except DataError as err:
+            raise UserError(f"--input {err}; give an image file, a folder or a glob") from err
         return [path]
     if not any(c in spec for c in "*?[") and not path.exists():
         raise UserError(f"--input {spec} does not exist; give an image file, a folder or a glob")

@@ -444,6 +444,22 @@ def test_infer_image_of_a_video_points_to_infer_video_before_the_model_loads(tmp
         infer_image.main(image_args(input=clip, out_dir=tmp_path / "out"))
 
 
+@pytest.mark.parametrize(
+    ("name", "data"), [("notes.txt", b"buy milk\n"), ("photo.jpg", b""), ("scan.png", b"<html>")]
+)
+def test_infer_image_of_a_file_that_is_no_image_is_refused_before_the_model_loads(
+    tmp_path, monkeypatch, name, data
+):
+    # a text file, an empty or failed download: "unreadable or corrupt image" came only once the
+    # model had loaded
+    path = tmp_path / name
+    path.write_bytes(data)
+    monkeypatch.setattr(infer_image, "predictor_from_args", no_model)
+    with pytest.raises(UserError, match=rf"--input {re.escape(str(path))} is not an image"):
+        infer_image.main(image_args(input=path, out_dir=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_unreadable_images_after_the_last_full_batch_are_named_and_the_rest_written(
     tmp_path, checkpoint
 ):
