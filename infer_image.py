@@ -350,7 +350,8 @@ def main(args: argparse.Namespace) -> None:
                     if args.show:
                         overlay = predictor.overlay(image, mask, args.alpha)
                         shown = time.perf_counter()
-                        args.show = show("infer_image", overlay, 0)  # q or Esc stops showing
+                        # q, Esc or closing the window stops showing
+                        args.show = show("infer_image", overlay, 0)
                         waited += time.perf_counter() - shown
                 done += len(images)
         finally:

@@ -1,7 +1,7 @@
 """Segment a video (any file OpenCV reads) or a camera, and report honest frame rates.
 
     python infer_video.py --input clip.mp4
-    python infer_video.py --input 0 --show          # camera 0; q or Esc stops
+    python infer_video.py --input 0 --show          # camera 0; q, Esc or closing the window stops
 
 Writes <out-dir>/<stem>.mp4 with every frame that decodes overlaid, at the input's size (an odd
 width or height one pixel less: OpenCV writes even sizes) and frame rate (or the nearest one
@@ -452,7 +452,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
 
     The video is written to a temporary name and renamed at the end, so a failed or
     interrupted run leaves no partial file. A camera ends with Ctrl-C, SIGTERM or (with --show)
-    q/Esc, keeping what it recorded; q/Esc also ends a file early.
+    q/Esc or closing the window, keeping what it recorded; the last two also end a file early.
 
     Returns:
         {"frames", "size", "rate", "seconds", "model_fps", "fps"}: counts, and the output
@@ -492,7 +492,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                 if args.show:
                     overlay = predictor.overlay(frames[-1], masks[-1], args.alpha)
                     if not show(source.name, overlay, 1):
-                        stopped = "q or Esc"
+                        stopped = "q, Esc or closing the window"
                         break
             else:
                 ended = True

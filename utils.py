@@ -1021,9 +1021,37 @@ def check_gui() -> None:
         raise UserError(no_windows) from err
 
 
+# How often a wait for a key (wait_ms 0) looks whether its window is still open
+SHOW_POLL_MS = 100
+
+
 def show(title: str, overlay: np.ndarray, wait_ms: int) -> bool:
-    """Show an (H, W, 3) RGB overlay for --show; False when the user pressed q or Esc."""
+    """Show an (H, W, 3) RGB overlay for --show, waiting ``wait_ms`` ms for a key (0: until
+    one is pressed); False, the window closed, when the user pressed q or Esc or closed it."""
     import cv2
 
     cv2.imshow(title, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-    return cv2.waitKey(wait_ms) & 0xFF not in (ord("q"), 27)
+    # A closed window is told from one whose backend does not report it (Cocoa before OpenCV
+    # 4.7) by its being visible when just shown
+    watched = _window_visible(title)
+    poll = watched and wait_ms == 0  # waitKey(0) need not return when the window closes
+    while True:
+        key = cv2.waitKey(SHOW_POLL_MS if poll else wait_ms)
+        if watched and not _window_visible(title):
+            break  # its close button
+        if key & 0xFF in (ord("q"), 27):
+            break
+        if key != -1 or not poll:
+            return True
+    # The next imshow would open the window again, and one no longer fed events stops responding
+    cv2.destroyAllWindows()
+    return False
+
+
+def _window_visible(title: str) -> bool:
+    import cv2
+
+    try:
+        return cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) >= 1
+    except cv2.error:  # a build without windows has none to ask about
+        return False

@@ -981,7 +981,7 @@ def test_show_stops_on_q_and_keeps_the_frames_so_far(tmp_path, checkpoint, caplo
         infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, show=True, batch=1))
     assert shown == [(72, 96, 3)] * 3
     assert int(cv2.VideoCapture(str(out / "clip.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 3
-    assert "stopped by q or Esc" in caplog.text and "the first 3 of 13 frames" in caplog.text
+    assert "stopped by q, Esc" in caplog.text and "the first 3 of 13 frames" in caplog.text
 
 
 def test_infer_image_show_stops_showing_on_q_and_segments_every_image(tmp_path, checkpoint):
@@ -2069,10 +2069,93 @@ def test_show_draws_bgr_and_stops_on_q_or_esc(monkeypatch, key, goes_on):
     drawn = []
     monkeypatch.setattr(cv2, "imshow", lambda title, image: drawn.append(image))
     monkeypatch.setattr(cv2, "waitKey", lambda ms: key)
+    monkeypatch.setattr(cv2, "getWindowProperty", lambda title, prop: 1.0)  # stays open
+    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
     overlay = np.zeros((2, 3, 3), np.uint8)
     overlay[..., 0] = 200  # red
     assert utils.show("infer_video", overlay, 1) is goes_on
     assert drawn[0][0, 0].tolist() == [0, 0, 200]  # OpenCV's windows take BGR
+
+
+class FakeWindow:
+    """cv2's window functions for --show, where this OpenCV has none: the window is visible
+    until ``closes_after`` waitKey calls (its close button), which return ``keys`` in turn,
+    then no key."""
+
+    def __init__(self, monkeypatch, closes_after: int, visible: float = 1.0, keys=()):
+        self.shown, self.waits, self.destroyed = 0, [], 0
+        self.closes_after, self.visible, self.keys = closes_after, visible, list(keys)
+        monkeypatch.setattr(cv2, "imshow", self.imshow)
+        monkeypatch.setattr(cv2, "waitKey", self.wait_key)
+        monkeypatch.setattr(cv2, "getWindowProperty", self.get_property)
+        monkeypatch.setattr(cv2, "destroyAllWindows", self.destroy)
+
+    def imshow(self, title, image):
+        self.shown += 1
+
+    def wait_key(self, ms):
+        self.waits.append(ms)
+        return self.keys.pop(0) if self.keys else -1
+
+    def get_property(self, title, prop):
+        assert prop == cv2.WND_PROP_VISIBLE
+        return 0.0 if len(self.waits) >= self.closes_after else self.visible
+
+    def destroy(self):
+        self.destroyed += 1
+
+
+@pytest.mark.parametrize("wait_ms", [1, 0])
+def test_show_stops_when_its_window_is_closed(monkeypatch, wait_ms):
+    # Only q and Esc stopped: the next imshow opened the window again. waitKey(0) may not
+    # return when the window closes, so a wait for a key polls it.
+    window = FakeWindow(monkeypatch, closes_after=3)
+    overlay = np.zeros((2, 3, 3), np.uint8)
+    if wait_ms:
+        assert utils.show("infer_video", overlay, wait_ms) and window.waits == [1]
+        assert utils.show("infer_video", overlay, wait_ms) and window.destroyed == 0
+        assert not utils.show("infer_video", overlay, wait_ms)
+    else:
+        assert not utils.show("infer_image", overlay, wait_ms)
+        assert len(window.waits) == 3 and 0 not in window.waits
+    assert window.destroyed == 1
+
+
+def test_show_goes_on_where_opencv_cannot_tell_whether_its_window_is_open(monkeypatch):
+    # a backend without the property answers -1 from the start: no reason to stop
+    window = FakeWindow(monkeypatch, closes_after=1, visible=-1.0)
+    assert utils.show("infer_image", np.zeros((2, 3, 3), np.uint8), 0)
+    assert window.waits == [0] and window.destroyed == 0
+
+
+def test_closing_the_show_window_stops_a_video_and_keeps_the_frames_so_far(
+    tmp_path, checkpoint, caplog, capsys, monkeypatch
+):
+    clip = write_clip(tmp_path / "clip.mp4")
+    window = FakeWindow(monkeypatch, closes_after=3)
+    out = tmp_path / "out"
+    monkeypatch.setattr(infer_video, "check_inference_args", lambda args: None)  # no GUI here
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, show=True, batch=1))
+    assert window.shown == 3
+    assert int(cv2.VideoCapture(str(out / "clip.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert "closing the window" in caplog.text and "the first 3 of 13 frames" in caplog.text
+    assert "Wrote " in capsys.readouterr().out
+
+
+def test_closing_the_show_window_of_infer_image_stops_showing_and_segments_every_image(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in "abcd":
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(src / f"{name}.png")
+    # a key for the first image; the window closed while the second waits for one
+    window = FakeWindow(monkeypatch, closes_after=3, keys=[ord(" ")])
+    monkeypatch.setattr(infer_image, "check_inference_args", lambda args: None)  # no GUI here
+    infer_image.main(image_args(input=src, model=checkpoint, out_dir=out, show=True, batch=4))
+    assert window.shown == 2 and window.destroyed == 1
+    assert len(list(out.glob("*_mask.png"))) == 4
+    assert "Segmented 4 image(s)" in capsys.readouterr().out
 
 
 def test_show_where_opencv_cannot_open_a_window_is_a_clear_error(monkeypatch):
