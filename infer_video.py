@@ -61,6 +61,10 @@ log = logging.getLogger("dinoseg")
 
 # the largest reduced time-base denominator MPEG-4 part 2 stores: a whole rate up to this fits
 MP4V_MAX_FPS = 65535
+# How long OpenCV's FFmpeg waits for a stream to answer, and for each read, before it fails
+# (its own default, 30 s): a stalled stream then ends the run within this, and a Ctrl-C, which
+# waits for the read under way, comes through within it too.
+STREAM_TIMEOUT_MS = 10_000
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -92,6 +96,7 @@ class VideoSource:
     frames: int | None  # None for cameras and containers that do not say
     camera: bool
     path: Path | None = None  # a file's
+    timeout_s: float | None = None  # a stream's, where a read fails after that long without data
     # A file's, as read_batches decodes it: the first and last frames' timestamps (ms) and
     # the reads that failed before a later frame decoded (damaged frames, left out)
     first_ms: float | None = None
@@ -126,7 +131,15 @@ def open_video(spec: str) -> VideoSource:
             raise UserError(
                 f"--input {spec} cannot be read ({err.strerror}): check its permissions"
             ) from err
-    capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+    timeout_s = None
+    if stream and cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+        # The FFmpeg backend alone is asked: another would refuse to open with these settings
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        capture = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, timeouts)
+        timeout_s = STREAM_TIMEOUT_MS / 1000
+    else:
+        capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
     if not capture.isOpened():
         if stream:
             raise UserError(f"cannot open the stream {spec}: is its address right, and is it on?")
@@ -172,6 +185,7 @@ def open_video(spec: str) -> VideoSource:
         frames=count if count > 0 and not camera else None,
         camera=camera,
         path=None if camera else path,
+        timeout_s=timeout_s,
     )
 
 
@@ -315,6 +329,13 @@ def read_batches(source: VideoSource, predictor: Predictor, batch: int):
             return
 
 
+def end_cause(source: VideoSource) -> str:
+    """Why a camera or stream's read failed, as far as can be told: it ends the recording."""
+    if source.timeout_s is not None:
+        return f"it ended, or sent none for {source.timeout_s:g} s"
+    return "unplugged, switched off, or it ended"
+
+
 def check_frame_count(spec: str, declared: int | None, decoded: int) -> None:
     """Warn when a file decodes to another number of frames than its container declares.
 
@@ -451,8 +472,9 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     """Run the pipeline: decode thread -> model (this thread) -> encode thread.
 
     The video is written to a temporary name and renamed at the end, so a failed or
-    interrupted run leaves no partial file. A camera ends with Ctrl-C, SIGTERM or (with --show)
-    q/Esc or closing the window, keeping what it recorded; the last two also end a file early.
+    interrupted run leaves no partial file. A camera ends with Ctrl-C, SIGTERM, (with --show)
+    q/Esc or closing the window, or a failed read (see end_cause), keeping what it recorded;
+    q/Esc and closing the window also end a file early.
 
     Returns:
         {"frames", "size", "rate", "seconds", "model_fps", "fps"}: counts, and the output
@@ -514,6 +536,8 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         seconds = time.perf_counter() - start
         if done == 0 and stopped in ("Ctrl-C", "SIGTERM"):
             raise KeyboardInterrupt  # nothing to keep: stop as any interrupted run does
+        if done == 0 and source.camera:
+            raise UserError(f"--input {args.input} sent no frame ({end_cause(source)})")
         if done == 0:
             raise UserError(f"--input {args.input} has no frames OpenCV can decode")
         stored = stored_frames(tmp)
@@ -524,7 +548,16 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             log.warning(
                 "stopped by %s: %s holds the first %d%s frames", stopped, out_path, done, of
             )
-        elif not source.camera:
+        elif source.camera:
+            # a recording that ends by itself, not by the user: it may have been cut short
+            log.warning(
+                "%s sent no more frames (%s): %s holds the %d frames recorded",
+                args.input,
+                end_cause(source),
+                out_path,
+                done,
+            )
+        else:
             if not count_was_estimated(source):
                 check_frame_count(args.input, source.frames, done)
             check_timing(args.input, source, done, rate)

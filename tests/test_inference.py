@@ -1701,7 +1701,7 @@ def test_a_stream_address_is_opened_as_a_camera(monkeypatch):
     # "does not exist" before: only files, indices and devices were taken
     url = "rtsp://192.0.2.1/live"
 
-    def capture(spec):  # only url is on
+    def capture(spec, *timeouts):  # only url is on
         return SimpleNamespace(isOpened=lambda: spec == url, get=lambda prop: 0.0, spec=spec)
 
     monkeypatch.setattr(infer_video.cv2, "VideoCapture", capture)
@@ -1710,6 +1710,76 @@ def test_a_stream_address_is_opened_as_a_camera(monkeypatch):
     assert re.fullmatch(r"stream_192\.0\.2\.1-[0-9a-f]{6}_\d{8}-\d{6}", source.name), source.name
     with pytest.raises(UserError, match=r"cannot open the stream rtsp://192.0.2.1/x: is its"):
         infer_video.open_video("rtsp://192.0.2.1/x")
+
+
+def test_a_stream_is_opened_with_timeouts_where_ffmpeg_reads_it(tmp_path, monkeypatch):
+    # OpenCV's FFmpeg waits 30 s by default for a stream that does not answer or stalls, and
+    # a Ctrl-C waits for the read under way; other backends refuse to open with these settings
+    calls = []
+
+    def capture(*args):
+        calls.append(args)
+        return SimpleNamespace(isOpened=lambda: True, get=lambda prop: 0.0)
+
+    monkeypatch.setattr(infer_video.cv2, "VideoCapture", capture)
+    infer_video.open_video("rtsp://192.0.2.1/live")
+    spec, api, params = calls[-1]
+    assert (spec, api) == ("rtsp://192.0.2.1/live", cv2.CAP_FFMPEG)
+    settings = dict(zip(params[::2], params[1::2], strict=True))
+    assert settings.keys() == {cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, cv2.CAP_PROP_READ_TIMEOUT_MSEC}
+    assert all(0 < ms < 30_000 for ms in settings.values())
+    infer_video.open_video("0")
+    write_clip(tmp_path / "clip.mp4", frames=2)
+    infer_video.open_video(str(tmp_path / "clip.mp4"))
+    monkeypatch.setattr(infer_video.cv2.videoio_registry, "hasBackend", lambda api: False)
+    infer_video.open_video("rtsp://192.0.2.1/live")
+    assert calls[1:] == [(0,), (str(tmp_path / "clip.mp4"),), ("rtsp://192.0.2.1/live",)]
+
+
+class StallingStream:
+    """cv2.VideoCapture of a stream that sends ``frames`` frames, then none: OpenCV's read
+    fails once its read timeout passes. A path opens a real capture."""
+
+    real = cv2.VideoCapture  # kept before the test replaces it
+    frames = 5
+
+    def __new__(cls, spec, *args):
+        return super().__new__(cls) if spec.startswith("rtsp://") else cls.real(spec, *args)
+
+    def __init__(self, spec, *args):
+        self.sent = 0
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FRAME_WIDTH: 96, cv2.CAP_PROP_FRAME_HEIGHT: 72}.get(prop, 25.0)
+
+    def read(self):
+        self.sent += 1
+        if self.sent > self.frames:
+            return False, None
+        return True, np.full((72, 96, 3), self.sent, np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_a_stream_that_stalls_ends_the_run_with_a_message_naming_it(
+    tmp_path, checkpoint, caplog, capsys, monkeypatch
+):
+    # it ended as if the recording were complete, without a word
+    url, out = "rtsp://192.0.2.1/live", tmp_path / "out"
+    monkeypatch.setattr(infer_video.cv2, "VideoCapture", StallingStream)
+    infer_video.main(video_args(input=url, model=checkpoint, out_dir=out, batch=2))
+    (video,) = out.iterdir()
+    assert int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    assert f"{url} sent no more frames (it ended, or sent none for" in caplog.text
+    assert f"{video} holds the 5 frames recorded" in caplog.text
+    assert "Wrote " in capsys.readouterr().out
+    monkeypatch.setattr(StallingStream, "frames", 0)
+    with pytest.raises(UserError, match=rf"--input {url} sent no frame \(it ended, or sent none"):
+        infer_video.main(video_args(input=url, model=checkpoint, out_dir=tmp_path / "out2"))
 
 
 def test_streams_started_in_one_second_get_names_of_their_own():
