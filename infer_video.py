@@ -4,7 +4,8 @@
     python infer_video.py --input 0 --show          # camera 0; q, Esc or closing the window stops
 
 Writes <out-dir>/<stem>.mp4 with every frame that decodes overlaid, at the input's size (an odd
-width or height one pixel less: OpenCV writes even sizes) and frame rate (or the nearest one
+width or height one pixel more, its last column or row repeated: OpenCV writes even sizes) and
+frame rate (or the nearest one
 mp4v can store; a camera's file is named after the time it started). Decoding, the model and
 encoding run on separate threads, --batch frames at a time.
 """
@@ -164,14 +165,6 @@ def open_video(spec: str) -> VideoSource:
         fps = 30.0
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    if not camera and min(width, height) == 1:
-        # open_writer crops a side to even, to 0 pixels here: the encoder refuses it, and only
-        # once the model has loaded
-        capture.release()
-        raise UserError(
-            f"--input {spec} is {width}x{height}: the output video needs at least 2 pixels a "
-            "side; give a larger video"
-        )
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     name = f"camera{spec}" if spec.isdigit() else stream_name(spec) if stream else path.stem
     if camera:  # each recording is new: the next one must not replace it
@@ -439,33 +432,48 @@ def open_writer(source: VideoSource, tmp: Path, out_path: Path, spec: str) -> tu
             out_path,
             rate,
         )
-    # OpenCV's FFmpeg writer stores even sizes only, dropping an odd last column or row
-    # silently: the frames are cropped here instead, and the warning below says so.
-    width, height = source.width & ~1, source.height & ~1
-    cropped = (width, height) != (source.width, source.height)
+    # OpenCV's FFmpeg writer stores even sizes only, of every codec, dropping an odd last
+    # column or row without a word: the frames are padded to even sides here instead (by
+    # fit_frame), so that no pixel of the overlay is lost, and the warning below says so.
+    width, height = source.width + source.width % 2, source.height + source.height % 2
+    padded = (width, height) != (source.width, source.height)
     video = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), rate, (width, height))
     if not video.isOpened():
         raise UserError(
             f"cannot write {out_path}: OpenCV's mp4v encoder refuses {width}x{height}"
             + (
-                f" (the {source.width}x{source.height} input cropped to even sides)"
-                if cropped
+                f" (the {source.width}x{source.height} input padded to even sides)"
+                if padded
                 else ""
             )
             + f" at {rate:.6g} FPS (or this OpenCV has none)"
             + non_ascii_note(out_path, RENAME_OUTPUT)
         )
-    if cropped:
+    if padded:
+        repeated = " and ".join(
+            side for side, odd in (("column", source.width % 2), ("row", source.height % 2)) if odd
+        )
         log.warning(
-            "mp4v (through OpenCV) stores even sizes only: %s is %dx%d, the %dx%d input "
-            "without its odd last column or row",
+            "mp4v (through OpenCV) stores even sizes only: %s is %dx%d, the %dx%d input with "
+            "its last %s repeated",
             out_path,
             width,
             height,
             source.width,
             source.height,
+            repeated,
         )
     return video, rate, (width, height)
+
+
+def fit_frame(bgr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An (H, W, 3) frame at (``height``, ``width``): cut to it, or padded to it by repeating
+    its last row and column (the even size open_writer stores)."""
+    bgr = bgr[:height, :width]
+    pad_h, pad_w = height - bgr.shape[0], width - bgr.shape[1]
+    if pad_h or pad_w:
+        bgr = cv2.copyMakeBorder(bgr, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
+    return bgr
 
 
 def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, args) -> dict:
@@ -492,7 +500,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                 overlay = predictor.overlay(frame, mask, args.alpha)
                 # OpenCV only warns when a frame cannot be written (a full disk): 5.x returns
                 # False, 4.x nothing, which the count of frames stored catches at the end
-                bgr = cv2.cvtColor(overlay[:height, :width], cv2.COLOR_RGB2BGR)
+                bgr = fit_frame(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), width, height)
                 if video.write(bgr) is False:
                     raise UserError(f"cannot write frame {done + 1} to {out_path}{NO_ROOM}")
                 done += 1

@@ -686,28 +686,25 @@ def test_video_round_trip_keeps_frames_size_and_rate(tmp_path, checkpoint, capsy
 
 
 @pytest.mark.parametrize("size", [(1, 48), (64, 1)])
-def test_a_video_one_pixel_wide_or_high_is_refused_before_the_model_loads(
-    tmp_path, monkeypatch, size
+def test_a_video_one_pixel_wide_or_high_is_written_two_pixels_wide_or_high(
+    tmp_path, checkpoint, size
 ):
-    # cropped to even sides it is 0 pixels wide: the encoder refused it once the model had
-    # loaded, with a message naming the 1xH it was not given
-    clip = tmp_path / "thin.avi"
-    video = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
-    for _ in range(3):
-        video.write(np.zeros((size[1], size[0], 3), np.uint8))
-    video.release()
-    capture = cv2.VideoCapture(str(clip))
-    assert capture.read()[0], "the premise: OpenCV reads it"
-    capture.release()
-    monkeypatch.setattr(infer_video, "predictor_from_args", no_model)
-    name = f"{size[0]}x{size[1]}"
-    with pytest.raises(UserError, match=rf"thin\.avi is {name}: the output video needs at least 2"):
-        infer_video.main(video_args(input=clip, out_dir=tmp_path / "out"))
+    # cropped to even sides it was 0 pixels wide, and refused
+    clip = tmp_path / "thin.gif"  # OpenCV writes no videos of odd sizes, but reads a GIF
+    images = [Image.new("RGB", size, (90 * i, 0, 0)) for i in range(3)]
+    images[0].save(clip, save_all=True, append_images=images[1:], duration=100)
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    written = read_rgb_frames(out / "thin.mp4")
+    assert [frame.shape for frame in written] == [
+        (size[1] + size[1] % 2, size[0] + size[0] % 2, 3)
+    ] * 3
 
 
-def test_a_video_of_odd_size_is_cropped_to_even_and_says_so(tmp_path, checkpoint, capsys, caplog):
-    # OpenCV writes no videos of odd sizes, but reads them: an animated GIF stands in for one.
-    # Smooth ramps, another per frame, survive mp4v's compression.
+def test_a_video_of_odd_size_is_padded_to_even_and_says_so(tmp_path, checkpoint, capsys, caplog):
+    # OpenCV writes no videos of odd sizes (its writer drops the odd last column or row), but
+    # reads them: an animated GIF stands in for one. It lost its last column and row; they are
+    # kept, and repeated once. Smooth ramps, another per frame, survive mp4v's compression.
     y, x = np.mgrid[0:49, 0:65]
     frames = [
         np.stack([x * 3, y * 4, np.full_like(x, 80 * i)], -1).astype(np.uint8) for i in range(3)
@@ -722,11 +719,15 @@ def test_a_video_of_odd_size_is_cropped_to_even_and_says_so(tmp_path, checkpoint
     out = tmp_path / "out"
     infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, alpha=0))
     written = read_rgb_frames(out / "odd.mp4")
-    assert [frame.shape for frame in written] == [(48, 64, 3)] * 3
-    for decoded, original in zip(written, frames, strict=True):  # the top-left 64x48 of each
-        assert np.abs(decoded.astype(int) - original[:48, :64]).mean() < 8
-    assert "odd.mp4: 3 frames, 64x48," in capsys.readouterr().out
-    assert "stores even sizes only" in caplog.text and "the 65x49 input" in caplog.text
+    assert [frame.shape for frame in written] == [(50, 66, 3)] * 3
+    for decoded, original in zip(written, frames, strict=True):
+        assert np.abs(decoded[:49, :65].astype(int) - original).mean() < 8
+        repeated = np.pad(original, ((0, 1), (0, 1), (0, 0)), mode="edge")
+        assert np.abs(decoded[-1].astype(int) - repeated[-1]).mean() < 8  # the last row
+        assert np.abs(decoded[:, -1].astype(int) - repeated[:, -1]).mean() < 8  # and column
+    assert "odd.mp4: 3 frames, 66x50," in capsys.readouterr().out
+    assert "stores even sizes only" in caplog.text
+    assert "the 65x49 input with its last column and row repeated" in caplog.text
 
 
 @pytest.mark.parametrize(("batch", "noted"), [(4, True), (1, False)])
@@ -1622,7 +1623,7 @@ def test_a_high_speed_rate_whose_tenths_mp4v_cannot_store_is_written_whole(tmp_p
 
 @pytest.mark.parametrize(
     ("size", "named"),
-    [((96, 72), "96x72"), ((97, 72), "96x72 (the 97x72 input cropped to even sides)")],
+    [((96, 72), "96x72"), ((97, 72), "98x72 (the 97x72 input padded to even sides)")],
 )
 def test_an_opencv_that_cannot_write_mp4v_is_named_and_leaves_nothing(
     tmp_path, checkpoint, size, named
