@@ -103,6 +103,7 @@ from utils import (
     seed_everything,
     setup_distributed,
     warn_on_main_process,
+    worker_context,
     write_csv,
     write_image,
     write_json,
@@ -999,6 +1000,7 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
         timeout=WORKER_TIMEOUT if workers else 0,
         # a job's SIGTERM or Ctrl-C sent to all its processes is the main process's to act on
         worker_init_fn=functools.partial(leave_stop_signals_to_main, os.getpid()),
+        multiprocessing_context=worker_context() if workers else None,
         pin_memory=device.type == "cuda",
         collate_fn=None if train else collate_eval,
         generator=torch.Generator().manual_seed(args.seed),

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import queue
@@ -104,9 +105,9 @@ def leave_stop_signals_to_main(main_pid: int, worker_id: int) -> None:
     SIGTERM makes PyTorch's check of its workers raise "DataLoader worker ... is killed by
     signal" in the main process, wherever that is: a traceback after its clean stop. The main
     process's own SIGTERM (sent to a worker that hangs at shutdown) still ends the worker, read
-    by a thread here: a Python signal handler cannot tell who sent a signal. A worker forked
-    (Linux, up to Python 3.13) starts with one thread; one spawned or started by a forkserver
-    has another, native one, which may still take a SIGTERM for PyTorch's handler, as before.
+    by a thread here: a Python signal handler cannot tell who sent a signal. A spawned worker
+    has another, native thread by then, which blocks SIGTERM only if the worker started with it
+    blocked (worker_context).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not hasattr(signal, "sigwaitinfo"):  # macOS, Windows: the sender cannot be read
@@ -123,6 +124,61 @@ def leave_stop_signals_to_main(main_pid: int, worker_id: int) -> None:
     # SIGTERM waits for sigwaitinfo instead of reaching a handler.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     threading.Thread(target=obey_the_main_process, daemon=True).start()
+
+
+# The stop signals that DataLoader workers start with blocked (see worker_context): SIGTERM only
+# where leave_stop_signals_to_main reads its sender, for the main process still to end a worker.
+_BLOCKED_AT_START = (
+    {signal.SIGINT, signal.SIGTERM} if hasattr(signal, "sigwaitinfo") else {signal.SIGINT}
+)
+
+
+class _StartsWithStopSignalsBlocked:
+    """A process whose signal mask, at its start, holds _BLOCKED_AT_START: a forked child and a
+    spawned one (across exec) take the mask of the thread that starts them, and so does every
+    thread they start."""
+
+    def start(self) -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_AT_START)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+if hasattr(signal, "pthread_sigmask"):  # not on Windows, which has no signal masks
+    # At module level: a spawned child unpickles its process object, and so imports its class.
+    class _ForkWorker(_StartsWithStopSignalsBlocked, multiprocessing.context.ForkProcess):
+        pass
+
+    class _SpawnWorker(_StartsWithStopSignalsBlocked, multiprocessing.context.SpawnProcess):
+        pass
+
+    class _ForkWorkers(multiprocessing.context.ForkContext):
+        Process = _ForkWorker
+
+    class _SpawnWorkers(multiprocessing.context.SpawnContext):
+        Process = _SpawnWorker
+
+
+def worker_context() -> multiprocessing.context.BaseContext | None:
+    """The ``multiprocessing_context`` of the DataLoaders' workers: this process's start method
+    (multiprocessing.set_start_method's, else the platform's default), with processes that start
+    with _BLOCKED_AT_START blocked; None (PyTorch's choice) on Windows.
+
+    A worker started by spawn runs a native thread before its worker_init_fn, which cannot block
+    a signal for it there (leave_stop_signals_to_main): the job's SIGTERM, taken by that thread,
+    ended the worker, and PyTorch printed its traceback after the main process's clean stop.
+    Where the start method is the forkserver (Linux from Python 3.14), the workers are spawned
+    instead: a forkserver's children take its mask, not this process's, and a forkserver started
+    here with these signals blocked would pass them on to every later child it forks, a user's
+    own too.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    method = multiprocessing.get_start_method(allow_none=True)
+    method = method or multiprocessing.get_all_start_methods()[0]  # the first is the default
+    return _ForkWorkers() if method == "fork" else _SpawnWorkers()
 
 
 def _report_error(err: UserError) -> None:
