@@ -953,6 +953,21 @@ class FeatureCache:
                     for (path, view), f in zip(chunk, buffer.cpu(), strict=True):
                         self._store(self._run_key(path, view), f)
 
+    def _make_shared_folder(self) -> None:
+        """Under torchrun, make ``folder`` before this process writes into it. Made by an entry's
+        write (atomic_path), it was removed again if that write failed and left it empty, while
+        another process may have been about to write its own entry there: that write then failed
+        as well, "No such file or directory", reported as a full disk. Made here, each process
+        finds it there, and a failed write removes none. (A run stopped before its first entry
+        then leaves the folder empty, for the next run to fill.)"""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(
+                f"could not make the feature cache folder {self.folder} ({err}): pass another "
+                "--cache-dir"
+            ) from err
+
     def fill_splits(
         self, model: Segmentor, pairs: dict, views: Sequence[str], batch: int, rank=0, world=1
     ) -> None:
@@ -968,6 +983,8 @@ class FeatureCache:
             self.fill(model, pairs["valid"], ("orig",), batch, "caching valid features")
             others = ""
         else:
+            if self.mode == "disk":
+                self._make_shared_folder()
             self.fill(model, pairs["train"][rank::world], views, batch, "caching train")
             self.fill(model, pairs["valid"][rank::world], ("orig",), batch, "caching valid")
             mine = self.computed + self.reused

@@ -643,8 +643,8 @@ def check_resumed_cache_dir(args, ckpt: dict) -> None:
     """Check the --cache-dir of the run that ``ckpt`` continues where it is not a folder here (a
     folder of another machine, or a cache deleted since), saying so, or refuse it naming the
     checkpoint it came from: check_writable would name a --cache-dir the command line may not
-    hold. The folder is made by the cache's first file, as every output folder is, so that a run
-    stopped before then leaves none behind."""
+    hold. The folder is made by the cache's first file, as every output folder is (under torchrun,
+    when the cache starts filling), so that a run stopped before then leaves none behind."""
     recorded = checkpoint_settings(ckpt).get("cache_dir")
     folder = args.cache_dir
     if args.cache_features != "disk" or recorded is None or folder is None or folder.is_dir():

@@ -3,6 +3,7 @@ there is a GPU."""
 
 import argparse
 import datetime
+import errno
 import json
 import math
 import os
@@ -10,6 +11,8 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+import engine
 import train
 import utils
 from config import DEFAULT_CLASSES, parse_args
@@ -293,6 +297,62 @@ def test_a_disk_cache_other_machines_cannot_see_is_computed_again(tmp_path, weig
     assert "feature cache (disk): 8 views computed" in caplog.text
     assert ", 0 reused, 3 from the other processes;" in caplog.text
     assert not cache.missing(pairs["train"], ("orig", "flip")) + cache.missing(pairs["valid"])
+
+
+def test_a_failed_cache_write_under_torchrun_leaves_the_folder_the_others_write_into(
+    tmp_path, weights_file, monkeypatch
+):
+    """Rank 0 of 2 (a one-process gloo group) fails its first write to a new --cache-dir (a full
+    disk) while the other process, a thread here, is about to write its own first entry there:
+    the folder that rank 0's write had made was removed as empty, and the other process's write
+    failed with "No such file or directory", which it reported as a full disk."""
+    data = make_dataset(tmp_path / "data", n_train=2, n_valid=1, sizes=((28, 28),))
+    pairs = check_dataset(data, DEFAULT_CLASSES)
+    model = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file), 1), 2)
+    folder = tmp_path / "new" / "cache"
+    cache = FeatureCache(model, (28, 28), "disk", folder)
+    other = FeatureCache(model, (28, 28), "disk", folder)
+    rank_0_writes, other_checked, rank_0_failed = (threading.Event() for _ in range(3))
+    real_save, real_mkstemp = engine.torch_save, tempfile.mkstemp
+
+    def save(obj, path) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return real_save(obj, path)
+        rank_0_writes.set()
+        assert other_checked.wait(60)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def mkstemp(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            other_checked.set()  # the folder was there: this write does not make it
+            assert rank_0_failed.wait(60)
+        return real_mkstemp(*args, **kwargs)
+
+    def write_as_the_other_process() -> None:
+        assert rank_0_writes.wait(60)
+        try:
+            other._store("entry", torch.zeros(2, 2))
+        except UserError as err:
+            outcome.append(str(err))
+        else:
+            outcome.append("written")
+
+    monkeypatch.setattr(engine, "torch_save", save)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    outcome = []
+    writer = threading.Thread(target=write_as_the_other_process)
+    writer.start()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        with pytest.raises(UserError, match="could not write the feature cache"):
+            cache.fill_splits(model, pairs, ("orig",), 2, rank=0, world=2)
+    finally:
+        rank_0_failed.set()
+        writer.join(60)
+        dist.destroy_process_group()
+    assert outcome == ["written"]
+    assert [f.name for f in folder.iterdir()] == ["entry.pt"]
 
 
 def test_torchrun_on_cuda_without_nccl_is_refused(monkeypatch):
