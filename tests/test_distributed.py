@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -353,6 +354,55 @@ def test_a_failed_cache_write_under_torchrun_leaves_the_folder_the_others_write_
         dist.destroy_process_group()
     assert outcome == ["written"]
     assert [f.name for f in folder.iterdir()] == ["entry.pt"]
+
+
+LOADING_UNDER_TORCHRUN = """
+import argparse, os, time
+import torch
+import train, utils
+
+
+def main():
+    args = argparse.Namespace(batch=1, workers=1, cache_features="off", seed=0)
+    loader = train.make_loader([torch.zeros(3)] * 4, args, torch.device("cpu"), train=True)
+    batches = iter(loader)
+    next(batches)  # the worker is running
+    print("loading", os.environ["RANK"], flush=True)
+    time.sleep(300)  # until the stop
+
+
+utils.run_script(main)
+"""
+
+
+def test_a_sigterm_to_torchrun_stops_its_processes_cleanly_before_its_own_traceback(tmp_path):
+    # The README's account of a stopped torchrun job: torchrun sends the signal to each process's
+    # group (its DataLoader workers too), and they stop with rank 0's message alone; torchrun
+    # then raises its SignalException, whose traceback and exit code 1 are its own.
+    script = tmp_path / "load.py"
+    script.write_text(LOADING_UNDER_TORCHRUN)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    try:
+        assert sorted([proc.stdout.readline(), proc.stdout.readline()]) == [
+            "loading 0\n", "loading 1\n"]  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert stderr.count("interrupted\n") == 1, stderr
+    # one traceback, torchrun's: none of a process or of a DataLoader worker
+    assert stderr.count("Traceback") == 1, stderr
+    assert (
+        stderr.rstrip()
+        .splitlines()[-1]
+        .startswith("torch.distributed.elastic.multiprocessing.api.SignalException")
+    ), stderr
+    assert stderr.index("interrupted") < stderr.index("Traceback")
 
 
 def test_torchrun_on_cuda_without_nccl_is_refused(monkeypatch):
