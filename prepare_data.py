@@ -595,15 +595,33 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
     return kinds
 
 
-def suffix_pairs(images: Path, masks: Path, suffix: str) -> tuple[list[Pair], list[str]]:
+class Matched(NamedTuple):
+    """pair_files's answer: what paired, what did not and why."""
+
+    pairs: dict[str, Pair]  # by item: an image's path under its folder without the extension
+    unmasked: list[Path]  # images without a mask, in name order
+    problems: list[str]  # missing folders, names used twice, masks without an image...
+
+
+def pair_files(
+    images: Path,
+    masks: Path,
+    suffix: str = "",
+    *,
+    nested: bool = False,
+    masks_optional: bool = False,
+) -> Matched:
     """Pair each image with the mask named by the image's stem and ``suffix`` (x.jpg with
     x_mask.png for "_mask"; x.png for "").
 
     ``images`` and ``masks`` may be one folder, as Roboflow exports: there a file whose stem ends
-    with ``suffix`` is a mask, the others images. Hidden files and other formats are skipped.
+    with ``suffix`` is a mask, the others images. ``nested`` reads subfolders too, pairing by the
+    path below the folder (sub/x.jpg with sub/x.png), as CVAT exports. An image without a mask
+    is a problem unless ``masks_optional`` (CVAT writes masks for annotated frames only).
+    Hidden files and folders and other formats are skipped (_image_files).
 
     Returns:
-        (pairs sorted by image stem, problems: missing folders, unpaired files, names used twice)
+        Matched, its pairs sorted by item
     """
     same = images.resolve() == masks.resolve()
     problems = []
@@ -613,34 +631,46 @@ def suffix_pairs(images: Path, masks: Path, suffix: str) -> tuple[list[Pair], li
             if not (same and kind == "mask"):  # one folder, named once
                 problems.append(f"{folder}: folder missing")
             continue
-        for p, is_mask in _suffixed_files(folder, suffix):
+        for p in _image_files(folder, nested):
+            is_mask = p.stem.endswith(suffix)
             if same and is_mask != (kind == "mask"):
                 continue
             if kind == "mask" and not is_mask:
                 problems.append(f"{p}: a mask whose name does not end with --mask-suffix {suffix}")
                 continue
-            key = p.stem[: len(p.stem) - len(suffix)] if kind == "mask" else p.stem
+            key = p.relative_to(folder).with_suffix("").as_posix()
+            key = key[: len(key) - len(suffix)] if kind == "mask" else key
             if key in found[kind]:
                 problems.append(f"{p}: same name as {found[kind][key].name}; keep one of them")
             found[kind][key] = p
-    stems, named = found["image"], found["mask"]
+    by_item, named = found["image"], found["mask"]
+    unmasked = [by_item[k] for k in sorted(by_item) if k not in named]
+    if not masks_optional:
+        problems += [
+            f"{p}: image without a mask named {p.stem}{suffix} in {masks}" for p in unmasked
+        ]
     problems += [
-        f"{stems[k]}: image without a mask named {k}{suffix} in {masks}"
-        for k in stems
-        if k not in named
+        f"{named[k]}: mask without an image in {images}" for k in named if k not in by_item
     ]
-    problems += [f"{named[k]}: mask without an image in {images}" for k in named if k not in stems]
-    return [(stems[k], named[k]) for k in sorted(stems) if k in named], problems
+    pairs = {k: (by_item[k], named[k]) for k in sorted(by_item) if k in named}
+    return Matched(pairs, unmasked, problems)
 
 
-def _suffixed_files(folder: Path, suffix: str) -> Iterator[tuple[Path, bool]]:
-    """The image files of ``folder`` in name order, hidden files and other formats skipped,
-    each with whether its stem ends with ``suffix``: a mask's, where images and masks share
-    the folder."""
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-            continue
-        yield p, p.stem.endswith(suffix)
+def _image_files(folder: Path, nested: bool = False) -> list[Path]:
+    """The image files of ``folder`` (and of its subfolders where ``nested``) in name order.
+
+    Hidden files and everything in hidden folders are skipped, as find_pairs skips hidden
+    files: macOS's ._NAME forks, and the thumbnails and caches (.thumbnails/, .ipynb_checkpoints/)
+    that viewers and notebooks keep beside images, which would pair as frames or stand as masks
+    without an image.
+    """
+    return [
+        p
+        for p in sorted(folder.rglob("*") if nested else folder.iterdir())
+        if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+    ]
 
 
 def convert_pairs(
@@ -678,10 +708,11 @@ def convert_pairs(
 def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) -> dict[str, int]:
     """A folder of images and one of masks, split by name: sorted by image stem, every
     ``--valid-every``-th pair goes to valid, the rest to train."""
-    pairs, problems = suffix_pairs(args.images, args.masks, args.mask_suffix)
+    matched = pair_files(args.images, args.masks, args.mask_suffix)
+    pairs, problems = list(matched.pairs.values()), matched.problems
     every = valid_every(args)
     entries = list(args.images.iterdir()) if not pairs and args.images.is_dir() else []
-    entries = [p for p in entries if not p.name.startswith(".")]  # skipped, as suffix_pairs does
+    entries = [p for p in entries if not p.name.startswith(".")]  # skipped, as pair_files does
     folders = sorted(f"{p.name}/" for p in entries if p.is_dir())
     if folders and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
         # images/train/, images/val/...: a dataset split already, or sorted into folders (its
@@ -774,7 +805,8 @@ def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, i
     """
     splits, problems = {}, []
     for split, folder in ROBOFLOW_SPLITS.items():
-        splits[split], found = suffix_pairs(root / folder, root / folder, "_mask")
+        matched = pair_files(root / folder, root / folder, "_mask")
+        splits[split], found = list(matched.pairs.values()), matched.problems
         if not (root / folder).is_dir():
             found = [
                 f"{root / folder}: folder missing (export a dataset version with a {folder} "
@@ -786,8 +818,8 @@ def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, i
     problems += copies_across(images_of(splits), root / "train", root / "valid")
     kinds = convert_pairs(root, splits, problems, classes, out)
     test = root / "test"
-    files = _suffixed_files(test, "_mask") if test.is_dir() else []
-    return {**kinds, "test": sum(not is_mask for _, is_mask in files)}  # its images
+    files = _image_files(test) if test.is_dir() else []
+    return {**kinds, "test": sum(not p.stem.endswith("_mask") for p in files)}  # its images
 
 
 def read_labelmap(path: Path) -> ClassConfig:
@@ -816,30 +848,6 @@ def read_labelmap(path: Path) -> ClassConfig:
         return ClassConfig(tuple(names), tuple(colors), tuple(colors))
     except UserError as err:  # fewer than two labels, a name or colour twice
         raise UserError(f"{path}: {err}") from err
-
-
-def _files_by_id(folder: Path) -> tuple[dict[str, Path], list[str]]:
-    """The images under ``folder`` (subfolders too) by CVAT item id, their path without the
-    extension ("sub/x" for sub/x.jpg), and problems: two files of one id.
-
-    Hidden files and everything in hidden folders are skipped, as find_pairs skips hidden
-    files: macOS's ._NAME forks, and the thumbnails and caches (.thumbnails/, .ipynb_checkpoints/)
-    that viewers and notebooks keep beside images, which would pair as frames or stand as masks
-    without an image.
-    """
-    found: dict[str, Path] = {}
-    problems = []
-    for p in sorted(folder.rglob("*")):
-        relative = p.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-            continue
-        item = relative.with_suffix("").as_posix()
-        if item in found:
-            problems.append(f"{p}: same name as {found[item].name}; keep one of them")
-        found[item] = p
-    return found, problems
 
 
 def _cvat_subsets(root: Path) -> dict[str, tuple[Path, set[str]]] | None:
@@ -891,17 +899,15 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
             raise UserError(
                 f"{folder} is missing: --root must be a CVAT 'Segmentation mask 1.1' export"
             )
-    images, problems = _files_by_id(images_dir)
-    masks, found = _files_by_id(masks_dir)
-    problems += found
-    problems += [
-        f"{masks[i]}: mask without an image in {images_dir}" for i in masks if i not in images
-    ]
-    items = [i for i in sorted(images) if i in masks]
-    names = {images[i]: _flat_name(images[i].relative_to(images_dir).as_posix()) for i in items}
+    # by item id, the path without the extension ("sub/x" for sub/x.jpg)
+    matched = pair_files(images_dir, masks_dir, nested=True, masks_optional=True)
+    pairs, problems = matched.pairs, matched.problems
+    names = {
+        image: _flat_name(image.relative_to(images_dir).as_posix()) for image, _ in pairs.values()
+    }
     problems += [  # flat names that clash (a/b_c and a_b/c), also by case
         f"{images_dir}: {' and '.join(ids)} would share one name in --out; rename one of them"
-        for ids in _stem_clashes([(i, names[images[i]]) for i in items])
+        for ids in _stem_clashes([(i, names[image]) for i, (image, _) in pairs.items()])
     ]
     subsets = _cvat_subsets(root)
     if subsets is not None and args.valid_every is not None:
@@ -914,14 +920,14 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
     if subsets is None:
         if not problems:
             check_valid_every(
-                len(items), valid_every(args), f"{root}: {len(items)} annotated image(s)"
+                len(pairs), valid_every(args), f"{root}: {len(pairs)} annotated image(s)"
             )
-        splits = every_nth([(images[i], masks[i]) for i in items], valid_every(args))
+        splits = every_nth(list(pairs.values()), valid_every(args))
     else:
-        splits = {s: [(images[i], masks[i]) for i in items if i in subsets[s][1]] for s in SPLITS}
+        splits = {s: [pair for i, pair in pairs.items() if i in subsets[s][1]] for s in SPLITS}
         # among the annotated items: only those are copied
         both = subsets["train"][1] & subsets["valid"][1]
-        shared = [i for i in items if i in both]
+        shared = [i for i in pairs if i in both]
         problems += in_both(shared, subsets["train"][0], subsets["valid"][0])
         problems += [  # said here, where the list is known, not as "the split came out empty"
             f"{path}: none of the {len(ids)} item(s) it lists has a mask in {masks_dir}, "
@@ -932,12 +938,12 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
         ]
         listed = set().union(*(ids for _, ids in subsets.values()))
         unlisted = {
-            "unlisted": sum(i not in listed for i in items),
+            "unlisted": sum(i not in listed for i in pairs),
             "lists": " nor ".join(path.name for path, _ in subsets.values()),
         }
     problems += copies_across(images_of(splits), images_dir, images_dir)
     kinds = convert_pairs(root, splits, problems, classes, out, names)
-    return {**kinds, "unannotated": len(images) - len(items), **unlisted}
+    return {**kinds, "unannotated": len(matched.unmasked), **unlisted}
 
 
 def report(folder: Path, names: list[str]) -> None:
@@ -1100,7 +1106,7 @@ def main(args: argparse.Namespace) -> None:
     if (
         args.dataset == "folder"
         and not args.mask_suffix
-        and args.images.is_dir()  # else suffix_pairs names it missing
+        and args.images.is_dir()  # else pair_files names it missing
         and args.images.resolve() == args.masks.resolve()
     ):
         raise UserError(
