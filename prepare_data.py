@@ -87,47 +87,39 @@ def get_args_parser() -> argparse.ArgumentParser:
         )
         return flags
 
+    def source(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str) -> None:
+        """A required flag of a source file or folder (an Importer's ``sources``)."""
+        parser.add_argument(flag, type=path_arg, required=True, metavar=metavar, help=help)
+
+    def class_names(parser, help: str, **extra) -> None:
+        """--classes, the names of the classes to keep, with ``extra`` settings (choices=,
+        metavar=); ``parser`` may be a group."""
+        parser.add_argument("--classes", nargs="+", default=["person"], help=help, **extra)
+
     sub = parser.add_subparsers(dest="dataset", required=True)
     penn = sub.add_parser("pennfudan", parents=[common], help="the Penn-Fudan pedestrian zip")
-    penn.add_argument(
-        "--zip", type=path_arg, required=True, metavar="FILE", help="PennFudanPed.zip"
-    )
+    source(penn, "--zip", "FILE", "PennFudanPed.zip")
     voc = sub.add_parser("voc", parents=[common], help="PASCAL VOC 2012 segmentation")
-    voc.add_argument(
-        "--root", type=path_arg, required=True, metavar="DIR", help="VOCdevkit/VOC2012"
-    )
-    voc.add_argument(
-        "--classes",
-        nargs="+",
-        default=["person"],
+    source(voc, "--root", "DIR", "VOCdevkit/VOC2012")
+    class_names(
+        voc,
+        "the classes to keep, numbered 1, 2, ... in this order (default person)",
         choices=VOC_CLASSES[1:],
-        help="the classes to keep, numbered 1, 2, ... in this order (default person)",
     )
     coco = sub.add_parser(
         "coco", parents=[common, splitting()], help="COCO-format instance annotations"
     )
-    coco.add_argument(
-        "--annotations", type=path_arg, required=True, metavar="FILE", help="instances_*.json"
-    )
-    coco.add_argument(
-        "--images", type=path_arg, required=True, metavar="DIR", help="the folder of its images"
-    )
-    coco.add_argument(
-        "--classes",
-        nargs="+",
-        default=["person"],
-        metavar="NAME",
-        help="category names to keep (default person)",
-    )
+    source(coco, "--annotations", "FILE", "instances_*.json")
+    source(coco, "--images", "DIR", "the folder of its images")
+    class_names(coco, "category names to keep (default person)", metavar="NAME")
     binary = sub.add_parser(
         "binary", parents=[common], help="a dataset in our layout whose masks are 0/255 images"
     )
-    binary.add_argument(
+    source(
+        binary,
         "--root",
-        type=path_arg,
-        required=True,
-        metavar="DIR",
-        help="the folder with train_images/, train_masks/, valid_images/, valid_masks/",
+        "DIR",
+        "the folder with train_images/, train_masks/, valid_images/, valid_masks/",
     )
     binary.add_argument(
         "--name",
@@ -141,12 +133,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         parents=[common, splitting()],
         help="one folder of images and one of masks, to split",
     )
-    folder.add_argument(
-        "--images", type=path_arg, required=True, metavar="DIR", help="the folder of images"
-    )
-    folder.add_argument(
-        "--masks", type=path_arg, required=True, metavar="DIR", help="the folder of masks"
-    )
+    source(folder, "--images", "DIR", "the folder of images")
+    source(folder, "--masks", "DIR", "the folder of masks")
     folder.add_argument(
         "--mask-suffix",
         default="",
@@ -154,13 +142,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="what mask names add to their image's (x.jpg: x_mask.png)",
     )
     named = folder.add_mutually_exclusive_group()
-    named.add_argument(
-        "--classes",
-        nargs="+",
-        default=["person"],
-        metavar="NAME",
-        help="the names of class ids 1, 2, ... (default person)",
-    )
+    class_names(named, "the names of class ids 1, 2, ... (default person)", metavar="NAME")
     named.add_argument(
         "--config",
         type=path_arg,
@@ -170,25 +152,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     roboflow = sub.add_parser(
         "roboflow", parents=[common], help="a Roboflow 'Semantic Segmentation Masks' export"
     )
-    roboflow.add_argument(
-        "--root",
-        type=path_arg,
-        required=True,
-        metavar="DIR",
-        help="the folder with train/, valid/, test/",
-    )
+    source(roboflow, "--root", "DIR", "the folder with train/, valid/, test/")
     cvat = sub.add_parser(
         "cvat",
         parents=[common, splitting(" (of an export without train and validation subsets)")],
         help="a CVAT 'Segmentation mask 1.1' export",
     )
-    cvat.add_argument(
-        "--root",
-        type=path_arg,
-        required=True,
-        metavar="DIR",
-        help="the folder with labelmap.txt, JPEGImages/, SegmentationClass/",
-    )
+    source(cvat, "--root", "DIR", "the folder with labelmap.txt, JPEGImages/, SegmentationClass/")
     return parser
 
 
