@@ -1119,16 +1119,28 @@ def test_voc_points_a_cvat_export_to_the_cvat_importer(tmp_path):
         run("voc", "--root", str(root), "--out", str(tmp_path / "data"))
 
 
-def test_cvat_items_in_both_the_train_and_the_validation_list_are_refused(tmp_path):
-    """A hand-edited list can name an item in both subsets: copied into both splits, it would
-    be scored by validation after training on it."""
-    lists = {"Train": ["f0", "f1", "f2", "", "f5"], "Validation": ["f2", "f3", "f1", "", "f5"]}
-    root = cvat_fixture(tmp_path / "export", lists=lists)  # f5 unannotated: never copied
-    with pytest.raises(
-        UserError,
-        match=r"(?s)1 problem.*2 item\(s\) are in both \S*Train\.txt and \S*Validation\.txt: "
-        r"f1, f2; .*remove each from one of the two lists",
-    ):
+@pytest.mark.parametrize(
+    "lists, message",
+    [
+        # a hand-edited list can name an item in both subsets: copied into both splits, it would
+        # be scored by validation after training on it (f5, unannotated, is never copied)
+        (
+            {"Train": ["f0", "f1", "f2", "", "f5"], "Validation": ["f2", "f3", "f1", "", "f5"]},
+            r"2 item\(s\) are in both \S*Train\.txt and \S*Validation\.txt: f1, f2; "
+            r".*remove each from one of the two lists",
+        ),
+        # f5 has no mask: said with its list, not as "the valid split came out empty"
+        (
+            {"Train": ["f0", "f1", "f2", "f3"], "Validation": ["f5"]},
+            r"Validation\.txt: none of the 1 item\(s\) it lists has a mask in "
+            r"\S*SegmentationClass, so the valid split would be empty",
+        ),
+    ],
+    ids=["item in both", "no annotated frame"],
+)
+def test_cvat_subset_lists_that_would_spoil_a_split_are_named(tmp_path, lists, message):
+    root = cvat_fixture(tmp_path / "export", lists=lists)
+    with pytest.raises(UserError, match=rf"(?s)1 problem.*{message}"):
         run("cvat", "--root", str(root), "--out", str(tmp_path / "data"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
@@ -1281,18 +1293,6 @@ def test_the_instance_ids_note_names_where_this_importer_takes_its_classes(tmp_p
     printed = capsys.readouterr().out
     assert "2 mask(s) held values above 1" in printed and "--classes" not in printed
     assert f"list each class in {root / 'labelmap.txt'}" in printed
-
-
-def test_cvat_subset_without_an_annotated_frame_is_named_with_its_list(tmp_path):
-    lists = {"Train": ["f0", "f1", "f2", "f3"], "Validation": ["f5"]}  # f5 has no mask
-    root = cvat_fixture(tmp_path / "export", lists=lists)
-    with pytest.raises(
-        UserError,
-        match=r"(?s)1 problem.*Validation\.txt: none of the 1 item\(s\) it lists has a mask in "
-        r"\S*SegmentationClass, so the valid split would be empty",
-    ):
-        run("cvat", "--root", str(root), "--out", str(tmp_path / "data"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_voc_lists_saved_by_a_text_editor_are_read(tmp_path):
