@@ -452,9 +452,13 @@ def _stem_clashes(named: list[tuple[str, str]]) -> list[list[str]]:
 
 
 def _flat_name(file_name: str) -> str:
-    """One file name for a COCO file_name: train/1.jpg -> train_1.jpg, /data/1.jpg -> data_1.jpg."""
+    """One file name for a COCO file_name: train/1.jpg -> train_1.jpg, /data/1.jpg -> data_1.jpg,
+    ../images/1.jpg -> images_1.jpg."""
     path = Path(file_name)
-    return "_".join(path.relative_to(path.anchor).parts if path.anchor else path.parts)
+    parts = path.relative_to(path.anchor).parts if path.anchor else path.parts
+    # Without the ".." of a name relative to another folder, and without leading dots: a name
+    # starting with "." is a hidden file, which training skips with its mask without a word.
+    return "_".join(part for part in parts if part != "..").lstrip(".")
 
 
 def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:

@@ -521,6 +521,20 @@ def test_coco_absolute_file_names_stay_inside_out(tmp_path):
     assert len(check_dataset(out, DEFAULT_CLASSES)["train"]) == 1
 
 
+def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_path):
+    """A file_name relative to the annotation file's folder (../images/b.jpg) made the flat name
+    .._images_b.jpg: a hidden file, which training skips with its mask, without a word."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["images"][1]["file_name"] = "../images/b.jpg"  # read from --images/../images
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    assert not [p for p in out.rglob(".*")]
+    assert [len(pairs) for pairs in check_dataset(out, DEFAULT_CLASSES).values()] == [1, 1]
+
+
 @pytest.mark.parametrize("defect", ["rle size", "rle counts", "height", "category_id"])
 def test_coco_malformed_entries_are_named(tmp_path, defect):
     ann = coco_fixture(tmp_path / "coco")
