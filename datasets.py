@@ -627,21 +627,29 @@ def checked_mask(
         mask, reading, counts = _read_mask(mask_path, classes, count=True)
     except DataError as err:
         problems.append(str(err))
-    if size is not None and mask is not None and (mask.shape[1], mask.shape[0]) != size:
-        swapped = (mask.shape[0], mask.shape[1]) == size
-        hint = (
-            " (sides swapped: a phone photo turned upright by its EXIF orientation, and a mask "
-            "drawn on its stored pixels? Masks must match the image as displayed)"
-            if swapped
-            else ""
-        )
-        problems.append(
-            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-            f"{image_path.name} is {size[0]}x{size[1]}{hint}"
-        )
+    if size is not None and mask is not None:
+        problems += size_mismatch(pair, size, mask.shape)
     if counts is None:  # counted while reading it where it held class or instance ids
         counts = pixel_counts(mask) if mask is not None else np.zeros(256, np.int64)
     return problems, mask, counts, reading
+
+
+def size_mismatch(pair: Pair, size: tuple[int, int], shape: tuple[int, ...]) -> list[str]:
+    """The problem of a pair whose image is ``size`` (W, H, as image_size gives it) and whose
+    mask is of ``shape`` (H, W): none where they match."""
+    image_path, mask_path = pair
+    if (shape[1], shape[0]) == size:
+        return []
+    hint = (
+        " (sides swapped: a phone photo turned upright by its EXIF orientation, and a mask "
+        "drawn on its stored pixels? Masks must match the image as displayed)"
+        if (shape[0], shape[1]) == size
+        else ""
+    )
+    return [
+        f"{mask_path}: mask is {shape[1]}x{shape[0]} but its image {image_path.name} is "
+        f"{size[0]}x{size[1]}{hint}"
+    ]
 
 
 def _classes_hint(root: Path, classes: ClassConfig) -> str:

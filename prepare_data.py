@@ -52,8 +52,10 @@ from datasets import (
     describe_identical,
     find_pairs,
     identical_images,
+    image_size,
     map_colors,
     open_image,
+    size_mismatch,
     split_of,
     write_pair,
 )
@@ -532,7 +534,8 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
     """Copy a dataset in our layout, turning its 0/255 masks into 0/1 class-index PNGs.
 
     Images are copied unchanged and pair with masks by stem, as in training. Every problem
-    (unpaired files, unreadable or colour masks) is reported at once.
+    (unpaired files, unreadable images or masks, colour masks, a mask of another size than its
+    image, as training checks them) is reported at once.
 
     Returns:
         the number of masks of each kind read_binary_mask names.
@@ -549,11 +552,18 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
     foreground = 0  # pixels of 128 and more
     for split, pairs in splits.items():
         for image, mask_path in pairs:
+            try:  # read as training reads it: a corrupt image, or one of another size, is named
+                size = image_size(image)
+            except DataError as err:
+                problems.append(str(err))
+                size = None
             try:
                 mask, kind = read_binary_mask(mask_path)
             except DataError as err:
                 problems.append(str(err))
                 continue
+            if size is not None:
+                problems += size_mismatch((image, mask_path), size, mask.shape)
             kinds[kind] += 1
             foreground += int(mask.sum()) if kind != "0/1" else 0
             if not problems:  # otherwise nothing is kept: the masks are only checked

@@ -259,6 +259,21 @@ def test_binary_names_every_bad_file_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["people"]
 
 
+def test_binary_names_corrupt_images_and_masks_of_another_size_and_writes_nothing(tmp_path):
+    """Images were copied unread: a corrupt one, or a mask of another size than its image, was
+    written into --out as a dataset that training then refused, naming --out's files."""
+    root = binary_fixture(tmp_path / "people")
+    (root / "train_images" / "train0.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.zeros((21, 28), np.uint8)).save(root / "valid_masks" / "valid0.png")
+    with pytest.raises(
+        UserError,
+        match=r"(?s)2 problem.*train0\.jpg.*valid0\.png: mask is 28x21 but its image "
+        r"valid0\.jpg is 56x42",
+    ):
+        run("binary", "--root", str(root), "--out", str(tmp_path / "people_01"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people"]
+
+
 def test_binary_names_unpaired_files_and_bad_masks_at_once(tmp_path):
     root = binary_fixture(tmp_path / "people")
     (root / "valid_masks" / "valid0.png").write_bytes(b"not a png")
