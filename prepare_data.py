@@ -232,7 +232,10 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
         raise UserError(problem[0])
     for split, pairs in splits.items():
         for image, mask in pairs:
-            write_pair(out, split, image.name, image.read_bytes(), lut[read_voc_mask(mask)])
+            ids = read_voc_mask(mask)
+            if problem := size_mismatch((image, mask), displayed_size(image), ids.shape):
+                raise UserError(problem[0])
+            write_pair(out, split, image.name, image.read_bytes(), lut[ids])
 
 
 def in_both(shared: list[str], train: Path, valid: Path) -> list[str]:
@@ -281,6 +284,15 @@ def copies_across(images: dict[str, list[Path]], train: Path, valid: Path) -> li
         f"one to train and one to valid (train = valid): {describe_identical(pairs, train)}; "
         "validation would score images the model trained on, so delete one of each pair"
     ]
+
+
+def displayed_size(image: Path) -> tuple[int, int]:
+    """(W, H) of ``image`` as training reads it (image_size), or a UserError naming it where
+    training could not read it: importers that copy images unchanged check them so."""
+    try:
+        return image_size(image)
+    except DataError as err:
+        raise UserError(str(err)) from err
 
 
 def read_voc_mask(path: Path) -> np.ndarray:
@@ -357,6 +369,13 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
         drawn += masked
         if not source.is_file():
             raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
+        if (size := displayed_size(source)) != (img["width"], img["height"]):
+            raise UserError(
+                f"{annotations}: image {img['id']} ({img['file_name']}) has width {img['width']}, "
+                f"height {img['height']}, but {source} is {size[0]}x{size[1]} as displayed: its "
+                "masks would not fit it. Pass the --images the annotations were drawn on (not "
+                "resized copies; a photo turned by its EXIF orientation swaps the sides)"
+            )
         write_pair(out, split, names[img["id"]], source.read_bytes(), mask)
     if not kept:
         raise UserError(

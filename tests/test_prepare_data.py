@@ -573,6 +573,30 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("defect", ["size", "corrupt"])
+def test_voc_and_coco_images_training_would_refuse_are_named(tmp_path, defect):
+    """Images were copied unread: one of another size than its annotations (resized after
+    annotating), or a corrupt one, made a dataset that training refused, naming --out's files."""
+    root = voc_fixture(tmp_path / "VOC2012")
+    jpeg = root / "JPEGImages" / "2007_000001.jpg"
+    ann = coco_fixture(tmp_path / "coco")
+    if defect == "size":
+        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(jpeg)
+        Image.fromarray(np.zeros((20, 25, 3), np.uint8)).save(tmp_path / "coco/images/b.jpg")
+        voc = r"2007_000001\.png: mask is 30x20 but its image 2007_000001\.jpg is 60x40"
+        coco = r"image 2 \(b\.jpg\) has width 50, height 40, but \S*b\.jpg is 25x20"
+    else:
+        jpeg.write_bytes(b"not a jpeg")
+        (tmp_path / "coco/images/b.jpg").write_bytes(b"not a jpeg")
+        voc, coco = r"2007_000001\.jpg", r"b\.jpg"
+    with pytest.raises(UserError, match=voc):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "voc"))
+    with pytest.raises(UserError, match=coco):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012", "coco"]
+
+
 def test_coco_categories_sharing_a_name_are_all_kept(tmp_path):
     """Merged exports repeat a name under two ids: only the last id's objects were kept."""
     ann = coco_fixture(tmp_path / "coco")
