@@ -420,7 +420,31 @@ def _read_coco(annotations: Path) -> dict:
                     f"{annotations}: {kind[:-1]} {name} lacks {missing[0]!r}; every entry of "
                     f"its {kind} list needs {', '.join(needed)}"
                 )
+    for img in data["images"]:
+        if not isinstance(img["file_name"], str):
+            raise UserError(
+                f"{annotations}: image {img['id']}'s file_name is {img['file_name']!r}, not a "
+                "file name; name its file under --images"
+            )
+        for side in ("height", "width"):
+            value = img[side]
+            if not _whole(value):
+                raise UserError(
+                    f"{annotations}: image {img['id']}'s {side} is {value!r}, not a whole number "
+                    'of pixels; write its size in pixels (40, not "40" or 40.5)'
+                )
+            img[side] = int(value)  # 480.0 as some converters write it: numpy takes no float
     return data
+
+
+def _whole(value) -> bool:
+    """Whether a JSON value is a positive whole number: 480 or 480.0, not "480", 480.5 or true."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and float(value).is_integer()
+        and value > 0
+    )
 
 
 def _coco_file_names(annotations: Path, images: list[dict]) -> tuple[dict, dict]:

@@ -550,7 +550,9 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
     assert [len(pairs) for pairs in check_dataset(out, DEFAULT_CLASSES).values()] == [1, 1]
 
 
-@pytest.mark.parametrize("defect", ["rle size", "rle counts", "height", "category_id"])
+@pytest.mark.parametrize(
+    "defect", ["rle size", "rle counts", "height", "width text", "file_name null", "category_id"]
+)
 def test_coco_malformed_entries_are_named(tmp_path, defect):
     ann = coco_fixture(tmp_path / "coco")
     data = json.loads(ann.read_text())
@@ -563,6 +565,12 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
     elif defect == "height":
         del data["images"][0]["height"]
         message = r"image 1 lacks 'height'"
+    elif defect == "width text":  # was a TypeError's traceback
+        data["images"][0]["width"] = "50"
+        message = r"image 1's width is '50', not a whole number of pixels"
+    elif defect == "file_name null":
+        data["images"][0]["file_name"] = None
+        message = r"image 1's file_name is None, not a file name"
     else:
         del data["annotations"][0]["category_id"]
         message = r"annotation 1 lacks 'category_id'"
@@ -571,6 +579,20 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
         run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
             "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+def test_coco_sides_written_as_whole_floats_are_read(tmp_path):
+    """Converters that take an image's sides from arrays write "height": 40.0, which made a
+    traceback (np.zeros takes no float)."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    for image in data["images"]:
+        image["height"], image["width"] = float(image["height"]), float(image["width"])
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "o"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    assert np.asarray(Image.open(out / "train_masks" / "a.png")).shape == (40, 50)
 
 
 @pytest.mark.parametrize("defect", ["size", "corrupt"])
