@@ -716,20 +716,25 @@ def convert_pairs(
     nothing is written.
 
     Returns:
-        {"instances": the number of masks read as instance ids}
+        {"instances": the number of masks read as instance ids, "ignore only": the number holding
+        255 (ignore) where none holds a pixel of a class but background, else 0}
     """
-    instances = 0
+    instances = ignoring = 0
+    classes_seen = False  # a pixel of class 1, 2, ... in any mask
     for split, pairs in splits.items():
         for image, mask in pairs:
-            found, ids, _, reading = checked_mask((image, mask), classes)
+            found, ids, counts, reading = checked_mask((image, mask), classes)
             problems += found
             instances += reading == "instances"
+            ignoring += bool(counts[IGNORE_INDEX])
+            classes_seen |= bool(counts[1 : classes.num_classes].any())
             if not problems:  # otherwise nothing is kept: the pairs are only checked
                 name = names[image] if names else image.name
                 write_pair(out, split, name, image.read_bytes(), ids)
     if problems:
         raise DatasetError(root, problems)
-    return {"instances": instances}
+    # black-and-white masks, whose 255 reads as ignore: a dataset without its classes
+    return {"instances": instances, "ignore only": 0 if classes_seen else ignoring}
 
 
 def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) -> dict[str, int]:
@@ -1004,7 +1009,7 @@ class Importer(NamedTuple):
     hold nor lie inside them. ``convert(args, stage, classes)`` writes the four folders into
     the staging folder ``stage``, with ``classes`` the ones main writes to classes.yaml, and
     returns counts for print_notes (read_binary_mask's kinds of mask; convert_pairs's masks read
-    as instance ids, with the images cvat and roboflow left out) or None.
+    as instance ids or of ignore alone, with the images cvat and roboflow left out) or None.
     """
 
     sources: tuple[str, ...]
@@ -1117,6 +1122,19 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
         print(
             f"{kinds['test']} image(s) in {args.root / 'test'} (the export's test split) were "
             "left out"
+        )
+    if kinds.get("ignore only"):
+        fix = (
+            f"if 255 marks {names[1]}, map it to 1: python prepare_data.py binary --root "
+            f"{shell_quote(str(args.out))} --out {shell_quote(str(args.out) + '_01')} --name "
+            f"{shell_quote(names[1])}"
+            if len(names) == 2
+            else f"label the masks with the class ids 1-{len(names) - 1} of {names[1:]}"
+        )
+        print(
+            f"no mask holds a pixel of {' or '.join(names[1:])}, while {kinds['ignore only']} hold "
+            f"{IGNORE_INDEX} (ignore): black-and-white masks? Training would learn background "
+            f"alone; {fix}"
         )
     if kinds.get("0/1"):
         print(

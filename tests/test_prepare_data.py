@@ -841,6 +841,20 @@ def test_folder_splits_images_and_masks_by_name_and_writes_class_ids(tmp_path, c
     assert "valid: 2 images; pixels: background 5,944, person 200" in capsys.readouterr().out
 
 
+def test_folder_says_how_to_read_black_and_white_masks(tmp_path, capsys):
+    """0/255 masks, the commonest home-made kind, read as background and ignore: the importer
+    wrote a dataset without one pixel of its class, and said nothing."""
+    root = folder_fixture(tmp_path / "mine", values=(255,))
+    out = tmp_path / "data"
+    run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+        "--out", str(out), "--valid-every", "3")  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "no mask holds a pixel of person, while 6 hold 255 (ignore)" in printed
+    command = re.search(r"python prepare_data\.py (binary .*)$", printed, re.M)[1].split()
+    run(*command)  # the advice works: 255 becomes person
+    assert "pixels: background 5,944, person 200;" in capsys.readouterr().out
+
+
 def test_folder_decodes_each_source_mask_once(tmp_path, monkeypatch):
     # the check that reads a mask hands its class ids on to be written, rather than the
     # writing decoding the file again
