@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import csv
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -1061,9 +1062,14 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
 
 
 def check_out(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
-    """Refuse an --out that cannot replace or be replaced safely: the current folder, a folder
-    holding one of the ``sources`` flags' paths, or a non-empty folder inside one of them."""
+    """Refuse an --out that cannot replace or be replaced safely: one ending in "..", the current
+    folder, a folder holding one of the ``sources`` flags' paths, or a non-empty folder inside
+    one of them."""
     out = args.out
+    if out.name == "..":  # staging would rename "..", which no file system allows
+        raise UserError(
+            f"--out {out} ends in ..: pass the folder it names, --out {os.path.normpath(out)}"
+        )
     if within(Path.cwd(), out):  # a folder cannot be renamed from inside
         raise UserError(
             f"--out {out} is the current folder or holds it; name a new folder, such as "

@@ -678,6 +678,19 @@ def test_out_that_cannot_be_made_is_named(tmp_path, monkeypatch):
         run("voc", "--root", str(root), "--out", ".")
 
 
+def test_out_ending_in_dot_dot_is_named_not_a_traceback(tmp_path):
+    """--out DIR/sub/.. with --force tried to rename "..", an OSError's traceback."""
+    root = voc_fixture(tmp_path / "VOC2012")
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "old.txt").write_text("")
+    out = tmp_path / "data" / "sub" / ".."
+    named = re.escape(str(tmp_path / "data"))
+    message = rf"--out {re.escape(str(out))} ends in \.\.: pass the folder it names, --out {named}$"
+    with pytest.raises(UserError, match=message):
+        run("voc", "--root", str(root), "--out", str(out), "--force")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["old.txt", "sub"]
+
+
 def test_voc_ids_that_are_no_voc_class_are_named(tmp_path):
     root = voc_fixture(tmp_path / "VOC2012")
     path = root / "SegmentationClass" / "2007_000001.png"
