@@ -186,7 +186,11 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
             # one is only moved aside, and comes back if that fails or Ctrl-C arrives.
             old = holder / "old"
             if out.exists() or out.is_symlink():
-                out.rename(old)
+                try:
+                    out.rename(old)
+                except OSError as err:  # a bind mount, which ismount does not see (check_out)
+                    why = f"cannot be renamed ({err.strerror}: a mount point?)"
+                    raise unswappable(out, why) from err
             try:
                 (holder / "data").rename(out)
             except BaseException:
@@ -1063,8 +1067,8 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
 
 def check_out(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
     """Refuse an --out that cannot replace or be replaced safely: one ending in "..", the current
-    folder, a folder holding one of the ``sources`` flags' paths, or a non-empty folder inside
-    one of them."""
+    folder, a folder holding one of the ``sources`` flags' paths, a non-empty folder inside one
+    of them, or a mount point."""
     out = args.out
     if out.name == "..":  # staging would rename "..", which no file system allows
         raise UserError(
@@ -1089,6 +1093,17 @@ def check_out(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
                 f"--out {out} is a folder of the source --{key} {source} and holds files: "
                 "replacing it would delete them; choose an --out outside the source"
             )
+    if os.path.ismount(out):  # said before converting; staging names those that ismount misses
+        raise unswappable(out, "is a mount point (a Docker volume, a drive or a share)")
+
+
+def unswappable(out: Path, why: str) -> UserError:
+    """The error of an --out folder that cannot be renamed, so that the finished dataset, built
+    beside it, cannot take its place."""
+    return UserError(
+        f"--out {out} {why}, so the new dataset cannot take its place; pass a new folder inside "
+        f"it, such as --out {out / 'dataset'}"
+    )
 
 
 def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: list[str]) -> None:

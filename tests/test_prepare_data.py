@@ -375,6 +375,40 @@ def test_force_never_replaces_the_source_reached_under_another_name(tmp_path, in
     assert sorted((root / "train_masks").rglob("*")) == before
 
 
+@needs_mount_namespace
+@pytest.mark.parametrize(
+    ("mount", "message"),
+    [("tmpfs", "is a mount point (a Docker volume"), ("bind", "cannot be renamed (")],
+)
+def test_out_that_is_a_mount_point_is_named_not_a_traceback(tmp_path, mount, message):
+    """--out /data where /data is a Docker volume: a mount point cannot be renamed, so the
+    finished dataset ended in an OSError's traceback. A file system of its own (tmpfs) is seen
+    before converting; a bind mount of a folder of the same one only when renaming."""
+    root = folder_fixture(tmp_path / "mine")
+    volume, data = tmp_path / "volume", tmp_path / "data"
+    volume.mkdir()
+    data.mkdir()
+    cmd = ["prepare_data.py", "folder", "--images", str(root / "images"),
+           "--masks", str(root / "masks"), "--out"]  # fmt: skip
+    if mount == "bind":
+        proc = run_bind_mounted(volume, data, sys.executable, *cmd, str(data))
+    else:
+        mount_then_run = 'mount -t tmpfs none "$1" && shift && exec "$@"'
+        proc = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", mount_then_run, "sh", str(data), sys.executable,
+             *cmd, str(data)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"--out {data} {message}" in proc.stderr
+    assert f"such as --out {data / 'dataset'}" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine", "volume"]
+    if mount == "bind":
+        proc = run_bind_mounted(volume, data, sys.executable, *cmd, str(data / "dataset"))
+        assert proc.returncode == 0, proc.stderr  # the advice works
+        assert (volume / "dataset" / "classes.yaml").is_file()
+
+
 def test_coco_files_that_are_not_instance_masks_are_named(tmp_path):
     ann = coco_fixture(tmp_path / "coco")
     data = json.loads(ann.read_text())
