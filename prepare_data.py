@@ -20,6 +20,7 @@ Roboflow's "Semantic Segmentation Masks" export, ``cvat`` CVAT's "Segmentation m
 import argparse
 import contextlib
 import csv
+import errno
 import json
 import os
 import shlex
@@ -197,6 +198,14 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
                 if old.exists() or old.is_symlink():
                     old.rename(out)
                 raise
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise UserError(  # what was written is removed below, which frees the space
+                f"--out {out}: its disk filled up ({err.strerror}) while the dataset was written, "
+                "and nothing was kept; free some space (about the size of the source images and "
+                "masks) or choose an --out on another disk"
+            ) from err
         finally:
             shutil.rmtree(holder, ignore_errors=True)
 

@@ -409,6 +409,28 @@ def test_out_that_is_a_mount_point_is_named_not_a_traceback(tmp_path, mount, mes
         assert (volume / "dataset" / "classes.yaml").is_file()
 
 
+@needs_mount_namespace
+def test_a_disk_that_fills_while_writing_is_named_and_left_as_it_was(tmp_path):
+    """The disk of --out filling up (a Colab or a container disk) ended in an OSError's
+    traceback. Here --out lies on a 16 KiB file system, which the second file fills."""
+    root = folder_fixture(tmp_path / "mine")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    cmd = [sys.executable, "prepare_data.py", "folder", "--images", str(root / "images"),
+           "--masks", str(root / "masks"), "--out", str(disk / "data")]  # fmt: skip
+    # the disk is listed after the run, before the namespace and its file system go
+    mount_run_list = (
+        'mount -t tmpfs -o size=16k none "$1" && shift && "$@"; s=$?; ls -A "$0"; exit $s'
+    )
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", mount_run_list, str(disk), str(disk), *cmd],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"--out {disk / 'data'}: its disk filled up (No space left on device)" in proc.stderr
+    assert proc.stdout == ""  # nothing left on the disk: the half-written copy is removed
+
+
 def test_coco_files_that_are_not_instance_masks_are_named(tmp_path):
     ann = coco_fixture(tmp_path / "coco")
     data = json.loads(ann.read_text())
