@@ -54,6 +54,16 @@ def run_bind_mounted(folder: Path, alias: Path, *cmd: str) -> subprocess.Complet
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+def run_on_tmpfs(folder: Path, size: str, *cmd: str) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ROOT with a new tmpfs of ``size`` bytes ("16k") mounted on ``folder`` in
+    a mount namespace of its own: a file system of its own there (a Docker volume, a drive),
+    or a small one that fills. What is left in ``folder`` is listed on stdout after ``cmd``'s
+    output (ls -A), before the file system goes with the namespace."""
+    script = 'mount -t tmpfs -o size="$1" none "$2" && d="$2" && shift 2 && "$@"; s=$?; ls -A "$d"'
+    cmd = ["unshare", "-rm", "sh", "-c", f"{script}; exit $s", "sh", size, str(folder), *cmd]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ctrl_c_raises():
     """Ctrl-C raises KeyboardInterrupt in the tests however pytest was started. A shell that

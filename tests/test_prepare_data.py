@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 import datasets
 import prepare_data
 from config import DEFAULT_CLASSES, ClassConfig, voc_palette
-from conftest import ROOT, needs_mount_namespace, run_bind_mounted
+from conftest import ROOT, needs_mount_namespace, run_bind_mounted, run_on_tmpfs
 from datasets import check_dataset
 from synthetic import penn_fudan_zip
 from utils import UserError
@@ -393,12 +393,7 @@ def test_out_that_is_a_mount_point_is_named_not_a_traceback(tmp_path, mount, mes
     if mount == "bind":
         proc = run_bind_mounted(volume, data, sys.executable, *cmd, str(data))
     else:
-        mount_then_run = 'mount -t tmpfs none "$1" && shift && exec "$@"'
-        proc = subprocess.run(
-            ["unshare", "-rm", "sh", "-c", mount_then_run, "sh", str(data), sys.executable,
-             *cmd, str(data)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        proc = run_on_tmpfs(data, "1m", sys.executable, *cmd, str(data))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert f"--out {data} {message}" in proc.stderr
     assert f"such as --out {data / 'dataset'}" in proc.stderr
@@ -418,17 +413,10 @@ def test_a_disk_that_fills_while_writing_is_named_and_left_as_it_was(tmp_path):
     disk.mkdir()
     cmd = [sys.executable, "prepare_data.py", "folder", "--images", str(root / "images"),
            "--masks", str(root / "masks"), "--out", str(disk / "data")]  # fmt: skip
-    # the disk is listed after the run, before the namespace and its file system go
-    mount_run_list = (
-        'mount -t tmpfs -o size=16k none "$1" && shift && "$@"; s=$?; ls -A "$0"; exit $s'
-    )
-    proc = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", mount_run_list, str(disk), str(disk), *cmd],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_on_tmpfs(disk, "16k", *cmd)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert f"--out {disk / 'data'}: its disk filled up (No space left on device)" in proc.stderr
-    assert proc.stdout == ""  # nothing left on the disk: the half-written copy is removed
+    assert proc.stdout == ""  # ls -A: nothing left on the disk, the half-written copy removed
 
 
 def test_coco_files_that_are_not_instance_masks_are_named(tmp_path):
