@@ -434,6 +434,16 @@ def _read_coco(annotations: Path) -> dict:
                     f"{annotations}: {kind[:-1]} {name} lacks {missing[0]!r}; every entry of "
                     f"its {kind} list needs {', '.join(needed)}"
                 )
+    for kind, noun, label in (("images", "image", "file_name"), ("categories", "category", "name")):
+        first: dict = {}  # id -> its first entry
+        for entry in data[kind]:
+            other = first.setdefault(entry["id"], entry)
+            if other[label] != entry[label]:  # annotations name both by that id
+                raise UserError(
+                    f"{annotations}: {noun} id {entry['id']} is given to {other[label]} and "
+                    f"{entry[label]}, so its annotations cannot tell them apart (exports merged "
+                    "without renumbering?); renumber the ids of one export before merging"
+                )
     for img in data["images"]:
         if not isinstance(img["file_name"], str):
             raise UserError(

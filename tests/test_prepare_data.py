@@ -677,6 +677,26 @@ def test_coco_categories_sharing_a_name_are_all_kept(tmp_path):
     assert np.asarray(Image.open(out / "valid_masks" / "b.png"))[25, 25] == 1
 
 
+@pytest.mark.parametrize("kind", ["images", "categories"])
+def test_coco_ids_given_twice_are_named(tmp_path, kind):
+    """Exports merged without renumbering give one id to two images or two categories, and an
+    annotation names both: the masks were drawn with the other image's objects, or every object
+    of one id became the last category of that id, without a word."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    if kind == "images":  # c.jpg (a cat only) takes b.jpg's id
+        data["images"][2]["id"] = 2
+        message = r"image id 2 is given to b\.jpg and c\.jpg"
+    else:  # a second export's "car" takes the id of person
+        data["categories"].append({"id": 1, "name": "car"})
+        message = r"category id 1 is given to person and car"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=rf"{re.escape(str(ann))}: {message}, .*renumber the ids"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--classes", "person", "cat")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_coco_empty_splits_name_the_cause_and_the_flag(tmp_path):
     ann = coco_fixture(tmp_path / "coco")
     flags = ["--annotations", str(ann), "--images", str(tmp_path / "coco/images")]
