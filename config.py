@@ -581,6 +581,11 @@ WINDOWS_PATHS_IN_YAML = (
 
 def read_yaml(path: Path) -> dict:
     """Read a YAML mapping, turning every failure into one readable message."""
+    if path.is_dir():
+        # a dataset folder, given for the classes.yaml that prepare_data.py writes into it
+        inside = path / "classes.yaml"
+        such = f", such as {inside}" if inside.is_file() else ""
+        raise UserError(f"config file {path} is a folder; pass the YAML file{such}")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     try:

@@ -745,6 +745,14 @@ def test_default_class_colours_are_distinct_and_visible():
 def test_a_missing_config_file_is_named_and_an_empty_one_changes_nothing(tmp_path):
     with pytest.raises(UserError, match=r"config file .*missing.yaml does not exist"):
         parse_args(train.get_args_parser(), ["--config", str(tmp_path / "missing.yaml")])
+    # a dataset folder given for the classes.yaml that prepare_data.py writes into it
+    (tmp_path / "data" / "classes.yaml").parent.mkdir()
+    (tmp_path / "data" / "classes.yaml").write_text("ALL_CLASSES: [background, cat]\n")
+    with pytest.raises(
+        UserError,
+        match=r"config file .*data is a folder; pass the YAML file, such as .*classes.yaml",
+    ):
+        parse_args(train.get_args_parser(), ["--config", str(tmp_path / "data")])
     # a config file whose settings are all commented out yet: YAML reads it as null
     (tmp_path / "empty.yaml").write_text("# lr: 0.01\n")
     args, classes = parse_args(train.get_args_parser(), ["--config", str(tmp_path / "empty.yaml")])
