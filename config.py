@@ -538,6 +538,11 @@ def check_imgsz(imgsz) -> None:
 
 def check_inference_args(args: argparse.Namespace) -> None:
     """Checks shared by both inference scripts."""
+    if args.backend == "torch" and args.model.suffix.lower() == ".onnx":
+        raise UserError(
+            f"--model {args.model} is an ONNX model: add --backend onnxruntime to run it (the "
+            "torch backend runs the .pth checkpoints train.py writes)"
+        )
     if not 0 <= args.alpha <= 1:
         raise UserError(f"--alpha must be between 0 and 1, not {args.alpha}")
     if args.batch < 1:

@@ -636,6 +636,23 @@ def test_bad_alpha_or_batch_is_refused_before_the_model_loads(
 
 
 @pytest.mark.parametrize("script", [infer_image, infer_video])
+def test_an_onnx_model_without_its_backend_is_sent_to_it_before_the_model_loads(
+    tmp_path, script, monkeypatch
+):
+    # the checkpoint loader's message, "only infer_image.py and infer_video.py run it", read
+    # oddly from infer_image.py itself
+    source = write_clip(tmp_path / "clip.mp4", frames=2)
+    if script is infer_image:
+        source = tmp_path / "a.png"
+        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(source)
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    monkeypatch.setattr(script, "predictor_from_args", no_model)
+    args = cli(script.get_args_parser(), input=source, model=tmp_path / "model.onnx")
+    with pytest.raises(UserError, match=r"model.onnx is an ONNX model: add --backend onnxruntime"):
+        script.main(args)
+
+
+@pytest.mark.parametrize("script", [infer_image, infer_video])
 def test_tta_scales_without_tta_are_refused_before_the_model_loads(
     tmp_path, checkpoint, script, monkeypatch
 ):
