@@ -51,14 +51,19 @@ class DataError(ValueError):
     """One image or mask that cannot be used; the message says why."""
 
 
-class DatasetError(UserError):
-    """Every problem found in a dataset, reported together."""
+class OtherClasses(DataError):
+    """A mask whose values or colours are not those of the classes."""
 
-    def __init__(self, root: Path, problems: list[str]):
+
+class DatasetError(UserError):
+    """Every problem found in a dataset, reported together, and a closing ``note`` if any."""
+
+    def __init__(self, root: Path, problems: list[str], note: str | None = None):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(
             f"the dataset {root} has {len(problems)} problem(s); fix them and run again:\n{lines}"
+            + (f"\n{note}" if note else "")
         )
 
 
@@ -301,7 +306,7 @@ def _unread_colours(path: Path, rgb: np.ndarray, classes: ClassConfig) -> DataEr
     if classes.mask_colors is None:
         # colours made up for the classes would read such a mask silently wrong
         found = [_decode(c) for c in codes[:5]]
-        return DataError(
+        return OtherClasses(
             f"{path}: a colour mask (colours {found}{' ...' if len(codes) > 5 else ''}), "
             "but the class config has no LABEL_COLORS_LIST, so masks are read as class "
             "ids only: add LABEL_COLORS_LIST to the --config YAML, each class's colour "
@@ -309,7 +314,7 @@ def _unread_colours(path: Path, rgb: np.ndarray, classes: ClassConfig) -> DataEr
         )
     known = {_code(c) for c in classes.mask_colors}
     unknown = [_decode(c) for c in codes if c not in known]
-    return DataError(
+    return OtherClasses(
         f"{path}: colours {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not in "
         f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]}: list each class's "
         "colour there (--config); many colours of a few pixels each are edges blended "
@@ -450,7 +455,7 @@ def _check_ids(
         )
     elif k == 2:
         hint = "; instance-id masks number their objects 1, 2, 3, ... without gaps"
-    raise DataError(
+    raise OtherClasses(
         f"{path}: values {listed}{' ...' if bad.size > 5 else ''} are not class ids "
         f"0-{k - 1} of {list(classes.names)} or {IGNORE_INDEX} (ignore){hint}"
     )
@@ -603,7 +608,8 @@ def describe_identical(pairs: list[tuple[Path, Path]], root: Path, shown: int = 
 
 def check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray, str]:
     """The pair's problems, its mask's pixel count per value (256 bins; zeros if unread), and
-    how the mask was read (_read_mask; "" if unread)."""
+    how the mask was read (_read_mask; "other classes" where its values or colours are not the
+    classes', "" where it is unread for another reason)."""
     problems, _, counts, reading = checked_mask(pair, classes)
     return problems, counts, reading
 
@@ -627,6 +633,7 @@ def checked_mask(
         mask, reading, counts = _read_mask(mask_path, classes, count=True)
     except DataError as err:
         problems.append(str(err))
+        reading = "other classes" if isinstance(err, OtherClasses) else ""
     if size is not None and mask is not None:
         problems += size_mismatch(pair, size, mask.shape)
     if counts is None:  # counted while reading it where it held class or instance ids
@@ -735,7 +742,15 @@ def check_dataset(
                 readings.setdefault(reading, []).append(mask_path)
     problems += _mixed_gray_readings(readings, classes)
     if problems:
-        raise DatasetError(root, problems)
+        note = None
+        if kept_classes and (others := len(readings.get("other classes", []))):
+            # the problems' advice, to list the classes with --config, would not reach them
+            note = (
+                f"{others} masks hold other classes than {list(classes.names)}: {kept_classes}, "
+                "and --config does not change them. Train a new model on their classes, with "
+                "--config"
+            )
+        raise DatasetError(root, problems, note)
     if instance_masks := len(readings.get("instances", [])):
         # Right for Penn-Fudan's own masks; but class-index masks of three or more classes,
         # trained without --config, read the same way and would merge into one class unnoticed.

@@ -518,6 +518,34 @@ def test_check_dataset_reports_every_problem_at_once(fresh_data):
     assert "valid_masks/img000.png: values [3] are not class ids" in text
 
 
+def test_masks_of_other_classes_than_a_kept_checkpoints_say_config_cannot_change_them(
+    fresh_data,
+):
+    # --eval-only and --resume keep the checkpoint's classes, so the per-mask advice to list the
+    # classes with --config (which is then ignored) needs the way out: a new model
+    red = np.zeros((72, 96, 3), np.uint8)
+    red[10:20, 10:20] = (255, 0, 0)
+    save(red, fresh_data / "valid_masks" / "img000.png")  # a colour of no class
+    save(np.full((72, 96), 2, np.uint8), fresh_data / "valid_masks" / "img001.png")  # class 2
+    kept = "--eval-only scores best.pth with the classes it was trained with"
+    with pytest.raises(DatasetError) as info:
+        check_dataset(fresh_data, DEFAULT_CLASSES, ("valid",), kept)
+    assert len(info.value.problems) == 2
+    assert str(info.value).endswith(
+        f"2 masks hold other classes than ['background', 'person']: {kept}, and --config does "
+        "not change them. Train a new model on their classes, with --config"
+    )
+    with pytest.raises(DatasetError) as info:  # a new run's --config does change them
+        check_dataset(fresh_data, DEFAULT_CLASSES, ("valid",))
+    assert "--config does not change them" not in str(info.value)
+    # other problems are not about the classes
+    save(np.zeros((72, 96), np.uint8), fresh_data / "valid_masks" / "img000.png")
+    save(np.zeros((9, 9), np.uint8), fresh_data / "valid_masks" / "img001.png")
+    with pytest.raises(DatasetError) as info:
+        check_dataset(fresh_data, DEFAULT_CLASSES, ("valid",), kept)
+    assert "--config does not change them" not in str(info.value)
+
+
 def test_a_missing_folder_and_two_images_of_one_stem_are_named(fresh_data):
     for f in (fresh_data / "valid_masks").iterdir():
         f.unlink()
