@@ -861,17 +861,30 @@ def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> No
 MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
 
 
+# How resize_image resamples, part of the feature cache's keys: change it with the function, so
+# that no cached features of images resized the old way are served. 2: each side by its own
+# scale (1: by the area, which resampled an image shrunk one way and enlarged the other wrong).
+RESIZE_VERSION = 2
+
+
 def resize_image(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8 -> the model's input size (W, H) = imgsz, for evaluation and inference.
 
-    Area averaging when shrinking (no aliasing), bilinear when enlarging; training crops are
-    resized the same way.
+    Each side is averaged by area where it shrinks (no aliasing) and blended bilinearly where it
+    grows. OpenCV's area resampling repeats the pixels of a side that grows (nearest
+    neighbour), so an image shrunk one way and enlarged the other (854x480 video at 640x640) is
+    resized in two steps: the shrinking side first, by area, then the other, bilinearly.
     """
     w, h = imgsz
-    if image.shape[:2] == (h, w):
+    height, width = image.shape[:2]
+    if (height, width) == (h, w):
         return image
-    shrink = w * h < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    if w <= width and h <= height:
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    if w < width or h < height:
+        shrunk = (w, height) if w < width else (width, h)
+        image = cv2.resize(image, shrunk, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def resize_mask(mask: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import IGNORE_INDEX, PATCH_SIZE, ClassConfig, tta_setting
-from datasets import Pair, read_image, resize_image
+from datasets import RESIZE_VERSION, Pair, read_image, resize_image
 from metrics import ConfusionMatrix
 from model import (
     OnnxSegmentor,
@@ -804,6 +804,9 @@ class FeatureCache:
         self._keys: dict[tuple[Path, str], str] = {}
         digest = hashlib.sha1()
         backbone = model.backbone
+        # RESIZE_VERSION: entries of images resized another way (an older resize_image) are
+        # other features
+        digest.update(f"{RESIZE_VERSION}|".encode())
         digest.update(f"{backbone.name}|{backbone.source}|{backbone.blocks}|{self.imgsz}|".encode())
         digest.update(f"{model.dtype}|{autocast_dtype}|".encode())
         for key, value in sorted(backbone.official_state_dict().items()):

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import datasets
+import engine
 import train
 from config import DEFAULT_CLASSES, parse_args
 from datasets import (
@@ -213,6 +214,14 @@ def test_changing_one_backbone_weight_changes_the_cache_key(tiny_data, untrained
     with torch.no_grad():
         model.backbone.vit.blocks[7].mlp.fc1.weight.view(-1)[12345] += 1e-3
     assert FeatureCache(model, (56, 56), "memory").key(image, "orig") != key
+
+
+def test_a_changed_image_resize_changes_the_cache_key(tiny_data, untrained, monkeypatch):
+    # features of images resized another way (an older resize_image) would be served stale
+    image = next((tiny_data / "train_images").iterdir())
+    key = FeatureCache(untrained, (56, 56), "memory").key(image, "orig")
+    monkeypatch.setattr(engine, "RESIZE_VERSION", engine.RESIZE_VERSION + 1)
+    assert FeatureCache(untrained, (56, 56), "memory").key(image, "orig") != key
 
 
 def test_a_flipped_training_item_flips_its_features_and_its_mask_together(fresh_data, untrained):

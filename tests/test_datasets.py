@@ -919,6 +919,18 @@ def test_shrunk_images_average_their_pixels_and_enlarged_ones_blend_them():
     assert len(set(row.tolist()) - {0, 200}) >= 2, row
 
 
+def test_an_image_shrunk_one_way_and_enlarged_the_other_averages_and_blends_each_way():
+    # 854x480 video at 640x640: OpenCV's area resampling, chosen by the smaller area, repeated
+    # the rows of the enlarged side (nearest neighbour); bilinear, chosen by the larger area,
+    # sampled every third pixel of the shrunk side
+    ramp = np.repeat(np.repeat((np.arange(10) * 25).astype(np.uint8), 84)[:, None], 3, 1)
+    column = datasets.resize_image(ramp.reshape(10, 84, 3), (28, 20))[:, 0, 0]  # W / 3, H x 2
+    assert len(set(column.tolist()) - set(range(0, 250, 25))) >= 5, column
+    checker = np.tile(np.arange(84) % 2 * 255, (10, 1)).astype(np.uint8)
+    row = datasets.resize_image(np.repeat(checker[..., None], 3, 2), (28, 40))[0, :, 0]
+    assert row.min() >= 80 and row.max() <= 175, row  # 3 pixels averaged: 85 or 170
+
+
 def test_resized_masks_keep_their_ids():
     # nearest neighbour only: blending 0 and 2 would invent class 1, blending 255 a class 127
     mask = np.array([[0, 2, 2], [255, 255, 1]], dtype=np.uint8)
