@@ -643,10 +643,12 @@ def main(args: argparse.Namespace) -> None:
         f"{stats['size'][0]}x{stats['size'][1]}, "
         f"{stats['rate']:.3f} FPS, no sound (OpenCV writes video only)"
     )
+    # ONNX Runtime runs an int8 graph one frame at a time, whatever --batch (OnnxSegmentor)
+    per_image = getattr(predictor.model, "per_image", False)
+    batch = "batch 1 (one frame per call: an int8 graph)" if per_image else f"batch {args.batch}"
     print(
         f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS), "
-        f"the network alone, on {predictor.runs_on()}, batch {args.batch}"
-        f"{predictor.model_fps_note()}"
+        f"the network alone, on {predictor.runs_on()}, {batch}{predictor.model_fps_note()}"
     )
     print(f"end to end: {stats['fps']:.2f} FPS (decoding, model, drawing, encoding)")
 

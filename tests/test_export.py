@@ -615,3 +615,22 @@ def test_the_speed_lines_name_the_device_onnx_runtime_ran_on(
         ["--input", str(clip), "--out-dir", str(tmp_path / "v"), *common]))  # fmt: skip
     speed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model:")]
     assert len(speed) == 2 and all(" on cpu (ONNX Runtime)" in line for line in speed), speed
+
+
+@needs_ort_int8
+def test_the_video_speed_line_of_an_int8_graph_names_one_frame_per_call(
+    tmp_path, onnx_files, capsys
+):
+    # --backend onnxruntime runs an int8 graph one frame per call, whatever --batch: the line
+    # said "batch 4"
+    import infer_video
+    from synthetic import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=3)
+    for model, batch in ((onnx_files[1], "batch 1 (one frame per call: an int8 graph)"),
+                         (onnx_files[0], "batch 4")):  # fmt: skip
+        infer_video.main(infer_video.get_args_parser().parse_args(
+            ["--input", str(clip), "--out-dir", str(tmp_path / model.stem), "--model", str(model),
+             "--backend", "onnxruntime", "--batch", "4"]))  # fmt: skip
+        speed = [line for line in capsys.readouterr().out.splitlines() if "model:" in line]
+        assert len(speed) == 1 and f"on cpu (ONNX Runtime), {batch}" in speed[0], speed
