@@ -9,6 +9,7 @@ wins over the file.
 """
 
 import argparse
+import difflib
 import logging
 import math
 import re
@@ -765,15 +766,20 @@ def _unknown_keys(
     """The error for ``unknown`` keys of ``settings``, which name no flag of ``actions``, with
     the key to write instead where one was written as its flag (num-vis, --lr, augment: true)."""
     allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
+    by_lower = {a.lower(): a for a in allowed}  # all_classes for ALL_CLASSES
     hints = []
     for key in unknown:
         dest = str(key).lstrip("-").replace("-", "_")
         negated = [d for d, flag in negations.items() if flag == f"--{dest.replace('_', '-')}"]
+        # a misspelt key (epoch, lr_scheduler), or a class key in lower case
+        close = difflib.get_close_matches(dest.lower(), list(by_lower), n=1, cutoff=0.8)
         if negated and isinstance(settings[key], bool):
             value, opposite = ("true", "false") if settings[key] else ("false", "true")
             hints.append(f"write {key}: {value} as {negated[0]}: {opposite}")
         elif dest != key and dest in allowed:
             hints.append(f"write {key} as {dest}")
+        elif close:
+            hints.append(f"write {key} as {by_lower[close[0]]}")
     said = f". Keys are the flags' names with underscores: {'; '.join(hints)}" if hints else ""
     return UserError(
         f"{where} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}{said}"

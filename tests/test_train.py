@@ -644,6 +644,10 @@ def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
         # a key written as its flag: the list of allowed keys left the user to spot the fix
         ({"num-vis": 2}, r"unknown keys \['num-vis'\].*: write num-vis as num_vis"),
         ({"--lr": 0.1}, r"unknown keys \['--lr'\].*: write --lr as lr"),
+        # a misspelt key or a class key in lower case: the list left the user to spot it too
+        ({"epoch": 5, "lr_scheduler": "cosine"},
+         r"\['epoch', 'lr_scheduler'\].*: write epoch as epochs; write lr_scheduler as scheduler"),
+        ({"all_classes": ["a", "b"]}, r"\['all_classes'\].*: write all_classes as ALL_CLASSES"),
         ({"augment": True}, r"\[.augment.\].*: write augment: true as no_augment: false"),
         ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 0, 0]], "VIS_LABEL_MAP": []},
          r"c.yaml: LABEL_COLORS_LIST has 1 colours for 2 classes"),
