@@ -608,6 +608,24 @@ def test_a_runs_args_yaml_repeats_it_as_a_config_file(trained, tmp_path):
         parse_args(train.get_args_parser(), ["--config", str(tmp_path / "nested.yaml")])
 
 
+def test_weights_file_is_recorded_absolute_and_takes_a_home_folder(tmp_path, monkeypatch):
+    # args.yaml recorded a relative --weights as typed, so --config OUT/args.yaml from another
+    # folder stopped on a missing file; and a ~ in a config file's weights was taken literally
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args, classes = parse_args(train.get_args_parser(), ["--weights", "w.pth"])
+    assert train.settings(args, classes, [56, 56])["weights"] == str(tmp_path / "w.pth")
+    (tmp_path / "c.yaml").write_text("weights: ~/w.pth\n")
+    args, _ = parse_args(train.get_args_parser(), ["--config", str(tmp_path / "c.yaml")])
+    assert Path(args.weights) == tmp_path / "home" / "w.pth"
+    (tmp_path / "c.yaml").write_text('weights: "C:\\new\\t.pth"\n')  # \n, \t in double quotes
+    with pytest.raises(UserError, match=r"weights: .* holds a control character"):
+        parse_args(train.get_args_parser(), ["--config", str(tmp_path / "c.yaml")])
+    for keyword in ("pretrained", "random"):  # words, not files of the current folder
+        args, classes = parse_args(train.get_args_parser(), ["--weights", keyword])
+        assert train.settings(args, classes, [56, 56])["weights"] == keyword
+
+
 def test_config_null_sets_nothing_under_a_parser_without_config():
     # every run's args.yaml records config: null, which raised KeyError where the parser had no
     # --config of its own
