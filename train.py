@@ -979,7 +979,8 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
         sampler = ShardSampler(len(dataset), rank, world)
     # Cached features load in under a millisecond and their masks are read once: worker
     # processes would cost more than they save (and a memory cache would be copied into each).
-    workers = 0 if args.cache_features != "off" else args.workers
+    # Decided by the dataset, not --cache-features, which --eval-only ignores.
+    workers = 0 if isinstance(dataset, CachedFeatureDataset) else args.workers
     if workers:
         # Forked workers (Linux) inherit the garbage of this process, and their first collection
         # runs its destructors there. An unreachable ONNX Runtime session (a test's, or a

@@ -200,6 +200,25 @@ def test_eval_only_without_data_scores_the_checkpoints_own_data(trained, tmp_pat
         run_train(["--eval-only", "--model", "moved.pth", "--out-dir", "eval", "--workers", "0"])
 
 
+def test_eval_only_reads_with_its_workers_whatever_the_feature_cache_says(
+    checkpoint, tiny_data, tmp_path, monkeypatch
+):
+    # --eval-only reads images, never cached features: a --cache-features that a --config
+    # OUT/args.yaml of a cached run sets, ignored with a warning, still made it read them in
+    # the main process alone, whatever --workers
+    made = []
+
+    def make_loader(*args, **kwargs):
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    original = train.make_loader
+    monkeypatch.setattr(train, "make_loader", make_loader)
+    run_train(["--eval-only", "--model", str(checkpoint), "--data", str(tiny_data), "--workers",
+               "1", "--out-dir", str(tmp_path), "--cache-features", "memory"])  # fmt: skip
+    assert [loader.num_workers for loader in made] == [1]
+
+
 def test_eval_only_names_the_model_flags_it_ignores(checkpoint, tiny_data, tmp_path, caplog):
     # --eval-only scores the checkpoint's model: other model flags were silently ignored
     argv = ["--eval-only", "--model", str(checkpoint), "--data", str(tiny_data), "--workers", "0",
