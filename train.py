@@ -319,50 +319,21 @@ def main(args: argparse.Namespace, classes: ClassConfig) -> None:
 def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, world: int) -> None:
     """Train, evaluate and save every epoch; under torchrun, rank 0 alone writes."""
     main_process = rank == 0
-
-    history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
     # the files in --out-dir that this run removes: an earlier run's (a new run), or overlays
     # that it does not draw (a resumed one)
     earlier = []
     if args.resume:
-        ckpt, classes, imgsz = read_resume(args, classes)
+        resumed = resume_point(args, classes)
+        if resumed is None:
+            return
+        ckpt, classes, imgsz, history = resumed
         start = ckpt["epoch"] + 1
         best_miou, best_loss = ckpt["best_miou"], ckpt["best_loss"]
-        warn_changed_settings(args, ckpt, start)
-        # before anything is written into --out-dir, args.yaml first
-        check_on_main_process(lambda: check_same_run(args, ckpt, start))
-        check_on_main_process(lambda: check_resumed_data(args, ckpt))
-        # read by rank 0 alone, so that a broken file is named once, before the model loads
-        history = on_main_process(lambda: resumed_history(args.out_dir / "metrics.csv", start))
-        if start > args.epochs:
-            # before the data, the model and the feature cache: a run it does not train writes
-            # nothing (args.yaml and metrics.csv stay its run's)
-            log.info(
-                "nothing to do: the checkpoint already finished epoch %d of %d; its run's "
-                "outputs are in %s",
-                start - 1,
-                args.epochs,
-                args.resume.parent,
-            )
-            return
-        check_on_main_process(lambda: check_resumed_cache_dir(args, ckpt))
     else:
+        history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
         earlier = earlier_outputs(args.out_dir) if main_process else []
-        if earlier:
-            # the default outputs/ of a second run: its best checkpoints go without a word
-            names = [p.name for p in earlier if p.parent == args.out_dir]
-            names += ["valid_preds/*.jpg"] if len(names) < len(earlier) else []
-            last = args.out_dir / LAST_CHECKPOINT
-            log.warning(
-                "--out-dir %s holds an earlier run (its %s): this run removes them before its "
-                "first epoch. To keep them, stop now and pass another --out-dir%s",
-                args.out_dir,
-                ", ".join(names),
-                f"; to continue that run instead, --resume {last} --out-dir {args.out_dir}"
-                if last.is_file()
-                else "",
-            )
+        warn_earlier_run(args.out_dir, earlier)
     # Check the data before loading the backbone, which may mean a download.
     kept = f"a resumed run keeps the classes of --resume {args.resume}" if args.resume else None
     pairs = checked_pairs(resolve_data(args), classes, kept_classes=kept)
@@ -457,17 +428,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
                 scheduler.step()
-            row = {
-                "epoch": epoch,
-                "train_loss": train["loss"],
-                "train_acc": train["acc"],
-                "train_miou": train["miou"],
-                "valid_loss": valid["loss"],
-                "valid_acc": valid["acc"],
-                "valid_miou": valid["miou"],
-                "lr": lr,
-                "seconds": time.perf_counter() - t0,
-            }
+            row = epoch_row(epoch, train, valid, lr, time.perf_counter() - t0)
             history.append(row)
             improved_iou = valid["miou"] > best_miou
             improved_loss = valid["loss"] < best_loss
@@ -503,6 +464,71 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
         memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")
+
+
+def resume_point(
+    args, classes: ClassConfig
+) -> tuple[dict, ClassConfig, tuple[int, int], list[dict]] | None:
+    """The --resume checkpoint, the classes and (W, H) size the run keeps (read_resume), and the
+    rows of --out-dir's metrics.csv before the resumed epoch, once the checks of a resume pass;
+    None, said in a message, where the checkpoint already finished --epochs."""
+    ckpt, classes, imgsz = read_resume(args, classes)
+    start = ckpt["epoch"] + 1
+    warn_changed_settings(args, ckpt, start)
+    # before anything is written into --out-dir, args.yaml first
+    check_on_main_process(lambda: check_same_run(args, ckpt, start))
+    check_on_main_process(lambda: check_resumed_data(args, ckpt))
+    # read by rank 0 alone, so that a broken file is named once, before the model loads
+    history = on_main_process(lambda: resumed_history(args.out_dir / "metrics.csv", start))
+    if start > args.epochs:
+        # before the data, the model and the feature cache: a run it does not train writes
+        # nothing (args.yaml and metrics.csv stay its run's)
+        log.info(
+            "nothing to do: the checkpoint already finished epoch %d of %d; its run's "
+            "outputs are in %s",
+            start - 1,
+            args.epochs,
+            args.resume.parent,
+        )
+        return None
+    check_on_main_process(lambda: check_resumed_cache_dir(args, ckpt))
+    return ckpt, classes, imgsz, history
+
+
+def warn_earlier_run(out_dir: Path, earlier: list[Path]) -> None:
+    """Warn, where a new run found them, that it removes ``earlier``, the files of an earlier
+    run in ``out_dir`` (earlier_outputs), before its first epoch."""
+    if not earlier:
+        return
+    # the default outputs/ of a second run: its best checkpoints go without a word
+    names = [p.name for p in earlier if p.parent == out_dir]
+    names += ["valid_preds/*.jpg"] if len(names) < len(earlier) else []
+    last = out_dir / LAST_CHECKPOINT
+    log.warning(
+        "--out-dir %s holds an earlier run (its %s): this run removes them before its "
+        "first epoch. To keep them, stop now and pass another --out-dir%s",
+        out_dir,
+        ", ".join(names),
+        f"; to continue that run instead, --resume {last} --out-dir {out_dir}"
+        if last.is_file()
+        else "",
+    )
+
+
+def epoch_row(epoch: int, train: dict, valid: dict, lr: float, seconds: float) -> dict:
+    """The metrics.csv row of ``epoch``: the train and valid scores (train_one_epoch's and
+    evaluate's), the head's learning rate and the seconds the epoch took."""
+    return {
+        "epoch": epoch,
+        "train_loss": train["loss"],
+        "train_acc": train["acc"],
+        "train_miou": train["miou"],
+        "valid_loss": valid["loss"],
+        "valid_acc": valid["acc"],
+        "valid_miou": valid["miou"],
+        "lr": lr,
+        "seconds": seconds,
+    }
 
 
 # what --resume reads from a checkpoint besides the model (model.CHECKPOINT_KEYS)
