@@ -115,56 +115,14 @@ def open_video(spec: str) -> VideoSource:
     path = Path(spec)
     stream = "://" in spec  # rtsp://, http://: an IP camera or a live stream, read as a camera
     camera = spec.isdigit() or stream or path.is_char_device()
-    if not camera and not path.is_file():
-        problem = "is a folder; give a video file" if path.is_dir() else "does not exist"
-        raise UserError(f"--input {spec} {problem}")
-    if not camera and path.suffix.lower() in IMAGE_EXTENSIONS:
-        # OpenCV opens a photo as a video of one frame at 25 FPS, which nobody asked for
-        raise UserError(f"--input {spec} is an image, not a video: segment it with infer_image.py")
+    if not camera:
+        check_video_file(spec, path)
     # OpenCV's Python binding, given a path that is not UTF-8, ends the whole process with a
     # segmentation fault, no exception to catch
     check_utf8(spec, "--input", "OpenCV", "rename the video, or the folders above it")
-    if not camera:
-        try:  # OpenCV would call a file it may not read "not a video", as it calls a damaged one
-            with path.open("rb"):
-                pass
-        except OSError as err:
-            raise UserError(
-                f"--input {spec} cannot be read ({err.strerror}): check its permissions"
-            ) from err
-    timeout_s = None
-    if stream and cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
-        # The FFmpeg backend alone is asked: another would refuse to open with these settings
-        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
-        timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
-        capture = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, timeouts)
-        timeout_s = STREAM_TIMEOUT_MS / 1000
-    else:
-        capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+    capture, timeout_s = open_capture(spec, stream)
     if not capture.isOpened():
-        if stream:
-            raise UserError(f"cannot open the stream {spec}: is its address right, and is it on?")
-        if not camera and mp4_video_samples(path) == 0:
-            # OpenCV opens no MP4 without a frame, which it would call unreadable or corrupt
-            raise UserError(
-                f"--input {spec} holds no frames (an MP4 or MOV whose recording stopped before "
-                "its first frame): give a video with frames"
-            )
-        what = f"camera {spec}" if camera else f"{spec}: not a video OpenCV can read, or corrupt"
-        raise UserError(f"cannot open {what}{non_ascii_note(spec, RENAME_INPUT)}")
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    if not fps or not math.isfinite(fps) or fps <= 0:
-        log.warning("%s does not state its frame rate; writing at 30 FPS", spec)
-        fps = 30.0
-    elif fps > MP4V_MAX_FPS:
-        # Some IP cameras state their stream's clock (90000, 180000) as the rate: no video's,
-        # and past what mp4v stores, whose writer would not open
-        log.warning(
-            "%s states %.6g FPS, no frame rate a video can have; writing at 30 FPS", spec, fps
-        )
-        fps = 30.0
-    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        raise open_failure(spec, path, camera, stream)
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     name = f"camera{spec}" if spec.isdigit() else stream_name(spec) if stream else path.stem
     if camera:  # each recording is new: the next one must not replace it
@@ -172,14 +130,74 @@ def open_video(spec: str) -> VideoSource:
     return VideoSource(
         capture=capture,
         name=name,
-        fps=fps,
-        width=width,
-        height=height,
+        fps=frame_rate(capture, spec),
+        width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         frames=count if count > 0 and not camera else None,
         camera=camera,
         path=None if camera else path,
         timeout_s=timeout_s,
     )
+
+
+def check_video_file(spec: str, path: Path) -> None:
+    """Refuse ``path`` unless it is a file this user may read that is not an image."""
+    if not path.is_file():
+        problem = "is a folder; give a video file" if path.is_dir() else "does not exist"
+        raise UserError(f"--input {spec} {problem}")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        # OpenCV opens a photo as a video of one frame at 25 FPS, which nobody asked for
+        raise UserError(f"--input {spec} is an image, not a video: segment it with infer_image.py")
+    try:  # OpenCV would call a file it may not read "not a video", as it calls a damaged one
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"--input {spec} cannot be read ({err.strerror}): check its permissions"
+        ) from err
+
+
+def open_capture(spec: str, stream: bool) -> tuple[cv2.VideoCapture, float | None]:
+    """OpenCV's capture of ``spec``, open or not, and the seconds after which its reads fail
+    without data (a stream's, where FFmpeg reads it; else None)."""
+    if stream and cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+        # The FFmpeg backend alone is asked: another would refuse to open with these settings
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        capture = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, timeouts)
+        return capture, STREAM_TIMEOUT_MS / 1000
+    return cv2.VideoCapture(int(spec) if spec.isdigit() else spec), None
+
+
+def open_failure(spec: str, path: Path, camera: bool, stream: bool) -> UserError:
+    """The error for a ``spec`` OpenCV did not open, naming the likely cause."""
+    if stream:
+        return UserError(f"cannot open the stream {spec}: is its address right, and is it on?")
+    if not camera and mp4_video_samples(path) == 0:
+        # OpenCV opens no MP4 without a frame, which it would call unreadable or corrupt
+        return UserError(
+            f"--input {spec} holds no frames (an MP4 or MOV whose recording stopped before "
+            "its first frame): give a video with frames"
+        )
+    what = f"camera {spec}" if camera else f"{spec}: not a video OpenCV can read, or corrupt"
+    return UserError(f"cannot open {what}{non_ascii_note(spec, RENAME_INPUT)}")
+
+
+def frame_rate(capture: cv2.VideoCapture, spec: str) -> float:
+    """The frame rate ``capture`` states, or 30 (with a warning) where it states none a video
+    can have."""
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    if not fps or not math.isfinite(fps) or fps <= 0:
+        log.warning("%s does not state its frame rate; writing at 30 FPS", spec)
+        return 30.0
+    if fps > MP4V_MAX_FPS:
+        # Some IP cameras state their stream's clock (90000, 180000) as the rate: no video's,
+        # and past what mp4v stores, whose writer would not open
+        log.warning(
+            "%s states %.6g FPS, no frame rate a video can have; writing at 30 FPS", spec, fps
+        )
+        return 30.0
+    return fps
 
 
 def mp4_video_samples(path: Path) -> int | None:
