@@ -221,7 +221,8 @@ def mp4_video_samples(path: Path) -> int | None:
                 parts = dict(_boxes(f, *media))
                 if b"hdlr" not in parts or _read_at(f, parts[b"hdlr"][0] + 8, 4) != b"vide":
                     continue  # sound, subtitles
-                table = _box_path(f, parts.get(b"minf"), (b"stbl",))
+                info = parts.get(b"minf")
+                table = dict(_boxes(f, *info)).get(b"stbl") if info else None
                 sizes = dict(_boxes(f, *table)) if table else {}
                 where = sizes.get(b"stsz") or sizes.get(b"stz2")
                 if where is not None:
@@ -234,15 +235,6 @@ def mp4_video_samples(path: Path) -> int | None:
 def _read_at(f, offset: int, n: int) -> bytes:
     f.seek(offset)
     return f.read(n)
-
-
-def _box_path(f, box: tuple[int, int] | None, kinds: tuple[bytes, ...]):
-    """The (start, end) of the body of the box reached from ``box`` through ``kinds``."""
-    for kind in kinds:
-        if box is None:
-            return None
-        box = dict(_boxes(f, *box)).get(kind)
-    return box
 
 
 def _boxes(f, start: int, end: int):
