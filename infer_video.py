@@ -502,7 +502,6 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     # VideoWriter picks the container from the file name, so the temporary name ends in .mp4.
     with atomic_path(out_path, suffix=".partial.mp4") as tmp:
         video, rate, (width, height) = open_writer(source, tmp, out_path, args.input)
-        writer = OrderedWriter(max_bytes=QUEUE_BYTES)
 
         def encode(frames, masks) -> None:
             nonlocal done
@@ -515,70 +514,15 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
                     raise UserError(f"cannot write frame {done + 1} to {out_path}{NO_ROOM}")
                 done += 1
 
-        bar = tqdm(total=source.frames, unit="frame", desc=source.name, dynamic_ncols=True)
         start = time.perf_counter()
-        batches = prefetch(
-            read_batches(source, predictor, args.batch),
-            max_bytes=QUEUE_BYTES,
-            nbytes=lambda item: array_bytes(*item),
-        )
-        stopped = None  # why the user ended the stream early
-        ended = False  # whether the input ran to its end
         try:
-            for frames, resized in batches:
-                masks = predictor.predict_resized(resized, [f.shape[:2] for f in frames])
-                writer.submit(encode, frames, masks, nbytes=array_bytes(frames, masks))
-                bar.update(len(frames))
-                if args.show:
-                    overlay = predictor.overlay(frames[-1], masks[-1], args.alpha)
-                    if not show(source.name, overlay, 1):
-                        stopped = "q, Esc or closing the window"
-                        break
-            else:
-                ended = True
-        except KeyboardInterrupt as interrupt:
-            if not source.camera:
-                raise
-            stopped = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
+            stopped = run_pipeline(source, predictor, encode, args)
         finally:
-            batches.close()  # joins the decoding thread before the capture is released
-            if ended and bar.n != bar.total and count_was_estimated(source):
-                bar.total = bar.n  # the bar ends full, not at the estimate's 51%
-                bar.refresh()
-            bar.close()
-            try:
-                writer.finish()
-            finally:
-                video.release()
-                source.capture.release()
+            video.release()
+            source.capture.release()
         seconds = time.perf_counter() - start
-        if done == 0 and stopped in ("Ctrl-C", "SIGTERM"):
-            raise KeyboardInterrupt  # nothing to keep: stop as any interrupted run does
-        if done == 0 and source.camera:
-            raise UserError(f"--input {args.input} sent no frame ({end_cause(source)})")
-        if done == 0:
-            raise UserError(f"--input {args.input} has no frames OpenCV can decode")
-        stored = stored_frames(tmp)
-        if stored is not None and stored < done:
-            raise UserError(f"cannot write {out_path}: it holds {stored} of {done} frames{NO_ROOM}")
-        if stopped is not None:
-            of = f" of {source.frames}" if source.frames else ""
-            log.warning(
-                "stopped by %s: %s holds the first %d%s frames", stopped, out_path, done, of
-            )
-        elif source.camera:
-            # a recording that ends by itself, not by the user: it may have been cut short
-            log.warning(
-                "%s sent no more frames (%s): %s holds the %d frames recorded",
-                args.input,
-                end_cause(source),
-                out_path,
-                done,
-            )
-        else:
-            if not count_was_estimated(source):
-                check_frame_count(args.input, source.frames, done)
-            check_timing(args.input, source, done, rate)
+        check_written(tmp, out_path, done, source, stopped, args.input)
+        warn_of_shortfall(source, args.input, out_path, done, rate, stopped)
     return {
         "frames": done,
         "size": (width, height),
@@ -587,6 +531,89 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         "model_fps": predictor.model_fps(),
         "fps": done / seconds,
     }
+
+
+def run_pipeline(source: VideoSource, predictor: Predictor, encode, args) -> str | None:
+    """Decode ``source`` on a thread, segment its frames here and hand each batch to
+    ``encode(frames, masks)`` on another, with a progress bar, until the input ends or the
+    user stops it; both threads have finished on return.
+
+    Returns:
+        What the user stopped it with ("Ctrl-C", "SIGTERM", "q, Esc or closing the window"),
+        or None where the input ended by itself. A Ctrl-C or SIGTERM ends a file's run with
+        KeyboardInterrupt: only a camera keeps what it recorded.
+    """
+    writer = OrderedWriter(max_bytes=QUEUE_BYTES)
+    bar = tqdm(total=source.frames, unit="frame", desc=source.name, dynamic_ncols=True)
+    batches = prefetch(
+        read_batches(source, predictor, args.batch),
+        max_bytes=QUEUE_BYTES,
+        nbytes=lambda item: array_bytes(*item),
+    )
+    stopped = None  # why the user ended the stream early
+    ended = False  # whether the input ran to its end
+    try:
+        for frames, resized in batches:
+            masks = predictor.predict_resized(resized, [f.shape[:2] for f in frames])
+            writer.submit(encode, frames, masks, nbytes=array_bytes(frames, masks))
+            bar.update(len(frames))
+            if args.show:
+                overlay = predictor.overlay(frames[-1], masks[-1], args.alpha)
+                if not show(source.name, overlay, 1):
+                    stopped = "q, Esc or closing the window"
+                    break
+        else:
+            ended = True
+    except KeyboardInterrupt as interrupt:
+        if not source.camera:
+            raise
+        stopped = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
+    finally:
+        batches.close()  # joins the decoding thread before the capture is released
+        if ended and bar.n != bar.total and count_was_estimated(source):
+            bar.total = bar.n  # the bar ends full, not at the estimate's 51%
+            bar.refresh()
+        bar.close()
+        writer.finish()
+    return stopped
+
+
+def check_written(
+    tmp: Path, out_path: Path, done: int, source: VideoSource, stopped: str | None, spec: str
+) -> None:
+    """Fail where no frame was encoded, or the video at ``tmp`` holds fewer than ``done``."""
+    if done == 0 and stopped in ("Ctrl-C", "SIGTERM"):
+        raise KeyboardInterrupt  # nothing to keep: stop as any interrupted run does
+    if done == 0 and source.camera:
+        raise UserError(f"--input {spec} sent no frame ({end_cause(source)})")
+    if done == 0:
+        raise UserError(f"--input {spec} has no frames OpenCV can decode")
+    stored = stored_frames(tmp)
+    if stored is not None and stored < done:
+        raise UserError(f"cannot write {out_path}: it holds {stored} of {done} frames{NO_ROOM}")
+
+
+def warn_of_shortfall(
+    source: VideoSource, spec: str, out_path: Path, done: int, rate: float, stopped: str | None
+) -> None:
+    """Warn where the output may not be the whole input, or not at its pace: stopped by the
+    user, a camera that stopped sending, a file whose frames or timing differ from its own."""
+    if stopped is not None:
+        of = f" of {source.frames}" if source.frames else ""
+        log.warning("stopped by %s: %s holds the first %d%s frames", stopped, out_path, done, of)
+    elif source.camera:
+        # a recording that ends by itself, not by the user: it may have been cut short
+        log.warning(
+            "%s sent no more frames (%s): %s holds the %d frames recorded",
+            spec,
+            end_cause(source),
+            out_path,
+            done,
+        )
+    else:
+        if not count_was_estimated(source):
+            check_frame_count(spec, source.frames, done)
+        check_timing(spec, source, done, rate)
 
 
 def output_path(source: VideoSource, spec: str, out_dir: Path) -> Path:
