@@ -92,26 +92,8 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
     """
     spec = os.path.expanduser(spec)  # as config.path_arg: --input=~/photos keeps its ~
     path = Path(spec)
-    if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
-        # else read as an image that cannot be decoded, once the model has loaded
-        raise UserError(f"--input {spec} is a video, not an image: segment it with infer_video.py")
-    suffix = path.suffix.lower()
-    if (
-        path.is_file()
-        and suffix in OTHER_IMAGE_EXTENSIONS
-        and suffix not in Image.registered_extensions()
-    ):
-        # a phone's .heic without a plug-in (or .avif before Pillow 11.3): else called an
-        # unreadable or corrupt image, once the model has loaded
-        raise UserError(
-            f"--input {spec} is a {suffix} image, a format the installed Pillow does not read: "
-            "convert it to JPEG or PNG"
-        )
     if path.is_file():
-        try:  # else read_image names it (unreadable or corrupt) once the model has loaded
-            check_image_header(path)
-        except DataError as err:
-            raise UserError(f"--input {err}; give an image file, a folder or a glob") from err
+        check_image_file(spec, path)
         return [path]
     if not any(c in spec for c in "*?[") and not path.exists():
         raise UserError(f"--input {spec} does not exist; give an image file, a folder or a glob")
@@ -127,52 +109,89 @@ def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
         for p in matches
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not is_output(p, out_dir)
     )
-    other = sorted(
-        p.name for p in matches if p.suffix.lower() in OTHER_IMAGE_EXTENSIONS and p.is_file()
-    )
-    if other:  # a photo saved as .gif or .avif would be missing from the results without a word
-        log.warning(
-            "%d files of other image formats are not read: %s%s (convert them to %s)",
-            len(other),
-            ", ".join(other[:5]),
-            " ..." if len(other) > 5 else "",
-            " ".join(IMAGE_EXTENSIONS),
-        )
-    # A folder's subfolders are not read; their photos would be missing without a word. The one
-    # holding --out-dir is this script's own.
-    skipped = sorted(
-        f"{p.name}/"
-        for p in matches
-        if path.is_dir() and p.is_dir() and not (out_dir and within(Path(out_dir), p))
-    )
-    if skipped:
-        log.warning(
-            "%d %s not read: %s%s (a folder's own images only; to read its subfolders too, give "
-            'a glob: "%s")',
-            len(skipped),
-            "subfolder is" if len(skipped) == 1 else "subfolders are",
-            ", ".join(skipped[:5]),
-            " ..." if len(skipped) > 5 else "",
-            path / "**" / "*.jpg",
-        )
-    labels = label_masks(found)
-    if labels:  # a Roboflow export's labels, segmented as photos, filled --out-dir with noise
-        log.warning(
-            "%d label mask(s) beside their images are not read: %s%s (NAME_mask.png of class "
-            'ids beside NAME.jpg, as in a Roboflow export); to segment them, give a glob: "%s"',
-            len(labels),
-            ", ".join(p.name for p in labels[:5]),
-            " ..." if len(labels) > 5 else "",
-            labels[0].parent / "*_mask.png",
-        )
-        leave_out = set(labels)
-        found = [p for p in found if p not in leave_out]
+    warn_of_other_formats(matches)
+    if path.is_dir():
+        warn_of_subfolders(path, matches, out_dir)
+    found = without_label_masks(found)
     if not found:
         kinds = " ".join(IMAGE_EXTENSIONS)
         raise UserError(
             f"--input {spec}: no images found (give a file, a folder or a glob of {kinds})"
         )
     return found
+
+
+def check_image_file(spec: str, path: Path) -> None:
+    """Refuse the file --input names where it is a video, an image of a format the installed
+    Pillow does not read, or no image by its header: before the model loads, where reading it
+    would call it unreadable or corrupt once it has."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        raise UserError(f"--input {spec} is a video, not an image: segment it with infer_video.py")
+    if suffix in OTHER_IMAGE_EXTENSIONS and suffix not in Image.registered_extensions():
+        # a phone's .heic without a plug-in (or .avif before Pillow 11.3)
+        raise UserError(
+            f"--input {spec} is a {suffix} image, a format the installed Pillow does not read: "
+            "convert it to JPEG or PNG"
+        )
+    try:
+        check_image_header(path)
+    except DataError as err:
+        raise UserError(f"--input {err}; give an image file, a folder or a glob") from err
+
+
+def first_few(names: list[str]) -> str:
+    """The first five of ``names``, joined, and " ..." where there are more."""
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+
+
+def warn_of_other_formats(matches: list[Path]) -> None:
+    """Name the files of ``matches`` in image formats this script does not read: a photo saved
+    as .gif or .avif would be missing from the results without a word."""
+    other = sorted(
+        p.name for p in matches if p.suffix.lower() in OTHER_IMAGE_EXTENSIONS and p.is_file()
+    )
+    if other:
+        log.warning(
+            "%d files of other image formats are not read: %s (convert them to %s)",
+            len(other),
+            first_few(other),
+            " ".join(IMAGE_EXTENSIONS),
+        )
+
+
+def warn_of_subfolders(folder: Path, matches: list[Path], out_dir: Path | None) -> None:
+    """Name the subfolders among ``folder``'s entries ``matches``, which are not read: their
+    photos would be missing without a word. The one holding ``out_dir`` is this script's own."""
+    skipped = sorted(
+        f"{p.name}/" for p in matches if p.is_dir() and not (out_dir and within(Path(out_dir), p))
+    )
+    if skipped:
+        log.warning(
+            "%d %s not read: %s (a folder's own images only; to read its subfolders too, give "
+            'a glob: "%s")',
+            len(skipped),
+            "subfolder is" if len(skipped) == 1 else "subfolders are",
+            first_few(skipped),
+            folder / "**" / "*.jpg",
+        )
+
+
+def without_label_masks(paths: list[Path]) -> list[Path]:
+    """``paths`` less the label masks beside their images (see label_masks), named in a
+    warning: a Roboflow export's labels, segmented as photos, filled --out-dir with noise."""
+    labels = label_masks(paths)
+    if not labels:
+        return paths
+    log.warning(
+        "%d label mask(s) beside their images are not read: %s (NAME_mask.png of class "
+        'ids beside NAME.jpg, as in a Roboflow export); to segment them, give a glob: "%s"',
+        len(labels),
+        first_few([p.name for p in labels]),
+        labels[0].parent / "*_mask.png",
+    )
+    leave_out = set(labels)
+    return [p for p in paths if p not in leave_out]
 
 
 # Pillow modes of one channel: class ids, not a photo's colours
@@ -265,8 +284,7 @@ def check_no_foreign_results(names: dict[Path, str], out_dir: Path) -> None:
         raise UserError(
             f"{len(foreign)} file(s) in --out-dir {out_dir} would be replaced by results, but no "
             f"earlier run wrote them (a mask without its overlay, or an overlay without its mask: "
-            f"labels?): {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; choose "
-            "another --out-dir, or move them away"
+            f"labels?): {first_few(foreign)}; choose another --out-dir, or move them away"
         )
 
 
