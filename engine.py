@@ -652,11 +652,7 @@ class Predictor:
     def predict_resized(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list:
         """(B, h, w, 3) uint8 resized images + their original (H, W) -> B (H, W) uint8 masks."""
         n = len(batch)
-        if self._compiled_batch is not None:
-            # A new batch size would recompile (tens of seconds): pad a short last batch.
-            self._compiled_batch = max(self._compiled_batch, n)
-            batch = np.concatenate([batch, np.repeat(batch[-1:], self._compiled_batch - n, 0)])
-        x = to_model_input(batch, self.device)
+        x = to_model_input(self._pad_to_compiled_batch(batch), self.device)
         # The clock covers the network alone, from the batch on the device to its patch-grid
         # scores: the upload before and the full-size masks after are the end-to-end figure's.
         synchronize(self.device)
@@ -667,12 +663,26 @@ class Predictor:
             else:
                 scores = tta_probs(self.model, x, *self.tta)[:n]
         synchronize(self.device)
-        if self._first_call is None:
-            self._first_call = (time.perf_counter() - start, n)
-        else:
-            self.model_seconds += time.perf_counter() - start
-            self.model_frames += n
+        self._count_time(time.perf_counter() - start, n)
         return self._masks(scores, sizes)
+
+    def _pad_to_compiled_batch(self, batch: np.ndarray) -> np.ndarray:
+        """A compiled model's (B, h, w, 3) ``batch`` with its last image repeated up to the
+        largest batch size compiled for: a new size would recompile (tens of seconds)."""
+        if self._compiled_batch is None:
+            return batch
+        self._compiled_batch = max(self._compiled_batch, len(batch))
+        pad = np.repeat(batch[-1:], self._compiled_batch - len(batch), 0)
+        return np.concatenate([batch, pad])
+
+    def _count_time(self, seconds: float, frames: int) -> None:
+        """Add one call's network time to model_fps's: the first call's (CUDA start-up,
+        compilation) kept apart."""
+        if self._first_call is None:
+            self._first_call = (seconds, frames)
+        else:
+            self.model_seconds += seconds
+            self.model_frames += frames
 
     def model_fps(self) -> float:
         """Images per second through the network alone (a batch already on the device to its
