@@ -501,7 +501,11 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     done = 0  # frames encoded: counted by the encoder, as a Ctrl-C may land mid-submit
     # VideoWriter picks the container from the file name, so the temporary name ends in .mp4.
     with atomic_path(out_path, suffix=".partial.mp4") as tmp:
-        video, rate, (width, height) = open_writer(source, tmp, out_path, args.input)
+        try:
+            video, rate, (width, height) = open_writer(source, tmp, out_path, args.input)
+        except BaseException:
+            source.capture.release()  # a camera stays busy until it is released
+            raise
 
         def encode(frames, masks) -> None:
             nonlocal done

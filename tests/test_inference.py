@@ -1673,6 +1673,21 @@ def test_an_opencv_that_cannot_write_mp4v_is_named_and_leaves_nothing(
     assert not out.exists()
 
 
+def test_a_writer_that_does_not_open_releases_the_input(tmp_path, checkpoint, monkeypatch):
+    # A camera stays busy until its capture is released: a run whose writer failed to open
+    # kept it open for as long as the traceback was kept (a notebook, the next run's camera)
+    opened, open_video = [], infer_video.open_video
+    monkeypatch.setattr(
+        infer_video, "open_video", lambda spec: opened.append(open_video(spec)) or opened[-1]
+    )
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    writer = cv2.VideoWriter
+    monkeypatch.setattr(infer_video.cv2, "VideoWriter", lambda *a: writer())  # not opened
+    with pytest.raises(UserError, match="OpenCV's mp4v encoder refuses"):
+        infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
+    assert not opened[0].capture.isOpened()
+
+
 def test_video_at_a_rate_mp4v_cannot_store_exactly(tmp_path, checkpoint, caplog):
     clip = tmp_path / "fast.avi"  # 15 ms a frame: 66.667 FPS, as OpenCV gives it to mp4v
     video = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 66.667, (64, 48))
