@@ -328,6 +328,65 @@ def save_or_note(failures: list[str], path: Path, *args) -> None:
         failures.append(f"{path}: its results cannot be written ({err})")
 
 
+def segment_images(paths: list[Path], names: dict[Path, str], predictor: Predictor, args) -> dict:
+    """Run the pipeline: read thread -> model (this thread) -> write thread, each overlay shown
+    with --show until the user stops showing.
+
+    Returns:
+        {"written", "seconds", "waited", "read_failures", "write_failures"}: the images whose
+        results were written, the pipeline's seconds without the ``waited`` ones --show spent
+        waiting for keys, and a message for each image that could not be read or written.
+    """
+    failures, write_failures, done = [], [], 0
+    waited = 0.0  # seconds --show spent on the user, waiting for a key: not the pipeline's
+    writer = OrderedWriter(max_bytes=QUEUE_BYTES)
+    start = time.perf_counter()
+    batches = prefetch(
+        read_batches(paths, predictor, args.batch),
+        max_bytes=QUEUE_BYTES,
+        nbytes=lambda item: array_bytes(item[1], item[2]),
+    )
+    try:
+        for ok, images, resized, errors in batches:
+            failures += errors
+            if not images:
+                continue
+            masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
+            for path, image, mask in zip(ok, images, masks, strict=True):
+                writer.submit(
+                    save_or_note,
+                    write_failures,
+                    path,
+                    args.out_dir,
+                    names[path],
+                    image,
+                    mask,
+                    predictor,
+                    args.alpha,
+                    nbytes=array_bytes(image, mask),
+                )
+                if args.show:
+                    overlay = predictor.overlay(image, mask, args.alpha)
+                    shown = time.perf_counter()
+                    # q, Esc or closing the window stops showing
+                    args.show = show("infer_image", overlay, 0)
+                    waited += time.perf_counter() - shown
+            done += len(images)
+    finally:
+        # On an error or Ctrl-C too: the failed run's traceback holds ``batches`` and the
+        # writer, whose threads would otherwise live (the reader polling for room) for as
+        # long as it is kept, by a test or a notebook
+        batches.close()
+        writer.finish()
+    return {
+        "written": done - len(write_failures),
+        "seconds": time.perf_counter() - start - waited,
+        "waited": waited,
+        "read_failures": failures,
+        "write_failures": write_failures,
+    }
+
+
 def main(args: argparse.Namespace) -> None:
     check_inference_args(args)
     device = pick_device(args.device)
@@ -336,50 +395,9 @@ def main(args: argparse.Namespace) -> None:
     check_no_foreign_results(names, args.out_dir)
     check_writable(args.out_dir, needed_bytes=2**20)  # before the model loads, not after it ran
     predictor = predictor_from_args(args, device)
-    failures, write_failures, done = [], [], 0
-    waited = 0.0  # seconds --show spent on the user, waiting for a key: not the pipeline's
     with opencv_threads_for(predictor.work_device()):
-        writer = OrderedWriter(max_bytes=QUEUE_BYTES)
-        start = time.perf_counter()
-        batches = prefetch(
-            read_batches(paths, predictor, args.batch),
-            max_bytes=QUEUE_BYTES,
-            nbytes=lambda item: array_bytes(item[1], item[2]),
-        )
-        try:
-            for ok, images, resized, errors in batches:
-                failures += errors
-                if not images:
-                    continue
-                masks = predictor.predict_resized(resized, [im.shape[:2] for im in images])
-                for path, image, mask in zip(ok, images, masks, strict=True):
-                    writer.submit(
-                        save_or_note,
-                        write_failures,
-                        path,
-                        args.out_dir,
-                        names[path],
-                        image,
-                        mask,
-                        predictor,
-                        args.alpha,
-                        nbytes=array_bytes(image, mask),
-                    )
-                    if args.show:
-                        overlay = predictor.overlay(image, mask, args.alpha)
-                        shown = time.perf_counter()
-                        # q, Esc or closing the window stops showing
-                        args.show = show("infer_image", overlay, 0)
-                        waited += time.perf_counter() - shown
-                done += len(images)
-        finally:
-            # On an error or Ctrl-C too: the failed run's traceback holds ``batches`` and the
-            # writer, whose threads would otherwise live (the reader polling for room) for as
-            # long as it is kept, by a test or a notebook
-            batches.close()
-            writer.finish()
-    elapsed = time.perf_counter() - start - waited
-    done -= len(write_failures)
+        stats = segment_images(paths, names, predictor, args)
+    done, waited = stats["written"], stats["waited"]
     if done:
         model_fps = predictor.model_fps()
         print(f"Segmented {done} image(s) into {args.out_dir}")
@@ -387,12 +405,14 @@ def main(args: argparse.Namespace) -> None:
             f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS), the network "
             f"alone, on {predictor.runs_on()}{predictor.model_fps_note()}"
         )
-        shown = f"; the {waited:.1f} s --show waited for keys left out" if waited else ""
+        left_out = f"; the {waited:.1f} s --show waited for keys left out" if waited else ""
         print(
-            f"end to end: {done / elapsed:.2f} images per second (reading, model, writing{shown})"
+            f"end to end: {done / stats['seconds']:.2f} images per second (reading, model, "
+            f"writing{left_out})"
         )
     problems = []
-    for listed, what in ((failures, "read"), (write_failures, "written")):
+    failed = {"read": stats["read_failures"], "written": stats["write_failures"]}
+    for what, listed in failed.items():
         if listed:
             lines = "\n".join(f"  - {f}" for f in listed)
             problems.append(f"{len(listed)} of {len(paths)} image(s) could not be {what}:\n{lines}")
