@@ -5,9 +5,8 @@
 
 Writes <out-dir>/<stem>.mp4 with every frame that decodes overlaid, at the input's size (an odd
 width or height one pixel more, its last column or row repeated: OpenCV writes even sizes) and
-frame rate (or the nearest one
-mp4v can store; a camera's file is named after the time it started). Decoding, the model and
-encoding run on separate threads, --batch frames at a time.
+frame rate (or the nearest one mp4v can store; a camera's file is named after the time it
+started). Decoding, the model and encoding run on separate threads, --batch frames at a time.
 """
 
 import os
