@@ -434,15 +434,22 @@ def _read_weights_file(
             f"--weights {path} is not a state dict of tensors like "
             f"{official_weights_name(name)}.{hint}"
         )
+    if "cls_token" in sd and "mask_token" not in sd:
+        # timm's own DINOv2 state dict (timm.create_model(...).state_dict(), or its Hugging Face
+        # files): the official weights less mask_token, which segmentation never uses, under
+        # timm's register and SwiGLU names.
+        sd = _timm_to_official(sd, name)
+        log.info("--weights %s has timm's key names: converted to the official layout", path)
     problem = _layout_problem(sd, expected, name)
     if problem:
         guess = _guess_backbone(sd)
-        # ``name`` itself is guessed for its shapes under other key names (timm's own layout)
+        # ``name`` itself is guessed for files that fit it but for a key or two
         hint = f" It looks like {guess} weights: pass --backbone {guess}."
         hint = hint if guess not in (None, name) else ""
         raise UserError(
             f"--weights {path} does not fit {name}: {problem}.{hint} The file must have "
-            f"the official layout of {official_weights_name(name)}."
+            f"the official layout of {official_weights_name(name)}, or timm's own of "
+            f"{BACKBONES[name].timm_name}."
         )
     return sd
 
