@@ -372,7 +372,8 @@ def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
         default="pretrained",
         metavar="W",
         help="'pretrained' (official weights; hub downloads or uses its cache, timm reads the "
-        "torch.hub cache file), an official-format .pth file, or 'random' for smoke tests",
+        "torch.hub cache file), a .pth or .safetensors file of the official (or timm's) "
+        "layout, or 'random' for smoke tests",
     )
     return parser
 

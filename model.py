@@ -372,23 +372,10 @@ def _layout_problem(
     return "; ".join(parts) or None
 
 
-def _read_weights_file(
-    path: Path, expected: dict[str, torch.Size], name: str, cached: bool = False
-) -> dict:
-    """Read an official-format checkpoint and check it fits ``name`` key by key.
-
-    ``expected``: the official key -> shape table of ``name``.
-    ``cached``: ``path`` is the torch.hub cache file that --weights pretrained reads.
-    """
-    if path.is_dir():  # "does not exist" would send the user hunting for the wrong problem
-        raise UserError(
-            f"--weights {path} is a folder; pass the weights file in it, such as "
-            f"{path / official_weights_name(name)}"
-        )
-    if not path.is_file():
-        raise UserError(f"--weights {path} does not exist. {offline_help(name)}")
+def _torch_load_weights(path: Path, name: str, cached: bool) -> object:
+    """torch.load(path) with weights_only=True, its failures as UserErrors."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
         if cached:
             raise UserError(
@@ -402,6 +389,38 @@ def _read_weights_file(
             "(torch.save(model))? Pass the official "
             f"{official_weights_name(name)}, or a state_dict() under its key names"
         ) from err
+
+
+def _read_weights_file(
+    path: Path, expected: dict[str, torch.Size], name: str, cached: bool = False
+) -> dict:
+    """Read an official-format checkpoint (.pth, or .safetensors) and check it fits ``name`` key
+    by key.
+
+    ``expected``: the official key -> shape table of ``name``.
+    ``cached``: ``path`` is the torch.hub cache file that --weights pretrained reads.
+    """
+    if path.is_dir():  # "does not exist" would send the user hunting for the wrong problem
+        raise UserError(
+            f"--weights {path} is a folder; pass the weights file in it, such as "
+            f"{path / official_weights_name(name)}"
+        )
+    if not path.is_file():
+        raise UserError(f"--weights {path} does not exist. {offline_help(name)}")
+    if path.suffix == ".safetensors":  # timm's Hugging Face weights come as these
+        # safetensors comes with timm; older PyTorch's torch.load cannot read the format
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(path, device="cpu")
+        except Exception as err:  # SafetensorError, or an OSError from the memory map
+            raise UserError(
+                f"--weights {path} is not a readable safetensors file ({type(err).__name__}: "
+                f"{err}). Is it truncated? Download it again, or pass the official "
+                f"{official_weights_name(name)}"
+            ) from err
+    else:
+        sd = _torch_load_weights(path, name, cached)
     if cached:  # a file the user did not name: the fix is the cache's, not a flag
         state_dict = _is_state_dict(sd)
         problem = _layout_problem(sd, expected, name) if state_dict else "not a state dict"
@@ -512,8 +531,9 @@ def load_backbone(
         name: an official hub name, a key of config.BACKBONES.
         source: "hub" (torch.hub.load of the official repository) or "timm".
         weights: "pretrained" (official weights: hub downloads them or reads its cache; timm reads
-            the torch.hub cache file), a path to an official-format .pth, "random" (untrained,
-            with a warning), or None (untrained, silently: the caller loads weights next).
+            the torch.hub cache file), a path to a .pth or .safetensors file (official or timm
+            layout), "random" (untrained, with a warning), or None (untrained, silently: the
+            caller loads weights next).
         hub_dir: a local clone of the official repository, for source "hub" (with "timm", a
             warning says it has no effect).
         layers: how many of the row's last head blocks feed the head.

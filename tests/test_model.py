@@ -504,3 +504,19 @@ def test_a_checkpoint_keeps_the_blocks_its_head_was_trained_on(tmp_path, vit, mo
     del payload["blocks"]  # written before blocks were recorded: the row's
     torch.save(payload, tmp_path / "old.pth")
     assert load_checkpoint(tmp_path / "old.pth")[0].backbone.blocks == (8, 11)
+
+
+def test_safetensors_weights_are_read_without_pickle(tmp_path, weights_file):
+    """A .safetensors file (timm's Hugging Face weights are one) was called damaged, or a
+    pickled model, by PyTorch releases whose torch.load does not read the format."""
+    from safetensors.torch import save_file
+
+    official = torch.load(weights_file, weights_only=True)
+    save_file(official, tmp_path / "model.safetensors")
+    loaded = load_backbone("dinov2_vits14", "hub", str(tmp_path / "model.safetensors"),
+                           hub_dir=FAKE_HUB, layers=1).official_state_dict()  # fmt: skip
+    for key in official:
+        torch.testing.assert_close(loaded[key], official[key], rtol=0, atol=0)
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc")
+    with pytest.raises(UserError, match=r"model\.safetensors is not a readable safetensors file"):
+        load_backbone("dinov2_vits14", "timm", str(tmp_path / "model.safetensors"))
