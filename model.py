@@ -272,6 +272,9 @@ def _hub_load(
     weights_only: load_backbone reads the same cache file itself.
     """
     entry = BACKBONES[name].hub_name  # a row may feed the head other blocks of an official model
+    if hub_dir is not None and not hub_dir.is_dir():
+        what = "is a file, not a folder" if hub_dir.exists() else "does not exist"
+        raise UserError(f"--hub-dir {hub_dir} {what}: point it at a clone of {HUB_REPO}")
     if hub_dir is not None and not (hub_dir / "hubconf.py").is_file():
         raise UserError(f"--hub-dir {hub_dir} has no hubconf.py: point it at a clone of {HUB_REPO}")
     repo, source = (str(hub_dir), "local") if hub_dir is not None else (HUB_REPO, "github")

@@ -118,6 +118,15 @@ def test_hub_dir_without_hubconf_is_refused(tmp_path):
         load_backbone("dinov2_vits14", "hub", "random", hub_dir=tmp_path)
 
 
+def test_a_hub_dir_that_is_no_folder_is_named_as_such(tmp_path):
+    # "has no hubconf.py" sent the user looking inside a folder that was not there
+    with pytest.raises(UserError, match=r"--hub-dir \S+nope does not exist: point it at a clone"):
+        load_backbone("dinov2_vits14", "hub", "random", hub_dir=tmp_path / "nope")
+    (tmp_path / "hubconf.py").write_text("")
+    with pytest.raises(UserError, match=r"--hub-dir \S+hubconf\.py is a file, not a folder"):
+        load_backbone("dinov2_vits14", "hub", "random", hub_dir=tmp_path / "hubconf.py")
+
+
 def test_an_unknown_source_is_named_not_loaded_as_hub(checkpoint):
     # from Python: "hf" or "Timm" went to torch.hub, and offline its message named hub alone
     with pytest.raises(UserError, match="unknown backbone source 'Timm'; choose hub or timm"):
