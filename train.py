@@ -1364,7 +1364,7 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
         }
 
     result = {
-        "checkpoint": str(path),
+        "checkpoint": plain_value(path),  # absolute, as args.yaml records paths
         "imgsz": list(imgsz),
         "backbone_source": model.backbone.source,
         "images": len(dataset),

@@ -189,9 +189,12 @@ def test_eval_only_without_data_scores_the_checkpoints_own_data(trained, tmp_pat
     monkeypatch.chdir(tmp_path)  # no data/PennFudanPed here
     best = max(read_csv(trained / "metrics.csv"), key=lambda r: r["valid_miou"])
     model = trained / "best_model_iou.pth"
-    run_train(["--eval-only", "--model", str(model), "--out-dir", "eval", "--workers", "0"])
+    shutil.copy(model, tmp_path / "best.pth")
+    run_train(["--eval-only", "--model", "best.pth", "--out-dir", "eval", "--workers", "0"])
     result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert result["miou"] == pytest.approx(best["valid_miou"], abs=1e-9)
+    # absolute, as every recorded path: a relative one is lost once the file is read elsewhere
+    assert result["checkpoint"] == str(Path.cwd() / "best.pth")
     # a recorded folder that is gone is named, with the flag that fixes it
     ckpt = torch.load(model, weights_only=True)
     ckpt["args"]["data"] = str(tmp_path / "moved")
