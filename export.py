@@ -273,10 +273,11 @@ def write_graphs(model: Segmentor, ckpt: dict, imgsz, args: argparse.Namespace) 
     if external:
         print(f"{args.output}: the weights are in {data_file(args.output)}; keep the two together")
     drop_stale_data(args.output, external)
+    int8 = args.output.with_suffix(".int8.onnx")
+    drop_stale_int8(int8, args.output, args.int8)
     if args.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        int8 = args.output.with_suffix(".int8.onnx")
         root = logging.getLogger()  # where quantize_dynamic logs
         with atomic_files(int8) as staged:
             root.addFilter(not_preprocessing_advice)
@@ -317,6 +318,23 @@ def drop_stale_data(graph: Path, external: bool) -> None:
     weights: nothing refers to that file any more."""
     if not external:
         data_file(graph).unlink(missing_ok=True)
+
+
+def drop_stale_int8(int8: Path, graph: Path, replaced: bool) -> None:
+    """Remove the ``int8`` graph (and its data_file) of an earlier export once the new float32
+    ``graph`` is in place: made from another checkpoint or size, it would pass for the new
+    graph's int8 copy. Removed before a new one is quantized too (``replaced``, --int8), so that
+    a quantization that fails leaves none."""
+    stale = [f for f in (int8, data_file(int8)) if f.is_file()]
+    if stale and not replaced:
+        log.warning(
+            "removed %s, the int8 graph of an earlier export, which does not match the new %s: "
+            "pass --int8 to write one for it",
+            int8,
+            graph,
+        )
+    for file in stale:
+        file.unlink()
 
 
 if __name__ == "__main__":

@@ -484,6 +484,7 @@ def test_an_int8_graph_onnxruntime_cannot_run_is_named_and_not_written(
     monkeypatch.setattr(export, "export", export_again)
     monkeypatch.setattr(onnxruntime, "InferenceSession", old_onnxruntime)
     out = tmp_path / "m.onnx"
+    (tmp_path / "m.int8.onnx").write_bytes(b"an earlier export's, which no longer matches")
     with pytest.raises(UserError, match=r"cannot run the int8 graph .*m\.int8\.onnx .*ConvInteger"):
         export.main(export.get_args_parser().parse_args(
             ["--model", str(checkpoint), "--output", str(out), "--int8"]))  # fmt: skip
@@ -634,3 +635,22 @@ def test_the_video_speed_line_of_an_int8_graph_names_one_frame_per_call(
              "--backend", "onnxruntime", "--batch", "4"]))  # fmt: skip
         speed = [line for line in capsys.readouterr().out.splitlines() if "model:" in line]
         assert len(speed) == 1 and f"on cpu (ONNX Runtime), {batch}" in speed[0], speed
+
+
+def test_an_export_without_int8_removes_the_int8_graph_of_an_earlier_one(
+    tmp_path, onnx_files, checkpoint, monkeypatch, caplog
+):
+    """m.int8.onnx from an earlier checkpoint stayed beside the new m.onnx, passing for its
+    int8 copy; --backend onnxruntime ran it without a word."""
+
+    def export_again(model, ckpt, imgsz, path, dynamic, external_data):
+        shutil.copy(onnx_files[0], path)  # stands in for tracing the checkpoint again (8 s)
+
+    monkeypatch.setattr(export, "export", export_again)
+    for name in ("m.int8.onnx", "m.int8.onnx.data", "notes.txt"):
+        (tmp_path / name).write_bytes(b"an earlier export's")
+    export.main(export.get_args_parser().parse_args(
+        ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx")]))  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "notes.txt"]
+    assert re.search(r"removed \S+m\.int8\.onnx, the int8 graph of an earlier export", caplog.text)
+    assert "pass --int8" in caplog.text
