@@ -680,7 +680,8 @@ def pair_files(
     for kind, folder in (("image", images), ("mask", masks)):
         if not folder.is_dir():
             if not (same and kind == "mask"):  # one folder, named once
-                problems.append(f"{folder}: folder missing")
+                what = "a file, not a folder" if folder.exists() else "folder missing"
+                problems.append(f"{folder}: {what}")
             continue
         for p in _image_files(folder, nested):
             is_mask = p.stem.endswith(suffix)

@@ -957,6 +957,16 @@ def test_folder_names_a_missing_folder_given_as_both_images_and_masks(tmp_path):
     assert "--mask-suffix" not in str(err.value) and str(err.value).count("folder missing") == 1
 
 
+def test_folder_names_an_images_path_that_is_a_file_as_not_a_folder(tmp_path):
+    """An image given as --images was called a folder missing, which it is not."""
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.jpg")
+    with pytest.raises(UserError, match=r"a\.jpg: a file, not a folder") as err:
+        run("folder", "--images", str(tmp_path / "a.jpg"), "--masks", str(tmp_path / "masks"),
+            "--out", str(tmp_path / "out"))  # fmt: skip
+    assert "folder missing" not in str(err.value)
+
+
 def test_folder_reads_masks_beside_their_images_with_a_suffix_and_named_classes(tmp_path, capsys):
     # Roboflow-style names in one folder: 0.jpg with 0_mask.png
     root = folder_fixture(tmp_path / "mine", n=4, masks="images", suffix="_mask", values=(1, 2))
