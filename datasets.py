@@ -480,7 +480,8 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     found = {}
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
-            problems.append(f"{folder}: folder missing")
+            what = "a file, not a folder" if folder.exists() else "folder missing"
+            problems.append(f"{folder}: {what}")
             found[folder] = {}
             continue
         by_stem: dict[str, Path] = {}

@@ -560,6 +560,18 @@ def test_a_missing_folder_and_two_images_of_one_stem_are_named(fresh_data):
     assert "img000.png: same stem as img000.jpg; keep one of them" in text
 
 
+def test_a_dataset_folder_that_is_a_file_is_named_as_such(fresh_data):
+    # "folder missing" sent the user looking for a folder beside the file that took its name
+    for f in (fresh_data / "valid_masks").iterdir():
+        f.unlink()
+    (fresh_data / "valid_masks").rmdir()
+    (fresh_data / "valid_masks").write_text("")
+    with pytest.raises(DatasetError) as info:
+        check_dataset(fresh_data, DEFAULT_CLASSES)
+    text = "\n".join(info.value.problems)
+    assert "valid_masks: a file, not a folder" in text and "folder missing" not in text
+
+
 @pytest.mark.parametrize(
     ("layout", "data", "advice"),
     [
