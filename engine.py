@@ -663,7 +663,9 @@ class Predictor:
             else:
                 scores = tta_probs(self.model, x, *self.tta)[:n]
         synchronize(self.device)
-        self._count_time(time.perf_counter() - start, n)
+        # A padded batch counts at the size the network ran: its time is that of len(x) images,
+        # and per real image the network would look up to --batch times slower than it runs
+        self._count_time(time.perf_counter() - start, len(x))
         return self._masks(scores, sizes)
 
     def _pad_to_compiled_batch(self, batch: np.ndarray) -> np.ndarray:
@@ -687,7 +689,8 @@ class Predictor:
     def model_fps(self) -> float:
         """Images per second through the network alone (a batch already on the device to its
         patch-grid scores; not the upload, the resizing to full size, the argmax or the copy
-        back), without the first call (CUDA start-up, compilation) unless it was the only one."""
+        back), without the first call (CUDA start-up, compilation) unless it was the only one.
+        A short batch padded for a compiled model counts at its padded size."""
         if self.model_frames:
             return self.model_frames / self.model_seconds
         if self._first_call is None:

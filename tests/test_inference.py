@@ -213,6 +213,27 @@ def test_model_fps_times_the_network_alone(checkpoint, monkeypatch):
     assert (predictor.model_frames, predictor.model_seconds) == (2, 1.0)
 
 
+def test_model_fps_counts_a_padded_batch_at_the_size_the_network_ran(checkpoint, monkeypatch):
+    # A compiled model runs a short last batch padded to the compiled size: 1 image of a batch
+    # of 3 took the network the time of 3, and the "model" line gave it as 1 image in that
+    # time, 3x slower than the network runs (4 photos at --batch 3 --compile reported that)
+    predictor = Predictor.from_checkpoint(checkpoint, torch.device("cpu"))
+    predictor._compiled_batch = 0  # what compile=True sets, without paying for compilation
+    now = [0.0]
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    real = predictor.patch_logits
+
+    def patch_logits(x):  # the network: 1 s per image it is given
+        now[0] += len(x)
+        return real(x)
+
+    predictor.patch_logits = patch_logits
+    image = np.zeros((66, 90, 3), np.uint8)
+    predictor.predict([image] * 3)  # the first call, apart: "compiles" for batch 3
+    assert len(predictor.predict([image])) == 1  # padded to 3
+    assert predictor.model_fps() == 1.0
+
+
 def test_predictor_rejects_non_rgb_arrays(predictor):
     # a grayscale array is named as it is, not as one of its rows
     with pytest.raises(ValueError, match=r"expected \(H, W, 3\) uint8 RGB, got \(10, 12\) uint8"):
