@@ -1366,6 +1366,8 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     result = {
         "checkpoint": plain_value(path),  # absolute, as args.yaml records paths
         "imgsz": list(imgsz),
+        # the numbers depend on it: --amp autocasts evaluation (see the README's Metrics)
+        "amp": args.amp,
         "backbone_source": model.backbone.source,
         "images": len(dataset),
         **scores(runs["plain"]),

@@ -179,6 +179,15 @@ def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_
     assert list(result) == [key for key in named if key not in ("null", "tta")]
 
 
+def test_eval_metrics_json_records_the_precision_it_was_scored_in(checkpoint, tiny_data, tmp_path):
+    # --amp changes the numbers (README: Metrics), and the file did not say which one they were
+    argv = ["--eval-only", "--model", str(checkpoint), "--data", str(tiny_data), "--workers", "0",
+            "--out-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    for amp in ("off", "bf16"):
+        run_train([*argv, "--amp", amp])
+        assert json.loads((tmp_path / "eval_metrics.json").read_text())["amp"] == amp
+
+
 def test_eval_only_without_data_scores_the_checkpoints_own_data(trained, tmp_path, monkeypatch):
     """Not the Penn-Fudan default: a checkpoint of other classes would be scored on persons."""
 
