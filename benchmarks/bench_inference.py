@@ -10,7 +10,7 @@ Prints, for the same size and device, in one run:
 - at batch 1, the latency of one predict() call on a video frame (resize, upload, network,
   upsampling, class ids, download);
 - end-to-end FPS on a generated video through infer_video.py's pipeline;
-- peak memory;
+- peak memory, each row's with its own model alone (the fast one is built after the naive row);
 - the FLOP floor: FLOPs per frame / the best matrix-multiply rate measured here, in the dtype
   the model runs in (with --int8, the linear layers' FLOPs at the int8 rate, the rest at fp32's);
 - how many mask pixels the fast path changes against the naive fp32 model;
@@ -28,6 +28,7 @@ near-identity blocks.
 
 import argparse
 import copy
+import gc
 import logging
 import os
 import sys
@@ -62,6 +63,7 @@ from model import (
     OnnxSegmentor,
     Segmentor,
     flops_by_op,
+    int8_quantizer,
     load_backbone,
     load_checkpoint,
     token_grid,
@@ -346,6 +348,38 @@ def flop_floor(base: Segmentor, imgsz, args, device: torch.device, dtype: torch.
     return flops, rate32, floor
 
 
+def bench_row(
+    name: str, model: Segmentor, imgsz, batch: int, compile: bool, reps: int, video: Path, sample
+) -> tuple:
+    """Time one row: "naive" (frame by frame, in sequence) or "fast" (the pipeline) of ``model``
+    at ``imgsz`` (W, H), on ``video``; its outputs go beside it.
+
+    Returns ((model seconds per frame, end-to-end FPS, peak memory in MB), (batch-1 latency as
+    predict_latency gives it, calls) or None at another batch, the ``sample`` frames' masks).
+    """
+    device = model.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    predictor = Predictor(model, DEFAULT_CLASSES, imgsz, compile=compile)
+    seconds = model_seconds(predictor, batch, reps)
+    if name == "naive":
+        fps = naive_video(video, video.with_name("naive.mp4"), predictor)
+    else:
+        w, h = imgsz
+        predictor.predict([np.zeros((h, w, 3), np.uint8)] * batch)  # warm-up, compile
+        fps = pipeline_fps(video, predictor, video.with_name("f.mp4"), batch)
+    row = (seconds, fps, peak_memory_mb(device))
+    latency = None
+    if batch == 1:
+        calls = 10 * reps if device.type == "cuda" else reps
+        latency = (predict_latency(predictor, sample[0], calls), calls)
+    # in batches of the timed size: another size would compile another graph
+    masks = [
+        m for i in range(0, len(sample), batch) for m in predictor.predict(sample[i : i + batch])
+    ]
+    return row, latency, masks
+
+
 def main(args: argparse.Namespace) -> None:
     check_imgsz(args.imgsz)
     check_at_least(args, {"batch": 1, "frames": 1, "reps": 1})
@@ -355,45 +389,33 @@ def main(args: argparse.Namespace) -> None:
     dtype = amp_dtype(args.amp, device) or torch.float32
     if args.int8 and (device.type != "cpu" or args.amp != "off"):
         raise UserError("--int8 is a CPU fast path from float32: use it with --amp off on the CPU")
-    torch.manual_seed(0)
-    base, imgsz = bench_model(args, device)
-    fast = copy.deepcopy(base).cast(dtype)
     if args.int8:
-        fast.quantize_int8()
-    w, h = imgsz
-    flops, rate32, floor = flop_floor(base, imgsz, args, device, dtype)
+        int8_quantizer()  # torchao missing: say so now, not after the naive row's minutes
+    torch.manual_seed(0)
+    model, imgsz = bench_model(args, device)  # the naive model; the fast one replaces it
+    flops, rate32, floor = flop_floor(model, imgsz, args, device, dtype)
 
-    rows, latency = {}, {}
+    rows, latency, masks = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench.mp4"
         make_video(video, args.frames, args.video_size)
         sample = first_frames(video, 4)  # for the latency and the mask agreement
-        ort_rows = onnx_rows(base, imgsz, sample, Path(tmp), args.reps) if args.onnx else []
-        masks = {}
-        for name, model, batch, compile in (
-            ("naive", base, 1, False),
-            ("fast", fast, args.batch, args.compile or args.int8),
-        ):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            predictor = Predictor(model, DEFAULT_CLASSES, imgsz, compile=compile)
-            seconds = model_seconds(predictor, batch, args.reps)
-            if name == "naive":
-                fps = naive_video(video, Path(tmp) / "naive.mp4", predictor)
-            else:
-                predictor.predict([np.zeros((h, w, 3), np.uint8)] * batch)  # warm-up, compile
-                fps = pipeline_fps(video, predictor, Path(tmp) / "f.mp4", batch)
-            rows[name] = (seconds, fps, peak_memory_mb(device))
-            if batch == 1:
-                calls = 10 * args.reps if device.type == "cuda" else args.reps
-                latency[name] = (predict_latency(predictor, sample[0], calls), calls)
-            # in batches of the timed size: another size would compile another graph
-            masks[name] = [
-                m
-                for i in range(0, len(sample), batch)
-                for m in predictor.predict(sample[i : i + batch])
-            ]
-        ceiling = io_ceiling(video, Path(tmp) / "io.mp4", base, imgsz, args.batch)
+        ort_rows = onnx_rows(model, imgsz, sample, Path(tmp), args.reps) if args.onnx else []
+        rows["naive"], latency["naive"], masks["naive"] = bench_row(
+            "naive", model, imgsz, 1, False, args.reps, video, sample
+        )
+        # The fast model is built from the naive one only now, and replaces it: each row's peak
+        # memory then holds its own model's weights alone (on CUDA a bf16 ViT-g copy is 2.2 GB)
+        model = copy.deepcopy(model).cast(dtype)
+        if args.int8:
+            model.quantize_int8()
+        gc.collect()
+        compile = args.compile or args.int8
+        rows["fast"], latency["fast"], masks["fast"] = bench_row(
+            "fast", model, imgsz, args.batch, compile, args.reps, video, sample
+        )
+        latency = {name: value for name, value in latency.items() if value is not None}
+        ceiling = io_ceiling(video, Path(tmp) / "io.mp4", model, imgsz, args.batch)
 
     print()
     print(

@@ -1313,6 +1313,30 @@ def test_benchmark_latency_gives_the_network_share_of_the_calls_it_times(checkpo
     assert bench.predict_latency(predictor, frame, 3) == (101.0, 1.0)
 
 
+def test_benchmark_rows_peak_memory_holds_their_own_model_alone(monkeypatch):
+    # The fast model was built before the naive row ran, and the naive one kept through the
+    # fast row: each row's peak memory held both models' weights (on CUDA too, where both sat
+    # on the GPU; a bf16 ViT-g copy is 2.2 GB)
+    import gc
+
+    from model import Segmentor
+
+    bench = load_benchmark("bench_inference")
+    alive = []
+
+    def peak_memory_mb(device):
+        gc.collect()
+        models = [m for m in gc.get_objects() if isinstance(m, Segmentor)]
+        alive.append(sorted(str(m.dtype) for m in models))
+        return 0.0
+
+    monkeypatch.setattr(bench, "peak_memory_mb", peak_memory_mb)
+    argv = ["--imgsz", "28", "28", "--frames", "1", "--reps", "1", "--video-size", "32", "24",
+            "--device", "cpu", "--amp", "bf16"]  # fmt: skip
+    bench.main(bench.get_args_parser().parse_args(argv))
+    assert alive == [["torch.float32"], ["torch.bfloat16"]], alive
+
+
 @needs_torch_2_11
 def test_benchmark_int8_rows_report_their_floor_and_mask_agreement(capsys):
     # In the test's process: test_benchmark_script_runs_and_reports_the_ratios runs the script
