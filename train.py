@@ -18,6 +18,7 @@ import math
 import platform
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -427,7 +428,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 )
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
-                scheduler.step()
+                step_schedule(scheduler)
             row = epoch_row(epoch, train, valid, lr, time.perf_counter() - t0)
             history.append(row)
             improved_iou = valid["miou"] > best_miou
@@ -1134,6 +1135,20 @@ def resume_optimization(optimizer, scheduler, args, ckpt: dict, start: int) -> N
         log.info(
             "learning rate from epoch %d: %g (--lr %g%s)", start, args.lr * factor, args.lr, plan
         )
+
+
+# PyTorch's warning where a scheduler's first step() comes before any optimizer.step()
+NO_STEP_YET = r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
+
+
+def step_schedule(scheduler) -> None:
+    """Move ``scheduler`` on to the next epoch's learning rate, after the epoch's training."""
+    # The step always follows the epoch's updates here, so the warning can only mean that the
+    # epoch made none (every crop fully 255, or fp16's scaler skipping every step): the epoch
+    # rates stay as planned either way, and "skipping the first value of the schedule" is wrong.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=NO_STEP_YET, category=UserWarning)
+        scheduler.step()
 
 
 def schedule_factor(kind: str, epoch: int, epochs: int) -> float:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 import weakref
 from pathlib import Path
 
@@ -342,6 +343,32 @@ def test_resume_with_more_epochs_replans_the_schedule(tmp_path, tiny_data, weigh
         expected = [(1 + math.cos(math.pi * done / 4)) / 2 for done in (2, 3)]
     assert lrs[2:] == pytest.approx([3e-3 * f for f in expected], rel=1e-9)
     assert lrs[1] >= lrs[2] > lrs[3] > 0
+
+
+def test_an_epoch_without_an_optimizer_step_keeps_the_schedule_and_warns_nothing(
+    tmp_path, tiny_data, weights_file, monkeypatch
+):
+    # every training crop fully ignored: no epoch steps the optimizer (as when fp16's scaler
+    # skips every step of an epoch), yet each epoch must get the rate the schedule plans for
+    # it, without PyTorch's warning that the scheduler was stepped in the wrong order
+    real = train.train_one_epoch
+
+    def ignored_crops(model, loader, *args, **kwargs):
+        batches = [(images, torch.full_like(masks, 255), ids) for images, masks, ids in loader]
+        return real(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", ignored_crops)
+    args = [*common(tiny_data, tmp_path, weights_file), "--imgsz", "56", "56", "--num-vis", "0",
+            "--scheduler", "cosine", "--epochs", "3"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_train(args)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    lrs = [r["lr"] for r in read_csv(tmp_path / "metrics.csv")]
+    expected = [(1 + math.cos(math.pi * done / 3)) / 2 for done in (0, 1, 2)]
+    assert lrs == pytest.approx([3e-3 * f for f in expected], rel=1e-9)
+    ckpt = torch.load(tmp_path / "last_model.pth", weights_only=True)
+    assert ckpt["optimizer"]["state"] == {}  # no step was taken
 
 
 def test_resume_applies_a_changed_lr_and_weight_decay(tmp_path, tiny_data, weights_file, caplog):
