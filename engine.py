@@ -219,13 +219,15 @@ def _groups(batches: Iterable, size: int) -> Iterator[list]:
         yield group
 
 
-def _stop_if_diverged(loss: torch.Tensor, masks: torch.Tensor, step: int) -> None:
+def _stop_if_diverged(loss: torch.Tensor, masks: torch.Tensor, batch: int) -> None:
     """Raise TrainingDiverged if the batch's summed ``loss`` is NaN or infinite here or in any
-    other process: under torchrun every process stops at the same step, as one that went on
+    other process: under torchrun every process stops at the same batch, as one that went on
     would wait forever for the others' gradients.
 
     Args:
         masks: the batch's (B, H, W) class ids, for the mean loss per labelled pixel.
+        batch: the batch's 1-based number in the epoch (not the optimizer step's: with
+            --accum a step spans several batches).
     """
     here = ~torch.isfinite(loss)
     diverged = here.to(torch.int32)
@@ -233,7 +235,7 @@ def _stop_if_diverged(loss: torch.Tensor, masks: torch.Tensor, step: int) -> Non
     if diverged:
         mean = loss / (masks != IGNORE_INDEX).sum().clamp(min=1)
         where = f"became {mean.item()}" if here else "diverged in another process"
-        raise TrainingDiverged(f"the training loss {where} at step {step}")
+        raise TrainingDiverged(f"the training loss {where} at batch {batch}")
 
 
 def train_one_epoch(
@@ -271,7 +273,7 @@ def train_one_epoch(
     ddp = hasattr(model, "no_sync")  # a DistributedDataParallel wrapper
     world = dist.get_world_size() if ddp else 1
     optimizer.zero_grad(set_to_none=True)
-    step = 0
+    batch = 0
     for group in _groups(_progress(loader, desc), accum):
         # An update follows the mean loss over every labelled pixel of its group (the --accum
         # batches of every process), as one batch of them all would: each batch's summed loss
@@ -283,7 +285,7 @@ def train_one_epoch(
         all_reduce_sum(labelled)
         weight = world / labelled.clamp(min=1)
         for position, (images, masks, _) in enumerate(group, start=1):
-            step += 1
+            batch += 1
             images = to_device(images, device)
             # uint8 from the loader (8x fewer bytes), widened for the loss; the confusion
             # matrix counts the narrow ids, which is 3x faster
@@ -298,7 +300,7 @@ def train_one_epoch(
                 loss = F.cross_entropy(
                     logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
                 )
-                _stop_if_diverged(loss, masks, step)
+                _stop_if_diverged(loss, masks, batch)
                 if position == 1:
                     # No step where every mask pixel of the group is 255 (in every process:
                     # the count is summed, so they all agree): it has no gradient to follow, but

@@ -1049,15 +1049,18 @@ def warn_long_accum(args, share: int, world: int) -> None:
     if args.accum <= batches:
         return
     per_process = " per process" if world > 1 else ""
+    plural = "es" if batches > 1 else ""
     warn_on_main_process(
-        "--accum %d is more than the %d training batches of an epoch (%d images%s, --batch %d): "
-        "each epoch makes one optimizer step, over %d batches. Use --accum %d or less",
+        "--accum %d is more than the %d training batch%s of an epoch (%d images%s, --batch %d): "
+        "each epoch makes one optimizer step, over %d batch%s. Use --accum %d or less",
         args.accum,
         batches,
+        plural,
         share,
         per_process,
         args.batch,
         batches,
+        plural,
         batches,
     )
 

@@ -107,9 +107,9 @@ def _diverge_in_one_process(rank: int, results: str) -> None:
 def test_a_nan_in_one_process_stops_every_process_at_the_same_step(two_process_runs):
     results = two_process_runs / "diverge"
     assert (results / "0.txt").read_text() == (
-        "the training loss diverged in another process at step 2"
+        "the training loss diverged in another process at batch 2"
     )
-    assert (results / "1.txt").read_text() == "the training loss became nan at step 2"
+    assert (results / "1.txt").read_text() == "the training loss became nan at batch 2"
 
 
 def _uneven_batches(rank: int) -> list:

@@ -244,7 +244,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoints(
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(train, "train_one_epoch", poisoned)
-    with pytest.raises(UserError, match=r"loss became nan at step 1 of epoch 2.*holds epoch 1"
+    with pytest.raises(UserError, match=r"loss became nan at batch 1 of epoch 2.*holds epoch 1"
                        r".* Lower --lr \(now [0-9.e-]+\)\.$"):  # fmt: skip
         run_train(argv(tiny_data, tmp_path, weights_file))  # without fp16, no advice about it
     assert torch.load(tmp_path / "last_model.pth", weights_only=True)["epoch"] == 1
@@ -619,6 +619,15 @@ def test_an_accum_beyond_the_batches_of_an_epoch_is_named(
         ])  # fmt: skip
 
 
+def test_the_accum_warning_of_a_one_batch_epoch_says_batch(caplog):
+    args = argparse.Namespace(accum=2, batch=4)
+    train.warn_long_accum(args, share=3, world=1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--accum 2 is more than the 1 training batch of an epoch (3 images, --batch 4): "
+        "each epoch makes one optimizer step, over 1 batch. Use --accum 1 or less"
+    ]
+
+
 @pytest.mark.parametrize(("accum", "batches"), [(3, 4), (2, 5), (4, 4)])
 def test_every_accumulated_update_averages_its_own_group(accum, batches):
     # lr 0 keeps the weights fixed, so with identical batches every update must see the gradient
@@ -987,7 +996,7 @@ def test_a_nan_loss_stops_training_before_the_optimizer_uses_it():
             return loss
 
     optimizer = Recording(model.parameters(), lr=0.1)
-    with pytest.raises(TrainingDiverged, match="the training loss became nan at step 2"):
+    with pytest.raises(TrainingDiverged, match="the training loss became nan at batch 2"):
         train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2)
     assert len(after_steps) == 1, "the optimizer stepped on the NaN batch"
     for param, stepped in zip(model.parameters(), after_steps[0], strict=True):
@@ -1002,8 +1011,22 @@ def test_an_infinite_loss_stops_training_as_a_nan_one_does():
     images, masks = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
     loader = [(images, masks, None), (images * 2e38, masks, None)]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    with pytest.raises(TrainingDiverged, match="the training loss became inf at step 2"):
+    with pytest.raises(TrainingDiverged, match="the training loss became inf at batch 2"):
         train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2)
+
+
+def test_a_diverged_loss_names_the_batch_not_the_optimizer_step():
+    # with --accum 2 the NaN of the third batch comes in the second optimizer step: "step 2"
+    # would send the user to the wrong batch
+    torch.manual_seed(0)
+    model = PixelClassifier()
+    images, masks = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    poisoned = images.clone()
+    poisoned[0, 0, 0, 0] = math.nan
+    loader = [(images, masks, None), (images, masks, None), (poisoned, masks, None)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(TrainingDiverged, match=r"^the training loss became nan at batch 3$"):
+        train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2, accum=2)
 
 
 def test_a_stop_in_the_first_resumed_epoch_names_the_checkpoint_that_holds_it(
