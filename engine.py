@@ -1085,3 +1085,30 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
     check_backbone(args.model, network.backbone, args.backbone)
     log_input_size(network.imgsz)
     return Predictor(network, network.classes, network.imgsz)
+
+
+def speed_line(predictor: Predictor, args, unit: str, fps: float) -> str:
+    """The inference scripts' "model:" line: ``fps``, ``predictor``'s model_fps(), with what
+    changes it: where it ran, the batch, the precision and compilation (the flags of
+    config.inference_flags in ``args``).
+
+    Args:
+        unit: what one input is called, "image" or "frame".
+    """
+    if args.backend == "onnxruntime":
+        # ONNX Runtime runs an int8 graph one input at a time, whatever --batch (OnnxSegmentor);
+        # export.py writes the other graph in float32
+        if predictor.model.per_image:
+            setup = f"batch 1 (one {unit} per call: an int8 graph)"
+        else:
+            setup = f"batch {args.batch}, float32"
+    else:
+        precision = (
+            "int8 linear layers" if args.int8 else {"off": "float32"}.get(args.amp, args.amp)
+        )
+        compiled = ", compiled" if args.compile or args.int8 else ""
+        setup = f"batch {args.batch}, {precision}{compiled}"
+    return (
+        f"model: {1000 / fps:.1f} ms per {unit} ({fps:.2f} FPS), the network alone, on "
+        f"{predictor.runs_on()}, {setup}{predictor.model_fps_note()}"
+    )

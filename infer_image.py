@@ -31,7 +31,7 @@ from config import (
     runtime_flags,
 )
 from datasets import OTHER_IMAGE_EXTENSIONS, DataError, check_image_header, read_image
-from engine import Predictor, predictor_from_args
+from engine import Predictor, predictor_from_args, speed_line
 from utils import (
     QUEUE_BYTES,
     OrderedWriter,
@@ -399,12 +399,8 @@ def main(args: argparse.Namespace) -> None:
         stats = segment_images(paths, names, predictor, args)
     done, waited = stats["written"], stats["waited"]
     if done:
-        model_fps = predictor.model_fps()
         print(f"Segmented {done} image(s) into {args.out_dir}")
-        print(
-            f"model: {1000 / model_fps:.1f} ms per image ({model_fps:.2f} FPS), the network "
-            f"alone, on {predictor.runs_on()}{predictor.model_fps_note()}"
-        )
+        print(speed_line(predictor, args, "image", predictor.model_fps()))
         left_out = f"; the {waited:.1f} s --show waited for keys left out" if waited else ""
         print(
             f"end to end: {done / stats['seconds']:.2f} images per second (reading, model, "

@@ -38,7 +38,7 @@ from config import (
     nonempty,
     runtime_flags,
 )
-from engine import Predictor, predictor_from_args
+from engine import Predictor, predictor_from_args, speed_line
 from utils import (
     QUEUE_BYTES,
     OrderedWriter,
@@ -683,13 +683,7 @@ def main(args: argparse.Namespace) -> None:
         f"{stats['size'][0]}x{stats['size'][1]}, "
         f"{stats['rate']:.3f} FPS, no sound (OpenCV writes video only)"
     )
-    # ONNX Runtime runs an int8 graph one frame at a time, whatever --batch (OnnxSegmentor)
-    per_image = getattr(predictor.model, "per_image", False)
-    batch = "batch 1 (one frame per call: an int8 graph)" if per_image else f"batch {args.batch}"
-    print(
-        f"model: {1000 / stats['model_fps']:.1f} ms per frame ({stats['model_fps']:.2f} FPS), "
-        f"the network alone, on {predictor.runs_on()}, {batch}{predictor.model_fps_note()}"
-    )
+    print(speed_line(predictor, args, "frame", stats["model_fps"]))
     print(f"end to end: {stats['fps']:.2f} FPS (decoding, model, drawing, encoding)")
 
 
