@@ -1191,15 +1191,21 @@ def main(args: argparse.Namespace) -> None:
         blocks = model.features(images).split(backbone.embed_dim, dim=1)
         head_logits = model.patch_logits(images)
         logits = model(images)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # The hub model holds the official weights' mask_token (masked pre-training only), timm's
+    # has none: left out, both sources count the network that runs here.
+    counted = [p for n, p in model.named_parameters() if n != "backbone.vit.mask_token"]
+    frozen = sum(p.numel() for p in counted if not p.requires_grad)
+    trainable = sum(p.numel() for p in counted if p.requires_grad)
     flops = count_flops(model, images)
     weights = args.weights or "not loaded (the summary needs only the architecture)"
     print(f"Backbone: {args.backbone} via {args.backbone_source}, weights {weights}")
     print(backbone.vit)
     print(f"Head (blocks {list(backbone.blocks)}):")
     print(model.head)
-    print(f"Parameters: {frozen:,} frozen (backbone), {trainable:,} trainable (head)")
+    print(
+        f"Parameters: {frozen:,} frozen (backbone; the unused mask_token of the official weights "
+        f"left out), {trainable:,} trainable (head)"
+    )
     print(f"Input: {tuple(images.shape)}")
     for block, f in zip(backbone.blocks, blocks, strict=True):
         print(f"  block {block} features: {tuple(f.shape)}")

@@ -337,13 +337,20 @@ def test_flop_count_includes_attention(vit):
     assert flops == pytest.approx(expected_vits14_flops(56, 70, 4, 2), rel=1e-6)
 
 
-def test_model_summary_script(capsys):
-    # model.py's main in this process: a process of its own would import torch and timm again
+@pytest.mark.parametrize("source", ["timm", "hub"])
+def test_model_summary_script(capsys, source):
+    # model.py's main in this process: a process of its own would import torch and timm again.
+    # The hub model holds the official mask_token, timm's not: the count was 384 apart.
     from model import get_args_parser, main
 
-    main(get_args_parser().parse_args(["--backbone-source", "timm", "--imgsz", "100", "60"]))
+    hub_dir = ["--hub-dir", str(FAKE_HUB)] if source == "hub" else []
+    main(get_args_parser().parse_args(
+        ["--backbone-source", source, *hub_dir, "--imgsz", "100", "60"]))  # fmt: skip
     out = capsys.readouterr().out
-    assert "Parameters: 22,056,192 frozen (backbone), 6,146 trainable (head)" in out
+    assert (
+        "Parameters: 22,056,192 frozen (backbone; the unused mask_token of the official "
+        "weights left out), 6,146 trainable (head)"
+    ) in out
     assert "output logits: (1, 2, 60, 100)" in out
     assert "head logits: (1, 2, 4, 7)" in out
     flops = expected_vits14_flops(56, 98, 4, 2) / 1e9
