@@ -456,6 +456,15 @@ def _read_weights_file(
             f"--weights {path} is not a state dict of tensors like "
             f"{official_weights_name(name)}.{hint}"
         )
+    if _is_transformers_layout(sd):
+        raise UserError(
+            f"--weights {path} has the key names of Hugging Face transformers' Dinov2Model "
+            "(embeddings.*, encoder.layer.*), which --weights does not read. Pass the official "
+            f"{official_weights_name(name)} (or --weights pretrained), or timm's own state dict "
+            f"of {BACKBONES[name].timm_name} (the model.safetensors of its Hugging Face "
+            "repository, or timm.create_model(..., pretrained=True).state_dict() saved with "
+            "torch.save)."
+        )
     if "cls_token" in sd and "mask_token" not in sd:
         # timm's own DINOv2 state dict (timm.create_model(...).state_dict(), or its Hugging Face
         # files): the official weights less mask_token, which segmentation never uses, under
@@ -474,6 +483,15 @@ def _read_weights_file(
             f"{BACKBONES[name].timm_name}."
         )
     return sd
+
+
+def _is_transformers_layout(sd: dict[str, torch.Tensor]) -> bool:
+    """Whether ``sd`` has the keys of Hugging Face transformers' Dinov2Model: embeddings.* and
+    encoder.layer.*, under dinov2.* where a task model (Dinov2ForImageClassification) saved it."""
+    keys = [k.removeprefix("dinov2.") for k in sd]
+    return any(k.startswith("embeddings.") for k in keys) and any(
+        k.startswith("encoder.layer.") for k in keys
+    )
 
 
 def _guess_backbone(sd: dict[str, torch.Tensor]) -> str | None:

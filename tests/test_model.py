@@ -165,6 +165,35 @@ def test_timm_layout_weights_missing_a_key_name_it_without_a_backbone_hint(tmp_p
     assert "--backbone" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("prefix", "suffix"), [("", ".safetensors"), ("dinov2.", ".pth")])
+def test_hugging_face_transformers_weights_are_named_with_the_files_to_pass(
+    tmp_path, prefix, suffix
+):
+    """transformers' Dinov2Model (model.safetensors of facebook/dinov2-small) names its keys
+    embeddings.* and encoder.layer.*, under dinov2.* in its task models: the message was a
+    generic "missing keys"."""
+    from safetensors.torch import save_file
+
+    shapes = {
+        "embeddings.cls_token": (1, 1, 384),
+        "embeddings.mask_token": (1, 384),
+        "embeddings.position_embeddings": (1, 1370, 384),
+        "embeddings.patch_embeddings.projection.weight": (384, 3, 14, 14),
+        "encoder.layer.0.attention.attention.query.weight": (384, 384),
+        "encoder.layer.0.layer_scale1.lambda1": (384,),
+        "layernorm.weight": (384,),
+    }
+    sd = {prefix + key: torch.randn(shape) for key, shape in shapes.items()}
+    path = tmp_path / f"model{suffix}"
+    save_file(sd, path) if suffix == ".safetensors" else torch.save(sd, path)
+    with pytest.raises(UserError) as caught:
+        load_backbone("dinov2_vits14", "timm", str(path))
+    message = str(caught.value)
+    assert message.startswith(f"--weights {path} has the key names of Hugging Face transformers'")
+    assert "dinov2_vits14_pretrain.pth" in message and "vit_small_patch14_dinov2" in message
+    assert "missing keys" not in message
+
+
 @pytest.mark.parametrize("version", ["this", "another"])
 def test_a_trained_checkpoint_given_as_weights_names_the_flags_that_take_it(tmp_path, vit, version):
     ckpt = tmp_path / "best_model_iou.pth"
