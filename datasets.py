@@ -474,7 +474,8 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     """Pair images with masks by file stem.
 
     Returns:
-        (pairs sorted by stem, problems: unpaired files, folders missing, stems used twice)
+        (pairs sorted by stem, problems: unpaired files, folders missing, a folder's path that
+        is a file, stems used twice), each problem a line "PATH: what is wrong"
     """
     problems = []
     found = {}
