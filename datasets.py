@@ -7,6 +7,7 @@ the class config gives them), or, for two classes, an instance-id image (0 backg
 objects of the foreground class).
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -929,20 +930,48 @@ def train_transform(imgsz: tuple[int, int]) -> "A.Compose":
     # (through engine.py) but never augment, and so run where albumentations is not installed.
     import albumentations as A
 
-    w, h = imgsz
     return A.Compose(
         [
-            A.RandomResizedCrop(
-                size=(h, w),
-                scale=(0.5, 1.0),
-                ratio=CROP_RATIO,
-                area_for_downscale="image",
-                mask_interpolation=MASK_INTERPOLATION,  # its default shifts masks (resize_mask)
-            ),
+            resized_crop(imgsz),
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.5),
         ]
     )
+
+
+def resized_crop(imgsz: tuple[int, int]) -> "A.RandomResizedCrop":
+    """albumentations' RandomResizedCrop to (W, H) = imgsz (scale 0.5-1, CROP_RATIO), with its
+    crops resized as resize_image and resize_mask resize evaluation's images and masks."""
+    w, h = imgsz
+    return _resized_crop_class()(
+        size=(h, w), scale=(0.5, 1.0), ratio=CROP_RATIO, mask_interpolation=MASK_INTERPOLATION
+    )
+
+
+@functools.cache
+def _resized_crop_class() -> type:
+    # A class built on first use, as albumentations is imported only to augment (train_transform)
+    import albumentations as A
+
+    class ResizedCrop(A.RandomResizedCrop):
+        """Its own resampling picks area averaging when either side shrinks, which repeats the
+        rows or columns of the other side where that one grows (a crop of 854x480 video at
+        640x640): training would see blocks that evaluation, through resize_image, never does."""
+
+        def apply(self, img, crop_coords, **params):
+            x1, y1, x2, y2 = crop_coords
+            return resize_image(img[y1:y2, x1:x2], self.size[::-1])
+
+        def apply_to_mask(self, mask, crop_coords, **params):
+            x1, y1, x2, y2 = crop_coords
+            return resize_mask(mask[y1:y2, x1:x2], self.size[::-1])
+
+        def __reduce__(self):
+            # pickled by its maker, as a class made in a function cannot be: a spawned
+            # DataLoader worker rebuilds it (``ratio`` and the seed are set again for each item)
+            return resized_crop, (self.size[::-1],)
+
+    return ResizedCrop
 
 
 class PairDataset(Dataset):

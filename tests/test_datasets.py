@@ -1007,6 +1007,25 @@ def test_training_masks_keep_their_edges_where_the_resized_image_has_them(tmp_pa
                 assert not wrong.any(), (size, augment, epoch, int(wrong.sum()))
 
 
+def test_a_crop_shrunk_one_way_and_enlarged_the_other_is_blended_as_resize_image_does(tmp_path):
+    # An 84x10 image whose 10 rows each have their own gray, cropped (8:1 or so, half the area
+    # or more) and resized to 28x20: the width shrinks, the height grows. The crop resampled by
+    # area, which repeats rows along a side that grows, so a column held at most the 10 grays
+    # of the image; bilinear blending gives about 20. Colour jitter maps each gray to one gray
+    # and cannot add any. Each row is a class of its own, so the mask must keep exact ids.
+    rows = np.arange(10, dtype=np.uint8)
+    image = np.repeat((rows * 25)[:, None, None], 84, 1).repeat(3, 2)  # (10, 84, 3)
+    mask = np.repeat(np.where(rows < 5, rows % 3, 255).astype(np.uint8)[:, None], 84, 1)
+    pairs = [(save(image, tmp_path / "a.png"), save(mask, tmp_path / "a_mask.png"))]
+    data = SegmentationDataset(pairs, THREE, (28, 20), train=True)
+    for epoch in range(6):
+        data.set_epoch(epoch)
+        image_seen, target, _ = data[0]
+        grays = set(image_seen[0, :, 14].tolist())
+        assert len(grays) > 10, (epoch, sorted(grays))
+        assert set(target.unique().tolist()) <= {0, 1, 2, 255}, epoch
+
+
 @pytest.mark.parametrize("size", [(800, 100), (100, 800)])  # a panorama, a tall scan
 def test_random_crops_of_a_far_from_square_image_reach_its_ends(tmp_path, size):
     # Crops of aspect 3/4 to 4/3 and half the area or more cannot fit in an 8:1 image: every
