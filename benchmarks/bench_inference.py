@@ -49,6 +49,7 @@ import torch
 from config import (
     DEFAULT_BACKBONE,
     DEFAULT_CLASSES,
+    ClassConfig,
     add_amp_flag,
     add_device_flag,
     add_imgsz_flag,
@@ -175,7 +176,9 @@ def predict_latency(predictor: Predictor, frame: np.ndarray, calls: int) -> tupl
     return float(np.median(times)), float(np.median(network))
 
 
-def onnx_rows(base: Segmentor, imgsz, frames: list, folder: Path, reps: int) -> list:
+def onnx_rows(
+    base: Segmentor, classes: ClassConfig, imgsz, frames: list, folder: Path, reps: int
+) -> list:
     """ONNX Runtime on the CPU, one row per graph and optimization level: (label, seconds per
     frame at batch 1 (best of ``reps``), share of the ``frames``' mask pixels equal to PyTorch
     fp32's)."""
@@ -186,10 +189,10 @@ def onnx_rows(base: Segmentor, imgsz, frames: list, folder: Path, reps: int) -> 
 
     model = copy.deepcopy(base).cpu().float()
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
-    meta = {"classes": DEFAULT_CLASSES.to_dict(), "backbone": base.backbone.name}
+    meta = {"classes": classes.to_dict(), "backbone": base.backbone.name}
     export(model, meta, imgsz, fp32)
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    reference = Predictor(model, DEFAULT_CLASSES, imgsz).predict(frames)
+    reference = Predictor(model, classes, imgsz).predict(frames)
     w, h = imgsz
     images = np.random.default_rng(0).integers(0, 256, (1, 3, h, w), dtype=np.uint8)
     rows = []
@@ -219,10 +222,8 @@ def onnx_rows(base: Segmentor, imgsz, frames: list, folder: Path, reps: int) -> 
         run()
         best = best_seconds(run, torch.device("cpu"), reps)
         # the int8 graph one frame at a time, as --backend onnxruntime runs it (OnnxSegmentor)
-        network = OnnxSegmentor(
-            session, DEFAULT_CLASSES, imgsz, base.backbone.name, per_image=path == int8
-        )
-        masks = Predictor(network, DEFAULT_CLASSES, imgsz).predict(frames)
+        network = OnnxSegmentor(session, classes, imgsz, base.backbone.name, per_image=path == int8)
+        masks = Predictor(network, classes, imgsz).predict(frames)
         agree = sum((a == b).sum() for a, b in zip(masks, reference, strict=True))
         rows.append((label, best, agree / sum(m.size for m in masks)))
     return rows
@@ -292,26 +293,33 @@ def pipeline_fps(video: Path, predictor: Predictor, out: Path, batch: int) -> fl
         return segment_video(open_video(str(video)), predictor, out, opts)["fps"]
 
 
-def io_ceiling(video: Path, out: Path, model: Segmentor, imgsz, batch: int) -> float:
+def io_ceiling(
+    video: Path, out: Path, model: Segmentor, classes: ClassConfig, imgsz, batch: int
+) -> float:
     """End-to-end FPS of infer_video.py's pipeline without the model."""
-    return pipeline_fps(video, NoModel(model, DEFAULT_CLASSES, imgsz), out, batch)
+    return pipeline_fps(video, NoModel(model, classes, imgsz), out, batch)
 
 
-def bench_model(args: argparse.Namespace, device: torch.device) -> tuple[Segmentor, tuple]:
+def bench_model(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[Segmentor, ClassConfig, tuple]:
     """The fp32 model to time, in eval mode on ``device`` (--model's, or one of trained-like
-    synthetic weights), and the (W, H) it runs at: --imgsz, else the checkpoint's, else 644."""
+    synthetic weights), its classes (the checkpoint's, else the default two), and the (W, H) it
+    runs at: --imgsz, else the checkpoint's, else 644."""
     if args.model:
         base, ckpt = load_checkpoint(
             args.model, device, args.backbone_source, args.hub_dir, args.backbone
         )
+        classes = ClassConfig.from_dict(ckpt["classes"], source=str(args.model))
         # the size the inference scripts run it at: its mask agreement is the one to deploy on
         imgsz = tuple(args.imgsz or ckpt["imgsz"])
     else:
         backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, "timm", None)
         backbone.load_official_state_dict(trained_like(backbone.official_shapes()))
-        base = Segmentor(backbone, DEFAULT_CLASSES.num_classes)
+        classes = DEFAULT_CLASSES
+        base = Segmentor(backbone, classes.num_classes)
         imgsz = tuple(args.imgsz or (644, 644))
-    return base.to(device).eval(), imgsz
+    return base.to(device).eval(), classes, imgsz
 
 
 def flop_floor(base: Segmentor, imgsz, args, device: torch.device, dtype: torch.dtype) -> tuple:
@@ -349,10 +357,18 @@ def flop_floor(base: Segmentor, imgsz, args, device: torch.device, dtype: torch.
 
 
 def bench_row(
-    name: str, model: Segmentor, imgsz, batch: int, compile: bool, reps: int, video: Path, sample
+    name: str,
+    model: Segmentor,
+    classes: ClassConfig,
+    imgsz,
+    batch: int,
+    compile: bool,
+    reps: int,
+    video: Path,
+    sample,
 ) -> tuple:
     """Time one row: "naive" (frame by frame, in sequence) or "fast" (the pipeline) of ``model``
-    at ``imgsz`` (W, H), on ``video``; its outputs go beside it.
+    at ``imgsz`` (W, H), on ``video``; its outputs, drawn in ``classes``' colours, go beside it.
 
     Returns ((model seconds per frame, end-to-end FPS, peak memory in MB), (batch-1 latency as
     predict_latency gives it, calls) or None at another batch, the ``sample`` frames' masks).
@@ -360,7 +376,7 @@ def bench_row(
     device = model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    predictor = Predictor(model, DEFAULT_CLASSES, imgsz, compile=compile)
+    predictor = Predictor(model, classes, imgsz, compile=compile)
     seconds = model_seconds(predictor, batch, reps)
     if name == "naive":
         fps = naive_video(video, video.with_name("naive.mp4"), predictor)
@@ -392,7 +408,7 @@ def main(args: argparse.Namespace) -> None:
     if args.int8:
         int8_quantizer()  # torchao missing: say so now, not after the naive row's minutes
     torch.manual_seed(0)
-    model, imgsz = bench_model(args, device)  # the naive model; the fast one replaces it
+    model, classes, imgsz = bench_model(args, device)  # the naive model; the fast one replaces it
     flops, rate32, floor = flop_floor(model, imgsz, args, device, dtype)
 
     rows, latency, masks = {}, {}, {}
@@ -400,9 +416,11 @@ def main(args: argparse.Namespace) -> None:
         video = Path(tmp) / "bench.mp4"
         make_video(video, args.frames, args.video_size)
         sample = first_frames(video, 4)  # for the latency and the mask agreement
-        ort_rows = onnx_rows(model, imgsz, sample, Path(tmp), args.reps) if args.onnx else []
+        ort_rows = (
+            onnx_rows(model, classes, imgsz, sample, Path(tmp), args.reps) if args.onnx else []
+        )
         rows["naive"], latency["naive"], masks["naive"] = bench_row(
-            "naive", model, imgsz, 1, False, args.reps, video, sample
+            "naive", model, classes, imgsz, 1, False, args.reps, video, sample
         )
         # The fast model is built from the naive one only now, and replaces it: each row's peak
         # memory then holds its own model's weights alone (on CUDA a bf16 ViT-g copy is 2.2 GB)
@@ -412,10 +430,10 @@ def main(args: argparse.Namespace) -> None:
         gc.collect()
         compile = args.compile or args.int8
         rows["fast"], latency["fast"], masks["fast"] = bench_row(
-            "fast", model, imgsz, args.batch, compile, args.reps, video, sample
+            "fast", model, classes, imgsz, args.batch, compile, args.reps, video, sample
         )
         latency = {name: value for name, value in latency.items() if value is not None}
-        ceiling = io_ceiling(video, Path(tmp) / "io.mp4", model, imgsz, args.batch)
+        ceiling = io_ceiling(video, Path(tmp) / "io.mp4", model, classes, imgsz, args.batch)
 
     print()
     print(

@@ -25,12 +25,19 @@ import infer_image
 import infer_video
 import train
 import utils
-from config import DEFAULT_CLASSES, parse_args
+from config import DEFAULT_CLASSES, ClassConfig, parse_args
 from conftest import ORT_RUNS_INT8, ROOT, load_benchmark, needs_mount_namespace, run_bind_mounted
 from datasets import read_image, read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
-from model import INT8_MIN_TORCH, Segmentor, load_backbone, load_checkpoint, torch_version
+from model import (
+    INT8_MIN_TORCH,
+    Segmentor,
+    load_backbone,
+    load_checkpoint,
+    save_checkpoint,
+    torch_version,
+)
 from synthetic import make_sample, write_clip
 from utils import UserError, check_gui, draw_overlay, opencv_threads_for
 
@@ -1331,6 +1338,40 @@ def test_benchmark_latency_gives_the_network_share_of_the_calls_it_times(checkpo
     assert bench.predict_latency(predictor, frame, 3) == (101.0, 1.0)
 
 
+def test_benchmark_of_a_checkpoint_draws_and_exports_the_checkpoints_classes(tmp_path, monkeypatch):
+    # --model of 3 classes: the overlays (every Predictor) and the ONNX metadata took the
+    # default 2 classes, whatever the checkpoint held
+    import export
+
+    three = ClassConfig(
+        names=("background", "person", "car"),
+        mask_colors=((0, 0, 0), (0, 255, 0), (255, 0, 0)),
+        vis_colors=((0, 0, 0), (0, 200, 0), (200, 0, 0)),
+    )
+    backbone = load_backbone("dinov2_vits14", "timm", "random", layers=1)
+    ckpt = tmp_path / "three.pth"
+    save_checkpoint(ckpt, Segmentor(backbone, 3), classes=three.to_dict(), imgsz=[28, 28])
+    drawn, exported = [], []
+    real_init, real_export = Predictor.__init__, export.export
+
+    def init(self, model, classes, *args, **kwargs):
+        drawn.append(classes)
+        real_init(self, model, classes, *args, **kwargs)
+
+    def export_onnx(model, meta, *args, **kwargs):
+        exported.append(meta["classes"])
+        return real_export(model, meta, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "__init__", init)
+    monkeypatch.setattr(export, "export", export_onnx)
+    bench = load_benchmark("bench_inference")
+    argv = ["--model", str(ckpt), "--frames", "1", "--reps", "1", "--video-size", "32", "24",
+            "--device", "cpu", "--onnx"]  # fmt: skip
+    bench.main(bench.get_args_parser().parse_args(argv))
+    assert drawn and all(classes == three for classes in drawn), drawn
+    assert exported == [three.to_dict()], exported
+
+
 def test_benchmark_rows_peak_memory_holds_their_own_model_alone(monkeypatch):
     # The fast model was built before the naive row ran, and the naive one kept through the
     # fast row: each row's peak memory held both models' weights (on CUDA too, where both sat
@@ -2070,7 +2111,9 @@ def test_benchmark_io_ceiling_runs_opencv_as_the_pipeline_it_bounds(monkeypatch,
     before = cv2.getNumThreads()
     cv2.setNumThreads(4)
     try:
-        bench.io_ceiling(tmp_path / "in.mp4", tmp_path / "out.mp4", model, (28, 28), 1)
+        bench.io_ceiling(
+            tmp_path / "in.mp4", tmp_path / "out.mp4", model, DEFAULT_CLASSES, (28, 28), 1
+        )
     finally:
         cv2.setNumThreads(before)
     assert threads == [1]
