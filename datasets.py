@@ -38,7 +38,14 @@ from config import (
     ClassConfig,
     read_yaml,
 )
-from utils import UserError, network_timeout, new_folder, temp_folder, write_image
+from utils import (
+    UserError,
+    first_few,
+    network_timeout,
+    new_folder,
+    temp_folder,
+    write_image,
+)
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -504,12 +511,11 @@ def find_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
         if unread:
             # a pair of them would be left out of training without a word
             log.warning(
-                "%s: %d subfolders or files of other formats are not read: %s%s (images and "
+                "%s: %d subfolders or files of other formats are not read: %s (images and "
                 "masks sit directly in the folder, as %s files)",
                 folder,
                 len(unread),
-                ", ".join(unread[:5]),
-                " ..." if len(unread) > 5 else "",
+                first_few(unread),
                 " ".join(IMAGE_EXTENSIONS),
             )
     images, masks = found[image_dir], found[mask_dir]

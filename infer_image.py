@@ -39,6 +39,7 @@ from utils import (
     array_bytes,
     atomic_path,
     check_writable,
+    first_few,
     opencv_threads_for,
     pick_device,
     prefetch,
@@ -138,11 +139,6 @@ def check_image_file(spec: str, path: Path) -> None:
         check_image_header(path)
     except DataError as err:
         raise UserError(f"--input {err}; give an image file, a folder or a glob") from err
-
-
-def first_few(names: list[str]) -> str:
-    """The first five of ``names``, joined, and " ..." where there are more."""
-    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
 
 def warn_of_other_formats(matches: list[Path]) -> None:

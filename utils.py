@@ -42,6 +42,12 @@ class UserError(Exception):
     """A mistake the user can fix (a path, a flag, a file). Scripts print it and exit 2."""
 
 
+def first_few(names: list[str]) -> str:
+    """The first five of ``names`` for a message: "a, b, c, d, e", and " ..." where there are
+    more."""
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, schedulers, container stops), raised to take Ctrl-C's clean path."""
 
