@@ -454,6 +454,9 @@ def _check_ids(
         return (arr > 0).astype(np.uint8), True, counts
     listed = [v.item() for v in bad[:5]]
     hint = ""
+    # values no class list explains (a fraction, a negative, a 0/255 mask's soft edges) are not
+    # other classes: check_dataset's advice for those (a new model) would not fix them
+    error = DataError if invalid.any() else OtherClasses
     if k == 2 and (values == IGNORE_INDEX).any():
         # 0/255 masks that went through JPEG or were drawn with soft edges: 255 and values
         # in between, which no reading as class or instance ids can make sense of
@@ -461,9 +464,10 @@ def _check_ids(
             "; a 0/255 mask with values in between (JPEG compression, soft edges)? python "
             "prepare_data.py binary thresholds such masks into 0/1 class ids"
         )
+        error = DataError
     elif k == 2:
         hint = "; instance-id masks number their objects 1, 2, 3, ... without gaps"
-    raise OtherClasses(
+    raise error(
         f"{path}: values {listed}{' ...' if bad.size > 5 else ''} are not class ids "
         f"0-{k - 1} of {list(classes.names)} or {IGNORE_INDEX} (ignore){hint}"
     )
