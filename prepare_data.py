@@ -1092,7 +1092,7 @@ def check_out(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
     out = args.out
     if out.name == "..":  # staging would rename "..", which no file system allows
         raise UserError(
-            f"--out {out} ends in ..: pass the folder it names, --out {os.path.normpath(out)}"
+            f"--out {out} ends in ..: pass the folder it names, --out {os.path.abspath(out)}"
         )
     if within(Path.cwd(), out):  # a folder cannot be renamed from inside
         raise UserError(

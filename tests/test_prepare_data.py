@@ -742,7 +742,7 @@ def test_out_that_cannot_be_made_is_named(tmp_path, monkeypatch):
         run("voc", "--root", str(root), "--out", ".")
 
 
-def test_out_ending_in_dot_dot_is_named_not_a_traceback(tmp_path):
+def test_out_ending_in_dot_dot_is_named_not_a_traceback(tmp_path, monkeypatch):
     """--out DIR/sub/.. with --force tried to rename "..", an OSError's traceback."""
     root = voc_fixture(tmp_path / "VOC2012")
     (tmp_path / "data" / "sub").mkdir(parents=True)
@@ -753,6 +753,10 @@ def test_out_ending_in_dot_dot_is_named_not_a_traceback(tmp_path):
     with pytest.raises(UserError, match=message):
         run("voc", "--root", str(root), "--out", str(out), "--force")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["old.txt", "sub"]
+    # a bare .. was named as the folder to pass instead
+    monkeypatch.chdir(tmp_path / "data" / "sub")
+    with pytest.raises(UserError, match=rf"--out \.\. ends in \.\.: pass .*, --out {named}$"):
+        run("voc", "--root", str(root), "--out", "..", "--force")
 
 
 def test_voc_ids_that_are_no_voc_class_are_named(tmp_path):
