@@ -759,7 +759,8 @@ def check_dataset(
         if kept_classes and (others := len(readings.get("other classes", []))):
             # the problems' advice, to list the classes with --config, would not reach them
             note = (
-                f"{others} masks hold other classes than {list(classes.names)}: {kept_classes}, "
+                f"{others} {'mask holds' if others == 1 else 'masks hold'} other classes than "
+                f"{list(classes.names)}: {kept_classes}, "
                 "and --config does not change them. Train a new model on their classes, with "
                 "--config"
             )

@@ -538,6 +538,12 @@ def test_masks_of_other_classes_than_a_kept_checkpoints_say_config_cannot_change
     with pytest.raises(DatasetError) as info:  # a new run's --config does change them
         check_dataset(fresh_data, DEFAULT_CLASSES, ("valid",))
     assert "--config does not change them" not in str(info.value)
+    save(np.zeros((72, 96), np.uint8), fresh_data / "valid_masks" / "img000.png")
+    with pytest.raises(DatasetError, match="\n1 mask holds other classes than"):
+        check_dataset(fresh_data, DEFAULT_CLASSES, ("valid",), kept)
+    with pytest.raises(DatasetError) as info:
+        check_dataset(fresh_data, DEFAULT_CLASSES, ("valid",))
+    assert "--config does not change them" not in str(info.value)
     # other problems are not about the classes
     save(np.zeros((72, 96), np.uint8), fresh_data / "valid_masks" / "img000.png")
     save(np.zeros((9, 9), np.uint8), fresh_data / "valid_masks" / "img001.png")
