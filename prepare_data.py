@@ -189,9 +189,16 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
             if out.exists() or out.is_symlink():
                 try:
                     out.rename(old)
-                except OSError as err:  # a bind mount, which ismount does not see (check_out)
-                    why = f"cannot be renamed ({err.strerror}: a mount point?)"
-                    raise unswappable(out, why) from err
+                except OSError as err:
+                    if err.errno == errno.EBUSY:  # a bind mount, which ismount does not see
+                        why = f"cannot be renamed ({err.strerror}: a mount point?)"
+                        raise unswappable(out, why) from err
+                    # Windows: a program holds it, where a folder inside it would hold the new
+                    # dataset inside the old one
+                    raise UserError(
+                        f"--out {out} cannot be replaced ({err.strerror}): is it open in another "
+                        "program (a file browser, a terminal inside it)? Close it and run again"
+                    ) from err
             try:
                 (holder / "data").rename(out)
             except BaseException:

@@ -1,6 +1,7 @@
 """prepare_data.py on small fixtures of Penn-Fudan, PASCAL VOC, COCO and 0/255 masks built here."""
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -8,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -402,6 +404,28 @@ def test_out_that_is_a_mount_point_is_named_not_a_traceback(tmp_path, mount, mes
         proc = run_bind_mounted(volume, data, sys.executable, *cmd, str(data / "dataset"))
         assert proc.returncode == 0, proc.stderr  # the advice works
         assert (volume / "dataset" / "classes.yaml").is_file()
+
+
+def test_out_held_open_is_not_called_a_mount_point(tmp_path, monkeypatch):
+    # Windows refuses to rename a folder a program holds: the advice for a mount point, to pass
+    # a folder inside it, would put the new dataset inside the old one
+    root = folder_fixture(tmp_path / "mine")
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "old.txt").write_text("")
+    rename = Path.rename
+
+    def held(self, target):
+        if self == out:
+            raise PermissionError(errno.EACCES, "Access is denied")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", held)
+    message = rf"--out {re.escape(str(out))} cannot be replaced \(Access is denied\): is it open"
+    with pytest.raises(UserError, match=message):
+        run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+            "--out", str(out), "--force")  # fmt: skip
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
 
 
 @needs_mount_namespace
