@@ -666,22 +666,19 @@ def test_a_runs_args_yaml_repeats_it_as_a_config_file(trained, tmp_path):
         parse_args(train.get_args_parser(), ["--config", str(tmp_path / "nested.yaml")])
 
 
-def test_weights_file_is_recorded_absolute_and_takes_a_home_folder(tmp_path, monkeypatch):
-    # args.yaml recorded a relative --weights as typed, so --config OUT/args.yaml from another
-    # folder stopped on a missing file; and a ~ in a config file's weights was taken literally
-    monkeypatch.chdir(tmp_path)
+def test_a_config_files_weights_take_a_home_folder_and_no_escapes(tmp_path, monkeypatch):
+    # --weights in a config file is a path as the other path flags are (recorded absolute:
+    # test_a_weights_file_is_recorded_absolute_and_an_older_relative_one_still_matches)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    args, classes = parse_args(train.get_args_parser(), ["--weights", "w.pth"])
-    assert train.settings(args, classes, [56, 56])["weights"] == str(tmp_path / "w.pth")
     (tmp_path / "c.yaml").write_text("weights: ~/w.pth\n")
     args, _ = parse_args(train.get_args_parser(), ["--config", str(tmp_path / "c.yaml")])
     assert Path(args.weights) == tmp_path / "home" / "w.pth"
     (tmp_path / "c.yaml").write_text('weights: "C:\\new\\t.pth"\n')  # \n, \t in double quotes
     with pytest.raises(UserError, match=r"weights: .* holds a control character"):
         parse_args(train.get_args_parser(), ["--config", str(tmp_path / "c.yaml")])
-    for keyword in ("pretrained", "random"):  # words, not files of the current folder
-        args, classes = parse_args(train.get_args_parser(), ["--weights", keyword])
-        assert train.settings(args, classes, [56, 56])["weights"] == keyword
+    (tmp_path / "c.yaml").write_text("weights: pretrained\n")  # a word, not a file here
+    args, classes = parse_args(train.get_args_parser(), ["--config", str(tmp_path / "c.yaml")])
+    assert train.settings(args, classes, [56, 56])["weights"] == "pretrained"
 
 
 def test_config_null_sets_nothing_under_a_parser_without_config():
