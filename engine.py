@@ -1108,6 +1108,9 @@ def speed_line(predictor: Predictor, args, unit: str, fps: float) -> str:
         )
         compiled = ", compiled" if args.compile or args.int8 else ""
         setup = f"batch {args.batch}, {precision}{compiled}"
+    if predictor.tta is not None:  # each view is a pass of the network, all in the figure
+        scales, flip = predictor.tta
+        setup += f", --tta: {len(scales) * (2 if flip else 1)} views per {unit}"
     return (
         f"model: {1000 / fps:.1f} ms per {unit} ({fps:.2f} FPS), the network alone, on "
         f"{predictor.runs_on()}, {setup}{predictor.model_fps_note()}"

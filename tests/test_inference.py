@@ -413,22 +413,30 @@ def test_written_masks_are_the_predicted_ones(tmp_path, checkpoint, predictor):
     assert both
 
 
-@pytest.mark.parametrize(("amp", "precision"), [("off", "float32"), ("bf16", "bf16")])
+@pytest.mark.parametrize(
+    ("amp", "tta", "setup"),
+    [
+        ("off", False, "batch 2, float32"),
+        ("bf16", False, "batch 2, bf16"),
+        ("off", True, "batch 2, float32, --tta: 6 views per (image|frame)"),
+    ],
+)
 def test_the_speed_lines_of_both_scripts_name_the_batch_and_precision(
-    tmp_path, checkpoint, capsys, amp, precision
+    tmp_path, checkpoint, capsys, amp, tta, setup
 ):
-    # infer_image's line named neither the batch nor --amp, which change the figure several fold
+    # infer_image's line named neither the batch nor --amp, which change the figure several
+    # fold, nor either script --tta's views, each a pass of the network
     src = tmp_path / "in"
     src.mkdir()
     for i in range(3):
         Image.fromarray(make_sample(np.random.default_rng(i), 60, 40)[0]).save(src / f"{i}.png")
     clip = write_clip(tmp_path / "clip.mp4", frames=3)
-    flags = {"model": checkpoint, "batch": 2, "amp": amp}
+    flags = {"model": checkpoint, "batch": 2, "amp": amp, **({"tta": True} if tta else {})}
     infer_image.main(image_args(input=src, out_dir=tmp_path / "i", **flags))
     infer_video.main(video_args(input=clip, out_dir=tmp_path / "v", **flags))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model:")]
     pattern = r"model: [\d.]+ ms per (image|frame) \([\d.]+ FPS\), the network alone, on cpu, "
-    assert [re.sub(pattern, "", line) for line in lines] == [f"batch 2, {precision}"] * 2, lines
+    assert len(lines) == 2 and all(re.fullmatch(pattern + setup, line) for line in lines), lines
 
 
 def test_infer_image_handles_odd_files_and_names_failures(tmp_path, checkpoint):
