@@ -410,7 +410,7 @@ def _read_weights_file(
         )
     if not path.is_file():
         raise UserError(f"--weights {path} does not exist. {offline_help(name)}")
-    if path.suffix == ".safetensors":  # timm's Hugging Face weights come as these
+    if path.suffix.lower() == ".safetensors":  # timm's Hugging Face weights come as these
         # safetensors comes with timm; older PyTorch's torch.load cannot read the format
         from safetensors.torch import load_file
 
@@ -470,7 +470,11 @@ def _read_weights_file(
         # files): the official weights less mask_token, which segmentation never uses, under
         # timm's register and SwiGLU names.
         sd = _timm_to_official(sd, name)
-        log.info("--weights %s has timm's key names: converted to the official layout", path)
+        log.info(
+            "--weights %s has no mask_token (timm's layout, or official weights without it): "
+            "read as the official layout, with a zero mask_token, which segmentation never uses",
+            path,
+        )
     problem = _layout_problem(sd, expected, name)
     if problem:
         guess = _guess_backbone(sd)

@@ -556,3 +556,7 @@ def test_safetensors_weights_are_read_without_pickle(tmp_path, weights_file):
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc")
     with pytest.raises(UserError, match=r"model\.safetensors is not a readable safetensors file"):
         load_backbone("dinov2_vits14", "timm", str(tmp_path / "model.safetensors"))
+    # the suffix in capitals (a download through Windows) is the same format
+    (tmp_path / "model.safetensors").rename(tmp_path / "MODEL.SAFETENSORS")
+    with pytest.raises(UserError, match=r"MODEL\.SAFETENSORS is not a readable safetensors file"):
+        load_backbone("dinov2_vits14", "timm", str(tmp_path / "MODEL.SAFETENSORS"))
