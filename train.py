@@ -1020,7 +1020,7 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
         sampler=sampler,
         # A last batch of one or two images would give the BatchNorm head noisy statistics; but
         # each process must keep at least one batch of its own share.
-        drop_last=train and len(sampler) > args.batch,
+        drop_last=train and drops_last_batch(len(sampler), args.batch),
         num_workers=workers,
         # Workers start once, not every epoch (seconds each where they are spawned, as on
         # macOS); datasets.PairDataset.set_epoch reaches them through shared memory.
@@ -1035,10 +1035,15 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
     )
 
 
+def drops_last_batch(share: int, batch: int) -> bool:
+    """Whether make_loader's training loader over ``share`` images (one process's) drops its
+    last incomplete batch: only where that leaves it at least one."""
+    return share > batch
+
+
 def train_batches(share: int, batch: int) -> int:
-    """The batches of make_loader's training loader over ``share`` images (one process's): a
-    last incomplete batch is dropped where there is more than one batch."""
-    return share // batch if share > batch else math.ceil(share / batch)
+    """The batches of make_loader's training loader over ``share`` images (one process's)."""
+    return share // batch if drops_last_batch(share, batch) else math.ceil(share / batch)
 
 
 def warn_long_accum(args, share: int, world: int) -> None:
