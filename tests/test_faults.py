@@ -980,13 +980,20 @@ def test_an_infinite_validation_loss_stops_before_any_checkpoint(
     assert not list(tmp_path.glob("*.pth")), "a checkpoint of a diverged model was written"
 
 
-def test_a_nan_loss_stops_training_before_the_optimizer_uses_it():
+def nan_at(batch: int, batches: int) -> tuple[torch.nn.Module, list]:
+    """A PixelClassifier and a loader of ``batches`` batches whose ``batch``-th (1-based) holds
+    a NaN pixel."""
     torch.manual_seed(0)
     model = PixelClassifier()
     images, masks = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
     poisoned = images.clone()
     poisoned[0, 0, 0, 0] = math.nan
-    loader = [(images, masks, None), (poisoned, masks, None), (images, masks, None)]
+    loader = [(poisoned if i == batch else images, masks, None) for i in range(1, batches + 1)]
+    return model, loader
+
+
+def test_a_nan_loss_stops_training_before_the_optimizer_uses_it():
+    model, loader = nan_at(2, batches=3)
     after_steps = []
 
     class Recording(torch.optim.SGD):
@@ -1018,12 +1025,7 @@ def test_an_infinite_loss_stops_training_as_a_nan_one_does():
 def test_a_diverged_loss_names_the_batch_not_the_optimizer_step():
     # with --accum 2 the NaN of the third batch comes in the second optimizer step: "step 2"
     # would send the user to the wrong batch
-    torch.manual_seed(0)
-    model = PixelClassifier()
-    images, masks = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
-    poisoned = images.clone()
-    poisoned[0, 0, 0, 0] = math.nan
-    loader = [(images, masks, None), (images, masks, None), (poisoned, masks, None)]
+    model, loader = nan_at(3, batches=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     with pytest.raises(TrainingDiverged, match=r"^the training loss became nan at batch 3$"):
         train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2, accum=2)
