@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -214,6 +215,7 @@ def run_script(main: Callable[[], None]) -> None:
     # SIGTERM (kill, schedulers, container stops) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, _terminate)
     sys.unraisablehook = functools.partial(_stop_again, sys.unraisablehook)
+    stopped = False
     try:
         main()
     except UserError as err:
@@ -223,7 +225,7 @@ def run_script(main: Callable[[], None]) -> None:
         _stopping.set()
         if _rank_0():  # under torchrun the others stop without a word
             print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        stopped = True
     except Exception as err:
         if not out_of_memory(err):
             raise
@@ -231,6 +233,28 @@ def run_script(main: Callable[[], None]) -> None:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: out of memory ({detail[:200]}); lower --batch or --imgsz", file=sys.stderr)
         sys.exit(1)
+    if stopped:  # out of the except clause: the stop's traceback no longer holds main's
+        _let_loaders_close()  # frames, and so the DataLoaders they held
+        sys.exit(130)
+
+
+def _let_loaders_close(timeout: float = 5.0) -> None:
+    """Collect the DataLoaders that a stop left, here, and wait (``timeout`` seconds at most) for
+    the threads that feed their worker queues to end.
+
+    A DataLoader whose workers were spawned (macOS, forkserver) holds named semaphores, each
+    registered with multiprocessing's resource tracker, a process of its own. Collected at exit
+    by a feeder thread, a daemon that the interpreter stops where it is, a semaphore was removed
+    and not unregistered, and the tracker printed "leaked semaphore" warnings after "interrupted".
+    """
+    try:
+        gc.collect()  # the loaders' queues are closed here, in the main thread
+        deadline = time.monotonic() + timeout
+        for thread in threading.enumerate():
+            if thread.name == "QueueFeederThread":  # multiprocessing.queues.Queue's
+                thread.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:  # a second Ctrl-C: the stop goes on, without waiting
+        pass
 
 
 def out_of_memory(err: BaseException) -> bool:
