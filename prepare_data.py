@@ -92,8 +92,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         return flags
 
     def source(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str) -> None:
-        """A required flag of a source file or folder (an Importer's ``sources``)."""
+        """A required flag of a source file or folder (an Importer's ``sources``). A folder's
+        ``help`` also goes to args.folders ({dest: help}): main says it where a file is given."""
         parser.add_argument(flag, type=path_arg, required=True, metavar=metavar, help=help)
+        if metavar == "DIR":
+            folders = parser.get_default("folders") or {}
+            parser.set_defaults(folders={**folders, flag.removeprefix("--"): help})
 
     def class_names(parser, help: str, **extra) -> None:
         """--classes, the names of the classes to keep, with ``extra`` settings (choices=,
@@ -872,9 +876,10 @@ def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, i
         matched = pair_files(root / folder, root / folder, "_mask")
         splits[split], found = list(matched.pairs.values()), matched.problems
         if not (root / folder).is_dir():
+            what = "a file, not a folder" if (root / folder).exists() else "folder missing"
             found = [
-                f"{root / folder}: folder missing (export a dataset version with a {folder} "
-                "split, or split one folder with prepare_data.py folder --mask-suffix _mask)"
+                f"{root / folder}: {what} (export a dataset version with a {folder} split, or "
+                "split one folder with prepare_data.py folder --mask-suffix _mask)"
             ]
         elif not splits[split] and not found:
             found = [f"{root / folder}: no image with its NAME_mask.png"]
@@ -960,8 +965,9 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
     images_dir, masks_dir = root / "JPEGImages", root / "SegmentationClass"
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "is missing"
             raise UserError(
-                f"{folder} is missing: --root must be a CVAT 'Segmentation mask 1.1' export"
+                f"{folder} {what}: --root must be a CVAT 'Segmentation mask 1.1' export"
             )
     # by item id, the path without the extension ("sub/x" for sub/x.jpg)
     matched = pair_files(images_dir, masks_dir, nested=True, masks_optional=True)
@@ -1194,6 +1200,10 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
 def main(args: argparse.Namespace) -> None:
     if getattr(args, "valid_every", None) is not None and args.valid_every < 2:
         raise UserError("--valid-every must be at least 2")
+    for key, what in getattr(args, "folders", {}).items():
+        if (path := getattr(args, key)).is_file():  # the importers would call it missing
+            unzip = " (unzip it first)" if path.suffix.lower() == ".zip" else ""
+            raise UserError(f"--{key} {path} is a file, not a folder: pass --{key} {what}{unzip}")
     if args.dataset == "binary" and not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")
     if (

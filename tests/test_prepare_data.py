@@ -989,10 +989,38 @@ def test_folder_names_an_images_path_that_is_a_file_as_not_a_folder(tmp_path):
     """An image given as --images was called a folder missing, which it is not."""
     (tmp_path / "masks").mkdir()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.jpg")
-    with pytest.raises(UserError, match=r"a\.jpg: a file, not a folder") as err:
+    with pytest.raises(
+        UserError, match=r"--images \S*a\.jpg is a file, not a folder: pass --images the folder"
+    ) as err:
         run("folder", "--images", str(tmp_path / "a.jpg"), "--masks", str(tmp_path / "masks"),
             "--out", str(tmp_path / "out"))  # fmt: skip
     assert "folder missing" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "dataset, flag, what",
+    [
+        ("roboflow", "--root", "the folder with train/, valid/, test/"),
+        ("cvat", "--root", "the folder with labelmap.txt"),
+        ("voc", "--root", "VOCdevkit/VOC2012"),
+        ("coco", "--images", "the folder of its images"),
+        ("binary", "--root", "the folder with train_images/"),
+    ],
+)
+def test_a_file_given_for_a_source_folder_is_named_with_its_flag(tmp_path, dataset, flag, what):
+    """An export's zip given as --root was called a folder missing a file in it (export.zip/
+    labelmap.txt is missing), and a file as coco's --images missing each image."""
+    if dataset == "coco":  # its annotation file as --images too
+        ann = coco_fixture(tmp_path / "coco")
+        given, others = ann, ["--annotations", str(ann)]
+    else:
+        given, others = tmp_path / "export.zip", []
+        given.write_bytes(b"PK")
+    message = f"{flag} {given} is a file, not a folder: pass {flag} {what}"
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        run(dataset, *others, flag, str(given), "--out", str(tmp_path / "data"))
+    assert ("(unzip it first)" in str(err.value)) == (given.suffix == ".zip")
+    assert not (tmp_path / "data").exists()
 
 
 def test_folder_reads_masks_beside_their_images_with_a_suffix_and_named_classes(tmp_path, capsys):
@@ -1142,6 +1170,7 @@ def test_roboflow_says_how_many_test_images_it_left_out(tmp_path, capsys):
         ("gap", r"_classes\.csv: pixel values \[0, 2\] are not 0, 1, 2, \.\.\. without gaps"),
         ("bad line", r"_classes\.csv: the line 'cat' is not 'pixel value, class name'"),
         ("no valid", r"valid: folder missing \(export a dataset version with a valid split"),
+        ("valid a file", r"valid: a file, not a folder \(export a dataset version with a valid"),
         ("unpaired", r"(?s)1 problem.*img1_jpg\.rf\.train1\.jpg: image without a mask"),
     ],
 )
@@ -1152,6 +1181,9 @@ def test_roboflow_exports_it_cannot_read_are_named(tmp_path, defect, message):
         (root / "train" / "_classes.csv").unlink()
     elif defect == "no valid":
         shutil.rmtree(root / "valid")
+    elif defect == "valid a file":
+        shutil.rmtree(root / "valid")
+        (root / "valid").write_bytes(b"")
     elif defect == "unpaired":
         (root / "train" / "img1_jpg.rf.train1_mask.png").unlink()
     with pytest.raises(UserError, match=message):
@@ -1279,6 +1311,7 @@ def test_cvat_two_lists_of_one_subset_are_named(tmp_path, lists):
     "defect, message",
     [
         ("no labelmap", r"labelmap\.txt is missing: --root must be a CVAT"),
+        ("masks a file", r"SegmentationClass is a file, not a folder: --root must be a CVAT"),
         ("bad labelmap", r"labelmap\.txt, line 3: 'car:250,50::' is not 'name:r,g,b::'"),
         ("one label", r"labelmap\.txt: ALL_CLASSES needs at least two classes"),
         ("colour", r"(?s)1 problem.*f2\.png: colours \[\[9, 99, 9\]\] are not in"),
@@ -1291,6 +1324,9 @@ def test_cvat_exports_it_cannot_read_are_named(tmp_path, defect, message):
     labelmap = root / "labelmap.txt"
     if defect == "no labelmap":
         labelmap.unlink()
+    elif defect == "masks a file":
+        shutil.rmtree(root / "SegmentationClass")
+        (root / "SegmentationClass").write_bytes(b"")
     elif defect == "bad labelmap":
         labelmap.write_text(CVAT_LABELMAP.replace("car:250,50,83::", "car:250,50::"))
     elif defect == "one label":
