@@ -61,7 +61,7 @@ from datasets import (
     split_of,
     write_pair,
 )
-from utils import UserError, new_folder, run_script, temp_folder, within
+from utils import UserError, first_few, new_folder, run_script, temp_folder, within
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -335,7 +335,7 @@ def read_voc_mask(path: Path) -> np.ndarray:
         bad = np.setdiff1d(ids, [*range(len(VOC_CLASSES)), IGNORE_INDEX])
         if bad.size:  # the look-up would make them background silently
             raise UserError(
-                f"{path}: values {bad[:5].tolist()} are not VOC class ids (0-"
+                f"{path}: values [{first_few([str(v) for v in bad])}] are not VOC class ids (0-"
                 f"{len(VOC_CLASSES) - 1}, {IGNORE_INDEX} = border); use the official "
                 "SegmentationClass PNGs"
             )
@@ -494,8 +494,8 @@ def _coco_file_names(annotations: Path, images: list[dict]) -> tuple[dict, dict]
     if clashes:
         raise UserError(
             f"{annotations} names images that would share a mask name: "
-            + "; ".join(" and ".join(files) for files in clashes[:5])
-            + ". Rename them apart (their masks are named by the image's name without extension, "
+            + first_few([" and ".join(files) for files in clashes])
+            + "; rename them apart (their masks are named by the image's name without extension, "
             "and names that differ only in case are one file on macOS and Windows)"
         )
     return files, names
@@ -786,7 +786,7 @@ def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) ->
         # images/train/, images/val/...: a dataset split already, or sorted into folders (its
         # masks, each without an image here, are not worth naming one by one)
         raise UserError(
-            f"--images {args.images} holds no image but the subfolders {', '.join(folders[:5])}: "
+            f"--images {args.images} holds no image but the subfolders {first_few(folders)}: "
             "point --images and --masks at folders of image files (a dataset split already, "
             "into train/ and val/, needs no splitting: move its files into DIR/train_images, "
             "DIR/train_masks, DIR/valid_images, DIR/valid_masks and pass --data DIR)"

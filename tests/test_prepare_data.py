@@ -793,6 +793,38 @@ def test_voc_ids_that_are_no_voc_class_are_named(tmp_path):
         run("voc", "--root", str(root), "--out", str(tmp_path / "o"))
 
 
+def test_lists_cut_at_five_in_messages_say_there_are_more(tmp_path):
+    """VOC's unknown mask values, COCO's clashing names and folder's subfolders were cut at five
+    without a sign, as if those were all."""
+    root = voc_fixture(tmp_path / "VOC2012")
+    path = root / "SegmentationClass" / "2007_000001.png"
+    mask = np.array(Image.open(path))
+    mask[0, :6] = range(40, 46)
+    Image.fromarray(mask).save(path)
+    with pytest.raises(UserError, match=r"values \[40, 41, 42, 43, 44 \.\.\.\] are not VOC"):
+        run("voc", "--root", str(root), "--out", str(tmp_path / "o"))
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    for i in range(6):  # six pairs of names with one stem, each with a person
+        for n, ext in enumerate(("jpg", "png")):
+            image_id = 100 + 2 * i + n
+            data["images"].append({"id": image_id, "file_name": f"x{i}.{ext}", "height": 40,
+                                   "width": 50})  # fmt: skip
+            data["annotations"].append({"id": image_id, "image_id": image_id, "category_id": 1,
+                                        "segmentation": [[0, 0, 9, 0, 9, 9]]})  # fmt: skip
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"x3\.jpg and x3\.png, x4\.jpg and x4\.png \.\.\.; rename"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"))  # fmt: skip
+    mine = folder_fixture(tmp_path / "mine", n=2)
+    for k in range(6):
+        (mine / "split" / f"part{k}").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"subfolders part0/, .*, part4/ \.\.\.: point --images"):
+        run("folder", "--images", str(mine / "split"), "--masks", str(mine / "masks"),
+            "--out", str(tmp_path / "o"))  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012", "coco", "mine"]
+
+
 def test_the_printed_train_command_is_quoted(tmp_path, capsys):
     out = tmp_path / "my data"
     run("pennfudan", "--zip", str(penn_fudan_zip(tmp_path / "PennFudanPed.zip")), "--out", str(out))
