@@ -92,12 +92,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         return flags
 
     def source(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str) -> None:
-        """A required flag of a source file or folder (an Importer's ``sources``). A folder's
-        ``help`` also goes to args.folders ({dest: help}): main says it where a file is given."""
+        """A required flag of a source file or folder (an Importer's ``sources``). Its ``help``
+        also goes to args.source_help ({dest: (whether a folder, help)}): main says it where the
+        path is missing or of the other kind."""
         parser.add_argument(flag, type=path_arg, required=True, metavar=metavar, help=help)
-        if metavar == "DIR":
-            folders = parser.get_default("folders") or {}
-            parser.set_defaults(folders={**folders, flag.removeprefix("--"): help})
+        helps = parser.get_default("source_help") or {}
+        parser.set_defaults(
+            source_help={**helps, flag.removeprefix("--"): (metavar == "DIR", help)}
+        )
 
     def class_names(parser, help: str, **extra) -> None:
         """--classes, the names of the classes to keep, with ``extra`` settings (choices=,
@@ -1200,16 +1202,20 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
 def main(args: argparse.Namespace) -> None:
     if getattr(args, "valid_every", None) is not None and args.valid_every < 2:
         raise UserError("--valid-every must be at least 2")
-    for key, what in getattr(args, "folders", {}).items():
-        if (path := getattr(args, key)).is_file():  # the importers would call it missing
+    for key, (folder, what) in args.source_help.items():
+        # said here, where the flag is known: the importers would call a file inside a folder
+        # missing (export.zip/labelmap.txt), or fail to read a folder as a file
+        path = getattr(args, key)
+        if not path.exists():
+            raise UserError(f"--{key} {path} does not exist: pass --{key} {what}")
+        if folder and not path.is_dir():
             unzip = " (unzip it first)" if path.suffix.lower() == ".zip" else ""
             raise UserError(f"--{key} {path} is a file, not a folder: pass --{key} {what}{unzip}")
-    if args.dataset == "binary" and not args.root.is_dir():
-        raise UserError(f"--root {args.root} is not a folder")
+        if not folder and path.is_dir():
+            raise UserError(f"--{key} {path} is a folder, not a file: pass --{key} {what}")
     if (
         args.dataset == "folder"
         and not args.mask_suffix
-        and args.images.is_dir()  # else pair_files names it missing
         and args.images.resolve() == args.masks.resolve()
     ):
         raise UserError(

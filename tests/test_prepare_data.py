@@ -878,7 +878,7 @@ def test_binary_reads_1_bit_and_palette_masks_by_what_they_show(tmp_path):
 
 
 def test_binary_refuses_a_missing_root_a_16_bit_mask_and_a_split_without_images(tmp_path):
-    with pytest.raises(UserError, match=r"--root .*nowhere is not a folder"):
+    with pytest.raises(UserError, match=r"--root .*nowhere does not exist: pass --root the"):
         run("binary", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     root = binary_fixture(tmp_path / "people")
     deep = np.zeros((42, 56), np.uint16)
@@ -1012,9 +1012,9 @@ def test_folder_decodes_each_source_mask_once(tmp_path, monkeypatch):
 def test_folder_names_a_missing_folder_given_as_both_images_and_masks(tmp_path):
     """It was told to pass --mask-suffix, as if the one folder held images and masks."""
     missing = str(tmp_path / "typo")
-    with pytest.raises(UserError, match=r"typo: folder missing") as err:
+    with pytest.raises(UserError, match=r"--images \S*typo does not exist") as err:
         run("folder", "--images", missing, "--masks", missing, "--out", str(tmp_path / "out"))
-    assert "--mask-suffix" not in str(err.value) and str(err.value).count("folder missing") == 1
+    assert "--mask-suffix" not in str(err.value) and str(err.value).count("typo") == 1
 
 
 def test_folder_names_an_images_path_that_is_a_file_as_not_a_folder(tmp_path):
@@ -1052,6 +1052,26 @@ def test_a_file_given_for_a_source_folder_is_named_with_its_flag(tmp_path, datas
     with pytest.raises(UserError, match=re.escape(message)) as err:
         run(dataset, *others, flag, str(given), "--out", str(tmp_path / "data"))
     assert ("(unzip it first)" in str(err.value)) == (given.suffix == ".zip")
+
+
+def test_a_missing_source_or_a_folder_given_for_a_file_is_named_with_its_flag(tmp_path):
+    """A missing --images was called missing each image the annotations name, a missing --root
+    missing a file inside it, and a folder as --annotations or --zip an unreadable file."""
+    ann = coco_fixture(tmp_path / "coco")
+    images, nowhere = tmp_path / "coco" / "images", tmp_path / "nowhere"
+    cases = [
+        (["roboflow", "--root", nowhere], f"--root {nowhere} does not exist: pass --root the"),
+        (["coco", "--annotations", ann, "--images", nowhere],
+         f"--images {nowhere} does not exist: pass --images the folder of its images"),
+        (["coco", "--annotations", images, "--images", images],
+         f"--annotations {images} is a folder, not a file: pass --annotations instances_"),
+        (["pennfudan", "--zip", images],
+         f"--zip {images} is a folder, not a file: pass --zip PennFudanPed.zip"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            run(*map(str, argv), "--out", str(tmp_path / "data"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"]
     assert not (tmp_path / "data").exists()
 
 
