@@ -233,12 +233,14 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
     stems_of: dict[str, list[str]] = {}
     for split, listed in (("train", "train.txt"), ("valid", "val.txt")):
         if not (lists / listed).is_file():
-            hint = (
-                "; this is a CVAT export (it has labelmap.txt): python prepare_data.py cvat "
-                "reads it with its own label colours"
-                if (root / "labelmap.txt").is_file()
-                else ""
-            )
+            # --root VOCdevkit, or the folder its tar was extracted into
+            inner = [p for p in (root / "VOC2012", root / "VOCdevkit/VOC2012") if p.is_dir()]
+            hint = f"; pass --root {inner[0]}" if inner else ""
+            if (root / "labelmap.txt").is_file():
+                hint = (
+                    "; this is a CVAT export (it has labelmap.txt): python prepare_data.py cvat "
+                    "reads it with its own label colours"
+                )
             raise UserError(f"{lists / listed} is missing: --root must be VOCdevkit/VOC2012{hint}")
         stems_of[split] = [word for line in text_lines(lists / listed) for word in line.split()]
         if not stems_of[split]:
@@ -843,9 +845,15 @@ def read_roboflow_classes(root: Path) -> list[str]:
     "Pixel Value, Class" and then "0, background", "1, cat", ..."""
     path = root / "train" / "_classes.csv"
     if not path.is_file():
+        hint = (  # --root export/train
+            f"; {root} holds _classes.csv, so it is one split of the export: pass --root "
+            f"{root.parent}"
+            if (root / "_classes.csv").is_file()
+            else ""
+        )
         raise UserError(
             f"{path} is missing: --root must be a Roboflow 'Semantic Segmentation Masks' export, "
-            "with train/ and valid/ holding NAME.jpg, NAME_mask.png and _classes.csv"
+            f"with train/ and valid/ holding NAME.jpg, NAME_mask.png and _classes.csv{hint}"
         )
     lines = text_lines(path)
     rows = [[cell.strip() for cell in row] for row in csv.reader(lines) if "".join(row).strip()]

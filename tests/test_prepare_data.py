@@ -1411,6 +1411,23 @@ def test_voc_points_a_cvat_export_to_the_cvat_importer(tmp_path):
         run("voc", "--root", str(root), "--out", str(tmp_path / "data"))
 
 
+def test_voc_and_roboflow_roots_one_folder_off_are_pointed_at_the_right_one(tmp_path):
+    """--root VOCdevkit (or the folder above it), or a Roboflow export's train/, was told only
+    that a file inside it is missing."""
+    devkit = tmp_path / "VOCdevkit"
+    voc_fixture(devkit / "VOC2012")
+    for root in (devkit, tmp_path):
+        with pytest.raises(UserError, match=rf"train\.txt is missing: .*; pass --root "
+                           rf"{re.escape(str(devkit / 'VOC2012'))}$"):  # fmt: skip
+            run("voc", "--root", str(root), "--out", str(tmp_path / "o"))
+    export = roboflow_fixture(tmp_path / "export")
+    with pytest.raises(
+        UserError, match=rf"one split of the export: pass --root {re.escape(str(export))}$"
+    ):
+        run("roboflow", "--root", str(export / "train"), "--out", str(tmp_path / "o"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit", "export"]
+
+
 @pytest.mark.parametrize(
     "lists, message",
     [
