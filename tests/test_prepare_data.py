@@ -701,6 +701,22 @@ def test_coco_categories_sharing_a_name_are_all_kept(tmp_path):
     assert np.asarray(Image.open(out / "valid_masks" / "b.png"))[25, 25] == 1
 
 
+def test_coco_a_category_listed_twice_alike_is_one_class(tmp_path):
+    """An exact repeat (same id, same name) is one category: neither an error, as one id under
+    two names is, nor a second class."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["categories"].append({"id": 1, "name": "person"})
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    assert classes.names == ("background", "person")
+    mask = np.asarray(Image.open(out / "valid_masks" / "b.png"))
+    assert np.unique(mask).tolist() == [0, 1] and (mask == 1).sum() == 100
+
+
 @pytest.mark.parametrize("kind", ["images", "categories"])
 def test_coco_ids_given_twice_are_named(tmp_path, kind):
     """Exports merged without renumbering give one id to two images or two categories, and an
