@@ -397,7 +397,12 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
         mask, masked = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
         drawn += masked
         if not source.is_file():
-            raise UserError(f"{annotations} names {img['file_name']}, missing from {images}")
+            # --images coco for coco/val2017: the folder holding the file one level down
+            inner = [d for d in sorted(images.iterdir()) if (d / files[img["id"]]).is_file()]
+            hint = f"; pass --images {inner[0]}" if inner else ""
+            raise UserError(
+                f"{annotations} names {img['file_name']}, missing from --images {images}{hint}"
+            )
         if (size := displayed_size(source)) != (img["width"], img["height"]):
             raise UserError(
                 f"{annotations}: image {img['id']} ({img['file_name']}) has width {img['width']}, "

@@ -1427,9 +1427,9 @@ def test_voc_points_a_cvat_export_to_the_cvat_importer(tmp_path):
         run("voc", "--root", str(root), "--out", str(tmp_path / "data"))
 
 
-def test_voc_and_roboflow_roots_one_folder_off_are_pointed_at_the_right_one(tmp_path):
-    """--root VOCdevkit (or the folder above it), or a Roboflow export's train/, was told only
-    that a file inside it is missing."""
+def test_sources_one_folder_off_are_pointed_at_the_right_one(tmp_path):
+    """voc's --root VOCdevkit (or the folder above it), roboflow's --root export/train and coco's
+    --images above its images were told only that a file inside them is missing."""
     devkit = tmp_path / "VOCdevkit"
     voc_fixture(devkit / "VOC2012")
     for root in (devkit, tmp_path):
@@ -1442,6 +1442,11 @@ def test_voc_and_roboflow_roots_one_folder_off_are_pointed_at_the_right_one(tmp_
     ):
         run("roboflow", "--root", str(export / "train"), "--out", str(tmp_path / "o"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit", "export"]
+    ann = coco_fixture(tmp_path / "coco")  # --images coco, not coco/images
+    with pytest.raises(UserError, match=rf"names a\.jpg, missing from --images \S*coco; pass "
+                       rf"--images {re.escape(str(tmp_path / 'coco' / 'images'))}$"):  # fmt: skip
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco"),
+            "--out", str(tmp_path / "o"))  # fmt: skip
 
 
 @pytest.mark.parametrize(
