@@ -254,8 +254,11 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
         for stem in stems_of[split]:
             image = root / "JPEGImages" / f"{stem}.jpg"
             mask = root / "SegmentationClass" / f"{stem}.png"
-            if not image.is_file() or not mask.is_file():
-                raise UserError(f"{listed} names {stem}, but {image} or {mask} is missing")
+            if missing := [str(p) for p in (image, mask) if not p.is_file()]:
+                verb = "is" if len(missing) == 1 else "are"
+                raise UserError(
+                    f"{lists / listed} names {stem}, but {' and '.join(missing)} {verb} missing"
+                )
             splits[split].append((image, mask))
     if problem := copies_across(images_of(splits), lists / "train.txt", lists / "val.txt"):
         raise UserError(problem[0])

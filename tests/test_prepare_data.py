@@ -920,8 +920,16 @@ def test_voc_lists_that_are_missing_empty_or_name_missing_files_are_refused(tmp_
     with pytest.raises(UserError, match=r"val.txt lists no image, so the valid split would be"):
         run(*flags)
     (lists / "val.txt").write_text("2007_000009\n")
-    with pytest.raises(UserError, match=r"val.txt names 2007_000009, but .* is missing"):
+    # it said "JPEGImages/2007_000009.jpg or SegmentationClass/2007_000009.png is missing"
+    images, masks = root / "JPEGImages", root / "SegmentationClass"
+    missing = f"{images / '2007_000009.jpg'} and {masks / '2007_000009.png'} are missing"
+    with pytest.raises(UserError, match=re.escape(f"{lists / 'val.txt'} names 2007_000009, but ")
+                       + re.escape(missing)):  # fmt: skip
         run(*flags)
+    (masks / "2007_000002.png").rename(masks / "2007_000009.png")
+    with pytest.raises(UserError, match=r"2007_000009, but \S*2007_000009\.jpg is missing$"):
+        run(*flags)
+    (masks / "2007_000009.png").rename(masks / "2007_000002.png")
     (lists / "val.txt").write_text("2007_000002\n")
     Image.new("I;16", (30, 20)).save(root / "SegmentationClass" / "2007_000002.png")
     with pytest.raises(UserError, match=r"2007_000002.png: a I;16 mask; VOC masks are palette"):
