@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import ExifTags, Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from config import (
     IGNORE_INDEX,
@@ -1120,6 +1120,19 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def unrepeated(sampler) -> int | None:
+    """How many items at the start of ``sampler``'s order are not repeats, or None where none
+    is (any sampler but a DistributedSampler that pads).
+
+    A padding DistributedSampler lengthens the dataset to a multiple of its processes by
+    repeating the first items of its order at the end; a process's share takes every
+    num_replicas-th, so the repeats end it, after its ShardSampler shard's worth of items.
+    """
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return None
+    return len(ShardSampler(len(sampler.dataset), sampler.rank, sampler.num_replicas))
 
 
 def collate_eval(batch):

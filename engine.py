@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import IGNORE_INDEX, PATCH_SIZE, ClassConfig, tta_setting
-from datasets import RESIZE_VERSION, Pair, read_image, resize_image
+from datasets import RESIZE_VERSION, Pair, read_image, resize_image, unrepeated
 from metrics import ConfusionMatrix
 from model import (
     OnnxSegmentor,
@@ -274,6 +274,11 @@ def train_one_epoch(
     world = dist.get_world_size() if ddp else 1
     optimizer.zero_grad(set_to_none=True)
     batch = 0
+    # A DistributedSampler ends a process's share with repeats of images other processes train
+    # on (so that all shares are equally long): the updates follow them, the scores skip them,
+    # so that every image counts once, as in evaluation.
+    share = unrepeated(getattr(loader, "sampler", None))
+    left = math.inf if share is None else share
     for group in _groups(_progress(loader, desc), accum):
         # An update follows the mean loss over every labelled pixel of its group (the --accum
         # batches of every process), as one batch of them all would: each batch's summed loss
@@ -315,6 +320,13 @@ def train_one_epoch(
                 elif learn:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+            scored = min(len(masks), left)
+            left -= scored
+            if scored < len(masks):
+                logits, masks, target = logits[:scored], masks[:scored], target[:scored]
+                loss = F.cross_entropy(
+                    logits.detach().float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
+                )
             scores.update(loss, class_ids(logits.detach(), torch.uint8), target)
     return scores.compute()
 

@@ -49,6 +49,36 @@ def test_each_process_trains_on_at_least_one_batch(size, batch, batches):
         assert len(loader) == len(list(loader)) == batches
 
 
+@pytest.mark.parametrize(("size", "world", "batch"), [(5, 2, 3), (7, 4, 2), (1, 3, 1)])
+def test_training_metrics_count_an_image_distributed_sampler_repeats_once(size, world, batch):
+    # DistributedSampler gives each process ceil(size / world) images, the last processes'
+    # ending with repeats of images others train on; no batch is dropped, so the repeats are
+    # trained on. Each process runs here without a process group: its metrics are its share's.
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(size, 3, 4, 4, generator=g)
+    masks = torch.randint(0, 2, (size, 4, 4), generator=g)
+    dataset = list(zip(images, masks, range(size), strict=True))
+    args = argparse.Namespace(batch=batch, seed=0, cache_features="off", workers=0)
+    torch.manual_seed(0)
+    model = PixelClassifier()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the same model for every process
+    counted = set()
+    for rank in range(world):
+        loader = train.make_loader(dataset, args, torch.device("cpu"), True, rank, world)
+        order = [int(i) for _, _, indices in loader for i in indices]
+        assert len(order) == math.ceil(size / world)
+        real = [i for i in order if i not in counted]  # padding repeats the order's first items
+        counted.update(real)
+        stats = train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2)
+        with torch.no_grad():
+            logits = model(images[real], None)
+        loss = torch.nn.functional.cross_entropy(logits, masks[real])
+        assert stats["loss"] == pytest.approx(loss.item(), rel=1e-6, nan_ok=True)
+        acc = (logits.argmax(1) == masks[real]).double().mean()
+        assert stats["acc"] == pytest.approx(acc.item(), nan_ok=True)
+    assert counted == set(range(size))
+
+
 def _two_process_scenarios(rank: int, folder: str) -> None:
     """The scenarios of the tests below in one gloo group of 2 spawned processes, one after
     another: each spawn costs the processes' start (torch, DDP's import of torch._dynamo), the
