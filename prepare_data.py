@@ -467,6 +467,7 @@ def _read_coco(annotations: Path) -> dict:
                     f"{entry[label]}, so its annotations cannot tell them apart (exports merged "
                     "without renumbering?); renumber the ids of one export before merging"
                 )
+        data[kind] = list(first.values())  # listed twice alike (same id and name): one entry
     for img in data["images"]:
         if not isinstance(img["file_name"], str):
             raise UserError(

@@ -701,12 +701,14 @@ def test_coco_categories_sharing_a_name_are_all_kept(tmp_path):
     assert np.asarray(Image.open(out / "valid_masks" / "b.png"))[25, 25] == 1
 
 
-def test_coco_a_category_listed_twice_alike_is_one_class(tmp_path):
-    """An exact repeat (same id, same name) is one category: neither an error, as one id under
-    two names is, nor a second class."""
+@pytest.mark.parametrize("kind", ["images", "categories"])
+def test_coco_an_entry_listed_twice_alike_is_one(tmp_path, kind):
+    """An exact repeat (same id, same name) is one image or one category: neither an error, as
+    one id under two names is, nor a second class. An image listed twice was refused as two
+    images that "would share a mask name: b.jpg and b.jpg"."""
     ann = coco_fixture(tmp_path / "coco")
     data = json.loads(ann.read_text())
-    data["categories"].append({"id": 1, "name": "person"})
+    data[kind].append(dict(data[kind][1] if kind == "images" else data[kind][0]))
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
     run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
@@ -715,6 +717,7 @@ def test_coco_a_category_listed_twice_alike_is_one_class(tmp_path):
     assert classes.names == ("background", "person")
     mask = np.asarray(Image.open(out / "valid_masks" / "b.png"))
     assert np.unique(mask).tolist() == [0, 1] and (mask == 1).sum() == 100
+    assert sorted(p.name for p in out.glob("*_images/*")) == ["a.jpg", "b.jpg"]  # once each
 
 
 @pytest.mark.parametrize("kind", ["images", "categories"])
