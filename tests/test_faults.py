@@ -948,8 +948,12 @@ def test_the_inference_queues_hold_at_most_max_bytes_but_always_one_item():
 
     items = utils.prefetch(frames(100), depth=10, max_bytes=250, nbytes=len)
     next(items)
-    time.sleep(0.3)  # time for the producer to fill what it may
-    # the one consumed, two waiting (200 of 250 bytes) and one the producer holds
+    # the one consumed, two waiting (200 of 250 bytes) and one the producer holds: awaited, as
+    # a loaded machine may run the producer's thread late, then given time to go past the budget
+    deadline = time.monotonic() + 60
+    while len(produced) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
     assert len(produced) == 4
     assert sum(1 for _ in items) == 11
     # an item larger than the budget still goes through, one at a time
