@@ -74,14 +74,27 @@ def _stop_again(previous_hook: Callable, unraisable) -> None:
     ``__del__``, a weakref callback: frequent where progress bars and DataLoaders are
     collected). Python reports an exception raised there as "Exception ignored in" and goes
     on, as if the Ctrl-C or SIGTERM had not come. So the signal is sent to the main thread
-    again 10 ms later, when this hook has returned (sent from here, its handler would run at
-    once, in the hook, and be ignored again); where it meets another finalizer, it comes back
-    here.
+    again 10 ms later, by when this hook has usually returned (sent from here, its handler would
+    run at once, in the hook, and be ignored again); where it meets another finalizer, it comes
+    back here, and where it meets this hook still running, it is sent again from here.
     """
     stop = unraisable.exc_value
     if not isinstance(stop, KeyboardInterrupt):
         previous_hook(unraisable)
         return
+    while True:
+        try:
+            _send_again(stop)
+            return
+        except KeyboardInterrupt as late:
+            # The signal sent again came before this hook returned: a loaded machine can hold
+            # the main thread here past the 10 ms. Raised out of the hook, it would be reported
+            # as the hook's own failure and the stop lost (a SIGTERM's for good: _stopping set).
+            stop = late
+
+
+def _send_again(stop: KeyboardInterrupt) -> None:
+    """Send the signal that raised ``stop`` to the main thread again, 10 ms from now."""
     if isinstance(stop, Terminated):
         _stopping.clear()  # this stop never began
         signum = signal.SIGTERM

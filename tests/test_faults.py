@@ -204,6 +204,36 @@ def test_a_stop_that_arrives_in_a_finalizer_still_stops_the_run(sig):
     assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "interrupted\n")
 
 
+# The main thread held past the 10 ms after which _stop_again sends the stop again (a loaded
+# machine): the signal lands while the hook still runs, once.
+HELD_IN_THE_HOOK = """
+import threading
+
+
+class HeldTimer(threading.Timer):
+    held = False
+
+    def start(self):
+        super().start()
+        if not HeldTimer.held:
+            HeldTimer.held = True
+            self.join()  # the signal is sent before start returns, in the hook
+
+
+threading.Timer = HeldTimer
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_sent_again_while_the_hook_still_runs_still_stops_the_run(sig):
+    # Raised in sys.unraisablehook itself, the stop was reported as "Exception ignored in
+    # sys.unraisablehook" and lost: the run went on (and a SIGTERM after it was ignored)
+    code = HELD_IN_THE_HOOK + STOPPED_IN_A_FINALIZER
+    proc = subprocess.run([sys.executable, "-c", code, sig], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "interrupted\n")
+
+
 SIGTERM_TWICE = """
 import os, signal, sys
 import utils
