@@ -154,6 +154,25 @@ def test_every_thread_of_a_dataloader_worker_leaves_sigterm_to_one(start_method)
         assert all(mask & 1 << signal.SIGTERM - 1 for mask in masks), text
 
 
+def wait_until_taken(pid: int, signum: int, timeout: float = 30.0) -> None:
+    """Wait until process ``pid`` no longer has ``signum`` pending (Linux's ShdPnd), or is gone;
+    a second where /proc cannot say."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.parent.is_dir():
+        time.sleep(1)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pending = int(status.read_text().split("ShdPnd:")[1].split()[0], 16)
+        except (FileNotFoundError, ProcessLookupError):
+            return  # gone: ended by it
+        if not pending & 1 << signum - 1:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not take signal {signum} in {timeout} s")
+
+
 def test_a_dataloader_worker_ignores_a_foreign_sigterm_and_obeys_its_main_process(
     quick_worker_shutdown,
 ):
@@ -165,6 +184,9 @@ def test_a_dataloader_worker_ignores_a_foreign_sigterm_and_obeys_its_main_proces
     next(batches)  # the worker is running
     worker = batches._workers[0]
     subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # a scheduler's, say
+    # Taken before the next is sent: two SIGTERMs pending at once are one, with the first's
+    # sender, and the worker would rightly go on ignoring it (a loaded machine's late thread).
+    wait_until_taken(worker.pid, signal.SIGTERM)
     worker.join(timeout=1)
     assert worker.is_alive(), f"a signal to the job ended the worker (exit {worker.exitcode})"
     os.kill(worker.pid, signal.SIGTERM)
