@@ -61,7 +61,16 @@ from datasets import (
     split_of,
     write_pair,
 )
-from utils import UserError, first_few, new_folder, run_script, temp_folder, within
+from utils import (
+    UserError,
+    first_few,
+    leftover_folders,
+    log,
+    new_folder,
+    run_script,
+    temp_folder,
+    within,
+)
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -175,6 +184,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def staging(out: Path, force: bool) -> Iterator[Path]:
     """A path to build the dataset at; it replaces ``out`` only when the block succeeds."""
+    for left in leftover_folders(out):  # kept: another run may still be writing there
+        if (left / "old").exists() and not out.exists():
+            log.warning(
+                "%s holds --out %s as it was before a run killed outright (between moving it "
+                "aside and the new one in): keep what you need of it, then delete %s",
+                left / "old",
+                out,
+                left,
+            )
+        else:
+            log.warning(
+                "%s was left by a prepare_data run killed outright (or is one still running): "
+                "delete it once no run writes --out %s",
+                left,
+                out,
+            )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         kind = "not empty" if out.is_dir() else "a file"
         raise UserError(f"--out {out} is {kind}; pass --force to replace it")

@@ -311,6 +311,23 @@ def temp_folder(dest: Path) -> Path:
     return folder
 
 
+def leftover_folders(dest: Path) -> list[Path]:
+    """The folders that temp_folder made beside ``dest`` and no run removed: those of runs killed
+    outright (SIGKILL, a power cut: no handler runs), or of a run still writing."""
+    prefix = temp_prefix(dest.name)
+    try:
+        beside = list(dest.parent.iterdir())
+    except OSError:  # missing or unreadable: the caller's own checks name it
+        return []
+    return sorted(  # mkdtemp's names: the prefix and 8 of these characters
+        p
+        for p in beside
+        if p.name.startswith(prefix)
+        and re.fullmatch(r"[a-z0-9_]{8}", p.name[len(prefix) :])
+        and p.is_dir()
+    )
+
+
 def _settle(file: Path) -> None:
     """Ready a finished temporary file for its rename: the permissions a plain open() would
     give, and on disk first, so a crash cannot leave an empty file under the final name."""

@@ -175,6 +175,29 @@ def test_existing_output_needs_force_and_force_replaces_it_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_staging_folder_left_by_a_killed_run_is_named(tmp_path, caplog):
+    # A run killed outright (SIGKILL, a power cut) leaves its hidden staging folder beside --out,
+    # which may hold a whole dataset, or --out itself as it was, moved aside before the swap
+    zip_path = penn_fudan_zip(tmp_path / "PennFudanPed.zip")
+    out = tmp_path / "pf"
+    built = tmp_path / ".pf.k1lled00"  # killed while building
+    (built / "data").mkdir(parents=True)
+    swapped = tmp_path / ".pf.swapped0"  # killed between moving --out aside and the new one in
+    (swapped / "old").mkdir(parents=True)
+    run("pennfudan", "--zip", str(zip_path), "--out", str(out))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2, warned
+    assert warned[0].startswith(f"{built} was left by a prepare_data run killed outright"), warned
+    assert f"delete it once no run writes --out {out}" in warned[0]
+    assert warned[1].startswith(f"{swapped / 'old'} holds --out {out} as it was before"), warned
+    assert built.is_dir() and swapped.is_dir()  # kept: the user decides
+    caplog.clear()
+    (tmp_path / ".pf.keep").mkdir()  # the user's own: not a staging folder's name
+    shutil.rmtree(built), shutil.rmtree(swapped)
+    run("pennfudan", "--zip", str(zip_path), "--out", str(out), "--force")
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_pennfudan_names_the_final_folder_not_the_staging_one(tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO, logger="dinoseg")
     out = tmp_path / "pf"
