@@ -363,15 +363,18 @@ def atomic_path(dest: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """
     dest = Path(dest)
     with new_folder(dest.parent):
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=suffix, dir=dest.parent)
-        os.close(fd)
-        tmp = Path(tmp)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=suffix, dir=dest.parent)
+        # Everything after mkstemp is inside the try: a Ctrl-C or SIGTERM is raised wherever
+        # the main thread is, and one raised in Path() left the file behind.
         try:
+            os.close(fd)
+            tmp = Path(name)
             yield tmp
             _settle(tmp)  # mkstemp made it private (0600)
             os.replace(tmp, dest)
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
 
 @contextlib.contextmanager
@@ -386,8 +389,9 @@ def atomic_files(dest: Path) -> Iterator[Path]:
     dest = Path(dest)
     with new_folder(dest.parent):
         prefix = temp_prefix(dest.name)
-        folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=dest.parent))
-        try:
+        name = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=dest.parent)
+        try:  # from mkdtemp on, as in atomic_path
+            folder = Path(name)
             yield folder / dest.name
             files = sorted(folder.iterdir(), key=lambda f: f.name == dest.name)
             for file in files:
@@ -395,7 +399,7 @@ def atomic_files(dest: Path) -> Iterator[Path]:
             for file in files:
                 os.replace(file, dest.parent / file.name)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(name, ignore_errors=True)
 
 
 def check_writable(

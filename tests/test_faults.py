@@ -892,6 +892,22 @@ def test_a_csv_write_that_fails_midway_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"], "no temporary file"
 
 
+@pytest.mark.parametrize("writer", ["atomic_path", "atomic_files"])
+def test_a_stop_as_soon_as_the_temporary_exists_leaves_nothing(tmp_path, monkeypatch, writer):
+    # A Ctrl-C or SIGTERM is raised wherever the main thread is: one raised between mkstemp and
+    # the try that removes its file (in Path(), say) left .loss.png.xxxxxxxx.tmp in --out-dir
+    def path(*args):
+        made = Path(*args)
+        if made.name.startswith(".loss.png.") and made.exists():
+            raise KeyboardInterrupt  # as the temporary's name becomes a Path
+        return made
+
+    monkeypatch.setattr(utils, "Path", path)
+    with pytest.raises(KeyboardInterrupt), getattr(utils, writer)(tmp_path / "loss.png"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_name_near_the_255_byte_limit_still_gets_an_atomic_write(tmp_path):
     name = "a" + "写真" * 39 + "_mask.png"  # 244 bytes: the temporary name must be shorter
     with utils.atomic_path(tmp_path / name) as tmp:
