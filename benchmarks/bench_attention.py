@@ -43,17 +43,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_imgsz_flag(parser, (644, 644), "input size (default 644 644)")
     add_device_flag(parser)
-    add_amp_flag(parser)
-    parser.add_argument("--batch", type=int, default=1, metavar="N")
+    add_amp_flag(parser, "the precision both models run in (default %(default)s)")
     parser.add_argument(
-        "--reps", type=int, default=3, metavar="N", help="timed repetitions (best is kept)"
+        "--batch", type=int, default=1, metavar="N", help="images per call (default %(default)s)"
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        metavar="N",
+        help="timed repetitions, the best kept (default %(default)s)",
     )
     parser.add_argument(
         "--hub-dir",
         type=path_arg,
         default=None,
         metavar="DIR",
-        help="a local clone of the hub code",
+        help="a local clone of facebookresearch/dinov2 to load the hub code from (default: "
+        "the torch.hub cache)",
     )
     return parser
 

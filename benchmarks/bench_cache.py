@@ -34,12 +34,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_imgsz_flag(parser, (640, 640), "training size (default 640 640)")
     parser.add_argument(
-        "--train", type=int, default=24, metavar="N", help="generated training images"
+        "--train",
+        type=int,
+        default=24,
+        metavar="N",
+        help="generated training images (default %(default)s)",
     )
     parser.add_argument(
-        "--valid", type=int, default=6, metavar="N", help="generated validation images"
+        "--valid",
+        type=int,
+        default=6,
+        metavar="N",
+        help="generated validation images (default %(default)s)",
     )
-    parser.add_argument("--epochs", type=int, default=3, metavar="N", help="at least 2")
+    parser.add_argument(
+        "--epochs", type=int, default=3, metavar="N", help="at least 2 (default %(default)s)"
+    )
     add_device_flag(parser)
     return parser
 

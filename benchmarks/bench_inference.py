@@ -86,17 +86,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], parents=[backbone_flags(inference=True)]
     )
+    # inherited from the inference scripts, where a checkpoint is always given
+    parser._option_string_actions["--backbone"].help = (
+        "with --model, the checkpoint's backbone must be this one; without, the backbone of the "
+        f"random weights (default {DEFAULT_BACKBONE})"
+    )
     add_imgsz_flag(parser, None, "input size (default: --model's, else 644 644)")
     add_device_flag(parser)
-    add_amp_flag(parser)
-    parser.add_argument("--compile", action="store_true")
+    add_amp_flag(parser, "the fast path's precision (default %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
     parser.add_argument(
-        "--batch", type=int, default=1, metavar="N", help="frames per model call (fast path)"
+        "--batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="frames per model call of the fast path (default %(default)s)",
     )
     parser.add_argument(
-        "--frames", type=int, default=16, metavar="N", help="length of the test video"
+        "--frames",
+        type=int,
+        default=16,
+        metavar="N",
+        help="length of the test video (default %(default)s)",
     )
-    parser.add_argument("--video-size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
+    parser.add_argument(
+        "--video-size",
+        type=int,
+        nargs=2,
+        default=(640, 480),
+        metavar=("W", "H"),
+        help="size of the test video (default 640 480)",
+    )
     parser.add_argument(
         "--model",
         type=path_arg,
@@ -105,7 +125,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="a checkpoint (default: random)",
     )
     parser.add_argument(
-        "--reps", type=int, default=3, metavar="N", help="timed repetitions of model-only runs"
+        "--reps",
+        type=int,
+        default=3,
+        metavar="N",
+        help="timed repetitions of model-only runs (default %(default)s)",
     )
     parser.add_argument(
         "--int8", action="store_true", help="CPU: the fast path with int8 linear layers, compiled"

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from config import (
     AMP_CHOICES,
     BACKBONES,
+    DEFAULT_BACKBONE,
     DEFAULT_CLASSES,
     IGNORE_INDEX,
     add_device_flag,
@@ -60,18 +61,49 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_imgsz_flag(parser, (640, 640), "training size (default 640 640)")
     add_device_flag(parser)
-    parser.add_argument("--backbone", choices=list(BACKBONES), default="dinov2_vits14")
-    parser.add_argument("--batch", type=int, default=8, metavar="N")
     parser.add_argument(
-        "--steps", type=int, default=5, metavar="N", help="timed training steps per run"
+        "--backbone",
+        choices=list(BACKBONES),
+        default=DEFAULT_BACKBONE,
+        help="the backbone, with random weights (default %(default)s)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=2, metavar="N", help="untimed steps before them"
+        "--batch", type=int, default=8, metavar="N", help="batch size (default %(default)s)"
     )
-    parser.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="head learning rate")
-    parser.add_argument("--backbone-lr", type=float, default=1e-5, metavar="LR")
     parser.add_argument(
-        "--setups", nargs="+", choices=["frozen", "fine-tune"], default=["frozen", "fine-tune"]
+        "--steps",
+        type=int,
+        default=5,
+        metavar="N",
+        help="timed training steps per run (default %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        metavar="N",
+        help="untimed steps before them (default %(default)s)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        metavar="LR",
+        help="head learning rate (default %(default)s)",
+    )
+    parser.add_argument(
+        "--backbone-lr",
+        type=float,
+        default=1e-5,
+        metavar="LR",
+        help="backbone learning rate of the fine-tune setup (default %(default)s)",
+    )
+    parser.add_argument(
+        "--setups",
+        nargs="+",
+        choices=["frozen", "fine-tune"],
+        default=["frozen", "fine-tune"],
+        help="frozen backbone, --fine-tune, or both (default frozen fine-tune)",
     )
     parser.add_argument(
         "--amp",
@@ -80,7 +112,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="precisions to run (default: every one the device supports)",
     )
-    parser.add_argument("--workers", type=int, default=4, metavar="N", help="data loader processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="data loader processes (default %(default)s)",
+    )
     parser.add_argument(
         "--data-images",
         type=int,

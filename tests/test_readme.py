@@ -191,9 +191,10 @@ def test_every_help_states_the_default_of_its_flags():
     """Each flag of the scripts a user runs says its default in --help, as the parser has it (a
     help that says "default 5" while the default is 10 fails too); a switch's is off, and a flag
     without a default says in words what stands for it."""
+    benchmarks = [f"benchmarks/{p.name}" for p in sorted((ROOT / "benchmarks").glob("*.py"))]
     scripts = ["train.py", "infer_image.py", "infer_video.py", "export.py", "prepare_data.py"]
     unstated = []
-    for script in [*scripts, "model.py"]:
+    for script in [*scripts, "model.py", *benchmarks]:
         top = parser_of(script)
         for parser in with_subparsers(top):
             command = script + parser.prog.removeprefix(top.prog)  # prepare_data.py voc
