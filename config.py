@@ -37,6 +37,10 @@ AMP_CHOICES = ("off", *AMP_DTYPES)  # --amp: full precision, or one of utils.amp
 DEFAULT_IMGSZ = (640, 640)  # (W, H)
 DEFAULT_DATA_DIR = Path("data/PennFudanPed")
 DEFAULT_OUT_DIR = Path("outputs")
+# train.py's checkpoints in --out-dir: the best valid mIoU's, which evaluation and inference take
+# by default, and the last epoch's, which --resume continues
+BEST_CHECKPOINT = "best_model_iou.pth"
+LAST_CHECKPOINT = "last_model.pth"
 
 HUB_REPO = "facebookresearch/dinov2"
 WEIGHTS_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -456,7 +460,7 @@ def inference_flags(out_dir: Path, items: str = "images") -> argparse.ArgumentPa
     group.add_argument(
         "--model",
         type=path_arg,
-        default=DEFAULT_OUT_DIR / "best_model_iou.pth",
+        default=DEFAULT_OUT_DIR / BEST_CHECKPOINT,
         metavar="CKPT",
         help="a checkpoint (default %(default)s), or with --backend onnxruntime an .onnx file "
         "from export.py",
@@ -642,7 +646,7 @@ def recorded_settings(checkpoint: Path) -> dict:
 
 def scored_checkpoint(args: argparse.Namespace) -> Path:
     """The checkpoint train.py --eval-only scores: --model, or OUT/best_model_iou.pth."""
-    return args.model or args.out_dir / "best_model_iou.pth"
+    return args.model or args.out_dir / BEST_CHECKPOINT
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):

@@ -17,6 +17,7 @@ from torch import nn
 
 from config import (
     BACKBONES,
+    BEST_CHECKPOINT,
     DEFAULT_CLASSES,
     DEFAULT_IMGSZ,
     DEFAULT_LAYERS,
@@ -25,6 +26,7 @@ from config import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LAST_CHECKPOINT,
     PATCH_SIZE,
     WEIGHTS_BASE_URL,
     ClassConfig,
@@ -797,7 +799,7 @@ def read_checkpoint(path: Path, flag: str = "--model") -> dict:
     path = Path(path)
     if path.is_dir():
         # a run continues from its last epoch: best_model_iou.pth would repeat the ones after it
-        name = "last_model.pth" if flag == "--resume" else "best_model_iou.pth"
+        name = LAST_CHECKPOINT if flag == "--resume" else BEST_CHECKPOINT
         raise UserError(
             f"{flag} {path} is a folder; pass a checkpoint in it, such as {path / name}"
         )

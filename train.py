@@ -31,12 +31,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from config import (
+    BEST_CHECKPOINT,
     DEFAULT_DATA_DIR,
     DEFAULT_IMGSZ,
     DEFAULT_OUT_DIR,
     DEFAULT_SOURCE,
     DEFAULT_TTA_SCALES,
     IGNORE_INDEX,
+    LAST_CHECKPOINT,
     PATCH_SIZE,
     RESUMED_MODEL,
     RESUMED_SETTINGS,
@@ -536,11 +538,8 @@ def epoch_row(epoch: int, train: dict, valid: dict, lr: float, seconds: float) -
 TRAINING_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "args", "best_miou", "best_loss")
 
 
-# in --out-dir: the best epochs by valid mIoU and by valid loss, and the last one
-BEST_CHECKPOINTS = ("best_model_iou.pth", "best_model_loss.pth")
-
-
-LAST_CHECKPOINT = "last_model.pth"
+# in --out-dir: the best epochs by valid mIoU and by valid loss (and LAST_CHECKPOINT, the last one)
+BEST_CHECKPOINTS = (BEST_CHECKPOINT, "best_model_loss.pth")
 
 
 def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[int, int]]:
