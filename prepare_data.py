@@ -130,7 +130,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     source(coco, "--annotations", "FILE", "instances_*.json")
     source(coco, "--images", "DIR", "the folder of its images")
-    class_names(coco, "category names to keep (default person)", metavar="NAME")
+    class_names(
+        coco,
+        "category names to keep, numbered 1, 2, ... in this order (default person)",
+        metavar="NAME",
+    )
     binary = sub.add_parser(
         "binary", parents=[common], help="a dataset in our layout whose masks are 0/255 images"
     )
@@ -158,7 +162,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--mask-suffix",
         default="",
         metavar="SUFFIX",
-        help="what mask names add to their image's (x.jpg: x_mask.png)",
+        help="what mask names add to their image's stem (x.jpg: x_mask.png; default none: x.png)",
     )
     named = folder.add_mutually_exclusive_group()
     class_names(named, "the names of class ids 1, 2, ... (default person)", metavar="NAME")
