@@ -45,6 +45,8 @@ log = logging.getLogger("dinoseg")
 
 # the most class scores Predictor resizes to the images' sizes at once (float32: 256 MB)
 UPSAMPLE_ELEMENTS = 2**26
+# the averaged probabilities' floor in the --tta loss, where a log of 0 would be infinite
+PROB_FLOOR = 1e-12
 
 
 class TrainingDiverged(UserError):
@@ -156,7 +158,7 @@ def _scores_in_chunks(
 
     Returns:
         The loss summed over labelled pixels as a ``dtype`` scalar: the cross-entropy of the
-        logits, or with ``probs`` the negative log of the probabilities clamped at 1e-12; and
+        logits, or with ``probs`` the negative log of the probabilities clamped at PROB_FLOOR; and
         the (H, W) uint8 class ids.
     """
     picked = torch.zeros(mask.shape, device=output.device)  # each pixel's score of its class
@@ -174,7 +176,7 @@ def _scores_in_chunks(
             total = chunk if total is None else torch.logaddexp(total, chunk)
 
     ids = _class_ids_in_chunks(output, mask.shape, visit)
-    losses = -picked.clamp_(min=1e-12).log_() if probs else total - picked
+    losses = -picked.clamp_(min=PROB_FLOOR).log_() if probs else total - picked
     return losses.masked_fill_(mask == IGNORE_INDEX, 0).sum(dtype=dtype), ids
 
 
@@ -407,7 +409,7 @@ def _score_image(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's scores resized to its mask: (K, h, w) float32 logits, or probabilities with
     ``probs``, and the (H, W) integer mask (255 ignored) -> the loss summed over labelled pixels
-    (cross-entropy, or with ``probs`` the negative log of the probabilities clamped at 1e-12)
+    (cross-entropy, or with ``probs`` the negative log of the probabilities clamped at PROB_FLOOR)
     and the (H, W) uint8 class ids.
 
     All K classes are resized at once unless they pass UPSAMPLE_ELEMENTS: then a few at a time
@@ -418,7 +420,7 @@ def _score_image(
     target = mask.long()[None]
     up = F.interpolate(output[None], size=mask.shape, mode="bilinear", align_corners=False)
     if probs:
-        log_probs = up.clamp(min=1e-12).log()
+        log_probs = up.clamp(min=PROB_FLOOR).log()
         loss = F.nll_loss(log_probs, target, ignore_index=IGNORE_INDEX, reduction="sum")
     else:
         loss = F.cross_entropy(up, target, ignore_index=IGNORE_INDEX, reduction="sum")

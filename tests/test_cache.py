@@ -402,7 +402,7 @@ def test_a_fill_stopped_midway_clears_its_progress_bar_before_the_message(
     try:
         cache.fill(untrained, pairs, ("orig",), batch=1)
     except KeyboardInterrupt:
-        err = capsys.readouterr().err  # where train.build_datasets's handler writes its message
+        err = capsys.readouterr().err  # where train.make_datasets's handler writes its message
     else:
         raise AssertionError("the fill went on")
     assert "caching features" in err and err.rsplit("\r", 1)[-1].strip() == "", repr(err[-200:])
