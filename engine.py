@@ -81,7 +81,7 @@ def class_ids(scores: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.T
 
     max(1).indices rather than argmax(1): on the CPU, argmax over the class dimension took 40
     times longer (602 vs 15 ms for 8 x 2 x 640 x 640 logits), more than the whole training step
-    of the head from cached features. Two classes (the default) are compared instead, 4-5
+    of the head from cached features. Two classes (the default) are compared instead, 2.7-3.9
     times faster again on one CPU thread (1920x1080 scores: 5.6 vs 22 ms; 8 x 640 x 640, as
     int64: 12 vs 32 ms), as max(1) also writes every maximum and an int64 index.
     """

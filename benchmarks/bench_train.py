@@ -14,8 +14,8 @@ GradScaler for fp16) on one generated batch that stays on the device, and prints
   fp32, on the weights that run trained.
 
 It also times the data pipeline alone (train.py's augmented loader over generated images with
---workers), to show whether the device would wait for data. Official-layout random weights:
-speed does not depend on the values.
+--workers), to show whether the device would wait for data. Random weights (timm's
+initialization): speed does not depend on the values.
 """
 
 import argparse
