@@ -337,11 +337,14 @@ def add_imgsz_flag(group, default: tuple[int, int] | None, help_text: str) -> No
     )
 
 
-def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
+def backbone_flags(
+    inference: bool = False, weights: str | None = "pretrained"
+) -> argparse.ArgumentParser:
     """Flags that choose and load the backbone, shared by every script.
 
     For inference the weights come from the checkpoint: there is no --weights, and --backbone
-    only checks that the checkpoint holds the expected backbone.
+    only checks that the checkpoint holds the expected backbone. ``weights`` is the default of
+    --weights; None (model.py's summary) loads none.
     """
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("backbone")
@@ -373,11 +376,12 @@ def backbone_flags(inference: bool = False) -> argparse.ArgumentParser:
     group.add_argument(
         "--weights",
         type=weights_arg,
-        default="pretrained",
+        default=weights,
         metavar="W",
         help="'pretrained' (official weights; hub downloads or uses its cache, timm reads the "
         "torch.hub cache file), a .pth or .safetensors file of the official (or timm's) "
-        "layout, or 'random' for smoke tests",
+        "layout, or 'random' for smoke tests "
+        + ("(default %(default)s)" if weights else "(default: none, the architecture alone)"),
     )
     return parser
 

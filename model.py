@@ -1178,9 +1178,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Print a summary of the segmentation model. It loads no weights unless "
         "--weights is given: the summary needs only the architecture.",
-        parents=[backbone_flags()],
+        parents=[backbone_flags(weights=None)],
     )
-    parser.set_defaults(weights=None)
     add_layers_flag(parser)
     parser.add_argument(
         "--num-classes",
