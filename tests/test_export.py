@@ -427,7 +427,8 @@ def readme_deployment_example() -> str:
 
 def test_the_readmes_deployment_example_gives_the_scripts_masks(tmp_path, graph, tiny_data):
     """An app without this repository follows the README's example: its masks are those of
-    --backend onnxruntime, for the float32 and the int8 graph, shrunk and enlarged images."""
+    --backend onnxruntime, for the float32 and the int8 graph, shrunk and enlarged images, and
+    a 16-bit grayscale one (which Pillow's convert("RGB") alone clips to white)."""
     import ast
 
     import torch
@@ -451,6 +452,10 @@ def test_the_readmes_deployment_example_gives_the_scripts_masks(tmp_path, graph,
     for w, h in ((97, 61), (61, 37)):
         photo.resize((w, h)).save(tmp_path / f"odd{w}x{h}.png")
         images.append(tmp_path / f"odd{w}x{h}.png")
+    gray16 = np.asarray(photo.convert("L"), np.uint16) * 257  # the same photo, 16 bits deep
+    Image.fromarray(gray16).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16", "the premise: a 16-bit image"
+    images.append(tmp_path / "gray16.png")
     example = {}
     exec(code.replace('"model.onnx"', repr(str(graph))), example)
     network = OnnxSegmentor.load(graph, torch.device("cpu"))
