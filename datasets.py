@@ -177,13 +177,42 @@ _SWAPS_SIDES = {
 def read_image(path: Path) -> np.ndarray:
     """Read any common image as (H, W, 3) uint8 RGB with EXIF orientation applied.
 
-    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted. The array
-    is writable and C-contiguous, as torch.from_numpy expects.
+    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted; a file of
+    several frames or pages gives its first (see frame_count). The array is writable and
+    C-contiguous, as torch.from_numpy expects.
     """
     img, _ = _decode_file(Path(path))
     arr = _pillow_rgb(img)
     method = _exif_transpose(img)
     return _TRANSPOSE_ARRAY[method](arr) if method is not None else _writable(arr)
+
+
+TIFF_SUBFILE_TYPE = 254  # the tag that says what kind of image a TIFF directory holds
+
+
+def frame_count(path: Path) -> int:
+    """The frames or pages of an image file, of which read_image reads the first: more than 1
+    for an animated GIF, WebP or PNG and a multi-page TIFF.
+
+    Images that are no frames of their own are not counted: the further images of a camera's
+    MPO JPEG (a preview, a depth map), and a TIFF's reduced-resolution copies and transparency
+    masks (the overviews of a cloud-optimized GeoTIFF). 1 also for a file whose frames cannot
+    be counted (read_image names a bad file).
+    """
+    try:
+        with _open_unguarded(Path(path)) as img:
+            if img.format == "MPO":
+                return 1
+            if img.format != "TIFF":
+                return getattr(img, "n_frames", 1)
+            pages = 0
+            for i in range(img.n_frames):  # each seek reads a directory, no pixels
+                img.seek(i)
+                # NewSubfileType: bit 0 a reduced-resolution copy, bit 2 a transparency mask
+                pages += not img.tag_v2.get(TIFF_SUBFILE_TYPE, 0) & 0b101
+            return max(1, pages)
+    except Exception:  # the count is for a warning: Pillow raises many types on damaged files
+        return 1
 
 
 def _pillow_rgb(img: Image.Image) -> np.ndarray:

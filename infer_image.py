@@ -30,7 +30,13 @@ from config import (
     nonempty,
     runtime_flags,
 )
-from datasets import OTHER_IMAGE_EXTENSIONS, DataError, check_image_header, read_image
+from datasets import (
+    OTHER_IMAGE_EXTENSIONS,
+    DataError,
+    check_image_header,
+    frame_count,
+    read_image,
+)
 from engine import Predictor, predictor_from_args, speed_line
 from utils import (
     QUEUE_BYTES,
@@ -284,9 +290,13 @@ def check_no_foreign_results(names: dict[Path, str], out_dir: Path) -> None:
         )
 
 
-def read_batches(paths: list[Path], predictor: Predictor, batch: int):
+def read_batches(
+    paths: list[Path], predictor: Predictor, batch: int, several: list[str] | None = None
+):
     """Yield (paths, images, resized batch, errors) groups of ``batch`` images, the last one
     shorter; unreadable files become errors (the resized batch is None where none was read).
+    Files of several frames or pages, of which only the first is read, are added to
+    ``several`` as "PATH (N frames)".
 
     An unreadable file does not shorten its batch: a compiled model pads a short batch to the
     size it compiled for, so a short first one would compile the model again at the second.
@@ -296,6 +306,8 @@ def read_batches(paths: list[Path], predictor: Predictor, batch: int):
         try:
             images.append(read_image(path))
             ok.append(path)
+            if several is not None and (frames := frame_count(path)) > 1:
+                several.append(f"{path} ({frames} frames)")
         except DataError as err:
             errors.append(str(err))
         if len(images) == batch or i == len(paths):
@@ -329,16 +341,17 @@ def segment_images(paths: list[Path], names: dict[Path, str], predictor: Predict
     with --show until the user stops showing.
 
     Returns:
-        {"written", "seconds", "waited", "read_failures", "write_failures"}: the images whose
-        results were written, the pipeline's seconds without the ``waited`` ones --show spent
-        waiting for keys, and a message for each image that could not be read or written.
+        {"written", "seconds", "waited", "read_failures", "write_failures", "several_frames"}:
+        the images whose results were written, the pipeline's seconds without the ``waited``
+        ones --show spent waiting for keys, a message for each image that could not be read or
+        written, and the files of several frames, whose first alone was segmented.
     """
-    failures, write_failures, done = [], [], 0
+    failures, write_failures, several, done = [], [], [], 0
     waited = 0.0  # seconds --show spent on the user, waiting for a key: not the pipeline's
     writer = OrderedWriter(max_bytes=QUEUE_BYTES)
     start = time.perf_counter()
     batches = prefetch(
-        read_batches(paths, predictor, args.batch),
+        read_batches(paths, predictor, args.batch, several),
         max_bytes=QUEUE_BYTES,
         nbytes=lambda item: array_bytes(item[1], item[2]),
     )
@@ -380,6 +393,7 @@ def segment_images(paths: list[Path], names: dict[Path, str], predictor: Predict
         "waited": waited,
         "read_failures": failures,
         "write_failures": write_failures,
+        "several_frames": several,
     }
 
 
@@ -394,6 +408,15 @@ def main(args: argparse.Namespace) -> None:
     with opencv_threads_for(predictor.work_device()):
         stats = segment_images(paths, names, predictor, args)
     done, waited = stats["written"], stats["waited"]
+    if stats["several_frames"]:
+        # an animation or a scanned document gave one mask, of its first frame, without a word
+        log.warning(
+            "%d image(s) hold several frames or pages, and only the first of each was "
+            "segmented: %s (segment an animated GIF with infer_video.py; save other frames or "
+            "pages as images of their own)",
+            len(stats["several_frames"]),
+            first_few(stats["several_frames"]),
+        )
     if done:
         print(f"Segmented {done} image(s) into {args.out_dir}")
         print(speed_line(predictor, args, "image", predictor.model_fps()))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 import engine
 import infer_image
@@ -459,6 +459,37 @@ def test_infer_image_handles_odd_files_and_names_failures(tmp_path, checkpoint):
         assert Image.open(out / f"{stem}_overlay.jpg").size == (60, 40)
     assert Image.open(out / "rotated_mask.png").size == (40, 60)
     assert not (out / "broken_mask.png").exists()
+
+
+def test_images_of_several_frames_are_named_as_segmented_at_their_first(
+    tmp_path, checkpoint, predictor, caplog
+):
+    # an animated GIF or a multi-page TIFF gave the mask of its first frame alone, without a
+    # word; a camera's MPO JPEG holds a preview, and a GeoTIFF its reduced-resolution overviews:
+    # no frames, not counted
+    rng = np.random.default_rng(2)
+    first, other = (rng.integers(0, 255, (40, 60, 3), dtype=np.uint8) for _ in range(2))
+    src = tmp_path / "in"
+    src.mkdir()
+    frames = [Image.fromarray(first), Image.fromarray(other), Image.fromarray(255 - first)]
+    frames[0].save(src / "pages.tiff", save_all=True, append_images=frames[1:])
+    frames[0].save(src / "photo.jpg", format="MPO", save_all=True, append_images=frames[1:2])
+    frames[0].save(src / "still.png")
+    with open(src / "aerial.tif", "w+b") as fp, TiffImagePlugin.AppendingTiffWriter(fp) as tiff:
+        for frame, kind in ((frames[0], 0), (frames[1].reduce(2), 1), (frames[2], 2)):
+            frame.save(tiff, format="TIFF", tiffinfo={254: kind})  # NewSubfileType
+            tiff.newFrame()
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:2])
+    out = tmp_path / "out"
+    infer_image.main(image_args(input=src, model=checkpoint, out_dir=out))
+    named = re.findall(r"only the first of each was segmented: (.*) \(", caplog.text)
+    assert named == [f"{src / 'aerial.tif'} (2 frames), {src / 'pages.tiff'} (3 frames)"]
+    mask = np.array(Image.open(out / "pages_mask.png"))
+    assert (mask == predictor.predict(first)).all(), "the first page's mask"
+    caplog.clear()
+    infer_image.main(image_args(input=tmp_path / "anim.gif", model=checkpoint, out_dir=out))
+    gif = "1 image(s) hold several frames or pages, and only the first of each was segmented: "
+    assert f"{gif}{tmp_path / 'anim.gif'} (2 frames)" in caplog.text
 
 
 def test_infer_image_of_one_file_reads_it_even_with_glob_characters_in_its_name(
