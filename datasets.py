@@ -1014,6 +1014,26 @@ def _resized_crop_class() -> type:
     return ResizedCrop
 
 
+def seed_transforms(compose: "A.BaseCompose", seed: int) -> None:
+    """Seed ``compose`` and each transform in it, nested ones too, with a seed of its own drawn
+    from ``seed``.
+
+    Compose.set_random_seed hands its own seed to every transform, so all of them drew the same
+    numbers: the flip and the colour jitter (both p=0.5) came together or not at all, and only
+    crops under 3/4 of the image were flipped (the crop's area is drawn from the same number).
+    """
+    import albumentations as A
+
+    compose.set_random_seed(seed)
+    streams = np.random.SeedSequence(seed).spawn(len(compose.transforms))
+    for transform, stream in zip(compose.transforms, streams, strict=True):
+        own = int(stream.generate_state(1)[0])
+        if isinstance(transform, A.BaseCompose):  # a OneOf, SomeOf, ... of transforms
+            seed_transforms(transform, own)
+        else:
+            transform.set_random_seed(own)
+
+
 class PairDataset(Dataset):
     """What both datasets share: image-mask pairs, classes, size, and per-sample seeds."""
 
@@ -1075,7 +1095,7 @@ class SegmentationDataset(PairDataset):
         mask = read_mask(mask_path, self.classes)
         if self.augment is not None:
             self.augment.transforms[0].ratio = crop_ratios(image.shape[1], image.shape[0])
-            self.augment.set_random_seed(self.sample_seed(index))
+            seed_transforms(self.augment, self.sample_seed(index))
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         else:

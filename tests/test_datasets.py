@@ -1075,6 +1075,27 @@ def test_each_item_and_seed_draws_its_own_augmentation(tiny_data):
     assert any(not torch.equal(images[i], other[i][0]) for i in range(4))
 
 
+def test_the_flip_and_the_colour_jitter_are_drawn_apart(tmp_path):
+    # albumentations' Compose.set_random_seed gives every transform the item's seed, so each
+    # drew the same numbers: the flip and the jitter (both p=0.5) came together or not at all.
+    # Class 0 on the left half, 1 on the right: every crop (half the area, 3:4 to 4:3) spans
+    # the middle, so the mask's first column says whether the item was flipped. Without
+    # jitter, a pixel inside a half keeps its colour exactly.
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 1
+    image = np.where(mask[..., None] == 1, (200, 150, 100), (100, 150, 200)).astype(np.uint8)
+    pairs = [(save(image, tmp_path / "a.png"), save(mask, tmp_path / "a_mask.png"))]
+    data = SegmentationDataset(pairs * 64, DEFAULT_CLASSES, (28, 28), train=True)
+    seen = set()
+    for index in range(64):
+        image_seen, target, _ = data[index]
+        flipped = bool(target[0, 0] == 1)
+        unchanged = image[0, 63 if flipped else 0]
+        jittered = image_seen[:, 0, 0].tolist() != unchanged.tolist()
+        seen.add((flipped, jittered))
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
+
+
 def test_inference_and_the_benchmarks_import_without_albumentations():
     # A GPU machine may lack albumentations: only training augmentation may need it.
     code = (
