@@ -23,7 +23,8 @@ Prints, for the same size and device, in one run:
 
 Without --model the network has official-layout random weights with roughly trained statistics:
 speed does not depend on the values, and the ONNX rows' mask agreement is not flattered by
-near-identity blocks.
+near-identity blocks. Its backbone is timm's implementation, or with --backbone-source hub (or
+--hub-dir) the official code's.
 """
 
 import argparse
@@ -90,6 +91,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser._option_string_actions["--backbone"].help = (
         "with --model, the checkpoint's backbone must be this one; without, the backbone of the "
         f"random weights (default {DEFAULT_BACKBONE})"
+    )
+    parser._option_string_actions["--backbone-source"].help = (
+        "with --model, rebuild the checkpoint's backbone through this source; without, the "
+        "implementation of the random backbone: timm (default, no download) or hub (the official "
+        "code, from --hub-dir or the torch.hub cache)"
     )
     add_imgsz_flag(parser, None, "input size (default: --model's, else 644 644)")
     add_device_flag(parser)
@@ -338,7 +344,9 @@ def bench_model(
         # the size the inference scripts run it at: its mask agreement is the one to deploy on
         imgsz = tuple(args.imgsz or ckpt["imgsz"])
     else:
-        backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, "timm", None)
+        # --hub-dir alone asks for the official code, as --backbone-source hub does
+        source = args.backbone_source or ("hub" if args.hub_dir else "timm")
+        backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, source, None, args.hub_dir)
         backbone.load_official_state_dict(trained_like(backbone.official_shapes()))
         classes = DEFAULT_CLASSES
         base = Segmentor(backbone, classes.num_classes)
@@ -433,6 +441,8 @@ def main(args: argparse.Namespace) -> None:
         int8_quantizer()  # torchao missing: say so now, not after the naive row's minutes
     torch.manual_seed(0)
     model, classes, imgsz = bench_model(args, device)  # the naive model; the fast one replaces it
+    weights = args.model or "random weights (no --model)"
+    print(f"model {model.backbone.name} via {model.backbone.source}, {weights}")
     flops, rate32, floor = flop_floor(model, imgsz, args, device, dtype)
 
     rows, latency, masks = {}, {}, {}

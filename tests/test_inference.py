@@ -26,7 +26,14 @@ import infer_video
 import train
 import utils
 from config import DEFAULT_CLASSES, ClassConfig, parse_args
-from conftest import ORT_RUNS_INT8, ROOT, load_benchmark, needs_mount_namespace, run_bind_mounted
+from conftest import (
+    FAKE_HUB,
+    ORT_RUNS_INT8,
+    ROOT,
+    load_benchmark,
+    needs_mount_namespace,
+    run_bind_mounted,
+)
 from datasets import read_image, read_mask
 from engine import Predictor
 from metrics import ConfusionMatrix
@@ -1338,7 +1345,8 @@ def test_benchmark_script_runs_and_reports_the_ratios():
            "--reps", "1", "--video-size", "64", "48", "--device", "cpu", "--onnx"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    for text in ("FLOP floor", "naive (fp32, batch 1, eager)", "end to end: fast / naive =",
+    for text in ("model dinov2_vits14 via timm, random weights", "FLOP floor",
+                 "naive (fp32, batch 1, eager)", "end to end: fast / naive =",
                  "I/O only (no model)", "model time / FLOP floor =", "ORT fp32, all graph opts",
                  "batch-1 latency, fast (fp32, batch 1): "):  # fmt: skip
         assert text in proc.stdout
@@ -2069,6 +2077,20 @@ def test_benchmark_rebuilds_a_checkpoint_through_the_source_asked_for(monkeypatc
     with pytest.raises(UserError, match="stop here"):
         bench.main(bench.get_args_parser().parse_args(argv))
     assert seen[0][2:] == ("timm", tmp_path, None)
+
+
+@pytest.mark.parametrize("flags", [["--backbone-source", "hub"], []])
+def test_benchmark_without_a_checkpoint_builds_the_backbone_source_asked_for(flags):
+    """Without --model, --backbone-source hub and --hub-dir were ignored: the random model was
+    always timm's implementation, so the figures were not those of the official code asked for."""
+    bench = load_benchmark("bench_inference")
+    argv = [*flags, "--hub-dir", str(FAKE_HUB), "--imgsz", "28", "28", "--device", "cpu"]
+    model, classes, imgsz = bench.bench_model(
+        bench.get_args_parser().parse_args(argv), torch.device("cpu")
+    )
+    assert model.backbone.source == "hub"
+    assert not type(model.backbone.vit).__module__.startswith("timm")
+    assert (classes, imgsz) == (DEFAULT_CLASSES, (28, 28))
 
 
 def test_attention_benchmark_times_a_gpu_it_has_kept_busy(monkeypatch):
