@@ -669,20 +669,30 @@ class Predictor:
         """(B, h, w, 3) uint8 resized images + their original (H, W) -> B (H, W) uint8 masks."""
         n = len(batch)
         x = to_model_input(self._pad_to_compiled_batch(batch), self.device)
+        # An int8 ONNX graph runs one image per call (OnnxSegmentor.per_image): each call is
+        # timed as a batch of its own, so that model_fps leaves out the first image's start-up
+        # alone, and "one batch only" is said only where one image ran
+        step = 1 if getattr(self.model, "per_image", False) else len(x)
+        parts = [self._timed_network(x[i : i + step]) for i in range(0, len(x), step)]
+        scores = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return self._masks(scores[:n].float(), sizes)
+
+    def _timed_network(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) uint8 on the device -> (B, K, h', w') patch-grid logits (or, with TTA,
+        probabilities), the network's time counted for model_fps."""
         # The clock covers the network alone, from the batch on the device to its patch-grid
         # scores: the upload before and the full-size masks after are the end-to-end figure's.
         synchronize(self.device)
         start = time.perf_counter()
         with _eval_mode(self.model):  # the running statistics, even mid-training
-            if self.tta is None:
-                scores = self.patch_logits(x)[:n].float()
-            else:
-                scores = tta_probs(self.model, x, *self.tta)[:n]
+            scores = (
+                self.patch_logits(x) if self.tta is None else tta_probs(self.model, x, *self.tta)
+            )
         synchronize(self.device)
         # A padded batch counts at the size the network ran: its time is that of len(x) images,
         # and per real image the network would look up to --batch times slower than it runs
         self._count_time(time.perf_counter() - start, len(x))
-        return self._masks(scores, sizes)
+        return scores
 
     def _pad_to_compiled_batch(self, batch: np.ndarray) -> np.ndarray:
         """A compiled model's (B, h, w, 3) ``batch`` with its last image repeated up to the

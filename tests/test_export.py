@@ -628,18 +628,22 @@ def test_the_video_speed_line_of_an_int8_graph_names_one_frame_per_call(
     tmp_path, onnx_files, capsys
 ):
     # --backend onnxruntime runs an int8 graph one frame per call, whatever --batch: the line
-    # said "batch 4"
+    # said "batch 4". It then said "batch 1 ... (one batch only: start-up included)" of 3
+    # frames, the 3 calls of one group timed as one batch, the first frame's start-up in it.
     import infer_video
     from synthetic import write_clip
 
     clip = write_clip(tmp_path / "clip.mp4", frames=3)
-    for model, batch in ((onnx_files[1], "batch 1 (one frame per call: an int8 graph)"),
-                         (onnx_files[0], "batch 4")):  # fmt: skip
+    for model, batch, one_batch in (
+        (onnx_files[1], "batch 1 (one frame per call: an int8 graph)", False),
+        (onnx_files[0], "batch 4, float32", True),
+    ):
         infer_video.main(infer_video.get_args_parser().parse_args(
             ["--input", str(clip), "--out-dir", str(tmp_path / model.stem), "--model", str(model),
              "--backend", "onnxruntime", "--batch", "4"]))  # fmt: skip
         speed = [line for line in capsys.readouterr().out.splitlines() if "model:" in line]
         assert len(speed) == 1 and f"on cpu (ONNX Runtime), {batch}" in speed[0], speed
+        assert ("(one batch only: start-up included)" in speed[0]) == one_batch, speed
 
 
 def test_an_export_without_int8_removes_the_int8_graph_of_an_earlier_one(
