@@ -773,25 +773,32 @@ def _unknown_keys(
     unknown: list, settings: dict, actions: dict, negations: dict, where: str
 ) -> UserError:
     """The error for ``unknown`` keys of ``settings``, which name no flag of ``actions``, with
-    the key to write instead where one was written as its flag (num-vis, --lr, augment: true)."""
+    the key to write instead where one was written as its flag (num-vis, --lr, augment: true),
+    and the closest key where one was misspelt."""
     allowed = sorted([*CLASS_KEYS, *(d for d in actions if d not in ("help", "config"))])
     by_lower = {a.lower(): a for a in allowed}  # all_classes for ALL_CLASSES
     hints = []
     for key in unknown:
         dest = str(key).lstrip("-").replace("-", "_")
         negated = [d for d, flag in negations.items() if flag == f"--{dest.replace('_', '-')}"]
-        # a misspelt key (epoch, lr_scheduler), or a class key in lower case
-        close = difflib.get_close_matches(dest.lower(), list(by_lower), n=1, cutoff=0.8)
+        # a misspelt key (epoch, lr_scheduler), another repository's name (num_epochs,
+        # num_workers, img_size), or a class key in lower case; below 0.75 the closest key is
+        # often another setting (warmup: amp, data_dir: out_dir)
+        close = difflib.get_close_matches(dest.lower(), list(by_lower), n=1, cutoff=0.75)
         if negated and isinstance(settings[key], bool):
             value, opposite = ("true", "false") if settings[key] else ("false", "true")
             hints.append(f"write {key}: {value} as {negated[0]}: {opposite}")
         elif dest != key and dest in allowed:
             hints.append(f"write {key} as {dest}")
         elif close:
-            hints.append(f"write {key} as {by_lower[close[0]]}")
-    said = f". Keys are the flags' names with underscores: {'; '.join(hints)}" if hints else ""
+            hints.append(f"{key}: did you mean {by_lower[close[0]]}?")
+    listed = ", ".join(allowed)
+    if not hints:
+        return UserError(f"{where} has unknown keys {unknown}; allowed keys: {listed}")
+    # the hints first: after the list of some thirty keys they went unread
+    end = "" if hints[-1].endswith("?") else "."
     return UserError(
-        f"{where} has unknown keys {unknown}; allowed keys: {', '.join(allowed)}{said}"
+        f"{where} has unknown keys {unknown}: {'; '.join(hints)}{end} Allowed keys: {listed}"
     )
 
 

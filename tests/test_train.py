@@ -719,8 +719,16 @@ def test_the_args_yaml_of_a_run_with_a_config_file_repeats_it(tmp_path):
         ({"--lr": 0.1}, r"unknown keys \['--lr'\].*: write --lr as lr"),
         # a misspelt key or a class key in lower case: the list left the user to spot it too
         ({"epoch": 5, "lr_scheduler": "cosine"},
-         r"\['epoch', 'lr_scheduler'\].*: write epoch as epochs; write lr_scheduler as scheduler"),
-        ({"all_classes": ["a", "b"]}, r"\['all_classes'\].*: write all_classes as ALL_CLASSES"),
+         r"\['epoch', 'lr_scheduler'\]: epoch: did you mean epochs\?; lr_scheduler: did you "
+         r"mean scheduler\? Allowed keys: ALL_CLASSES"),
+        ({"all_classes": ["a", "b"]}, r"\['all_classes'\]: all_classes: did you mean ALL_CLASSES"),
+        # other repositories' names, a little further off: no hint, and the hint there was
+        # began "Keys are the flags' names with underscores", beside the point for a misspelling
+        ({"num_epochs": 8, "num_workers": 2, "img_size": [56, 56], "classes": ["a", "b"]},
+         r"classes: did you mean ALL_CLASSES\?; img_size: did you mean imgsz\?; num_epochs: did "
+         r"you mean epochs\?; num_workers: did you mean workers\? Allowed keys:"),
+        # no guess where the closest key is another setting
+        ({"warmup": 2, "data_dir": "d"}, r"\['data_dir', 'warmup'\]; allowed keys: ALL_CLASSES"),
         ({"augment": True}, r"\[.augment.\].*: write augment: true as no_augment: false"),
         ({"ALL_CLASSES": ["a", "b"], "LABEL_COLORS_LIST": [[0, 0, 0]], "VIS_LABEL_MAP": []},
          r"c.yaml: LABEL_COLORS_LIST has 1 colours for 2 classes"),
