@@ -37,6 +37,7 @@ AMP_CHOICES = ("off", *AMP_DTYPES)  # --amp: full precision, or one of utils.amp
 DEFAULT_IMGSZ = (640, 640)  # (W, H)
 DEFAULT_DATA_DIR = Path("data/PennFudanPed")
 DEFAULT_OUT_DIR = Path("outputs")
+OVERLAY_ALPHA = 0.5  # the overlays' colour opacity: --alpha's and Predictor.overlay's default
 # train.py's checkpoints in --out-dir: the best valid mIoU's, which evaluation and inference take
 # by default, and the last epoch's, which --resume continues
 BEST_CHECKPOINT = "best_model_iou.pth"
@@ -486,7 +487,7 @@ def inference_flags(out_dir: Path, items: str = "images") -> argparse.ArgumentPa
     group.add_argument(
         "--alpha",
         type=float,
-        default=0.5,
+        default=OVERLAY_ALPHA,
         metavar="A",
         help="overlay opacity, 0 to 1 (default %(default)s)",
     )

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import IGNORE_INDEX, PATCH_SIZE, ClassConfig, tta_setting
+from config import IGNORE_INDEX, OVERLAY_ALPHA, PATCH_SIZE, ClassConfig, tta_setting
 from datasets import RESIZE_VERSION, Pair, read_image, resize_image, unrepeated
 from metrics import ConfusionMatrix
 from model import (
@@ -795,7 +795,9 @@ class Predictor:
         batch = np.stack([self.resize(im) for im in images])
         return self.predict_resized(batch, [im.shape[:2] for im in images])
 
-    def overlay(self, image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    def overlay(
+        self, image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA
+    ) -> np.ndarray:
         """Blend the classes' VIS_LABEL_MAP colours over an (H, W, 3) uint8 RGB image.
 
         Args:
