@@ -1453,6 +1453,37 @@ def test_benchmark_rows_peak_memory_holds_their_own_model_alone(monkeypatch):
     assert alive == [["torch.float32"], ["torch.bfloat16"]], alive
 
 
+def test_benchmark_onnx_rows_run_after_the_rows_whose_peak_memory_they_would_raise(monkeypatch):
+    """On the CPU the peak memory is the process's high-water mark: the ONNX export and its
+    sessions ran first, so with --onnx the naive and fast rows showed theirs (982 -> 1354 MB at
+    56x56), under a note that the naive row ran first."""
+    bench = load_benchmark("bench_inference")
+    order, exported = [], []
+
+    def peak_memory_mb(device):
+        order.append("row")
+        return 0.0
+
+    def onnx_rows(base, classes, imgsz, frames, folder, reps):
+        order.append("onnx")
+        exported.append(base)
+        return []
+
+    monkeypatch.setattr(bench, "peak_memory_mb", peak_memory_mb)
+    monkeypatch.setattr(bench, "onnx_rows", onnx_rows)
+    argv = ["--imgsz", "28", "28", "--frames", "1", "--reps", "1", "--video-size", "32", "24",
+            "--device", "cpu", "--amp", "bf16", "--onnx"]  # fmt: skip
+    bench.main(bench.get_args_parser().parse_args(argv))
+    assert order == ["row", "row", "onnx"]
+    # the fp32 model of the naive row, rebuilt: the fast row's is bf16
+    torch.manual_seed(0)
+    naive, _, _ = bench.bench_model(bench.get_args_parser().parse_args(argv), torch.device("cpu"))
+    (model,) = exported
+    assert model.dtype == torch.float32 and model.device.type == "cpu"
+    pairs = zip(model.state_dict().values(), naive.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
 @needs_torch_2_11
 def test_benchmark_int8_rows_report_their_floor_and_mask_agreement(capsys):
     # In the test's process: test_benchmark_script_runs_and_reports_the_ratios runs the script
