@@ -331,6 +331,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             return
         ckpt, classes, imgsz, history = resumed
         start = ckpt["epoch"] + 1
+        warn_other_processes(args, ckpt, world)
         best_miou, best_loss = ckpt["best_miou"], ckpt["best_loss"]
     else:
         history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
@@ -445,6 +446,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 "classes": classes.to_dict(),
                 "imgsz": list(imgsz),
                 "args": run_settings,
+                "processes": world,  # not a flag: torchrun's; a resume on others is warned of
                 "metrics": row,
                 "best_miou": best_miou,
                 "best_loss": best_loss,
@@ -613,6 +615,34 @@ def warn_changed_settings(args, ckpt: dict, start: int) -> None:
             start,
             ", ".join(changed),
         )
+
+
+def warn_other_processes(args, ckpt: dict, world: int) -> None:
+    """Warn where a run resumes on another number of processes than ``ckpt``'s run trained on
+    (a 4-GPU job continued on 1 GPU): --batch is per process, so each optimizer step follows
+    the batches of another number of processes, the learning rate is not rescaled, and the run
+    no longer repeats the uninterrupted one. Checkpoints from before the count was saved say
+    nothing."""
+    before = ckpt.get("processes")
+    if not isinstance(before, int) or before == world:
+        return
+    recorded = ckpt.get("args") or {}
+    batch, accum = recorded.get("batch"), recorded.get("accum")
+    was = f" instead of {batch} x {accum} x {before}" if batch and accum else ""
+    warn_on_main_process(
+        "--resume %s trained on %d process%s, this run on %d: --batch is per process, so an "
+        "optimizer step now follows %d x %d x %d images (--batch x --accum x processes)%s, "
+        "and the learning rate is not rescaled for it: the run no longer repeats one that had "
+        "gone on as it started",
+        args.resume,
+        before,
+        "es" if before > 1 else "",
+        world,
+        args.batch,
+        args.accum,
+        world,
+        was,
+    )
 
 
 def check_same_run(args, ckpt: dict, start: int) -> None:

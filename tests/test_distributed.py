@@ -227,6 +227,8 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
     assert _writes(writes, 1, tmp_path) == []
     rows = read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
+    # for a resume on another number of processes, which changes the images of a step
+    assert torch.load(out / "last_model.pth", weights_only=True)["processes"] == 2
 
     # the summed confusion matrix gives the single-process numbers, every image counted once
     train.main(*parse_args(train.get_args_parser(), [

@@ -384,6 +384,28 @@ def test_resume_applies_a_changed_lr_and_weight_decay(tmp_path, tiny_data, weigh
     assert yaml.safe_load((tmp_path / "args.yaml").read_text())["lr"] == 1e-5
 
 
+def test_a_resume_on_another_number_of_processes_says_the_step_changes(
+    tmp_path, checkpoint, tiny_data, caplog
+):
+    # --batch is per process: a 2-process run resumed in 1 process steps on half the images
+    ckpt = torch.load(checkpoint.parent / "last_model.pth", weights_only=True)
+    assert ckpt["processes"] == 1
+    ckpt["processes"] = 2
+    torch.save(ckpt, tmp_path / "last_model.pth")
+    argv = ["--resume", str(tmp_path / "last_model.pth"), "--out-dir", str(tmp_path),
+            "--data", str(tiny_data), "--workers", "0", "--num-vis", "0"]  # fmt: skip
+    run_train([*argv, "--epochs", str(ckpt["epoch"] + 1)])
+    assert (
+        f"--resume {tmp_path / 'last_model.pth'} trained on 2 processes, this run on 1: --batch "
+        "is per process, so an optimizer step now follows 4 x 1 x 1 images (--batch x --accum x "
+        "processes) instead of 4 x 1 x 2"
+    ) in caplog.text
+    # the same number of processes says nothing
+    caplog.clear()
+    run_train([*argv, "--epochs", str(ckpt["epoch"] + 2)])
+    assert "trained on" not in caplog.text
+
+
 def test_a_resume_with_nothing_to_do_writes_nothing(tmp_path, fresh_data, weights_file, capsys):
     first, second = tmp_path / "a", tmp_path / "b"
     args = [*common(fresh_data, first, weights_file), "--imgsz", "28", "28", "--num-vis", "0"]
