@@ -554,6 +554,7 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
             f"--resume {args.resume} holds no training state (it lacks {', '.join(missing)}): "
             "resume from a last_model.pth written by train.py"
         )
+    check_on_main_process(lambda: check_resumed_source(args, ckpt))
     resumed = ClassConfig.from_dict(ckpt["classes"], source=str(args.resume))
     imgsz = tuple(ckpt["imgsz"])
     if args.imgsz is not None and tuple(args.imgsz) != imgsz:
@@ -582,6 +583,26 @@ def read_resume(args, classes: ClassConfig) -> tuple[dict, ClassConfig, tuple[in
         weights = ckpt["args"]["weights"]
         args.weights = weights_arg(weights) if isinstance(weights, str) else weights
     return ckpt, resumed, imgsz
+
+
+def check_resumed_source(args, ckpt: dict) -> None:
+    """Refuse to resume a --fine-tune checkpoint through another --backbone-source than it was
+    trained with. Its optimizer state lists the backbone's parameters in the order of the build
+    that trained them, which the hub and timm builds do not share (nor, with registers, the
+    position embedding's shape): AdamW would meet moments of other parameters at its first
+    step. A frozen backbone's checkpoint holds the head's state alone and resumes through
+    either."""
+    trained = ckpt.get("backbone_source")
+    asked = args.backbone_source
+    if not ckpt.get("fine_tune") or asked is None or trained is None or asked == trained:
+        return
+    offline = " (offline: and --hub-dir DIR, a local clone of facebookresearch/dinov2)"
+    raise UserError(
+        f"--resume {args.resume} fine-tuned its backbone as built by --backbone-source "
+        f"{trained}, and its optimizer state holds that build's parameters, in an order "
+        f"{asked}'s build does not share: resume with --backbone-source {trained}"
+        f"{offline if trained == 'hub' else ''}, or drop --backbone-source"
+    )
 
 
 def ignored_model_flags(args: argparse.Namespace, ckpt: dict) -> str:

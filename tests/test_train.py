@@ -32,7 +32,7 @@ from config import (
     distinct_colors,
     parse_args,
 )
-from conftest import ROOT, PixelClassifier, load_benchmark
+from conftest import FAKE_HUB, ROOT, PixelClassifier, load_benchmark
 from datasets import SegmentationDataset, check_dataset
 from engine import Predictor, evaluate
 from metrics import ConfusionMatrix
@@ -404,6 +404,28 @@ def test_a_resume_on_another_number_of_processes_says_the_step_changes(
     caplog.clear()
     run_train([*argv, "--epochs", str(ckpt["epoch"] + 2)])
     assert "trained on" not in caplog.text
+
+
+def test_a_fine_tuned_checkpoint_resumes_only_through_the_source_it_was_trained_with(
+    tmp_path, fresh_data, weights_file
+):
+    # The optimizer state lists the backbone's parameters in its build's order, which the hub
+    # and timm builds do not share: resumed through timm (the advice for offline use), AdamW's
+    # first step met a hub moment of another shape, a RuntimeError after the data and model
+    # had loaded.
+    argv = ["--data", str(fresh_data), "--out-dir", str(tmp_path), "--backbone-source", "hub",
+            "--hub-dir", str(FAKE_HUB), "--weights", str(weights_file), "--imgsz", "28", "28",
+            "--workers", "0", "--batch", "2", "--num-vis", "0", "--fine-tune"]  # fmt: skip
+    run_train([*argv, "--epochs", "1"])
+    resume = ["--resume", str(tmp_path / "last_model.pth"), "--out-dir", str(tmp_path),
+              "--workers", "0", "--num-vis", "0", "--epochs", "2"]  # fmt: skip
+    with pytest.raises(UserError, match=(
+        r"last_model.pth fine-tuned its backbone as built by --backbone-source hub.*resume with "
+        r"--backbone-source hub \(offline: and --hub-dir DIR")):  # fmt: skip
+        run_train([*resume, "--backbone-source", "timm"])
+    assert [r["epoch"] for r in read_csv(tmp_path / "metrics.csv")] == [1]
+    run_train([*resume, "--hub-dir", str(FAKE_HUB)])  # its own source
+    assert [r["epoch"] for r in read_csv(tmp_path / "metrics.csv")] == [1, 2]
 
 
 def test_a_resume_with_nothing_to_do_writes_nothing(tmp_path, fresh_data, weights_file, capsys):
