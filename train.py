@@ -96,6 +96,7 @@ from utils import (
     is_main_process,
     leave_distributed,
     leave_stop_signals_to_main,
+    lost_another_process,
     on_main_process,
     peak_memory_mb,
     pick_device,
@@ -386,6 +387,9 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
     on_disk = {}  # the checkpoint files this run wrote into --out-dir: name -> epoch
 
     def kept() -> str:
+        if not main_process:
+            # rank 0 alone saves, so on_disk is empty here: it would say no epoch was kept
+            return "Rank 0 says what the run keeps."
         finished = on_disk.get(LAST_CHECKPOINT, start - 1)
         # Until this run saves an epoch, the epoch before it is in the --resume checkpoint,
         # which may be in another folder, or another file than last_model.pth.
@@ -464,6 +468,12 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         raise stopped_error(err, args, epoch, kept()) from err
     except RuntimeError as err:
         raise_if_worker_failure(err, kept())
+        if world > 1 and lost_another_process(err):
+            # another process stopped on an error (a dataset file of its shard broke) and left
+            raise UserError(
+                f"another process stopped during epoch {epoch}, and this one with it (its "
+                f"error: line says why). {kept()}"
+            ) from err
         raise
     if main_process:
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)

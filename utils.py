@@ -709,6 +709,17 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
             dist.all_reduce(t)
 
 
+# How gloo's collectives fail where another process of the group has gone (exited on an error
+# of its own, or killed): its connection to this one closed under a send or a receive.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_another_process(err: BaseException) -> bool:
+    """Whether ``err`` is a collective's failure because another process of the group has gone.
+    That process reports its own error: this one's traceback would only bury it."""
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in PEER_GONE)
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Give every process rank 0's buffers (BatchNorm running statistics), as checkpoints hold."""
     if in_process_group():

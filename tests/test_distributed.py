@@ -467,6 +467,50 @@ def test_torchrun_reports_an_unusable_cache_dir_once_without_a_traceback(tmp_pat
     assert "exitcode  : 2" in proc.stderr  # the UserError's code, not a crash
 
 
+# Run as torchrun's script: train.py, where process 1's second read of a validation image (in
+# epoch 2) finds the file broken, as one edited or replaced while the run goes on.
+BREAK_VALID_IN_RANK_1 = """
+import os, runpy, sys
+sys.path.insert(0, os.getcwd())
+import datasets
+read = datasets.SegmentationDataset.__getitem__
+reads = []
+def getitem(self, index):
+    if not self.train and os.environ["RANK"] == "1":
+        reads.append(index)
+        if len(reads) == 2:
+            raise datasets.DataError(f"{self.pairs[index][0]}: unreadable or corrupt image")
+    return read(self, index)
+datasets.SegmentationDataset.__getitem__ = getitem
+sys.argv = sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_dataset_file_that_breaks_in_one_process_is_named_with_what_rank_0_kept(tmp_path):
+    # Process 1 named the file and said that no epoch was kept (rank 0 alone saves), while
+    # rank 0, waiting for it in a collective, died of gloo's "Connection closed by peer" with a
+    # traceback of its own, and never said that last_model.pth held epoch 1.
+    data = make_dataset(tmp_path / "data", n_train=4, n_valid=2, sizes=((28, 28),))
+    script = tmp_path / "break_valid.py"
+    script.write_text(BREAK_VALID_IN_RANK_1)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), "train.py", "--data", str(data), "--out-dir", str(out),
+           "--backbone-source", "timm", "--weights", "random", "--imgsz", "28", "28",
+           "--epochs", "3", "--batch", "2", "--workers", "0", "--layers", "1", "--num-vis", "0",
+           "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    broken = data / "valid_images" / "img001.jpg"
+    assert f"error: {broken}: unreadable or corrupt image: the file changed" in proc.stderr
+    assert "No epoch finished" not in proc.stderr, proc.stderr[-3000:]
+    # rank 0 says what is kept: as the error of the closed connection, or stopped by torchrun
+    assert f"{out / 'last_model.pth'} holds epoch 1; continue with --resume" in proc.stderr
+    assert "[rank0]" not in proc.stderr, proc.stderr[-3000:]  # no traceback of process 0
+    assert torch.load(out / "last_model.pth", weights_only=True)["epoch"] == 1
+
+
 def test_torchrun_reports_a_failed_penn_fudan_download_once_without_a_traceback(tmp_path):
     # rank 0 downloads while the others wait: they waited in a barrier, which broke with a
     # traceback of process 1 when rank 0 left with its message
