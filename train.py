@@ -999,25 +999,36 @@ def make_datasets(
         # called by every process, so that rank 0's refusal stops the others too, which would
         # otherwise fill the folder
         check_on_main_process(check_cache_dir)
-    try:
-        cache.fill_splits(model, pairs, views, args.batch, rank, world)
-    except KeyboardInterrupt:
-        # before any epoch: what an interrupted run keeps here is the cache's entries alone.
-        # Under torchrun each process counts its own: a sum would wait on a collective that a
+
+    def kept() -> str:
+        # before any epoch: what a stopped run keeps here is the cache's entries alone. Under
+        # torchrun each process counts its own: a sum would wait on a collective that a
         # stopping process may never reach.
         counted = f"the {cache.computed} entries computed so far"
         if world > 1:
             others = "the other process" if world == 2 else f"the {world - 1} other processes"
+            this = "this process, rank 0," if rank == 0 else "this process"
             counted = (
-                f"the entries computed so far ({cache.computed} by this process, rank 0, and "
-                f"those of {others})"
+                f"the entries computed so far ({cache.computed} by {this} and those of {others})"
             )
-        kept = (
+        return (
             f"{counted} are kept in {folder} and the next run reuses them"
             if args.cache_features == "disk"
             else "the entries computed so far were in memory and are lost"
         )
-        warn_on_main_process("stopped while filling the feature cache: %s", kept)
+
+    try:
+        cache.fill_splits(model, pairs, views, args.batch, rank, world)
+    except KeyboardInterrupt:
+        warn_on_main_process("stopped while filling the feature cache: %s", kept())
+        raise
+    except RuntimeError as err:
+        if world > 1 and lost_another_process(err):
+            # it stopped on an error of its own (a full disk) while this one waited for it
+            raise UserError(
+                "another process stopped while the feature cache filled, and this one with it "
+                f"(its error: line says why): {kept()}"
+            ) from err
         raise
     train_set = CachedFeatureDataset(
         pairs["train"], classes, imgsz, cache, True, args.seed, augment

@@ -511,6 +511,44 @@ def test_a_dataset_file_that_breaks_in_one_process_is_named_with_what_rank_0_kep
     assert torch.load(out / "last_model.pth", weights_only=True)["epoch"] == 1
 
 
+# Run as torchrun's script: train.py, where process 1 stops on an error as it stores the first
+# feature cache entry that rank 0 sends it (--cache-features memory), while rank 0 waits on.
+STOP_RANK_1_IN_THE_CACHE = """
+import os, runpy, sys
+sys.path.insert(0, os.getcwd())
+import engine
+from utils import UserError
+share, store = engine.FeatureCache.share, engine.FeatureCache._store
+def sharing(self, *args):
+    self.sharing = True
+    return share(self, *args)
+def storing(self, key, features):
+    if getattr(self, "sharing", False) and os.environ["RANK"] == "1":
+        raise UserError("process 1 stops here")
+    return store(self, key, features)
+engine.FeatureCache.share, engine.FeatureCache._store = sharing, storing
+sys.argv = sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_process_that_stops_while_the_cache_fills_stops_rank_0_without_a_traceback(tmp_path):
+    # rank 0, waiting for it in a broadcast, died of gloo's "Connection closed by peer"
+    data = make_dataset(tmp_path / "data", n_train=4, n_valid=2, sizes=((28, 28),))
+    script = tmp_path / "stop_in_cache.py"
+    script.write_text(STOP_RANK_1_IN_THE_CACHE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), "train.py", "--data", str(data), "--out-dir", str(tmp_path / "out"),
+           "--backbone-source", "timm", "--weights", "random", "--imgsz", "28", "28",
+           "--epochs", "1", "--batch", "2", "--workers", "0", "--layers", "1", "--num-vis", "0",
+           "--cache-features", "memory", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "error: process 1 stops here" in proc.stderr
+    assert "[rank0]" not in proc.stderr, proc.stderr[-3000:]  # no traceback of process 0
+    assert "were in memory and are lost" in proc.stderr, proc.stderr[-3000:]
+
+
 def test_torchrun_reports_a_failed_penn_fudan_download_once_without_a_traceback(tmp_path):
     # rank 0 downloads while the others wait: they waited in a barrier, which broke with a
     # traceback of process 1 when rank 0 left with its message
