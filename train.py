@@ -1384,14 +1384,19 @@ def stopped_error(err: Exception, args, epoch: int, kept: str) -> UserError:
         )
     if isinstance(err, DataError):
         # The dataset was checked before training: a file changed since (edited, replaced or
-        # removed while the run went on). From a DataLoader worker the message holds the
-        # worker's traceback, whose last line is the error's own.
-        problem = str(err).strip().splitlines()[-1].removeprefix("datasets.DataError: ")
+        # removed while the run went on).
+        problem = data_problem(err)
         return UserError(f"{problem}: the file changed during training; fix or restore it. {kept}")
     return UserError(
         f"could not write to {args.out_dir} ({err}). Every file is written whole or not at all: "
         f"{kept}"
     )
+
+
+def data_problem(err: DataError) -> str:
+    """A DataError's own message: from a DataLoader worker it holds the worker's traceback,
+    whose last line is the error's."""
+    return str(err).strip().splitlines()[-1].removeprefix("datasets.DataError: ")
 
 
 def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world: int = 1) -> None:
@@ -1441,8 +1446,19 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
             runs["tta"] = evaluate(
                 model, loader, device, classes.num_classes, autocast, "valid tta", tta=tta
             )
+    except DataError as err:
+        # checked just before: the file changed since (replaced while a long evaluation ran)
+        raise UserError(
+            f"{data_problem(err)}: the file changed during the evaluation; fix or restore it, "
+            "and run again"
+        ) from err
     except RuntimeError as err:
         raise_if_worker_failure(err)
+        if world > 1 and lost_another_process(err):
+            raise UserError(
+                "another process stopped during the evaluation, and this one with it (its "
+                "error: line says why)"
+            ) from err
         raise
     if rank != 0:
         return

@@ -511,6 +511,24 @@ def test_a_dataset_file_that_breaks_in_one_process_is_named_with_what_rank_0_kep
     assert torch.load(out / "last_model.pth", weights_only=True)["epoch"] == 1
 
 
+def test_a_dataset_file_that_breaks_in_one_process_of_eval_only_is_named(tmp_path, checkpoint):
+    # --tta reads the valid split twice: process 1's second pass finds the file broken. It
+    # died in a traceback of the DataError, and rank 0 in one of gloo's closed connection.
+    data = make_dataset(tmp_path / "data", n_train=2, n_valid=2, sizes=((28, 28),))
+    script = tmp_path / "break_valid.py"
+    script.write_text(BREAK_VALID_IN_RANK_1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), "train.py", "--eval-only", "--tta", "--model", str(checkpoint),
+           "--data", str(data), "--out-dir", str(tmp_path / "out"), "--workers", "0",
+           "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    broken = data / "valid_images" / "img001.jpg"
+    assert f"error: {broken}: unreadable or corrupt image: the file changed" in proc.stderr
+    assert "[rank0]" not in proc.stderr and "[rank1]" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "out" / "eval_metrics.json").exists()
+
+
 # Run as torchrun's script: train.py, where process 1 stops on an error as it stores the first
 # feature cache entry that rank 0 sends it (--cache-features memory), while rank 0 waits on.
 STOP_RANK_1_IN_THE_CACHE = """

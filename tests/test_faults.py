@@ -522,6 +522,29 @@ def test_a_dataset_file_broken_mid_run_is_named_with_what_is_kept(
     )
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_dataset_file_broken_during_eval_only_is_named(
+    tmp_path, fresh_data, checkpoint, monkeypatch, workers
+):
+    """As in training: a valid image broken after the check ended --eval-only with a traceback
+    of the DataError (a DataLoader worker's, with workers)."""
+    checked = train.checked_pairs
+
+    def check_then_break(*args, **kwargs):
+        pairs = checked(*args, **kwargs)
+        (fresh_data / "valid_images" / "img001.jpg").write_text("not an image")
+        return pairs
+
+    monkeypatch.setattr(train, "checked_pairs", check_then_break)
+    with pytest.raises(UserError) as err:
+        run_train(["--eval-only", "--model", str(checkpoint), "--data", str(fresh_data),
+                   "--out-dir", str(tmp_path), "--workers", workers])  # fmt: skip
+    assert str(err.value).startswith(f"{fresh_data / 'valid_images' / 'img001.jpg'}: unreadable")
+    assert str(err.value).endswith("the file changed during the evaluation; fix or restore it, "
+                                   "and run again")  # fmt: skip
+    assert not (tmp_path / "eval_metrics.json").exists()
+
+
 @pytest.fixture
 def quick_worker_shutdown(monkeypatch):
     """A loader's shutdown joins each worker for MP_STATUS_CHECK_INTERVAL (5 s) before it
