@@ -472,7 +472,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             # another process stopped on an error (a dataset file of its shard broke) and left
             raise UserError(
                 f"another process stopped during epoch {epoch}, and this one with it (its "
-                f"error: line says why). {kept()}"
+                f"error: line, or torchrun's report of its exit, says why). {kept()}"
             ) from err
         raise
     if main_process:
@@ -1027,7 +1027,7 @@ def make_datasets(
             # it stopped on an error of its own (a full disk) while this one waited for it
             raise UserError(
                 "another process stopped while the feature cache filled, and this one with it "
-                f"(its error: line says why): {kept()}"
+                f"(its error: line, or torchrun's report of its exit, says why): {kept()}"
             ) from err
         raise
     train_set = CachedFeatureDataset(
@@ -1457,7 +1457,7 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
         if world > 1 and lost_another_process(err):
             raise UserError(
                 "another process stopped during the evaluation, and this one with it (its "
-                "error: line says why)"
+                "error: line, or torchrun's report of its exit, says why)"
             ) from err
         raise
     if rank != 0:
