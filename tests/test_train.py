@@ -1,4 +1,5 @@
 import argparse
+import copy
 import fnmatch
 import gc
 import json
@@ -33,11 +34,11 @@ from config import (
     parse_args,
 )
 from conftest import FAKE_HUB, ROOT, PixelClassifier, load_benchmark
-from datasets import SegmentationDataset, check_dataset
+from datasets import SegmentationDataset, check_dataset, resize_image, resize_mask
 from engine import Predictor, evaluate
 from metrics import ConfusionMatrix
 from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
-from synthetic import penn_fudan_zip
+from synthetic import make_dataset, penn_fudan_zip
 from utils import UserError, amp_dtype, check_grad_scaler, pick_device, read_csv, write_csv
 
 IMGSZ = ["90", "66"]  # neither a multiple of 14 nor square
@@ -1657,3 +1658,70 @@ def test_the_instance_id_warning_of_a_checkpoints_classes_says_to_train_a_new_mo
         f"pass it with --config to train a new model (--eval-only scores {checkpoint} with the "
         "classes it was trained with)"
     ) in caplog.text
+
+
+def test_train_py_gives_the_head_of_an_independent_adamw_loop(tmp_path, weights_file, monkeypatch):
+    # The documented optimization, written out apart from engine.py: DistributedSampler's order
+    # for (--seed, epoch), the last short batch dropped, each --accum group's summed
+    # cross-entropy over its labelled pixels (255 ignored; the short last group over its own),
+    # AdamW decaying every head parameter, and the cosine rate of each epoch by its formula.
+    data = make_dataset(tmp_path / "data", n_train=7, n_valid=1)
+    masks_dir = data / "train_masks"
+    for i, path in enumerate(sorted(masks_dir.iterdir())):  # batches that ignore more or less
+        mask = np.array(Image.open(path))
+        mask[: i * mask.shape[0] // 8] = IGNORE_INDEX
+        Image.fromarray(mask).save(path)
+    imgsz, batch, accum, epochs, lr, wd, seed = (42, 28), 2, 2, 3, 1e-2, 0.5, 42
+    start = {}
+    build = train.Segmentor
+
+    def recorded(backbone, *args, **kwargs):
+        model = build(backbone, *args, **kwargs)
+        start["backbone"], start["head"] = backbone, copy.deepcopy(model.head)
+        return model
+
+    monkeypatch.setattr(train, "Segmentor", recorded)
+    run_train(["--data", str(data), "--out-dir", str(tmp_path / "out"), "--backbone-source",
+               "timm", "--weights", str(weights_file), "--imgsz", *map(str, imgsz), "--workers",
+               "0", "--no-augment", "--num-vis", "0", "--batch", str(batch), "--accum",
+               str(accum), "--epochs", str(epochs), "--lr", str(lr), "--weight-decay", str(wd),
+               "--scheduler", "cosine", "--seed", str(seed)])  # fmt: skip
+
+    backbone, head = start["backbone"], start["head"].train()
+    mean = torch.tensor(config.IMAGENET_MEAN).view(3, 1, 1) * 255
+    std = torch.tensor(config.IMAGENET_STD).view(3, 1, 1) * 255
+    images, masks = [], []
+    for path in sorted((data / "train_images").iterdir()):
+        image = resize_image(np.array(Image.open(path).convert("RGB")), imgsz)
+        images.append((torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std)
+        mask = np.array(Image.open(masks_dir / f"{path.stem}.png"))
+        masks.append(torch.from_numpy(resize_mask(mask, imgsz)).long())
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
+    losses = []
+    for epoch in range(1, epochs + 1):
+        optimizer.param_groups[0]["lr"] = lr * (1 + math.cos(math.pi * (epoch - 1) / epochs)) / 2
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(len(images), generator=generator).tolist()
+        batches = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
+        total = pixels = 0.0
+        for first in range(0, len(batches), accum):
+            group = batches[first : first + accum]
+            labelled = sum(int((masks[i] != IGNORE_INDEX).sum()) for b in group for i in b)
+            optimizer.zero_grad()
+            for b in group:
+                x, y = (torch.stack([items[i] for i in b]) for items in (images, masks))
+                with torch.no_grad():  # 42x28, a multiple of the patch: not resized
+                    features = torch.cat(backbone(x), 1)
+                logits = F.interpolate(head(features), size=y.shape[-2:], mode="bilinear")
+                loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+                (loss / labelled).backward()
+                total, pixels = total + loss.item(), pixels + int((y != IGNORE_INDEX).sum())
+            optimizer.step()
+        losses.append(total / pixels)
+
+    rows = read_csv(tmp_path / "out/metrics.csv")
+    assert [r["train_loss"] for r in rows] == pytest.approx(losses, rel=1e-5)
+    assert [r["lr"] for r in rows] == pytest.approx([lr, 0.75 * lr, 0.25 * lr])
+    trained = torch.load(tmp_path / "out/last_model.pth", weights_only=True)["model"]["head"]
+    for name, value in head.state_dict().items():
+        torch.testing.assert_close(trained[name], value, msg=name)
