@@ -803,6 +803,17 @@ def _unknown_keys(
     )
 
 
+def as_flag(parser: argparse.ArgumentParser, key: str, value) -> str:
+    """The setting ``key: value`` as the command line writes it, for messages: "--lr 0.001",
+    "--no-augment", and a switch that is off as its negation ("--augment") where it has one."""
+    flags = {a.dest: a.option_strings[-1] for a in parser._actions if not _is_negation(a)}
+    negations = {a.dest: a.option_strings[-1] for a in parser._actions if _is_negation(a)}
+    flag = flags.get(key, f"--{key.replace('_', '-')}")
+    if isinstance(value, bool):
+        return flag if value else negations.get(key, f"no {flag}")
+    return f"{flag} {value}"
+
+
 def _is_negation(action: argparse.Action) -> bool:
     return isinstance(action, argparse._StoreFalseAction) and action.default is argparse.SUPPRESS
 

@@ -45,6 +45,7 @@ from config import (
     SPLITS,
     ClassConfig,
     add_layers_flag,
+    as_flag,
     backbone_flags,
     check_at_least,
     check_imgsz,
@@ -634,8 +635,11 @@ def warn_changed_settings(args, ckpt: dict, start: int) -> None:
     """Name the settings of a resumed run that --config or the command line changed from the
     checkpoint's run (config.parse_args gives it the others)."""
     before = ckpt.get("args") or {}
+    parser = get_args_parser()
+    # "--lr 1e-05 (was 0.003)"; a switch by its flags: "--augment (was --no-augment)"
     changed = [
-        f"--{k.replace('_', '-')} {getattr(args, k)} (was {before[k]})"
+        f"{as_flag(parser, k, getattr(args, k))} (was "
+        f"{as_flag(parser, k, before[k]) if isinstance(before[k], bool) else before[k]})"
         for k in RESUMED_SETTINGS
         if k in before and k not in args.from_checkpoint
     ]

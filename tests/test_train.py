@@ -383,6 +383,11 @@ def test_resume_applies_a_changed_lr_and_weight_decay(tmp_path, tiny_data, weigh
     group = torch.load(tmp_path / "last_model.pth", weights_only=True)["optimizer"]
     assert (group["param_groups"][0]["lr"], group["param_groups"][0]["weight_decay"]) == (1e-5, 0.5)
     assert yaml.safe_load((tmp_path / "args.yaml").read_text())["lr"] == 1e-5
+    # a switch by its flags, not as "--no-augment True (was False)"
+    run_train(
+        [*args, "--epochs", "3", "--no-augment", "--resume", str(tmp_path / "last_model.pth")]
+    )
+    assert "--no-augment (was --augment)" in caplog.text
 
 
 def test_a_resume_on_another_number_of_processes_says_the_step_changes(
