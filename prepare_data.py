@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from config import (
+    DEFAULT_CLASSES,
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
     SPLITS,
@@ -1137,11 +1138,16 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
     )
     if args.dataset == "voc":
         voc = voc_palette(len(VOC_CLASSES))
-        colors = tuple(voc[VOC_CLASSES.index(n)] for n in names)
+        colors = mask_colors = tuple(voc[VOC_CLASSES.index(n)] for n in names)
+    elif tuple(names) == DEFAULT_CLASSES.names:
+        return DEFAULT_CLASSES  # whose colours training reads without --config
     else:  # COCO has 80 categories, roboflow any number
         colors = distinct_colors(len(names))
+        # for overlays only: folder and roboflow would read a palette mask of class ids by
+        # its colours, and labelme's (VOC's colours) made class 1, (128, 0, 0), class 2
+        mask_colors = None
     try:
-        return ClassConfig(tuple(names), colors, colors)
+        return ClassConfig(tuple(names), mask_colors, colors)
     except UserError as err:  # roboflow's names: two classes of one name, a single class
         raise UserError(f"{args.root / 'train' / '_classes.csv'}: {err}") from err
 
