@@ -533,6 +533,18 @@ def _coco_file_names(annotations: Path, images: list[dict]) -> tuple[dict, dict]
     # write train\1.jpg, whose backslash is a character of the name elsewhere: read as "/".
     files = {img["id"]: img["file_name"].replace("\\", "/") for img in images}
     names = {i: _flat_name(file) for i, file in files.items()}
+    # copied under their names, such images would be skipped by training, their masks unpaired
+    unread = [
+        img["file_name"]
+        for img in images
+        if Path(names[img["id"]]).suffix.lower() not in IMAGE_EXTENSIONS
+    ]
+    if unread:
+        raise UserError(
+            f"{annotations} names images training does not read (it takes "
+            f"{' '.join(IMAGE_EXTENSIONS)} files): {first_few(unread)}; convert them to "
+            ".png or .jpg and write their new names into its file_name entries"
+        )
     clashes = _stem_clashes([(img["file_name"], names[img["id"]]) for img in images])
     if clashes:
         raise UserError(

@@ -710,6 +710,22 @@ def test_voc_and_coco_images_training_would_refuse_are_named(tmp_path, defect):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012", "coco"]
 
 
+def test_coco_images_of_formats_training_skips_are_named(tmp_path):
+    """A .gif or a file_name without an extension was copied as it was named, and training,
+    which reads only IMAGE_EXTENSIONS, then found its mask without an image."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    for img, name in zip(data["images"], ["a.gif", "b", "c.jpg"], strict=True):
+        (tmp_path / "coco/images" / img["file_name"]).rename(tmp_path / "coco/images" / name)
+        img["file_name"] = name
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"instances\.json names images training does not read"
+                       r".*: a\.gif, b; .*\.png"):  # fmt: skip
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_coco_categories_sharing_a_name_are_all_kept(tmp_path):
     """Merged exports repeat a name under two ids: only the last id's objects were kept."""
     ann = coco_fixture(tmp_path / "coco")
