@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 import yaml
+from PIL import Image
 
 from config import (
     DEFAULT_CLASSES,
@@ -58,6 +59,7 @@ from datasets import (
     image_size,
     map_colors,
     open_image,
+    pixel_counts,
     size_mismatch,
     split_of,
     write_pair,
@@ -361,12 +363,15 @@ def read_voc_mask(path: Path) -> np.ndarray:
     """A VOC SegmentationClass mask as (H, W) VOC class ids (255 = border).
 
     The official files are palette PNGs whose pixel values are the ids (grayscale ones from
-    other distributions too); one re-saved as RGB holds VOC's colours, mapped back here.
+    other distributions too); one re-saved as RGB, or with a palette of its own colours in
+    another order, holds VOC's colours, mapped back here.
     """
     try:
         img = open_image(path)
     except DataError as err:
         raise UserError(str(err)) from err
+    if img.mode == "P" and (by_colour := _voc_palette_ids(img)) is not None:
+        return by_colour
     if img.mode in ("P", "L"):
         ids = np.asarray(img)
         bad = np.setdiff1d(ids, [*range(len(VOC_CLASSES)), IGNORE_INDEX])
@@ -392,6 +397,28 @@ def read_voc_mask(path: Path) -> np.ndarray:
             "SegmentationClass palette PNGs"
         )
     return ids[positions]
+
+
+def _voc_palette_ids(img: Image.Image) -> np.ndarray | None:
+    """The (H, W) VOC ids of a palette mask whose used indices are not VOC's ids but whose
+    colours are VOC's (convert("P"), editors and PNG optimizers number colours in any order);
+    None where its indices are the ids: VOC's palette, or colours that are not VOC's (a gray
+    palette, index i being (i, i, i))."""
+    indices = np.asarray(img)
+    palette = np.zeros((256, 3), np.uint8)
+    found = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
+    palette[: len(found)] = found
+    used = np.flatnonzero(pixel_counts(indices))
+    voc = np.asarray(voc_palette(256), np.uint8)
+    if (palette[used] == voc[used]).all():
+        return None
+    ids = np.array([*range(len(VOC_CLASSES)), IGNORE_INDEX], np.uint8)
+    positions = map_colors(palette[used][None], voc[ids])
+    if positions is None:
+        return None
+    lut = np.zeros(256, np.uint8)
+    lut[used] = ids[positions[0]]
+    return lut[indices]
 
 
 def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str], every: int):

@@ -529,6 +529,30 @@ def test_voc_colour_masks_are_read_by_their_colours(tmp_path):
     assert mask[5, 5] == 2 and mask[15, 20] == 1 and mask[1, 0] == 255 and mask[19, 0] == 0
 
 
+@pytest.mark.parametrize("palette", ["reordered", "gray"])
+def test_voc_palette_masks_are_read_by_voc_colours_where_the_palette_is_not_voc_s(
+    tmp_path, palette
+):
+    """Re-saved with a palette of their own colours (convert("P"), editors, PNG optimizers), the
+    indices are no longer VOC's: index 1 was (192, 128, 128), person, and read as aeroplane, so
+    every person became background, silently. A gray palette's indices stay the ids."""
+    root = voc_fixture(tmp_path / "VOC2012")
+    for path in (root / "SegmentationClass").glob("*.png"):
+        official = Image.open(path)
+        if palette == "reordered":
+            official.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+        else:
+            Image.fromarray(np.asarray(official)).convert("P").save(path)  # index i is (i, i, i)
+    saved = Image.open(root / "SegmentationClass" / "2007_000000.png")
+    index = np.asarray(saved)[5, 5]
+    assert saved.getpalette()[3 * index : 3 * index + 3] == [192, 128, 128] or palette == "gray"
+    assert (index != 15) == (palette == "reordered")
+    out = tmp_path / "voc_person"
+    run("voc", "--root", str(root), "--out", str(out), "--classes", "dog", "person")
+    mask = np.asarray(Image.open(out / "train_masks" / "2007_000000.png"))
+    assert mask[5, 5] == 2 and mask[15, 20] == 1 and mask[1, 0] == 255 and mask[19, 0] == 0
+
+
 def test_voc_unreadable_or_unknown_masks_are_named(tmp_path):
     root = voc_fixture(tmp_path / "VOC2012")
     bad = root / "SegmentationClass" / "2007_000001.png"
