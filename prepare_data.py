@@ -421,13 +421,18 @@ def _voc_palette_ids(img: Image.Image) -> np.ndarray | None:
     return lut[indices]
 
 
-def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str], every: int):
+def convert_coco(
+    annotations: Path, images: Path, out: Path, classes: list[str], every: int
+) -> dict[str, int]:
     """COCO polygons and RLE for the chosen categories.
 
-    Overlaps: crowd regions are drawn first as ignore (255), then objects from the largest to
-    the smallest, so a smaller object lying on a larger one keeps its pixels. Images with none
-    of the chosen categories are left out; sorted by file name, every ``every``-th image goes to
-    valid.
+    Overlaps: crowd regions, and the boxes of objects with a box but no mask, are drawn first as
+    ignore (255), then objects from the largest to the smallest, so a smaller object lying on a
+    larger one keeps its pixels. Images with none of the chosen categories are left out; sorted
+    by file name, every ``every``-th image goes to valid.
+
+    Returns:
+        {"boxes": the annotations drawn as ignore over their box}
     """
     data = _read_coco(annotations)
     ids_of: dict[str, list] = {}  # merged exports repeat a name under several ids
@@ -452,10 +457,11 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
         sources[split].append(source)
     if problem := copies_across(sources, images, images):
         raise UserError(problem[0])
-    drawn = 0  # annotations with a mask: an export of boxes alone has "segmentation": []
+    drawn = boxes = 0  # annotations with a mask: an export of boxes alone has "segmentation": []
     for split, img, source in placed:
-        mask, masked = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
+        mask, masked, boxed = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
         drawn += masked
+        boxes += boxed
         if not source.is_file():
             # --images coco for coco/val2017: the folder holding the file one level down
             inner = [d for d in sorted(images.iterdir()) if (d / files[img["id"]]).is_file()]
@@ -485,6 +491,7 @@ def convert_coco(annotations: Path, images: Path, out: Path, classes: list[str],
     # an empty valid split; said last, so that a broken entry is named first
     where = f"{annotations}: only {len(kept)} image(s) have an annotation of {classes}"
     check_valid_every(len(kept), every, where)
+    return {"boxes": boxes}
 
 
 def _read_coco(annotations: Path) -> dict:
@@ -584,14 +591,22 @@ def _coco_file_names(annotations: Path, images: list[dict]) -> tuple[dict, dict]
 
 
 def _draw_coco_mask(img: dict, anns: list[dict], class_of: dict, annotations: Path) -> tuple:
-    """An image's (H, W) uint8 class-index mask, and how many of ``anns`` had a mask to draw."""
+    """An image's (H, W) uint8 class-index mask, how many of ``anns`` had a mask to draw, and
+    how many had a box alone, drawn as ignore."""
     mask = np.zeros((img["height"], img["width"]), np.uint8)
     shapes = []  # (crowd, area, value, pixels)
+    boxes = 0
     for ann in anns:
         pixels = _coco_mask(ann, img, annotations)
-        if pixels is None:
-            continue
         crowd = bool(ann.get("iscrowd", 0))
+        if pixels is None:
+            # a rectangle of a task mixing them with polygons: its object's pixels are unknown,
+            # and drawn as background it would be trained as background
+            pixels = _coco_box(ann, img)
+            if pixels is None:
+                continue
+            boxes += 1
+            crowd = True
         area = ann.get("area")
         if not isinstance(area, int | float):  # optional here: counted when missing
             area = int(pixels.sum())
@@ -600,7 +615,26 @@ def _draw_coco_mask(img: dict, anns: list[dict], class_of: dict, annotations: Pa
         )
     for _, _, value, pixels in sorted(shapes, key=lambda s: (not s[0], -s[1])):
         mask[pixels] = value
-    return mask, len(shapes)
+    return mask, len(shapes) - boxes, boxes
+
+
+def _coco_box(ann: dict, img: dict) -> np.ndarray | None:
+    """An annotation's bbox [x, y, width, height] as an (H, W) bool mask of its image, or None
+    where it has none (or one of no area)."""
+    from pycocotools import mask as mask_utils
+
+    box = ann.get("bbox")
+    if not (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+        and box[2] > 0
+        and box[3] > 0
+    ):
+        return None
+    # an (N, 4) array: pycocotools' boxes, rasterized as their polygons would be
+    rle = mask_utils.frPyObjects(np.array([box], np.float64), img["height"], img["width"])
+    return mask_utils.decode(rle)[..., 0].astype(bool)
 
 
 def _stem_clashes(named: list[tuple[str, str]]) -> list[list[str]]:
@@ -1135,7 +1169,8 @@ class Importer(NamedTuple):
     hold nor lie inside them. ``convert(args, stage, classes)`` writes the four folders into
     the staging folder ``stage``, with ``classes`` the ones main writes to classes.yaml, and
     returns counts for print_notes (read_binary_mask's kinds of mask; convert_pairs's masks read
-    as instance ids or of ignore alone, with the images cvat and roboflow left out) or None.
+    as instance ids or of ignore alone, with the images cvat and roboflow left out; coco's
+    objects drawn as ignore over their box) or None.
     """
 
     sources: tuple[str, ...]
@@ -1254,6 +1289,12 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
             f"{kinds['instances']} mask(s) held values above 1, read as instance ids (0 "
             f"background, 1, 2, ... one per object): every object became {names[1]}. If those "
             f"values are class ids, {fix}"
+        )
+    if kinds.get("boxes"):
+        print(
+            f"{kinds['boxes']} annotation(s) of {kept} had a box but no mask (segmentation "
+            f"empty: rectangles): their boxes were marked {IGNORE_INDEX} (ignore), as their "
+            "pixels are unknown"
         )
     if kinds.get("unannotated"):
         print(

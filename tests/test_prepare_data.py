@@ -502,6 +502,26 @@ def test_coco_degenerate_polygons_cover_nothing(tmp_path):
     assert (mask == 1).sum() == 100  # the 10x10 box and nothing else
 
 
+def test_coco_objects_with_a_box_and_no_mask_are_ignored_not_background(tmp_path, capsys):
+    """Exports of tasks mixing polygons and rectangles (CVAT's, Roboflow's) write a rectangle as
+    a bbox with "segmentation": []: such a person was drawn as background, and trained as one."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    person = data["annotations"][3]  # image b's person, x and y 20-30
+    person["segmentation"], person["bbox"] = [], [20, 20, 10, 10]
+    data["annotations"][0]["bbox"] = [5, 5, 30, 20]  # the dog's, beside its polygon: unused
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2", "--classes", "person", "dog")  # fmt: skip
+    box = np.zeros((40, 50), bool)
+    box[20:30, 20:30] = True
+    assert (np.asarray(Image.open(out / "valid_masks" / "b.png")) == np.where(box, 255, 0)).all()
+    a = np.asarray(Image.open(out / "train_masks" / "a.png"))
+    assert a[20, 20] == 2 and a[12, 12] == 1 and (a == 2).sum() == 30 * 20 - 25
+    assert "1 annotation(s) of ['person', 'dog'] had a box but no mask" in capsys.readouterr().out
+
+
 def test_a_coco_export_of_boxes_alone_is_refused(tmp_path):
     """Detection exports write "segmentation": [] beside each box: every mask came out
     background, and the importer reported success."""
