@@ -671,8 +671,24 @@ def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:
                 f"{where}'s RLE has size {seg['size']} but its image {img['file_name']} has "
                 f"height {h}, width {w}; the RLE belongs to another image or its sides are swapped"
             )
+        counts = seg["counts"]
+        if isinstance(counts, list):
+            # pycocotools decodes counts short of h * w into unset memory (random pixels of the
+            # class) and refuses longer ones without saying why
+            runs = all(_whole(c) or c == 0 for c in counts)
+            if not runs or sum(counts) != h * w:
+                cover = (
+                    f"cover {int(sum(counts))} pixels, not {h} x {w} = {h * w}"
+                    if runs
+                    else "are not all whole numbers of 0 or more"
+                )
+                raise UserError(
+                    f"{where}'s RLE counts {cover} (image {img['file_name']}): its run "
+                    "lengths must cover every pixel, column by column, the last run of "
+                    "background included"
+                )
         # uncompressed RLE (counts a list) or compressed (a string)
-        rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
+        rle = mask_utils.frPyObjects(seg, h, w) if isinstance(counts, list) else seg
     elif isinstance(seg, list):  # polygons
         # A part of fewer than 3 points covers nothing, and pycocotools would read a 4-number
         # part as a box [x, y, w, h]: leave such parts out.
