@@ -567,6 +567,17 @@ def _coco_file_names(annotations: Path, images: list[dict]) -> tuple[dict, dict]
     # write train\1.jpg, whose backslash is a character of the name elsewhere: read as "/".
     files = {img["id"]: img["file_name"].replace("\\", "/") for img in images}
     names = {i: _flat_name(file) for i, file in files.items()}
+    ids_of: dict[str, list] = {}
+    for i, file in files.items():
+        ids_of.setdefault(file, []).append(i)
+    if twice := [(file, ids) for file, ids in ids_of.items() if len(ids) > 1]:
+        file, ids = twice[0]
+        more = f" ({len(twice) - 1} more files are listed so)" if len(twice) > 1 else ""
+        raise UserError(
+            f"{annotations} lists {file} as images {' and '.join(map(str, ids))}{more}: one file "
+            "under several ids (exports of one image merged), whose masks would replace each "
+            "other; list it once, with all its annotations under that image's id"
+        )
     # copied under their names, such images would be skipped by training, their masks unpaired
     unread = [
         img["file_name"]

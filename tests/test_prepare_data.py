@@ -832,6 +832,21 @@ def test_coco_ids_given_twice_are_named(tmp_path, kind):
     assert not (tmp_path / "o").exists()
 
 
+def test_coco_one_file_under_two_image_ids_is_named_as_such(tmp_path):
+    """Two exports of one image merged with renumbered ids list its file twice: the message
+    said to rename "a.jpg and a.jpg" apart, which no renaming of files fixes."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["images"].append({"id": 9, "file_name": "a.jpg", "height": 40, "width": 50})
+    data["annotations"].append({"id": 9, "image_id": 9, "category_id": 18, "iscrowd": 0,
+                                "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]})  # fmt: skip
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"lists a\.jpg as images 1 and 9: .*under that image's id"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_coco_empty_splits_name_the_cause_and_the_flag(tmp_path):
     ann = coco_fixture(tmp_path / "coco")
     flags = ["--annotations", str(ann), "--images", str(tmp_path / "coco/images")]
