@@ -701,9 +701,10 @@ def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:
         # uncompressed RLE (counts a list) or compressed (a string)
         rle = mask_utils.frPyObjects(seg, h, w) if isinstance(counts, list) else seg
     elif isinstance(seg, list):  # polygons
+        _check_polygons(seg, img, where)
         # A part of fewer than 3 points covers nothing, and pycocotools would read a 4-number
         # part as a box [x, y, w, h]: leave such parts out.
-        parts = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        parts = [p for p in seg if len(p) >= 6 and len(p) % 2 == 0]
         if not parts:
             return None
         rle = mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
@@ -716,6 +717,27 @@ def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:
         return mask_utils.decode(rle).astype(bool)
     except (ValueError, TypeError) as err:
         raise UserError(f"{where}: its segmentation is not a valid RLE ({err})") from err
+
+
+def _check_polygons(seg: list, img: dict, where: str) -> None:
+    """Refuse polygons that are not lists [x1, y1, x2, y2, ...] of numbers within the image's
+    width and height of it: pycocotools crashes (a segmentation fault) on null, NaN and far
+    coordinates, and a polygon of [x, y] points, or not inside a list, would cover nothing."""
+    h, w = img["height"], img["width"]
+    fix = "write each polygon as one flat list inside it: [[x1, y1, x2, y2, ...]]"
+    if not all(isinstance(part, list) for part in seg):
+        raise UserError(f"{where}'s segmentation is not a list of polygons; {fix}")
+    if len(seg) >= 3 and all(len(part) == 2 for part in seg):  # a part of 1 point covers nothing
+        raise UserError(f"{where}'s segmentation is a list of [x, y] points; {fix}")
+    for part in seg:
+        for k, v in enumerate(part):
+            side = w if k % 2 == 0 else h
+            if isinstance(v, bool) or not isinstance(v, int | float) or not -side <= v <= 2 * side:
+                raise UserError(
+                    f"{where}'s polygon holds {v!r}, not a pixel coordinate of its {w}x{h} "
+                    f"image {img['file_name']}: polygons are flat lists [x1, y1, x2, y2, ...] of "
+                    "numbers within the image (or less than its size outside it)"
+                )
 
 
 def read_binary_mask(path: Path) -> tuple[np.ndarray, str]:

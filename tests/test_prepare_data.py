@@ -687,7 +687,8 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
 
 @pytest.mark.parametrize(
     "defect",
-    ["rle size", "rle counts", "rle short", "rle long", "height", "width text", "file_name null",
+    ["rle size", "rle counts", "rle short", "rle long", "polygon null", "polygon nan",
+     "polygon far", "polygon points", "polygon flat", "height", "width text", "file_name null",
      "category_id"],
 )  # fmt: skip
 def test_coco_malformed_entries_are_named(tmp_path, defect):
@@ -700,6 +701,22 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
         else:
             counts[-1] += 3
         message = rf"annotation 3's RLE counts cover {sum(counts)} pixels, not 40 x 50 = 2000"
+    elif defect.startswith("polygon"):  # the dog's box, x 5-35, y 5-25, in image a (50x40)
+        # null and NaN (written by Python's json for a float nan) and a vertex far outside
+        # crashed pycocotools (a segmentation fault); [x, y] points and a polygon not inside
+        # a list were left out as degenerate, the dog drawn as background
+        polygon = [5, 5, 35, 5, 35, 25, 5, 25]
+        polygon[3] = {"null": None, "nan": float("nan"), "far": 1e9}.get(defect[8:], 5)
+        seg = {"points": [polygon[i : i + 2] for i in range(0, 8, 2)], "flat": polygon}
+        data["annotations"][0]["segmentation"] = seg.get(defect[8:], [polygon])
+        message = {
+            "null": "polygon holds None, not a pixel coordinate of its 50x40 image a.jpg",
+            "nan": "polygon holds nan, not a pixel",
+            "far": r"polygon holds 1000000000\.0, not a pixel",
+            "points": r"segmentation is a list of \[x, y\] points; write each polygon as one",
+            "flat": r"segmentation is not a list of polygons; write each polygon as one",
+        }[defect[8:]]
+        message = f"annotation 1's {message}"
     elif defect == "rle size":  # image a is 40x50; its RLE says 50x40
         data["annotations"][1]["segmentation"]["size"] = [50, 40]
         message = r"annotation 2's RLE has size \[50, 40\] but its image a\.jpg has height 40"
