@@ -639,12 +639,17 @@ def _coco_box(ann: dict, img: dict) -> np.ndarray | None:
         isinstance(box, list)
         and len(box) == 4
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+        and np.isfinite(box).all()
         and box[2] > 0
         and box[3] > 0
     ):
         return None
+    h, w = img["height"], img["width"]
+    # cut to the image, which leaves its pixels as they were: pycocotools crashes on far corners
+    x0, y0 = np.clip(box[:2], -1, [w + 1, h + 1])
+    x1, y1 = np.clip([box[0] + box[2], box[1] + box[3]], -1, [w + 1, h + 1])
     # an (N, 4) array: pycocotools' boxes, rasterized as their polygons would be
-    rle = mask_utils.frPyObjects(np.array([box], np.float64), img["height"], img["width"])
+    rle = mask_utils.frPyObjects(np.array([[x0, y0, x1 - x0, y1 - y0]], np.float64), h, w)
     return mask_utils.decode(rle)[..., 0].astype(bool)
 
 

@@ -520,6 +520,10 @@ def test_coco_objects_with_a_box_and_no_mask_are_ignored_not_background(tmp_path
     a = np.asarray(Image.open(out / "train_masks" / "a.png"))
     assert a[20, 20] == 2 and a[12, 12] == 1 and (a == 2).sum() == 30 * 20 - 25
     assert "1 annotation(s) of ['person', 'dog'] had a box but no mask" in capsys.readouterr().out
+    # corners far outside (pycocotools crashed on them) cover the image; a NaN is no box
+    image = {"height": 4, "width": 5}
+    assert prepare_data._coco_box({"bbox": [-1e12, -1e12, 2e12, 2e12]}, image).all()
+    assert prepare_data._coco_box({"bbox": [float("nan"), 1, 2, 2]}, image) is None
 
 
 def test_a_coco_export_of_boxes_alone_is_refused(tmp_path):
