@@ -618,9 +618,8 @@ def _draw_coco_mask(img: dict, anns: list[dict], class_of: dict, annotations: Pa
                 continue
             boxes += 1
             crowd = True
-        area = ann.get("area")
-        if not isinstance(area, int | float):  # optional here: counted when missing
-            area = int(pixels.sum())
+        # counted, not the entry's "area": converters write 0 there, or the box's area
+        area = int(np.count_nonzero(pixels))
         shapes.append(
             (crowd, area, IGNORE_INDEX if crowd else class_of[ann["category_id"]], pixels)
         )

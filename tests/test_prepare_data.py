@@ -131,6 +131,22 @@ def test_coco_polygons_rle_crowds_and_overlaps(tmp_path, capsys):
     assert "ignored 25" in capsys.readouterr().out
 
 
+def test_coco_overlaps_follow_the_drawn_sizes_whatever_area_says(tmp_path):
+    """Converters write "area": 0 (or a box's area): objects were drawn in the file's order, and
+    the large dog listed after the small person covered it."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    dog, person = data["annotations"][:2]
+    dog["area"] = person["area"] = 0
+    data["annotations"][:2] = [person, dog]
+    ann.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2", "--classes", "person", "dog")  # fmt: skip
+    mask = np.asarray(Image.open(out / "train_masks" / "a.png"))
+    assert mask[12, 12] == 1 and (mask == 1).sum() == 25 and mask[20, 20] == 2
+
+
 def test_coco_with_more_classes_than_voc_has_colours(tmp_path):
     (tmp_path / "images").mkdir()
     names = [f"c{i}" for i in range(21)]  # 22 classes with background; COCO has 80
