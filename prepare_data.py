@@ -687,14 +687,15 @@ def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:
                 f"height {h}, width {w}; the RLE belongs to another image or its sides are swapped"
             )
         counts = seg["counts"]
-        if isinstance(counts, list):
+        runs = _compressed_counts(counts) if isinstance(counts, str) else counts
+        if isinstance(runs, list):
             # pycocotools decodes counts short of h * w into unset memory (random pixels of the
             # class) and refuses longer ones without saying why
-            runs = all(_whole(c) or c == 0 for c in counts)
-            if not runs or sum(counts) != h * w:
+            whole = all(_whole(c) or c == 0 for c in runs)
+            if not whole or sum(runs) != h * w:
                 cover = (
-                    f"cover {int(sum(counts))} pixels, not {h} x {w} = {h * w}"
-                    if runs
+                    f"cover {int(sum(runs))} pixels, not {h} x {w} = {h * w}"
+                    if whole
                     else "are not all whole numbers of 0 or more"
                 )
                 raise UserError(
@@ -721,6 +722,32 @@ def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:
         return mask_utils.decode(rle).astype(bool)
     except (ValueError, TypeError) as err:
         raise UserError(f"{where}: its segmentation is not a valid RLE ({err})") from err
+
+
+def _compressed_counts(text: str) -> list[int] | None:
+    """The run lengths of a compressed RLE's counts string, None where it is not one.
+
+    Each count is written in 5-bit groups, lowest first, as characters from "0" (48): 0x20
+    marks a group that another follows, 0x10 in the last group a negative number; from the
+    fourth count on, the one two places back is added.
+    """
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value = shift = 0
+        more = True
+        while more:
+            if position == len(text) or not 0 <= ord(text[position]) - 48 < 64:
+                return None  # cut short, or a character no count is written with
+            group = ord(text[position]) - 48
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position += 1
+            shift += 5
+            if not more and group & 0x10:
+                value |= -1 << shift  # negative: sign-extended
+        counts.append(value + counts[-2] if len(counts) > 2 else value)
+    return counts
 
 
 def _check_polygons(seg: list, img: dict, where: str) -> None:

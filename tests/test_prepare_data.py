@@ -707,9 +707,9 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
 
 @pytest.mark.parametrize(
     "defect",
-    ["rle size", "rle counts", "rle short", "rle long", "polygon null", "polygon nan",
-     "polygon far", "polygon points", "polygon flat", "height", "width text", "file_name null",
-     "category_id"],
+    ["rle size", "rle counts", "rle short", "rle long", "rle compressed short", "polygon null",
+     "polygon nan", "polygon far", "polygon points", "polygon flat", "height", "width text",
+     "file_name null", "category_id"],
 )  # fmt: skip
 def test_coco_malformed_entries_are_named(tmp_path, defect):
     ann = coco_fixture(tmp_path / "coco")
@@ -721,6 +721,9 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
         else:
             counts[-1] += 3
         message = rf"annotation 3's RLE counts cover {sum(counts)} pixels, not 40 x 50 = 2000"
+    elif defect == "rle compressed short":  # one run of background: decoded as random pixels
+        data["annotations"][1]["segmentation"]["counts"] = "0"
+        message = r"annotation 2's RLE counts cover 0 pixels, not 40 x 50 = 2000"
     elif defect.startswith("polygon"):  # the dog's box, x 5-35, y 5-25, in image a (50x40)
         # null and NaN (written by Python's json for a float nan) and a vertex far outside
         # crashed pycocotools (a segmentation fault); [x, y] points and a polygon not inside
