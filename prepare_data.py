@@ -403,12 +403,14 @@ def _voc_palette_ids(img: Image.Image) -> np.ndarray | None:
     """The (H, W) VOC ids of a palette mask whose used indices are not VOC's ids but whose
     colours are VOC's (convert("P"), editors and PNG optimizers number colours in any order);
     None where its indices are the ids: VOC's palette, or colours that are not VOC's (a gray
-    palette, index i being (i, i, i))."""
+    palette, index i being (i, i, i)). Index 255 is the border whatever its colour, as
+    palettes of VOC's 21 class colours alone leave it black."""
     indices = np.asarray(img)
     palette = np.zeros((256, 3), np.uint8)
     found = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
     palette[: len(found)] = found
     used = np.flatnonzero(pixel_counts(indices))
+    used = used[used != IGNORE_INDEX]
     voc = np.asarray(voc_palette(256), np.uint8)
     if (palette[used] == voc[used]).all():
         return None
@@ -416,7 +418,7 @@ def _voc_palette_ids(img: Image.Image) -> np.ndarray | None:
     positions = map_colors(palette[used][None], voc[ids])
     if positions is None:
         return None
-    lut = np.zeros(256, np.uint8)
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
     lut[used] = ids[positions[0]]
     return lut[indices]
 

@@ -569,23 +569,28 @@ def test_voc_colour_masks_are_read_by_their_colours(tmp_path):
     assert mask[5, 5] == 2 and mask[15, 20] == 1 and mask[1, 0] == 255 and mask[19, 0] == 0
 
 
-@pytest.mark.parametrize("palette", ["reordered", "gray"])
+@pytest.mark.parametrize("palette", ["reordered", "gray", "21 colours"])
 def test_voc_palette_masks_are_read_by_voc_colours_where_the_palette_is_not_voc_s(
     tmp_path, palette
 ):
     """Re-saved with a palette of their own colours (convert("P"), editors, PNG optimizers), the
     indices are no longer VOC's: index 1 was (192, 128, 128), person, and read as aeroplane, so
-    every person became background, silently. A gray palette's indices stay the ids."""
+    every person became background, silently. A gray palette's indices stay the ids, and so do
+    those of a palette of VOC's 21 class colours and black after them: index 255 is ignore."""
     root = voc_fixture(tmp_path / "VOC2012")
     for path in (root / "SegmentationClass").glob("*.png"):
         official = Image.open(path)
         if palette == "reordered":
             official.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE).save(path)
-        else:
+        elif palette == "gray":
             Image.fromarray(np.asarray(official)).convert("P").save(path)  # index i is (i, i, i)
+        else:
+            official.putpalette([v for color in voc_palette(21) for v in color] + [0] * 705)
+            official.save(path)
     saved = Image.open(root / "SegmentationClass" / "2007_000000.png")
     index = np.asarray(saved)[5, 5]
     assert saved.getpalette()[3 * index : 3 * index + 3] == [192, 128, 128] or palette == "gray"
+    assert saved.getpalette()[-3:] == [0, 0, 0] or palette != "21 colours"  # index 255 black
     assert (index != 15) == (palette == "reordered")
     out = tmp_path / "voc_person"
     run("voc", "--root", str(root), "--out", str(out), "--classes", "dog", "person")
