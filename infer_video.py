@@ -122,6 +122,11 @@ def open_video(spec: str) -> VideoSource:
     capture, timeout_s = open_capture(spec, stream)
     if not capture.isOpened():
         raise open_failure(spec, path, camera, stream)
+    if not camera:
+        # A phone's portrait video is stored on its side with a rotation to show it upright,
+        # which OpenCV 4.11 no longer applies unless asked (opencv/opencv#26795): its frames
+        # were segmented and written on their side. Asked before the size is read, which it turns.
+        capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     name = f"camera{spec}" if spec.isdigit() else stream_name(spec) if stream else path.stem
     if camera:  # each recording is new: the next one must not replace it

@@ -1971,7 +1971,7 @@ def test_a_stream_is_opened_with_timeouts_where_ffmpeg_reads_it(tmp_path, monkey
 
     def capture(*args):
         calls.append(args)
-        return SimpleNamespace(isOpened=lambda: True, get=lambda prop: 0.0)
+        return SimpleNamespace(isOpened=lambda: True, get=lambda prop: 0.0, set=lambda *a: True)
 
     monkeypatch.setattr(infer_video.cv2, "VideoCapture", capture)
     infer_video.open_video("rtsp://192.0.2.1/live")
@@ -2574,6 +2574,40 @@ def test_a_phone_video_turned_by_its_metadata_is_written_upright(tmp_path, check
     for decoded, expected in zip(written, upright, strict=True):
         assert decoded.shape == (96, 64, 3)
         assert np.abs(decoded.astype(int) - expected).mean() < 8
+
+
+class UnturnedByDefault:
+    """cv2.VideoCapture as OpenCV 4.11 opens a file: frames as stored, not turned by their
+    rotation metadata, unless CAP_PROP_ORIENTATION_AUTO is set (opencv/opencv#26795)."""
+
+    real = cv2.VideoCapture  # kept before the test replaces it
+
+    def __init__(self, *args):
+        self.capture = self.real(*args)
+        self.capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)
+
+    def __getattr__(self, name):
+        return getattr(self.capture, name)
+
+
+def test_a_phone_video_is_written_upright_where_opencv_does_not_turn_it_by_default(
+    tmp_path, checkpoint, capsys
+):
+    # OpenCV 4.11, which requirements.txt allows, turns no frames unless asked: the portrait
+    # video came out on its side, segmented sideways, with no word
+    clip, stored = rotated_mp4(tmp_path / "phone.mp4", TURNED_90)
+    if [f.shape for f in read_rgb_frames(clip)] != [(96, 64, 3)] * 3:
+        pytest.skip("this OpenCV does not turn videos by their metadata")
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video.cv2, "VideoCapture", UnturnedByDefault)
+        infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, alpha=0))
+    assert "phone.mp4: 3 frames, 64x96," in capsys.readouterr().out
+    written = read_rgb_frames(out / "phone.mp4")
+    assert len(written) == 3
+    for decoded, expected in zip(written, stored, strict=True):
+        assert decoded.shape == (96, 64, 3)
+        assert np.abs(decoded.astype(int) - np.rot90(expected)).mean() < 8
 
 
 class VariableRateFile:
