@@ -49,6 +49,7 @@ from utils import (
     check_utf8,
     check_writable,
     existing_parent,
+    leftover_files,
     opencv_threads_for,
     pick_device,
     prefetch,
@@ -421,6 +422,8 @@ def check_timing(spec: str, source: VideoSource, decoded: int, rate: float) -> N
 
 
 NO_ROOM = " (is the disk full?); free some space or choose another --out-dir"
+# ends the temporary name the video is written under: VideoWriter picks the container from it
+PARTIAL_SUFFIX = ".partial.mp4"
 
 
 def stored_frames(path: Path) -> int | None:
@@ -503,8 +506,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         video's (width, height) and frame rate ``rate``, then the measured frame rates.
     """
     done = 0  # frames encoded: counted by the encoder, as a Ctrl-C may land mid-submit
-    # VideoWriter picks the container from the file name, so the temporary name ends in .mp4.
-    with atomic_path(out_path, suffix=".partial.mp4") as tmp:
+    with atomic_path(out_path, suffix=PARTIAL_SUFFIX) as tmp:
         try:
             video, rate, (width, height) = open_writer(source, tmp, out_path, args.input)
         except BaseException:
@@ -643,6 +645,21 @@ def output_path(source: VideoSource, spec: str, out_dir: Path) -> Path:
     if out_path.is_dir():
         raise UserError(
             f"{out_path} is a folder, in the output's place: move it or choose another --out-dir"
+        )
+    # A run killed outright (SIGKILL, the out-of-memory killer, a crash) removes nothing: its
+    # hidden partial video, which no player opens, would take up the disk unsaid. Kept, as a
+    # run of the same input may still be writing it.
+    for left in leftover_files(out_path, PARTIAL_SUFFIX):
+        try:
+            size = left.stat().st_size
+        except OSError:  # the run writing it ended meanwhile
+            continue
+        log.warning(
+            "%s (%.1f MB) is a partial video of %s, left by a run killed outright or still "
+            "being written by another: delete it unless a run is writing it",
+            left,
+            size / 2**20,
+            out_path,
         )
     if source.path is not None and out_path.exists():
         if os.path.samefile(out_path, source.path):

@@ -314,18 +314,23 @@ def temp_folder(dest: Path) -> Path:
 def leftover_folders(dest: Path) -> list[Path]:
     """The folders that temp_folder made beside ``dest`` and no run removed: those of runs killed
     outright (SIGKILL, a power cut: no handler runs), or of a run still writing."""
-    prefix = temp_prefix(dest.name)
+    return [p for p in _temp_names(dest, "") if p.is_dir()]
+
+
+def leftover_files(dest: Path, suffix: str) -> list[Path]:
+    """The files that atomic_path(dest, suffix) made and no run removed, as leftover_folders."""
+    return [p for p in _temp_names(dest, suffix) if p.is_file()]
+
+
+def _temp_names(dest: Path, suffix: str) -> list[Path]:
+    """The paths beside ``dest`` named as mkstemp and mkdtemp name its temporary files and
+    folders: temp_prefix, 8 of these characters, ``suffix``."""
+    pattern = re.escape(temp_prefix(dest.name)) + "[a-z0-9_]{8}" + re.escape(suffix)
     try:
         beside = list(dest.parent.iterdir())
     except OSError:  # missing or unreadable: the caller's own checks name it
         return []
-    return sorted(  # mkdtemp's names: the prefix and 8 of these characters
-        p
-        for p in beside
-        if p.name.startswith(prefix)
-        and re.fullmatch(r"[a-z0-9_]{8}", p.name[len(prefix) :])
-        and p.is_dir()
-    )
+    return sorted(p for p in beside if re.fullmatch(pattern, p.name))
 
 
 def _settle(file: Path) -> None:

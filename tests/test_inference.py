@@ -2698,3 +2698,24 @@ def test_a_file_address_is_the_file_not_a_stream(tmp_path):
     source = infer_video.open_video(clip.as_uri())
     source.capture.release()
     assert not source.camera and source.name == "my clip" and source.frames == 3
+
+
+def test_a_partial_video_left_by_a_killed_run_is_named_and_kept(tmp_path, checkpoint, caplog):
+    # A run killed outright (SIGKILL, the out-of-memory killer) runs no clean-up: its hidden
+    # partial video, which no player opens and which may take gigabytes, stayed unsaid
+    clip = write_clip(tmp_path / "clip.mp4", frames=3)
+    out = tmp_path / "out"
+    kill_midway = (
+        "import os, signal, sys; from pathlib import Path; import utils\n"
+        "with utils.atomic_path(Path(sys.argv[1]), suffix='.partial.mp4') as tmp:\n"
+        "    tmp.write_bytes(bytes(2**20)); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    for name in ("clip.mp4", "other.mp4"):
+        cmd = [sys.executable, "-c", kill_midway, str(out / name)]
+        assert subprocess.run(cmd, cwd=ROOT, timeout=300).returncode == -signal.SIGKILL
+    left = sorted(out.iterdir())
+    assert [p.name.endswith(".partial.mp4") for p in left] == [True, True]
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    assert f"{left[0]} (1.0 MB) is a partial video of {out / 'clip.mp4'}" in caplog.text
+    assert str(left[1]) not in caplog.text, "another input's: a run may still be writing it"
+    assert sorted(out.iterdir()) == sorted([*left, out / "clip.mp4"]), "kept: it may be in use"
