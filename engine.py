@@ -598,6 +598,7 @@ class Predictor:
         # (CUDA start-up, compilation) apart from the rest.
         self.model_seconds = 0.0
         self.model_frames = 0
+        self._largest_batch = 0  # of the calls in model_seconds
         self._first_call: tuple[float, int] | None = None
 
     @classmethod
@@ -711,6 +712,7 @@ class Predictor:
         else:
             self.model_seconds += seconds
             self.model_frames += frames
+            self._largest_batch = max(self._largest_batch, frames)
 
     def model_fps(self) -> float:
         """Images per second through the network alone (a batch already on the device to its
@@ -723,6 +725,11 @@ class Predictor:
             raise RuntimeError("model_fps() before any prediction")
         seconds, frames = self._first_call
         return frames / seconds
+
+    def timed_batch(self) -> int:
+        """The largest batch in model_fps()'s figure: less than --batch where no full batch was
+        timed (fewer inputs than --batch, or a short last batch the only one after the first)."""
+        return self._largest_batch if self.model_frames else self._first_call[1]
 
     def runs_on(self) -> str:
         """Where the network runs, for the speed lines: the model's device type, or where ONNX
@@ -1113,6 +1120,15 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
     return Predictor(network, network.classes, network.imgsz)
 
 
+def batch_label(predictor: Predictor, args) -> str:
+    """The batch of the "model:" line's figure: ``batch N``, with --batch where it was more (the
+    figure of a short batch is several times lower than a full one's on a GPU)."""
+    batch = predictor.timed_batch()
+    if batch >= args.batch:
+        return f"batch {args.batch}"
+    return f"batch {batch} (--batch {args.batch}: no full batch was timed)"
+
+
 def speed_line(predictor: Predictor, args, unit: str, fps: float) -> str:
     """The inference scripts' "model:" line: ``fps``, ``predictor``'s model_fps(), with what
     changes it: where it ran, the batch, the precision and compilation (the flags of
@@ -1127,13 +1143,13 @@ def speed_line(predictor: Predictor, args, unit: str, fps: float) -> str:
         if predictor.model.per_image:
             setup = f"batch 1 (one {unit} per call: an int8 graph)"
         else:
-            setup = f"batch {args.batch}, float32"
+            setup = f"{batch_label(predictor, args)}, float32"
     else:
         precision = (
             "int8 linear layers" if args.int8 else {"off": "float32"}.get(args.amp, args.amp)
         )
         compiled = ", compiled" if args.compile or args.int8 else ""
-        setup = f"batch {args.batch}, {precision}{compiled}"
+        setup = f"{batch_label(predictor, args)}, {precision}{compiled}"
     if predictor.tta is not None:  # each view is a pass of the network, all in the figure
         scales, flip = predictor.tta
         setup += f", --tta: {len(scales) * (2 if flip else 1)} views per {unit}"

@@ -636,7 +636,7 @@ def test_the_video_speed_line_of_an_int8_graph_names_one_frame_per_call(
     clip = write_clip(tmp_path / "clip.mp4", frames=3)
     for model, batch, one_batch in (
         (onnx_files[1], "batch 1 (one frame per call: an int8 graph)", False),
-        (onnx_files[0], "batch 4, float32", True),
+        (onnx_files[0], "batch 3 (--batch 4: no full batch was timed), float32", True),
     ):
         infer_video.main(infer_video.get_args_parser().parse_args(
             ["--input", str(clip), "--out-dir", str(tmp_path / model.stem), "--model", str(model),

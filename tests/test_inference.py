@@ -435,15 +435,33 @@ def test_the_speed_lines_of_both_scripts_name_the_batch_and_precision(
     # fold, nor either script --tta's views, each a pass of the network
     src = tmp_path / "in"
     src.mkdir()
-    for i in range(3):
+    for i in range(4):  # two full batches: the figure leaves out the first
         Image.fromarray(make_sample(np.random.default_rng(i), 60, 40)[0]).save(src / f"{i}.png")
-    clip = write_clip(tmp_path / "clip.mp4", frames=3)
+    clip = write_clip(tmp_path / "clip.mp4", frames=4)
     flags = {"model": checkpoint, "batch": 2, "amp": amp, **({"tta": True} if tta else {})}
     infer_image.main(image_args(input=src, out_dir=tmp_path / "i", **flags))
     infer_video.main(video_args(input=clip, out_dir=tmp_path / "v", **flags))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model:")]
     pattern = r"model: [\d.]+ ms per (image|frame) \([\d.]+ FPS\), the network alone, on cpu, "
     assert len(lines) == 2 and all(re.fullmatch(pattern + setup, line) for line in lines), lines
+
+
+SHORT_BATCHES = "(--batch 4: no full batch was timed)"
+
+
+@pytest.mark.parametrize(
+    ("frames", "batch"),
+    [(3, f"batch 3 {SHORT_BATCHES}"), (5, f"batch 1 {SHORT_BATCHES}"), (9, "batch 4,")],
+)
+def test_the_video_speed_line_names_the_batches_its_figure_timed(
+    tmp_path, checkpoint, capsys, frames, batch
+):
+    # The figure leaves out the first batch: of 5 frames at --batch 4 it timed the last one
+    # alone, and of 3 frames a batch of 3, each called "batch 4" (several fold off on a GPU)
+    clip = write_clip(tmp_path / "clip.mp4", frames=frames)
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "v", batch=4))
+    line = next(line for line in capsys.readouterr().out.splitlines() if "model:" in line)
+    assert f"on cpu, {batch}" in line, line
 
 
 def test_infer_image_handles_odd_files_and_names_failures(tmp_path, checkpoint):
