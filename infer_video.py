@@ -103,6 +103,7 @@ class VideoSource:
     first_ms: float | None = None
     last_ms: float | None = None
     skipped: int = 0
+    trimmed: bool = False  # a file's, where an edit list hides some of the frames it declares
 
 
 def open_video(spec: str) -> VideoSource:
@@ -142,6 +143,7 @@ def open_video(spec: str) -> VideoSource:
         camera=camera,
         path=None if camera else path,
         timeout_s=timeout_s,
+        trimmed=not camera and mp4_edits_hide_frames(path),
     )
 
 
@@ -235,6 +237,64 @@ def mp4_video_samples(path: Path) -> int | None:
             return frames
     except (OSError, struct.error):
         return None
+
+
+def mp4_edits_hide_frames(path: Path) -> bool:
+    """Whether an MP4 or MOV file's video track has an edit list that starts past the start of
+    its media or ends before its end, so that OpenCV declares frames it does not show; False
+    where there is none, or the file is no such file or damaged.
+
+    A clip cut without re-encoding (ffmpeg -ss -c copy, most cutting apps) stores the frames
+    from the key frame before the cut, which it needs to decode the first one, and hides them
+    so. A video with B-frames starts its edit a frame or two in and hides none, but decodes to
+    all it declares: only its truncation with its header intact would go unsaid.
+    """
+    try:
+        with path.open("rb") as f:
+            boxes = dict(_boxes(f, 0, f.seek(0, os.SEEK_END)))
+            if b"moov" not in boxes:
+                return False
+            movie = list(_boxes(f, *boxes[b"moov"]))
+            movie_scale, _ = _scale_and_length(f, dict(movie).get(b"mvhd"))
+            for kind, where in movie:
+                parts = dict(_boxes(f, *where)) if kind == b"trak" else {}
+                media = dict(_boxes(f, *parts[b"mdia"])) if b"mdia" in parts else {}
+                if b"edts" not in parts or b"hdlr" not in media:
+                    continue
+                if _read_at(f, media[b"hdlr"][0] + 8, 4) != b"vide":
+                    continue  # sound, subtitles
+                edits = dict(_boxes(f, *parts[b"edts"])).get(b"elst")
+                media_scale, length = _scale_and_length(f, media.get(b"mdhd"))
+                if edits is None or not movie_scale or not media_scale:
+                    continue
+                entry = ">qq" if _read_at(f, edits[0], 1)[0] else ">ii"  # version 1: 64 bits
+                step = struct.calcsize(entry) + 4  # each followed by its rate
+                count = struct.unpack(">I", _read_at(f, edits[0] + 4, 4))[0]
+                count = min(count, (edits[1] - edits[0] - 8) // step)  # a damaged count
+                shown, start = 0, None
+                for at in range(edits[0] + 8, edits[0] + 8 + count * step, step):
+                    duration, media_time = struct.unpack(entry, _read_at(f, at, step - 4))
+                    if media_time == -1:  # an empty edit: a pause, hiding nothing
+                        continue
+                    start = media_time if start is None else start
+                    shown += duration
+                if start is not None:
+                    # 1% for rounding: the edits' durations are kept in the movie's timescale
+                    end = start + shown * media_scale / movie_scale
+                    return start > 0 or end < length * 0.99
+            return False
+    except (OSError, struct.error, IndexError):  # IndexError: a box cut short at the end
+        return False
+
+
+def _scale_and_length(f, where) -> tuple[int, int]:
+    """The timescale and duration of the mvhd or mdhd box ``where`` (its body's start and end),
+    or (0, 0) where there is none."""
+    if where is None:
+        return 0, 0
+    if _read_at(f, where[0], 1)[0]:  # version 1: 64-bit times
+        return struct.unpack(">IQ", _read_at(f, where[0] + 20, 12))
+    return struct.unpack(">II", _read_at(f, where[0] + 12, 8))
 
 
 def _read_at(f, offset: int, n: int) -> bytes:
@@ -384,6 +444,15 @@ def count_was_estimated(source: VideoSource) -> bool:
     end = source.last_ms - source.first_ms + interval  # when the last frame ends
     # half a frame: OpenCV rounds duration x rate; 2 ms: containers keep milliseconds
     return abs(end - source.frames * interval) <= interval / 2 + 2
+
+
+def count_is_not_the_frames(source: VideoSource, decoded: int) -> bool:
+    """Whether a file's declared frame count is known not to be its frames, every frame having
+    decoded: OpenCV's estimate (count_was_estimated), or a count of ``decoded`` frames and
+    more, that an edit list hides (mp4_edits_hide_frames)."""
+    if count_was_estimated(source):
+        return True
+    return source.trimmed and not source.skipped and decoded < (source.frames or 0)
 
 
 # How far the output's length may stray from the input's before check_timing warns: a phone's
@@ -580,7 +649,7 @@ def run_pipeline(source: VideoSource, predictor: Predictor, encode, args) -> str
         stopped = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
     finally:
         batches.close()  # joins the decoding thread before the capture is released
-        if ended and bar.n != bar.total and count_was_estimated(source):
+        if ended and bar.n != bar.total and count_is_not_the_frames(source, bar.n):
             bar.total = bar.n  # the bar ends full, not at the estimate's 51%
             bar.refresh()
         bar.close()
@@ -621,7 +690,7 @@ def warn_of_shortfall(
             done,
         )
     else:
-        if not count_was_estimated(source):
+        if not count_is_not_the_frames(source, done):
             check_frame_count(spec, source.frames, done)
         check_timing(spec, source, done, rate)
 

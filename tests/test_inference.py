@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -2737,3 +2738,27 @@ def test_a_partial_video_left_by_a_killed_run_is_named_and_kept(tmp_path, checkp
     assert f"{left[0]} (1.0 MB) is a partial video of {out / 'clip.mp4'}" in caplog.text
     assert str(left[1]) not in caplog.text, "another input's: a run may still be writing it"
     assert sorted(out.iterdir()) == sorted([*left, out / "clip.mp4"]), "kept: it may be in use"
+
+
+def test_a_clip_cut_without_re_encoding_is_not_called_truncated(
+    tmp_path, checkpoint, caplog, capsys
+):
+    # ffmpeg -ss 10 -c copy (and other cutters that do not re-encode) store the frames from the
+    # key frame before the cut and hide them with an edit list: OpenCV declares them all. The run
+    # said "declares 60 frames but only 50 could be decoded" of a whole clip, its bar at 50/60.
+    clip = write_clip(tmp_path / "cut.mp4", frames=60, size=(64, 48), fps=30)
+    data = bytearray(clip.read_bytes())
+    at = data.index(b"elst") + 4  # the track's one edit: (1000ths of a second, media time)
+    assert struct.unpack(">IIIi", data[at : at + 16])[1:] == (1, 2000, 0)
+    timescale = struct.unpack(">I", data[data.index(b"mdhd") + 16 : data.index(b"mdhd") + 20])[0]
+    data[at + 8 : at + 16] = struct.pack(">Ii", 1667, 10 * timescale // 30)  # from frame 10
+    clip.write_bytes(bytes(data))
+    capture = cv2.VideoCapture(str(clip))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 60
+    capture.release()
+    assert len(read_rgb_frames(clip)) == 50
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
+    out, err = capsys.readouterr()
+    assert "cut.mp4: 50 frames" in out
+    assert "declares" not in caplog.text
+    assert "50/50" in err  # the bar ends full
