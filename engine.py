@@ -729,7 +729,11 @@ class Predictor:
     def timed_batch(self) -> int:
         """The largest batch in model_fps()'s figure: less than --batch where no full batch was
         timed (fewer inputs than --batch, or a short last batch the only one after the first)."""
-        return self._largest_batch if self.model_frames else self._first_call[1]
+        if self.model_frames:
+            return self._largest_batch
+        if self._first_call is None:
+            raise RuntimeError("timed_batch() before any prediction")
+        return self._first_call[1]
 
     def runs_on(self) -> str:
         """Where the network runs, for the speed lines: the model's device type, or where ONNX
