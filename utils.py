@@ -201,11 +201,18 @@ def worker_context() -> multiprocessing.context.BaseContext | None:
     return _ForkWorkers() if method == "fork" else _SpawnWorkers()
 
 
+def _say(line: str) -> None:
+    """Write one line to stderr in a single write: print's two (the text, then its end) let
+    another process on the same stream, torchrun's log, cut in between ("interruptedW1130 ...")."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
 def _report_error(err: UserError) -> None:
     """Print a user error as the scripts do before they exit with code 2, once: an error
     reported early (check_on_main_process) is not printed again on the way out."""
     if not getattr(err, "reported", False):
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        _say(f"error: {err}")
         err.reported = True
 
 
@@ -237,14 +244,14 @@ def run_script(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         _stopping.set()
         if _rank_0():  # under torchrun the others stop without a word
-            print("interrupted", file=sys.stderr)
+            _say("interrupted")
         stopped = True
     except Exception as err:
         if not out_of_memory(err):
             raise
         # a --batch or --imgsz too large for the device: its first words say how much was asked
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: out of memory ({detail[:200]}); lower --batch or --imgsz", file=sys.stderr)
+        _say(f"error: out of memory ({detail[:200]}); lower --batch or --imgsz")
         sys.exit(1)
     if stopped:  # out of the except clause: the stop's traceback no longer holds main's
         _let_loaders_close()  # frames, and so the DataLoaders they held

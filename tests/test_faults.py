@@ -4,6 +4,7 @@ import argparse
 import collections
 import gc
 import importlib
+import io
 import math
 import multiprocessing
 import os
@@ -396,6 +397,36 @@ def test_out_of_memory_is_one_message_naming_the_flags(error, monkeypatch, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory (") and err.count("\n") == 1
     assert "; lower --batch or --imgsz" in err and "Traceback" not in err
+
+
+class WriteRecorder(io.StringIO):
+    """A stderr that keeps each write() apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.mark.parametrize(
+    "error", [UserError("a mistake"), KeyboardInterrupt(), MemoryError("Unable to allocate")]
+)
+def test_each_closing_message_is_one_write(error, monkeypatch):
+    # print wrote the text and its newline apart, and under torchrun the agent's log line on
+    # the same stream came in between: "interruptedW1130 ... Sending process 8940 ..."
+    def main():
+        raise error
+
+    in_this_process(monkeypatch)
+    monkeypatch.setattr(utils, "_let_loaders_close", lambda: None)
+    stderr = WriteRecorder()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with pytest.raises(SystemExit):
+        utils.run_script(main)
+    assert len(stderr.writes) == 1 and stderr.writes[0].endswith("\n"), stderr.writes
 
 
 def test_other_errors_keep_their_traceback(monkeypatch):
