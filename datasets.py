@@ -304,7 +304,7 @@ def _read_mask(
             f"{lossy} masks: python prepare_data.py binary thresholds them into PNG class ids)"
         )
     arr = np.asarray(img)
-    if img.mode == "P" and (mapped := _map_palette(img, arr, classes)) is not None:
+    if img.mode == "P" and (mapped := _map_palette(path, img, arr, classes)) is not None:
         return mapped, "colours", None
     if img.mode in ("RGB", "RGBA"):
         rgb = arr[..., :3]
@@ -336,9 +336,10 @@ def _read_mask(
     return ids, "ids", counts
 
 
-def _unread_colours(path: Path, rgb: np.ndarray, classes: ClassConfig) -> DataError:
+def _unread_colours(path: Path, rgb: np.ndarray, classes: ClassConfig, why: str = "") -> DataError:
     """The error for an (H, W, 3) colour mask that LABEL_COLORS_LIST does not map: the class
-    config lists no colours, or some of the mask's are not listed."""
+    config lists no colours, or some of the mask's are not listed (``why`` says, before them,
+    why the mask is read by its colours, where that is not its being RGB)."""
     codes = np.unique(_rgb_codes(rgb))
     if classes.mask_colors is None:
         # colours made up for the classes would read such a mask silently wrong
@@ -352,7 +353,7 @@ def _unread_colours(path: Path, rgb: np.ndarray, classes: ClassConfig) -> DataEr
     known = {_code(c) for c in classes.mask_colors}
     unknown = [_decode(c) for c in codes if c not in known]
     return OtherClasses(
-        f"{path}: colours {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not in "
+        f"{path}: {why}colours {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not in "
         f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]}: list each class's "
         "colour there (--config); many colours of a few pixels each are edges blended "
         "by anti-aliasing, a smoothing resize or a JPEG copy, while colour masks need "
@@ -407,13 +408,19 @@ def map_colors(rgb: np.ndarray, colors) -> np.ndarray | None:
     return order[pos].astype(np.uint8)
 
 
-def _map_palette(img: Image.Image, arr: np.ndarray, classes: ClassConfig) -> np.ndarray | None:
+def _map_palette(
+    path: Path, img: Image.Image, arr: np.ndarray, classes: ClassConfig
+) -> np.ndarray | None:
     """Class ids for a palette mask whose indices are not class ids but whose colours are
     LABEL_COLORS_LIST colours, else None (read the indices, as always without that list).
 
     A colour mask saved with a palette (PIL's convert("P"), PNG optimizers, "PNG-8") numbers its
     colours in any order; VOC-style masks, whose indices are the ids, have colours that match
     their ids or are not the config's. Index 255 stays ignore.
+
+    Raises:
+        OtherClasses: a used index shows another class's colour, so the indices are no class
+            ids, but some used colours are not listed (a blended edge colour).
     """
     if classes.mask_colors is None:
         return None
@@ -428,7 +435,22 @@ def _map_palette(img: Image.Image, arr: np.ndarray, classes: ClassConfig) -> np.
     used = np.flatnonzero(pixel_counts(arr))
     used = used[used != IGNORE_INDEX]
     ids = map_colors(colors[used][None], classes.mask_colors)
-    if ids is None or (ids[0] == used).all():
+    if ids is None:
+        others = [i for i in used if class_of.get(_code(colors[i]), i) != i]
+        if others:
+            # Read by the indices, its colours' classes come out shuffled: with two classes
+            # as instance ids, the person's index 0 as background.
+            i = others[0]
+            raise _unread_colours(
+                path,
+                colors[used][None],
+                classes,
+                why=f"a palette mask whose index {i} is {colors[i].tolist()}, the colour of "
+                f"{classes.names[class_of[_code(colors[i])]]}, so its indices are not class "
+                "ids, but its ",
+            )
+        return None
+    if (ids[0] == used).all():
         return None
     lut = np.full(256, IGNORE_INDEX, np.uint8)
     lut[used] = ids[0]

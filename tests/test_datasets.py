@@ -191,6 +191,22 @@ def test_a_colour_mask_saved_with_a_palette_is_read_by_its_colours(tmp_path):
     assert read_mask(tmp_path / "m.png", DEFAULT_CLASSES).tolist() == (rgb[..., 1] > 0).tolist()
 
 
+def test_a_palette_colour_mask_with_a_colour_not_listed_is_named_not_read_by_its_indices(
+    tmp_path,
+):
+    # A colour mask saved with a palette (green index 0, black 1) and a blended edge colour:
+    # its indices are not class ids, and read as instance ids they swapped person and background
+    img = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8)).convert("P")
+    img.putpalette([0, 255, 0, 0, 0, 0, 0, 250, 0])
+    img.save(tmp_path / "m.png")
+    with pytest.raises(
+        datasets.OtherClasses,
+        match=r"m.png: .*index 0 is \[0, 255, 0\].*"
+        r"colours \[\[0, 250, 0\]\] are not in LABEL_COLORS_LIST",
+    ):
+        read_mask(tmp_path / "m.png", DEFAULT_CLASSES)
+
+
 @pytest.mark.parametrize("values", [[0, 1, -1, -255], [0.0, 1.0, 0.6, 1.9]])
 def test_negative_or_fractional_mask_values_are_an_error(tmp_path, values):
     # 32-bit integer and float TIFF masks: uint8 wrapped -255 to 1 and -1 to 255, cut 1.9 to 1
