@@ -328,6 +328,10 @@ def _read_mask(
             mapped = map_colors(np.repeat(arr[..., None], 3, axis=2), classes.mask_colors)
             if mapped is not None:
                 return mapped, "colours", None
+            if img.mode in ("RGB", "RGBA") and _gray_of_another_class(arr, classes):
+                # An RGB mask is read by its colours: one of gray colours with a blended gray
+                # is not "values 127, 128 not class ids" but a colour not listed
+                raise _unread_colours(path, rgb, classes) from None
         raise
     if instances:
         return ids, "instances", counts
@@ -378,6 +382,13 @@ def gray_conflicts(gray: np.ndarray, classes: ClassConfig) -> dict[int, int]:
     if not all(v in class_of for v in values):
         return {}
     return {v: class_of[v] for v in values if class_of[v] != v}
+
+
+def _gray_of_another_class(gray: np.ndarray, classes: ClassConfig) -> bool:
+    """Whether some value v of an (H, W) uint8 mask is the gray colour [v, v, v] that
+    LABEL_COLORS_LIST lists for a class other than v."""
+    class_of = {c[0]: i for i, c in enumerate(classes.mask_colors or ()) if c[0] == c[1] == c[2]}
+    return any(class_of.get(v, v) != v for v in np.flatnonzero(pixel_counts(gray)).tolist())
 
 
 def _code(color) -> int:

@@ -156,6 +156,25 @@ def test_without_label_colors_list_masks_are_class_ids_and_a_colour_mask_is_refu
     assert len(check_dataset(fresh_data, THREE)["valid"]) == 2
 
 
+def test_a_gray_rgb_colour_mask_with_a_colour_not_listed_is_named_by_its_colours(tmp_path):
+    # RGB masks are read by their colours; with a blended gray one, the mask was read as class
+    # ids instead, their 127 and 128 "not class ids"
+    grays = ClassConfig(
+        names=("background", "person", "car"),
+        mask_colors=((0, 0, 0), (128, 128, 128), (255, 255, 255)),
+        vis_colors=((0, 0, 0), (0, 255, 0), (255, 0, 0)),
+    )
+    rgb = np.repeat(np.array([[0, 128, 127, 255]], np.uint8)[..., None], 3, 2)
+    with pytest.raises(
+        datasets.OtherClasses,
+        match=r"m.png: colours \[\[127, 127, 127\]\] are not in LABEL_COLORS_LIST",
+    ):
+        read_mask(save(rgb, tmp_path / "m.png"), grays)
+    # gray class ids stored as RGB still read as ids
+    ids = np.repeat(np.array([[0, 1, 2, 255]], np.uint8)[..., None], 3, 2)
+    assert read_mask(save(ids, tmp_path / "ids.png"), grays).tolist() == [[0, 1, 2, 255]]
+
+
 def test_gray_index_mask_stored_as_rgb(tmp_path):
     rgb = np.stack([np.array([[0, 1], [1, 0]], dtype=np.uint8)] * 3, axis=-1)
     out = read_mask(save(rgb, tmp_path / "m.png"), DEFAULT_CLASSES)
