@@ -722,16 +722,36 @@ def size_mismatch(pair: Pair, size: tuple[int, int], shape: tuple[int, ...]) -> 
     image_path, mask_path = pair
     if (shape[1], shape[0]) == size:
         return []
-    hint = (
-        " (sides swapped: a phone photo turned upright by its EXIF orientation, and a mask "
-        "drawn on its stored pixels? Masks must match the image as displayed)"
-        if (shape[0], shape[1]) == size
-        else ""
-    )
+    hint = ""
+    if (shape[0], shape[1]) == size:
+        if _turned(image_path):
+            hint = (
+                " (sides swapped: a phone photo turned upright by its EXIF orientation, and a "
+                "mask drawn on its stored pixels? Masks must match the image as displayed)"
+            )
+        elif _turned(mask_path):
+            hint = (
+                " (sides swapped: the mask is turned by an EXIF orientation of its own, its "
+                "image by none; save the mask without EXIF)"
+            )
+        else:
+            hint = (
+                " (sides swapped: neither file has an EXIF orientation; the mask of a copy of "
+                "the image turned a quarter turn? Masks must match the image as displayed)"
+            )
     return [
         f"{mask_path}: mask is {shape[1]}x{shape[0]} but its image {image_path.name} is "
         f"{size[0]}x{size[1]}{hint}"
     ]
+
+
+def _turned(path: Path) -> bool:
+    """Whether the EXIF orientation of an image file swaps its width and height when read."""
+    try:
+        with _open_unguarded(path) as img:
+            return _exif_transpose(img) in _SWAPS_SIDES
+    except Exception:  # for a hint: the file's own problems are reported by those who read it
+        return False
 
 
 def _classes_hint(root: Path, classes: ClassConfig) -> str:

@@ -553,6 +553,32 @@ def test_check_dataset_reports_every_problem_at_once(fresh_data):
     assert "valid_masks/img000.png: values [3] are not class ids" in text
 
 
+def test_a_mask_with_swapped_sides_is_told_the_cause_its_files_show(tmp_path):
+    # the EXIF cause was given for every swapped mask, also where no file has an orientation
+    image, mask = tmp_path / "a.png", save(np.zeros((30, 20), np.uint8), tmp_path / "m.png")
+    save(np.zeros((20, 30, 3), np.uint8), image)
+    (problem,) = datasets.size_mismatch((image, mask), datasets.image_size(image), (30, 20))
+    assert problem.endswith(
+        "m.png: mask is 20x30 but its image a.png is 30x20 (sides swapped: neither file has an "
+        "EXIF orientation; the mask of a copy of the image turned a quarter turn? Masks must "
+        "match the image as displayed)"
+    )
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 20x30, displayed 30x20
+    Image.new("RGB", (20, 30)).save(image, exif=exif)
+    (problem,) = datasets.size_mismatch((image, mask), datasets.image_size(image), (30, 20))
+    assert "(sides swapped: a phone photo turned upright by its EXIF orientation" in problem
+    # a mask turned by an orientation of its own, beside an image without one
+    save(np.zeros((20, 30, 3), np.uint8), image)
+    Image.new("L", (30, 20)).save(mask, exif=exif)
+    shape = datasets.read_mask(mask, DEFAULT_CLASSES).shape
+    (problem,) = datasets.size_mismatch((image, mask), datasets.image_size(image), shape)
+    assert problem.endswith(
+        "(sides swapped: the mask is turned by an EXIF orientation of its own, its image by "
+        "none; save the mask without EXIF)"
+    )
+
+
 def test_masks_of_other_classes_than_a_kept_checkpoints_say_config_cannot_change_them(
     fresh_data,
 ):
