@@ -340,13 +340,21 @@ def _read_mask(
     return ids, "ids", counts
 
 
-def _unread_colours(path: Path, rgb: np.ndarray, classes: ClassConfig, why: str = "") -> DataError:
+def _unread_colours(
+    path: Path,
+    rgb: np.ndarray,
+    classes: ClassConfig,
+    kind: str = "a colour mask",
+    skipped: np.ndarray | None = None,
+) -> DataError:
     """The error for an (H, W, 3) colour mask that LABEL_COLORS_LIST does not map: the class
-    config lists no colours, or some of the mask's are not listed (``why`` says, before them,
-    why the mask is read by its colours, where that is not its being RGB)."""
-    codes = np.unique(_rgb_codes(rgb))
+    config lists no colours, or some of the mask's are not listed, each named with its pixels
+    and where the first is. ``kind`` says what was read by its colours; ``skipped`` is (H, W)
+    bool, the pixels to leave out (a palette mask's index 255)."""
+    codes = _rgb_codes(rgb)
     if classes.mask_colors is None:
         # colours made up for the classes would read such a mask silently wrong
+        codes = np.unique(codes)
         found = [_decode(c) for c in codes[:5]]
         return OtherClasses(
             f"{path}: a colour mask (colours {found}{' ...' if len(codes) > 5 else ''}), "
@@ -354,14 +362,24 @@ def _unread_colours(path: Path, rgb: np.ndarray, classes: ClassConfig, why: str 
             "ids only: add LABEL_COLORS_LIST to the --config YAML, each class's colour "
             "in these masks in the order of ALL_CLASSES"
         )
-    known = {_code(c) for c in classes.mask_colors}
-    unknown = [_decode(c) for c in codes if c not in known]
+    unread = ~np.isin(codes, [_code(c) for c in classes.mask_colors])
+    if skipped is not None:
+        unread &= ~skipped
+    where = np.flatnonzero(unread)
+    unknown, first, counts = np.unique(codes.ravel()[where], return_index=True, return_counts=True)
+    # the most pixels first: an unlisted class's colour before the blends along its edges
+    shown = []
+    for i in np.argsort(-counts, kind="stable")[:5]:
+        y, x = divmod(int(where[first[i]]), codes.shape[1])
+        pixels = f"{counts[i]} pixel{'s' if counts[i] > 1 else ''}"
+        shown.append(f"{_decode(unknown[i])} in {pixels} (the first at x={x}, y={y})")
+    more = f", and {len(unknown) - 5} more" if len(unknown) > 5 else ""
     return OtherClasses(
-        f"{path}: {why}colours {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not in "
-        f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]}: list each class's "
-        "colour there (--config); many colours of a few pixels each are edges blended "
-        "by anti-aliasing, a smoothing resize or a JPEG copy, while colour masks need "
-        "exact colours (the file is a PNG already)"
+        f"{path}: {kind} with {len(unknown)} colour{'s' if len(unknown) > 1 else ''} not in "
+        f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]}: {', '.join(shown)}"
+        f"{more}; list each class's colour there (--config). Many colours of a few pixels "
+        "each are edges blended by anti-aliasing, a smoothing resize or a JPEG copy, while "
+        "colour masks need exact colours"
     )
 
 
@@ -454,11 +472,12 @@ def _map_palette(
             i = others[0]
             raise _unread_colours(
                 path,
-                colors[used][None],
+                colors[arr],
                 classes,
-                why=f"a palette mask whose index {i} is {colors[i].tolist()}, the colour of "
-                f"{classes.names[class_of[_code(colors[i])]]}, so its indices are not class "
-                "ids, but its ",
+                kind=f"a palette mask read by its colours (index {i} is {colors[i].tolist()}, "
+                f"the colour of {classes.names[class_of[_code(colors[i])]]}, so its indices "
+                "are not class ids)",
+                skipped=arr == IGNORE_INDEX,
             )
         return None
     if (ids[0] == used).all():

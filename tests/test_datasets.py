@@ -117,11 +117,29 @@ def test_a_grayscale_mask_read_as_ids_among_gray_colour_masks_is_named(fresh_dat
 def test_colour_mask_with_unknown_colour_names_it(tmp_path):
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
     rgb[0, 0] = (10, 20, 30)
-    with pytest.raises(DataError, match=r"\[10, 20, 30\].*LABEL_COLORS_LIST") as err:
+    with pytest.raises(DataError, match=r"\[10, 20, 30\].*list each class's colour") as err:
         read_mask(save(rgb, tmp_path / "m.png"), THREE)
     # a PNG was told to be saved as PNG
     assert "list each class's colour there (--config)" in str(err.value)
     assert "save masks as PNG" not in str(err.value)
+
+
+def test_unknown_colours_are_named_with_their_pixels_and_where_the_first_is(tmp_path):
+    # a class left out of the list (most pixels, first) and its blended edges, apart: the
+    # advice on blends needs the counts; the counts and places are the reader's own
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[2:5, 3:7] = (0, 0, 255)  # an unlisted class: 12 pixels from x=3, y=2
+    rgb[1, 5] = rgb[5, 2] = (0, 250, 0)  # a blended green, twice
+    rgb[4, 7] = (250, 0, 0)
+    with pytest.raises(datasets.OtherClasses) as err:
+        read_mask(save(rgb, tmp_path / "m.tif"), THREE)
+    assert str(err.value).startswith(
+        f"{tmp_path / 'm.tif'}: a colour mask with 3 colours not in LABEL_COLORS_LIST "
+        "[[0, 0, 0], [0, 255, 0], [255, 0, 0]]: [0, 0, 255] in 12 pixels (the first at x=3, "
+        "y=2), [0, 250, 0] in 2 pixels (the first at x=5, y=1), [250, 0, 0] in 1 pixel (the "
+        "first at x=7, y=4); list each class's colour there (--config)."
+    )
+    assert "PNG" not in str(err.value)  # it said "the file is a PNG already" of a TIFF
 
 
 def test_without_label_colors_list_masks_are_class_ids_and_a_colour_mask_is_refused(
@@ -167,7 +185,8 @@ def test_a_gray_rgb_colour_mask_with_a_colour_not_listed_is_named_by_its_colours
     rgb = np.repeat(np.array([[0, 128, 127, 255]], np.uint8)[..., None], 3, 2)
     with pytest.raises(
         datasets.OtherClasses,
-        match=r"m.png: colours \[\[127, 127, 127\]\] are not in LABEL_COLORS_LIST",
+        match=r"m.png: a colour mask with 1 colour not in LABEL_COLORS_LIST .*: "
+        r"\[127, 127, 127\] in 1 pixel \(the first at x=2, y=0\)",
     ):
         read_mask(save(rgb, tmp_path / "m.png"), grays)
     # gray class ids stored as RGB still read as ids
@@ -220,8 +239,9 @@ def test_a_palette_colour_mask_with_a_colour_not_listed_is_named_not_read_by_its
     img.save(tmp_path / "m.png")
     with pytest.raises(
         datasets.OtherClasses,
-        match=r"m.png: .*index 0 is \[0, 255, 0\].*"
-        r"colours \[\[0, 250, 0\]\] are not in LABEL_COLORS_LIST",
+        match=r"m.png: a palette mask read by its colours \(index 0 is \[0, 255, 0\], the "
+        r"colour of person, .* with 1 colour not in LABEL_COLORS_LIST .*: \[0, 250, 0\] in 1 "
+        r"pixel \(the first at x=0, y=1\)",
     ):
         read_mask(tmp_path / "m.png", DEFAULT_CLASSES)
 

@@ -1320,7 +1320,9 @@ def test_folder_reads_colour_masks_by_the_colours_of_config(tmp_path):
     flags = ["folder", "--images", str(root / "JPEGImages"), "--masks",
              str(root / "SegmentationClass"), "--out", str(tmp_path / "data"),
              "--valid-every", "2"]  # fmt: skip
-    with pytest.raises(UserError, match=r"(?s)2 problem.*f0\.png: colours .*\(--config\)"):
+    with pytest.raises(
+        UserError, match=r"(?s)2 problem.*f0\.png: a colour mask with 2 colours .*\(--config\)"
+    ):
         run(*flags)
     config = tmp_path / "cvat.yaml"
     colours = [[0, 0, 0], [250, 50, 83], [51, 221, 255]]
@@ -1569,7 +1571,7 @@ def test_cvat_two_lists_of_one_subset_are_named(tmp_path, lists):
         ("masks a file", r"SegmentationClass is a file, not a folder: --root must be a CVAT"),
         ("bad labelmap", r"labelmap\.txt, line 3: 'car:250,50::' is not 'name:r,g,b::'"),
         ("one label", r"labelmap\.txt: ALL_CLASSES needs at least two classes"),
-        ("colour", r"(?s)1 problem.*f2\.png: colours \[\[9, 99, 9\]\] are not in"),
+        ("colour", r"(?s)1 problem.*f2\.png: a colour mask with 1 colour not in .*\[9, 99, 9\]"),
         ("lone mask", r"(?s)1 problem.*f9\.png: mask without an image"),
         ("too few", r"export: 5 annotated image\(s\), and every 9th image \(--valid-every 9\)"),
     ],
