@@ -846,6 +846,7 @@ def check_dataset(
         pairs_by_split[split] = pairs
     pixels = {}  # per split: pixels per mask value
     readings: dict[str, list[Path]] = {}  # how each mask was read -> those masks
+    used_ids: list[tuple[Path, list[int]]] = []  # masks read as class ids: the values they hold
     with ThreadPoolExecutor(max_workers=8) as pool:
         for split, pairs in pairs_by_split.items():
             pixels[split] = np.zeros(256, np.int64)
@@ -854,7 +855,10 @@ def check_dataset(
                 problems += found
                 pixels[split] += counts
                 readings.setdefault(reading, []).append(mask_path)
+                if reading == "ids" and classes.mask_colors is None:
+                    used_ids.append((mask_path, np.flatnonzero(counts).tolist()))
     problems += _mixed_gray_readings(readings, classes)
+    problems += _renumbered_palettes(used_ids)
     if problems:
         note = None
         if kept_classes and (others := len(readings.get("other classes", []))):
@@ -926,6 +930,41 @@ def _mixed_gray_readings(readings: dict[str, list[Path]], classes: ClassConfig) 
             "colours always, or save every mask as class ids"
         )
     return problems
+
+
+def _renumbered_palettes(used_ids: list[tuple[Path, list[int]]]) -> list[str]:
+    """A problem where palette masks read as class ids (the config has no LABEL_COLORS_LIST)
+    show one colour under two indices: colour masks that a PNG optimizer, convert("P") or an
+    editor's "PNG-8" saved with a palette of their own colours, numbered per file. Read by
+    their indices, a class's pixels are one id in one mask and another id in the next, silently.
+
+    ``used_ids``: each mask and the values it holds. Class-index masks of one tool share a
+    palette (VOC's colour map, a gray ramp), so one colour keeps its index.
+    """
+    first: dict[tuple[int, ...], tuple[int, Path]] = {}  # colour -> (index, mask) first seen
+    for path, used in used_ids:
+        try:
+            with _open_unguarded(path) as img:  # the header alone: the palette precedes pixels
+                if img.mode != "P":
+                    continue
+                palette = img.getpalette("RGB") or []
+        except Exception:  # read once already; nothing to add here
+            continue
+        for index in used:
+            if index == IGNORE_INDEX or 3 * index + 3 > len(palette):
+                continue
+            color = tuple(palette[3 * index : 3 * index + 3])
+            seen, where = first.setdefault(color, (index, path))
+            if seen != index:
+                return [
+                    f"{path}: palette index {index} is the colour {list(color)}, which is index "
+                    f"{seen} in {where}: colour masks saved with a palette (a PNG optimizer, "
+                    "PNG-8), each numbering its colours its own way, so their indices are no "
+                    "class ids. Add LABEL_COLORS_LIST to the --config YAML, each class's colour "
+                    "in these masks in the order of ALL_CLASSES, and they are read by their "
+                    "colours"
+                ]
+    return []
 
 
 def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> None:

@@ -194,6 +194,36 @@ def test_a_gray_rgb_colour_mask_with_a_colour_not_listed_is_named_by_its_colours
     assert read_mask(save(ids, tmp_path / "ids.png"), grays).tolist() == [[0, 1, 2, 255]]
 
 
+def test_colour_masks_saved_with_palettes_of_their_own_order_need_label_colors_list(fresh_data):
+    # Without LABEL_COLORS_LIST palette masks are read by their indices; colour masks that an
+    # optimizer saved with a palette number their colours per file (here green 1 in one mask,
+    # 0 in the other), and their classes were swapped from one mask to the next, silently
+    names_only = ClassConfig.from_dict({"ALL_CLASSES": ["background", "person"]})
+    masks = sorted(fresh_data.glob("*_masks/*.png"))
+    for k, path in enumerate(masks):
+        ids = np.asarray(Image.open(path))
+        img = Image.fromarray(ids if k else 1 - ids).convert("P")
+        # background black and person green, in either order
+        img.putpalette([0, 0, 0, 0, 255, 0] if k else [0, 255, 0, 0, 0, 0])
+        img.save(path)
+    with pytest.raises(DatasetError) as err:
+        check_dataset(fresh_data, names_only)
+    assert err.value.problems == [
+        f"{masks[1]}: palette index 0 is the colour [0, 0, 0], which is index 1 in {masks[0]}: "
+        "colour masks saved with a palette (a PNG optimizer, PNG-8), each numbering its colours "
+        "its own way, so their indices are no class ids. Add LABEL_COLORS_LIST to the --config "
+        "YAML, each class's colour in these masks in the order of ALL_CLASSES, and they are "
+        "read by their colours"
+    ]
+    # with the colours listed, every mask reads by them; one palette for all reads as ids
+    assert len(check_dataset(fresh_data, DEFAULT_CLASSES)["train"]) == 4
+    for path in masks[:1]:
+        img = Image.fromarray(1 - np.asarray(Image.open(path))).convert("P")
+        img.putpalette([0, 0, 0, 0, 255, 0])
+        img.save(path)
+    assert len(check_dataset(fresh_data, names_only)["train"]) == 4
+
+
 def test_gray_index_mask_stored_as_rgb(tmp_path):
     rgb = np.stack([np.array([[0, 1], [1, 0]], dtype=np.uint8)] * 3, axis=-1)
     out = read_mask(save(rgb, tmp_path / "m.png"), DEFAULT_CLASSES)
