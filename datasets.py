@@ -538,7 +538,14 @@ def _check_ids(
     # values no class list explains (a fraction, a negative, a 0/255 mask's soft edges) are not
     # other classes: check_dataset's advice for those (a new model) would not fix them
     error = DataError if invalid.any() else OtherClasses
-    if k == 2 and (values == IGNORE_INDEX).any():
+    if values.max() == 65535:
+        # 16-bit masks drawn in black and white: no threshold here reads them (binary takes 8-bit)
+        hint = (
+            "; a 16-bit mask whose 65535 (white) marks a class? Save its class ids "
+            f"0-{k - 1} as an 8-bit PNG"
+        )
+        error = DataError
+    elif k == 2 and (values == IGNORE_INDEX).any():
         # 0/255 masks that went through JPEG or were drawn with soft edges: 255 and values
         # in between, which no reading as class or instance ids can make sense of
         hint = (

@@ -308,6 +308,19 @@ def test_values_that_are_not_consecutive_instance_ids_are_an_error(tmp_path, val
         read_mask(save(mask, tmp_path / "m.png"), DEFAULT_CLASSES)
 
 
+def test_a_16_bit_mask_of_0_and_65535_is_told_to_save_class_ids(tmp_path):
+    # white in a 16-bit PNG: it was told that instance ids number objects without gaps
+    mask = np.array([[0, 65535], [65535, 0]], np.uint16)
+    with pytest.raises(DataError) as err:
+        read_mask(save(mask, tmp_path / "m.png"), DEFAULT_CLASSES)
+    assert not isinstance(err.value, datasets.OtherClasses)  # no other classes: a new format
+    assert str(err.value) == (
+        f"{tmp_path / 'm.png'}: values [65535] are not class ids 0-1 of ['background', "
+        "'person'] or 255 (ignore); a 16-bit mask whose 65535 (white) marks a class? Save its "
+        "class ids 0-1 as an 8-bit PNG"
+    )
+
+
 def test_values_outside_classes_are_an_error_with_three_classes(tmp_path):
     mask = np.array([[0, 1], [2, 7]], dtype=np.uint8)
     with pytest.raises(DataError, match=r"values \[7\] are not class ids 0-2"):
