@@ -865,7 +865,7 @@ def check_dataset(
                 if reading == "ids" and classes.mask_colors is None:
                     used_ids.append((mask_path, np.flatnonzero(counts).tolist()))
     problems += _mixed_gray_readings(readings, classes)
-    problems += _renumbered_palettes(used_ids)
+    problems += renumbered_palettes(used_ids)
     if problems:
         note = None
         if kept_classes and (others := len(readings.get("other classes", []))):
@@ -939,7 +939,7 @@ def _mixed_gray_readings(readings: dict[str, list[Path]], classes: ClassConfig) 
     return problems
 
 
-def _renumbered_palettes(used_ids: list[tuple[Path, list[int]]]) -> list[str]:
+def renumbered_palettes(used_ids: list[tuple[Path, list[int]]]) -> list[str]:
     """A problem where palette masks read as class ids (the config has no LABEL_COLORS_LIST)
     show one colour under two indices: colour masks that a PNG optimizer, convert("P") or an
     editor's "PNG-8" saved with a palette of their own colours, numbered per file. Read by

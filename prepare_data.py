@@ -60,6 +60,7 @@ from datasets import (
     map_colors,
     open_image,
     pixel_counts,
+    renumbered_palettes,
     size_mismatch,
     split_of,
     write_pair,
@@ -955,16 +956,20 @@ def convert_pairs(
     """
     instances = ignoring = 0
     classes_seen = False  # a pixel of class 1, 2, ... in any mask
+    used_ids = []  # as check_dataset collects them
     for split, pairs in splits.items():
         for image, mask in pairs:
             found, ids, counts, reading = checked_mask((image, mask), classes)
             problems += found
+            if reading == "ids" and classes.mask_colors is None:
+                used_ids.append((mask, np.flatnonzero(counts).tolist()))
             instances += reading == "instances"
             ignoring += bool(counts[IGNORE_INDEX])
             classes_seen |= bool(counts[1 : classes.num_classes].any())
             if not problems:  # otherwise nothing is kept: the pairs are only checked
                 name = names[image] if names else image.name
                 write_pair(out, split, name, image.read_bytes(), ids)
+    problems += renumbered_palettes(used_ids)
     if problems:
         raise DatasetError(root, problems)
     # black-and-white masks, whose 255 reads as ignore: a dataset without its classes

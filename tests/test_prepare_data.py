@@ -1181,6 +1181,27 @@ def test_folder_reads_palette_class_id_masks_by_their_indices(tmp_path):
     check_dataset(out, classes)
 
 
+def test_folder_names_colour_masks_whose_palettes_number_a_colour_differently(tmp_path):
+    # colour masks an optimizer saved with palettes of their own (cat red and dog blue, each
+    # file in its own order): written as class ids by their indices, cat and dog swapped
+    root = folder_fixture(tmp_path / "mine", n=2, values=(1,))
+    for i, palette in enumerate(([0, 0, 0, 255, 0, 0, 0, 0, 255], [0, 0, 0, 0, 0, 255, 255, 0, 0])):
+        mask = np.zeros((48, 64), np.uint8)
+        mask[4:14, 4:14], mask[20:30, 4:14] = 1, 2
+        img = Image.fromarray(mask).convert("P")
+        img.putpalette(palette)
+        img.save(root / "masks" / f"{i}.png")
+    with pytest.raises(
+        UserError,
+        match=r"1\.png: palette index 1 is the colour \[0, 0, 255\], "
+        r"which is index 2 in .*0\.png: colour masks saved with a palette",
+    ):
+        run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+            "--out", str(tmp_path / "data"), "--valid-every", "2",
+            "--classes", "cat", "dog")  # fmt: skip
+    assert not (tmp_path / "data").exists()
+
+
 def test_folder_says_how_to_read_black_and_white_masks(tmp_path, capsys):
     """0/255 masks, the commonest home-made kind, read as background and ignore: the importer
     wrote a dataset without one pixel of its class, and said nothing."""
