@@ -957,10 +957,14 @@ def renumbered_palettes(used_ids: list[tuple[Path, list[int]]]) -> list[str]:
                 palette = img.getpalette("RGB") or []
         except Exception:  # read once already; nothing to add here
             continue
-        for index in used:
-            if index == IGNORE_INDEX or 3 * index + 3 > len(palette):
-                continue
-            color = tuple(palette[3 * index : 3 * index + 3])
+        colors = {
+            i: tuple(palette[3 * i : 3 * i + 3])
+            for i in used
+            if i != IGNORE_INDEX and 3 * i + 3 <= len(palette)
+        }
+        if len(set(colors.values())) < len(colors):
+            continue  # one colour for two of its own ids (a palette all black): no colour code
+        for index, color in colors.items():
             seen, where = first.setdefault(color, (index, path))
             if seen != index:
                 return [

@@ -222,6 +222,12 @@ def test_colour_masks_saved_with_palettes_of_their_own_order_need_label_colors_l
         img.putpalette([0, 0, 0, 0, 255, 0])
         img.save(path)
     assert len(check_dataset(fresh_data, names_only)["train"]) == 4
+    # a palette that gives its ids no colours of their own (all black) is no colour code
+    for path in masks:
+        img = Image.open(path)
+        img.putpalette([0, 0, 0] * 256)
+        img.save(path)
+    assert len(check_dataset(fresh_data, names_only)["train"]) == 4
 
 
 def test_gray_index_mask_stored_as_rgb(tmp_path):
