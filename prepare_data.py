@@ -612,7 +612,13 @@ def _draw_coco_mask(img: dict, anns: list[dict], class_of: dict, annotations: Pa
     boxes = 0
     for ann in anns:
         pixels = _coco_mask(ann, img, annotations)
-        crowd = bool(ann.get("iscrowd", 0))
+        flag = ann.get("iscrowd") or 0  # missing or null: an object
+        if isinstance(flag, str) or flag not in (0, 1):
+            # a string "0" read as true would draw the object as ignore
+            raise UserError(
+                f"{annotations}: annotation {ann.get('id')}'s iscrowd is {flag!r}, not 0 or 1"
+            )
+        crowd = bool(flag)
         if pixels is None:
             # a rectangle of a task mixing them with polygons: its object's pixels are unknown,
             # and drawn as background it would be trained as background

@@ -714,7 +714,7 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
     "defect",
     ["rle size", "rle counts", "rle short", "rle long", "rle compressed short", "polygon null",
      "polygon nan", "polygon far", "polygon points", "polygon flat", "height", "width text",
-     "file_name null", "category_id"],
+     "file_name null", "category_id", "iscrowd text"],
 )  # fmt: skip
 def test_coco_malformed_entries_are_named(tmp_path, defect):
     ann = coco_fixture(tmp_path / "coco")
@@ -760,6 +760,9 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
     elif defect == "file_name null":
         data["images"][0]["file_name"] = None
         message = r"image 1's file_name is None, not a file name"
+    elif defect == "iscrowd text":  # "0" read as true: the dog drawn as ignore, silently
+        data["annotations"][0]["iscrowd"] = "0"
+        message = r"annotation 1's iscrowd is '0', not 0 or 1"
     else:
         del data["annotations"][0]["category_id"]
         message = r"annotation 1 lacks 'category_id'"
