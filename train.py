@@ -97,11 +97,11 @@ from utils import (
     is_main_process,
     leave_distributed,
     leave_stop_signals_to_main,
-    lost_another_process,
     on_main_process,
     peak_memory_mb,
     pick_device,
     plot_curves,
+    raise_if_another_process_stopped,
     read_csv,
     run_script,
     same_folder,
@@ -469,12 +469,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         raise stopped_error(err, args, epoch, kept()) from err
     except RuntimeError as err:
         raise_if_worker_failure(err, kept())
-        if world > 1 and lost_another_process(err):
-            # another process stopped on an error (a dataset file of its shard broke) and left
-            raise UserError(
-                f"another process stopped during epoch {epoch}, and this one with it (its "
-                f"error: line, or torchrun's report of its exit, says why). {kept()}"
-            ) from err
+        # another process stopped on an error (a dataset file of its shard broke) and left
+        raise_if_another_process_stopped(err, f"during epoch {epoch}", f". {kept()}")
         raise
     if main_process:
         peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
@@ -1027,12 +1023,8 @@ def make_datasets(
         warn_on_main_process("stopped while filling the feature cache: %s", kept())
         raise
     except RuntimeError as err:
-        if world > 1 and lost_another_process(err):
-            # it stopped on an error of its own (a full disk) while this one waited for it
-            raise UserError(
-                "another process stopped while the feature cache filled, and this one with it "
-                f"(its error: line, or torchrun's report of its exit, says why): {kept()}"
-            ) from err
+        # it stopped on an error of its own (a full disk) while this one waited for it
+        raise_if_another_process_stopped(err, "while the feature cache filled", f": {kept()}")
         raise
     train_set = CachedFeatureDataset(
         pairs["train"], classes, imgsz, cache, True, args.seed, augment
@@ -1458,11 +1450,7 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
         ) from err
     except RuntimeError as err:
         raise_if_worker_failure(err)
-        if world > 1 and lost_another_process(err):
-            raise UserError(
-                "another process stopped during the evaluation, and this one with it (its "
-                "error: line, or torchrun's report of its exit, says why)"
-            ) from err
+        raise_if_another_process_stopped(err, "during the evaluation")
         raise
     if rank != 0:
         return

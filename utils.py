@@ -726,10 +726,16 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
-def lost_another_process(err: BaseException) -> bool:
-    """Whether ``err`` is a collective's failure because another process of the group has gone.
-    That process reports its own error: this one's traceback would only bury it."""
-    return isinstance(err, RuntimeError) and any(text in str(err) for text in PEER_GONE)
+def raise_if_another_process_stopped(err: BaseException, during: str, kept: str = "") -> None:
+    """Turn ``err`` into one message where it is a collective's failure because another process
+    of the group has gone: that process reports its own error, and this one's traceback would
+    only bury it. ``during`` says when ("during epoch 3"), ``kept`` (with its separator) what
+    the run keeps."""
+    if in_process_group() and any(text in str(err) for text in PEER_GONE):
+        raise UserError(
+            f"another process stopped {during}, and this one with it (its error: line, or "
+            f"torchrun's report of its exit, says why){kept}"
+        ) from err
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
