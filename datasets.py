@@ -437,6 +437,15 @@ def map_colors(rgb: np.ndarray, colors) -> np.ndarray | None:
     return order[pos].astype(np.uint8)
 
 
+def palette_rgb(img: Image.Image) -> np.ndarray:
+    """A palette image's colours as (256, 3) uint8, index by index; black past the palette's
+    end (a PNG may store fewer than 256)."""
+    colors = np.zeros((256, 3), np.uint8)
+    found = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
+    colors[: len(found)] = found
+    return colors
+
+
 def _map_palette(
     path: Path, img: Image.Image, arr: np.ndarray, classes: ClassConfig
 ) -> np.ndarray | None:
@@ -453,9 +462,7 @@ def _map_palette(
     """
     if classes.mask_colors is None:
         return None
-    colors = np.zeros((256, 3), np.uint8)
-    found = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
-    colors[: len(found)] = found
+    colors = palette_rgb(img)
     # From the palette alone, first: unless some index holds another class's colour, the
     # indices are the ids, and the mask need not be scanned (_check_ids scans it anyway).
     class_of = {_code(c): i for i, c in enumerate(classes.mask_colors)}

@@ -59,6 +59,7 @@ from datasets import (
     image_size,
     map_colors,
     open_image,
+    palette_rgb,
     pixel_counts,
     renumbered_palettes,
     size_mismatch,
@@ -407,9 +408,7 @@ def _voc_palette_ids(img: Image.Image) -> np.ndarray | None:
     palette, index i being (i, i, i)). Index 255 is the border whatever its colour, as
     palettes of VOC's 21 class colours alone leave it black."""
     indices = np.asarray(img)
-    palette = np.zeros((256, 3), np.uint8)
-    found = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
-    palette[: len(found)] = found
+    palette = palette_rgb(img)
     used = np.flatnonzero(pixel_counts(indices))
     used = used[used != IGNORE_INDEX]
     voc = np.asarray(voc_palette(256), np.uint8)
