@@ -861,6 +861,7 @@ def check_dataset(
     pixels = {}  # per split: pixels per mask value
     readings: dict[str, list[Path]] = {}  # how each mask was read -> those masks
     used_ids: list[tuple[Path, list[int]]] = []  # masks read as class ids: the values they hold
+    two_valued: dict[str, list[Path]] = {}  # two classes: binary_kind -> those masks
     with ThreadPoolExecutor(max_workers=8) as pool:
         for split, pairs in pairs_by_split.items():
             pixels[split] = np.zeros(256, np.int64)
@@ -871,6 +872,8 @@ def check_dataset(
                 readings.setdefault(reading, []).append(mask_path)
                 if reading == "ids" and classes.mask_colors is None:
                     used_ids.append((mask_path, np.flatnonzero(counts).tolist()))
+                if classes.num_classes == 2 and (kind := binary_kind(counts, reading)):
+                    two_valued.setdefault(kind, []).append(mask_path)
     problems += _mixed_gray_readings(readings, classes)
     problems += renumbered_palettes(used_ids)
     if problems:
@@ -897,8 +900,54 @@ def check_dataset(
             + (f" to train a new model ({kept_classes})" if kept_classes else ""),
         )
     _check_classes_present(root, classes, pixels)
+    if mixed := mixed_binary_masks(root, classes, two_valued):
+        log.warning("%s", mixed)
     _warn_of_identical_images(root, pairs_by_split)
     return pairs_by_split
+
+
+def binary_kind(counts: np.ndarray, reading: str) -> str | None:
+    """A two-class mask's use of 1 and 255 (ignore), from its (256,) pixel counts and how it
+    was read (_read_mask's): "0/255" where it holds 0 and 255 and no 1, as class ids (a palette
+    mask read by its colours says what its 255 is); "1" where it holds 1 and no 255; "1 and 255"
+    where it holds both; None for a mask without either."""
+    if counts[1] and counts[IGNORE_INDEX]:
+        return "1 and 255"
+    if counts[1]:
+        return "1"
+    if counts[IGNORE_INDEX] and counts[0] and reading in ("ids", "gray ids"):
+        return "0/255"
+    return None
+
+
+def mixed_binary_masks(root: Path, classes: ClassConfig, kinds: dict[str, list[Path]]) -> str:
+    """The warning for a two-class dataset whose masks are 0/1 and 0/255 by turns, from
+    binary_kind's masks of each kind (paths under ``root``); "" where they are not.
+
+    A 0/255 mask's foreground reads as ignore, and trains as nothing, silently. Ignore regions
+    of their own (VOC's borders around every object, COCO's crowds and box-only objects) also
+    make masks of 0 and 255 alone, but then some mask holding the class holds 255 too: VOC
+    outlines each object, and COCO's crowds and boxes lie beside objects. Where no mask holds
+    both, nothing says that 255 means ignore here: likely, not sure (a small COCO export may
+    keep its crowds and boxes apart from its objects), so a warning.
+    """
+    suspects, labelled = kinds.get("0/255", []), kinds.get("1", [])
+    if not suspects or not labelled or kinds.get("1 and 255"):
+        return ""
+    names = [p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p) for p in suspects]
+    name = classes.names[1]
+    these = f"{len(suspects)} {'mask' if len(suspects) == 1 else 'masks'}"
+    others = f"{len(labelled)} {'holds' if len(labelled) == 1 else 'hold'}"
+    return (
+        f"{these} in {root} {'holds' if len(suspects) == 1 else 'hold'} 0 and {IGNORE_INDEX} "
+        f"(ignore) but no pixel of {name}, while {others} {name} as 1 and none holds both: "
+        f"masks saved as 0/{IGNORE_INDEX} among 0/1 ones (two annotation tools, masks re-saved "
+        f"by an image editor)? Their {IGNORE_INDEX} reads as ignore, so training never sees "
+        f"their {name}: {first_few(names)}. If {IGNORE_INDEX} marks {name} there, convert the "
+        f"dataset with python prepare_data.py binary --root {root} --out {root}_01 (it keeps "
+        "the 0/1 masks as they are), or re-save those masks as 0/1; if it marks regions to "
+        "ignore, nothing needs changing"
+    )
 
 
 def _warn_of_identical_images(root: Path, pairs_by_split: dict[str, list[Pair]]) -> None:

@@ -871,6 +871,39 @@ def test_class_ids_above_1_read_as_instance_ids_are_a_warning(fresh_data, caplog
     assert "--config" in caplog.text and "(ALL_CLASSES: [background, cat, dog])" in caplog.text
 
 
+def test_0_255_masks_among_0_1_ones_are_a_warning_naming_them(fresh_data, caplog):
+    """Masks of two tools, 0/1 and 0/255, in one dataset: each 0/255 mask's person read as
+    ignore, and training learned from the 0/1 masks alone, without a word."""
+    masks = sorted((fresh_data / "train_masks").iterdir())
+    for path in [*masks[:3], fresh_data / "valid_masks" / "img001.png"]:
+        save(np.asarray(Image.open(path)) * np.uint8(255), path)
+    check_dataset(fresh_data, DEFAULT_CLASSES)
+    [said] = [r.getMessage() for r in caplog.records if "0/1 ones" in r.getMessage()]
+    assert said.startswith(f"4 masks in {fresh_data} hold 0 and 255 (ignore) but no pixel of")
+    assert "while 2 hold person as 1" in said
+    assert "train_masks/img000.png, train_masks/img001.png" in said
+    assert "valid_masks/img001.png" in said
+    assert f"python prepare_data.py binary --root {fresh_data} --out {fresh_data}_01" in said
+    # one mask holding person and ignore: 255 means ignore in this dataset, as in VOC's
+    mask = np.asarray(Image.open(masks[3])).copy()
+    mask[:2] = 255
+    save(mask, masks[3])
+    caplog.clear()
+    check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert "0/1 ones" not in caplog.text
+
+
+def test_masks_of_1_and_of_ignore_regions_alone_are_not_called_0_255(fresh_data, caplog):
+    """Ignore alone (a whole image left out) or beside person is no sign of 0/255 masks."""
+    masks = sorted((fresh_data / "train_masks").iterdir())
+    save(np.full((72, 96), 255, np.uint8), masks[0])  # no background: an image left out
+    check_dataset(fresh_data, DEFAULT_CLASSES)
+    assert "0/1 ones" not in caplog.text
+    assert (
+        datasets.binary_kind(datasets.pixel_counts(np.full((2, 2), 255, np.uint8)), "ids") is None
+    )
+
+
 def test_instance_id_warning_names_the_classes_yaml_beside_the_data(fresh_data, caplog):
     """prepare_data.py writes classes.yaml into --data and says to pass it; trained without it,
     3-class masks merged into person and the warning said to write a YAML file, not which."""

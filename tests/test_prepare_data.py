@@ -131,6 +131,35 @@ def test_coco_polygons_rle_crowds_and_overlaps(tmp_path, capsys):
     assert "ignored 25" in capsys.readouterr().out
 
 
+def test_ignore_only_masks_of_voc_and_coco_imports_are_not_called_0_255(tmp_path, caplog):
+    """VOC's borders in an image without the class, and a COCO image holding a crowd alone,
+    make masks of 0 and 255 beside masks of 0 and 1: 255 is ignore there, as the masks holding
+    the class and 255 show, and check_dataset does not take them for 0/255 masks."""
+    root = voc_fixture(tmp_path / "VOC2012")
+    img = Image.open(root / "SegmentationClass" / "2007_000000.png")
+    mask = np.asarray(img).copy()
+    mask[mask == 15] = 0  # no person: a dog and its border
+    person_less = Image.fromarray(mask).convert("P")
+    person_less.putpalette(img.getpalette())
+    person_less.save(root / "SegmentationClass" / "2007_000000.png")
+    voc = tmp_path / "voc_person"
+    run("voc", "--root", str(root), "--out", str(voc), "--classes", "person")
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    Image.fromarray(np.full((40, 50, 3), 250, np.uint8)).save(tmp_path / "coco/images/d.jpg")
+    data["images"].append({"id": 4, "file_name": "d.jpg", "height": 40, "width": 50})
+    crowd_only = {**data["annotations"][2], "id": 6, "image_id": 4}
+    data["annotations"].append(crowd_only)
+    ann.write_text(json.dumps(data))
+    coco = tmp_path / "coco_person"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(coco), "--classes", "person", "--valid-every", "2")  # fmt: skip
+    for out, mask in ((voc, "train_masks/2007_000000.png"), (coco, "train_masks/d.png")):
+        assert np.unique(np.asarray(Image.open(out / mask))).tolist() == [0, 255]
+        check_dataset(out, DEFAULT_CLASSES)
+    assert "0/1 ones" not in caplog.text
+
+
 def test_coco_overlaps_follow_the_drawn_sizes_whatever_area_says(tmp_path):
     """Converters write "area": 0 (or a box's area): objects were drawn in the file's order, and
     the large dog listed after the small person covered it."""
