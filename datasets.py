@@ -63,6 +63,36 @@ class OtherClasses(DataError):
     """A mask whose values or colours are not those of the classes."""
 
 
+class UnlistedColours(OtherClasses):
+    """A colour mask where the class config has no LABEL_COLORS_LIST to read it by; its message
+    says to add one with --config, advice() what helps where the classes are a checkpoint's."""
+
+    def __init__(self, found: str):
+        self.found = found  # the mask and its colours
+        super().__init__(self.advice(None))
+
+    def advice(self, kept_classes: str | None) -> str:
+        """The message, with ``kept_classes`` as check_dataset takes it."""
+        return f"{self.found}: {_colour_list_advice(kept_classes)}"
+
+
+def _colour_list_advice(kept_classes: str | None) -> str:
+    """How to have colour masks read by their colours where the class config lists none: add
+    LABEL_COLORS_LIST with --config, which a checkpoint's classes (``kept_classes``, as
+    check_dataset takes it) do not take."""
+    if kept_classes is None:
+        return (
+            "add LABEL_COLORS_LIST to the --config YAML, each class's colour in these masks in "
+            "the order of ALL_CLASSES"
+        )
+    return (
+        f"{kept_classes}, which list no LABEL_COLORS_LIST, and --config does not change them: "
+        "save these masks as class ids (each pixel its class's index in ALL_CLASSES), or train "
+        "a new model with a --config whose LABEL_COLORS_LIST gives each class's colour in "
+        "these masks"
+    )
+
+
 class DatasetError(UserError):
     """Every problem found in a dataset, reported together, and a closing ``note`` if any."""
 
@@ -356,11 +386,9 @@ def _unread_colours(
         # colours made up for the classes would read such a mask silently wrong
         codes = np.unique(codes)
         found = [_decode(c) for c in codes[:5]]
-        return OtherClasses(
+        return UnlistedColours(
             f"{path}: a colour mask (colours {found}{' ...' if len(codes) > 5 else ''}), "
-            "but the class config has no LABEL_COLORS_LIST, so masks are read as class "
-            "ids only: add LABEL_COLORS_LIST to the --config YAML, each class's colour "
-            "in these masks in the order of ALL_CLASSES"
+            "but the class config has no LABEL_COLORS_LIST, so masks are read as class ids only"
         )
     unread = ~np.isin(codes, [_code(c) for c in classes.mask_colors])
     if skipped is not None:
@@ -714,16 +742,19 @@ def describe_identical(pairs: list[tuple[Path, Path]], root: Path, shown: int = 
     return ", ".join(f"{name(t)} = {name(v)}" for t, v in pairs[:shown]) + more
 
 
-def check_pair(pair: Pair, classes: ClassConfig) -> tuple[list[str], np.ndarray, str]:
+def check_pair(
+    pair: Pair, classes: ClassConfig, kept_classes: str | None = None
+) -> tuple[list[str], np.ndarray, str]:
     """The pair's problems, its mask's pixel count per value (256 bins; zeros if unread), and
     how the mask was read (_read_mask; "other classes" where its values or colours are not the
-    classes', "" where it is unread for another reason)."""
-    problems, _, counts, reading = checked_mask(pair, classes)
+    classes', "" where it is unread for another reason). ``kept_classes`` as check_dataset
+    takes it."""
+    problems, _, counts, reading = checked_mask(pair, classes, kept_classes)
     return problems, counts, reading
 
 
 def checked_mask(
-    pair: Pair, classes: ClassConfig
+    pair: Pair, classes: ClassConfig, kept_classes: str | None = None
 ) -> tuple[list[str], np.ndarray | None, np.ndarray, str]:
     """check_pair's checks, keeping the mask they decoded for a caller that writes it: the
     pair's problems, the mask's (H, W) uint8 class ids (None if unread), its pixel counts and
@@ -739,6 +770,8 @@ def checked_mask(
         problems.append(str(err))
     try:
         mask, reading, counts = _read_mask(mask_path, classes, count=True)
+    except UnlistedColours as err:  # its own advice, not check_dataset's note on other classes
+        problems.append(err.advice(kept_classes))
     except DataError as err:
         problems.append(str(err))
         reading = "other classes" if isinstance(err, OtherClasses) else ""
@@ -865,7 +898,7 @@ def check_dataset(
     with ThreadPoolExecutor(max_workers=8) as pool:
         for split, pairs in pairs_by_split.items():
             pixels[split] = np.zeros(256, np.int64)
-            checked = pool.map(lambda p: check_pair(p, classes), pairs)
+            checked = pool.map(lambda p: check_pair(p, classes, kept_classes), pairs)
             for (_, mask_path), (found, counts, reading) in zip(pairs, checked, strict=True):
                 problems += found
                 pixels[split] += counts
@@ -875,7 +908,7 @@ def check_dataset(
                 if classes.num_classes == 2 and (kind := binary_kind(counts, reading)):
                     two_valued.setdefault(kind, []).append(mask_path)
     problems += _mixed_gray_readings(readings, classes)
-    problems += renumbered_palettes(used_ids)
+    problems += renumbered_palettes(used_ids, kept_classes)
     if problems:
         note = None
         if kept_classes and (others := len(readings.get("other classes", []))):
@@ -995,14 +1028,17 @@ def _mixed_gray_readings(readings: dict[str, list[Path]], classes: ClassConfig) 
     return problems
 
 
-def renumbered_palettes(used_ids: list[tuple[Path, list[int]]]) -> list[str]:
+def renumbered_palettes(
+    used_ids: list[tuple[Path, list[int]]], kept_classes: str | None = None
+) -> list[str]:
     """A problem where palette masks read as class ids (the config has no LABEL_COLORS_LIST)
     show one colour under two indices: colour masks that a PNG optimizer, convert("P") or an
     editor's "PNG-8" saved with a palette of their own colours, numbered per file. Read by
     their indices, a class's pixels are one id in one mask and another id in the next, silently.
 
     ``used_ids``: each mask and the values it holds. Class-index masks of one tool share a
-    palette (VOC's colour map, a gray ramp), so one colour keeps its index.
+    palette (VOC's colour map, a gray ramp), so one colour keeps its index. ``kept_classes`` as
+    check_dataset takes it.
     """
     first: dict[tuple[int, ...], tuple[int, Path]] = {}  # colour -> (index, mask) first seen
     for path, used in used_ids:
@@ -1027,9 +1063,7 @@ def renumbered_palettes(used_ids: list[tuple[Path, list[int]]]) -> list[str]:
                     f"{path}: palette index {index} is the colour {list(color)}, which is index "
                     f"{seen} in {where}: colour masks saved with a palette (a PNG optimizer, "
                     "PNG-8), each numbering its colours its own way, so their indices are no "
-                    "class ids. Add LABEL_COLORS_LIST to the --config YAML, each class's colour "
-                    "in these masks in the order of ALL_CLASSES, and they are read by their "
-                    "colours"
+                    f"class ids: {_colour_list_advice(kept_classes)}"
                 ]
     return []
 

@@ -211,9 +211,8 @@ def test_colour_masks_saved_with_palettes_of_their_own_order_need_label_colors_l
     assert err.value.problems == [
         f"{masks[1]}: palette index 0 is the colour [0, 0, 0], which is index 1 in {masks[0]}: "
         "colour masks saved with a palette (a PNG optimizer, PNG-8), each numbering its colours "
-        "its own way, so their indices are no class ids. Add LABEL_COLORS_LIST to the --config "
-        "YAML, each class's colour in these masks in the order of ALL_CLASSES, and they are "
-        "read by their colours"
+        "its own way, so their indices are no class ids: add LABEL_COLORS_LIST to the --config "
+        "YAML, each class's colour in these masks in the order of ALL_CLASSES"
     ]
     # with the colours listed, every mask reads by them; one palette for all reads as ids
     assert len(check_dataset(fresh_data, DEFAULT_CLASSES)["train"]) == 4
@@ -680,6 +679,40 @@ def test_masks_of_other_classes_than_a_kept_checkpoints_say_config_cannot_change
     with pytest.raises(DatasetError) as info:
         check_dataset(fresh_data, DEFAULT_CLASSES, ("valid",), kept)
     assert "--config does not change them" not in str(info.value)
+
+
+def test_colour_masks_under_a_kept_checkpoint_without_colours_need_no_config_advice(fresh_data):
+    # --eval-only and --resume read masks by the checkpoint's classes and ignore --config: where
+    # those list no LABEL_COLORS_LIST, adding it to --config (the advice of a new run) cannot
+    # help; saving the masks as class ids, or a new model, can
+    names_only = ClassConfig.from_dict({"ALL_CLASSES": ["background", "person"]})
+    masks = sorted((fresh_data / "valid_masks").iterdir())
+    for k, path in enumerate(masks):  # colour masks saved with palettes of their own order
+        ids = np.asarray(Image.open(path))
+        img = Image.fromarray(ids if k else 1 - ids).convert("P")
+        img.putpalette([0, 0, 0, 0, 255, 0] if k else [0, 255, 0, 0, 0, 0])
+        img.save(path)
+    red = np.zeros((72, 96, 3), np.uint8)
+    red[10:20, 10:20] = (255, 0, 0)
+    save(red, fresh_data / "valid_masks" / "img002.png")  # an RGB colour mask
+    (fresh_data / "valid_images" / "img002.png").write_bytes(
+        (fresh_data / "valid_images" / "img000.png").read_bytes()
+    )
+    kept = "--eval-only scores best.pth with the classes it was trained with"
+    with pytest.raises(DatasetError) as info:
+        check_dataset(fresh_data, names_only, ("valid",), kept)
+    assert len(info.value.problems) == 2
+    advice = (
+        f"{kept}, which list no LABEL_COLORS_LIST, and --config does not change them: save "
+        "these masks as class ids (each pixel its class's index in ALL_CLASSES), or train a new "
+        "model with a --config whose LABEL_COLORS_LIST gives each class's colour in these masks"
+    )
+    assert all(problem.endswith(advice) for problem in info.value.problems)
+    assert "to the --config YAML" not in str(info.value)
+    assert "other classes" not in str(info.value)  # the note on classes the masks do not hold
+    with pytest.raises(DatasetError) as info:  # a new run's --config does add the colours
+        check_dataset(fresh_data, names_only, ("valid",))
+    assert str(info.value).count("add LABEL_COLORS_LIST to the --config YAML") == 2
 
 
 def test_soft_edged_masks_under_a_kept_checkpoint_are_not_called_other_classes(fresh_data):
