@@ -933,8 +933,7 @@ def check_dataset(
             + (f" to train a new model ({kept_classes})" if kept_classes else ""),
         )
     _check_classes_present(root, classes, pixels)
-    if mixed := mixed_binary_masks(root, classes, two_valued):
-        log.warning("%s", mixed)
+    _warn_of_mixed_binary(root, classes, two_valued)
     _warn_of_identical_images(root, pairs_by_split)
     return pairs_by_split
 
@@ -943,7 +942,7 @@ def binary_kind(counts: np.ndarray, reading: str) -> str | None:
     """A two-class mask's use of 1 and 255 (ignore), from its (256,) pixel counts and how it
     was read (_read_mask's): "0/255" where it holds 0 and 255 and no 1, as class ids (a palette
     mask read by its colours says what its 255 is); "1" where it holds 1 and no 255; "1 and 255"
-    where it holds both; None for a mask without either."""
+    where it holds both; None otherwise (no 1 and no 255, 255 alone, or 255 read by colour)."""
     if counts[1] and counts[IGNORE_INDEX]:
         return "1 and 255"
     if counts[1]:
@@ -953,25 +952,33 @@ def binary_kind(counts: np.ndarray, reading: str) -> str | None:
     return None
 
 
-def mixed_binary_masks(root: Path, classes: ClassConfig, kinds: dict[str, list[Path]]) -> str:
-    """The warning for a two-class dataset whose masks are 0/1 and 0/255 by turns, from
-    binary_kind's masks of each kind (paths under ``root``); "" where they are not.
+def zero_255_among_0_1(kinds: dict[str, list[Path]]) -> list[Path]:
+    """The masks of a two-class dataset that look saved as 0/255 among 0/1 ones, from
+    binary_kind's masks of each kind: its "0/255" masks where others hold 1 and none holds both
+    1 and 255; none where they do not.
 
     A 0/255 mask's foreground reads as ignore, and trains as nothing, silently. Ignore regions
     of their own (VOC's borders around every object, COCO's crowds and box-only objects) also
     make masks of 0 and 255 alone, but then some mask holding the class holds 255 too: VOC
     outlines each object, and COCO's crowds and boxes lie beside objects. Where no mask holds
-    both, nothing says that 255 means ignore here: likely, not sure (a small COCO export may
-    keep its crowds and boxes apart from its objects), so a warning.
+    both, nothing says that 255 means ignore here: likely 0/255 masks, not surely (a small COCO
+    export may keep its crowds and boxes apart from its objects), so said, not refused.
     """
-    suspects, labelled = kinds.get("0/255", []), kinds.get("1", [])
-    if not suspects or not labelled or kinds.get("1 and 255"):
-        return ""
+    if kinds.get("1") and not kinds.get("1 and 255"):
+        return kinds.get("0/255", [])
+    return []
+
+
+def _warn_of_mixed_binary(root: Path, classes: ClassConfig, kinds: dict[str, list[Path]]) -> None:
+    """Warn of zero_255_among_0_1's masks (paths under ``root``), naming a few."""
+    suspects, labelled = zero_255_among_0_1(kinds), kinds.get("1", [])
+    if not suspects:
+        return
     names = [p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p) for p in suspects]
     name = classes.names[1]
     these = f"{len(suspects)} {'mask' if len(suspects) == 1 else 'masks'}"
     others = f"{len(labelled)} {'holds' if len(labelled) == 1 else 'hold'}"
-    return (
+    said = (
         f"{these} in {root} {'holds' if len(suspects) == 1 else 'hold'} 0 and {IGNORE_INDEX} "
         f"(ignore) but no pixel of {name}, while {others} {name} as 1 and none holds both: "
         f"masks saved as 0/{IGNORE_INDEX} among 0/1 ones (two annotation tools, masks re-saved "
@@ -981,6 +988,7 @@ def mixed_binary_masks(root: Path, classes: ClassConfig, kinds: dict[str, list[P
         "the 0/1 masks as they are), or re-save those masks as 0/1; if it marks regions to "
         "ignore, nothing needs changing"
     )
+    log.warning("%s", said)
 
 
 def _warn_of_identical_images(root: Path, pairs_by_split: dict[str, list[Pair]]) -> None:

@@ -51,6 +51,7 @@ from datasets import (
     DataError,
     DatasetError,
     Pair,
+    binary_kind,
     checked_mask,
     convert_penn_fudan,
     describe_identical,
@@ -65,6 +66,7 @@ from datasets import (
     size_mismatch,
     split_of,
     write_pair,
+    zero_255_among_0_1,
 )
 from utils import (
     UserError,
@@ -947,7 +949,7 @@ def convert_pairs(
     classes: ClassConfig,
     out: Path,
     names: dict[Path, str] | None = None,
-) -> dict[str, int]:
+) -> dict[str, int | str]:
     """Check each pair as training does (unreadable files, mask values or colours outside
     ``classes``, a mask of another size than its image) and write the pairs into ``out`` with
     class-index PNG masks, images copied unchanged under their ``names`` (default: their own).
@@ -957,11 +959,13 @@ def convert_pairs(
 
     Returns:
         {"instances": the number of masks read as instance ids, "ignore only": the number holding
-        255 (ignore) where none holds a pixel of a class but background, else 0}
+        255 (ignore) where none holds a pixel of a class but background, else 0, "0/255 among 0/1":
+        the number of zero_255_among_0_1's masks, and "0/255 among 0/1 names" a few of their names}
     """
     instances = ignoring = 0
     classes_seen = False  # a pixel of class 1, 2, ... in any mask
     used_ids = []  # as check_dataset collects them
+    two_valued: dict[str, list[Path]] = {}  # so too
     for split, pairs in splits.items():
         for image, mask in pairs:
             found, ids, counts, reading = checked_mask((image, mask), classes)
@@ -970,6 +974,8 @@ def convert_pairs(
                 used_ids.append((mask, np.flatnonzero(counts).tolist()))
             instances += reading == "instances"
             ignoring += bool(counts[IGNORE_INDEX])
+            if classes.num_classes == 2 and (kind := binary_kind(counts, reading)):
+                two_valued.setdefault(kind, []).append(mask)
             classes_seen |= bool(counts[1 : classes.num_classes].any())
             if not problems:  # otherwise nothing is kept: the pairs are only checked
                 name = names[image] if names else image.name
@@ -977,11 +983,19 @@ def convert_pairs(
     problems += renumbered_palettes(used_ids)
     if problems:
         raise DatasetError(root, problems)
-    # black-and-white masks, whose 255 reads as ignore: a dataset without its classes
-    return {"instances": instances, "ignore only": 0 if classes_seen else ignoring}
+    mixed = zero_255_among_0_1(two_valued)
+    return {
+        "instances": instances,
+        # black-and-white masks, whose 255 reads as ignore: a dataset without its classes
+        "ignore only": 0 if classes_seen else ignoring,
+        "0/255 among 0/1": len(mixed),
+        "0/255 among 0/1 names": first_few([m.name for m in mixed]),
+    }
 
 
-def convert_folder(args: argparse.Namespace, out: Path, classes: ClassConfig) -> dict[str, int]:
+def convert_folder(
+    args: argparse.Namespace, out: Path, classes: ClassConfig
+) -> dict[str, int | str]:
     """A folder of images and one of masks, split by name: sorted by image stem, every
     ``--valid-every``-th pair goes to valid, the rest to train."""
     matched = pair_files(args.images, args.masks, args.mask_suffix)
@@ -1079,7 +1093,7 @@ def read_roboflow_classes(root: Path) -> list[str]:
     return [names[value] for value in range(len(names))]
 
 
-def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, int]:
+def convert_roboflow(root: Path, out: Path, classes: ClassConfig) -> dict[str, int | str]:
     """Roboflow's train/ and valid/ folders, each image beside its NAME_mask.png of class ids.
 
     Returns:
@@ -1403,11 +1417,15 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
             f"{kinds['test']} image(s) in {args.root / 'test'} (the export's test split) were "
             "left out"
         )
+    # where 255 marks the one class, binary makes it class 1 (and keeps 0/1 masks as they are)
+    binary = (
+        f"if 255 marks {names[1]}, map it to 1: python prepare_data.py binary --root "
+        f"{shell_quote(str(args.out))} --out {shell_quote(str(args.out) + '_01')} --name "
+        f"{shell_quote(names[1])}"
+    )
     if kinds.get("ignore only"):
         fix = (
-            f"if 255 marks {names[1]}, map it to 1: python prepare_data.py binary --root "
-            f"{shell_quote(str(args.out))} --out {shell_quote(str(args.out) + '_01')} --name "
-            f"{shell_quote(names[1])}"
+            binary
             if len(names) == 2
             else f"label the masks with the class ids 1-{len(names) - 1} of {names[1:]}"
         )
@@ -1415,6 +1433,13 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
             f"no mask holds a pixel of {' or '.join(names[1:])}, while {kinds['ignore only']} hold "
             f"{IGNORE_INDEX} (ignore): black-and-white masks? Training would learn background "
             f"alone; {fix}"
+        )
+    if count := kinds.get("0/255 among 0/1"):
+        print(
+            f"{count} mask(s) held 0 and {IGNORE_INDEX} (ignore) but no {names[1]}, while others "
+            f"held {names[1]} as 1 and none held both: 0/{IGNORE_INDEX} masks among 0/1 ones "
+            f"({kinds['0/255 among 0/1 names']})? Their {IGNORE_INDEX} was kept as ignore, so "
+            f"training would not see their {names[1]}; {binary} (0/1 masks stay as they are)"
         )
     if kinds.get("0/1"):
         print(

@@ -1248,6 +1248,23 @@ def test_folder_says_how_to_read_black_and_white_masks(tmp_path, capsys):
     assert "pixels: background 5,944, person 200;" in capsys.readouterr().out
 
 
+def test_folder_says_how_to_read_0_255_masks_among_0_1_ones(tmp_path, capsys):
+    """Masks of two tools, 0/1 and 0/255: the 0/255 ones' person was written as ignore."""
+    root = folder_fixture(tmp_path / "mine")
+    for i in (1, 4):
+        path = root / "masks" / f"{i}.png"
+        Image.fromarray(np.asarray(Image.open(path)) * np.uint8(255)).save(path)
+    out = tmp_path / "data"
+    run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+        "--out", str(out), "--valid-every", "3")  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "2 mask(s) held 0 and 255 (ignore) but no person, while others held person" in printed
+    assert "0/255 masks among 0/1 ones (1.png, 4.png)?" in printed
+    command = re.search(r"python prepare_data\.py (binary .*) \(0/1", printed, re.M)[1].split()
+    run(*command)  # the advice works: every mask holds person, none ignore
+    assert "pixels: background 11,888, person 400; ignored 0" in capsys.readouterr().out
+
+
 def test_folder_decodes_each_source_mask_once(tmp_path, monkeypatch):
     # the check that reads a mask hands its class ids on to be written, rather than the
     # writing decoding the file again
