@@ -489,7 +489,7 @@ def convert_coco(
         count = sum(map(len, anns.values()))
         raise UserError(
             f"{annotations}: none of the {count} annotations of {classes} has a polygon or RLE "
-            "mask (their segmentation is empty: an export of bounding boxes?); the coco "
+            "mask (their segmentation is empty or missing: an export of bounding boxes?); the coco "
             "importer needs instance masks, not boxes only"
         )
     # an empty valid split; said last, so that a broken entry is named first
@@ -684,12 +684,15 @@ def _flat_name(file_name: str) -> str:
 
 def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:
     """One annotation's segmentation as an (H, W) bool mask of its image, or None where it has
-    no polygon of 3 points or more (an empty list, as exports of boxes alone write)."""
+    no polygon of 3 points or more: an empty list, as exports of boxes alone write, or no
+    segmentation at all (left out or null, as detection exports and converters write)."""
     from pycocotools import mask as mask_utils
 
     h, w = img["height"], img["width"]
     seg = ann.get("segmentation")
     where = f"{annotations}: annotation {ann.get('id')}"
+    if seg is None:  # a box alone, as "segmentation": [] is
+        return None
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
         if list(seg["size"]) != [h, w]:
             raise UserError(
@@ -725,8 +728,9 @@ def _coco_mask(ann: dict, img: dict, annotations: Path) -> np.ndarray | None:
         rle = mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
     else:
         raise UserError(
-            f"{where} has no segmentation (polygons or RLE); the coco importer needs instance "
-            "masks, not boxes only"
+            f"{where}'s segmentation is {repr(seg)[:40]}, neither a list of polygons nor an RLE; "
+            'write polygons [[x1, y1, x2, y2, ...]] or an RLE {"size": [height, width], '
+            '"counts": ...}'
         )
     try:
         return mask_utils.decode(rle).astype(bool)
@@ -1399,8 +1403,8 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
     if kinds.get("boxes"):
         print(
             f"{kinds['boxes']} annotation(s) of {kept} had a box but no mask (segmentation "
-            f"empty: rectangles): their boxes were marked {IGNORE_INDEX} (ignore), as their "
-            "pixels are unknown"
+            f"empty or missing: rectangles): their boxes were marked {IGNORE_INDEX} (ignore), as "
+            "their pixels are unknown"
         )
     if kinds.get("unannotated"):
         print(

@@ -523,7 +523,7 @@ def test_coco_files_that_are_not_instance_masks_are_named(tmp_path):
     boxes.write_text(json.dumps(data))
     for path, message in (
         (captions, rf"{captions} is not a COCO instance-annotation file"),
-        (boxes, rf"{boxes}: annotation 2 has no segmentation"),
+        (boxes, rf"{boxes}: none of the 3 annotations of \['person'\] has a polygon or RLE mask"),
     ):
         with pytest.raises(UserError, match=message):
             run("coco", "--annotations", str(path), "--images", str(tmp_path / "coco/images"),
@@ -547,13 +547,21 @@ def test_coco_degenerate_polygons_cover_nothing(tmp_path):
     assert (mask == 1).sum() == 100  # the 10x10 box and nothing else
 
 
-def test_coco_objects_with_a_box_and_no_mask_are_ignored_not_background(tmp_path, capsys):
+@pytest.mark.parametrize("segmentation", ["empty", "missing", "null"])
+def test_coco_objects_with_a_box_and_no_mask_are_ignored_not_background(
+    tmp_path, capsys, segmentation
+):
     """Exports of tasks mixing polygons and rectangles (CVAT's, Roboflow's) write a rectangle as
-    a bbox with "segmentation": []: such a person was drawn as background, and trained as one."""
+    a bbox with "segmentation": []: such a person was drawn as background, and trained as one.
+    Detection exports and converters leave the key out, or write null: those were refused."""
     ann = coco_fixture(tmp_path / "coco")
     data = json.loads(ann.read_text())
     person = data["annotations"][3]  # image b's person, x and y 20-30
     person["segmentation"], person["bbox"] = [], [20, 20, 10, 10]
+    if segmentation == "missing":
+        del person["segmentation"]
+    elif segmentation == "null":
+        person["segmentation"] = None
     data["annotations"][0]["bbox"] = [5, 5, 30, 20]  # the dog's, beside its polygon: unused
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
@@ -743,7 +751,7 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
     "defect",
     ["rle size", "rle counts", "rle short", "rle long", "rle compressed short", "polygon null",
      "polygon nan", "polygon far", "polygon points", "polygon flat", "height", "width text",
-     "file_name null", "category_id", "iscrowd text"],
+     "file_name null", "category_id", "iscrowd text", "rle without size"],
 )  # fmt: skip
 def test_coco_malformed_entries_are_named(tmp_path, defect):
     ann = coco_fixture(tmp_path / "coco")
@@ -777,6 +785,9 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
     elif defect == "rle size":  # image a is 40x50; its RLE says 50x40
         data["annotations"][1]["segmentation"]["size"] = [50, 40]
         message = r"annotation 2's RLE has size \[50, 40\] but its image a\.jpg has height 40"
+    elif defect == "rle without size":  # was "has no segmentation": it has one, malformed
+        del data["annotations"][1]["segmentation"]["size"]
+        message = r"annotation 2's segmentation is \{'counts': .*, neither a list of polygons nor"
     elif defect == "rle counts":
         data["annotations"][1]["segmentation"]["counts"] = "!!!not rle"
         message = r"annotation 2: its segmentation is not a valid RLE"
