@@ -623,7 +623,7 @@ def _draw_coco_mask(img: dict, anns: list[dict], class_of: dict, annotations: Pa
         if pixels is None:
             # a rectangle of a task mixing them with polygons: its object's pixels are unknown,
             # and drawn as background it would be trained as background
-            pixels = _coco_box(ann, img)
+            pixels = _coco_box(ann, img, f"{annotations}: annotation {ann.get('id')}")
             if pixels is None:
                 continue
             boxes += 1
@@ -638,20 +638,34 @@ def _draw_coco_mask(img: dict, anns: list[dict], class_of: dict, annotations: Pa
     return mask, len(shapes) - boxes, boxes
 
 
-def _coco_box(ann: dict, img: dict) -> np.ndarray | None:
+def _coco_box(ann: dict, img: dict, where: str) -> np.ndarray | None:
     """An annotation's bbox [x, y, width, height] as an (H, W) bool mask of its image, or None
-    where it has none (or one of no area)."""
+    where it is one of no area. ``where`` names the annotation in the UserError for a bbox that
+    is missing or not a box: the object lies somewhere unknown, and left out it would be trained
+    as background."""
     from pycocotools import mask as mask_utils
 
-    box = ann.get("bbox")
+    if "bbox" not in ann:
+        raise UserError(
+            f"{where} has neither a mask (segmentation) nor a bbox, so where its object lies is "
+            "unknown and its pixels would be trained as background; give it a polygon or a "
+            "bbox [x, y, width, height], or remove it"
+        )
+    box = ann["bbox"]
     if not (
         isinstance(box, list)
         and len(box) == 4
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
         and np.isfinite(box).all()
-        and box[2] > 0
-        and box[3] > 0
+        and box[2] >= 0
+        and box[3] >= 0
     ):
+        raise UserError(
+            f"{where}'s bbox is {box!r}, not [x, y, width, height]: four numbers, from the "
+            "top-left corner, width and height 0 or more; it has no mask (segmentation), so "
+            "its box is drawn as ignore"
+        )
+    if box[2] == 0 or box[3] == 0:  # a point or a line covers no pixel
         return None
     h, w = img["height"], img["width"]
     # cut to the image, which leaves its pixels as they were: pycocotools crashes on far corners

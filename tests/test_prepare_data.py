@@ -520,6 +520,7 @@ def test_coco_files_that_are_not_instance_masks_are_named(tmp_path):
     boxes = tmp_path / "boxes.json"  # detection only: boxes, no segmentation
     for a in data["annotations"]:
         a.pop("segmentation")
+        a["bbox"] = [1, 1, 4, 4]
     boxes.write_text(json.dumps(data))
     for path, message in (
         (captions, rf"{captions} is not a COCO instance-annotation file"),
@@ -573,10 +574,35 @@ def test_coco_objects_with_a_box_and_no_mask_are_ignored_not_background(
     a = np.asarray(Image.open(out / "train_masks" / "a.png"))
     assert a[20, 20] == 2 and a[12, 12] == 1 and (a == 2).sum() == 30 * 20 - 25
     assert "1 annotation(s) of ['person', 'dog'] had a box but no mask" in capsys.readouterr().out
-    # corners far outside (pycocotools crashed on them) cover the image; a NaN is no box
+    # corners far outside (pycocotools crashed on them) cover the image
     image = {"height": 4, "width": 5}
-    assert prepare_data._coco_box({"bbox": [-1e12, -1e12, 2e12, 2e12]}, image).all()
-    assert prepare_data._coco_box({"bbox": [float("nan"), 1, 2, 2]}, image) is None
+    assert prepare_data._coco_box({"bbox": [-1e12, -1e12, 2e12, 2e12]}, image, "").all()
+
+
+@pytest.mark.parametrize("bbox", ["missing", "null", "negative", "nan", "text", "three"])
+def test_coco_an_object_without_a_mask_or_a_box_is_named(tmp_path, bbox):
+    """An annotation whose segmentation is empty or missing and whose bbox is missing or not a
+    box was left out, and its object's pixels trained as background, without a word."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    person = data["annotations"][3]  # image b's person
+    del person["segmentation"]
+    if bbox == "missing":
+        message = r"annotation 4 has neither a mask \(segmentation\) nor a bbox"
+    else:
+        person["bbox"] = {
+            "null": None,
+            "negative": [30, 30, -10, -10],  # drawn from the bottom-right corner
+            "nan": [float("nan"), 20, 10, 10],
+            "text": ["20", "20", "10", "10"],
+            "three": [20, 20, 10],
+        }[bbox]
+        message = r"annotation 4's bbox is .*, not \[x, y, width, height\]"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=rf"{re.escape(str(ann))}: {message}"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_coco_export_of_boxes_alone_is_refused(tmp_path):
@@ -585,7 +611,7 @@ def test_a_coco_export_of_boxes_alone_is_refused(tmp_path):
     ann = coco_fixture(tmp_path / "coco")
     data = json.loads(ann.read_text())
     for entry in data["annotations"]:
-        entry["segmentation"] = []
+        entry["segmentation"], entry["bbox"] = [], [1, 1, 4, 4]
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=r"none of the 4 annotations of \['person', 'dog'\] has"):
         run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
