@@ -22,6 +22,7 @@ import contextlib
 import csv
 import errno
 import json
+import math
 import os
 import shlex
 import shutil
@@ -525,6 +526,30 @@ def _read_coco(annotations: Path) -> dict:
                     f"{annotations}: {kind[:-1]} {name} lacks {missing[0]!r}; every entry of "
                     f"its {kind} list needs {', '.join(needed)}"
                 )
+    for kind, keys, label in (
+        ("images", ("id",), "file_name"),
+        ("annotations", ("image_id", "category_id"), "id"),
+        ("categories", ("id",), "name"),
+    ):
+        for entry in data[kind]:
+            for key in keys:
+                value = entry[key]
+                # a list was a TypeError's traceback, and a NaN is equal to no id, not even
+                # its own copy in an annotation (its objects lost); infinity is still one value
+                if isinstance(value, bool) or not (
+                    isinstance(value, int | str)
+                    or (isinstance(value, float) and not math.isnan(value))
+                ):
+                    raise UserError(
+                        f"{annotations}: {kind[:-1]} {entry.get(label)}'s {key} is {value!r}, "
+                        "not an id; ids are numbers or texts"
+                    )
+    for category in data["categories"]:
+        if not isinstance(category["name"], str):  # --classes names are texts
+            raise UserError(
+                f"{annotations}: category {category['id']}'s name is {category['name']!r}, not "
+                f'a text; write it in quotes ("{category["name"]}") and pass that to --classes'
+            )
     for kind, noun, label in (("images", "image", "file_name"), ("categories", "category", "name")):
         first: dict = {}  # id -> its first entry
         for entry in data[kind]:

@@ -777,7 +777,8 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
     "defect",
     ["rle size", "rle counts", "rle short", "rle long", "rle compressed short", "polygon null",
      "polygon nan", "polygon far", "polygon points", "polygon flat", "height", "width text",
-     "file_name null", "category_id", "iscrowd text", "rle without size"],
+     "file_name null", "category_id", "iscrowd text", "rle without size", "image id list",
+     "image_id list", "category_id object", "category id nan", "category name null"],
 )  # fmt: skip
 def test_coco_malformed_entries_are_named(tmp_path, defect):
     ann = coco_fixture(tmp_path / "coco")
@@ -811,6 +812,18 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
     elif defect == "rle size":  # image a is 40x50; its RLE says 50x40
         data["annotations"][1]["segmentation"]["size"] = [50, 40]
         message = r"annotation 2's RLE has size \[50, 40\] but its image a\.jpg has height 40"
+    elif defect in ("image id list", "image_id list", "category_id object", "category id nan"):
+        # unhashable ids were a TypeError's traceback; NaN, equal to nothing, lost its objects
+        kind, key = {"image id list": ("images", "id"), "image_id list": ("annotations",
+                     "image_id"), "category_id object": ("annotations", "category_id"),
+                     "category id nan": ("categories", "id")}[defect]  # fmt: skip
+        value = {"list": [1], "object": {"id": 1}, "nan": float("nan")}[defect.split()[-1]]
+        data[kind][0][key] = value
+        name = {"images": r"a\.jpg", "annotations": "1", "categories": "person"}[kind]
+        message = rf"{kind[:-1]} {name}'s {key} is {re.escape(repr(value))}, not an id"
+    elif defect == "category name null":  # its sorting in a message was a traceback
+        data["categories"][0]["name"] = None
+        message = r"category 1's name is None, not a text"
     elif defect == "rle without size":  # was "has no segmentation": it has one, malformed
         del data["annotations"][1]["segmentation"]["size"]
         message = r"annotation 2's segmentation is \{'counts': .*, neither a list of polygons nor"
