@@ -790,12 +790,12 @@ def size_mismatch(pair: Pair, size: tuple[int, int], shape: tuple[int, ...]) -> 
         return []
     hint = ""
     if (shape[0], shape[1]) == size:
-        if _turned(image_path):
+        if turned(image_path):
             hint = (
                 " (sides swapped: a phone photo turned upright by its EXIF orientation, and a "
                 "mask drawn on its stored pixels? Masks must match the image as displayed)"
             )
-        elif _turned(mask_path):
+        elif turned(mask_path):
             hint = (
                 " (sides swapped: the mask is turned by an EXIF orientation of its own, its "
                 "image by none; save the mask without EXIF)"
@@ -811,7 +811,7 @@ def size_mismatch(pair: Pair, size: tuple[int, int], shape: tuple[int, ...]) -> 
     ]
 
 
-def _turned(path: Path) -> bool:
+def turned(path: Path) -> bool:
     """Whether the EXIF orientation of an image file swaps its width and height when read."""
     try:
         with _open_unguarded(path) as img:

@@ -66,6 +66,7 @@ from datasets import (
     renumbered_palettes,
     size_mismatch,
     split_of,
+    turned,
     write_pair,
     zero_255_among_0_1,
 )
@@ -475,6 +476,16 @@ def convert_coco(
                 f"{annotations} names {img['file_name']}, missing from --images {images}{hint}"
             )
         if (size := displayed_size(source)) != (img["width"], img["height"]):
+            if size[::-1] == (img["width"], img["height"]) and turned(source):
+                raise UserError(
+                    f"{annotations}: image {img['id']} ({img['file_name']}) has width "
+                    f"{img['width']}, height {img['height']}, the size of {source} as stored, but "
+                    f"its EXIF orientation turns it to {size[0]}x{size[1]}, as training reads it: "
+                    "its annotations were drawn on the stored pixels, by a tool that ignores the "
+                    "orientation. Set the EXIF Orientation of every photo it annotated to 1 "
+                    "(exiftool -n -Orientation=1 FILE), so that they are read as annotated: those "
+                    "turned upside down keep their sides, and no size check finds them"
+                )
             raise UserError(
                 f"{annotations}: image {img['id']} ({img['file_name']}) has width {img['width']}, "
                 f"height {img['height']}, but {source} is {size[0]}x{size[1]} as displayed: its "

@@ -890,6 +890,24 @@ def test_voc_and_coco_images_training_would_refuse_are_named(tmp_path, defect):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012", "coco"]
 
 
+def test_coco_photos_annotated_unturned_are_named_with_their_exif_fix(tmp_path):
+    """A tool that ignores EXIF orientation writes a phone photo's stored size and draws on its
+    stored pixels: the message said to pass the --images annotated, which the user had done."""
+    ann = coco_fixture(tmp_path / "coco")
+    photo = Image.open(tmp_path / "coco/images/b.jpg")  # stored 50x40, its entry's size
+    exif = photo.getexif()
+    exif[0x0112] = 6  # shown turned a quarter, 40x50
+    photo.save(tmp_path / "coco/images/b.jpg", exif=exif)
+    with pytest.raises(
+        UserError,
+        match=r"image 2 \(b\.jpg\) has width 50, height 40, .*b\.jpg as stored, but its EXIF "
+        r"orientation turns it to 40x50.*Orientation of every photo it annotated to 1",
+    ):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_coco_images_of_formats_training_skips_are_named(tmp_path):
     """A .gif or a file_name without an extension was copied as it was named, and training,
     which reads only IMAGE_EXTENSIONS, then found its mask without an image."""
