@@ -572,6 +572,17 @@ def _read_coco(annotations: Path) -> dict:
                     "without renumbering?); renumber the ids of one export before merging"
                 )
         data[kind] = list(first.values())  # listed twice alike (same id and name): one entry
+    for key, kind in (("image_id", "images"), ("category_id", "categories")):
+        ids = {entry["id"] for entry in data[kind]}
+        as_text = {str(i): i for i in ids}
+        for ann in data["annotations"]:
+            value = ann[key]
+            if value not in ids and str(value) in as_text:
+                raise UserError(
+                    f"{annotations}: annotation {ann.get('id')}'s {key} is {value!r}, and its "
+                    f'{kind} have the id {as_text[str(value)]!r}: a text "1" is not the number '
+                    "1, so its object would be left out; write the ids one way in both lists"
+                )
     for img in data["images"]:
         if not isinstance(img["file_name"], str):
             raise UserError(

@@ -992,6 +992,31 @@ def test_coco_one_file_under_two_image_ids_is_named_as_such(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("kind", ["image", "one image", "category"])
+def test_coco_ids_written_as_texts_in_one_list_are_named(tmp_path, kind):
+    """Converters write "1" in one list and 1 in the other, which match nothing: the message
+    said that no image has an annotation of the classes, which the file's user knows it has;
+    where one annotation did, its object was left out, trained as background."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    if kind == "image":
+        for entry in data["annotations"]:
+            entry["image_id"] = str(entry["image_id"])
+        message = r"annotation 1's image_id is '1', and its images have the id 1"
+    elif kind == "one image":  # image a's small person; its dog and crowd keep image a
+        data["annotations"][1]["image_id"] = "1"
+        message = r"annotation 2's image_id is '1', and its images have the id 1"
+    else:
+        for entry in data["categories"]:
+            entry["id"] = str(entry["id"])
+        message = r"annotation 1's category_id is 18, and its categories have the id '18'"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=rf"{message}: a text .*write the ids one way"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_coco_empty_splits_name_the_cause_and_the_flag(tmp_path):
     ann = coco_fixture(tmp_path / "coco")
     flags = ["--annotations", str(ann), "--images", str(tmp_path / "coco/images")]
