@@ -438,7 +438,8 @@ def convert_coco(
     by file name, every ``every``-th image goes to valid.
 
     Returns:
-        {"boxes": the annotations drawn as ignore over their box}
+        {"boxes": the annotations drawn as ignore over their box, "orphans": those left out as
+        their image_id is no image's, "orphan_ids": those image ids, the first few as text}
     """
     data = _read_coco(annotations)
     ids_of: dict[str, list] = {}  # merged exports repeat a name under several ids
@@ -455,6 +456,10 @@ def convert_coco(
     kept = sorted(
         (img for img in data["images"] if img["id"] in anns), key=lambda i: i["file_name"]
     )
+    # annotations of images a subset left out (or of another export): nothing to draw them on
+    listed = {img["id"] for img in data["images"]}
+    unlisted = sorted((i for i in anns if i not in listed), key=str)
+    orphans = sum(len(anns[i]) for i in unlisted)
     files, names = _coco_file_names(annotations, kept)
     # checked before any is written (a missing file matches none; the loop names it)
     placed = [(split_of(i, every), img, images / files[img["id"]]) for i, img in enumerate(kept)]
@@ -494,8 +499,14 @@ def convert_coco(
             )
         write_pair(out, split, names[img["id"]], source.read_bytes(), mask)
     if not kept:
+        named = (
+            f": its {orphans} annotations of them name image ids that no image has "
+            f"({first_few(list(map(str, unlisted)))}; annotations of another export?)"
+            if orphans
+            else ""
+        )
         raise UserError(
-            f"{annotations}: no image has an annotation of {classes}; nothing to convert"
+            f"{annotations}: no image has an annotation of {classes}{named}; nothing to convert"
         )
     if not drawn:  # every mask would be background alone, and training would learn nothing
         count = sum(map(len, anns.values()))
@@ -507,7 +518,7 @@ def convert_coco(
     # an empty valid split; said last, so that a broken entry is named first
     where = f"{annotations}: only {len(kept)} image(s) have an annotation of {classes}"
     check_valid_every(len(kept), every, where)
-    return {"boxes": boxes}
+    return {"boxes": boxes, "orphans": orphans, "orphan_ids": first_few(list(map(str, unlisted)))}
 
 
 def _read_coco(annotations: Path) -> dict:
@@ -1341,7 +1352,7 @@ class Importer(NamedTuple):
     the staging folder ``stage``, with ``classes`` the ones main writes to classes.yaml, and
     returns counts for print_notes (read_binary_mask's kinds of mask; convert_pairs's masks read
     as instance ids or of ignore alone, with the images cvat and roboflow left out; coco's
-    objects drawn as ignore over their box) or None.
+    objects drawn as ignore over their box, and its annotations of images not listed) or None.
     """
 
     sources: tuple[str, ...]
@@ -1466,6 +1477,11 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
             f"{kinds['boxes']} annotation(s) of {kept} had a box but no mask (segmentation "
             f"empty or missing: rectangles): their boxes were marked {IGNORE_INDEX} (ignore), as "
             "their pixels are unknown"
+        )
+    if kinds.get("orphans"):
+        print(
+            f"{kinds['orphans']} annotation(s) of {kept} name an image id that no image has "
+            f"({kinds['orphan_ids']}): left out, as there is no image to draw them on"
         )
     if kinds.get("unannotated"):
         print(

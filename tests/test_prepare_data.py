@@ -1017,6 +1017,29 @@ def test_coco_ids_written_as_texts_in_one_list_are_named(tmp_path, kind):
     assert not (tmp_path / "o").exists()
 
 
+def test_coco_annotations_of_images_not_listed_are_counted(tmp_path, capsys):
+    """Annotations whose image_id no image has (the images of a subset, exported with every
+    annotation) were left out without a word; where all were, the message said that no image
+    had an annotation of the classes, as if the file had none."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["annotations"].append({"id": 6, "image_id": 99, "category_id": 1, "iscrowd": 0,
+                                "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]})  # fmt: skip
+    ann.write_text(json.dumps(data))
+    flags = ["--annotations", str(ann), "--images", str(tmp_path / "coco/images")]
+    run("coco", *flags, "--out", str(tmp_path / "o"), "--valid-every", "2")
+    assert "1 annotation(s) of ['person'] name an image id that no image has (99)" in (
+        capsys.readouterr().out
+    )
+    for entry in data["annotations"]:
+        entry["image_id"] += 100  # the annotations of another export
+    ann.write_text(json.dumps(data))
+    message = r"annotation of \['person'\]: its 4 annotations of them name image ids that no"
+    with pytest.raises(UserError, match=rf"{message} image has \(101, 102, 199;"):
+        run("coco", *flags, "--out", str(tmp_path / "o2"))
+    assert not (tmp_path / "o2").exists()
+
+
 def test_coco_empty_splits_name_the_cause_and_the_flag(tmp_path):
     ann = coco_fixture(tmp_path / "coco")
     flags = ["--annotations", str(ann), "--images", str(tmp_path / "coco/images")]
