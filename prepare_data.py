@@ -476,7 +476,15 @@ def convert_coco(
         if not source.is_file():
             # --images coco for coco/val2017: the folder holding the file one level down
             inner = [d for d in sorted(images.iterdir()) if (d / files[img["id"]]).is_file()]
-            hint = f"; pass --images {inner[0]}" if inner else ""
+            file = Path(files[img["id"]])
+            if inner:
+                hint = f"; pass --images {inner[0]}"
+            elif (images.parent / file).is_file():  # images/1.jpg, read from --images images
+                hint = f"; pass --images {images.parent}, as its file_name names {file.parts[0]}/"
+            elif (images / file.name).is_file():  # a path on the machine that exported it
+                hint = f"; --images holds {file.name}: write file_name entries relative to --images"
+            else:
+                hint = ""
             raise UserError(
                 f"{annotations} names {img['file_name']}, missing from --images {images}{hint}"
             )

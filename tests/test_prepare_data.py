@@ -1824,6 +1824,24 @@ def test_sources_one_folder_off_are_pointed_at_the_right_one(tmp_path):
             "--out", str(tmp_path / "o"))  # fmt: skip
 
 
+@pytest.mark.parametrize("file_name", ["images/a.jpg", "/data/upload/1/a.jpg"])
+def test_coco_images_flag_that_does_not_hold_the_file_names_gets_a_hint(tmp_path, file_name):
+    """Exports name files under their images folder (images/a.jpg: --images was that folder
+    itself) or by the path on the machine that exported them: told only that it is missing."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["images"][0]["file_name"] = file_name
+    ann.write_text(json.dumps(data))
+    hint = {
+        "images/a.jpg": rf"; pass --images {re.escape(str(tmp_path / 'coco'))}, as its file_name",
+        "/data/upload/1/a.jpg": r"; --images holds a\.jpg: write file_name entries relative to",
+    }[file_name]
+    with pytest.raises(UserError, match=rf"names {file_name}, missing from --images \S*{hint}"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     "lists, message",
     [
