@@ -713,9 +713,10 @@ def _coco_box(ann: dict, img: dict, where: str) -> np.ndarray | None:
 
     if "bbox" not in ann:
         raise UserError(
-            f"{where} has neither a mask (segmentation) nor a bbox, so where its object lies is "
-            "unknown and its pixels would be trained as background; give it a polygon or a "
-            "bbox [x, y, width, height], or remove it"
+            f"{where} has neither a mask (its segmentation is empty, missing or polygons of "
+            "fewer than 3 points) nor a bbox, so where its object lies is unknown and its pixels "
+            "would be trained as background; give it a polygon or a bbox [x, y, width, height], "
+            "or remove it"
         )
     box = ann["bbox"]
     if not (
