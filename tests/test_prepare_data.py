@@ -160,6 +160,46 @@ def test_ignore_only_masks_of_voc_and_coco_imports_are_not_called_0_255(tmp_path
     assert "0/1 ones" not in caplog.text
 
 
+def test_coco_masks_match_pycocotools_pixel_for_pixel(tmp_path):
+    """Each written mask against COCO.annToMask: polygons of fractional vertices in two parts,
+    one reaching outside the image, compressed and uncompressed RLE."""
+    from pycocotools.coco import COCO
+
+    (tmp_path / "images").mkdir()
+    h, w = 37, 53  # odd sides: rows and columns swapped would not fit
+    blob = np.zeros((h, w), np.uint8, order="F")
+    blob[5:30, 10:40] = 1
+    blob[10:12, :] = 1
+    compressed = mask_utils.encode(blob)
+    compressed["counts"] = compressed["counts"].decode()
+    flat = np.asfortranarray(blob[::-1]).flatten(order="F")  # another shape than the first
+    changes = np.flatnonzero(np.diff(np.r_[0, flat, 0])).tolist()
+    segmentations = [
+        [[3.3, 4.7, 20.2, 2.1, 25.9, 30.4, 1.2, 28.8], [30.5, 5.5, 50.1, 6.2, 45.3, 20.9]],
+        compressed,
+        {"size": [h, w], "counts": np.diff([0, *changes, flat.size]).tolist()},
+        [[-5, -5, w + 3, -2, w + 2, h + 4, -1, h + 1]],
+    ]
+    images, anns = [], []
+    for i, seg in enumerate(segmentations, start=1):
+        image = np.full((h, w, 3), 50 * i, np.uint8)
+        Image.fromarray(image).save(tmp_path / "images" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "height": h, "width": w})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "iscrowd": 0, "segmentation": seg})
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
+    ))  # fmt: skip
+    out = tmp_path / "out"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "images"),
+        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    coco = COCO(str(ann))
+    for entry in anns:
+        (path,) = out.glob(f"*_masks/{entry['image_id']}.png")
+        expected = coco.annToMask(coco.loadAnns([entry["id"]])[0])
+        assert (np.asarray(Image.open(path)) == expected).all(), entry["segmentation"]
+
+
 def test_coco_overlaps_follow_the_drawn_sizes_whatever_area_says(tmp_path):
     """Converters write "area": 0 (or a box's area): objects were drawn in the file's order, and
     the large dog listed after the small person covered it."""
