@@ -453,6 +453,13 @@ def convert_coco(
     for ann in data["annotations"]:
         if ann["category_id"] in class_of:
             anns.setdefault(ann["image_id"], []).append(ann)
+    if _fractions_only([ann for found in anns.values() for ann in found]):
+        raise UserError(
+            f"{annotations}: every polygon vertex of its annotations of {classes} lies within 0 "
+            "to 1: fractions of the image's sides (a converter from a normalized format?), "
+            "which would draw each object within its image's top-left pixel. COCO polygons are "
+            "in pixels: multiply x by the image's width and y by its height"
+        )
     kept = sorted(
         (img for img in data["images"] if img["id"] in anns), key=lambda i: i["file_name"]
     )
@@ -527,6 +534,22 @@ def convert_coco(
     where = f"{annotations}: only {len(kept)} image(s) have an annotation of {classes}"
     check_valid_every(len(kept), every, where)
     return {"boxes": boxes, "orphans": orphans, "orphan_ids": first_few(list(map(str, unlisted)))}
+
+
+def _fractions_only(anns: list[dict]) -> bool:
+    """Whether the numbers of ``anns``' polygons all lie within 0 to 1, some between: vertices
+    as fractions of the image's width and height, not pixels. Other values are _check_polygons'
+    to name."""
+    values = [
+        v
+        for ann in anns
+        if isinstance(seg := ann.get("segmentation"), list)
+        for part in seg
+        if isinstance(part, list)
+        for v in part
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    return all(0 <= v <= 1 for v in values) and any(0 < v < 1 for v in values)
 
 
 def _read_coco(annotations: Path) -> dict:

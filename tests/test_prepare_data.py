@@ -571,6 +571,21 @@ def test_coco_files_that_are_not_instance_masks_are_named(tmp_path):
                 "--out", str(tmp_path / "o"))  # fmt: skip
 
 
+def test_coco_polygons_in_fractions_of_the_image_are_named(tmp_path):
+    """Converters from normalized formats (YOLO's) write vertices as fractions of the width and
+    height: every object was drawn within the top-left pixel, and the import said nothing."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["segmentation"] = [[0.1, 0.125, 0.7, 0.125, 0.7, 0.625, 0.1, 0.625]]
+    data["annotations"][3]["segmentation"] = [[0.4, 0.5, 0.6, 0.5, 0.6, 0.75, 0.4, 0.75]]
+    ann.write_text(json.dumps(data))
+    message = r"every polygon vertex of its annotations of \['person', 'dog'\] lies within 0 to 1"
+    with pytest.raises(UserError, match=rf"{message}: .*multiply x by the image's width"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_coco_degenerate_polygons_cover_nothing(tmp_path):
     """A polygon part of fewer than 3 points covers no pixel; pycocotools takes a 4-number one
     for a box [x, y, w, h], and raised a TypeError for it."""
