@@ -395,7 +395,7 @@ def runtime_flags() -> argparse.ArgumentParser:
     add_amp_flag(
         group,
         "bf16 on CUDA and recent CPUs, fp16 on CUDA and MPS: training autocasts, inference "
-        "casts the weights (default %(default)s)",
+        "casts the backbone's weights (default %(default)s)",
     )
     add_imgsz_flag(
         group,

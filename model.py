@@ -660,17 +660,21 @@ class Segmentor(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The weights' dtype: float32, or bfloat16/float16 when cast for inference."""
-        return self.head.classifier.weight.dtype
+        """The backbone's weights' dtype, which its input is cast to: float32, or
+        bfloat16/float16 when cast for inference (the head is float32 either way)."""
+        return self.backbone.vit.patch_embed.proj.weight.dtype
 
     def cast(self, dtype: torch.dtype) -> "Segmentor":
-        """Cast the network (backbone and head) to ``dtype`` for inference, in place.
+        """Cast the backbone to ``dtype`` for inference, in place; the head stays float32.
 
-        Unlike ``.to(dtype)`` this keeps the pixel normalization in float32: in bfloat16 the
-        mean 123.675 would become 123.5.
+        The head's BatchNorm subtracts running means that are large next to their spread in
+        some of DINOv2's channels (100 next to 1): bfloat16 rounds such a mean by up to a quarter
+        of that spread (100.3 to 100.5), a shift of every pixel alike, and the logits to 8
+        significant bits. In float32 the head costs next to nothing beside the backbone; the
+        features keep the backbone's own rounding. Unlike ``.to(dtype)`` this also keeps the
+        pixel normalization in float32: in bfloat16 the mean 123.675 would become 123.5.
         """
         self.backbone.to(dtype)
-        self.head.to(dtype)
         return self
 
     def quantize_int8(self) -> "Segmentor":
@@ -710,9 +714,10 @@ class Segmentor(nn.Module):
             return torch.cat(self.backbone(x), dim=1)
 
     def patch_logits(self, x: torch.Tensor, from_features: bool = False) -> torch.Tensor:
-        """Images (B, 3, H, W), or features from ``features`` -> (B, K, h, w) patch logits."""
-        features = x.to(self.dtype) if from_features else self.features(x)
-        return self.head(features)
+        """Images (B, 3, H, W), or features from ``features`` -> (B, K, h, w) patch logits,
+        float32 but where autocast runs the head's convolution in its dtype."""
+        features = x if from_features else self.features(x)
+        return self.head(features.float())  # a cast backbone's features too (see cast)
 
     def forward(
         self, x: torch.Tensor, size: tuple[int, int] | None = None, from_features: bool = False

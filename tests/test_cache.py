@@ -110,6 +110,9 @@ def test_cache_keys_depend_on_weights_size_blocks_and_precision(
     assert key != FeatureCache(base, (84, 70), "memory").key(image, "orig")
     bf16 = FeatureCache(base, (90, 66), "memory", autocast_dtype=torch.bfloat16)
     assert key != bf16.key(image, "orig")  # --amp bf16 features differ from fp32 ones
+    # a cast backbone's too, whose head stays float32
+    cast = copy.deepcopy(base).cast(torch.bfloat16)
+    assert key != FeatureCache(cast, (90, 66), "memory").key(image, "orig")
 
 
 def test_cache_size_estimate_is_the_size_written(tiny_data, weights_file):

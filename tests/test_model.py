@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import re
 
@@ -408,6 +409,31 @@ def test_a_cast_network_keeps_the_pixel_normalization_exact():
     assert model.dtype == torch.bfloat16
     assert model.pixel_mean.dtype == torch.float32  # .to(bfloat16) would make 123.675 123.5
     assert model.pixel_mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
+
+
+def test_a_cast_network_runs_its_head_in_float32(vit):
+    # Some of DINOv2's feature channels have means large next to their spread. Cast to bfloat16,
+    # the head's BatchNorm rounded such a running mean by up to a quarter of the spread (100.3
+    # to 100.5), which shifted every pixel's logits alike: from the very features a bfloat16
+    # backbone hands the head, its logits were up to 0.048 off the float32 head's (of 1.5)
+    model = Segmentor(with_layers(vit, 1), num_classes=3).eval()
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 384, 3, 4, generator=g)
+    large = torch.arange(0, 384, 8)  # a channel in 8, with means of 50 to 200
+    features[:, large] += torch.linspace(50, 200, len(large)).view(-1, 1, 1)
+    features = features.bfloat16().float()  # the values a bfloat16 backbone gives
+    # float32 statistics of those channels, as training estimates them
+    model.head.bn.running_mean.copy_(features.mean((0, 2, 3)))
+    model.head.bn.running_var.copy_(features.var((0, 2, 3)))
+    half = copy.deepcopy(model).cast(torch.bfloat16)  # a copy: vit is shared
+    images = torch.randint(0, 256, (1, 3, 28, 42), dtype=torch.uint8, generator=g)
+    with torch.no_grad():
+        want = model.patch_logits(features, from_features=True)
+        torch.testing.assert_close(half.patch_logits(features, from_features=True).float(), want)
+        assert half.patch_logits(images).dtype == torch.float32  # through the bfloat16 backbone
+    assert half.dtype == half.backbone.vit.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
+    head = {t.dtype for t in half.head.state_dict().values() if t.is_floating_point()}
+    assert head == {torch.float32}
 
 
 def test_pixels_are_normalized_as_dinov2_was_trained():
