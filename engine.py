@@ -562,8 +562,9 @@ class Predictor:
     Input contract: (H, W, 3) uint8 RGB arrays, any size. Each is resized to ``imgsz`` exactly
     as in validation, and the logits are resized straight back to the image's own size, so the
     masks are the ones ``train.py --eval-only`` scores. The backbone runs in its weights' dtype
-    (see from_checkpoint's ``amp``), the head in float32. With ``compile`` on the CPU the
-    weights are frozen into the compiled graph: do not change the model's weights afterwards.
+    (see from_checkpoint's ``amp``), its final norm and the head in float32. With ``compile`` on
+    the CPU the weights are frozen into the compiled graph: do not change the model's weights
+    afterwards.
     """
 
     def __init__(
@@ -622,8 +623,8 @@ class Predictor:
             device: where the model runs ("cpu", "cuda", "cuda:1", "mps" or a torch.device).
             imgsz: the model's input size (W, H), as --imgsz; by default the training size.
             amp: "bf16" or "fp16" casts the backbone once (faster than autocast, which
-                re-casts the frozen weights on every call; the head stays float32, see
-                Segmentor.cast); "off" keeps float32.
+                re-casts the frozen weights on every call; its final norm and the head stay
+                float32, see Segmentor.cast); "off" keeps float32.
             int8: quantize the backbone's linear layers to int8 (a CPU fast path, with
                 ``amp="off"``); the model is then compiled, as only compiled int8 is fast.
             backbone: if given, the backbone the caller expects; a checkpoint of another

@@ -631,6 +631,11 @@ class BNHead(nn.Module):
         return self.classifier(self.bn(features))
 
 
+def _float32_input(module: nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: ``module`` gets its tensor input as float32."""
+    return (args[0].float(), *args[1:])
+
+
 class Segmentor(nn.Module):
     """DINOv2 backbone + BNHead, taking RGB pixels and returning per-pixel class logits.
 
@@ -653,6 +658,7 @@ class Segmentor(nn.Module):
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
+        self._float32_norm = False  # whether the final norm is fed float32 (see cast)
 
     @property
     def device(self) -> torch.device:
@@ -661,20 +667,30 @@ class Segmentor(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The backbone's weights' dtype, which its input is cast to: float32, or
-        bfloat16/float16 when cast for inference (the head is float32 either way)."""
+        bfloat16/float16 when cast for inference (its final norm and the head are float32 either
+        way)."""
         return self.backbone.vit.patch_embed.proj.weight.dtype
 
     def cast(self, dtype: torch.dtype) -> "Segmentor":
-        """Cast the backbone to ``dtype`` for inference, in place; the head stays float32.
+        """Cast the backbone to ``dtype`` for inference, in place, but for its final norm; the
+        norm and the head stay float32.
 
-        The head's BatchNorm subtracts running means that are large next to their spread in
-        some of DINOv2's channels (100 next to 1): bfloat16 rounds such a mean by up to a quarter
-        of that spread (100.3 to 100.5), a shift of every pixel alike, and the logits to 8
-        significant bits. In float32 the head costs next to nothing beside the backbone; the
-        features keep the backbone's own rounding. Unlike ``.to(dtype)`` this also keeps the
-        pixel normalization in float32: in bfloat16 the mean 123.675 would become 123.5.
+        Some of DINOv2's feature channels have means large next to their spread (100 next to
+        1), and bfloat16 holds a value near 100 in steps of 0.5. The final LayerNorm makes the
+        features of every block the head reads: cast, it would hand such channels over in those
+        steps where its weight and bias make the large mean. The head's BatchNorm would round
+        its running mean of such a channel by up to a quarter of the spread (100.3 to 100.5), a
+        shift of every pixel alike, and the logits to 8 significant bits. Both cost next to
+        nothing beside the blocks. Unlike ``.to(dtype)`` this also keeps the pixel
+        normalization in float32: in bfloat16 the mean 123.675 would become 123.5.
         """
+        norm = self.backbone.vit.norm
+        kept = {key: value.clone() for key, value in norm.state_dict().items()}
         self.backbone.to(dtype)
+        norm.float().load_state_dict(kept)  # cast to bfloat16 and back, 100.3 would stay 100.5
+        if dtype != torch.float32 and not self._float32_norm:
+            norm.register_forward_pre_hook(_float32_input)
+            self._float32_norm = True
         return self
 
     def quantize_int8(self) -> "Segmentor":
@@ -717,7 +733,7 @@ class Segmentor(nn.Module):
         """Images (B, 3, H, W), or features from ``features`` -> (B, K, h, w) patch logits,
         float32 but where autocast runs the head's convolution in its dtype."""
         features = x if from_features else self.features(x)
-        return self.head(features.float())  # a cast backbone's features too (see cast)
+        return self.head(features.float())  # cached float16 ones too: the head is float32
 
     def forward(
         self, x: torch.Tensor, size: tuple[int, int] | None = None, from_features: bool = False

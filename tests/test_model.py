@@ -414,14 +414,14 @@ def test_a_cast_network_keeps_the_pixel_normalization_exact():
 def test_a_cast_network_runs_its_head_in_float32(vit):
     # Some of DINOv2's feature channels have means large next to their spread. Cast to bfloat16,
     # the head's BatchNorm rounded such a running mean by up to a quarter of the spread (100.3
-    # to 100.5), which shifted every pixel's logits alike: from the very features a bfloat16
-    # backbone hands the head, its logits were up to 0.048 off the float32 head's (of 1.5)
+    # to 100.5), which shifted every pixel's logits alike: from features in bfloat16's steps,
+    # its logits were up to 0.048 off the float32 head's (of 1.5)
     model = Segmentor(with_layers(vit, 1), num_classes=3).eval()
     g = torch.Generator().manual_seed(0)
     features = torch.randn(2, 384, 3, 4, generator=g)
     large = torch.arange(0, 384, 8)  # a channel in 8, with means of 50 to 200
     features[:, large] += torch.linspace(50, 200, len(large)).view(-1, 1, 1)
-    features = features.bfloat16().float()  # the values a bfloat16 backbone gives
+    features = features.bfloat16().float()
     # float32 statistics of those channels, as training estimates them
     model.head.bn.running_mean.copy_(features.mean((0, 2, 3)))
     model.head.bn.running_var.copy_(features.var((0, 2, 3)))
@@ -434,6 +434,25 @@ def test_a_cast_network_runs_its_head_in_float32(vit):
     assert half.dtype == half.backbone.vit.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
     head = {t.dtype for t in half.head.state_dict().values() if t.is_floating_point()}
     assert head == {torch.float32}
+
+
+def test_a_cast_network_keeps_the_spread_of_channels_with_large_means(vit):
+    # DINOv2's final LayerNorm gives some feature channels means large next to their spread (its
+    # bias here: 50 to 200, next to about 1), which bfloat16 holds in steps of 0.25 to 1. Cast
+    # with the blocks, the norm handed the head those channels up to 0.91 off the float32 ones;
+    # in float32, on the bfloat16 blocks' tokens, 0.04
+    vit = copy.deepcopy(vit)  # not the shared one
+    large = torch.arange(0, 384, 8)
+    with torch.no_grad():
+        vit.norm.bias[large] = torch.linspace(50, 200, len(large))
+    model = Segmentor(with_layers(vit, 1), num_classes=3).eval()
+    half = copy.deepcopy(model).cast(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 28, 42), dtype=torch.uint8, generator=g)
+    with torch.no_grad():
+        want, got = model.features(images), half.features(images)
+    assert (got.float() - want)[:, large].abs().max() < 0.1
+    assert half.dtype == torch.bfloat16 and got.dtype == torch.float32
 
 
 def test_pixels_are_normalized_as_dinov2_was_trained():
