@@ -240,14 +240,15 @@ def mp4_video_samples(path: Path) -> int | None:
 
 
 def mp4_edits_hide_frames(path: Path) -> bool:
-    """Whether an MP4 or MOV file's video track has an edit list that starts past the start of
-    its media or ends before its end, so that OpenCV declares frames it does not show; False
-    where there is none, or the file is no such file or damaged.
+    """Whether an MP4 or MOV file's video track has an edit list that hides some of its frames,
+    so that OpenCV declares frames it does not show; False where there is none, or the file is
+    no such file or damaged.
 
     A clip cut without re-encoding (ffmpeg -ss -c copy, most cutting apps) stores the frames
     from the key frame before the cut, which it needs to decode the first one, and hides them
-    so. A video with B-frames starts its edit a frame or two in and hides none, but decodes to
-    all it declares: only its truncation with its header intact would go unsaid.
+    with an edit that starts past them. A video with B-frames (phones, libx264) starts its edit
+    a frame or two in too, at its first frame's composition offset, and hides none: an edit
+    hides a frame only where the frame's middle, in presentation time, lies outside it.
     """
     try:
         with path.open("rb") as f:
@@ -255,7 +256,7 @@ def mp4_edits_hide_frames(path: Path) -> bool:
             if b"moov" not in boxes:
                 return False
             movie = list(_boxes(f, *boxes[b"moov"]))
-            movie_scale, _ = _scale_and_length(f, dict(movie).get(b"mvhd"))
+            movie_scale = _timescale(f, dict(movie).get(b"mvhd"))
             for kind, where in movie:
                 parts = dict(_boxes(f, *where)) if kind == b"trak" else {}
                 media = dict(_boxes(f, *parts[b"mdia"])) if b"mdia" in parts else {}
@@ -264,7 +265,7 @@ def mp4_edits_hide_frames(path: Path) -> bool:
                 if _read_at(f, media[b"hdlr"][0] + 8, 4) != b"vide":
                     continue  # sound, subtitles
                 edits = dict(_boxes(f, *parts[b"edts"])).get(b"elst")
-                media_scale, length = _scale_and_length(f, media.get(b"mdhd"))
+                media_scale = _timescale(f, media.get(b"mdhd"))
                 if edits is None or not movie_scale or not media_scale:
                     continue
                 entry = ">qq" if _read_at(f, edits[0], 1)[0] else ">ii"  # version 1: 64 bits
@@ -278,23 +279,73 @@ def mp4_edits_hide_frames(path: Path) -> bool:
                         continue
                     start = media_time if start is None else start
                     shown += duration
-                if start is not None:
-                    # 1% for rounding: the edits' durations are kept in the movie's timescale
-                    end = start + shown * media_scale / movie_scale
-                    return start > 0 or end < length * 0.99
+                if start is None:
+                    continue
+                info = dict(_boxes(f, *media[b"minf"]))  # KeyError where missing: damaged
+                middles = _frame_middles(f, dict(_boxes(f, *info[b"stbl"])))
+                if middles is None:  # no frame to hide
+                    return False
+                # the edits' durations are kept in the movie's timescale, rounded: far less
+                # than the half frame between a frame's middle and its end
+                end = start + shown * media_scale / movie_scale
+                return start > middles[0] or end < middles[1]
             return False
-    except (OSError, struct.error, IndexError):  # IndexError: a box cut short at the end
+    # IndexError: a box cut short at the end; KeyError: a sample table without its boxes
+    except (OSError, struct.error, IndexError, KeyError):
         return False
 
 
-def _scale_and_length(f, where) -> tuple[int, int]:
-    """The timescale and duration of the mvhd or mdhd box ``where`` (its body's start and end),
-    or (0, 0) where there is none."""
+def _frame_middles(f, table: dict) -> tuple[float, float] | None:
+    """The middles of the first and last frames a track presents, in its media's timescale, from
+    its sample table ``table`` (stbl's boxes: type to body start and end), or None where it
+    holds no frame.
+
+    A frame is presented at its decoding time (stts) plus its composition offset (ctts, where
+    B-frames make the order of decoding another than that of showing). Reads the boxes' runs
+    of equal values, never a value per frame, whose count a damaged box could make billions.
+    """
+    counts, durations = _runs(f, table[b"stts"], signed=False)
+    frames = int(counts.sum())
+    if not frames:
+        return None
+    stts_ends = np.cumsum(counts)  # (R,) the frame after each run
+    if b"ctts" in table:
+        # Signed in version 0 too, which says unsigned: writers store negative offsets there,
+        # and FFmpeg, OpenCV's reader, reads them signed. Frames past its runs: no offset.
+        offset_counts, offsets = _runs(f, table[b"ctts"], signed=True)
+        ctts_ends = np.minimum(np.cumsum(offset_counts), frames)
+    else:
+        offsets, ctts_ends = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    # (P,) pieces of frames lying in one run of each box: within one, every frame lasts as long
+    # and has the same offset, so its first frame is shown first and its last ends last
+    ends = np.union1d(stts_ends, np.append(ctts_ends, frames))
+    ends = ends[ends > 0]
+    starts = np.concatenate(([0], ends[:-1]))
+    run = np.searchsorted(stts_ends, starts, side="right")  # (P,) each piece's stts run
+    step = durations[run]
+    run_decoded = np.concatenate(([0], np.cumsum(counts * durations)))[run]
+    first = run_decoded + (starts - (stts_ends - counts)[run]) * step  # decoded
+    first += np.append(offsets, 0)[np.searchsorted(ctts_ends, starts, side="right")]  # shown
+    return float((first + step / 2).min()), float((first + (ends - starts - 0.5) * step).max())
+
+
+def _runs(f, where, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The runs of an stts or ctts box ``where`` (its body's start and end): the (R,) counts
+    of frames and the (R,) value each of a run's frames has, both int64."""
+    count = struct.unpack(">I", _read_at(f, where[0] + 4, 4))[0]
+    count = min(count, (where[1] - where[0] - 8) // 8)  # a damaged count
+    kind = np.dtype([("count", ">u4"), ("value", ">i4" if signed else ">u4")])
+    runs = np.frombuffer(_read_at(f, where[0] + 8, count * 8), kind)
+    return runs["count"].astype(np.int64), runs["value"].astype(np.int64)
+
+
+def _timescale(f, where) -> int:
+    """The timescale (ticks a second) of the mvhd or mdhd box ``where`` (its body's start and
+    end), or 0 where there is none."""
     if where is None:
-        return 0, 0
-    if _read_at(f, where[0], 1)[0]:  # version 1: 64-bit times
-        return struct.unpack(">IQ", _read_at(f, where[0] + 20, 12))
-    return struct.unpack(">II", _read_at(f, where[0] + 12, 8))
+        return 0
+    at = where[0] + (20 if _read_at(f, where[0], 1)[0] else 12)  # version 1: 64-bit times
+    return struct.unpack(">I", _read_at(f, at, 4))[0]
 
 
 def _read_at(f, offset: int, n: int) -> bytes:

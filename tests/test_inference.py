@@ -2763,3 +2763,77 @@ def test_a_clip_cut_without_re_encoding_is_not_called_truncated(
     assert "cut.mp4: 50 frames" in out
     assert "declares" not in caplog.text
     assert "50/50" in err  # the bar ends full
+
+
+def b_frame_like_mp4(path, offsets, version=0, edit=None) -> Path:
+    """A 60-frame 64x48 mp4 at 30 FPS (512 ticks a frame) with a ctts box of ``version`` that
+    shows frame i ``offsets[i]`` frames after its decoding time, as B-frames do, and one edit of
+    (start frame, frames shown), by default (the first frame's offset, all 60), as libx264's."""
+    clip = write_clip(path, frames=60, size=(64, 48), fps=30)
+    data = bytearray(clip.read_bytes())
+    runs = b"".join(struct.pack(">Ii", 1, 512 * offset) for offset in offsets)
+    ctts = struct.pack(">I4sB3xI", 16 + len(runs), b"ctts", version, len(offsets)) + runs
+    moov = data.rindex(b"moov") - 4  # after mdat, which the insertion then leaves in place
+    stbl = data.index(b"stbl", moov) - 4
+    end = stbl + int.from_bytes(data[stbl : stbl + 4], "big")
+    data[end:end] = ctts  # stbl's last box
+    for kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):  # the boxes that hold it grow
+        at = data.index(kind, moov) - 4
+        data[at : at + 4] = struct.pack(">I", int.from_bytes(data[at : at + 4], "big") + len(ctts))
+    start, shown = edit or (offsets[0], 60)
+    at = data.index(b"elst", moov) + 12  # (1000ths of a second, media time)
+    data[at : at + 8] = struct.pack(">Ii", round(shown * 1000 / 30), 512 * start)
+    clip.write_bytes(bytes(data))
+    return clip
+
+
+B_FRAMES = [2] * 60  # libx264's first frame, by default, shows 2 frames late: its edit starts there
+NEGATIVE_B_FRAMES = [0, 2, -1, -1] * 15  # decoded I0 P3 B1 B2, shown in order from 0
+
+
+@pytest.mark.parametrize(
+    ("offsets", "version", "edit", "shown"),
+    [
+        (B_FRAMES, 0, None, 60),
+        (NEGATIVE_B_FRAMES, 1, None, 60),  # read unsigned, the last frame would end in years
+        (B_FRAMES, 0, (12, 50), 50),  # a B-frame clip cut 10 frames in
+        (B_FRAMES, 0, (3, 59), 59),
+        (B_FRAMES, 0, (2, 55), 55),  # the last 5
+    ],
+    ids=["b-frames", "negative-offsets", "cut", "one", "end"],
+)
+def test_an_edit_hides_frames_only_past_the_first_shown_or_the_last(
+    tmp_path, offsets, version, edit, shown
+):
+    clip = b_frame_like_mp4(tmp_path / "clip.mp4", offsets, version, edit)
+    assert len(read_rgb_frames(clip)) == shown  # OpenCV, which declares 60
+    assert infer_video.mp4_edits_hide_frames(clip) == (shown < 60)
+
+
+def test_a_damaged_composition_offset_box_hides_nothing(tmp_path):
+    clip = b_frame_like_mp4(tmp_path / "clip.mp4", B_FRAMES, edit=(12, 50))
+    data = bytearray(clip.read_bytes())
+    at = data.index(b"ctts", data.rindex(b"moov")) - 4
+    data[at : at + 4] = struct.pack(">I", 2**31)  # runs past its stbl
+    clip.write_bytes(bytes(data))
+    assert not infer_video.mp4_edits_hide_frames(clip)
+
+
+@pytest.mark.parametrize(
+    ("offsets", "version"), [(B_FRAMES, 0), (NEGATIVE_B_FRAMES, 1)], ids=["ctts0", "ctts1"]
+)
+def test_a_b_frame_video_that_lost_its_end_is_called_truncated(
+    tmp_path, checkpoint, caplog, offsets, version
+):
+    # B-frames start a whole video's edit a frame or two in (its composition offset), which was
+    # taken for a cut clip's edit hiding frames: a video whose end was lost (a download stopped
+    # half way into a file of its full size), a third of its frames decoding, went unsaid.
+    clip = b_frame_like_mp4(tmp_path / "clip.mp4", offsets, version)
+    data = bytearray(clip.read_bytes())
+    end = data.rindex(b"moov") - 4  # of mdat
+    data[end // 2 : end] = bytes(end - end // 2)
+    clip.write_bytes(bytes(data))
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
+    assert re.search(
+        rf"{re.escape(str(clip))} declares 60 frames but only \d+ could be", caplog.text
+    )
