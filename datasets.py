@@ -43,6 +43,7 @@ from utils import (
     first_few,
     network_timeout,
     new_folder,
+    shell_quote,
     temp_folder,
     write_image,
 )
@@ -969,6 +970,16 @@ def zero_255_among_0_1(kinds: dict[str, list[Path]]) -> list[Path]:
     return []
 
 
+def binary_command(root: Path, name: str) -> str:
+    """The command that copies the dataset ``root`` to ``root``_01 with its 0/255 masks as class
+    ids, 255 becoming ``name`` (prepare_data.py binary, whose --name is person by default)."""
+    out = shell_quote(f"{root}_01")
+    return (
+        f"python prepare_data.py binary --root {shell_quote(str(root))} --out {out} "
+        f"--name {shell_quote(name)}"
+    )
+
+
 def _warn_of_mixed_binary(root: Path, classes: ClassConfig, kinds: dict[str, list[Path]]) -> None:
     """Warn of zero_255_among_0_1's masks (paths under ``root``), naming a few."""
     suspects, labelled = zero_255_among_0_1(kinds), kinds.get("1", [])
@@ -984,7 +995,7 @@ def _warn_of_mixed_binary(root: Path, classes: ClassConfig, kinds: dict[str, lis
         f"masks saved as 0/{IGNORE_INDEX} among 0/1 ones (two annotation tools, masks re-saved "
         f"by an image editor)? Their {IGNORE_INDEX} reads as ignore, so training never sees "
         f"their {name}: {first_few(names)}. If {IGNORE_INDEX} marks {name} there, convert the "
-        f"dataset with python prepare_data.py binary --root {root} --out {root}_01 (it keeps "
+        f"dataset with {binary_command(root, name)} (it keeps "
         "the 0/1 masks as they are), or re-save those masks as 0/1; if it marks regions to "
         "ignore, nothing needs changing"
     )
@@ -1085,7 +1096,7 @@ def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> No
             f"no mask in {root} holds a pixel of {classes.names[1]}, but they hold "
             f"{IGNORE_INDEX} (ignore): masks saved as 0/{IGNORE_INDEX}? This repository reads "
             f"{IGNORE_INDEX} as 'ignore'. Convert them to 0/1 masks with: "
-            f"python prepare_data.py binary --root {root} --out {root}_01"
+            f"{binary_command(root, classes.names[1])}"
         )
     for split, counts in pixels.items():
         if not counts[: classes.num_classes].any():

@@ -24,10 +24,7 @@ import errno
 import json
 import math
 import os
-import shlex
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -52,6 +49,7 @@ from datasets import (
     DataError,
     DatasetError,
     Pair,
+    binary_command,
     binary_kind,
     checked_mask,
     convert_penn_fudan,
@@ -77,6 +75,7 @@ from utils import (
     log,
     new_folder,
     run_script,
+    shell_quote,
     temp_folder,
     within,
 )
@@ -1364,18 +1363,6 @@ def report(folder: Path, names: list[str]) -> None:
         print(f"{split}: {images}; pixels: {pixels}; ignored {counts[IGNORE_INDEX]:,}")
 
 
-def shell_quote(text: str) -> str:
-    """``text`` as one argument of a command to paste into this system's shell.
-
-    POSIX quoting, except on Windows: there cmd.exe (and so the Anaconda Prompt) passes single
-    quotes on as part of the argument, so every quoted path would keep them. The double quotes
-    used there instead are read by cmd.exe and PowerShell alike.
-    """
-    if sys.platform == "win32":
-        return subprocess.list2cmdline([text])
-    return shlex.quote(text)
-
-
 class Importer(NamedTuple):
     """One subcommand of get_args_parser.
 
@@ -1531,11 +1518,7 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
             "left out"
         )
     # where 255 marks the one class, binary makes it class 1 (and keeps 0/1 masks as they are)
-    binary = (
-        f"if 255 marks {names[1]}, map it to 1: python prepare_data.py binary --root "
-        f"{shell_quote(str(args.out))} --out {shell_quote(str(args.out) + '_01')} --name "
-        f"{shell_quote(names[1])}"
-    )
+    binary = f"if 255 marks {names[1]}, map it to 1: {binary_command(args.out, names[1])}"
     if kinds.get("ignore only"):
         fix = (
             binary

@@ -18,9 +18,11 @@ import platform
 import queue
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -1204,3 +1206,15 @@ def _window_visible(title: str) -> bool:
         return cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) >= 1
     except cv2.error:  # a build without windows has none to ask about
         return False
+
+
+def shell_quote(text: str) -> str:
+    """``text`` as one argument of a command to paste into this system's shell.
+
+    POSIX quoting, except on Windows: there cmd.exe (and so the Anaconda Prompt) passes single
+    quotes on as part of the argument, so every quoted path would keep them. The double quotes
+    used there instead are read by cmd.exe and PowerShell alike.
+    """
+    if sys.platform == "win32":
+        return subprocess.list2cmdline([text])
+    return shlex.quote(text)

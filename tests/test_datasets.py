@@ -1,3 +1,4 @@
+import shlex
 import struct
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from datasets import (
     read_mask,
     resize_mask,
 )
-from synthetic import penn_fudan_zip
+from synthetic import make_dataset, penn_fudan_zip
 from utils import UserError
 
 THREE = ClassConfig(
@@ -789,6 +790,25 @@ def test_a_data_folder_of_another_layout_is_named_with_the_command_that_converts
         check_dataset(root / data, DEFAULT_CLASSES, splits=("valid",))
 
 
+def test_the_binary_command_offered_names_the_class_and_runs_as_printed(tmp_path):
+    """The fix printed for 0/255 masks, pasted into a shell: it named no --name, so a class
+    other than person came out as person in the new dataset's classes.yaml, and a folder with a
+    space in its name split into two arguments."""
+    data = make_dataset(tmp_path / "my data", n_train=2, n_valid=1)
+    for mask in data.glob("*_masks/*.png"):
+        save(np.asarray(Image.open(mask)) * np.uint8(255), mask)
+    cats = ClassConfig.from_dict({"ALL_CLASSES": ["background", "cat"]})
+    with pytest.raises(UserError) as info:
+        check_dataset(data, cats)
+    command = str(info.value).split("Convert them to 0/1 masks with: ")[1]
+    assert command.startswith("python prepare_data.py binary") and "--name cat" in command
+    argv = [sys.executable, *shlex.split(command)[1:]]
+    subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    converted = tmp_path / "my data_01"
+    assert "cat" in (converted / "classes.yaml").read_text()
+    check_dataset(converted, cats)
+
+
 def test_masks_saved_as_0_and_255_are_refused_with_the_fix(fresh_data):
     for mask in (fresh_data / "train_masks").iterdir():
         binary = np.asarray(Image.open(mask))
@@ -916,7 +936,7 @@ def test_0_255_masks_among_0_1_ones_are_a_warning_naming_them(fresh_data, caplog
     assert "while 2 hold person as 1" in said
     assert "train_masks/img000.png, train_masks/img001.png" in said
     assert "valid_masks/img001.png" in said
-    assert f"python prepare_data.py binary --root {fresh_data} --out {fresh_data}_01" in said
+    assert f"binary --root {fresh_data} --out {fresh_data}_01 --name person" in said
     # one mask holding person and ignore: 255 means ignore in this dataset, as in VOC's
     mask = np.asarray(Image.open(masks[3])).copy()
     mask[:2] = 255
