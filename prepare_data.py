@@ -643,12 +643,23 @@ def _read_coco(annotations: Path) -> dict:
 
 def _whole(value) -> bool:
     """Whether a JSON value is a positive whole number: 480 or 480.0, not "480", 480.5 or true."""
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and float(value).is_integer()
-        and value > 0
-    )
+    if isinstance(value, bool):
+        return False
+    # an int is taken as it is: float() of one of 309 digits or more is an OverflowError
+    if isinstance(value, float):
+        return value.is_integer() and value > 0
+    return isinstance(value, int) and value > 0
+
+
+def _coordinate(value) -> bool:
+    """Whether a JSON value is a finite number that numpy holds: 12, -3.5 or 1e12, not "12",
+    true, NaN or an integer of 64 bits or more (JSON holds any; 2**64 - 1 is -1 written
+    unsigned)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**63) < value < 2**63
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _coco_file_names(annotations: Path, images: list[dict]) -> tuple[dict, dict]:
@@ -744,8 +755,7 @@ def _coco_box(ann: dict, img: dict, where: str) -> np.ndarray | None:
     if not (
         isinstance(box, list)
         and len(box) == 4
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
-        and np.isfinite(box).all()
+        and all(map(_coordinate, box))
         and box[2] >= 0
         and box[3] >= 0
     ):

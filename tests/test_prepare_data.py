@@ -634,7 +634,9 @@ def test_coco_objects_with_a_box_and_no_mask_are_ignored_not_background(
     assert prepare_data._coco_box({"bbox": [-1e12, -1e12, 2e12, 2e12]}, image, "").all()
 
 
-@pytest.mark.parametrize("bbox", ["missing", "null", "negative", "nan", "text", "three"])
+@pytest.mark.parametrize(
+    "bbox", ["missing", "null", "negative", "nan", "text", "three", "huge", "unsigned -1"]
+)
 def test_coco_an_object_without_a_mask_or_a_box_is_named(tmp_path, bbox):
     """An annotation whose segmentation is empty or missing and whose bbox is missing or not a
     box was left out, and its object's pixels trained as background, without a word."""
@@ -651,6 +653,8 @@ def test_coco_an_object_without_a_mask_or_a_box_is_named(tmp_path, bbox):
             "nan": [float("nan"), 20, 10, 10],
             "text": ["20", "20", "10", "10"],
             "three": [20, 20, 10],
+            "huge": [20, 20, 2**65, 10],  # was a TypeError's traceback (numpy takes no such int)
+            "unsigned -1": [20, 20, 2**64 - 1, 10],  # covered the image to its right side
         }[bbox]
         message = r"annotation 4's bbox is .*, not \[x, y, width, height\]"
     ann.write_text(json.dumps(data))
@@ -830,7 +834,8 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
 
 @pytest.mark.parametrize(
     "defect",
-    ["rle size", "rle counts", "rle short", "rle long", "rle compressed short", "polygon null",
+    ["rle size", "rle counts", "rle short", "rle long", "rle huge", "rle compressed short",
+     "polygon null",
      "polygon nan", "polygon far", "polygon points", "polygon flat", "height", "width text",
      "file_name null", "category_id", "iscrowd text", "rle without size", "image id list",
      "image_id list", "category_id object", "category id nan", "category name null"],
@@ -838,12 +843,14 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
 def test_coco_malformed_entries_are_named(tmp_path, defect):
     ann = coco_fixture(tmp_path / "coco")
     data = json.loads(ann.read_text())
-    if defect in ("rle short", "rle long"):  # uncompressed: pycocotools decoded past a short
-        counts = data["annotations"][2]["segmentation"]["counts"]  # one with unset memory
+    if defect in ("rle short", "rle long", "rle huge"):  # uncompressed: pycocotools decoded
+        counts = data["annotations"][2]["segmentation"]["counts"]  # past a short one
         if defect == "rle short":  # its last run of background left out, as some encoders do
             del counts[-1]
-        else:
+        elif defect == "rle long":
             counts[-1] += 3
+        else:  # too large for a float: an OverflowError's traceback
+            counts[-1] = 10**400
         message = rf"annotation 3's RLE counts cover {sum(counts)} pixels, not 40 x 50 = 2000"
     elif defect == "rle compressed short":  # one run of background: decoded as random pixels
         data["annotations"][1]["segmentation"]["counts"] = "0"
