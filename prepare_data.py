@@ -624,6 +624,18 @@ def _read_coco(annotations: Path) -> dict:
                     f'{kind} have the id {as_text[str(value)]!r}: a text "1" is not the number '
                     "1, so its object would be left out; write the ids one way in both lists"
                 )
+    # An object of a category no entry defines lies in its image as background would: its class
+    # is unknown, even whether it is one of --classes (one chosen but left out of the list)
+    defined = {category["id"] for category in data["categories"]}
+    if undefined := [ann for ann in data["annotations"] if ann["category_id"] not in defined]:
+        missing = sorted({ann["category_id"] for ann in undefined}, key=str)
+        raise UserError(
+            f"{annotations}: {len(undefined)} annotation(s) "
+            f"({first_few([str(ann.get('id')) for ann in undefined])}) have a category_id that "
+            f"no entry of its categories has ({first_few(list(map(str, missing)))}): their class "
+            "is unknown, and their objects would be trained as background. Add those categories "
+            "to its categories list, or remove those annotations"
+        )
     for img in data["images"]:
         if not isinstance(img["file_name"], str):
             raise UserError(

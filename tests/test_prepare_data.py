@@ -246,6 +246,25 @@ def test_coco_unknown_category_is_named(tmp_path):
             "--out", str(tmp_path / "o"), "--classes", "zebra")  # fmt: skip
 
 
+def test_coco_annotations_of_a_category_no_entry_defines_are_named(tmp_path):
+    """An export whose categories list lacks ids its annotations use made those objects
+    background without a word, as if left out of --classes (which stays silent: the cat here)."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["annotations"][1]["category_id"] = 0  # image a's small person
+    data["annotations"][3]["category_id"] = 0  # image b's person
+    data["annotations"].append({**data["annotations"][4], "id": 6, "category_id": 90})
+    ann.write_text(json.dumps(data))
+    with pytest.raises(
+        UserError,
+        match=r"instances\.json: 3 annotation\(s\) \(2, 4, 6\) have a category_id that no entry "
+        r"of its categories has \(0, 90\): .*Add those categories to its categories list",
+    ):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
 def test_existing_output_needs_force_and_force_replaces_it_whole(tmp_path):
     zip_path = penn_fudan_zip(tmp_path / "PennFudanPed.zip")
     out = tmp_path / "pf"
