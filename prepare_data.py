@@ -476,9 +476,6 @@ def convert_coco(
         raise UserError(problem[0])
     drawn = boxes = 0  # annotations with a mask: an export of boxes alone has "segmentation": []
     for split, img, source in placed:
-        mask, masked, boxed = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
-        drawn += masked
-        boxes += boxed
         if not source.is_file():
             # --images coco for coco/val2017: the folder holding the file one level down
             inner = [d for d in sorted(images.iterdir()) if (d / files[img["id"]]).is_file()]
@@ -494,7 +491,13 @@ def convert_coco(
             raise UserError(
                 f"{annotations} names {img['file_name']}, missing from --images {images}{hint}"
             )
-        if (size := displayed_size(source)) != (img["width"], img["height"]):
+        size = displayed_size(source)
+        # sides the entry leaves out (as many converters do) are the image's, as training reads it
+        img["width"], img["height"] = (
+            mine if given is None else given
+            for given, mine in zip((img["width"], img["height"]), size, strict=True)
+        )
+        if size != (img["width"], img["height"]):
             if size[::-1] == (img["width"], img["height"]) and turned(source):
                 raise UserError(
                     f"{annotations}: image {img['id']} ({img['file_name']}) has width "
@@ -511,6 +514,10 @@ def convert_coco(
                 "masks would not fit it. Pass the --images the annotations were drawn on (not "
                 "resized copies; a photo turned by its EXIF orientation swaps the sides)"
             )
+        # drawn once its size is known to be the file's: an entry's sides may be anything
+        mask, masked, boxed = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
+        drawn += masked
+        boxes += boxed
         write_pair(out, split, names[img["id"]], source.read_bytes(), mask)
     if not kept:
         named = (
@@ -552,7 +559,8 @@ def _fractions_only(anns: list[dict]) -> bool:
 
 
 def _read_coco(annotations: Path) -> dict:
-    """The annotation file's JSON, checked to hold the lists and keys that convert_coco reads."""
+    """The annotation file's JSON, checked to hold the lists and keys that convert_coco reads;
+    an image's height or width is an int, or None where the entry leaves it out or writes null."""
     try:
         # bytes: JSON is UTF-8, whatever the locale's encoding (a Windows code page would
         # misread non-ASCII file and category names)
@@ -566,7 +574,7 @@ def _read_coco(annotations: Path) -> dict:
             f"{', '.join(keys)} (pass instances_*.json, not captions_*.json or another kind)"
         )
     for kind, needed in (
-        ("images", ("id", "file_name", "height", "width")),
+        ("images", ("id", "file_name")),
         ("annotations", ("image_id", "category_id")),
         ("categories", ("id", "name")),
     ):
@@ -643,7 +651,9 @@ def _read_coco(annotations: Path) -> dict:
                 "file name; name its file under --images"
             )
         for side in ("height", "width"):
-            value = img[side]
+            value = img[side] = img.get(side)  # left out or null: convert_coco reads the file's
+            if value is None:
+                continue
             if not _whole(value):
                 raise UserError(
                     f"{annotations}: image {img['id']}'s {side} is {value!r}, not a whole number "

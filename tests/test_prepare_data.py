@@ -855,7 +855,7 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
     "defect",
     ["rle size", "rle counts", "rle short", "rle long", "rle huge", "rle compressed short",
      "polygon null",
-     "polygon nan", "polygon far", "polygon points", "polygon flat", "height", "width text",
+     "polygon nan", "polygon far", "polygon points", "polygon flat", "height huge", "width text",
      "file_name null", "category_id", "iscrowd text", "rle without size", "image id list",
      "image_id list", "category_id object", "category id nan", "category name null"],
 )  # fmt: skip
@@ -911,9 +911,9 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
     elif defect == "rle counts":
         data["annotations"][1]["segmentation"]["counts"] = "!!!not rle"
         message = r"annotation 2: its segmentation is not a valid RLE"
-    elif defect == "height":
-        del data["images"][0]["height"]
-        message = r"image 1 lacks 'height'"
+    elif defect == "height huge":  # its mask was made before the check: a traceback
+        data["images"][0]["height"] = 10**400
+        message = r"image 1 \(a\.jpg\) has width 50, height 10{400}, but \S*a\.jpg is 50x40"
     elif defect == "width text":  # was a TypeError's traceback
         data["images"][0]["width"] = "50"
         message = r"image 1's width is '50', not a whole number of pixels"
@@ -945,6 +945,33 @@ def test_coco_sides_written_as_whole_floats_are_read(tmp_path):
     run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
         "--out", str(out), "--valid-every", "2")  # fmt: skip
     assert np.asarray(Image.open(out / "train_masks" / "a.png")).shape == (40, 50)
+
+
+def test_coco_sides_left_out_are_read_from_the_image(tmp_path):
+    """Converters leave out an entry's width and height (or write null): such an export was
+    refused; the sides are the image's as training reads it, its EXIF orientation applied."""
+    ann = coco_fixture(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    del data["images"][0]["width"], data["images"][0]["height"]
+    data["images"][1]["width"] = data["images"][1]["height"] = None
+    ann.write_text(json.dumps(data))
+    photo = Image.open(tmp_path / "coco/images/b.jpg")  # stored 50x40
+    exif = photo.getexif()
+    exif[0x0112] = 6  # shown turned a quarter, 40x50: its person (x and y 20-30) fits both
+    photo.save(tmp_path / "coco/images/b.jpg", exif=exif)
+    out = tmp_path / "o"
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    a = np.asarray(Image.open(out / "train_masks" / "a.png"))
+    assert a.shape == (40, 50) and a[12, 12] == 1 and a[32, 42] == 255
+    b = np.asarray(Image.open(out / "valid_masks" / "b.png"))
+    assert b.shape == (50, 40) and (b == 1).sum() == 100 and b[25, 25] == 1
+    check_dataset(out, DEFAULT_CLASSES)
+    data["images"][1]["width"] = 50  # given, and not the file's: still named
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"image 2 \(b\.jpg\) has width 50, height 50, but"):
+        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+            "--out", str(tmp_path / "o2"), "--valid-every", "2")  # fmt: skip
 
 
 @pytest.mark.parametrize("defect", ["size", "corrupt"])
