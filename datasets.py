@@ -821,6 +821,17 @@ def turned(path: Path) -> bool:
         return False
 
 
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation that reading an image file applies, 2 to 8, or 1 where it applies
+    none (none written, a value outside 1 to 8, or an EXIF block or file it cannot parse)."""
+    try:
+        with _open_unguarded(path) as img:
+            method = _exif_transpose(img)
+    except Exception:  # for a note: the file's own problems are reported by those who read it
+        return 1
+    return next((k for k, v in _EXIF_TRANSPOSE.items() if v == method), 1)
+
+
 def _classes_hint(root: Path, classes: ClassConfig) -> str:
     """How to give the classes of masks read as instance ids: the classes.yaml that
     prepare_data.py writes into the dataset folder, where it lists other classes."""

@@ -54,6 +54,7 @@ from datasets import (
     checked_mask,
     convert_penn_fudan,
     describe_identical,
+    exif_orientation,
     find_pairs,
     identical_images,
     image_size,
@@ -438,7 +439,9 @@ def convert_coco(
 
     Returns:
         {"boxes": the annotations drawn as ignore over their box, "orphans": those left out as
-        their image_id is no image's, "orphan_ids": those image ids, the first few as text}
+        their image_id is no image's, "orphan_ids": those image ids, the first few as text,
+        "exif": the images with an EXIF orientation other than 1 that no entry's sides show
+        the annotation tool applied, "exif_names": their file names, the first few as text}
     """
     data = _read_coco(annotations)
     ids_of: dict[str, list] = {}  # merged exports repeat a name under several ids
@@ -475,6 +478,8 @@ def convert_coco(
     if problem := copies_across(sources, images, images):
         raise UserError(problem[0])
     drawn = boxes = 0  # annotations with a mask: an export of boxes alone has "segmentation": []
+    shown = 0  # photos with an EXIF orientation whose sides show that the tool applied it
+    unsure = []  # the names of those whose sides cannot show it
     for split, img, source in placed:
         if not source.is_file():
             # --images coco for coco/val2017: the folder holding the file one level down
@@ -492,10 +497,10 @@ def convert_coco(
                 f"{annotations} names {img['file_name']}, missing from --images {images}{hint}"
             )
         size = displayed_size(source)
+        given = (img["width"], img["height"])
         # sides the entry leaves out (as many converters do) are the image's, as training reads it
         img["width"], img["height"] = (
-            mine if given is None else given
-            for given, mine in zip((img["width"], img["height"]), size, strict=True)
+            mine if side is None else side for side, mine in zip(given, size, strict=True)
         )
         if size != (img["width"], img["height"]):
             if size[::-1] == (img["width"], img["height"]) and turned(source):
@@ -514,6 +519,13 @@ def convert_coco(
                 "masks would not fit it. Pass the --images the annotations were drawn on (not "
                 "resized copies; a photo turned by its EXIF orientation swaps the sides)"
             )
+        if exif_orientation(source) != 1:
+            # A quarter-turned photo whose entry gives its sides, unequal, passed the check above:
+            # the tool drew on it as displayed. Upside down or mirrored, the sides say nothing.
+            if None not in given and size[0] != size[1] and turned(source):
+                shown += 1
+            else:
+                unsure.append(img["file_name"])
         # drawn once its size is known to be the file's: an entry's sides may be anything
         mask, masked, boxed = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
         drawn += masked
@@ -539,7 +551,14 @@ def convert_coco(
     # an empty valid split; said last, so that a broken entry is named first
     where = f"{annotations}: only {len(kept)} image(s) have an annotation of {classes}"
     check_valid_every(len(kept), every, where)
-    return {"boxes": boxes, "orphans": orphans, "orphan_ids": first_few(list(map(str, unlisted)))}
+    unsure = [] if shown else unsure  # a tool applying it to some photos applies it to all
+    return {
+        "boxes": boxes,
+        "orphans": orphans,
+        "orphan_ids": first_few(list(map(str, unlisted))),
+        "exif": len(unsure),
+        "exif_names": first_few(unsure),
+    }
 
 
 def _fractions_only(anns: list[dict]) -> bool:
@@ -1533,6 +1552,14 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
         print(
             f"{kinds['orphans']} annotation(s) of {kept} name an image id that no image has "
             f"({kinds['orphan_ids']}): left out, as there is no image to draw them on"
+        )
+    if kinds.get("exif"):
+        print(
+            f"{kinds['exif']} image(s) ({kinds['exif_names']}) have an EXIF orientation other "
+            "than 1 (stored turned or mirrored) that no entry's width and height show the "
+            "annotations followed: their masks were drawn on them as displayed, as training "
+            "reads them. If the annotation tool showed them as stored, set their EXIF "
+            "Orientation to 1 (exiftool -n -Orientation=1 FILE)"
         )
     if kinds.get("unannotated"):
         print(

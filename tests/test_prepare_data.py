@@ -1016,6 +1016,36 @@ def test_coco_photos_annotated_unturned_are_named_with_their_exif_fix(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_coco_photos_whose_sides_cannot_show_their_exif_was_followed_are_noted(tmp_path, capsys):
+    """A tool that ignores EXIF orientation draws a photo stored upside down on its stored
+    pixels: its sides do not swap, so the size check passed it without a word."""
+
+    def orient(name, value):
+        photo = Image.open(tmp_path / "coco/images" / name)
+        exif = photo.getexif()
+        exif[0x0112] = value
+        photo.save(tmp_path / "coco/images" / name, exif=exif)
+
+    ann = coco_fixture(tmp_path / "coco")
+    orient("b.jpg", 3)  # shown turned upside down, 50x40 still
+    flags = ("--images", str(tmp_path / "coco/images"), "--valid-every", "2", "--force")
+    run("coco", "--annotations", str(ann), "--out", str(tmp_path / "o"), *flags)
+    assert re.search(
+        r"\n1 image\(s\) \(b\.jpg\) have an EXIF orientation other than 1 .* drawn on them as "
+        r"displayed.*exiftool -n -Orientation=1 FILE\)\n",
+        capsys.readouterr().out,
+    )
+    # a quarter-turned photo whose entry gives its displayed sides: the tool applied EXIF
+    orient("c.jpg", 6)  # stored 50x40, shown 40x50; its cat (x and y 0-10) fits both
+    data = json.loads(ann.read_text())
+    data["images"][2]["width"], data["images"][2]["height"] = 40, 50
+    ann.write_text(json.dumps(data))
+    run("coco", "--annotations", str(ann), "--out", str(tmp_path / "o"), *flags,
+        "--classes", "person", "cat")  # fmt: skip
+    assert "EXIF" not in capsys.readouterr().out
+    assert np.asarray(Image.open(tmp_path / "o/train_masks/c.png")).shape == (50, 40)
+
+
 def test_coco_images_of_formats_training_skips_are_named(tmp_path):
     """A .gif or a file_name without an extension was copied as it was named, and training,
     which reads only IMAGE_EXTENSIONS, then found its mask without an image."""
