@@ -921,13 +921,12 @@ def _compressed_counts(text: str) -> list[int] | None:
 def _check_polygons(seg: list, img: dict, where: str) -> None:
     """Refuse polygons that are not lists [x1, y1, x2, y2, ...] of numbers within the image's
     width and height of it: pycocotools crashes (a segmentation fault) on null, NaN and far
-    coordinates, and a polygon of [x, y] points, or not inside a list, would cover nothing."""
+    coordinates, and a polygon of [x, y] points, or not inside a list, would cover nothing.
+    Points that cover no area as one polygon (stray points) pass, as degenerate parts."""
     h, w = img["height"], img["width"]
     fix = "write each polygon as one flat list inside it: [[x1, y1, x2, y2, ...]]"
     if not all(isinstance(part, list) for part in seg):
         raise UserError(f"{where}'s segmentation is not a list of polygons; {fix}")
-    if len(seg) >= 3 and all(len(part) == 2 for part in seg):  # a part of 1 point covers nothing
-        raise UserError(f"{where}'s segmentation is a list of [x, y] points; {fix}")
     for part in seg:
         for k, v in enumerate(part):
             side = w if k % 2 == 0 else h
@@ -937,6 +936,14 @@ def _check_polygons(seg: list, img: dict, where: str) -> None:
                     f"image {img['file_name']}: polygons are flat lists [x1, y1, x2, y2, ...] of "
                     "numbers within the image (or less than its size outside it)"
                 )
+    # Parts of 1 point each cover nothing, and pycocotools refuses such a list, so COCO's own
+    # files hold none (its evaluation and torchvision's loaders pass each one whole): points
+    # that would cover an area as one polygon are that polygon written as [x, y] pairs, while
+    # stray points (exports of some tools) are degenerate parts, left out as others are.
+    if len(seg) >= 3 and all(len(part) == 2 for part in seg):
+        x, y = np.array(seg, np.float64).T
+        if np.dot(x, np.roll(y, 1)) != np.dot(y, np.roll(x, 1)):  # the shoelace area is not 0
+            raise UserError(f"{where}'s segmentation is a list of [x, y] points; {fix}")
 
 
 def read_binary_mask(path: Path) -> tuple[np.ndarray, str]:

@@ -620,6 +620,15 @@ def test_coco_degenerate_polygons_cover_nothing(tmp_path):
     mask = np.asarray(Image.open(out / "valid_masks" / "b.png"))
     assert mask[25, 25] == 1 and mask[3, 41] == 0 and mask[10, 45] == 0
     assert (mask == 1).sum() == 100  # the 10x10 box and nothing else
+    # stray points alone (some tools export [128, 128] parts): degenerate, so its bbox is
+    # ignored, as for an empty segmentation; they were named as one polygon written as points
+    person["segmentation"] = [[22, 22], [22, 22], [25, 25], [28, 28]]  # no area, as one polygon
+    person["bbox"] = [20, 20, 10, 10]
+    ann.write_text(json.dumps(data))
+    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
+        "--out", str(out), "--valid-every", "2", "--force")  # fmt: skip
+    mask = np.asarray(Image.open(out / "valid_masks" / "b.png"))
+    assert (mask == 255).sum() == 100 and (mask == 1).sum() == 0
 
 
 @pytest.mark.parametrize("segmentation", ["empty", "missing", "null"])
