@@ -1482,7 +1482,10 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
     try:
         return ClassConfig(tuple(names), mask_colors, colors)
     except UserError as err:  # roboflow's names: two classes of one name, a single class
-        raise UserError(f"{args.root / 'train' / '_classes.csv'}: {err}") from err
+        if args.dataset == "roboflow":
+            raise UserError(f"{args.root / 'train' / '_classes.csv'}: {err}") from err
+        flag = "--name" if args.dataset == "binary" else "--classes"
+        raise UserError(f"{flag}: {err}") from err  # more classes than class ids
 
 
 def check_out(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
@@ -1640,6 +1643,8 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(
             f"{flag} names {repeated} twice (background is always class 0): list each class once"
         )
+    if not all(name.strip() for name in kept):  # an unset shell variable: --classes "$NAME"
+        raise UserError(f"{flag} gives a blank class name in {kept}: name each class")
     importer = IMPORTERS[args.dataset]
     check_out(args, importer.sources)
     classes = importer_classes(args, kept)

@@ -2179,3 +2179,38 @@ def test_voc_lists_saved_by_a_text_editor_are_read(tmp_path):
     (lists / "val.txt").write_bytes(b"2007_00000\xe92\n")  # Latin-1
     with pytest.raises(UserError, match=r"cannot read .*val\.txt"):
         run("voc", "--root", str(root), "--out", str(tmp_path / "other"))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "flag", "names", "message"),
+    [
+        ("folder", "--classes", [""], r"--classes gives a blank class name in \['']"),
+        (
+            "coco",
+            "--classes",
+            ["cat", " "],
+            r"--classes gives a blank class name in \['cat', ' '\]",
+        ),
+        ("binary", "--name", [" "], r"--name gives a blank class name in \[' '\]"),
+        ("coco", "--classes", [f"c{i}" for i in range(255)], r"--classes: at most 255 classes"),
+    ],
+)
+def test_class_names_that_make_no_class_config_are_named_with_their_flag(
+    tmp_path, dataset, flag, names, message
+):
+    """Such names failed in ClassConfig, whose message importer_classes took for roboflow's
+    _classes.csv: an AttributeError (no --root) where the importer has none, and binary's
+    --root/train/_classes.csv, a file that is not there, where it has one."""
+    if dataset == "coco":
+        ann = coco_fixture(tmp_path / "coco")
+        sources = ["--annotations", str(ann), "--images", str(tmp_path / "coco/images")]
+    elif dataset == "folder":
+        (tmp_path / "images").mkdir()
+        (tmp_path / "masks").mkdir()
+        sources = ["--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks")]
+    else:
+        sources = ["--root", str(tmp_path)]
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=message):
+        run(dataset, *sources, "--out", str(out), flag, *names)
+    assert not out.exists()
