@@ -9,12 +9,12 @@ wins over the file.
 """
 
 import argparse
+import dataclasses
 import difflib
 import logging
 import math
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -50,7 +50,7 @@ PENN_FUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 RGB = tuple[int, int, int]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BackboneSpec:
     """One backbone: an official DINOv2 model, its shape, and the blocks that feed the head.
 
@@ -174,7 +174,7 @@ def distinct_colors(n: int) -> tuple[RGB, ...]:
 CLASS_KEYS = ("ALL_CLASSES", "LABEL_COLORS_LIST", "VIS_LABEL_MAP")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ClassConfig:
     """The classes: names, the colours that mark them in colour masks, overlay colours."""
 

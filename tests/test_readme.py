@@ -240,3 +240,17 @@ def test_every_section_link_of_the_readme_has_its_heading():
     links = re.findall(r"\]\(#([^)]+)\)", text)
     assert links, "the README links no section"
     assert not sorted(set(links) - anchors), f"no heading for {sorted(set(links) - anchors)}"
+
+
+def test_the_extending_recipe_of_a_backbone_row_runs_in_config_as_written():
+    """The row the README's "Extending" adds (``BACKBONES[KEY] = dataclasses.replace(...)``),
+    pasted into config.py below the table: it named a module config.py had not imported."""
+    import config
+
+    line = re.search(r'`(BACKBONES\["(\w+)"\] = [^`]+)`', README)
+    assert line, "the README's Extending section shows no BACKBONES row"
+    namespace = {**vars(config), "BACKBONES": dict(config.BACKBONES)}
+    exec(line.group(1), namespace)
+    row = namespace["BACKBONES"][line.group(2)]
+    assert row.hub_name in config.BACKBONES  # its entry point and weights are an official model's
+    assert row.head_blocks != config.BACKBONES[row.hub_name].head_blocks
