@@ -609,6 +609,14 @@ def read_yaml(path: Path) -> dict:
         # Windows code page would misread class names such as "café")
         data = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)
     except (OSError, yaml.YAMLError) as err:
+        if recorded_settings(path):
+            # a checkpoint stores its run's settings, but not as YAML: its args.yaml does
+            settings = path.parent / "args.yaml"
+            where = settings if settings.is_file() else "OUT/args.yaml of the run that wrote it"
+            raise UserError(
+                f"config file {path} is a checkpoint written by train.py, not a YAML file: its "
+                f"run's settings and classes are in args.yaml, pass --config {where}"
+            ) from err
         # "C:\Users\me": in double quotes, \U starts an escape (\n a newline)
         hint = f"\n{WINDOWS_PATHS_IN_YAML}" if "escape" in str(err) else ""
         raise UserError(f"cannot read config file {path}: {err}{hint}") from err

@@ -1730,3 +1730,19 @@ def test_train_py_gives_the_head_of_an_independent_adamw_loop(tmp_path, weights_
     trained = torch.load(tmp_path / "out/last_model.pth", weights_only=True)["model"]["head"]
     for name, value in head.state_dict().items():
         torch.testing.assert_close(trained[name], value, msg=name)
+
+
+def test_a_checkpoint_given_as_config_file_is_named_with_its_runs_args_yaml(checkpoint, tmp_path):
+    """A checkpoint stores its run's settings, so it is a likely --config; YAML's reading of its
+    bytes ("unacceptable character #x0080") said nothing of what to pass instead."""
+    settings = checkpoint.parent / "args.yaml"
+    with pytest.raises(
+        UserError,
+        match=rf"config file {re.escape(str(checkpoint))} is a checkpoint written by train\.py, "
+        rf"not a YAML file: .* pass --config {re.escape(str(settings))}$",
+    ):
+        parse_args(train.get_args_parser(), ["--config", str(checkpoint)])
+    alone = tmp_path / "last_model.pth"  # copied without its run's folder
+    shutil.copy(checkpoint, alone)
+    with pytest.raises(UserError, match=r"pass --config OUT/args\.yaml of the run that wrote it"):
+        parse_args(train.get_args_parser(), ["--config", str(alone)])
