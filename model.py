@@ -41,6 +41,7 @@ from utils import (
     atomic_path,
     check_int8_cpu,
     check_utf8,
+    is_utf8,
     network_timeout,
     new_folder,
     run_script,
@@ -805,7 +806,9 @@ def peek_checkpoint(path: Path) -> dict:
     so that its tensors are not read; {} for any file that is not one (read_checkpoint names
     the problem where it matters)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # torch's mmap opens the file in C++, which takes no path that is not UTF-8: such a
+        # file is read whole
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=is_utf8(path))
     except Exception:  # any unreadable file
         return {}
     return ckpt if isinstance(ckpt, dict) else {}

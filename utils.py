@@ -454,16 +454,23 @@ def existing_parent(path: Path) -> Path:
     return path
 
 
-def check_utf8(path, flag: str, reader: str, remedy: str) -> None:
-    """Refuse a path that is not UTF-8 (a Latin-1 name on Linux, which Python holds as
-    surrogates) before ``reader``, a library that cannot take it, fails or crashes on it; the
-    message names ``flag`` and ``remedy``."""
+def is_utf8(path) -> bool:
+    """Whether ``path`` is UTF-8, as libraries that take paths to C++ need: a Latin-1 name on
+    Linux, which Python holds as surrogates, is not."""
     try:
         str(path).encode()
     except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_utf8(path, flag: str, reader: str, remedy: str) -> None:
+    """Refuse a path that is not UTF-8 (is_utf8) before ``reader``, a library that cannot take
+    it, fails or crashes on it; the message names ``flag`` and ``remedy``."""
+    if not is_utf8(path):
         raise UserError(
             f"{flag} {path} is not UTF-8, which {reader} cannot take as a path: {remedy}"
-        ) from None
+        )
 
 
 def within(path: Path, folder: Path) -> bool:

@@ -37,7 +37,14 @@ from conftest import FAKE_HUB, ROOT, PixelClassifier, load_benchmark
 from datasets import SegmentationDataset, check_dataset, resize_image, resize_mask
 from engine import Predictor, evaluate
 from metrics import ConfusionMatrix
-from model import Segmentor, load_backbone, load_checkpoint, read_checkpoint, save_checkpoint
+from model import (
+    Segmentor,
+    load_backbone,
+    load_checkpoint,
+    peek_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from synthetic import make_dataset, penn_fudan_zip
 from utils import UserError, amp_dtype, check_grad_scaler, pick_device, read_csv, write_csv
 
@@ -1746,3 +1753,19 @@ def test_a_checkpoint_given_as_config_file_is_named_with_its_runs_args_yaml(chec
     shutil.copy(checkpoint, alone)
     with pytest.raises(UserError, match=r"pass --config OUT/args\.yaml of the run that wrote it"):
         parse_args(train.get_args_parser(), ["--config", str(alone)])
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="a file name that is not UTF-8: Linux allows it"
+)
+def test_resume_continues_the_recorded_run_from_a_folder_whose_name_is_not_utf8(tmp_path):
+    """torch.load's mmap takes the path to C++ as UTF-8, which a Latin-1 name on Linux (Python's
+    surrogates) is not: the peek failed, and --resume continued nothing (--data None, --batch 8,
+    a download of Penn-Fudan) while train.py read the checkpoint itself and warned of every
+    setting as changed."""
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    torch.save({"args": {"data": "my/data", "batch": 16, "lr": 3e-3}}, folder / "last.pth")
+    assert peek_checkpoint(folder / "last.pth")["args"]["batch"] == 16
+    args, _ = parse_args(train.get_args_parser(), ["--resume", str(folder / "last.pth")])
+    assert (args.data, args.batch, args.lr) == (Path("my/data"), 16, 3e-3)
