@@ -415,10 +415,12 @@ def _read_weights_file(
         raise UserError(f"--weights {path} does not exist. {offline_help(name)}")
     if path.suffix.lower() == ".safetensors":  # timm's Hugging Face weights come as these
         # safetensors comes with timm; older PyTorch's torch.load cannot read the format
-        from safetensors.torch import load_file
+        from safetensors.torch import load, load_file
 
         try:
-            sd = load_file(path, device="cpu")
+            # load_file takes the path to Rust, which takes none that is not UTF-8 (a Latin-1
+            # name on Linux): such a file is read here, and its bytes parsed
+            sd = load_file(path, device="cpu") if is_utf8(path) else load(path.read_bytes())
         except Exception as err:  # SafetensorError, or an OSError from the memory map
             raise UserError(
                 f"--weights {path} is not a readable safetensors file ({type(err).__name__}: "

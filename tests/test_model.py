@@ -1,6 +1,8 @@
 import copy
 import dataclasses
+import os
 import re
+import sys
 
 import cv2
 import numpy as np
@@ -605,3 +607,20 @@ def test_safetensors_weights_are_read_without_pickle(tmp_path, weights_file):
     (tmp_path / "model.safetensors").rename(tmp_path / "MODEL.SAFETENSORS")
     with pytest.raises(UserError, match=r"MODEL\.SAFETENSORS is not a readable safetensors file"):
         load_backbone("dinov2_vits14", "timm", str(tmp_path / "MODEL.SAFETENSORS"))
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="a file name that is not UTF-8: Linux allows it"
+)
+def test_safetensors_weights_are_read_from_a_path_that_is_not_utf8(tmp_path, weights_file):
+    """safetensors' load_file takes the path to Rust as UTF-8, which a Latin-1 name on Linux
+    (Python's surrogates) is not: the file was called unreadable, "Is it truncated?"."""
+    from safetensors.torch import save_file
+
+    official = torch.load(weights_file, weights_only=True)
+    path = tmp_path / os.fsdecode(b"poids_\xe9t\xe9.safetensors")
+    save_file(official, path)
+    loaded = load_backbone("dinov2_vits14", "hub", str(path), hub_dir=FAKE_HUB, layers=1)
+    loaded = loaded.official_state_dict()
+    for key in official:
+        torch.testing.assert_close(loaded[key], official[key], rtol=0, atol=0)
