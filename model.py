@@ -5,6 +5,7 @@ FLOPs per image.
 """
 
 import argparse
+import errno
 import json
 import logging
 import warnings
@@ -143,8 +144,25 @@ def download_official_weights(backbone: str, path: Path) -> None:
         with new_folder(path.parent), network_timeout():
             torch.hub.download_url_to_file(url, str(path))
     except OSError as err:  # URLError and HTTPError included
+        check_cache_error(err)
         raise UserError(
             f"could not download the official {backbone} weights ({err}). " + offline_help(backbone)
+        ) from err
+
+
+# what an OSError of torch.hub's cache folder, not of the network, says: it cannot be written
+CACHE_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC}
+
+
+def check_cache_error(err: OSError) -> None:
+    """Name a TORCH_HOME that torch.hub cannot write (a read-only home in a container), where
+    ``err`` is the file system's rather than the network's, whose fix is the offline options."""
+    if err.filename is not None and err.errno in CACHE_UNWRITABLE:
+        raise UserError(
+            f"torch.hub cannot write its cache folder {torch.hub.get_dir()} ({err}): set "
+            "TORCH_HOME to a folder you can write, or load without the cache: --hub-dir DIR (a "
+            f"local clone of {HUB_REPO}) with --weights FILE, or --backbone-source timm "
+            "--weights FILE"
         ) from err
 
 
@@ -300,6 +318,8 @@ def _hub_load(
                 f"{where} has no {entry}: it predates that model. Update it (git pull, or delete "
                 "the cached copy to download it again), or use --backbone-source timm"
             ) from err
+        if isinstance(err, OSError):
+            check_cache_error(err)
         raise UserError(
             f"could not load {entry} through torch.hub ({err}). " + offline_help(entry, weights)
         ) from err

@@ -444,3 +444,20 @@ def test_hub_dir_with_the_timm_source_is_a_warning_naming_the_flag(tmp_path, cap
     with caplog.at_level("WARNING", logger="dinoseg"):
         load_checkpoint(ckpt, backbone_source="hub", hub_dir=FAKE_HUB)
     assert "has no effect" not in caplog.text
+
+
+@pytest.mark.parametrize("hub_dir", [None, FAKE_HUB])
+def test_a_torch_home_that_cannot_be_written_is_named_not_taken_for_no_network(
+    tmp_path, monkeypatch, hub_dir
+):
+    """A TORCH_HOME torch.hub cannot write (a read-only home in a container; here a file, as
+    root may write anywhere) failed the hub code's or the weights' download with "Offline
+    options: fill the torch.hub cache on a machine with internet", online too."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").write_text("not a folder")
+    with pytest.raises(UserError) as caught:
+        load_backbone("dinov2_vits14", "hub", "pretrained", hub_dir=hub_dir)
+    message = str(caught.value)
+    assert f"torch.hub cannot write its cache folder {tmp_path / 'home' / 'hub'}" in message
+    assert "set TORCH_HOME to a folder you can write" in message
+    assert "Offline options" not in message
