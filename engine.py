@@ -878,7 +878,8 @@ class FeatureCache:
         # would otherwise keep each other's entries.
         text = f"{self.fingerprint}|{Path(image_path).resolve()}|{stat.st_size}|"
         text += f"{stat.st_mtime_ns}|{stat.st_ino}|{view}"
-        return hashlib.sha1(text.encode()).hexdigest()
+        # surrogateescape: a path that is not UTF-8 (a Latin-1 name on Linux) hashes as its bytes
+        return hashlib.sha1(text.encode(errors="surrogateescape")).hexdigest()
 
     def _has(self, key: str) -> bool:
         if self.mode == "memory":

@@ -4,6 +4,7 @@ import copy
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,25 @@ def test_cache_keys_depend_on_weights_size_blocks_and_precision(
     # a cast backbone's too, whose head stays float32
     cast = copy.deepcopy(base).cast(torch.bfloat16)
     assert key != FeatureCache(cast, (90, 66), "memory").key(image, "orig")
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="a file name that is not UTF-8: Linux allows it"
+)
+def test_a_dataset_whose_path_is_not_utf8_trains_from_the_disk_cache(
+    tmp_path, tiny_data, weights_file, caplog
+):
+    """A cache key hashed the image's path as strict UTF-8, which a Latin-1 name on Linux
+    (Python's surrogates) is not: a UnicodeEncodeError traceback before the first epoch, where
+    training without the cache read the same dataset."""
+    data = tmp_path / os.fsdecode(b"donn\xe9es")
+    shutil.copytree(tiny_data, data)
+    run_train(argv(data, tmp_path / "out", weights_file, "--epochs", "1", "--cache-features",
+                   "disk", "--cache-dir", str(tmp_path / "cache")))  # fmt: skip
+    with caplog.at_level("INFO", logger="dinoseg"):  # a second run reuses every entry
+        run_train(argv(data, tmp_path / "out", weights_file, "--epochs", "1", "--cache-features",
+                       "disk", "--cache-dir", str(tmp_path / "cache")))  # fmt: skip
+    assert cache_report(caplog.text) == (0, 2 * 8 + 4)
 
 
 def test_cache_size_estimate_is_the_size_written(tiny_data, weights_file):
