@@ -214,6 +214,14 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
                 out,
             )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        if out.is_dir() and not any((out / f"{split}_images").is_dir() for split in SPLITS):
+            # data/ for data/voc_person: --force would replace every dataset in it
+            held = sorted(p.name + "/" * p.is_dir() for p in out.iterdir())
+            raise UserError(
+                f"--out {out} is not empty and holds no dataset ({first_few(held)}): --force "
+                f"would replace it and all it holds; to add a dataset to it, pass --out "
+                f"{out / 'NAME'}"
+            )
         kind = "not empty" if out.is_dir() else "a file"
         raise UserError(f"--out {out} is {kind}; pass --force to replace it")
     with contextlib.ExitStack() as parents:  # --out's parents it makes go if the block fails

@@ -270,7 +270,7 @@ def test_existing_output_needs_force_and_force_replaces_it_whole(tmp_path):
     out = tmp_path / "pf"
     out.mkdir()
     (out / "old.txt").write_text("keep me unless forced")
-    with pytest.raises(UserError, match="is not empty; pass --force"):
+    with pytest.raises(UserError, match=r"holds no dataset \(old\.txt\): --force would replace"):
         run("pennfudan", "--zip", str(zip_path), "--out", str(out))
     assert (out / "old.txt").is_file()
     run("pennfudan", "--zip", str(zip_path), "--out", str(out), "--force")
@@ -2214,3 +2214,23 @@ def test_class_names_that_make_no_class_config_are_named_with_their_flag(
     with pytest.raises(UserError, match=message):
         run(dataset, *sources, "--out", str(out), flag, *names)
     assert not out.exists()
+
+
+def test_an_out_that_holds_no_dataset_is_named_with_what_force_would_replace(tmp_path):
+    """--out data (for data/voc_person) was "not empty; pass --force to replace it", and
+    --force then replaced data/ whole: every other dataset in it. The message names what the
+    folder holds before anyone adds --force; a dataset's folder is still replaced by it."""
+    zip_path = penn_fudan_zip(tmp_path / "PennFudanPed.zip")
+    out = tmp_path / "data"
+    run("pennfudan", "--zip", str(zip_path), "--out", str(out / "PennFudanPed"))
+    (out / "notes.txt").write_text("")
+    message = (
+        rf"--out {re.escape(str(out))} is not empty and holds no dataset \(PennFudanPed/, "
+        r"notes\.txt\): --force would replace it and all it holds; to add a dataset to it, "
+        rf"pass --out {re.escape(str(out / 'NAME'))}$"
+    )
+    with pytest.raises(UserError, match=message):
+        run("pennfudan", "--zip", str(zip_path), "--out", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["PennFudanPed", "notes.txt"]
+    with pytest.raises(UserError, match=r"PennFudanPed is not empty; pass --force to replace it$"):
+        run("pennfudan", "--zip", str(zip_path), "--out", str(out / "PennFudanPed"))
