@@ -53,7 +53,7 @@ from datasets import SegmentationDataset, find_pairs
 from engine import synchronize, train_one_epoch
 from model import Segmentor, load_backbone
 from synthetic import PHOTO_SIZES, learnable_batch, make_dataset
-from train import make_loader
+from train import check_batch_statistics, make_loader
 from utils import AMP_DTYPES, UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
 
@@ -223,6 +223,7 @@ def main(args: argparse.Namespace) -> None:
     check_imgsz(args.imgsz)
     check_at_least(args, {"batch": 1, "steps": 1, "warmup": 0, "workers": 0})
     check_learning_rates(args, ("lr", "backbone_lr"), weight_decay=0.01)  # AdamW's default
+    check_batch_statistics(args.batch, args.batch, args.imgsz)
     if args.data_images is not None and args.data_images < 1:
         raise UserError("--data-images must be at least 1")
     device = pick_device(args.device)

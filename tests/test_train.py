@@ -1249,6 +1249,15 @@ def test_training_benchmark_refuses_a_learning_rate_adamw_cannot_take(flag):
         bench.main(args)
 
 
+def test_training_benchmark_refuses_batches_batchnorm_cannot_normalize():
+    # one image of one patch: BatchNorm's "Expected more than 1 value per channel" traceback,
+    # from the run's process, where train.py names --batch and --imgsz
+    bench = load_benchmark("bench_train")
+    args = bench.get_args_parser().parse_args(["--batch", "1", "--imgsz", "14", "14"])
+    with pytest.raises(UserError, match=r"one value per channel.* use --batch 2 or more"):
+        bench.main(args)
+
+
 def test_bf16_training_runs_end_to_end_on_the_cpu(tmp_path, fresh_data, weights_file):
     out = tmp_path / "out"
     run_train(["--data", str(fresh_data), "--out-dir", str(out), "--backbone-source", "timm",
