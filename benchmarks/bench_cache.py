@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import torch
 
-from config import add_device_flag, add_imgsz_flag, check_at_least
+from config import add_device_flag, add_imgsz_flag, check_at_least, check_imgsz
 from synthetic import PHOTO_SIZES, make_dataset, random_official_weights
-from utils import UserError, read_csv, run_script
+from utils import UserError, pick_device, read_csv, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,8 +67,11 @@ def train(data: Path, out: Path, weights: Path, args, *extra: str) -> tuple[list
 
 
 def main(args: argparse.Namespace) -> None:
-    # train.py would name the generated dataset's empty split
+    # train.py would name the generated dataset's empty split, and the others only once the
+    # dataset and the weights were generated
     check_at_least(args, {"train": 1, "valid": 1})
+    check_imgsz(args.imgsz)
+    pick_device(args.device)
     if args.epochs < 2:
         raise UserError(
             f"--epochs must be at least 2, not {args.epochs}: the speed-up is measured on the "

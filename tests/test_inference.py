@@ -1613,6 +1613,24 @@ def test_cache_benchmark_refuses_bad_values_itself(flags, capsys):
         assert f"{flags[0]} must be at least 1" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--imgsz", "13", "13"], r"--imgsz must be at least 14 14"),
+        (["--device", "mps"], r"--device mps was asked for"),
+    ],
+)
+def test_cache_benchmark_refuses_a_size_or_device_before_generating_anything(
+    flags, message, monkeypatch
+):
+    """Both were train.py's, after the dataset and the weights were generated: its stderr, and
+    exit code 1."""
+    bench = load_benchmark("bench_cache")
+    monkeypatch.setattr(bench, "make_dataset", None)  # generating would call it
+    with pytest.raises(UserError, match=message):
+        bench.main(bench.get_args_parser().parse_args(flags))
+
+
 def test_video_without_decodable_frames_fails_and_writes_nothing(tmp_path, checkpoint):
     data = mjpg_avi_bytes(tmp_path / "full.avi", frames=6)
     clip = tmp_path / "headers.avi"
