@@ -700,6 +700,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     keys = RESUMED_MODEL if eval_only else RESUMED_SETTINGS + RESUMED_MODEL
     recorded = recorded_settings(source) if source is not None else {}
     resumed = {k: recorded[k] for k in keys if recorded.get(k) is not None}
+    if resumed.get("backbone", DEFAULT_BACKBONE) not in BACKBONES:
+        # a row renamed or removed since: the checkpoint's own check names it, with the fix
+        del resumed["backbone"]
     if resumed:
         recorded_argv = _flags_to_argv(parser, resumed, f"checkpoint {source}")
         args = parser.parse_args(recorded_argv + file_argv + argv)

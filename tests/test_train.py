@@ -1778,3 +1778,18 @@ def test_resume_continues_the_recorded_run_from_a_folder_whose_name_is_not_utf8(
     assert peek_checkpoint(folder / "last.pth")["args"]["batch"] == 16
     args, _ = parse_args(train.get_args_parser(), ["--resume", str(folder / "last.pth")])
     assert (args.data, args.batch, args.lr) == (Path("my/data"), 16, 3e-3)
+
+
+@pytest.mark.parametrize("flags", [["--resume"], ["--eval-only", "--model"]])
+def test_a_checkpoint_of_a_backbone_row_that_left_the_table_is_named_with_the_fix(
+    checkpoint, tmp_path, flags
+):
+    """Its recorded --backbone went through the parser's choices first: "backbone:
+    'dinov2_vits14_dpt' is not one of ...", where the inference scripts name the checkpoint's
+    backbone as one this version does not build, and what to do."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["backbone"] = ckpt["args"]["backbone"] = "dinov2_vits14_dpt"  # a row since removed
+    torch.save(ckpt, tmp_path / "last_model.pth")
+    message = r"holds a 'dinov2_vits14_dpt' model, a backbone this version of the repository does"
+    with pytest.raises(UserError, match=message):
+        run_train([*flags, str(tmp_path / "last_model.pth"), "--out-dir", str(tmp_path / "out")])
