@@ -864,6 +864,13 @@ def _layout_advice(root: Path) -> str | None:
             f"prepare_data.py folder --images {root / 'images'} --masks {root / 'masks'} --out "
             f"{out}, then --data {out}"
         )
+    if (root / "PNGImages").is_dir() and (root / "PedMasks").is_dir():
+        # the split and masks this gives are those of train.py's own download (pennfudan)
+        return (
+            "Penn-Fudan as unzipped, not yet split into train and valid: run python "
+            f"prepare_data.py folder --images {root / 'PNGImages'} --masks {root / 'PedMasks'} "
+            f"--mask-suffix _mask --out {out}, then --data {out}"
+        )
     for kind, marker in (
         ("Roboflow", root / "train" / "_classes.csv"),
         ("CVAT", root / "labelmap.txt"),

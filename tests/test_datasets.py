@@ -770,6 +770,11 @@ def test_a_dataset_folder_that_is_a_file_is_named_as_such(fresh_data):
          r"a Roboflow export: .*python prepare_data.py roboflow --root .*/d --out .*/d_prepared"),
         (["labelmap.txt", "SegmentationClass/"], "",
          r"a CVAT export: .*python prepare_data.py cvat --root .*/d --out .*/d_prepared"),
+        # PennFudanPed.zip unzipped by hand (downloaded elsewhere, as offline runs are told to)
+        (["PNGImages/", "PedMasks/", "Annotation/"], "",
+         r"is Penn-Fudan as unzipped, not yet split .*python prepare_data.py folder --images "
+         r".*/d/PNGImages --masks .*/d/PedMasks --mask-suffix _mask --out .*/d_prepared, then "
+         r"--data .*/d_prepared$"),
     ],
 )  # fmt: skip
 def test_a_data_folder_of_another_layout_is_named_with_the_command_that_converts_it(
