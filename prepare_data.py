@@ -1634,6 +1634,15 @@ def main(args: argparse.Namespace) -> None:
             unzip = " (unzip it first)" if path.suffix.lower() == ".zip" else ""
             raise UserError(f"--{key} {path} is a file, not a folder: pass --{key} {what}{unzip}")
         if not folder and path.is_dir():
+            unzipped = path / "PennFudanPed" if (path / "PennFudanPed").is_dir() else path
+            if args.dataset == "pennfudan" and (unzipped / "PedMasks").is_dir():
+                # a browser that unzips downloads (Safari): folder makes the same dataset of it
+                images, masks = (shell_quote(str(unzipped / n)) for n in ("PNGImages", "PedMasks"))
+                raise UserError(
+                    f"--zip {path} is Penn-Fudan as unzipped: run python prepare_data.py folder "
+                    f"--images {images} --masks {masks} --mask-suffix _mask --out "
+                    f"{shell_quote(str(args.out))}"
+                )
             raise UserError(f"--{key} {path} is a folder, not a file: pass --{key} {what}")
     if (
         args.dataset == "folder"

@@ -6,9 +6,11 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -2234,3 +2236,26 @@ def test_an_out_that_holds_no_dataset_is_named_with_what_force_would_replace(tmp
     assert sorted(p.name for p in out.iterdir()) == ["PennFudanPed", "notes.txt"]
     with pytest.raises(UserError, match=r"PennFudanPed is not empty; pass --force to replace it$"):
         run("pennfudan", "--zip", str(zip_path), "--out", str(out / "PennFudanPed"))
+
+
+@pytest.mark.parametrize("given", ["PennFudanPed", "."])  # the folder, or the one it unzips into
+def test_penn_fudan_as_unzipped_given_as_zip_is_named_with_the_command_that_converts_it(
+    tmp_path, given
+):
+    """A browser that unzips downloads (Safari) leaves PennFudanPed/ for the --zip the offline
+    message names: "pass --zip PennFudanPed.zip", which the user no longer has."""
+    unzipped = tmp_path / "Downloads"
+    with zipfile.ZipFile(penn_fudan_zip(tmp_path / "PennFudanPed.zip")) as archive:
+        archive.extractall(unzipped)
+    folder = unzipped / "PennFudanPed"
+    out = tmp_path / "data" / "PennFudanPed"
+    command = (
+        f"python prepare_data.py folder --images {folder / 'PNGImages'} --masks "
+        f"{folder / 'PedMasks'} --mask-suffix _mask --out {out}"
+    )
+    with pytest.raises(UserError, match=rf"is Penn-Fudan as unzipped: run {re.escape(command)}"):
+        run("pennfudan", "--zip", str(unzipped / given), "--out", str(out))
+    run(*shlex.split(command.removeprefix("python prepare_data.py ")))
+    run("pennfudan", "--zip", str(tmp_path / "PennFudanPed.zip"), "--out", str(tmp_path / "z"))
+    for made in sorted(p.relative_to(tmp_path / "z") for p in (tmp_path / "z").rglob("*.png")):
+        assert (out / made).read_bytes() == (tmp_path / "z" / made).read_bytes()  # the same
