@@ -74,6 +74,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """get_args_parser's arguments. A glob the shell expanded (--input photos/*.jpg, unquoted)
+    is named as such, where argparse would call its second file an unrecognized argument."""
+    parser = get_args_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and all(Path(arg).is_file() for arg in extra):
+        folder = Path(args.input).parent
+        suffixes = {Path(arg).suffix for arg in (args.input, *extra)}
+        glob = folder / f"*{suffixes.pop() if len(suffixes) == 1 else ''}"
+        raise UserError(
+            f"--input takes one file, folder or glob, and got {len(extra) + 1} files: a glob "
+            f'the shell expanded? Quote it, --input "{glob}", or pass their folder, --input '
+            f"{folder}"
+        )
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg")  # what save_result writes after each name
 # videos given to this script rather than to infer_video.py (the containers phones, cameras and
 # screen recorders write)
@@ -436,4 +455,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_script(lambda: main(get_args_parser().parse_args()))
+    run_script(lambda: main(parse_args()))

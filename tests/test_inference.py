@@ -2855,3 +2855,24 @@ def test_a_b_frame_video_that_lost_its_end_is_called_truncated(
     assert re.search(
         rf"{re.escape(str(clip))} declares 60 frames but only \d+ could be", caplog.text
     )
+
+
+def test_a_glob_the_shell_expanded_is_named_with_the_quoted_glob(tmp_path, capsys):
+    """--input photos/*.jpg, unquoted, reaches the script as several files: argparse called
+    the second one an unrecognized argument, and nothing said why."""
+    photos = [tmp_path / "photos" / name for name in ("a.jpg", "b.jpg", "c.jpg")]
+    photos[0].parent.mkdir()
+    for photo in photos:
+        photo.write_bytes(b"")
+    folder = tmp_path / "photos"
+    message = (
+        rf"--input takes one file, folder or glob, and got 3 files: a glob the shell expanded\? "
+        rf'Quote it, --input "{re.escape(str(folder / "*.jpg"))}", or pass their folder, '
+        rf"--input {re.escape(str(folder))}$"
+    )
+    with pytest.raises(UserError, match=message):
+        infer_image.parse_args(["--input", *map(str, photos), "--out-dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):  # anything else stays argparse's
+        infer_image.parse_args(["--input", str(photos[0]), "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    assert infer_image.parse_args(["--input", str(folder / "*.jpg")]).input == str(folder / "*.jpg")
