@@ -87,6 +87,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """get_args_parser's arguments. Several files after --input (videos/*.mp4, which the shell
+    expands) are named as such, where argparse would call the second an unrecognized argument."""
+    parser = get_args_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and all(Path(arg).is_file() for arg in extra):
+        raise UserError(
+            f"--input takes one video, and got {len(extra) + 1} files (a glob the shell "
+            f"expanded?): run infer_video.py once for each, --input {args.input} first"
+        )
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 @dataclass
 class VideoSource:
     capture: cv2.VideoCapture
@@ -830,4 +845,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_script(lambda: main(get_args_parser().parse_args()))
+    run_script(lambda: main(parse_args()))

@@ -2876,3 +2876,20 @@ def test_a_glob_the_shell_expanded_is_named_with_the_quoted_glob(tmp_path, capsy
         infer_image.parse_args(["--input", str(photos[0]), "--no-such-flag"])
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
     assert infer_image.parse_args(["--input", str(folder / "*.jpg")]).input == str(folder / "*.jpg")
+
+
+def test_several_videos_after_input_are_named_with_the_fix(tmp_path, capsys):
+    """--input videos/*.mp4, which the shell expands: argparse called the second video an
+    unrecognized argument."""
+    clips = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    for clip in clips:
+        clip.write_bytes(b"")
+    message = (
+        r"--input takes one video, and got 2 files \(a glob the shell expanded\?\): run "
+        rf"infer_video.py once for each, --input {re.escape(str(clips[0]))} first$"
+    )
+    with pytest.raises(UserError, match=message):
+        infer_video.parse_args(["--input", *map(str, clips)])
+    with pytest.raises(SystemExit):  # anything else stays argparse's
+        infer_video.parse_args(["--input", str(clips[0]), "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
