@@ -614,8 +614,8 @@ def read_yaml(path: Path) -> dict:
             settings = path.parent / "args.yaml"
             where = settings if settings.is_file() else "OUT/args.yaml of the run that wrote it"
             raise UserError(
-                f"config file {path} is a checkpoint written by train.py, not a YAML file: its "
-                f"run's settings and classes are in args.yaml, pass --config {where}"
+                f"config file {path} is a checkpoint written by train.py, not a YAML file: pass "
+                f"--config {where}, which holds its run's settings and classes"
             ) from err
         # "C:\Users\me": in double quotes, \U starts an escape (\n a newline)
         hint = f"\n{WINDOWS_PATHS_IN_YAML}" if "escape" in str(err) else ""

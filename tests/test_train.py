@@ -1755,7 +1755,7 @@ def test_a_checkpoint_given_as_config_file_is_named_with_its_runs_args_yaml(chec
     with pytest.raises(
         UserError,
         match=rf"config file {re.escape(str(checkpoint))} is a checkpoint written by train\.py, "
-        rf"not a YAML file: .* pass --config {re.escape(str(settings))}$",
+        rf"not a YAML file: pass --config {re.escape(str(settings))}, which holds its run's",
     ):
         parse_args(train.get_args_parser(), ["--config", str(checkpoint)])
     alone = tmp_path / "last_model.pth"  # copied without its run's folder
