@@ -1644,6 +1644,16 @@ def main(args: argparse.Namespace) -> None:
                     f"{shell_quote(str(args.out))}"
                 )
             raise UserError(f"--{key} {path} is a folder, not a file: pass --{key} {what}")
+    suffix = getattr(args, "mask_suffix", "")
+    separators = [c for c in "/\\" if c in suffix]
+    if suffix.lower() in IMAGE_EXTENSIONS or separators:
+        # matched against the stem: ".png" and "_m/x" name no mask, and every file was named
+        why = f"a path, with {separators[0]}" if separators else "a file extension"
+        raise UserError(
+            f"--mask-suffix {suffix} is {why}: it is what a mask's name adds to its image's "
+            "before the extension (_mask for x.jpg and x_mask.png); masks are read in any image "
+            "format, so drop it where a mask's name is its image's (x.jpg and x.png)"
+        )
     if (
         args.dataset == "folder"
         and not args.mask_suffix

@@ -2259,3 +2259,16 @@ def test_penn_fudan_as_unzipped_given_as_zip_is_named_with_the_command_that_conv
     run("pennfudan", "--zip", str(tmp_path / "PennFudanPed.zip"), "--out", str(tmp_path / "z"))
     for made in sorted(p.relative_to(tmp_path / "z") for p in (tmp_path / "z").rglob("*.png")):
         assert (out / made).read_bytes() == (tmp_path / "z" / made).read_bytes()  # the same
+
+
+@pytest.mark.parametrize(
+    ("suffix", "why"), [(".png", "a file extension"), ("_m/x", "a path, with /")]
+)
+def test_a_mask_suffix_that_names_no_mask_is_named_before_reading(tmp_path, suffix, why):
+    """--mask-suffix .png (the masks' extension) called img0.png "a mask whose name does not end
+    with --mask-suffix .png", and each image without "a mask named img0.png", which was there."""
+    root = folder_fixture(tmp_path / "mine", n=4)
+    with pytest.raises(UserError, match=rf"--mask-suffix {re.escape(suffix)} is {why}"):
+        run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+            "--out", str(tmp_path / "data"), "--mask-suffix", suffix)  # fmt: skip
+    assert not (tmp_path / "data").exists()
