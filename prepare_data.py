@@ -1646,6 +1646,12 @@ def main(args: argparse.Namespace) -> None:
             raise UserError(f"--{key} {path} is a folder, not a file: pass --{key} {what}")
     suffix = getattr(args, "mask_suffix", "")
     separators = [c for c in "/\\" if c in suffix]
+    stem, extension = os.path.splitext(suffix)
+    if stem and extension.lower() in IMAGE_EXTENSIONS:  # _mask.png for x_mask.png
+        raise UserError(
+            f"--mask-suffix {suffix} ends in an extension, which masks' names are matched "
+            f"without: pass --mask-suffix {stem}"
+        )
     if suffix.lower() in IMAGE_EXTENSIONS or separators:
         # matched against the stem: ".png" and "_m/x" name no mask, and every file was named
         why = f"a path, with {separators[0]}" if separators else "a file extension"

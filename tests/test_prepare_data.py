@@ -2272,3 +2272,7 @@ def test_a_mask_suffix_that_names_no_mask_is_named_before_reading(tmp_path, suff
         run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
             "--out", str(tmp_path / "data"), "--mask-suffix", suffix)  # fmt: skip
     assert not (tmp_path / "data").exists()
+    # the suffix with its extension, as the masks' names show it
+    with pytest.raises(UserError, match=r"_mask\.png ends in an extension.* --mask-suffix _mask$"):
+        run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+            "--out", str(tmp_path / "data"), "--mask-suffix", "_mask.png")  # fmt: skip
