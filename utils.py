@@ -253,11 +253,26 @@ def run_script(main: Callable[[], None]) -> None:
             raise
         # a --batch or --imgsz too large for the device: its first words say how much was asked
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        _say(f"error: out of memory ({detail[:200]}); lower --batch or --imgsz")
+        _say(f"error: out of memory ({detail[:200]}); {memory_advice(sys.argv)}")
         sys.exit(1)
     if stopped:  # out of the except clause: the stop's traceback no longer holds main's
         _let_loaders_close()  # frames, and so the DataLoaders they held
         sys.exit(130)
+
+
+def memory_advice(argv: Sequence[str]) -> str:
+    """What to lower after running out of memory, for the command line ``argv`` (sys.argv):
+    --batch or --imgsz, and what else of it takes memory in proportion."""
+    given = {arg.split("=")[0] for arg in argv[1:]}
+    advice = "lower --batch or --imgsz"
+    if "--tta" in given:  # each view at up to the largest scale's size
+        advice += ", or the largest of --tta-scales"
+    if Path(argv[0]).name == "train.py":
+        advice += " (--accum K keeps the batch size: K steps of a lower --batch, one update)"
+    pairs = zip(argv, [*argv[1:], ""], strict=True)  # each word and the next
+    if ("--cache-features", "memory") in pairs or "--cache-features=memory" in argv:
+        advice += "; --cache-features disk keeps the features out of memory"
+    return advice
 
 
 def _let_loaders_close(timeout: float = 5.0) -> None:

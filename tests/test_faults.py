@@ -399,6 +399,33 @@ def test_out_of_memory_is_one_message_naming_the_flags(error, monkeypatch, capsy
     assert "; lower --batch or --imgsz" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "advice"),
+    [
+        (["infer_image.py", "--input", "x"], "lower --batch or --imgsz\n"),
+        (["infer_image.py", "--tta", "--tta-scales", "1", "3"], "or the largest of --tta-scales\n"),
+        (["train.py"], "--accum K keeps the batch size"),
+        (["train.py", "--cache-features", "memory"], "; --cache-features disk keeps"),
+        (["train.py", "--cache-features=memory"], "; --cache-features disk keeps"),
+        (["train.py", "--cache-features", "disk"], "one update)\n"),
+    ],
+)
+def test_out_of_memory_names_what_else_of_the_command_takes_memory(
+    argv, advice, monkeypatch, capsys
+):
+    """--tta's largest scale, a memory cache and training's batch (which --accum keeps while
+    --batch shrinks) were left out of "lower --batch or --imgsz"."""
+
+    def main():
+        raise MemoryError("Unable to allocate 1.12 GiB for an array")
+
+    in_this_process(monkeypatch)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        utils.run_script(main)
+    assert advice in capsys.readouterr().err
+
+
 class WriteRecorder(io.StringIO):
     """A stderr that keeps each write() apart."""
 
