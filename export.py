@@ -217,7 +217,7 @@ def check_args(args: argparse.Namespace) -> None:
         # such as OUT/last_model.pth would replace a checkpoint of the run with the graph.
         raise UserError(
             f"--output {args.output} does not end in .onnx; name the graph's file, such as "
-            f"{args.output.with_suffix('.onnx')}"
+            f"{graph_name(args.output)}"
         )
     check_utf8(args.output, "--output", "ONNX Runtime", "choose another name or folder")
     if not args.tolerance > 0:  # also refuses nan, which every comparison fails
@@ -305,6 +305,17 @@ def not_preprocessing_advice(record: logging.LogRecord) -> bool:
     not run it, nor pass the advice on.
     """
     return "pre-processing before quantization" not in record.getMessage()
+
+
+def graph_name(output: Path) -> str:
+    """A .onnx name for an --output that lacks the extension: model.onnx for model.pth, model.onnx
+    for its data file model.onnx.data, and for a name without any, as a file or a folder to be
+    (--output e/ reaches here as e)."""
+    if output.stem.lower().endswith(".onnx"):
+        return str(output.with_name(output.stem))
+    if not output.suffix:
+        return f"{output.with_suffix('.onnx')}, or {output / 'model.onnx'} for a folder"
+    return str(output.with_suffix(".onnx"))
 
 
 def data_file(graph: Path) -> Path:

@@ -149,6 +149,19 @@ def test_an_output_without_the_onnx_extension_is_refused(tmp_path, checkpoint):
     assert last.read_bytes() == b"a checkpoint"
 
 
+@pytest.mark.parametrize(
+    ("output", "suggested"),
+    [("m.onnx.data", "{}/m.onnx"), ("e/", "{}/e.onnx, or {}/e/model.onnx for a folder")],
+)
+def test_the_onnx_name_suggested_fits_the_output_given(tmp_path, output, suggested):
+    """--output m.onnx.data (the weights file) was told m.onnx.onnx, and --output e/ (a folder
+    to be) e.onnx alone."""
+    suggested = suggested.format(tmp_path, tmp_path)
+    with pytest.raises(UserError, match=f"such as {re.escape(suggested)}$"):
+        export.main(export.get_args_parser().parse_args(
+            ["--model", "m.pth", "--output", f"{tmp_path}/{output}"]))  # fmt: skip
+
+
 def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("")
     monkeypatch.setattr(export, "load_checkpoint", lambda *a: pytest.fail("the model loaded"))
