@@ -1378,6 +1378,13 @@ def test_benchmark_script_runs_and_reports_the_ratios():
         assert "cannot run the int8 graph" in proc.stderr, proc.stderr
 
 
+def fixed_matmul_rate(monkeypatch, bench) -> None:
+    """bench_inference's matmul rates, fixed at 1 TFLOP/s: timing its products takes 10 to 20 s
+    on 2 CPU cores, for tests of other parts of its main (the rates and the floor are timed by
+    test_benchmark_script_runs_and_reports_the_ratios and the int8 rows' test)."""
+    monkeypatch.setattr(bench, "matmul_rate", lambda dtype, device, dim, tokens: 1e12)
+
+
 def test_benchmark_latency_gives_the_network_share_of_the_calls_it_times(checkpoint, monkeypatch):
     # "X ms per predict() call, Y ms of it the network": Y was the best of other runs, of the
     # network alone, so on a busy machine it came out larger than X. On this clock the network
@@ -1432,6 +1439,7 @@ def test_benchmark_of_a_checkpoint_draws_and_exports_the_checkpoints_classes(tmp
     monkeypatch.setattr(Predictor, "__init__", init)
     monkeypatch.setattr(export, "export", export_onnx)
     bench = load_benchmark("bench_inference")
+    fixed_matmul_rate(monkeypatch, bench)
     argv = ["--model", str(ckpt), "--frames", "1", "--reps", "1", "--video-size", "32", "24",
             "--device", "cpu", "--onnx"]  # fmt: skip
     bench.main(bench.get_args_parser().parse_args(argv))
@@ -1467,6 +1475,7 @@ def test_benchmark_rows_peak_memory_holds_their_own_model_alone(monkeypatch):
         return 0.0
 
     monkeypatch.setattr(bench, "peak_memory_mb", peak_memory_mb)
+    fixed_matmul_rate(monkeypatch, bench)
     argv = ["--imgsz", "28", "28", "--frames", "1", "--reps", "1", "--video-size", "32", "24",
             "--device", "cpu", "--amp", "bf16"]  # fmt: skip
     bench.main(bench.get_args_parser().parse_args(argv))
@@ -1491,6 +1500,7 @@ def test_benchmark_onnx_rows_run_after_the_rows_whose_peak_memory_they_would_rai
 
     monkeypatch.setattr(bench, "peak_memory_mb", peak_memory_mb)
     monkeypatch.setattr(bench, "onnx_rows", onnx_rows)
+    fixed_matmul_rate(monkeypatch, bench)
     argv = ["--imgsz", "28", "28", "--frames", "1", "--reps", "1", "--video-size", "32", "24",
             "--device", "cpu", "--amp", "bf16", "--onnx"]  # fmt: skip
     bench.main(bench.get_args_parser().parse_args(argv))
