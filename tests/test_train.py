@@ -1150,34 +1150,47 @@ def test_files_that_are_not_checkpoints_are_named_with_their_flag(tmp_path, name
         read_checkpoint(tmp_path / name, flag)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_mixed_precision_fine_tuning_follows_fp32(dtype, weights_file):
-    """The autocast (+ GradScaler for fp16) step makes the same updates as fp32, within rounding.
+WATCHED = ("head.classifier.weight", "backbone.vit.blocks.11.attn.qkv.weight")
 
-    CUDA runs the same code. Plain SGD, unlike Adam, is not invariant to the gradients' scale,
-    so a gradient left scaled by the GradScaler, or a skipped step, would show.
-    """
+
+def fine_tune_steps(weights_file: Path, amp: torch.dtype | None) -> tuple:
+    """3 SGD steps of a fine-tuned model from seed 0 in precision ``amp`` (None: float32):
+    (mean loss, {WATCHED name: its update}, {WATCHED name: its start}, GradScaler scale or
+    None)."""
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 128, (2, 3, 56, 70), dtype=torch.uint8, generator=g)
     masks = torch.zeros(2, 56, 70, dtype=torch.int64)
     images[:, :, 10:40, 20:50] += 100
     masks[:, 10:40, 20:50] = 1
     loader = [(images, masks, None)] * 3
-    watched = ("head.classifier.weight", "backbone.vit.blocks.11.attn.qkv.weight")
-    runs = {}
-    for amp in (None, dtype):
-        torch.manual_seed(0)
-        backbone = load_backbone("dinov2_vits14", "timm", str(weights_file), layers=2)
-        model = Segmentor(backbone, 2, fine_tune=True)
-        start = {name: p.detach().clone() for name, p in model.named_parameters()}
-        optimizer = torch.optim.SGD(model.param_groups(0.1, 0.01))
-        scaler = torch.amp.GradScaler("cpu", enabled=amp == torch.float16)
-        stats = train.train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2, amp, scaler)
-        updates = {n: p.detach() - start[n] for n, p in model.named_parameters() if n in watched}
-        runs[amp] = (stats["loss"], updates, scaler.get_scale() if scaler.is_enabled() else None)
-    (loss32, updates32, _), (loss, updates, scale) = runs[None], runs[dtype]
+    torch.manual_seed(0)
+    backbone = load_backbone("dinov2_vits14", "timm", str(weights_file), layers=2)
+    model = Segmentor(backbone, 2, fine_tune=True)
+    start = {name: p.detach().clone() for name, p in model.named_parameters() if name in WATCHED}
+    optimizer = torch.optim.SGD(model.param_groups(0.1, 0.01))
+    scaler = torch.amp.GradScaler("cpu", enabled=amp == torch.float16)
+    stats = train.train_one_epoch(model, loader, optimizer, torch.device("cpu"), 2, amp, scaler)
+    updates = {n: p.detach() - start[n] for n, p in model.named_parameters() if n in WATCHED}
+    return stats["loss"], updates, start, scaler.get_scale() if scaler.is_enabled() else None
+
+
+@pytest.fixture(scope="module")
+def fp32_fine_tuning(weights_file) -> tuple:
+    """fine_tune_steps in float32, once for both precisions compared with it (read only)."""
+    return fine_tune_steps(weights_file, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_fine_tuning_follows_fp32(dtype, weights_file, fp32_fine_tuning):
+    """The autocast (+ GradScaler for fp16) step makes the same updates as fp32, within rounding.
+
+    CUDA runs the same code. Plain SGD, unlike Adam, is not invariant to the gradients' scale,
+    so a gradient left scaled by the GradScaler, or a skipped step, would show.
+    """
+    loss32, updates32, start, _ = fp32_fine_tuning
+    loss, updates, _, scale = fine_tune_steps(weights_file, dtype)
     assert loss == pytest.approx(loss32, rel=0.02)
-    for name in watched:
+    for name in WATCHED:
         assert updates32[name].norm() > 1e-5 * start[name].norm()  # both parts trained
         error = (updates[name] - updates32[name]).norm() / updates32[name].norm()
         assert error < 0.1, (name, error.item())
