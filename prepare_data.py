@@ -281,12 +281,7 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
         if not (lists / listed).is_file():
             # --root VOCdevkit, or the folder its tar was extracted into
             inner = [p for p in (root / "VOC2012", root / "VOCdevkit/VOC2012") if p.is_dir()]
-            hint = f"; pass --root {inner[0]}" if inner else ""
-            if (root / "labelmap.txt").is_file():
-                hint = (
-                    "; this is a CVAT export (it has labelmap.txt): python prepare_data.py cvat "
-                    "reads it with its own label colours"
-                )
+            hint = export_hint(root, "voc") or (f"; pass --root {inner[0]}" if inner else "")
             raise UserError(f"{lists / listed} is missing: --root must be VOCdevkit/VOC2012{hint}")
         stems_of[split] = [word for line in text_lines(lists / listed) for word in line.split()]
         if not stems_of[split]:
@@ -1231,6 +1226,35 @@ def text_lines(path: Path) -> list[str]:
 ROBOFLOW_SPLITS = {"train": "train", "valid": "valid"}  # our split: its folder (test/ is left out)
 
 
+def export_hint(root: Path, importer: str) -> str:
+    """Where --root of ``importer`` is an export that another importer reads, that importer's
+    command ("; this is ..."); "" otherwise."""
+    coco = sorted((root / "train").glob("*.coco.json"))  # Roboflow's COCO Segmentation export
+    kinds = {
+        "cvat": (root / "labelmap.txt").is_file(),
+        "roboflow": (root / "train" / "_classes.csv").is_file(),
+        "voc": (root / "ImageSets/Segmentation/train.txt").is_file()
+        and not (root / "labelmap.txt").is_file(),
+        "coco": bool(coco),
+    }
+    found = [kind for kind, here in kinds.items() if here and kind != importer]
+    if not found:
+        return ""
+    kind, where = found[0], shell_quote(str(root))
+    if kind == "coco":
+        images = shell_quote(str(coco[0].parent))
+        return (
+            f"; this is a COCO-format export ({coco[0].name}): python prepare_data.py coco "
+            f"--annotations {shell_quote(str(coco[0]))} --images {images} reads it"
+        )
+    what = {
+        "cvat": "a CVAT export (it has labelmap.txt)",
+        "roboflow": "a Roboflow export (it has train/_classes.csv)",
+        "voc": "a VOC-style export (ImageSets/Segmentation/train.txt, no labelmap.txt)",
+    }[kind]
+    return f"; this is {what}: python prepare_data.py {kind} --root {where} reads it"
+
+
 def read_roboflow_classes(root: Path) -> list[str]:
     """The class names by pixel value in a Roboflow export's train/_classes.csv, whose lines are
     "Pixel Value, Class" and then "0, background", "1, cat", ..."""
@@ -1240,7 +1264,7 @@ def read_roboflow_classes(root: Path) -> list[str]:
             f"; {root} holds _classes.csv, so it is one split of the export: pass --root "
             f"{root.parent}"
             if (root / "_classes.csv").is_file()
-            else ""
+            else export_hint(root, "roboflow")
         )
         raise UserError(
             f"{path} is missing: --root must be a Roboflow 'Semantic Segmentation Masks' export, "
@@ -1298,7 +1322,7 @@ def read_labelmap(path: Path) -> ClassConfig:
     if not path.is_file():
         raise UserError(
             f"{path} is missing: --root must be a CVAT 'Segmentation mask 1.1' export, with "
-            "labelmap.txt, JPEGImages/ and SegmentationClass/"
+            f"labelmap.txt, JPEGImages/ and SegmentationClass/{export_hint(path.parent, 'cvat')}"
         )
     lines = text_lines(path)
     names, colors = [], []

@@ -1951,6 +1951,42 @@ def test_voc_points_a_cvat_export_to_the_cvat_importer(tmp_path):
         run("voc", "--root", str(root), "--out", str(tmp_path / "data"))
 
 
+@pytest.mark.parametrize(
+    ("importer", "export", "hint"),
+    [
+        ("cvat", "roboflow", "a Roboflow export (it has train/_classes.csv): python prepare_data"
+         ".py roboflow --root {root} reads it"),
+        ("roboflow", "cvat", "a CVAT export (it has labelmap.txt): python prepare_data.py cvat "
+         "--root {root} reads it"),
+        ("cvat", "voc", "a VOC-style export (ImageSets/Segmentation/train.txt, no labelmap.txt): "
+         "python prepare_data.py voc --root {root} reads it"),
+        ("roboflow", "roboflow coco", "a COCO-format export (_annotations.coco.json): python "
+         "prepare_data.py coco --annotations {root}/train/_annotations.coco.json --images "
+         "{root}/train reads it"),
+    ],
+)  # fmt: skip
+def test_an_export_given_to_another_importer_is_pointed_to_its_own(
+    tmp_path, importer, export, hint
+):
+    """A Roboflow export given to cvat (or the reverse, or a VOC one, or Roboflow's COCO
+    export) was told only that the file its importer reads is missing."""
+    root = tmp_path / "export"
+    if export == "roboflow":
+        roboflow_fixture(root)
+    elif export == "cvat":
+        cvat_fixture(root)
+    elif export == "voc":
+        voc_fixture(root)
+    else:  # Roboflow's "COCO Segmentation" format: each split's images and its own JSON
+        ann = coco_fixture(tmp_path / "coco")
+        shutil.copytree(tmp_path / "coco" / "images", root / "train")
+        shutil.copy(ann, root / "train" / "_annotations.coco.json")
+    with pytest.raises(UserError) as info:
+        run(importer, "--root", str(root), "--out", str(tmp_path / "data"))
+    assert str(info.value).endswith("; this is " + hint.format(root=root)), str(info.value)
+    assert not (tmp_path / "data").exists()
+
+
 def test_sources_one_folder_off_are_pointed_at_the_right_one(tmp_path):
     """voc's --root VOCdevkit (or the folder above it), roboflow's --root export/train and coco's
     --images above its images were told only that a file inside them is missing."""
