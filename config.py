@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -516,6 +517,22 @@ def check_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
     for dest, minimum in minimums.items():
         if getattr(args, dest) < minimum:
             raise UserError(f"--{dest.replace('_', '-')} must be at least {minimum}")
+
+
+def parse_one_input(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    several: Callable[[str, list[str]], str],
+) -> argparse.Namespace:
+    """``parser``'s arguments, of a script whose --input takes one path. Files after it (a glob
+    the shell expanded, unquoted) are refused with ``several(input, files after it)``, the
+    message, where argparse would call the second an unrecognized argument."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and all(Path(arg).is_file() for arg in extra):
+        raise UserError(several(args.input, extra))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def check_learning_rates(args: argparse.Namespace, flags, weight_decay: float) -> None:

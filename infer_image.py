@@ -28,6 +28,7 @@ from config import (
     check_inference_args,
     inference_flags,
     nonempty,
+    parse_one_input,
     runtime_flags,
 )
 from datasets import (
@@ -75,22 +76,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """get_args_parser's arguments. A glob the shell expanded (--input photos/*.jpg, unquoted)
-    is named as such, where argparse would call its second file an unrecognized argument."""
-    parser = get_args_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and all(Path(arg).is_file() for arg in extra):
-        folder = Path(args.input).parent
-        suffixes = {Path(arg).suffix for arg in (args.input, *extra)}
-        glob = folder / f"*{suffixes.pop() if len(suffixes) == 1 else ''}"
-        raise UserError(
-            f"--input takes one file, folder or glob, and got {len(extra) + 1} files: a glob "
-            f'the shell expanded? Quote it, --input "{glob}", or pass their folder, --input '
-            f"{folder}"
-        )
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args
+    """get_args_parser's arguments; a glob the shell expanded (--input photos/*.jpg, unquoted)
+    is named as such (config.parse_one_input)."""
+    return parse_one_input(get_args_parser(), argv, _several_images)
+
+
+def _several_images(first: str, extra: list[str]) -> str:
+    """The message for --input ``first`` followed by the files ``extra``: the glob to quote."""
+    folder = Path(first).parent
+    suffixes = {Path(arg).suffix for arg in (first, *extra)}
+    glob = folder / f"*{suffixes.pop() if len(suffixes) == 1 else ''}"
+    return (
+        f"--input takes one file, folder or glob, and got {len(extra) + 1} files: a glob the "
+        f'shell expanded? Quote it, --input "{glob}", or pass their folder, --input {folder}'
+    )
 
 
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg")  # what save_result writes after each name

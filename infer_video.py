@@ -36,6 +36,7 @@ from config import (
     check_inference_args,
     inference_flags,
     nonempty,
+    parse_one_input,
     runtime_flags,
 )
 from engine import Predictor, predictor_from_args, speed_line
@@ -88,18 +89,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """get_args_parser's arguments. Several files after --input (videos/*.mp4, which the shell
-    expands) are named as such, where argparse would call the second an unrecognized argument."""
-    parser = get_args_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and all(Path(arg).is_file() for arg in extra):
-        raise UserError(
+    """get_args_parser's arguments; several files after --input (videos/*.mp4, which the shell
+    expands) are named as such (config.parse_one_input)."""
+    return parse_one_input(
+        get_args_parser(),
+        argv,
+        lambda first, extra: (
             f"--input takes one video, and got {len(extra) + 1} files (a glob the shell "
-            f"expanded?): run infer_video.py once for each, --input {args.input} first"
-        )
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args
+            f"expanded?): run infer_video.py once for each, --input {first} first"
+        ),
+    )
 
 
 @dataclass
