@@ -32,6 +32,7 @@ from model import (
 from utils import (
     UserError,
     all_reduce_sum,
+    amp_advice,
     amp_dtype,
     atomic_path,
     check_compiler,
@@ -1087,8 +1088,8 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
         if args.int8:
             if device.type != "cpu":
                 raise UserError(
-                    f"--int8 is a CPU fast path; this run uses {device.type}: use --amp bf16 or "
-                    "--amp fp16 there, or --device cpu"
+                    f"--int8 is a CPU fast path; this run uses {device.type}: use "
+                    f"{amp_advice(device.type, 'off')} there, or --device cpu"
                 )
             int8_quantizer()  # torchao loads, before the checkpoint does
         if args.compile or args.int8:

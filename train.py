@@ -85,6 +85,7 @@ from model import (
     token_grid,
 )
 from utils import (
+    AMP_DEVICES,
     CURVES,
     UserError,
     amp_dtype,
@@ -466,7 +467,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             log.warning("stopped during epoch %d. %s", epoch, kept())
         raise
     except (TrainingDiverged, DataError, OSError) as err:
-        raise stopped_error(err, args, epoch, kept()) from err
+        raise stopped_error(err, args, epoch, kept(), device) from err
     except RuntimeError as err:
         raise_if_worker_failure(err, kept())
         # another process stopped on an error (a dataset file of its shard broke) and left
@@ -1370,13 +1371,15 @@ def log_epoch(row: dict, epochs: int, best: bool) -> None:
     )
 
 
-def stopped_error(err: Exception, args, epoch: int, kept: str) -> UserError:
+def stopped_error(err: Exception, args, epoch: int, kept: str, device: torch.device) -> UserError:
     """The UserError that explains why training stopped during ``epoch``: it diverged, a data
     file changed, or a file could not be written; ``kept`` says what the run leaves behind."""
     if isinstance(err, TrainingDiverged):
+        # fp16's narrow range overflows where bf16's would not; MPS has no bf16 here
+        wider = "--amp bf16" if device.type in AMP_DEVICES["bf16"] else "--amp off"
         return UserError(
             f"{err} of epoch {epoch}; training stopped. {kept} Lower --lr (now {args.lr:g})"
-            + (", or use --amp bf16 rather than fp16." if args.amp == "fp16" else ".")
+            + (f", or use {wider} rather than fp16." if args.amp == "fp16" else ".")
         )
     if isinstance(err, DataError):
         # The dataset was checked before training: a file changed since (edited, replaced or

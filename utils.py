@@ -813,6 +813,16 @@ def check_grad_scaler(amp: str, device: torch.device) -> None:
 
 # The reduced precisions of --amp, by name; config.AMP_CHOICES adds "off" to these.
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The device types each of them runs on here. MPS takes fp16 alone: its bf16 needs macOS 14 or
+# later, and no Mac has run it with this code.
+AMP_DEVICES = {"bf16": ("cuda", "cpu"), "fp16": ("cuda", "mps")}
+
+
+def amp_advice(device_type: str, instead_of: str | None = None) -> str:
+    """The --amp values to suggest on ``device_type``, for messages: "--amp fp16 or --amp off"
+    on MPS; ``instead_of`` (a precision the run cannot use, or gave up on) left out."""
+    modes = [amp for amp, devices in AMP_DEVICES.items() if device_type in devices]
+    return " or ".join(f"--amp {amp}" for amp in [*modes, "off"] if amp != instead_of)
 
 
 def amp_dtype(amp: str, device: torch.device, training: bool = False) -> torch.dtype | None:
@@ -828,10 +838,11 @@ def amp_dtype(amp: str, device: torch.device, training: bool = False) -> torch.d
         return None
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be 'off' or one of {list(AMP_DTYPES)}, not {amp!r}")
-    supported = {"bf16": ("cuda", "cpu"), "fp16": ("cuda", "mps")}[amp]
+    supported = AMP_DEVICES[amp]
     if device.type not in supported:
         raise UserError(
-            f"--amp {amp} needs a {' or '.join(supported)} device; this run uses {device.type}"
+            f"--amp {amp} needs a {' or '.join(supported)} device; this run uses {device.type}: "
+            f"use {amp_advice(device.type, amp)}"
         )
     bf16_on_gpu = amp == "bf16" and device.type == "cuda"
     if bf16_on_gpu and not torch.cuda.is_bf16_supported(including_emulation=False):

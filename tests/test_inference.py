@@ -1360,6 +1360,14 @@ def test_int8_on_a_gpu_is_refused_before_the_model_loads(checkpoint, monkeypatch
         engine.predictor_from_args(args, torch.device("cuda"))
 
 
+def test_int8_on_mps_suggests_only_the_precision_mps_has(checkpoint, monkeypatch):
+    # --amp bf16 is refused on MPS: suggesting it sent the user from one refusal to another
+    monkeypatch.setattr(Predictor, "from_checkpoint", no_model)
+    args = image_args(input=".", model=checkpoint, int8=True)
+    with pytest.raises(UserError, match=r"uses mps: use --amp fp16 there, or --device cpu$"):
+        engine.predictor_from_args(args, torch.device("mps"))
+
+
 def test_benchmark_script_runs_and_reports_the_ratios():
     cmd = [sys.executable, "benchmarks/bench_inference.py", "--imgsz", "56", "56", "--frames", "3",
            "--reps", "1", "--video-size", "64", "48", "--device", "cpu", "--onnx"]  # fmt: skip

@@ -1028,6 +1028,32 @@ def test_train_refuses_fp16_on_mps_with_torch_2_7_before_loading(monkeypatch, tm
     assert not (tmp_path / "args.yaml").exists()
 
 
+def test_train_refuses_bf16_on_mps_naming_the_precision_it_has(monkeypatch, tmp_path, fresh_data):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    args = ["--data", str(fresh_data), "--out-dir", str(tmp_path), "--weights", "random",
+            "--device", "mps", "--amp", "bf16", "--workers", "0"]  # fmt: skip
+    message = (
+        r"--amp bf16 needs a cuda or cpu device; this run uses mps: use --amp fp16 or --amp off$"
+    )
+    with pytest.raises(UserError, match=message):
+        run_train(args)
+    assert not (tmp_path / "args.yaml").exists()
+
+
+def test_fp16_on_the_cpu_is_refused_naming_bf16():
+    with pytest.raises(UserError, match=r"this run uses cpu: use --amp bf16 or --amp off$"):
+        amp_dtype("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("device", "wider"), [("mps", "--amp off"), ("cuda", "--amp bf16")])
+def test_an_fp16_divergence_suggests_a_precision_the_device_has(device, wider):
+    # MPS has no bf16 here: the advice would only lead to the refusal above
+    args = argparse.Namespace(lr=1e-3, amp="fp16")
+    err = train.TrainingDiverged("the training loss became nan at batch 3")
+    message = str(train.stopped_error(err, args, 2, "Kept.", torch.device(device)))
+    assert message.endswith(f"Lower --lr (now 0.001), or use {wider} rather than fp16.")
+
+
 @pytest.mark.parametrize(("batch", "imgsz"), [("1", "14"), ("1", "20")])
 def test_batches_of_one_value_per_channel_are_refused_before_training(
     tmp_path, fresh_data, batch, imgsz
