@@ -611,9 +611,22 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+        raise UserError(
+            "--device cuda was asked for, but PyTorch sees no CUDA GPU here: pass --device auto "
+            "or --device cpu"
+        )
     if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps was asked for, but this PyTorch build has no MPS support")
+        # A Mac build still has no MPS device before macOS 12.3, and in a virtual machine (most
+        # hosted CI runners), which gives it no Metal GPU
+        why = (
+            "this Mac gives PyTorch no MPS device (it needs macOS 12.3 or later and a Metal GPU, "
+            "which virtual machines lack)"
+            if torch.backends.mps.is_built()
+            else "this PyTorch build has no MPS support (MPS is for Macs)"
+        )
+        raise UserError(
+            f"--device mps was asked for, but {why}: pass --device auto or --device cpu"
+        )
     return torch.device(name)
 
 

@@ -997,10 +997,23 @@ def test_device_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, 
     assert pick_device("auto") == torch.device(expected)
 
 
-def test_device_mps_without_mps_is_refused(monkeypatch):
+@pytest.mark.parametrize(
+    ("built", "why"),
+    [(False, "this PyTorch build has no MPS support"), (True, "this Mac gives PyTorch no MPS")],
+)
+def test_device_mps_without_mps_is_refused_with_the_reason_and_the_fix(monkeypatch, built, why):
+    # a Mac build on macOS before 12.3 or in a virtual machine has MPS built but no device
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    with pytest.raises(UserError, match="--device mps was asked for, but this PyTorch build"):
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: built)
+    with pytest.raises(UserError, match=f"--device mps was asked for, but {why}") as raised:
         pick_device("mps")
+    assert str(raised.value).endswith(": pass --device auto or --device cpu")
+
+
+def test_device_cuda_without_a_gpu_names_the_fix(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"no CUDA GPU here: pass --device auto or --device cpu$"):
+        pick_device("cuda")
 
 
 @pytest.mark.parametrize(
