@@ -557,6 +557,29 @@ def _tta_views(tta) -> tuple[list[float], bool] | None:
     return scales, bool(flip)
 
 
+def _compile_failures_named(compiled, device_type: str):
+    """A compiled function whose failure to compile is a UserError that says to run uncompiled.
+
+    Such a failure is PyTorch's, not the input's: Inductor's MPS backend, a prototype in torch
+    2.x, emits Metal shaders that fail to build for some reductions (LayerNorm and softmax among
+    them), and an old GPU may be one that Triton does not support. Running without compiling is
+    the fix the user has; the error's first line stays in the message.
+    """
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return compiled(x)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            inner = err.inner_exception
+            first = next(iter(str(inner).strip().splitlines()), "")
+            raise UserError(
+                f"torch.compile could not compile the network for {device_type} "
+                f"({type(inner).__name__}: {first}): drop --compile (or --int8, which compiles)"
+            ) from err
+
+    return run
+
+
 class Predictor:
     """Segments images with a trained model: the one inference path of every script.
 
@@ -591,6 +614,7 @@ class Predictor:
             self.patch_logits = torch.compile(model.patch_logits)
             if self.device.type == "cpu":
                 self.patch_logits = _with_frozen_weights(self.patch_logits)
+            self.patch_logits = _compile_failures_named(self.patch_logits, self.device.type)
             self._compiled_batch = 0
             log.info(
                 "the first batch compiles the model (tens of seconds, longer on a CPU); the "

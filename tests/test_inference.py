@@ -1232,6 +1232,26 @@ def test_a_compiled_predictor_freezes_the_weights_and_gives_the_eager_masks(chec
         assert (got == expected).all()
 
 
+def test_a_network_that_fails_to_compile_says_to_drop_compile(checkpoint, monkeypatch):
+    # Inductor's MPS backend, a prototype in torch 2.x, fails to build the Metal shaders of some
+    # reductions, raising its own traceback at the first batch; running uncompiled is the fix
+    def compile(function):
+        def fails(x):
+            error = SyntaxError("failed to compile\n    kernel void generated_kernel(")
+            raise torch._inductor.exc.InductorError(error, None)
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", compile)
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu", compile=True)
+    message = (
+        r"^torch.compile could not compile the network for cpu \(SyntaxError: failed to "
+        r"compile\): drop --compile \(or --int8, which compiles\)$"
+    )
+    with pytest.raises(UserError, match=message):
+        predictor.predict(np.zeros((66, 90, 3), np.uint8))
+
+
 needs_torch_2_11 = pytest.mark.skipif(
     torch_version() < INT8_MIN_TORCH, reason="--int8 needs torch 2.11 or later (torchao)"
 )
