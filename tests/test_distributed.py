@@ -449,6 +449,20 @@ def test_torchrun_on_cuda_without_nccl_is_refused(monkeypatch):
         setup_distributed(torch.device("cuda"))
 
 
+def test_torchrun_on_a_mac_is_refused_with_the_flag_that_fixes_it(
+    monkeypatch, tmp_path, fresh_data
+):
+    # --device auto picks MPS on a Mac, which has no collectives of its own here
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("joined a group"))
+    argv = ["--data", str(fresh_data), "--out-dir", str(tmp_path), "--weights", "random"]
+    with pytest.raises(UserError, match=r"not MPS: pass --device cpu$"):
+        train.main(*parse_args(train.get_args_parser(), argv))
+    assert not (tmp_path / "args.yaml").exists()
+
+
 def test_torchrun_reports_an_unusable_cache_dir_once_without_a_traceback(tmp_path, weights_file):
     # rank 0 checks --cache-dir; the other process must stop too, not fill it and fail there
     data = make_dataset(tmp_path / "data", n_train=2, n_valid=2, sizes=((56, 56),))
