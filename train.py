@@ -98,8 +98,8 @@ from utils import (
     is_main_process,
     leave_distributed,
     leave_stop_signals_to_main,
+    memory_report,
     on_main_process,
-    peak_memory_mb,
     pick_device,
     plot_curves,
     raise_if_another_process_stopped,
@@ -474,8 +474,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         raise_if_another_process_stopped(err, f"during epoch {epoch}", f". {kept()}")
         raise
     if main_process:
-        peak = peak_memory_mb(device)  # nan where it cannot be read (the CPU on Windows)
-        memory = f"; peak memory {peak:.0f} MB" if math.isfinite(peak) else ""
+        memory = memory_report(device)  # "" where nothing can be read (the CPU on Windows)
+        memory = f"; {memory}" if memory else ""
         print(f"Best valid mIoU {best_miou:.4f}; outputs in {args.out_dir}{memory}")
 
 

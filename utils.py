@@ -796,6 +796,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def memory_report(device: torch.device) -> str:
+    """A run's memory for its final line, "" where nothing can be read: "peak GPU memory 812 MB"
+    on CUDA, "peak memory 812 MB resident" elsewhere.
+
+    On MPS the resident figure may leave out the GPU's own buffers (Metal's private storage,
+    outside the process's address space), and MPS keeps no peak: what its driver holds at the
+    end is added, which its allocator's cache of freed buffers keeps near the peak.
+    """
+    peak = peak_memory_mb(device)
+    if device.type == "cuda":
+        return f"peak GPU memory {peak:.0f} MB"
+    parts = [f"peak memory {peak:.0f} MB resident"] if math.isfinite(peak) else []
+    if device.type == "mps":
+        parts.append(f"{torch.mps.driver_allocated_memory() / 2**20:.0f} MB held by MPS at the end")
+    return ", ".join(parts)
+
+
 def torch_version() -> tuple[int, int]:
     """(major, minor) of the running PyTorch, e.g. (2, 14) for "2.14.1+cu130"."""
     major, minor = torch.__version__.split(".")[:2]

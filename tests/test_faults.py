@@ -541,6 +541,19 @@ def test_peak_memory_without_the_resource_module_is_nan(monkeypatch):
     assert math.isnan(utils.peak_memory_mb(torch.device("cpu")))
 
 
+def test_the_memory_report_on_mps_adds_what_mps_holds(monkeypatch):
+    # the resident figure alone may leave out the GPU's buffers: 900 MB for a run that held GBs
+    monkeypatch.setattr(utils, "peak_memory_mb", lambda device: 900.4)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 3 * 2**30)
+    report = utils.memory_report(torch.device("mps"))
+    assert report == "peak memory 900 MB resident, 3072 MB held by MPS at the end"
+    assert utils.memory_report(torch.device("cpu")) == "peak memory 900 MB resident"
+    assert utils.memory_report(torch.device("cuda")) == "peak GPU memory 900 MB"
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows: nothing to report
+    assert utils.memory_report(torch.device("cpu")) == ""
+
+
 def test_a_failed_write_mid_run_is_reported_and_keeps_earlier_files(
     tmp_path, tiny_data, weights_file, monkeypatch
 ):
