@@ -660,11 +660,12 @@ class Predictor:
         if imgsz is not None:
             imgsz = _input_size(imgsz)  # before the model loads
         tta = _tta_views(tta)
+        # before the model loads (seconds, a download): bf16 on MPS, fp16 on the CPU are refused
+        dtype = amp_dtype(amp, device)
         model, ckpt = load_checkpoint(path, device, backbone_source, hub_dir, backbone)
         imgsz = tuple(imgsz or ckpt["imgsz"])
         log_input_size(imgsz)
         classes = ClassConfig.from_dict(ckpt["classes"], source=str(path))
-        dtype = amp_dtype(amp, device)
         if dtype is not None:
             model = model.cast(dtype)
         if int8:

@@ -165,6 +165,14 @@ def test_an_input_size_that_is_not_w_h_is_refused_before_the_model_loads(monkeyp
         Predictor.from_checkpoint("model.pth", "cpu", imgsz=imgsz)
 
 
+@pytest.mark.parametrize(("device", "amp"), [("mps", "bf16"), ("cpu", "fp16")])
+def test_a_precision_the_device_lacks_is_refused_before_the_model_loads(monkeypatch, device, amp):
+    # infer_image.py --device mps --amp bf16 loaded the model (a download, the first time) first
+    monkeypatch.setattr(engine, "load_checkpoint", no_model)
+    with pytest.raises(UserError, match=f"--amp {amp} needs a .* device; this run uses {device}"):
+        Predictor.from_checkpoint("model.pth", device, amp=amp)
+
+
 def test_an_input_size_of_whole_floats_or_numpy_ints_is_taken(checkpoint):
     for imgsz in ((56.0, 42.0), np.array([56, 42])):
         predictor = Predictor.from_checkpoint(checkpoint, "cpu", imgsz=imgsz)
