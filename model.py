@@ -204,6 +204,13 @@ def offline_help(backbone: str, weights: str | None = "pretrained") -> str:
     )
 
 
+# The most bytes of attention scores, (B, heads, N, N), that one backbone call may make, by
+# device type. MPS builds them as one Metal array, which may not pass 4 GiB: beyond it a failed
+# Metal assertion ("total bytes of NDArray > 2**32") aborts the process, with no error to report.
+# ViT-S/14 at 644x644 makes 108 MB of them per image: 39 images at a time.
+ATTENTION_BYTES = {"mps": 2**32}
+
+
 class DinoBackbone(nn.Module):
     """A DINOv2 ViT (official hub model or timm's copy) returning the head's feature maps.
 
@@ -220,11 +227,34 @@ class DinoBackbone(nn.Module):
         self.embed_dim = BACKBONES[name].embed_dim
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) normalized, H and W multiples of 14 -> len(blocks) x (B, D, H/14, W/14)."""
+        """(B, 3, H, W) normalized, H and W multiples of 14 -> len(blocks) x (B, D, H/14, W/14).
+
+        A batch whose attention scores would pass the device's ATTENTION_BYTES runs a few images
+        at a time.
+        """
         # Both sources implement DINOv2's get_intermediate_layers: final norm applied, class
         # and register tokens dropped.
-        feats = self.vit.get_intermediate_layers(x, n=list(self.blocks), reshape=True, norm=True)
-        return list(feats)
+        step = self.images_per_call(x)
+        # unsplit unless limited: an exported graph keeps its batch size symbolic
+        parts = [x] if step is None else x.split(step)
+        runs = [
+            self.vit.get_intermediate_layers(part, n=list(self.blocks), reshape=True, norm=True)
+            for part in parts
+        ]
+        if len(runs) == 1:
+            return list(runs[0])
+        return [torch.cat(block) for block in zip(*runs, strict=True)]
+
+    def images_per_call(self, x: torch.Tensor) -> int | None:
+        """How many of the (B, 3, H, W) images ``x`` one pass of the ViT may take where the
+        device has an ATTENTION_BYTES limit: as many as keep one layer's attention scores under
+        it (counted in float32, the widest; at least one image). None (all) elsewhere."""
+        limit = ATTENTION_BYTES.get(x.device.type)
+        if limit is None:
+            return None
+        spec = BACKBONES[self.name]
+        tokens = 1 + spec.registers + (x.shape[-2] // PATCH_SIZE) * (x.shape[-1] // PATCH_SIZE)
+        return max(1, (limit - 1) // (spec.num_heads * tokens**2 * 4))
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights with the official key names and shapes (dinov2_*_pretrain.pth layout)."""

@@ -103,6 +103,33 @@ def test_fine_tune_trains_the_backbone_at_its_own_lr(weights_file):
     assert model.backbone.vit.blocks[0].attn.qkv.weight.grad is not None
 
 
+def test_a_batch_whose_attention_passes_the_device_limit_runs_a_few_images_at_a_time(
+    monkeypatch,
+):
+    # MPS aborts the process where one layer's attention scores pass 4 GiB in one array: here
+    # the CPU is given a limit of two images' scores (ViT-S: 6 heads; 28x42: 1 + 2x3 tokens)
+    torch.manual_seed(0)
+    backbone = load_backbone("dinov2_vits14", "timm", None, layers=2).eval()
+    x = torch.randn(5, 3, 28, 42)
+    with torch.no_grad():
+        whole = backbone(x)
+    monkeypatch.setattr("model.ATTENTION_BYTES", {"cpu": 2 * 6 * 7**2 * 4 + 1})
+    calls = []
+    run = backbone.vit.get_intermediate_layers
+
+    def counted(images, **kwargs):
+        calls.append(len(images))
+        return run(images, **kwargs)
+
+    monkeypatch.setattr(backbone.vit, "get_intermediate_layers", counted)
+    with torch.no_grad():
+        parts = backbone(x)
+    assert calls == [2, 2, 1]
+    assert len(parts) == len(whole) == 2
+    for got, expected in zip(parts, whole, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 def test_official_weights_round_trip_through_timm(weights_file, vit):
     original = torch.load(weights_file, weights_only=True)
     exported = with_layers(vit).official_state_dict()
