@@ -561,9 +561,9 @@ def _compile_failures_named(compiled, device_type: str):
     """A compiled function whose failure to compile is a UserError that says to run uncompiled.
 
     Such a failure is PyTorch's, not the input's: Inductor's MPS backend, a prototype in torch
-    2.x, emits Metal shaders that fail to build for some reductions (LayerNorm and softmax among
-    them), and an old GPU may be one that Triton does not support. Running without compiling is
-    the fix the user has; the error's first line stays in the message.
+    2.x, has emitted Metal shaders that fail to build for some reductions, and Triton refuses
+    GPUs older than it supports. Running without compiling is the fix the user has; the error's
+    first line stays in the message.
     """
 
     def run(x: torch.Tensor) -> torch.Tensor:
