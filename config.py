@@ -3,9 +3,9 @@ several scripts share.
 
 A default that several scripts use lives here once; a flag of one script keeps its default in
 that script's parser. A YAML file given to train.py with ``--config`` may set the class
-configuration (``ALL_CLASSES``, and optionally ``LABEL_COLORS_LIST`` and ``VIS_LABEL_MAP``) and
-any of its flags (by the name with underscores, e.g. ``lr`` or ``backbone_lr``); the command line
-wins over the file.
+configuration (``ALL_CLASSES``, and optionally ``LABEL_COLORS_LIST`` or ``MASK_IDS``, and
+``VIS_LABEL_MAP``) and any of its flags (by the name with underscores, e.g. ``lr`` or
+``backbone_lr``); the command line wins over the file.
 """
 
 import argparse
@@ -172,7 +172,9 @@ def distinct_colors(n: int) -> tuple[RGB, ...]:
 
 
 # the class configuration's keys in a YAML file and a checkpoint; ALL_CLASSES alone is required
-CLASS_KEYS = ("ALL_CLASSES", "LABEL_COLORS_LIST", "VIS_LABEL_MAP")
+CLASS_KEYS = ("ALL_CLASSES", "LABEL_COLORS_LIST", "VIS_LABEL_MAP", "MASK_IDS")
+# the largest value MASK_IDS may list: a 16-bit PNG's
+MAX_MASK_ID = 65535
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +185,9 @@ class ClassConfig:
     # LABEL_COLORS_LIST; None where the file has none: masks are then read as class ids only
     mask_colors: tuple[RGB, ...] | None
     vis_colors: tuple[RGB, ...]  # VIS_LABEL_MAP, as given or as from_dict resolved it
+    # MASK_IDS; None where the file has none. Else each class's values in the masks (the label ids
+    # of Cityscapes' or ADE20K's masks, 8- or 16-bit), every other value read as ignore
+    mask_ids: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self):
         n = len(self.names)
@@ -202,6 +207,29 @@ class ClassConfig:
                 raise UserError(f"{key} has {len(colors)} colours for {n} classes in ALL_CLASSES")
         if self.mask_colors is not None and len(set(self.mask_colors)) != n:
             raise UserError("LABEL_COLORS_LIST has repeated colours: each class needs its own")
+        if self.mask_ids is not None:
+            self._check_mask_ids()
+
+    def _check_mask_ids(self) -> None:
+        n = len(self.names)
+        if self.mask_colors is not None:
+            # a colour mask has no ids, and a label-id mask's grays would read as colours
+            raise UserError(
+                "MASK_IDS (the values of masks of label ids) and LABEL_COLORS_LIST (the colours "
+                "of colour masks) exclude each other: keep the one your masks need"
+            )
+        if len(self.mask_ids) != n:
+            raise UserError(
+                f"MASK_IDS has {len(self.mask_ids)} entries for {n} classes in ALL_CLASSES"
+            )
+        owner: dict[int, str] = {}
+        for name, values in zip(self.names, self.mask_ids, strict=True):
+            if not values:
+                raise UserError(f"MASK_IDS gives {name} no value: list its value in the masks")
+            for v in values:
+                if v in owner:
+                    raise UserError(f"MASK_IDS gives the value {v} to both {owner[v]} and {name}")
+                owner[v] = name
 
     @property
     def num_classes(self) -> int:
@@ -216,13 +244,16 @@ class ClassConfig:
         if self.mask_colors is not None:
             mapping["LABEL_COLORS_LIST"] = [list(c) for c in self.mask_colors]
         mapping["VIS_LABEL_MAP"] = [list(c) for c in self.vis_colors]
+        if self.mask_ids is not None:  # one value as a number, several as a list, as written
+            mapping["MASK_IDS"] = [v[0] if len(v) == 1 else list(v) for v in self.mask_ids]
         return mapping
 
     @classmethod
     def from_dict(cls, mapping: dict, source: str = "the class config") -> "ClassConfig":
         """The classes of a YAML file's or a checkpoint's keys: ALL_CLASSES, and optionally
-        LABEL_COLORS_LIST (without it, masks are read as class ids only) and VIS_LABEL_MAP
-        (without it, LABEL_COLORS_LIST's colours, or else distinct_colors)."""
+        LABEL_COLORS_LIST (without it, masks are read as class ids only), VIS_LABEL_MAP
+        (without it, LABEL_COLORS_LIST's colours, or else distinct_colors) and MASK_IDS (each
+        class's value, or list of values, in masks of label ids)."""
         if "ALL_CLASSES" not in mapping:
             raise UserError(
                 f"{source} lacks ALL_CLASSES, the class names in the order of their ids "
@@ -251,7 +282,10 @@ class ClassConfig:
                 vis_colors = _colors(mapping["VIS_LABEL_MAP"], "VIS_LABEL_MAP", source)
             else:
                 vis_colors = mask_colors if mask_colors is not None else distinct_colors(len(names))
-            return cls(names=tuple(names), mask_colors=mask_colors, vis_colors=vis_colors)
+            mask_ids = None
+            if "MASK_IDS" in mapping:
+                mask_ids = _mask_ids(mapping["MASK_IDS"], source)
+            return cls(tuple(names), mask_colors, vis_colors, mask_ids)
         except UserError as err:
             if str(err).startswith(source):
                 raise
@@ -270,6 +304,21 @@ def _colors(value, key: str, source: str) -> tuple[RGB, ...]:
     if not isinstance(value, list) or not all(valid(c) for c in value):
         raise UserError(f"{source}: {key} must be a list of [R, G, B] triples of integers 0-255")
     return tuple(tuple(c) for c in value)
+
+
+def _mask_ids(value, source: str) -> tuple[tuple[int, ...], ...]:
+    def valid(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_MASK_ID
+
+    entries = value if isinstance(value, list) else None
+    if entries is None or not all(
+        valid(e) or (isinstance(e, list) and all(valid(v) for v in e)) for e in entries
+    ):
+        raise UserError(
+            f"{source}: MASK_IDS must list each class's value in the masks, a whole number "
+            f"0-{MAX_MASK_ID} or a list of them ([7, 8, [24, 25]])"
+        )
+    return tuple(tuple(e) if isinstance(e, list) else (e,) for e in entries)
 
 
 DEFAULT_CLASSES = ClassConfig(

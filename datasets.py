@@ -2,9 +2,10 @@
 
 A dataset folder holds ``train_images/``, ``train_masks/``, ``valid_images/`` and
 ``valid_masks/``; an image and its mask share a file stem. A mask is either a class-index image
-(pixel = class id, 255 = ignore), a colour image using the colours of LABEL_COLORS_LIST (where
-the class config gives them), or, for two classes, an instance-id image (0 background, 1..N
-objects of the foreground class).
+(pixel = class id, 255 = ignore), a label-id image mapped to class ids by MASK_IDS (where the
+class config gives them), a colour image using the colours of LABEL_COLORS_LIST (where it gives
+those), or, for two classes, an instance-id image (0 background, 1..N objects of the foreground
+class).
 """
 
 import functools
@@ -350,6 +351,8 @@ def _read_mask(
         arr = arr[..., 0]
     elif arr.ndim != 2:
         raise DataError(f"{path}: unsupported mask mode {img.mode}")
+    if classes.mask_ids is not None:
+        arr = map_mask_ids(arr, classes.mask_ids, path)
     try:
         ids, instances, counts = _check_ids(arr, classes, path, count)
     except DataError:
@@ -464,6 +467,32 @@ def map_colors(rgb: np.ndarray, colors) -> np.ndarray | None:
     if not found.all():
         return None
     return order[pos].astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def _mask_id_table(mask_ids: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """MASK_IDS as a look-up table: (M,) uint8 class ids by mask value, IGNORE_INDEX where no
+    class lists the value; M is 256 or past the largest value listed."""
+    table = np.full(max(256, max(max(v) for v in mask_ids) + 1), IGNORE_INDEX, np.uint8)
+    for class_id, values in enumerate(mask_ids):
+        table[list(values)] = class_id
+    return table
+
+
+def map_mask_ids(arr: np.ndarray, mask_ids: tuple[tuple[int, ...], ...], path: Path) -> np.ndarray:
+    """(H, W) integer label ids (8-, 16- or 32-bit) -> (H, W) uint8 class ids through MASK_IDS;
+    values no class lists become IGNORE_INDEX (255).
+
+    One table look-up, not a pass per class: ADE20K's 150 classes cost what two do.
+    """
+    table = _mask_id_table(mask_ids)
+    if arr.dtype == np.uint8:
+        return cv2.LUT(np.ascontiguousarray(arr), table[:256])
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{path}: {arr.dtype} values, not label ids for MASK_IDS (whole numbers)")
+    # 32-bit masks may hold negative values or ones past every value listed: no class's
+    inside = (arr >= 0) & (arr < len(table))
+    return np.where(inside, table[np.where(inside, arr, 0)], IGNORE_INDEX).astype(np.uint8)
 
 
 def palette_rgb(img: Image.Image) -> np.ndarray:
@@ -922,7 +951,7 @@ def check_dataset(
                 problems += found
                 pixels[split] += counts
                 readings.setdefault(reading, []).append(mask_path)
-                if reading == "ids" and classes.mask_colors is None:
+                if reading == "ids" and classes.mask_colors is None and classes.mask_ids is None:
                     used_ids.append((mask_path, np.flatnonzero(counts).tolist()))
                 if classes.num_classes == 2 and (kind := binary_kind(counts, reading)):
                     two_valued.setdefault(kind, []).append(mask_path)

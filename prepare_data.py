@@ -20,6 +20,7 @@ Roboflow's "Semantic Segmentation Masks" export, ``cvat`` CVAT's "Segmentation m
 import argparse
 import contextlib
 import csv
+import dataclasses
 import errno
 import json
 import math
@@ -1138,7 +1139,9 @@ def convert_pairs(
         for image, mask in pairs:
             found, ids, counts, reading = checked_mask((image, mask), classes)
             problems += found
-            if reading == "ids" and classes.mask_colors is None:
+            # renumbered_palettes looks up the ids read in the palette: under MASK_IDS they are
+            # class ids, not the mask's indices
+            if reading == "ids" and classes.mask_colors is None and classes.mask_ids is None:
                 used_ids.append((mask, np.flatnonzero(counts).tolist()))
             instances += reading == "instances"
             ignoring += bool(counts[IGNORE_INDEX])
@@ -1710,7 +1713,9 @@ def main(args: argparse.Namespace) -> None:
         for split in SPLITS:
             if not (stage / f"{split}_masks").is_dir():
                 raise UserError(f"the {split} split came out empty; nothing was written")
-        (stage / "classes.yaml").write_text(yaml.safe_dump(classes.to_dict(), sort_keys=False))
+        # the masks written hold class ids, which MASK_IDS would read as label ids again
+        written = dataclasses.replace(classes, mask_ids=None)
+        (stage / "classes.yaml").write_text(yaml.safe_dump(written.to_dict(), sort_keys=False))
     names = list(classes.names)
     report(args.out, names)
     print_notes(args, kinds, names, kept)

@@ -129,7 +129,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=path_arg,
         default=None,
         metavar="FILE",
-        help="YAML file with the classes (ALL_CLASSES; optional LABEL_COLORS_LIST, "
+        help="YAML file with the classes (ALL_CLASSES; optional LABEL_COLORS_LIST or MASK_IDS, "
         "VIS_LABEL_MAP) and/or flag defaults",
     )
     data = parser.add_argument_group("data")

@@ -1330,3 +1330,93 @@ def test_inference_and_the_benchmarks_import_without_albumentations():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "needed"
+
+
+# --- MASK_IDS: label ids mapped to class ids ---------------------------------------------------
+
+# Cityscapes' 19 training classes by their label ids in gtFine_labelIds.png
+CITYSCAPES_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+
+
+def cityscapes_classes() -> ClassConfig:
+    names = [f"class{i}" for i in range(len(CITYSCAPES_IDS))]
+    return ClassConfig.from_dict({"ALL_CLASSES": names, "MASK_IDS": CITYSCAPES_IDS})
+
+
+def expected_ids(label_ids: np.ndarray, mask_ids: list) -> np.ndarray:
+    """The class ids of MASK_IDS computed pixel by pixel, independently of datasets.py."""
+    by_value = {}
+    for class_id, values in enumerate(mask_ids):
+        for v in values if isinstance(values, list) else [values]:
+            by_value[v] = class_id
+    return np.vectorize(lambda v: by_value.get(int(v), 255), otypes=[np.uint8])(label_ids)
+
+
+def test_mask_ids_map_cityscapes_label_ids_to_train_ids_and_the_rest_to_ignore(tmp_path):
+    rng = np.random.default_rng(0)
+    label_ids = rng.integers(0, 34, (24, 40)).astype(np.uint8)
+    label_ids[:3, :3] = 255  # the license plate's id -1, as an 8-bit file holds it
+    out = read_mask(save(label_ids, tmp_path / "m.png"), cityscapes_classes())
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected_ids(label_ids, CITYSCAPES_IDS))
+
+
+def test_mask_ids_read_16_bit_masks_and_merge_several_values_into_one_class(tmp_path):
+    # 300 label ids of a 16-bit mask, more than 8 bits hold, merged into three classes
+    mask_ids = [list(range(0, 100)), list(range(100, 280)), [280, 299, 1000]]
+    classes = ClassConfig.from_dict({"ALL_CLASSES": ["a", "b", "c"], "MASK_IDS": mask_ids})
+    rng = np.random.default_rng(1)
+    label_ids = rng.integers(0, 300, (20, 30)).astype(np.uint16)
+    label_ids[0, :3] = 1000, 2000, 65535  # listed; past the table; the largest 16-bit value
+    out = read_mask(save(label_ids, tmp_path / "m.png"), classes)
+    np.testing.assert_array_equal(out, expected_ids(label_ids, mask_ids))
+    assert out[0, :3].tolist() == [2, 255, 255]
+
+
+def test_mask_ids_make_ade20k_other_ignored_and_shift_its_150_classes(tmp_path):
+    classes = ClassConfig.from_dict(
+        {"ALL_CLASSES": [f"c{i}" for i in range(1, 151)], "MASK_IDS": list(range(1, 151))}
+    )
+    label_ids = np.arange(151, dtype=np.uint8).reshape(1, -1).repeat(3, axis=0)
+    out = read_mask(save(label_ids, tmp_path / "m.png"), classes)
+    assert out[0, 0] == 255  # 0, "other", is ignored
+    np.testing.assert_array_equal(out[:, 1:], label_ids[:, 1:] - 1)
+
+
+def test_the_dataset_check_takes_label_id_masks_with_mask_ids(tmp_path):
+    root = make_dataset(tmp_path / "data", n_train=2, n_valid=1)
+    rng = np.random.default_rng(2)
+    for mask in root.glob("*_masks/*.png"):
+        shape = np.asarray(Image.open(mask)).shape
+        save(rng.choice([*CITYSCAPES_IDS, 0, 1, 255], shape).astype(np.uint8), mask)
+    names = [f"class{i}" for i in range(len(CITYSCAPES_IDS))]
+    with pytest.raises(DatasetError, match="are not class ids"):
+        check_dataset(root, ClassConfig.from_dict({"ALL_CLASSES": names}))
+    pairs = check_dataset(root, cityscapes_classes())
+    assert [len(pairs[s]) for s in ("train", "valid")] == [2, 1]
+
+
+@pytest.mark.parametrize(
+    "mapping, message",
+    [
+        ({"MASK_IDS": [0, 7]}, "MASK_IDS has 2 entries for 3 classes"),
+        ({"MASK_IDS": [0, 7, [8, 7]]}, "gives the value 7 to both b and c"),
+        ({"MASK_IDS": [0, 7, []]}, "gives c no value"),
+        ({"MASK_IDS": [0, 7, 70000]}, "a whole number 0-65535"),
+        ({"MASK_IDS": [0, 7, "car"]}, "a whole number 0-65535"),
+        ({"MASK_IDS": [0, 7, 8], "LABEL_COLORS_LIST": [[0, 0, 0], [9, 9, 9], [1, 1, 1]]},
+         "exclude each other"),
+    ],
+)  # fmt: skip
+def test_bad_mask_ids_name_the_file_and_the_fix(mapping, message):
+    with pytest.raises(UserError, match=message) as err:
+        ClassConfig.from_dict({"ALL_CLASSES": ["a", "b", "c"], **mapping}, source="my.yaml")
+    assert str(err.value).startswith("my.yaml: ")
+
+
+def test_mask_ids_round_trip_through_the_checkpoint_form():
+    mapping = {"ALL_CLASSES": ["a", "b", "c"], "MASK_IDS": [0, [7, 8], 300]}
+    classes = ClassConfig.from_dict(mapping)
+    assert classes.to_dict()["MASK_IDS"] == [0, [7, 8], 300]
+    assert ClassConfig.from_dict(classes.to_dict()) == classes
+    assert "MASK_IDS" not in ClassConfig.from_dict({"ALL_CLASSES": ["a", "b"]}).to_dict()

@@ -2312,3 +2312,20 @@ def test_a_mask_suffix_that_names_no_mask_is_named_before_reading(tmp_path, suff
     with pytest.raises(UserError, match=r"_mask\.png ends in an extension.* --mask-suffix _mask$"):
         run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
             "--out", str(tmp_path / "data"), "--mask-suffix", "_mask.png")  # fmt: skip
+
+
+def test_folder_maps_label_ids_by_mask_ids_and_writes_classes_yaml_without_them(tmp_path):
+    # Cityscapes-like label ids: 7 road, 26 car, 0 unlabelled (no class: ignore)
+    root = folder_fixture(tmp_path / "mine", values=(7, 26, 0))
+    config = tmp_path / "classes.yaml"
+    config.write_text("ALL_CLASSES: [road, car]\nMASK_IDS: [7, 26]\n")
+    out = tmp_path / "data"
+    run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+        "--out", str(out), "--config", str(config))  # fmt: skip
+    written = np.asarray(Image.open(out / "train_masks" / "0.png"))
+    source = np.asarray(Image.open(root / "masks" / "0.png"))
+    np.testing.assert_array_equal(written, np.select([source == 7, source == 26], [0, 1], 255))
+    # the masks hold class ids now: reading them by MASK_IDS again would make every pixel ignore
+    saved = yaml.safe_load((out / "classes.yaml").read_text())
+    assert saved["ALL_CLASSES"] == ["road", "car"] and "MASK_IDS" not in saved
+    check_dataset(out, ClassConfig.from_dict(saved))

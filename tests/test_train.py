@@ -1845,3 +1845,23 @@ def test_a_checkpoint_of_a_backbone_row_that_left_the_table_is_named_with_the_fi
     message = r"holds a 'dinov2_vits14_dpt' model, a backbone this version of the repository does"
     with pytest.raises(UserError, match=message):
         run_train([*flags, str(tmp_path / "last_model.pth"), "--out-dir", str(tmp_path / "out")])
+
+
+def test_a_run_on_label_id_masks_keeps_mask_ids_for_eval_only(tmp_path, weights_file):
+    # Cityscapes-style label ids: 24 person, 0 background, 5 a region no class lists (ignored)
+    data = make_dataset(tmp_path / "data", n_train=4, n_valid=2)
+    for path in data.glob("*_masks/*.png"):
+        ids = np.asarray(Image.open(path))
+        label_ids = np.where(ids == 1, 24, 0).astype(np.uint8)
+        label_ids[:5] = 5
+        Image.fromarray(label_ids).save(path)
+    (tmp_path / "c.yaml").write_text("ALL_CLASSES: [background, person]\nMASK_IDS: [0, 24]\n")
+    out = tmp_path / "run"
+    run_train([*common(data, out, weights_file), "--epochs", "1", "--num-vis", "0",
+               "--config", str(tmp_path / "c.yaml")])  # fmt: skip
+    [row] = read_csv(out / "metrics.csv")
+    # the checkpoint reads the masks by its own MASK_IDS: no --config here
+    run_train(["--eval-only", "--model", str(out / "best_model_iou.pth"), "--data", str(data),
+               "--out-dir", str(tmp_path / "eval"), "--workers", "0"])  # fmt: skip
+    result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert result["miou"] == pytest.approx(row["valid_miou"], abs=1e-9)
