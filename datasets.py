@@ -567,6 +567,10 @@ def pixel_counts(mask: np.ndarray) -> np.ndarray:
     return counts
 
 
+# the most class names a problem of one mask lists; more are counted
+MAX_NAMES_SHOWN = 10
+
+
 def _check_ids(
     arr: np.ndarray, classes: ClassConfig, path: Path, count: bool = False
 ) -> tuple[np.ndarray, bool, np.ndarray | None]:
@@ -620,9 +624,17 @@ def _check_ids(
         error = DataError
     elif k == 2:
         hint = "; instance-id masks number their objects 1, 2, 3, ... without gaps"
+    elif not invalid.any() and classes.mask_ids is None:
+        hint = (
+            "; masks of label ids that are not the class ids (Cityscapes' labelIds, ADE20K's 0 "
+            "for other) are read through MASK_IDS in the --config file"
+        )
+    # every mask of a dataset can have this problem, each on a line: a list of ADE20K's 150
+    # names on each would bury the values
+    names = list(classes.names) if k <= MAX_NAMES_SHOWN else f"the {k} classes of ALL_CLASSES"
     raise error(
         f"{path}: values {listed}{' ...' if bad.size > 5 else ''} are not class ids "
-        f"0-{k - 1} of {list(classes.names)} or {IGNORE_INDEX} (ignore){hint}"
+        f"0-{k - 1} of {names} or {IGNORE_INDEX} (ignore){hint}"
     )
 
 

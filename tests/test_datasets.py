@@ -1420,3 +1420,18 @@ def test_mask_ids_round_trip_through_the_checkpoint_form():
     assert classes.to_dict()["MASK_IDS"] == [0, [7, 8], 300]
     assert ClassConfig.from_dict(classes.to_dict()) == classes
     assert "MASK_IDS" not in ClassConfig.from_dict({"ALL_CLASSES": ["a", "b"]}).to_dict()
+
+
+def test_a_mask_outside_many_classes_counts_them_and_names_mask_ids(tmp_path):
+    # Cityscapes' label ids 0-33 under its 19 training classes: every mask of the dataset has
+    # this problem, each on a line that listed all 19 names (ADE20K's: 150)
+    names = [f"class{i}" for i in range(19)]
+    mask = save(np.arange(34, dtype=np.uint8).reshape(2, 17), tmp_path / "m.png")
+    with pytest.raises(DataError) as err:
+        read_mask(mask, ClassConfig.from_dict({"ALL_CLASSES": names}))
+    message = str(err.value)
+    assert "values [19, 20, 21, 22, 23] ... are not class ids 0-18 of the 19 classes" in message
+    assert "class18" not in message and "MASK_IDS" in message
+    # a few classes are still named
+    with pytest.raises(DataError, match=r"0-2 of \['a', 'b', 'c'\] or 255 \(ignore\); .*MASK_IDS"):
+        read_mask(mask, ClassConfig.from_dict({"ALL_CLASSES": ["a", "b", "c"]}))
