@@ -198,7 +198,11 @@ class ClassConfig:
         if len(set(self.names)) != n:
             raise UserError(f"ALL_CLASSES has repeated names: {list(self.names)}")
         if n > IGNORE_INDEX:
-            raise UserError(f"at most {IGNORE_INDEX} classes are supported, got {n}")
+            # class ids are uint8 from the masks to the outputs, 255 being ignore
+            raise UserError(
+                f"at most {IGNORE_INDEX} classes are supported, got {n}: merge classes, such as "
+                "several values of 16-bit masks into one class with MASK_IDS ([7, [8, 9], ...])"
+            )
         for key, colors in (
             ("LABEL_COLORS_LIST", self.mask_colors),
             ("VIS_LABEL_MAP", self.vis_colors),

@@ -1435,3 +1435,9 @@ def test_a_mask_outside_many_classes_counts_them_and_names_mask_ids(tmp_path):
     # a few classes are still named
     with pytest.raises(DataError, match=r"0-2 of \['a', 'b', 'c'\] or 255 \(ignore\); .*MASK_IDS"):
         read_mask(mask, ClassConfig.from_dict({"ALL_CLASSES": ["a", "b", "c"]}))
+
+
+def test_more_classes_than_8_bits_hold_are_told_to_merge_them_with_mask_ids():
+    names = [f"c{i}" for i in range(300)]
+    with pytest.raises(UserError, match=r"at most 255 classes .*got 300: merge .*MASK_IDS"):
+        ClassConfig.from_dict({"ALL_CLASSES": names})
