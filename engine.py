@@ -841,8 +841,9 @@ class Predictor:
 
         Args:
             image: (H, W, 3) uint8 RGB, as predict takes it.
-            mask: (H, W) integer class ids, as predict returns them; background (0) and ids
-                outside the palette (255, ignore) are drawn as in draw_overlay.
+            mask: (H, W) integer class ids, as predict returns them; class 0 in black
+                (background) and ids outside the palette (255, ignore) are drawn as in
+                draw_overlay.
             alpha: weight of the colours, 0 to 1.
 
         Returns:

@@ -1035,7 +1035,8 @@ def draw_overlay(
         mask: (H, W) integer class indices 0-255, same H and W; pixels outside the palette are
             drawn black.
         colors: one RGB colour per class.
-        alpha: weight of the colours, 0 to 1; class 0 (background) is left unblended.
+        alpha: weight of the colours, 0 to 1; class 0 is left unblended where its colour is
+            black (background, in the default colours).
 
     Returns:
         (H, W, 3) uint8 RGB.
@@ -1059,8 +1060,11 @@ def draw_overlay(
                 f"the mask holds values {mask.min()} to {mask.max()}: class ids are 0 to 255"
             )
     out = cv2.addWeighted(image, 1 - alpha, colorize(mask, colors), alpha, 0.0)
-    background = np.ascontiguousarray(mask == 0).view(np.uint8)
-    cv2.copyTo(image, background, out)  # the background keeps the image's pixels
+    # A black class 0 is background, which keeps the image's pixels; one given a colour is a
+    # class like the others (Cityscapes' road, class 0 of its training ids)
+    if len(colors) and tuple(colors[0]) == (0, 0, 0):
+        background = np.ascontiguousarray(mask == 0).view(np.uint8)
+        cv2.copyTo(image, background, out)
     return out
 
 

@@ -384,12 +384,23 @@ def test_overlay_blends_class_colours_like_the_formula(alpha):
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
     mask = rng.integers(0, 3, (33, 47)).astype(np.int64)  # any integer type
-    colors = [(9, 9, 9), (255, 0, 0), (10, 200, 30)]
+    colors = [(0, 0, 0), (255, 0, 0), (10, 200, 30)]
     out = draw_overlay(image[:, ::-1], mask.T.copy().T, colors, alpha)  # non-C-ordered arrays
     image = image[:, ::-1]
     want = (1 - alpha) * image + alpha * np.asarray(colors, dtype=np.float64)[mask]
     want = np.where((mask > 0)[..., None], want, image)  # background keeps the image
     assert out.dtype == np.uint8 and out.shape == image.shape
+    assert np.abs(out.astype(np.float64) - want).max() <= 0.5 + 1e-9
+
+
+def test_a_class_0_given_a_colour_is_drawn_like_the_others():
+    # Cityscapes' training ids make road class 0: its VIS_LABEL_MAP colour was never drawn
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    mask = rng.integers(0, 3, (9, 11)).astype(np.uint8)
+    colors = [(128, 64, 128), (255, 0, 0), (10, 200, 30)]
+    want = 0.5 * image + 0.5 * np.asarray(colors, dtype=np.float64)[mask]
+    out = draw_overlay(image, mask, colors, 0.5)
     assert np.abs(out.astype(np.float64) - want).max() <= 0.5 + 1e-9
 
 
