@@ -1150,7 +1150,9 @@ def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> No
     """Refuse masks that hold no foreground at all, or a split without a labelled pixel; warn of
     classes training never sees, or validation never scores."""
     total = sum(pixels.values())
-    if classes.num_classes == 2 and not total[1] and total[IGNORE_INDEX]:
+    # under MASK_IDS a 255 is any value it does not list, not a 0/255 mask's white
+    binary = classes.num_classes == 2 and classes.mask_ids is None
+    if binary and not total[1] and total[IGNORE_INDEX]:
         raise UserError(
             f"no mask in {root} holds a pixel of {classes.names[1]}, but they hold "
             f"{IGNORE_INDEX} (ignore): masks saved as 0/{IGNORE_INDEX}? This repository reads "
@@ -1163,10 +1165,18 @@ def _check_classes_present(root: Path, classes: ClassConfig, pixels: dict) -> No
                 "train": "training has nothing to learn",
                 "valid": "validation has nothing to score: its mIoU and loss would mean nothing",
             }[split]
+            fix = (
+                f"label its masks with the class ids 0-{classes.num_classes - 1} of "
+                f"{list(classes.names)}"
+            )
+            if classes.mask_ids is not None:
+                fix = (
+                    "none of its masks holds a value that MASK_IDS lists (others read as "
+                    "ignore): list the values its masks hold for each class in MASK_IDS"
+                )
             raise UserError(
                 f"every mask pixel of the {split} split of {root} is {IGNORE_INDEX} (ignore), so "
-                f"{task}; label its masks with the class ids 0-{classes.num_classes - 1} of "
-                f"{list(classes.names)}"
+                f"{task}; {fix}"
             )
     for split, consequence in (
         ("train", "the model cannot learn {it}"),

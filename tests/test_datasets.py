@@ -1441,3 +1441,13 @@ def test_more_classes_than_8_bits_hold_are_told_to_merge_them_with_mask_ids():
     names = [f"c{i}" for i in range(300)]
     with pytest.raises(UserError, match=r"at most 255 classes .*got 300: merge .*MASK_IDS"):
         ClassConfig.from_dict({"ALL_CLASSES": names})
+
+
+@pytest.mark.parametrize("names", [["background", "person"], ["road", "car", "sky"]])
+def test_mask_ids_that_no_mask_holds_are_named_not_taken_for_0_255_masks(fresh_data, names):
+    # 0/1 masks under the label ids of another dataset: every pixel reads as ignore, which
+    # two classes took for 0/255 masks, and more for masks to relabel with class ids
+    mask_ids = list(range(7, 7 + len(names)))
+    classes = ClassConfig.from_dict({"ALL_CLASSES": names, "MASK_IDS": mask_ids})
+    with pytest.raises(UserError, match="none of its masks holds a value that MASK_IDS lists"):
+        check_dataset(fresh_data, classes)
