@@ -1133,6 +1133,9 @@ def convert_pairs(
     """
     instances = ignoring = 0
     classes_seen = False  # a pixel of class 1, 2, ... in any mask
+    any_class = False  # a pixel of any class, 0 too
+    # under MASK_IDS a 255 is any value it does not list, not a black-and-white mask's white
+    binary = classes.num_classes == 2 and classes.mask_ids is None
     used_ids = []  # as check_dataset collects them
     two_valued: dict[str, list[Path]] = {}  # so too
     for split, pairs in splits.items():
@@ -1145,20 +1148,28 @@ def convert_pairs(
                 used_ids.append((mask, np.flatnonzero(counts).tolist()))
             instances += reading == "instances"
             ignoring += bool(counts[IGNORE_INDEX])
-            if classes.num_classes == 2 and (kind := binary_kind(counts, reading)):
+            if binary and (kind := binary_kind(counts, reading)):
                 two_valued.setdefault(kind, []).append(mask)
             classes_seen |= bool(counts[1 : classes.num_classes].any())
+            any_class |= bool(counts[: classes.num_classes].any())
             if not problems:  # otherwise nothing is kept: the pairs are only checked
                 name = names[image] if names else image.name
                 write_pair(out, split, name, image.read_bytes(), ids)
     problems += renumbered_palettes(used_ids)
+    if classes.mask_ids is not None and not any_class and not problems:
+        # as check_dataset refuses it: masks of ignore alone
+        problems.append(
+            "none of the masks holds a value that MASK_IDS lists (others read as ignore): list "
+            "the values the masks hold for each class in MASK_IDS of --config"
+        )
     if problems:
         raise DatasetError(root, problems)
     mixed = zero_255_among_0_1(two_valued)
     return {
         "instances": instances,
-        # black-and-white masks, whose 255 reads as ignore: a dataset without its classes
-        "ignore only": 0 if classes_seen else ignoring,
+        # black-and-white masks, whose 255 reads as ignore: a dataset without its classes (under
+        # MASK_IDS, masks of ignore alone are refused above)
+        "ignore only": 0 if classes_seen or classes.mask_ids is not None else ignoring,
         "0/255 among 0/1": len(mixed),
         "0/255 among 0/1 names": first_few([m.name for m in mixed]),
     }

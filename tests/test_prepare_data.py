@@ -2329,3 +2329,18 @@ def test_folder_maps_label_ids_by_mask_ids_and_writes_classes_yaml_without_them(
     saved = yaml.safe_load((out / "classes.yaml").read_text())
     assert saved["ALL_CLASSES"] == ["road", "car"] and "MASK_IDS" not in saved
     check_dataset(out, ClassConfig.from_dict(saved))
+
+
+@pytest.mark.parametrize("names", [["background", "person"], ["road", "car", "sky"]])
+def test_folder_refuses_mask_ids_that_no_mask_holds(tmp_path, capsys, names):
+    # 0/1 masks under another dataset's label ids: written as ignore alone, with the note of
+    # black-and-white masks and the binary command for two classes
+    root = folder_fixture(tmp_path / "mine")
+    config = tmp_path / "classes.yaml"
+    config.write_text(yaml.safe_dump({"ALL_CLASSES": names, "MASK_IDS": [7, 8, 9][: len(names)]}))
+    out = tmp_path / "data"
+    with pytest.raises(UserError, match="none of the masks holds a value that MASK_IDS lists"):
+        run("folder", "--images", str(root / "images"), "--masks", str(root / "masks"),
+            "--out", str(out), "--config", str(config))  # fmt: skip
+    assert not out.exists()
+    assert "binary" not in capsys.readouterr().out
