@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dinoseg")
 
 Pair = tuple[Path, Path]  # (image, mask)
+# the most class names or colours a problem of one mask lists; more are counted
+MAX_NAMES_SHOWN = 10
 
 
 class DataError(ValueError):
@@ -406,9 +408,12 @@ def _unread_colours(
         pixels = f"{counts[i]} pixel{'s' if counts[i] > 1 else ''}"
         shown.append(f"{_decode(unknown[i])} in {pixels} (the first at x={x}, y={y})")
     more = f", and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    listed = [list(c) for c in classes.mask_colors]
+    # each mask with the problem has a line: 150 colours on each would bury the ones not listed
+    listed = listed if len(listed) <= MAX_NAMES_SHOWN else f"(its {len(listed)} colours)"
     return OtherClasses(
         f"{path}: {kind} with {len(unknown)} colour{'s' if len(unknown) > 1 else ''} not in "
-        f"LABEL_COLORS_LIST {[list(c) for c in classes.mask_colors]}: {', '.join(shown)}"
+        f"LABEL_COLORS_LIST {listed}: {', '.join(shown)}"
         f"{more}; list each class's colour there (--config). Many colours of a few pixels "
         "each are edges blended by anti-aliasing, a smoothing resize or a JPEG copy, while "
         "colour masks need exact colours"
@@ -565,10 +570,6 @@ def pixel_counts(mask: np.ndarray) -> np.ndarray:
         hist = cv2.calcHist([flat[:, start : start + 2**24]], [0], None, [256], [0, 256])
         counts += hist.ravel().astype(np.int64)
     return counts
-
-
-# the most class names a problem of one mask lists; more are counted
-MAX_NAMES_SHOWN = 10
 
 
 def _check_ids(

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps
 
 import datasets
-from config import DEFAULT_CLASSES, ClassConfig
+from config import DEFAULT_CLASSES, ClassConfig, voc_palette
 from conftest import ROOT
 from datasets import (
     DataError,
@@ -1451,3 +1451,19 @@ def test_mask_ids_that_no_mask_holds_are_named_not_taken_for_0_255_masks(fresh_d
     classes = ClassConfig.from_dict({"ALL_CLASSES": names, "MASK_IDS": mask_ids})
     with pytest.raises(UserError, match="none of its masks holds a value that MASK_IDS lists"):
         check_dataset(fresh_data, classes)
+
+
+def test_a_colour_not_among_many_listed_colours_is_named_without_the_whole_list(tmp_path):
+    # 150 classes: each mask's line listed all 150 colours before the one not listed
+    colors = [list(c) for c in voc_palette(150)]
+    classes = ClassConfig.from_dict(
+        {"ALL_CLASSES": [f"c{i}" for i in range(150)], "LABEL_COLORS_LIST": colors}
+    )
+    rgb = np.array(colors[:6], np.uint8).reshape(2, 3, 3)
+    rgb[1, 2] = (1, 2, 3)
+    with pytest.raises(datasets.OtherClasses) as err:
+        read_mask(save(rgb, tmp_path / "m.png"), classes)
+    assert str(err.value).startswith(
+        f"{tmp_path / 'm.png'}: a colour mask with 1 colour not in LABEL_COLORS_LIST (its 150 "
+        "colours): [1, 2, 3] in 1 pixel (the first at x=2, y=1); list each class's colour there"
+    )
