@@ -200,7 +200,8 @@ class _SplitScores:
         self.cm.update(pred, mask)
 
     def compute(self) -> dict:
-        """{"loss", "acc", "miou", "iou"} of the whole split (see ConfusionMatrix.compute)."""
+        """{"loss", "acc", "miou", "iou", "pixels"} of the whole split (see
+        ConfusionMatrix.compute)."""
         self.cm.all_reduce(self.device)
         all_reduce_sum(self.loss_sum)
         scores = self.cm.compute()
@@ -212,6 +213,7 @@ class _SplitScores:
             "acc": scores["pixel_accuracy"],
             "miou": scores["miou"],
             "iou": scores["iou"],
+            "pixels": scores["pixels"],
         }
 
 

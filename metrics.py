@@ -98,7 +98,8 @@ class ConfusionMatrix:
         left out of the mean rather than counted as 0.
 
         Returns:
-            {"pixel_accuracy": float, "miou": float, "iou": list[float] (NaN where undefined)}
+            {"pixel_accuracy": float, "miou": float, "iou": list[float] (NaN where undefined),
+            "pixels": list[int], each class's pixels in the ground truth}
         """
         k = self.num_classes
         mat = (self.mat if self.mat is not None else torch.zeros(k, k)).cpu().double()
@@ -109,4 +110,5 @@ class ConfusionMatrix:
         acc = (tp.sum() / total).item() if total > 0 else float("nan")
         valid = ~iou.isnan()
         miou = iou[valid].mean().item() if valid.any() else float("nan")
-        return {"pixel_accuracy": acc, "miou": miou, "iou": iou.tolist()}
+        pixels = [int(n) for n in mat.sum(1).tolist()]
+        return {"pixel_accuracy": acc, "miou": miou, "iou": iou.tolist(), "pixels": pixels}

@@ -297,3 +297,28 @@ def test_evaluation_resizes_a_few_classes_at_a_time_with_the_same_scores(monkeyp
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
     assert got["acc"] == want["acc"] and got["miou"] == want["miou"]
     np.testing.assert_array_equal(got["iou"], want["iou"])
+
+
+def test_many_classes_score_as_a_numpy_confusion_matrix_does():
+    # ADE20K's 150 classes: a few absent from the ground truth, some of them predicted
+    rng = np.random.default_rng(5)
+    k = 150
+    target = rng.integers(0, 120, (4, 31, 29)).astype(np.uint8)
+    target[rng.random(target.shape) < 0.1] = 255
+    pred = rng.integers(0, 140, target.shape).astype(np.uint8)
+    cm = ConfusionMatrix(k)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    out = cm.compute()
+    keep = target != 255
+    mat = np.zeros((k, k), np.int64)
+    np.add.at(mat, (target[keep].astype(int), pred[keep].astype(int)), 1)
+    tp, truth, predicted = np.diag(mat), mat.sum(1), mat.sum(0)
+    union = truth + predicted - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+    np.testing.assert_allclose(out["iou"], iou, equal_nan=True)
+    assert out["miou"] == pytest.approx(np.nanmean(iou))
+    assert out["pixel_accuracy"] == pytest.approx(tp.sum() / mat.sum())
+    assert out["pixels"] == truth.tolist()
+    assert out["iou"][130] == 0.0 and out["pixels"][130] == 0  # predicted, in no mask
+    assert math.isnan(out["iou"][145])  # neither

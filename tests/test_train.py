@@ -1865,3 +1865,20 @@ def test_a_run_on_label_id_masks_keeps_mask_ids_for_eval_only(tmp_path, weights_
                "--out-dir", str(tmp_path / "eval"), "--workers", "0"])  # fmt: skip
     result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert result["miou"] == pytest.approx(row["valid_miou"], abs=1e-9)
+
+
+def test_eval_only_tells_a_class_missing_from_the_valid_masks_from_one_missed(
+    checkpoint, tmp_path, capsys
+):
+    # the valid masks lose their person, which the images still show: the model's person
+    # pixels all score against background, and person's IoU is 0 with nothing to find
+    data = make_dataset(tmp_path / "data", n_train=2, n_valid=4)
+    for path in (data / "valid_masks").iterdir():
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(path)))).save(path)
+    run_train(["--eval-only", "--model", str(checkpoint), "--data", str(data), "--out-dir",
+               str(tmp_path / "eval"), "--workers", "0"])  # fmt: skip
+    result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert result["per_class_iou"]["person"] == 0.0  # predicted somewhere
+    printed = capsys.readouterr().out
+    assert "IoU person: 0.0000 (predicted, but in no valid mask)" in printed
+    assert re.search(r"IoU background: [\d.]+\n", printed)
