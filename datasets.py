@@ -57,6 +57,7 @@ log = logging.getLogger("dinoseg")
 Pair = tuple[Path, Path]  # (image, mask)
 # the most class names or colours a problem of one mask lists; more are counted
 MAX_NAMES_SHOWN = 10
+MAX_PROBLEMS_SHOWN = 30  # the most problems a DatasetError lists; more are counted
 
 
 class DataError(ValueError):
@@ -102,7 +103,11 @@ class DatasetError(UserError):
 
     def __init__(self, root: Path, problems: list[str], note: str | None = None):
         self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
+        # A dataset read the wrong way (Cityscapes' label ids without MASK_IDS) has a problem
+        # in every mask: thousands of lines of one kind, the note past them scrolled away.
+        lines = "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            lines += f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more"
         super().__init__(
             f"the dataset {root} has {len(problems)} problem(s); fix them and run again:\n{lines}"
             + (f"\n{note}" if note else "")

@@ -1467,3 +1467,18 @@ def test_a_colour_not_among_many_listed_colours_is_named_without_the_whole_list(
         f"{tmp_path / 'm.png'}: a colour mask with 1 colour not in LABEL_COLORS_LIST (its 150 "
         "colours): [1, 2, 3] in 1 pixel (the first at x=2, y=1); list each class's colour there"
     )
+
+
+def test_a_dataset_with_a_problem_in_every_mask_lists_the_first_and_counts_the_rest(tmp_path):
+    # Cityscapes' label ids read as class ids: each of its 3475 masks had a line
+    root = make_dataset(tmp_path / "data", n_train=36, n_valid=4, sizes=((16, 12),))
+    for mask in root.glob("*_masks/*.png"):
+        save(np.full((12, 16), 33, np.uint8), mask)
+    with pytest.raises(DatasetError) as err:
+        check_dataset(root, ClassConfig.from_dict({"ALL_CLASSES": ["a", "b", "c"]}))
+    assert len(err.value.problems) == 40
+    lines = str(err.value).splitlines()
+    assert lines[0].endswith("has 40 problem(s); fix them and run again:")
+    assert len(lines) == 1 + 30 + 1  # the first 30 listed
+    assert all(line.startswith("  - ") for line in lines[1:-1])
+    assert lines[-1] == "  ... and 10 more"
