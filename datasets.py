@@ -396,10 +396,17 @@ def _unread_colours(
     if classes.mask_colors is None:
         # colours made up for the classes would read such a mask silently wrong
         codes = np.unique(codes)
-        found = [_decode(c) for c in codes[:5]]
+        found = f"a colour mask (colours {[_decode(c) for c in codes[:5]]}"
+        found += f"{' ...' if len(codes) > 5 else ''})"
+        if classes.mask_ids is not None:  # LABEL_COLORS_LIST, the fix otherwise, excludes it
+            return DataError(
+                f"{path}: {found}, but MASK_IDS reads masks of label ids (Cityscapes' "
+                "*_labelIds.png, not its *_color.png): pass masks of label ids, or list each "
+                "class's colour in LABEL_COLORS_LIST in place of MASK_IDS"
+            )
         return UnlistedColours(
-            f"{path}: a colour mask (colours {found}{' ...' if len(codes) > 5 else ''}), "
-            "but the class config has no LABEL_COLORS_LIST, so masks are read as class ids only"
+            f"{path}: {found}, but the class config has no LABEL_COLORS_LIST, so masks are read "
+            "as class ids only"
         )
     unread = ~np.isin(codes, [_code(c) for c in classes.mask_colors])
     if skipped is not None:

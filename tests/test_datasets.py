@@ -1482,3 +1482,16 @@ def test_a_dataset_with_a_problem_in_every_mask_lists_the_first_and_counts_the_r
     assert len(lines) == 1 + 30 + 1  # the first 30 listed
     assert all(line.startswith("  - ") for line in lines[1:-1])
     assert lines[-1] == "  ... and 10 more"
+
+
+def test_a_colour_mask_under_mask_ids_is_told_to_use_label_ids_not_to_add_colours(tmp_path):
+    # Cityscapes' *_color.png given where its *_labelIds.png belong: adding LABEL_COLORS_LIST,
+    # the advice without MASK_IDS, is refused beside it
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[:2] = (128, 64, 128)  # Cityscapes' road
+    with pytest.raises(DataError) as err:
+        read_mask(save(rgb, tmp_path / "m.png"), cityscapes_classes())
+    message = str(err.value)
+    assert "a colour mask (colours [[0, 0, 0], [128, 64, 128]])" in message
+    assert "MASK_IDS reads masks of label ids" in message
+    assert "add LABEL_COLORS_LIST" not in message
