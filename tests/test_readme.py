@@ -254,3 +254,49 @@ def test_the_extending_recipe_of_a_backbone_row_runs_in_config_as_written():
     row = namespace["BACKBONES"][line.group(2)]
     assert row.hub_name in config.BACKBONES  # its entry point and weights are an official model's
     assert row.head_blocks != config.BACKBONES[row.hub_name].head_blocks
+
+
+def test_the_cityscapes_recipe_links_a_dataset_read_by_its_label_ids(tmp_path):
+    """The README's Cityscapes classes and links, run on a tree of its layout
+    (leftImg8bit/SPLIT/CITY/STEM_leftImg8bit.png, gtFine/SPLIT/CITY/STEM_gtFine_*.png)."""
+    import subprocess
+
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from config import ClassConfig
+    from datasets import check_dataset, read_mask
+
+    # Cityscapes' label id -> training id, typed from its label table
+    train_ids = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+    rng = np.random.default_rng(0)
+    for split, city, n in (("train", "aachen", 2), ("train", "bremen", 1), ("val", "lindau", 1)):
+        for folder in ("leftImg8bit", "gtFine"):
+            (tmp_path / folder / split / city).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            stem = f"{city}_{i:06d}_000019"
+            image = rng.integers(0, 255, (16, 32, 3), dtype=np.uint8)
+            Image.fromarray(image).save(
+                tmp_path / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+            )
+            gt = tmp_path / "gtFine" / split / city
+            Image.fromarray(rng.integers(0, 34, (16, 32), dtype=np.uint8)).save(
+                gt / f"{stem}_gtFine_labelIds.png"
+            )
+            Image.fromarray(image).save(gt / f"{stem}_gtFine_color.png")  # left out
+    blocks = re.findall(r"^```(yaml|bash)\n(.*?)^```", README, flags=re.M | re.S)
+    [config] = [b for kind, b in blocks if kind == "yaml" and "MASK_IDS: [7, 8" in b]
+    [links] = [b for kind, b in blocks if kind == "bash" and "leftImg8bit" in b]
+    links = "\n".join(line for line in links.splitlines() if not line.startswith("python "))
+    subprocess.run(["bash", "-e", "-c", links], cwd=tmp_path, check=True)
+    classes = ClassConfig.from_dict(yaml.safe_load(config))
+    assert classes.names[:2] == ("road", "sidewalk") and classes.num_classes == 19
+    pairs = check_dataset(tmp_path / "data" / "cityscapes", classes)
+    assert [len(pairs["train"]), len(pairs["valid"])] == [3, 1]
+    for image, mask in pairs["train"] + pairs["valid"]:
+        label_ids = np.asarray(Image.open(mask))
+        expected = np.vectorize(lambda v: train_ids.get(int(v), 255), otypes=[np.uint8])
+        np.testing.assert_array_equal(read_mask(mask, classes), expected(label_ids))
+        assert image.resolve().name == f"{mask.stem}_leftImg8bit.png"
