@@ -968,6 +968,8 @@ def check_dataset(
     readings: dict[str, list[Path]] = {}  # how each mask was read -> those masks
     used_ids: list[tuple[Path, list[int]]] = []  # masks read as class ids: the values they hold
     two_valued: dict[str, list[Path]] = {}  # two classes: binary_kind -> those masks
+    # under MASK_IDS a 255 is a value it does not list, not a 0/255 mask's white
+    binary = classes.num_classes == 2 and classes.mask_ids is None
     with ThreadPoolExecutor(max_workers=8) as pool:
         for split, pairs in pairs_by_split.items():
             pixels[split] = np.zeros(256, np.int64)
@@ -978,7 +980,7 @@ def check_dataset(
                 readings.setdefault(reading, []).append(mask_path)
                 if reading == "ids" and classes.mask_colors is None and classes.mask_ids is None:
                     used_ids.append((mask_path, np.flatnonzero(counts).tolist()))
-                if classes.num_classes == 2 and (kind := binary_kind(counts, reading)):
+                if binary and (kind := binary_kind(counts, reading)):
                     two_valued.setdefault(kind, []).append(mask_path)
     problems += _mixed_gray_readings(readings, classes)
     problems += renumbered_palettes(used_ids, kept_classes)

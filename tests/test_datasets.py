@@ -1495,3 +1495,14 @@ def test_a_colour_mask_under_mask_ids_is_told_to_use_label_ids_not_to_add_colour
     assert "a colour mask (colours [[0, 0, 0], [128, 64, 128]])" in message
     assert "MASK_IDS reads masks of label ids" in message
     assert "add LABEL_COLORS_LIST" not in message
+
+
+def test_masks_with_values_mask_ids_leaves_out_are_not_taken_for_0_255_masks(fresh_data, caplog):
+    # label ids 0 and 24 (person) in some masks, 0 and 5 (no class: ignore) in the others:
+    # these read as 0/255 masks among 0/1 ones, with the binary command that would make 5 person
+    for i, mask in enumerate(sorted(fresh_data.glob("*_masks/*.png"))):
+        ids = np.asarray(Image.open(mask))
+        save(np.where(ids == 1, 24 if i % 2 else 5, 0).astype(np.uint8), mask)
+    classes = ClassConfig.from_dict({"ALL_CLASSES": ["background", "person"], "MASK_IDS": [0, 24]})
+    check_dataset(fresh_data, classes)
+    assert "prepare_data.py binary" not in caplog.text
