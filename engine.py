@@ -341,27 +341,47 @@ def tta_probs(
 ) -> torch.Tensor:
     """Multi-scale and flip test-time augmentation.
 
+    Each view's patch logits are resized, softmaxed and added to the sum a few images at a
+    time, as many as fit UPSAMPLE_ELEMENTS: resized for the whole batch at once, a view's
+    logits, their softmax, its flipped copy and the sums before and after the addition were
+    up to four (B, K, H, W) float32 tensors at once (with 150 classes at 644x644, 2 GB each
+    at --batch 8); now the sum and two chunks.
+
     Args:
         images: (B, 3, H, W) RGB in 0..255.
         scales: factors applied to H and W (each view is then aligned to the patch size).
         flip: also run the horizontally flipped views (and flip their outputs back).
 
     Returns:
-        (B, K, H, W) class probabilities: each view's logits resized to (H, W), softmaxed,
-        averaged.
+        (B, K, H, W) float32 class probabilities: each view's logits resized to (H, W),
+        softmaxed, averaged.
     """
     h, w = images.shape[-2:]
-    total, views = 0.0, 0
+    total, views = None, 0
     for scale in scales:
         size = (max(PATCH_SIZE, round(h * scale)), max(PATCH_SIZE, round(w * scale)))
         x = images.float()
         if size != (h, w):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         for flipped in (False, True) if flip else (False,):
-            probs = model(x.flip(-1) if flipped else x, size=(h, w)).float().softmax(1)
-            total = total + (probs.flip(-1) if flipped else probs)
+            # what model(view, size=(h, w)) returns, resized a few images at a time
+            logits = model.patch_logits(x.flip(-1) if flipped else x)
+            if total is None:
+                total = logits.new_empty((len(logits), logits.shape[1], h, w), dtype=torch.float32)
+            step = max(1, UPSAMPLE_ELEMENTS // (logits.shape[1] * h * w))
+            for first in range(0, len(logits), step):
+                chunk = logits[first : first + step]
+                up = F.interpolate(chunk, size=(h, w), mode="bilinear", align_corners=False)
+                probs = up.float().softmax(1)
+                del up  # so that at most two chunks of scores are held, here and below
+                probs = probs.flip(-1) if flipped else probs
+                if views == 0:
+                    total[first : first + step] = probs
+                else:
+                    total[first : first + step] += probs
+                del probs
             views += 1
-    return total / views
+    return total.div_(views)
 
 
 @torch.no_grad()

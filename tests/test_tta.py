@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import engine
 import infer_image
 import train
 from config import DEFAULT_CLASSES, parse_args
@@ -50,6 +51,62 @@ def test_tta_scales_each_side_of_a_non_square_image_and_flips_every_view_back(ch
                 views.append(torch.from_numpy(probs[..., ::-1].copy() if back else probs))
         got = tta_probs(model, images, [0.75, 1.25], flip=True)
     torch.testing.assert_close(got, sum(views) / 4)
+
+
+@pytest.fixture
+def one_thread():
+    """PyTorch on one thread for the test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class _PooledLogits(torch.nn.Module):
+    """A stand-in Segmentor: 1x1-convolved 14x14 means of the image, (B, 5, h/14, w/14)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 5, 1)
+
+    def patch_logits(self, images, from_features=False):
+        return self.conv(F.avg_pool2d(images.float() / 32, 14, ceil_mode=True))
+
+    def forward(self, images, size=None, from_features=False):
+        size = images.shape[-2:] if size is None else size
+        return F.interpolate(self.patch_logits(images), size=size, mode="bilinear")
+
+
+def test_tta_resizes_a_few_images_at_a_time_to_the_same_probabilities(monkeypatch, one_thread):
+    # With 150 classes at 644x644, --tta held five (B, K, H, W) float32 tensors at once (2 GB
+    # each at --batch 8): each view is resized one image at a time here (a budget of one
+    # image's scores), and the probabilities are those of resizing the whole batch at once.
+    # On one thread: softmax's kernel splits the batch among its threads, and where the split
+    # falls changes the last bit of some probabilities (as another thread count does).
+    torch.manual_seed(0)
+    model = _PooledLogits()
+    images = torch.randint(0, 256, (3, 3, 42, 56), dtype=torch.uint8)
+    with torch.no_grad():
+        views = [
+            model(view, size=(42, 56)).float().softmax(1)
+            for size in ((32, 42), (52, 70))  # 0.75 and 1.25 of 42x56, by Python's round
+            for view in [F.interpolate(images.float(), size=size, mode="bilinear")]
+            for view in (view, view.flip(-1))
+        ]
+        views[1], views[3] = views[1].flip(-1), views[3].flip(-1)
+        want = (views[0] + views[1] + views[2] + views[3]) / 4
+        resized = []
+        interpolate = F.interpolate
+        monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", 5 * 42 * 56)
+        monkeypatch.setattr(
+            engine.F,
+            "interpolate",
+            lambda x, **kw: resized.append(len(x)) or interpolate(x, **kw),
+        )
+        got = tta_probs(model, images, [0.75, 1.25], flip=True)
+    assert torch.equal(got, want)
+    # each scale resizes the batch of images once, then each view its logits image by image
+    assert resized == [3, 1, 1, 1, 1, 1, 1] * 2
 
 
 def test_eval_only_reports_with_and_without_tta(tmp_path, checkpoint, tiny_data):
