@@ -254,18 +254,29 @@ def frame_count(path: Path) -> int:
         return 1
 
 
+# the pixels of a 16- or 32-bit image that _pillow_rgb scales in float64 at a time (8 MB each)
+WIDE_BAND_PIXELS = 2**20
+
+
 def _pillow_rgb(img: Image.Image) -> np.ndarray:
     """A decoded image as (H, W, 3) uint8 RGB, as stored (not turned by its EXIF orientation);
     read-only where it is a view of Pillow's bytes."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img)  # uint16, int32 or float32: the maxima below are those of float64
         if img.mode.startswith("I;16"):
             top = 65535.0  # one scale for every frame, so a dark one stays dark
         elif img.mode == "F" and arr.max() <= 1.0:
             top = 1.0  # float images in 0..1
         else:  # 32-bit integers or floats: 16-bit data, or 8-bit values stored wide
             top = 65535.0 if arr.max() > 255 else 255.0
-        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        # A band of rows at a time: the whole image in float64 took three arrays of 8 bytes a
+        # pixel (a 48-megapixel 16-bit scan peaked 1.2 GB above its decoding)
+        gray = np.empty(arr.shape, np.uint8)
+        rows = max(1, WIDE_BAND_PIXELS // max(1, arr.shape[1]))
+        for y in range(0, len(arr), rows):
+            band = arr[y : y + rows].astype(np.float64)
+            band = np.clip(band / top * 255.0 + 0.5, 0, 255)
+            gray[y : y + rows] = band.astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
 

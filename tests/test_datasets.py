@@ -2,6 +2,7 @@ import shlex
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from urllib.error import URLError
 
@@ -444,6 +445,52 @@ def test_a_float_image_in_0_to_1_scales_to_8bit(tmp_path):
 def test_32bit_images_are_scaled_by_the_range_of_their_values(tmp_path, values, dtype, expected):
     Image.fromarray(np.array([values], dtype)).save(tmp_path / "x.tif")
     assert read_image(tmp_path / "x.tif")[..., 0].tolist() == [expected]
+
+
+@pytest.mark.parametrize(
+    ("mode", "values"),
+    [("I;16", np.arange(65536, dtype=np.uint16)),  # every 16-bit value
+     ("I;16B", np.arange(65536, dtype=">u2")),
+     ("I", np.arange(-70000, 70000, 7, dtype=np.int32)),  # clipped below 0 and past 65535
+     ("I", np.arange(-20, 300, dtype=np.int32) % 256),
+     ("F", np.linspace(-0.1, 1.0, 5000, dtype=np.float32)),
+     ("F", np.linspace(-3.0, 300.0, 5000, dtype=np.float32))],
+)  # fmt: skip
+def test_wide_images_scaled_a_band_of_rows_at_a_time_as_all_at_once(monkeypatch, mode, values):
+    # A 48-megapixel 16-bit scan took three float64 copies at once (1.2 GB): the values are
+    # scaled a few rows at a time (7 here, the last band shorter), to the same pixels
+    values = np.resize(values, (len(values) // 100 + 2) * 100).reshape(-1, 100).astype(values.dtype)
+    img = Image.fromarray(values)
+    assert img.mode == mode, "the premise: Pillow's mode for these values"
+    monkeypatch.setattr(datasets, "WIDE_BAND_PIXELS", 7 * 100 + 99)
+    wide = np.asarray(img, dtype=np.float64)
+    if mode.startswith("I;16"):
+        top = 65535.0
+    elif mode == "F" and wide.max() <= 1:
+        top = 1.0
+    else:
+        top = 65535.0 if wide.max() > 255 else 255.0
+    want = np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    got = datasets._pillow_rgb(img)
+    assert got.shape == (*want.shape, 3) and got.dtype == np.uint8
+    assert all(np.array_equal(got[..., c], want) for c in range(3))
+
+
+def test_a_16bit_image_is_read_without_a_float64_copy_of_it(tmp_path, monkeypatch):
+    # Python's allocation tracer sees NumPy's arrays and Pillow's bytes: reading a 16-bit PNG
+    # peaked at three float64 copies of its pixels, now under one (2-byte pixels, the 8-bit
+    # gray and the RGB result, and bands of 3 rows)
+    arr = np.random.default_rng(0).integers(0, 65535, (200, 300), dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    monkeypatch.setattr(datasets, "WIDE_BAND_PIXELS", 1000)
+    tracemalloc.start()
+    try:
+        out = read_image(tmp_path / "x.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (200, 300, 3)
+    assert peak < arr.size * 8
 
 
 def test_read_image_applies_exif_rotation(tmp_path):
