@@ -1,5 +1,6 @@
 import _thread
 import functools
+import gc
 import json
 import os
 import re
@@ -155,6 +156,38 @@ def test_an_image_whose_classes_exceed_the_budget_is_resized_a_few_classes_at_a_
         up = interpolate(lg[None], size=(30, 40), mode="bilinear", align_corners=False)
         assert np.array_equal(mask, up.max(1).indices[0].to(torch.uint8).numpy())
     assert masks[1][0, 0] == 4 and (masks[0] != 3).all()
+
+
+def _new_tensor_bytes(pixels: int, before: set[int]) -> int:
+    """The bytes of the tensors of at least ``pixels`` elements that Python holds, each storage
+    counted once, but for the storages at the addresses in ``before``."""
+    storages = {}
+    for obj in gc.get_objects():
+        if type(obj) is torch.Tensor and obj.numel() >= pixels:
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(n for ptr, n in storages.items() if ptr not in before)
+
+
+def test_resizing_a_few_classes_at_a_time_holds_no_chunk_when_it_resizes_the_next(monkeypatch):
+    # 7 classes of 30x40, two at a time: when a chunk is resized, what is held at the mask's
+    # size is the running maximum (4 bytes a pixel), the class ids and the comparison (1 each).
+    # The last chunk was held too, and max(0)'s maximum and int64 indices (12 bytes a pixel)
+    logits = torch.randn(7, 4, 5, generator=torch.Generator().manual_seed(0))
+    pixels, held = 30 * 40, []
+    before = {t.untyped_storage().data_ptr() for t in gc.get_objects() if type(t) is torch.Tensor}
+    interpolate = F.interpolate
+
+    def recorded(x, **kw):
+        held.append(_new_tensor_bytes(pixels, before))
+        return interpolate(x, **kw)
+
+    monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", 2 * pixels)
+    monkeypatch.setattr(engine.F, "interpolate", recorded)
+    ids = engine._class_ids_in_chunks(logits, (30, 40))
+    assert len(held) == 4 and max(held) <= 6 * pixels, held
+    up = interpolate(logits[None], size=(30, 40), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(ids, up.max(0).indices.to(torch.uint8))
 
 
 @pytest.mark.parametrize("imgsz", [518, (56, 42, 3), (0, 0), (13, 42), (56.5, 42)])
