@@ -825,6 +825,7 @@ class Predictor:
                 end += 1
             up = F.interpolate(logits[start:end], size=size, mode="bilinear", align_corners=False)
             masks += list(class_ids(up, torch.uint8).cpu().numpy())
+            del up  # before the next group is resized, which would make two of them
             start = end
         return masks
 

@@ -190,6 +190,27 @@ def test_resizing_a_few_classes_at_a_time_holds_no_chunk_when_it_resizes_the_nex
     assert torch.equal(ids, up.max(0).indices.to(torch.uint8))
 
 
+def test_images_resized_in_groups_hold_no_group_when_the_next_is_resized(monkeypatch):
+    # 4 frames of 30x40 with 2 classes, two frames a group: when the second group is resized,
+    # what is held at the frames' size is the first group's masks (1 byte a pixel), not also
+    # its resized scores (4 bytes a pixel and class: 265 MB for 4 frames at 4K, the default)
+    logits = torch.randn(4, 2, 4, 5, generator=torch.Generator().manual_seed(0))
+    pixels, held = 30 * 40, []
+    before = {t.untyped_storage().data_ptr() for t in gc.get_objects() if type(t) is torch.Tensor}
+    interpolate = F.interpolate
+
+    def recorded(x, **kw):
+        held.append(_new_tensor_bytes(pixels, before))
+        return interpolate(x, **kw)
+
+    monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", 2 * 2 * pixels)
+    monkeypatch.setattr(engine.F, "interpolate", recorded)
+    masks = Predictor._masks(logits, [(30, 40)] * 4)
+    assert len(held) == 2 and held[1] <= 2 * pixels, held
+    up = interpolate(logits, size=(30, 40), mode="bilinear", align_corners=False)
+    assert np.array_equal(np.stack(masks), up.max(1).indices.to(torch.uint8).numpy())
+
+
 @pytest.mark.parametrize("imgsz", [518, (56, 42, 3), (0, 0), (13, 42), (56.5, 42)])
 def test_an_input_size_that_is_not_w_h_is_refused_before_the_model_loads(monkeypatch, imgsz):
     # an int failed in tuple(), and a size of 0 or 56.5 at the first image, in OpenCV's resize
