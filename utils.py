@@ -1120,7 +1120,9 @@ def prefetch(
 
     Decoding (OpenCV, PIL) releases the GIL, so it runs while the model computes. With
     ``max_bytes``, the items waiting also hold at most that many bytes (``nbytes(item)`` each),
-    but one always may wait, however large. An exception raised by ``items`` is re-raised here.
+    but one always may wait, however large. The next item is made once one as large as the last
+    may wait, so the thread holds none beyond them. An exception raised by ``items`` is
+    re-raised here.
     """
     q: queue.Queue = queue.Queue()  # bounded by ``room`` below, in items and in bytes
     room = threading.Condition()
@@ -1132,23 +1134,36 @@ def prefetch(
         over = max_bytes is not None and waiting[1] + size > max_bytes
         return waiting[0] > 0 and (waiting[0] >= depth or over)
 
-    def put(item, size: int = 0, err: BaseException | None = None) -> bool:
+    def wait_for_room(size: int) -> bool:
+        """Wait until an item of ``size`` bytes may wait; False if the consumer stopped."""
         with room:
             while full(size) and not stop.is_set():
                 room.wait(0.1)
-            if stop.is_set():
-                return False
+            return not stop.is_set()
+
+    def put(item, size: int = 0, err: BaseException | None = None) -> bool:
+        if not wait_for_room(size):
+            return False
+        with room:
             waiting[0] += 1
             waiting[1] += size
         q.put((item, err, size))
         return True
 
     def work() -> None:
+        size = 0  # of the last item, to guess the next one's by
         try:
-            for item in items:
-                if not put(item, nbytes(item) if nbytes else 0):
+            iterator = iter(items)
+            # Room for the next item before it is made: made first, it was held while put
+            # waited, one more than the queue holds (a batch of 8 4K frames: 200 MB)
+            while wait_for_room(size):
+                item = next(iterator, end)
+                if item is end:
+                    put(end)
                     return
-            put(end)
+                size = nbytes(item) if nbytes else 0
+                if not put(item, size):
+                    return
         except BaseException as err:  # handed to the consumer, which re-raises it
             put(end, err=err)
 
