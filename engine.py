@@ -116,7 +116,7 @@ def _class_ids_in_chunks(
     k, pixels = scores.shape[0], size[0] * size[1]
     step = max(1, UPSAMPLE_ELEMENTS // pixels)
     finite = bool(scores.isfinite().all())  # then so are the resized scores: no NaN checks
-    best = ids = better = None
+    running = _FirstMaximum(size, scores.device, finite)
     for first in range(0, k, step):
         up = F.interpolate(
             scores[None, first : first + step], size=size, mode="bilinear", align_corners=False
@@ -124,21 +124,55 @@ def _class_ids_in_chunks(
         if visit is not None:
             visit(first, up)
         for i, value in enumerate(up):
-            if best is None:
-                # a copy where the chunk holds other classes, so that it is freed after them
-                best = value if len(up) == 1 else value.clone()
-                ids = torch.zeros(size, dtype=torch.uint8, device=up.device)
-                continue
-            better = torch.gt(value, best, out=better)
-            if not finite:
-                better |= value.isnan() & ~best.isnan()
-            ids.masked_fill_(better, first + i)
-            if finite:
-                torch.maximum(best, value, out=best)
-            else:
-                best = torch.where(better, value, best)
+            # the first class copied where the chunk holds others, so that it is freed after them
+            running.add(first + i, value, copy=len(up) > 1)
         del up, value  # before the next chunk is resized, which would make two of them
-    return ids
+    return running.ids
+
+
+def _class_ids_in_place(scores: torch.Tensor, finite: bool) -> torch.Tensor:
+    """(B, K, H, W) scores -> the (B, H, W) uint8 class ids of class_ids, compared class by
+    class, which overwrites class 0's scores with the highest. max(1) made a float32 maximum and
+    int64 indices of the scores' size, 12 bytes a pixel beside their 4 a class.
+
+    Args:
+        finite: whether all scores are finite, which spares the NaN checks.
+    """
+    running = _FirstMaximum(scores[:, 0].shape, scores.device, finite)
+    for i in range(scores.shape[1]):
+        running.add(i, scores[:, i])
+    return running.ids
+
+
+class _FirstMaximum:
+    """A running maximum over classes given one at a time, from class 0 on: ``ids`` holds the
+    uint8 id of the first class of the highest score so far, NaN counting as the highest, as
+    max(dim).indices gives it.
+
+    Args:
+        shape: of each class's scores and of ``ids``.
+        finite: whether all scores are finite, which spares the NaN checks.
+    """
+
+    def __init__(self, shape: Sequence[int], device: torch.device, finite: bool):
+        self.ids = torch.zeros(tuple(shape), dtype=torch.uint8, device=device)
+        self.finite = finite
+        self.best = self.better = None
+
+    def add(self, index: int, value: torch.Tensor, copy: bool = False) -> None:
+        """Compare class ``index``'s scores with the best so far. The first class's become the
+        best, changed in place later: a copy with ``copy``, else ``value`` itself."""
+        if self.best is None:
+            self.best = value.clone() if copy else value
+            return
+        self.better = torch.gt(value, self.best, out=self.better)
+        if not self.finite:
+            self.better |= value.isnan() & ~self.best.isnan()
+        self.ids.masked_fill_(self.better, index)
+        if self.finite:
+            torch.maximum(self.best, value, out=self.best)
+        else:
+            self.best = torch.where(self.better, value, self.best)
 
 
 def _scores_in_chunks(
@@ -813,6 +847,7 @@ class Predictor:
         classes at a time (see _class_ids_in_chunks).
         """
         masks, start, k = [], 0, logits.shape[1]
+        finite = bool(logits.isfinite().all())  # then so are the resized scores
         while start < len(sizes):
             size = sizes[start]
             if k * size[0] * size[1] > UPSAMPLE_ELEMENTS:
@@ -824,8 +859,9 @@ class Predictor:
             while end < len(sizes) and sizes[end] == size and end - start < room:
                 end += 1
             up = F.interpolate(logits[start:end], size=size, mode="bilinear", align_corners=False)
-            masks += list(class_ids(up, torch.uint8).cpu().numpy())
-            del up  # before the next group is resized, which would make two of them
+            ids = class_ids(up, torch.uint8) if k <= 2 else _class_ids_in_place(up, finite)
+            masks += list(ids.cpu().numpy())
+            del up, ids  # before the next group is resized, which would make two of them
             start = end
         return masks
 

@@ -211,6 +211,37 @@ def test_images_resized_in_groups_hold_no_group_when_the_next_is_resized(monkeyp
     assert np.array_equal(np.stack(masks), up.max(1).indices.to(torch.uint8).numpy())
 
 
+def test_a_group_of_more_than_two_classes_is_compared_class_by_class(monkeypatch):
+    # 3 frames of 30x40 with 4 classes, resized at once: what is held at the frames' size
+    # while their ids are taken is the resized scores (16 bytes a pixel), the ids and the
+    # comparison (1 each). max(1) added a float32 maximum and int64 indices (12 bytes a pixel).
+    # The ids are max(1)'s: class 3 ties class 1 (the first wins), and NaNs count as highest.
+    logits = torch.randn(3, 4, 4, 5, generator=torch.Generator().manual_seed(0))
+    logits[:, 3] = logits[:, 1]
+    pixels, held = 3 * 30 * 40, []
+    before = {t.untyped_storage().data_ptr() for t in gc.get_objects() if type(t) is torch.Tensor}
+
+    def recorded(method):
+        def call(self, *args, **kwargs):
+            held.append(_new_tensor_bytes(30 * 40, before))
+            return method(self, *args, **kwargs)
+
+        return call
+
+    for name in ("to", "masked_fill_"):
+        monkeypatch.setattr(torch.Tensor, name, recorded(getattr(torch.Tensor, name)))
+    masks = Predictor._masks(logits, [(30, 40)] * 3)
+    monkeypatch.undo()
+    assert held and max(held) <= 18 * pixels, held
+    for nan in (False, True):
+        if nan:
+            logits[1, 2, 0, 0] = logits[2, 0, 3, 4] = float("nan")
+            masks = Predictor._masks(logits, [(30, 40)] * 3)
+        up = F.interpolate(logits, size=(30, 40), mode="bilinear", align_corners=False)
+        assert np.array_equal(np.stack(masks), up.max(1).indices.to(torch.uint8).numpy())
+    assert up.isnan().any() and (np.stack(masks) != 3).all()
+
+
 @pytest.mark.parametrize("imgsz", [518, (56, 42, 3), (0, 0), (13, 42), (56.5, 42)])
 def test_an_input_size_that_is_not_w_h_is_refused_before_the_model_loads(monkeypatch, imgsz):
     # an int failed in tuple(), and a size of 0 or 56.5 at the first image, in OpenCV's resize
