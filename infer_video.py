@@ -56,6 +56,7 @@ from utils import (
     prefetch,
     run_script,
     same_folder,
+    shell_quote,
     show,
 )
 
@@ -118,6 +119,7 @@ class VideoSource:
     last_ms: float | None = None
     skipped: int = 0
     trimmed: bool = False  # a file's, where an edit list hides some of the frames it declares
+    sound: bool | None = None  # a file's: whether it has a sound track, None where unknown
 
 
 def open_video(spec: str) -> VideoSource:
@@ -158,6 +160,7 @@ def open_video(spec: str) -> VideoSource:
         path=None if camera else path,
         timeout_s=timeout_s,
         trimmed=not camera and mp4_edits_hide_frames(path),
+        sound=None if camera else has_sound(path),
     )
 
 
@@ -194,7 +197,7 @@ def open_failure(spec: str, path: Path, camera: bool, stream: bool) -> UserError
     """The error for a ``spec`` OpenCV did not open, naming the likely cause."""
     if stream:
         return UserError(f"cannot open the stream {spec}: is its address right, and is it on?")
-    if not camera and mp4_video_samples(path) == 0:
+    if not camera and mp4_track_samples(path) == 0:
         # OpenCV opens no MP4 without a frame, which it would call unreadable or corrupt
         return UserError(
             f"--input {spec} holds no frames (an MP4 or MOV whose recording stopped before "
@@ -221,9 +224,10 @@ def frame_rate(capture: cv2.VideoCapture, spec: str) -> float:
     return fps
 
 
-def mp4_video_samples(path: Path) -> int | None:
-    """The frames an MP4 or MOV file's video tracks hold by their sample tables (0 where its
-    header lists no video track), or None where it is no such file or its boxes are damaged."""
+def mp4_track_samples(path: Path, handler: bytes = b"vide") -> int | None:
+    """The samples an MP4 or MOV file's tracks of ``handler`` hold by their sample tables
+    (b"vide": frames; b"soun": sound), 0 where its header lists no such track, or None where it
+    is no such file, a fragmented one, or its boxes are damaged."""
     try:
         with path.open("rb") as f:
             size = f.seek(0, os.SEEK_END)
@@ -240,8 +244,8 @@ def mp4_video_samples(path: Path) -> int | None:
                 if media is None:
                     continue
                 parts = dict(_boxes(f, *media))
-                if b"hdlr" not in parts or _read_at(f, parts[b"hdlr"][0] + 8, 4) != b"vide":
-                    continue  # sound, subtitles
+                if b"hdlr" not in parts or _read_at(f, parts[b"hdlr"][0] + 8, 4) != handler:
+                    continue  # another kind: sound, subtitles, timed metadata
                 info = parts.get(b"minf")
                 table = dict(_boxes(f, *info)).get(b"stbl") if info else None
                 sizes = dict(_boxes(f, *table)) if table else {}
@@ -251,6 +255,14 @@ def mp4_video_samples(path: Path) -> int | None:
             return frames
     except (OSError, struct.error):
         return None
+
+
+def has_sound(path: Path) -> bool | None:
+    """Whether a video file has a sound track, by an MP4 or MOV file's header (phones, cameras);
+    None for other containers (Matroska, WebM, AVI), whose tracks OpenCV does not list, and a
+    header that cannot be read."""
+    samples = mp4_track_samples(path, b"soun")
+    return None if samples is None else samples > 0
 
 
 def mp4_edits_hide_frames(path: Path) -> bool:
@@ -525,8 +537,9 @@ def count_is_not_the_frames(source: VideoSource, decoded: int) -> bool:
 TIMING_TOLERANCE = 0.1
 
 
-def check_timing(spec: str, source: VideoSource, decoded: int, rate: float) -> None:
-    """Warn when a file's frames span another length of time than the output gives them.
+def check_timing(spec: str, source: VideoSource, decoded: int, rate: float) -> bool:
+    """Warn when a file's frames span another length of time than the output gives them, and
+    return False then (the input's sound would not keep pace with the output); else True.
 
     The output holds every frame at one rate, the one the input states. OpenCV states a
     variable frame rate as the average where the container keeps it (MP4 and MOV: phones), so
@@ -534,14 +547,14 @@ def check_timing(spec: str, source: VideoSource, decoded: int, rate: float) -> N
     and the output then plays twice as fast as the input, or faster, which only this says.
     """
     if source.skipped or source.last_ms is None or decoded < 2:
-        return  # frames left out: check_frame_count names them
+        return True  # frames left out: check_frame_count names them
     span = (source.last_ms - source.first_ms) / 1000
     if span <= 0:
-        return  # no timestamps to go by
+        return True  # no timestamps to go by
     span *= decoded / (decoded - 1)  # the last frame's duration: the average one
     length = decoded / rate
     if abs(length / span - 1) <= TIMING_TOLERANCE:
-        return
+        return True
     log.warning(
         "%s has a variable frame rate: its %d frames span %.2f s, but the output holds them at "
         "a constant %.6g FPS, in %.2f s, so it plays %.1fx %s than the input",
@@ -553,6 +566,7 @@ def check_timing(spec: str, source: VideoSource, decoded: int, rate: float) -> N
         max(span / length, length / span),
         "faster" if length < span else "slower",
     )
+    return False
 
 
 NO_ROOM = " (is the disk full?); free some space or choose another --out-dir"
@@ -636,8 +650,9 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
     q/Esc and closing the window also end a file early.
 
     Returns:
-        {"frames", "size", "rate", "seconds", "model_fps", "fps"}: counts, and the output
-        video's (width, height) and frame rate ``rate``, then the measured frame rates.
+        {"frames", "size", "rate", "seconds", "model_fps", "fps", "in_time"}: counts, and the
+        output video's (width, height) and frame rate ``rate``, then the measured frame rates,
+        and whether the output keeps the input's pace (warn_of_shortfall).
     """
     done = 0  # frames encoded: counted by the encoder, as a Ctrl-C may land mid-submit
     with atomic_path(out_path, suffix=PARTIAL_SUFFIX) as tmp:
@@ -666,7 +681,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             source.capture.release()
         seconds = time.perf_counter() - start
         check_written(tmp, out_path, done, source, stopped, args.input)
-        warn_of_shortfall(source, args.input, out_path, done, rate, stopped)
+        in_time = warn_of_shortfall(source, args.input, out_path, done, rate, stopped)
     return {
         "frames": done,
         "size": (width, height),
@@ -674,6 +689,7 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
         "seconds": seconds,
         "model_fps": predictor.model_fps(),
         "fps": done / seconds,
+        "in_time": in_time,
     }
 
 
@@ -739,9 +755,10 @@ def check_written(
 
 def warn_of_shortfall(
     source: VideoSource, spec: str, out_path: Path, done: int, rate: float, stopped: str | None
-) -> None:
+) -> bool:
     """Warn where the output may not be the whole input, or not at its pace: stopped by the
-    user, a camera that stopped sending, a file whose frames or timing differ from its own."""
+    user, a camera that stopped sending, a file whose frames or timing differ from its own.
+    Returns False where the output plays at another pace than the input (check_timing)."""
     if stopped is not None:
         of = f" of {source.frames}" if source.frames else ""
         log.warning("stopped by %s: %s holds the first %d%s frames", stopped, out_path, done, of)
@@ -757,7 +774,35 @@ def warn_of_shortfall(
     else:
         if not count_is_not_the_frames(source, done):
             check_frame_count(spec, source.frames, done)
-        check_timing(spec, source, done, rate)
+        return check_timing(spec, source, done, rate)
+    return True
+
+
+def sound_command(video: Path, source: Path, dest: Path) -> list[str]:
+    """The ffmpeg command that writes ``dest``: the frames of ``video``, as they are, with the
+    sound of ``source`` (AAC, which MP4 holds whatever the input's sound was), cut to the
+    frames' length (a run stopped early holds the first frames only)."""
+    return ["ffmpeg", "-i", str(video), "-i", str(source), "-map", "0:v", "-map", "1:a",
+            "-c:v", "copy", "-c:a", "aac", "-shortest", str(dest)]  # fmt: skip
+
+
+def sound_note(source: VideoSource, out_path: Path, in_time: bool) -> tuple[str, str | None]:
+    """What the closing line says of the output's sound (it has none: OpenCV writes video only),
+    and the line after it, if any: the ffmpeg command that adds the input's, or why not."""
+    if source.path is None:  # a camera: OpenCV reads no sound from it either
+        return "no sound (OpenCV writes video only)", None
+    if source.sound is False:
+        return "no sound (nor has the input)", None
+    if not in_time:
+        return (
+            "no sound (OpenCV writes video only)",
+            "the input's sound was left out: the output plays at another pace (see the warning "
+            "above), which it would not keep",
+        )
+    dest = out_path.with_name(f"{out_path.stem}_sound.mp4")
+    command = " ".join(shell_quote(part) for part in sound_command(out_path, source.path, dest))
+    lead = "to add the input's sound" if source.sound else "if the input has sound, to add it"
+    return "no sound (OpenCV writes video only)", f"{lead}: {command}"
 
 
 def output_path(source: VideoSource, spec: str, out_dir: Path) -> Path:
@@ -834,11 +879,13 @@ def main(args: argparse.Namespace) -> None:
                 f"cannot replace {out_path} ({err.strerror}): is it open in another program, "
                 "such as a video player? Close it and run again, or choose another --out-dir"
             ) from err
+    sound, hint = sound_note(source, out_path, stats["in_time"])
     print(
         f"Wrote {out_path}: {stats['frames']} frame{'s' * (stats['frames'] != 1)}, "
-        f"{stats['size'][0]}x{stats['size'][1]}, "
-        f"{stats['rate']:.3f} FPS, no sound (OpenCV writes video only)"
+        f"{stats['size'][0]}x{stats['size'][1]}, {stats['rate']:.3f} FPS, {sound}"
     )
+    if hint:
+        print(hint)
     print(speed_line(predictor, args, "frame", stats["model_fps"]))
     print(f"end to end: {stats['fps']:.2f} FPS (decoding, model, drawing, encoding)")
 

@@ -914,7 +914,7 @@ def test_video_round_trip_keeps_frames_size_and_rate(tmp_path, checkpoint, capsy
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"], "no temporary file may remain"
     printed = capsys.readouterr().out
     assert "13 frames" in printed and "model:" in printed and "end to end:" in printed
-    assert "no sound (OpenCV writes video only)" in printed  # a phone video's sound is lost
+    assert "no sound (nor has the input)" in printed
 
 
 @pytest.mark.parametrize("size", [(1, 48), (64, 1)])
@@ -2997,6 +2997,135 @@ def test_a_b_frame_video_that_lost_its_end_is_called_truncated(
     assert re.search(
         rf"{re.escape(str(clip))} declares 60 frames but only \d+ could be", caplog.text
     )
+
+
+def box(kind: bytes, *parts: bytes, full: int | None = None) -> bytes:
+    """An ISO media box of ``parts``; a full box (version 0, flags ``full``) where given."""
+    body = (b"" if full is None else struct.pack(">I", full)) + b"".join(parts)
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def with_sound(clip: Path, seconds: float = 1.0, rate: int = 8000) -> Path:
+    """``clip``, an mp4 OpenCV wrote (its moov last), given a track of ``seconds`` of silent
+    16-bit mono PCM ('twos', which MOV and FFmpeg's MP4 reader take), as a phone's sound track,
+    its samples in an mdat of their own after the moov."""
+    data = bytearray(clip.read_bytes())
+    moov = data.rindex(b"moov") - 4
+    assert moov + int.from_bytes(data[moov : moov + 4], "big") == len(data), "moov last"
+    n = round(seconds * rate)
+    entry = struct.pack(">4s6xH8xHH4xI", b"twos", 1, 1, 16, rate << 16)  # mono, 16-bit
+    matrix = struct.pack(">9i", 1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+    table = box(
+        b"stbl",
+        box(b"stsd", struct.pack(">II", 1, 4 + len(entry)), entry, full=0),
+        box(b"stts", struct.pack(">III", 1, n, 1), full=0),
+        box(b"stsc", struct.pack(">IIII", 1, 1, n, 1), full=0),
+        box(b"stsz", struct.pack(">II", 2, n), full=0),
+        box(b"stco", struct.pack(">II", 1, 0), full=0),  # the offset, set below
+    )
+    info = box(
+        b"minf",
+        box(b"smhd", bytes(4), full=0),
+        box(b"dinf", box(b"dref", struct.pack(">I", 1), box(b"url ", full=1), full=0)),
+        table,
+    )
+    media = box(
+        b"mdia",
+        box(b"mdhd", struct.pack(">IIIIHH", 0, 0, rate, n, 0x55C4, 0), full=0),
+        box(b"hdlr", struct.pack(">I4s12x", 0, b"soun"), b"Sound\0", full=0),
+        info,
+    )
+    header = struct.pack(">IIII4xI8xhhh2x", 0, 0, 2, 0, round(seconds * 1000), 0, 0, 0x100)
+    trak = box(b"trak", box(b"tkhd", header, matrix, bytes(8), full=3), media)
+    data[moov : moov + 4] = struct.pack(">I", len(data) - moov + len(trak))
+    data += trak
+    at = data.rindex(b"stco") + 12
+    data[at : at + 4] = struct.pack(">I", len(data) + 8)  # the samples, in the mdat below
+    data += box(b"mdat", bytes(2 * n))
+    clip.write_bytes(bytes(data))
+    return clip
+
+
+def faststart(clip: Path) -> Path:
+    """``clip``, an mp4 OpenCV wrote (ftyp, free, mdat, moov), with its moov moved before its
+    media data, as ffmpeg -movflags +faststart and phones lay files out for streaming."""
+    data = clip.read_bytes()
+    moov = data.rindex(b"moov") - 4
+    start = data.index(b"mdat") - 4
+    header = bytearray(data[moov : moov + int.from_bytes(data[moov : moov + 4], "big")])
+    for at in [m.start() for m in re.finditer(b"stco", header)]:  # every chunk moves
+        count = int.from_bytes(header[at + 8 : at + 12], "big")
+        for entry in range(at + 12, at + 12 + 4 * count, 4):
+            offset = int.from_bytes(header[entry : entry + 4], "big")
+            header[entry : entry + 4] = struct.pack(">I", offset + len(header))
+    rest = data[start:moov] + data[moov + len(header) :]
+    clip.write_bytes(data[:start] + bytes(header) + rest)
+    return clip
+
+
+@pytest.mark.parametrize("layout", ["moov-last", "faststart"])
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_the_sound_track_of_a_phone_video_is_found(tmp_path, suffix, layout):
+    clip = with_sound(write_clip(tmp_path / f"clip{suffix}", frames=30, fps=30))
+    silent = write_clip(tmp_path / f"silent{suffix}", frames=30, fps=30)
+    if layout == "faststart":
+        clip, silent = faststart(clip), faststart(silent)
+    assert len(read_rgb_frames(clip)) == 30  # a file FFmpeg, which OpenCV reads with, takes
+    assert infer_video.mp4_track_samples(clip, b"soun") == 8000
+    assert infer_video.mp4_track_samples(clip) == 30
+    assert infer_video.has_sound(clip) is True
+    assert infer_video.has_sound(silent) is False
+
+
+def test_a_phone_videos_sound_is_named_with_the_command_that_adds_it(tmp_path, checkpoint, capsys):
+    # OpenCV drops the sound: the output was silent, and only "no sound" said so, with no way
+    # to get it back but the README's command, whose paths the user had to fill in
+    clip = with_sound(write_clip(tmp_path / "my clip.mp4", frames=30, fps=30))
+    out = tmp_path / "out dir"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    printed = capsys.readouterr().out.splitlines()
+    quoted = [utils.shell_quote(str(p)) for p in (out / "my clip.mp4", clip)]
+    assert quoted[1] == f"'{clip}'" or sys.platform == "win32"
+    command = (
+        f"ffmpeg -i {quoted[0]} -i {quoted[1]} -map 0:v -map 1:a -c:v copy -c:a aac -shortest "
+        + utils.shell_quote(str(out / "my clip_sound.mp4"))
+    )
+    assert printed[0].endswith(", 30.000 FPS, no sound (OpenCV writes video only)")
+    assert printed[1] == f"to add the input's sound: {command}"
+
+
+def test_sound_that_would_not_keep_pace_with_the_output_is_not_offered(
+    tmp_path, checkpoint, capsys
+):
+    # the output plays 1.8x faster than the input (VariableRateFile): its sound would drift
+    clip = with_sound(write_clip(tmp_path / "screen.mp4", frames=12, fps=10))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video.cv2, "VideoCapture", VariableRateFile)
+        infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == (
+        "the input's sound was left out: the output plays at another pace (see the warning "
+        "above), which it would not keep"
+    )
+
+
+def test_a_video_without_sound_or_whose_sound_is_unknown_says_so(tmp_path, checkpoint, capsys):
+    silent = write_clip(tmp_path / "silent.mp4", frames=3)
+    infer_video.main(video_args(input=silent, model=checkpoint, out_dir=tmp_path / "a"))
+    printed = capsys.readouterr().out
+    assert "no sound (nor has the input)" in printed and "ffmpeg" not in printed
+    # Matroska's tracks are not read: its sound may be there, and the command is given for it
+    screen = tmp_path / "screen.mkv"
+    video = cv2.VideoWriter(str(screen), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 48))
+    for i in range(3):
+        video.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    video.release()
+    assert infer_video.has_sound(screen) is None
+    assert not infer_video.mp4_edits_hide_frames(screen)
+    infer_video.main(video_args(input=screen, model=checkpoint, out_dir=tmp_path / "b"))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith("no sound (OpenCV writes video only)")
+    assert printed[1].startswith("if the input has sound, to add it: ffmpeg -i ")
 
 
 def test_a_glob_the_shell_expanded_is_named_with_the_quoted_glob(tmp_path, capsys):
