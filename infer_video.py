@@ -7,6 +7,7 @@ Writes <out-dir>/<stem>.mp4 with every frame that decodes overlaid, at the input
 width or height one pixel more, its last column or row repeated: OpenCV writes even sizes) and
 frame rate (or the nearest one mp4v can store; a camera's file is named after the time it
 started). Decoding, the model and encoding run on separate threads, --batch frames at a time.
+Where the ffmpeg program is on the PATH, the input's sound is then added (--no-sound: not).
 """
 
 import os
@@ -18,7 +19,9 @@ import argparse
 import hashlib
 import logging
 import math
+import shutil
 import struct
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -85,6 +88,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="SOURCE",
         help="a video file, a camera index such as 0, a camera device such as /dev/video0, or "
         "a stream address such as rtsp://HOST/PATH",
+    )
+    parser.add_argument(
+        "--no-sound",
+        action="store_true",
+        help="keep the output silent; by default, where the ffmpeg program is on the PATH, the "
+        "input's sound is copied into it (OpenCV writes video only)",
     )
     return parser
 
@@ -778,15 +787,81 @@ def warn_of_shortfall(
     return True
 
 
-def sound_command(video: Path, source: Path, dest: Path) -> list[str]:
-    """The ffmpeg command that writes ``dest``: the frames of ``video``, as they are, with the
-    sound of ``source`` (AAC, which MP4 holds whatever the input's sound was), cut to the
-    frames' length (a run stopped early holds the first frames only)."""
-    return ["ffmpeg", "-i", str(video), "-i", str(source), "-map", "0:v", "-map", "1:a",
-            "-c:v", "copy", "-c:a", "aac", "-shortest", str(dest)]  # fmt: skip
+def sound_command(
+    video: Path, source: Path, dest: Path, seconds: float, codec: str = "aac", ffmpeg="ffmpeg"
+) -> list[str]:
+    """The ``ffmpeg`` command that writes ``dest``: the frames of ``video``, as they are, with
+    the sound of ``source`` (AAC by default, which MP4 holds whatever the input's sound was;
+    "copy" keeps it as it is), cut to the frames' ``seconds`` (a run stopped early holds the
+    first frames only)."""
+    # Not -shortest: a phone's sound that ends a few milliseconds before its frames would cut
+    # the last frames off; rounded up, the cut keeps every frame
+    length = f"{math.ceil(seconds * 1000) / 1000:.3f}"
+    return [ffmpeg, "-i", str(video), "-i", str(source), "-map", "0:v", "-map", "1:a",
+            "-c:v", "copy", "-c:a", codec, "-t", length, str(dest)]  # fmt: skip
 
 
-def sound_note(source: VideoSource, out_path: Path, in_time: bool) -> tuple[str, str | None]:
+class SoundLeftOut(Exception):
+    """add_sound's reason to keep the silent video."""
+
+
+def add_sound(ffmpeg: str, source: VideoSource, out_path: Path, frames: int, rate: float) -> bool:
+    """Replace the silent video at ``out_path`` (``frames`` frames at ``rate``) by one with the
+    input's sound, muxed by ``ffmpeg`` (the frames copied as they are, the sound too where MP4
+    holds it as it is, else encoded to AAC). Returns whether it did: where ffmpeg fails, or
+    the result lacks frames, the silent video is kept, with a warning saying why; where the
+    input turns out to have no sound, ``source.sound`` becomes False."""
+    seconds = frames / rate
+    try:
+        with atomic_path(out_path, suffix=PARTIAL_SUFFIX) as tmp:
+            for codec in ("copy", "aac"):
+                command = sound_command(out_path, source.path, tmp, seconds, codec, ffmpeg)
+                # -y: mkstemp made tmp; 1:a? an input without sound (a container whose tracks
+                # has_sound does not read) gives the silent video, not a failure
+                command[1:1] = ["-nostdin", "-y", "-loglevel", "error"]
+                command[command.index("1:a")] = "1:a?"
+                try:
+                    done = subprocess.run(command, capture_output=True, text=True, errors="replace")
+                except OSError as err:
+                    raise SoundLeftOut(f"ffmpeg did not start ({err})") from err
+                if done.returncode == 0:
+                    break
+            else:  # the last lines say why; the rest repeat the options
+                lines = [line for line in done.stderr.splitlines() if line.strip()]
+                raise SoundLeftOut(f"ffmpeg failed: {' / '.join(lines[-2:]) or done.returncode}")
+            sound, written = mp4_track_samples(tmp, b"soun"), mp4_track_samples(tmp)
+            if sound == 0:
+                source.sound = False
+                raise SoundLeftOut("")  # the silent video is the whole output: nothing to say
+            if written != frames:
+                raise SoundLeftOut(f"ffmpeg's video holds {written} of the {frames} frames")
+    except SoundLeftOut as why:
+        if str(why):
+            log.warning("%s keeps no sound: %s", out_path, why)
+        return False
+    return True
+
+
+def output_sound(
+    source: VideoSource, out_path: Path, stats: dict, no_sound: bool
+) -> tuple[str, str | None]:
+    """Add the input's sound to the output where the ffmpeg program is on the PATH (add_sound),
+    and return what the closing line says of the output's sound, and the line after it, if any
+    (sound_note). ``stats``: segment_video's."""
+    if no_sound:
+        return "no sound (--no-sound)", None
+    frames, rate = stats["frames"], stats["rate"]
+    # none where the input has no sound, or where it would drift from the frames
+    wanted = source.path is not None and source.sound is not False and stats["in_time"]
+    ffmpeg = shutil.which("ffmpeg") if wanted else None
+    if ffmpeg and add_sound(ffmpeg, source, out_path, frames, rate):
+        return "with the input's sound (added by ffmpeg)", None
+    return sound_note(source, out_path, stats["in_time"], frames / rate)
+
+
+def sound_note(
+    source: VideoSource, out_path: Path, in_time: bool, seconds: float
+) -> tuple[str, str | None]:
     """What the closing line says of the output's sound (it has none: OpenCV writes video only),
     and the line after it, if any: the ffmpeg command that adds the input's, or why not."""
     if source.path is None:  # a camera: OpenCV reads no sound from it either
@@ -800,7 +875,8 @@ def sound_note(source: VideoSource, out_path: Path, in_time: bool) -> tuple[str,
             "above), which it would not keep",
         )
     dest = out_path.with_name(f"{out_path.stem}_sound.mp4")
-    command = " ".join(shell_quote(part) for part in sound_command(out_path, source.path, dest))
+    parts = sound_command(out_path, source.path, dest, seconds)
+    command = " ".join(shell_quote(part) for part in parts)
     lead = "to add the input's sound" if source.sound else "if the input has sound, to add it"
     return "no sound (OpenCV writes video only)", f"{lead}: {command}"
 
@@ -879,7 +955,7 @@ def main(args: argparse.Namespace) -> None:
                 f"cannot replace {out_path} ({err.strerror}): is it open in another program, "
                 "such as a video player? Close it and run again, or choose another --out-dir"
             ) from err
-    sound, hint = sound_note(source, out_path, stats["in_time"])
+    sound, hint = output_sound(source, out_path, stats, args.no_sound)
     print(
         f"Wrote {out_path}: {stats['frames']} frame{'s' * (stats['frames'] != 1)}, "
         f"{stats['size'][0]}x{stats['size'][1]}, {stats['rate']:.3f} FPS, {sound}"

@@ -3082,12 +3082,14 @@ def test_a_phone_videos_sound_is_named_with_the_command_that_adds_it(tmp_path, c
     # to get it back but the README's command, whose paths the user had to fill in
     clip = with_sound(write_clip(tmp_path / "my clip.mp4", frames=30, fps=30))
     out = tmp_path / "out dir"
-    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(infer_video.shutil, "which", lambda name: None)  # no ffmpeg to add it
+        infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
     printed = capsys.readouterr().out.splitlines()
     quoted = [utils.shell_quote(str(p)) for p in (out / "my clip.mp4", clip)]
     assert quoted[1] == f"'{clip}'" or sys.platform == "win32"
     command = (
-        f"ffmpeg -i {quoted[0]} -i {quoted[1]} -map 0:v -map 1:a -c:v copy -c:a aac -shortest "
+        f"ffmpeg -i {quoted[0]} -i {quoted[1]} -map 0:v -map 1:a -c:v copy -c:a aac -t 1.000 "
         + utils.shell_quote(str(out / "my clip_sound.mp4"))
     )
     assert printed[0].endswith(", 30.000 FPS, no sound (OpenCV writes video only)")
@@ -3109,13 +3111,16 @@ def test_sound_that_would_not_keep_pace_with_the_output_is_not_offered(
     )
 
 
-def test_a_video_without_sound_or_whose_sound_is_unknown_says_so(tmp_path, checkpoint, capsys):
+def test_a_video_without_sound_or_whose_sound_is_unknown_says_so(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
     silent = write_clip(tmp_path / "silent.mp4", frames=3)
     infer_video.main(video_args(input=silent, model=checkpoint, out_dir=tmp_path / "a"))
     printed = capsys.readouterr().out
     assert "no sound (nor has the input)" in printed and "ffmpeg" not in printed
     # Matroska's tracks are not read: its sound may be there, and the command is given for it
     screen = tmp_path / "screen.mkv"
+    monkeypatch.setattr(infer_video.shutil, "which", lambda name: None)
     video = cv2.VideoWriter(str(screen), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 48))
     for i in range(3):
         video.write(np.full((48, 64, 3), 40 * i, np.uint8))
@@ -3126,6 +3131,105 @@ def test_a_video_without_sound_or_whose_sound_is_unknown_says_so(tmp_path, check
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].endswith("no sound (OpenCV writes video only)")
     assert printed[1].startswith("if the input has sound, to add it: ffmpeg -i ")
+
+
+# An ffmpeg that logs its arguments and "muxes" by copying its second input (the clip, sound
+# and all, of as many frames as the output) to its output; it fails for the -c:a values listed
+FAKE_FFMPEG = """
+import json, os, shutil, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_FFMPEG_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[args.index("-c:a") + 1] in os.environ["FAKE_FFMPEG_FAILS"].split(","):
+    sys.exit("[mp4 @ 0x5] Could not find tag for codec pcm_s16le in stream #1\\nConversion failed!")
+inputs = [args[i + 1] for i, arg in enumerate(args) if arg == "-i"]
+shutil.copy(inputs[1], args[-1])
+"""
+
+
+def fake_ffmpeg(tmp_path, monkeypatch, fails: str = "") -> Path:
+    """Put FAKE_FFMPEG first on the PATH; returns the file its calls' arguments go to."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "ffmpeg"
+    script.write_text(f"#!{sys.executable}\n{FAKE_FFMPEG}")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_FFMPEG_FAILS", fails)
+    monkeypatch.setenv("FAKE_FFMPEG_LOG", str(tmp_path / "calls.jsonl"))
+    return tmp_path / "calls.jsonl"
+
+
+def ffmpeg_calls(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+needs_posix_exec = pytest.mark.skipif(sys.platform == "win32", reason="runs a script as ffmpeg")
+
+
+@needs_posix_exec
+@pytest.mark.parametrize("fails", ["", "copy"], ids=["copied", "encoded"])
+def test_ffmpeg_on_the_path_puts_the_inputs_sound_into_the_output(
+    tmp_path, checkpoint, capsys, monkeypatch, fails
+):
+    # With ffmpeg at hand a phone video's output was silent all the same: it now has the sound,
+    # copied as it is where MP4 holds it, else encoded to AAC, and replaced atomically
+    calls = fake_ffmpeg(tmp_path, monkeypatch, fails)
+    clip = with_sound(write_clip(tmp_path / "clip.mp4", frames=30, fps=30))
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith(", 30.000 FPS, with the input's sound (added by ffmpeg)")
+    assert (out / "clip.mp4").read_bytes() == clip.read_bytes()  # the fake's result
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"], "no temporary file remains"
+    made = ffmpeg_calls(calls)
+    assert [call[call.index("-c:a") + 1] for call in made] == ["copy", "aac"][: len(made)]
+    assert len(made) == (2 if fails else 1)
+    last = made[-1]
+    assert last[last.index("-i") + 1] == str(out / "clip.mp4") and str(clip) in last
+    assert last[last.index("-t") + 1] == "1.000" and "-c:v" in last and "copy" in last
+
+
+@needs_posix_exec
+def test_a_failing_ffmpeg_keeps_the_silent_video_and_says_why(
+    tmp_path, checkpoint, capsys, caplog, monkeypatch
+):
+    calls = fake_ffmpeg(tmp_path, monkeypatch, fails="copy,aac")
+    clip = with_sound(write_clip(tmp_path / "clip.mp4", frames=30, fps=30))
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    assert len(ffmpeg_calls(calls)) == 2
+    assert (
+        f"{out / 'clip.mp4'} keeps no sound: ffmpeg failed: [mp4 @ 0x5] Could not find tag for "
+        "codec pcm_s16le in stream #1 / Conversion failed!" in caplog.text
+    )
+    assert infer_video.mp4_track_samples(out / "clip.mp4", b"soun") == 0
+    assert len(read_rgb_frames(out / "clip.mp4")) == 30
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"], "no temporary file remains"
+    assert "to add the input's sound: ffmpeg -i " in capsys.readouterr().out
+
+
+@needs_posix_exec
+def test_no_sound_keeps_the_output_silent_and_never_runs_ffmpeg(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    calls = fake_ffmpeg(tmp_path, monkeypatch)
+    clip = with_sound(write_clip(tmp_path / "clip.mp4", frames=3, fps=30))
+    infer_video.main(
+        video_args(input=clip, model=checkpoint, out_dir=tmp_path / "o", no_sound=True)
+    )
+    assert ffmpeg_calls(calls) == []
+    assert "30.000 FPS, no sound (--no-sound)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
+def test_ffmpeg_muxes_the_inputs_sound_with_every_frame(tmp_path, checkpoint, capsys):
+    clip = with_sound(write_clip(tmp_path / "clip.mp4", frames=30, fps=30))
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    assert "with the input's sound (added by ffmpeg)" in capsys.readouterr().out
+    assert infer_video.mp4_track_samples(out / "clip.mp4", b"soun") > 0
+    assert len(read_rgb_frames(out / "clip.mp4")) == 30
 
 
 def test_a_glob_the_shell_expanded_is_named_with_the_quoted_glob(tmp_path, capsys):

@@ -129,7 +129,8 @@ def flag_tables() -> dict[str, list[tuple[list[str], str]]]:
 # each table's section: the scripts whose flags it lists, and their flags it leaves to the text
 FLAG_TABLES = {
     "Training": (["train.py"], {"--augment"}),  # in --no-augment's row
-    "Inference": (["infer_image.py", "infer_video.py"], {"--input"}),  # in the commands above
+    # in the commands above (--no-sound: infer_video.py's alone, in the table of shared flags)
+    "Inference": (["infer_image.py", "infer_video.py"], {"--input", "--no-sound"}),
 }
 # flags whose parser default is None and that the script resolves later, to these
 RESOLVED = {
