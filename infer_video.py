@@ -546,24 +546,40 @@ def count_is_not_the_frames(source: VideoSource, decoded: int) -> bool:
 TIMING_TOLERANCE = 0.1
 
 
-def check_timing(spec: str, source: VideoSource, decoded: int, rate: float) -> bool:
-    """Warn when a file's frames span another length of time than the output gives them, and
-    return False then (the input's sound would not keep pace with the output); else True.
+def check_timing(
+    spec: str, source: VideoSource, decoded: int, rate: float, video: Path
+) -> float | None:
+    """Keep the length of a file whose frames span another length of time than the output at
+    ``video`` gives them, by retiming it to their average rate, with a warning; returns the
+    rate the output plays at, or None (with a warning) where it could not be retimed, so that
+    it plays faster or slower than the input (whose sound would not keep pace with it).
 
     The output holds every frame at one rate, the one the input states. OpenCV states a
     variable frame rate as the average where the container keeps it (MP4 and MOV: phones), so
     the length is kept; Matroska and WebM (screen and browser recordings) give the nominal rate,
-    and the output then plays twice as fast as the input, or faster, which only this says.
+    and the output played twice as fast as the input, or faster.
     """
     if source.skipped or source.last_ms is None or decoded < 2:
-        return True  # frames left out: check_frame_count names them
+        return rate  # frames left out: check_frame_count names them
     span = (source.last_ms - source.first_ms) / 1000
     if span <= 0:
-        return True  # no timestamps to go by
+        return rate  # no timestamps to go by
     span *= decoded / (decoded - 1)  # the last frame's duration: the average one
     length = decoded / rate
     if abs(length / span - 1) <= TIMING_TOLERANCE:
-        return True
+        return rate
+    if retime_mp4(video, span):
+        log.warning(
+            "%s has a variable frame rate: it states %.6g FPS, but its %d frames span %.2f s; "
+            "the output holds them at their average rate, %.6g FPS, which keeps its length "
+            "(but not each frame's timing)",
+            spec,
+            rate,
+            decoded,
+            span,
+            decoded / span,
+        )
+        return decoded / span
     log.warning(
         "%s has a variable frame rate: its %d frames span %.2f s, but the output holds them at "
         "a constant %.6g FPS, in %.2f s, so it plays %.1fx %s than the input",
@@ -575,7 +591,55 @@ def check_timing(spec: str, source: VideoSource, decoded: int, rate: float) -> b
         max(span / length, length / span),
         "faster" if length < span else "slower",
     )
-    return False
+    return None
+
+
+def retime_mp4(path: Path, seconds: float) -> bool:
+    """Make the MP4 at ``path`` (OpenCV's: one video track, one edit from its start) last
+    ``seconds``, each frame in proportion to its stored duration, by scaling its track's
+    timescale and setting the movie's, the track's and the edit's durations to match. Returns
+    False, changing nothing, where its header is not so laid out."""
+    try:
+        with path.open("r+b") as f:
+            top = dict(_boxes(f, 0, f.seek(0, os.SEEK_END)))
+            movie = list(_boxes(f, *top[b"moov"]))
+            tracks = [where for kind, where in movie if kind == b"trak"]
+            if len(tracks) != 1:
+                return False
+            track = dict(_boxes(f, *tracks[0]))
+            media = dict(_boxes(f, *track[b"mdia"]))
+            info = dict(_boxes(f, *media[b"minf"]))
+            counts, durations = _runs(f, dict(_boxes(f, *info[b"stbl"]))[b"stts"], signed=False)
+            ticks = int((counts * durations).sum())  # the frames' length in the track's units
+            edits = dict(_boxes(f, *track[b"edts"])).get(b"elst") if b"edts" in track else None
+            movie_scale = _timescale(f, dict(movie).get(b"mvhd"))
+            scale = round(ticks / seconds)
+            if not ticks or not movie_scale or not 0 < scale < 2**32:
+                return False
+            if edits is not None:  # (duration, media time), one entry, from the start
+                v1 = _read_at(f, edits[0], 1)[0]
+                entry = struct.unpack(">I", _read_at(f, edits[0] + 4, 4))[0]
+                start = _read_at(f, edits[0] + (16 if v1 else 12), 8 if v1 else 4)
+                if entry != 1 or any(start):
+                    return False
+            length = round(seconds * movie_scale)
+            # (box, offset of its duration in version 0 and 1); mdhd's timescale: 4 bytes before
+            fields = [(dict(movie)[b"mvhd"], 16, 24), (track[b"tkhd"], 20, 28)]
+            fields += [(edits, 8, 8)] if edits is not None else []
+            writes = []
+            for where, v0, v1 in fields:
+                wide = _read_at(f, where[0], 1)[0] == 1
+                writes.append((where[0] + (v1 if wide else v0), ">Q" if wide else ">I", length))
+            mdhd = media[b"mdhd"]
+            writes.append((mdhd[0] + (20 if _read_at(f, mdhd[0], 1)[0] == 1 else 12), ">I", scale))
+            if any(value >= 2 ** (8 * struct.calcsize(kind)) for _, kind, value in writes):
+                return False
+            for offset, kind, value in writes:
+                f.seek(offset)
+                f.write(struct.pack(kind, value))
+            return True
+    except (OSError, struct.error, KeyError, IndexError):
+        return False
 
 
 NO_ROOM = " (is the disk full?); free some space or choose another --out-dir"
@@ -690,15 +754,15 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             source.capture.release()
         seconds = time.perf_counter() - start
         check_written(tmp, out_path, done, source, stopped, args.input)
-        in_time = warn_of_shortfall(source, args.input, out_path, done, rate, stopped)
+        played = warn_of_shortfall(source, args.input, out_path, done, rate, stopped, tmp)
     return {
         "frames": done,
         "size": (width, height),
-        "rate": rate,
+        "rate": played or rate,
         "seconds": seconds,
         "model_fps": predictor.model_fps(),
         "fps": done / seconds,
-        "in_time": in_time,
+        "in_time": played is not None,
     }
 
 
@@ -763,11 +827,18 @@ def check_written(
 
 
 def warn_of_shortfall(
-    source: VideoSource, spec: str, out_path: Path, done: int, rate: float, stopped: str | None
-) -> bool:
+    source: VideoSource,
+    spec: str,
+    out_path: Path,
+    done: int,
+    rate: float,
+    stopped: str | None,
+    video: Path,
+) -> float | None:
     """Warn where the output may not be the whole input, or not at its pace: stopped by the
     user, a camera that stopped sending, a file whose frames or timing differ from its own.
-    Returns False where the output plays at another pace than the input (check_timing)."""
+    Returns the rate the output at ``video`` plays at, None where it plays at another pace
+    than the input (check_timing, which may retime it)."""
     if stopped is not None:
         of = f" of {source.frames}" if source.frames else ""
         log.warning("stopped by %s: %s holds the first %d%s frames", stopped, out_path, done, of)
@@ -783,8 +854,8 @@ def warn_of_shortfall(
     else:
         if not count_is_not_the_frames(source, done):
             check_frame_count(spec, source.frames, done)
-        return check_timing(spec, source, done, rate)
-    return True
+        return check_timing(spec, source, done, rate, video)
+    return rate
 
 
 def sound_command(

@@ -2820,25 +2820,35 @@ def test_a_variable_frame_rate_is_named_not_taken_for_a_truncated_file(
     tmp_path, checkpoint, caplog, capsys
 ):
     # It was: "declares 21 frames but only 12 could be decoded" (nothing was missing), a
-    # progress bar that ended at 12/21, and an output twice as fast as the input, unsaid.
+    # progress bar that ended at 12/21, and an output twice as fast as the input, unsaid; then
+    # said, but still 1.8x as fast: the output is now retimed to the input's length.
     clip = write_clip(tmp_path / "screen.mkv.mp4", frames=12, fps=10)
     out = tmp_path / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(infer_video.cv2, "VideoCapture", VariableRateFile)
         infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=4))
-    assert int(cv2.VideoCapture(str(out / "screen.mkv.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    written = cv2.VideoCapture(str(out / "screen.mkv.mp4"))
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(12 / 2.1818, rel=1e-3)
+    times = []
+    while written.read()[0]:
+        times.append(written.get(cv2.CAP_PROP_POS_MSEC))
+    assert len(times) == 12 and times[-1] == pytest.approx(2000, abs=2)  # the input's last
     assert "declares" not in caplog.text
     assert (
-        "has a variable frame rate: its 12 frames span 2.18 s, but the output holds them at a "
-        "constant 10 FPS, in 1.20 s, so it plays 1.8x faster than the input" in caplog.text
+        "has a variable frame rate: it states 10 FPS, but its 12 frames span 2.18 s; the output "
+        "holds them at their average rate, 5.5 FPS, which keeps its length" in caplog.text
     )
-    assert "12/12" in capsys.readouterr().err  # the bar ends full
+    out, err = capsys.readouterr()
+    assert "12/12" in err  # the bar ends full
+    assert ", 5.500 FPS, " in out
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg to write the videos")
 def test_variable_frame_rate_matroska_and_mp4_from_ffmpeg(tmp_path, checkpoint, caplog):
     # The real files: 60 frames, 30 at 30 FPS then 30 at 10 FPS. OpenCV states the MP4's average
-    # rate, which keeps its length: no warning; the MKV's nominal 30 FPS, which halves it.
+    # rate, which keeps its length: no warning; the MKV's nominal 30 FPS, which halved it: the
+    # output is retimed to the frames' average rate, and says so.
     source = tmp_path / "source.avi"
     video = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48))
     for i in range(60):
@@ -2853,9 +2863,12 @@ def test_variable_frame_rate_matroska_and_mp4_from_ffmpeg(tmp_path, checkpoint, 
         caplog.clear()
         out = tmp_path / name.replace(".", "_")
         infer_video.main(video_args(input=tmp_path / name, model=checkpoint, out_dir=out))
-        assert int(cv2.VideoCapture(str(out / "vfr.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 60
+        written = cv2.VideoCapture(str(out / "vfr.mp4"))
+        assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 60
+        assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(60 / 3.966, rel=0.01)
         assert "declares" not in caplog.text, name
-        assert ("plays 2.0x faster" in caplog.text) == (name == "vfr.mkv"), caplog.text
+        retimed = "but its 60 frames span 3.97 s; the output holds them at their average rate"
+        assert (retimed in caplog.text) == (name == "vfr.mkv"), caplog.text
 
 
 def test_a_video_beside_the_input_that_the_output_would_replace_is_refused(tmp_path, checkpoint):
@@ -3099,10 +3112,12 @@ def test_a_phone_videos_sound_is_named_with_the_command_that_adds_it(tmp_path, c
 def test_sound_that_would_not_keep_pace_with_the_output_is_not_offered(
     tmp_path, checkpoint, capsys
 ):
-    # the output plays 1.8x faster than the input (VariableRateFile): its sound would drift
+    # the output plays 1.8x faster than the input (VariableRateFile, and an output that could
+    # not be retimed): its sound would drift
     clip = with_sound(write_clip(tmp_path / "screen.mp4", frames=12, fps=10))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(infer_video.cv2, "VideoCapture", VariableRateFile)
+        mp.setattr(infer_video, "retime_mp4", lambda path, seconds: False)
         infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
     printed = capsys.readouterr().out.splitlines()
     assert printed[1] == (
@@ -3230,6 +3245,23 @@ def test_ffmpeg_muxes_the_inputs_sound_with_every_frame(tmp_path, checkpoint, ca
     assert "with the input's sound (added by ffmpeg)" in capsys.readouterr().out
     assert infer_video.mp4_track_samples(out / "clip.mp4", b"soun") > 0
     assert len(read_rgb_frames(out / "clip.mp4")) == 30
+
+
+def test_retiming_stretches_opencvs_mp4_and_leaves_other_layouts_alone(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", frames=12, size=(64, 48), fps=10)
+    assert infer_video.retime_mp4(clip, 3.0)
+    capture = cv2.VideoCapture(str(clip))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(4, rel=1e-3)
+    assert len(read_rgb_frames(clip)) == 12, "the edit, stretched too, shows every frame"
+    # a second track (sound), or an edit that starts past the first frame: not OpenCV's
+    others = [
+        with_sound(write_clip(tmp_path / "sound.mp4", frames=12, fps=10)),
+        b_frame_like_mp4(tmp_path / "b.mp4", B_FRAMES),
+    ]
+    for other in others:
+        data = other.read_bytes()
+        assert not infer_video.retime_mp4(other, 3.0)
+        assert other.read_bytes() == data
 
 
 def test_a_glob_the_shell_expanded_is_named_with_the_quoted_glob(tmp_path, capsys):
