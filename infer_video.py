@@ -267,11 +267,32 @@ def mp4_track_samples(path: Path, handler: bytes = b"vide") -> int | None:
 
 
 def has_sound(path: Path) -> bool | None:
-    """Whether a video file has a sound track, by an MP4 or MOV file's header (phones, cameras);
-    None for other containers (Matroska, WebM, AVI), whose tracks OpenCV does not list, and a
-    header that cannot be read."""
+    """Whether a video file has a sound track, by an MP4 or MOV file's header (phones, cameras)
+    or an AVI file's (older cameras, dashcams); None for other containers (Matroska, WebM),
+    whose tracks OpenCV does not list, and a header that cannot be read."""
     samples = mp4_track_samples(path, b"soun")
-    return None if samples is None else samples > 0
+    return avi_has_sound(path) if samples is None else samples > 0
+
+
+def avi_has_sound(path: Path) -> bool | None:
+    """Whether an AVI file's header lists a sound stream ('auds'); None where it is no AVI file,
+    or its header lists no stream at all (damaged)."""
+    try:
+        with path.open("rb") as f:
+            riff, _, form, chunk, size, kind = struct.unpack("<4sI4s4sI4s", f.read(24))
+            if (riff, form, chunk, kind) != (b"RIFF", b"AVI ", b"LIST", b"hdrl"):
+                return None
+            header = f.read(min(size, 2**20) - 4)  # the stream headers, past avih
+    except (OSError, struct.error):
+        return None
+    kinds, at = [], 0
+    while at + 24 <= len(header):
+        chunk, size = struct.unpack_from("<4sI", header, at)
+        # LIST, its size, strl, then strh, its size and the stream's type
+        if chunk == b"LIST" and header[at + 8 : at + 16] == b"strlstrh":
+            kinds.append(header[at + 20 : at + 24])
+        at += 8 + size + size % 2  # chunks are padded to even sizes
+    return b"auds" in kinds if kinds else None
 
 
 def mp4_edits_hide_frames(path: Path) -> bool:

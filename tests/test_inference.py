@@ -3090,6 +3090,25 @@ def test_the_sound_track_of_a_phone_video_is_found(tmp_path, suffix, layout):
     assert infer_video.has_sound(silent) is False
 
 
+def test_the_sound_stream_of_an_avi_is_found(tmp_path):
+    # a dashcam's or an older camera's AVI: MJPG frames and PCM sound, each a strl in the header
+    data = bytearray(mjpg_avi_bytes(tmp_path / "silent.avi"))
+    assert infer_video.has_sound(tmp_path / "silent.avi") is False
+    strh = struct.pack("<4sI4s", b"strh", 56, b"auds") + bytes(52)
+    strl = struct.pack("<4sI4s", b"LIST", 4 + len(strh), b"strl") + strh
+    header = data.index(b"LIST")  # hdrl's, the first
+    end = header + 8 + int.from_bytes(data[header + 4 : header + 8], "little")
+    data[end:end] = strl  # hdrl's last chunk
+    for at in (4, header + 4):  # RIFF's size and hdrl's grow
+        data[at : at + 4] = (int.from_bytes(data[at : at + 4], "little") + len(strl)).to_bytes(
+            4, "little"
+        )
+    (tmp_path / "sound.avi").write_bytes(bytes(data))
+    assert infer_video.has_sound(tmp_path / "sound.avi") is True
+    (tmp_path / "cut.avi").write_bytes(bytes(data[:40]))  # no stream header: cannot tell
+    assert infer_video.has_sound(tmp_path / "cut.avi") is None
+
+
 def test_a_phone_videos_sound_is_named_with_the_command_that_adds_it(tmp_path, checkpoint, capsys):
     # OpenCV drops the sound: the output was silent, and only "no sound" said so, with no way
     # to get it back but the README's command, whose paths the user had to fill in
