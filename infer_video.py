@@ -267,11 +267,78 @@ def mp4_track_samples(path: Path, handler: bytes = b"vide") -> int | None:
 
 
 def has_sound(path: Path) -> bool | None:
-    """Whether a video file has a sound track, by an MP4 or MOV file's header (phones, cameras)
-    or an AVI file's (older cameras, dashcams); None for other containers (Matroska, WebM),
-    whose tracks OpenCV does not list, and a header that cannot be read."""
+    """Whether a video file has a sound track, by its header: an MP4 or MOV file's (phones,
+    cameras), an AVI file's (older cameras, dashcams), a Matroska or WebM file's (screen and
+    browser recordings); None for other containers, whose tracks OpenCV does not list, and a
+    header that cannot be read."""
     samples = mp4_track_samples(path, b"soun")
-    return avi_has_sound(path) if samples is None else samples > 0
+    if samples is not None:
+        return samples > 0
+    sound = avi_has_sound(path)
+    return mkv_has_sound(path) if sound is None else sound
+
+
+# Matroska's element IDs (EBML): the file header, the segment, its track list, a track of that
+# list and its type (2: sound), and a cluster of frames, which follows the track list
+EBML_HEADER, MKV_SEGMENT, MKV_TRACKS = 0x1A45DFA3, 0x18538067, 0x1654AE6B
+MKV_TRACK, MKV_TRACK_TYPE, MKV_CLUSTER = 0xAE, 0x83, 0x1F43B675
+
+
+def mkv_has_sound(path: Path) -> bool | None:
+    """Whether a Matroska or WebM file's track list holds a sound track; None where it is no
+    such file, or no track list comes before the first frames, within the file's first MB."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(2**20)  # the track list comes first, a few hundred bytes in
+        kind, _, end = _ebml(data, 0)
+        if kind != EBML_HEADER:
+            return None
+        kind, segment, segment_end = _ebml(data, end)
+        if kind != MKV_SEGMENT:
+            return None
+        for kind, start, end in _ebml_children(data, segment, segment_end):
+            if kind == MKV_CLUSTER:
+                return None
+            if kind == MKV_TRACKS and end > len(data):
+                return None  # the file, or its first MB, ends in it
+            if kind == MKV_TRACKS:
+                tracks = [
+                    (a, b) for entry, a, b in _ebml_children(data, start, end) if entry == MKV_TRACK
+                ]
+                return any(
+                    field == MKV_TRACK_TYPE and int.from_bytes(data[a:b], "big") == 2
+                    for first, last in tracks
+                    for field, a, b in _ebml_children(data, first, last)
+                )
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _ebml(data: bytes, at: int) -> tuple[int, int, int]:
+    """(ID, body start, body end) of the EBML element at byte ``at`` of ``data``; the end is
+    that of ``data`` where the size is unknown (a live recording's). Raises ValueError where
+    ``data`` holds no element there."""
+    if at >= len(data) or not data[at]:
+        raise ValueError(f"no element at {at}")
+    width = 9 - data[at].bit_length()  # the ID's bytes, its marker bit kept
+    kind = int.from_bytes(data[at : at + width], "big")
+    at += width
+    if at >= len(data) or not data[at]:
+        raise ValueError(f"no size at {at}")
+    width = 9 - data[at].bit_length()  # the size's bytes, its marker bit dropped
+    size = int.from_bytes(data[at : at + width], "big") & ((1 << 7 * width) - 1)
+    at += width
+    return kind, at, len(data) if size == (1 << 7 * width) - 1 else at + size
+
+
+def _ebml_children(data: bytes, start: int, end: int):
+    """(ID, body start, body end) of the EBML elements from byte ``start`` to ``end`` of
+    ``data`` (cut to its length)."""
+    end = min(end, len(data))
+    while start < end:
+        kind, body, start = _ebml(data, start)
+        yield kind, body, start
 
 
 def avi_has_sound(path: Path) -> bool | None:

@@ -3109,6 +3109,44 @@ def test_the_sound_stream_of_an_avi_is_found(tmp_path):
     assert infer_video.has_sound(tmp_path / "cut.avi") is None
 
 
+def opencv_video(path: Path, frames: int = 3, codec: str = "mp4v") -> Path:
+    """A 64x48 video at 30 FPS of the container ``path`` names, as OpenCV writes it."""
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), 30, (64, 48))
+    for i in range(frames):
+        video.write(np.full((48, 64, 3), 20 * i % 256, np.uint8))
+    video.release()
+    return path
+
+
+@pytest.mark.parametrize("segment", ["sized", "unknown-size"])
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_the_sound_track_of_a_matroska_or_webm_video_is_found(tmp_path, suffix, segment):
+    codec = "VP80" if suffix == ".webm" else "mp4v"
+    silent = opencv_video(tmp_path / f"silent{suffix}", codec=codec)
+    assert len(read_rgb_frames(silent)) == 3
+    assert infer_video.has_sound(silent) is False
+    data = bytearray(silent.read_bytes())
+    seek = data.index(bytes.fromhex("1654ae6b"))  # the seek head's pointer to the track list
+    tracks = data.index(bytes.fromhex("1654ae6b"), seek + 4) + 4
+    width = 9 - data[tracks].bit_length()  # of its size, whose first bit marks the width
+    size = int.from_bytes(data[tracks : tracks + width], "big") ^ (1 << 7 * width)
+    entry = bytes.fromhex("ae86d78102838102")  # TrackEntry (6 bytes): TrackNumber 2, TrackType 2
+    data[tracks + width + size : tracks + width + size] = entry  # the list's last
+    size = (size + len(entry)) | (1 << 7 * width)
+    data[tracks : tracks + width] = size.to_bytes(width, "big")
+    at = data.index(bytes.fromhex("18538067")) + 4
+    assert data[at] == 1, "a size of 8 bytes"
+    size = int.from_bytes(data[at + 1 : at + 8], "big") + len(entry)
+    # a browser's recording (MediaRecorder) does not know its segment's size: all ones
+    size = 2**56 - 1 if segment == "unknown-size" else size
+    data[at + 1 : at + 8] = size.to_bytes(7, "big")
+    sound = tmp_path / f"sound{suffix}"
+    sound.write_bytes(bytes(data))
+    assert infer_video.has_sound(sound) is True
+    sound.write_bytes(bytes(data[: tracks + 4]))  # cut in its track list
+    assert infer_video.has_sound(sound) is None
+
+
 def test_a_phone_videos_sound_is_named_with_the_command_that_adds_it(tmp_path, checkpoint, capsys):
     # OpenCV drops the sound: the output was silent, and only "no sound" said so, with no way
     # to get it back but the README's command, whose paths the user had to fill in
@@ -3152,13 +3190,9 @@ def test_a_video_without_sound_or_whose_sound_is_unknown_says_so(
     infer_video.main(video_args(input=silent, model=checkpoint, out_dir=tmp_path / "a"))
     printed = capsys.readouterr().out
     assert "no sound (nor has the input)" in printed and "ffmpeg" not in printed
-    # Matroska's tracks are not read: its sound may be there, and the command is given for it
-    screen = tmp_path / "screen.mkv"
+    # an MPEG-TS's tracks are not read: its sound may be there, and the command is given for it
+    screen = opencv_video(tmp_path / "screen.ts", frames=10)
     monkeypatch.setattr(infer_video.shutil, "which", lambda name: None)
-    video = cv2.VideoWriter(str(screen), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 48))
-    for i in range(3):
-        video.write(np.full((48, 64, 3), 40 * i, np.uint8))
-    video.release()
     assert infer_video.has_sound(screen) is None
     assert not infer_video.mp4_edits_hide_frames(screen)
     infer_video.main(video_args(input=screen, model=checkpoint, out_dir=tmp_path / "b"))
