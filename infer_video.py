@@ -24,7 +24,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -122,10 +122,11 @@ class VideoSource:
     camera: bool
     path: Path | None = None  # a file's
     timeout_s: float | None = None  # a stream's, where a read fails after that long without data
-    # A file's, as read_batches decodes it: the first and last frames' timestamps (ms) and
-    # the reads that failed before a later frame decoded (damaged frames, left out)
+    # A file's, as read_batches decodes it: the first and last frames' timestamps (ms), every
+    # frame's, and the reads that failed before a later frame decoded (damaged frames, left out)
     first_ms: float | None = None
     last_ms: float | None = None
+    times_ms: list[float] = field(default_factory=list)
     skipped: int = 0
     trimmed: bool = False  # a file's, where an edit list hides some of the frames it declares
     sound: bool | None = None  # a file's: whether it has a sound track, None where unknown
@@ -560,6 +561,7 @@ def read_batches(source: VideoSource, predictor: Predictor, batch: int):
             if not source.camera:
                 source.skipped += failed
                 source.last_ms = source.capture.get(cv2.CAP_PROP_POS_MSEC)
+                source.times_ms.append(source.last_ms)
                 if source.first_ms is None:
                     source.first_ms = source.last_ms
         failed = 0 if ok else failed + 1
@@ -637,37 +639,44 @@ TIMING_TOLERANCE = 0.1
 def check_timing(
     spec: str, source: VideoSource, decoded: int, rate: float, video: Path
 ) -> float | None:
-    """Keep the length of a file whose frames span another length of time than the output at
-    ``video`` gives them, by retiming it to their average rate, with a warning; returns the
-    rate the output plays at, or None (with a warning) where it could not be retimed, so that
-    it plays faster or slower than the input (whose sound would not keep pace with it).
+    """Give the output at ``video`` the times of a file's frames where they stray from the one
+    rate it holds them at, by more than a frame (a variable frame rate); returns the rate the
+    output plays at on average, or None (with a warning) where it could not be retimed and
+    plays faster or slower than the input (whose sound would not keep pace with it).
 
     The output holds every frame at one rate, the one the input states. OpenCV states a
     variable frame rate as the average where the container keeps it (MP4 and MOV: phones), so
-    the length is kept; Matroska and WebM (screen and browser recordings) give the nominal rate,
-    and the output played twice as fast as the input, or faster.
+    the length is kept, but not each frame's moment; Matroska and WebM (screen and browser
+    recordings) give the nominal rate, at which the output played twice as fast as the input,
+    or faster. The output's sound, if added, keeps pace with its frames only where they keep
+    their times.
     """
     if source.skipped or source.last_ms is None or decoded < 2:
         return rate  # frames left out: check_frame_count names them
-    span = (source.last_ms - source.first_ms) / 1000
-    if span <= 0:
+    times = (np.asarray(source.times_ms[:decoded]) - source.first_ms) / 1000  # (N,) s
+    span = times[-1] * decoded / (decoded - 1)  # the last frame's duration: the average one
+    if span <= 0 or np.any(np.diff(times) <= 0):
         return rate  # no timestamps to go by
-    span *= decoded / (decoded - 1)  # the last frame's duration: the average one
     length = decoded / rate
-    if abs(length / span - 1) <= TIMING_TOLERANCE:
+    off = abs(length / span - 1) > TIMING_TOLERANCE  # the output's length, not only its pace
+    drift = np.abs(times - np.arange(decoded) / rate).max()  # (s) how far a frame strays
+    if drift <= 1 / rate:
         return rate
-    if retime_mp4(video, span):
-        log.warning(
-            "%s has a variable frame rate: it states %.6g FPS, but its %d frames span %.2f s; "
-            "the output holds them at their average rate, %.6g FPS, which keeps its length "
-            "(but not each frame's timing)",
+    if retime_mp4(video, np.append(times, span)):
+        (log.warning if off else log.info)(
+            "%s has a variable frame rate: it states %.6g FPS, but its %d frames span %.2f s, "
+            "up to %.2f s from where that rate shows them; the output keeps each frame's time "
+            "(%.6g FPS on average)",
             spec,
             rate,
             decoded,
             span,
+            drift,
             decoded / span,
         )
         return decoded / span
+    if not off:
+        return rate
     log.warning(
         "%s has a variable frame rate: its %d frames span %.2f s, but the output holds them at "
         "a constant %.6g FPS, in %.2f s, so it plays %.1fx %s than the input",
@@ -682,49 +691,69 @@ def check_timing(
     return None
 
 
-def retime_mp4(path: Path, seconds: float) -> bool:
-    """Make the MP4 at ``path`` (OpenCV's: one video track, one edit from its start) last
-    ``seconds``, each frame in proportion to its stored duration, by scaling its track's
-    timescale and setting the movie's, the track's and the edit's durations to match. Returns
-    False, changing nothing, where its header is not so laid out."""
+def retime_mp4(path: Path, times: np.ndarray) -> bool:
+    """Show the frames of the MP4 at ``path`` at ``times`` ((N + 1,) seconds from the first
+    frame: each frame's start, then the last one's end), by rewriting its track's decoding
+    times (stts) and the movie's, the track's and the edit's durations. Only OpenCV's layout
+    is rewritten: one video track of N frames, one edit from its start, the header last (its
+    growth then moves no frame data). Returns False, changing nothing, for any other."""
     try:
         with path.open("r+b") as f:
-            top = dict(_boxes(f, 0, f.seek(0, os.SEEK_END)))
-            movie = list(_boxes(f, *top[b"moov"]))
+            size = f.seek(0, os.SEEK_END)
+            kind, (body, end) = list(_boxes(f, 0, size))[-1]
+            if kind != b"moov" or end != size or body - 8 < 0:
+                return False
+            start = body - 8
+            movie = list(_boxes(f, body, end))
             tracks = [where for kind, where in movie if kind == b"trak"]
             if len(tracks) != 1:
                 return False
             track = dict(_boxes(f, *tracks[0]))
             media = dict(_boxes(f, *track[b"mdia"]))
             info = dict(_boxes(f, *media[b"minf"]))
-            counts, durations = _runs(f, dict(_boxes(f, *info[b"stbl"]))[b"stts"], signed=False)
-            ticks = int((counts * durations).sum())  # the frames' length in the track's units
-            edits = dict(_boxes(f, *track[b"edts"])).get(b"elst") if b"edts" in track else None
-            movie_scale = _timescale(f, dict(movie).get(b"mvhd"))
-            scale = round(ticks / seconds)
-            if not ticks or not movie_scale or not 0 < scale < 2**32:
+            table = dict(_boxes(f, *info[b"stbl"]))
+            counts, _ = _runs(f, table[b"stts"], signed=False)
+            scale, movie_scale = _timescale(f, media[b"mdhd"]), _timescale(f, dict(movie)[b"mvhd"])
+            ticks = np.round(np.asarray(times) * scale).astype(np.int64)  # (N + 1,)
+            deltas = np.diff(ticks)  # (N,) each frame's duration, rounding never adding up
+            if counts.sum() != len(deltas) or not movie_scale or deltas.min() <= 0:
                 return False
+            edits = dict(_boxes(f, *track[b"edts"])).get(b"elst") if b"edts" in track else None
             if edits is not None:  # (duration, media time), one entry, from the start
                 v1 = _read_at(f, edits[0], 1)[0]
                 entry = struct.unpack(">I", _read_at(f, edits[0] + 4, 4))[0]
-                start = _read_at(f, edits[0] + (16 if v1 else 12), 8 if v1 else 4)
-                if entry != 1 or any(start):
+                if entry != 1 or any(_read_at(f, edits[0] + (16 if v1 else 12), 8 if v1 else 4)):
                     return False
-            length = round(seconds * movie_scale)
-            # (box, offset of its duration in version 0 and 1); mdhd's timescale: 4 bytes before
-            fields = [(dict(movie)[b"mvhd"], 16, 24), (track[b"tkhd"], 20, 28)]
-            fields += [(edits, 8, 8)] if edits is not None else []
-            writes = []
-            for where, v0, v1 in fields:
-                wide = _read_at(f, where[0], 1)[0] == 1
-                writes.append((where[0] + (v1 if wide else v0), ">Q" if wide else ">I", length))
-            mdhd = media[b"mdhd"]
-            writes.append((mdhd[0] + (20 if _read_at(f, mdhd[0], 1)[0] == 1 else 12), ">I", scale))
-            if any(value >= 2 ** (8 * struct.calcsize(kind)) for _, kind, value in writes):
-                return False
-            for offset, kind, value in writes:
-                f.seek(offset)
-                f.write(struct.pack(kind, value))
+            length = round(times[-1] * movie_scale)
+            # (box, offset of its duration in version 0 and 1, the duration)
+            fields = [(dict(movie)[b"mvhd"], 16, 24, length), (track[b"tkhd"], 20, 28, length)]
+            fields += [(media[b"mdhd"], 16, 24, int(ticks[-1]))]
+            fields += [(edits, 8, 8, length)] if edits is not None else []
+            header = bytearray(_read_at(f, start, end - start))
+            for where, v0, v1, value in fields:
+                wide = header[where[0] - start] == 1
+                kind = ">Q" if wide else ">I"
+                if value >= 2 ** (8 * struct.calcsize(kind)):
+                    return False
+                struct.pack_into(kind, header, where[0] - start + (v1 if wide else v0), value)
+            # runs of equal durations: (count, duration) each
+            first = np.flatnonzero(np.diff(deltas, prepend=-1))  # (R,) where each run starts
+            runs = np.stack([np.diff(np.append(first, len(deltas))), deltas[first]], 1)
+            stts = runs.astype(">u4").tobytes()
+            stts = struct.pack(">I4sII", 16 + len(stts), b"stts", 0, len(runs)) + stts
+            box = table[b"stts"][0] - 8 - start, table[b"stts"][1] - start
+            grow = len(stts) - (box[1] - box[0])
+            # the boxes that hold it grow: their sizes are 32-bit where their body starts 8 in
+            holders = (body, tracks[0][0], track[b"mdia"][0], media[b"minf"][0], info[b"stbl"][0])
+            for at in (where - 8 - start for where in holders):
+                (old,) = struct.unpack_from(">I", header, at)
+                if old == 1 or old + grow >= 2**32:
+                    return False
+                struct.pack_into(">I", header, at, old + grow)
+            header[box[0] : box[1]] = stts
+            f.seek(start)
+            f.write(header)
+            f.truncate()
             return True
     except (OSError, struct.error, KeyError, IndexError):
         return False

@@ -2830,14 +2830,14 @@ def test_a_variable_frame_rate_is_named_not_taken_for_a_truncated_file(
     written = cv2.VideoCapture(str(out / "screen.mkv.mp4"))
     assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
     assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(12 / 2.1818, rel=1e-3)
-    times = []
-    while written.read()[0]:
-        times.append(written.get(cv2.CAP_PROP_POS_MSEC))
-    assert len(times) == 12 and times[-1] == pytest.approx(2000, abs=2)  # the input's last
+    written.release()
+    shown = [100 * i for i in range(6)] + [500 + 250 * i for i in range(1, 7)]  # the input's
+    assert frame_times_ms(out / "screen.mkv.mp4") == pytest.approx(shown, abs=0.1)
     assert "declares" not in caplog.text
     assert (
-        "has a variable frame rate: it states 10 FPS, but its 12 frames span 2.18 s; the output "
-        "holds them at their average rate, 5.5 FPS, which keeps its length" in caplog.text
+        "has a variable frame rate: it states 10 FPS, but its 12 frames span 2.18 s, up to "
+        "0.90 s from where that rate shows them; the output keeps each frame's time (5.5 FPS "
+        "on average)" in caplog.text
     )
     out, err = capsys.readouterr()
     assert "12/12" in err  # the bar ends full
@@ -2847,8 +2847,8 @@ def test_a_variable_frame_rate_is_named_not_taken_for_a_truncated_file(
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg to write the videos")
 def test_variable_frame_rate_matroska_and_mp4_from_ffmpeg(tmp_path, checkpoint, caplog):
     # The real files: 60 frames, 30 at 30 FPS then 30 at 10 FPS. OpenCV states the MP4's average
-    # rate, which keeps its length: no warning; the MKV's nominal 30 FPS, which halved it: the
-    # output is retimed to the frames' average rate, and says so.
+    # rate, which kept its length but showed its middle a second late; the MKV's nominal 30 FPS,
+    # which halved it (with a warning). Each output now shows each frame at the input's time.
     source = tmp_path / "source.avi"
     video = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48))
     for i in range(60):
@@ -2863,12 +2863,10 @@ def test_variable_frame_rate_matroska_and_mp4_from_ffmpeg(tmp_path, checkpoint, 
         caplog.clear()
         out = tmp_path / name.replace(".", "_")
         infer_video.main(video_args(input=tmp_path / name, model=checkpoint, out_dir=out))
-        written = cv2.VideoCapture(str(out / "vfr.mp4"))
-        assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 60
-        assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(60 / 3.966, rel=0.01)
+        shown = [1000 * (i / 30 if i < 30 else 1 + (i - 30) / 10) for i in range(60)]
+        assert frame_times_ms(out / "vfr.mp4") == pytest.approx(shown, abs=1), name
         assert "declares" not in caplog.text, name
-        retimed = "but its 60 frames span 3.97 s; the output holds them at their average rate"
-        assert (retimed in caplog.text) == (name == "vfr.mkv"), caplog.text
+        assert ("plays" in caplog.text) is False, caplog.text
 
 
 def test_a_video_beside_the_input_that_the_output_would_replace_is_refused(tmp_path, checkpoint):
@@ -3174,7 +3172,7 @@ def test_sound_that_would_not_keep_pace_with_the_output_is_not_offered(
     clip = with_sound(write_clip(tmp_path / "screen.mp4", frames=12, fps=10))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(infer_video.cv2, "VideoCapture", VariableRateFile)
-        mp.setattr(infer_video, "retime_mp4", lambda path, seconds: False)
+        mp.setattr(infer_video, "retime_mp4", lambda path, times: False)
         infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
     printed = capsys.readouterr().out.splitlines()
     assert printed[1] == (
@@ -3300,12 +3298,30 @@ def test_ffmpeg_muxes_the_inputs_sound_with_every_frame(tmp_path, checkpoint, ca
     assert len(read_rgb_frames(out / "clip.mp4")) == 30
 
 
-def test_retiming_stretches_opencvs_mp4_and_leaves_other_layouts_alone(tmp_path):
+def frame_times_ms(path) -> list[float]:
+    """The timestamps OpenCV gives the frames of the video at ``path``, in ms."""
+    capture, times = cv2.VideoCapture(str(path)), []
+    while capture.read()[0]:
+        times.append(capture.get(cv2.CAP_PROP_POS_MSEC))
+    capture.release()
+    return times
+
+
+def test_retiming_gives_opencvs_mp4_the_frame_times_asked_and_leaves_other_layouts_alone(
+    tmp_path,
+):
     clip = write_clip(tmp_path / "clip.mp4", frames=12, size=(64, 48), fps=10)
-    assert infer_video.retime_mp4(clip, 3.0)
+    frames = read_rgb_frames(clip)
+    times = np.array([0, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.25, 1.5, 1.6, 1.7, 1.8, 1.9])
+    assert infer_video.retime_mp4(clip, times)
+    assert frame_times_ms(clip) == pytest.approx(1000 * times[:-1], abs=0.1)
     capture = cv2.VideoCapture(str(clip))
-    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(4, rel=1e-3)
-    assert len(read_rgb_frames(clip)) == 12, "the edit, stretched too, shows every frame"
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12 / 1.9, rel=1e-3)  # the average
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    capture.release()
+    assert all(np.array_equal(a, b) for a, b in zip(read_rgb_frames(clip), frames, strict=True))
+    assert infer_video.retime_mp4(clip, np.linspace(0, 3, 13))  # a run of one duration
+    assert frame_times_ms(clip) == pytest.approx(250 * np.arange(12), abs=0.1)
     # a second track (sound), or an edit that starts past the first frame: not OpenCV's
     others = [
         with_sound(write_clip(tmp_path / "sound.mp4", frames=12, fps=10)),
@@ -3313,7 +3329,7 @@ def test_retiming_stretches_opencvs_mp4_and_leaves_other_layouts_alone(tmp_path)
     ]
     for other in others:
         data = other.read_bytes()
-        assert not infer_video.retime_mp4(other, 3.0)
+        assert not infer_video.retime_mp4(other, np.linspace(0, 3, 13))
         assert other.read_bytes() == data
 
 
