@@ -654,9 +654,11 @@ def check_timing(
     if source.skipped or source.last_ms is None or decoded < 2:
         return rate  # frames left out: check_frame_count names them
     times = (np.asarray(source.times_ms[:decoded]) - source.first_ms) / 1000  # (N,) s
-    span = times[-1] * decoded / (decoded - 1)  # the last frame's duration: the average one
-    if span <= 0 or np.any(np.diff(times) <= 0):
+    if np.any(np.diff(times) <= 0):
         return rate  # no timestamps to go by
+    # the last frame lasts as long as the one before it: at a variable rate, closer than the
+    # average (a phone's 4 s clip, slowed down at its end, keeps its 4 s)
+    span = 2 * times[-1] - times[-2]
     length = decoded / rate
     off = abs(length / span - 1) > TIMING_TOLERANCE  # the output's length, not only its pace
     drift = np.abs(times - np.arange(decoded) / rate).max()  # (s) how far a frame strays

@@ -2829,19 +2829,19 @@ def test_a_variable_frame_rate_is_named_not_taken_for_a_truncated_file(
         infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=4))
     written = cv2.VideoCapture(str(out / "screen.mkv.mp4"))
     assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
-    assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(12 / 2.1818, rel=1e-3)
+    assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(12 / 2.25, rel=1e-3)
     written.release()
     shown = [100 * i for i in range(6)] + [500 + 250 * i for i in range(1, 7)]  # the input's
     assert frame_times_ms(out / "screen.mkv.mp4") == pytest.approx(shown, abs=0.1)
     assert "declares" not in caplog.text
     assert (
-        "has a variable frame rate: it states 10 FPS, but its 12 frames span 2.18 s, up to "
-        "0.90 s from where that rate shows them; the output keeps each frame's time (5.5 FPS "
-        "on average)" in caplog.text
+        "has a variable frame rate: it states 10 FPS, but its 12 frames span 2.25 s, up to "
+        "0.90 s from where that rate shows them; the output keeps each frame's time (5.33333 "
+        "FPS on average)" in caplog.text
     )
     out, err = capsys.readouterr()
     assert "12/12" in err  # the bar ends full
-    assert ", 5.500 FPS, " in out
+    assert ", 5.333 FPS, " in out
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg to write the videos")
@@ -3331,6 +3331,44 @@ def test_retiming_gives_opencvs_mp4_the_frame_times_asked_and_leaves_other_layou
         data = other.read_bytes()
         assert not infer_video.retime_mp4(other, np.linspace(0, 3, 13))
         assert other.read_bytes() == data
+
+
+def phone_variable_rate_mp4(path) -> Path:
+    """A 60-frame 64x48 mp4 whose first 30 frames last 1/30 s and the rest 1/10 s (a phone that
+    slowed down in the dark), 4 s in all: its stts holds two runs, its durations say 4 s."""
+    clip = write_clip(path, frames=60, size=(64, 48), fps=30)  # 512 ticks a frame of 15360
+    data = bytearray(clip.read_bytes())
+    moov = data.rindex(b"moov") - 4
+    at = data.index(b"stts", moov) - 4
+    assert struct.unpack(">I4sIII", data[at : at + 20])[3:] == (1, 60)
+    data[at : at + 24] = struct.pack(">I4sIIIIII", 32, b"stts", 0, 2, 30, 512, 30, 1536)
+    for kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):  # the boxes that hold it grow
+        box = data.index(kind, moov) - 4
+        data[box : box + 4] = struct.pack(">I", int.from_bytes(data[box : box + 4], "big") + 8)
+    for kind, offset in ((b"mvhd", 20), (b"tkhd", 24), (b"elst", 12)):  # in 1000ths of a second
+        box = data.index(kind, moov)
+        data[box + offset : box + offset + 4] = struct.pack(">I", 4000)
+    mdhd = data.index(b"mdhd", moov)
+    data[mdhd + 20 : mdhd + 24] = struct.pack(">I", 30 * 512 + 30 * 1536)
+    clip.write_bytes(bytes(data))
+    return clip
+
+
+def test_a_phone_video_at_a_variable_frame_rate_keeps_each_frames_time(
+    tmp_path, checkpoint, capsys
+):
+    # OpenCV states the average, 15 FPS: the output kept the length, 4 s, but showed frame 30,
+    # 1 s into the input, at 2 s, out of step with the sound put back beside it
+    clip = phone_variable_rate_mp4(tmp_path / "phone.mp4")
+    shown = [1000 * i / 30 for i in range(30)] + [1000 + 100 * i for i in range(30)]
+    assert frame_times_ms(clip) == pytest.approx(shown, abs=0.1)
+    capture = cv2.VideoCapture(str(clip))
+    assert capture.get(cv2.CAP_PROP_FPS) == 15
+    capture.release()
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    assert frame_times_ms(out / "phone.mp4") == pytest.approx(shown, abs=0.1)
+    assert "phone.mp4: 60 frames, 64x48, 15.000 FPS" in capsys.readouterr().out
 
 
 def test_a_glob_the_shell_expanded_is_named_with_the_quoted_glob(tmp_path, capsys):
