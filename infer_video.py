@@ -640,9 +640,10 @@ def check_timing(
     spec: str, source: VideoSource, decoded: int, rate: float, video: Path
 ) -> float | None:
     """Give the output at ``video`` the times of a file's frames where they stray from the one
-    rate it holds them at, by more than a frame (a variable frame rate); returns the rate the
-    output plays at on average, or None (with a warning) where it could not be retimed and
-    plays faster or slower than the input (whose sound would not keep pace with it).
+    rate it holds them at, by more than half a frame (a variable frame rate, or damaged frames
+    left out); returns the rate the output plays at on average, or None (with a warning) where
+    it could not be retimed and plays faster or slower than the input, or its frames after a
+    gap come early (the input's sound would not keep pace with it).
 
     The output holds every frame at one rate, the one the input states. OpenCV states a
     variable frame rate as the average where the container keeps it (MP4 and MOV: phones), so
@@ -651,8 +652,8 @@ def check_timing(
     or faster. The output's sound, if added, keeps pace with its frames only where they keep
     their times.
     """
-    if source.skipped or source.last_ms is None or decoded < 2:
-        return rate  # frames left out: check_frame_count names them
+    if source.last_ms is None or decoded < 2:
+        return rate
     times = (np.asarray(source.times_ms[:decoded]) - source.first_ms) / 1000  # (N,) s
     if np.any(np.diff(times) <= 0):
         return rate  # no timestamps to go by
@@ -662,9 +663,14 @@ def check_timing(
     length = decoded / rate
     off = abs(length / span - 1) > TIMING_TOLERANCE  # the output's length, not only its pace
     drift = np.abs(times - np.arange(decoded) / rate).max()  # (s) how far a frame strays
-    if drift <= 1 / rate:
+    if drift <= 0.5 / rate:
         return rate
-    if retime_mp4(video, np.append(times, span)):
+    retimed = retime_mp4(video, np.append(times, span))
+    if source.skipped:
+        # Damaged frames left out (check_frame_count names them): retimed, the frame before
+        # each gap is shown through it, and the frames after it (and the sound) keep their times
+        return decoded / span if retimed else None
+    if retimed:
         (log.warning if off else log.info)(
             "%s has a variable frame rate: it states %.6g FPS, but its %d frames span %.2f s, "
             "up to %.2f s from where that rate shows them; the output keeps each frame's time "

@@ -2704,6 +2704,10 @@ def test_damaged_frames_mid_file_are_left_out_not_the_rest_of_the_video(
     written = cv2.VideoCapture(str(out / "damaged.mp4"))
     assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 10  # not the 3 before the damage
     assert f"{clip} declares 12 frames but only 10 could be decoded" in caplog.text
+    # The frames after the gap came 0.2 s early, and the sound put back beside them with them:
+    # they keep their times, the third frame shown through the gap
+    shown = [0, 100, 200, *range(500, 1200, 100)]
+    assert frame_times_ms(out / "damaged.mp4") == pytest.approx(shown, abs=0.1)
 
 
 def rotated_mp4(path, degrees_matrix) -> tuple[Path, list[np.ndarray]]:
