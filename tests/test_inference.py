@@ -27,6 +27,7 @@ import infer_image
 import infer_video
 import train
 import utils
+import video_container
 from config import DEFAULT_CLASSES, ClassConfig, parse_args
 from conftest import (
     FAKE_HUB,
@@ -2982,7 +2983,7 @@ def test_an_edit_hides_frames_only_past_the_first_shown_or_the_last(
 ):
     clip = b_frame_like_mp4(tmp_path / "clip.mp4", offsets, version, edit)
     assert len(read_rgb_frames(clip)) == shown  # OpenCV, which declares 60
-    assert infer_video.mp4_edits_hide_frames(clip) == (shown < 60)
+    assert video_container.mp4_edits_hide_frames(clip) == (shown < 60)
 
 
 def test_a_damaged_composition_offset_box_hides_nothing(tmp_path):
@@ -2991,7 +2992,7 @@ def test_a_damaged_composition_offset_box_hides_nothing(tmp_path):
     at = data.index(b"ctts", data.rindex(b"moov")) - 4
     data[at : at + 4] = struct.pack(">I", 2**31)  # runs past its stbl
     clip.write_bytes(bytes(data))
-    assert not infer_video.mp4_edits_hide_frames(clip)
+    assert not video_container.mp4_edits_hide_frames(clip)
 
 
 @pytest.mark.parametrize(
@@ -3086,16 +3087,16 @@ def test_the_sound_track_of_a_phone_video_is_found(tmp_path, suffix, layout):
     if layout == "faststart":
         clip, silent = faststart(clip), faststart(silent)
     assert len(read_rgb_frames(clip)) == 30  # a file FFmpeg, which OpenCV reads with, takes
-    assert infer_video.mp4_track_samples(clip, b"soun") == 8000
-    assert infer_video.mp4_track_samples(clip) == 30
-    assert infer_video.has_sound(clip) is True
-    assert infer_video.has_sound(silent) is False
+    assert video_container.mp4_track_samples(clip, b"soun") == 8000
+    assert video_container.mp4_track_samples(clip) == 30
+    assert video_container.has_sound(clip) is True
+    assert video_container.has_sound(silent) is False
 
 
 def test_the_sound_stream_of_an_avi_is_found(tmp_path):
     # a dashcam's or an older camera's AVI: MJPG frames and PCM sound, each a strl in the header
     data = bytearray(mjpg_avi_bytes(tmp_path / "silent.avi"))
-    assert infer_video.has_sound(tmp_path / "silent.avi") is False
+    assert video_container.has_sound(tmp_path / "silent.avi") is False
     strh = struct.pack("<4sI4s", b"strh", 56, b"auds") + bytes(52)
     strl = struct.pack("<4sI4s", b"LIST", 4 + len(strh), b"strl") + strh
     header = data.index(b"LIST")  # hdrl's, the first
@@ -3106,9 +3107,9 @@ def test_the_sound_stream_of_an_avi_is_found(tmp_path):
             4, "little"
         )
     (tmp_path / "sound.avi").write_bytes(bytes(data))
-    assert infer_video.has_sound(tmp_path / "sound.avi") is True
+    assert video_container.has_sound(tmp_path / "sound.avi") is True
     (tmp_path / "cut.avi").write_bytes(bytes(data[:40]))  # no stream header: cannot tell
-    assert infer_video.has_sound(tmp_path / "cut.avi") is None
+    assert video_container.has_sound(tmp_path / "cut.avi") is None
 
 
 def opencv_video(path: Path, frames: int = 3, codec: str = "mp4v") -> Path:
@@ -3126,7 +3127,7 @@ def test_the_sound_track_of_a_matroska_or_webm_video_is_found(tmp_path, suffix, 
     codec = "VP80" if suffix == ".webm" else "mp4v"
     silent = opencv_video(tmp_path / f"silent{suffix}", codec=codec)
     assert len(read_rgb_frames(silent)) == 3
-    assert infer_video.has_sound(silent) is False
+    assert video_container.has_sound(silent) is False
     data = bytearray(silent.read_bytes())
     seek = data.index(bytes.fromhex("1654ae6b"))  # the seek head's pointer to the track list
     tracks = data.index(bytes.fromhex("1654ae6b"), seek + 4) + 4
@@ -3144,9 +3145,9 @@ def test_the_sound_track_of_a_matroska_or_webm_video_is_found(tmp_path, suffix, 
     data[at + 1 : at + 8] = size.to_bytes(7, "big")
     sound = tmp_path / f"sound{suffix}"
     sound.write_bytes(bytes(data))
-    assert infer_video.has_sound(sound) is True
+    assert video_container.has_sound(sound) is True
     sound.write_bytes(bytes(data[: tracks + 4]))  # cut in its track list
-    assert infer_video.has_sound(sound) is None
+    assert video_container.has_sound(sound) is None
 
 
 def test_a_phone_videos_sound_is_named_with_the_command_that_adds_it(tmp_path, checkpoint, capsys):
@@ -3195,8 +3196,8 @@ def test_a_video_without_sound_or_whose_sound_is_unknown_says_so(
     # an MPEG-TS's tracks are not read: its sound may be there, and the command is given for it
     screen = opencv_video(tmp_path / "screen.ts", frames=10)
     monkeypatch.setattr(infer_video.shutil, "which", lambda name: None)
-    assert infer_video.has_sound(screen) is None
-    assert not infer_video.mp4_edits_hide_frames(screen)
+    assert video_container.has_sound(screen) is None
+    assert not video_container.mp4_edits_hide_frames(screen)
     infer_video.main(video_args(input=screen, model=checkpoint, out_dir=tmp_path / "b"))
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].endswith("no sound (OpenCV writes video only)")
@@ -3273,7 +3274,7 @@ def test_a_failing_ffmpeg_keeps_the_silent_video_and_says_why(
         f"{out / 'clip.mp4'} keeps no sound: ffmpeg failed: [mp4 @ 0x5] Could not find tag for "
         "codec pcm_s16le in stream #1 / Conversion failed!" in caplog.text
     )
-    assert infer_video.mp4_track_samples(out / "clip.mp4", b"soun") == 0
+    assert video_container.mp4_track_samples(out / "clip.mp4", b"soun") == 0
     assert len(read_rgb_frames(out / "clip.mp4")) == 30
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"], "no temporary file remains"
     assert "to add the input's sound: ffmpeg -i " in capsys.readouterr().out
@@ -3298,7 +3299,7 @@ def test_ffmpeg_muxes_the_inputs_sound_with_every_frame(tmp_path, checkpoint, ca
     out = tmp_path / "out"
     infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
     assert "with the input's sound (added by ffmpeg)" in capsys.readouterr().out
-    assert infer_video.mp4_track_samples(out / "clip.mp4", b"soun") > 0
+    assert video_container.mp4_track_samples(out / "clip.mp4", b"soun") > 0
     assert len(read_rgb_frames(out / "clip.mp4")) == 30
 
 
@@ -3317,14 +3318,14 @@ def test_retiming_gives_opencvs_mp4_the_frame_times_asked_and_leaves_other_layou
     clip = write_clip(tmp_path / "clip.mp4", frames=12, size=(64, 48), fps=10)
     frames = read_rgb_frames(clip)
     times = np.array([0, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.25, 1.5, 1.6, 1.7, 1.8, 1.9])
-    assert infer_video.retime_mp4(clip, times)
+    assert video_container.retime_mp4(clip, times)
     assert frame_times_ms(clip) == pytest.approx(1000 * times[:-1], abs=0.1)
     capture = cv2.VideoCapture(str(clip))
     assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12 / 1.9, rel=1e-3)  # the average
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
     capture.release()
     assert all(np.array_equal(a, b) for a, b in zip(read_rgb_frames(clip), frames, strict=True))
-    assert infer_video.retime_mp4(clip, np.linspace(0, 3, 13))  # a run of one duration
+    assert video_container.retime_mp4(clip, np.linspace(0, 3, 13))  # a run of one duration
     assert frame_times_ms(clip) == pytest.approx(250 * np.arange(12), abs=0.1)
     # a second track (sound), or an edit that starts past the first frame: not OpenCV's
     others = [
@@ -3333,7 +3334,7 @@ def test_retiming_gives_opencvs_mp4_the_frame_times_asked_and_leaves_other_layou
     ]
     for other in others:
         data = other.read_bytes()
-        assert not infer_video.retime_mp4(other, np.linspace(0, 3, 13))
+        assert not video_container.retime_mp4(other, np.linspace(0, 3, 13))
         assert other.read_bytes() == data
 
 
