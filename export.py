@@ -222,6 +222,7 @@ def check_args(args: argparse.Namespace) -> None:
     check_utf8(args.output, "--output", "ONNX Runtime", "choose another name or folder")
     if not args.tolerance > 0:  # also refuses nan, which every comparison fails
         raise UserError(f"--tolerance must be positive, not {args.tolerance:g}")
+    check_int8_is_ours(args.output.with_suffix(".int8.onnx"), args.output)
     # the graph's size is known only once exported: this asks only for room to start
     check_writable(
         args.output.parent, needed_bytes=2**20, flag="--output folder", purpose="the graph"
@@ -331,11 +332,43 @@ def drop_stale_data(graph: Path, external: bool) -> None:
         data_file(graph).unlink(missing_ok=True)
 
 
+def is_int8_export(path: Path) -> bool:
+    """Whether ``path`` is an int8 graph export.py wrote: ONNX with export.py's format metadata
+    (of any version) that quantize_dynamic copied from the float32 graph, and the
+    DynamicQuantizeLinear nodes that dynamic quantization adds."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and others: not an ONNX graph at all
+        return False
+    found = {p.key: p.value for p in proto.metadata_props}.get("format", "")
+    return found.split("/")[0] == ONNX_FORMAT.split("/")[0] and any(
+        node.op_type == "DynamicQuantizeLinear" for node in proto.graph.node
+    )
+
+
+def check_int8_is_ours(int8: Path, graph: Path) -> None:
+    """Refuse to start where ``int8`` (``graph``'s int8 name), or its data_file, is a file
+    export.py did not write: every export replaces or removes that pair (drop_stale_int8)."""
+    if int8.is_file() and not is_int8_export(int8):
+        what = f"{int8} is not an int8 graph written by export.py"
+    elif data_file(int8).is_file() and not int8.is_file():
+        what = f"{data_file(int8)} is there without the int8 graph {int8} whose weights it holds"
+    else:
+        return
+    raise UserError(
+        f"{what}, and exporting to --output {graph} replaces or removes that name (with --int8 "
+        f"it becomes the int8 copy; without, an earlier int8 copy is removed). Move or rename "
+        f"it, or choose another --output"
+    )
+
+
 def drop_stale_int8(int8: Path, graph: Path, replaced: bool) -> None:
     """Remove the ``int8`` graph (and its data_file) of an earlier export once the new float32
     ``graph`` is in place: made from another checkpoint or size, it would pass for the new
     graph's int8 copy. Removed before a new one is quantized too (``replaced``, --int8), so that
-    a quantization that fails leaves none."""
+    a quantization that fails leaves none. check_int8_is_ours made sure they are export.py's."""
     stale = [f for f in (int8, data_file(int8)) if f.is_file()]
     if stale and not replaced:
         log.warning(

@@ -19,6 +19,7 @@ import export
 import infer_image
 import utils
 from conftest import FAKE_HUB, ORT_RUNS_INT8, ROOT
+from model import ONNX_FORMAT
 from utils import UserError
 
 INT8 = ["--int8"] if ORT_RUNS_INT8 else []  # export.py's flag where onnxruntime runs the graph
@@ -50,6 +51,21 @@ def external_data_graph(tmp_path_factory, checkpoint) -> Path:
 def graph(request, onnx_files) -> Path:
     """Each graph of onnx_files in turn: the float32 one, then the int8 one."""
     return onnx_files[0] if request.param == "float32" else onnx_files[1]
+
+
+def earlier_int8_export(path: Path) -> None:
+    """Write at ``path`` what export.py recognises as its int8 graph, without exporting one (8 s
+    and onnxruntime 1.24): its format metadata and a DynamicQuantizeLinear node."""
+    node = onnx.helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zero"])
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
+        [onnx.helper.make_tensor_value_info("q", onnx.TensorProto.UINT8, [4])],
+    )
+    proto = onnx.helper.make_model(graph)
+    proto.metadata_props.add(key="format", value=ONNX_FORMAT)
+    onnx.save(proto, str(path))
 
 
 def masks(folder) -> dict:
@@ -522,7 +538,7 @@ def test_an_int8_graph_onnxruntime_cannot_run_is_named_and_not_written(
     monkeypatch.setattr(export, "export", export_again)
     monkeypatch.setattr(onnxruntime, "InferenceSession", old_onnxruntime)
     out = tmp_path / "m.onnx"
-    (tmp_path / "m.int8.onnx").write_bytes(b"an earlier export's, which no longer matches")
+    earlier_int8_export(tmp_path / "m.int8.onnx")
     with pytest.raises(UserError, match=r"cannot run the int8 graph .*m\.int8\.onnx .*ConvInteger"):
         export.main(export.get_args_parser().parse_args(
             ["--model", str(checkpoint), "--output", str(out), "--int8"]))  # fmt: skip
@@ -689,10 +705,33 @@ def test_an_export_without_int8_removes_the_int8_graph_of_an_earlier_one(
         shutil.copy(onnx_files[0], path)  # stands in for tracing the checkpoint again (8 s)
 
     monkeypatch.setattr(export, "export", export_again)
-    for name in ("m.int8.onnx", "m.int8.onnx.data", "notes.txt"):
+    earlier_int8_export(tmp_path / "m.int8.onnx")
+    for name in ("m.int8.onnx.data", "notes.txt"):
         (tmp_path / name).write_bytes(b"an earlier export's")
     export.main(export.get_args_parser().parse_args(
         ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx")]))  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "notes.txt"]
     assert re.search(r"removed \S+m\.int8\.onnx, the int8 graph of an earlier export", caplog.text)
     assert "pass --int8" in caplog.text
+
+
+@pytest.mark.parametrize("int8", [[], ["--int8"]], ids=["without-int8", "with-int8"])
+@pytest.mark.parametrize("mine", ["float32-graph", "notes", "data-file-alone"])
+def test_an_export_never_removes_a_file_at_the_int8_name_it_did_not_write(
+    tmp_path, onnx_files, checkpoint, int8, mine
+):
+    """A user's own float32 graph saved as m.int8.onnx was removed by an export to m.onnx
+    without --int8 (and replaced with --int8)."""
+    if mine == "float32-graph":
+        theirs = tmp_path / "m.int8.onnx"
+        shutil.copy(onnx_files[0], theirs)
+    else:
+        theirs = tmp_path / ("m.int8.onnx" if mine == "notes" else "m.int8.onnx.data")
+        theirs.write_bytes(b"the user's own")
+    before = theirs.read_bytes()
+    with pytest.raises(UserError) as caught:
+        export.main(export.get_args_parser().parse_args(
+            ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx"), *int8]))  # fmt: skip
+    assert str(theirs) in str(caught.value) and "Move or rename it" in str(caught.value)
+    assert [p.name for p in tmp_path.iterdir()] == [theirs.name]
+    assert theirs.read_bytes() == before
