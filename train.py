@@ -885,11 +885,18 @@ def resolve_data(args: argparse.Namespace) -> Path:
     return DEFAULT_DATA_DIR
 
 
-def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
+def check_batch_statistics(
+    batch: int,
+    train_images: int,
+    imgsz,
+    more_images: str = "--batch 2 or more (with 2 or more training images)",
+) -> None:
     """Refuse training batches that give the head's BatchNorm one value per channel.
 
     Args:
         train_images: the training images of one process.
+        more_images: the fix that gives a batch more images, in the flags of the script run
+            (a benchmark that sets train.py's --batch itself names its own).
     """
     smallest = min(batch, train_images)  # a last incomplete batch is dropped when there are more
     w, h = token_grid(imgsz)
@@ -897,8 +904,8 @@ def check_batch_statistics(batch: int, train_images: int, imgsz) -> None:
         raise UserError(
             f"training batches of {smallest} image at --imgsz {imgsz[0]} {imgsz[1]} ({w}x{h} "
             "patch) give the head's BatchNorm one value per channel, which it cannot normalize: "
-            f"use --batch 2 or more (with 2 or more training images), or an --imgsz of at least "
-            f"{PATCH_SIZE * 3 // 2} {PATCH_SIZE * 3 // 2}"
+            f"use {more_images}, or an --imgsz of at least {PATCH_SIZE * 3 // 2} "
+            f"{PATCH_SIZE * 3 // 2}"
         )
 
 

@@ -25,7 +25,9 @@ import torch
 
 from config import add_device_flag, add_imgsz_flag, check_at_least, check_imgsz
 from synthetic import PHOTO_SIZES, make_dataset, random_official_weights
-from utils import UserError, pick_device, read_csv, run_script
+from train import check_batch_statistics
+from train import get_args_parser as train_args_parser
+from utils import UserError, pick_device, read_csv, run_script, shell_quote
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +64,12 @@ def train(data: Path, out: Path, weights: Path, args, *extra: str) -> tuple[list
            "--device", args.device, *extra]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-2000:])
+        # its advice names train.py's flags (--batch, --workers), which this script sets itself:
+        # the command shows what they were
+        raise SystemExit(
+            f"{proc.stderr[-2000:].rstrip()}\n(from train.py, which bench_cache.py ran as: "
+            f"{' '.join(map(shell_quote, cmd))})"
+        )
     return read_csv(out / "metrics.csv"), proc.stdout + proc.stderr
 
 
@@ -71,6 +78,9 @@ def main(args: argparse.Namespace) -> None:
     # dataset and the weights were generated
     check_at_least(args, {"train": 1, "valid": 1})
     check_imgsz(args.imgsz)
+    # the runs keep train.py's --batch: only --train can give a batch more images
+    batch = train_args_parser().get_default("batch")
+    check_batch_statistics(batch, args.train, args.imgsz, more_images="--train 2 or more")
     pick_device(args.device)
     if args.epochs < 2:
         raise UserError(

@@ -223,7 +223,7 @@ def main(args: argparse.Namespace) -> None:
     check_imgsz(args.imgsz)
     check_at_least(args, {"batch": 1, "steps": 1, "warmup": 0, "workers": 0})
     check_learning_rates(args, ("lr", "backbone_lr"), weight_decay=0.01)  # AdamW's default
-    check_batch_statistics(args.batch, args.batch, args.imgsz)
+    check_batch_statistics(args.batch, args.batch, args.imgsz, more_images="--batch 2 or more")
     if args.data_images is not None and args.data_images < 1:
         raise UserError("--data-images must be at least 1")
     device = pick_device(args.device)

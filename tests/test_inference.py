@@ -1774,6 +1774,19 @@ def test_cache_benchmark_refuses_a_size_or_device_before_generating_anything(
         bench.main(bench.get_args_parser().parse_args(flags))
 
 
+def test_cache_benchmark_names_its_own_flags_for_a_batch_of_one_patch(monkeypatch):
+    """train.py refused, after the dataset and the weights were generated, and its advice
+    named --batch, which bench_cache.py does not have."""
+    bench = load_benchmark("bench_cache")
+    monkeypatch.setattr(bench, "make_dataset", None)  # generating would call it
+    parser = bench.get_args_parser()
+    with pytest.raises(UserError) as caught:
+        bench.main(parser.parse_args(["--train", "1", "--imgsz", "14", "14"]))
+    assert "use --train 2 or more, or an --imgsz of at least 21 21" in str(caught.value)
+    named = set(re.findall(r"--[a-z][a-z-]*", str(caught.value)))
+    assert named <= {action.option_strings[0] for action in parser._actions}, named
+
+
 def test_video_without_decodable_frames_fails_and_writes_nothing(tmp_path, checkpoint):
     data = mjpg_avi_bytes(tmp_path / "full.avi", frames=6)
     clip = tmp_path / "headers.avi"
