@@ -1296,7 +1296,24 @@ def shell_quote(text: str) -> str:
     POSIX quoting, except on Windows: there cmd.exe (and so the Anaconda Prompt) passes single
     quotes on as part of the argument, so every quoted path would keep them. The double quotes
     used there instead are read by cmd.exe and PowerShell alike.
+
+    A POSIX path that is not UTF-8 (a Latin-1 name on Linux, which Python holds as surrogates)
+    is written in $'...' quotes with those bytes as \\xHH, which bash, zsh and ksh read back
+    to the same bytes; shlex's quotes would hold the surrogates, which print as text that names
+    another file.
     """
     if sys.platform == "win32":
         return subprocess.list2cmdline([text])
-    return shlex.quote(text)
+    if is_utf8(text):
+        return shlex.quote(text)
+    quoted = []
+    for char in text:
+        if "\udc80" <= char <= "\udcff":  # surrogateescape's stand-in for one byte
+            quoted.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif char in "\\'":
+            quoted.append("\\" + char)
+        elif not char.isprintable():  # a newline or tab, as escapes too
+            quoted.extend(f"\\x{byte:02x}" for byte in char.encode())
+        else:
+            quoted.append(char)
+    return "$'" + "".join(quoted) + "'"

@@ -312,6 +312,31 @@ def test_pennfudan_names_the_final_folder_not_the_staging_one(tmp_path, caplog, 
     assert f"{tmp_path}/." not in caplog.text, caplog.text
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the command is pasted into bash")
+@pytest.mark.skipif(
+    sys.platform == "win32" or shutil.which("bash") is None, reason="POSIX paths, pasted into bash"
+)
+def test_the_train_command_names_an_out_folder_that_is_not_utf8(tmp_path):
+    """A Latin-1 --out was printed with its surrogates escaped as text (\\udce9): pasted, the
+    command named another folder."""
+    out = tmp_path / os.fsdecode(b"pf caf\xe9's")  # a space and a quote: quoted as well
+    zip_path = penn_fudan_zip(tmp_path / "PennFudanPed.zip")
+    cmd = [sys.executable, "prepare_data.py", "pennfudan", "--zip", zip_path, "--out", out]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True, timeout=300)
+    command = proc.stdout.decode().split("train with: ")[1].strip()
+    words = subprocess.run(
+        ["bash", "-c", 'printf "%s\\0" ' + command.removeprefix("python train.py ")],
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    assert words[:4] == [
+        b"--data",
+        os.fsencode(out),
+        b"--config",
+        os.fsencode(out / "classes.yaml"),
+    ]
+
+
 def binary_fixture(root, jpeg_mask=False):
     """Three train and one valid pair of 56x42 images with 0/255 masks (255 = person)."""
     rng = np.random.default_rng(3)
