@@ -24,6 +24,7 @@ from model import (
     OnnxSegmentor,
     Segmentor,
     check_backbone,
+    check_size_fits,
     int8_quantizer,
     load_checkpoint,
     log_input_size,
@@ -1176,7 +1177,7 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
             int8_quantizer()  # torchao loads, before the checkpoint does
         if args.compile or args.int8:
             check_compiler("--int8" if args.int8 else "--compile", device)
-        return Predictor.from_checkpoint(
+        predictor = Predictor.from_checkpoint(
             args.model,
             device,
             imgsz=args.imgsz,
@@ -1188,6 +1189,9 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
             hub_dir=args.hub_dir,
             tta=tta,
         )
+        backbone = predictor.model.backbone
+        check_size_fits(backbone, predictor.imgsz, args.batch, device, tta=predictor.tta)
+        return predictor
     used = {
         "--amp": args.amp != "off",
         "--compile": args.compile,

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from config import PATCH_SIZE, add_imgsz_flag, backbone_flags, check_imgsz, path_arg
-from model import ONNX_FORMAT, Segmentor, load_checkpoint, log_input_size, patch_aligned
+from model import (
+    ONNX_FORMAT,
+    Segmentor,
+    check_size_fits,
+    load_checkpoint,
+    log_input_size,
+    patch_aligned,
+)
 from utils import UserError, atomic_files, check_utf8, check_writable, run_script
 
 log = logging.getLogger("dinoseg")
@@ -238,6 +245,8 @@ def main(args: argparse.Namespace) -> None:
     if args.dynamic:  # the graph then takes multiples of 14: store the aligned size
         imgsz = (patch_aligned(imgsz[0]), patch_aligned(imgsz[1]))
     log_input_size(imgsz)
+    # the check runs PyTorch and ONNX Runtime on a batch of two
+    check_size_fits(model.backbone, imgsz, 2, torch.device("cpu"))
     try:
         write_graphs(model, ckpt, imgsz, args)
     except PermissionError as err:  # check_args found the folder writable: a file held open

@@ -8,6 +8,7 @@ import argparse
 import errno
 import json
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -41,8 +42,10 @@ from utils import (
     UserError,
     atomic_path,
     check_int8_cpu,
+    check_memory,
     check_utf8,
     is_utf8,
+    memory_advice,
     network_timeout,
     new_folder,
     run_script,
@@ -209,6 +212,87 @@ def offline_help(backbone: str, weights: str | None = "pretrained") -> str:
 # Metal assertion ("total bytes of NDArray > 2**32") aborts the process, with no error to report.
 # ViT-S/14 at 644x644 makes 108 MB of them per image: 39 images at a time.
 ATTENTION_BYTES = {"mps": 2**32}
+
+
+def materializes_scores(vit: nn.Module) -> bool:
+    """Whether ``vit``'s attention computes each head's (N, N) score matrix: the official hub
+    layers left as they are (bench_attention's baseline; MemEffAttention without xFormers falls
+    back to them), or timm's with its fused path off; not FusedAttention nor fused timm."""
+    for module in vit.modules():
+        kind = type(module).__name__
+        if kind == "Attention" and not getattr(module, "fused_attn", False):
+            return True
+        if kind == "MemEffAttention":
+            # the flag of the module that defines it (torch.hub may not list that module)
+            defined_in = getattr(type(module).forward, "__globals__", {})
+            if not defined_in.get("XFORMERS_AVAILABLE", True):
+                return True
+    return False
+
+
+def forward_bytes(
+    name: str, blocks: int, imgsz, batch: int, item_bytes: int = 4, scores: bool = False
+) -> int:
+    """A lower bound of the bytes that one forward pass of ``batch`` images at (W, H) ``imgsz``
+    through the backbone ``name``, its last ``blocks`` blocks read by the head, holds at once:
+    the tensors that must coexist at the last block the head reads.
+
+    There the outputs of the head's earlier blocks, the block's input (the residual) and the
+    normalized images (which Segmentor.features holds) are alive, with at least one of: the
+    MLP's hidden layer (4 D wide, SwiGLU's wider), or where the attention path materializes
+    them (``scores``) the heads' (N, N) scores. Activations kept for a backward pass, the
+    workers' batches and the weights come on top. ``item_bytes``: 4 for float32, 2 for a
+    bfloat16 or float16 backbone or autocast.
+    """
+    spec = BACKBONES[name]
+    w, h = token_grid(imgsz)
+    tokens = w * h
+    pixels = 3 * tokens * PATCH_SIZE**2
+    attention = spec.num_heads * tokens**2 if scores else 0
+    per_image = (
+        pixels + blocks * tokens * spec.embed_dim + max(4 * tokens * spec.embed_dim, attention)
+    )
+    return batch * per_image * item_bytes
+
+
+def check_size_fits(
+    backbone: "DinoBackbone | str",
+    imgsz,
+    batch: int,
+    device: torch.device,
+    item_bytes: int | None = None,
+    argv: list[str] | None = None,
+    tta: tuple[list[float], bool] | None = None,
+) -> None:
+    """Refuse an --imgsz (with --batch) whose forward pass cannot fit in ``device``'s memory
+    (forward_bytes, utils.check_memory), before any work: on the CPU such a run was killed
+    outright (SIGKILL), without a word.
+
+    ``backbone`` is a built one (its blocks, weights' dtype and attention path), or the name of
+    one to be built with its default blocks and FusedAttention. ``item_bytes`` overrides the
+    weights' dtype's (2 under autocast); ``argv`` is the command line the advice speaks of
+    (sys.argv by default); with ``tta`` (scales, flip) the largest scale's view is what runs.
+    """
+    if isinstance(backbone, str):
+        name, blocks, scores, dtype = backbone, BACKBONES[backbone].head_blocks, False, None
+    else:
+        name, blocks = backbone.name, backbone.blocks
+        scores = materializes_scores(backbone.vit)
+        dtype = backbone.vit.patch_embed.proj.weight.dtype
+    if item_bytes is None:
+        item_bytes = 4 if dtype is None else dtype.itemsize
+    w, h = imgsz
+    scale = max(tta[0]) if tta else 1.0
+    # sized as engine.tta_probs sizes a view
+    view = (max(PATCH_SIZE, round(w * scale)), max(PATCH_SIZE, round(h * scale)))
+    needed = forward_bytes(name, len(blocks), view, batch, item_bytes, scores)
+    grid = token_grid(view)
+    at = f"its --tta-scales {scale:g} view {view[0]}x{view[1]}: " if scale != 1 else ""
+    what = (
+        f"--imgsz {w} {h} ({at}{grid[0]}x{grid[1]} patches through {name}) at {batch} "
+        f"image{'s' if batch > 1 else ''} a batch"
+    )
+    check_memory(needed, device, what, memory_advice(sys.argv if argv is None else argv))
 
 
 class DinoBackbone(nn.Module):

@@ -72,9 +72,16 @@ from datasets import (
     read_image,
     read_mask,
 )
-from engine import FeatureCache, Predictor, TrainingDiverged, evaluate, train_one_epoch
+from engine import (
+    FeatureCache,
+    Predictor,
+    TrainingDiverged,
+    evaluate,
+    train_one_epoch,
+)
 from model import (
     Segmentor,
+    check_size_fits,
     checkpoint_bytes,
     load_backbone,
     load_checkpoint,
@@ -354,6 +361,10 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     model = build_model(args, classes, device, ckpt, start)
     log_input_size(imgsz)
+    item_bytes = autocast.itemsize if autocast else None
+    check_on_main_process(
+        lambda: check_size_fits(model.backbone, imgsz, args.batch, device, item_bytes)
+    )
     # as soon as the model's size is known: before the cache and training
     needed = checkpoint_space(model, args.out_dir)
     check_on_main_process(lambda: check_writable(args.out_dir, needed, purpose="its checkpoints"))
@@ -1439,6 +1450,10 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     classes = trained
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
+    item_bytes = autocast.itemsize if autocast else None
+    check_on_main_process(
+        lambda: check_size_fits(model.backbone, imgsz, args.batch, device, item_bytes, tta=tta)
+    )
     # decided by rank 0, so that a recorded --data that is gone is said once; a machine that
     # lacks the dataset is then named by checked_pairs
     args.data = on_main_process(lambda: data_to_score(args, ckpt, path))

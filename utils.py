@@ -260,11 +260,17 @@ def run_script(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
+# the scripts that run a model but have no --batch, which the advice must not name
+WITHOUT_BATCH_FLAG = ("export.py", "bench_cache.py")
+
+
 def memory_advice(argv: Sequence[str]) -> str:
     """What to lower after running out of memory, for the command line ``argv`` (sys.argv):
-    --batch or --imgsz, and what else of it takes memory in proportion."""
+    --batch (where the script has one) or --imgsz, and what else of it takes memory in
+    proportion."""
     given = {arg.split("=")[0] for arg in argv[1:]}
-    advice = "lower --batch or --imgsz"
+    batch = Path(argv[0]).name not in WITHOUT_BATCH_FLAG
+    advice = "lower --batch or --imgsz" if batch else "lower --imgsz"
     if "--tta" in given:  # each view at up to the largest scale's size
         advice += ", or the largest of --tta-scales"
     if Path(argv[0]).name == "train.py":
@@ -273,6 +279,45 @@ def memory_advice(argv: Sequence[str]) -> str:
     if ("--cache-features", "memory") in pairs or "--cache-features=memory" in argv:
         advice += "; --cache-features disk keeps the features out of memory"
     return advice
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that new tensors on ``device`` can take at most: CUDA's free memory and what
+    PyTorch holds cached there; on Linux MemAvailable and free swap, within this cgroup's limit
+    where it has one and no swap; None where it cannot be read (MPS, macOS, Windows)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        kib = {name: int(value.split()[0]) for name, value in (x.split(":", 1) for x in lines)}
+        free = (kib["MemAvailable"] + kib.get("SwapFree", 0)) * 1024
+    except (OSError, ValueError, KeyError):  # not Linux, or a kernel before 3.14
+        return None
+    if kib.get("SwapTotal", 0) == 0:
+        # a container's limit (cgroup v2) kills a process before the machine runs out
+        with contextlib.suppress(OSError, ValueError):
+            cgroup = Path("/sys/fs/cgroup")
+            limit = int((cgroup / "memory.max").read_text())  # "max": no limit, a ValueError
+            free = min(free, limit - int((cgroup / "memory.current").read_text()))
+    return free
+
+
+def check_memory(needed: int, device: torch.device, what: str, advice: str) -> None:
+    """Refuse to start a run whose ``needed`` bytes, a lower bound of what it holds at once on
+    ``device``, exceed all that it could get (free_memory): past it, the CPU run was killed
+    outright (SIGKILL, no message) or the CUDA one failed after loading everything.
+
+    ``what`` names the settings that need it, ``advice`` what to lower."""
+    free = free_memory(device)
+    if free is not None and needed > free:
+        place = "the GPU" if device.type == "cuda" else "this machine"
+        raise UserError(
+            f"{what} needs at least {needed / 2**30:.1f} GB of memory, and {place} has "
+            f"{max(free, 0) / 2**30:.1f} GB free: {advice}"
+        )
 
 
 def _let_loaders_close(timeout: float = 5.0) -> None:

@@ -34,7 +34,7 @@ from config import (
     path_arg,
 )
 from engine import best_seconds, warm_up
-from model import DinoBackbone, _hub_load, load_backbone
+from model import DinoBackbone, _hub_load, check_size_fits, load_backbone
 from synthetic import random_official_weights
 from utils import UserError, amp_dtype, peak_memory_mb, pick_device, run_script
 
@@ -99,6 +99,8 @@ def main(args: argparse.Namespace) -> None:
         fused = load_backbone(name, "hub", str(weights), args.hub_dir)
         vit.load_state_dict(torch.load(weights, weights_only=True), strict=True)
     official = DinoBackbone(vit, name, "hub", fused.blocks).eval()
+    # the official attention's scores take the most
+    check_size_fits(official, args.imgsz, args.batch, device, dtype.itemsize)
     w, h = args.imgsz
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, h, w, generator=g).to(device, dtype)

@@ -65,6 +65,7 @@ from infer_video import open_video, segment_video
 from model import (
     OnnxSegmentor,
     Segmentor,
+    check_size_fits,
     flops_by_op,
     int8_quantizer,
     load_backbone,
@@ -442,6 +443,8 @@ def main(args: argparse.Namespace) -> None:
         int8_quantizer()  # torchao missing: say so now, not after the naive row's minutes
     torch.manual_seed(0)
     model, classes, imgsz = bench_model(args, device)  # the naive model; the fast one replaces it
+    check_size_fits(model.backbone, imgsz, 1, device)  # the naive row's float32 batch of one
+    check_size_fits(model.backbone, imgsz, args.batch, device, dtype.itemsize)
     weights = args.model or "random weights (no --model)"
     print(f"model {model.backbone.name} via {model.backbone.source}, {weights}")
     flops, rate32, floor = flop_floor(model, imgsz, args, device, dtype)

@@ -51,7 +51,7 @@ from config import (
 )
 from datasets import SegmentationDataset, find_pairs
 from engine import synchronize, train_one_epoch
-from model import Segmentor, load_backbone
+from model import Segmentor, check_size_fits, load_backbone
 from synthetic import PHOTO_SIZES, learnable_batch, make_dataset
 from train import check_batch_statistics, make_loader
 from utils import AMP_DTYPES, UserError, amp_dtype, peak_memory_mb, pick_device, run_script
@@ -230,6 +230,8 @@ def main(args: argparse.Namespace) -> None:
     modes = args.amp or supported_amp(device)
     for amp in modes:
         amp_dtype(amp, device, training=True)  # refuse an unsupported precision before any run
+    # the float32 run, where there is one, holds the most
+    check_size_fits(args.backbone, args.imgsz, args.batch, device, 4 if "off" in modes else 2)
     w, h = args.imgsz
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(

@@ -16,14 +16,17 @@ import pytest
 import torch
 
 import train
+import utils
 from config import BACKBONES, DEFAULT_CLASSES, official_weights_name, parse_args
 from conftest import FAKE_HUB, ROOT, load_benchmark
 from model import (
     FusedAttention,
     Segmentor,
     _with_fused_attention,
+    forward_bytes,
     load_backbone,
     load_checkpoint,
+    materializes_scores,
     official_weights_url,
     save_checkpoint,
 )
@@ -97,6 +100,24 @@ def test_hub_attention_runs_fused_with_the_official_results(weights_file):
         got = fused(x)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_memory_estimate_counts_scores_where_the_attention_materializes_them(weights_file):
+    """bench_attention's official model holds each head's (N, N) scores; FusedAttention and
+    timm's fused attention do not, and their estimate is the MLP's hidden layer instead."""
+    fused = load_backbone("dinov2_vits14", "hub", str(weights_file), hub_dir=FAKE_HUB)
+    with pytest.warns(UserWarning, match="xFormers is not available"):
+        official = torch.hub.load(str(FAKE_HUB), "dinov2_vits14", source="local", pretrained=False)
+    timm = load_backbone("dinov2_vits14", "timm", str(weights_file))
+    assert materializes_scores(official)
+    assert not materializes_scores(fused.vit) and not materializes_scores(timm.vit)
+    # 300 tokens a side: 6 heads x 300^2 scores outnumber the hidden layer's 4 x 300 x 384
+    imgsz = (300 * 14, 14)
+    pixels, features = 3 * 300 * 14**2, 4 * 300 * 384
+    assert forward_bytes("dinov2_vits14", 4, imgsz, 2, 4, scores=True) == 2 * 4 * (
+        pixels + features + 6 * 300**2
+    )
+    assert forward_bytes("dinov2_vits14", 4, imgsz, 2, 4) == 2 * 4 * (pixels + 2 * features)
 
 
 def test_a_hub_model_whose_attention_layers_are_not_recognized_runs_them_unchanged(caplog):
@@ -227,6 +248,16 @@ def test_attention_benchmark_compares_both_paths(capsys):
     assert "official attention" in out and "FusedAttention" in out
     difference = float(out.split("max abs difference ")[1].split(",")[0])
     assert difference < 1e-4
+
+
+def test_attention_benchmark_counts_the_official_scores_against_memory(monkeypatch):
+    """At 2800x2800 the official layers' scores alone take 36 GB (6 heads x 40,000^2 float32),
+    where FusedAttention's run needs 0.5 GB: the process was killed outright on the CPU."""
+    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
+    bench = load_benchmark("bench_attention")
+    argv = ["--hub-dir", str(FAKE_HUB), "--imgsz", "2800", "2800", "--device", "cpu"]
+    with pytest.raises(UserError, match=r"--imgsz 2800 2800 \(200x200 patches .* needs at least 3"):
+        bench.main(bench.get_args_parser().parse_args(argv))
 
 
 # --batch 0 and --imgsz 0 0 were tracebacks, --reps 0 printed "inf ms" and a speed-up of nan

@@ -735,3 +735,19 @@ def test_an_export_never_removes_a_file_at_the_int8_name_it_did_not_write(
     assert str(theirs) in str(caught.value) and "Move or rename it" in str(caught.value)
     assert [p.name for p in tmp_path.iterdir()] == [theirs.name]
     assert theirs.read_bytes() == before
+
+
+def test_a_size_that_cannot_fit_in_memory_is_refused_naming_only_export_flags(
+    tmp_path, checkpoint, monkeypatch
+):
+    """The check runs a batch of two: --imgsz 10000 10000 was killed outright on the CPU; and
+    export.py's out-of-memory advice named --batch, which it does not have."""
+    monkeypatch.setattr(utils, "free_memory", lambda device: 8 * 2**30)
+    monkeypatch.setattr(sys, "argv", ["export.py"])
+    out = tmp_path / "m.onnx"
+    argv = ["--model", str(checkpoint), "--output", str(out), "--imgsz", "10000", "10000"]
+    with pytest.raises(UserError) as caught:
+        export.main(export.get_args_parser().parse_args(argv))
+    assert re.search(r"--imgsz 10000 10000 .* at 2 images a batch needs", str(caught.value))
+    assert str(caught.value).endswith(": lower --imgsz") and "--batch" not in str(caught.value)
+    assert not list(tmp_path.iterdir())

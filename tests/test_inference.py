@@ -43,6 +43,7 @@ from metrics import ConfusionMatrix
 from model import (
     INT8_MIN_TORCH,
     Segmentor,
+    check_size_fits,
     load_backbone,
     load_checkpoint,
     save_checkpoint,
@@ -1772,6 +1773,33 @@ def test_cache_benchmark_refuses_a_size_or_device_before_generating_anything(
     monkeypatch.setattr(bench, "make_dataset", None)  # generating would call it
     with pytest.raises(UserError, match=message):
         bench.main(bench.get_args_parser().parse_args(flags))
+
+
+@pytest.mark.parametrize("tta", [[], ["--tta", "--tta-scales", "1", "2"]], ids=["plain", "tta"])
+def test_an_imgsz_that_cannot_fit_in_memory_is_refused_before_any_input(
+    tmp_path, checkpoint, tiny_data, monkeypatch, tta
+):
+    """--imgsz 10000 10000 on the CPU: the process was killed outright (SIGKILL), without a word.
+    With --tta its largest view counts: 5000 at scale 2 is 10000."""
+    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
+    size = "5000" if tta else "10000"
+    out = tmp_path / "out"
+    argv = ["--input", str(tiny_data / "valid_images"), "--model", str(checkpoint),
+            "--out-dir", str(out), "--imgsz", size, size, *tta]  # fmt: skip
+    with pytest.raises(UserError) as caught:
+        infer_image.main(infer_image.get_args_parser().parse_args(argv))
+    view = "its --tta-scales 2 view 10000x10000: " if tta else ""
+    assert re.fullmatch(
+        rf"--imgsz {size} {size} \({view}714x714 patches through dinov2_vits14\) at 4 images a "
+        r"batch needs at least \d+\.\d GB of memory, and this machine has 16\.0 GB free: lower "
+        r"--batch or --imgsz(, or the largest of --tta-scales)?",
+        str(caught.value),
+    ), str(caught.value)
+    assert not out.exists()
+    # the same 16 GB take the sizes that fit: the checkpoint's, and the default's at --batch 4
+    infer_image.main(infer_image.get_args_parser().parse_args(argv[:6]))
+    assert len(list(out.glob("*_mask.png"))) == len(list((tiny_data / "valid_images").iterdir()))
+    check_size_fits("dinov2_vitg14", (640, 640), 4, torch.device("cpu"))
 
 
 def test_cache_benchmark_names_its_own_flags_for_a_batch_of_one_patch(monkeypatch):

@@ -24,6 +24,7 @@ from PIL import Image
 
 import config
 import train
+import utils
 from config import (
     CLASS_KEYS,
     DEFAULT_CLASSES,
@@ -1290,6 +1291,36 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+def test_a_size_that_cannot_fit_in_memory_is_refused_before_training_or_scoring(
+    tmp_path, fresh_data, weights_file, trained, monkeypatch
+):
+    """--imgsz 10000 10000 on the CPU: the run was killed outright (SIGKILL), without a word;
+    --eval-only counts the largest --tta view."""
+    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
+    out = tmp_path / "out"
+    args = [*common(fresh_data, out, weights_file), "--imgsz", "10000", "10000"]
+    fits = r"patches through dinov2_vits14\) at 4 images a batch needs at least .* GB free"
+    with pytest.raises(UserError, match=rf"--imgsz 10000 10000 \(714x714 {fits}"):
+        run_train(args)
+    assert not list(out.glob("*.pth"))
+    scored = ["--eval-only", "--model", str(trained / "best_model_iou.pth"), "--data",
+              str(fresh_data), "--out-dir", str(out), "--workers", "0", "--batch", "4",
+              "--imgsz", "5000", "5000", "--tta", "--tta-scales", "1", "2"]  # fmt: skip
+    with pytest.raises(UserError, match=rf"--imgsz 5000 5000 \(its --tta-scales 2 view .*{fits}"):
+        run_train(scored)
+    assert not (out / "eval_metrics.json").exists()
+
+
+def test_training_benchmark_refuses_a_size_that_cannot_fit_in_memory(monkeypatch):
+    # its runs' processes were killed outright, one after another
+    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
+    bench = load_benchmark("bench_train")
+    monkeypatch.setattr(bench, "run_alone", None)  # a run would call it
+    args = bench.get_args_parser().parse_args(["--imgsz", "10000", "10000", "--device", "cpu"])
+    with pytest.raises(UserError, match=r"--imgsz 10000 10000 .* at 8 images a batch needs"):
+        bench.main(args)
 
 
 @pytest.mark.parametrize("flag", ["--lr", "--backbone-lr"])

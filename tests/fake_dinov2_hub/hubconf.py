@@ -22,8 +22,10 @@ from torch import nn
 
 dependencies = ["torch"]
 
-# the official layers modules warn like this when imported without xFormers
+# the official layers modules warn like this when imported without xFormers, and record it in
+# this flag, which MemEffAttention reads (as model.materializes_scores does)
 warnings.warn("xFormers is not available (Attention)", stacklevel=1)
+XFORMERS_AVAILABLE = False
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 # letter -> (embed_dim, depth, num_heads)
