@@ -229,7 +229,16 @@ def check_args(args: argparse.Namespace) -> None:
     check_utf8(args.output, "--output", "ONNX Runtime", "choose another name or folder")
     if not args.tolerance > 0:  # also refuses nan, which every comparison fails
         raise UserError(f"--tolerance must be positive, not {args.tolerance:g}")
-    check_int8_is_ours(args.output.with_suffix(".int8.onnx"), args.output)
+    int8 = args.output.with_suffix(".int8.onnx")
+    # the files an export writes or removes beside the graph: a folder there ended it in a
+    # traceback, after the graph was written
+    for name in (data_file(args.output), *((int8, data_file(int8)) if args.int8 else ())):
+        if name.is_dir():
+            raise UserError(
+                f"{name} is a folder, and exporting to --output {args.output} writes or removes "
+                "a file of that name: move or rename the folder, or choose another --output"
+            )
+    check_int8_is_ours(int8, args.output)
     # the graph's size is known only once exported: this asks only for room to start
     check_writable(
         args.output.parent, needed_bytes=2**20, flag="--output folder", purpose="the graph"

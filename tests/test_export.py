@@ -751,3 +751,17 @@ def test_a_size_that_cannot_fit_in_memory_is_refused_naming_only_export_flags(
     assert re.search(r"--imgsz 10000 10000 .* at 2 images a batch needs", str(caught.value))
     assert str(caught.value).endswith(": lower --imgsz") and "--batch" not in str(caught.value)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["m.onnx.data", "m.int8.onnx", "m.int8.onnx.data"])
+def test_a_folder_where_the_export_writes_a_file_is_refused_before_exporting(
+    tmp_path, checkpoint, name
+):
+    """os.replace and unlink met the folder after the graph was exported: IsADirectoryError."""
+    (tmp_path / name).mkdir()
+    argv = ["--model", str(checkpoint), "--output", str(tmp_path / "m.onnx"), "--int8"]
+    with pytest.raises(
+        UserError, match=rf"{re.escape(str(tmp_path / name))} is a folder, .* --output"
+    ):
+        export.main(export.get_args_parser().parse_args(argv))
+    assert [p.name for p in tmp_path.iterdir()] == [name]
