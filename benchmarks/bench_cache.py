@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import torch
 
 from config import add_device_flag, add_imgsz_flag, check_at_least, check_imgsz
+from model import check_size_fits
 from synthetic import PHOTO_SIZES, make_dataset, random_official_weights
 from train import check_batch_statistics
 from train import get_args_parser as train_args_parser
@@ -81,7 +82,9 @@ def main(args: argparse.Namespace) -> None:
     # the runs keep train.py's --batch: only --train can give a batch more images
     batch = train_args_parser().get_default("batch")
     check_batch_statistics(batch, args.train, args.imgsz, more_images="--train 2 or more")
-    pick_device(args.device)
+    device = pick_device(args.device)
+    # train.py's own check would advise its --batch; the runs train ViT-S/14 in float32
+    check_size_fits("dinov2_vits14", args.imgsz, batch, device)
     if args.epochs < 2:
         raise UserError(
             f"--epochs must be at least 2, not {args.epochs}: the speed-up is measured on the "

@@ -1815,6 +1815,20 @@ def test_cache_benchmark_names_its_own_flags_for_a_batch_of_one_patch(monkeypatc
     assert named <= {action.option_strings[0] for action in parser._actions}, named
 
 
+def test_cache_benchmark_refuses_a_size_that_cannot_fit_naming_only_its_flags(monkeypatch):
+    """train.py refused it after the dataset and the weights were generated, advising its
+    --batch and --accum, neither of which bench_cache.py has."""
+    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
+    monkeypatch.setattr(sys, "argv", ["benchmarks/bench_cache.py"])
+    bench = load_benchmark("bench_cache")
+    monkeypatch.setattr(bench, "make_dataset", None)  # generating would call it
+    with pytest.raises(UserError) as caught:
+        bench.main(bench.get_args_parser().parse_args(["--imgsz", "10000", "10000"]))
+    assert re.fullmatch(
+        r"--imgsz 10000 10000 .* at 8 images a batch needs .*: lower --imgsz", str(caught.value)
+    )
+
+
 def test_video_without_decodable_frames_fails_and_writes_nothing(tmp_path, checkpoint):
     data = mjpg_avi_bytes(tmp_path / "full.avi", frames=6)
     clip = tmp_path / "headers.avi"
