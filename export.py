@@ -17,6 +17,7 @@ the two together.
 import argparse
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -32,7 +33,14 @@ from model import (
     log_input_size,
     patch_aligned,
 )
-from utils import UserError, atomic_files, check_utf8, check_writable, run_script
+from utils import (
+    UserError,
+    atomic_files,
+    check_utf8,
+    check_writable,
+    existing_parent,
+    run_script,
+)
 
 log = logging.getLogger("dinoseg")
 
@@ -209,6 +217,7 @@ def check_int8(model: Segmentor, path: Path, imgsz, name: Path, fp32: Path) -> f
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flags before the checkpoint is loaded."""
     check_imgsz(args.imgsz)
+    check_name_length(args.output)
     if args.output.is_dir():
         raise UserError(
             f"--output {args.output} is a folder; name the .onnx file to write, such as "
@@ -243,6 +252,23 @@ def check_args(args: argparse.Namespace) -> None:
     check_writable(
         args.output.parent, needed_bytes=2**20, flag="--output folder", purpose="the graph"
     )
+
+
+def check_name_length(output: Path) -> None:
+    """Refuse an --output whose longest companion name, NAME.int8.onnx.data for NAME.onnx, is
+    longer than its folder's file system allows: every export looks for it (to replace or
+    remove it), and the first look ended in an ENAMETOOLONG traceback, after exporting."""
+    longest = data_file(output.with_suffix(".int8.onnx"))
+    base = existing_parent(output.parent)
+    limit = os.pathconf(base, "PC_NAME_MAX") if hasattr(os, "pathconf") else None
+    size = len(longest.name.encode(errors="surrogateescape"))
+    if limit and size > limit:
+        extra = size - len(output.name.encode(errors="surrogateescape"))
+        raise UserError(
+            f"--output {output} is too long a name: export.py writes {longest.name} beside it, "
+            f"and {base} takes names of at most {limit} bytes; name the graph in at most "
+            f"{limit - extra} bytes"
+        )
 
 
 def main(args: argparse.Namespace) -> None:

@@ -765,3 +765,19 @@ def test_a_folder_where_the_export_writes_a_file_is_refused_before_exporting(
     ):
         export.main(export.get_args_parser().parse_args(argv))
     assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+@pytest.mark.parametrize("stem_bytes", [250, 245])
+def test_an_output_name_too_long_for_its_companions_is_refused_before_exporting(
+    tmp_path, checkpoint, stem_bytes
+):
+    """NAME.int8.onnx.data, which every export looks for, past the file system's 255 bytes:
+    an ENAMETOOLONG traceback, from --output's own check (250) or after exporting (245)."""
+    if not hasattr(os, "pathconf") or os.pathconf(tmp_path, "PC_NAME_MAX") != 255:
+        pytest.skip("the names are sized for a file system of 255-byte names")
+    out = tmp_path / ("a" * stem_bytes + ".onnx")
+    argv = ["--model", str(checkpoint), "--output", str(out)]
+    with pytest.raises(UserError, match=r"too long a name: .* at most 255 bytes; name the graph in "
+                       r"at most 245 bytes"):  # fmt: skip
+        export.main(export.get_args_parser().parse_args(argv))
+    assert not list(tmp_path.iterdir())
