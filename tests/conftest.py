@@ -33,6 +33,20 @@ def load_benchmark(name: str) -> ModuleType:
     return module
 
 
+def small_memory(monkeypatch, gib: float) -> None:
+    """Report ``gib`` GiB of free memory on every device, and fail any forward pass through a
+    backbone at once: a test of a size refused for memory would otherwise run it, for hours or
+    until the machine's memory ran out, the moment the refusal stopped working."""
+    import model
+    import utils
+
+    def ran(*args, **kwargs):
+        raise AssertionError("a forward pass ran at a size that should have been refused")
+
+    monkeypatch.setattr(utils, "free_memory", lambda device: int(gib * 2**30))
+    monkeypatch.setattr(model.DinoBackbone, "forward", ran)
+
+
 def _can_mount_privately() -> bool:
     if shutil.which("unshare") is None:
         return False

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 import train
-import utils
 from config import BACKBONES, DEFAULT_CLASSES, official_weights_name, parse_args
-from conftest import FAKE_HUB, ROOT, load_benchmark
+from conftest import FAKE_HUB, ROOT, load_benchmark, small_memory
 from model import (
     FusedAttention,
     Segmentor,
@@ -253,7 +252,7 @@ def test_attention_benchmark_compares_both_paths(capsys):
 def test_attention_benchmark_counts_the_official_scores_against_memory(monkeypatch):
     """At 2800x2800 the official layers' scores alone take 36 GB (6 heads x 40,000^2 float32),
     where FusedAttention's run needs 0.5 GB: the process was killed outright on the CPU."""
-    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
+    small_memory(monkeypatch, 16)
     bench = load_benchmark("bench_attention")
     argv = ["--hub-dir", str(FAKE_HUB), "--imgsz", "2800", "2800", "--device", "cpu"]
     with pytest.raises(UserError, match=r"--imgsz 2800 2800 \(200x200 patches .* needs at least 3"):

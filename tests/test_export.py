@@ -18,7 +18,7 @@ from PIL import Image
 import export
 import infer_image
 import utils
-from conftest import FAKE_HUB, ORT_RUNS_INT8, ROOT
+from conftest import FAKE_HUB, ORT_RUNS_INT8, ROOT, small_memory
 from model import ONNX_FORMAT
 from utils import UserError
 
@@ -742,7 +742,7 @@ def test_a_size_that_cannot_fit_in_memory_is_refused_naming_only_export_flags(
 ):
     """The check runs a batch of two: --imgsz 10000 10000 was killed outright on the CPU; and
     export.py's out-of-memory advice named --batch, which it does not have."""
-    monkeypatch.setattr(utils, "free_memory", lambda device: 8 * 2**30)
+    small_memory(monkeypatch, 8)
     monkeypatch.setattr(sys, "argv", ["export.py"])
     out = tmp_path / "m.onnx"
     argv = ["--model", str(checkpoint), "--output", str(out), "--imgsz", "10000", "10000"]

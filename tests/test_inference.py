@@ -36,6 +36,7 @@ from conftest import (
     load_benchmark,
     needs_mount_namespace,
     run_bind_mounted,
+    small_memory,
 )
 from datasets import read_image, read_mask
 from engine import Predictor
@@ -1781,12 +1782,12 @@ def test_an_imgsz_that_cannot_fit_in_memory_is_refused_before_any_input(
 ):
     """--imgsz 10000 10000 on the CPU: the process was killed outright (SIGKILL), without a word.
     With --tta its largest view counts: 5000 at scale 2 is 10000."""
-    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
     size = "5000" if tta else "10000"
     out = tmp_path / "out"
     argv = ["--input", str(tiny_data / "valid_images"), "--model", str(checkpoint),
             "--out-dir", str(out), "--imgsz", size, size, *tta]  # fmt: skip
-    with pytest.raises(UserError) as caught:
+    with pytest.MonkeyPatch.context() as refusing, pytest.raises(UserError) as caught:
+        small_memory(refusing, 16)
         infer_image.main(infer_image.get_args_parser().parse_args(argv))
     view = "its --tta-scales 2 view 10000x10000: " if tta else ""
     assert re.fullmatch(
@@ -1797,6 +1798,7 @@ def test_an_imgsz_that_cannot_fit_in_memory_is_refused_before_any_input(
     ), str(caught.value)
     assert not out.exists()
     # the same 16 GB take the sizes that fit: the checkpoint's, and the default's at --batch 4
+    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
     infer_image.main(infer_image.get_args_parser().parse_args(argv[:6]))
     assert len(list(out.glob("*_mask.png"))) == len(list((tiny_data / "valid_images").iterdir()))
     check_size_fits("dinov2_vitg14", (640, 640), 4, torch.device("cpu"))
@@ -1818,7 +1820,7 @@ def test_cache_benchmark_names_its_own_flags_for_a_batch_of_one_patch(monkeypatc
 def test_cache_benchmark_refuses_a_size_that_cannot_fit_naming_only_its_flags(monkeypatch):
     """train.py refused it after the dataset and the weights were generated, advising its
     --batch and --accum, neither of which bench_cache.py has."""
-    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
+    small_memory(monkeypatch, 16)
     monkeypatch.setattr(sys, "argv", ["benchmarks/bench_cache.py"])
     bench = load_benchmark("bench_cache")
     monkeypatch.setattr(bench, "make_dataset", None)  # generating would call it

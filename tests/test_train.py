@@ -24,7 +24,6 @@ from PIL import Image
 
 import config
 import train
-import utils
 from config import (
     CLASS_KEYS,
     DEFAULT_CLASSES,
@@ -34,7 +33,7 @@ from config import (
     distinct_colors,
     parse_args,
 )
-from conftest import FAKE_HUB, ROOT, PixelClassifier, load_benchmark
+from conftest import FAKE_HUB, ROOT, PixelClassifier, load_benchmark, small_memory
 from datasets import SegmentationDataset, check_dataset, resize_image, resize_mask
 from engine import Predictor, evaluate
 from metrics import ConfusionMatrix
@@ -1298,7 +1297,7 @@ def test_a_size_that_cannot_fit_in_memory_is_refused_before_training_or_scoring(
 ):
     """--imgsz 10000 10000 on the CPU: the run was killed outright (SIGKILL), without a word;
     --eval-only counts the largest --tta view."""
-    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
+    small_memory(monkeypatch, 16)
     out = tmp_path / "out"
     args = [*common(fresh_data, out, weights_file), "--imgsz", "10000", "10000"]
     fits = r"patches through dinov2_vits14\) at 4 images a batch needs at least .* GB free"
@@ -1315,7 +1314,7 @@ def test_a_size_that_cannot_fit_in_memory_is_refused_before_training_or_scoring(
 
 def test_training_benchmark_refuses_a_size_that_cannot_fit_in_memory(monkeypatch):
     # its runs' processes were killed outright, one after another
-    monkeypatch.setattr(utils, "free_memory", lambda device: 16 * 2**30)
+    small_memory(monkeypatch, 16)
     bench = load_benchmark("bench_train")
     monkeypatch.setattr(bench, "run_alone", None)  # a run would call it
     args = bench.get_args_parser().parse_args(["--imgsz", "10000", "10000", "--device", "cpu"])
