@@ -1366,6 +1366,7 @@ def main(args: argparse.Namespace) -> None:
     backbone = load_backbone(
         args.backbone, args.backbone_source, args.weights, args.hub_dir, args.layers
     )
+    check_size_fits(backbone, args.imgsz, 1, torch.device("cpu"))
     model = Segmentor(backbone, args.num_classes).eval()
     w, h = args.imgsz
     images = torch.zeros(1, 3, h, w)

@@ -261,7 +261,7 @@ def run_script(main: Callable[[], None]) -> None:
 
 
 # the scripts that run a model but have no --batch, which the advice must not name
-WITHOUT_BATCH_FLAG = ("export.py", "bench_cache.py")
+WITHOUT_BATCH_FLAG = ("export.py", "bench_cache.py", "model.py")
 
 
 def memory_advice(argv: Sequence[str]) -> str:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from config import BACKBONES, DEFAULT_CLASSES, official_weights_name
-from conftest import FAKE_HUB
+from conftest import FAKE_HUB, small_memory
 from model import (
     DinoBackbone,
     Segmentor,
@@ -431,6 +431,24 @@ def test_model_summary_refuses_bad_sizes(flags, message):
 
     with pytest.raises(UserError, match=message):
         main(get_args_parser().parse_args(["--backbone-source", "timm", *flags]))
+
+
+def test_model_summary_refuses_a_size_that_cannot_fit_in_memory(monkeypatch):
+    """Its one image at --imgsz 10000 10000 was killed outright on the CPU; the advice names
+    only --imgsz, model.py having no --batch."""
+    from model import get_args_parser, main
+
+    small_memory(monkeypatch, 4)
+    monkeypatch.setattr(sys, "argv", ["model.py"])
+    with pytest.raises(UserError) as caught:
+        main(
+            get_args_parser().parse_args(["--backbone-source", "timm", "--imgsz", "10000", "10000"])
+        )
+    assert re.fullmatch(
+        r"--imgsz 10000 10000 \(714x714 patches through dinov2_vits14\) at 1 image a batch "
+        r"needs at least 7\.0 GB of memory, and this machine has 4\.0 GB free: lower --imgsz",
+        str(caught.value),
+    ), str(caught.value)
 
 
 def test_a_cast_network_keeps_the_pixel_normalization_exact():
