@@ -172,12 +172,11 @@ def _new_tensor_bytes(pixels: int, before: set[int]) -> int:
     return sum(n for ptr, n in storages.items() if ptr not in before)
 
 
-def test_resizing_a_few_classes_at_a_time_holds_no_chunk_when_it_resizes_the_next(monkeypatch):
-    # 7 classes of 30x40, two at a time: when a chunk is resized, what is held at the mask's
-    # size is the running maximum (4 bytes a pixel), the class ids and the comparison (1 each).
-    # The last chunk was held too, and max(0)'s maximum and int64 indices (12 bytes a pixel)
-    logits = torch.randn(7, 4, 5, generator=torch.Generator().manual_seed(0))
-    pixels, held = 30 * 40, []
+def _record_held_at_resizes(monkeypatch, pixels: int) -> tuple[list[int], object]:
+    """Make engine's F.interpolate record, at each call, the bytes of tensors of ``pixels``
+    elements or more made since this call (_new_tensor_bytes); returns that (growing) list and
+    the real interpolate."""
+    held = []
     before = {t.untyped_storage().data_ptr() for t in gc.get_objects() if type(t) is torch.Tensor}
     interpolate = F.interpolate
 
@@ -185,8 +184,18 @@ def test_resizing_a_few_classes_at_a_time_holds_no_chunk_when_it_resizes_the_nex
         held.append(_new_tensor_bytes(pixels, before))
         return interpolate(x, **kw)
 
-    monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", 2 * pixels)
     monkeypatch.setattr(engine.F, "interpolate", recorded)
+    return held, interpolate
+
+
+def test_resizing_a_few_classes_at_a_time_holds_no_chunk_when_it_resizes_the_next(monkeypatch):
+    # 7 classes of 30x40, two at a time: when a chunk is resized, what is held at the mask's
+    # size is the running maximum (4 bytes a pixel), the class ids and the comparison (1 each).
+    # The last chunk was held too, and max(0)'s maximum and int64 indices (12 bytes a pixel)
+    logits = torch.randn(7, 4, 5, generator=torch.Generator().manual_seed(0))
+    pixels = 30 * 40
+    monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", 2 * pixels)
+    held, interpolate = _record_held_at_resizes(monkeypatch, pixels)
     ids = engine._class_ids_in_chunks(logits, (30, 40))
     assert len(held) == 4 and max(held) <= 6 * pixels, held
     up = interpolate(logits[None], size=(30, 40), mode="bilinear", align_corners=False)[0]
@@ -198,16 +207,9 @@ def test_images_resized_in_groups_hold_no_group_when_the_next_is_resized(monkeyp
     # what is held at the frames' size is the first group's masks (1 byte a pixel), not also
     # its resized scores (4 bytes a pixel and class: 265 MB for 4 frames at 4K, the default)
     logits = torch.randn(4, 2, 4, 5, generator=torch.Generator().manual_seed(0))
-    pixels, held = 30 * 40, []
-    before = {t.untyped_storage().data_ptr() for t in gc.get_objects() if type(t) is torch.Tensor}
-    interpolate = F.interpolate
-
-    def recorded(x, **kw):
-        held.append(_new_tensor_bytes(pixels, before))
-        return interpolate(x, **kw)
-
+    pixels = 30 * 40
     monkeypatch.setattr(engine, "UPSAMPLE_ELEMENTS", 2 * 2 * pixels)
-    monkeypatch.setattr(engine.F, "interpolate", recorded)
+    held, interpolate = _record_held_at_resizes(monkeypatch, pixels)
     masks = Predictor._masks(logits, [(30, 40)] * 4)
     assert len(held) == 2 and held[1] <= 2 * pixels, held
     up = interpolate(logits, size=(30, 40), mode="bilinear", align_corners=False)
