@@ -1005,6 +1005,7 @@ def test_opencv_runs_on_one_thread_while_the_model_runs_on_the_cpu(
             "seconds": 1.0,
             "model_fps": 2.0,
             "fps": 2.0,
+            "in_time": True,
         }
 
     monkeypatch.setattr(infer_video, "segment_video", segment_video)
@@ -1391,7 +1392,10 @@ def test_int8_quantizes_the_backbone_and_keeps_the_masks_close(checkpoint, predi
 
 def test_the_scripts_pass_int8_and_compile_on_to_the_predictor(checkpoint, monkeypatch):
     asked = []
-    monkeypatch.setattr(Predictor, "from_checkpoint", lambda *a, **kw: asked.append(kw))
+    # no model: nothing to size
+    loaded = SimpleNamespace(model=SimpleNamespace(backbone=None), imgsz=None, tta=None)
+    monkeypatch.setattr(Predictor, "from_checkpoint", lambda *a, **kw: asked.append(kw) or loaded)
+    monkeypatch.setattr(engine, "check_size_fits", lambda *a, **kw: None)
     monkeypatch.setattr(engine, "int8_quantizer", lambda: None)  # torchao itself not needed
     cpu = torch.device("cpu")
     for flags in ({"int8": True}, {"compile": True}, {}):
