@@ -1,10 +1,13 @@
 """Shared fixtures: official-format random weights, tiny datasets and a prepared TORCH_HOME."""
 
+import getpass
 import importlib.util
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -86,6 +89,32 @@ def ctrl_c_raises():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tmpdir_under_basetemp(tmp_path_factory):
+    """The temporary files of the tests and of the processes they start go under pytest's own
+    temporary folder, which pytest prunes: torch's DataLoader workers (multiprocessing's pymp-*)
+    and torchrun (torchelastic_*) left folders in /tmp, those of a process the tests stop always.
+    tempfile.tempdir too: gettempdir() read TMPDIR once and keeps the answer.
+
+    Inductor's compile cache stays where torch puts it by default (TMP/torchinductor_USER): it
+    is meant to outlive a run, and compiling again what it holds is slow (one small graph: 24 s
+    against 6 s from the cache).
+    """
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a name (containers): torch's own fallback
+        user = f"uid_{os.getuid()}"
+    inductor_cache = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    folder = tmp_path_factory.mktemp("tmpdir")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(
+            "TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR", inductor_cache)
+        )
+        patch.setenv("TMPDIR", str(folder))
+        patch.setattr(tempfile, "tempdir", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
