@@ -69,6 +69,40 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Hold a Ctrl-C or SIGTERM that comes while the block runs, and raise it once the block
+    is done: for work that a stop must not cut midway, such as matplotlib drawing the curves,
+    whose figures and transforms are global state that an exception raised between two of its
+    steps may leave half-made. Only the main thread takes signals: elsewhere it holds nothing.
+    A signal left to another handler (ignored, or not run_script's) is left to it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[KeyboardInterrupt] = []
+
+    def hold_ctrl_c(signum, frame) -> None:
+        held.append(KeyboardInterrupt())
+
+    def hold_sigterm(signum, frame) -> None:
+        if not _stopping.is_set():  # once, as _terminate
+            _stopping.set()
+            held.append(Terminated())
+
+    ours = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _terminate}
+    holders = {signal.SIGINT: hold_ctrl_c, signal.SIGTERM: hold_sigterm}
+    previous = {n: signal.getsignal(n) for n in ours if signal.getsignal(n) is ours[n]}
+    for signum in previous:
+        signal.signal(signum, holders[signum])
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise held[0]
+
+
 def _stop_again(previous_hook: Callable, unraisable) -> None:
     """``sys.unraisablehook`` of the scripts: a stop raised in a finalizer is raised again.
 
@@ -1027,7 +1061,17 @@ CURVES = (
 
 
 def plot_curves(history: Sequence[dict], out_dir: Path) -> None:
-    """Redraw loss.png, accuracy.png and miou.png (train and valid curves) from metrics rows."""
+    """Redraw loss.png, accuracy.png and miou.png (train and valid curves) from metrics rows.
+
+    A Ctrl-C or SIGTERM meanwhile waits until they are drawn (stops_held): matplotlib keeps
+    its figures as global state, which a stop raised between two of its steps may leave
+    half-made.
+    """
+    with stops_held():
+        _draw_curves(history, out_dir)
+
+
+def _draw_curves(history: Sequence[dict], out_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1462,3 +1462,33 @@ def test_failed_runs_leave_no_folders_they_made_behind(tmp_path, checkpoint, mon
         with pytest.raises(UserError, match=message):
             run()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "images"], message
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stop_while_the_curves_are_drawn_waits_until_all_are_written(tmp_path, monkeypatch, stop):
+    # A stop raised inside matplotlib may leave its global figures half-made; held until the
+    # three curves are written, it is raised after them, as the same stop.
+    from matplotlib.figure import Figure
+
+    savefig, saved = Figure.savefig, []
+
+    def stopped_at_the_first(fig, *args, **kwargs):
+        if not saved:
+            os.kill(os.getpid(), stop)  # the handler runs before the next bytecode
+        saved.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", stopped_at_the_first)
+    row = {f"{s}_{k}": 0.5 for s in ("train", "valid") for k in ("loss", "acc", "miou")}
+    previous = signal.signal(signal.SIGTERM, utils._terminate)  # as run_script installs
+    try:
+        with pytest.raises(KeyboardInterrupt) as err:
+            utils.plot_curves([{"epoch": 1, **row}], tmp_path)
+        assert isinstance(err.value, utils.Terminated) == (stop == signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is utils._terminate  # given back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        utils._stopping.clear()
+    assert len(saved) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png", "loss.png", "miou.png"]
