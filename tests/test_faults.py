@@ -1481,6 +1481,7 @@ def test_a_stop_while_the_curves_are_drawn_waits_until_all_are_written(tmp_path,
     monkeypatch.setattr(Figure, "savefig", stopped_at_the_first)
     row = {f"{s}_{k}": 0.5 for s in ("train", "valid") for k in ("loss", "acc", "miou")}
     previous = signal.signal(signal.SIGTERM, utils._terminate)  # as run_script installs
+    utils._stopping.clear()  # an earlier test's run_script may have stopped
     try:
         with pytest.raises(KeyboardInterrupt) as err:
             utils.plot_curves([{"epoch": 1, **row}], tmp_path)
