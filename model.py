@@ -260,7 +260,7 @@ def check_size_fits(
     imgsz,
     batch: int,
     device: torch.device,
-    item_bytes: int | None = None,
+    dtype: torch.dtype | None = None,
     argv: list[str] | None = None,
     tta: tuple[list[float], bool] | None = None,
 ) -> None:
@@ -269,18 +269,18 @@ def check_size_fits(
     outright (SIGKILL), without a word.
 
     ``backbone`` is a built one (its blocks, weights' dtype and attention path), or the name of
-    one to be built with its default blocks and FusedAttention. ``item_bytes`` overrides the
-    weights' dtype's (2 under autocast); ``argv`` is the command line the advice speaks of
-    (sys.argv by default); with ``tta`` (scales, flip) the largest scale's view is what runs.
+    one to be built with its default blocks and FusedAttention. ``dtype``: the activations'
+    where it is not the weights' (an autocast's; None where it is off). ``argv`` is the command
+    line the advice speaks of (sys.argv by default); with ``tta`` (scales, flip) the largest
+    scale's view is what runs.
     """
     if isinstance(backbone, str):
-        name, blocks, scores, dtype = backbone, BACKBONES[backbone].head_blocks, False, None
+        name, blocks, scores, weights = backbone, BACKBONES[backbone].head_blocks, False, None
     else:
         name, blocks = backbone.name, backbone.blocks
         scores = materializes_scores(backbone.vit)
-        dtype = backbone.vit.patch_embed.proj.weight.dtype
-    if item_bytes is None:
-        item_bytes = 4 if dtype is None else dtype.itemsize
+        weights = backbone.vit.patch_embed.proj.weight.dtype
+    item_bytes = (dtype or weights or torch.float32).itemsize
     w, h = imgsz
     scale = max(tta[0]) if tta else 1.0
     # sized as engine.tta_probs sizes a view

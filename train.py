@@ -361,9 +361,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
     model = build_model(args, classes, device, ckpt, start)
     log_input_size(imgsz)
-    item_bytes = autocast.itemsize if autocast else None
     check_on_main_process(
-        lambda: check_size_fits(model.backbone, imgsz, args.batch, device, item_bytes)
+        lambda: check_size_fits(model.backbone, imgsz, args.batch, device, autocast)
     )
     # as soon as the model's size is known: before the cache and training
     needed = checkpoint_space(model, args.out_dir)
@@ -1450,9 +1449,8 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     classes = trained
     imgsz = tuple(args.imgsz or ckpt["imgsz"])
     log_input_size(imgsz)
-    item_bytes = autocast.itemsize if autocast else None
     check_on_main_process(
-        lambda: check_size_fits(model.backbone, imgsz, args.batch, device, item_bytes, tta=tta)
+        lambda: check_size_fits(model.backbone, imgsz, args.batch, device, autocast, tta=tta)
     )
     # decided by rank 0, so that a recorded --data that is gone is said once; a machine that
     # lacks the dataset is then named by checked_pairs

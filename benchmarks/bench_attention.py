@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> None:
         vit.load_state_dict(torch.load(weights, weights_only=True), strict=True)
     official = DinoBackbone(vit, name, "hub", fused.blocks).eval()
     # the official attention's scores take the most
-    check_size_fits(official, args.imgsz, args.batch, device, dtype.itemsize)
+    check_size_fits(official, args.imgsz, args.batch, device, dtype)
     w, h = args.imgsz
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, h, w, generator=g).to(device, dtype)

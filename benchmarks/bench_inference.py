@@ -444,7 +444,7 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model, classes, imgsz = bench_model(args, device)  # the naive model; the fast one replaces it
     check_size_fits(model.backbone, imgsz, 1, device)  # the naive row's float32 batch of one
-    check_size_fits(model.backbone, imgsz, args.batch, device, dtype.itemsize)
+    check_size_fits(model.backbone, imgsz, args.batch, device, dtype)
     weights = args.model or "random weights (no --model)"
     print(f"model {model.backbone.name} via {model.backbone.source}, {weights}")
     flops, rate32, floor = flop_floor(model, imgsz, args, device, dtype)

@@ -231,7 +231,8 @@ def main(args: argparse.Namespace) -> None:
     for amp in modes:
         amp_dtype(amp, device, training=True)  # refuse an unsupported precision before any run
     # the float32 run, where there is one, holds the most
-    check_size_fits(args.backbone, args.imgsz, args.batch, device, 4 if "off" in modes else 2)
+    widest = torch.float32 if "off" in modes else torch.bfloat16
+    check_size_fits(args.backbone, args.imgsz, args.batch, device, widest)
     w, h = args.imgsz
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(

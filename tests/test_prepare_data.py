@@ -32,6 +32,13 @@ def run(*argv: str) -> None:
     prepare_data.main(prepare_data.get_args_parser().parse_args(list(argv)))
 
 
+def run_coco(tmp_path: Path, ann: Path, out: Path, *flags: str) -> None:
+    """prepare_data coco with the annotations ``ann`` of coco_fixture's images (under
+    ``tmp_path``/coco) into ``out``."""
+    images = str(tmp_path / "coco/images")
+    run("coco", "--annotations", str(ann), "--images", images, "--out", str(out), *flags)
+
+
 def voc_fixture(root):
     """Three images: person (15) and dog (12) pixels, a 255 border, official-style lists."""
     (root / "JPEGImages").mkdir(parents=True)
@@ -118,8 +125,7 @@ def coco_fixture(root):
 def test_coco_polygons_rle_crowds_and_overlaps(tmp_path, capsys):
     ann = coco_fixture(tmp_path / "coco")
     out = tmp_path / "coco_out"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--classes", "person", "dog", "--valid-every", "2")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--classes", "person", "dog", "--valid-every", "2")
     mask = np.asarray(Image.open(out / "train_masks" / "a.png"))
     assert mask[12, 12] == 1  # the small person stays on top of the big dog
     assert mask[20, 20] == 2  # dog
@@ -154,8 +160,7 @@ def test_ignore_only_masks_of_voc_and_coco_imports_are_not_called_0_255(tmp_path
     data["annotations"].append(crowd_only)
     ann.write_text(json.dumps(data))
     coco = tmp_path / "coco_person"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(coco), "--classes", "person", "--valid-every", "2")  # fmt: skip
+    run_coco(tmp_path, ann, coco, "--classes", "person", "--valid-every", "2")
     for out, mask in ((voc, "train_masks/2007_000000.png"), (coco, "train_masks/d.png")):
         assert np.unique(np.asarray(Image.open(out / mask))).tolist() == [0, 255]
         check_dataset(out, DEFAULT_CLASSES)
@@ -212,8 +217,7 @@ def test_coco_overlaps_follow_the_drawn_sizes_whatever_area_says(tmp_path):
     data["annotations"][:2] = [person, dog]
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2", "--classes", "person", "dog")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2", "--classes", "person", "dog")
     mask = np.asarray(Image.open(out / "train_masks" / "a.png"))
     assert mask[12, 12] == 1 and (mask == 1).sum() == 25 and mask[20, 20] == 2
 
@@ -244,8 +248,7 @@ def test_coco_unknown_category_is_named(tmp_path):
     with pytest.raises(
         UserError, match=r"no categories \['zebra'\]; it has \['cat', 'dog', 'person'\]"
     ):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--classes", "zebra")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--classes", "zebra")
 
 
 def test_coco_annotations_of_a_category_no_entry_defines_are_named(tmp_path):
@@ -262,8 +265,7 @@ def test_coco_annotations_of_a_category_no_entry_defines_are_named(tmp_path):
         match=r"instances\.json: 3 annotation\(s\) \(2, 4, 6\) have a category_id that no entry "
         r"of its categories has \(0, 90\): .*Add those categories to its categories list",
     ):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--valid-every", "2")
     assert not (tmp_path / "o").exists()
 
 
@@ -627,8 +629,7 @@ def test_coco_polygons_in_fractions_of_the_image_are_named(tmp_path):
     ann.write_text(json.dumps(data))
     message = r"every polygon vertex of its annotations of \['person', 'dog'\] lies within 0 to 1"
     with pytest.raises(UserError, match=rf"{message}: .*multiply x by the image's width"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--classes", "person", "dog")
     assert not (tmp_path / "o").exists()
 
 
@@ -642,8 +643,7 @@ def test_coco_degenerate_polygons_cover_nothing(tmp_path):
     del person["area"]  # optional here: computed from the mask when missing
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2")
     mask = np.asarray(Image.open(out / "valid_masks" / "b.png"))
     assert mask[25, 25] == 1 and mask[3, 41] == 0 and mask[10, 45] == 0
     assert (mask == 1).sum() == 100  # the 10x10 box and nothing else
@@ -652,8 +652,7 @@ def test_coco_degenerate_polygons_cover_nothing(tmp_path):
     person["segmentation"] = [[22, 22], [22, 22], [25, 25], [28, 28]]  # no area, as one polygon
     person["bbox"] = [20, 20, 10, 10]
     ann.write_text(json.dumps(data))
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2", "--force")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2", "--force")
     mask = np.asarray(Image.open(out / "valid_masks" / "b.png"))
     assert (mask == 255).sum() == 100 and (mask == 1).sum() == 0
 
@@ -676,8 +675,7 @@ def test_coco_objects_with_a_box_and_no_mask_are_ignored_not_background(
     data["annotations"][0]["bbox"] = [5, 5, 30, 20]  # the dog's, beside its polygon: unused
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2", "--classes", "person", "dog")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2", "--classes", "person", "dog")
     box = np.zeros((40, 50), bool)
     box[20:30, 20:30] = True
     assert (np.asarray(Image.open(out / "valid_masks" / "b.png")) == np.where(box, 255, 0)).all()
@@ -714,8 +712,7 @@ def test_coco_an_object_without_a_mask_or_a_box_is_named(tmp_path, bbox):
         message = r"annotation 4's bbox is .*, not \[x, y, width, height\]"
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=rf"{re.escape(str(ann))}: {message}"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--valid-every", "2")
     assert not (tmp_path / "o").exists()
 
 
@@ -728,8 +725,7 @@ def test_a_coco_export_of_boxes_alone_is_refused(tmp_path):
         entry["segmentation"], entry["bbox"] = [], [1, 1, 4, 4]
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=r"none of the 4 annotations of \['person', 'dog'\] has"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--classes", "person", "dog")
     assert not (tmp_path / "o").exists()
 
 
@@ -853,8 +849,7 @@ def test_coco_names_differing_only_in_case_are_named(tmp_path):
 def test_repeated_classes_are_named_with_the_flag(tmp_path, classes):
     ann = coco_fixture(tmp_path / "coco")
     with pytest.raises(UserError, match=r"--classes names \['\w+'\] twice"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "out"), "--classes", *classes)  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "out", "--classes", *classes)
     assert not (tmp_path / "out").exists()
 
 
@@ -866,8 +861,7 @@ def test_coco_absolute_file_names_stay_inside_out(tmp_path):
     data["images"][1]["file_name"] = str(tmp_path / "coco/images/b.jpg")
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2")
     flat = "_".join((tmp_path / "coco/images").parts[1:]) + "_b.jpg"
     assert (out / "train_images" / flat).is_file()
     assert len(check_dataset(out, DEFAULT_CLASSES)["train"]) == 1
@@ -881,8 +875,7 @@ def test_coco_file_names_climbing_out_of_their_folder_are_not_hidden_in_out(tmp_
     data["images"][1]["file_name"] = "../images/b.jpg"  # read from --images/../images
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2")
     assert not [p for p in out.rglob(".*")]
     assert [len(pairs) for pairs in check_dataset(out, DEFAULT_CLASSES).values()] == [1, 1]
 
@@ -964,8 +957,7 @@ def test_coco_malformed_entries_are_named(tmp_path, defect):
         message = r"annotation 1 lacks 'category_id'"
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=rf"{ann}.*{message}"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--classes", "person", "dog")
     assert not (tmp_path / "o").exists()
 
 
@@ -978,8 +970,7 @@ def test_coco_sides_written_as_whole_floats_are_read(tmp_path):
         image["height"], image["width"] = float(image["height"]), float(image["width"])
     ann.write_text(json.dumps(data))
     out = tmp_path / "o"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2")
     assert np.asarray(Image.open(out / "train_masks" / "a.png")).shape == (40, 50)
 
 
@@ -996,8 +987,7 @@ def test_coco_sides_left_out_are_read_from_the_image(tmp_path):
     exif[0x0112] = 6  # shown turned a quarter, 40x50: its person (x and y 20-30) fits both
     photo.save(tmp_path / "coco/images/b.jpg", exif=exif)
     out = tmp_path / "o"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2")
     a = np.asarray(Image.open(out / "train_masks" / "a.png"))
     assert a.shape == (40, 50) and a[12, 12] == 1 and a[32, 42] == 255
     b = np.asarray(Image.open(out / "valid_masks" / "b.png"))
@@ -1006,8 +996,7 @@ def test_coco_sides_left_out_are_read_from_the_image(tmp_path):
     data["images"][1]["width"] = 50  # given, and not the file's: still named
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=r"image 2 \(b\.jpg\) has width 50, height 50, but"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o2"), "--valid-every", "2")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o2", "--valid-every", "2")
 
 
 @pytest.mark.parametrize("defect", ["size", "corrupt"])
@@ -1029,8 +1018,7 @@ def test_voc_and_coco_images_training_would_refuse_are_named(tmp_path, defect):
     with pytest.raises(UserError, match=voc):
         run("voc", "--root", str(root), "--out", str(tmp_path / "voc"))
     with pytest.raises(UserError, match=coco):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--valid-every", "2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012", "coco"]
 
 
@@ -1047,8 +1035,7 @@ def test_coco_photos_annotated_unturned_are_named_with_their_exif_fix(tmp_path):
         match=r"image 2 \(b\.jpg\) has width 50, height 40, .*b\.jpg as stored, but its EXIF "
         r"orientation turns it to 40x50.*Orientation of every photo it annotated to 1",
     ):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--valid-every", "2")
     assert not (tmp_path / "o").exists()
 
 
@@ -1093,8 +1080,7 @@ def test_coco_images_of_formats_training_skips_are_named(tmp_path):
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=r"instances\.json names images training does not read"
                        r".*: a\.gif, b; .*\.png"):  # fmt: skip
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--valid-every", "2")
     assert not (tmp_path / "o").exists()
 
 
@@ -1106,8 +1092,7 @@ def test_coco_categories_sharing_a_name_are_all_kept(tmp_path):
     data["annotations"][3]["category_id"] = 99  # image b's person
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2")
     assert np.asarray(Image.open(out / "train_masks" / "a.png"))[12, 12] == 1
     assert np.asarray(Image.open(out / "valid_masks" / "b.png"))[25, 25] == 1
 
@@ -1122,8 +1107,7 @@ def test_coco_an_entry_listed_twice_alike_is_one(tmp_path, kind):
     data[kind].append(dict(data[kind][1] if kind == "images" else data[kind][0]))
     ann.write_text(json.dumps(data))
     out = tmp_path / "out"
-    run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-        "--out", str(out), "--valid-every", "2")  # fmt: skip
+    run_coco(tmp_path, ann, out, "--valid-every", "2")
     classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
     assert classes.names == ("background", "person")
     mask = np.asarray(Image.open(out / "valid_masks" / "b.png"))
@@ -1146,8 +1130,7 @@ def test_coco_ids_given_twice_are_named(tmp_path, kind):
         message = r"category id 1 is given to person and car"
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=rf"{re.escape(str(ann))}: {message}, .*renumber the ids"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--classes", "person", "cat")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--classes", "person", "cat")
     assert not (tmp_path / "o").exists()
 
 
@@ -1161,8 +1144,7 @@ def test_coco_one_file_under_two_image_ids_is_named_as_such(tmp_path):
                                 "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]})  # fmt: skip
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=r"lists a\.jpg as images 1 and 9: .*under that image's id"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--classes", "person", "dog")
     assert not (tmp_path / "o").exists()
 
 
@@ -1186,8 +1168,7 @@ def test_coco_ids_written_as_texts_in_one_list_are_named(tmp_path, kind):
         message = r"annotation 1's category_id is 18, and its categories have the id '18'"
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=rf"{message}: a text .*write the ids one way"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--classes", "person", "dog")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--classes", "person", "dog")
     assert not (tmp_path / "o").exists()
 
 
@@ -1307,8 +1288,7 @@ def test_lists_cut_at_five_in_messages_say_there_are_more(tmp_path):
                                         "segmentation": [[0, 0, 9, 0, 9, 9]]})  # fmt: skip
     ann.write_text(json.dumps(data))
     with pytest.raises(UserError, match=r"x3\.jpg and x3\.png, x4\.jpg and x4\.png \.\.\.; rename"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"))  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o")
     mine = folder_fixture(tmp_path / "mine", n=2)
     for k in range(6):
         (mine / "split" / f"part{k}").mkdir(parents=True)
@@ -2047,8 +2027,7 @@ def test_coco_images_flag_that_does_not_hold_the_file_names_gets_a_hint(tmp_path
         "/data/upload/1/a.jpg": r"; --images holds a\.jpg: write file_name entries relative to",
     }[file_name]
     with pytest.raises(UserError, match=rf"names {file_name}, missing from --images \S*{hint}"):
-        run("coco", "--annotations", str(ann), "--images", str(tmp_path / "coco/images"),
-            "--out", str(tmp_path / "o"), "--valid-every", "2")  # fmt: skip
+        run_coco(tmp_path, ann, tmp_path / "o", "--valid-every", "2")
     assert not (tmp_path / "o").exists()
 
 
