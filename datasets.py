@@ -42,6 +42,7 @@ from config import (
 from utils import (
     UserError,
     first_few,
+    link_or_copy,
     network_timeout,
     new_folder,
     shell_quote,
@@ -1522,12 +1523,16 @@ def split_of(position: int, every: int) -> str:
     return "valid" if position % every == every - 1 else "train"
 
 
-def write_pair(folder: Path, split: str, name: str, image_bytes: bytes, mask: np.ndarray) -> None:
+def write_pair(folder: Path, split: str, name: str, image: bytes | Path, mask: np.ndarray) -> None:
     """Write one pair into the dataset layout under ``folder``: the image's bytes as they are,
-    named ``name``, and the (H, W) class ids as a PNG of the same stem."""
+    named ``name`` (``image`` a file: hard-linked to it, or copied, as utils.link_or_copy
+    does), and the (H, W) class ids as a PNG of the same stem."""
     (folder / f"{split}_images").mkdir(parents=True, exist_ok=True)
     (folder / f"{split}_masks").mkdir(parents=True, exist_ok=True)
-    (folder / f"{split}_images" / name).write_bytes(image_bytes)
+    if isinstance(image, Path):
+        link_or_copy(image, folder / f"{split}_images" / name)
+    else:
+        (folder / f"{split}_images" / name).write_bytes(image)
     mask_image = Image.fromarray(mask.astype(np.uint8))
     write_image(folder / f"{split}_masks" / f"{Path(name).stem}.png", mask_image, "PNG")
 

@@ -8,6 +8,8 @@
     python prepare_data.py folder --images DIR/images --masks DIR/masks --out data/mine
     python prepare_data.py roboflow --root EXPORT --out data/mine
     python prepare_data.py cvat --root EXPORT --out data/mine
+    python prepare_data.py cityscapes --root DIR --out data/cityscapes
+    python prepare_data.py ade20k --root ADEChallengeData2016 --out data/ade20k
 
 Each writes train_images/, train_masks/, valid_images/, valid_masks/ (class-index PNG masks,
 255 = ignore) and classes.yaml, then reports the images and pixels per class. Train with
@@ -15,6 +17,8 @@ Each writes train_images/, train_masks/, valid_images/, valid_masks/ (class-inde
 that layout whose masks are 0/255 images (255 = the class, not ignore) and maps 255 to 1.
 ``folder`` splits one folder of images and one of masks into train and valid; ``roboflow`` reads
 Roboflow's "Semantic Segmentation Masks" export, ``cvat`` CVAT's "Segmentation mask 1.1" one.
+``cityscapes`` and ``ade20k`` read the two benchmarks as they unzip, their label-id masks mapped
+to the benchmark's training classes, and hard-link their images (copies on another disk).
 """
 
 import argparse
@@ -88,6 +92,23 @@ VOC_CLASSES = (
     "train", "tvmonitor",
 )  # fmt: skip
 VALID_EVERY = 5  # --valid-every's default (valid_every)
+# Cityscapes' 19 training classes: name, label id in *_gtFine_labelIds.png, colour, as its label
+# table gives them; every other label id (unlabeled, ego vehicle, ground, parking, guard rail,
+# bridge, tunnel, polegroup, caravan, trailer, license plate...) is not evaluated: ignore
+CITYSCAPES_CLASSES = (
+    ("road", 7, (128, 64, 128)), ("sidewalk", 8, (244, 35, 232)), ("building", 11, (70, 70, 70)),
+    ("wall", 12, (102, 102, 156)), ("fence", 13, (190, 153, 153)), ("pole", 17, (153, 153, 153)),
+    ("traffic light", 19, (250, 170, 30)), ("traffic sign", 20, (220, 220, 0)),
+    ("vegetation", 21, (107, 142, 35)), ("terrain", 22, (152, 251, 152)),
+    ("sky", 23, (70, 130, 180)), ("person", 24, (220, 20, 60)), ("rider", 25, (255, 0, 0)),
+    ("car", 26, (0, 0, 142)), ("truck", 27, (0, 0, 70)), ("bus", 28, (0, 60, 100)),
+    ("train", 31, (0, 80, 100)), ("motorcycle", 32, (0, 0, 230)), ("bicycle", 33, (119, 11, 32)),
+)  # fmt: skip
+# our split: the benchmark's folder (Cityscapes' test/ has no public labels; ADE20K's zip no test)
+CITYSCAPES_SPLITS = {"train": "train", "valid": "val"}
+CITYSCAPES_IMAGE, CITYSCAPES_MASK = "_leftImg8bit.png", "_gtFine_labelIds.png"  # name endings
+ADE20K_SPLITS = {"train": "training", "valid": "validation"}
+ADE20K_CLASSES = 150  # label 0 is "other", not evaluated: ignore
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -192,6 +213,29 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="a CVAT 'Segmentation mask 1.1' export",
     )
     source(cvat, "--root", "DIR", "the folder with labelmap.txt, JPEGImages/, SegmentationClass/")
+    linked = (
+        "; images are hard links to its files (copies where --out is on another disk), "
+        "masks class-index PNGs of its training classes"
+    )
+    cityscapes = sub.add_parser(
+        "cityscapes",
+        parents=[common],
+        help="Cityscapes' fine annotations: train and val (as valid)",
+        description="Cityscapes' gtFine train and val splits, val as valid" + linked,
+    )
+    source(cityscapes, "--root", "DIR", "the folder with leftImg8bit/ and gtFine/")
+    ade20k = sub.add_parser(
+        "ade20k",
+        parents=[common],
+        help="ADE20K (ADEChallengeData2016, MIT Scene Parsing): training and validation",
+        description="ADEChallengeData2016's training and validation splits" + linked,
+    )
+    source(
+        ade20k,
+        "--root",
+        "DIR",
+        "ADEChallengeData2016, the folder with images/, annotations/, objectInfo150.txt",
+    )
     return parser
 
 
@@ -1118,10 +1162,12 @@ def convert_pairs(
     classes: ClassConfig,
     out: Path,
     names: dict[Path, str] | None = None,
+    link: bool = False,
 ) -> dict[str, int | str]:
     """Check each pair as training does (unreadable files, mask values or colours outside
     ``classes``, a mask of another size than its image) and write the pairs into ``out`` with
-    class-index PNG masks, images copied unchanged under their ``names`` (default: their own).
+    class-index PNG masks, images copied unchanged under their ``names`` (default: their own),
+    or hard-linked where ``link`` (utils.link_or_copy).
 
     Every problem, those given and each pair's, is raised at once (DatasetError), and then
     nothing is written.
@@ -1154,7 +1200,7 @@ def convert_pairs(
             any_class |= bool(counts[: classes.num_classes].any())
             if not problems:  # otherwise nothing is kept: the pairs are only checked
                 name = names[image] if names else image.name
-                write_pair(out, split, name, image.read_bytes(), ids)
+                write_pair(out, split, name, image if link else image.read_bytes(), ids)
     problems += renumbered_palettes(used_ids)
     if classes.mask_ids is not None and not any_class and not problems:
         # as check_dataset refuses it: masks of ignore alone
@@ -1455,6 +1501,158 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
     return {**kinds, "unannotated": len(matched.unmasked), **unlisted}
 
 
+def cityscapes_folder(root: Path, name: str, zip_name: str) -> Path:
+    """``root``/``name`` (leftImg8bit or gtFine, as ``zip_name`` unzips), or a UserError that
+    says how to get it there."""
+    folder = root / name
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        hint = f" (a file of that name): unzip {zip_name} into {root}"
+    elif root.name in ("leftImg8bit", "gtFine") and (root.parent / name).is_dir():
+        hint = f": --root is its {root.name}/ folder; pass --root {root.parent}"
+    elif (root / zip_name).is_file():
+        hint = f": unzip {root / zip_name} into {root} first"
+    else:
+        hint = (
+            f": download {zip_name} from cityscapes-dataset.com and unzip it into {root}, "
+            "beside leftImg8bit/ and gtFine/"
+        )
+        if name == "gtFine" and (root / "gtCoarse").is_dir():
+            hint += "; gtCoarse/ is not read: the benchmark's labels are gtFine's"
+    raise UserError(f"no {name}/ under --root {root}{hint}")
+
+
+def _cityscapes_split(images: Path, labels: Path) -> tuple[list[Pair], list[str]]:
+    """The (image, label-id mask) pairs of one split's CITY/ folders, by name, and its problems:
+    a folder missing, an image without its mask, a mask without its image. Other files of
+    gtFine (*_color.png, *_instanceIds.png, *_polygons.json) are not read."""
+    problems = []
+    for folder in (images, labels):
+        if not folder.is_dir():
+            what = "a file, not a folder" if folder.exists() else "folder missing"
+            problems.append(f"{folder}: {what}")
+    if problems:
+        return [], problems
+    found = [
+        {
+            p.relative_to(folder).as_posix().removesuffix(ending): p
+            for p in _image_files(folder, nested=True)
+            if p.name.endswith(ending)
+        }
+        for folder, ending in ((images, CITYSCAPES_IMAGE), (labels, CITYSCAPES_MASK))
+    ]
+    by_item, masks = found
+    problems += [
+        f"{p}: image without its mask {labels / (item + CITYSCAPES_MASK)}"
+        for item, p in by_item.items()
+        if item not in masks
+    ]
+    problems += [
+        f"{p}: mask without its image {images / (item + CITYSCAPES_IMAGE)}"
+        for item, p in masks.items()
+        if item not in by_item
+    ]
+    if not by_item and not masks:
+        problems.append(f"{images}: no CITY/NAME{CITYSCAPES_IMAGE} image")
+    return [(by_item[item], masks[item]) for item in sorted(by_item) if item in masks], problems
+
+
+def convert_cityscapes(root: Path, out: Path, classes: ClassConfig) -> dict[str, int | str]:
+    """Cityscapes as its two zips unzip into ``root``: leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png
+    and gtFine/SPLIT/CITY/NAME_gtFine_labelIds.png, read through ``classes``' MASK_IDS. Its
+    train is train, its val valid; test, whose labels are not public, is left out. Images keep
+    their names without _leftImg8bit (CITY_SEQ_FRAME.png), hard-linked.
+
+    Returns:
+        convert_pairs's counts, and {"unlabelled test": the images in leftImg8bit/test,
+        "test folder": that folder}
+    """
+    images_root = cityscapes_folder(root, "leftImg8bit", "leftImg8bit_trainvaltest.zip")
+    labels_root = cityscapes_folder(root, "gtFine", "gtFine_trainvaltest.zip")
+    splits, problems = {}, []
+    for split, folder in CITYSCAPES_SPLITS.items():
+        splits[split], found = _cityscapes_split(images_root / folder, labels_root / folder)
+        problems += found
+    images = images_of(splits)
+    names = {i: i.name.removesuffix(CITYSCAPES_IMAGE) + ".png" for s in images.values() for i in s}
+    problems += [  # a city's image copied into another city's folder
+        f"{images_root}: {' and '.join(same)} would share one name in --out; keep one of them"
+        for same in _stem_clashes([(str(i.relative_to(images_root)), n) for i, n in names.items()])
+    ]
+    train, valid = (images_root / CITYSCAPES_SPLITS[split] for split in SPLITS)
+    problems += copies_across(images, train, valid)
+    kinds = convert_pairs(root, splits, problems, classes, out, names, link=True)
+    test = images_root / "test"
+    files = _image_files(test, nested=True) if test.is_dir() else []
+    count = sum(p.name.endswith(CITYSCAPES_IMAGE) for p in files)
+    return {**kinds, "unlabelled test": count, "test folder": str(test)}
+
+
+def check_ade20k_root(root: Path) -> None:
+    """Refuse a ``root`` that is not ADEChallengeData2016 as its zip unzips, saying which."""
+    inner = root / "ADEChallengeData2016"
+    for name in ("images/", "annotations/", "objectInfo150.txt"):
+        path = root / name
+        if path.is_dir() if name.endswith("/") else path.is_file():
+            continue
+        if inner.is_dir():
+            hint = f"; pass --root {inner}"
+        elif (root / "ADEChallengeData2016.zip").is_file():
+            hint = f": unzip {root / 'ADEChallengeData2016.zip'} first, then pass --root {inner}"
+        elif root.name in ("images", "annotations") and (root.parent / name).exists():
+            hint = f": --root is its {root.name}/ folder; pass --root {root.parent}"
+        else:
+            hint = (
+                ": --root must be ADEChallengeData2016 as ADEChallengeData2016.zip (the MIT "
+                "Scene Parsing release) unzips, with images/, annotations/ and objectInfo150.txt"
+            )
+        raise UserError(f"no {name} under --root {root}{hint}")
+
+
+def read_ade20k_names(root: Path) -> list[str]:
+    """The class names of ADEChallengeData2016/objectInfo150.txt: after a header, a line per
+    label id 1 to 150, "Idx<TAB>Ratio<TAB>Train<TAB>Val<TAB>Name" where Name lists the class's
+    synonyms ("building, edifice"), the first of which names it here."""
+    path = root / "objectInfo150.txt"
+    lines = [line for line in text_lines(path) if line.strip()]
+    if lines and not lines[0].split("\t")[0].strip().isdigit():
+        lines = lines[1:]  # the header
+    names = []
+    for line in lines:
+        fields = line.split("\t")
+        name = fields[-1].split(",")[0].strip()
+        if len(fields) < 2 or fields[0].strip() != str(len(names) + 1) or not name:
+            raise UserError(
+                f"{path}: the line {line!r} is not label {len(names) + 1}'s "
+                "'Idx<TAB>Ratio<TAB>Train<TAB>Val<TAB>Name'; use the file ADEChallengeData2016.zip "
+                "holds"
+            )
+        names.append(name)
+    if len(names) != ADE20K_CLASSES:
+        raise UserError(
+            f"{path} lists {len(names)} classes, not ADE20K's {ADE20K_CLASSES}; use the file "
+            "ADEChallengeData2016.zip holds"
+        )
+    return names
+
+
+def convert_ade20k(root: Path, out: Path, classes: ClassConfig) -> dict[str, int | str]:
+    """ADEChallengeData2016: images/SPLIT/ADE_*.jpg, each with annotations/SPLIT/ADE_*.png of
+    label ids (0 other, 1-150 the classes of objectInfo150.txt), read through ``classes``'
+    MASK_IDS. Its training is train, its validation valid; images are hard-linked."""
+    splits, problems = {}, []
+    folders = {split: root / "images" / folder for split, folder in ADE20K_SPLITS.items()}
+    for split, folder in ADE20K_SPLITS.items():
+        matched = pair_files(folders[split], root / "annotations" / folder)
+        splits[split] = list(matched.pairs.values())
+        problems += matched.problems
+        if not splits[split] and not matched.problems:
+            problems.append(f"{folders[split]}: no image with its mask")
+    problems += copies_across(images_of(splits), folders["train"], folders["valid"])
+    return convert_pairs(root, splits, problems, classes, out, link=True)
+
+
 def report(folder: Path, names: list[str]) -> None:
     """Print images and labelled pixels per class and split."""
     for split in SPLITS:
@@ -1474,8 +1672,9 @@ class Importer(NamedTuple):
     hold nor lie inside them. ``convert(args, stage, classes)`` writes the four folders into
     the staging folder ``stage``, with ``classes`` the ones main writes to classes.yaml, and
     returns counts for print_notes (read_binary_mask's kinds of mask; convert_pairs's masks read
-    as instance ids or of ignore alone, with the images cvat and roboflow left out; coco's
-    objects drawn as ignore over their box, and its annotations of images not listed) or None.
+    as instance ids or of ignore alone, with the images cvat, roboflow and cityscapes left out;
+    coco's objects drawn as ignore over their box, and its annotations of images not listed) or
+    None.
     """
 
     sources: tuple[str, ...]
@@ -1502,14 +1701,34 @@ IMPORTERS = {
         ("root",), lambda args, out, classes: convert_roboflow(args.root, out, classes)
     ),
     "cvat": Importer(("root",), convert_cvat),
+    "cityscapes": Importer(
+        ("root",), lambda args, out, classes: convert_cityscapes(args.root, out, classes)
+    ),
+    "ade20k": Importer(
+        ("root",), lambda args, out, classes: convert_ade20k(args.root, out, classes)
+    ),
 }
 
 
 def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
     """The classes of the dataset an importer writes: background and ``kept`` (VOC's colours
-    for voc), roboflow's _classes.csv, cvat's labelmap.txt, or folder's --config."""
+    for voc), roboflow's _classes.csv, cvat's labelmap.txt, folder's --config, or a benchmark's
+    training classes by their label ids (MASK_IDS, which the converted masks no longer need)."""
     if getattr(args, "config", None) is not None:
         return ClassConfig.from_dict(read_yaml(args.config), source=str(args.config))
+    if args.dataset == "cityscapes":
+        names, ids, colors = zip(*CITYSCAPES_CLASSES, strict=True)
+        return ClassConfig(names, None, colors, tuple((i,) for i in ids))
+    if args.dataset == "ade20k":
+        check_ade20k_root(args.root)
+        names = read_ade20k_names(args.root)
+        # no background among them: distinct_colors' black would leave wall (class 0) undrawn
+        colors = distinct_colors(len(names) + 1)[1:]
+        ids = tuple((i,) for i in range(1, len(names) + 1))  # 0 (other) reads as ignore
+        try:
+            return ClassConfig(tuple(names), None, colors, ids)
+        except UserError as err:  # a name twice
+            raise UserError(f"{args.root / 'objectInfo150.txt'}: {err}") from err
     if args.dataset == "cvat":
         return read_labelmap(args.root / "labelmap.txt")
     names = (
@@ -1631,6 +1850,11 @@ def print_notes(args: argparse.Namespace, kinds: dict, names: list[str], kept: l
         print(
             f"{kinds['test']} image(s) in {args.root / 'test'} (the export's test split) were "
             "left out"
+        )
+    if kinds.get("unlabelled test"):
+        print(
+            f"{kinds['unlabelled test']} image(s) in {kinds['test folder']} (Cityscapes' test "
+            "split, whose labels are not public) were left out"
         )
     # where 255 marks the one class, binary makes it class 1 (and keeps 0/1 masks as they are)
     binary = f"if 255 marks {names[1]}, map it to 1: {binary_command(args.out, names[1])}"

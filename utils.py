@@ -623,6 +623,20 @@ def write_image(path: Path, image, format: str, **params) -> None:
     Path(path).write_bytes(buffer.getbuffer())
 
 
+def link_or_copy(source: Path, dest: Path) -> None:
+    """Make ``dest`` a hard link to the file ``source``, or a copy of it where the file system
+    refuses one (another disk, a file system without hard links, a file of another user's under
+    Linux's protected_hardlinks).
+
+    A hard link, not a symbolic one: the dataset keeps its images when the source is moved or
+    deleted, and a disk holds the tens of gigabytes of a public dataset's images once.
+    """
+    try:
+        os.link(source, dest)
+    except OSError:  # copying fails in its turn where the cause was dest's (a full disk)
+        shutil.copyfile(source, dest)
+
+
 def write_png(path: Path, array: np.ndarray) -> None:
     """Save an (H, W) uint8 array (a mask of class ids) as a grayscale PNG at ``path``.
 

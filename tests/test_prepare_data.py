@@ -1,4 +1,5 @@
-"""prepare_data.py on small fixtures of Penn-Fudan, PASCAL VOC, COCO and 0/255 masks built here."""
+"""prepare_data.py on small fixtures of Penn-Fudan, PASCAL VOC, COCO, Cityscapes, ADE20K, the
+exports and 0/255 masks built here."""
 
 import argparse
 import errno
@@ -481,7 +482,9 @@ def test_an_interrupted_replacement_keeps_the_old_dataset(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PennFudanPed.zip", "pf"]
 
 
-@pytest.mark.parametrize("dataset", ["voc", "coco", "pennfudan", "folder", "roboflow", "cvat"])
+@pytest.mark.parametrize(
+    "dataset", ["voc", "coco", "pennfudan", "folder", "roboflow", "cvat", "cityscapes", "ade20k"]
+)
 def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
     src = tmp_path / "src"
     if dataset == "voc":
@@ -494,6 +497,10 @@ def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
         flags = ["--root", str(roboflow_fixture(src / "export"))]
     elif dataset == "cvat":
         flags = ["--root", str(cvat_fixture(src / "export"))]
+    elif dataset == "cityscapes":
+        flags = ["--root", str(cityscapes_fixture(src))]
+    elif dataset == "ade20k":
+        flags = ["--root", str(ade20k_fixture(src / "ADEChallengeData2016"))]
     else:
         src.mkdir()
         flags = ["--zip", str(penn_fudan_zip(src / "PennFudanPed.zip"))]
@@ -1580,6 +1587,8 @@ def test_folder_names_an_images_path_that_is_a_file_as_not_a_folder(tmp_path):
         ("voc", "--root", "VOCdevkit/VOC2012"),
         ("coco", "--images", "the folder of its images"),
         ("binary", "--root", "the folder with train_images/"),
+        ("cityscapes", "--root", "the folder with leftImg8bit/ and gtFine/"),
+        ("ade20k", "--root", "ADEChallengeData2016, the folder with images/"),
     ],
 )
 def test_a_file_given_for_a_source_folder_is_named_with_its_flag(tmp_path, dataset, flag, what):
@@ -2348,3 +2357,202 @@ def test_folder_refuses_mask_ids_that_no_mask_holds(tmp_path, capsys, names):
             "--out", str(out), "--config", str(config))  # fmt: skip
     assert not out.exists()
     assert "binary" not in capsys.readouterr().out
+
+
+# Cityscapes' label id -> training id, typed from its label table (not from prepare_data)
+CITYSCAPES_TRAIN_IDS = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+
+
+def cityscapes_fixture(root, cities=(("train", "aachen", 2), ("train", "bremen", 1),
+                                     ("val", "lindau", 1), ("test", "berlin", 2))):  # fmt: skip
+    """Cityscapes as its zips unzip: leftImg8bit/SPLIT/CITY/STEM_leftImg8bit.png (32x16) and
+    gtFine/SPLIT/CITY/STEM_gtFine_{labelIds,color,instanceIds}.png, label ids 0-33 and 255."""
+    rng = np.random.default_rng(0)
+    for split, city, n in cities:
+        for folder in ("leftImg8bit", "gtFine"):
+            (root / folder / split / city).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            stem = f"{city}_{i:06d}_000019"
+            image = rng.integers(0, 255, (16, 32, 3), dtype=np.uint8)
+            Image.fromarray(image).save(
+                root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+            )
+            gt = root / "gtFine" / split / city
+            ids = rng.integers(0, 34, (16, 32), dtype=np.uint8)
+            ids[0, :4] = (255, 7, 26, 33)  # ignore among classes, whatever the draw
+            Image.fromarray(ids).save(gt / f"{stem}_gtFine_labelIds.png")
+            Image.fromarray(image).save(gt / f"{stem}_gtFine_color.png")  # not read
+            Image.fromarray(ids.astype(np.uint16) * 1000).save(
+                gt / f"{stem}_gtFine_instanceIds.png"
+            )
+    return root
+
+
+def loaded_masks(out: Path) -> dict[str, list[tuple[Path, np.ndarray]]]:
+    """Each split's (image, mask) as training loads them with out/classes.yaml: (image file,
+    the mask's (H, W) class ids at its own size)."""
+    classes = ClassConfig.from_dict(yaml.safe_load((out / "classes.yaml").read_text()))
+    pairs = check_dataset(out, classes)
+    loaded = {}
+    for split, split_pairs in pairs.items():
+        dataset = datasets.SegmentationDataset(split_pairs, classes, (28, 28), train=False)
+        loaded[split] = [(split_pairs[i][0], dataset[i][1].numpy()) for i in range(len(dataset))]
+    return loaded
+
+
+def test_cityscapes_reads_its_19_training_classes_by_label_id_and_links_its_images(
+    tmp_path, capsys
+):
+    root = cityscapes_fixture(tmp_path / "cityscapes")
+    out = tmp_path / "data"
+    run("cityscapes", "--root", str(root), "--out", str(out))
+    saved = yaml.safe_load((out / "classes.yaml").read_text())
+    assert saved["ALL_CLASSES"][:3] == ["road", "sidewalk", "building"]
+    assert len(saved["ALL_CLASSES"]) == 19 and saved["ALL_CLASSES"][-1] == "bicycle"
+    assert saved["VIS_LABEL_MAP"][0] == [128, 64, 128] and saved["VIS_LABEL_MAP"][13] == [0, 0, 142]
+    assert "MASK_IDS" not in saved  # the masks written hold class ids
+    loaded = loaded_masks(out)
+    assert [len(loaded["train"]), len(loaded["valid"])] == [3, 1]  # val is valid; test left out
+    expected = np.vectorize(lambda v: CITYSCAPES_TRAIN_IDS.get(int(v), 255), otypes=[np.uint8])
+    for split, folder in (("train", "train"), ("valid", "val")):
+        for image, mask in loaded[split]:
+            city = image.stem.split("_")[0]
+            source = root / "leftImg8bit" / folder / city / f"{image.stem}_leftImg8bit.png"
+            assert image.name == f"{image.stem}.png" and os.path.samefile(image, source)
+            label_ids = root / "gtFine" / folder / city / f"{image.stem}_gtFine_labelIds.png"
+            np.testing.assert_array_equal(mask, expected(np.asarray(Image.open(label_ids))))
+    printed = capsys.readouterr().out
+    test = root / "leftImg8bit" / "test"
+    assert f"2 image(s) in {test} (Cityscapes' test split, whose labels are not public)" in printed
+
+
+def test_images_are_copied_where_they_cannot_be_hard_linked(tmp_path, monkeypatch):
+    def cross_device(source, dest):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    root = cityscapes_fixture(tmp_path / "cityscapes", cities=(("train", "a", 1), ("val", "b", 1)))
+    monkeypatch.setattr(os, "link", cross_device)
+    out = tmp_path / "data"
+    run("cityscapes", "--root", str(root), "--out", str(out))
+    (image,) = (out / "valid_images").iterdir()
+    source = root / "leftImg8bit" / "val" / "b" / "b_000000_000019_leftImg8bit.png"
+    assert not os.path.samefile(image, source) and image.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "defect, message",
+    [
+        ("no gtFine", r"no gtFine/ under --root {root}: download gtFine_trainvaltest\.zip from "
+         r"cityscapes-dataset\.com and unzip it into {root}, beside leftImg8bit/ and gtFine/$"),
+        ("zipped", r"no gtFine/ under --root {root}: unzip {root}/gtFine_trainvaltest\.zip into "
+         r"{root} first$"),
+        ("one folder down", r"no leftImg8bit/ under --root {root}/gtFine: --root is its gtFine/ "
+         r"folder; pass --root {root}$"),
+        ("no val", r"(?s)1 problem\(s\).*{root}/gtFine/val: folder missing"),
+        ("unpaired", r"(?s)2 problem\(s\).*bremen_000000_000019_leftImg8bit\.png: image without "
+         r"its mask {root}/gtFine/train/bremen/bremen_000000_000019_gtFine_labelIds\.png.*"
+         r"lindau_000000_000019_gtFine_labelIds\.png: mask without its image"),
+    ],
+)  # fmt: skip
+def test_cityscapes_folders_it_cannot_read_are_named(tmp_path, defect, message):
+    root = cityscapes_fixture(tmp_path / "cityscapes")
+    given = root
+    if defect in ("no gtFine", "zipped"):
+        shutil.rmtree(root / "gtFine")
+        if defect == "zipped":
+            (root / "gtFine_trainvaltest.zip").write_bytes(b"PK")
+    elif defect == "one folder down":
+        given = root / "gtFine"
+    elif defect == "no val":
+        shutil.rmtree(root / "gtFine" / "val")
+    else:
+        (root / "gtFine/train/bremen/bremen_000000_000019_gtFine_labelIds.png").unlink()
+        (root / "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png").unlink()
+    with pytest.raises(UserError, match=message.format(root=re.escape(str(root)))):
+        run("cityscapes", "--root", str(given), "--out", str(tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
+
+
+def ade20k_fixture(root, names=None):
+    """ADEChallengeData2016: images/{training,validation}/ADE_*.jpg (32x16; 2 and 1) with
+    annotations/.../ADE_*.png of label ids (0 other, 1-150), and objectInfo150.txt."""
+    names = names or [f"thing{i}, synonym{i}" for i in range(1, 151)]
+    lines = ["Idx\tRatio\tTrain\tVal\tName"]
+    lines += [f"{i}\t0.01\t100\t10\t{name}" for i, name in enumerate(names, start=1)]
+    root.mkdir(parents=True)
+    (root / "objectInfo150.txt").write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng(1)
+    for split, prefix, n in (("training", "train", 2), ("validation", "val", 1)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i in range(n):
+            stem = f"ADE_{prefix}_{i + 1:08d}"
+            image = rng.integers(0, 255, (16, 32, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / "images" / split / f"{stem}.jpg")
+            ids = rng.choice(np.array([0, 1, 2, 37, 149, 150], np.uint8), (16, 32))
+            Image.fromarray(ids).save(root / "annotations" / split / f"{stem}.png")
+    return root
+
+
+def test_ade20k_reads_its_150_classes_by_label_id_and_links_its_images(tmp_path):
+    root = ade20k_fixture(tmp_path / "ADEChallengeData2016")
+    out = tmp_path / "data"
+    run("ade20k", "--root", str(root), "--out", str(out))
+    saved = yaml.safe_load((out / "classes.yaml").read_text())
+    assert saved["ALL_CLASSES"] == [f"thing{i}" for i in range(1, 151)]  # the first synonym
+    colors = [tuple(c) for c in saved["VIS_LABEL_MAP"]]
+    assert len(set(colors)) == 150 and (0, 0, 0) not in colors  # class 0 is drawn too
+    assert "MASK_IDS" not in saved
+    loaded = loaded_masks(out)
+    assert [len(loaded["train"]), len(loaded["valid"])] == [2, 1]
+    for split, folder in (("train", "training"), ("valid", "validation")):
+        for image, mask in loaded[split]:
+            assert os.path.samefile(image, root / "images" / folder / image.name)
+            label_ids = np.asarray(Image.open(root / "annotations" / folder / f"{image.stem}.png"))
+            expected = np.where(label_ids == 0, 255, label_ids.astype(np.int64) - 1)
+            np.testing.assert_array_equal(mask, expected)
+
+
+@pytest.mark.parametrize(
+    "defect, message",
+    [
+        ("parent", r"no images/ under --root {parent}; pass --root {root}$"),
+        ("zipped", r"no images/ under --root {parent}: unzip {parent}/ADEChallengeData2016\.zip "
+         r"first, then pass --root {root}$"),
+        ("no names", r"no objectInfo150\.txt under --root {root}: --root must be "
+         r"ADEChallengeData2016 as ADEChallengeData2016\.zip \(the MIT Scene Parsing release\)"),
+        ("149 names", r"{root}/objectInfo150\.txt lists 149 classes, not ADE20K's 150"),
+        ("gap", r"objectInfo150\.txt: the line '4\\t0\.01.*' is not label 3's"),
+        ("same name", r"objectInfo150\.txt: ALL_CLASSES has repeated names"),
+        ("unpaired", r"(?s)2 problem\(s\).*ADE_train_00000002\.jpg: image without a mask named "
+         r"ADE_train_00000002 in {root}/annotations/training.*ADE_val_00000001\.png: mask "
+         r"without an image in {root}/images/validation"),
+    ],
+)  # fmt: skip
+def test_ade20k_folders_it_cannot_read_are_named(tmp_path, defect, message):
+    names = [f"thing{i}" for i in range(1, 151)]
+    if defect == "same name":
+        names[5] = "thing1, the same"
+    root = ade20k_fixture(tmp_path / "ADEChallengeData2016", names)
+    given = root
+    if defect in ("parent", "zipped"):
+        given = tmp_path
+        if defect == "zipped":
+            shutil.rmtree(root)
+            (tmp_path / "ADEChallengeData2016.zip").write_bytes(b"PK")
+    elif defect == "no names":
+        (root / "objectInfo150.txt").unlink()
+    elif defect in ("149 names", "gap"):
+        lines = (root / "objectInfo150.txt").read_text().splitlines()
+        del lines[-1 if defect == "149 names" else 3]
+        (root / "objectInfo150.txt").write_text("\n".join(lines))
+    elif defect == "unpaired":
+        (root / "annotations/training/ADE_train_00000002.png").unlink()
+        (root / "images/validation/ADE_val_00000001.jpg").unlink()
+    parent, inner = (re.escape(str(p)) for p in (tmp_path, root))
+    with pytest.raises(UserError, match=message.format(parent=parent, root=inner)):
+        run("ade20k", "--root", str(given), "--out", str(tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
