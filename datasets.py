@@ -937,14 +937,16 @@ def _layout_advice(root: Path) -> str | None:
             f"prepare_data.py folder --images {root / 'PNGImages'} --masks {root / 'PedMasks'} "
             f"--mask-suffix _mask --out {out}, then --data {out}"
         )
-    for kind, marker in (
-        ("Roboflow", root / "train" / "_classes.csv"),
-        ("CVAT", root / "labelmap.txt"),
+    for what, importer, marker in (
+        ("a Roboflow export", "roboflow", root / "train" / "_classes.csv"),
+        ("a CVAT export", "cvat", root / "labelmap.txt"),
+        ("Cityscapes as unzipped", "cityscapes", root / "gtFine"),
+        ("ADE20K (ADEChallengeData2016) as unzipped", "ade20k", root / "objectInfo150.txt"),
     ):
-        if marker.is_file():
+        if marker.exists():
             return (
-                f"a {kind} export: run python prepare_data.py {kind.lower()} --root {root} --out "
-                f"{out}, then --data {out}"
+                f"{what}: run python prepare_data.py {importer} --root {root} --out {out}, then "
+                f"--data {out}"
             )
     return None
 

@@ -817,6 +817,12 @@ def test_a_dataset_folder_that_is_a_file_is_named_as_such(fresh_data):
          r"a Roboflow export: .*python prepare_data.py roboflow --root .*/d --out .*/d_prepared"),
         (["labelmap.txt", "SegmentationClass/"], "",
          r"a CVAT export: .*python prepare_data.py cvat --root .*/d --out .*/d_prepared"),
+        (["leftImg8bit/train/", "gtFine/train/"], "",
+         r"Cityscapes as unzipped: .*python prepare_data.py cityscapes --root .*/d --out "
+         r".*/d_prepared"),
+        (["images/training/", "annotations/training/", "objectInfo150.txt"], "",
+         r"ADE20K \(ADEChallengeData2016\) as unzipped: .*python prepare_data.py ade20k --root "
+         r".*/d --out .*/d_prepared"),
         # PennFudanPed.zip unzipped by hand (downloaded elsewhere, as offline runs are told to)
         (["PNGImages/", "PedMasks/", "Annotation/"], "",
          r"is Penn-Fudan as unzipped, not yet split .*python prepare_data.py folder --images "
