@@ -546,6 +546,11 @@ def inference_flags(out_dir: Path, items: str = "images") -> argparse.ArgumentPa
         help="overlay opacity, 0 to 1 (default %(default)s)",
     )
     group.add_argument(
+        "--legend",
+        action="store_true",
+        help="key the classes in each overlay's corner by colour and name",
+    )
+    group.add_argument(
         "--batch",
         type=int,
         default=4,

@@ -37,9 +37,11 @@ from utils import (
     amp_dtype,
     atomic_path,
     check_compiler,
+    draw_legend,
     draw_overlay,
     is_main_process,
     prefetch,
+    present_classes,
     torch_save,
 )
 
@@ -892,7 +894,11 @@ class Predictor:
         return self.predict_resized(batch, [im.shape[:2] for im in images])
 
     def overlay(
-        self, image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        alpha: float = OVERLAY_ALPHA,
+        legend: bool | Iterable[int] = False,
     ) -> np.ndarray:
         """Blend the classes' VIS_LABEL_MAP colours over an (H, W, 3) uint8 RGB image.
 
@@ -902,12 +908,18 @@ class Predictor:
                 (background) and ids outside the palette (255, ignore) are drawn as in
                 draw_overlay.
             alpha: weight of the colours, 0 to 1.
+            legend: --legend's key of classes in the top-left corner (draw_legend): True for
+                the classes ``mask`` holds, or the class ids to list; False for none.
 
         Returns:
             (H, W, 3) uint8 RGB.
         """
         self.check_image(image)
-        return draw_overlay(image, mask, self.classes.vis_colors, alpha)
+        out = draw_overlay(image, mask, self.classes.vis_colors, alpha)
+        if legend is False:
+            return out
+        classes = present_classes(mask) if legend is True else legend
+        return draw_legend(out, classes, self.classes.names, self.classes.vis_colors)
 
 
 class FeatureCache:

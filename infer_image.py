@@ -5,6 +5,7 @@
 
 For each image it writes <stem>_overlay.jpg and <stem>_mask.png (class ids, at the size of the
 image as displayed) to --out-dir; images that share a stem keep their subfolders (a/x, b/x).
+With --legend the overlays key their classes.
 """
 
 import os
@@ -334,14 +335,17 @@ def read_batches(
             ok, images, errors = [], [], []
 
 
-def save_result(out_dir: Path, name: str, image, mask, predictor: Predictor, alpha: float) -> None:
-    """Write the mask and the overlay; both land, or (if either cannot be written) neither."""
+def save_result(
+    out_dir: Path, name: str, image, mask, predictor: Predictor, alpha: float, legend: bool = False
+) -> None:
+    """Write the mask and the overlay (keying its classes with ``legend``); both land, or (if
+    either cannot be written) neither."""
     if max(mask.shape) > JPEG_MAX_SIDE:  # Pillow would only say "broken data stream"
         raise ValueError(f"a JPEG overlay holds at most {JPEG_MAX_SIDE} pixels a side")
     mask_path, overlay_path = (out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
     with atomic_path(mask_path) as mask_tmp, atomic_path(overlay_path) as overlay_tmp:
         write_png(mask_tmp, mask)
-        overlay = Image.fromarray(predictor.overlay(image, mask, alpha))
+        overlay = Image.fromarray(predictor.overlay(image, mask, alpha, legend))
         write_image(overlay_tmp, overlay, "JPEG", quality=92)
 
 
@@ -390,10 +394,11 @@ def segment_images(paths: list[Path], names: dict[Path, str], predictor: Predict
                     mask,
                     predictor,
                     args.alpha,
+                    args.legend,
                     nbytes=array_bytes(image, mask),
                 )
                 if args.show:
-                    overlay = predictor.overlay(image, mask, args.alpha)
+                    overlay = predictor.overlay(image, mask, args.alpha, args.legend)
                     shown = time.perf_counter()
                     # q, Esc or closing the window stops showing
                     args.show = show("infer_image", overlay, 0)

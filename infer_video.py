@@ -56,6 +56,7 @@ from utils import (
     opencv_threads_for,
     pick_device,
     prefetch,
+    present_classes,
     run_script,
     same_folder,
     shell_quote,
@@ -532,10 +533,10 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
             source.capture.release()  # a camera stays busy until it is released
             raise
 
-        def encode(frames, masks) -> None:
+        def encode(frames, masks, legends) -> None:
             nonlocal done
-            for frame, mask in zip(frames, masks, strict=True):
-                overlay = predictor.overlay(frame, mask, args.alpha)
+            for frame, mask, legend in zip(frames, masks, legends, strict=True):
+                overlay = predictor.overlay(frame, mask, args.alpha, legend)
                 # OpenCV only warns when a frame cannot be written (a full disk): 5.x returns
                 # False, 4.x nothing, which the count of frames stored catches at the end
                 bgr = fit_frame(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), width, height)
@@ -565,8 +566,9 @@ def segment_video(source: VideoSource, predictor: Predictor, out_path: Path, arg
 
 def run_pipeline(source: VideoSource, predictor: Predictor, encode, args) -> str | None:
     """Decode ``source`` on a thread, segment its frames here and hand each batch to
-    ``encode(frames, masks)`` on another, with a progress bar, until the input ends or the
-    user stops it; both threads have finished on return.
+    ``encode(frames, masks, legends)`` on another (``legends``: each frame's --legend classes,
+    or False), with a progress bar, until the input ends or the user stops it; both threads
+    have finished on return.
 
     Returns:
         What the user stopped it with ("Ctrl-C", "SIGTERM", "q, Esc or closing the window"),
@@ -582,13 +584,15 @@ def run_pipeline(source: VideoSource, predictor: Predictor, encode, args) -> str
     )
     stopped = None  # why the user ended the stream early
     ended = False  # whether the input ran to its end
+    seen: set[int] = set()  # the classes of the frames so far, for --legend
     try:
         for frames, resized in batches:
             masks = predictor.predict_resized(resized, [f.shape[:2] for f in frames])
-            writer.submit(encode, frames, masks, nbytes=array_bytes(frames, masks))
+            legends = classes_so_far(masks, seen) if args.legend else [False] * len(masks)
+            writer.submit(encode, frames, masks, legends, nbytes=array_bytes(frames, masks))
             bar.update(len(frames))
             if args.show:
-                overlay = predictor.overlay(frames[-1], masks[-1], args.alpha)
+                overlay = predictor.overlay(frames[-1], masks[-1], args.alpha, legends[-1])
                 if not show(source.name, overlay, 1):
                     stopped = "q, Esc or closing the window"
                     break
@@ -606,6 +610,21 @@ def run_pipeline(source: VideoSource, predictor: Predictor, encode, args) -> str
         bar.close()
         writer.finish()
     return stopped
+
+
+def classes_so_far(masks: list[np.ndarray], seen: set[int]) -> list[tuple[int, ...]]:
+    """For each (H, W) uint8 mask of ``masks`` in turn, the classes of it and of every frame
+    before it: ``seen``, those of the earlier batches, gains this batch's.
+
+    A video's key lists the classes seen so far, not those of its frame: a key of each frame's
+    flickers as classes come and go, and one of every class shows a 150-class model's first few
+    by id, whatever is in view; this one only grows, once per class that first appears.
+    """
+    legends = []
+    for mask in masks:
+        seen.update(present_classes(mask))
+        legends.append(tuple(sorted(seen)))
+    return legends
 
 
 def check_written(

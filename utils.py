@@ -1171,6 +1171,110 @@ def draw_overlay(
     return out
 
 
+# --legend's key of class colours and names, drawn in an overlay's top-left corner
+LEGEND_ROWS = 10  # rows at most, the last of them "+K more" where more classes are keyed
+# text height per pixel of the image's shorter side: 27 px on a 1080p frame, 54 px on a 4K one
+LEGEND_TEXT = 0.025
+LEGEND_MIN_TEXT = 10  # px: OpenCV's Hershey text is unreadable below it; no smaller key is drawn
+LEGEND_SHADE = 0.35  # what the panel keeps of the image: dark enough for white text on any photo
+LEGEND_HEIGHT = 0.5  # the share of the image's height the key may cover
+LEGEND_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX, OpenCV's only fonts being Hershey's (ASCII)
+
+
+def legend_text(name: str) -> str:
+    """``name`` as OpenCV's ASCII-only Hershey fonts can draw it: accents dropped (café ->
+    cafe), other characters as ?, which putText would draw as ? each anyway."""
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFKD", name)
+    return "".join(c if c.isascii() else "?" for c in decomposed if not unicodedata.combining(c))
+
+
+def present_classes(mask: np.ndarray) -> list[int]:
+    """The class ids an (H, W) uint8 mask holds, ascending."""
+    import cv2
+
+    # OpenCV's histogram: 1 ms for a 1920x1080 mask, where np.unique sorts it (50 ms)
+    counts = cv2.calcHist([np.ascontiguousarray(mask, dtype=np.uint8)], [0], None, [256], [0, 256])
+    return np.flatnonzero(counts.ravel()).tolist()  # (256, 1), or (256,) in OpenCV 5
+
+
+def keyed_classes(classes: Iterable[int], colors: Sequence[Sequence[int]]) -> list[int]:
+    """The ids of ``classes`` a legend lists, ascending: those of the palette, less a black
+    class 0 (background, which draw_overlay leaves undrawn)."""
+    black_0 = len(colors) > 0 and tuple(colors[0]) == (0, 0, 0)
+    return sorted({c for c in classes if 0 <= c < len(colors) and not (c == 0 and black_0)})
+
+
+def draw_legend(
+    image: np.ndarray,
+    classes: Iterable[int],
+    names: Sequence[str],
+    colors: Sequence[Sequence[int]],
+) -> np.ndarray:
+    """Key ``classes`` in ``image``'s top-left corner: a colour swatch and the class name per
+    row, on a darkened panel, at most LEGEND_ROWS rows (the last "+K more" where more are
+    keyed) covering at most LEGEND_HEIGHT of the image's height, with names cut to its width.
+
+    Args:
+        image: (H, W, 3) uint8 RGB, drawn on in place (an overlay).
+        classes: class ids to key; those keyed_classes leaves out are not listed.
+        names: each class's name, by id.
+        colors: each class's RGB colour, by id.
+
+    Returns:
+        ``image``; untouched where it has no room for one row of text LEGEND_MIN_TEXT high.
+    """
+    import cv2
+
+    keyed = keyed_classes(classes, colors)
+    height, width = image.shape[:2]
+    text_h = max(LEGEND_MIN_TEXT, round(min(height, width) * LEGEND_TEXT))
+    pad = max(2, text_h // 3)
+    row = text_h + 2 * pad  # room below the baseline for descenders (g, p, y)
+    rows = min(LEGEND_ROWS, (int(height * LEGEND_HEIGHT) - 2 * pad) // row)
+    if not keyed or rows < 1:
+        return image
+    shown = keyed if len(keyed) <= rows else keyed[: rows - 1]
+    thickness = max(1, round(text_h / 12))
+    scale = cv2.getFontScaleFromHeight(LEGEND_FONT, text_h, thickness)
+    text_x = 3 * pad + text_h  # the margin, the panel's pad, the swatch, a gap
+    room = width - text_x - 2 * pad  # the text's width: the panel's pad and the margin after it
+
+    def text_width(text: str) -> int:
+        return cv2.getTextSize(text, LEGEND_FONT, scale, thickness)[0][0]
+
+    def fitted(text: str) -> str | None:
+        """``text``, cut to ``room`` pixels with "..."; None where not even "..." fits."""
+        for n in range(len(text), -1, -1):
+            cut = text if n == len(text) else f"{text[:n].rstrip()}..."
+            if text_width(cut) <= room:
+                return cut
+        return None
+
+    lines = [(fitted(legend_text(names[c])), colors[c]) for c in shown]
+    if len(shown) < len(keyed):
+        lines.append((fitted(f"+{len(keyed) - len(shown)} more"), None))
+    if any(text is None for text, _ in lines):
+        return image  # too narrow for even "..."
+    right = text_x + max(text_width(text) for text, _ in lines) + pad
+    bottom = 2 * pad + len(lines) * row
+    panel = image[pad:bottom, pad:right]
+    panel[:] = cv2.convertScaleAbs(panel, alpha=LEGEND_SHADE)
+    white = (255, 255, 255)
+    for i, (text, color) in enumerate(lines):
+        top = 2 * pad + i * row
+        if color is not None:
+            corner = (2 * pad + text_h - 1, top + text_h - 1)
+            cv2.rectangle(image, (2 * pad, top), corner, tuple(map(int, color)), cv2.FILLED)
+            # a light edge: a dark class's swatch would vanish into the panel
+            cv2.rectangle(image, (2 * pad, top), corner, white, 1)
+        cv2.putText(
+            image, text, (text_x, top + text_h), LEGEND_FONT, scale, white, thickness, cv2.LINE_AA
+        )
+    return image
+
+
 @contextlib.contextmanager
 def opencv_threads_for(device_type: str) -> Iterator[None]:
     """Run OpenCV on one thread while the model runs on the CPU, then restore its setting.

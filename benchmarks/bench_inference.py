@@ -320,7 +320,9 @@ class NoModel(Predictor):
 def pipeline_fps(video: Path, predictor: Predictor, out: Path, batch: int) -> float:
     """End-to-end FPS of infer_video.py's pipeline (decode, model, draw, encode on threads of
     their own) from ``video`` to ``out``, with OpenCV's threads set as infer_video.py sets them."""
-    opts = argparse.Namespace(batch=batch, alpha=OVERLAY_ALPHA, show=False, input=str(video))
+    opts = argparse.Namespace(
+        batch=batch, alpha=OVERLAY_ALPHA, legend=False, show=False, input=str(video)
+    )
     with opencv_threads_for(predictor.work_device()):
         return segment_video(open_video(str(video)), predictor, out, opts)["fps"]
 

@@ -28,7 +28,7 @@ import infer_video
 import train
 import utils
 import video_container
-from config import DEFAULT_CLASSES, ClassConfig, parse_args
+from config import DEFAULT_CLASSES, ClassConfig, distinct_colors, parse_args
 from conftest import (
     FAKE_HUB,
     ORT_RUNS_INT8,
@@ -1185,7 +1185,7 @@ class SlowEncoding:
     def predict_resized(self, batch, sizes):
         return [np.zeros(size, np.uint8) for size in sizes]
 
-    def overlay(self, frame, mask, alpha):
+    def overlay(self, frame, mask, alpha, legend=False):
         time.sleep(0.02)
         return frame
 
@@ -1199,7 +1199,10 @@ def test_ctrl_c_while_the_encoder_is_behind_reports_the_frames_written(tmp_path,
         mp.setattr(infer_video.cv2, "VideoCapture", lambda i: FakeCamera(i, interrupt_after=40))
         source = infer_video.open_video("0")
         stats = infer_video.segment_video(
-            source, SlowEncoding(), out, Namespace(input="0", batch=4, show=False, alpha=0.5)
+            source,
+            SlowEncoding(),
+            out,
+            Namespace(input="0", batch=4, show=False, alpha=0.5, legend=False),
         )
     written = int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT))
     assert stats["frames"] == written
@@ -3475,3 +3478,132 @@ def test_several_videos_after_input_are_named_with_the_fix(tmp_path, capsys):
     with pytest.raises(SystemExit):  # anything else stays argparse's
         infer_video.parse_args(["--input", str(clips[0]), "--no-such-flag"])
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+# --- --legend ------------------------------------------------------------------------------
+
+
+def drawn_texts(monkeypatch) -> list[str]:
+    """The texts cv2.putText draws from here on, in order (drawn as well)."""
+    texts = []
+    put_text = cv2.putText
+
+    def recording(image, text, *args, **kwargs):
+        texts.append(text)
+        return put_text(image, text, *args, **kwargs)
+
+    monkeypatch.setattr(cv2, "putText", recording)
+    return texts
+
+
+def changed_box(before: np.ndarray, after: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right) of the pixels ``after`` changed, bottom and right exclusive."""
+    changed = np.argwhere((before != after).any(axis=-1))
+    if not len(changed):
+        return None
+    (top, left), (bottom, right) = changed.min(0), changed.max(0) + 1
+    return int(top), int(left), int(bottom), int(right)
+
+
+def test_the_legend_keys_the_masks_classes_in_the_corner_only(predictor, monkeypatch):
+    image, truth = make_sample(np.random.default_rng(5), 320, 240)
+    mask = truth.copy()
+    texts = drawn_texts(monkeypatch)
+    plain = predictor.overlay(image, mask, 0.5)
+    keyed = predictor.overlay(image, mask, 0.5, legend=True)
+    assert np.array_equal(mask, truth), "the mask is never drawn on"
+    # background, black, is left undrawn in the overlay and so in its key
+    assert texts == ["person"]
+    top, left, bottom, right = changed_box(plain, keyed)
+    assert top < 10 and left < 10 and bottom <= 120 and right < 160
+    # a class 0 given a colour is keyed like the others (Cityscapes' road)
+    road = ClassConfig(("road", "person"), None, ((128, 64, 128), (0, 255, 0)))
+    texts.clear()
+    utils.draw_legend(plain.copy(), [0, 1], road.names, road.vis_colors)
+    assert texts == ["road", "person"]
+
+
+def test_a_legend_of_150_classes_is_bounded_and_counts_the_rest(monkeypatch):
+    names = [f"class {i}" for i in range(150)]
+    colors = distinct_colors(150)
+    texts = drawn_texts(monkeypatch)
+    rows = utils.LEGEND_ROWS
+    utils.draw_legend(np.full((1080, 1920, 3), 128, np.uint8), range(150), names, colors)
+    # class 0 is black: 149 keyed, rows - 1 of them named, the last row counting the others
+    assert texts == [f"class {i}" for i in range(1, rows)] + [f"+{149 - rows + 1} more"]
+    # a small image holds fewer rows: the key covers at most LEGEND_HEIGHT of it
+    texts.clear()
+    image = np.full((240, 320, 3), 128, np.uint8)
+    keyed = utils.draw_legend(image.copy(), range(150), names, colors)
+    assert 2 <= len(texts) < rows and texts[-1] == f"+{149 - len(texts) + 1} more"
+    assert changed_box(image, keyed)[2] <= 240 * utils.LEGEND_HEIGHT
+    # a photo of a few of them lists those alone, in the order of their ids
+    texts.clear()
+    utils.draw_legend(image.copy(), [140, 7, 7, 255], names, colors)
+    assert texts == ["class 7", "class 140"]  # 255, ignore, is no class
+
+
+def test_a_legend_is_sized_to_the_image_and_cut_to_its_width(monkeypatch):
+    names = [
+        "background",
+        "a class whose name is far too long to fit across an image of 320 pixels",
+    ]
+    colors = [(0, 0, 0), (0, 200, 0)]
+    small = np.full((240, 320, 3), 128, np.uint8)
+    large = np.full((2160, 3840, 3), 128, np.uint8)
+    texts = drawn_texts(monkeypatch)
+    small_box = changed_box(small, utils.draw_legend(small.copy(), [1], names, colors))
+    large_box = changed_box(large, utils.draw_legend(large.copy(), [1], names, colors))
+    small_h, large_h = small_box[2] - small_box[0], large_box[2] - large_box[0]
+    assert 3 * small_h < large_h < 9 * small_h  # 10 px text at 320x240, 54 px at 4K
+    assert small_box[3] <= 320 and texts[0].endswith("...") and names[1].startswith(texts[0][:-3])
+    assert texts[1] == names[1]  # 3840 pixels hold it whole
+    assert utils.legend_text("café") == "cafe" and utils.legend_text("猫") == "?"
+
+
+@pytest.mark.parametrize("shape", [(48, 1, 3), (1, 48, 3), (14, 14, 3), (24, 900, 3), (300, 20, 3)])
+def test_a_legend_on_an_image_too_small_for_it_is_left_out(predictor, shape):
+    image = np.full(shape, 90, np.uint8)
+    mask = np.ones(shape[:2], np.uint8)
+    plain = predictor.overlay(image, mask, 0.5)
+    assert np.array_equal(predictor.overlay(image, mask, 0.5, legend=True), plain)
+
+
+def test_infer_image_legend_changes_only_the_overlays_corner_and_never_the_mask(
+    tmp_path, checkpoint, predictor, monkeypatch
+):
+    src = tmp_path / "in"
+    src.mkdir()
+    image, _ = make_sample(np.random.default_rng(6), 320, 240)
+    Image.fromarray(image).save(src / "a.png")
+    assert 1 in predictor.predict(image), "the image must hold a class the legend names"
+    infer_image.main(image_args(input=src, model=checkpoint, out_dir=tmp_path / "plain"))
+    texts = drawn_texts(monkeypatch)
+    keyed = tmp_path / "keyed"
+    infer_image.main(image_args(input=src, model=checkpoint, out_dir=keyed, legend=True))
+    assert sorted(p.name for p in keyed.iterdir()) == ["a_mask.png", "a_overlay.jpg"]
+    assert (keyed / "a_mask.png").read_bytes() == (tmp_path / "plain/a_mask.png").read_bytes()
+    plain = np.asarray(Image.open(tmp_path / "plain/a_overlay.jpg"))
+    drawn = np.asarray(Image.open(keyed / "a_overlay.jpg"))
+    top, left, bottom, right = changed_box(plain, drawn)
+    # JPEG codes 16x16 blocks (with their neighbours' colour, at most): the rest is unchanged
+    assert top < 16 and left < 16 and bottom <= 120 + 16 and right <= 160 + 16
+    assert texts == ["person"]
+
+
+def test_a_videos_legend_keys_the_classes_so_far_and_keeps_frames_and_size(
+    tmp_path, checkpoint, monkeypatch
+):
+    # a key of each frame's classes would flicker as they come and go: it only grows
+    masks = [np.full((2, 2), c, np.uint8) for c in (1, 0, 1, 2)]
+    seen = set()
+    assert infer_video.classes_so_far(masks[:2], seen) == [(1,), (0, 1)]
+    assert infer_video.classes_so_far(masks[2:], seen) == [(0, 1), (0, 1, 2)]
+    clip = scene_clip(tmp_path / "scenes.mp4", frames=5, size=(320, 240))
+    texts = drawn_texts(monkeypatch)
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out, batch=2, legend=True))
+    written = read_rgb_frames(out / "scenes.mp4")
+    assert [frame.shape for frame in written] == [(240, 320, 3)] * 5
+    assert texts == ["person"] * 5
+    assert sorted(p.name for p in out.iterdir()) == ["scenes.mp4"]
