@@ -548,7 +548,8 @@ def inference_flags(out_dir: Path, items: str = "images") -> argparse.ArgumentPa
     group.add_argument(
         "--legend",
         action="store_true",
-        help="key the classes in each overlay's corner by colour and name",
+        help="key the classes in each overlay's corner by colour and name (infer_image.py "
+        "also writes legend.png, of every class and its id in the masks, to --out-dir)",
     )
     group.add_argument(
         "--batch",

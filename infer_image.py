@@ -5,7 +5,7 @@
 
 For each image it writes <stem>_overlay.jpg and <stem>_mask.png (class ids, at the size of the
 image as displayed) to --out-dir; images that share a stem keep their subfolders (a/x, b/x).
-With --legend the overlays key their classes.
+With --legend the overlays key their classes, and legend.png keys every class and its id.
 """
 
 import os
@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from config import (
     DEFAULT_OUT_DIR,
@@ -48,10 +48,12 @@ from utils import (
     atomic_path,
     check_writable,
     first_few,
+    legend_sheet,
     opencv_threads_for,
     pick_device,
     prefetch,
     run_script,
+    same_folder,
     show,
     within,
     write_image,
@@ -98,14 +100,45 @@ OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg")  # what save_result writes after
 # screen recorders write)
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 JPEG_MAX_SIDE = 65500  # the overlay's format holds no larger image
+LEGEND_FILE = "legend.png"  # --legend's key of every class, in --out-dir
+# legend.png's PNG text that tells it from a user's file of that name (is_legend)
+LEGEND_MARK = ("Software", "infer_image.py --legend")
 
 
 def is_output(path: Path, out_dir: Path | None) -> bool:
-    """True for a file an earlier run wrote: a mask or overlay in --out-dir or below it (the
-    folders compared by identity: on macOS --out-dir Results is the folder results)."""
-    if out_dir is None or not path.name.endswith(OUTPUT_SUFFIXES):
+    """True for a file an earlier run wrote: a mask or overlay in --out-dir or below it, or its
+    legend.png (the folders compared by identity: on macOS --out-dir Results is the folder
+    results)."""
+    if out_dir is None:
         return False
-    return within(path.parent, Path(out_dir))
+    if path.name == LEGEND_FILE and same_folder(path.parent, Path(out_dir)):
+        return is_legend(path)
+    return path.name.endswith(OUTPUT_SUFFIXES) and within(path.parent, Path(out_dir))
+
+
+def is_legend(path: Path) -> bool:
+    """Whether ``path`` is a legend.png this script wrote (by its LEGEND_MARK), not a photo or
+    a key of the user's that --legend must not replace."""
+    key, value = LEGEND_MARK
+    try:
+        with Image.open(path) as image:  # the header and the text before the pixels
+            return image.format == "PNG" and image.info.get(key) == value
+    except (OSError, ValueError):
+        return False
+
+
+def write_legend(out_dir: Path, predictor: Predictor) -> None:
+    """Write OUT/legend.png (utils.legend_sheet: every class's colour, id and name) atomically,
+    marked as this script's by LEGEND_MARK."""
+    sheet = legend_sheet(predictor.classes.names, predictor.classes.vis_colors)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*LEGEND_MARK)
+    path = out_dir / LEGEND_FILE
+    try:
+        with atomic_path(path) as tmp:
+            write_image(tmp, Image.fromarray(sheet), "PNG", pnginfo=info)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err}; choose another --out-dir") from err
 
 
 def find_images(spec: str, out_dir: Path | None = None) -> list[Path]:
@@ -288,13 +321,20 @@ def output_names(paths: list[Path]) -> dict[Path, str]:
     return names
 
 
-def check_no_foreign_results(names: dict[Path, str], out_dir: Path) -> None:
+def check_no_foreign_results(names: dict[Path, str], out_dir: Path, legend: bool = False) -> None:
     """Refuse to replace a file in ``out_dir`` that no earlier run wrote.
 
     An earlier run writes an image's mask and overlay together (save_result), so a mask without
     its overlay, or an overlay without its mask, is the user's: a Roboflow export keeps each
     image beside its NAME_mask.png of labels, which results written next to the photos replaced.
+    With ``legend``, so is a legend.png without LEGEND_MARK.
     """
+    legend_path = out_dir / LEGEND_FILE
+    if legend and (legend_path.exists() or legend_path.is_symlink()) and not is_legend(legend_path):
+        raise UserError(
+            f"--legend would replace {legend_path}, which no earlier run wrote: choose another "
+            "--out-dir, or move it away"
+        )
     foreign = []
     for name in names.values():
         files = [out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES]
@@ -425,9 +465,12 @@ def main(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     paths = find_images(args.input, args.out_dir)
     names = output_names(paths)
-    check_no_foreign_results(names, args.out_dir)
+    check_no_foreign_results(names, args.out_dir, args.legend)
     check_writable(args.out_dir, needed_bytes=2**20)  # before the model loads, not after it ran
     predictor = predictor_from_args(args, device)
+    if args.legend:
+        # one file of every class, whatever the images hold: the masks' grays read by it
+        write_legend(args.out_dir, predictor)
     with opencv_threads_for(predictor.work_device()):
         stats = segment_images(paths, names, predictor, args)
     done, waited = stats["written"], stats["waited"]

@@ -1275,6 +1275,50 @@ def draw_legend(
     return image
 
 
+SHEET_TEXT = 16  # px: legend_sheet's text height, at which a screen shows it at full size
+SHEET_ROWS = 40  # rows per column of legend_sheet: ADE20K's 150 classes in 4 columns
+
+
+def legend_sheet(names: Sequence[str], colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """A key of every class, to read masks of class ids by: a swatch, the id and the name per
+    row, in columns of SHEET_ROWS, black on white. Class 0 is listed whatever its colour: its
+    id is in the masks.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    import cv2
+
+    thickness = 1
+    scale = cv2.getFontScaleFromHeight(LEGEND_FONT, SHEET_TEXT, thickness)
+    pad = SHEET_TEXT // 2
+    row = SHEET_TEXT + 2 * pad
+    texts = [f"{i}  {legend_text(name)}" for i, name in enumerate(names)]
+    columns = [texts[i : i + SHEET_ROWS] for i in range(0, len(texts), SHEET_ROWS)]
+    text_x = pad + SHEET_TEXT + pad  # within a column: its pad, the swatch, a gap
+    widths = [
+        text_x + max(cv2.getTextSize(t, LEGEND_FONT, scale, thickness)[0][0] for t in column)
+        for column in columns
+    ]
+    height = pad + min(len(texts), SHEET_ROWS) * row + pad
+    sheet = np.full((height, sum(widths) + pad * (len(columns) + 1), 3), 255, np.uint8)
+    left = 0
+    for c, (column, column_width) in enumerate(zip(columns, widths, strict=True)):
+        for r, text in enumerate(column):
+            top = 2 * pad + r * row
+            color = tuple(map(int, colors[c * SHEET_ROWS + r]))
+            corner = (left + pad + SHEET_TEXT - 1, top + SHEET_TEXT - 1)
+            cv2.rectangle(sheet, (left + pad, top), corner, color, cv2.FILLED)
+            # a dark edge: a white or pale class's swatch would vanish into the page
+            cv2.rectangle(sheet, (left + pad, top), corner, (64, 64, 64), 1)
+            baseline = (left + text_x, top + SHEET_TEXT)
+            cv2.putText(
+                sheet, text, baseline, LEGEND_FONT, scale, (0, 0, 0), thickness, cv2.LINE_AA
+            )
+        left += column_width + pad
+    return sheet
+
+
 @contextlib.contextmanager
 def opencv_threads_for(device_type: str) -> Iterator[None]:
     """Run OpenCV on one thread while the model runs on the CPU, then restore its setting.

@@ -3569,7 +3569,7 @@ def test_a_legend_on_an_image_too_small_for_it_is_left_out(predictor, shape):
     assert np.array_equal(predictor.overlay(image, mask, 0.5, legend=True), plain)
 
 
-def test_infer_image_legend_changes_only_the_overlays_corner_and_never_the_mask(
+def test_infer_image_legend_changes_only_the_overlays_corner_and_writes_legend_png(
     tmp_path, checkpoint, predictor, monkeypatch
 ):
     src = tmp_path / "in"
@@ -3581,14 +3581,37 @@ def test_infer_image_legend_changes_only_the_overlays_corner_and_never_the_mask(
     texts = drawn_texts(monkeypatch)
     keyed = tmp_path / "keyed"
     infer_image.main(image_args(input=src, model=checkpoint, out_dir=keyed, legend=True))
-    assert sorted(p.name for p in keyed.iterdir()) == ["a_mask.png", "a_overlay.jpg"]
+    assert sorted(p.name for p in keyed.iterdir()) == ["a_mask.png", "a_overlay.jpg", "legend.png"]
     assert (keyed / "a_mask.png").read_bytes() == (tmp_path / "plain/a_mask.png").read_bytes()
     plain = np.asarray(Image.open(tmp_path / "plain/a_overlay.jpg"))
     drawn = np.asarray(Image.open(keyed / "a_overlay.jpg"))
     top, left, bottom, right = changed_box(plain, drawn)
     # JPEG codes 16x16 blocks (with their neighbours' colour, at most): the rest is unchanged
     assert top < 16 and left < 16 and bottom <= 120 + 16 and right <= 160 + 16
-    assert texts == ["person"]
+    # legend.png (written first): every class, named with its id, class 0 too
+    assert texts == ["0  background", "1  person", "person"]
+    with Image.open(keyed / "legend.png") as legend:
+        assert legend.info["Software"] == "infer_image.py --legend"
+        pixels = {tuple(p) for p in np.asarray(legend.convert("RGB")).reshape(-1, 3)}
+    assert {(0, 0, 0), (0, 255, 0)} <= pixels  # both swatches
+    # a rerun into the same folder reads neither its outputs nor its legend as photos
+    with pytest.raises(UserError, match="no images found"):
+        infer_image.find_images(str(keyed), out_dir=keyed)
+
+
+def test_a_legend_png_of_the_users_is_never_replaced(tmp_path, checkpoint):
+    for name in ("a.png", "legend.png"):  # a photo named legend.png, where results go
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(tmp_path / name)
+    before = (tmp_path / "legend.png").read_bytes()
+    args = image_args(input=tmp_path, model=checkpoint, out_dir=tmp_path, legend=True)
+    with pytest.raises(UserError, match=r"--legend would replace .*legend\.png.*another --out-dir"):
+        infer_image.main(args)
+    assert (tmp_path / "legend.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "legend.png"]
+    # without --legend it is a photo like the others
+    infer_image.main(image_args(input=tmp_path, model=checkpoint, out_dir=tmp_path))
+    assert (tmp_path / "legend_mask.png").is_file()
+    assert (tmp_path / "legend.png").read_bytes() == before
 
 
 def test_a_videos_legend_keys_the_classes_so_far_and_keeps_frames_and_size(
@@ -3606,4 +3629,4 @@ def test_a_videos_legend_keys_the_classes_so_far_and_keeps_frames_and_size(
     written = read_rgb_frames(out / "scenes.mp4")
     assert [frame.shape for frame in written] == [(240, 320, 3)] * 5
     assert texts == ["person"] * 5
-    assert sorted(p.name for p in out.iterdir()) == ["scenes.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["scenes.mp4"]  # no legend.png: one video
