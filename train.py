@@ -1306,7 +1306,8 @@ def write_report(out_dir: Path, history: list[dict]) -> None:
 
 
 def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -> None:
-    """Save ground truth | prediction overlays of validation images, as inference draws them.
+    """Save ground truth | prediction overlays of validation images, as inference draws them
+    with --legend: each half keys its own classes, where the two disagree on which are there.
 
     An overlay open in a viewer (Windows cannot replace it) is a warning, as in write_report.
     """
@@ -1320,7 +1321,9 @@ def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -
             pred = predictor.predict_features(valid_set[index][0][None], [image.shape[:2]])[0]
         else:
             pred = predictor.predict(image)
-        panel = np.concatenate([predictor.overlay(image, truth), predictor.overlay(image, pred)], 1)
+        # keyed always, without a flag: a person alone reads them, and a key costs 1 ms
+        halves = [predictor.overlay(image, m, legend=True) for m in (truth, pred)]
+        panel = np.concatenate(halves, 1)
         try:
             with atomic_path(file) as tmp:
                 write_image(tmp, Image.fromarray(panel), "JPEG", quality=90)

@@ -3630,3 +3630,15 @@ def test_a_videos_legend_keys_the_classes_so_far_and_keeps_frames_and_size(
     assert [frame.shape for frame in written] == [(240, 320, 3)] * 5
     assert texts == ["person"] * 5
     assert sorted(p.name for p in out.iterdir()) == ["scenes.mp4"]  # no legend.png: one video
+
+
+def test_validation_overlays_key_the_classes_of_each_half(
+    tmp_path, predictor, tiny_data, monkeypatch
+):
+    image_path = tiny_data / "valid_images" / "img000.png"
+    valid_set = SimpleNamespace(pairs=[(image_path, tiny_data / "valid_masks" / "img000.png")])
+    texts = drawn_texts(monkeypatch)
+    train.write_overlays(tmp_path, valid_set, 1, predictor)
+    predicted = 1 in predictor.predict(read_image(image_path))
+    assert texts == ["person"] * (1 + predicted)  # the truth's, then the prediction's if any
+    assert Image.open(tmp_path / "valid_preds" / "img000.jpg").size == (2 * 96, 72)
