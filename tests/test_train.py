@@ -336,6 +336,65 @@ def test_resume_continues_from_the_next_epoch(tmp_path, tiny_data, weights_file,
     assert rows[2]["lr"] < rows[0]["lr"]  # the cosine schedule went on, not restarted
 
 
+class _OneWeight(torch.nn.Module):
+    """The optimizer groups of a Segmentor (head, fine-tuned backbone) over one weight each."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.backbone = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+
+    def param_groups(self, lr: float, backbone_lr: float) -> list[dict]:
+        return [{"params": list(self.head.parameters()), "lr": lr, "name": "head"},
+                {"params": list(self.backbone.parameters()), "lr": backbone_lr,
+                 "name": "backbone"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "poly", "none"])
+def test_make_optimization_resumes_the_states_it_was_saved_with(scheduler):
+    # An epoch here is one fp16 step and fit's schedule step. The first step's gradient is
+    # infinite, so the scaler skips it and halves its scale: a resume that started a fresh
+    # scaler (or optimizer, or schedule) would go on from other states than the run it resumes.
+    args = argparse.Namespace(lr=3e-3, backbone_lr=1e-4, weight_decay=0.05, scheduler=scheduler,
+                              epochs=5, amp="fp16")  # fmt: skip
+    cpu = torch.device("cpu")
+
+    def run(model, ckpt, start) -> tuple[list, dict]:
+        """The lrs of each epoch from ``start`` on, and the states saved after each epoch."""
+        optimizer, schedule, scaler = train.make_optimization(args, model, cpu, ckpt, start)
+        lrs, saved = [], {}
+        for epoch in range(start, args.epochs + 1):
+            x = torch.tensor([[1.0, math.inf if epoch == 1 else -2.0]])
+            scaler.scale((model.head(x) + model.backbone(x)).sum()).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lrs.append([g["lr"] for g in optimizer.param_groups])
+            if schedule is not None:
+                train.step_schedule(schedule)
+            saved[epoch] = copy.deepcopy(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "scheduler": schedule.state_dict() if schedule else None,
+                    "model": model.state_dict(),
+                }
+            )
+        return lrs, saved
+
+    torch.manual_seed(0)
+    whole_lrs, whole = run(_OneWeight(), None, 1)
+    assert whole[2]["scaler"]["scale"] == 2.0**15  # the first step was skipped
+    model = _OneWeight()
+    model.load_state_dict(whole[2]["model"])
+    lrs, resumed = run(model, whole[2], 3)
+    assert lrs == whole_lrs[2:]
+    end, expected = resumed[5], whole[5]
+    assert end["scaler"] == expected["scaler"] and end["scheduler"] == expected["scheduler"]
+    assert end["optimizer"]["param_groups"] == expected["optimizer"]["param_groups"]
+    torch.testing.assert_close(end["optimizer"]["state"], expected["optimizer"]["state"])
+    torch.testing.assert_close(end["model"], expected["model"], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("scheduler", ["poly", "cosine"])
 def test_resume_with_more_epochs_replans_the_schedule(tmp_path, tiny_data, weights_file, scheduler):
     # a finished 2-epoch run extended to 4: poly would stay at 0, cosine would climb back up
