@@ -75,6 +75,13 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(tmp_path, tiny_data, 
     run_train([*argv(tiny_data, cut, weights_file), "--resume", str(cut / "last_model.pth")])
     resumed, reference = read_csv(cut / "metrics.csv"), read_csv(whole / "metrics.csv")
     assert without_time(resumed) == without_time(reference)
+    # and the last checkpoint is the one the uninterrupted run saved, to resume from in turn
+    ends = [torch.load(d / "last_model.pth", weights_only=True) for d in (cut, whole)]
+    torch.testing.assert_close(ends[0]["model"], ends[1]["model"], rtol=0, atol=0)
+    optimizers = [end["optimizer"] for end in ends]
+    torch.testing.assert_close(optimizers[0]["state"], optimizers[1]["state"], rtol=0, atol=0)
+    assert optimizers[0]["param_groups"] == optimizers[1]["param_groups"]
+    assert ends[0]["scheduler"] == ends[1]["scheduler"]
 
 
 LOADER_UNTIL_STOPPED = """
