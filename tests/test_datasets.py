@@ -1426,6 +1426,17 @@ def test_mask_ids_read_16_bit_masks_and_merge_several_values_into_one_class(tmp_
     assert out[0, :3].tolist() == [2, 255, 255]
 
 
+def test_mask_ids_ignore_the_negative_values_of_a_32_bit_mask(tmp_path):
+    # A signed 32-bit mask (a TIFF in Pillow's mode I) may hold -1, Cityscapes' id for the
+    # license plate, which no class lists: as an index into the table, -1 would read the
+    # class of the table's last value (299 here) and -300 that of its first
+    classes = ClassConfig.from_dict({"ALL_CLASSES": ["a", "b"], "MASK_IDS": [[0, 1], 299]})
+    label_ids = np.array([[0, 299, -1, -300], [1, 5, 299, 0]], np.int32)
+    path = save(label_ids, tmp_path / "m.tif")
+    assert Image.open(path).mode == "I"  # the premise: read as signed 32-bit values
+    assert read_mask(path, classes).tolist() == [[0, 1, 255, 255], [0, 255, 1, 0]]
+
+
 def test_mask_ids_make_ade20k_other_ignored_and_shift_its_150_classes(tmp_path):
     classes = ClassConfig.from_dict(
         {"ALL_CLASSES": [f"c{i}" for i in range(1, 151)], "MASK_IDS": list(range(1, 151))}
