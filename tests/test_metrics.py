@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import engine
+import metrics
 from engine import class_ids, evaluate
 from metrics import ConfusionMatrix
 
@@ -215,6 +216,28 @@ def test_a_process_that_scored_no_image_takes_part_with_zero_counts():
     out = cm.compute()
     assert math.isnan(out["pixel_accuracy"]) and math.isnan(out["miou"])
     assert all(math.isnan(v) for v in out["iou"])
+
+
+def test_split_scores_sum_the_loss_and_the_counts_of_every_process(monkeypatch):
+    # Under torchrun each process scores its own shard: the loss per labelled pixel is every
+    # process's summed loss over every process's pixels. The other process is faked here, its
+    # shard 2 pixels of class 1, both predicted right, of summed loss 4.
+    other = {torch.Size([]): torch.tensor(4.0, dtype=torch.float64),
+             torch.Size([2, 2]): torch.tensor([[0, 0], [0, 2]])}  # fmt: skip
+
+    def all_reduce_sum(tensor):
+        tensor += other.pop(tensor.shape)  # each sum reduced once
+
+    monkeypatch.setattr(engine, "all_reduce_sum", all_reduce_sum)
+    monkeypatch.setattr(metrics, "all_reduce_sum", all_reduce_sum)
+    scores = engine._SplitScores(2, torch.device("cpu"))
+    # this process: 2 pixels of class 0, one predicted 1, of summed loss 2
+    scores.update(torch.tensor(2.0), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    out = scores.compute()
+    assert not other, "every sum is reduced"
+    assert out["loss"] == pytest.approx((2 + 4) / 4)
+    assert out["acc"] == pytest.approx(3 / 4) and out["pixels"] == [2, 2]
+    assert out["iou"] == pytest.approx([1 / 2, 2 / 3])
 
 
 def _scores_at_once(output, mask, probs):
