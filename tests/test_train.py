@@ -1591,6 +1591,8 @@ def test_the_training_order_is_a_function_of_seed_and_epoch(tiny_data):
     whole = orders([1, 2, 3])
     assert orders([2, 3]) == whole[1:]
     assert len({tuple(order) for order in whole}) == 3
+    args.seed = 6  # --seed picks the shuffles too, not only the augmentations
+    assert all(a != b for a, b in zip(orders([1, 2, 3]), whole, strict=True))
 
 
 def test_a_resumed_runs_args_yaml_works_as_config_for_eval_only(tmp_path):
