@@ -1,5 +1,6 @@
 """The frozen-feature cache: hit, invalidated by changes, and faithful to uncached training."""
 
+import argparse
 import copy
 import os
 import re
@@ -269,6 +270,25 @@ def test_a_flipped_training_item_flips_its_features_and_its_mask_together(fresh_
         assert (target == views[flipped][1]).all()
         torch.testing.assert_close(features.float(), views[flipped][0], rtol=0.01, atol=0.01)
     assert seen == {False, True}, "both views must have been drawn"
+
+
+@pytest.mark.parametrize("cache", ["off", "memory"])
+def test_the_training_set_draws_its_augmentations_from_seed(tmp_path, fresh_data, untrained, cache):
+    # --seed picks each item's augmentation (a crop and flip, or with the cache the original
+    # or flipped view): make_datasets must hand it on, or every --seed would augment alike
+    pairs = check_dataset(fresh_data, DEFAULT_CLASSES)
+    drawn = {}
+    for seed in (1, 7):
+        args = argparse.Namespace(no_augment=False, cache_features=cache, cache_dir=None,
+                                  out_dir=tmp_path, seed=seed, batch=4)  # fmt: skip
+        train_set, _ = train.make_datasets(
+            args, untrained, pairs, DEFAULT_CLASSES, (28, 28), None, rank=0, world=1
+        )
+        drawn[seed] = []
+        for epoch in range(4):
+            train_set.set_epoch(epoch)
+            drawn[seed] += [train_set[i][1] for i in range(len(train_set))]  # the masks
+    assert not all(torch.equal(a, b) for a, b in zip(drawn[1], drawn[7], strict=True))
 
 
 def test_masks_past_the_memory_bound_are_read_again_not_kept(fresh_data, untrained, monkeypatch):
