@@ -1824,6 +1824,20 @@ def test_the_instance_id_warning_of_a_checkpoints_classes_says_to_train_a_new_mo
     ) in caplog.text
 
 
+def test_a_run_draws_its_random_numbers_from_seed(tmp_path, monkeypatch):
+    # --seed seeds the head's initialization (and anything else drawn before training): the
+    # same seed draws the same numbers, another seed others
+    def first_draws(args, *rest):
+        drawn.append(torch.rand(4))
+
+    monkeypatch.setattr(train, "fit", first_draws)
+    drawn = []
+    for seed in (3, 3, 7):
+        run_train(["--data", str(tmp_path), "--out-dir", str(tmp_path / "out"), "--device",
+                   "cpu", "--seed", str(seed)])  # fmt: skip
+    assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])
+
+
 def test_train_py_gives_the_head_of_an_independent_adamw_loop(tmp_path, weights_file, monkeypatch):
     # The documented optimization, written out apart from engine.py: DistributedSampler's order
     # for (--seed, epoch), the last short batch dropped, each --accum group's summed
