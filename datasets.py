@@ -1531,10 +1531,14 @@ def write_pair(folder: Path, split: str, name: str, image: bytes | Path, mask: n
     does), and the (H, W) class ids as a PNG of the same stem."""
     (folder / f"{split}_images").mkdir(parents=True, exist_ok=True)
     (folder / f"{split}_masks").mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{split}_images" / name
+    # A name written before (a list naming an image twice) may be a hard link to a user's image:
+    # writing into it would change that file, so its name goes first and the bytes to a new one
+    dest.unlink(missing_ok=True)
     if isinstance(image, Path):
-        link_or_copy(image, folder / f"{split}_images" / name)
+        link_or_copy(image, dest)
     else:
-        (folder / f"{split}_images" / name).write_bytes(image)
+        dest.write_bytes(image)
     mask_image = Image.fromarray(mask.astype(np.uint8))
     write_image(folder / f"{split}_masks" / f"{Path(name).stem}.png", mask_image, "PNG")
 

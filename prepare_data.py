@@ -18,7 +18,8 @@ that layout whose masks are 0/255 images (255 = the class, not ignore) and maps 
 ``folder`` splits one folder of images and one of masks into train and valid; ``roboflow`` reads
 Roboflow's "Semantic Segmentation Masks" export, ``cvat`` CVAT's "Segmentation mask 1.1" one.
 ``cityscapes`` and ``ade20k`` read the two benchmarks as they unzip, their label-id masks mapped
-to the benchmark's training classes, and hard-link their images (copies on another disk).
+to the benchmark's training classes. Images are written byte for byte, as hard links to the source
+files (copies on another disk), but for pennfudan's, which come out of its zip.
 """
 
 import argparse
@@ -147,18 +148,30 @@ def get_args_parser() -> argparse.ArgumentParser:
         parser.add_argument("--classes", nargs="+", default=["person"], help=help, **extra)
 
     sub = parser.add_subparsers(dest="dataset", required=True)
-    penn = sub.add_parser("pennfudan", parents=[common], help="the Penn-Fudan pedestrian zip")
+    linked = "images are hard links to its files (copies where --out is on another disk)"
+
+    def importer(name, help, *flags, description=None, images=linked) -> argparse.ArgumentParser:
+        """The subcommand ``name``, with --out, --force and the ``flags`` parsers' flags; its
+        --help says how its ``images`` are written."""
+        return sub.add_parser(
+            name,
+            parents=[common, *flags],
+            help=help,
+            description=f"{description or help}; {images}",
+        )
+
+    penn = importer(
+        "pennfudan", "the Penn-Fudan pedestrian zip", images="images are copied out of the zip"
+    )
     source(penn, "--zip", "FILE", "PennFudanPed.zip")
-    voc = sub.add_parser("voc", parents=[common], help="PASCAL VOC 2012 segmentation")
+    voc = importer("voc", "PASCAL VOC 2012 segmentation")
     source(voc, "--root", "DIR", "VOCdevkit/VOC2012")
     class_names(
         voc,
         "the classes to keep, numbered 1, 2, ... in this order (default person)",
         choices=VOC_CLASSES[1:],
     )
-    coco = sub.add_parser(
-        "coco", parents=[common, splitting()], help="COCO-format instance annotations"
-    )
+    coco = importer("coco", "COCO-format instance annotations", splitting())
     source(coco, "--annotations", "FILE", "instances_*.json")
     source(coco, "--images", "DIR", "the folder of its images")
     class_names(
@@ -166,9 +179,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "category names to keep, numbered 1, 2, ... in this order (default person)",
         metavar="NAME",
     )
-    binary = sub.add_parser(
-        "binary", parents=[common], help="a dataset in our layout whose masks are 0/255 images"
-    )
+    binary = importer("binary", "a dataset in our layout whose masks are 0/255 images")
     source(
         binary,
         "--root",
@@ -182,11 +193,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="person",
         help="the class that 255 marks (default %(default)s)",
     )
-    folder = sub.add_parser(
-        "folder",
-        parents=[common, splitting()],
-        help="one folder of images and one of masks, to split",
-    )
+    folder = importer("folder", "one folder of images and one of masks, to split", splitting())
     source(folder, "--images", "DIR", "the folder of images")
     source(folder, "--masks", "DIR", "the folder of masks")
     folder.add_argument(
@@ -203,32 +210,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a classes YAML (ALL_CLASSES...) for colour masks",
     )
-    roboflow = sub.add_parser(
-        "roboflow", parents=[common], help="a Roboflow 'Semantic Segmentation Masks' export"
-    )
+    roboflow = importer("roboflow", "a Roboflow 'Semantic Segmentation Masks' export")
     source(roboflow, "--root", "DIR", "the folder with train/, valid/, test/")
-    cvat = sub.add_parser(
+    cvat = importer(
         "cvat",
-        parents=[common, splitting(" (of an export without train and validation subsets)")],
-        help="a CVAT 'Segmentation mask 1.1' export",
+        "a CVAT 'Segmentation mask 1.1' export",
+        splitting(" (of an export without train and validation subsets)"),
     )
     source(cvat, "--root", "DIR", "the folder with labelmap.txt, JPEGImages/, SegmentationClass/")
-    linked = (
-        "; images are hard links to its files (copies where --out is on another disk), "
-        "masks class-index PNGs of its training classes"
-    )
-    cityscapes = sub.add_parser(
+    trained = "masks class-index PNGs of its training classes"
+    cityscapes = importer(
         "cityscapes",
-        parents=[common],
-        help="Cityscapes' fine annotations: train and val (as valid)",
-        description="Cityscapes' gtFine train and val splits, val as valid" + linked,
+        "Cityscapes' fine annotations: train and val (as valid)",
+        description=f"Cityscapes' gtFine train and val splits, val as valid; {trained}",
     )
     source(cityscapes, "--root", "DIR", "the folder with leftImg8bit/ and gtFine/")
-    ade20k = sub.add_parser(
+    ade20k = importer(
         "ade20k",
-        parents=[common],
-        help="ADE20K (ADEChallengeData2016, MIT Scene Parsing): training and validation",
-        description="ADEChallengeData2016's training and validation splits" + linked,
+        "ADE20K (ADEChallengeData2016, MIT Scene Parsing): training and validation",
+        description=f"ADEChallengeData2016's training and validation splits; {trained}",
     )
     source(
         ade20k,
@@ -353,7 +353,7 @@ def convert_voc(root: Path, out: Path, classes: list[str]) -> None:
             ids = read_voc_mask(mask)
             if problem := size_mismatch((image, mask), displayed_size(image), ids.shape):
                 raise UserError(problem[0])
-            write_pair(out, split, image.name, image.read_bytes(), lut[ids])
+            write_pair(out, split, image.name, image, lut[ids])
 
 
 def in_both(shared: list[str], train: Path, valid: Path) -> list[str]:
@@ -406,7 +406,7 @@ def copies_across(images: dict[str, list[Path]], train: Path, valid: Path) -> li
 
 def displayed_size(image: Path) -> tuple[int, int]:
     """(W, H) of ``image`` as training reads it (image_size), or a UserError naming it where
-    training could not read it: importers that copy images unchanged check them so."""
+    training could not read it: importers that write images unchanged check them so."""
     try:
         return image_size(image)
     except DataError as err:
@@ -578,7 +578,7 @@ def convert_coco(
         mask, masked, boxed = _draw_coco_mask(img, anns[img["id"]], class_of, annotations)
         drawn += masked
         boxes += boxed
-        write_pair(out, split, names[img["id"]], source.read_bytes(), mask)
+        write_pair(out, split, names[img["id"]], source, mask)
     if not kept:
         named = (
             f": its {orphans} annotations of them name image ids that no image has "
@@ -770,7 +770,7 @@ def _coco_file_names(annotations: Path, images: list[dict]) -> tuple[dict, dict]
             "under several ids (exports of one image merged), whose masks would replace each "
             "other; list it once, with all its annotations under that image's id"
         )
-    # copied under their names, such images would be skipped by training, their masks unpaired
+    # written under their names, such images would be skipped by training, their masks unpaired
     unread = [
         img["file_name"]
         for img in images
@@ -1028,11 +1028,11 @@ def read_binary_mask(path: Path) -> tuple[np.ndarray, str]:
 
 
 def convert_binary(root: Path, out: Path) -> dict[str, int]:
-    """Copy a dataset in our layout, turning its 0/255 masks into 0/1 class-index PNGs.
+    """Convert a dataset in our layout, turning its 0/255 masks into 0/1 class-index PNGs.
 
-    Images are copied unchanged and pair with masks by stem, as in training. Every problem
-    (unpaired files, unreadable images or masks, colour masks, a mask of another size than its
-    image, as training checks them) is reported at once.
+    Images are hard-linked (copied where that fails) and pair with masks by stem, as in
+    training. Every problem (unpaired files, unreadable images or masks, colour masks, a mask of
+    another size than its image, as training checks them) is reported at once.
 
     Returns:
         the number of masks of each kind read_binary_mask names.
@@ -1064,7 +1064,7 @@ def convert_binary(root: Path, out: Path) -> dict[str, int]:
             kinds[kind] += 1
             foreground += int(mask.sum()) if kind != "0/1" else 0
             if not problems:  # otherwise nothing is kept: the masks are only checked
-                write_pair(out, split, image.name, image.read_bytes(), mask)
+                write_pair(out, split, image.name, image, mask)
     if problems:
         raise DatasetError(root, problems)
     if foreground == 0:
@@ -1162,12 +1162,11 @@ def convert_pairs(
     classes: ClassConfig,
     out: Path,
     names: dict[Path, str] | None = None,
-    link: bool = False,
 ) -> dict[str, int | str]:
     """Check each pair as training does (unreadable files, mask values or colours outside
     ``classes``, a mask of another size than its image) and write the pairs into ``out`` with
-    class-index PNG masks, images copied unchanged under their ``names`` (default: their own),
-    or hard-linked where ``link`` (utils.link_or_copy).
+    class-index PNG masks, images hard-linked under their ``names`` (default: their own), or
+    copied where the file system refuses a link (utils.link_or_copy).
 
     Every problem, those given and each pair's, is raised at once (DatasetError), and then
     nothing is written.
@@ -1200,7 +1199,7 @@ def convert_pairs(
             any_class |= bool(counts[: classes.num_classes].any())
             if not problems:  # otherwise nothing is kept: the pairs are only checked
                 name = names[image] if names else image.name
-                write_pair(out, split, name, image if link else image.read_bytes(), ids)
+                write_pair(out, split, name, image, ids)
     problems += renumbered_palettes(used_ids)
     if classes.mask_ids is not None and not any_class and not problems:
         # as check_dataset refuses it: masks of ignore alone
@@ -1480,7 +1479,7 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
         splits = every_nth(list(pairs.values()), valid_every(args))
     else:
         splits = {s: [pair for i, pair in pairs.items() if i in subsets[s][1]] for s in SPLITS}
-        # among the annotated items: only those are copied
+        # among the annotated items: only those are written
         both = subsets["train"][1] & subsets["valid"][1]
         shared = [i for i in pairs if i in both]
         problems += in_both(shared, subsets["train"][0], subsets["valid"][0])
@@ -1582,7 +1581,7 @@ def convert_cityscapes(root: Path, out: Path, classes: ClassConfig) -> dict[str,
     ]
     train, valid = (images_root / CITYSCAPES_SPLITS[split] for split in SPLITS)
     problems += copies_across(images, train, valid)
-    kinds = convert_pairs(root, splits, problems, classes, out, names, link=True)
+    kinds = convert_pairs(root, splits, problems, classes, out, names)
     test = images_root / "test"
     files = _image_files(test, nested=True) if test.is_dir() else []
     count = sum(p.name.endswith(CITYSCAPES_IMAGE) for p in files)
@@ -1650,7 +1649,7 @@ def convert_ade20k(root: Path, out: Path, classes: ClassConfig) -> dict[str, int
         if not splits[split] and not matched.problems:
             problems.append(f"{folders[split]}: no image with its mask")
     problems += copies_across(images_of(splits), folders["train"], folders["valid"])
-    return convert_pairs(root, splits, problems, classes, out, link=True)
+    return convert_pairs(root, splits, problems, classes, out)
 
 
 def report(folder: Path, names: list[str]) -> None:

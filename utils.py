@@ -629,10 +629,14 @@ def link_or_copy(source: Path, dest: Path) -> None:
     Linux's protected_hardlinks).
 
     A hard link, not a symbolic one: the dataset keeps its images when the source is moved or
-    deleted, and a disk holds the tens of gigabytes of a public dataset's images once.
+    deleted, and a disk holds the tens of gigabytes of a public dataset's images once. An
+    existing ``dest`` is an error (FileExistsError), never copied into: it may be a hard link
+    to another source, whose bytes the copy would overwrite.
     """
     try:
         os.link(source, dest)
+    except FileExistsError:
+        raise
     except OSError:  # copying fails in its turn where the cause was dest's (a full disk)
         shutil.copyfile(source, dest)
 

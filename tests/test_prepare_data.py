@@ -482,28 +482,34 @@ def test_an_interrupted_replacement_keeps_the_old_dataset(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PennFudanPed.zip", "pf"]
 
 
+def source_flags(dataset: str, src: Path) -> list[str]:
+    """The flags of ``dataset``'s importer for its fixture, built under ``src``."""
+    if dataset == "voc":
+        return ["--root", str(voc_fixture(src / "VOC2012"))]
+    if dataset == "coco":
+        return ["--annotations", str(coco_fixture(src)), "--images", str(src / "images")]
+    if dataset == "binary":
+        return ["--root", str(binary_fixture(src / "people"))]
+    if dataset == "folder":
+        return ["--images", str(folder_fixture(src) / "images"), "--masks", str(src / "masks")]
+    if dataset == "roboflow":
+        return ["--root", str(roboflow_fixture(src / "export"))]
+    if dataset == "cvat":
+        return ["--root", str(cvat_fixture(src / "export"))]
+    if dataset == "cityscapes":
+        return ["--root", str(cityscapes_fixture(src))]
+    if dataset == "ade20k":
+        return ["--root", str(ade20k_fixture(src / "ADEChallengeData2016"))]
+    src.mkdir()
+    return ["--zip", str(penn_fudan_zip(src / "PennFudanPed.zip"))]
+
+
 @pytest.mark.parametrize(
     "dataset", ["voc", "coco", "pennfudan", "folder", "roboflow", "cvat", "cityscapes", "ade20k"]
 )
 def test_force_never_replaces_the_folder_holding_the_source(tmp_path, dataset):
     src = tmp_path / "src"
-    if dataset == "voc":
-        flags = ["--root", str(voc_fixture(src / "VOC2012"))]
-    elif dataset == "coco":
-        flags = ["--annotations", str(coco_fixture(src)), "--images", str(src / "images")]
-    elif dataset == "folder":
-        flags = ["--images", str(folder_fixture(src) / "images"), "--masks", str(src / "masks")]
-    elif dataset == "roboflow":
-        flags = ["--root", str(roboflow_fixture(src / "export"))]
-    elif dataset == "cvat":
-        flags = ["--root", str(cvat_fixture(src / "export"))]
-    elif dataset == "cityscapes":
-        flags = ["--root", str(cityscapes_fixture(src))]
-    elif dataset == "ade20k":
-        flags = ["--root", str(ade20k_fixture(src / "ADEChallengeData2016"))]
-    else:
-        src.mkdir()
-        flags = ["--zip", str(penn_fudan_zip(src / "PennFudanPed.zip"))]
+    flags = source_flags(dataset, src)
     before = sorted(src.rglob("*"))
     with pytest.raises(UserError, match=rf"--out {src} holds the source .*choose another --out"):
         run(dataset, *flags, "--out", str(src), "--force")
@@ -2440,6 +2446,50 @@ def test_images_are_copied_where_they_cannot_be_hard_linked(tmp_path, monkeypatc
     (image,) = (out / "valid_images").iterdir()
     source = root / "leftImg8bit" / "val" / "b" / "b_000000_000019_leftImg8bit.png"
     assert not os.path.samefile(image, source) and image.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco", "binary", "folder", "roboflow", "cvat"])
+@pytest.mark.parametrize("linkable", [True, False])
+def test_importers_hard_link_the_images_they_keep_unchanged(
+    tmp_path, monkeypatch, dataset, linkable
+):
+    """Every importer but pennfudan (whose images come out of a zip) writes its images byte for
+    byte, so each is a hard link to its source file (COCO's train2017 is 18 GB), or a copy
+    where the file system refuses the link."""
+
+    def cross_device(source, dest):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    flags = source_flags(dataset, tmp_path / "src")
+    if dataset in ("coco", "cvat"):
+        flags += ["--valid-every", "2"]
+    if not linkable:
+        monkeypatch.setattr(os, "link", cross_device)
+    out = tmp_path / "data"
+    run(dataset, *flags, "--out", str(out))
+    sources = {p.read_bytes(): p for p in (tmp_path / "src").rglob("*") if p.is_file()}
+    images = sorted(out.glob("*_images/*"))
+    assert {p.parent.name for p in images} == {"train_images", "valid_images"}
+    for image in images:
+        source = sources[image.read_bytes()]  # KeyError: not the source's bytes
+        assert os.path.samefile(image, source) == linkable, image
+        assert image.stat().st_nlink == (2 if linkable else 1), image
+
+
+def test_a_name_written_twice_never_writes_into_the_linked_source(tmp_path):
+    """A hard link shares its source's bytes: writing a second image into the name of one
+    (a VOC list naming an image twice) replaces the name, never the user's file."""
+    first, second = tmp_path / "first.jpg", tmp_path / "second.jpg"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    mask = np.zeros((2, 2), np.uint8)
+    out = tmp_path / "data"
+    datasets.write_pair(out, "train", "x.jpg", first, mask)
+    datasets.write_pair(out, "train", "x.jpg", second, mask)
+    assert os.path.samefile(out / "train_images" / "x.jpg", second)
+    datasets.write_pair(out, "train", "x.jpg", b"bytes", mask)
+    assert (out / "train_images" / "x.jpg").read_bytes() == b"bytes"
+    assert (first.read_bytes(), second.read_bytes()) == (b"first", b"second")
 
 
 @pytest.mark.parametrize(
