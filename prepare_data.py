@@ -110,6 +110,8 @@ CITYSCAPES_SPLITS = {"train": "train", "valid": "val"}
 CITYSCAPES_IMAGE, CITYSCAPES_MASK = "_leftImg8bit.png", "_gtFine_labelIds.png"  # name endings
 ADE20K_SPLITS = {"train": "training", "valid": "validation"}
 ADE20K_CLASSES = 150  # label 0 is "other", not evaluated: ignore
+# the most classes report prints on one line per split; more, as ADE20K's 150, get a table
+REPORT_INLINE = 10
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -1653,15 +1655,32 @@ def convert_ade20k(root: Path, out: Path, classes: ClassConfig) -> dict[str, int
 
 
 def report(folder: Path, names: list[str]) -> None:
-    """Print images and labelled pixels per class and split."""
+    """Print images and labelled pixels per class and split: a line per split of up to
+    REPORT_INLINE classes, else a line per split (its images and ignored pixels) and a table of a
+    line per class (id, name, pixels in train, in valid)."""
+    counts, images = {}, {}
     for split in SPLITS:
-        counts = np.zeros(256, np.int64)
+        counts[split] = np.zeros(256, np.int64)
         masks = sorted((folder / f"{split}_masks").glob("*.png"))
         for path in masks:
-            counts += np.bincount(np.asarray(open_image(path)).ravel(), minlength=256)
-        pixels = ", ".join(f"{name} {counts[i]:,}" for i, name in enumerate(names))
-        images = f"{len(masks)} image{'' if len(masks) == 1 else 's'}"
-        print(f"{split}: {images}; pixels: {pixels}; ignored {counts[IGNORE_INDEX]:,}")
+            counts[split] += np.bincount(np.asarray(open_image(path)).ravel(), minlength=256)
+        images[split] = f"{len(masks)} image{'' if len(masks) == 1 else 's'}"
+    if len(names) <= REPORT_INLINE:
+        for split in SPLITS:
+            pixels = ", ".join(f"{name} {counts[split][i]:,}" for i, name in enumerate(names))
+            ignored = counts[split][IGNORE_INDEX]
+            print(f"{split}: {images[split]}; pixels: {pixels}; ignored {ignored:,}")
+        return
+    for split in SPLITS:
+        print(f"{split}: {images[split]}; ignored {counts[split][IGNORE_INDEX]:,}")
+    heads = [f"{split} pixels" for split in SPLITS]
+    cells = [[f"{counts[split][i]:,}" for split in SPLITS] for i in range(len(names))]
+    wide = [max(len(head), *(len(row[k]) for row in cells)) for k, head in enumerate(heads)]
+    id_wide, name_wide = len(str(len(names) - 1)), max(map(len, ["class", *names]))
+    rows = [("id", "class", heads)] + [(i, names[i], cells[i]) for i in range(len(names))]
+    for i, name, row in rows:
+        numbers = "  ".join(f"{cell:>{width}}" for cell, width in zip(row, wide, strict=True))
+        print(f"{i:>{max(id_wide, 2)}}  {name:<{name_wide}}  {numbers}")
 
 
 class Importer(NamedTuple):

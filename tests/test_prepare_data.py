@@ -2566,6 +2566,28 @@ def test_ade20k_reads_its_150_classes_by_label_id_and_links_its_images(tmp_path)
             np.testing.assert_array_equal(mask, expected)
 
 
+def test_the_report_of_many_classes_is_a_table_of_one_class_a_line(tmp_path, capsys):
+    """ADE20K's 150 classes' pixels on one line per split were one line of 3,000 characters."""
+    root = ade20k_fixture(tmp_path / "ADEChallengeData2016")
+    out = tmp_path / "data"
+    run("ade20k", "--root", str(root), "--out", str(out))
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines if not line.startswith("Wrote ")) <= 100
+    counts = {}
+    for split in ("train", "valid"):
+        masks = sorted((out / f"{split}_masks").iterdir())
+        ids = np.concatenate([np.asarray(Image.open(m)).ravel() for m in masks])
+        counts[split] = np.bincount(ids, minlength=256)
+        images = f"{len(masks)} image{'s' * (len(masks) > 1)}"
+        assert f"{split}: {images}; ignored {counts[split][255]:,}" in lines
+    header = lines.index(next(line for line in lines if line.split()[:2] == ["id", "class"]))
+    rows = [line.split() for line in lines[header + 1 : header + 151]]
+    assert [row[:2] for row in rows] == [[str(i), f"thing{i + 1}"] for i in range(150)]
+    for i, row in enumerate(rows):  # class 148 (label 149) has pixels, 2 (label 3) none
+        assert row[2:] == [f"{counts['train'][i]:,}", f"{counts['valid'][i]:,}"]
+    assert rows[2][2:] == ["0", "0"] and rows[148][2] != "0"
+
+
 @pytest.mark.parametrize(
     "defect, message",
     [
