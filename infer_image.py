@@ -468,12 +468,17 @@ def main(args: argparse.Namespace) -> None:
     check_no_foreign_results(names, args.out_dir, args.legend)
     check_writable(args.out_dir, needed_bytes=2**20)  # before the model loads, not after it ran
     predictor = predictor_from_args(args, device)
-    if args.legend:
-        # one file of every class, whatever the images hold: the masks' grays read by it
-        write_legend(args.out_dir, predictor)
     with opencv_threads_for(predictor.work_device()):
         stats = segment_images(paths, names, predictor, args)
     done, waited = stats["written"], stats["waited"]
+    problems = []
+    if args.legend and done:
+        # one file of every class, whatever the images hold: the masks' grays read by it. Only
+        # beside results: a run whose every image failed leaves no key to nothing
+        try:
+            write_legend(args.out_dir, predictor)
+        except UserError as err:  # said with the images that failed, if any
+            problems.append(str(err))
     if stats["several_frames"]:
         # an animation or a scanned document gave one mask, of its first frame, without a word
         log.warning(
@@ -491,7 +496,6 @@ def main(args: argparse.Namespace) -> None:
             f"end to end: {done / stats['seconds']:.2f} images per second (reading, model, "
             f"writing{left_out})"
         )
-    problems = []
     failed = {"read": stats["read_failures"], "written": stats["write_failures"]}
     for what, listed in failed.items():
         if listed:

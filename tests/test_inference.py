@@ -3588,8 +3588,8 @@ def test_infer_image_legend_changes_only_the_overlays_corner_and_writes_legend_p
     top, left, bottom, right = changed_box(plain, drawn)
     # JPEG codes 16x16 blocks (with their neighbours' colour, at most): the rest is unchanged
     assert top < 16 and left < 16 and bottom <= 120 + 16 and right <= 160 + 16
-    # legend.png (written first): every class, named with its id, class 0 too
-    assert texts == ["0  background", "1  person", "person"]
+    # legend.png (written last): every class, named with its id, class 0 too
+    assert texts == ["person", "0  background", "1  person"]
     with Image.open(keyed / "legend.png") as legend:
         assert legend.info["Software"] == "infer_image.py --legend"
         pixels = {tuple(p) for p in np.asarray(legend.convert("RGB")).reshape(-1, 3)}
@@ -3597,6 +3597,23 @@ def test_infer_image_legend_changes_only_the_overlays_corner_and_writes_legend_p
     # a rerun into the same folder reads neither its outputs nor its legend as photos
     with pytest.raises(UserError, match="no images found"):
         infer_image.find_images(str(keyed), out_dir=keyed)
+
+
+@pytest.mark.parametrize("readable", [0, 1])
+def test_legend_png_is_written_only_where_an_image_was_segmented(tmp_path, checkpoint, readable):
+    """A run whose every image failed left a legend.png, the key of results that are not there."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    if readable:
+        Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(src / "a.png")
+    (src / "z_broken.png").write_bytes(b"not an image")
+    args = image_args(input=src, model=checkpoint, out_dir=out, batch=1, legend=True)
+    with pytest.raises(UserError, match=r"image\(s\) could not be read:\n.*z_broken\.png"):
+        infer_image.main(args)
+    written = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert written == (["a_mask.png", "a_overlay.jpg", "legend.png"] if readable else [])
+    if readable:
+        assert infer_image.is_legend(out / "legend.png")
 
 
 def test_a_legend_png_of_the_users_is_never_replaced(tmp_path, checkpoint):
