@@ -31,6 +31,7 @@ from model import (
     token_grid,
 )
 from utils import (
+    LEGEND_HEIGHT,
     UserError,
     all_reduce_sum,
     amp_advice,
@@ -899,6 +900,7 @@ class Predictor:
         mask: np.ndarray,
         alpha: float = OVERLAY_ALPHA,
         legend: bool | Iterable[int] = False,
+        legend_height: float = LEGEND_HEIGHT,
     ) -> np.ndarray:
         """Blend the classes' VIS_LABEL_MAP colours over an (H, W, 3) uint8 RGB image.
 
@@ -910,6 +912,8 @@ class Predictor:
             alpha: weight of the colours, 0 to 1.
             legend: --legend's key of classes in the top-left corner (draw_legend): True for
                 the classes ``mask`` holds, or the class ids to list; False for none.
+            legend_height: the share of the image's height the key may cover (draw_legend's
+                max_height).
 
         Returns:
             (H, W, 3) uint8 RGB.
@@ -919,7 +923,8 @@ class Predictor:
         if legend is False:
             return out
         classes = present_classes(mask) if legend is True else legend
-        return draw_legend(out, classes, self.classes.names, self.classes.vis_colors)
+        names, colors = self.classes.names, self.classes.vis_colors
+        return draw_legend(out, classes, names, colors, legend_height)
 
 
 class FeatureCache:

@@ -1305,9 +1305,15 @@ def write_report(out_dir: Path, history: list[dict]) -> None:
             warn_held_open(name, out_dir, err)
 
 
+# the share of a validation overlay's height its key may cover: half, as --legend allows where
+# it is asked for, hid the top of a small image (96x72: its top quarter), which is left unkeyed
+VALID_LEGEND_HEIGHT = 0.25
+
+
 def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -> None:
     """Save ground truth | prediction overlays of validation images, as inference draws them
-    with --legend: each half keys its own classes, where the two disagree on which are there.
+    with --legend: each half keys its own classes, where the two disagree on which are there,
+    in at most VALID_LEGEND_HEIGHT of its height.
 
     An overlay open in a viewer (Windows cannot replace it) is a warning, as in write_report.
     """
@@ -1322,7 +1328,10 @@ def write_overlays(out_dir: Path, valid_set, count: int, predictor: Predictor) -
         else:
             pred = predictor.predict(image)
         # keyed always, without a flag: a person alone reads them, and a key costs 1 ms
-        halves = [predictor.overlay(image, m, legend=True) for m in (truth, pred)]
+        halves = [
+            predictor.overlay(image, m, legend=True, legend_height=VALID_LEGEND_HEIGHT)
+            for m in (truth, pred)
+        ]
         panel = np.concatenate(halves, 1)
         try:
             with atomic_path(file) as tmp:

@@ -1215,16 +1215,18 @@ def draw_legend(
     classes: Iterable[int],
     names: Sequence[str],
     colors: Sequence[Sequence[int]],
+    max_height: float = LEGEND_HEIGHT,
 ) -> np.ndarray:
     """Key ``classes`` in ``image``'s top-left corner: a colour swatch and the class name per
     row, on a darkened panel, at most LEGEND_ROWS rows (the last "+K more" where more are
-    keyed) covering at most LEGEND_HEIGHT of the image's height, with names cut to its width.
+    keyed) covering at most ``max_height`` of the image's height, with names cut to its width.
 
     Args:
         image: (H, W, 3) uint8 RGB, drawn on in place (an overlay).
         classes: class ids to key; those keyed_classes leaves out are not listed.
         names: each class's name, by id.
         colors: each class's RGB colour, by id.
+        max_height: the share of the image's height the key may cover, 0 to 1.
 
     Returns:
         ``image``; untouched where it has no room for one row of text LEGEND_MIN_TEXT high.
@@ -1236,7 +1238,7 @@ def draw_legend(
     text_h = max(LEGEND_MIN_TEXT, round(min(height, width) * LEGEND_TEXT))
     pad = max(2, text_h // 3)
     row = text_h + 2 * pad  # room below the baseline for descenders (g, p, y)
-    rows = min(LEGEND_ROWS, (int(height * LEGEND_HEIGHT) - 2 * pad) // row)
+    rows = min(LEGEND_ROWS, (int(height * max_height) - 2 * pad) // row)
     if not keyed or rows < 1:
         return image
     shown = keyed if len(keyed) <= rows else keyed[: rows - 1]

@@ -3652,10 +3652,35 @@ def test_a_videos_legend_keys_the_classes_so_far_and_keeps_frames_and_size(
 def test_validation_overlays_key_the_classes_of_each_half(
     tmp_path, predictor, tiny_data, monkeypatch
 ):
+    # tiny_data's 96x72 pair 4 times as large: a key fits in a quarter of its height
+    pair = (tmp_path / "big.png", tmp_path / "big_mask.png")
+    for folder, dest, resample in (("valid_images", pair[0], Image.BILINEAR),
+                                   ("valid_masks", pair[1], Image.NEAREST)):  # fmt: skip
+        Image.open(tiny_data / folder / "img000.png").resize((384, 288), resample).save(dest)
+    texts = drawn_texts(monkeypatch)
+    train.write_overlays(tmp_path, SimpleNamespace(pairs=[pair]), 1, predictor)
+    predicted = 1 in predictor.predict(read_image(pair[0]))
+    assert texts == ["person"] * (1 + predicted)  # the truth's, then the prediction's if any
+    assert Image.open(tmp_path / "valid_preds" / "big.jpg").size == (2 * 384, 288)
+
+
+def test_validation_overlays_key_at_most_a_quarter_of_their_height(
+    tmp_path, predictor, tiny_data, monkeypatch
+):
+    """--legend's key may cover half an image's height. Drawn unasked in valid_preds, on a 96x72
+    validation image it hid the top quarter of each half: there it is left out, and on larger
+    ones it lists fewer classes (the last row "+K more") than --legend would."""
     image_path = tiny_data / "valid_images" / "img000.png"
     valid_set = SimpleNamespace(pairs=[(image_path, tiny_data / "valid_masks" / "img000.png")])
     texts = drawn_texts(monkeypatch)
     train.write_overlays(tmp_path, valid_set, 1, predictor)
-    predicted = 1 in predictor.predict(read_image(image_path))
-    assert texts == ["person"] * (1 + predicted)  # the truth's, then the prediction's if any
-    assert Image.open(tmp_path / "valid_preds" / "img000.jpg").size == (2 * 96, 72)
+    assert texts == []
+    image = np.full((240, 320, 3), 90, np.uint8)
+    names = [f"class {i}" for i in range(8)]
+    colors = distinct_colors(8)
+    full = utils.draw_legend(image.copy(), range(8), names, colors)
+    assert changed_box(image, full)[2] > 240 / 4  # as --legend draws it: 7 rows
+    texts.clear()
+    keyed = utils.draw_legend(image.copy(), range(8), names, colors, train.VALID_LEGEND_HEIGHT)
+    assert changed_box(image, keyed)[2] <= 240 * train.VALID_LEGEND_HEIGHT <= 240 / 4
+    assert texts == ["class 1", "class 2", "+5 more"]
