@@ -309,8 +309,9 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
                 raise
             raise UserError(  # what was written is removed below, which frees the space
                 f"--out {out}: its disk filled up ({err.strerror}) while the dataset was written, "
-                "and nothing was kept; free some space (about the size of the source images and "
-                "masks) or choose an --out on another disk"
+                "and nothing was kept; free some space (about the size of the masks, and of the "
+                "source images where --out is on another disk than theirs, as they are copied "
+                "there, not linked) or choose an --out on another disk"
             ) from err
         finally:
             shutil.rmtree(holder, ignore_errors=True)
