@@ -185,7 +185,7 @@ def _scores_in_chunks(
     """What _score_image computes from all K classes resized to the mask's size at once, a few
     classes at a time (see _class_ids_in_chunks). With 21 classes, a 4000x3000 mask's 1 GB of
     float32 scores and their log-softmax raised evaluate's peak memory by 2.0 GB (3.0 GB with
-    TTA); a few classes at a time, by 0.8 GB (0.7 GB).
+    TTA); a few classes at a time, by 0.7 GB (0.4 GB).
 
     Args:
         output: (K, h, w) float32 logits, or probabilities with ``probs``.
