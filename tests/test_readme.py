@@ -1,7 +1,8 @@
 """The README's commands stay in step with the scripts: every command it shows parses with its
 script's own parser, every flag it names exists, and its flag tables give each flag of their
 scripts with the parser's default. A renamed or dropped flag fails here, not on the first user who
-copies the line. So does a --help that leaves out a flag's default, or gives another."""
+copies the line. So does a --help that leaves out a flag's default, or gives another, and so do
+the README's Files and Dependencies tables, lists and names of our code that the code left."""
 
 import argparse
 import importlib
@@ -255,3 +256,101 @@ def test_the_extending_recipe_of_a_backbone_row_runs_in_config_as_written():
     row = namespace["BACKBONES"][line.group(2)]
     assert row.hub_name in config.BACKBONES  # its entry point and weights are an official model's
     assert row.head_blocks != config.BACKBONES[row.hub_name].head_blocks
+
+
+def table_rows(header: str) -> list[list[str]]:
+    """The cells of each row of the README's table whose header line is ``header``."""
+    lines = README.splitlines()
+    start = lines.index(header) + 2  # below the |---| line
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_files_table_names_every_script_and_only_files_that_exist():
+    """Each top-level .py file and each file of benchmarks/ has a row in the Files table, and each
+    file a row names is there."""
+    rows = table_rows("| file | what it owns |")
+    named = {name for row in rows for name in re.findall(r"`([^`]+)`", row[0])}
+    ours = {p.name for p in ROOT.glob("*.py")}
+    ours |= {f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").iterdir() if p.is_file()}
+    assert not sorted(ours - named), f"the Files table has no row for {sorted(ours - named)}"
+    gone = sorted(name for name in named if not (ROOT / name).exists())
+    assert not gone, f"the Files table names {gone}, which do not exist"
+
+
+def requirement_names(path) -> set[str]:
+    """The package names a requirements file lists (lower case, without versions or -r lines)."""
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.match(r"[A-Za-z0-9_.-]+", line).group().lower())
+    return names
+
+
+def test_the_dependencies_table_says_why_of_every_requirement_and_no_other():
+    listed = set()
+    for package, why in table_rows("| package | why |"):
+        assert why, f"the Dependencies table gives no reason for {package}"
+        listed.update(name.strip().lower() for name in package.removesuffix("(dev)").split(","))
+    required = requirement_names(ROOT / "requirements.txt")
+    required |= requirement_names(ROOT / "requirements-dev.txt")
+    assert required, "no requirement read"
+    assert not sorted(required - listed), (
+        f"the Dependencies table leaves out {sorted(required - listed)}"
+    )
+    assert not sorted(listed - required), (
+        f"the Dependencies table lists {sorted(listed - required)}, which no requirements file has"
+    )
+
+
+# the file names the README writes like a module's attribute: metrics.csv, model.onnx.data
+FILE_SUFFIXES = {"csv", "data", "json", "onnx", "png", "pth", "py", "txt", "yaml"}
+
+
+def test_every_name_of_our_code_the_readme_gives_exists():
+    """Each ``module.name`` of our modules in the README's code spans (``engine.UPSAMPLE_ELEMENTS``,
+    ``model.load_checkpoint``, ``tests/synthetic.OFFICIAL_MODELS``, ``engine.FeatureCache.fill``)
+    names something that module has: a renamed function leaves no recipe pointing at nothing."""
+    modules = sorted([p.stem for p in ROOT.glob("*.py")] + ["synthetic"], key=len, reverse=True)
+    pattern = rf"`(?:tests/)?((?:{'|'.join(modules)})(?:\.[A-Za-z_]\w*)+)"
+    names = {n for n in re.findall(pattern, README) if n.rsplit(".", 1)[1] not in FILE_SUFFIXES}
+    assert len(names) >= 10, f"too few names of our code found: {sorted(names)}"
+    missing, absent = [], object()
+    for name in sorted(names):
+        module, *attrs = name.split(".")
+        found = importlib.import_module(module)
+        for attr in attrs:
+            found = getattr(found, attr, absent)
+        missing += [name] if found is absent else []
+    assert not missing, f"the README names {missing}, which our code does not have"
+
+
+def test_what_resume_continues_and_keeps_are_configs_lists():
+    """The README's account of --resume lists the continued settings (config.RESUMED_SETTINGS)
+    and the checkpoint's model settings (config.RESUMED_MODEL) as config.py has them."""
+    from config import RESUMED_MODEL, RESUMED_SETTINGS
+
+    section = README.split("- **What `--resume CKPT` keeps and changes:**")[1].split("\n- **")[0]
+    continued = re.search(r"settings continue unless[^:]*:(.*?)\. ", section, flags=re.S)
+    ignored = re.search(r"A different (.*?) are ignored with a warning", section, flags=re.S)
+    assert continued and ignored, "the README's --resume account lost its two lists"
+    flags = {f"--{dest.replace('_', '-')}" for dest in RESUMED_SETTINGS}
+    shown = set(re.findall(r"`(--[a-z-]+)`", continued.group(1)))
+    assert shown == flags, f"--resume continues {sorted(flags)}; the README lists {sorted(shown)}"
+    flags = {f"--{dest.replace('_', '-')}" for dest in RESUMED_MODEL} | {"--imgsz", "--config"}
+    shown = set(re.findall(r"`(--[a-z-]+)`", ignored.group(1)))
+    assert shown == flags, f"--resume keeps {sorted(flags)}; the README lists {sorted(shown)}"
+
+
+def test_the_image_extensions_of_data_are_configs():
+    from config import IMAGE_EXTENSIONS
+
+    listed = re.search(r"Extensions: ((?:\.\w+ ?)+)\.\n", README)
+    assert listed, "the README's Data section lists no extensions"
+    shown = listed.group(1).split()
+    assert shown == list(IMAGE_EXTENSIONS), f"config reads {IMAGE_EXTENSIONS}; the README: {shown}"
