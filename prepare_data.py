@@ -1503,6 +1503,14 @@ def convert_cvat(args: argparse.Namespace, out: Path, classes: ClassConfig) -> d
     return {**kinds, "unannotated": len(matched.unmasked), **unlisted}
 
 
+def _subfolders(root: Path) -> list[Path]:
+    """``root``'s folders, none where it cannot be listed (a missing --root is named later)."""
+    try:
+        return [d for d in root.iterdir() if d.is_dir()]
+    except OSError:
+        return []
+
+
 def cityscapes_folder(root: Path, name: str, zip_name: str) -> Path:
     """``root``/``name`` (leftImg8bit or gtFine, as ``zip_name`` unzips), or a UserError that
     says how to get it there."""
@@ -1513,6 +1521,14 @@ def cityscapes_folder(root: Path, name: str, zip_name: str) -> Path:
         hint = f" (a file of that name): unzip {zip_name} into {root}"
     elif root.name in ("leftImg8bit", "gtFine") and (root.parent / name).is_dir():
         hint = f": --root is its {root.name}/ folder; pass --root {root.parent}"
+    elif holders := sorted(d for d in _subfolders(root) if (d / name).is_dir()):
+        # macOS and Windows unzip a zip into a folder of its name (leftImg8bit_trainvaltest/),
+        # and a --root of the folder above the dataset holds it one level down
+        other = "gtFine" if name == "leftImg8bit" else "leftImg8bit"
+        if (holders[0] / other).is_dir():
+            hint = f": it is in {holders[0]}; pass --root {holders[0]}"
+        else:
+            hint = f": it is in {holders[0]}; move {holders[0] / name} into {root}, beside {other}/"
     elif (root / zip_name).is_file():
         hint = f": unzip {root / zip_name} into {root} first"
     else:

@@ -2501,6 +2501,10 @@ def test_a_name_written_twice_never_writes_into_the_linked_source(tmp_path):
          r"{root} first$"),
         ("one folder down", r"no leftImg8bit/ under --root {root}/gtFine: --root is its gtFine/ "
          r"folder; pass --root {root}$"),
+        ("parent", r"no leftImg8bit/ under --root {parent}: it is in {root}; pass --root {root}$"),
+        ("unzipped apart", r"no leftImg8bit/ under --root {root}: it is in "
+         r"{root}/leftImg8bit_trainvaltest; move {root}/leftImg8bit_trainvaltest/leftImg8bit into "
+         r"{root}, beside gtFine/$"),
         ("no val", r"(?s)1 problem\(s\).*{root}/gtFine/val: folder missing"),
         ("unpaired", r"(?s)2 problem\(s\).*bremen_000000_000019_leftImg8bit\.png: image without "
          r"its mask {root}/gtFine/train/bremen/bremen_000000_000019_gtFine_labelIds\.png.*"
@@ -2516,12 +2520,18 @@ def test_cityscapes_folders_it_cannot_read_are_named(tmp_path, defect, message):
             (root / "gtFine_trainvaltest.zip").write_bytes(b"PK")
     elif defect == "one folder down":
         given = root / "gtFine"
+    elif defect == "parent":
+        given = tmp_path
+    elif defect == "unzipped apart":  # as macOS and Windows unzip a zip: into a folder of its name
+        (root / "leftImg8bit_trainvaltest").mkdir()
+        (root / "leftImg8bit").rename(root / "leftImg8bit_trainvaltest" / "leftImg8bit")
     elif defect == "no val":
         shutil.rmtree(root / "gtFine" / "val")
     else:
         (root / "gtFine/train/bremen/bremen_000000_000019_gtFine_labelIds.png").unlink()
         (root / "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png").unlink()
-    with pytest.raises(UserError, match=message.format(root=re.escape(str(root)))):
+    parent, inner = (re.escape(str(p)) for p in (tmp_path, root))
+    with pytest.raises(UserError, match=message.format(parent=parent, root=inner)):
         run("cityscapes", "--root", str(given), "--out", str(tmp_path / "data"))
     assert not (tmp_path / "data").exists()
 
