@@ -38,11 +38,11 @@ from utils import (
     amp_dtype,
     atomic_path,
     check_compiler,
+    class_pixels,
     draw_legend,
     draw_overlay,
     is_main_process,
     prefetch,
-    present_classes,
     torch_save,
 )
 
@@ -922,9 +922,12 @@ class Predictor:
         out = draw_overlay(image, mask, self.classes.vis_colors, alpha)
         if legend is False:
             return out
-        classes = present_classes(mask) if legend is True else legend
         names, colors = self.classes.names, self.classes.vis_colors
-        return draw_legend(out, classes, names, colors, legend_height)
+        if legend is not True:
+            return draw_legend(out, legend, names, colors, legend_height)
+        pixels = class_pixels(mask)
+        classes = np.flatnonzero(pixels).tolist()
+        return draw_legend(out, classes, names, colors, legend_height, pixels)
 
 
 class FeatureCache:

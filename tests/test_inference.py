@@ -3664,6 +3664,27 @@ def test_validation_overlays_key_the_classes_of_each_half(
     assert Image.open(tmp_path / "valid_preds" / "big.jpg").size == (2 * 384, 288)
 
 
+def test_a_legend_too_short_for_every_class_keeps_the_largest(predictor, monkeypatch):
+    """A street scene of Cityscapes' 19 classes keyed road, sidewalk, ... in id order until
+    the rows ran out, and its car, the class covering most of the image, went into "+K more"."""
+    names = [f"class {i}" for i in range(20)]
+    classes = ClassConfig(tuple(names), None, tuple(map(tuple, distinct_colors(20))))
+    monkeypatch.setattr(predictor, "classes", classes)
+    mask = np.zeros((240, 320), np.uint8)
+    for c in range(1, 20):  # a column of 4 pixels each, class 19 the rest of the image
+        mask[:, 4 * c : 4 * c + 4] = c
+    mask[:, 80:] = 19
+    mask[:100, 80:] = 17
+    mask[:, 76:80] = 18  # 8 columns, twice the others'
+    texts = drawn_texts(monkeypatch)
+    predictor.overlay(np.full((240, 320, 3), 90, np.uint8), mask, 0.5, legend=True)
+    shown, more = texts[:-1], texts[-1]
+    assert more == f"+{19 - len(shown)} more" and 2 <= len(shown) < 19
+    # the three largest are kept, and listed by id as a key that fits is
+    assert shown[-3:] == ["class 17", "class 18", "class 19"]
+    assert shown == sorted(shown, key=lambda text: int(text.split()[1]))
+
+
 def test_validation_overlays_key_at_most_a_quarter_of_their_height(
     tmp_path, predictor, tiny_data, monkeypatch
 ):
