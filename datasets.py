@@ -899,16 +899,23 @@ def exif_orientation(path: Path) -> int:
     return next((k for k, v in _EXIF_TRANSPOSE.items() if v == method), 1)
 
 
+def _written_classes(root: Path, classes: ClassConfig) -> list[str] | None:
+    """The ALL_CLASSES of the classes.yaml that prepare_data.py writes into the dataset folder
+    ``root``, where they are not ``classes``' names; None otherwise (or none readable)."""
+    try:
+        names = read_yaml(root / "classes.yaml").get("ALL_CLASSES")
+    except (UserError, AttributeError):  # none there, unreadable, or no mapping
+        return None
+    if isinstance(names, list) and [str(n) for n in names] != list(classes.names):
+        return [str(n) for n in names]
+    return None
+
+
 def _classes_hint(root: Path, classes: ClassConfig) -> str:
     """How to give the classes of masks read as instance ids: the classes.yaml that
     prepare_data.py writes into the dataset folder, where it lists other classes."""
-    path = root / "classes.yaml"
-    try:
-        names = read_yaml(path).get("ALL_CLASSES")
-    except UserError:  # none there, or unreadable: the general advice
-        names = None
-    if isinstance(names, list) and [str(n) for n in names] != list(classes.names):
-        return f"pass --config {path} ({', '.join(str(n) for n in names)})"
+    if names := _written_classes(root, classes):
+        return f"pass --config {root / 'classes.yaml'} ({', '.join(names)})"
     return (
         "list your classes (ALL_CLASSES: [background, cat, dog]) in a YAML file and pass it "
         "with --config"
@@ -1008,6 +1015,16 @@ def check_dataset(
                 f"{list(classes.names)}: {kept_classes}, "
                 "and --config does not change them. Train a new model on their classes, with "
                 "--config"
+            )
+        elif not kept_classes and (names := _written_classes(root, classes)):
+            # an imported dataset trained without its --config: every mask's problem is then
+            # one of values beyond the default classes', whose own advice cannot know of it
+            shown = ", ".join(names[:MISSING_SHOWN]) + (
+                ", ..." if len(names) > MISSING_SHOWN else ""
+            )
+            note = (
+                f"{root / 'classes.yaml'} lists {len(names)} classes ({shown}): pass --config "
+                f"{root / 'classes.yaml'}"
             )
         raise DatasetError(root, problems, note)
     if instance_masks := len(readings.get("instances", [])):

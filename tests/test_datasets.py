@@ -1,3 +1,4 @@
+import re
 import shlex
 import struct
 import subprocess
@@ -976,6 +977,27 @@ def test_many_absent_classes_are_named_ten_and_counted(fresh_data, caplog):
     for line in lines:
         assert "has no pixel of thing2, thing3, " in line and "thing11 and 138 more" in line
         assert "thing12" not in line
+
+
+def test_masks_of_other_classes_name_the_classes_yaml_beside_them(fresh_data):
+    """prepare_data.py cityscapes, then train.py without its --config: each mask's problem
+    advised the binary importer (0/255 masks), and nothing named the classes.yaml it wrote."""
+    names = ["road", "sidewalk", "building", "wall", "car"]
+    (fresh_data / "classes.yaml").write_text(f"ALL_CLASSES: [{', '.join(names)}]\n")
+    for mask in (fresh_data / "train_masks").iterdir():
+        ids = np.asarray(Image.open(mask)).copy()
+        ids[:2, :3] = (2, 4, 255)
+        save(ids, mask)
+    note = rf"\n{re.escape(str(fresh_data / 'classes.yaml'))} lists 5 classes \(road, " + (
+        rf"sidewalk, building, wall, car\): pass --config {re.escape(str(fresh_data))}/classes"
+        r"\.yaml$"
+    )
+    with pytest.raises(DatasetError, match=note):
+        check_dataset(fresh_data, DEFAULT_CLASSES)
+    # a checkpoint's classes, which --config does not change, are told to train a new model
+    with pytest.raises(DatasetError) as raised:
+        check_dataset(fresh_data, DEFAULT_CLASSES, kept_classes="--model M keeps its classes")
+    assert "pass --config" not in str(raised.value)
 
 
 def test_class_ids_above_1_read_as_instance_ids_are_a_warning(fresh_data, caplog):
