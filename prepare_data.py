@@ -1788,10 +1788,22 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
         raise UserError(f"{flag}: {err}") from err  # more classes than class ids
 
 
+def written(out: Path) -> bool:
+    """Whether the folder ``out`` holds a dataset as this script writes one and nothing else:
+    the file classes.yaml and the four folders, of files alone."""
+    folders = {f"{split}_{kind}" for split in SPLITS for kind in ("images", "masks")}
+    return (out / "classes.yaml").is_file() and all(
+        p.name == "classes.yaml"
+        or (p.name in folders and p.is_dir() and all(f.is_file() for f in p.iterdir()))
+        for p in out.iterdir()
+    )
+
+
 def check_out(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
     """Refuse an --out that cannot replace or be replaced safely: one ending in "..", the current
     folder, a folder holding one of the ``sources`` flags' paths, a non-empty folder inside one
-    of them, or a mount point."""
+    of them (but a dataset an earlier run wrote there, which --force replaces), or a mount
+    point."""
     out = args.out
     if out.name == "..":  # staging would rename "..", which no file system allows
         raise UserError(
@@ -1810,7 +1822,7 @@ def check_out(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
                 f"--out {out} holds the source {flag}: the new dataset would replace "
                 f"{flag}; choose another --out"
             )
-        if within(out, source) and out.is_dir() and any(out.iterdir()):
+        if within(out, source) and out.is_dir() and any(out.iterdir()) and not written(out):
             # --force would delete a part of the source (its train_masks, its images...)
             raise UserError(
                 f"--out {out} is a folder of the source --{key} {source} and holds files: "

@@ -525,6 +525,22 @@ def test_force_never_replaces_a_folder_inside_the_source(tmp_path):
     assert sorted((root / "train_masks").rglob("*")) == before
 
 
+def test_an_out_inside_the_source_is_replaced_by_its_rerun_with_force(tmp_path):
+    """cityscapes --root cs --out cs/prepared was written, and its rerun with --force then
+    refused as a folder of the source holding files: a dataset that could not be made again.
+    A folder of the source that holds anything else is still never replaced."""
+    root = cityscapes_fixture(tmp_path / "cs", cities=(("train", "a", 1), ("val", "b", 1)))
+    out = root / "prepared"
+    run("cityscapes", "--root", str(root), "--out", str(out))
+    (out / "valid_masks" / "stale.png").write_bytes(b"")  # a file the rerun would not write
+    run("cityscapes", "--root", str(root), "--out", str(out), "--force")
+    assert not (out / "valid_masks" / "stale.png").exists() and len(loaded_masks(out)["train"]) == 1
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"is a folder of the source --root .* holds files"):
+        run("cityscapes", "--root", str(root), "--out", str(out), "--force")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 @needs_mount_namespace
 @pytest.mark.parametrize(
     ("inside", "message"),
