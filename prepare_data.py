@@ -1525,8 +1525,14 @@ def cityscapes_folder(root: Path, name: str, zip_name: str) -> Path:
         # macOS and Windows unzip a zip into a folder of its name (leftImg8bit_trainvaltest/),
         # and a --root of the folder above the dataset holds it one level down
         other = "gtFine" if name == "leftImg8bit" else "leftImg8bit"
+        apart = sorted(d for d in _subfolders(root) if (d / other).is_dir())
         if (holders[0] / other).is_dir():
             hint = f": it is in {holders[0]}; pass --root {holders[0]}"
+        elif not (root / other).is_dir() and apart:  # both zips unzipped into their own folders
+            hint = (
+                f": it is in {holders[0]}; move {holders[0] / name} and {apart[0] / other} into "
+                f"{root}"
+            )
         else:
             hint = f": it is in {holders[0]}; move {holders[0] / name} into {root}, beside {other}/"
     elif (root / zip_name).is_file():

@@ -2521,6 +2521,9 @@ def test_a_name_written_twice_never_writes_into_the_linked_source(tmp_path):
         ("unzipped apart", r"no leftImg8bit/ under --root {root}: it is in "
          r"{root}/leftImg8bit_trainvaltest; move {root}/leftImg8bit_trainvaltest/leftImg8bit into "
          r"{root}, beside gtFine/$"),
+        ("both apart", r"no leftImg8bit/ under --root {root}: it is in "
+         r"{root}/leftImg8bit_trainvaltest; move {root}/leftImg8bit_trainvaltest/leftImg8bit and "
+         r"{root}/gtFine_trainvaltest/gtFine into {root}$"),
         ("no val", r"(?s)1 problem\(s\).*{root}/gtFine/val: folder missing"),
         ("unpaired", r"(?s)2 problem\(s\).*bremen_000000_000019_leftImg8bit\.png: image without "
          r"its mask {root}/gtFine/train/bremen/bremen_000000_000019_gtFine_labelIds\.png.*"
@@ -2538,9 +2541,11 @@ def test_cityscapes_folders_it_cannot_read_are_named(tmp_path, defect, message):
         given = root / "gtFine"
     elif defect == "parent":
         given = tmp_path
-    elif defect == "unzipped apart":  # as macOS and Windows unzip a zip: into a folder of its name
-        (root / "leftImg8bit_trainvaltest").mkdir()
-        (root / "leftImg8bit").rename(root / "leftImg8bit_trainvaltest" / "leftImg8bit")
+    elif defect in ("unzipped apart", "both apart"):
+        # as macOS and Windows unzip a zip: into a folder of its name
+        for name in ("leftImg8bit", "gtFine")[: 1 + (defect == "both apart")]:
+            (root / f"{name}_trainvaltest").mkdir()
+            (root / name).rename(root / f"{name}_trainvaltest" / name)
     elif defect == "no val":
         shutil.rmtree(root / "gtFine" / "val")
     else:
