@@ -1794,7 +1794,7 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
         raise UserError(f"{flag}: {err}") from err  # more classes than class ids
 
 
-def written(out: Path) -> bool:
+def holds_written_dataset(out: Path) -> bool:
     """Whether the folder ``out`` holds a dataset as this script writes one and nothing else:
     the file classes.yaml and the four folders, of files alone."""
     folders = {f"{split}_{kind}" for split in SPLITS for kind in ("images", "masks")}
@@ -1828,7 +1828,12 @@ def check_out(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
                 f"--out {out} holds the source {flag}: the new dataset would replace "
                 f"{flag}; choose another --out"
             )
-        if within(out, source) and out.is_dir() and any(out.iterdir()) and not written(out):
+        if (
+            within(out, source)
+            and out.is_dir()
+            and any(out.iterdir())
+            and not holds_written_dataset(out)
+        ):
             # --force would delete a part of the source (its train_masks, its images...)
             raise UserError(
                 f"--out {out} is a folder of the source --{key} {source} and holds files: "
