@@ -899,7 +899,7 @@ class Predictor:
         image: np.ndarray,
         mask: np.ndarray,
         alpha: float = OVERLAY_ALPHA,
-        legend: bool | Iterable[int] = False,
+        legend: bool | np.ndarray = False,
         legend_height: float = LEGEND_HEIGHT,
     ) -> np.ndarray:
         """Blend the classes' VIS_LABEL_MAP colours over an (H, W, 3) uint8 RGB image.
@@ -911,7 +911,8 @@ class Predictor:
                 draw_overlay.
             alpha: weight of the colours, 0 to 1.
             legend: --legend's key of classes in the top-left corner (draw_legend): True for
-                the classes ``mask`` holds, or the class ids to list; False for none.
+                the classes ``mask`` holds, or (256,) pixel counts of the classes to key (a
+                video's frames so far), the largest kept where not all fit; False for none.
             legend_height: the share of the image's height the key may cover (draw_legend's
                 max_height).
 
@@ -923,9 +924,7 @@ class Predictor:
         if legend is False:
             return out
         names, colors = self.classes.names, self.classes.vis_colors
-        if legend is not True:
-            return draw_legend(out, legend, names, colors, legend_height)
-        pixels = class_pixels(mask)
+        pixels = class_pixels(mask) if legend is True else legend
         classes = np.flatnonzero(pixels).tolist()
         return draw_legend(out, classes, names, colors, legend_height, pixels)
 

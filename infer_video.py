@@ -51,12 +51,12 @@ from utils import (
     atomic_path,
     check_utf8,
     check_writable,
+    class_pixels,
     existing_parent,
     leftover_files,
     opencv_threads_for,
     pick_device,
     prefetch,
-    present_classes,
     run_script,
     same_folder,
     shell_quote,
@@ -584,7 +584,7 @@ def run_pipeline(source: VideoSource, predictor: Predictor, encode, args) -> str
     )
     stopped = None  # why the user ended the stream early
     ended = False  # whether the input ran to its end
-    seen: set[int] = set()  # the classes of the frames so far, for --legend
+    seen = np.zeros(256, np.int64)  # each class's pixels in the frames so far, for --legend
     try:
         for frames, resized in batches:
             masks = predictor.predict_resized(resized, [f.shape[:2] for f in frames])
@@ -612,18 +612,19 @@ def run_pipeline(source: VideoSource, predictor: Predictor, encode, args) -> str
     return stopped
 
 
-def classes_so_far(masks: list[np.ndarray], seen: set[int]) -> list[tuple[int, ...]]:
-    """For each (H, W) uint8 mask of ``masks`` in turn, the classes of it and of every frame
-    before it: ``seen``, those of the earlier batches, gains this batch's.
+def classes_so_far(masks: list[np.ndarray], seen: np.ndarray) -> list[np.ndarray]:
+    """For each (H, W) uint8 mask of ``masks`` in turn, the (256,) pixels of each class in it
+    and in every frame before it: ``seen``, those of the earlier batches, gains this batch's.
 
     A video's key lists the classes seen so far, not those of its frame: a key of each frame's
     flickers as classes come and go, and one of every class shows a 150-class model's first few
-    by id, whatever is in view; this one only grows, once per class that first appears.
+    by id, whatever is in view. Where more classes were seen than the key has rows, those of
+    the most pixels so far are keyed, a ranking that a frame or two can rarely change.
     """
     legends = []
     for mask in masks:
-        seen.update(present_classes(mask))
-        legends.append(tuple(sorted(seen)))
+        seen += class_pixels(mask)
+        legends.append(seen.copy())
     return legends
 
 

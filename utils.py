@@ -1203,11 +1203,6 @@ def class_pixels(mask: np.ndarray) -> np.ndarray:
     return counts.ravel().astype(np.int64)  # (256, 1), or (256,) in OpenCV 5
 
 
-def present_classes(mask: np.ndarray) -> list[int]:
-    """The class ids an (H, W) uint8 mask holds, ascending."""
-    return np.flatnonzero(class_pixels(mask)).tolist()
-
-
 def keyed_classes(classes: Iterable[int], colors: Sequence[Sequence[int]]) -> list[int]:
     """The ids of ``classes`` a legend lists, ascending: those of the palette, less a black
     class 0 (background, which draw_overlay leaves undrawn)."""

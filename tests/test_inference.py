@@ -3636,9 +3636,17 @@ def test_a_videos_legend_keys_the_classes_so_far_and_keeps_frames_and_size(
 ):
     # a key of each frame's classes would flicker as they come and go: it only grows
     masks = [np.full((2, 2), c, np.uint8) for c in (1, 0, 1, 2)]
-    seen = set()
-    assert infer_video.classes_so_far(masks[:2], seen) == [(1,), (0, 1)]
-    assert infer_video.classes_so_far(masks[2:], seen) == [(0, 1), (0, 1, 2)]
+    seen = np.zeros(256, np.int64)
+    so_far = infer_video.classes_so_far(masks[:2], seen) + infer_video.classes_so_far(
+        masks[2:], seen
+    )
+    assert [dict(enumerate(p[:3].tolist())) for p in so_far] == [
+        {0: 0, 1: 4, 2: 0},
+        {0: 4, 1: 4, 2: 0},
+        {0: 4, 1: 8, 2: 0},
+        {0: 4, 1: 8, 2: 4},
+    ]
+    assert not any(p[3:].any() for p in so_far)
     clip = scene_clip(tmp_path / "scenes.mp4", frames=5, size=(320, 240))
     texts = drawn_texts(monkeypatch)
     out = tmp_path / "out"
@@ -3683,6 +3691,26 @@ def test_a_legend_too_short_for_every_class_keeps_the_largest(predictor, monkeyp
     # the three largest are kept, and listed by id as a key that fits is
     assert shown[-3:] == ["class 17", "class 18", "class 19"]
     assert shown == sorted(shown, key=lambda text: int(text.split()[1]))
+
+
+def test_a_full_video_key_keeps_the_classes_of_the_most_pixels_so_far(predictor, monkeypatch):
+    """A video's key of its classes so far listed the lowest ids once its rows were full: the
+    cars of a Cityscapes clip that came into view after its first 9 classes were never keyed."""
+    names = [f"class {i}" for i in range(20)]
+    classes = ClassConfig(tuple(names), None, tuple(map(tuple, distinct_colors(20))))
+    monkeypatch.setattr(predictor, "classes", classes)
+    early = np.repeat(np.arange(1, 13, dtype=np.uint8), 27)[None, :320].repeat(240, 0)  # 12
+    late = np.full((240, 320), 19, np.uint8)  # then one class fills the view
+    seen = np.zeros(256, np.int64)
+    legends = infer_video.classes_so_far([early, late, late], seen)
+    image = np.full((240, 320, 3), 90, np.uint8)
+    texts = drawn_texts(monkeypatch)
+    predictor.overlay(image, early, 0.5, legends[0])
+    first = texts[:]
+    assert first[-1] == f"+{12 - (len(first) - 1)} more" and "class 19" not in first
+    del texts[:]
+    predictor.overlay(image, late, 0.5, legends[2])
+    assert "class 19" in texts and texts[-1] == f"+{13 - (len(texts) - 1)} more"
 
 
 def test_validation_overlays_key_at_most_a_quarter_of_their_height(
