@@ -1695,7 +1695,7 @@ def report(folder: Path, names: list[str]) -> None:
             print(f"{split}: {images[split]}; pixels: {pixels}; ignored {ignored:,}")
         return
     for split in SPLITS:
-        print(f"{split}: {images[split]}; ignored {counts[split][IGNORE_INDEX]:,}")
+        print(f"{split}: {images[split]}; ignored pixels {counts[split][IGNORE_INDEX]:,}")
     heads = [f"{split} pixels" for split in SPLITS]
     cells = [[f"{counts[split][i]:,}" for split in SPLITS] for i in range(len(names))]
     wide = [max(len(head), *(len(row[k]) for row in cells)) for k, head in enumerate(heads)]

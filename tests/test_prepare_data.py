@@ -2610,7 +2610,7 @@ def test_the_report_of_many_classes_is_a_table_of_one_class_a_line(tmp_path, cap
         ids = np.concatenate([np.asarray(Image.open(m)).ravel() for m in masks])
         counts[split] = np.bincount(ids, minlength=256)
         images = f"{len(masks)} image{'s' * (len(masks) > 1)}"
-        assert f"{split}: {images}; ignored {counts[split][255]:,}" in lines
+        assert f"{split}: {images}; ignored pixels {counts[split][255]:,}" in lines
     header = lines.index(next(line for line in lines if line.split()[:2] == ["id", "class"]))
     rows = [line.split() for line in lines[header + 1 : header + 151]]
     assert [row[:2] for row in rows] == [[str(i), f"thing{i + 1}"] for i in range(150)]
