@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -461,13 +462,18 @@ def runtime_flags() -> argparse.ArgumentParser:
 
 
 DEFAULT_TTA_SCALES = (0.75, 1.0, 1.25)
+# --slide's default largest short side, in short sides of the window (--imgsz): 2 keeps a
+# 4000x3000 photo at 640x640 to 12 windows (1707x1280), at twice the plain path's detail
+SLIDE_SHORT_SIDES = 2
 
 
 def tta_flags(needs: str = "") -> argparse.ArgumentParser:
-    """Test-time augmentation, shared by train.py --eval-only and the inference scripts.
+    """Test-time augmentation and sliding windows, shared by train.py --eval-only and the
+    inference scripts.
 
     Args:
-        needs: the flag --tta goes with, for its help ("--eval-only" in train.py), if any.
+        needs: the flag --tta and --slide go with, for their help ("--eval-only" in train.py),
+            if any.
     """
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("test-time augmentation")
@@ -486,6 +492,22 @@ def tta_flags(needs: str = "") -> argparse.ArgumentParser:
         help="the scales --tta uses, relative to --imgsz (default "
         f"{' '.join(map(str, DEFAULT_TTA_SCALES))})",
     )
+    group = parser.add_argument_group("sliding window")
+    group.add_argument(
+        "--slide",
+        action="store_true",
+        help="segment each image in overlapping windows of --imgsz, --batch at a time, at its "
+        "own size up to --slide-size (with --tta, each window's views)"
+        + (f", with {needs}" if needs else ""),
+    )
+    group.add_argument(
+        "--slide-size",
+        type=int,
+        metavar="PX",
+        help="the largest short side --slide segments an image at: larger ones are shrunk to "
+        f"it, smaller ones never enlarged (default {SLIDE_SHORT_SIDES} times --imgsz's short "
+        "side)",
+    )
     return parser
 
 
@@ -503,6 +525,34 @@ def tta_setting(args: argparse.Namespace) -> tuple[list[float], bool] | None:
     if not all(0 < s < math.inf for s in args.tta_scales):  # nan fails both
         raise UserError(f"--tta-scales must be positive and finite, not {args.tta_scales}")
     return list(args.tta_scales), True
+
+
+class Slide(NamedTuple):
+    """--slide: the model's input size (W, H) as windows over each image, shrunk (never
+    enlarged) to a short side of at most short_side(window) pixels; ``batch`` windows at a time
+    through the network."""
+
+    size: int | None  # --slide-size
+    batch: int
+
+    def short_side(self, window: tuple[int, int]) -> int:
+        """The largest short side an image is segmented at with (W, H) windows."""
+        return self.size or SLIDE_SHORT_SIDES * min(window)
+
+
+def check_slide_size(args: argparse.Namespace) -> None:
+    """Refuse --slide-size without --slide (the masks would be those without windows), or under
+    a patch."""
+    if args.slide_size is not None and not args.slide:
+        raise UserError("--slide-size applies only with --slide: add --slide, or drop --slide-size")
+    if args.slide_size is not None and args.slide_size < PATCH_SIZE:
+        raise UserError(f"--slide-size must be at least {PATCH_SIZE} pixels, not {args.slide_size}")
+
+
+def slide_setting(args: argparse.Namespace) -> Slide | None:
+    """Slide(--slide-size, --batch) for --slide, or None."""
+    check_slide_size(args)
+    return Slide(args.slide_size, args.batch) if args.slide else None
 
 
 def inference_flags(out_dir: Path, items: str = "images") -> argparse.ArgumentParser:
@@ -641,6 +691,11 @@ def check_inference_args(args: argparse.Namespace) -> None:
         raise UserError("--compile does not apply to --tta: drop one of them")
     if args.int8 and args.tta:
         raise UserError("--int8 runs a compiled model, which does not apply to --tta: drop one")
+    check_slide_size(args)
+    if (args.compile or args.int8) and args.slide:
+        # an image smaller than a window runs one window of its own size, compiled anew
+        flag = "--int8" if args.int8 else "--compile"
+        raise UserError(f"{flag} does not apply to --slide: drop one of them")
     if args.int8 and args.amp != "off":
         raise UserError(f"--int8 replaces --amp {args.amp}: use one of them")
     if args.show:

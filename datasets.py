@@ -1281,6 +1281,16 @@ def resize_image(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def slide_input_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """The (W, H) --slide segments a ``width`` x ``height`` image at: shrunk, keeping its
+    aspect, to a short side of ``short_side`` where it is longer, else its own size (an image is
+    never enlarged: one smaller than a window is one window of its own size)."""
+    scale = short_side / min(width, height)
+    if scale >= 1:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def resize_mask(mask: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     """(H, W) class ids -> (W, H) = imgsz by nearest neighbour, so ids stay ids.
 
@@ -1422,7 +1432,8 @@ class SegmentationDataset(PairDataset):
     a seed derived from (seed, epoch, index): an epoch's augmentations do not depend on worker
     count or on earlier epochs, so a resumed run repeats the uninterrupted one. Evaluation items
     resize the image only and keep the mask at its original resolution, because metrics are
-    computed there.
+    computed there; with ``slide_short_side`` (--slide) the image is resized to
+    slide_input_size's size instead of ``imgsz``.
 
     Items:
         image: (3, H, W) uint8 RGB; mask: (h, w) uint8 class ids (255 = ignore); index: int.
@@ -1436,9 +1447,11 @@ class SegmentationDataset(PairDataset):
         train: bool,
         seed: int = 0,
         augment: bool = True,
+        slide_short_side: int | None = None,
     ):
         super().__init__(pairs, classes, imgsz, train, seed)
         self.augment = train_transform(imgsz) if train and augment else None
+        self.slide_short_side = slide_short_side
 
     def __getitem__(self, index: int):
         image_path, mask_path = self.pairs[index]
@@ -1450,7 +1463,10 @@ class SegmentationDataset(PairDataset):
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         else:
-            image = resize_image(image, self.imgsz)
+            size = self.imgsz
+            if self.slide_short_side is not None:
+                size = slide_input_size(image.shape[1], image.shape[0], self.slide_short_side)
+            image = resize_image(image, size)
             if self.train:
                 mask = resize_mask(mask, self.imgsz)
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
@@ -1536,9 +1552,11 @@ def unrepeated(sampler) -> int | None:
 
 
 def collate_eval(batch):
-    """Stack images (same size) and keep masks (original sizes differ) in a list."""
+    """Stack images (a list where their sizes differ, as --slide's do) and keep masks (original
+    sizes differ) in a list."""
     images, masks, indices = zip(*batch, strict=True)
-    return torch.stack(images), list(masks), list(indices)
+    same = all(image.shape == images[0].shape for image in images)
+    return torch.stack(images) if same else list(images), list(masks), list(indices)
 
 
 def split_of(position: int, every: int) -> str:

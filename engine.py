@@ -17,8 +17,23 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import IGNORE_INDEX, OVERLAY_ALPHA, PATCH_SIZE, ClassConfig, tta_setting
-from datasets import RESIZE_VERSION, Pair, read_image, resize_image, unrepeated
+from config import (
+    IGNORE_INDEX,
+    OVERLAY_ALPHA,
+    PATCH_SIZE,
+    ClassConfig,
+    Slide,
+    slide_setting,
+    tta_setting,
+)
+from datasets import (
+    RESIZE_VERSION,
+    Pair,
+    read_image,
+    resize_image,
+    slide_input_size,
+    unrepeated,
+)
 from metrics import ConfusionMatrix
 from model import (
     OnnxSegmentor,
@@ -50,6 +65,11 @@ log = logging.getLogger("dinoseg")
 
 # the most class scores Predictor resizes to the images' sizes at once (float32: 256 MB)
 UPSAMPLE_ELEMENTS = 2**26
+# --slide's stride as a fraction of the window: away from the image's edges each pixel lies in
+# one or two windows along each side, so the border of a window (where its context is cut off)
+# is also seen well inside its neighbour, for about 1.5 times the windows along a side where
+# half a window (a pixel in two windows everywhere) would take twice as many
+SLIDE_STRIDE = 2 / 3
 # the averaged probabilities' floor in the --tta loss, where a log of 0 would be infinite
 PROB_FLOOR = 1e-12
 
@@ -419,6 +439,62 @@ def tta_probs(
     return total.div_(views)
 
 
+def window_starts(length: int, window: int) -> list[int]:
+    """The first pixels of --slide's windows along a side of ``length`` pixels: one every
+    SLIDE_STRIDE of a ``window``, the last moved back to end at the edge (no padding); a single
+    one at 0 where the window covers the side."""
+    if length <= window:
+        return [0]
+    stride = max(1, round(window * SLIDE_STRIDE))
+    count = math.ceil((length - window) / stride) + 1
+    return [min(i * stride, length - window) for i in range(count)]
+
+
+def slide_probs(
+    model: Segmentor,
+    image: torch.Tensor,
+    window: tuple[int, int],
+    batch: int,
+    tta: tuple[Sequence[float], bool] | None = None,
+) -> torch.Tensor:
+    """Sliding-window inference over one image (--slide).
+
+    Windows of ``window`` (W, H) pixels (cut to the image's side where it is shorter) start every
+    SLIDE_STRIDE of a window, those at the right and bottom edges moved inward (window_starts).
+    They run ``batch`` at a time; each one's logits are resized to the window and softmaxed (or,
+    with ``tta``, its tta_probs), and every pixel gets the mean of its windows' probabilities.
+
+    Args:
+        image: (3, H, W) RGB in 0..255, at the size to segment it at (see
+            datasets.slide_input_size).
+        tta: (scales, flip) for test-time augmentation of each window, or None.
+
+    Returns:
+        (K, H, W) float32 class probabilities.
+    """
+    _, h, w = image.shape
+    ww, wh = min(window[0], w), min(window[1], h)
+    corners = [(top, left) for top in window_starts(h, wh) for left in window_starts(w, ww)]
+    total = count = None
+    for first in range(0, len(corners), batch):
+        group = corners[first : first + batch]
+        x = torch.stack([image[:, top : top + wh, left : left + ww] for top, left in group])
+        scores = model.patch_logits(x) if tta is None else tta_probs(model, x, *tta)
+        if total is None:
+            total = scores.new_zeros((scores.shape[1], h, w), dtype=torch.float32)
+            count = scores.new_zeros((h, w), dtype=torch.float32)
+        for (top, left), score in zip(group, scores, strict=True):
+            if (
+                tta is None
+            ):  # one window's probabilities at a time: (K, wh, ww), not --batch of them
+                up = F.interpolate(score[None], size=(wh, ww), mode="bilinear", align_corners=False)
+                score = up[0].float().softmax(0)
+            total[:, top : top + wh, left : left + ww] += score
+            count[top : top + wh, left : left + ww] += 1
+        del x, scores
+    return total.div_(count)
+
+
 @torch.no_grad()
 def evaluate(
     model: Segmentor,
@@ -429,6 +505,7 @@ def evaluate(
     desc: str = "valid",
     from_features: bool = False,
     tta: tuple[Sequence[float], bool] | None = None,
+    slide: tuple[tuple[int, int], int] | None = None,
 ) -> dict:
     """Score a split against each mask at its original resolution.
 
@@ -441,6 +518,9 @@ def evaluate(
             ``from_features``, cached features in place of the images.
         tta: (scales, flip) for test-time augmentation (see tta_probs); the loss is then the
             negative log of the averaged probabilities.
+        slide: (window, batch) for --slide (see slide_probs), the loader's images at the size
+            to segment them at, a list where their sizes differ; the loss is then that of the
+            probabilities, as with ``tta``, which slide_probs applies to each window.
 
     Returns:
         {"loss", "acc", "miou", "iou"}: iou per class, NaN where a class is absent from both
@@ -448,18 +528,37 @@ def evaluate(
     """
     model.eval()
     scores = _SplitScores(num_classes, device)
+    probs = tta is not None or slide is not None
     for images, masks, _ in _progress(loader, desc):
-        images = to_device(images, device)
-        with _autocast(device, autocast_dtype):
-            if tta is None:
-                outputs = model.patch_logits(images, from_features).float()  # logits
-            else:
-                outputs = tta_probs(model, images, *tta)  # probabilities
+        if slide is not None:  # one image at a time: (K, H, W) probabilities
+            outputs = (
+                _slide_in_eval(model, image, device, autocast_dtype, slide, tta) for image in images
+            )
+        else:
+            images = to_device(images, device)
+            with _autocast(device, autocast_dtype):
+                if tta is None:
+                    outputs = model.patch_logits(images, from_features).float()  # logits
+                else:
+                    outputs = tta_probs(model, images, *tta)  # probabilities
         for output, target in zip(outputs, masks, strict=True):
             target = to_device(target, device)
-            loss, pred = _score_image(output, target, tta is not None, scores.dtype)
+            loss, pred = _score_image(output, target, probs, scores.dtype)
             scores.update(loss, pred[None], target[None])
     return scores.compute()
+
+
+def _slide_in_eval(
+    model: Segmentor,
+    image: torch.Tensor,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    slide: tuple[tuple[int, int], int],
+    tta: tuple[Sequence[float], bool] | None,
+) -> torch.Tensor:
+    """evaluate's slide_probs of one (3, H, W) image: (K, H, W) probabilities on ``device``."""
+    with _autocast(device, autocast_dtype):
+        return slide_probs(model, to_device(image, device), *slide, tta)
 
 
 def _score_image(
@@ -645,7 +744,9 @@ class Predictor:
     masks are the ones ``train.py --eval-only`` scores. The backbone runs in its weights' dtype
     (see from_checkpoint's ``amp``), its final norm and the head in float32. With ``compile`` on
     the CPU the weights are frozen into the compiled graph: do not change the model's weights
-    afterwards.
+    afterwards. With ``slide`` (--slide) each image is resized to datasets.slide_input_size's
+    size instead and segmented in windows of ``imgsz`` (slide_probs), as ``--eval-only --slide``
+    scores it.
     """
 
     def __init__(
@@ -655,14 +756,19 @@ class Predictor:
         imgsz: tuple[int, int],
         compile: bool = False,
         tta: tuple[Sequence[float], bool] | None = None,
+        slide: Slide | None = None,
     ):
         if compile and tta is not None:
             # tta_probs runs the model at several sizes, each of which would compile anew
             raise ValueError("compile and tta do not go together")
+        if compile and slide is not None:
+            # an image smaller than a window runs one window of its own size, compiled anew
+            raise ValueError("compile and slide do not go together")
         self.model = model.eval()
         self.tta = _tta_views(tta)  # (scales, flip) for test-time augmentation, or None
         self.classes = classes
         self.imgsz = _input_size(imgsz)
+        self.slide = slide  # sliding windows of imgsz (--slide), or None
         self.device = model.device
         # The network on a (B, 3, H, W) uint8 batch, compiled if asked.
         self.patch_logits = model.patch_logits
@@ -697,6 +803,7 @@ class Predictor:
         backbone_source: str | None = None,
         hub_dir: Path | None = None,
         tta: tuple[Sequence[float], bool] | None = None,
+        slide: Slide | None = None,
     ) -> "Predictor":
         """Load a checkpoint.
 
@@ -712,6 +819,7 @@ class Predictor:
             backbone: if given, the backbone the caller expects; a checkpoint of another
                 backbone is refused.
             tta: (scales, flip) for test-time augmentation (see tta_probs), or None.
+            slide: sliding windows of ``imgsz`` over each image (see slide_probs), or None.
         """
         device = torch.device(device)
         if imgsz is not None:
@@ -729,7 +837,7 @@ class Predictor:
             if device.type != "cpu" or dtype is not None:
                 raise ValueError("int8 quantization is for float32 models on the CPU")
             model = model.quantize_int8()
-        return cls(model, classes, imgsz, compile or int8, tta)
+        return cls(model, classes, imgsz, compile or int8, tta, slide)
 
     @staticmethod
     def check_image(image: np.ndarray) -> None:
@@ -746,13 +854,32 @@ class Predictor:
             )
 
     def resize(self, image: np.ndarray) -> np.ndarray:
-        """The model input for one image; thread-safe, so decoding threads can do it."""
+        """The model input for one image, at ``imgsz`` or with ``slide`` at the size its windows
+        cover; thread-safe, so decoding threads can do it."""
         self.check_image(image)
-        return resize_image(image, self.imgsz)
+        if self.slide is None:
+            return resize_image(image, self.imgsz)
+        height, width = image.shape[:2]
+        short_side = self.slide.short_side(self.imgsz)
+        return resize_image(image, slide_input_size(width, height, short_side))
+
+    def resize_batch(self, images: Sequence[np.ndarray]) -> np.ndarray | list:
+        """predict_resized's batch of ``images``: a (B, h, w, 3) array, or with ``slide`` a list
+        of (h, w, 3) arrays (their sizes follow the images')."""
+        resized = [self.resize(image) for image in images]
+        return resized if self.slide is not None else np.stack(resized)
 
     @torch.inference_mode()
-    def predict_resized(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list:
-        """(B, h, w, 3) uint8 resized images + their original (H, W) -> B (H, W) uint8 masks."""
+    def predict_resized(self, batch: np.ndarray | list, sizes: Sequence[tuple[int, int]]) -> list:
+        """(B, h, w, 3) uint8 resized images (with ``slide``, a list of them, see resize_batch)
+        + their original (H, W) -> B (H, W) uint8 masks."""
+        if self.slide is not None:  # an image's windows are the batch
+            return [
+                self._masks(self._timed_network(to_model_input(image[None], self.device)), [size])[
+                    0
+                ]
+                for image, size in zip(batch, sizes, strict=True)
+            ]
         n = len(batch)
         x = to_model_input(self._pad_to_compiled_batch(batch), self.device)
         # An int8 ONNX graph runs one image per call (OnnxSegmentor.per_image): each call is
@@ -765,15 +892,19 @@ class Predictor:
 
     def _timed_network(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) uint8 on the device -> (B, K, h', w') patch-grid logits (or, with TTA,
-        probabilities), the network's time counted for model_fps."""
+        probabilities; with ``slide``, B = 1 and the (1, K, h, w) probabilities of its windows),
+        the network's time counted for model_fps."""
         # The clock covers the network alone, from the batch on the device to its patch-grid
         # scores: the upload before and the full-size masks after are the end-to-end figure's.
         synchronize(self.device)
         start = time.perf_counter()
         with _eval_mode(self.model):  # the running statistics, even mid-training
-            scores = (
-                self.patch_logits(x) if self.tta is None else tta_probs(self.model, x, *self.tta)
-            )
+            if self.slide is not None:
+                scores = slide_probs(self.model, x[0], self.imgsz, self.slide.batch, self.tta)[None]
+            elif self.tta is None:
+                scores = self.patch_logits(x)
+            else:
+                scores = tta_probs(self.model, x, *self.tta)
         synchronize(self.device)
         # A padded batch counts at the size the network ran: its time is that of len(x) images,
         # and per real image the network would look up to --batch times slower than it runs
@@ -891,8 +1022,7 @@ class Predictor:
         images = list(images)
         if not images:
             return []
-        batch = np.stack([self.resize(im) for im in images])
-        return self.predict_resized(batch, [im.shape[:2] for im in images])
+        return self.predict_resized(self.resize_batch(images), [im.shape[:2] for im in images])
 
     def overlay(
         self,
@@ -1186,6 +1316,7 @@ class FeatureCache:
 def predictor_from_args(args, device: torch.device) -> Predictor:
     """The Predictor the inference scripts' shared flags describe (config.inference_flags)."""
     tta = tta_setting(args)
+    slide = slide_setting(args)
     if args.backend == "torch":
         if args.int8:
             if device.type != "cpu":
@@ -1207,6 +1338,7 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
             backbone_source=args.backbone_source,
             hub_dir=args.hub_dir,
             tta=tta,
+            slide=slide,
         )
         backbone = predictor.model.backbone
         check_size_fits(backbone, predictor.imgsz, args.batch, device, tta=predictor.tta)
@@ -1216,6 +1348,7 @@ def predictor_from_args(args, device: torch.device) -> Predictor:
         "--compile": args.compile,
         "--int8": args.int8,
         "--tta": tta is not None,
+        "--slide": slide is not None,
         "--imgsz": args.imgsz is not None,
         "--backbone-source": args.backbone_source is not None,
         "--hub-dir": args.hub_dir is not None,
@@ -1262,7 +1395,9 @@ def speed_line(predictor: Predictor, args, unit: str, fps: float) -> str:
             "int8 linear layers" if args.int8 else {"off": "float32"}.get(args.amp, args.amp)
         )
         compiled = ", compiled" if args.compile or args.int8 else ""
-        setup = f"{batch_label(predictor, args)}, {precision}{compiled}"
+        # with --slide the network's batch is an image's windows, --batch at a time
+        batch = f"--slide: windows {args.batch} at a time" if predictor.slide is not None else None
+        setup = f"{batch or batch_label(predictor, args)}, {precision}{compiled}"
     if predictor.tta is not None:  # each view is a pass of the network, all in the figure
         scales, flip = predictor.tta
         setup += f", --tta: {len(scales) * (2 if flip else 1)} views per {unit}"

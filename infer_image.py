@@ -20,7 +20,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, PngImagePlugin
 
 from config import (
@@ -370,7 +369,7 @@ def read_batches(
         except DataError as err:
             errors.append(str(err))
         if len(images) == batch or i == len(paths):
-            resized = np.stack([predictor.resize(im) for im in images]) if images else None
+            resized = predictor.resize_batch(images) if images else None
             yield ok, images, resized, errors
             ok, images, errors = [], [], []
 

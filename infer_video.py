@@ -308,7 +308,7 @@ def read_batches(source: VideoSource, predictor: Predictor, batch: int):
         failed = 0 if ok else failed + 1
         end = failed > (0 if source.camera else FAILED_READS_AT_END)
         if frames and (end or len(frames) == batch):
-            yield frames, np.stack([predictor.resize(f) for f in frames])
+            yield frames, predictor.resize_batch(frames)
             frames = []
         if end:
             return

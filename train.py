@@ -50,6 +50,7 @@ from config import (
     check_at_least,
     check_imgsz,
     check_learning_rates,
+    check_slide_size,
     check_tta_scales,
     checkpoint_settings,
     parse_args,
@@ -57,6 +58,7 @@ from config import (
     plain_value,
     runtime_flags,
     scored_checkpoint,
+    slide_setting,
     tta_flags,
     tta_setting,
     weights_arg,
@@ -295,6 +297,12 @@ def check_args(args: argparse.Namespace) -> None:
             "test-time augmentation"
         )
     check_tta_scales(args)
+    if not args.eval_only and (args.slide or args.slide_size is not None):
+        flag = "--slide" if args.slide else "--slide-size"
+        raise UserError(
+            f"{flag} applies to --eval-only: validation during training runs without it"
+        )
+    check_slide_size(args)
     if not args.eval_only and args.model is not None:
         raise UserError(
             "--model names the checkpoint that --eval-only scores; to go on training a "
@@ -1431,10 +1439,12 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json.
 
     The classes are the checkpoint's (``classes``, from --config, differing is a warning). With
-    --tta the split is scored twice, without and with test-time augmentation.
+    --tta the split is scored twice, without and with test-time augmentation; with --slide once
+    more in sliding windows (each window with TTA where --tta is given too).
     """
     path = scored_checkpoint(args)
     tta = tta_setting(args)
+    slide = slide_setting(args)
     # a --backbone other than the checkpoint's is refused, as the inference scripts refuse it
     model, ckpt = load_checkpoint(path, device, args.backbone_source, args.hub_dir, args.backbone)
     ignored = ignored_model_flags(args, ckpt)
@@ -1477,6 +1487,22 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
             runs["tta"] = evaluate(
                 model, loader, device, classes.num_classes, autocast, "valid tta", tta=tta
             )
+        if slide is not None:
+            short_side = slide.short_side(imgsz)
+            # each image at the size its windows cover, as infer_image.py --slide resizes it
+            windows = SegmentationDataset(
+                pairs, classes, imgsz, train=False, slide_short_side=short_side
+            )
+            runs["slide"] = evaluate(
+                model,
+                make_loader(windows, args, device, False, rank, world),
+                device,
+                classes.num_classes,
+                autocast,
+                "valid slide",
+                tta=tta,
+                slide=(imgsz, slide.batch),
+            )
     except DataError as err:
         # checked just before: the file changed since (replaced while a long evaluation ran)
         raise UserError(
@@ -1511,10 +1537,22 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     }
     if tta is not None:
         result["tta"] = {"scales": tta[0], "flip": tta[1], **scores(runs["tta"])}
+    labels = {"plain": "", "tta": f" with TTA (scales {tta and tta[0]}, flips)"}
+    if slide is not None:
+        labels["slide"] = (
+            f" in {imgsz[0]}x{imgsz[1]} windows, short sides up to {short_side} px"
+            + (" (each window with TTA)" if tta else "")
+        )
+        result["slide"] = {
+            "short_side": short_side,
+            "window": list(imgsz),
+            "tta": None if tta is None else {"scales": tta[0], "flip": tta[1]},
+            **scores(runs["slide"]),
+        }
     write_json(args.out_dir / "eval_metrics.json", result)
     print(f"Evaluated {path} on {len(dataset)} valid images at {imgsz[0]}x{imgsz[1]}")
     for name, metrics in runs.items():
-        label = "" if name == "plain" else f" with TTA (scales {tta[0]}, flips)"
+        label = labels[name]
         print(f"pixel accuracy {metrics['acc']:.4f}  mIoU {metrics['miou']:.4f}{label}")
         ious = scores(metrics)["per_class_iou"].items()
         for (cls, iou), pixels in zip(ious, metrics["pixels"], strict=True):

@@ -183,9 +183,9 @@ def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_
     assert set(result["per_class_iou"]) == {"background", "person"}
     ious = list(result["per_class_iou"].values())
     assert sum(ious) / 2 == pytest.approx(result["miou"])
-    # the README's Outputs table names every entry (tta: with --tta alone)
+    # the README's Outputs table names every entry (tta, slide: with --tta, --slide alone)
     named = re.findall(r"`(\w+)`", readme_outputs()["eval_metrics.json"])
-    assert list(result) == [key for key in named if key not in ("null", "tta")]
+    assert list(result) == [key for key in named if key not in ("null", "tta", "slide")]
 
 
 def test_eval_metrics_json_records_the_precision_it_was_scored_in(checkpoint, tiny_data, tmp_path):
