@@ -713,6 +713,24 @@ def _tta_views(tta) -> tuple[list[float], bool] | None:
     return scales, bool(flip)
 
 
+def _slide_windows(slide) -> Slide | None:
+    """``slide`` as a config.Slide, or a ValueError: a batch under 1 failed at the first image,
+    and a short side under a patch would segment every image at one patch."""
+    if slide is None:
+        return None
+    size, batch = slide if isinstance(slide, tuple) and len(slide) == 2 else (None, 0)
+    if (
+        not isinstance(batch, int)
+        or batch < 1
+        or not (size is None or (isinstance(size, int) and size >= PATCH_SIZE))
+    ):
+        raise ValueError(
+            f"slide is Slide(size, batch): a short side of at least {PATCH_SIZE} pixels or None, "
+            f"and at least 1 window at a time, not {slide!r}"
+        )
+    return Slide(size, batch)
+
+
 def _compile_failures_named(compiled, device_type: str):
     """A compiled function whose failure to compile is a UserError that says to run uncompiled.
 
@@ -768,7 +786,7 @@ class Predictor:
         self.tta = _tta_views(tta)  # (scales, flip) for test-time augmentation, or None
         self.classes = classes
         self.imgsz = _input_size(imgsz)
-        self.slide = slide  # sliding windows of imgsz (--slide), or None
+        self.slide = _slide_windows(slide)  # sliding windows of imgsz (--slide), or None
         self.device = model.device
         # The network on a (B, 3, H, W) uint8 batch, compiled if asked.
         self.patch_logits = model.patch_logits
@@ -825,6 +843,7 @@ class Predictor:
         if imgsz is not None:
             imgsz = _input_size(imgsz)  # before the model loads
         tta = _tta_views(tta)
+        slide = _slide_windows(slide)
         # before the model loads (seconds, a download): bf16 on MPS, fp16 on the CPU are refused
         dtype = amp_dtype(amp, device)
         model, ckpt = load_checkpoint(path, device, backbone_source, hub_dir, backbone)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import engine
 import infer_image
 import infer_video
 import train
@@ -152,6 +153,20 @@ def test_slide_mistakes_are_refused_by_infer_image(tmp_path, checkpoint, flags, 
     )
     with pytest.raises(UserError, match=message):
         infer_image.main(args)
+
+
+@pytest.mark.parametrize("slide", [Slide(None, 0), Slide(5, 2), (640,), True])
+def test_a_slide_setting_that_is_not_a_size_and_batch_is_refused_before_the_model_loads(
+    monkeypatch, slide
+):
+    # a batch of 0 failed at the first image in range(); a short side of 5 ran one patch
+    monkeypatch.setattr(engine, "load_checkpoint", no_model)
+    with pytest.raises(ValueError, match=r"slide is Slide\(size, batch\)"):
+        Predictor.from_checkpoint("model.pth", "cpu", slide=slide)
+
+
+def no_model(*args):
+    raise AssertionError("the model was loaded before the slide setting was checked")
 
 
 def test_slide_without_eval_only_is_refused_by_train(tmp_path, tiny_data):
