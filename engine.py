@@ -484,9 +484,8 @@ def slide_probs(
             total = scores.new_zeros((scores.shape[1], h, w), dtype=torch.float32)
             count = scores.new_zeros((h, w), dtype=torch.float32)
         for (top, left), score in zip(group, scores, strict=True):
-            if (
-                tta is None
-            ):  # one window's probabilities at a time: (K, wh, ww), not --batch of them
+            # one window's probabilities at a time: (K, wh, ww), not --batch of them
+            if tta is None:
                 up = F.interpolate(score[None], size=(wh, ww), mode="bilinear", align_corners=False)
                 score = up[0].float().softmax(0)
             total[:, top : top + wh, left : left + ww] += score
@@ -519,8 +518,8 @@ def evaluate(
         tta: (scales, flip) for test-time augmentation (see tta_probs); the loss is then the
             negative log of the averaged probabilities.
         slide: (window, batch) for --slide (see slide_probs), the loader's images at the size
-            to segment them at, a list where their sizes differ; the loss is then that of the
-            probabilities, as with ``tta``, which slide_probs applies to each window.
+            to segment them at, a list where their sizes differ; the loss is then the negative
+            log of the averaged probabilities, as with ``tta`` (which then augments each window).
 
     Returns:
         {"loss", "acc", "miou", "iou"}: iou per class, NaN where a class is absent from both
@@ -719,11 +718,8 @@ def _slide_windows(slide) -> Slide | None:
     if slide is None:
         return None
     size, batch = slide if isinstance(slide, tuple) and len(slide) == 2 else (None, 0)
-    if (
-        not isinstance(batch, int)
-        or batch < 1
-        or not (size is None or (isinstance(size, int) and size >= PATCH_SIZE))
-    ):
+    size_ok = size is None or (isinstance(size, int) and size >= PATCH_SIZE)
+    if not (size_ok and isinstance(batch, int) and batch >= 1):
         raise ValueError(
             f"slide is Slide(size, batch): a short side of at least {PATCH_SIZE} pixels or None, "
             f"and at least 1 window at a time, not {slide!r}"
