@@ -889,12 +889,11 @@ class Predictor:
         """(B, h, w, 3) uint8 resized images (with ``slide``, a list of them, see resize_batch)
         + their original (H, W) -> B (H, W) uint8 masks."""
         if self.slide is not None:  # an image's windows are the batch
-            return [
-                self._masks(self._timed_network(to_model_input(image[None], self.device)), [size])[
-                    0
-                ]
-                for image, size in zip(batch, sizes, strict=True)
-            ]
+            masks = []
+            for image, size in zip(batch, sizes, strict=True):
+                probs = self._timed_network(to_model_input(image[None], self.device))
+                masks += self._masks(probs, [size])
+            return masks
         n = len(batch)
         x = to_model_input(self._pad_to_compiled_batch(batch), self.device)
         # An int8 ONNX graph runs one image per call (OnnxSegmentor.per_image): each call is

@@ -1179,8 +1179,8 @@ class SlowEncoding:
 
     imgsz = (96, 72)
 
-    def resize(self, frame):
-        return frame
+    def resize_batch(self, frames):
+        return np.stack(frames)
 
     def predict_resized(self, batch, sizes):
         return [np.zeros(size, np.uint8) for size in sizes]
