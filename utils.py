@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import traceback
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -1188,8 +1189,6 @@ LEGEND_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX, OpenCV's only fonts being Hershey's
 def legend_text(name: str) -> str:
     """``name`` as OpenCV's ASCII-only Hershey fonts can draw it: accents dropped (café ->
     cafe), other characters as ?, which putText would draw as ? each anyway."""
-    import unicodedata
-
     decomposed = unicodedata.normalize("NFKD", name)
     return "".join(c if c.isascii() else "?" for c in decomposed if not unicodedata.combining(c))
 
