@@ -34,6 +34,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 # hundred megapixels are read, while Pillow's own guard (179 megapixels) is for untrusted input.
 MAX_IMAGE_PIXELS = 2**30
 SPLITS = ("train", "valid")
+# a dataset's four folders: SPLIT_images/ and SPLIT_masks/ for each split
+LAYOUT_FOLDERS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "masks"))
 AMP_CHOICES = ("off", *AMP_DTYPES)  # --amp: full precision, or one of utils.amp_dtype's
 
 DEFAULT_IMGSZ = (640, 640)  # (W, H)

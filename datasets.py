@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from config import (
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
+    LAYOUT_FOLDERS,
     MAX_IMAGE_PIXELS,
     PENN_FUDAN_URL,
     SPLITS,
@@ -925,8 +926,7 @@ def _classes_hint(root: Path, classes: ClassConfig) -> str:
 def _layout_advice(root: Path) -> str | None:
     """What a --data folder without any of the four dataset folders is, and how to make a
     dataset of it, for the layouts people pass by mistake; None for any other folder."""
-    parent_folders = [f"{split}_{kind}" for split in SPLITS for kind in ("images", "masks")]
-    if root.name in parent_folders:
+    if root.name in LAYOUT_FOLDERS:
         return (
             f"one of a dataset's four folders: pass the folder that holds them, --data "
             f"{root.parent}"

@@ -43,6 +43,7 @@ from config import (
     DEFAULT_CLASSES,
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
+    LAYOUT_FOLDERS,
     SPLITS,
     ClassConfig,
     distinct_colors,
@@ -1517,15 +1518,16 @@ def cityscapes_folder(root: Path, name: str, zip_name: str) -> Path:
     folder = root / name
     if folder.is_dir():
         return folder
+    subfolders = _subfolders(root)  # where a zip was unzipped one level down
     if folder.exists():
         hint = f" (a file of that name): unzip {zip_name} into {root}"
     elif root.name in ("leftImg8bit", "gtFine") and (root.parent / name).is_dir():
         hint = f": --root is its {root.name}/ folder; pass --root {root.parent}"
-    elif holders := sorted(d for d in _subfolders(root) if (d / name).is_dir()):
+    elif holders := sorted(d for d in subfolders if (d / name).is_dir()):
         # macOS and Windows unzip a zip into a folder of its name (leftImg8bit_trainvaltest/),
         # and a --root of the folder above the dataset holds it one level down
         other = "gtFine" if name == "leftImg8bit" else "leftImg8bit"
-        apart = sorted(d for d in _subfolders(root) if (d / other).is_dir())
+        apart = sorted(d for d in subfolders if (d / other).is_dir())
         if (holders[0] / other).is_dir():
             hint = f": it is in {holders[0]}; pass --root {holders[0]}"
         elif not (root / other).is_dir() and apart:  # both zips unzipped into their own folders
@@ -1797,10 +1799,9 @@ def importer_classes(args: argparse.Namespace, kept: list[str]) -> ClassConfig:
 def holds_written_dataset(out: Path) -> bool:
     """Whether the folder ``out`` holds a dataset as this script writes one and nothing else:
     the file classes.yaml and the four folders, of files alone."""
-    folders = {f"{split}_{kind}" for split in SPLITS for kind in ("images", "masks")}
     return (out / "classes.yaml").is_file() and all(
         p.name == "classes.yaml"
-        or (p.name in folders and p.is_dir() and all(f.is_file() for f in p.iterdir()))
+        or (p.name in LAYOUT_FOLDERS and p.is_dir() and all(f.is_file() for f in p.iterdir()))
         for p in out.iterdir()
     )
 
