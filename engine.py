@@ -255,8 +255,8 @@ class _SplitScores:
         self.cm.update(pred, mask)
 
     def compute(self) -> dict:
-        """{"loss", "acc", "miou", "iou", "pixels"} of the whole split (see
-        ConfusionMatrix.compute)."""
+        """{"loss", "acc", "miou", "iou", "precision", "recall", "pixels", "matrix"} of the
+        whole split (see ConfusionMatrix.compute)."""
         self.cm.all_reduce(self.device)
         all_reduce_sum(self.loss_sum)
         scores = self.cm.compute()
@@ -267,8 +267,7 @@ class _SplitScores:
             "loss": loss,
             "acc": scores["pixel_accuracy"],
             "miou": scores["miou"],
-            "iou": scores["iou"],
-            "pixels": scores["pixels"],
+            **{key: scores[key] for key in ("iou", "precision", "recall", "pixels", "matrix")},
         }
 
 
@@ -522,8 +521,11 @@ def evaluate(
             log of the averaged probabilities, as with ``tta`` (which then augments each window).
 
     Returns:
-        {"loss", "acc", "miou", "iou"}: iou per class, NaN where a class is absent from both
-        prediction and ground truth.
+        {"loss", "acc", "miou", "iou", "precision", "recall", "pixels", "matrix"}: per class
+        lists, NaN where undefined (iou: a class absent from both prediction and ground truth;
+        precision: never predicted; recall: in no mask), the pixels of each class in the ground
+        truth, and the (K, K) counts (rows = ground truth, cols = prediction), as
+        ConfusionMatrix.compute gives them.
     """
     model.eval()
     scores = _SplitScores(num_classes, device)

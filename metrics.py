@@ -92,23 +92,40 @@ class ConfusionMatrix:
         all_reduce_sum(self.mat)
 
     def compute(self) -> dict:
-        """Pixel accuracy, per-class IoU and mIoU.
+        """Pixel accuracy, per-class IoU, precision and recall, mIoU and the counts.
 
         A class absent from both the predictions and the ground truth has no IoU (NaN) and is
-        left out of the mean rather than counted as 0.
+        left out of the mean rather than counted as 0. Precision (correct / predicted pixels of
+        the class) is NaN for a class never predicted, recall (correct / ground-truth pixels of
+        the class) for one in no mask: 0 would read as a class the model gets wrong.
 
         Returns:
-            {"pixel_accuracy": float, "miou": float, "iou": list[float] (NaN where undefined),
-            "pixels": list[int], each class's pixels in the ground truth}
+            {"pixel_accuracy": float, "miou": float, "iou", "precision", "recall": list[float]
+            (NaN where undefined), "pixels": list[int], each class's pixels in the ground
+            truth, "matrix": list[list[int]], the (K, K) counts, rows = ground truth, cols =
+            prediction, in class-id order}
         """
         k = self.num_classes
-        mat = (self.mat if self.mat is not None else torch.zeros(k, k)).cpu().double()
+        counts = self.mat if self.mat is not None else torch.zeros(k, k, dtype=torch.int64)
+        counts = counts.cpu()
+        mat = counts.double()
         tp = mat.diag()
-        union = mat.sum(0) + mat.sum(1) - tp
-        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        truth, predicted = mat.sum(1), mat.sum(0)
+        union = truth + predicted - tp
+        nan = torch.full_like(tp, float("nan"))
+        iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+        precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), nan)
+        recall = torch.where(truth > 0, tp / truth.clamp(min=1), nan)
         total = mat.sum()
         acc = (tp.sum() / total).item() if total > 0 else float("nan")
         valid = ~iou.isnan()
         miou = iou[valid].mean().item() if valid.any() else float("nan")
-        pixels = [int(n) for n in mat.sum(1).tolist()]
-        return {"pixel_accuracy": acc, "miou": miou, "iou": iou.tolist(), "pixels": pixels}
+        return {
+            "pixel_accuracy": acc,
+            "miou": miou,
+            "iou": iou.tolist(),
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "pixels": counts.sum(1).tolist(),
+            "matrix": counts.tolist(),
+        }

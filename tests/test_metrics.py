@@ -25,6 +25,25 @@ def test_hand_computed_case():
     assert out["pixel_accuracy"] == pytest.approx(4 / 6)
 
 
+def test_precision_and_recall_by_hand_with_classes_never_predicted_or_in_no_mask():
+    # target: 0 0 0 1 1 2 2 255 ; pred: 0 0 3 1 0 0 0 1 (the 1 under 255 is not counted)
+    target = torch.tensor([0, 0, 0, 1, 1, 2, 2, 255])
+    pred = torch.tensor([0, 0, 3, 1, 0, 0, 0, 1])
+    cm = ConfusionMatrix(4)
+    cm.update(pred, target)
+    out = cm.compute()
+    assert out["matrix"] == [[2, 0, 0, 1], [1, 1, 0, 0], [2, 0, 0, 0], [0, 0, 0, 0]]
+    assert all(type(n) is int for row in out["matrix"] for n in row)  # JSON-ready
+    # predicted pixels per class: 5, 1, 0, 1 -> class 2 never predicted has no precision,
+    # class 3 predicted once, wrongly, has 0
+    assert out["precision"][:2] == pytest.approx([2 / 5, 1.0]) and out["precision"][3] == 0.0
+    assert math.isnan(out["precision"][2])
+    # ground-truth pixels per class: 3, 2, 2, 0 -> class 3 in no mask has no recall, class 2
+    # never found has 0
+    assert out["recall"][:3] == pytest.approx([2 / 3, 1 / 2, 0.0]) and math.isnan(out["recall"][3])
+    assert out["pixels"] == [3, 2, 2, 0]
+
+
 def test_ignore_index_is_skipped():
     target = torch.tensor([[0, 255], [1, 255]])
     pred = torch.tensor([[0, 1], [1, 0]])
@@ -238,6 +257,10 @@ def test_split_scores_sum_the_loss_and_the_counts_of_every_process(monkeypatch):
     assert out["loss"] == pytest.approx((2 + 4) / 4)
     assert out["acc"] == pytest.approx(3 / 4) and out["pixels"] == [2, 2]
     assert out["iou"] == pytest.approx([1 / 2, 2 / 3])
+    # the counts and the scores from them are the summed ones too
+    assert out["matrix"] == [[1, 1], [0, 2]]
+    assert out["precision"] == pytest.approx([1.0, 2 / 3])
+    assert out["recall"] == pytest.approx([1 / 2, 1.0])
 
 
 def _scores_at_once(output, mask, probs):
@@ -341,6 +364,10 @@ def test_many_classes_score_as_a_numpy_confusion_matrix_does():
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, tp / union, np.nan)
     np.testing.assert_allclose(out["iou"], iou, equal_nan=True)
+    assert out["matrix"] == mat.tolist()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.testing.assert_allclose(out["precision"], tp / predicted, equal_nan=True)
+        np.testing.assert_allclose(out["recall"], tp / truth, equal_nan=True)
     assert out["miou"] == pytest.approx(np.nanmean(iou))
     assert out["pixel_accuracy"] == pytest.approx(tp.sum() / mat.sum())
     assert out["pixels"] == truth.tolist()
