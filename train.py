@@ -1516,14 +1516,21 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     if rank != 0:
         return
 
+    def by_class(values: list[float]) -> dict:
+        return {
+            name: None if math.isnan(value) else value
+            for name, value in zip(classes.names, values, strict=True)
+        }
+
     def scores(metrics: dict) -> dict:
         return {
             "pixel_accuracy": metrics["acc"],
             "miou": metrics["miou"],
-            "per_class_iou": {
-                name: None if math.isnan(iou) else iou
-                for name, iou in zip(classes.names, metrics["iou"], strict=True)
-            },
+            "per_class_iou": by_class(metrics["iou"]),
+            "per_class_precision": by_class(metrics["precision"]),
+            "per_class_recall": by_class(metrics["recall"]),
+            # rows = ground truth, cols = prediction, pixel counts in class-id order
+            "confusion_matrix": metrics["matrix"],
         }
 
     result = {
@@ -1551,15 +1558,24 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
         }
     write_json(args.out_dir / "eval_metrics.json", result)
     print(f"Evaluated {path} on {len(dataset)} valid images at {imgsz[0]}x{imgsz[1]}")
+    width = max(map(len, classes.names))
     for name, metrics in runs.items():
         label = labels[name]
         print(f"pixel accuracy {metrics['acc']:.4f}  mIoU {metrics['miou']:.4f}{label}")
-        ious = scores(metrics)["per_class_iou"].items()
-        for (cls, iou), pixels in zip(ious, metrics["pixels"], strict=True):
+        for cls, iou, precision, recall, pixels in zip(
+            classes.names,
+            *(metrics[key] for key in ("iou", "precision", "recall", "pixels")),
+            strict=True,
+        ):
             # a class the valid masks lack scores 0 wherever it is predicted: not a class the
             # model misses (many, among ADE20K's 150 classes on a small valid split)
-            note = "" if iou is None or pixels else " (predicted, but in no valid mask)"
-            print(f"  IoU {cls}: {'absent' if iou is None else f'{iou:.4f}'}{note}")
+            note = " (predicted, but in no valid mask)" if not pixels and iou == 0 else ""
+            note = " (neither predicted nor in a valid mask)" if math.isnan(iou) else note
+            values = "  ".join(
+                f"{key} {'  -   ' if math.isnan(value) else f'{value:.4f}'}"
+                for key, value in (("IoU", iou), ("precision", precision), ("recall", recall))
+            )
+            print(f"  {cls:<{width}}  {values}{note}")
     print(f"Wrote {args.out_dir / 'eval_metrics.json'}")
 
 

@@ -239,6 +239,27 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
     assert rows[-1]["valid_miou"] == pytest.approx(single["miou"], abs=1e-9)
     assert rows[-1]["valid_acc"] == pytest.approx(single["pixel_accuracy"], abs=1e-9)
 
+    # --eval-only under torchrun: the summed matrix and the scores from it are the single
+    # process's, and rank 0 alone writes them
+    evals = tmp_path / "eval_writes"
+    evals.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "tests/record_writes.py", str(evals), "train.py", "--eval-only",
+           "--model", str(out / "last_model.pth"), "--data", str(data),
+           "--out-dir", str(tmp_path / "eval2"), "--workers", "0", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Wrote ") == 1
+    both = json.loads((tmp_path / "eval2" / "eval_metrics.json").read_text())
+    assert both["confusion_matrix"] == single["confusion_matrix"]
+    for key in ("miou", "pixel_accuracy", "per_class_iou", "per_class_precision",
+                "per_class_recall"):  # fmt: skip
+        assert both[key] == pytest.approx(single[key], abs=1e-12), key
+    assert sorted(p.name for p in (tmp_path / "eval2").iterdir()) == ["eval_metrics.json"]
+    written = {Path(line.split(" ", 1)[1]) for line in _writes(evals, 0, tmp_path)}
+    assert written >= set((tmp_path / "eval2").iterdir())
+    assert _writes(evals, 1, tmp_path) == []
+
 
 def test_torchrun_fine_tunes_the_official_hub_model(tmp_path, weights_file):
     """Every trainable parameter must get a gradient under DDP: the official model's mask_token

@@ -899,6 +899,20 @@ def test_written_masks_score_what_eval_only_scores(tmp_path, checkpoint, tiny_da
     scores = cm.compute()
     assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-12)
     assert scores["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
+    # the matrix itself, counted again with NumPy: rows = ground truth, cols = prediction
+    counts = np.zeros((2, 2), np.int64)
+    for truth_path in sorted((tiny_data / "valid_masks").iterdir()):
+        pred = np.array(Image.open(out / f"{truth_path.stem}_mask.png"))
+        truth = read_mask(truth_path, DEFAULT_CLASSES)
+        keep = truth != 255
+        np.add.at(counts, (truth[keep].astype(int), pred[keep].astype(int)), 1)
+    assert expected["confusion_matrix"] == counts.tolist()
+    assert counts.sum() > 0 and counts.sum(0).all() and counts.sum(1).all()  # both classes
+    names = ["background", "person"]
+    precision = dict(zip(names, np.diag(counts) / counts.sum(0), strict=True))
+    recall = dict(zip(names, np.diag(counts) / counts.sum(1), strict=True))
+    assert expected["per_class_precision"] == pytest.approx(precision, abs=1e-12)
+    assert expected["per_class_recall"] == pytest.approx(recall, abs=1e-12)
 
 
 # --- infer_video.py ------------------------------------------------------------------------

@@ -114,6 +114,9 @@ def test_eval_only_slide_scores_what_infer_image_slide_writes(tmp_path, checkpoi
         assert pred.shape == truth.shape
         cm.update(torch.from_numpy(pred), torch.from_numpy(truth))
     assert cm.compute()["miou"] == pytest.approx(slide["miou"], abs=1e-12)
+    assert cm.compute()["matrix"] == slide["confusion_matrix"]
+    recall = cm.compute()["recall"]
+    assert list(slide["per_class_recall"].values()) == pytest.approx(recall, abs=1e-12)
 
 
 def test_eval_only_slide_with_tta_augments_each_window(tmp_path, checkpoint, tiny_data):

@@ -34,7 +34,7 @@ from config import (
     parse_args,
 )
 from conftest import FAKE_HUB, ROOT, PixelClassifier, load_benchmark, small_memory
-from datasets import SegmentationDataset, check_dataset, resize_image, resize_mask
+from datasets import SegmentationDataset, check_dataset, read_mask, resize_image, resize_mask
 from engine import Predictor, evaluate
 from metrics import ConfusionMatrix
 from model import (
@@ -183,6 +183,18 @@ def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_
     assert set(result["per_class_iou"]) == {"background", "person"}
     ious = list(result["per_class_iou"].values())
     assert sum(ious) / 2 == pytest.approx(result["miou"])
+    # the matrix counts every labelled pixel of the valid masks once, each at its own size
+    labelled = sum(
+        int((read_mask(path, DEFAULT_CLASSES) != 255).sum())
+        for path in (tiny_data / "valid_masks").iterdir()
+    )
+    assert sum(map(sum, result["confusion_matrix"])) == labelled
+    # rows = ground truth: a row's diagonal share is the class's recall, a column's its precision
+    (tn, fp), (fn, tp) = result["confusion_matrix"]
+    assert result["per_class_recall"] == pytest.approx({"background": tn / (tn + fp),
+                                                        "person": tp / (fn + tp)})  # fmt: skip
+    assert result["per_class_precision"] == pytest.approx({"background": tn / (tn + fn),
+                                                           "person": tp / (fp + tp)})  # fmt: skip
     # the README's Outputs table names every entry (tta, slide: with --tta, --slide alone)
     named = re.findall(r"`(\w+)`", readme_outputs()["eval_metrics.json"])
     assert list(result) == [key for key in named if key not in ("null", "tta", "slide")]
@@ -1984,6 +1996,13 @@ def test_eval_only_tells_a_class_missing_from_the_valid_masks_from_one_missed(
                str(tmp_path / "eval"), "--workers", "0"])  # fmt: skip
     result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert result["per_class_iou"]["person"] == 0.0  # predicted somewhere
+    # none of it right: precision 0; nothing to find: no recall
+    assert result["per_class_precision"]["person"] == 0.0
+    assert result["per_class_recall"]["person"] is None
     printed = capsys.readouterr().out
-    assert "IoU person: 0.0000 (predicted, but in no valid mask)" in printed
-    assert re.search(r"IoU background: [\d.]+\n", printed)
+    assert re.search(
+        r"\n  person      IoU 0\.0000  precision 0\.0000  recall   -    \(predicted, but in no "
+        r"valid mask\)\n",
+        printed,
+    )
+    assert re.search(r"\n  background  IoU [\d.]+  precision 1\.0000  recall [\d.]+\n", printed)

@@ -136,6 +136,8 @@ def test_eval_only_reports_with_and_without_tta(tmp_path, checkpoint, tiny_data)
         pred = np.array(Image.open(out / f"{truth_path.stem}_mask.png"))
         cm.update(torch.from_numpy(pred), torch.from_numpy(read_mask(truth_path, DEFAULT_CLASSES)))
     assert cm.compute()["miou"] == pytest.approx(both["tta"]["miou"], abs=1e-12)
+    assert cm.compute()["matrix"] == both["tta"]["confusion_matrix"]
+    assert both["confusion_matrix"] == plain["confusion_matrix"]
 
 
 # nan and inf were tracebacks where the scaled size was rounded
