@@ -95,6 +95,7 @@ from model import (
 )
 from utils import (
     AMP_DEVICES,
+    CONFUSION_PLOT,
     CURVES,
     UserError,
     amp_dtype,
@@ -110,6 +111,7 @@ from utils import (
     memory_report,
     on_main_process,
     pick_device,
+    plot_confusion,
     plot_curves,
     raise_if_another_process_stopped,
     read_csv,
@@ -836,11 +838,11 @@ def restore_best(args, ckpt: dict, start: int) -> None:
 
 def earlier_outputs(out_dir: Path) -> list[Path]:
     """The files in ``out_dir`` that a run writes and a new run does not replace at once:
-    metrics.csv, the curves, the checkpoints, --eval-only's eval_metrics.json, then the overlays
-    valid_preds/*.jpg. args.yaml, written first, and the feature cache, which any run reuses,
-    are not among them; nor is any other file."""
+    metrics.csv, the curves, the checkpoints, --eval-only's eval_metrics.json and confusion
+    matrix, then the overlays valid_preds/*.jpg. args.yaml, written first, and the feature
+    cache, which any run reuses, are not among them; nor is any other file."""
     names = ["metrics.csv", *(name for *_, name in CURVES), *BEST_CHECKPOINTS, LAST_CHECKPOINT]
-    files = [out_dir / name for name in [*names, "eval_metrics.json"]]
+    files = [out_dir / name for name in [*names, "eval_metrics.json", CONFUSION_PLOT]]
     overlays = sorted((out_dir / "valid_preds").glob("*.jpg"))
     return [f for f in files if f.is_file()] + [f for f in overlays if f.is_file()]
 
@@ -1436,7 +1438,8 @@ def data_problem(err: DataError) -> str:
 
 
 def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world: int = 1) -> None:
-    """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json.
+    """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json and
+    OUT/confusion_matrix.png (of the plain run).
 
     The classes are the checkpoint's (``classes``, from --config, differing is a warning). With
     --tta the split is scored twice, without and with test-time augmentation; with --slide once
@@ -1556,7 +1559,11 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
             "tta": None if tta is None else {"scales": tta[0], "flip": tta[1]},
             **scores(runs["slide"]),
         }
+    # an earlier run's plot goes first: a stop before the new one is drawn leaves none, rather
+    # than one of another model beside this run's numbers
+    remove_outputs([args.out_dir / CONFUSION_PLOT], args.out_dir)
     write_json(args.out_dir / "eval_metrics.json", result)
+    plot_confusion(runs["plain"]["matrix"], classes.names, args.out_dir)
     print(f"Evaluated {path} on {len(dataset)} valid images at {imgsz[0]}x{imgsz[1]}")
     width = max(map(len, classes.names))
     for name, metrics in runs.items():
@@ -1576,7 +1583,7 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
                 for key, value in (("IoU", iou), ("precision", precision), ("recall", recall))
             )
             print(f"  {cls:<{width}}  {values}{note}")
-    print(f"Wrote {args.out_dir / 'eval_metrics.json'}")
+    print(f"Wrote {args.out_dir / 'eval_metrics.json'} and {args.out_dir / CONFUSION_PLOT}")
 
 
 def data_to_score(args: argparse.Namespace, ckpt: dict, path: Path) -> Path | None:

@@ -1121,6 +1121,69 @@ def _draw_curves(history: Sequence[dict], out_dir: Path) -> None:
         plt.close(fig)
 
 
+CONFUSION_PLOT = "confusion_matrix.png"  # --eval-only's, drawn by plot_confusion
+CELL_VALUES_UP_TO = 20  # classes whose cells show their share; more leave too small a cell
+CONFUSION_SIDE = (3.0, 16.0)  # inches of the matrix: from 0.45 a class, within these bounds
+TICK_FONT = (5.0, 9.0)  # points: below the least, every n-th class is named instead
+LABEL_CHARS = 24  # a longer class name is cut in the tick labels, which would crowd the matrix
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], out_dir: Path) -> None:
+    """Draw CONFUSION_PLOT in ``out_dir``: the (K, K) pixel counts ``matrix`` (rows = ground
+    truth, cols = prediction, in class-id order) with each row divided by its sum, so that the
+    diagonal holds each class's recall, named by ``names`` (K) on both axes. A class in no mask
+    has no row to divide: its row stays blank."""
+    fig = confusion_figure(matrix, names)
+    with atomic_path(out_dir / CONFUSION_PLOT) as tmp:
+        fig.savefig(tmp, format="png", dpi="figure")
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], names: Sequence[str]):
+    """plot_confusion's matplotlib Figure, its first axes the matrix: its size grows with the K
+    classes within CONFUSION_SIDE, its tick labels as large as a row allows within TICK_FONT,
+    every n-th class named where the least is too large."""
+    # a Figure of its own, not pyplot's: no global state that a stop could leave half-made
+    # (plot_curves holds stops for that), and nothing to close
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    k = len(names)
+    truth = counts.sum(1, keepdims=True)
+    rows = np.divide(counts, truth, out=np.full_like(counts, np.nan), where=truth > 0)
+    side = min(max(0.45 * k, CONFUSION_SIDE[0]), CONFUSION_SIDE[1])
+    cell = side * 72 / k  # points
+    font = min(TICK_FONT[1], 0.8 * cell)
+    step = 1 if font >= TICK_FONT[0] else math.ceil(TICK_FONT[0] / font)
+    font = max(font, TICK_FONT[0])
+    labels = [n if len(n) <= LABEL_CHARS else n[: LABEL_CHARS - 1] + "\u2026" for n in names]
+    margin = (max(map(len, labels)) * 0.5 * font + 40) / 72  # the tick labels and axis title
+    # small tick labels get more pixels, to stay legible
+    fig = Figure(figsize=(side + margin + 1.5, side + margin + 0.8), dpi=100 if font >= 7 else 150)
+    ax = fig.subplots()
+    # masked cells (a row without ground truth) are left undrawn: the white axes show
+    image = ax.imshow(np.ma.masked_invalid(rows), cmap="Blues", vmin=0, vmax=1)
+    ax.set_facecolor("white")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="share of the ground-truth row")
+    ticks = np.arange(0, k, step)
+    ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=font)
+    ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("ground-truth class")
+    ax.set_title("Confusion matrix (rows sum to 1; the diagonal is recall)")
+    if k <= CELL_VALUES_UP_TO:
+        for t in range(k):
+            if truth[t, 0] == 0:
+                ax.text(k / 2 - 0.5, t, "no ground-truth pixel", ha="center", va="center",
+                        fontsize=8, color="0.4")  # fmt: skip
+                continue
+            for p in range(k):
+                value = rows[t, p]
+                ax.text(p, t, "0" if value == 0 else f"{value:.2f}", ha="center", va="center",
+                        fontsize=8, color="white" if value > 0.5 else "black")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
 def colorize(mask: np.ndarray, colors: Sequence[Sequence[int]]) -> np.ndarray:
     """(H, W) class indices (< 256) -> (H, W, 3) uint8 RGB; pixels outside the palette stay
     black."""

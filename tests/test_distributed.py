@@ -240,7 +240,7 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
     assert rows[-1]["valid_acc"] == pytest.approx(single["pixel_accuracy"], abs=1e-9)
 
     # --eval-only under torchrun: the summed matrix and the scores from it are the single
-    # process's, and rank 0 alone writes them
+    # process's, and rank 0 alone writes them and the plot
     evals = tmp_path / "eval_writes"
     evals.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -255,7 +255,10 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
     for key in ("miou", "pixel_accuracy", "per_class_iou", "per_class_precision",
                 "per_class_recall"):  # fmt: skip
         assert both[key] == pytest.approx(single[key], abs=1e-12), key
-    assert sorted(p.name for p in (tmp_path / "eval2").iterdir()) == ["eval_metrics.json"]
+    assert sorted(p.name for p in (tmp_path / "eval2").iterdir()) == [
+        "confusion_matrix.png",
+        "eval_metrics.json",
+    ]
     written = {Path(line.split(" ", 1)[1]) for line in _writes(evals, 0, tmp_path)}
     assert written >= set((tmp_path / "eval2").iterdir())
     assert _writes(evals, 1, tmp_path) == []

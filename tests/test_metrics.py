@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 import engine
 import metrics
+import utils
 from engine import class_ids, evaluate
 from metrics import ConfusionMatrix
 
@@ -373,3 +375,43 @@ def test_many_classes_score_as_a_numpy_confusion_matrix_does():
     assert out["pixels"] == truth.tolist()
     assert out["iou"][130] == 0.0 and out["pixels"][130] == 0  # predicted, in no mask
     assert math.isnan(out["iou"][145])  # neither
+
+
+def _tick_label_boxes(fig) -> list[list]:
+    """The drawn extents (Bbox) of the first axes' x and y tick labels, in the axes' order."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ax = fig.axes[0]
+    return [[label.get_window_extent(renderer) for label in labels]
+            for labels in (ax.get_xticklabels(), ax.get_yticklabels())]  # fmt: skip
+
+
+@pytest.mark.parametrize(("k", "named"), [(3, 3), (150, 150), (255, 128)])
+def test_the_confusion_plot_names_its_classes_without_overlap_and_leaves_a_row_blank(k, named):
+    # ADE20K's 150 classes, and the most a config allows: the class names may not run into
+    # one another, and a class in no mask has no row to normalize (NaN): none is drawn
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 9, (k, k)) + np.diag(rng.integers(50, 99, k))
+    counts[1] = 0
+    counts[0, -1] = 0  # written "0", where a share that rounds to 0 is "0.00"
+    names = [f"class {i}" if i % 5 else f"a class with a long name, {i}" for i in range(k)]
+    fig = utils.confusion_figure(counts.tolist(), names)
+    ax = fig.axes[0]
+    shares = ax.images[0].get_array()
+    assert shares.mask[1].all() and not shares.mask[[0, *range(2, k)]].any()
+    np.testing.assert_allclose(shares[0], counts[0] / counts[0].sum())
+    figure = fig.bbox
+    for boxes in _tick_label_boxes(fig):
+        assert len(boxes) == named
+        assert not any(a.overlaps(b) for a, b in itertools.pairwise(boxes))
+        assert all(figure.contains(box.x0, box.y0) and figure.contains(box.x1, box.y1)
+                   for box in boxes)  # fmt: skip
+    # each cell's share written up to 20 classes, and the blank row said as blank
+    texts = [t.get_text() for t in ax.texts]
+    if k > 20:
+        assert texts == []
+    else:
+        assert texts[:k] == [f"{share:.2f}" if share else "0" for share in shares[0]]
+        assert texts[k] == "no ground-truth pixel" and len(texts) == k * (k - 1) + 1

@@ -111,7 +111,8 @@ def readme_outputs() -> dict[str, str]:
 def test_the_readme_names_every_file_and_column_a_run_writes(trained):
     outputs = readme_outputs()
     written = {p.relative_to(trained).as_posix() for p in trained.rglob("*") if p.is_file()}
-    named = [name for name in outputs if name != "eval_metrics.json"]  # --eval-only's
+    eval_only = ("eval_metrics.json", "confusion_matrix.png")
+    named = [name for name in outputs if name not in eval_only]
     unwritten = [name for name in named if not fnmatch.filter(written, name)]
     assert not unwritten, f"the README's Outputs table names {unwritten}: the run wrote none"
     unnamed = sorted(f for f in written if not any(fnmatch.fnmatch(f, name) for name in named))
@@ -195,18 +196,34 @@ def test_eval_only_reproduces_the_best_validation_score(trained, tiny_data, tmp_
                                                         "person": tp / (fn + tp)})  # fmt: skip
     assert result["per_class_precision"] == pytest.approx({"background": tn / (tn + fn),
                                                            "person": tp / (fp + tp)})  # fmt: skip
+    with Image.open(tmp_path / "confusion_matrix.png") as image:
+        assert image.format == "PNG" and min(image.size) > 300
+        image.load()  # decodes the whole file: a truncated one raises
     # the README's Outputs table names every entry (tta, slide: with --tta, --slide alone)
     named = re.findall(r"`(\w+)`", readme_outputs()["eval_metrics.json"])
     assert list(result) == [key for key in named if key not in ("null", "tta", "slide")]
 
 
-def test_eval_metrics_json_records_the_precision_it_was_scored_in(checkpoint, tiny_data, tmp_path):
+def test_eval_metrics_json_records_the_precision_it_was_scored_in(
+    checkpoint, tiny_data, tmp_path, monkeypatch
+):
     # --amp changes the numbers (README: Metrics), and the file did not say which one they were
     argv = ["--eval-only", "--model", str(checkpoint), "--data", str(tiny_data), "--workers", "0",
             "--out-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
     for amp in ("off", "bf16"):
         run_train([*argv, "--amp", amp])
         assert json.loads((tmp_path / "eval_metrics.json").read_text())["amp"] == amp
+    # a stop before the plot is drawn leaves none rather than the earlier run's, of other numbers
+    assert (tmp_path / "confusion_matrix.png").is_file()
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "plot_confusion", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_train([*argv, "--amp", "off"])
+    assert json.loads((tmp_path / "eval_metrics.json").read_text())["amp"] == "off"
+    assert not (tmp_path / "confusion_matrix.png").exists()
 
 
 def test_eval_only_without_data_scores_the_checkpoints_own_data(trained, tmp_path, monkeypatch):
@@ -1696,6 +1713,7 @@ def test_a_new_run_leaves_no_file_of_the_earlier_run_in_its_folder(
     (out / "valid_preds").mkdir()
     (out / "valid_preds" / "other_image.jpg").write_bytes(b"an earlier overlay")
     (out / "eval_metrics.json").write_text('{"miou": 0.9}')
+    (out / "confusion_matrix.png").write_bytes(b"the earlier model's")
     (out / "notes.txt").write_text("the user's")
 
     def stop(*args, **kwargs):
