@@ -765,7 +765,7 @@ def read_yaml(path: Path) -> dict:
 # the device, workers and outputs from this command line.)
 RESUMED_SETTINGS = (
     "data", "epochs", "batch", "accum", "seed", "lr", "backbone_lr", "weight_decay", "scheduler",
-    "no_augment", "cache_features", "cache_dir", "amp",
+    "no_augment", "cache_features", "cache_dir", "amp", "patience",
 )  # fmt: skip
 # The model settings of a resumed run, and of the one --eval-only scores: always the checkpoint's.
 # They are parsed under the command line like RESUMED_SETTINGS, so a value that differs from the
@@ -881,9 +881,9 @@ def same_setting(value, recorded) -> bool:
 def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> list[str]:
     """Command-line tokens for the settings ``data`` of ``where`` ("config file PATH", or
     "checkpoint PATH" for the settings it recorded), which the messages name."""
-    # A flag without a default of its own turns a true/false setting off (--augment for
-    # no_augment); the setting's own flag is the other one.
-    negations = {a.dest: a.option_strings[-1] for a in parser._actions if _is_negation(a)}
+    # A flag without a default of its own turns a setting off (--augment for no_augment,
+    # --no-patience for patience); the setting's own flag is the other one.
+    negations = negation_flags(parser)
     actions = {a.dest: a for a in parser._actions if a.option_strings and not _is_negation(a)}
     # A run's OUT/args.yaml records config: null, which sets nothing (and may name a flag the
     # parser lacks); a config file naming another one is refused.
@@ -903,6 +903,9 @@ def _flags_to_argv(parser: argparse.ArgumentParser, data: dict, where: str) -> l
                 argv.append(flag)
             elif key in negations:
                 argv.append(negations[key])
+        elif value is None and key in negations:
+            # patience: null turns off a patience that a resumed checkpoint continues
+            argv.append(negations[key])
         elif value is not None:
             if value is False and "off" in (actions[key].choices or ()):
                 items = ["off"]  # YAML reads a bare off (amp: off) as false
@@ -932,6 +935,8 @@ def _unknown_keys(
         close = difflib.get_close_matches(dest.lower(), list(by_lower), n=1, cutoff=0.75)
         if negated and isinstance(settings[key], bool):
             value, opposite = ("true", "false") if settings[key] else ("false", "true")
+            if not isinstance(actions[negated[0]], argparse._StoreTrueAction):
+                opposite = "null"  # no_patience: true is patience: null
             hints.append(f"write {key}: {value} as {negated[0]}: {opposite}")
         elif dest != key and dest in allowed:
             hints.append(f"write {key} as {dest}")
@@ -949,17 +954,32 @@ def _unknown_keys(
 
 def as_flag(parser: argparse.ArgumentParser, key: str, value) -> str:
     """The setting ``key: value`` as the command line writes it, for messages: "--lr 0.001",
-    "--no-augment", and a switch that is off as its negation ("--augment") where it has one."""
+    "--no-augment", and a switch that is off, or a None turned off by a flag of its own, as its
+    negation ("--augment", "--no-patience") where it has one."""
     flags = {a.dest: a.option_strings[-1] for a in parser._actions if not _is_negation(a)}
-    negations = {a.dest: a.option_strings[-1] for a in parser._actions if _is_negation(a)}
+    negations = negation_flags(parser)
     flag = flags.get(key, f"--{key.replace('_', '-')}")
     if isinstance(value, bool):
         return flag if value else negations.get(key, f"no {flag}")
+    if value is None and key in negations:
+        return negations[key]
     return f"{flag} {value}"
 
 
+def negation_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The flags that turn a setting off, by the setting's dest: {"no_augment": "--augment",
+    "patience": "--no-patience"}."""
+    return {a.dest: a.option_strings[-1] for a in parser._actions if _is_negation(a)}
+
+
 def _is_negation(action: argparse.Action) -> bool:
-    return isinstance(action, argparse._StoreFalseAction) and action.default is argparse.SUPPRESS
+    """A flag without a default of its own that stores False or None (store_false is a
+    store_const of False): the way back to the default of another flag's setting."""
+    return (
+        isinstance(action, argparse._StoreConstAction)
+        and action.default is argparse.SUPPRESS
+        and action.const in (False, None)
+    )
 
 
 def _check_count(action: argparse.Action, values: list[str], where: str) -> None:

@@ -53,6 +53,7 @@ from config import (
     check_slide_size,
     check_tta_scales,
     checkpoint_settings,
+    negation_flags,
     parse_args,
     path_arg,
     plain_value,
@@ -193,6 +194,24 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="epochs to train; with --resume, the last epoch to reach (default %(default)s)",
     )
     optim.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop early after N epochs in a row whose valid mIoU does not beat the best "
+        "(default: off, train all --epochs)",
+    )
+    # The way back to all --epochs when --resume or --config set --patience. No default of its
+    # own: --patience's (None) stays the one default.
+    optim.add_argument(
+        "--no-patience",
+        dest="patience",
+        action="store_const",
+        const=None,
+        default=argparse.SUPPRESS,
+        help="train all --epochs (the default; undoes a resumed or --config patience)",
+    )
+    optim.add_argument(
         "--batch",
         type=int,
         default=8,
@@ -277,6 +296,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     check_at_least(args, {"epochs": 1, "batch": 1, "accum": 1, "workers": 0, "num_vis": 0})
+    if args.patience is not None:
+        check_at_least(args, {"patience": 1})
     if not 0 <= args.weight_decay < math.inf:
         raise UserError(f"--weight-decay must be 0 or more, not {args.weight_decay}")
     check_learning_rates(args, ("lr", "backbone_lr"), args.weight_decay)
@@ -349,12 +370,13 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         resumed = resume_point(args, classes)
         if resumed is None:
             return
-        ckpt, classes, imgsz, history = resumed
+        ckpt, classes, imgsz, history, best_epoch = resumed
         start = ckpt["epoch"] + 1
         warn_other_processes(args, ckpt, world)
         best_miou, best_loss = ckpt["best_miou"], ckpt["best_loss"]
     else:
-        history, start, best_miou, best_loss, ckpt = [], 1, -1.0, math.inf, None
+        history, start, best_miou, best_loss, ckpt = [], 1, NO_MIOU, math.inf, None
+        best_epoch = 0  # before the first epoch, which always beats NO_MIOU
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
         earlier = earlier_outputs(args.out_dir) if main_process else []
         warn_earlier_run(args.out_dir, earlier)
@@ -462,6 +484,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
             history.append(row)
             improved_iou = valid["miou"] > best_miou
             improved_loss = valid["loss"] < best_loss
+            best_epoch = epoch if improved_iou else best_epoch
             best_miou = max(best_miou, valid["miou"])
             best_loss = min(best_loss, valid["loss"])
             meta = {
@@ -482,6 +505,19 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 write_overlays(args.out_dir, valid_set, args.num_vis, predictor)
                 save_checkpoints(args.out_dir, model, meta, (improved_iou, improved_loss), on_disk)
             log_epoch(row, args.epochs, improved_iou)
+            # from the all-reduced valid mIoU, the same in every process: they all stop here
+            if patience_reached(args.patience, epoch - best_epoch) and epoch < args.epochs:
+                log.info(
+                    "stopped early at epoch %d of %d: no valid mIoU has beaten epoch %d's %.4f "
+                    "in the %d epochs since (--patience %d)",
+                    epoch,
+                    args.epochs,
+                    best_epoch,
+                    best_miou,
+                    epoch - best_epoch,
+                    args.patience,
+                )
+                break
     except KeyboardInterrupt:
         if main_process:
             log.warning("stopped during epoch %d. %s", epoch, kept())
@@ -501,10 +537,11 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
 
 def resume_point(
     args, classes: ClassConfig
-) -> tuple[dict, ClassConfig, tuple[int, int], list[dict]] | None:
-    """The --resume checkpoint, the classes and (W, H) size the run keeps (read_resume), and the
-    rows of --out-dir's metrics.csv before the resumed epoch, once the checks of a resume pass;
-    None, said in a message, where the checkpoint already finished --epochs."""
+) -> tuple[dict, ClassConfig, tuple[int, int], list[dict], int] | None:
+    """The --resume checkpoint, the classes and (W, H) size the run keeps (read_resume), the
+    rows of --out-dir's metrics.csv before the resumed epoch and the epoch of the best valid mIoU
+    so far (resumed_best_epoch), once the checks of a resume pass; None, said in a message, where
+    the checkpoint already finished --epochs or reached --patience."""
     ckpt, classes, imgsz = read_resume(args, classes)
     start = ckpt["epoch"] + 1
     warn_changed_settings(args, ckpt, start)
@@ -524,8 +561,68 @@ def resume_point(
             args.resume.parent,
         )
         return None
+    # read by rank 0, as the history is, and given to every process: they stop at one epoch
+    best_epoch = on_main_process(lambda: resumed_best_epoch(args, ckpt, history))
+    if patience_reached(args.patience, start - 1 - best_epoch):
+        # a run that stopped early, resumed as it was: as above, it writes nothing
+        log.info(
+            "nothing to do: --patience %d is reached, as no valid mIoU has beaten epoch %d's "
+            "%.4f in the %d epochs up to the checkpoint's epoch %d. To train on, resume with "
+            "--patience %d or more, or --no-patience; its run's outputs are in %s",
+            args.patience,
+            best_epoch,
+            ckpt["best_miou"],
+            start - 1 - best_epoch,
+            start - 1,
+            start - best_epoch,
+            args.resume.parent,
+        )
+        return None
     check_on_main_process(lambda: check_resumed_cache_dir(args, ckpt))
-    return ckpt, classes, imgsz, history
+    return ckpt, classes, imgsz, history, best_epoch
+
+
+# the best valid mIoU before the first epoch: any score beats it
+NO_MIOU = -1.0
+
+
+def patience_reached(patience: int | None, since_best: int) -> bool:
+    """Whether ``since_best`` epochs in a row without a better valid mIoU end the run under
+    --patience (None: never)."""
+    return patience is not None and since_best >= patience
+
+
+def resumed_best_epoch(args, ckpt: dict, history: list[dict]) -> int:
+    """The epoch of the best valid mIoU (``ckpt["best_miou"]``) of the run that the --resume
+    checkpoint ``ckpt`` continues, which --patience counts from, as the uninterrupted run had
+    it: the first of the ``history`` rows (metrics.csv's, before the resumed epoch; else those
+    of the checkpoint's folder) that scored it, else the checkpoint's own epoch where it scored
+    it, else the epoch of a best_model_iou.pth (of --out-dir or the checkpoint's folder) that
+    holds it. Where none tells (metrics.csv removed), the checkpoint's epoch, said in a warning
+    under --patience."""
+    best, resumed = ckpt["best_miou"], ckpt["epoch"]
+    rows = history or source_history(args.resume.parent, args.out_dir, resumed + 1)
+    scored = [r["epoch"] for r in rows if r["valid_miou"] == best]
+    if scored:
+        return min(scored)
+    if (ckpt.get("metrics") or {}).get("valid_miou") == best:
+        return resumed
+    for folder in (args.out_dir, args.resume.parent):
+        held = peek_checkpoint(folder / BEST_CHECKPOINT) if folder.is_dir() else {}
+        epoch = held.get("epoch")
+        if held.get("best_miou") == best and isinstance(epoch, int) and epoch <= resumed:
+            return epoch
+    if args.patience is not None:
+        log.warning(
+            "--patience %d counts from epoch %d: neither metrics.csv nor %s shows which epoch "
+            "of --resume %s scored its best valid mIoU, %.4f",
+            args.patience,
+            resumed,
+            BEST_CHECKPOINT,
+            args.resume,
+            best,
+        )
+    return resumed
 
 
 def warn_earlier_run(out_dir: Path, earlier: list[Path]) -> None:
@@ -653,10 +750,18 @@ def warn_changed_settings(args, ckpt: dict, start: int) -> None:
     checkpoint's run (config.parse_args gives it the others)."""
     before = ckpt.get("args") or {}
     parser = get_args_parser()
-    # "--lr 1e-05 (was 0.003)"; a switch by its flags: "--augment (was --no-augment)"
+    negations = negation_flags(parser)
+
+    def was(key: str):
+        # a switch, and a setting that a flag of its own turns off, by their flags
+        value = before[key]
+        if isinstance(value, bool) or (value is None and key in negations):
+            return as_flag(parser, key, value)
+        return value
+
+    # "--lr 1e-05 (was 0.003)"; "--augment (was --no-augment)", "--patience 5 (was --no-patience)"
     changed = [
-        f"{as_flag(parser, k, getattr(args, k))} (was "
-        f"{as_flag(parser, k, before[k]) if isinstance(before[k], bool) else before[k]})"
+        f"{as_flag(parser, k, getattr(args, k))} (was {was(k)})"
         for k in RESUMED_SETTINGS
         if k in before and k not in args.from_checkpoint
     ]
@@ -802,10 +907,19 @@ def carry_over(source: Path, out_dir: Path, start: int) -> list[dict]:
             with atomic_path(out_dir / name) as tmp:
                 shutil.copyfile(source / name, tmp)
             log.info("copied %s (epoch %d) into %s", source / name, epoch, out_dir)
+    return source_history(source, out_dir, start)
+
+
+def source_history(source: Path, out_dir: Path, start: int) -> list[dict]:
+    """The rows before ``start`` of the metrics.csv in ``source``, the --resume checkpoint's
+    folder, where that is another folder than ``out_dir``; [] where there are none (or where it
+    fails to parse: out_dir's metrics.csv then starts at the resumed epoch)."""
+    if not source.is_dir() or same_folder(source, out_dir):
+        return []
     try:
         return resumed_history(source / "metrics.csv", start)
     except UserError:
-        return []  # out_dir's metrics.csv then starts at the resumed epoch
+        return []
 
 
 def restore_best(args, ckpt: dict, start: int) -> None:

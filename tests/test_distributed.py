@@ -79,7 +79,7 @@ def test_training_metrics_count_an_image_distributed_sampler_repeats_once(size, 
     assert counted == set(range(size))
 
 
-def _two_process_scenarios(rank: int, folder: str) -> None:
+def _two_process_scenarios(rank: int, folder: str, weights: str) -> None:
     """The scenarios of the tests below in one gloo group of 2 spawned processes, one after
     another: each spawn costs the processes' start (torch, DDP's import of torch._dynamo), the
     scenarios themselves a fraction of a second. Each writes what it saw under ``folder``."""
@@ -88,21 +88,22 @@ def _two_process_scenarios(rank: int, folder: str) -> None:
     root = Path(folder)
     _record_updates(rank, str(root / "updates"))
     _check_data_in(rank, [str(root / "first"), str(root / "second")])
+    _stop_early_in_every_process(rank, str(root / "patience"), weights)
     _diverge_in_one_process(rank, str(root / "diverge"))  # last: it leaves a DDP step unfinished
     dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory) -> Path:
+def two_process_runs(tmp_path_factory, weights_file) -> Path:
     """The folder of what _two_process_scenarios's processes wrote; do not modify."""
     root = tmp_path_factory.mktemp("two_processes")
     for name in ("updates", "diverge"):
         (root / name).mkdir()
-    for folder in (root / "first", root / "second"):
+    for folder in (root / "first", root / "second", root / "patience"):
         make_dataset(folder / "data", n_train=2, n_valid=2, sizes=((28, 28),))
     (root / "second" / "data" / "valid_images" / "img001.jpg").unlink()  # a copy not finished
     context = torch.multiprocessing.spawn(
-        _two_process_scenarios, args=(str(root),), nprocs=2, join=False
+        _two_process_scenarios, args=(str(root), str(weights_file)), nprocs=2, join=False
     )
     # Not context.join(), which fails on any exit code: in about 1 run of 30 under pytest (and
     # under load) a process has ended with SIGABRT in gloo's C++ code ("terminate called
@@ -111,6 +112,36 @@ def two_process_runs(tmp_path_factory) -> Path:
     for process in context.processes:
         process.join(timeout=180)
     return root
+
+
+def _stop_early_in_every_process(rank: int, folder: str, weights: str) -> None:
+    """fit of 4 epochs under --patience 1 in 2 processes, whose valid mIoU (all-reduced, as
+    evaluate's is) never beats epoch 1's: each writes the epochs it validated, once past a
+    barrier that a process still training would leave the other waiting at."""
+    args, classes = parse_args(train.get_args_parser(), [
+        "--data", f"{folder}/data", "--out-dir", f"{folder}/out", "--backbone-source", "hub",
+        "--hub-dir", str(FAKE_HUB), "--weights", weights, "--imgsz", "28", "28", "--layers", "1",
+        "--epochs", "4",
+        "--patience", "1", "--batch", "1", "--workers", "0", "--num-vis", "0",
+        "--device", "cpu"])  # fmt: skip
+    evaluate, validated = train.evaluate, []
+
+    def tied(*args, **kwargs) -> dict:
+        validated.append(kwargs["desc"])
+        return {**evaluate(*args, **kwargs), "miou": 0.5}
+
+    train.evaluate = tied  # in this spawned process alone
+    train.save_checkpoint = lambda *args, **kwargs: None  # saves time
+    train.fit(args, classes, torch.device("cpu"), None, rank, world=2)
+    dist.barrier()
+    Path(folder, f"{rank}.txt").write_text(", ".join(validated))
+
+
+def test_patience_stops_every_process_at_the_same_epoch(two_process_runs):
+    folder = two_process_runs / "patience"
+    for rank in (0, 1):
+        assert (folder / f"{rank}.txt").read_text() == "valid 1/4, valid 2/4", rank
+    assert [r["epoch"] for r in read_csv(folder / "out" / "metrics.csv")] == [1, 2]
 
 
 def _diverge_in_one_process(rank: int, results: str) -> None:

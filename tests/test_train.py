@@ -148,6 +148,55 @@ def test_a_tied_score_keeps_the_first_epoch_that_reached_it_as_best(
         assert read_checkpoint(tmp_path / name)["epoch"] == 1, name
 
 
+def test_patience_stops_after_epochs_without_a_better_miou_and_a_resume_counts_on(
+    tmp_path, fresh_data, weights_file, monkeypatch, caplog
+):
+    # each epoch's valid mIoU, by the epoch evaluate is called for ("valid E/N"): epoch 1 is the
+    # best, and epoch 3 only ties it, which is no improvement, as for best_model_iou.pth
+    mious = {1: 0.5, 2: 0.4, 3: 0.5, 4: 0.45, 5: 0.6}  # then 0.0
+
+    def scores(*args, desc, **kwargs) -> dict:
+        epoch = int(desc.split()[1].split("/")[0])
+        return {"loss": 0.5, "acc": 0.75, "miou": mious.get(epoch, 0.0), "iou": [0.5, 0.5]}
+
+    monkeypatch.setattr(train, "evaluate", scores)
+    args = [*common(fresh_data, tmp_path, weights_file), "--imgsz", "56", "56", "--num-vis", "1"]
+    with caplog.at_level("INFO", logger="dinoseg"):
+        run_train([*args, "--epochs", "10", "--patience", "2"])
+    assert (
+        "stopped early at epoch 3 of 10: no valid mIoU has beaten epoch 1's 0.5000 in the 2 "
+        "epochs since (--patience 2)"
+    ) in caplog.text
+    # a normal end: every file of epoch 3 is written, and the best model is epoch 1's
+    assert [r["epoch"] for r in read_csv(tmp_path / "metrics.csv")] == [1, 2, 3]
+    assert read_checkpoint(tmp_path / "last_model.pth")["epoch"] == 3
+    assert read_checkpoint(tmp_path / "best_model_iou.pth")["epoch"] == 1
+    settings = (tmp_path / "args.yaml").read_text()
+    assert yaml.safe_load(settings)["patience"] == 2
+    for name in ("loss.png", "accuracy.png", "miou.png"):
+        assert (tmp_path / name).stat().st_mtime >= (tmp_path / "metrics.csv").stat().st_mtime
+
+    # resumed as it was, it has nothing to do, and says how to train on
+    resume = ["--resume", str(tmp_path / "last_model.pth")]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dinoseg"):
+        run_train([*args, *resume])
+    assert (
+        "nothing to do: --patience 2 is reached, as no valid mIoU has beaten epoch 1's 0.5000 "
+        "in the 2 epochs up to the checkpoint's epoch 3. To train on, resume with --patience 3 "
+        "or more, or --no-patience"
+    ) in caplog.text
+    assert (tmp_path / "args.yaml").read_text() == settings
+    # a larger --patience trains on, counting on from metrics.csv: epoch 4 is the third epoch
+    # without a better mIoU, where the uninterrupted run under --patience 3 stops too
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dinoseg"):
+        run_train([*args, *resume, "--patience", "3"])
+    assert "apply from epoch 4: --patience 3 (was 2)" in caplog.text
+    assert "stopped early at epoch 4 of 10: no valid mIoU has beaten epoch 1's" in caplog.text
+    assert read_checkpoint(tmp_path / "last_model.pth")["epoch"] == 4
+
+
 def test_checkpoint_round_trip_gives_the_trained_models_predictions(tmp_path, weights_file):
     torch.manual_seed(0)
     model = Segmentor(load_backbone("dinov2_vits14", "timm", str(weights_file), layers=2), 2,
@@ -774,6 +823,50 @@ def test_resume_continues_the_recorded_run_unless_a_flag_changes_it(tmp_path, ca
     assert args.data is None
 
 
+def test_a_resumed_patience_goes_on_unless_no_patience_or_a_config_null_ends_it(tmp_path, caplog):
+    ckpt = {"args": {"patience": 3, "epochs": 40}}
+    torch.save(ckpt, tmp_path / "last.pth")
+    parser, resume = train.get_args_parser(), ["--resume", str(tmp_path / "last.pth")]
+    assert parse_args(parser, resume)[0].patience == 3
+    assert parse_args(parser, [*resume, "--patience", "5"])[0].patience == 5
+    (tmp_path / "off.yaml").write_text("patience: null\n")
+    for flags in (["--no-patience"], ["--config", str(tmp_path / "off.yaml")]):
+        args, _ = parse_args(parser, [*resume, *flags])
+        assert args.patience is None, flags
+    train.warn_changed_settings(args, ckpt, start=41)
+    assert "settings that differ from the run of" in caplog.text
+    assert "apply from epoch 41: --no-patience (was 3)" in caplog.text
+    # the switch's name as a config key is named with the key to write
+    (tmp_path / "switch.yaml").write_text("no_patience: true\n")
+    with pytest.raises(UserError, match="write no_patience: true as patience: null"):
+        parse_args(parser, ["--config", str(tmp_path / "switch.yaml")])
+
+
+def test_the_epoch_patience_counts_from_on_resume_is_the_one_its_history_shows(tmp_path, caplog):
+    """The epoch of the best valid mIoU so far, which the uninterrupted run counted from: from
+    metrics.csv (of --out-dir, else of the checkpoint's folder), else from the checkpoint itself
+    or its folder's best_model_iou.pth; where none shows it, from the resumed epoch, said."""
+    run, out = tmp_path / "run", tmp_path / "out"
+    run.mkdir()
+    out.mkdir()
+    rows = [{"epoch": e, "valid_miou": m} for e, m in [(1, 0.3), (2, 0.5), (3, 0.5), (4, 0.4)]]
+    ckpt = {"epoch": 4, "best_miou": 0.5, "metrics": rows[3]}
+    args = argparse.Namespace(resume=run / "last_model.pth", out_dir=run, patience=2)
+    assert train.resumed_best_epoch(args, ckpt, rows) == 2  # the first to score it
+    write_csv(run / "metrics.csv", rows)
+    args.out_dir = out  # resumed into another folder, whose metrics.csv is the checkpoint's
+    assert train.resumed_best_epoch(args, ckpt, []) == 2
+    (run / "metrics.csv").unlink()
+    torch.save({"epoch": 2, "best_miou": 0.5}, run / "best_model_iou.pth")
+    assert train.resumed_best_epoch(args, ckpt, []) == 2
+    (run / "best_model_iou.pth").unlink()
+    # a checkpoint of the best epoch (--resume best_model_iou.pth) says so itself
+    assert train.resumed_best_epoch(args, {**ckpt, "metrics": rows[1], "epoch": 2}, []) == 2
+    assert "--patience" not in caplog.text
+    assert train.resumed_best_epoch(args, ckpt, []) == 4
+    assert "--patience 2 counts from epoch 4: neither metrics.csv nor" in caplog.text
+
+
 def test_a_recorded_setting_the_parser_refuses_names_the_checkpoint_not_a_config_file(
     checkpoint, tmp_path
 ):
@@ -1204,6 +1297,8 @@ def test_evaluation_flags_without_eval_only_are_refused(argv, message):
         (["--lr", "1e38"], r"--lr must be above 0 and at most 1 .*, not 1e\+38"),
         (["--fine-tune", "--backbone-lr", "2"], "--backbone-lr must be above 0 and at most 1"),
         (["--lr", "0.5", "--weight-decay", "4"], r"multiplies each weight by 1 - 2 per step"),
+        (["--patience", "0"], "--patience must be at least 1"),
+        (["--patience", "-2", "--eval-only"], "--patience must be at least 1"),
     ],
 )
 def test_flags_that_would_do_nothing_or_overflow_are_refused(argv, message):
@@ -1240,6 +1335,7 @@ def test_flags_that_take_effect_are_not_refused():
         ["--cache-features", "disk", "--cache-dir", "c"],
         ["--lr", "1", "--weight-decay", "1"],
         ["--eval-only", "--cache-dir", "c"],
+        ["--eval-only", "--patience", "3"],  # ignored, as --epochs: a run's args.yaml sets both
     ]
     for flags in accepted:
         train.check_args(parse_args(parser, flags)[0])
