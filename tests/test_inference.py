@@ -3027,14 +3027,17 @@ def test_a_partial_video_left_by_a_killed_run_is_named_and_kept(tmp_path, checkp
     # partial video, which no player opens and which may take gigabytes, stayed unsaid
     clip = write_clip(tmp_path / "clip.mp4", frames=3)
     out = tmp_path / "out"
+    # one run killed while writing two videos' partial files: one interpreter (and torch
+    # import) fewer than a run per video, the same files left behind
     kill_midway = (
         "import os, signal, sys; from pathlib import Path; import utils\n"
         "with utils.atomic_path(Path(sys.argv[1]), suffix='.partial.mp4') as tmp:\n"
-        "    tmp.write_bytes(bytes(2**20)); os.kill(os.getpid(), signal.SIGKILL)"
+        "    tmp.write_bytes(bytes(2**20))\n"
+        "    with utils.atomic_path(Path(sys.argv[2]), suffix='.partial.mp4') as other:\n"
+        "        other.write_bytes(bytes(2**20)); os.kill(os.getpid(), signal.SIGKILL)"
     )
-    for name in ("clip.mp4", "other.mp4"):
-        cmd = [sys.executable, "-c", kill_midway, str(out / name)]
-        assert subprocess.run(cmd, cwd=ROOT, timeout=300).returncode == -signal.SIGKILL
+    cmd = [sys.executable, "-c", kill_midway, str(out / "clip.mp4"), str(out / "other.mp4")]
+    assert subprocess.run(cmd, cwd=ROOT, timeout=300).returncode == -signal.SIGKILL
     left = sorted(out.iterdir())
     assert [p.name.endswith(".partial.mp4") for p in left] == [True, True]
     infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
