@@ -26,6 +26,7 @@ from datasets import (
     resize_mask,
 )
 from engine import FeatureCache
+from leftover_workers import leftover_workers_end_at_once  # noqa: F401 (autouse)
 from model import Segmentor, load_backbone
 from synthetic import make_dataset
 from utils import UserError, read_csv

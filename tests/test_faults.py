@@ -26,6 +26,7 @@ import utils
 from config import parse_args
 from conftest import ROOT, PixelClassifier
 from engine import TrainingDiverged, train_one_epoch
+from leftover_workers import leftover_workers_end_at_once  # noqa: F401 (autouse)
 from model import Segmentor, load_backbone, save_checkpoint
 from utils import UserError, read_csv, write_csv
 

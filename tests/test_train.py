@@ -36,6 +36,7 @@ from config import (
 from conftest import FAKE_HUB, ROOT, PixelClassifier, load_benchmark, small_memory
 from datasets import SegmentationDataset, check_dataset, read_mask, resize_image, resize_mask
 from engine import Predictor, evaluate
+from leftover_workers import leftover_workers_end_at_once  # noqa: F401 (autouse)
 from metrics import ConfusionMatrix
 from model import (
     Segmentor,
