@@ -1116,6 +1116,9 @@ def _draw_curves(history: Sequence[dict], out_dir: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
+        # tight_layout leaves a placeholder layout engine, for which savefig draws the whole
+        # figure once more before the drawing it saves (a quarter of its time): the layout is done
+        fig.set_layout_engine(None)
         with atomic_path(out_dir / name) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
