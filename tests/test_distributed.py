@@ -2,18 +2,22 @@
 there is a GPU."""
 
 import argparse
+import contextlib
 import datetime
 import errno
 import json
+import logging
 import math
 import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -79,13 +83,65 @@ def test_training_metrics_count_an_image_distributed_sampler_repeats_once(size, 
     assert counted == set(range(size))
 
 
-def _two_process_scenarios(rank: int, folder: str, weights: str) -> None:
-    """The scenarios of the tests below in one gloo group of 2 spawned processes, one after
-    another: each spawn costs the processes' start (torch, DDP's import of torch._dynamo), the
-    scenarios themselves a fraction of a second. Each writes what it saw under ``folder``."""
+def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path) -> None:
+    """train.main as process ``rank`` of 2 that torchrun started: with torchrun's environment,
+    setup_distributed joins (and main leaves) a group of its own on 127.0.0.1:``port``.
+
+    Writes folder/<rank>.log (the dinoseg log, at the level run_script gives the rank),
+    folder/<rank>.out (stdout) and folder/<rank>.exit ("ok", or the traceback of the error)."""
+    env = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    os.environ.update(env)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger("dinoseg")
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    handler = logging.FileHandler(folder / f"{rank}.log")
+    log.addHandler(handler)
+    try:
+        with open(folder / f"{rank}.out", "w") as out, contextlib.redirect_stdout(out):
+            train.main(*parse_args(train.get_args_parser(), argv))
+    except Exception:
+        # on to the next scenario: the other process, if it waits in a collective, fails on the
+        # connection main's leave_distributed closed
+        (folder / f"{rank}.exit").write_text(traceback.format_exc())
+        return
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        for key in env:
+            del os.environ[key]
+    (folder / f"{rank}.exit").write_text("ok")
+
+
+def _train_runs(root: Path, weights: str) -> dict[str, list[str]]:
+    """The command lines of train.py that _two_process_scenarios runs, by the folder of each."""
+    cached = ["--data", str(root / "cache_data"), "--backbone-source", "timm", "--weights", weights,
+              "--imgsz", "56", "56", "--epochs", "2", "--batch", "1", "--workers", "0",
+              "--num-vis", "3", "--lr", "3e-3", "--device", "cpu"]  # fmt: skip
+    return {
+        "cache_disk": [*cached, "--out-dir", str(root / "cache_disk" / "out"),
+                       "--cache-features", "disk"],
+        "cache_memory": [*cached, "--out-dir", str(root / "cache_memory" / "out"),
+                         "--cache-features", "memory"],
+        "fine_tune": ["--data", str(root / "fine_tune_data"),
+                      "--out-dir", str(root / "fine_tune" / "out"), "--backbone-source", "hub",
+                      "--hub-dir", str(FAKE_HUB), "--weights", weights, "--fine-tune",
+                      "--imgsz", "56", "56", "--epochs", "1", "--batch", "1", "--workers", "0",
+                      "--num-vis", "0", "--device", "cpu"],
+    }  # fmt: skip
+
+
+def _two_process_scenarios(rank: int, folder: str, weights: str, ports: list[int]) -> None:
+    """The scenarios of the tests below in 2 spawned processes, one after another: each spawn
+    costs the processes' start (torch, DDP's import of torch._dynamo), as each torchrun does,
+    the scenarios themselves a fraction of a second to a few seconds. First the train.py runs,
+    each in a group of its own, as torchrun starts them; then the others in one gloo group.
+    Each writes what it saw under ``folder``."""
+    root = Path(folder)
+    for (name, argv), port in zip(_train_runs(root, weights).items(), ports, strict=True):
+        _train_as_torchrun_would(rank, port, argv, root / name)
     dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))  # fmt: skip
-    root = Path(folder)
     _record_updates(rank, str(root / "updates"))
     _check_data_in(rank, [str(root / "first"), str(root / "second")])
     _stop_early_in_every_process(rank, str(root / "patience"), weights)
@@ -102,15 +158,25 @@ def two_process_runs(tmp_path_factory, weights_file) -> Path:
     for folder in (root / "first", root / "second", root / "patience"):
         make_dataset(folder / "data", n_train=2, n_valid=2, sizes=((28, 28),))
     (root / "second" / "data" / "valid_images" / "img001.jpg").unlink()  # a copy not finished
+    make_dataset(root / "cache_data", n_train=4, n_valid=3, seed=5)
+    make_dataset(root / "fine_tune_data", n_train=4, n_valid=2, seed=3)
+    # a port for each train.py run's group: one group's store can outlive its run
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in _train_runs(root, "")]
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
     context = torch.multiprocessing.spawn(
-        _two_process_scenarios, args=(str(root), str(weights_file)), nprocs=2, join=False
+        _two_process_scenarios, args=(str(root), str(weights_file), ports), nprocs=2, join=False
     )
     # Not context.join(), which fails on any exit code: in about 1 run of 30 under pytest (and
     # under load) a process has ended with SIGABRT in gloo's C++ code ("terminate called
     # without an active exception"). What each process wrote is what the tests check; a
     # process that died before writing leaves no file, and its test fails.
     for process in context.processes:
-        process.join(timeout=180)
+        process.join(timeout=300)
+    for process in context.processes:
+        if process.is_alive():  # waiting for a peer that died: its test fails on what is missing
+            process.kill()
     return root
 
 
@@ -295,38 +361,31 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
     assert _writes(evals, 1, tmp_path) == []
 
 
-def test_torchrun_fine_tunes_the_official_hub_model(tmp_path, weights_file):
+def test_torchrun_fine_tunes_the_official_hub_model(two_process_runs):
     """Every trainable parameter must get a gradient under DDP: the official model's mask_token
-    never does, so it has to stay frozen."""
-    data = make_dataset(tmp_path / "data", n_train=4, n_valid=2, seed=3)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "train.py", "--data", str(data), "--out-dir", str(tmp_path / "out"),
-           "--backbone-source", "hub", "--hub-dir", str(FAKE_HUB), "--weights", str(weights_file),
-           "--fine-tune", "--imgsz", "56", "56", "--epochs", "1", "--batch", "1", "--workers", "0",
-           "--num-vis", "0", "--device", "cpu"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("Best valid mIoU") == 1
+    never does, so it has to stay frozen. (_train_runs's "fine_tune", in torchrun's setting.)"""
+    run = two_process_runs / "fine_tune"
+    for rank in (0, 1):
+        assert (run / f"{rank}.exit").read_text() == "ok", rank
+    said = [(run / f"{rank}.out").read_text() for rank in (0, 1)]
+    assert "".join(said).count("Best valid mIoU") == 1
 
 
-def test_torchrun_processes_share_the_work_of_the_feature_cache(tmp_path, weights_file):
+def test_torchrun_processes_share_the_work_of_the_feature_cache(two_process_runs):
     """Each process computes half of the features; with the disk cache the others read them from
     the shared folder, with the memory cache they arrive through the process group. Both must
-    train on the same features, so their metrics agree."""
-    data = make_dataset(tmp_path / "data", n_train=4, n_valid=3, seed=5)
+    train on the same features, so their metrics agree. (_train_runs's "cache_disk" and
+    "cache_memory": 4 train and 3 valid images, in torchrun's setting.)"""
     rows = {}
     for mode in ("disk", "memory"):
-        out = tmp_path / mode
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", "train.py", "--data", str(data), "--out-dir", str(out),
-               "--backbone-source", "timm", "--weights", str(weights_file), "--imgsz", "56", "56",
-               "--epochs", "2", "--batch", "1", "--workers", "0", "--num-vis", "3",
-               "--lr", "3e-3", "--cache-features", mode, "--device", "cpu"]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run = two_process_runs / f"cache_{mode}"
+        for rank in (0, 1):
+            assert (run / f"{rank}.exit").read_text() == "ok", rank
+        said = (run / "0.log").read_text()
         # rank 0's half: 2 train images x 2 views and 2 of the 3 valid images
-        assert f"feature cache ({mode}): 6 views computed" in proc.stderr
-        assert ", 0 reused, 5 from the other processes;" in proc.stderr
+        assert f"feature cache ({mode}): 6 views computed" in said
+        assert ", 0 reused, 5 from the other processes;" in said
+        out = run / "out"
         if mode == "disk":
             assert len(list((out / "feature_cache").glob("*.pt"))) == 4 * 2 + 3
         assert len(list((out / "valid_preds").iterdir())) == 3
