@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from record_writes import written_path
 from torch.nn.parallel import DistributedDataParallel
 
 import engine
@@ -83,12 +84,24 @@ def test_training_metrics_count_an_image_distributed_sampler_repeats_once(size, 
     assert counted == set(range(size))
 
 
+_recording = {}  # in a spawned process: "log", the open file of the run's writes, while it runs
+
+
+def _record_write(event: str, args: tuple) -> None:
+    """An audit hook: logs the writes of train.main, as tests/record_writes.py does."""
+    path = written_path(event, args)
+    if path is not None and "log" in _recording:
+        _recording["log"].write(f"{event} {os.path.abspath(path)}\n")
+
+
 def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path) -> None:
     """train.main as process ``rank`` of 2 that torchrun started: with torchrun's environment,
     setup_distributed joins (and main leaves) a group of its own on 127.0.0.1:``port``.
 
     Writes folder/<rank>.log (the dinoseg log, at the level run_script gives the rank),
-    folder/<rank>.out (stdout) and folder/<rank>.exit ("ok", or the traceback of the error)."""
+    folder/<rank>.out (stdout), folder/<rank>.txt (the files main wrote, as
+    tests/record_writes.py logs them) and folder/<rank>.exit ("ok", or the traceback of the
+    error)."""
     env = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
     os.environ.update(env)
@@ -97,8 +110,14 @@ def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     handler = logging.FileHandler(folder / f"{rank}.log")
     log.addHandler(handler)
+    if not _recording:
+        sys.addaudithook(_record_write)
     try:
-        with open(folder / f"{rank}.out", "w") as out, contextlib.redirect_stdout(out):
+        with (
+            open(folder / f"{rank}.out", "w") as out,
+            contextlib.redirect_stdout(out),
+            open(folder / f"{rank}.txt", "w", buffering=1) as _recording["log"],
+        ):
             train.main(*parse_args(train.get_args_parser(), argv))
     except Exception:
         # on to the next scenario: the other process, if it waits in a collective, fails on the
@@ -106,6 +125,7 @@ def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path
         (folder / f"{rank}.exit").write_text(traceback.format_exc())
         return
     finally:
+        _recording.pop("log", None)
         log.removeHandler(handler)
         handler.close()
         for key in env:
@@ -113,8 +133,9 @@ def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path
     (folder / f"{rank}.exit").write_text("ok")
 
 
-def _train_runs(root: Path, weights: str) -> dict[str, list[str]]:
-    """The command lines of train.py that _two_process_scenarios runs, by the folder of each."""
+def _train_runs(root: Path, weights: str, trained: Path) -> dict[str, list[str]]:
+    """The command lines of train.py that _two_process_scenarios runs, by the folder of each;
+    ``trained``: torchrun_training's folder, whose model "eval" scores."""
     cached = ["--data", str(root / "cache_data"), "--backbone-source", "timm", "--weights", weights,
               "--imgsz", "56", "56", "--epochs", "2", "--batch", "1", "--workers", "0",
               "--num-vis", "3", "--lr", "3e-3", "--device", "cpu"]  # fmt: skip
@@ -128,17 +149,26 @@ def _train_runs(root: Path, weights: str) -> dict[str, list[str]]:
                       "--hub-dir", str(FAKE_HUB), "--weights", weights, "--fine-tune",
                       "--imgsz", "56", "56", "--epochs", "1", "--batch", "1", "--workers", "0",
                       "--num-vis", "0", "--device", "cpu"],
+        "eval": ["--eval-only", "--model", str(trained / "out" / "last_model.pth"),
+                 "--data", str(trained / "data"), "--out-dir", str(root / "eval" / "out"),
+                 "--workers", "0", "--device", "cpu"],
     }  # fmt: skip
 
 
-def _two_process_scenarios(rank: int, folder: str, weights: str, ports: list[int]) -> None:
+def _two_process_scenarios(
+    rank: int, folder: str, weights: str, trained: str, ports: list[int]
+) -> None:
     """The scenarios of the tests below in 2 spawned processes, one after another: each spawn
     costs the processes' start (torch, DDP's import of torch._dynamo), as each torchrun does,
     the scenarios themselves a fraction of a second to a few seconds. First the train.py runs,
     each in a group of its own, as torchrun starts them; then the others in one gloo group.
     Each writes what it saw under ``folder``."""
     root = Path(folder)
-    for (name, argv), port in zip(_train_runs(root, weights).items(), ports, strict=True):
+    # torchrun's OMP_NUM_THREADS=1: two processes of a thread per core each fight on 2 cores
+    # (measured: the train.py runs took 3 times as long)
+    torch.set_num_threads(1)
+    runs = _train_runs(root, weights, Path(trained))
+    for (name, argv), port in zip(runs.items(), ports, strict=True):
         _train_as_torchrun_would(rank, port, argv, root / name)
     dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))  # fmt: skip
@@ -150,7 +180,24 @@ def _two_process_scenarios(rank: int, folder: str, weights: str, ports: list[int
 
 
 @pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory, weights_file) -> Path:
+def torchrun_training(tmp_path_factory, weights_file) -> tuple[Path, subprocess.CompletedProcess]:
+    """A torchrun of train.py with 2 processes, each recording its writes: its folder (data,
+    out, writes: tests/record_writes.py's logs) and the finished process; do not modify."""
+    folder = tmp_path_factory.mktemp("torchrun_training")
+    data = make_dataset(folder / "data", n_train=8, n_valid=5, seed=7)  # 5: uneven over 2
+    out, writes = folder / "out", folder / "writes"
+    writes.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "tests/record_writes.py", str(writes), "train.py",
+           "--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
+           "--weights", str(weights_file), "--imgsz", "90", "66", "--epochs", "2",
+           "--batch", "2", "--workers", "0", "--lr", "3e-3", "--num-vis", "2",
+           "--device", "cpu"]  # fmt: skip
+    return folder, subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory, weights_file, torchrun_training) -> Path:
     """The folder of what _two_process_scenarios's processes wrote; do not modify."""
     root = tmp_path_factory.mktemp("two_processes")
     for name in ("updates", "diverge"):
@@ -161,12 +208,15 @@ def two_process_runs(tmp_path_factory, weights_file) -> Path:
     make_dataset(root / "cache_data", n_train=4, n_valid=3, seed=5)
     make_dataset(root / "fine_tune_data", n_train=4, n_valid=2, seed=3)
     # a port for each train.py run's group: one group's store can outlive its run
-    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in _train_runs(root, "")]
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in _train_runs(root, "", root)]
     ports = [sock.getsockname()[1] for sock in sockets]
     for sock in sockets:
         sock.close()
     context = torch.multiprocessing.spawn(
-        _two_process_scenarios, args=(str(root), str(weights_file), ports), nprocs=2, join=False
+        _two_process_scenarios,
+        args=(str(root), str(weights_file), str(torchrun_training[0]), ports),
+        nprocs=2,
+        join=False,
     )
     # Not context.join(), which fails on any exit code: in about 1 run of 30 under pytest (and
     # under load) a process has ended with SIGABRT in gloo's C++ code ("terminate called
@@ -296,17 +346,11 @@ def _writes(log_dir: Path, rank: int, under: Path) -> list[str]:
     return [line for line in lines if Path(line.split(" ", 1)[1]).is_relative_to(under)]
 
 
-def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weights_file):
-    data = make_dataset(tmp_path / "data", n_train=8, n_valid=5, seed=7)  # 5: uneven over 2
-    out, writes = tmp_path / "out", tmp_path / "writes"
-    writes.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "tests/record_writes.py", str(writes), "train.py",
-           "--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
-           "--weights", str(weights_file), "--imgsz", "90", "66", "--epochs", "2",
-           "--batch", "2", "--workers", "0", "--lr", "3e-3", "--num-vis", "2",
-           "--device", "cpu"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_torchrun_two_processes_match_a_single_process_evaluation(
+    torchrun_training, two_process_runs, tmp_path
+):
+    folder, proc = torchrun_training
+    data, out, writes = folder / "data", folder / "out", folder / "writes"
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # rank 0 alone reports and writes
@@ -319,9 +363,9 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
         "last_model.pth", "loss.png", "metrics.csv", "miou.png", "valid_preds"])  # fmt: skip
     assert len(list((out / "valid_preds").iterdir())) == 2
     # every file above was written by rank 0; rank 1 wrote nothing anywhere in the test's folders
-    written = {Path(line.split(" ", 1)[1]) for line in _writes(writes, 0, tmp_path)}
+    written = {Path(line.split(" ", 1)[1]) for line in _writes(writes, 0, folder)}
     assert written >= set(out.iterdir()) | set((out / "valid_preds").iterdir())
-    assert _writes(writes, 1, tmp_path) == []
+    assert _writes(writes, 1, folder) == []
     rows = read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
     # for a resume on another number of processes, which changes the images of a step
@@ -336,29 +380,27 @@ def test_torchrun_two_processes_match_a_single_process_evaluation(tmp_path, weig
     assert rows[-1]["valid_miou"] == pytest.approx(single["miou"], abs=1e-9)
     assert rows[-1]["valid_acc"] == pytest.approx(single["pixel_accuracy"], abs=1e-9)
 
-    # --eval-only under torchrun: the summed matrix and the scores from it are the single
-    # process's, and rank 0 alone writes them and the plot
-    evals = tmp_path / "eval_writes"
-    evals.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "tests/record_writes.py", str(evals), "train.py", "--eval-only",
-           "--model", str(out / "last_model.pth"), "--data", str(data),
-           "--out-dir", str(tmp_path / "eval2"), "--workers", "0", "--device", "cpu"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("Wrote ") == 1
-    both = json.loads((tmp_path / "eval2" / "eval_metrics.json").read_text())
+    # --eval-only of that model with 2 processes (_train_runs's "eval", in torchrun's setting):
+    # the summed matrix and the scores from it are the single process's, and rank 0 alone
+    # writes them and the plot
+    run = two_process_runs / "eval"
+    for rank in (0, 1):
+        assert (run / f"{rank}.exit").read_text() == "ok", rank
+    assert "".join((run / f"{rank}.out").read_text() for rank in (0, 1)).count("Wrote ") == 1
+    both = json.loads((run / "out" / "eval_metrics.json").read_text())
     assert both["confusion_matrix"] == single["confusion_matrix"]
     for key in ("miou", "pixel_accuracy", "per_class_iou", "per_class_precision",
                 "per_class_recall"):  # fmt: skip
         assert both[key] == pytest.approx(single[key], abs=1e-12), key
-    assert sorted(p.name for p in (tmp_path / "eval2").iterdir()) == [
+    assert sorted(p.name for p in (run / "out").iterdir()) == [
         "confusion_matrix.png",
         "eval_metrics.json",
     ]
-    written = {Path(line.split(" ", 1)[1]) for line in _writes(evals, 0, tmp_path)}
-    assert written >= set((tmp_path / "eval2").iterdir())
-    assert _writes(evals, 1, tmp_path) == []
+    # under the session's folders: the model's and data's, and those of every test
+    everywhere = two_process_runs.parent
+    written = {Path(line.split(" ", 1)[1]) for line in _writes(run, 0, everywhere)}
+    assert written >= set((run / "out").iterdir())
+    assert _writes(run, 1, everywhere) == []
 
 
 def test_torchrun_fine_tunes_the_official_hub_model(two_process_runs):
