@@ -95,10 +95,11 @@ def _record_write(event: str, args: tuple) -> None:
 
 
 def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path) -> None:
-    """train.main as process ``rank`` of 2 that torchrun started: with torchrun's environment,
-    setup_distributed joins (and main leaves) a group of its own on 127.0.0.1:``port``.
+    """train.py's run_script(main) as process ``rank`` of 2 that torchrun started: with
+    torchrun's environment, run_script sets the rank's log level, and setup_distributed joins
+    (and main leaves) a group of its own on 127.0.0.1:``port``.
 
-    Writes folder/<rank>.log (the dinoseg log, at the level run_script gives the rank),
+    Writes folder/<rank>.log (the dinoseg log),
     folder/<rank>.out (stdout), folder/<rank>.txt (the files main wrote, as
     tests/record_writes.py logs them) and folder/<rank>.exit ("ok", or the traceback of the
     error)."""
@@ -107,7 +108,6 @@ def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path
     os.environ.update(env)
     folder.mkdir(parents=True, exist_ok=True)
     log = logging.getLogger("dinoseg")
-    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     handler = logging.FileHandler(folder / f"{rank}.log")
     log.addHandler(handler)
     if not _recording:
@@ -118,8 +118,8 @@ def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path
             contextlib.redirect_stdout(out),
             open(folder / f"{rank}.txt", "w", buffering=1) as _recording["log"],
         ):
-            train.main(*parse_args(train.get_args_parser(), argv))
-    except Exception:
+            utils.run_script(lambda: train.main(*parse_args(train.get_args_parser(), argv)))
+    except (Exception, SystemExit):
         # on to the next scenario: the other process, if it waits in a collective, fails on the
         # connection main's leave_distributed closed
         (folder / f"{rank}.exit").write_text(traceback.format_exc())
@@ -133,9 +133,10 @@ def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path
     (folder / f"{rank}.exit").write_text("ok")
 
 
-def _train_runs(root: Path, weights: str, trained: Path) -> dict[str, list[str]]:
+def _train_runs(root: Path, weights: str, trained: Path, data: Path) -> dict[str, list[str]]:
     """The command lines of train.py that _two_process_scenarios runs, by the folder of each;
-    ``trained``: torchrun_training's folder, whose model "eval" scores."""
+    ``trained``: torchrun_training's folder, whose model "eval" scores; ``data``: tiny_data, on
+    which "resume" resumes the run of the checkpoint fixture (copied to resume/run)."""
     cached = ["--data", str(root / "cache_data"), "--backbone-source", "timm", "--weights", weights,
               "--imgsz", "56", "56", "--epochs", "2", "--batch", "1", "--workers", "0",
               "--num-vis", "3", "--lr", "3e-3", "--device", "cpu"]  # fmt: skip
@@ -152,11 +153,15 @@ def _train_runs(root: Path, weights: str, trained: Path) -> dict[str, list[str]]
         "eval": ["--eval-only", "--model", str(trained / "out" / "last_model.pth"),
                  "--data", str(trained / "data"), "--out-dir", str(root / "eval" / "out"),
                  "--workers", "0", "--device", "cpu"],
+        "resume": ["--data", str(data), "--out-dir", str(root / "resume" / "run"),
+                   "--resume", str(root / "resume" / "run" / "last_model.pth"), "--epochs", "2",
+                   "--imgsz", "98", "98", "--layers", "2", "--lr", "1e-3", "--workers", "0",
+                   "--device", "cpu"],
     }  # fmt: skip
 
 
 def _two_process_scenarios(
-    rank: int, folder: str, weights: str, trained: str, ports: list[int]
+    rank: int, folder: str, weights: str, trained: str, data: str, ports: list[int]
 ) -> None:
     """The scenarios of the tests below in 2 spawned processes, one after another: each spawn
     costs the processes' start (torch, DDP's import of torch._dynamo), as each torchrun does,
@@ -167,7 +172,7 @@ def _two_process_scenarios(
     # torchrun's OMP_NUM_THREADS=1: two processes of a thread per core each fight on 2 cores
     # (measured: the train.py runs took 3 times as long)
     torch.set_num_threads(1)
-    runs = _train_runs(root, weights, Path(trained))
+    runs = _train_runs(root, weights, Path(trained), Path(data))
     for (name, argv), port in zip(runs.items(), ports, strict=True):
         _train_as_torchrun_would(rank, port, argv, root / name)
     dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank, world_size=2,
@@ -197,7 +202,9 @@ def torchrun_training(tmp_path_factory, weights_file) -> tuple[Path, subprocess.
 
 
 @pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory, weights_file, torchrun_training) -> Path:
+def two_process_runs(
+    tmp_path_factory, weights_file, torchrun_training, checkpoint, tiny_data
+) -> Path:
     """The folder of what _two_process_scenarios's processes wrote; do not modify."""
     root = tmp_path_factory.mktemp("two_processes")
     for name in ("updates", "diverge"):
@@ -207,14 +214,15 @@ def two_process_runs(tmp_path_factory, weights_file, torchrun_training) -> Path:
     (root / "second" / "data" / "valid_images" / "img001.jpg").unlink()  # a copy not finished
     make_dataset(root / "cache_data", n_train=4, n_valid=3, seed=5)
     make_dataset(root / "fine_tune_data", n_train=4, n_valid=2, seed=3)
+    shutil.copytree(checkpoint.parent, root / "resume" / "run")
     # a port for each train.py run's group: one group's store can outlive its run
-    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in _train_runs(root, "", root)]
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in _train_runs(root, "", root, root)]
     ports = [sock.getsockname()[1] for sock in sockets]
     for sock in sockets:
         sock.close()
     context = torch.multiprocessing.spawn(
         _two_process_scenarios,
-        args=(str(root), str(weights_file), str(torchrun_training[0]), ports),
+        args=(str(root), str(weights_file), str(torchrun_training[0]), str(tiny_data), ports),
         nprocs=2,
         join=False,
     )
@@ -797,19 +805,16 @@ def test_torchrun_names_a_broken_metrics_csv_on_resume_once(tmp_path, checkpoint
     assert "exitcode  : 2" in proc.stderr
 
 
-def test_torchrun_says_what_a_resume_keeps_and_changes_once(tmp_path, checkpoint, tiny_data):
+def test_torchrun_says_what_a_resume_keeps_and_changes_once(two_process_runs):
     # every process read the checkpoint and the command line, and logged the same warnings
-    run = tmp_path / "run"
-    shutil.copytree(checkpoint.parent, run)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "train.py", "--data", str(tiny_data), "--out-dir", str(run),
-           "--resume", str(run / "last_model.pth"), "--epochs", "2", "--imgsz", "98", "98",
-           "--layers", "2", "--lr", "1e-3", "--workers", "0", "--device", "cpu"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # (_train_runs's "resume", in torchrun's setting: both processes' logs counted)
+    run = two_process_runs / "resume"
+    for rank in (0, 1):
+        assert (run / f"{rank}.exit").read_text() == "ok", rank
+    said = "".join((run / f"{rank}.log").read_text() for rank in (0, 1))
     for message in ("--resume: continuing", "--imgsz 98 98 ignored", "ignored: --layers 2",
                     "--resume: settings that differ", "nothing to do"):  # fmt: skip
-        assert proc.stderr.count(message) == 1, (message, proc.stderr[-3000:])
+        assert said.count(message) == 1, (message, said[-3000:])
 
 
 def test_torchrun_eval_only_names_ignored_classes_and_a_moved_dataset_once(tmp_path, checkpoint):
