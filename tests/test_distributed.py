@@ -84,7 +84,9 @@ def test_training_metrics_count_an_image_distributed_sampler_repeats_once(size, 
     assert counted == set(range(size))
 
 
-_recording = {}  # in a spawned process: "log", the open file of the run's writes, while it runs
+# in a spawned process: "hooked" once _record_write is installed (for good: audit hooks stay),
+# "log", the open file of the run's writes, while a run goes on
+_recording = {}
 
 
 def _record_write(event: str, args: tuple) -> None:
@@ -110,8 +112,9 @@ def _train_as_torchrun_would(rank: int, port: int, argv: list[str], folder: Path
     log = logging.getLogger("dinoseg")
     handler = logging.FileHandler(folder / f"{rank}.log")
     log.addHandler(handler)
-    if not _recording:
+    if "hooked" not in _recording:
         sys.addaudithook(_record_write)
+        _recording["hooked"] = True
     try:
         with (
             open(folder / f"{rank}.out", "w") as out,
