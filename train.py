@@ -599,8 +599,11 @@ def resumed_best_epoch(args, ckpt: dict, history: list[dict]) -> int:
     of the checkpoint's folder) that scored it, else the checkpoint's own epoch where it scored
     it, else the epoch of a best_model_iou.pth (of --out-dir or the checkpoint's folder) that
     holds it. Where none tells (metrics.csv removed), the checkpoint's epoch, said in a warning
-    under --patience."""
+    under --patience. Without --patience nothing counts from it: the checkpoint's epoch, with
+    no file read."""
     best, resumed = ckpt["best_miou"], ckpt["epoch"]
+    if args.patience is None:
+        return resumed
     rows = history or source_history(args.resume.parent, args.out_dir, resumed + 1)
     scored = [r["epoch"] for r in rows if r["valid_miou"] == best]
     if scored:
@@ -612,16 +615,15 @@ def resumed_best_epoch(args, ckpt: dict, history: list[dict]) -> int:
         epoch = held.get("epoch")
         if held.get("best_miou") == best and isinstance(epoch, int) and epoch <= resumed:
             return epoch
-    if args.patience is not None:
-        log.warning(
-            "--patience %d counts from epoch %d: neither metrics.csv nor %s shows which epoch "
-            "of --resume %s scored its best valid mIoU, %.4f",
-            args.patience,
-            resumed,
-            BEST_CHECKPOINT,
-            args.resume,
-            best,
-        )
+    log.warning(
+        "--patience %d counts from epoch %d: neither metrics.csv nor %s shows which epoch of "
+        "--resume %s scored its best valid mIoU, %.4f",
+        args.patience,
+        resumed,
+        BEST_CHECKPOINT,
+        args.resume,
+        best,
+    )
     return resumed
 
 
@@ -1690,8 +1692,11 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
         ):
             # a class the valid masks lack scores 0 wherever it is predicted: not a class the
             # model misses (many, among ADE20K's 150 classes on a small valid split)
-            note = " (predicted, but in no valid mask)" if not pixels and iou == 0 else ""
-            note = " (neither predicted nor in a valid mask)" if math.isnan(iou) else note
+            note = ""
+            if math.isnan(iou):
+                note = " (neither predicted nor in a valid mask)"
+            elif not pixels:
+                note = " (predicted, but in no valid mask)"
             values = "  ".join(
                 f"{key} {'  -   ' if math.isnan(value) else f'{value:.4f}'}"
                 for key, value in (("IoU", iou), ("precision", precision), ("recall", recall))
