@@ -50,9 +50,9 @@ def without_time(rows: list[dict]) -> list[dict]:
 
 
 def test_sigterm_then_resume_repeats_the_uninterrupted_run(tmp_path, tiny_data, weights_file):
-    # 3 epochs: stopped once epoch 1's last checkpoint is written (its last file), the run
-    # still has two epochs to train when SIGTERM comes, and the resume two to repeat on the
-    # cosine schedule
+    # 3 epochs: stopped once epoch 2's metrics.csv row is written, so epoch 1 is saved whole
+    # (a stop just after last_model.pth's rename, before the run counted it saved, said that
+    # epoch 1 was lost), and the run still has an epoch to train when SIGTERM comes
     epochs = 3
     whole = tmp_path / "whole"
     run_train(argv(tiny_data, whole, weights_file, epochs))
@@ -64,7 +64,8 @@ def test_sigterm_then_resume_repeats_the_uninterrupted_run(tmp_path, tiny_data, 
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if (cut / "last_model.pth").is_file():
+        csv = cut / "metrics.csv"
+        if csv.is_file() and len(read_csv(csv)) >= 2:
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.05)
