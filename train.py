@@ -529,6 +529,8 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         # another process stopped on an error (a dataset file of its shard broke) and left
         raise_if_another_process_stopped(err, f"during epoch {epoch}", f". {kept()}")
         raise
+    finally:
+        shut_down_workers(train_loader, valid_loader)
     if main_process:
         memory = memory_report(device)  # "" where nothing can be read (the CPU on Windows)
         memory = f"; {memory}" if memory else ""
@@ -1246,6 +1248,18 @@ def make_loader(dataset, args, device: torch.device, train: bool, rank=0, world=
     )
 
 
+def shut_down_workers(*loaders: DataLoader) -> None:
+    """End the worker processes of ``loaders`` now. A run stopped by an exception leaves its
+    loaders in the traceback, with their persistent workers alive for as long as it is kept (a
+    notebook keeps the last one) or until the garbage collector reaches them: seconds per worker
+    then (see tests/leftover_workers.py). DataLoader has no public call for it; this is the one
+    its iterator's own __del__ makes."""
+    for loader in loaders:
+        iterator, loader._iterator = loader._iterator, None  # set with persistent workers alone
+        if iterator is not None:
+            iterator._shutdown_workers()
+
+
 def drops_last_batch(share: int, batch: int) -> bool:
     """Whether make_loader's training loader over ``share`` images (one process's) drops its
     last incomplete batch: only where that leaves it at least one."""
@@ -1599,12 +1613,12 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
     kept = f"--eval-only scores {path} with the classes it was trained with"
     pairs = checked_pairs(resolve_data(args), classes, ("valid",), kept)["valid"]
     dataset = SegmentationDataset(pairs, classes, imgsz, train=False)
-    loader = make_loader(dataset, args, device, False, rank, world)
+    loaders = [make_loader(dataset, args, device, False, rank, world)]
     try:
-        runs = {"plain": evaluate(model, loader, device, classes.num_classes, autocast)}
+        runs = {"plain": evaluate(model, loaders[0], device, classes.num_classes, autocast)}
         if tta is not None:
             runs["tta"] = evaluate(
-                model, loader, device, classes.num_classes, autocast, "valid tta", tta=tta
+                model, loaders[0], device, classes.num_classes, autocast, "valid tta", tta=tta
             )
         if slide is not None:
             short_side = slide.short_side(imgsz)
@@ -1612,9 +1626,10 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
             windows = SegmentationDataset(
                 pairs, classes, imgsz, train=False, slide_short_side=short_side
             )
+            loaders.append(make_loader(windows, args, device, False, rank, world))
             runs["slide"] = evaluate(
                 model,
-                make_loader(windows, args, device, False, rank, world),
+                loaders[-1],
                 device,
                 classes.num_classes,
                 autocast,
@@ -1632,6 +1647,8 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
         raise_if_worker_failure(err)
         raise_if_another_process_stopped(err, "during the evaluation")
         raise
+    finally:
+        shut_down_workers(*loaders)
     if rank != 0:
         return
 

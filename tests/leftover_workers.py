@@ -1,8 +1,9 @@
-"""An autouse fixture for the test modules that stop training runs midway: import it there.
+"""An autouse fixture for the test modules that stop training midway: import it there.
 
-A run that a test stops with an exception leaves its DataLoaders in a reference cycle of the
-exception's traceback, and their persistent workers alive until the garbage collector reaches
-them, in whichever later test that happens. A loader shut down by the collector waits
+train.py ends its loaders' workers on every exit (train.shut_down_workers); the loaders a test
+builds and stops itself stay in a reference cycle of the exception's traceback, and their
+persistent workers alive until the garbage collector reaches them, in whichever later test that
+happens. A loader shut down by the collector waits
 MP_STATUS_CHECK_INTERVAL (5 s) for each of its workers, which never exit: the weakref finalizer
 of the loader's index queue, in the same cycle, stops the queue's feeder thread before the
 loader's own finalizer sends its workers the message to end (4 workers: 20 s). The same two

@@ -604,6 +604,8 @@ def test_a_dataset_file_broken_mid_run_is_named_with_what_is_kept(
         f"the file changed during training; fix or restore it. {tmp_path / 'last_model.pth'} "
         f"holds epoch 1; continue with --resume {tmp_path / 'last_model.pth'} --out-dir {tmp_path}."
     )
+    # the stopped run's loaders live on in err's traceback: their workers did too
+    assert not multiprocessing.active_children()
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
@@ -627,6 +629,7 @@ def test_a_dataset_file_broken_during_eval_only_is_named(
     assert str(err.value).endswith("the file changed during the evaluation; fix or restore it, "
                                    "and run again")  # fmt: skip
     assert not (tmp_path / "eval_metrics.json").exists()
+    assert not multiprocessing.active_children()
 
 
 @pytest.fixture
@@ -685,6 +688,7 @@ def test_a_dataloader_worker_that_hangs_or_dies_stops_the_run_with_what_is_kept(
     assert str(err.value).endswith(
         f"holds epoch 1; continue with --resume {last} --out-dir {tmp_path}."
     )
+    assert not multiprocessing.active_children()  # the hung one included
 
 
 @pytest.mark.timeout(300)
@@ -701,9 +705,11 @@ def test_a_hung_dataloader_worker_stops_eval_only_with_one_message(
 
     monkeypatch.setattr(datasets, "read_image", read_or_hang)
     monkeypatch.setattr(train, "WORKER_TIMEOUT", 2)
-    with pytest.raises(UserError, match=r"^a DataLoader worker gave no batch in 2 s: it hangs"):
+    hung = r"^a DataLoader worker gave no batch in 2 s: it hangs"
+    with pytest.raises(UserError, match=hung) as err:
         run_train(["--eval-only", "--model", str(checkpoint), "--data", str(tiny_data),
                    "--out-dir", str(tmp_path), "--workers", "1", "--device", "cpu"])  # fmt: skip
+    assert err.traceback and not multiprocessing.active_children()
 
 
 STALLED_DOWNLOAD = """
