@@ -96,7 +96,7 @@ from model import (
 )
 from utils import (
     AMP_DEVICES,
-    CONFUSION_PLOT,
+    CONFUSION_PLOTS,
     CURVES,
     UserError,
     amp_dtype,
@@ -957,10 +957,11 @@ def restore_best(args, ckpt: dict, start: int) -> None:
 def earlier_outputs(out_dir: Path) -> list[Path]:
     """The files in ``out_dir`` that a run writes and a new run does not replace at once:
     metrics.csv, the curves, the checkpoints, --eval-only's eval_metrics.json and confusion
-    matrix, then the overlays valid_preds/*.jpg. args.yaml, written first, and the feature
+    matrices, then the overlays valid_preds/*.jpg. args.yaml, written first, and the feature
     cache, which any run reuses, are not among them; nor is any other file."""
     names = ["metrics.csv", *(name for *_, name in CURVES), *BEST_CHECKPOINTS, LAST_CHECKPOINT]
-    files = [out_dir / name for name in [*names, "eval_metrics.json", CONFUSION_PLOT]]
+    names += ["eval_metrics.json", *CONFUSION_PLOTS.values()]
+    files = [out_dir / name for name in names]
     overlays = sorted((out_dir / "valid_preds").glob("*.jpg"))
     return [f for f in files if f.is_file()] + [f for f in overlays if f.is_file()]
 
@@ -1569,7 +1570,7 @@ def data_problem(err: DataError) -> str:
 
 def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world: int = 1) -> None:
     """--eval-only: score a checkpoint on the valid split and write OUT/eval_metrics.json and
-    OUT/confusion_matrix.png (of the plain run).
+    a confusion matrix plot of each run (CONFUSION_PLOTS).
 
     The classes are the checkpoint's (``classes``, from --config, differing is a warning). With
     --tta the split is scored twice, without and with test-time augmentation; with --slide once
@@ -1694,9 +1695,14 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
         }
     # an earlier run's plot goes first: a stop before the new one is drawn leaves none, rather
     # than one of another model beside this run's numbers
-    remove_outputs([args.out_dir / CONFUSION_PLOT], args.out_dir)
+    # (of all three: an earlier --tta run's beside this plain one's would pass for its)
+    plots = {name: args.out_dir / file for name, file in CONFUSION_PLOTS.items()}
+    remove_outputs(list(plots.values()), args.out_dir)
     write_json(args.out_dir / "eval_metrics.json", result)
-    plot_confusion(runs["plain"]["matrix"], classes.names, args.out_dir)
+    titles = {"plain": "", "tta": " with TTA", "slide": " in sliding windows"}
+    titles["slide"] += " with TTA" if tta else ""
+    for name, metrics in runs.items():
+        plot_confusion(metrics["matrix"], classes.names, plots[name], titles[name])
     print(f"Evaluated {path} on {len(dataset)} valid images at {imgsz[0]}x{imgsz[1]}")
     width = max(map(len, classes.names))
     for name, metrics in runs.items():
@@ -1719,7 +1725,8 @@ def run_eval(args, classes: ClassConfig, device, autocast, rank: int = 0, world:
                 for key, value in (("IoU", iou), ("precision", precision), ("recall", recall))
             )
             print(f"  {cls:<{width}}  {values}{note}")
-    print(f"Wrote {args.out_dir / 'eval_metrics.json'} and {args.out_dir / CONFUSION_PLOT}")
+    written = ", ".join(str(plots[name]) for name in runs)
+    print(f"Wrote {args.out_dir / 'eval_metrics.json'} and {written}")
 
 
 def data_to_score(args: argparse.Namespace, ckpt: dict, path: Path) -> Path | None:

@@ -1124,24 +1124,32 @@ def _draw_curves(history: Sequence[dict], out_dir: Path) -> None:
         plt.close(fig)
 
 
-CONFUSION_PLOT = "confusion_matrix.png"  # --eval-only's, drawn by plot_confusion
+# --eval-only's, drawn by plot_confusion: one for each way it scores the valid split
+CONFUSION_PLOTS = {
+    "plain": "confusion_matrix.png",
+    "tta": "confusion_matrix_tta.png",
+    "slide": "confusion_matrix_slide.png",
+}
 CELL_VALUES_UP_TO = 20  # classes whose cells show their share; more leave too small a cell
 CONFUSION_SIDE = (3.0, 16.0)  # inches of the matrix: from 0.45 a class, within these bounds
 TICK_FONT = (5.0, 9.0)  # points: below the least, every n-th class is named instead
 LABEL_CHARS = 24  # a longer class name is cut in the tick labels, which would crowd the matrix
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], out_dir: Path) -> None:
-    """Draw CONFUSION_PLOT in ``out_dir``: the (K, K) pixel counts ``matrix`` (rows = ground
+def plot_confusion(
+    matrix: Sequence[Sequence[int]], names: Sequence[str], path: Path, title: str = ""
+) -> None:
+    """Draw ``path`` (one of CONFUSION_PLOTS): the (K, K) pixel counts ``matrix`` (rows = ground
     truth, cols = prediction, in class-id order) with each row divided by its sum, so that the
     diagonal holds each class's recall, named by ``names`` (K) on both axes. A class in no mask
-    has no row to divide: its row stays blank."""
-    fig = confusion_figure(matrix, names)
-    with atomic_path(out_dir / CONFUSION_PLOT) as tmp:
+    has no row to divide: its row stays blank. ``title`` follows "Confusion matrix" (" with
+    TTA")."""
+    fig = confusion_figure(matrix, names, title)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi="figure")
 
 
-def confusion_figure(matrix: Sequence[Sequence[int]], names: Sequence[str]):
+def confusion_figure(matrix: Sequence[Sequence[int]], names: Sequence[str], title: str = ""):
     """plot_confusion's matplotlib Figure, its first axes the matrix: its size grows with the K
     classes within CONFUSION_SIDE, its tick labels as large as a row allows within TICK_FONT,
     every n-th class named where the least is too large."""
@@ -1172,7 +1180,7 @@ def confusion_figure(matrix: Sequence[Sequence[int]], names: Sequence[str]):
     ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("ground-truth class")
-    ax.set_title("Confusion matrix (rows sum to 1; the diagonal is recall)")
+    ax.set_title(f"Confusion matrix{title}\n(rows sum to 1; the diagonal is recall)")
     if k <= CELL_VALUES_UP_TO:
         for t in range(k):
             if truth[t, 0] == 0:

@@ -100,6 +100,8 @@ def test_eval_only_slide_scores_what_infer_image_slide_writes(tmp_path, checkpoi
     metrics = json.loads((out / "eval_metrics.json").read_text())
     assert "tta" not in metrics
     slide = metrics["slide"]
+    assert (out / "confusion_matrix_slide.png").is_file()
+    assert not (out / "confusion_matrix_tta.png").exists()
     assert (slide["short_side"], slide["window"], slide["tta"]) == (60, [42, 28], None)
     assert slide["miou"] != metrics["miou"]
 

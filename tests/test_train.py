@@ -112,7 +112,7 @@ def readme_outputs() -> dict[str, str]:
 def test_the_readme_names_every_file_and_column_a_run_writes(trained):
     outputs = readme_outputs()
     written = {p.relative_to(trained).as_posix() for p in trained.rglob("*") if p.is_file()}
-    eval_only = ("eval_metrics.json", "confusion_matrix.png")
+    eval_only = ("eval_metrics.json", *train.CONFUSION_PLOTS.values())
     named = [name for name in outputs if name not in eval_only]
     unwritten = [name for name in named if not fnmatch.filter(written, name)]
     assert not unwritten, f"the README's Outputs table names {unwritten}: the run wrote none"
@@ -1814,6 +1814,7 @@ def test_a_new_run_leaves_no_file_of_the_earlier_run_in_its_folder(
     (out / "valid_preds" / "other_image.jpg").write_bytes(b"an earlier overlay")
     (out / "eval_metrics.json").write_text('{"miou": 0.9}')
     (out / "confusion_matrix.png").write_bytes(b"the earlier model's")
+    (out / "confusion_matrix_tta.png").write_bytes(b"the earlier model's, with TTA")
     (out / "notes.txt").write_text("the user's")
 
     def stop(*args, **kwargs):

@@ -138,6 +138,14 @@ def test_eval_only_reports_with_and_without_tta(tmp_path, checkpoint, tiny_data)
     assert cm.compute()["miou"] == pytest.approx(both["tta"]["miou"], abs=1e-12)
     assert cm.compute()["matrix"] == both["tta"]["confusion_matrix"]
     assert both["confusion_matrix"] == plain["confusion_matrix"]
+    # a plot of each run's matrix; a plain run into the folder leaves no --tta plot beside its own
+    plots = ["confusion_matrix.png", "confusion_matrix_tta.png"]
+    assert [(tmp_path / "tta" / name).is_file() for name in plots] == [True, True]
+    assert [(tmp_path / "plain" / name).is_file() for name in plots] == [True, False]
+    with Image.open(tmp_path / "tta" / plots[1]) as image:
+        assert image.format == "PNG"
+    evaluate(tmp_path / "tta")
+    assert [(tmp_path / "tta" / name).is_file() for name in plots] == [True, False]
 
 
 # nan and inf were tracebacks where the scaled size was rounded
