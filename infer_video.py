@@ -7,7 +7,7 @@ Writes <out-dir>/<stem>.mp4 with every frame that decodes overlaid, at the input
 width or height one pixel more, its last column or row repeated: OpenCV writes even sizes) and
 frame rate (or the nearest one mp4v can store; a camera's file is named after the time it
 started). Decoding, the model and encoding run on separate threads, --batch frames at a time.
-Where the ffmpeg program is on the PATH, the input's sound is then added (--no-sound: not).
+The input's sound is then added by ffmpeg (find_ffmpeg), where it is found (--no-sound: not).
 """
 
 import os
@@ -93,8 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-sound",
         action="store_true",
-        help="keep the output silent; by default, where the ffmpeg program is on the PATH, the "
-        "input's sound is copied into it (OpenCV writes video only)",
+        help="keep the output silent; by default the input's sound is added to it by the ffmpeg "
+        "program on the PATH, else imageio-ffmpeg's (OpenCV writes video only)",
     )
     return parser
 
@@ -689,6 +689,20 @@ def sound_command(
             "-c:v", "copy", "-c:a", codec, "-t", length, str(dest)]  # fmt: skip
 
 
+def find_ffmpeg() -> str | None:
+    """The ffmpeg program: the one on the PATH, else the one the imageio-ffmpeg package ships
+    (requirements.txt); None where neither is there."""
+    on_path = shutil.which("ffmpeg")
+    if on_path:
+        return on_path
+    try:  # imported here: without it, the PATH's ffmpeg or none
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):  # RuntimeError: its binary is missing or does not run
+        return None
+
+
 class SoundLeftOut(Exception):
     """add_sound's reason to keep the silent video."""
 
@@ -733,7 +747,7 @@ def add_sound(ffmpeg: str, source: VideoSource, out_path: Path, frames: int, rat
 def output_sound(
     source: VideoSource, out_path: Path, stats: dict, no_sound: bool
 ) -> tuple[str, str | None]:
-    """Add the input's sound to the output where the ffmpeg program is on the PATH (add_sound),
+    """Add the input's sound to the output where ffmpeg is found (find_ffmpeg, add_sound),
     and return what the closing line says of the output's sound, and the line after it, if any
     (sound_note). ``stats``: segment_video's."""
     if no_sound:
@@ -741,7 +755,7 @@ def output_sound(
     frames, rate = stats["frames"], stats["rate"]
     # none where the input has no sound, or where it would drift from the frames
     wanted = source.path is not None and source.sound is not False and stats["in_time"]
-    ffmpeg = shutil.which("ffmpeg") if wanted else None
+    ffmpeg = find_ffmpeg() if wanted else None
     if ffmpeg and add_sound(ffmpeg, source, out_path, frames, rate):
         return "with the input's sound (added by ffmpeg)", None
     return sound_note(source, out_path, stats["in_time"], frames / rate)

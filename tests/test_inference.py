@@ -6,7 +6,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import struct
 import subprocess
@@ -2991,7 +2990,12 @@ def test_a_variable_frame_rate_is_named_not_taken_for_a_truncated_file(
     assert ", 5.333 FPS, " in out
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg to write the videos")
+# the ffmpeg infer_video runs: the PATH's, else imageio-ffmpeg's (requirements.txt)
+FFMPEG = infer_video.find_ffmpeg()
+needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="needs ffmpeg (imageio-ffmpeg)")
+
+
+@needs_ffmpeg
 def test_variable_frame_rate_matroska_and_mp4_from_ffmpeg(tmp_path, checkpoint, caplog):
     # The real files: 60 frames, 30 at 30 FPS then 30 at 10 FPS. OpenCV states the MP4's average
     # rate, which kept its length but showed its middle a second late; the MKV's nominal 30 FPS,
@@ -3003,7 +3007,7 @@ def test_variable_frame_rate_matroska_and_mp4_from_ffmpeg(tmp_path, checkpoint, 
     video.release()
     stretch = "setpts='if(lt(N,30),N/30/TB,(1+(N-30)/10)/TB)'"
     for name in ("vfr.mkv", "vfr.mp4"):
-        cmd = ["ffmpeg", "-loglevel", "error", "-i", str(source), "-vf", stretch, "-fps_mode",
+        cmd = [FFMPEG, "-loglevel", "error", "-i", str(source), "-vf", stretch, "-fps_mode",
                "vfr", "-c:v", "mpeg4", "-q:v", "5", str(tmp_path / name)]  # fmt: skip
         if subprocess.run(cmd, timeout=120).returncode:  # before ffmpeg 5.1: -vsync
             subprocess.run([*cmd[:6], "-vsync", *cmd[7:]], check=True, timeout=120)
@@ -3301,7 +3305,7 @@ def test_a_phone_videos_sound_is_named_with_the_command_that_adds_it(tmp_path, c
     clip = with_sound(write_clip(tmp_path / "my clip.mp4", frames=30, fps=30))
     out = tmp_path / "out dir"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(infer_video.shutil, "which", lambda name: None)  # no ffmpeg to add it
+        mp.setattr(infer_video, "find_ffmpeg", lambda: None)  # no ffmpeg to add it
         infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
     printed = capsys.readouterr().out.splitlines()
     quoted = [utils.shell_quote(str(p)) for p in (out / "my clip.mp4", clip)]
@@ -3340,7 +3344,7 @@ def test_a_video_without_sound_or_whose_sound_is_unknown_says_so(
     assert "no sound (nor has the input)" in printed and "ffmpeg" not in printed
     # an MPEG-TS's tracks are not read: its sound may be there, and the command is given for it
     screen = opencv_video(tmp_path / "screen.ts", frames=10)
-    monkeypatch.setattr(infer_video.shutil, "which", lambda name: None)
+    monkeypatch.setattr(infer_video, "find_ffmpeg", lambda: None)
     assert video_container.has_sound(screen) is None
     assert not video_container.mp4_edits_hide_frames(screen)
     infer_video.main(video_args(input=screen, model=checkpoint, out_dir=tmp_path / "b"))
@@ -3381,6 +3385,29 @@ def ffmpeg_calls(log: Path) -> list[list[str]]:
 
 
 needs_posix_exec = pytest.mark.skipif(sys.platform == "win32", reason="runs a script as ffmpeg")
+
+
+@needs_posix_exec
+def test_ffmpeg_is_the_paths_else_imageio_ffmpegs_else_none(tmp_path, monkeypatch):
+    # Without ffmpeg on the PATH (as on CI) the output was silent: the binary the imageio-ffmpeg
+    # package ships now adds the sound
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    monkeypatch.delenv("IMAGEIO_FFMPEG_EXE", raising=False)
+    calls = fake_ffmpeg(tmp_path, monkeypatch)  # one on the PATH comes first
+    assert infer_video.find_ffmpeg() == str(tmp_path / "bin" / "ffmpeg")
+    assert ffmpeg_calls(calls) == [], "found, not run"
+    monkeypatch.setenv("PATH", str(tmp_path))  # a folder without one
+    shipped = infer_video.find_ffmpeg()
+    assert shipped == imageio_ffmpeg.get_ffmpeg_exe() and Path(shipped).is_file()
+
+    def no_binary():
+        raise RuntimeError("No ffmpeg exe could be found.")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(imageio_ffmpeg, "get_ffmpeg_exe", no_binary)
+        assert infer_video.find_ffmpeg() is None
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # the package not installed
+    assert infer_video.find_ffmpeg() is None
 
 
 @needs_posix_exec
@@ -3438,7 +3465,7 @@ def test_no_sound_keeps_the_output_silent_and_never_runs_ffmpeg(
     assert "30.000 FPS, no sound (--no-sound)" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
+@needs_ffmpeg
 def test_ffmpeg_muxes_the_inputs_sound_with_every_frame(tmp_path, checkpoint, capsys):
     clip = with_sound(write_clip(tmp_path / "clip.mp4", frames=30, fps=30))
     out = tmp_path / "out"
