@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import logging
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -689,6 +690,12 @@ def sound_command(
             "-c:v", "copy", "-c:a", codec, "-t", length, str(dest)]  # fmt: skip
 
 
+# The sound codecs an MP4 holds that players (browsers, QuickTime, phones, TVs) play as they are.
+# Others are encoded to AAC: FFmpeg 6 and later copy a MOV or AVI camera file's PCM into an MP4
+# ('ipcm') without an error, which few players play; older ones refuse to.
+MP4_SOUND_CODECS = frozenset({"aac", "mp3", "ac3", "eac3"})
+
+
 def find_ffmpeg() -> str | None:
     """The ffmpeg program: the one on the PATH, else the one the imageio-ffmpeg package ships
     (requirements.txt); None where neither is there."""
@@ -703,20 +710,40 @@ def find_ffmpeg() -> str | None:
         return None
 
 
+def sound_codecs(ffmpeg: str, path: Path) -> list[str]:
+    """The codecs of the sound tracks of the file at ``path``, as ``ffmpeg -i`` names them
+    ("aac", "pcm_s16le", ...); none where it has none, or ffmpeg does not list them."""
+    try:  # without an output, ffmpeg lists the input's tracks and exits with an error
+        done = subprocess.run(
+            [ffmpeg, "-nostdin", "-hide_banner", "-i", str(path)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+        )
+    except OSError:  # add_sound's run says so
+        return []
+    # "  Stream #0:1[0x2](und): Audio: pcm_s16le (sowt / 0x74776F73), 48000 Hz, stereo, ..."
+    return re.findall(r"^\s*Stream #\S+ Audio: (\w+)", done.stderr, re.MULTILINE)
+
+
 class SoundLeftOut(Exception):
     """add_sound's reason to keep the silent video."""
 
 
 def add_sound(ffmpeg: str, source: VideoSource, out_path: Path, frames: int, rate: float) -> bool:
     """Replace the silent video at ``out_path`` (``frames`` frames at ``rate``) by one with the
-    input's sound, muxed by ``ffmpeg`` (the frames copied as they are, the sound too where MP4
-    holds it as it is, else encoded to AAC). Returns whether it did: where ffmpeg fails, or
-    the result lacks frames, the silent video is kept, with a warning saying why; where the
-    input turns out to have no sound, ``source.sound`` becomes False."""
+    input's sound, muxed by ``ffmpeg`` (the frames copied as they are, the sound too where its
+    codecs are MP4_SOUND_CODECS, else encoded to AAC). Returns whether it did: where ffmpeg
+    fails, or the result lacks frames, the silent video is kept, with a warning saying why;
+    where the input turns out to have no sound, ``source.sound`` becomes False."""
     seconds = frames / rate
+    found = sound_codecs(ffmpeg, source.path)
+    # copied where players take it (encoded all the same where the copy fails), else encoded;
+    # encoded too where ffmpeg names no codec: AAC plays whatever the sound was
+    copy = bool(found) and all(codec in MP4_SOUND_CODECS for codec in found)
     try:
         with atomic_path(out_path, suffix=PARTIAL_SUFFIX) as tmp:
-            for codec in ("copy", "aac"):
+            for codec in ("copy", "aac") if copy else ("aac",):
                 command = sound_command(out_path, source.path, tmp, seconds, codec, ffmpeg)
                 # -y: mkstemp made tmp; 1:a? an input without sound (a container whose tracks
                 # has_sound does not read) gives the silent video, not a failure

@@ -3353,21 +3353,25 @@ def test_a_video_without_sound_or_whose_sound_is_unknown_says_so(
     assert printed[1].startswith("if the input has sound, to add it: ffmpeg -i ")
 
 
-# An ffmpeg that logs its arguments and "muxes" by copying its second input (the clip, sound
-# and all, of as many frames as the output) to its output; it fails for the -c:a values listed
+# An ffmpeg that logs its arguments, lists its input's sound as FAKE_FFMPEG_SOUND's codec where
+# it is given no output, and "muxes" by copying its second input (the clip, sound and all, of as
+# many frames as the output) to its output; it fails for the -c:a values listed
 FAKE_FFMPEG = """
 import json, os, shutil, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_FFMPEG_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
+if "-c:a" not in args:
+    codec = os.environ["FAKE_FFMPEG_SOUND"]
+    sys.exit(f"  Stream #0:1[0x2](und): Audio: {codec} (mp4a), 8000 Hz\\nAt least one output file")
 if args[args.index("-c:a") + 1] in os.environ["FAKE_FFMPEG_FAILS"].split(","):
-    sys.exit("[mp4 @ 0x5] Could not find tag for codec pcm_s16le in stream #1\\nConversion failed!")
+    sys.exit("[mp4 @ 0x5] Could not write header: Invalid argument\\nConversion failed!")
 inputs = [args[i + 1] for i, arg in enumerate(args) if arg == "-i"]
 shutil.copy(inputs[1], args[-1])
 """
 
 
-def fake_ffmpeg(tmp_path, monkeypatch, fails: str = "") -> Path:
+def fake_ffmpeg(tmp_path, monkeypatch, fails: str = "", sound: str = "aac") -> Path:
     """Put FAKE_FFMPEG first on the PATH; returns the file its calls' arguments go to."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -3376,12 +3380,18 @@ def fake_ffmpeg(tmp_path, monkeypatch, fails: str = "") -> Path:
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_FFMPEG_FAILS", fails)
+    monkeypatch.setenv("FAKE_FFMPEG_SOUND", sound)
     monkeypatch.setenv("FAKE_FFMPEG_LOG", str(tmp_path / "calls.jsonl"))
     return tmp_path / "calls.jsonl"
 
 
 def ffmpeg_calls(log: Path) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def mux_calls(log: Path) -> list[list[str]]:
+    """ffmpeg_calls that write a video (not those that list the input's tracks)."""
+    return [call for call in ffmpeg_calls(log) if "-c:a" in call]
 
 
 needs_posix_exec = pytest.mark.skipif(sys.platform == "win32", reason="runs a script as ffmpeg")
@@ -3411,13 +3421,18 @@ def test_ffmpeg_is_the_paths_else_imageio_ffmpegs_else_none(tmp_path, monkeypatc
 
 
 @needs_posix_exec
-@pytest.mark.parametrize("fails", ["", "copy"], ids=["copied", "encoded"])
+@pytest.mark.parametrize(
+    "sound, fails, encodings",
+    [("aac", "", ["copy"]), ("aac", "copy", ["copy", "aac"]), ("pcm_s16le", "", ["aac"])],
+    ids=["copied", "copy-failed", "pcm-encoded"],
+)
 def test_ffmpeg_on_the_path_puts_the_inputs_sound_into_the_output(
-    tmp_path, checkpoint, capsys, monkeypatch, fails
+    tmp_path, checkpoint, capsys, monkeypatch, sound, fails, encodings
 ):
     # With ffmpeg at hand a phone video's output was silent all the same: it now has the sound,
-    # copied as it is where MP4 holds it, else encoded to AAC, and replaced atomically
-    calls = fake_ffmpeg(tmp_path, monkeypatch, fails)
+    # copied as it is where MP4 players take it, else encoded to AAC, and replaced atomically.
+    # A camera's PCM was copied too: FFmpeg 6+ writes it into the MP4, which few players play.
+    calls = fake_ffmpeg(tmp_path, monkeypatch, fails, sound)
     clip = with_sound(write_clip(tmp_path / "clip.mp4", frames=30, fps=30))
     out = tmp_path / "out"
     infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
@@ -3425,9 +3440,9 @@ def test_ffmpeg_on_the_path_puts_the_inputs_sound_into_the_output(
     assert printed[0].endswith(", 30.000 FPS, with the input's sound (added by ffmpeg)")
     assert (out / "clip.mp4").read_bytes() == clip.read_bytes()  # the fake's result
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4"], "no temporary file remains"
-    made = ffmpeg_calls(calls)
-    assert [call[call.index("-c:a") + 1] for call in made] == ["copy", "aac"][: len(made)]
-    assert len(made) == (2 if fails else 1)
+    made = mux_calls(calls)
+    assert [call[call.index("-c:a") + 1] for call in made] == encodings
+    assert ffmpeg_calls(calls)[0][-2:] == ["-i", str(clip)], "the input's codec asked first"
     last = made[-1]
     assert last[last.index("-i") + 1] == str(out / "clip.mp4") and str(clip) in last
     assert last[last.index("-t") + 1] == "1.000" and "-c:v" in last and "copy" in last
@@ -3441,10 +3456,10 @@ def test_a_failing_ffmpeg_keeps_the_silent_video_and_says_why(
     clip = with_sound(write_clip(tmp_path / "clip.mp4", frames=30, fps=30))
     out = tmp_path / "out"
     infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
-    assert len(ffmpeg_calls(calls)) == 2
+    assert len(mux_calls(calls)) == 2
     assert (
-        f"{out / 'clip.mp4'} keeps no sound: ffmpeg failed: [mp4 @ 0x5] Could not find tag for "
-        "codec pcm_s16le in stream #1 / Conversion failed!" in caplog.text
+        f"{out / 'clip.mp4'} keeps no sound: ffmpeg failed: [mp4 @ 0x5] Could not write header: "
+        "Invalid argument / Conversion failed!" in caplog.text
     )
     assert video_container.mp4_track_samples(out / "clip.mp4", b"soun") == 0
     assert len(read_rgb_frames(out / "clip.mp4")) == 30
@@ -3473,6 +3488,39 @@ def test_ffmpeg_muxes_the_inputs_sound_with_every_frame(tmp_path, checkpoint, ca
     assert "with the input's sound (added by ffmpeg)" in capsys.readouterr().out
     assert video_container.mp4_track_samples(out / "clip.mp4", b"soun") > 0
     assert len(read_rgb_frames(out / "clip.mp4")) == 30
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize(
+    "name, sound, kept",
+    [
+        ("camera.mov", "pcm_s16le", "aac"),
+        ("dashcam.avi", "pcm_s16le", "aac"),
+        ("phone.mp4", "aac", "aac"),
+        ("recording.mkv", "ac3", "ac3"),
+    ],
+)
+def test_sound_that_mp4_players_take_is_copied_and_other_sound_encoded_to_aac(
+    tmp_path, checkpoint, capsys, name, sound, kept
+):
+    # A camera's PCM sound was copied into the output as it was, which FFmpeg 6+ does without
+    # an error ('ipcm'), and which few players play; AC3 (kept) shows that the rest is copied
+    clip = tmp_path / name
+    make = [FFMPEG, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+            "testsrc=size=64x64:rate=10:duration=0.5", "-f", "lavfi", "-i",
+            "sine=frequency=440:sample_rate=48000:duration=0.5", "-c:v", "mpeg4", "-c:a", sound,
+            str(clip)]  # fmt: skip
+    subprocess.run(make, check=True, timeout=120)
+    assert infer_video.sound_codecs(FFMPEG, clip) == [sound]
+    out = tmp_path / "out"
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=out))
+    assert "with the input's sound (added by ffmpeg)" in capsys.readouterr().out
+    result = out / f"{clip.stem}.mp4"
+    assert infer_video.sound_codecs(FFMPEG, result) == [kept]
+    assert video_container.mp4_track_samples(result, b"soun") > 0
+    assert video_container.mp4_track_samples(result) == 5
+    assert len(read_rgb_frames(result)) == 5
+    assert sorted(p.name for p in out.iterdir()) == [result.name], "no temporary file remains"
 
 
 def frame_times_ms(path) -> list[float]:
