@@ -3010,7 +3010,8 @@ def test_variable_frame_rate_matroska_and_mp4_from_ffmpeg(tmp_path, checkpoint, 
         cmd = [FFMPEG, "-loglevel", "error", "-i", str(source), "-vf", stretch, "-fps_mode",
                "vfr", "-c:v", "mpeg4", "-q:v", "5", str(tmp_path / name)]  # fmt: skip
         if subprocess.run(cmd, timeout=120).returncode:  # before ffmpeg 5.1: -vsync
-            subprocess.run([*cmd[:6], "-vsync", *cmd[7:]], check=True, timeout=120)
+            cmd[cmd.index("-fps_mode")] = "-vsync"
+            subprocess.run(cmd, check=True, timeout=120)
         caplog.clear()
         out = tmp_path / name.replace(".", "_")
         infer_video.main(video_args(input=tmp_path / name, model=checkpoint, out_dir=out))
