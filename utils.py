@@ -1252,19 +1252,200 @@ def draw_overlay(
 
 # --legend's key of class colours and names, drawn in an overlay's top-left corner
 LEGEND_ROWS = 10  # rows at most, the last of them "+K more" where more classes are keyed
-# text height per pixel of the image's shorter side: 27 px on a 1080p frame, 54 px on a 4K one
+# text height (the font's ascent, which accented capitals reach) per pixel of the image's
+# shorter side: 27 px on a 1080p frame, 54 px on a 4K one
 LEGEND_TEXT = 0.025
-LEGEND_MIN_TEXT = 10  # px: OpenCV's Hershey text is unreadable below it; no smaller key is drawn
+LEGEND_MIN_TEXT = 10  # px: smaller text is unreadable (capitals 8 px high); no smaller key is drawn
 LEGEND_SHADE = 0.35  # what the panel keeps of the image: dark enough for white text on any photo
 LEGEND_HEIGHT = 0.5  # the share of the image's height the key may cover
-LEGEND_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX, OpenCV's only fonts being Hershey's (ASCII)
+# The text's typeface, DejaVu Sans: matplotlib ships it, and it draws class names in Latin,
+# Greek and Cyrillic scripts as written, where OpenCV's own Hershey fonts draw ASCII alone
+LEGEND_FONT_FILE = "fonts/ttf/DejaVuSans.ttf"  # within matplotlib.get_data_path()
+HERSHEY_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX: the fallback where DejaVu Sans cannot be read
+# Texts kept rendered, each about 25 kB at 1080p: a video's key draws the same few names on
+# every frame, and rendering one anew takes 1.5 ms; legend_sheet names ADE20K's 150 classes
+TEXT_BITMAPS = 256
+TEXT_WIDTHS = 4096  # texts kept measured (0.2 ms each): fit_text measures cuts of a long name
+# FreeType's faces are not to be used by two threads at once, and overlays are drawn on the
+# inference scripts' writer thread and, for --show, on the main thread
+_font_lock = threading.Lock()
+
+
+@functools.cache
+def legend_font_file() -> str | None:
+    """DejaVu Sans's file: matplotlib's own, else the one its font manager finds (a
+    distribution's matplotlib may leave the font to a system package). None, warned once,
+    where neither can be read: the text is then drawn in OpenCV's ASCII-only Hershey font."""
+    with _font_lock:  # the writer's thread and --show's, drawing their first keys at once
+        return _find_legend_font()
+
+
+@functools.cache
+def _find_legend_font() -> str | None:
+    import matplotlib
+
+    def found() -> Iterator[Path]:
+        yield Path(matplotlib.get_data_path()) / LEGEND_FONT_FILE
+        from matplotlib import font_manager
+
+        try:
+            path = font_manager.findfont("DejaVu Sans", fallback_to_default=False)
+        except ValueError:  # not found
+            return
+        yield Path(path)
+
+    for path in found():
+        try:
+            _open_font(str(path), LEGEND_MIN_TEXT)
+            return str(path)
+        except OSError:
+            continue
+    log.warning(
+        "matplotlib's DejaVu Sans font (%s) cannot be read: --legend's class names are drawn in "
+        "ASCII, accents dropped and other letters as ?; reinstall matplotlib to draw them as "
+        "written",
+        LEGEND_FONT_FILE,
+    )
+    return None
+
+
+def _open_font(font_file: str, size: int):
+    """PIL's FreeTypeFont of ``font_file`` at ``size`` pixels to the em. Read from the open
+    file: given a path it cannot read, Pillow would load any font of that file name it finds
+    in the system's folders instead."""
+    from PIL import ImageFont
+
+    with open(font_file, "rb") as file:
+        return ImageFont.truetype(file, size)
+
+
+@functools.cache
+def _font(font_file: str, text_h: int):
+    """``font_file``'s font at the size whose ascent is ``text_h`` pixels."""
+    with _font_lock:
+        ascent = _open_font(font_file, 100).getmetrics()[0]
+        return _open_font(font_file, round(text_h * 100 / ascent))
+
+
+def _hershey(text_h: int) -> tuple[float, int]:
+    """The scale and thickness of the Hershey font for text ``text_h`` pixels high."""
+    import cv2
+
+    thickness = max(1, round(text_h / 12))
+    return cv2.getFontScaleFromHeight(HERSHEY_FONT, text_h, thickness), thickness
 
 
 def legend_text(name: str) -> str:
-    """``name`` as OpenCV's ASCII-only Hershey fonts can draw it: accents dropped (café ->
-    cafe), other characters as ?, which putText would draw as ? each anyway."""
+    """``name`` as the legend draws it: as written, composed (NFC: "cafe" and a combining
+    accent draw as "café"), with control characters and line breaks as spaces (Pillow's
+    layout of a line break fails). Where DejaVu Sans is missing (legend_font_file), as
+    OpenCV's Hershey font can draw it: accents dropped (café -> cafe), other characters as ?,
+    which putText would draw as ? each anyway."""
+    return _legend_text(name, legend_font_file())
+
+
+@functools.lru_cache(TEXT_WIDTHS)
+def _legend_text(name: str, font_file: str | None) -> str:
+    if font_file is not None:
+        breaks = ("Cc", "Zl", "Zp")
+        composed = unicodedata.normalize("NFC", name)
+        return "".join(" " if unicodedata.category(c) in breaks else c for c in composed)
     decomposed = unicodedata.normalize("NFKD", name)
     return "".join(c if c.isascii() else "?" for c in decomposed if not unicodedata.combining(c))
+
+
+def text_width(text: str, text_h: int) -> int:
+    """The pixels right of its origin that draw_text's ``text`` ``text_h`` high covers."""
+    return _text_width(text, text_h, legend_font_file())
+
+
+@functools.lru_cache(TEXT_WIDTHS)
+def _text_width(text: str, text_h: int, font_file: str | None) -> int:
+    if font_file is None:
+        import cv2
+
+        return cv2.getTextSize(text, HERSHEY_FONT, *_hershey(text_h))[0][0]
+    font = _font(font_file, text_h)
+    with _font_lock:
+        return max(0, font.getbbox(text, anchor="ls")[2])
+
+
+@functools.lru_cache(TEXT_BITMAPS)
+def _text_ink(
+    text: str, text_h: int, color: tuple[int, ...], font_file: str | None
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``text`` rendered ``text_h`` high in ``color``, for draw_text to lay over an image as
+    ``image * keep / 255 + ink``: ``keep`` and ``ink``, (h, w, 3) uint8, and the offset (x, y)
+    of their top-left corner from the left end of the text's baseline."""
+    import cv2
+
+    if font_file is None:
+        scale, thickness = _hershey(text_h)
+        (w, h), below = cv2.getTextSize(text, HERSHEY_FONT, scale, thickness)
+        t = thickness  # the stroke's half width, and anti-aliasing, reach past getTextSize's box
+        coverage = np.zeros((t + h + below + t, t + w + t), np.uint8)
+        cv2.putText(coverage, text, (t, t + h), HERSHEY_FONT, scale, 255, thickness, cv2.LINE_AA)
+        left, top = -t, -(t + h)
+    else:
+        from PIL import Image, ImageDraw
+
+        font = _font(font_file, text_h)
+        with _font_lock:
+            left, top, right, bottom = font.getbbox(text, anchor="ls")
+            image = Image.new("L", (max(0, right - left), max(0, bottom - top)))
+            ImageDraw.Draw(image).text((-left, -top), text, fill=255, font=font, anchor="ls")
+        coverage = np.asarray(image)
+    coverage = np.repeat(coverage[..., None].astype(np.uint16), 3, axis=2)  # (h, w, 3)
+    ink = (coverage * np.asarray(color, np.uint16) + 127) // 255
+    return (255 - coverage).astype(np.uint8), ink.astype(np.uint8), left, top
+
+
+def draw_text(
+    image: np.ndarray, text: str, origin: tuple[int, int], text_h: int, color: Sequence[int]
+) -> None:
+    """Draw ``text`` anti-aliased on ``image``, (H, W, 3) uint8, in place, cut at its edges.
+
+    Args:
+        origin: (x, y) of the left end of the text's baseline.
+        text_h: the font's ascent in pixels, the height accented capitals reach above the
+            baseline; descenders (g, p, y) reach about a third of it below.
+        color: the text's colour, in ``image``'s channel order.
+    """
+    import cv2
+
+    keep, ink, left, top = _text_ink(text, text_h, tuple(map(int, color)), legend_font_file())
+    x, y = origin[0] + left, origin[1] + top
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + ink.shape[1], image.shape[1]), min(y + ink.shape[0], image.shape[0])
+    if x0 >= x1 or y0 >= y1:
+        return
+    cut = np.s_[y0 - y : y1 - y, x0 - x : x1 - x]
+    region = image[y0:y1, x0:x1]
+    # OpenCV's uint8 arithmetic: 20 us for a 1080p name, where NumPy's float blend took 290
+    region[:] = cv2.add(cv2.multiply(region, keep[cut], scale=1 / 255), ink[cut])
+
+
+def fit_text(text: str, text_h: int, room: int) -> str | None:
+    """``text``, cut to ``room`` pixels with "..."; None where not even "..." fits."""
+    return _fit_text(text, text_h, room, legend_font_file())
+
+
+@functools.lru_cache(TEXT_WIDTHS)
+def _fit_text(text: str, text_h: int, room: int, font_file: str | None) -> str | None:
+    if text_width(text, text_h) <= room:
+        return text
+
+    def cut(n: int) -> str:
+        return f"{text[:n].rstrip()}..."
+
+    if text_width(cut(0), text_h) > room:
+        return None
+    # the longest cut that fits, found by halving: a 70-letter name takes 7 measures, not 70
+    fits, too_long = 0, len(text)
+    while too_long - fits > 1:
+        n = (fits + too_long) // 2
+        fits, too_long = (n, too_long) if text_width(cut(n), text_h) <= room else (fits, n)
+    return cut(fits)
 
 
 def class_pixels(mask: np.ndarray) -> np.ndarray:
@@ -1323,28 +1504,14 @@ def draw_legend(
         # a 19-class street scene keyed in id order ran out of rows before its cars and people
         largest = keyed if pixels is None else sorted(keyed, key=lambda c: -pixels[c])
         shown = sorted(largest[: rows - 1])
-    thickness = max(1, round(text_h / 12))
-    scale = cv2.getFontScaleFromHeight(LEGEND_FONT, text_h, thickness)
     text_x = 3 * pad + text_h  # the margin, the panel's pad, the swatch, a gap
     room = width - text_x - 2 * pad  # the text's width: the panel's pad and the margin after it
-
-    def text_width(text: str) -> int:
-        return cv2.getTextSize(text, LEGEND_FONT, scale, thickness)[0][0]
-
-    def fitted(text: str) -> str | None:
-        """``text``, cut to ``room`` pixels with "..."; None where not even "..." fits."""
-        for n in range(len(text), -1, -1):
-            cut = text if n == len(text) else f"{text[:n].rstrip()}..."
-            if text_width(cut) <= room:
-                return cut
-        return None
-
-    lines = [(fitted(legend_text(names[c])), colors[c]) for c in shown]
+    lines = [(fit_text(legend_text(names[c]), text_h, room), colors[c]) for c in shown]
     if len(shown) < len(keyed):
-        lines.append((fitted(f"+{len(keyed) - len(shown)} more"), None))
+        lines.append((fit_text(f"+{len(keyed) - len(shown)} more", text_h, room), None))
     if any(text is None for text, _ in lines):
         return image  # too narrow for even "..."
-    right = text_x + max(text_width(text) for text, _ in lines) + pad
+    right = text_x + max(text_width(text, text_h) for text, _ in lines) + pad
     bottom = 2 * pad + len(lines) * row
     panel = image[pad:bottom, pad:right]
     panel[:] = cv2.convertScaleAbs(panel, alpha=LEGEND_SHADE)
@@ -1356,9 +1523,7 @@ def draw_legend(
             cv2.rectangle(image, (2 * pad, top), corner, tuple(map(int, color)), cv2.FILLED)
             # a light edge: a dark class's swatch would vanish into the panel
             cv2.rectangle(image, (2 * pad, top), corner, white, 1)
-        cv2.putText(
-            image, text, (text_x, top + text_h), LEGEND_FONT, scale, white, thickness, cv2.LINE_AA
-        )
+        draw_text(image, text, (text_x, top + text_h), text_h, white)
     return image
 
 
@@ -1376,17 +1541,12 @@ def legend_sheet(names: Sequence[str], colors: Sequence[Sequence[int]]) -> np.nd
     """
     import cv2
 
-    thickness = 1
-    scale = cv2.getFontScaleFromHeight(LEGEND_FONT, SHEET_TEXT, thickness)
     pad = SHEET_TEXT // 2
     row = SHEET_TEXT + 2 * pad
     texts = [f"{i}  {legend_text(name)}" for i, name in enumerate(names)]
     columns = [texts[i : i + SHEET_ROWS] for i in range(0, len(texts), SHEET_ROWS)]
     text_x = pad + SHEET_TEXT + pad  # within a column: its pad, the swatch, a gap
-    widths = [
-        text_x + max(cv2.getTextSize(t, LEGEND_FONT, scale, thickness)[0][0] for t in column)
-        for column in columns
-    ]
+    widths = [text_x + max(text_width(t, SHEET_TEXT) for t in column) for column in columns]
     height = pad + min(len(texts), SHEET_ROWS) * row + pad
     sheet = np.full((height, sum(widths) + pad * (len(columns) + 1), 3), 255, np.uint8)
     left = 0
@@ -1398,10 +1558,7 @@ def legend_sheet(names: Sequence[str], colors: Sequence[Sequence[int]]) -> np.nd
             cv2.rectangle(sheet, (left + pad, top), corner, color, cv2.FILLED)
             # a dark edge: a white or pale class's swatch would vanish into the page
             cv2.rectangle(sheet, (left + pad, top), corner, (64, 64, 64), 1)
-            baseline = (left + text_x, top + SHEET_TEXT)
-            cv2.putText(
-                sheet, text, baseline, LEGEND_FONT, scale, (0, 0, 0), thickness, cv2.LINE_AA
-            )
+            draw_text(sheet, text, (left + text_x, top + SHEET_TEXT), SHEET_TEXT, (0, 0, 0))
         left += column_width + pad
     return sheet
 

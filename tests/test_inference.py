@@ -3639,15 +3639,15 @@ def test_several_videos_after_input_are_named_with_the_fix(tmp_path, capsys):
 
 
 def drawn_texts(monkeypatch) -> list[str]:
-    """The texts cv2.putText draws from here on, in order (drawn as well)."""
+    """The texts utils.draw_text draws from here on, in order (drawn as well)."""
     texts = []
-    put_text = cv2.putText
+    draw_text = utils.draw_text
 
     def recording(image, text, *args, **kwargs):
         texts.append(text)
-        return put_text(image, text, *args, **kwargs)
+        return draw_text(image, text, *args, **kwargs)
 
-    monkeypatch.setattr(cv2, "putText", recording)
+    monkeypatch.setattr(utils, "draw_text", recording)
     return texts
 
 
@@ -3713,7 +3713,88 @@ def test_a_legend_is_sized_to_the_image_and_cut_to_its_width(monkeypatch):
     assert 3 * small_h < large_h < 9 * small_h  # 10 px text at 320x240, 54 px at 4K
     assert small_box[3] <= 320 and texts[0].endswith("...") and names[1].startswith(texts[0][:-3])
     assert texts[1] == names[1]  # 3840 pixels hold it whole
-    assert utils.legend_text("café") == "cafe" and utils.legend_text("猫") == "?"
+
+
+def key_text_box(image: np.ndarray, swatch: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the white text right of a legend's one ``swatch``."""
+    edge = np.argwhere((image == swatch).all(-1))[:, 1].max() + 1  # the swatch's white edge
+    ink = np.argwhere((image[:, edge + 1 :] > 200).all(-1))
+    (top, left), (bottom, right) = ink.min(0), ink.max(0) + 1
+    return int(top), int(left + edge + 1), int(bottom), int(right + edge + 1)
+
+
+def test_a_legend_draws_class_names_as_written(monkeypatch):
+    """OpenCV's Hershey fonts draw ASCII alone: the key named café "cafe" and дерево "??????",
+    where the classes' names are the user's own."""
+    assert utils.legend_text("café") == "café" == utils.legend_text("cafe\u0301")  # composed
+    # line breaks, which stopped the text's layout with "raqm_layout() failed", as spaces
+    breaks = "a\nb\rc\x85d\u2029e\x1cf"
+    assert utils.legend_text(breaks) == "a b c d e f"
+    utils.draw_legend(np.zeros((240, 320, 3), np.uint8), [1], ["", breaks], [(0, 0, 0)] * 2)
+    blank = np.zeros((90, 400, 3), np.uint8)
+
+    def drawn(text: str) -> np.ndarray:
+        image = blank.copy()
+        utils.draw_text(image, text, (10, 60), 40, (255, 255, 255))
+        return image
+
+    # é is the e, with an accent above it
+    e, e_acute = changed_box(blank, drawn("e")), changed_box(blank, drawn("é"))
+    assert e_acute[0] < e[0] - 5 and e_acute[2] == e[2]
+    assert np.array_equal(drawn("é")[e[0] :], drawn("e")[e[0] :])
+    top, left, bottom, right = changed_box(blank, drawn("дерево"))
+    assert bottom - top >= 0.6 * 40 and right - left >= 3 * 40  # six letters, not one
+    assert not np.array_equal(drawn("дерево"), drawn("??????"))
+    # in a 1080p key: white text as tall as its capitals should be (27 px), readable
+    frame = np.full((1080, 1920, 3), 90, np.uint8)
+    texts = drawn_texts(monkeypatch)
+    colors = [(0, 0, 0), (0, 200, 0)]
+    keyed = utils.draw_legend(frame.copy(), [1], ["background", "Дерево"], colors)
+    assert texts == ["Дерево"] and utils.LEGEND_TEXT * 1080 == 27
+    top, left, bottom, right = key_text_box(keyed, (0, 200, 0))
+    assert 0.75 * 27 <= bottom - top <= 1.5 * 27 and right - left >= 3 * 27
+    asked = utils.draw_legend(frame.copy(), [1], ["background", "??????"], colors)
+    assert not np.array_equal(keyed, asked)
+    # and so does legend.png's sheet
+    sheet = utils.legend_sheet(["background", "дерево"], colors)
+    assert not np.array_equal(sheet, utils.legend_sheet(["background", "??????"], colors))
+
+
+@pytest.mark.parametrize("font", ["missing", "unreadable"])
+def test_without_its_font_the_legend_draws_ascii_and_warns_once(
+    tmp_path, monkeypatch, caplog, font
+):
+    import matplotlib
+    from matplotlib import font_manager
+
+    if font == "unreadable":
+        (tmp_path / utils.LEGEND_FONT_FILE).parent.mkdir(parents=True)
+        (tmp_path / utils.LEGEND_FONT_FILE).write_bytes(b"not a font")
+
+    def not_found(*args, **kwargs):
+        raise ValueError("Failed to find font DejaVu Sans")
+
+    monkeypatch.setattr(matplotlib, "get_data_path", lambda: str(tmp_path))
+    monkeypatch.setattr(font_manager, "findfont", not_found)
+    forget = (utils.legend_font_file.cache_clear, utils._find_legend_font.cache_clear)
+    for cache_clear in forget:
+        cache_clear()
+    try:
+        assert utils.legend_text("café") == "cafe" and utils.legend_text("дерево") == "??????"
+        image = np.full((240, 320, 3), 90, np.uint8)
+        texts = drawn_texts(monkeypatch)
+        colors = [(0, 0, 0), (0, 200, 0)]
+        keyed = utils.draw_legend(image.copy(), [1], ["background", "café"], colors)
+        utils.legend_sheet(["background", "café"], colors)
+        assert texts == ["cafe", "0  background", "1  cafe"]
+        top, left, bottom, right = key_text_box(keyed, (0, 200, 0))
+        assert bottom - top >= 0.6 * utils.LEGEND_MIN_TEXT
+        assert right - left >= 1.5 * utils.LEGEND_MIN_TEXT  # four letters
+    finally:
+        for cache_clear in forget:
+            cache_clear()
+    warned = [r.getMessage() for r in caplog.records if "DejaVu Sans" in r.getMessage()]
+    assert len(warned) == 1 and "reinstall matplotlib" in warned[0]
 
 
 @pytest.mark.parametrize("shape", [(48, 1, 3), (1, 48, 3), (14, 14, 3), (24, 900, 3), (300, 20, 3)])
