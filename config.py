@@ -765,7 +765,7 @@ def read_yaml(path: Path) -> dict:
 # the device, workers and outputs from this command line.)
 RESUMED_SETTINGS = (
     "data", "epochs", "batch", "accum", "seed", "lr", "backbone_lr", "weight_decay", "scheduler",
-    "no_augment", "cache_features", "cache_dir", "amp", "patience",
+    "no_augment", "cache_features", "cache_dir", "amp", "patience", "class_weights",
 )  # fmt: skip
 # The model settings of a resumed run, and of the one --eval-only scores: always the checkpoint's.
 # They are parsed under the command line like RESUMED_SETTINGS, so a value that differs from the
@@ -963,6 +963,8 @@ def as_flag(parser: argparse.ArgumentParser, key: str, value) -> str:
         return flag if value else negations.get(key, f"no {flag}")
     if value is None and key in negations:
         return negations[key]
+    if isinstance(value, list):  # --class-weights 1.0 5.0
+        return " ".join([flag, *map(str, value)])
     return f"{flag} {value}"
 
 

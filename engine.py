@@ -200,7 +200,11 @@ class _FirstMaximum:
 
 
 def _scores_in_chunks(
-    output: torch.Tensor, mask: torch.Tensor, probs: bool, dtype: torch.dtype
+    output: torch.Tensor,
+    mask: torch.Tensor,
+    probs: bool,
+    dtype: torch.dtype,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What _score_image computes from all K classes resized to the mask's size at once, a few
     classes at a time (see _class_ids_in_chunks). With 21 classes, a 4000x3000 mask's 1 GB of
@@ -211,20 +215,27 @@ def _scores_in_chunks(
         output: (K, h, w) float32 logits, or probabilities with ``probs``.
         mask: (H, W) integer class ids, 255 ignored.
         dtype: of the loss's sum over the pixels.
+        class_weights: (K,) float32 weights of the classes' pixels in the loss, or None.
 
     Returns:
         The loss summed over labelled pixels as a ``dtype`` scalar: the cross-entropy of the
-        logits, or with ``probs`` the negative log of the probabilities clamped at PROB_FLOOR; and
-        the (H, W) uint8 class ids.
+        logits, or with ``probs`` the negative log of the probabilities clamped at PROB_FLOOR,
+        each pixel's times its class's weight with ``class_weights``; and the (H, W) uint8 class
+        ids.
     """
     picked = torch.zeros(mask.shape, device=output.device)  # each pixel's score of its class
+    # each pixel's class weight, 0 where ignored
+    weights = None if class_weights is None else torch.zeros_like(picked)
     total = None  # the log of the sum of exp(score) over the classes so far
 
     def visit(first: int, up: torch.Tensor) -> None:
         nonlocal total
         # class by class rather than by gather, whose int64 indices take 8 bytes a pixel
         for i, scores in enumerate(up):
-            torch.where(mask == first + i, scores, picked, out=picked)
+            is_class = mask == first + i
+            torch.where(is_class, scores, picked, out=picked)
+            if weights is not None:
+                weights.masked_fill_(is_class, class_weights[first + i])
         if not probs:
             # logaddexp rather than a running maximum and sum: a chunk whose scores are all
             # -inf would subtract -inf from -inf
@@ -233,15 +244,27 @@ def _scores_in_chunks(
 
     ids = _class_ids_in_chunks(output, mask.shape, visit)
     losses = -picked.clamp_(min=PROB_FLOOR).log_() if probs else total - picked
-    return losses.masked_fill_(mask == IGNORE_INDEX, 0).sum(dtype=dtype), ids
+    losses.masked_fill_(mask == IGNORE_INDEX, 0)
+    if weights is not None:
+        losses.mul_(weights)
+    return losses.sum(dtype=dtype), ids
 
 
 class _SplitScores:
     """The loss per labelled pixel and the confusion matrix of one pass over a split, summed
-    over every process at the end (the same for training and evaluation)."""
+    over every process at the end (the same for training and evaluation).
 
-    def __init__(self, num_classes: int, device: torch.device):
+    Args:
+        class_weights: (K,) weights of the classes' pixels in the loss (--class-weights), or
+            None. With them the loss is the weighted sum over the split divided by the summed
+            weight of its labelled pixels, as F.cross_entropy(weight=...) averages one batch.
+    """
+
+    def __init__(
+        self, num_classes: int, device: torch.device, class_weights: torch.Tensor | None = None
+    ):
         self.device = device
+        self.class_weights = class_weights
         self.cm = ConfusionMatrix(num_classes)
         # float64 sums, or float32 on MPS, which has no float64
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
@@ -260,8 +283,13 @@ class _SplitScores:
         self.cm.all_reduce(self.device)
         all_reduce_sum(self.loss_sum)
         scores = self.cm.compute()
-        pixels = self.cm.mat.sum()  # every labelled pixel is counted once in the matrix
-        # nan without a labelled pixel, as the accuracy and mIoU are: 0 would read as a perfect fit
+        # every labelled pixel is counted once in the matrix, in the row of its class
+        pixels = torch.tensor(scores["pixels"], dtype=torch.float64)  # (K,) on the CPU
+        if self.class_weights is not None:
+            pixels *= self.class_weights.cpu()
+        pixels = pixels.sum()
+        # nan without a labelled pixel (of a weight above 0), as the accuracy and mIoU are: 0
+        # would read as a perfect fit
         loss = (self.loss_sum / pixels).item() if pixels else float("nan")
         return {
             "loss": loss,
@@ -297,6 +325,16 @@ def _stop_if_diverged(loss: torch.Tensor, masks: torch.Tensor, batch: int) -> No
         raise TrainingDiverged(f"the training loss {where} at batch {batch}")
 
 
+def _labelled_weight(masks: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """The labelled pixels of (B, H, W) class ids (255 ignored) as the loss counts them: their
+    int64 number, or with (K,) ``class_weights`` the float32 sum of their classes' weights
+    (summed in float64 from each class's pixel count)."""
+    if class_weights is None:
+        return (masks != IGNORE_INDEX).sum()
+    counts = torch.bincount(masks.flatten(), minlength=IGNORE_INDEX + 1)[: len(class_weights)]
+    return (counts.double() @ class_weights.to(counts.device, torch.float64)).float()
+
+
 def train_one_epoch(
     model: Segmentor,
     loader: DataLoader,
@@ -308,6 +346,7 @@ def train_one_epoch(
     desc: str = "train",
     accum: int = 1,
     from_features: bool = False,
+    class_weights: torch.Tensor | None = None,
 ) -> dict:
     """Train over ``loader`` once with pixel-wise cross-entropy (255 ignored).
 
@@ -316,6 +355,10 @@ def train_one_epoch(
             follows the mean loss over the labelled pixels of its batches (of every process
             under DDP), as one batch of them all would, BatchNorm's batch statistics aside.
         from_features: the loader yields cached backbone features instead of images.
+        class_weights: (K,) float32 weights of the classes' pixels in the loss, on ``device``
+            (--class-weights), or None for 1 each. Each pixel's loss is then multiplied by its
+            class's weight and the mean is taken over the labelled pixels' summed weight, as
+            F.cross_entropy(weight=..., reduction="mean") takes it over one batch.
 
     Raises:
         TrainingDiverged: at the first NaN or infinite loss, before the optimizer uses it.
@@ -325,7 +368,7 @@ def train_one_epoch(
         class}, as evaluate gives them, of the augmented training crops.
     """
     model.train()
-    scores = _SplitScores(num_classes, device)
+    scores = _SplitScores(num_classes, device, class_weights)
     use_scaler = scaler is not None and scaler.is_enabled()
     # DistributedDataParallel averages the processes' gradients: each process's share is
     # multiplied by their number, so that the average is a sum over all of them.
@@ -343,11 +386,13 @@ def train_one_epoch(
         # batches of every process), as one batch of them all would: each batch's summed loss
         # is divided by the group's labelled pixels, so the group is read before its first
         # backward. Dividing by each batch's own count would weigh a pixel of a mostly ignored
-        # batch many times over one of a fully labelled batch.
-        labelled = torch.stack([(masks != IGNORE_INDEX).sum() for _, masks, _ in group]).sum()
+        # batch many times over one of a fully labelled batch. With class weights the pixels
+        # count by their weights.
+        labelled = sum(_labelled_weight(masks, class_weights) for _, masks, _ in group)
         labelled = to_device(labelled, device)
         all_reduce_sum(labelled)
-        weight = world / labelled.clamp(min=1)
+        # (a group without a labelled pixel, or with none of weight above 0, makes no step)
+        weight = world / torch.where(labelled > 0, labelled, torch.ones_like(labelled))
         for position, (images, masks, _) in enumerate(group, start=1):
             batch += 1
             images = to_device(images, device)
@@ -362,12 +407,17 @@ def train_one_epoch(
                 with _autocast(device, autocast_dtype):
                     logits = model(images, size=masks.shape[-2:], from_features=from_features)
                 loss = F.cross_entropy(
-                    logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
+                    logits.float(),
+                    masks,
+                    weight=class_weights,
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
                 )
                 _stop_if_diverged(loss, masks, batch)
                 if position == 1:
                     # No step where every mask pixel of the group is 255 (in every process:
-                    # the count is summed, so they all agree): it has no gradient to follow, but
+                    # the count is summed, so they all agree), or where all of them weigh 0:
+                    # it has no gradient to follow, but
                     # AdamW would still step by its momentum and weight decay. Read here, where
                     # _stop_if_diverged has just waited for the device, so that it stalls nothing.
                     learn = bool(labelled)
@@ -384,7 +434,11 @@ def train_one_epoch(
             if scored < len(masks):
                 logits, masks, target = logits[:scored], masks[:scored], target[:scored]
                 loss = F.cross_entropy(
-                    logits.detach().float(), masks, ignore_index=IGNORE_INDEX, reduction="sum"
+                    logits.detach().float(),
+                    masks,
+                    weight=class_weights,
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
                 )
             scores.update(loss, class_ids(logits.detach(), torch.uint8), target)
     return scores.compute()
@@ -504,6 +558,7 @@ def evaluate(
     from_features: bool = False,
     tta: tuple[Sequence[float], bool] | None = None,
     slide: tuple[tuple[int, int], int] | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> dict:
     """Score a split against each mask at its original resolution.
 
@@ -519,6 +574,9 @@ def evaluate(
         slide: (window, batch) for --slide (see slide_probs), the loader's images at the size
             to segment them at, a list where their sizes differ; the loss is then the negative
             log of the averaged probabilities, as with ``tta`` (which then augments each window).
+        class_weights: (K,) float32 weights of the classes' pixels in the loss, on ``device``, as
+            train_one_epoch takes them (with ``tta`` or ``slide`` too), or None. The accuracy,
+            IoU, precision and recall do not depend on them.
 
     Returns:
         {"loss", "acc", "miou", "iou", "precision", "recall", "pixels", "matrix"}: per class
@@ -528,7 +586,7 @@ def evaluate(
         ConfusionMatrix.compute gives them.
     """
     model.eval()
-    scores = _SplitScores(num_classes, device)
+    scores = _SplitScores(num_classes, device, class_weights)
     probs = tta is not None or slide is not None
     for images, masks, _ in _progress(loader, desc):
         if slide is not None:  # one image at a time: (K, H, W) probabilities
@@ -544,7 +602,7 @@ def evaluate(
                     outputs = tta_probs(model, images, *tta)  # probabilities
         for output, target in zip(outputs, masks, strict=True):
             target = to_device(target, device)
-            loss, pred = _score_image(output, target, probs, scores.dtype)
+            loss, pred = _score_image(output, target, probs, scores.dtype, class_weights)
             scores.update(loss, pred[None], target[None])
     return scores.compute()
 
@@ -563,25 +621,34 @@ def _slide_in_eval(
 
 
 def _score_image(
-    output: torch.Tensor, mask: torch.Tensor, probs: bool, dtype: torch.dtype
+    output: torch.Tensor,
+    mask: torch.Tensor,
+    probs: bool,
+    dtype: torch.dtype,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's scores resized to its mask: (K, h, w) float32 logits, or probabilities with
     ``probs``, and the (H, W) integer mask (255 ignored) -> the loss summed over labelled pixels
-    (cross-entropy, or with ``probs`` the negative log of the probabilities clamped at PROB_FLOOR)
-    and the (H, W) uint8 class ids.
+    (cross-entropy, or with ``probs`` the negative log of the probabilities clamped at PROB_FLOOR;
+    each pixel's times its class's weight with (K,) ``class_weights``) and the (H, W) uint8 class
+    ids.
 
     All K classes are resized at once unless they pass UPSAMPLE_ELEMENTS: then a few at a time
     (_scores_in_chunks, whose sum is a ``dtype`` scalar).
     """
     if output.shape[0] * mask.numel() > UPSAMPLE_ELEMENTS:
-        return _scores_in_chunks(output, mask, probs, dtype)
+        return _scores_in_chunks(output, mask, probs, dtype, class_weights)
     target = mask.long()[None]
     up = F.interpolate(output[None], size=mask.shape, mode="bilinear", align_corners=False)
     if probs:
         log_probs = up.clamp(min=PROB_FLOOR).log()
-        loss = F.nll_loss(log_probs, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = F.nll_loss(
+            log_probs, target, class_weights, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     else:
-        loss = F.cross_entropy(up, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = F.cross_entropy(
+            up, target, class_weights, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     return loss, class_ids(up, torch.uint8)[0]
 
 

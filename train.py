@@ -255,6 +255,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="batches per optimizer step (default %(default)s)",
     )
     optim.add_argument(
+        "--class-weights",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="W",
+        help="weigh each class's pixels in the training and validation loss: one number of 0 "
+        "or more per class, in class-id order, e.g. 1 5 for a small object on a large "
+        "background (default: 1 each)",
+    )
+    # The way back to an unweighted loss when --resume or --config set --class-weights. No
+    # default of its own: --class-weights' (None) stays the one default.
+    optim.add_argument(
+        "--no-class-weights",
+        dest="class_weights",
+        action="store_const",
+        const=None,
+        default=argparse.SUPPRESS,
+        help="weigh every class's pixels alike (the default; undoes a resumed or --config "
+        "class_weights)",
+    )
+    optim.add_argument(
         "--seed",
         type=int,
         default=42,
@@ -343,6 +364,30 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--cache-features needs a frozen backbone: drop --fine-tune or the cache")
 
 
+def class_weight_tensor(
+    weights: list[float] | None, classes: ClassConfig, device: torch.device
+) -> torch.Tensor | None:
+    """--class-weights as a (K,) float32 tensor on ``device`` (None without it), once it is
+    checked against the run's ``classes``: one finite weight of 0 or more per class, at least
+    one above 0 (else no pixel would count)."""
+    if weights is None:
+        return None
+    k = classes.num_classes
+    ids = ", ".join(f"{i} {name}" for i, name in enumerate(classes.names))
+    given = " ".join(f"{w:g}" for w in weights)
+    if len(weights) != k:
+        raise UserError(
+            f"--class-weights takes one weight per class, {k} for the {k} classes ({ids}) in "
+            f"class-id order, not {len(weights)} ({given})"
+        )
+    if not all(0 <= w < math.inf for w in weights) or not any(w > 0 for w in weights):
+        raise UserError(
+            f"--class-weights must be finite numbers of 0 or more, at least one above 0, one "
+            f"for each of the {k} classes ({ids}) in class-id order; not {given}"
+        )
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
 def main(args: argparse.Namespace, classes: ClassConfig) -> None:
     check_args(args)
     rank, world, device = setup_distributed(pick_device(args.device))
@@ -380,6 +425,9 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
         earlier = earlier_outputs(args.out_dir) if main_process else []
         warn_earlier_run(args.out_dir, earlier)
+    class_weights = class_weight_tensor(args.class_weights, classes, device)
+    if ckpt is not None and class_weights_changed(args, ckpt, start):
+        best_loss = math.inf  # of another objective: best_model_loss.pth is picked anew
     # Check the data before loading the backbone, which may mean a download.
     kept = f"a resumed run keeps the classes of --resume {args.resume}" if args.resume else None
     pairs = checked_pairs(resolve_data(args), classes, kept_classes=kept)
@@ -459,6 +507,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 desc=f"train {epoch}/{args.epochs}",
                 accum=args.accum,
                 from_features=from_features,
+                class_weights=class_weights,
             )
             # Without SyncBatchNorm (CPU) each process's running statistics drifted with its
             # own batches; evaluate everywhere with rank 0's, the ones the checkpoint saves.
@@ -471,6 +520,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 autocast_dtype=autocast,
                 desc=f"valid {epoch}/{args.epochs}",
                 from_features=from_features,
+                class_weights=class_weights,
             )
             if not math.isfinite(valid["loss"]):
                 # the last update broke the model: it must not become a checkpoint to resume
@@ -767,7 +817,8 @@ def warn_changed_settings(args, ckpt: dict, start: int) -> None:
     changed = [
         f"{as_flag(parser, k, getattr(args, k))} (was {was(k)})"
         for k in RESUMED_SETTINGS
-        if k in before and k not in args.from_checkpoint
+        # (class_weights_changed says what changed weights do to the loss)
+        if k in before and k not in args.from_checkpoint and k != "class_weights"
     ]
     if changed:
         warn_on_main_process(
@@ -776,6 +827,27 @@ def warn_changed_settings(args, ckpt: dict, start: int) -> None:
             start,
             ", ".join(changed),
         )
+
+
+def class_weights_changed(args, ckpt: dict, start: int) -> bool:
+    """Whether a run resumed at epoch ``start`` weighs the classes otherwise than ``ckpt``'s run
+    did (a checkpoint from before --class-weights weighed them alike), said where it does. Its
+    valid loss is then another objective than the one the checkpoint's best valid loss was of,
+    so the run's best valid loss, which picks best_model_loss.pth, counts from ``start``."""
+    before = (ckpt.get("args") or {}).get("class_weights")
+    if before == args.class_weights:
+        return False
+    parser = get_args_parser()
+    warn_on_main_process(
+        "--resume: %s (was %s) changes the loss: the valid losses of metrics.csv before epoch "
+        "%d are of the earlier weights, and best_model_loss.pth is picked among the epochs from "
+        "%d on",
+        as_flag(parser, "class_weights", args.class_weights),
+        as_flag(parser, "class_weights", before),
+        start,
+        start,
+    )
+    return True
 
 
 def warn_other_processes(args, ckpt: dict, world: int) -> None:

@@ -311,30 +311,40 @@ def _uneven_batches(rank: int) -> list:
     return batches
 
 
+# the --class-weights of the weighted updates _record_updates records
+UPDATE_WEIGHTS = (0.25, 3.0)
+
+
 def _record_updates(rank: int, results: str) -> None:
-    """Train --accum 2 over 3 batches in 2 processes; save the gradients each update used."""
-    torch.manual_seed(0)
-    model = DistributedDataParallel(PixelClassifier())
-    seen = []
+    """Train --accum 2 over 3 batches in 2 processes, without and with UPDATE_WEIGHTS; save the
+    gradients each update used (RANK.pt, weighted_RANK.pt)."""
 
     class Recording(torch.optim.SGD):
         def step(self, closure=None):
-            seen.append(self.param_groups[0]["params"][0].grad.clone())  # conv.weight
+            self.seen.append(self.param_groups[0]["params"][0].grad.clone())  # conv.weight
             return super().step(closure)
 
-    optimizer = Recording(model.parameters(), lr=0.0)
-    train_one_epoch(model, _uneven_batches(rank), optimizer, torch.device("cpu"), 2, accum=2)
-    torch.save(seen, Path(results, f"{rank}.pt"))
-    del model, optimizer
+    for name, weights in (("", None), ("weighted_", torch.tensor(UPDATE_WEIGHTS))):
+        torch.manual_seed(0)
+        model = DistributedDataParallel(PixelClassifier())
+        optimizer = Recording(model.parameters(), lr=0.0)
+        optimizer.seen = []
+        train_one_epoch(model, _uneven_batches(rank), optimizer, torch.device("cpu"), 2, accum=2,
+                        class_weights=weights)  # fmt: skip
+        torch.save(optimizer.seen, Path(results, f"{name}{rank}.pt"))
+        del model, optimizer
     dist.barrier()
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 def test_an_update_under_torchrun_is_that_of_one_batch_of_every_processs_images(
-    two_process_runs,
+    two_process_runs, weighted
 ):
     # The processes' batches hold different numbers of ignored pixels: averaging each process's
-    # own mean weighed their pixels unequally (measured: 1.4-52% off this gradient).
+    # own mean weighed their pixels unequally (measured: 1.4-52% off this gradient). With
+    # --class-weights, the group's labelled pixels are counted by their weights in every process.
     results = two_process_runs / "updates"
+    weights = torch.tensor(UPDATE_WEIGHTS) if weighted else None
     torch.manual_seed(0)
     model = PixelClassifier()
     expected = []
@@ -342,10 +352,13 @@ def test_an_update_under_torchrun_is_that_of_one_batch_of_every_processs_images(
         group = [b for rank in (0, 1) for b in _uneven_batches(rank)[start : start + 2]]
         model.zero_grad()
         images, masks = (torch.cat([batch[i] for batch in group]) for i in (0, 1))
-        torch.nn.functional.cross_entropy(model(images, None), masks, ignore_index=255).backward()
+        torch.nn.functional.cross_entropy(
+            model(images, None), masks, weight=weights, ignore_index=255
+        ).backward()
         expected.append(model.conv.weight.grad.clone())
     for rank in (0, 1):
-        seen = torch.load(results / f"{rank}.pt", weights_only=True)
+        name = "weighted_" if weighted else ""
+        seen = torch.load(results / f"{name}{rank}.pt", weights_only=True)
         assert len(seen) == 2
         for got, want in zip(seen, expected, strict=True):
             torch.testing.assert_close(got, want)

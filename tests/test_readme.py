@@ -129,8 +129,8 @@ def flag_tables() -> dict[str, list[tuple[list[str], str]]]:
 
 # each table's section: the scripts whose flags it lists, and their flags it leaves to the text
 FLAG_TABLES = {
-    # in the rows of --no-augment and --patience
-    "Training": (["train.py"], {"--augment", "--no-patience"}),
+    # in the rows of --no-augment, --patience and --class-weights
+    "Training": (["train.py"], {"--augment", "--no-patience", "--no-class-weights"}),
     # in the commands above (--no-sound: infer_video.py's alone, in the table of shared flags)
     "Inference": (["infer_image.py", "infer_video.py"], {"--input", "--no-sound"}),
 }
