@@ -962,7 +962,16 @@ def _layout_advice(root: Path) -> str | None:
 def check_dataset(
     root: Path, classes: ClassConfig, splits=SPLITS, kept_classes: str | None = None
 ) -> dict[str, list[Pair]]:
-    """Check a whole dataset before training and return its pairs per split.
+    """The pairs per split of check_dataset_pixels, which checks the whole dataset."""
+    return check_dataset_pixels(root, classes, splits, kept_classes)[0]
+
+
+def check_dataset_pixels(
+    root: Path, classes: ClassConfig, splits=SPLITS, kept_classes: str | None = None
+) -> tuple[dict[str, list[Pair]], dict[str, np.ndarray]]:
+    """Check a whole dataset before training; return its pairs per split, and per split the
+    (256,) int64 pixel counts of each class id (255: ignored) of its masks as read, at their
+    own sizes, which the check counts anyway.
 
     Every image and mask is decoded once; all problems are collected and raised together.
     ``kept_classes`` says why --config cannot change ``classes`` where they are a checkpoint's
@@ -1042,7 +1051,7 @@ def check_dataset(
     _check_classes_present(root, classes, pixels)
     _warn_of_mixed_binary(root, classes, two_valued)
     _warn_of_identical_images(root, pairs_by_split)
-    return pairs_by_split
+    return pairs_by_split, pixels
 
 
 def binary_kind(counts: np.ndarray, reading: str) -> str | None:

@@ -69,7 +69,7 @@ from datasets import (
     DataError,
     SegmentationDataset,
     ShardSampler,
-    check_dataset,
+    check_dataset_pixels,
     collate_eval,
     download_penn_fudan,
     read_image,
@@ -256,13 +256,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     optim.add_argument(
         "--class-weights",
-        type=float,
+        type=class_weight_arg,
         nargs="+",
         default=None,
         metavar="W",
         help="weigh each class's pixels in the training and validation loss: one number of 0 "
         "or more per class, in class-id order, e.g. 1 5 for a small object on a large "
-        "background (default: 1 each)",
+        "background; or auto, median-frequency balancing from the train masks' pixel counts "
+        "(default: 1 each)",
     )
     # The way back to an unweighted loss when --resume or --config set --class-weights. No
     # default of its own: --class-weights' (None) stays the one default.
@@ -364,17 +365,30 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--cache-features needs a frozen backbone: drop --fine-tune or the cache")
 
 
-def class_weight_tensor(
-    weights: list[float] | None, classes: ClassConfig, device: torch.device
-) -> torch.Tensor | None:
-    """--class-weights as a (K,) float32 tensor on ``device`` (None without it), once it is
-    checked against the run's ``classes``: one finite weight of 0 or more per class, at least
-    one above 0 (else no pixel would count)."""
-    if weights is None:
-        return None
+# --class-weights' value that computes the weights from the training masks
+AUTO_WEIGHTS = "auto"
+
+
+def class_weight_arg(text: str) -> float | str:
+    """One value of --class-weights: a number, or AUTO_WEIGHTS."""
+    if text == AUTO_WEIGHTS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto") from None
+
+
+def check_class_weights(weights: list | None, classes: ClassConfig) -> None:
+    """Refuse --class-weights that do not fit the run's ``classes``: one finite weight of 0 or
+    more per class, at least one above 0 (else no pixel would count), or auto alone."""
+    if weights is None or weights == [AUTO_WEIGHTS]:
+        return
     k = classes.num_classes
     ids = ", ".join(f"{i} {name}" for i, name in enumerate(classes.names))
-    given = " ".join(f"{w:g}" for w in weights)
+    given = " ".join(w if isinstance(w, str) else f"{w:g}" for w in weights)
+    if AUTO_WEIGHTS in weights:
+        raise UserError(f"--class-weights takes auto alone or {k} numbers, not {given}")
     if len(weights) != k:
         raise UserError(
             f"--class-weights takes one weight per class, {k} for the {k} classes ({ids}) in "
@@ -385,7 +399,21 @@ def class_weight_tensor(
             f"--class-weights must be finite numbers of 0 or more, at least one above 0, one "
             f"for each of the {k} classes ({ids}) in class-id order; not {given}"
         )
-    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def auto_class_weights(pixels: np.ndarray, classes: ClassConfig) -> list[float]:
+    """--class-weights auto: median-frequency balancing (SegNet's) of the (256,) pixel counts of
+    the train masks, by class id: each class weighs the median frequency of the classes over
+    its own, so that the median class weighs 1 and one ten times rarer 10. (From the split's
+    summed counts: SegNet counts each class's frequency over the images that hold it.) A class
+    in no train mask weighs 1: training never meets it. Rounded to 4 significant digits, as
+    args.yaml records them."""
+    counts = pixels[: classes.num_classes].astype(np.float64)
+    present = counts > 0
+    frequency = counts / counts.sum()
+    median = np.median(frequency[present])
+    weights = np.where(present, median / np.where(present, frequency, 1), 1.0)
+    return [float(f"{w:.4g}") for w in weights]
 
 
 def main(args: argparse.Namespace, classes: ClassConfig) -> None:
@@ -425,12 +453,25 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
         earlier = earlier_outputs(args.out_dir) if main_process else []
         warn_earlier_run(args.out_dir, earlier)
-    class_weights = class_weight_tensor(args.class_weights, classes, device)
-    if ckpt is not None and class_weights_changed(args, ckpt, start):
-        best_loss = math.inf  # of another objective: best_model_loss.pth is picked anew
+    check_class_weights(args.class_weights, classes)
     # Check the data before loading the backbone, which may mean a download.
     kept = f"a resumed run keeps the classes of --resume {args.resume}" if args.resume else None
-    pairs = checked_pairs(resolve_data(args), classes, kept_classes=kept)
+    pairs, pixels = checked_dataset(resolve_data(args), classes, kept_classes=kept)
+    if args.class_weights == [AUTO_WEIGHTS]:
+        # the numbers, as args.yaml and the checkpoints record them: a resume goes on with them
+        args.class_weights = auto_class_weights(pixels["train"], classes)
+        log.info(
+            "--class-weights auto: %s (%s), by median-frequency balancing of the train masks' "
+            "pixels",
+            " ".join(map(str, args.class_weights)),
+            ", ".join(classes.names),
+        )
+    if ckpt is not None and class_weights_changed(args, ckpt, start):
+        best_loss = math.inf  # of another objective: best_model_loss.pth is picked anew
+    if args.class_weights is not None:
+        class_weights = torch.tensor(args.class_weights, dtype=torch.float32, device=device)
+    else:
+        class_weights = None
     if ckpt is not None and main_process:
         # the resumed run's overlays beyond --num-vis: of another model than this run's
         earlier = other_overlays(args.out_dir, pairs["valid"], args.num_vis)
@@ -1057,14 +1098,23 @@ def remove_outputs(files: list[Path], out_dir: Path) -> None:
 def checked_pairs(
     root: Path, classes: ClassConfig, splits=SPLITS, kept_classes: str | None = None
 ) -> dict[str, list]:
-    """check_dataset's pairs per split (``kept_classes`` as it takes it), checked by rank 0
-    alone, so that its problems and warnings are said once; under torchrun every other process
-    then looks for those files.
+    """The pairs per split of checked_dataset."""
+    return checked_dataset(root, classes, splits, kept_classes)[0]
+
+
+def checked_dataset(
+    root: Path, classes: ClassConfig, splits=SPLITS, kept_classes: str | None = None
+) -> tuple[dict[str, list], dict[str, np.ndarray]]:
+    """check_dataset_pixels's pairs and pixel counts per split (``kept_classes`` as it takes
+    it), checked by rank 0 alone, so that its problems and warnings are said once; under
+    torchrun every other process then looks for those files.
 
     On several machines each reads its own copy of --data: one missing there (a copy not made,
     or not finished) would have failed at its first batch as a file changed during training.
     """
-    pairs = on_main_process(lambda: check_dataset(root, classes, splits, kept_classes))
+    pairs, pixels = on_main_process(
+        lambda: check_dataset_pixels(root, classes, splits, kept_classes)
+    )
     missing = []
     if not is_main_process():  # rank 0 has just read every one of them
         missing = [str(p) for split in pairs.values() for pair in split for p in pair]
@@ -1081,7 +1131,7 @@ def checked_pairs(
                 )
 
     check_on_main_process(check)
-    return pairs
+    return pairs, pixels
 
 
 def resolve_data(args: argparse.Namespace) -> Path:

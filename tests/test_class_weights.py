@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,9 @@ import yaml
 
 import engine
 import train
-from config import ClassConfig, parse_args
+from config import DEFAULT_CLASSES, ClassConfig, parse_args
 from conftest import PixelClassifier
+from datasets import check_dataset_pixels
 from engine import evaluate, train_one_epoch
 from leftover_workers import leftover_workers_end_at_once  # noqa: F401 (autouse)
 from model import peek_checkpoint
@@ -195,21 +197,22 @@ def classes_of_three() -> ClassConfig:
         ([1.0, math.nan, 2.0], "not 1 nan 2"),
         ([1.0, math.inf, 2.0], "not 1 inf 2"),
         ([0.0, 0.0, 0.0], "at least one above 0"),
+        (["auto", 1.0, 2.0], "takes auto alone or 3 numbers, not auto 1 2"),
     ],
 )  # fmt: skip
 def test_class_weights_need_one_finite_weight_per_class_and_one_above_0(weights, message):
     with pytest.raises(UserError, match=r"^--class-weights ") as err:
-        train.class_weight_tensor(weights, classes_of_three(), CPU)
+        train.check_class_weights(weights, classes_of_three())
     assert message in str(err.value)
+    for fitting in ([1.0, 0.0, 2.5], ["auto"], None):
+        train.check_class_weights(fitting, classes_of_three())
 
 
 def test_class_weights_parse_from_the_command_line_and_a_config_file(tmp_path):
     parser = train.get_args_parser()
     assert parse_args(parser, [])[0].class_weights is None
-    args, classes = parse_args(parser, ["--class-weights", "1", "0.5"])
-    assert args.class_weights == [1.0, 0.5]
-    tensor = train.class_weight_tensor(args.class_weights, classes, CPU)
-    assert tensor.dtype == torch.float32 and tensor.tolist() == [1.0, 0.5]
+    assert parse_args(parser, ["--class-weights", "1", "0.5"])[0].class_weights == [1.0, 0.5]
+    assert parse_args(parser, ["--class-weights", "auto"])[0].class_weights == ["auto"]
     (tmp_path / "c.yaml").write_text("class_weights: [1, 4]\n")
     args, _ = parse_args(parser, ["--config", str(tmp_path / "c.yaml")])
     assert args.class_weights == [1.0, 4.0]
@@ -222,6 +225,17 @@ def test_class_weights_parse_from_the_command_line_and_a_config_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("class_weights: [1, heavy]\n")
     with pytest.raises(UserError, match="class_weights: 'heavy' is not a valid value"):
         parse_args(parser, ["--config", str(tmp_path / "bad.yaml")])
+
+
+def test_auto_weighs_each_class_by_the_median_frequency_over_its_own():
+    pixels = np.zeros(256, np.int64)
+    pixels[:4] = 900, 90, 9, 0  # class 3 in no train mask
+    pixels[255] = 5000  # ignored: no class's
+    # frequencies 900/999, 90/999, 9/999: the median class weighs 1, one ten times rarer 10
+    assert train.auto_class_weights(pixels, ClassConfig.from_dict({"ALL_CLASSES": list("abcd")})
+                                    ) == [0.1, 1.0, 10.0, 1.0]  # fmt: skip
+    pixels[:2] = 950, 50
+    assert train.auto_class_weights(pixels, DEFAULT_CLASSES) == [0.5263, 10.0]
 
 
 def run(data: Path, out: Path, weights_file: Path, *flags: str) -> None:
@@ -237,6 +251,24 @@ def test_a_wrong_count_is_refused_before_the_run_writes_anything(
     with pytest.raises(UserError, match=r"2 for the 2 classes \(0 background, 1 person\) .*not 3"):
         run(fresh_data, tmp_path / "out", weights_file, "--class-weights", "1", "2", "3")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_with_auto_weights_records_the_numbers_it_computed_from_the_train_masks(
+    tmp_path, fresh_data, weights_file, caplog
+):
+    with caplog.at_level("INFO", logger="dinoseg"):
+        run(fresh_data, tmp_path / "out", weights_file, "--class-weights", "auto", "--epochs", "1")
+    pixels = check_dataset_pixels(fresh_data, DEFAULT_CLASSES)[1]["train"]
+    counts = pixels[:2].astype(float)
+    frequency = counts / counts.sum()
+    median = (frequency[0] + frequency[1]) / 2
+    expected = [float(f"{median / f:.4g}") for f in frequency]
+    assert expected[0] < 1 < expected[1] or expected[1] < 1 < expected[0]
+    recorded = yaml.safe_load((tmp_path / "out" / "args.yaml").read_text())["class_weights"]
+    assert recorded == expected
+    assert peek_checkpoint(tmp_path / "out" / "last_model.pth")["args"]["class_weights"] == expected
+    shown = " ".join(map(str, expected))
+    assert f"--class-weights auto: {shown} (background, person), by median-frequency" in caplog.text
 
 
 def test_a_weighted_run_records_its_weights_and_a_resume_keeps_or_changes_them(
