@@ -224,8 +224,10 @@ def _scores_in_chunks(
         ids.
     """
     picked = torch.zeros(mask.shape, device=output.device)  # each pixel's score of its class
-    # each pixel's class weight, 0 where ignored
+    # each pixel's class weight, 0 where ignored; filled from Python numbers, as a GPU tensor's
+    # element would be read back (a wait for the device) class by class
     weights = None if class_weights is None else torch.zeros_like(picked)
+    values = None if class_weights is None else class_weights.tolist()
     total = None  # the log of the sum of exp(score) over the classes so far
 
     def visit(first: int, up: torch.Tensor) -> None:
@@ -235,7 +237,7 @@ def _scores_in_chunks(
             is_class = mask == first + i
             torch.where(is_class, scores, picked, out=picked)
             if weights is not None:
-                weights.masked_fill_(is_class, class_weights[first + i])
+                weights.masked_fill_(is_class, values[first + i])
         if not probs:
             # logaddexp rather than a running maximum and sum: a chunk whose scores are all
             # -inf would subtract -inf from -inf
@@ -327,12 +329,12 @@ def _stop_if_diverged(loss: torch.Tensor, masks: torch.Tensor, batch: int) -> No
 
 def _labelled_weight(masks: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
     """The labelled pixels of (B, H, W) class ids (255 ignored) as the loss counts them: their
-    int64 number, or with (K,) ``class_weights`` the float32 sum of their classes' weights
-    (summed in float64 from each class's pixel count)."""
+    int64 number, or with (K,) float64 ``class_weights`` the float32 sum of their classes'
+    weights (summed in float64 from each class's pixel count)."""
     if class_weights is None:
         return (masks != IGNORE_INDEX).sum()
     counts = torch.bincount(masks.flatten(), minlength=IGNORE_INDEX + 1)[: len(class_weights)]
-    return (counts.double() @ class_weights.to(counts.device, torch.float64)).float()
+    return (counts.double() @ class_weights.to(counts.device)).float()
 
 
 def train_one_epoch(
@@ -369,6 +371,8 @@ def train_one_epoch(
     """
     model.train()
     scores = _SplitScores(num_classes, device, class_weights)
+    # for the group's summed weight, from the loader's masks on the CPU
+    cpu_weights = None if class_weights is None else class_weights.detach().cpu().double()
     use_scaler = scaler is not None and scaler.is_enabled()
     # DistributedDataParallel averages the processes' gradients: each process's share is
     # multiplied by their number, so that the average is a sum over all of them.
@@ -388,7 +392,7 @@ def train_one_epoch(
         # backward. Dividing by each batch's own count would weigh a pixel of a mostly ignored
         # batch many times over one of a fully labelled batch. With class weights the pixels
         # count by their weights.
-        labelled = sum(_labelled_weight(masks, class_weights) for _, masks, _ in group)
+        labelled = sum(_labelled_weight(masks, cpu_weights) for _, masks, _ in group)
         labelled = to_device(labelled, device)
         all_reduce_sum(labelled)
         # (a group without a labelled pixel, or with none of weight above 0, makes no step)
