@@ -60,7 +60,7 @@ from config import (
     check_imgsz,
     path_arg,
 )
-from engine import Predictor, best_seconds, warm_up
+from engine import Predictor, best_seconds, synchronize, warm_up
 from infer_video import open_video, segment_video
 from model import (
     OnnxSegmentor,
@@ -148,6 +148,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MATMUL_SECONDS = 10.0  # a CPU's timings of one shape in matmul_rate, where a product is slow
+
+
 def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int) -> float:
     """Best FLOP/s over the model's GEMM shapes and a large square, in ``dtype`` (int8: int8
     products summed in int32, as quantized linear layers run them).
@@ -172,8 +175,17 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, dim: int, tokens: int)
         # synchronization's own cost
         per_group, groups = (50, 3) if device.type != "cpu" else (1, 20)
         product = partial(matmul, a, b)
-        for _ in range(3):
-            product()
+        start = time.perf_counter()
+        product()
+        synchronize(device)
+        once = time.perf_counter() - start
+        if device.type == "cpu":
+            # timed fewer times where one product takes long: an int8 one of 2048 on a CPU
+            # without VNNI instructions takes 10 s (1.8 GOP/s), and 20 of them minutes
+            groups = max(3, min(groups, int(MATMUL_SECONDS / once)))
+        else:
+            for _ in range(2):
+                product()
         if i == 0:  # the first timing would find the GPU clocked down
             warm_up(product, device)
         seconds = best_seconds(product, device, groups, calls=per_group)
