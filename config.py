@@ -765,7 +765,7 @@ def read_yaml(path: Path) -> dict:
 # the device, workers and outputs from this command line.)
 RESUMED_SETTINGS = (
     "data", "epochs", "batch", "accum", "seed", "lr", "backbone_lr", "weight_decay", "scheduler",
-    "no_augment", "cache_features", "cache_dir", "amp", "patience", "class_weights",
+    "no_augment", "cache_features", "cache_dir", "amp", "patience", "class_weights", "loss",
 )  # fmt: skip
 # The model settings of a resumed run, and of the one --eval-only scores: always the checkpoint's.
 # They are parsed under the command line like RESUMED_SETTINGS, so a value that differs from the

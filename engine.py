@@ -337,6 +337,41 @@ def _labelled_weight(masks: torch.Tensor, class_weights: torch.Tensor | None) ->
     return (counts.double() @ class_weights.to(counts.device)).float()
 
 
+def dice_loss(
+    logits: torch.Tensor, masks: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The soft Dice loss of one batch: 1 minus the mean over its classes of
+    2 * sum(p * t) / (sum(p) + sum(t)), p the class's softmax probabilities and t its one-hot
+    truth over the labelled pixels (255 ignored).
+
+    The mean is over the classes present in the batch's truth, each counted by its class weight
+    where there are ``class_weights``: an absent class has no overlap to score, and its
+    predicted pixels already lower the present classes' scores.
+
+    Args:
+        logits: (B, K, H, W) scores at the masks' size.
+        masks: (B, H, W) int64 class ids.
+        class_weights: (K,) weights of the classes in the mean (--class-weights), or None.
+
+    Returns:
+        A float32 scalar on the graph; 0 where no present class weighs above 0.
+    """
+    k = logits.shape[1]
+    probs = logits.float().softmax(1)
+    labelled = masks != IGNORE_INDEX
+    ids = masks.where(labelled, 0)
+    picked = probs.gather(1, ids[:, None]).squeeze(1) * labelled  # (B, H, W): p of the truth
+    overlap = probs.new_zeros(k).index_add(0, ids.flatten(), picked.flatten())
+    predicted = torch.einsum("bkhw,bhw->k", probs, labelled.to(probs.dtype))
+    true = torch.bincount(ids[labelled], minlength=k).to(probs.dtype)
+    # a present class has sum(t) >= 1, so the clamp changes only absent ones, which weigh 0
+    dice = 2 * overlap / (predicted + true).clamp(min=1)
+    weights = (true > 0).to(probs.dtype)
+    if class_weights is not None:
+        weights = weights * class_weights
+    return (weights * (1 - dice)).sum() / weights.sum().clamp(min=torch.finfo(probs.dtype).tiny)
+
+
 def train_one_epoch(
     model: Segmentor,
     loader: DataLoader,
@@ -349,8 +384,10 @@ def train_one_epoch(
     accum: int = 1,
     from_features: bool = False,
     class_weights: torch.Tensor | None = None,
+    loss: str = "ce",
 ) -> dict:
-    """Train over ``loader`` once with pixel-wise cross-entropy (255 ignored).
+    """Train over ``loader`` once with pixel-wise cross-entropy, the Dice loss or their sum
+    (255 ignored).
 
     Args:
         accum: accumulate gradients over this many batches per optimizer step; each step
@@ -360,14 +397,19 @@ def train_one_epoch(
         class_weights: (K,) float32 weights of the classes' pixels in the loss, on ``device``
             (--class-weights), or None for 1 each. Each pixel's loss is then multiplied by its
             class's weight and the mean is taken over the labelled pixels' summed weight, as
-            F.cross_entropy(weight=..., reduction="mean") takes it over one batch.
+            F.cross_entropy(weight=..., reduction="mean") takes it over one batch. They also
+            weigh the classes in the Dice loss's mean.
+        loss: what the updates follow (--loss): "ce", "dice" (dice_loss, of each batch on its
+            own: an update follows the mean over its group's batches, in every process) or
+            "ce+dice", the sum of the two.
 
     Raises:
         TrainingDiverged: at the first NaN or infinite loss, before the optimizer uses it.
 
     Returns:
-        {"loss": mean loss per labelled pixel, "acc": pixel accuracy, "miou": mIoU, "iou": per
-        class}, as evaluate gives them, of the augmented training crops.
+        {"loss": mean cross-entropy per labelled pixel (whatever ``loss`` is), "acc": pixel
+        accuracy, "miou": mIoU, "iou": per class}, as evaluate gives them, of the augmented
+        training crops.
     """
     model.train()
     scores = _SplitScores(num_classes, device, class_weights)
@@ -410,14 +452,14 @@ def train_one_epoch(
             with no_sync or contextlib.nullcontext():
                 with _autocast(device, autocast_dtype):
                     logits = model(images, size=masks.shape[-2:], from_features=from_features)
-                loss = F.cross_entropy(
+                ce = F.cross_entropy(
                     logits.float(),
                     masks,
                     weight=class_weights,
                     ignore_index=IGNORE_INDEX,
                     reduction="sum",
                 )
-                _stop_if_diverged(loss, masks, batch)
+                _stop_if_diverged(ce, masks, batch)
                 if position == 1:
                     # No step where every mask pixel of the group is 255 (in every process:
                     # the count is summed, so they all agree), or where all of them weigh 0:
@@ -425,7 +467,12 @@ def train_one_epoch(
                     # AdamW would still step by its momentum and weight decay. Read here, where
                     # _stop_if_diverged has just waited for the device, so that it stalls nothing.
                     learn = bool(labelled)
-                (scaler.scale(loss * weight) if use_scaler else loss * weight).backward()
+                # DDP averages the processes' gradients, so each batch's Dice counts once in
+                # the mean over the group's batches of every process
+                objective = ce * weight if loss != "dice" else 0
+                if loss != "ce":
+                    objective = objective + dice_loss(logits, masks, class_weights) / len(group)
+                (scaler.scale(objective) if use_scaler else objective).backward()
             if update:
                 if learn and use_scaler:
                     scaler.step(optimizer)
@@ -437,14 +484,14 @@ def train_one_epoch(
             left -= scored
             if scored < len(masks):
                 logits, masks, target = logits[:scored], masks[:scored], target[:scored]
-                loss = F.cross_entropy(
+                ce = F.cross_entropy(
                     logits.detach().float(),
                     masks,
                     weight=class_weights,
                     ignore_index=IGNORE_INDEX,
                     reduction="sum",
                 )
-            scores.update(loss, class_ids(logits.detach(), torch.uint8), target)
+            scores.update(ce, class_ids(logits.detach(), torch.uint8), target)
     return scores.compute()
 
 

@@ -255,6 +255,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="batches per optimizer step (default %(default)s)",
     )
     optim.add_argument(
+        "--loss",
+        choices=["ce", "dice", "ce+dice"],
+        default="ce",
+        help="what training minimizes: ce, pixel-wise cross-entropy; dice, the soft Dice loss "
+        "of each batch; ce+dice, their sum (default %(default)s). train_loss and valid_loss are "
+        "the cross-entropy whatever it is",
+    )
+    optim.add_argument(
         "--class-weights",
         type=class_weight_arg,
         nargs="+",
@@ -549,6 +557,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
                 accum=args.accum,
                 from_features=from_features,
                 class_weights=class_weights,
+                loss=args.loss,
             )
             # Without SyncBatchNorm (CPU) each process's running statistics drifted with its
             # own batches; evaluate everywhere with rank 0's, the ones the checkpoint saves.

@@ -32,7 +32,7 @@ import utils
 from config import DEFAULT_CLASSES, parse_args
 from conftest import FAKE_HUB, ROOT, PixelClassifier
 from datasets import ShardSampler, check_dataset
-from engine import FeatureCache, TrainingDiverged, train_one_epoch
+from engine import FeatureCache, TrainingDiverged, dice_loss, train_one_epoch
 from model import Segmentor, load_backbone
 from synthetic import make_dataset
 from utils import UserError, read_csv, setup_distributed
@@ -316,35 +316,39 @@ UPDATE_WEIGHTS = (0.25, 3.0)
 
 
 def _record_updates(rank: int, results: str) -> None:
-    """Train --accum 2 over 3 batches in 2 processes, without and with UPDATE_WEIGHTS; save the
-    gradients each update used (RANK.pt, weighted_RANK.pt)."""
+    """Train --accum 2 over 3 batches in 2 processes, without and with UPDATE_WEIGHTS, and with
+    them and --loss ce+dice; save the gradients each update used (RANK.pt, weighted_RANK.pt,
+    dice_RANK.pt)."""
 
     class Recording(torch.optim.SGD):
         def step(self, closure=None):
             self.seen.append(self.param_groups[0]["params"][0].grad.clone())  # conv.weight
             return super().step(closure)
 
-    for name, weights in (("", None), ("weighted_", torch.tensor(UPDATE_WEIGHTS))):
+    runs = [("", None, "ce"), ("weighted_", torch.tensor(UPDATE_WEIGHTS), "ce"),
+            ("dice_", torch.tensor(UPDATE_WEIGHTS), "ce+dice")]  # fmt: skip
+    for name, weights, loss in runs:
         torch.manual_seed(0)
         model = DistributedDataParallel(PixelClassifier())
         optimizer = Recording(model.parameters(), lr=0.0)
         optimizer.seen = []
         train_one_epoch(model, _uneven_batches(rank), optimizer, torch.device("cpu"), 2, accum=2,
-                        class_weights=weights)  # fmt: skip
+                        class_weights=weights, loss=loss)  # fmt: skip
         torch.save(optimizer.seen, Path(results, f"{name}{rank}.pt"))
         del model, optimizer
     dist.barrier()
 
 
-@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("name", ["", "weighted_", "dice_"])
 def test_an_update_under_torchrun_is_that_of_one_batch_of_every_processs_images(
-    two_process_runs, weighted
+    two_process_runs, name
 ):
     # The processes' batches hold different numbers of ignored pixels: averaging each process's
     # own mean weighed their pixels unequally (measured: 1.4-52% off this gradient). With
     # --class-weights, the group's labelled pixels are counted by their weights in every process.
+    # With --loss ce+dice, the Dice loss of each batch adds its share of the group's mean.
     results = two_process_runs / "updates"
-    weights = torch.tensor(UPDATE_WEIGHTS) if weighted else None
+    weights = torch.tensor(UPDATE_WEIGHTS) if name else None
     torch.manual_seed(0)
     model = PixelClassifier()
     expected = []
@@ -352,12 +356,15 @@ def test_an_update_under_torchrun_is_that_of_one_batch_of_every_processs_images(
         group = [b for rank in (0, 1) for b in _uneven_batches(rank)[start : start + 2]]
         model.zero_grad()
         images, masks = (torch.cat([batch[i] for batch in group]) for i in (0, 1))
-        torch.nn.functional.cross_entropy(
+        loss = torch.nn.functional.cross_entropy(
             model(images, None), masks, weight=weights, ignore_index=255
-        ).backward()
+        )
+        if name == "dice_":
+            dice = [dice_loss(model(im, None), m, weights) for im, m, _ in group]
+            loss = loss + sum(dice) / len(dice)
+        loss.backward()
         expected.append(model.conv.weight.grad.clone())
     for rank in (0, 1):
-        name = "weighted_" if weighted else ""
         seen = torch.load(results / f"{name}{rank}.pt", weights_only=True)
         assert len(seen) == 2
         for got, want in zip(seen, expected, strict=True):
