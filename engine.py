@@ -787,8 +787,11 @@ def _conversion(image) -> str:
         return ': pass np.asarray(image.convert("RGB"))'
     if not isinstance(image, np.ndarray) or not image.size or image.ndim not in (2, 3):
         return ""
+    # booleans (a thresholded image) are 0 and 1: cast alone they give a black image
+    scale = " * 255" if image.dtype == bool else ""
     if image.ndim == 2 or image.shape[2] == 1:
-        return ": grayscale, pass cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)"
+        gray = f"image.astype(np.uint8){scale}" if scale else "image"
+        return f": grayscale, pass cv2.cvtColor({gray}, cv2.COLOR_GRAY2RGB)"
     if image.shape[0] in (1, 3, 4) and image.shape[2] not in (3, 4):
         return ": channels first, pass image.transpose(1, 2, 0)"
     if image.shape[2] == 4:
@@ -797,6 +800,8 @@ def _conversion(image) -> str:
         return ""
     if image.dtype.kind == "f" and image.min() >= 0 and image.max() <= 1:
         return ": floats in 0..1, pass (image * 255).round().astype(np.uint8)"
+    if scale:
+        return f": booleans, pass image.astype(np.uint8){scale}"
     return ": values 0..255, pass image.astype(np.uint8)"
 
 

@@ -217,6 +217,12 @@ def check_int8(model: Segmentor, path: Path, imgsz, name: Path, fp32: Path) -> f
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flags before the checkpoint is loaded."""
     check_imgsz(args.imgsz)
+    # first: it names a folder that is a broken link or a loop of links, where the checks
+    # below failed in a traceback (the name limit cannot be read there, nor the path resolved).
+    # The graph's size is known only once exported: this asks only for room to start.
+    check_writable(
+        args.output.parent, needed_bytes=2**20, flag="--output folder", purpose="the graph"
+    )
     check_name_length(args.output)
     if args.output.is_dir():
         raise UserError(
@@ -248,10 +254,6 @@ def check_args(args: argparse.Namespace) -> None:
                 "a file of that name: move or rename the folder, or choose another --output"
             )
     check_int8_is_ours(int8, args.output)
-    # the graph's size is known only once exported: this asks only for room to start
-    check_writable(
-        args.output.parent, needed_bytes=2**20, flag="--output folder", purpose="the graph"
-    )
 
 
 def check_name_length(output: Path) -> None:
@@ -356,6 +358,8 @@ def graph_name(output: Path) -> str:
     """A .onnx name for an --output that lacks the extension: model.onnx for model.pth, model.onnx
     for its data file model.onnx.data, and for a name without any, as a file or a folder to be
     (--output e/ reaches here as e)."""
+    if output.name.lower() in (".onnx", ".onnx.data"):  # all extension: no name to keep
+        return str(output.with_name("model.onnx"))
     if output.stem.lower().endswith(".onnx"):
         return str(output.with_name(output.stem))
     if not output.suffix:

@@ -348,20 +348,30 @@ def check_frame_count(spec: str, declared: int | None, decoded: int) -> None:
         )
 
 
+# How far a file's sound may outlast its frames, and so the duration that OpenCV's estimate of
+# the frame count is taken from: AAC's encoder delay and the padding of its last block are 21
+# to 64 ms at 48 kHz (a screen recording's 1 s of frames at 60 FPS, with AAC: 1.021 s, 61).
+SOUND_TAIL_MS = 100
+
+
 def count_was_estimated(source: VideoSource) -> bool:
     """Whether a file's frame count was OpenCV's estimate, and every frame decoded.
 
     A container that stores no frame count (Matroska, WebM) gets one from OpenCV: its duration
     times its stated frame rate, which a variable frame rate makes wrong (118 for the 60 frames
     of a screen recording that idled half the time). The frames then still reach the end of
-    that duration, with no failed read on the way; a truncated file's stop short of it.
+    that duration, with no failed read on the way, or up to SOUND_TAIL_MS before it where the
+    file's sound outlasts them; a truncated file's stop short of it.
     """
     if source.frames is None or source.skipped or source.last_ms is None:
         return False
     interval = 1000 / source.fps
     end = source.last_ms - source.first_ms + interval  # when the last frame ends
     # half a frame: OpenCV rounds duration x rate; 2 ms: containers keep milliseconds
-    return abs(end - source.frames * interval) <= interval / 2 + 2
+    slack = interval / 2 + 2
+    # an MP4's count is the frames its index holds, not an estimate, whatever its sound
+    sound = source.sound and mp4_track_samples(source.path) is None
+    return -slack <= source.frames * interval - end <= slack + (SOUND_TAIL_MS if sound else 0)
 
 
 def count_is_not_the_frames(source: VideoSource, decoded: int) -> bool:

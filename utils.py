@@ -5,6 +5,7 @@ the inference scripts."""
 import _thread
 import contextlib
 import csv
+import errno
 import functools
 import gc
 import importlib
@@ -522,7 +523,8 @@ def check_writable(
     """
     base = existing_parent(folder)
     if not base.exists():  # a broken link, where mkdir would only say "File exists"
-        raise UserError(f"{flag} {folder} is not writable: {base} is a link to nothing")
+        what = "a loop of links" if links_in_a_loop(base) else "a link to nothing"
+        raise UserError(f"{flag} {folder} is not writable: {base} is {what}")
     if not base.is_dir():
         what = "it" if base == Path(folder).absolute() else str(base)
         raise UserError(f"{flag} {folder} is not writable: {what} is a file, not a folder")
@@ -547,6 +549,15 @@ def existing_parent(path: Path) -> Path:
     while not path.exists() and not path.is_symlink() and path != path.parent:
         path = path.parent
     return path
+
+
+def links_in_a_loop(path: Path) -> bool:
+    """Whether ``path`` is a link that leads, through others, back to itself."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
 
 
 def is_utf8(path) -> bool:

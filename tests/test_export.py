@@ -199,11 +199,12 @@ def test_an_output_without_the_onnx_extension_is_refused(tmp_path, checkpoint):
 
 @pytest.mark.parametrize(
     ("output", "suggested"),
-    [("m.onnx.data", "{}/m.onnx"), ("e/", "{}/e.onnx, or {}/e/model.onnx for a folder")],
-)
+    [("m.onnx.data", "{}/m.onnx"), ("e/", "{}/e.onnx, or {}/e/model.onnx for a folder"),
+     (".onnx", "{}/model.onnx"), (".onnx.data", "{}/model.onnx")],
+)  # fmt: skip
 def test_the_onnx_name_suggested_fits_the_output_given(tmp_path, output, suggested):
-    """--output m.onnx.data (the weights file) was told m.onnx.onnx, and --output e/ (a folder
-    to be) e.onnx alone."""
+    """--output m.onnx.data (the weights file) was told m.onnx.onnx, --output e/ (a folder
+    to be) e.onnx alone, and --output .onnx (all extension) .onnx, the name refused."""
     suggested = suggested.format(tmp_path, tmp_path)
     with pytest.raises(UserError, match=f"such as {re.escape(suggested)}$"):
         export.main(export.get_args_parser().parse_args(
@@ -216,6 +217,22 @@ def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path,
     with pytest.raises(UserError, match=r"--output folder .*a_file is not writable"):
         export.main(export.get_args_parser().parse_args(
             ["--model", "m.pth", "--output", str(tmp_path / "a_file" / "m.onnx")]))  # fmt: skip
+
+
+@pytest.mark.parametrize("link", ["broken", "loop"])
+def test_an_output_folder_that_is_a_broken_link_or_a_loop_is_named(tmp_path, monkeypatch, link):
+    # reading the folder's name limit, or resolving the path, ended in a traceback there
+    if link == "broken":
+        (tmp_path / "out").symlink_to(tmp_path / "gone")
+    else:
+        (tmp_path / "out").symlink_to(tmp_path / "back")
+        (tmp_path / "back").symlink_to(tmp_path / "out")
+    monkeypatch.setattr(export, "load_checkpoint", lambda *a: pytest.fail("the model loaded"))
+    for output in (tmp_path / "out" / "m.onnx", tmp_path / "out" / "sub" / "m.onnx"):
+        what = "a link to nothing" if link == "broken" else "a loop of links"
+        with pytest.raises(UserError, match=f"--output folder .*out is {what}$"):
+            export.main(export.get_args_parser().parse_args(
+                ["--model", "m.pth", "--output", str(output)]))  # fmt: skip
 
 
 @pytest.mark.skipif(
@@ -489,7 +506,8 @@ def readme_deployment_example() -> str:
 def test_the_readmes_deployment_example_gives_the_scripts_masks(tmp_path, graph, tiny_data):
     """An app without this repository follows the README's example: its masks are those of
     --backend onnxruntime, for the float32 and the int8 graph, shrunk and enlarged images, and
-    a 16-bit grayscale one (which Pillow's convert("RGB") alone clips to white)."""
+    16-bit grayscale ones, and 32-bit integer and float ones (which Pillow's convert("RGB")
+    alone clips to white)."""
     import ast
 
     import torch
@@ -517,6 +535,17 @@ def test_the_readmes_deployment_example_gives_the_scripts_masks(tmp_path, graph,
     Image.fromarray(gray16).save(tmp_path / "gray16.png")
     assert Image.open(tmp_path / "gray16.png").mode == "I;16", "the premise: a 16-bit image"
     images.append(tmp_path / "gray16.png")
+    gray = np.asarray(photo.convert("L"))
+    wide = {
+        "int32.tif": gray.astype(np.int32) * 257,
+        "int8bit.tif": gray.astype(np.int32),
+        "float.tif": gray.astype(np.float32) / 255,
+        "float8bit.tif": gray.astype(np.float32),
+    }
+    for name, pixels in wide.items():
+        Image.fromarray(pixels).save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode in ("I", "F"), "the premise: 32 bits of gray"
+        images.append(tmp_path / name)
     example = {}
     exec(code.replace('"model.onnx"', repr(str(graph))), example)
     network = OnnxSegmentor.load(graph, torch.device("cpu"))

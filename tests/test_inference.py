@@ -366,7 +366,10 @@ def test_predictor_rejects_non_rgb_arrays(predictor):
         (np.full((4, 5, 3), 0.5, np.float32), r"\(image \* 255\)\.round\(\)\.astype\(np\.uint8\)"),
         (np.full((4, 5, 3), 128.0), r"values 0\.\.255, pass image\.astype\(np\.uint8\)"),
         (np.zeros((3, 4, 5), np.uint8), r"channels first, pass image\.transpose\(1, 2, 0\)"),
-        (np.zeros((4, 5, 1), np.uint8), r"grayscale, pass cv2\.cvtColor"),
+        (np.zeros((4, 5, 1), np.uint8), r"grayscale, pass cv2\.cvtColor\(image, "),
+        # a thresholded image: its 0 and 1 cast alone would be a black image
+        (np.zeros((4, 5, 3), bool), r"booleans, pass image\.astype\(np\.uint8\) \* 255$"),
+        (np.zeros((4, 5), bool), r"cv2\.cvtColor\(image\.astype\(np\.uint8\) \* 255, cv2"),
         (np.zeros((4, 5, 4), np.uint8), r"RGBA, pass image\[\.\.\., :3\]"),
         (torch.zeros(3, 4, 5), r"tensor\.cpu\(\)\.numpy\(\)"),
         (Image.new("RGBA", (5, 4)), r'np\.asarray\(image\.convert\("RGB"\)\)'),
@@ -3019,6 +3022,35 @@ def test_variable_frame_rate_matroska_and_mp4_from_ffmpeg(tmp_path, checkpoint, 
         assert frame_times_ms(out / "vfr.mp4") == pytest.approx(shown, abs=1), name
         assert "declares" not in caplog.text, name
         assert ("plays" in caplog.text) is False, caplog.text
+
+
+@needs_ffmpeg
+def test_sound_that_outlasts_the_frames_is_not_taken_for_a_truncated_matroska(
+    tmp_path, checkpoint, caplog, capsys
+):
+    # A screen recording's 1 s of frames at 60 FPS with AAC sound lasts 1.021 s, which OpenCV
+    # counts as 61 frames: "declares 61 frames but only 60 could be decoded", its bar at 60/61.
+    # The same file cut in half still says so.
+    clip = tmp_path / "recording.mkv"
+    make = [FFMPEG, "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+            "testsrc=size=64x48:rate=60:duration=1", "-f", "lavfi", "-i",
+            "sine=sample_rate=48000:duration=1", "-c:v", "mpeg4", "-c:a", "aac",
+            str(clip)]  # fmt: skip
+    subprocess.run(make, check=True, timeout=120)
+    capture = cv2.VideoCapture(str(clip))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 61, "the premise: the estimate"
+    capture.release()
+    infer_video.main(video_args(input=clip, model=checkpoint, out_dir=tmp_path / "out"))
+    assert "declares" not in caplog.text
+    assert "60/60" in capsys.readouterr().err  # the bar ends full
+    assert len(read_rgb_frames(tmp_path / "out" / "recording.mp4")) == 60
+
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    infer_video.main(video_args(input=cut, model=checkpoint, out_dir=tmp_path / "out"))
+    decoded = len(read_rgb_frames(tmp_path / "out" / "cut.mp4"))
+    assert decoded < 50
+    assert f"{cut} declares 61 frames but only {decoded} could be decoded" in caplog.text
 
 
 def test_a_video_beside_the_input_that_the_output_would_replace_is_refused(tmp_path, checkpoint):
