@@ -27,6 +27,13 @@ FAKE_HUB = Path(__file__).parent / "fake_dinov2_hub"
 ORT_RUNS_INT8 = tuple(int(n) for n in onnxruntime.__version__.split(".")[:2]) >= (1, 24)
 
 
+def _cores() -> int:
+    """The cores this process may use (Linux), else all of them (macOS, Windows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _share_the_cores() -> None:
     """Give each pytest-xdist worker (``-n auto``) its share of the cores, for its own PyTorch
     and for the scripts it starts (OMP_NUM_THREADS). Each would take them all: with two
@@ -34,14 +41,29 @@ def _share_the_cores() -> None:
     each."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        # the cores this process may use (Linux), else all of them (macOS, Windows)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        threads = str(max(1, (cores or os.cpu_count() or 1) // workers))
-        os.environ["OMP_NUM_THREADS"] = threads
-        torch.set_num_threads(int(threads))
+        threads = max(1, _cores() // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 _share_the_cores()
+
+# The memory a test process may need at its peak, with the processes its tests start: two on 2
+# cores peaked at 10.1 GB together, one at 6.9 GB (2026-12-02)
+WORKER_MEMORY = 5 * 2**30
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """``-n auto``: a test process per core, as many as the memory holds at WORKER_MEMORY each
+    (a laptop of 10 cores and 16 GB runs 3). PYTEST_XDIST_AUTO_NUM_WORKERS decides where set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist's own answer reads it
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): a process per core
+        return None
+    return max(1, min(_cores(), memory // WORKER_MEMORY))
 
 
 def load_benchmark(name: str) -> ModuleType:
