@@ -367,11 +367,24 @@ def count_was_estimated(source: VideoSource) -> bool:
         return False
     interval = 1000 / source.fps
     end = source.last_ms - source.first_ms + interval  # when the last frame ends
+    short = source.frames * interval - end  # how far the declared frames run past the last
     # half a frame: OpenCV rounds duration x rate; 2 ms: containers keep milliseconds
     slack = interval / 2 + 2
+    if abs(short) <= slack:
+        return True
+    if not 0 < short <= slack + SOUND_TAIL_MS:
+        return False
     # an MP4's count is the frames its index holds, not an estimate, whatever its sound
-    sound = source.sound and mp4_track_samples(source.path) is None
-    return -slack <= source.frames * interval - end <= slack + (SOUND_TAIL_MS if sound else 0)
+    return mp4_track_samples(source.path) is None and has_sound_track(source)
+
+
+def has_sound_track(source: VideoSource) -> bool:
+    """Whether a file has a sound track: by its header where has_sound reads it, else as ffmpeg
+    lists its tracks (a fragmented MP4, MPEG-TS); False where neither can tell."""
+    if source.sound is not None:
+        return source.sound
+    ffmpeg = find_ffmpeg()
+    return bool(ffmpeg and sound_codecs(ffmpeg, source.path))
 
 
 def count_is_not_the_frames(source: VideoSource, decoded: int) -> bool:
