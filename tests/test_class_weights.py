@@ -65,6 +65,23 @@ def test_a_weighted_step_is_pytorchs_weighted_mean_over_one_batch():
     assert unweighted["loss"] != pytest.approx(stats["loss"], rel=1e-3)
 
 
+def group_gradients(model: PixelClassifier, loader: list, accum: int, group_loss) -> list:
+    """The 1x1 convolution's gradient of ``group_loss(group)`` for each group of ``accum``
+    batches of ``loader``: the updates train_one_epoch should make."""
+    gradients = []
+    for start in range(0, len(loader), accum):
+        model.zero_grad()
+        group_loss(loader[start : start + accum]).backward()
+        gradients.append(model.conv.weight.grad.clone())
+    return gradients
+
+
+def one_batch_loss(model: PixelClassifier, group: list, weights: torch.Tensor) -> torch.Tensor:
+    """The weighted cross-entropy of ``group``'s batches as one batch."""
+    images, masks = (torch.cat([batch[i] for batch in group]) for i in (0, 1))
+    return F.cross_entropy(model(images, None), masks, weight=weights, ignore_index=255)
+
+
 @pytest.mark.parametrize("accum", [2, 3])
 def test_a_weighted_accumulated_update_is_that_of_one_batch_of_its_group(accum):
     # each update divides by the summed weight of the group's labelled pixels: dividing by their
@@ -73,13 +90,7 @@ def test_a_weighted_accumulated_update_is_that_of_one_batch_of_its_group(accum):
     model = PixelClassifier()
     weights = torch.tensor([0.2, 3.0])
     loader = batches()
-    expected = []
-    for start in range(0, len(loader), accum):
-        group = loader[start : start + accum]
-        images, masks = (torch.cat([batch[i] for batch in group]) for i in (0, 1))
-        model.zero_grad()
-        F.cross_entropy(model(images, None), masks, weight=weights, ignore_index=255).backward()
-        expected.append(model.conv.weight.grad.clone())
+    expected = group_gradients(model, loader, accum, lambda g: one_batch_loss(model, g, weights))
     optimizer = RecordingSGD(model)
     train_one_epoch(model, loader, optimizer, CPU, 2, accum=accum, class_weights=weights)
     assert len(optimizer.seen) == len(expected) == math.ceil(len(loader) / accum)

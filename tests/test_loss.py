@@ -1,12 +1,10 @@
 """--loss: the Dice loss, the updates that follow it, its flag and its resume."""
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from test_class_weights import RecordingSGD, batches
+from test_class_weights import RecordingSGD, batches, group_gradients, one_batch_loss, run
 
 import train
 from config import parse_args
@@ -78,15 +76,12 @@ def test_an_accumulated_update_follows_the_mean_dice_of_its_batches(loss):
     model = PixelClassifier()
     weights = torch.tensor([0.4, 2.0])
     loader = batches()
-    expected = []
-    for start in range(0, len(loader), 2):
-        group = loader[start : start + 2]
-        model.zero_grad()
+
+    def group_loss(group: list) -> torch.Tensor:
         dice = sum(dice_loss(model(im, None), m, weights) for im, m, _ in group) / len(group)
-        images, masks = (torch.cat([batch[i] for batch in group]) for i in (0, 1))
-        ce = F.cross_entropy(model(images, None), masks, weight=weights, ignore_index=255)
-        (dice + ce if loss == "ce+dice" else dice).backward()
-        expected.append(model.conv.weight.grad.clone())
+        return dice + one_batch_loss(model, group, weights) if loss == "ce+dice" else dice
+
+    expected = group_gradients(model, loader, 2, group_loss)
     optimizer = RecordingSGD(model)
     stats = train_one_epoch(model, loader, optimizer, CPU, 2, accum=2, class_weights=weights,
                             loss=loss)  # fmt: skip
@@ -112,13 +107,6 @@ def test_dice_training_lifts_the_dice_score():
     after = dice_loss(model(images, None), masks).item()
     assert after < before / 4, (before, after)
     assert stats["miou"] > 0.9
-
-
-def run(data: Path, out: Path, weights_file: Path, *flags: str) -> None:
-    argv = ["--data", str(data), "--out-dir", str(out), "--backbone-source", "timm",
-            "--weights", str(weights_file), "--imgsz", "56", "56", "--workers", "0",
-            "--batch", "2", "--num-vis", "0", *flags]  # fmt: skip
-    train.main(*parse_args(train.get_args_parser(), argv))
 
 
 def test_a_run_records_its_loss_and_a_resume_keeps_or_changes_it(
