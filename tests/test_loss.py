@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from test_class_weights import RecordingSGD, batches, group_gradients, one_batch_loss, run
 
 import train
 from config import parse_args
@@ -12,6 +11,7 @@ from conftest import PixelClassifier
 from engine import dice_loss, train_one_epoch
 from leftover_workers import leftover_workers_end_at_once  # noqa: F401 (autouse)
 from model import peek_checkpoint
+from test_class_weights import RecordingSGD, batches, group_gradients, one_batch_loss, run
 
 CPU = torch.device("cpu")
 
