@@ -111,8 +111,8 @@ def tensors(value) -> list[torch.Tensor]:
 
 def test_train_and_infer_scripts_on_the_gpu(tmp_path, weights_file, checkpoint):
     data = make_dataset(tmp_path / "data", n_train=4, n_valid=2, seed=2)
-    for i, extra in enumerate((["--amp", "fp16", "--cache-features", "memory"],
-                               ["--amp", "bf16", "--fine-tune"])):  # fmt: skip
+    for i, extra in enumerate((["--amp", "fp16", "--cache-features", "memory", "--loss", "dice"],
+                               ["--amp", "bf16", "--fine-tune", "--loss", "ce+dice"])):  # fmt: skip
         out = tmp_path / f"out{i}"
         cmd = [sys.executable, "train.py", "--data", str(data), "--out-dir", str(out),
                "--backbone-source", "timm", "--weights", str(weights_file), "--device", "cuda",
