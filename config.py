@@ -627,7 +627,7 @@ def check_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
     """Refuse a count below its minimum, naming the flag: ``{"batch": 1, "num_vis": 0}``."""
     for dest, minimum in minimums.items():
         if getattr(args, dest) < minimum:
-            raise UserError(f"--{dest.replace('_', '-')} must be at least {minimum}")
+            raise UserError(f"{flag_name(args, dest)} must be at least {minimum}")
 
 
 def parse_one_input(
@@ -655,7 +655,7 @@ def check_learning_rates(args: argparse.Namespace, flags, weight_decay: float) -
     """
     for dest in flags:
         lr = getattr(args, dest)
-        flag = f"--{dest.replace('_', '-')}"
+        flag = flag_name(args, dest)
         if not 0 < lr <= 1:
             raise UserError(
                 f"{flag} must be above 0 and at most 1 (AdamW moves each weight by about that "
@@ -663,7 +663,8 @@ def check_learning_rates(args: argparse.Namespace, flags, weight_decay: float) -
             )
         if lr * weight_decay > 1:
             raise UserError(
-                f"{flag} {lr} with --weight-decay {weight_decay} multiplies each weight by "
+                f"{flag} {lr} with {flag_name(args, 'weight_decay')} {weight_decay} multiplies "
+                f"each weight by "
                 f"1 - {lr * weight_decay:g} per step: lower one of them, so that their product "
                 "is at most 1"
             )
@@ -809,6 +810,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
         (args, classes): the namespace, and the ClassConfig (the default unless the file sets one).
         ``args.from_checkpoint`` is the frozenset of the recorded settings (of RESUMED_SETTINGS
         and RESUMED_MODEL) whose parsed value is the checkpoint's; empty without a checkpoint.
+        ``args.from_config``, the settings whose value is the --config file's (flag_name names
+        the file in their messages); empty without one.
     """
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
@@ -849,6 +852,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
         k for k in keys if k in recorded and same_setting(getattr(args, k), recorded[k])
     )
     kept = [k for k in resumed if k in RESUMED_SETTINGS and k in args.from_checkpoint]
+    args.from_config = (
+        frozenset(_settings_of(parser, data) - _given(parser, argv)) if file_argv else frozenset()
+    )
     if kept:
         log.info(
             "--resume: continuing %s's run with its %s",
@@ -860,6 +866,29 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
             ),
         )
     return args, classes
+
+
+def _settings_of(parser: argparse.ArgumentParser, data: dict) -> set[str]:
+    """The dests of ``parser`` that a --config file's ``data`` sets."""
+    return {a.dest for a in parser._actions if a.option_strings and a.dest in data}
+
+
+def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The dests that the command line ``argv`` sets (already parsed once, with the file's)."""
+    unset = object()
+    dests = {a.dest for a in parser._actions if a.option_strings}
+    # argparse fills in a default only where the namespace lacks the attribute
+    given, _ = parser.parse_known_args(argv, argparse.Namespace(**dict.fromkeys(dests, unset)))
+    return {dest for dest in dests if getattr(given, dest) is not unset}
+
+
+def flag_name(args: argparse.Namespace, dest: str) -> str:
+    """The setting ``dest`` as a message names it: its flag, and where the --config file gave
+    its value, that file (a bad value there was blamed on a flag the user never typed)."""
+    flag = f"--{dest.replace('_', '-')}"
+    if dest in getattr(args, "from_config", ()):
+        return f"{flag} ({dest} in the config file {args.config})"
+    return flag
 
 
 def plain_value(value):

@@ -1048,6 +1048,17 @@ def check_dataset_pixels(
             _classes_hint(root, classes)
             + (f" to train a new model ({kept_classes})" if kept_classes else ""),
         )
+    elif not kept_classes and (names := _written_classes(root, classes)):
+        # an imported dataset trained without its --config, whose masks fit this run's classes
+        # (as many, or more): the checkpoint, its overlays and graphs would misname them
+        log.warning(
+            "%s names the classes %s, but this run's are %s, the names the checkpoint and its "
+            "overlays will give them; to train with the dataset's names, pass --config %s",
+            root / "classes.yaml",
+            ", ".join(names),
+            ", ".join(classes.names),
+            root / "classes.yaml",
+        )
     _check_classes_present(root, classes, pixels)
     _warn_of_mixed_binary(root, classes, two_valued)
     _warn_of_identical_images(root, pairs_by_split)

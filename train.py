@@ -53,6 +53,7 @@ from config import (
     check_slide_size,
     check_tta_scales,
     checkpoint_settings,
+    flag_name,
     negation_flags,
     parse_args,
     path_arg,
@@ -329,7 +330,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.patience is not None:
         check_at_least(args, {"patience": 1})
     if not 0 <= args.weight_decay < math.inf:
-        raise UserError(f"--weight-decay must be 0 or more, not {args.weight_decay}")
+        raise UserError(
+            f"{flag_name(args, 'weight_decay')} must be 0 or more, not {args.weight_decay}"
+        )
     check_learning_rates(args, ("lr", "backbone_lr"), args.weight_decay)
     frozen = not (args.fine_tune or args.eval_only)  # --eval-only trains nothing
     if frozen and args.backbone_lr != get_args_parser().get_default("backbone_lr"):
@@ -338,7 +341,9 @@ def check_args(args: argparse.Namespace) -> None:
             "drop --backbone-lr to train the head alone"
         )
     if not 0 <= args.seed < 2**32:  # what NumPy's seeding takes
-        raise UserError(f"--seed must be between 0 and {2**32 - 1}, not {args.seed}")
+        raise UserError(
+            f"{flag_name(args, 'seed')} must be between 0 and {2**32 - 1}, not {args.seed}"
+        )
     check_imgsz(args.imgsz)
     if args.resume and args.eval_only:
         raise UserError("--resume and --eval-only do not go together")
@@ -387,24 +392,30 @@ def class_weight_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto") from None
 
 
-def check_class_weights(weights: list | None, classes: ClassConfig) -> None:
+def check_class_weights(
+    weights: list | None, classes: ClassConfig, flag: str = "--class-weights"
+) -> None:
     """Refuse --class-weights that do not fit the run's ``classes``: one finite weight of 0 or
-    more per class, at least one above 0 (else no pixel would count), or auto alone."""
+    more per class, at least one above 0 (else no pixel would count), or auto alone.
+
+    Args:
+        flag: the setting as the messages name it (config.flag_name).
+    """
     if weights is None or weights == [AUTO_WEIGHTS]:
         return
     k = classes.num_classes
     ids = ", ".join(f"{i} {name}" for i, name in enumerate(classes.names))
     given = " ".join(w if isinstance(w, str) else f"{w:g}" for w in weights)
     if AUTO_WEIGHTS in weights:
-        raise UserError(f"--class-weights takes auto alone or {k} numbers, not {given}")
+        raise UserError(f"{flag} takes auto alone or {k} numbers, not {given}")
     if len(weights) != k:
         raise UserError(
-            f"--class-weights takes one weight per class, {k} for the {k} classes ({ids}) in "
+            f"{flag} takes one weight per class, {k} for the {k} classes ({ids}) in "
             f"class-id order, not {len(weights)} ({given})"
         )
     if not all(0 <= w < math.inf for w in weights) or not any(w > 0 for w in weights):
         raise UserError(
-            f"--class-weights must be finite numbers of 0 or more, at least one above 0, one "
+            f"{flag} must be finite numbers of 0 or more, at least one above 0, one "
             f"for each of the {k} classes ({ids}) in class-id order; not {given}"
         )
 
@@ -461,7 +472,7 @@ def fit(args, classes: ClassConfig, device: torch.device, autocast, rank: int, w
         imgsz = tuple(args.imgsz or DEFAULT_IMGSZ)
         earlier = earlier_outputs(args.out_dir) if main_process else []
         warn_earlier_run(args.out_dir, earlier)
-    check_class_weights(args.class_weights, classes)
+    check_class_weights(args.class_weights, classes, flag_name(args, "class_weights"))
     # Check the data before loading the backbone, which may mean a download.
     kept = f"a resumed run keeps the classes of --resume {args.resume}" if args.resume else None
     pairs, pixels = checked_dataset(resolve_data(args), classes, kept_classes=kept)
@@ -1528,8 +1539,9 @@ def schedule_factor(kind: str, epoch: int, epochs: int) -> float:
 
 def settings(args: argparse.Namespace, classes: ClassConfig, imgsz) -> dict:
     """The resolved run settings as plain values: saved to OUT/args.yaml and every checkpoint."""
-    # (from_checkpoint is parse_args' note of where values came from, not a flag)
-    resolved = {k: plain_value(v) for k, v in vars(args).items() if k != "from_checkpoint"}
+    # (parse_args' notes of where values came from, not flags)
+    notes = ("from_checkpoint", "from_config")
+    resolved = {k: plain_value(v) for k, v in vars(args).items() if k not in notes}
     resolved["imgsz"] = list(imgsz)
     # What a --config file set is written out here, classes included; naming the file too would
     # make args.yaml a config file that names another, which --config refuses.

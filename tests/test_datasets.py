@@ -1000,6 +1000,26 @@ def test_masks_of_other_classes_name_the_classes_yaml_beside_them(fresh_data):
     assert "pass --config" not in str(raised.value)
 
 
+def test_an_imported_datasets_other_names_for_as_many_classes_are_a_warning(fresh_data, caplog):
+    """prepare_data.py binary --name cat, then train.py without its --config: the run trained
+    silently as background and person, and its checkpoint called the cats people."""
+    check_dataset(fresh_data, DEFAULT_CLASSES)  # no classes.yaml: nothing to say
+    (fresh_data / "classes.yaml").write_text("ALL_CLASSES: [background, person]\n")
+    check_dataset(fresh_data, DEFAULT_CLASSES)  # the same names
+    assert "names the classes" not in caplog.text
+    (fresh_data / "classes.yaml").write_text("ALL_CLASSES: [background, cat]\n")
+    check_dataset(fresh_data, DEFAULT_CLASSES)
+    yaml_path = fresh_data / "classes.yaml"
+    assert (
+        f"{yaml_path} names the classes background, cat, but this run's are background, person, "
+        "the names the checkpoint and its overlays will give them; to train with the dataset's "
+        f"names, pass --config {yaml_path}"
+    ) in caplog.text
+    caplog.clear()
+    check_dataset(fresh_data, DEFAULT_CLASSES, kept_classes="--resume R keeps its classes")
+    assert "names the classes" not in caplog.text  # --config could not change them
+
+
 def test_class_ids_above_1_read_as_instance_ids_are_a_warning(fresh_data, caplog):
     """3-class index masks with the default 2-class config trained silently as one class: the
     0/1/2 values also read as Penn-Fudan instance ids."""

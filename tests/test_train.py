@@ -31,6 +31,7 @@ from config import (
     PENN_FUDAN_URL,
     ClassConfig,
     distinct_colors,
+    flag_name,
     parse_args,
 )
 from conftest import FAKE_HUB, ROOT, PixelClassifier, load_benchmark, small_memory
@@ -893,6 +894,35 @@ def test_config_file_sets_classes_and_defaults_and_the_command_line_wins(tmp_pat
     args, classes = parse_args(train.get_args_parser(), ["--config", str(cfg), "--epochs", "2"])
     assert classes.names == ("background", "cat", "dog")
     assert (args.lr, args.epochs, args.imgsz, args.fine_tune) == (0.05, 2, [112, 56], True)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"patience": 0}, "--patience (patience in the config file {}) must be at least 1"),
+        ({"lr": 2}, "--lr (lr in the config file {}) must be above 0 and at most 1"),
+        ({"weight_decay": -1}, "--weight-decay (weight_decay in the config file {}) must be 0 "
+         "or more"),
+        ({"class_weights": [1, -5]}, "--class-weights (class_weights in the config file {}) "
+         "must be finite"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_of_a_config_file_names_the_file(tmp_path, setting, message):
+    # it was blamed on the flag alone, which the user never typed
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(setting))
+    args, classes = parse_args(train.get_args_parser(), ["--config", str(cfg)])
+    with pytest.raises(UserError, match=f"^{re.escape(message.format(cfg))}"):
+        train.check_args(args)
+        train.check_class_weights(args.class_weights, classes, flag_name(args, "class_weights"))
+    # given on the command line too, the value is the command line's: no file to name
+    flag = "--" + next(iter(setting)).replace("_", "-")
+    value = [str(v) for v in np.atleast_1d(next(iter(setting.values())))]
+    args, classes = parse_args(train.get_args_parser(), ["--config", str(cfg), flag, *value])
+    assert not args.from_config & {next(iter(setting))}
+    with pytest.raises(UserError, match=f"^{re.escape(flag)} (?!\\()"):
+        train.check_args(args)
+        train.check_class_weights(args.class_weights, classes, flag_name(args, "class_weights"))
 
 
 def test_a_runs_args_yaml_repeats_it_as_a_config_file(trained, tmp_path):
