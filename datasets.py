@@ -553,9 +553,12 @@ def _map_palette(
         return None
     colors = palette_rgb(img)
     # From the palette alone, first: unless some index holds another class's colour, the
-    # indices are the ids, and the mask need not be scanned (_check_ids scans it anyway).
+    # indices are the ids, and the mask need not be scanned (_check_ids scans it anyway). Only
+    # the colours the palette holds count: Image.fromarray(ids, "P").save() writes one, black,
+    # and the indices past it, which have none, were read as black, the background.
+    defined = colors[: len(img.getpalette("RGB") or []) // 3]
     class_of = {_code(c): i for i, c in enumerate(classes.mask_colors)}
-    if all(class_of.get(_code(c), i) == i for i, c in enumerate(colors) if i != IGNORE_INDEX):
+    if all(class_of.get(_code(c), i) == i for i, c in enumerate(defined) if i != IGNORE_INDEX):
         return None
     used = np.flatnonzero(pixel_counts(arr))
     used = used[used != IGNORE_INDEX]

@@ -246,10 +246,12 @@ def test_palette_mask_uses_indices(tmp_path):
     assert out.tolist() == [[0, 2], [1, 255]]
 
 
-@pytest.mark.parametrize("palette", [[0, 0, 0, 255, 255, 255], [0, 0, 0, 0, 255, 0]])
+@pytest.mark.parametrize("palette", [[0, 0, 0, 255, 255, 255], [0, 0, 0, 0, 255, 0], [0, 0, 0]])
 def test_a_class_index_mask_with_a_short_palette_keeps_its_indices(tmp_path, palette):
     # Pillow's palette past its listed colours is black, background's colour: those indices
-    # are unused, and the used ones (black and white, or the classes' own colours) are the ids
+    # are unused, and the used ones (black and white, or the classes' own colours) are the ids.
+    # Image.fromarray(ids, "P").save() lists one colour, black: index 1, past it, was read as
+    # black, and every mask as background alone.
     img = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8)).convert("P")
     img.putpalette(palette)
     img.save(tmp_path / "m.png")  # a 1-bit PNG
