@@ -664,9 +664,8 @@ def check_learning_rates(args: argparse.Namespace, flags, weight_decay: float) -
         if lr * weight_decay > 1:
             raise UserError(
                 f"{flag} {lr} with {flag_name(args, 'weight_decay')} {weight_decay} multiplies "
-                f"each weight by "
-                f"1 - {lr * weight_decay:g} per step: lower one of them, so that their product "
-                "is at most 1"
+                f"each weight by 1 - {lr * weight_decay:g} per step: lower one of them, so that "
+                "their product is at most 1"
             )
 
 

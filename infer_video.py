@@ -381,10 +381,11 @@ def count_was_estimated(source: VideoSource) -> bool:
 def has_sound_track(source: VideoSource) -> bool:
     """Whether a file has a sound track: by its header where has_sound reads it, else as ffmpeg
     lists its tracks (a fragmented MP4, MPEG-TS); False where neither can tell."""
-    if source.sound is not None:
-        return source.sound
-    ffmpeg = find_ffmpeg()
-    return bool(ffmpeg and sound_codecs(ffmpeg, source.path))
+    if source.sound is None:
+        ffmpeg = find_ffmpeg()
+        if ffmpeg and sound_codecs(ffmpeg, source.path):
+            source.sound = True  # kept: the progress bar's end and the warning both ask
+    return bool(source.sound)
 
 
 def count_is_not_the_frames(source: VideoSource, decoded: int) -> bool:
